@@ -1,0 +1,307 @@
+"""The manifest: one Parquet file, one row per image, real and synthetic alike.
+
+The format (schema version 1) is documented for users in ``manifests/README.md``; this module is
+its single implementation. Every manifest is written by :func:`write_manifest` (atomically, and
+validated before it is written) and read by :func:`read_manifest` (validated again), so a file
+that one fesaug command accepts, every other command accepts too.
+
+The ``image`` column is a struct of ``bytes`` and ``path``, the storage Hugging Face's ``Image``
+feature uses. ``path`` is relative to the manifest's *image root*: the manifest's own folder
+unless the footer names another (``image_root``), which is how a manifest references a
+read-only dataset in place instead of copying it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from .._io import atomic_path
+from ..errors import FesaugError
+from .images import BadImage, decode_image
+
+SCHEMA_VERSION = 1
+META_KEY = b"fesaug"
+HF_KEY = b"huggingface"
+ORIGINS = ("real", "synthetic")
+
+IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+# Column -> (Arrow type, nullable). The order is the order in the file.
+COLUMNS: dict[str, tuple[pa.DataType, bool]] = {
+    "sample_id": (pa.string(), False),
+    "image": (IMAGE_TYPE, False),
+    "label": (pa.int64(), False),
+    "label_name": (pa.string(), False),
+    "subject_id": (pa.string(), True),
+    "fold": (pa.int64(), True),
+    "split": (pa.string(), False),
+    "origin": (pa.string(), False),
+    "parent_id": (pa.string(), True),
+    "source_label": (pa.int64(), True),
+    "generator": (pa.string(), True),
+    "seed": (pa.int64(), True),
+    "confidence": (pa.float32(), True),
+    "width": (pa.int32(), False),
+    "height": (pa.int32(), False),
+    "sha256": (pa.string(), False),
+}
+# Optional columns: absent, or present with these types. Any other extra column is kept as is.
+OPTIONAL_COLUMNS: dict[str, tuple[pa.DataType, bool]] = {
+    "source_file": (pa.string(), True),  # the original file, relative to the ingested folder
+    "au_intensity": (pa.list_(pa.float32()), True),  # aligned with metadata "au_ids"; 0..1
+    "au_occurrence": (pa.list_(pa.int8()), True),  # 0/1 per AU in "au_ids"
+}
+# Columns a writer may leave out: they are filled with their default.
+_DEFAULTS = {
+    "subject_id": None, "fold": None, "split": "train", "origin": "real", "parent_id": None,
+    "source_label": None, "generator": None, "seed": None, "confidence": None,
+}
+
+
+@dataclass
+class Manifest:
+    """A validated manifest: its rows, its class list and its footer metadata."""
+
+    path: Path
+    df: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def image_root(self) -> Path:
+        return resolve_image_root(self.path, self.meta.get("image_root", "."))
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def image_location(self, i: int) -> str:
+        """Where row ``i``'s image is, for messages."""
+        image = self.df["image"].iat[i]
+        if image.get("bytes") is not None:
+            return f"{self.path} (row {i}, embedded image {image.get('path') or ''})".replace(" )", ")")
+        return str(self.image_root / image["path"])
+
+    def image_bytes(self, i: int) -> bytes:
+        """Row ``i``'s encoded image: the embedded bytes, else the referenced file's content."""
+        image = self.df["image"].iat[i]
+        if image.get("bytes") is not None:
+            return image["bytes"]
+        file = self.image_root / image["path"]
+        try:
+            return file.read_bytes()
+        except OSError as exc:
+            raise BadImage(str(file), f"missing or unreadable image file ({exc.strerror or exc})") from None
+
+    def open_image(self, i: int) -> Image.Image:
+        """Row ``i``'s image as 8-bit grayscale."""
+        return decode_image(self.image_bytes(i), where=self.image_location(i))
+
+
+def resolve_image_root(manifest_path: str | os.PathLike, image_root: str) -> Path:
+    root = Path(image_root)
+    return root if root.is_absolute() else (Path(manifest_path).parent / root)
+
+
+def relative_image_root(manifest_path: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """``folder`` as the footer's ``image_root``: relative to the manifest when possible, so a
+    dataset and its manifest can move together."""
+    try:
+        return Path(os.path.relpath(Path(folder).resolve(), Path(manifest_path).resolve().parent)).as_posix()
+    except ValueError:  # another drive on Windows
+        return str(Path(folder).resolve())
+
+
+def _check_relative_path(path: str, where: str) -> None:
+    p = PurePosixPath(path)
+    if path.startswith(("/", "\\")) or p.is_absolute() or (len(path) > 1 and path[1] == ":"):
+        raise FesaugError(f"{where}: image path {path!r} is absolute; manifest paths must be relative to the image root")
+    if ".." in p.parts or "\\" in path:
+        raise FesaugError(f"{where}: image path {path!r} escapes the image root; rewrite it without '..'")
+
+
+def huggingface_features(classes: Sequence[str], schema: pa.Schema) -> dict:
+    """The ``huggingface`` footer key: ``datasets`` then loads ``image`` as Image and ``label`` as
+    ClassLabel instead of a plain struct and integer."""
+    features: dict[str, dict] = {}
+    for f in schema:
+        if f.name == "image":
+            features[f.name] = {"_type": "Image"}
+        elif f.name == "label":
+            features[f.name] = {"names": list(classes), "_type": "ClassLabel"}
+        elif pa.types.is_list(f.type):
+            features[f.name] = {"feature": {"dtype": _hf_dtype(f.type.value_type), "_type": "Value"}, "_type": "List"}
+        else:
+            features[f.name] = {"dtype": _hf_dtype(f.type), "_type": "Value"}
+    return {"info": {"features": features}}
+
+
+def _hf_dtype(t: pa.DataType) -> str:
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_binary(t):
+        return "binary"
+    return {"float": "float32", "double": "float64"}.get(str(t), str(t))  # int64, int32, int8 ...
+
+
+def _to_table(df: pd.DataFrame, extra_cols: Sequence[str]) -> pa.Table:
+    arrays, fields = [], []
+    for name, (typ, _) in {**COLUMNS, **{c: OPTIONAL_COLUMNS[c] for c in extra_cols if c in OPTIONAL_COLUMNS}}.items():
+        values = df[name].tolist()
+        values = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else v for v in values] if not pa.types.is_nested(typ) else values
+        try:
+            arrays.append(pa.array(values, type=typ))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise FesaugError(f"manifest column {name!r} cannot be stored as {typ}: {exc}") from None
+        # Arrow-level nullability stays on: Hugging Face matches its features only against
+        # nullable fields. Required values are enforced by _validate instead.
+        fields.append(pa.field(name, typ))
+    for name in extra_cols:
+        if name in OPTIONAL_COLUMNS:
+            continue
+        arr = pa.array(df[name].tolist())
+        arrays.append(arr)
+        fields.append(pa.field(name, arr.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def write_manifest(
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    classes: Sequence[str],
+    meta: dict | None = None,
+    image_root: str = ".",
+    overwrite: bool = False,
+) -> Path:
+    """Validate ``df`` and write it atomically as a manifest at ``path``.
+
+    ``label_name`` is derived from ``label`` when absent; nullable provenance columns default to
+    null and ``split``/``origin`` to ``train``/``real``. ``meta`` is stored in the footer next to
+    the schema version, the classes and the image root.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FesaugError(f"{path} already exists; pass --overwrite to replace it or choose another --out")
+    if path.exists() and path.is_dir():
+        raise FesaugError(f"{path} is a folder; give a file name ending in .parquet")
+    df = df.copy()
+    classes = list(classes)
+    if "label_name" not in df.columns and "label" in df.columns:
+        df["label_name"] = [classes[int(v)] if 0 <= int(v) < len(classes) else None for v in df["label"]]
+    for col, default in _DEFAULTS.items():
+        if col not in df.columns:
+            df[col] = default
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise FesaugError(f"cannot write manifest {path}: missing column(s) {', '.join(missing)}")
+    extra = [c for c in df.columns if c not in COLUMNS]
+    table = _to_table(df, extra)
+    footer = {**(meta or {}), "schema_version": SCHEMA_VERSION, "classes": classes, "image_root": image_root}
+    _validate(table, footer, where=str(path))
+    table = table.replace_schema_metadata({
+        META_KEY: json.dumps(footer, sort_keys=True, default=str).encode(),
+        HF_KEY: json.dumps(huggingface_features(classes, table.schema)).encode(),
+    })
+    embedded = any(b is not None for b in table.column("image").combine_chunks().field("bytes").to_pylist()[:1])
+    with atomic_path(path, overwrite=True) as tmp:
+        pq.write_table(table, tmp, row_group_size=1000 if embedded else None, compression="zstd")
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate a manifest; every problem is one clear :class:`FesaugError`."""
+    path = Path(path)
+    if not path.exists():
+        raise FesaugError(f"manifest {path} does not exist; create one with `fesaug ingest` or `fesaug demo-data`")
+    if path.is_dir():
+        raise FesaugError(f"{path} is a folder, not a manifest; pass the .parquet file (e.g. {path / 'manifest.parquet'})")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise FesaugError(f"{path} is not a readable Parquet file ({exc}); it may be truncated or not a manifest — re-create it") from None
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise FesaugError(f"{path} is a Parquet file but not a fesaug manifest (no 'fesaug' footer metadata); create it with `fesaug ingest`")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise FesaugError(f"{path}: the 'fesaug' footer metadata is not valid JSON; re-create the manifest") from None
+    _validate(table, meta, where=str(path))
+    df = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get)
+    return Manifest(path=path, df=df, meta=meta)
+
+
+def _type_ok(actual: pa.DataType, expected: pa.DataType) -> bool:
+    if actual == expected:
+        return True
+    if pa.types.is_string(expected):
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if pa.types.is_integer(expected):
+        return pa.types.is_integer(actual)
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(actual)
+    if pa.types.is_struct(expected):
+        names = {actual.field(i).name for i in range(actual.num_fields)} if pa.types.is_struct(actual) else set()
+        return names == {"bytes", "path"}
+    if pa.types.is_list(expected):
+        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and _type_ok(actual.value_type, expected.value_type)
+    return False
+
+
+def _validate(table: pa.Table, meta: dict, *, where: str) -> None:
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        hint = "upgrade fesaug to read it" if isinstance(version, int) and version > SCHEMA_VERSION else "re-create the manifest"
+        raise FesaugError(f"{where}: unsupported manifest schema version {version!r} (this fesaug reads version {SCHEMA_VERSION}); {hint}")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        raise FesaugError(f"{where}: footer 'classes' must be a non-empty list of distinct names; re-create the manifest")
+    schema = table.schema
+    missing = [c for c in COLUMNS if c not in schema.names]
+    if missing:
+        raise FesaugError(f"{where}: missing column(s) {', '.join(missing)}; this is not a complete fesaug manifest")
+    for name, (expected, nullable) in {**COLUMNS, **OPTIONAL_COLUMNS}.items():
+        if name not in schema.names:
+            continue
+        actual = schema.field(name).type
+        if not _type_ok(actual, expected):
+            raise FesaugError(f"{where}: column {name!r} has type {actual}, expected {expected}; re-create the manifest")
+        if not nullable and table.column(name).null_count:
+            raise FesaugError(f"{where}: column {name!r} has {table.column(name).null_count} null value(s); every row needs one")
+    if table.num_rows == 0:
+        return
+    ids = table.column("sample_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
+        raise FesaugError(f"{where}: sample_id {dup!r} appears more than once; sample ids must be unique")
+    labels = np.asarray(table.column("label").to_pylist())
+    bad = np.flatnonzero((labels < 0) | (labels >= len(classes)))
+    if bad.size:
+        raise FesaugError(f"{where}: row {bad[0]} has label {labels[bad[0]]}, outside 0..{len(classes) - 1} ({len(classes)} classes)")
+    names = table.column("label_name").to_pylist()
+    for i, (lab, name) in enumerate(zip(labels, names)):
+        if classes[lab] != name:
+            raise FesaugError(f"{where}: row {i} has label {lab} ({classes[lab]!r}) but label_name {name!r}; they must agree")
+    origins = set(table.column("origin").to_pylist())
+    if not origins <= set(ORIGINS):
+        raise FesaugError(f"{where}: column 'origin' has {sorted(origins - set(ORIGINS))}; allowed values are {', '.join(ORIGINS)}")
+    image = table.column("image").combine_chunks()
+    paths, blobs = image.field("path").to_pylist(), image.field("bytes").is_null().to_pylist()
+    for i, (p, no_bytes) in enumerate(zip(paths, blobs)):
+        if p is None and no_bytes:
+            raise FesaugError(f"{where}: row {i} ({ids[i]}) has neither image bytes nor an image path")
+        if p is not None:
+            _check_relative_path(p, f"{where} row {i}")
