@@ -156,11 +156,17 @@ def _hf_dtype(t: pa.DataType) -> str:
     return {"float": "float32", "double": "float64"}.get(str(t), str(t))  # int64, int32, int8 ...
 
 
+def _none_if_missing(value: object) -> object:
+    # pandas spells "missing" as None, NaN, NaT or pd.NA depending on the dtype; Arrow wants None.
+    if isinstance(value, (list, tuple, dict, np.ndarray, bytes)):
+        return list(value) if isinstance(value, np.ndarray) else value
+    return None if pd.isna(value) else value
+
+
 def _to_table(df: pd.DataFrame, extra_cols: Sequence[str]) -> pa.Table:
     arrays, fields = [], []
     for name, (typ, _) in {**COLUMNS, **{c: OPTIONAL_COLUMNS[c] for c in extra_cols if c in OPTIONAL_COLUMNS}}.items():
-        values = df[name].tolist()
-        values = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else v for v in values] if not pa.types.is_nested(typ) else values
+        values = [_none_if_missing(v) for v in df[name].tolist()]
         try:
             arrays.append(pa.array(values, type=typ))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
@@ -171,7 +177,7 @@ def _to_table(df: pd.DataFrame, extra_cols: Sequence[str]) -> pa.Table:
     for name in extra_cols:
         if name in OPTIONAL_COLUMNS:
             continue
-        arr = pa.array(df[name].tolist())
+        arr = pa.array([_none_if_missing(v) for v in df[name].tolist()])
         arrays.append(arr)
         fields.append(pa.field(name, arr.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny generated images and manifests, the CLI runner, the real CK+48 folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fesaug.data.images import encode_png, sha256_bytes
+from fesaug.data.manifest import write_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+CKPLUS = REPO.parent / "shared" / "data" / "ckplus48"
+
+
+@pytest.fixture
+def ckplus_dir() -> Path:
+    if not (CKPLUS.is_dir() and any(CKPLUS.iterdir())):
+        pytest.skip(f"real CK+48 data not found at {CKPLUS} (research-only; only present beside the project checkout)")
+    return CKPLUS
+
+
+def png_bytes(seed: int = 0, size: int = 16) -> bytes:
+    rng = np.random.default_rng(seed)
+    return encode_png(Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)))
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed entry point in a subprocess, as a user would (exit codes, stderr)."""
+    return subprocess.run([sys.executable, "-m", "fesaug", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def small_manifest(tmp_path: Path) -> Path:
+    """Four real images (two embedded, two on disk) of two subjects in two folds."""
+    rows = []
+    for i in range(4):
+        data = png_bytes(i)
+        path = f"images/img{i}.png"
+        if i >= 2:
+            (tmp_path / "images").mkdir(exist_ok=True)
+            (tmp_path / path).write_bytes(data)
+        rows.append({
+            "sample_id": f"s{i}", "image": {"bytes": data if i < 2 else None, "path": path},
+            "label": i % 2, "subject_id": f"P{i // 2}", "fold": i // 2, "width": 16, "height": 16,
+            "sha256": sha256_bytes(data),
+        })
+    return write_manifest(pd.DataFrame(rows), tmp_path / "m.parquet", classes=["anger", "happy"])

@@ -1,0 +1,143 @@
+"""The manifest contract: what writers must produce and what every reader can rely on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fesaug.data.manifest import COLUMNS, SCHEMA_VERSION, read_manifest, write_manifest
+from fesaug.errors import FesaugError
+
+from .conftest import png_bytes
+
+
+def _rewrite(src: Path, dst: Path, table: pa.Table | None = None, meta: dict | None = None) -> Path:
+    """Copy a manifest, changing its table or its fesaug footer, bypassing the writer's checks."""
+    original = pq.read_table(src)
+    table = original if table is None else table
+    md = dict(original.schema.metadata)
+    if meta is not None:
+        md[b"fesaug"] = json.dumps(meta).encode()
+    pq.write_table(table.replace_schema_metadata(md), dst)
+    return dst
+
+
+def test_round_trip_keeps_rows_types_and_footer(small_manifest: Path) -> None:
+    m = read_manifest(small_manifest)
+    assert len(m) == 4 and m.classes == ["anger", "happy"]
+    assert list(m.df.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert m.df["label_name"].tolist() == ["anger", "happy", "anger", "happy"]
+    assert m.df["origin"].unique().tolist() == ["real"] and m.df["split"].unique().tolist() == ["train"]
+    assert m.meta["schema_version"] == SCHEMA_VERSION
+    schema = pq.read_schema(small_manifest)
+    assert schema.field("label").type == pa.int64()
+    assert schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def test_images_resolve_from_bytes_and_paths(small_manifest: Path) -> None:
+    m = read_manifest(small_manifest)
+    assert m.image_bytes(0) == png_bytes(0)  # embedded
+    assert m.image_bytes(3) == png_bytes(3)  # on disk, relative to the manifest
+    assert m.open_image(3).mode == "L" and m.open_image(3).size == (16, 16)
+
+
+def test_huggingface_footer_declares_image_and_classlabel(small_manifest: Path) -> None:
+    hf = json.loads(pq.read_schema(small_manifest).metadata[b"huggingface"])
+    features = hf["info"]["features"]
+    assert features["image"] == {"_type": "Image"}
+    assert features["label"] == {"names": ["anger", "happy"], "_type": "ClassLabel"}
+    assert set(features) == set(pq.read_schema(small_manifest).names)
+
+
+def test_loads_in_huggingface_datasets_as_image_and_classlabel(small_manifest: Path, monkeypatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.chdir(small_manifest.parent)  # datasets resolves relative image paths from the cwd
+    ds = datasets.load_dataset("parquet", data_files=str(small_manifest), split="train", cache_dir=str(small_manifest.parent / "hf"))
+    assert isinstance(ds.features["image"], datasets.Image)
+    assert ds.features["label"].names == ["anger", "happy"]
+    assert ds[3]["image"].size == (16, 16) and ds[1]["label"] == 1
+
+
+def test_loads_in_duckdb_and_pyarrow_dataset(small_manifest: Path) -> None:
+    import pyarrow.dataset as pads
+
+    assert pads.dataset(small_manifest).to_table(columns=["label"]).num_rows == 4
+    duckdb = pytest.importorskip("duckdb")
+    rows = duckdb.sql(f"SELECT label_name, count(*) FROM '{small_manifest}' GROUP BY 1 ORDER BY 1").fetchall()
+    assert rows == [("anger", 2), ("happy", 2)]
+
+
+def test_refuses_to_overwrite_without_flag(small_manifest: Path) -> None:
+    df = read_manifest(small_manifest).df
+    with pytest.raises(FesaugError, match="--overwrite"):
+        write_manifest(df, small_manifest, classes=["anger", "happy"])
+    write_manifest(df.iloc[:1], small_manifest, classes=["anger", "happy"], overwrite=True)
+    assert len(read_manifest(small_manifest)) == 1
+
+
+def test_failed_write_leaves_previous_file_and_no_temp(small_manifest: Path) -> None:
+    before = small_manifest.read_bytes()
+    bad = read_manifest(small_manifest).df.assign(label=7)
+    with pytest.raises(FesaugError, match="label 7"):
+        write_manifest(bad, small_manifest, classes=["anger", "happy"], overwrite=True)
+    assert small_manifest.read_bytes() == before
+    assert [p.name for p in small_manifest.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t, m: (t.drop_columns(["sha256"]), m), "missing column"),
+        (lambda t, m: (t.set_column(t.schema.get_field_index("label"), "label", pa.array(["a"] * 4)), m), "column 'label' has type string"),
+        (lambda t, m: (t, {**m, "schema_version": 99}), "schema version 99.*upgrade fesaug"),
+        (lambda t, m: (t, {**m, "classes": []}), "classes"),
+        (lambda t, m: (t.set_column(0, "sample_id", pa.array(["a", "a", "b", "c"])), m), "sample_id 'a' appears more than once"),
+        (lambda t, m: (t.set_column(t.schema.get_field_index("origin"), "origin", pa.array(["real", "fake", "real", "real"])), m), "origin"),
+        (lambda t, m: (t.set_column(t.schema.get_field_index("label_name"), "label_name", pa.array(["happy"] * 4)), m), "label_name"),
+    ],
+)
+def test_validator_rejects(small_manifest: Path, tmp_path: Path, change, message: str) -> None:
+    table, meta = change(pq.read_table(small_manifest), read_manifest(small_manifest).meta)
+    bad = _rewrite(small_manifest, tmp_path / "bad.parquet", table, meta)
+    with pytest.raises(FesaugError, match=message):
+        read_manifest(bad)
+
+
+@pytest.mark.parametrize("path", ["../outside.png", "/etc/passwd", "a/../../b.png", "C:\\x.png"])
+def test_validator_rejects_paths_escaping_the_root(small_manifest: Path, tmp_path: Path, path: str) -> None:
+    table = pq.read_table(small_manifest)
+    image = pa.array([{"bytes": None, "path": path}] * 4, type=table.schema.field("image").type)
+    bad = _rewrite(small_manifest, tmp_path / "bad.parquet", table.set_column(1, "image", image))
+    with pytest.raises(FesaugError, match="absolute|escapes"):
+        read_manifest(bad)
+
+
+def test_unreadable_inputs_are_clear_errors(small_manifest: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(small_manifest.read_bytes()[: small_manifest.stat().st_size // 2])
+    with pytest.raises(FesaugError, match="not a readable Parquet file"):
+        read_manifest(truncated)
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"x": [1]}), plain)
+    with pytest.raises(FesaugError, match="not a fesaug manifest"):
+        read_manifest(plain)
+    with pytest.raises(FesaugError, match="does not exist"):
+        read_manifest(tmp_path / "nope.parquet")
+    with pytest.raises(FesaugError, match="is a folder"):
+        read_manifest(tmp_path)
+
+
+def test_writer_fills_defaults_and_keeps_extra_columns(tmp_path: Path) -> None:
+    df = pd.DataFrame({
+        "sample_id": ["a"], "image": [{"bytes": png_bytes(), "path": None}], "label": [1],
+        "width": [16], "height": [16], "sha256": ["x"], "note": ["kept"],
+    })
+    m = read_manifest(write_manifest(df, tmp_path / "m.parquet", classes=["fear", "happy"], meta={"k": "v"}))
+    row = m.df.iloc[0]
+    assert (row["label_name"], row["split"], row["origin"]) == ("happy", "train", "real")
+    assert pd.isna(row["fold"]) and row["note"] == "kept" and m.meta["k"] == "v"
