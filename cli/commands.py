@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .audit import audit_command
 from .env import env_command
+from .ingest import ingest_command
 
-ALL = [env_command]
+ALL = [audit_command, env_command, ingest_command]

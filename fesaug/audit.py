@@ -1,0 +1,213 @@
+"""``fesaug audit``: class histograms (real vs synthetic) and dataset integrity checks.
+
+:func:`audit` reads a manifest and returns an :class:`AuditReport`; the checks themselves live in
+:mod:`fesaug.integrity`. ``AuditReport.to_dict()`` is the JSON that ``fesaug audit --format json``
+prints::
+
+    {
+      "manifest": "path/to/m.parquet",
+      "total": 981, "real": 981, "synthetic": 0,
+      "subjects": 118,                       # distinct non-null subject_id
+      "imbalance_ratio": 4.61,               # largest / smallest class total; null if a class is empty
+      "classes": {"anger": {"real": 135, "synthetic": 0, "total": 135, "shortfall": 115}, ...},
+      "target": 250, "shortfall_total": 768, # only with a target; "shortfall" per class likewise
+      "by": {"column": "fold", "groups": [{"value": 0, "total": 98, "classes": {...}}, ...]},  # only with by
+      "images_checked": true,
+      "problems": [{"kind": "duplicate_image", "message": "...", "count": 1, "sample_ids": [...], ...}]
+    }
+
+A class with no images makes the imbalance ratio infinite; it is reported as null (JSON has no
+infinity) and the class is listed in an ``empty_class`` problem, which says why.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._io import atomic_path
+from .data.manifest import Manifest, read_manifest
+from .errors import FesaugError, UsageError
+from .integrity import Problem, all_problems, column
+
+BY_COLUMNS = ("origin", "split", "fold")
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+@dataclass(frozen=True)
+class ClassCount:
+    real: int = 0
+    synthetic: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.real + self.synthetic
+
+    def to_dict(self) -> dict:
+        return {"real": self.real, "synthetic": self.synthetic, "total": self.total}
+
+
+@dataclass(frozen=True)
+class Group:
+    """The histogram of the rows whose ``by`` column equals ``value`` (None: the column is empty)."""
+
+    value: str | int | None
+    classes: dict[str, ClassCount]
+
+    @property
+    def total(self) -> int:
+        return sum(c.total for c in self.classes.values())
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "total": self.total, "classes": {k: c.to_dict() for k, c in self.classes.items()}}
+
+
+@dataclass
+class AuditReport:
+    manifest: Path
+    classes: dict[str, ClassCount]
+    subjects: int
+    problems: list[Problem]
+    images_checked: bool
+    by: str | None = None
+    groups: list[Group] = field(default_factory=list)
+    target: int | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(c.total for c in self.classes.values())
+
+    @property
+    def real(self) -> int:
+        return sum(c.real for c in self.classes.values())
+
+    @property
+    def synthetic(self) -> int:
+        return sum(c.synthetic for c in self.classes.values())
+
+    @property
+    def imbalance_ratio(self) -> float | None:
+        """Largest class total over smallest; None when a class is empty (the ratio is infinite)."""
+        totals = [c.total for c in self.classes.values()]
+        return max(totals) / min(totals) if min(totals) > 0 else None
+
+    @property
+    def shortfall(self) -> dict[str, int] | None:
+        """Images each class still needs to reach ``target`` (0 when it already has enough)."""
+        if self.target is None:
+            return None
+        return {name: max(0, self.target - c.total) for name, c in self.classes.items()}
+
+    def to_dict(self) -> dict:
+        classes = {name: c.to_dict() for name, c in self.classes.items()}
+        out: dict = {
+            "manifest": str(self.manifest),
+            "total": self.total, "real": self.real, "synthetic": self.synthetic,
+            "subjects": self.subjects,
+            "imbalance_ratio": self.imbalance_ratio,
+            "classes": classes,
+        }
+        shortfall = self.shortfall
+        if shortfall is not None:
+            for name, n in shortfall.items():
+                classes[name]["shortfall"] = n
+            out["target"] = self.target
+            out["shortfall_total"] = sum(shortfall.values())
+        if self.by is not None:
+            out["by"] = {"column": self.by, "groups": [g.to_dict() for g in self.groups]}
+        out["images_checked"] = self.images_checked
+        out["problems"] = [p.to_dict() for p in self.problems]
+        return out
+
+
+def _histogram(labels: np.ndarray, synthetic: np.ndarray, classes: list[str]) -> dict[str, ClassCount]:
+    real_n = np.bincount(labels[~synthetic], minlength=len(classes))
+    syn_n = np.bincount(labels[synthetic], minlength=len(classes))
+    return {name: ClassCount(int(real_n[k]), int(syn_n[k])) for k, name in enumerate(classes)}
+
+
+def _groups(m: Manifest, by: str, labels: np.ndarray, synthetic: np.ndarray) -> list[Group]:
+    values = np.array(column(m.df, by), dtype=object)
+    keys = sorted(set(values.tolist()), key=lambda v: (v is None, v))  # unassigned rows last
+    return [Group(key, _histogram(labels[values == key], synthetic[values == key], m.classes)) for key in keys]
+
+
+def audit(
+    manifest_path: str | os.PathLike,
+    *,
+    by: str | None = None,
+    target: int | None = None,
+    check_images: bool = True,
+) -> AuditReport:
+    """Class histogram and integrity problems of the manifest at ``manifest_path``.
+
+    ``by`` (one of :data:`BY_COLUMNS`) adds a histogram per value of that column; ``target``
+    (images wanted per class) adds each class's shortfall; ``check_images=False`` skips reading
+    the images, and with it the ``missing_image``, ``unreadable_image`` and ``hash_mismatch``
+    checks. Problems are listed in the report, never raised; an unreadable manifest raises
+    :class:`FesaugError`. Generator leakage is checked only when the footer has
+    ``generator_training`` (see :func:`fesaug.integrity.generator_leakage`).
+    """
+    if by is not None and by not in BY_COLUMNS:
+        raise UsageError(f"cannot break the histogram down by {by!r}; choose one of {', '.join(BY_COLUMNS)}")
+    if target is not None and target < 1:
+        raise UsageError(f"the target must be at least 1 image per class (got {target})")
+    m = read_manifest(manifest_path)
+    labels = m.df["label"].to_numpy(dtype=np.int64)
+    synthetic = (m.df["origin"] == "synthetic").to_numpy(dtype=bool)
+    classes = _histogram(labels, synthetic, m.classes)
+    return AuditReport(
+        manifest=m.path,
+        classes=classes,
+        subjects=int(m.df["subject_id"].nunique(dropna=True)),
+        problems=all_problems(m, {name: c.total for name, c in classes.items()}, check_images=check_images),
+        images_checked=check_images,
+        by=by,
+        groups=_groups(m, by, labels, synthetic) if by else [],
+        target=target,
+    )
+
+
+def plot_format(path: str | os.PathLike) -> str:
+    """The image format for ``path``, from its extension; other extensions are an error."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        raise FesaugError(f"cannot write a plot to {path}: use a file name ending in {', '.join('.' + f for f in PLOT_FORMATS)}")
+    return fmt
+
+
+def plot_report(report: AuditReport, path: str | os.PathLike) -> Path:
+    """Write a stacked bar chart (real and synthetic images per class, the target as a line)."""
+    fmt = plot_format(path)
+    # Figure + the Agg canvas directly, not pyplot: no global backend switch, no GUI, thread-safe.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(report.classes)
+    real = [c.real for c in report.classes.values()]
+    synthetic = [c.synthetic for c in report.classes.values()]
+    fig = Figure(figsize=(max(6.0, 0.8 * len(names) + 2), 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.bar(names, real, label="real", color="#4C72B0")
+    bars = ax.bar(names, synthetic, bottom=real, label="synthetic", color="#DD8452")
+    ax.bar_label(bars, labels=[str(c.total) for c in report.classes.values()], padding=2, fontsize=8)
+    if report.target is not None:
+        ax.axhline(report.target, color="#C44E52", linestyle="--", linewidth=1.2, label=f"target ({report.target})")
+    ratio = report.imbalance_ratio
+    ax.set_title(
+        f"{report.manifest.name}: {report.total} images, imbalance "
+        + (f"{ratio:.2f}" if ratio is not None else "undefined (empty class)"),
+        fontsize=10,
+    )
+    ax.set_ylabel("images")
+    ax.margins(y=0.12)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # never over a bar
+    if len(names) > 6:
+        ax.tick_params(axis="x", labelrotation=30)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=120)
+    return Path(path)

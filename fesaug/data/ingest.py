@@ -1,0 +1,263 @@
+"""``fesaug ingest``: a user's image dataset (class folders or a FER2013 CSV) to a manifest.
+
+Images used unchanged are referenced in place (the manifest's ``image_root`` points at SRC), so a
+research-only dataset is never copied. Images that ingest produces (CSV rows, face crops,
+resizes) are written as PNGs into ``<out stem>-images/`` beside the manifest, or embedded in it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import FesaugError, UsageError
+from ..provenance import provenance
+from .faces import crop_face
+from .images import BadImage, encode_png, read_image_file, resize_square, sha256_bytes
+from .labels import class_list
+from .manifest import relative_image_root, write_manifest
+from .sources import PRESET_PATTERNS, Item, Skips, compile_subject_pattern, read_fer2013_csv, scan_folder
+
+FORMATS = ("folder", "fer2013-csv")
+PRESETS = tuple(PRESET_PATTERNS)
+
+__all__ = ["FORMATS", "PRESETS", "IngestResult", "compile_subject_pattern", "ingest"]
+
+
+@dataclass
+class IngestResult:
+    """What one ingest wrote; ``skipped`` is also in the manifest footer."""
+
+    manifest: Path
+    rows: int
+    class_counts: dict[str, int]  # in label order
+    subjects: int  # distinct subject ids; 0 without --preset/--subject-pattern
+    folds: int | None
+    skipped: list[dict[str, str]]  # {"file", "reason"}
+    ignored: int  # hidden files and files without an image extension
+    storage: str  # "in-place", "folder" or "embedded"
+    image_folder: Path | None  # where produced images went (storage "folder")
+    seconds: float
+
+
+def ingest(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    format: str = "folder",
+    preset: str | None = None,
+    subject_pattern: str | None = None,
+    folds: int | None = None,
+    fold_seed: int = 0,
+    detect_faces: bool = False,
+    size: int | None = None,
+    embed: bool = False,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+) -> IngestResult:
+    """Read the dataset at ``src`` and write its manifest to ``out``.
+
+    ``format`` is ``folder`` (class folders, optionally below ``train/``, ``test/`` ... folders) or
+    ``fer2013-csv``. Subject ids come from file names via ``preset`` (``ckplus``, ``jaffe``) or
+    ``subject_pattern``; ``folds`` then assigns subject-independent folds. ``detect_faces`` crops
+    the largest face, ``size`` resizes to ``size`` x ``size``. Bad inputs raise
+    :class:`FesaugError` naming the file, or with ``skip_bad`` are recorded and left out.
+    """
+    start = time.perf_counter()
+    src, out = Path(src), Path(out)
+    subject_rx = _subject_regex(format, preset, subject_pattern)
+    _check_options(format, folds, size, subject_rx)
+    _check_source(src, format)
+    produced = format == "fer2013-csv" or detect_faces or size is not None
+    storage = "embedded" if embed else "folder" if produced else "in-place"
+    image_dir = out.with_name(f"{out.stem}-images") if storage == "folder" else None
+    _check_outputs(out, image_dir, overwrite)
+
+    skips = Skips(skip_bad)
+    if format == "folder":
+        scan = scan_folder(src, subject_rx=subject_rx, jaffe=preset == "jaffe", skips=skips, exclude=image_dir)
+        items, total, ignored = scan.items, len(scan.items), scan.ignored
+    else:
+        items, total, ignored = read_fer2013_csv(src, skips=skips), None, 0
+
+    options = {
+        "format": format, "preset": preset, "subject_pattern": subject_rx.pattern if subject_rx else None,
+        "folds": folds, "fold_seed": fold_seed if folds else None,
+        "detect_faces": detect_faces, "size": size, "storage": storage,
+    }
+    with _ImageFolder(image_dir) as folder:
+        rows = []
+        for item in tqdm(items, total=total, desc=f"ingest {src.name}", unit="img", disable=None):
+            try:
+                rows.append(_row(item, detect_faces=detect_faces, size=size, embed=embed, folder=folder))
+            except BadImage as exc:
+                skips(exc, item.source_file)
+        if not rows:  # a folder without images was refused by scan_folder already
+            why = f"all {len(skips.records)} skipped as bad; run without --skip-bad to see the first problem" if skips.records else "it has no data rows"
+            raise FesaugError(f"no usable images in {src} ({why})")
+        df = pd.DataFrame(rows)
+        classes = class_list(df["label_name"])
+        df["label"] = [classes.index(name) for name in df["label_name"]]
+        if folds:
+            from .splits import assign_folds  # scikit-learn: ~0.6 s to import, so every fesaug command would pay
+
+            df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].tolist(), folds, fold_seed)
+        meta = {
+            **options,
+            "source": str(src.resolve()),
+            "skipped": skips.records,
+            "ignored": ignored,
+            "provenance": provenance("fesaug ingest", {"src": str(src), **options}),
+        }
+        folder.publish()
+        write_manifest(
+            df, out, classes=classes, meta=meta, overwrite=overwrite,
+            image_root=relative_image_root(out, src) if storage == "in-place" else ".",
+        )
+
+    counts = df["label_name"].value_counts()
+    return IngestResult(
+        manifest=out,
+        rows=len(df),
+        class_counts={c: int(counts[c]) for c in classes},
+        subjects=int(df["subject_id"].nunique()),
+        folds=folds,
+        skipped=skips.records,
+        ignored=ignored,
+        storage=storage,
+        image_folder=image_dir,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _row(item: Item, *, detect_faces: bool, size: int | None, embed: bool, folder: _ImageFolder) -> dict:
+    if item.path is not None:
+        data, img = read_image_file(item.path)
+    else:
+        data, img = None, Image.fromarray(item.pixels)
+    if detect_faces:
+        img = crop_face(img, where=item.where)
+    if size is not None:
+        img = resize_square(img, size)
+    if data is None or detect_faces or size is not None:
+        data = encode_png(img)
+    if embed:
+        image = {"bytes": data, "path": None}
+    elif folder.final is not None:
+        image = {"bytes": None, "path": folder.write(f"{item.label}/{item.sample_id}.png", data)}
+    else:
+        image = {"bytes": None, "path": item.source_file}
+    return {
+        "sample_id": item.sample_id,
+        "image": image,
+        "label_name": item.label,
+        "subject_id": item.subject_id,
+        "split": item.split,
+        "width": img.width,
+        "height": img.height,
+        "sha256": sha256_bytes(data),
+        "source_file": item.source_file,
+    }
+
+
+class _ImageFolder:
+    """Produced images: written into a hidden folder beside the manifest, renamed into place by
+    :meth:`publish` just before the manifest is written, and rolled back if that write fails, so
+    no run leaves a half-written folder or a folder without its manifest."""
+
+    def __init__(self, final: Path | None):
+        self.final = final
+        self.staging: Path | None = None
+        self.backup: Path | None = None
+        self.published = False
+
+    def __enter__(self) -> _ImageFolder:
+        return self
+
+    def write(self, rel: str, data: bytes) -> str:
+        """Store ``data`` at ``rel`` inside the folder; returns its path relative to the manifest."""
+        if self.staging is None:  # created on first use: a run that fails early leaves no trace
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
+        dest = self.staging / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        return f"{self.final.name}/{rel}"
+
+    def publish(self) -> None:
+        if self.final is None:
+            return
+        if self.final.exists():  # an earlier run's folder; _check_outputs allowed it (--overwrite)
+            self.backup = self.staging.with_suffix(".old")
+            os.replace(self.final, self.backup)
+        os.replace(self.staging, self.final)
+        self.published = True
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.final is None:
+            return
+        if exc_type is not None and self.published:
+            shutil.rmtree(self.final, ignore_errors=True)
+            if self.backup is not None:
+                os.replace(self.backup, self.final)
+        elif self.backup is not None:
+            shutil.rmtree(self.backup, ignore_errors=True)
+        if self.staging is not None and self.staging.exists():
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _subject_regex(format: str, preset: str | None, pattern: str | None) -> re.Pattern | None:
+    if preset is not None and pattern is not None:
+        raise UsageError("--preset and --subject-pattern both say how to read subject ids; pass only one")
+    if preset is not None and preset not in PRESETS:
+        raise UsageError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)} or pass --subject-pattern")
+    if format == "fer2013-csv" and (preset or pattern):
+        raise UsageError("--format fer2013-csv has no file names to read subject ids from; drop --preset/--subject-pattern")
+    if preset is not None:
+        return re.compile(PRESET_PATTERNS[preset])
+    return compile_subject_pattern(pattern) if pattern is not None else None
+
+
+def _check_options(format: str, folds: int | None, size: int | None, subject_rx: re.Pattern | None) -> None:
+    if format not in FORMATS:
+        raise UsageError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    if size is not None and size < 1:
+        raise UsageError(f"--size must be a positive number of pixels (got {size})")
+    if folds is None:
+        return
+    if folds < 2:
+        raise UsageError(f"--folds must be at least 2 (got {folds})")
+    if subject_rx is None:
+        if format == "fer2013-csv":
+            raise UsageError("--folds needs subject ids, which a FER2013 CSV does not have; use its Usage column (the split) instead")
+        raise UsageError("--folds needs subject ids so that no subject is in two folds; pass --preset ckplus|jaffe or --subject-pattern REGEX")
+
+
+def _check_source(src: Path, format: str) -> None:
+    if not src.exists():
+        raise FesaugError(f"{src} does not exist; pass the dataset folder (or a FER2013 CSV with --format fer2013-csv)")
+    if format == "folder" and not src.is_dir():
+        hint = "pass --format fer2013-csv" if src.suffix.lower() == ".csv" else "pass the folder that holds the class folders"
+        raise FesaugError(f"{src} is a file, not a folder; {hint}")
+    if format == "fer2013-csv" and src.is_dir():
+        raise FesaugError(f"{src} is a folder; --format fer2013-csv needs the CSV file (e.g. fer2013.csv), or drop --format for class folders")
+
+
+def _check_outputs(out: Path, image_dir: Path | None, overwrite: bool) -> None:
+    if out.is_dir():
+        raise FesaugError(f"--out {out} is a folder; give a file name such as {out / 'manifest.parquet'}")
+    if overwrite:
+        return
+    if out.exists():
+        raise FesaugError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if image_dir is not None and image_dir.exists():
+        raise FesaugError(f"{image_dir} already exists (images of an earlier ingest); pass --overwrite to replace it or choose another --out")
