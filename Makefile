@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/fesaug demo --out demo-output
+	$(VENV)/bin/fesaug demo --out demo-output --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

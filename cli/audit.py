@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from fesaug.audit import BY_COLUMNS, AuditReport, audit, plot_format, plot_report
+from fesaug.audit import BY_COLUMNS, AuditReport, audit, plot_report
+from fesaug.plots import plot_format
 from fesaug.errors import FesaugError
 
 
@@ -57,7 +58,7 @@ def audit_command(manifest: Path, by: str | None, fmt: str, plot: Path | None, t
         for p in report.problems:  # stdout holds only the CSV, so problems go to stderr
             click.echo(f"problem: {p.kind} ({p.count}): {p.message}", err=True)
     else:
-        click.echo(_table(report))
+        click.echo(format_table(report))
     if strict and report.problems:
         kinds = ", ".join(p.kind for p in report.problems)
         raise FesaugError(f"{len(report.problems)} kind(s) of problem found ({kinds}) and --strict is set")
@@ -93,7 +94,7 @@ def _ratio_text(report: AuditReport) -> str:
     return f"{ratio:.2f} ({largest[0]} {largest[1].total} / {smallest[0]} {smallest[1].total})"
 
 
-def _table(report: AuditReport) -> str:
+def format_table(report: AuditReport) -> str:
     shortfall = report.shortfall
     header = ["class", "real", "synthetic", "total", *(["shortfall"] if shortfall is not None else [])]
     rows = [[name, c.real, c.synthetic, c.total, *([shortfall[name]] if shortfall is not None else [])]

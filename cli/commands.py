@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from .audit import audit_command
+from .demo import demo_command
+from .demo_data import demo_data_command
 from .env import env_command
 from .ingest import ingest_command
 
-ALL = [audit_command, env_command, ingest_command]
+ALL = [audit_command, demo_command, demo_data_command, env_command, ingest_command]

@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_path
 from .data.manifest import Manifest, read_manifest
-from .errors import FesaugError, UsageError
+from .errors import UsageError
 from .integrity import Problem, all_problems, column
+from .plots import new_figure, save_figure
 
 BY_COLUMNS = ("origin", "split", "fold")
-PLOT_FORMATS = ("png", "svg", "pdf")
 
 
 @dataclass(frozen=True)
@@ -171,26 +170,12 @@ def audit(
     )
 
 
-def plot_format(path: str | os.PathLike) -> str:
-    """The image format for ``path``, from its extension; other extensions are an error."""
-    fmt = Path(path).suffix.lower().lstrip(".")
-    if fmt not in PLOT_FORMATS:
-        raise FesaugError(f"cannot write a plot to {path}: use a file name ending in {', '.join('.' + f for f in PLOT_FORMATS)}")
-    return fmt
-
-
 def plot_report(report: AuditReport, path: str | os.PathLike) -> Path:
     """Write a stacked bar chart (real and synthetic images per class, the target as a line)."""
-    fmt = plot_format(path)
-    # Figure + the Agg canvas directly, not pyplot: no global backend switch, no GUI, thread-safe.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     names = list(report.classes)
     real = [c.real for c in report.classes.values()]
     synthetic = [c.synthetic for c in report.classes.values()]
-    fig = Figure(figsize=(max(6.0, 0.8 * len(names) + 2), 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(max(6.0, 0.8 * len(names) + 2), 4.5)
     ax = fig.add_subplot()
     ax.bar(names, real, label="real", color="#4C72B0")
     bars = ax.bar(names, synthetic, bottom=real, label="synthetic", color="#DD8452")
@@ -208,6 +193,4 @@ def plot_report(report: AuditReport, path: str | os.PathLike) -> Path:
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # never over a bar
     if len(names) > 6:
         ax.tick_params(axis="x", labelrotation=30)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=120)
-    return Path(path)
+    return save_figure(fig, path)

@@ -1,0 +1,199 @@
+"""The procedural demo dataset: determinism, exact re-rendering, identities, AUs, manifest, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fesaug.data import demo
+from fesaug.data.demo import (
+    AU_IDS,
+    AU_PROTOTYPES,
+    AU_THRESHOLD,
+    DEFAULT_COUNTS,
+    Subject,
+    counterfactual,
+    expression_aus,
+    make_demo_dataset,
+    render,
+    render_aus,
+    render_params,
+)
+from fesaug.data.images import sha256_bytes
+from fesaug.data.labels import CKPLUS_CLASSES
+from fesaug.data.manifest import Manifest, read_manifest
+from fesaug.errors import FesaugError
+
+from .conftest import run_cli
+
+SMALL = {c: 7 for c in CKPLUS_CLASSES}  # two full sequences and a one-frame one per class
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    out = tmp_path_factory.mktemp("demo")
+    return read_manifest(make_demo_dataset(out, counts=SMALL, n_subjects=12, folds=3, seed=3))
+
+
+def pixels(m: Manifest, i: int) -> np.ndarray:
+    return np.asarray(m.open_image(i))
+
+
+def test_default_dataset_has_ckplus_counts_and_subject_independent_folds(tmp_path: Path) -> None:
+    m = read_manifest(make_demo_dataset(tmp_path))
+    df = m.df
+    assert len(df) == sum(DEFAULT_COUNTS.values()) == 981
+    assert df["label_name"].value_counts().to_dict() == DEFAULT_COUNTS
+    assert m.classes == list(CKPLUS_CLASSES)
+    assert df["subject_id"].nunique() == demo.DEFAULT_SUBJECTS
+    assert (df.groupby("subject_id")["fold"].nunique() == 1).all()
+    assert sorted(df["fold"].unique()) == [0, 1, 2, 3, 4]
+    assert (df.groupby(["subject_id", "label_name"]).size() <= 3).all()  # one sequence per subject and class
+    assert set(df["width"]) == set(df["height"]) == {64}
+
+
+def test_manifest_columns_and_footer(small: Manifest) -> None:
+    df = small.df
+    assert set(df["split"]) == {"train"} and set(df["origin"]) == {"real"}
+    assert all(img["bytes"] is None and img["path"] == f"images/{name}/{sid}.png"
+               for img, name, sid in zip(df["image"], df["label_name"], df["sample_id"]))
+    meta = small.meta
+    assert meta["dataset"] == "fesaug-demo"
+    assert meta["au_ids"] == list(AU_IDS)
+    assert meta["au_prototypes"]["contempt"] == {"12": 0.8, "14": 0.9}
+    assert meta["provenance"]["tool"] == "demo-data"
+    assert meta["demo"]["counts"] == SMALL
+    assert all(sha256_bytes(small.image_bytes(i)) == df["sha256"].iat[i] for i in range(len(df)))
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(small: Manifest, tmp_path: Path) -> None:
+    again = read_manifest(make_demo_dataset(tmp_path / "a", counts=SMALL, n_subjects=12, folds=3, seed=3))
+    assert again.df["sample_id"].tolist() == small.df["sample_id"].tolist()
+    assert again.df["sha256"].tolist() == small.df["sha256"].tolist()
+    other = read_manifest(make_demo_dataset(tmp_path / "b", counts=SMALL, n_subjects=12, folds=3, seed=4))
+    assert not set(other.df["sha256"]) & set(small.df["sha256"])
+
+
+def test_stored_params_rerender_every_image_exactly(small: Manifest) -> None:
+    for i, row in small.df.iterrows():
+        stored = pixels(small, i)
+        assert np.array_equal(render_params(row), stored)
+        assert np.array_equal(counterfactual(row, row["label_name"]), stored)
+        assert np.array_equal(counterfactual(row["demo_params"], row["label_name"]), stored)
+
+
+def test_counterfactual_changes_the_expression_not_the_scene(small: Manifest) -> None:
+    i = int(np.flatnonzero(small.df["label_name"] == "sadness")[0])
+    row = small.df.iloc[i]
+    stored, surprised = pixels(small, i), counterfactual(row, "surprise", intensity=1.0)
+    assert np.abs(surprised.astype(int) - stored).mean() > 1.0
+    assert np.array_equal(surprised[:8], stored[:8])  # top of the head: same pose, lighting and noise
+
+
+def test_identities_differ() -> None:
+    subjects = [Subject.from_seed(i, 0) for i in range(30)]
+    assert len({(s.face_w, s.skin, s.eye_dx, s.mouth_w) for s in subjects}) == 30
+    assert Subject.from_seed(5, 0) == Subject.from_seed(5, 0) != Subject.from_seed(5, 1)
+    faces = [render(s, "neutral").astype(int) for s in subjects[:10]]
+    diffs = [np.abs(a - b).mean() for k, a in enumerate(faces) for b in faces[k + 1:]]
+    assert min(diffs) > 3.0
+
+
+def test_contempt_is_one_sided() -> None:
+    def asymmetry(img: np.ndarray) -> float:
+        mouth = img[38:58].astype(int)
+        return float(np.abs(mouth - mouth[:, ::-1]).mean())
+
+    for index in range(5):
+        s = Subject.from_seed(index, 0)
+        smirk, smile = render(s, "contempt"), render(s, "happy")
+        assert asymmetry(smirk) > max(1.0, 3 * asymmetry(smile))
+        left, right = render(s, "contempt", side=-1)[38:58].astype(int), smirk[38:58]
+        assert np.abs(left - right[:, ::-1]).mean() < 0.25 * np.abs(left - right).mean()  # the other side: a mirror image
+
+
+def test_au_vectors_follow_the_class_prototype(small: Manifest) -> None:
+    for _, row in small.df.iterrows():
+        params = json.loads(row["demo_params"])
+        prototype = AU_PROTOTYPES[row["label_name"]]
+        intensity = np.asarray(row["au_intensity"])
+        occurring = {au for au, on in zip(AU_IDS, row["au_occurrence"]) if on}
+        assert occurring <= set(prototype)
+        assert occurring == {au for au, v in zip(AU_IDS, intensity) if v >= AU_THRESHOLD}
+        expected = expression_aus(row["label_name"], params["intensity"], params["jitter"])
+        np.testing.assert_allclose(intensity, [expected[au] for au in AU_IDS], atol=1e-6)
+        if params["intensity"] >= 0.6:  # strong expressions show all their core AUs
+            assert {au for au, w in prototype.items() if w >= 0.5} <= occurring
+
+
+def test_intensity_has_a_real_low_share(small: Manifest) -> None:
+    rng = np.random.default_rng(0)
+    apex = demo.INTENSITY_LOW + (1 - demo.INTENSITY_LOW) * rng.beta(demo.INTENSITY_A, demo.INTENSITY_B, 10_000)
+    assert 0.1 < (apex < 0.4).mean() < 0.4
+
+
+def test_neutral_onset_frames(tmp_path: Path) -> None:
+    m = read_manifest(make_demo_dataset(tmp_path, counts=SMALL, n_subjects=12, folds=3, neutral=True))
+    neutral = m.df[m.df["label_name"] == "neutral"]
+    assert "neutral" in m.classes and len(neutral) == 21  # one per sequence
+    assert neutral["sample_id"].str.endswith("_00").all()
+    assert all(sum(v) == 0 for v in neutral["au_occurrence"])
+    with pytest.raises(FesaugError, match="--neutral"):
+        make_demo_dataset(tmp_path / "x", counts={"neutral": 5})
+
+
+def test_refuses_to_overwrite_and_replaces_cleanly(tmp_path: Path) -> None:
+    make_demo_dataset(tmp_path, counts={**SMALL, "surprise": 12}, n_subjects=12, folds=3)
+    with pytest.raises(FesaugError, match="--overwrite"):
+        make_demo_dataset(tmp_path, counts=SMALL, n_subjects=12, folds=3)
+    m = read_manifest(make_demo_dataset(tmp_path, counts=SMALL, n_subjects=12, folds=3, seed=1, overwrite=True))
+    on_disk = {p.relative_to(tmp_path).as_posix() for p in (tmp_path / "images").rglob("*.png")}
+    assert on_disk == {img["path"] for img in m.df["image"]}  # the first run's images are gone
+
+
+def test_interrupted_overwrite_leaves_no_stale_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_demo_dataset(tmp_path, counts=SMALL, n_subjects=12, folds=3)
+    real, written = demo._write_sample, []
+
+    def interrupted(*args: object) -> dict:
+        if len(written) == 5:
+            raise KeyboardInterrupt
+        written.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(demo, "_write_sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_demo_dataset(tmp_path, counts=SMALL, n_subjects=12, folds=3, seed=9, overwrite=True)
+    assert not (tmp_path / "manifest.parquet").exists()
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FesaugError, match="unknown class 'smug'"):
+        make_demo_dataset(tmp_path, counts={"smug": 3})
+    with pytest.raises(FesaugError, match="whole number"):
+        make_demo_dataset(tmp_path, counts={"fear": -1})
+    with pytest.raises(FesaugError, match="--n-subjects"):
+        make_demo_dataset(tmp_path, n_subjects=3)
+    with pytest.raises(FesaugError, match="unknown expression"):
+        render(Subject.from_seed(0), "bored")
+    with pytest.raises(FesaugError, match="AU"):
+        render_aus(Subject.from_seed(0), {43: 1.0})
+
+
+def test_cli(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    args = ("demo-data", "--out", out, "--counts", "anger=4,contempt=5,disgust=0,fear=3,happy=6,sadness=3,surprise=3",
+            "--n-subjects", "8", "--folds", "2", "--size", "48")
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("24 images, 8 subjects, 6 classes")
+    m = read_manifest(out / "manifest.parquet")
+    assert "disgust" not in m.classes and set(m.df["width"]) == {48}
+    again = run_cli(*args)
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert run_cli(*args, "--overwrite").returncode == 0
+    bad = run_cli("demo-data", "--out", out, "--counts", "contempt:5")
+    assert bad.returncode == 2 and "CLASS=COUNT" in bad.stderr
