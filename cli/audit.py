@@ -11,18 +11,10 @@ from pathlib import Path
 import click
 
 from fesaug.audit import BY_COLUMNS, AuditReport, audit, plot_report
-from fesaug.plots import plot_format
 from fesaug.errors import FesaugError
+from fesaug.plots import plot_format
 
-
-def _check_plot_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    # Fail before reading thousands of images, not after.
-    if value is not None:
-        try:
-            plot_format(value)
-        except FesaugError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
+from .params import checked_by
 
 
 @click.command("audit")
@@ -30,7 +22,7 @@ def _check_plot_path(ctx: click.Context, param: click.Parameter, value: Path | N
 @click.option("--by", type=click.Choice(BY_COLUMNS), help="Also count classes per value of this column.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="table for people; json (one object) or csv (the histogram) on stdout for scripts.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), callback=_check_plot_path,
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), callback=checked_by(plot_format),
               help="Write a stacked bar chart of real and synthetic images per class (.png, .svg or .pdf).")
 @click.option("--target", type=click.IntRange(min=1), metavar="N",
               help="Images wanted per class: show how many each class is short (csv: without --by only).")

@@ -4,17 +4,15 @@ from pathlib import Path
 
 import click
 
-from fesaug.data.ingest import FORMATS, PRESETS, IngestResult, compile_subject_pattern, ingest
-from fesaug.errors import FesaugError
+from fesaug.data.ingest import (
+    FORMATS,
+    PRESETS,
+    IngestResult,
+    compile_subject_pattern,
+    ingest,
+)
 
-
-def _check_pattern(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        try:
-            compile_subject_pattern(value)
-        except FesaugError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
+from .params import checked_by
 
 
 def _default_out(src: Path) -> Path:
@@ -49,7 +47,7 @@ def _summary(result: IngestResult) -> str:
 @click.option("--format", "format_", type=click.Choice(FORMATS), default="folder", show_default=True,
               help="folder: class folders (optionally inside train/, test/... folders); fer2013-csv: emotion,pixels,Usage rows.")
 @click.option("--preset", type=click.Choice(PRESETS), help="Read subject ids (and, for a flat JAFFE folder, classes) from a known dataset's file names.")
-@click.option("--subject-pattern", metavar="REGEX", callback=_check_pattern,
+@click.option("--subject-pattern", metavar="REGEX", callback=checked_by(compile_subject_pattern),
               help="Regex finding the subject id in each file name: one capture group, or a group named 'subject'.")
 @click.option("--folds", type=click.IntRange(min=2), metavar="K", help="Assign K subject-independent folds (needs subject ids).")
 @click.option("--fold-seed", type=int, default=0, show_default=True, metavar="S", help="Seed of the fold assignment.")
