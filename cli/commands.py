@@ -7,5 +7,6 @@ from .demo import demo_command
 from .demo_data import demo_data_command
 from .env import env_command
 from .ingest import ingest_command
+from .train import train_command
 
-ALL = [audit_command, demo_command, demo_data_command, env_command, ingest_command]
+ALL = [audit_command, demo_command, demo_data_command, env_command, ingest_command, train_command]

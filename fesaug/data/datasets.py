@@ -1,0 +1,218 @@
+"""PyTorch datasets over a manifest.
+
+* :class:`ManifestDataset`: ``(image, label)`` pairs for any classifier or generator; images are
+  float32 ``1×H×W`` in [0, 1].
+* :class:`PairedTargetDataset`: FERSNet's training samples, a source image plus a target
+  expression and, when the subject has one, a real image of that subject showing it.
+
+Both decode every image once, when the dataset is built, and keep the 8-bit pixels in memory:
+expression datasets are small (CK+48 is 981 images, about 4 MB at 64×64), decoding PNGs is the
+slowest part of loading them, and every epoch reads every image again. Worker processes of a
+``DataLoader`` share the cache copy-on-write.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from ..errors import FesaugError
+from .manifest import Manifest, read_manifest
+
+
+class ManifestDataset(Dataset):
+    """The images and labels of a manifest, optionally a subset of its rows.
+
+    ``origins`` keeps only rows of these origins (e.g. ``("real",)``); ``rows`` keeps only these
+    row positions of ``manifest.df`` (both filters apply together, in manifest order).
+    ``image_size`` resizes every image to ``image_size × image_size`` once, when it is decoded
+    (shorter side to ``image_size``, then a centre crop, so faces keep their aspect ratio);
+    without it all images must already share one size. ``transform`` (e.g. a
+    ``torchvision.transforms.v2`` pipeline) is applied to the float image.
+
+    Aligned with the items: ``pixels`` (the decoded uint8 images, ``N×1×H×W``), ``labels``,
+    ``subjects``, ``sample_ids`` and ``rows`` (positions in ``manifest.df``).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest | str | os.PathLike,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        origins: Collection[str] | None = None,
+        rows: Sequence[int] | None = None,
+        image_size: int | None = None,
+    ) -> None:
+        self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+        df = self.manifest.df
+        keep = np.ones(len(df), dtype=bool)
+        if origins is not None:
+            keep &= df["origin"].isin(list(origins)).to_numpy()
+        if rows is not None:
+            chosen = np.zeros(len(df), dtype=bool)
+            chosen[np.asarray(rows, dtype=np.int64)] = True
+            keep &= chosen
+        self.rows = np.flatnonzero(keep)
+        self.labels = df["label"].to_numpy(dtype=np.int64)[self.rows]
+        self.subjects = [None if pd.isna(s) else str(s) for s in df["subject_id"].iloc[self.rows].tolist()]
+        self.sample_ids = df["sample_id"].iloc[self.rows].tolist()
+        self.classes = self.manifest.classes
+        self.transform = transform
+        self.pixels = _decode(self.manifest, self.rows, image_size)
+        self._to_float = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = self._to_float(self.pixels[i])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image.as_subclass(torch.Tensor), int(self.labels[i])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.pixels.shape[1:])  # type: ignore[return-value]
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+    def sample_weights(self) -> torch.Tensor:
+        """One weight per item, inversely proportional to its class's frequency, so that a
+        ``WeightedRandomSampler(weights, num_samples=len(ds))`` draws every class equally often."""
+        counts = self.class_counts()
+        return torch.from_numpy(1.0 / counts[self.labels]).to(torch.float64)
+
+
+def _decode(manifest: Manifest, rows: np.ndarray, image_size: int | None) -> torch.Tensor:
+    """uint8 pixels ``(N, 1, S, S)`` of ``rows``, resized to ``image_size`` if given."""
+    if image_size is not None and image_size < 1:
+        raise FesaugError(f"image_size must be a positive number of pixels, got {image_size}")
+    resize = (
+        None if image_size is None
+        else v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+    )
+    images = []
+    for i in rows.tolist():
+        image = torch.from_numpy(np.asarray(manifest.open_image(i), dtype=np.uint8).copy())[None]
+        if resize is not None:
+            image = resize(tv_tensors.Image(image)).as_subclass(torch.Tensor)
+        images.append(image)
+    if not images:
+        return torch.empty((0, 1, image_size or 0, image_size or 0), dtype=torch.uint8)
+    shapes = {tuple(im.shape) for im in images}
+    if len(shapes) > 1:
+        raise FesaugError(
+            f"{manifest.path}: images have different sizes ({', '.join(f'{h}x{w}' for _, h, w in sorted(shapes)[:4])}); "
+            "pass image_size to resize them to one size"
+        )
+    return torch.stack(images)
+
+
+class PairedTargetDataset(Dataset):
+    """FERSNet training samples built on a :class:`ManifestDataset` (its rows and pixel cache).
+
+    Item ``i`` is a dict of
+
+    * ``source`` (uint8 ``1×S×S``) and ``source_label``: row ``i``;
+    * ``target_label``: the expression to synthesize, never the source's own;
+    * ``target`` (uint8 ``1×S×S``) and ``paired`` (bool): with probability ``paired_prob``, and
+      when the subject shows another expression somewhere in the dataset, a real image of the
+      same subject with that expression (a supervised pair, as in the authors' code); otherwise
+      ``paired`` is False, ``target_label`` is a uniformly drawn other class and ``target`` is
+      all zeros (only unpaired losses apply).
+
+    With ``augment``, the same random pad-and-crop (up to ``shift × S`` pixels each way, edge
+    padding) and horizontal flip are applied to source and target, so a pair stays aligned.
+
+    Every random choice of item ``i`` comes from a generator seeded with ``(seed, epoch, i)``;
+    call :meth:`set_epoch` before each epoch. An item is thus a pure function of those three
+    numbers, whatever the worker count, world size or iterator state, which is what makes
+    resumed and distributed runs reproducible.
+    """
+
+    def __init__(
+        self,
+        base: ManifestDataset,
+        *,
+        paired_prob: float,
+        augment: bool,
+        shift: float = 0.0,
+        hflip: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= paired_prob <= 1.0:
+            raise FesaugError(f"paired_prob must lie in [0, 1], got {paired_prob}")
+        if any(s is None for s in base.subjects):
+            missing = base.sample_ids[next(i for i, s in enumerate(base.subjects) if s is None)]
+            raise FesaugError(
+                f"{base.manifest.path}: row {missing} has no subject_id; training pairs images of the same "
+                "subject and splits by subject, so every real row needs one (re-ingest with a subject pattern)"
+            )
+        self.base = base
+        self.paired_prob = paired_prob
+        self.seed = seed
+        self.epoch = 0
+        self.num_classes = len(base.classes)
+        # partners[i]: rows of the same subject showing another expression than row i.
+        by_subject: dict[str, list[int]] = {}
+        for i, s in enumerate(base.subjects):
+            by_subject.setdefault(s, []).append(i)  # type: ignore[arg-type]
+        labels = base.labels
+        self.partners = [
+            np.array([j for j in by_subject[s] if labels[j] != labels[i]], dtype=np.int64)  # type: ignore[index]
+            for i, s in enumerate(base.subjects)
+        ]
+        side = base.image_shape[-1]
+        pad = round(shift * side)
+        transforms: list[v2.Transform] = []
+        if augment and pad:
+            transforms.append(v2.RandomCrop(side, padding=pad, padding_mode="edge"))
+        if augment and hflip:
+            transforms.append(v2.RandomHorizontalFlip())
+        self.augment = v2.Compose(transforms) if transforms else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def has_partner(self) -> np.ndarray:
+        """Whether each row's subject shows another expression (so row can be paired)."""
+        return np.array([len(p) > 0 for p in self.partners])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rng_seed = int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1, np.uint64)[0] >> 1)
+        # v2 transforms draw from torch's global generator; fork it so this item's draws are
+        # fixed by its seed and leave the caller's generator state untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rng_seed)
+            source_label = int(self.base.labels[i])
+            partners = self.partners[i]
+            paired = len(partners) > 0 and float(torch.rand(())) < self.paired_prob
+            if paired:
+                j = int(partners[int(torch.randint(len(partners), ()))])
+                target_label, target = int(self.base.labels[j]), self.base.pixels[j]
+            else:
+                # Uniform over the other classes: shift the source label by 1..C-1.
+                offset = 1 + int(torch.randint(self.num_classes - 1, ()))
+                target_label = (source_label + offset) % self.num_classes
+                target = torch.zeros_like(self.base.pixels[i])
+            source = self.base.pixels[i]
+            if self.augment is not None:
+                source, target = self.augment(tv_tensors.Image(source), tv_tensors.Image(target))
+        return {
+            "source": source.as_subclass(torch.Tensor),
+            "source_label": source_label,
+            "target": target.as_subclass(torch.Tensor),
+            "target_label": target_label,
+            "paired": paired,
+        }

@@ -1,0 +1,342 @@
+"""What ``fesaug train`` does: :class:`TrainConfig`, its loss weights, presets and YAML files.
+
+A configuration is resolved in layers: a preset (``cpu`` or ``paper``), then a YAML file, then
+command-line flags; each layer replaces only the keys it names (``model`` and ``loss`` are merged
+key by key). Every key and type is checked, and an error names the key and where it came from.
+
+YAML layout (every key optional)::
+
+    preset: cpu              # cpu | paper: model size and training defaults
+    epochs: 30
+    batch_size: 32
+    holdout_fold: 0
+    model:                   # FERSNetConfig fields, e.g. sharing, widths, image_size
+      sharing: cross-stitch
+    loss:                    # LossWeights fields
+      cycle: 1.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .errors import FesaugError
+
+if TYPE_CHECKING:
+    from .models import FERSNetConfig
+
+# fesaug.models imports torch (seconds); this module is imported by `fesaug --help`, so the
+# model is imported only where a config is validated or built.
+
+DEVICES = ("auto", "cpu", "cuda")
+# Model fields the data decides: the manifest's class list and its grayscale images.
+DATA_MODEL_FIELDS = ("num_classes", "in_channels")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the terms of FERSNet's training loss; every term is defined here.
+
+    Images are compared in the model's [-1, 1] range. ``x`` is a real source image with label
+    ``y``, ``t`` a target label, ``G(x, t)`` the synthesized image and ``D(image, label)`` the
+    conditional PatchGAN. The generator/classifier minimise
+    ``fer·L_fer + adversarial·L_adv + cycle·L_cyc + paired·L_pair + expression·L_expr``; the
+    discriminator minimises its own LSGAN loss (see ``adversarial``), unweighted.
+
+    Identity preservation: no pretrained face-recognition network can be downloaded here, so
+    the authors' LightCNN feature loss is not reproduced. Identity is kept by the cycle loss
+    (every sample) and the paired L1 loss (same-subject pairs), both in pixel space. A
+    subject-classification head was not added: held-out subjects are by definition unknown to
+    it, so it would not constrain the faces the generator is later used on.
+    """
+
+    fer: float = 1.0
+    """Cross-entropy of the FER branch on real images (``CE(FER(x), y)``); the recognition task."""
+
+    adversarial: float = 0.3
+    """LSGAN, as in the authors' code. Generator: ``MSE(D(G(x,t), t), 1)``. Discriminator:
+    ``½[MSE(D(real, l), 1) + MSE(D(G(x,t), t), 0)]`` where ``(real, l)`` is the paired target
+    image with label ``t`` when the row has one, else the source ``x`` with its own label ``y``:
+    a real image must always be shown with its true label, so D learns what each expression
+    looks like rather than which images are real. 0.3 is the authors' weight."""
+
+    cycle: float = 0.5
+    """Cycle reconstruction ``L1(G(G(x,t), y), x)``: translating back to the source expression
+    must give the input back; keeps identity and pose on unpaired samples. The authors used MSE
+    with weight 0.5; L1 keeps edges sharper."""
+
+    paired: float = 1.0
+    """``L1(G(x,t), x_t)`` against the real image ``x_t`` of the same subject showing ``t``,
+    averaged over the rows that have one (the authors' supervised pairs, weight 1)."""
+
+    expression: float = 0.5
+    """``CE(FER(G(x,t)), t)``: the synthesized face must be recognised as the target
+    expression. The classifier judging it runs with frozen weights in eval mode (as it is used
+    later, e.g. for the balance step's quality gate), so only the generator learns from this
+    term; a classifier trained on its own fakes would learn their artefacts. This is the only
+    term that tells the generator what an expression looks like on unpaired samples besides D.
+    Not in the authors' code (StarGAN's domain-classification loss plays this role)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. The defaults are the ``cpu`` preset.
+
+    ``lr_milestones`` are fractions of ``epochs`` at which the learning rate is multiplied by
+    ``lr_gamma`` (MultiStepLR), so changing ``epochs`` keeps the schedule's shape: the authors'
+    [150, 400] of 500 epochs is (0.3, 0.8).
+    """
+
+    preset: str = "cpu"
+    model: dict[str, Any] = field(default_factory=dict)  # FERSNetConfig overrides
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 5e-4
+    d_steps: int = 1  # discriminator updates per generator update
+    lr_milestones: tuple[float, ...] = (0.7,)
+    lr_gamma: float = 0.1
+    holdout_fold: int | None = None  # rows of this fold (all their subjects) are never trained on
+    val_fraction: float = 0.15  # share of training subjects kept for validation / model selection
+    paired_prob: float = 0.5  # chance of a same-subject target when the subject has one
+    shift: float = 0.0625  # max random translation, as a fraction of the image side (0 = none)
+    hflip: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    deterministic: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
+    sample_rows: int = 4  # validation faces in each epoch's sample grid
+    loss: LossWeights = field(default_factory=LossWeights)
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # ----------------------------------------------------------------------- construction
+
+    @classmethod
+    def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
+        """A preset, optionally with some fields replaced (``model``/``loss`` merged)."""
+        if name not in PRESETS:
+            raise FesaugError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls().updated({**PRESETS[name], **overrides}, where=f"preset {name!r}")
+
+    def updated(self, data: Mapping[str, Any], *, where: str) -> TrainConfig:
+        """A copy with the keys of ``data`` replaced, after checking each key and type.
+
+        ``where`` names the source (a file, "command line") in error messages.
+        """
+        if not isinstance(data, Mapping):
+            raise FesaugError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
+        hints = typing.get_type_hints(TrainConfig)
+        changes: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in hints:
+                raise FesaugError(f"{where}: unknown config key {key!r}; known keys: {', '.join(hints)}")
+            if key == "loss":
+                changes[key] = _update_dataclass(self.loss, value, where=where, prefix="loss.")
+            elif key == "model":
+                changes[key] = {**self.model, **_check_model_overrides(value, where=where)}
+            else:
+                changes[key] = _coerce(value, hints[key], key=key, where=where)
+        try:
+            return replace(self, **changes)
+        except FesaugError as exc:
+            raise FesaugError(f"{where}: {exc}") from None
+
+    def model_config(self, num_classes: int) -> FERSNetConfig:
+        from .models import FERSNetConfig
+
+        return FERSNetConfig.preset(self.preset, **self.model, num_classes=num_classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (lists, not tuples): for YAML, JSON and ``weights_only`` checkpoints."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str) -> TrainConfig:
+        """The inverse of :meth:`to_dict` (defaults for missing keys)."""
+        return cls().updated(data, where=where)
+
+    # ----------------------------------------------------------------------- validation
+
+    def _validate(self) -> None:
+        from .models import ModelConfigError
+
+        if self.preset not in PRESETS:
+            raise FesaugError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        checks = [
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("lr", self.lr > 0, "positive"),
+            ("betas", all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "non-negative"),
+            ("d_steps", self.d_steps >= 1, "at least 1"),
+            ("lr_milestones", all(0 < m <= 1 for m in self.lr_milestones)
+             and list(self.lr_milestones) == sorted(set(self.lr_milestones)), "increasing fractions in (0, 1]"),
+            ("lr_gamma", 0 < self.lr_gamma <= 1, "in (0, 1]"),
+            ("holdout_fold", self.holdout_fold is None or self.holdout_fold >= 0, "a fold number (0 or more)"),
+            ("val_fraction", 0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
+            ("paired_prob", 0 <= self.paired_prob <= 1, "in [0, 1]"),
+            ("shift", 0 <= self.shift < 0.5, "in [0, 0.5)"),
+            ("num_workers", self.num_workers >= 0, "0 or more"),
+            ("seed", self.seed >= 0, "0 or more"),
+            ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
+            ("sample_rows", self.sample_rows >= 1, "at least 1"),
+        ]
+        checks += [(f"loss.{f.name}", getattr(self.loss, f.name) >= 0, "non-negative")
+                   for f in dataclasses.fields(LossWeights)]
+        for key, ok, expected in checks:
+            if not ok:
+                value = getattr(self.loss, key[5:]) if key.startswith("loss.") else getattr(self, key)
+                raise FesaugError(f"{key} must be {expected}, got {_show(value)}")
+        try:
+            self.model_config(num_classes=2)
+        except ModelConfigError as exc:
+            raise FesaugError(f"model: {exc}") from None
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # 64x64 and small widths. Measured on the demo dataset (CK+48-sized) holding out one of 5
+    # folds, 669 training images: about 31 images/s, 22 s per epoch, on one CPU thread of a
+    # shared 2-core machine, so 30 epochs take about 11 minutes. Expression conditioning
+    # appears after about 15 epochs (it is absent at epoch 10).
+    "cpu": {},
+    # The authors' 2021 recipe: Adam 1e-4, betas (0.5, 0.999), weight decay 5e-4, batch 8,
+    # 3 D steps per G step, 500 epochs with MultiStepLR at 150 and 400; 96x96, paper widths.
+    "paper": {
+        "preset": "paper", "epochs": 500, "batch_size": 8, "lr": 1e-4, "d_steps": 3,
+        "lr_milestones": [0.3, 0.8], "num_workers": 4, "deterministic": False,
+    },
+}
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (default: the preset the file names, else ``cpu``) updated with a YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FesaugError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise FesaugError(f"{path} is not valid YAML: {exc}") from None
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise FesaugError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    if base is None:
+        preset = data.get("preset", "cpu")
+        base = TrainConfig.preset_config(preset) if isinstance(preset, str) and preset in PRESETS else TrainConfig()
+    return base.updated(data, where=str(path))
+
+
+def resolve_config(
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    base: TrainConfig | None = None,
+) -> TrainConfig:
+    """preset (or ``base``) → YAML file → ``overrides`` (e.g. command-line flags)."""
+    config = TrainConfig.preset_config(preset) if preset is not None else base
+    if config_file is not None:
+        config = load_config(config_file, config)
+    config = config if config is not None else TrainConfig.preset_config("cpu")
+    return config.updated(dict(overrides or {}), where="command line") if overrides else config
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    from ._io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------
+# type checking of untyped (YAML / checkpoint) values
+
+
+def _check_model_overrides(value: Any, *, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise FesaugError(f"{where}: model must be a mapping of FERSNet settings, got {_show(value)}")
+    from .models import FERSNetConfig
+
+    hints = typing.get_type_hints(FERSNetConfig)
+    out = {}
+    for key, item in value.items():
+        if key in DATA_MODEL_FIELDS:
+            raise FesaugError(f"{where}: model.{key} is set from the manifest (its classes and grayscale images); remove it")
+        if key not in hints:
+            known = ", ".join(k for k in hints if k not in DATA_MODEL_FIELDS)
+            raise FesaugError(f"{where}: unknown model key {key!r}; known keys: {known}")
+        out[key] = _coerce(item, hints[key], key=f"model.{key}", where=where)
+    return out
+
+
+def _update_dataclass(obj: Any, value: Any, *, where: str, prefix: str) -> Any:
+    if not isinstance(value, Mapping):
+        raise FesaugError(f"{where}: {prefix[:-1]} must be a mapping, got {_show(value)}")
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
+    for key, item in value.items():
+        if key not in hints:
+            raise FesaugError(f"{where}: unknown key {prefix}{key}; known keys: {', '.join(prefix + k for k in hints)}")
+        changes[key] = _coerce(item, hints[key], key=prefix + key, where=where)
+    return replace(obj, **changes)
+
+
+def _coerce(value: Any, hint: Any, *, key: str, where: str) -> Any:
+    """``value`` as type ``hint`` (int, float, bool, str, X | None, tuple[X, ...], tuple[X, Y])."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def fail(expected: str) -> FesaugError:
+        return FesaugError(f"{where}: {key} must be {expected}, got {_show(value)}")
+
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key=key, where=where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise fail("a list")
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            raise fail(f"a list of {len(items)} values")
+        return tuple(_coerce(v, t, key=key, where=where) for v, t in zip(value, items))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    raise TypeError(f"config type {hint!r} of {key} is not supported")  # a bug in the dataclass
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})" if not isinstance(value, (int, float)) or isinstance(value, bool) else repr(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

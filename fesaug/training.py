@@ -1,0 +1,768 @@
+"""Training FERSNet: recognition and synthesis together, with a conditional PatchGAN.
+
+``train(manifest, out_dir, config)`` is the whole procedure; read it from :func:`train` down.
+
+Data. Real rows of the manifest only. Rows of ``config.holdout_fold`` and rows in split ``test``
+are held out: never trained on, never validated on. From the remaining *subjects*, a
+stratified ``val_fraction`` is kept for validation (model selection: ``best.pt`` has the best
+validation FER accuracy, ties broken by the lower validation loss). Each training sample is
+a source image, a target expression and, when the subject shows it, the subject's real image
+of that expression (:class:`~fesaug.data.datasets.PairedTargetDataset`).
+
+One step, per batch (losses in :class:`~fesaug.train_config.LossWeights`):
+
+1. FERSNet translates the sources to their targets and back, and classifies the real sources
+   (one module call, so that DDP sees one forward per backward);
+2. the discriminator is updated ``d_steps`` times on real vs. these (detached) synthesized images;
+3. FERSNet (encoders, classifier, decoder) is updated on the weighted sum of its losses, with
+   the discriminator frozen.
+
+A run folder holds ``config.yaml`` (the resolved configuration), ``provenance.json``,
+``metrics.jsonl`` (one line per epoch), ``samples/epoch_XXX.png`` (rows: fixed validation
+faces; columns: the input, then one synthesized image per class) and ``checkpoints/last.pt``
+and ``best.pt`` (see :mod:`fesaug.checkpoint`).
+
+Runs under ``torchrun --nproc-per-node N -m fesaug train ...`` use DDP (gloo on CPU, NCCL on
+GPU); rank 0 alone writes files. Resuming (``resume=True``) continues from ``last.pt`` and
+ends with the same weights as an uninterrupted run: data order and augmentation are functions
+of (seed, epoch, index) only, and the global generators are reseeded from (seed, epoch) at the
+start of every epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from ._io import atomic_path, atomic_write_text
+from .checkpoint import (
+    file_sha256,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .data.datasets import ManifestDataset, PairedTargetDataset
+from .data.manifest import Manifest, read_manifest
+from .data.splits import assign_folds
+from .errors import FesaugError, UsageError
+from .models import Discriminator, FERSNet, FERSNetConfig, to_model_range
+from .provenance import provenance
+from .train_config import (
+    PRESETS,
+    LossWeights,
+    TrainConfig,
+    load_config,
+    resolve_config,
+    save_config,
+)
+
+__all__ = [
+    "PRESETS", "LossWeights", "Split", "TrainConfig", "TrainResult", "load_config", "resolve_config",
+    "run_config", "split_subjects", "train",
+]
+
+log = logging.getLogger(__name__)
+
+# Settings that may change when a run is resumed. `epochs` extends (or shortens) a run; the
+# learning-rate milestones stay at the epochs the original run placed them (they are part of the
+# scheduler's saved state), so a longer run continues at the last learning rate.
+RESUMABLE_CHANGES = ("epochs", "num_workers", "device")
+
+
+@dataclass
+class TrainResult:
+    """Where a run's files are and how it went. ``metrics`` holds every line of metrics.jsonl."""
+
+    run_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path
+    best_epoch: int
+    best_val_fer_acc: float | None
+    metrics: list[dict[str, Any]]
+    config: TrainConfig
+
+
+# --------------------------------------------------------------------------------------------
+# who is trained on, validated on and held out
+
+
+@dataclass
+class Split:
+    """Row positions (in ``manifest.df``) and subjects of each part of a run's data."""
+
+    holdout_fold: int | None
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    train_subjects: list[str]
+    val_subjects: list[str]
+    heldout_subjects: list[str]
+    train_folds: list[int]
+    val_folds: list[int]
+    heldout_folds: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if not k.endswith("_rows")}
+
+
+def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: float, seed: int) -> Split:
+    """Hold out fold ``holdout_fold`` and split ``test``; carve validation subjects from the rest.
+
+    Validation subjects are one fold of a stratified, subject-grouped split of the training
+    subjects into ``round(1 / val_fraction)`` parts, so their class mix follows the training set.
+    """
+    df = manifest.df
+    real = (df["origin"] == "real").to_numpy()
+    folds = df["fold"]
+    if holdout_fold is not None:
+        present = sorted(int(f) for f in folds.dropna().unique())
+        if not present:
+            raise FesaugError(f"{manifest.path} has no folds, so --holdout-fold cannot be used; re-create it with folds")
+        if holdout_fold not in present:
+            raise FesaugError(f"{manifest.path} has no fold {holdout_fold} (folds: {', '.join(map(str, present))})")
+    in_fold = (folds == holdout_fold).fillna(False).to_numpy(dtype=bool) if holdout_fold is not None else np.zeros(len(df), bool)
+    heldout = real & (in_fold | (df["split"] == "test").to_numpy())
+    pool = real & ~heldout
+    subjects = df["subject_id"]
+    if subjects[pool].isna().any():
+        first = df["sample_id"][pool & subjects.isna().to_numpy()].iloc[0]
+        raise FesaugError(
+            f"{manifest.path}: row {first} has no subject_id; training splits and pairs images by subject, "
+            "so every real row needs one (re-ingest with a subject pattern)"
+        )
+    heldout_subjects = set(subjects[heldout].dropna())
+    leaking = sorted(heldout_subjects & set(subjects[pool]))
+    if leaking:
+        raise FesaugError(
+            f"{manifest.path}: subject(s) {', '.join(leaking[:5])} have rows both in the held-out data and in "
+            "training data; re-assign folds by subject (`fesaug audit` lists them)"
+        )
+    pool_rows = np.flatnonzero(pool)
+    if pool_rows.size == 0:
+        raise FesaugError(f"{manifest.path}: no real training rows are left after holding out fold {holdout_fold} and the test split")
+    pool_subjects = subjects.iloc[pool_rows].astype(str).to_numpy()
+    is_val = np.zeros(pool_rows.size, dtype=bool)
+    if val_fraction > 0:
+        n_subjects = len(set(pool_subjects))
+        if n_subjects < 2:
+            raise FesaugError(f"{manifest.path}: only {n_subjects} training subject(s), too few to carve a validation set; set val_fraction: 0")
+        n_parts = min(n_subjects, max(2, round(1 / val_fraction)))
+        labels = df["label"].to_numpy(dtype=np.int64)[pool_rows]
+        with warnings.catch_warnings():
+            # scikit-learn warns when a class has fewer subjects than parts; stratification is
+            # then best-effort, which is all a validation split of a small dataset can be.
+            warnings.simplefilter("ignore", UserWarning)
+            is_val = assign_folds(labels, pool_subjects, n_parts, seed) == 0
+    train_rows, val_rows = pool_rows[~is_val], pool_rows[is_val]
+
+    def fold_list(rows: np.ndarray) -> list[int]:
+        return sorted(int(f) for f in folds.iloc[rows].dropna().unique())
+
+    return Split(
+        holdout_fold=holdout_fold,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        train_subjects=sorted(set(pool_subjects[~is_val])),
+        val_subjects=sorted(set(pool_subjects[is_val])),
+        heldout_subjects=sorted(map(str, heldout_subjects)),
+        train_folds=fold_list(train_rows),
+        val_folds=fold_list(val_rows),
+        heldout_folds=fold_list(np.flatnonzero(heldout)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# devices, precision, processes
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int
+    world_size: int
+    local_rank: int
+    amp_dtype: torch.dtype | None  # autocast dtype, None for full precision
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+@contextlib.contextmanager
+def _runtime(config: TrainConfig) -> Iterator[Runtime]:
+    """Pick the device, join the process group under torchrun, set determinism and threads;
+    restore the process-wide settings afterwards (``train`` may be called from a notebook)."""
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise FesaugError("device is cuda but torch sees no CUDA device; use --device cpu or auto")
+    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if config.amp else None
+    else:
+        device, amp_dtype = torch.device("cpu"), None
+        # Processes sharing a machine would otherwise each start one thread per core. On a
+        # machine busy with other work, fewer threads than cores can be many times faster
+        # (OpenMP threads wait for descheduled siblings): set OMP_NUM_THREADS there.
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: a few CUDA kernels (e.g. nearest-upsampling backward) have no deterministic
+        # version; on the CPU every op used here is deterministic.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = use_cuda and not config.deterministic
+    joined = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
+                                device_id=device if use_cuda else None)
+        joined = True
+    try:
+        yield Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank, amp_dtype=amp_dtype)
+        if joined:
+            dist.barrier()
+    finally:
+        if joined:
+            dist.destroy_process_group()
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark = saved[3]
+
+
+def _seed_everything(*seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) from a tuple such as (seed, epoch)."""
+    value = int(np.random.SeedSequence(list(seed)).generate_state(1, np.uint32)[0])
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+# --------------------------------------------------------------------------------------------
+# one training step
+
+
+class GeneratorStep(nn.Module):
+    """Every FERSNet forward pass of one generator update, in one call.
+
+    Returns the FER logits of the real sources, the synthesized images, their translations
+    back to the source labels (cycle), and the FER logits of the synthesized images as the
+    frozen, eval-mode classifier sees them (for the expression loss, see ``LossWeights``).
+    """
+
+    def __init__(self, net: FERSNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, source_label: Tensor, target_label: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out = self.net(x, target_label)
+        fake = out.fake
+        assert fake is not None  # a target was given
+        with _frozen_batch_stats(self.net):
+            cycled = self.net(fake, source_label).fake
+        judged = _frozen_classifier_logits(self.net, fake)
+        return out.logits, fake, cycled, judged
+
+
+@contextlib.contextmanager
+def _frozen_batch_stats(module: nn.Module) -> Iterator[None]:
+    """Forward passes in training mode that leave BatchNorm running statistics unchanged.
+
+    The running statistics classify real faces at evaluation time; letting batches of
+    synthesized faces move them would shift the classifier toward the generator's artefacts.
+    A momentum of 0 keeps them exactly as they are while batch statistics are still used.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+
+def _frozen_classifier_logits(net: FERSNet, images: Tensor) -> Tensor:
+    """FER logits of ``images`` with the weights treated as constants (gradients reach only
+    ``images``) and in eval mode, as the trained classifier will judge synthesized faces."""
+    weights = {name: p.detach() for name, p in net.named_parameters()}
+    was_training = net.training
+    net.eval()
+    try:
+        return functional_call(net, weights, (images,)).logits
+    finally:
+        net.train(was_training)
+
+
+def _masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean L1 over the rows where ``mask`` is set (0 when none is)."""
+    per_row = (pred - target).abs().flatten(1).mean(1)
+    return (per_row * mask).sum() / mask.sum().clamp(min=1)
+
+
+@dataclass
+class Optimisation:
+    g_step: nn.Module  # GeneratorStep, DDP-wrapped when distributed
+    d_train: nn.Module  # the discriminator, DDP-wrapped when distributed
+    disc: Discriminator  # the bare discriminator (frozen during generator updates)
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
+def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_steps: int, rt: Runtime) -> dict[str, Tensor]:
+    device = rt.device
+    x = to_model_range(batch["source"].to(device, non_blocking=True))
+    x_target = to_model_range(batch["target"].to(device, non_blocking=True))
+    y = batch["source_label"].to(device, non_blocking=True)
+    t = batch["target_label"].to(device, non_blocking=True)
+    paired = batch["paired"].to(device, non_blocking=True)
+
+    with rt.autocast():
+        logits, fake, cycled, judged = o.g_step(x, y, t)
+
+    # Discriminator: a real image is always shown with its true label, the paired target when
+    # there is one (same label as the fake next to it), else the source itself.
+    real = torch.where(paired[:, None, None, None], x_target, x)
+    real_label = torch.where(paired, t, y)
+    o.disc.requires_grad_(True)
+    for _ in range(d_steps):
+        with rt.autocast():
+            # One call on real and fake together: the PatchGAN normalises per image, and DDP
+            # wants one forward per backward.
+            scores = o.d_train(torch.cat([real, fake.detach()]), torch.cat([real_label, t])).float()
+        s_real, s_fake = scores.chunk(2)
+        loss_d = 0.5 * (F.mse_loss(s_real, torch.ones_like(s_real)) + F.mse_loss(s_fake, torch.zeros_like(s_fake)))
+        o.opt_d.zero_grad(set_to_none=True)
+        o.scaler.scale(loss_d).backward()
+        o.scaler.step(o.opt_d)
+        o.scaler.update()
+
+    # FERSNet: the bare discriminator, frozen, so no gradient or DDP hook touches its weights.
+    o.disc.requires_grad_(False)
+    with rt.autocast():
+        s_gen = o.disc(fake, t).float()
+    pair_mask = paired.float()
+    losses = {
+        "fer": F.cross_entropy(logits.float(), y),
+        "adversarial": F.mse_loss(s_gen, torch.ones_like(s_gen)),
+        "cycle": F.l1_loss(cycled.float(), x),
+        "paired": _masked_l1(fake.float(), x_target, pair_mask),
+        "expression": F.cross_entropy(judged.float(), t),
+    }
+    loss_g = sum(getattr(w, name) * value for name, value in losses.items())
+    o.opt_g.zero_grad(set_to_none=True)
+    o.scaler.scale(loss_g).backward()
+    o.scaler.step(o.opt_g)
+    o.scaler.update()
+    o.disc.requires_grad_(True)
+    return {**{f"loss_{k}": v.detach() for k, v in losses.items()}, "loss_g_total": loss_g.detach(),
+            "loss_d": loss_d.detach(), "paired_fraction": pair_mask.mean()}
+
+
+# --------------------------------------------------------------------------------------------
+# validation and sample images
+
+
+@torch.no_grad()
+def evaluate(net: FERSNet, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    """FER loss / accuracy / balanced accuracy on real validation faces; cycle L1 (source →
+    target → source) and, on same-subject pairs, L1 between synthesized and real target image."""
+    was_training = net.training
+    net.eval()
+    num_classes = net.config.num_classes
+    correct = np.zeros(num_classes)
+    total = np.zeros(num_classes)
+    fer_loss = cycle = paired_l1 = 0.0
+    n_paired = 0
+    for batch in loader:
+        x = to_model_range(batch["source"].to(device))
+        y, t = batch["source_label"].to(device), batch["target_label"].to(device)
+        paired = batch["paired"].to(device)
+        out = net(x, t)
+        back = net(out.fake, y)
+        fer_loss += float(F.cross_entropy(out.logits.float(), y, reduction="sum"))
+        hits = (out.logits.argmax(1) == y).cpu().numpy()
+        np.add.at(correct, y.cpu().numpy(), hits)
+        np.add.at(total, y.cpu().numpy(), 1)
+        cycle += float((back.fake - x).abs().flatten(1).mean(1).sum())
+        per_pair = (out.fake - to_model_range(batch["target"].to(device))).abs().flatten(1).mean(1)
+        paired_l1 += float(per_pair[paired].sum())
+        n_paired += int(paired.sum())
+    net.train(was_training)
+    n = int(total.sum())
+    seen = total > 0
+    return {
+        "val_fer_loss": fer_loss / n,
+        "val_fer_acc": float(correct.sum() / n),
+        "val_fer_balanced_acc": float((correct[seen] / total[seen]).mean()),
+        "val_cycle_l1": cycle / n,
+        "val_paired_l1": paired_l1 / n_paired if n_paired else math.nan,
+    }
+
+
+@torch.no_grad()
+def save_sample_grid(net: FERSNet, faces: Tensor, path: Path) -> None:
+    """One row per face in ``faces`` (uint8, N×1×S×S): the input, then each class synthesized."""
+    was_training = net.training
+    net.eval()
+    num_classes = net.config.num_classes
+    device = next(net.parameters()).device
+    x = to_model_range(faces.to(device))
+    targets = torch.arange(num_classes, device=device).repeat(len(x))
+    fakes = net.synthesize(x.repeat_interleave(num_classes, dim=0), targets)
+    rows = torch.cat([x[:, None], fakes.view(len(x), num_classes, *x.shape[1:])], dim=1)
+    net.train(was_training)
+    with atomic_path(path) as tmp:
+        save_image((rows.flatten(0, 1).float().cpu() + 1) / 2, tmp, nrow=num_classes + 1, padding=2, format="png")
+
+
+def _sample_faces(dataset: ManifestDataset, n: int) -> Tensor:
+    """``n`` faces for the sample grid, cycling through the classes so rare ones appear too."""
+    by_class = [np.flatnonzero(dataset.labels == c).tolist() for c in range(len(dataset.classes))]
+    picks: list[int] = []
+    while len(picks) < min(n, len(dataset)):
+        for rows in by_class:
+            if rows and len(picks) < n:
+                picks.append(rows.pop(0))
+    return dataset.pixels[picks]
+
+
+# --------------------------------------------------------------------------------------------
+# the run folder
+
+
+def run_config(out_dir: str | os.PathLike) -> TrainConfig:
+    """The configuration a run folder was trained with (its ``config.yaml``), to resume it."""
+    path = Path(out_dir) / "config.yaml"
+    if not path.is_file():
+        raise FesaugError(f"{out_dir} has no config.yaml, so it is not a fesaug training run; check --out")
+    return load_config(path)
+
+
+def _prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, rt: Runtime) -> dict[str, Any] | None:
+    """Check the run folder against resume/overwrite; returns the checkpoint to resume from."""
+    if resume and overwrite:
+        raise UsageError("--resume continues a run and --overwrite starts it over; pass only one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FesaugError(f"--out {out_dir} is a file; give a folder for the run")
+    last = out_dir / "checkpoints" / "last.pt"
+    existing = [p for p in (last, out_dir / "checkpoints" / "best.pt") if p.exists()]
+    if resume:
+        if not last.exists():
+            raise FesaugError(f"nothing to resume: {last} does not exist; run without --resume to start training")
+        return load_checkpoint(last)
+    if existing and not overwrite:
+        raise FesaugError(
+            f"{out_dir} already holds a training run ({existing[0]}); pass --resume to continue it, "
+            "--overwrite to start over, or choose another --out"
+        )
+    # Every rank has looked at the folder before rank 0 empties it.
+    rt.barrier()
+    if rt.is_main and overwrite:
+        for name in ("checkpoints", "samples"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return None
+
+
+def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, model_config: FERSNetConfig,
+                     classes: list[str], manifest_sha: str, path: Path) -> None:
+    if list(ckpt["classes"]) != classes:
+        raise FesaugError(f"{path} was trained on classes {ckpt['classes']}, but the manifest has {classes}; use the manifest it was trained on")
+    if ckpt["manifest"]["sha256"] != manifest_sha:
+        raise FesaugError(
+            f"{path} was trained on another manifest ({ckpt['manifest']['path']}, sha256 {ckpt['manifest']['sha256'][:12]}…); "
+            "resume with that manifest, or start a new run with --out"
+        )
+    if ckpt["image_size"] != model_config.image_size:
+        raise FesaugError(f"{path} was trained on {ckpt['image_size']}x{ckpt['image_size']} images, but the config asks for "
+                          f"{model_config.image_size}x{model_config.image_size}; resume with the run's own settings")
+    saved = _checkpoint_model_config(ckpt, path)
+    if saved != model_config:
+        diff = [f"{k}: {getattr(saved, k)!r} → {getattr(model_config, k)!r}"
+                for k in dataclasses.asdict(saved) if getattr(saved, k) != getattr(model_config, k)]
+        raise FesaugError(f"{path} holds another model than the config asks for ({'; '.join(diff)}); resume with the run's own settings")
+    requested, trained = config.to_dict(), ckpt["config"]
+    diff = [f"{k}: {trained.get(k)!r} → {v!r}" for k, v in requested.items() if k not in RESUMABLE_CHANGES and trained.get(k) != v]
+    if diff:
+        raise FesaugError(f"{path} was trained with other settings ({'; '.join(diff)}); resuming would not continue the same run — "
+                          "drop those flags (the run's config.yaml is used) or start a new run")
+    if ckpt["epoch"] >= config.epochs:
+        raise FesaugError(f"{path} has already completed {ckpt['epoch']} epoch(s) of {config.epochs}; pass a larger --epochs to train longer")
+
+
+def _checkpoint_model_config(ckpt: dict[str, Any], path: Path) -> FERSNetConfig:
+    try:
+        return FERSNetConfig(**ckpt["model_config"])
+    except (TypeError, FesaugError) as exc:
+        raise FesaugError(f"{path}: the checkpoint's model config is not understood ({exc}); it was written by another fesaug version") from None
+
+
+def _read_metrics(path: Path, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [m for m in lines if up_to_epoch is None or m["epoch"] <= up_to_epoch]
+
+
+def _write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(m, allow_nan=False) + "\n" for m in metrics))
+
+
+def _json_number(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+
+# --------------------------------------------------------------------------------------------
+# the procedure
+
+
+def train(
+    manifest: str | os.PathLike | Manifest,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train FERSNet on the real rows of ``manifest``; write the run folder ``out_dir``.
+
+    ``resume`` continues the run in ``out_dir`` from ``checkpoints/last.pt`` (``config`` must
+    match the run's, except ``epochs``, ``num_workers`` and ``device``); ``overwrite``
+    discards a previous run there. See the module docstring for what is written.
+    """
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    classes = manifest.classes
+    model_config = config.model_config(num_classes=len(classes))
+    manifest_sha = file_sha256(manifest.path)
+
+    with _runtime(config) as rt:
+        ckpt = _prepare_run_dir(out_dir, resume=resume, overwrite=overwrite, rt=rt)
+        if ckpt is not None:
+            _check_resumable(ckpt, config, model_config, classes, manifest_sha, out_dir / "checkpoints" / "last.pt")
+        split = split_subjects(manifest, config.holdout_fold, config.val_fraction, config.seed)
+
+        # Data: pixels decoded once, at the model's size.
+        size = model_config.image_size
+        train_set = PairedTargetDataset(
+            ManifestDataset(manifest, rows=split.train_rows, image_size=size),
+            paired_prob=config.paired_prob, augment=True, shift=config.shift, hflip=config.hflip, seed=config.seed,
+        )
+        sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
+        # drop_last: a last batch of one or two images gives the GAN and BatchNorm noisy statistics.
+        # Workers are not persistent: each epoch's workers must copy the dataset after set_epoch().
+        train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                                  num_workers=config.num_workers, pin_memory=rt.device.type == "cuda")
+        if len(train_loader) == 0:
+            raise FesaugError(
+                f"{len(train_set)} training image(s) over {rt.world_size} process(es) do not fill one batch of "
+                f"{config.batch_size}; lower --batch-size"
+            )
+        val_base = ManifestDataset(manifest, rows=split.val_rows, image_size=size) if len(split.val_rows) else None
+        # Fixed targets (epoch 0 forever, pairs whenever possible, no augmentation): comparable across epochs.
+        val_loader = None if val_base is None else DataLoader(
+            PairedTargetDataset(val_base, paired_prob=1.0, augment=False, seed=config.seed),
+            batch_size=max(config.batch_size, 64),
+        )
+        sample_faces = _sample_faces(val_base or train_set.base, config.sample_rows)
+
+        # Models and optimisers, identically initialised on every rank.
+        _seed_everything(config.seed)
+        net = FERSNet(model_config).to(rt.device)
+        disc = Discriminator(model_config).to(rt.device)
+        adam = {"lr": config.lr, "betas": config.betas, "weight_decay": config.weight_decay}
+        opt_g = torch.optim.Adam(net.parameters(), **adam)
+        opt_d = torch.optim.Adam(disc.parameters(), **adam)
+        milestones = sorted({max(1, round(f * config.epochs)) for f in config.lr_milestones})
+        sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, milestones, gamma=config.lr_gamma)
+        sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, milestones, gamma=config.lr_gamma)
+        # One scaler for both networks, only for fp16 (bf16 has fp32's range).
+        scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+
+        start_epoch, step, best = 0, 0, {"epoch": 0, "val_fer_acc": None, "val_fer_loss": None}
+        if ckpt is not None:
+            net.load_state_dict(ckpt["model"])
+            disc.load_state_dict(ckpt["discriminator"])
+            opt_g.load_state_dict(ckpt["optimizer_g"])
+            opt_d.load_state_dict(ckpt["optimizer_d"])
+            sched_g.load_state_dict(ckpt["scheduler_g"])
+            sched_d.load_state_dict(ckpt["scheduler_d"])
+            if ckpt["grad_scaler"]:
+                scaler.load_state_dict(ckpt["grad_scaler"])
+            set_rng_state(ckpt["rng"])
+            start_epoch, step, best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
+
+        ddp = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
+        g_step: nn.Module = GeneratorStep(net)
+        d_train: nn.Module = disc
+        if rt.distributed:
+            g_step = DistributedDataParallel(g_step, **ddp)
+            d_train = DistributedDataParallel(disc, **ddp)
+        o = Optimisation(g_step=g_step, d_train=d_train, disc=disc, opt_g=opt_g, opt_d=opt_d, scaler=scaler)
+
+        metrics_path = out_dir / "metrics.jsonl"
+        metrics = _read_metrics(metrics_path, up_to_epoch=start_epoch) if ckpt is not None else []
+        if rt.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _write_metrics(metrics_path, metrics)  # drops lines of epochs after the checkpoint
+            save_config(config, out_dir / "config.yaml")  # on resume, records a changed epoch count
+            _write_provenance(out_dir, config, manifest, manifest_sha, split, resumed_at=start_epoch if ckpt else None)
+            log.info("training on %d images of %d subjects (validation: %d images of %d subjects; held out: %d subjects) "
+                     "on %s x%d", len(train_set), len(split.train_subjects), len(split.val_rows), len(split.val_subjects),
+                     len(split.heldout_subjects), rt.device.type, rt.world_size)
+
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            # Everything random in an epoch follows from (seed, epoch), so a resumed run repeats it.
+            _seed_everything(config.seed, epoch)
+            train_set.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            sums: dict[str, Tensor] = {}
+            bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                       disable=None if rt.is_main else True, dynamic_ncols=True)
+            for i, batch in enumerate(bar):
+                losses = _train_step(batch, o, config.loss, config.d_steps, rt)
+                step += 1
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0) + v
+                if i % 10 == 0 and not bar.disable:  # .item() waits for the GPU; not every step
+                    bar.set_postfix(fer=f"{losses['loss_fer'].item():.3f}", cyc=f"{losses['loss_cycle'].item():.3f}",
+                                    d=f"{losses['loss_d'].item():.3f}")
+            bar.close()
+            lr = sched_g.get_last_lr()[0]
+            sched_g.step()
+            sched_d.step()
+            n_steps = len(train_loader)
+            averages = torch.stack(list(sums.values())) / n_steps
+            if rt.distributed:
+                dist.all_reduce(averages)
+                averages /= rt.world_size
+            if not torch.isfinite(averages).all():
+                raise FesaugError(f"training diverged in epoch {epoch} (a loss is not finite); start again with a lower "
+                                  "--lr or lower loss weights (checkpoints of the epochs before are kept)")
+            train_seconds = time.perf_counter() - t0
+
+            if rt.is_main:
+                val = evaluate(net, val_loader, rt.device) if val_loader is not None else {}
+                save_sample_grid(net, sample_faces, out_dir / "samples" / f"epoch_{epoch:03d}.png")
+                is_best = _better(val, best)
+                if is_best:
+                    best = {"epoch": epoch, "val_fer_acc": val.get("val_fer_acc"), "val_fer_loss": val.get("val_fer_loss")}
+                row = {
+                    "epoch": epoch, "step": step, "lr": lr,
+                    **{k: _json_number(float(v)) for k, v in zip(sums, averages)},
+                    **{k: _json_number(v) for k, v in val.items()},
+                    "images_per_s": round(n_steps * config.batch_size * rt.world_size / train_seconds, 2),
+                    "train_seconds": round(train_seconds, 3),
+                    "epoch_seconds": round(time.perf_counter() - t0, 3),
+                    "best": is_best,
+                }
+                metrics.append(row)
+                _write_metrics(metrics_path, metrics)
+                payload = {
+                    "epoch": epoch, "step": step,
+                    "model": net.state_dict(), "discriminator": disc.state_dict(),
+                    "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(),
+                    "scheduler_g": sched_g.state_dict(), "scheduler_d": sched_d.state_dict(),
+                    "grad_scaler": scaler.state_dict(), "rng": rng_state(),
+                    "config": config.to_dict(), "model_config": _plain_model_config(model_config),
+                    "classes": classes, "image_size": model_config.image_size,
+                    "manifest": {"path": str(manifest.path), "sha256": manifest_sha},
+                    "split": split.to_dict(), "best": best, "metrics": row,
+                }
+                _save_checkpoints(out_dir / "checkpoints", payload, is_best)
+                log.info("epoch %d/%d  fer %.3f  cycle %.3f  d %.3f%s  %.1f img/s  %.1f s", epoch, config.epochs,
+                         row["loss_fer"], row["loss_cycle"], row["loss_d"],
+                         f"  val acc {val['val_fer_acc']:.3f}" if val else "", row["images_per_s"], row["epoch_seconds"])
+
+    if not rt.is_main:
+        metrics = _read_metrics(metrics_path)
+    checkpoints = out_dir / "checkpoints"
+    return TrainResult(
+        run_dir=out_dir, last_checkpoint=checkpoints / "last.pt", best_checkpoint=checkpoints / "best.pt",
+        best_epoch=best["epoch"] if rt.is_main else next((m["epoch"] for m in reversed(metrics) if m["best"]), 0),
+        best_val_fer_acc=best["val_fer_acc"] if rt.is_main else None, metrics=metrics, config=config,
+    )
+
+
+def _save_checkpoints(folder: Path, payload: dict[str, Any], is_best: bool) -> None:
+    # best.pt before last.pt: a run killed in between resumes from the previous last.pt and
+    # repeats this epoch, so best.pt never lags behind the best epoch last.pt records.
+    if is_best:
+        save_checkpoint(folder / "best.pt", payload)
+        with atomic_path(folder / "last.pt") as tmp:
+            shutil.copyfile(folder / "best.pt", tmp)
+    else:
+        save_checkpoint(folder / "last.pt", payload)
+
+
+def _better(val: dict[str, float], best: dict[str, Any]) -> bool:
+    """Higher validation accuracy, then lower validation loss; without validation, the latest."""
+    if not val or best["val_fer_acc"] is None:
+        return True
+    if val["val_fer_acc"] != best["val_fer_acc"]:
+        return bool(val["val_fer_acc"] > best["val_fer_acc"])
+    return bool(val["val_fer_loss"] < best["val_fer_loss"])
+
+
+def _plain_model_config(model_config: FERSNetConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model_config).items()}
+
+
+def _write_provenance(out_dir: Path, config: TrainConfig, manifest: Manifest, manifest_sha: str, split: Split,
+                      resumed_at: int | None) -> None:
+    """``provenance.json``: how the run was started, and every later resumption."""
+    path = out_dir / "provenance.json"
+    record = provenance("train", config.to_dict())
+    record["manifest"] = {"path": str(manifest.path), "sha256": manifest_sha}
+    record["split"] = split.to_dict()
+    if resumed_at is None or not path.exists():
+        data = {**record, "resumed": []}
+    else:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data.setdefault("resumed", []).append({"at_epoch": resumed_at, "command": record["command"],
+                                               "created_at": record["created_at"], "versions": record["versions"]})
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

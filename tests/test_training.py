@@ -1,0 +1,354 @@
+"""Training FERSNet: learning, resumption, held-out folds, DDP, checkpoints, configs, the
+inference API and the datasets. Everything runs on a tiny demo dataset at 32x32 with a tiny
+model, on one CPU thread (the test machines' cores are shared)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fesaug
+from fesaug import training
+from fesaug.checkpoint import FORMAT
+from fesaug.cli.main import main as cli_main
+from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
+from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
+from fesaug.data.manifest import read_manifest, write_manifest
+from fesaug.errors import FesaugError
+from fesaug.training import TrainConfig, split_subjects, train
+
+from .ddp_worker import weight_digest
+
+TINY = {"model": {"image_size": 32, "widths": [8, 16, 16], "disc_width": 8}, "batch_size": 8, "epochs": 2}
+
+
+def tiny_config(**changes) -> TrainConfig:
+    return TrainConfig().updated({**TINY, **changes}, where="test")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Two threads on two busy shared cores can be 100x slower than one (OpenMP spin-waits).
+    # OMP_NUM_THREADS also reaches subprocesses, and training then keeps the thread count.
+    # Module scope: the module-scoped runs below must see it too.
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """56 images of 8 subjects in 4 folds, 32x32."""
+    out = tmp_path_factory.mktemp("demo")
+    return make_demo_dataset(out, counts={c: 8 for c in DEFAULT_COUNTS}, n_subjects=8, size=32, folds=4)
+
+
+@pytest.fixture(scope="module")
+def run(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> training.TrainResult:
+    """A finished 2-epoch run holding out fold 0, shared by the read-only tests."""
+    return train(demo, tmp_path_factory.mktemp("run") / "run", tiny_config(holdout_fold=0))
+
+
+def cli(*args: object, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Run the CLI in this process (no second torch import): exit code, stdout, stderr."""
+    try:
+        cli_main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_short_run_lowers_fer_loss_and_reconstruction_error(demo: Path, tmp_path: Path) -> None:
+    result = train(demo, tmp_path / "run", tiny_config(epochs=6, lr=1e-3, lr_milestones=[1.0], val_fraction=0))
+    first, last = result.metrics[0], result.metrics[-1]
+    assert last["loss_fer"] < first["loss_fer"] * 0.9
+    assert last["loss_cycle"] < first["loss_cycle"] * 0.9
+    assert last["loss_paired"] < first["loss_paired"]
+    assert [m["epoch"] for m in result.metrics] == list(range(1, 7))
+
+
+def test_run_folder_contents(run: training.TrainResult) -> None:
+    folder = run.run_dir
+    for name in ("config.yaml", "provenance.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "samples/epoch_001.png", "samples/epoch_002.png"):
+        assert (folder / name).is_file(), name
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert lines == run.metrics and len(lines) == 2
+    for key in ("loss_fer", "loss_adversarial", "loss_cycle", "loss_paired", "loss_expression", "loss_d",
+                "val_fer_acc", "val_fer_loss", "val_cycle_l1", "lr", "images_per_s", "epoch_seconds"):
+        assert key in lines[0], key
+    assert 1 <= run.best_epoch <= 2 and lines[run.best_epoch - 1]["best"]
+    assert training.run_config(folder) == run.config
+    assert json.loads((folder / "provenance.json").read_text())["tool"] == "train"
+
+
+def test_checkpoint_loads_with_weights_only_and_records_the_run(run: training.TrainResult, demo: Path) -> None:
+    ckpt = torch.load(run.last_checkpoint, weights_only=True)
+    assert ckpt["format"] == FORMAT and ckpt["epoch"] == 2 and ckpt["step"] > 0
+    assert ckpt["classes"] == read_manifest(demo).classes and ckpt["image_size"] == 32
+    assert ckpt["config"]["holdout_fold"] == 0 and ckpt["model_config"]["widths"] == [8, 16, 16]
+    assert len(ckpt["manifest"]["sha256"]) == 64
+    for key in ("model", "discriminator", "optimizer_g", "optimizer_d", "scheduler_g", "rng"):
+        assert ckpt[key], key
+    assert torch.load(run.best_checkpoint, weights_only=True)["epoch"] == run.best_epoch
+
+
+def test_holdout_fold_subjects_are_never_trained_or_validated_on(run: training.TrainResult, demo: Path) -> None:
+    df = read_manifest(demo).df
+    fold0 = set(df.loc[df["fold"] == 0, "subject_id"])
+    split = torch.load(run.last_checkpoint, weights_only=True)["split"]
+    assert set(split["heldout_subjects"]) == fold0 and split["heldout_folds"] == [0]
+    assert not fold0 & set(split["train_subjects"]) and not fold0 & set(split["val_subjects"])
+    assert not set(split["train_subjects"]) & set(split["val_subjects"]) and split["val_subjects"]
+    assert set(split["train_subjects"]) | set(split["val_subjects"]) | fold0 == set(df["subject_id"])
+    assert 0 not in split["train_folds"] + split["val_folds"]
+    # the rows actually trained on
+    rows = split_subjects(read_manifest(demo), 0, 0.15, 0).train_rows
+    assert not set(df["subject_id"].iloc[rows]) & fold0
+
+
+def test_split_rejects_unknown_fold_and_subjectless_rows(demo: Path) -> None:
+    m = read_manifest(demo)
+    with pytest.raises(FesaugError, match="no fold 9"):
+        split_subjects(m, 9, 0.15, 0)
+    m.df.loc[3, "subject_id"] = None
+    with pytest.raises(FesaugError, match="has no subject_id"):
+        split_subjects(m, 0, 0.15, 0)
+
+
+# ----------------------------------------------------------------------------- resumption
+
+
+def test_resume_after_interruption_gives_identical_weights(demo: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tiny_config(epochs=2, lr_milestones=[0.5])
+    # The uninterrupted run loads batches in two worker processes, the other one in this
+    # process: items depend on (seed, epoch, index) only, so both see the same data.
+    straight = train(demo, tmp_path / "straight", replace(config, num_workers=2))
+
+    # Kill the second run between epochs 1 and 2, then resume it.
+    reseed = training._seed_everything
+
+    def killed_before_epoch_2(*seed: int) -> None:
+        if seed[1:] == (2,):
+            raise KeyboardInterrupt
+        reseed(*seed)
+
+    monkeypatch.setattr(training, "_seed_everything", killed_before_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(demo, tmp_path / "resumed", config)
+    monkeypatch.setattr(training, "_seed_everything", reseed)
+    assert torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)["epoch"] == 1
+    resumed = train(demo, tmp_path / "resumed", config, resume=True)
+
+    a = torch.load(straight.last_checkpoint, weights_only=True)
+    b = torch.load(resumed.last_checkpoint, weights_only=True)
+    for part in ("model", "discriminator"):
+        assert a[part].keys() == b[part].keys()
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), f"{part}.{name}"
+    for state_a, state_b in zip(a["optimizer_g"]["state"].values(), b["optimizer_g"]["state"].values()):
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert a["step"] == b["step"] and [m["epoch"] for m in resumed.metrics] == [1, 2]
+    assert [m["loss_fer"] for m in resumed.metrics] == [m["loss_fer"] for m in straight.metrics]
+
+
+def test_existing_run_needs_resume_or_overwrite(run: training.TrainResult, demo: Path, capsys) -> None:
+    code, _, err = cli("train", "--manifest", demo, "--out", run.run_dir, capsys=capsys)
+    assert code == 1 and err.startswith("Error: ") and "--resume" in err and "--overwrite" in err
+    assert "Traceback" not in err
+    code, _, err = cli("train", "--manifest", demo, "--out", run.run_dir, "--resume", "--overwrite", capsys=capsys)
+    assert code == 2 and "only one" in err
+    code, _, err = cli("train", "--manifest", demo, "--out", run.run_dir, "--resume", capsys=capsys)
+    assert code == 1 and "already completed 2 epoch(s) of 2" in err
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def test_two_process_ddp_run_finishes_with_equal_replicas(demo: Path, tmp_path: Path) -> None:
+    worker = Path(__file__).with_name("ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker),
+           str(tmp_path), "train", "--manifest", str(demo), "--out", str(tmp_path / "run"), "--device", "cpu",
+           "--config", str(_write(tmp_path / "tiny.yaml", TINY)), "--epochs", "1", "--batch-size", "4"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    # rank 0 wrote the checkpoint, and it holds the weights both replicas ended with
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    nets = [training.FERSNet(training.FERSNetConfig(**ckpt["model_config"])),
+            training.Discriminator(training.FERSNetConfig(**ckpt["model_config"]))]
+    nets[0].load_state_dict(ckpt["model"])
+    nets[1].load_state_dict(ckpt["discriminator"])
+    assert weight_digest(nets) == digests[0]
+    assert proc.stdout.count("best epoch") == 1  # only rank 0 prints
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_checkpoints_give_one_error_line(run: training.TrainResult, demo: Path, tmp_path: Path, capsys) -> None:
+    garbage = tmp_path / "garbage"
+    (garbage / "checkpoints").mkdir(parents=True)
+    (garbage / "checkpoints/last.pt").write_bytes(b"not a checkpoint at all")
+    code, _, err = cli("train", "--manifest", demo, "--out", garbage, "--resume", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1 and "not a readable fesaug checkpoint" in err
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(run.last_checkpoint.read_bytes()[:5000])
+    with pytest.raises(FesaugError, match="not a readable fesaug checkpoint"):
+        fesaug.load_generator(truncated)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(FesaugError, match="not a fesaug FERSNet checkpoint"):
+        fesaug.load_generator(other)
+
+    # the right kind of file, but trained on other classes than the manifest has
+    m = read_manifest(demo)
+    classes = ["neutral" if c == "contempt" else c for c in m.classes]
+    df = m.df.assign(label_name=[classes[i] for i in m.df["label"]])
+    renamed = write_manifest(df, demo.with_name("renamed.parquet"), classes=classes, overwrite=True)
+    code, _, err = cli("train", "--manifest", renamed, "--out", run.run_dir, "--resume", "--epochs", "3", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1 and "trained on classes" in err and "Traceback" not in err
+
+
+def test_resume_refuses_another_model_or_settings(run: training.TrainResult, demo: Path, tmp_path: Path,
+                                                  capsys) -> None:
+    base = ["train", "--manifest", demo, "--out", run.run_dir, "--resume", "--epochs", "3"]
+    code, _, err = cli(*base, "--sharing", "cross-stitch", capsys=capsys)
+    assert code == 1 and "another model" in err and "sharing" in err
+    code, _, err = cli(*base, "--lr", "0.5", capsys=capsys)
+    assert code == 1 and "other settings" in err and "lr" in err
+    bigger = _write(tmp_path / "bigger.yaml", {"model": {"image_size": 64}})
+    code, _, err = cli(*base, "--config", bigger, capsys=capsys)
+    assert code == 1 and "32x32" in err and "64x64" in err
+
+
+def test_bad_configs_give_one_error_line_naming_key_and_file(demo: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    for content, words in [({"epoch": 3}, ["'epoch'", "unknown config key"]),
+                           ({"epochs": -2}, ["epochs", "at least 1"]),
+                           ({"loss": {"cycle": "high"}}, ["loss.cycle", "a number"]),
+                           ({"model": {"sharing": "magic"}}, ["sharing", "convflu"])]:
+        path = _write(tmp_path / "bad.yaml", content)
+        code, _, err = cli("train", "--manifest", demo, "--out", out, "--config", path, capsys=capsys)
+        assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1, err
+        assert str(path) in err and all(w in err for w in words), err
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    code, _, err = cli("train", "--manifest", demo, "--out", out, "--config", tmp_path / "list.yaml", capsys=capsys)
+    assert code == 1 and "mapping" in err
+    code, _, err = cli("train", "--manifest", demo, "--out", out, "--epochs", "-1", capsys=capsys)
+    assert code == 2 and "--epochs" in err
+    code, _, err = cli("train", "--manifest", demo, "--out", out, "--batch-size", "500", capsys=capsys)
+    assert code == 1 and "lower --batch-size" in err
+    assert not (out / "checkpoints").exists()
+
+
+def test_config_layers_preset_then_yaml_then_flags(tmp_path: Path) -> None:
+    path = _write(tmp_path / "c.yaml", {"preset": "paper", "epochs": 7, "model": {"sharing": "hard"}, "loss": {"cycle": 2}})
+    config = training.resolve_config(config_file=path, overrides={"epochs": 3, "model": {"widths": [8, 16, 32, 32]}})
+    assert (config.preset, config.epochs, config.batch_size, config.d_steps) == ("paper", 3, 8, 3)
+    assert config.model == {"sharing": "hard", "widths": (8, 16, 32, 32)} and config.loss.cycle == 2.0
+    assert config.model_config(num_classes=7).image_size == 96
+    assert TrainConfig.from_dict(config.to_dict(), where="x") == config
+
+
+# ----------------------------------------------------------------------------- inference API
+
+
+def test_load_generator_synthesizes_and_classifies(run: training.TrainResult, demo: Path) -> None:
+    gen = fesaug.load_generator(run.best_checkpoint, device="cpu")
+    ckpt = torch.load(run.best_checkpoint, weights_only=True)
+    assert gen.classes == ckpt["classes"] and gen.image_size == 32 and len(gen.checkpoint_sha256) == 64
+    assert gen.training_subjects == ckpt["split"]["train_subjects"] and gen.holdout_fold == 0
+
+    faces = ManifestDataset(demo, rows=range(5), image_size=32).pixels  # uint8 (5, 1, 32, 32)
+    fake = gen.synthesize(faces, [0, 1, 2, 3, "surprise"])
+    assert fake.dtype == torch.uint8 and fake.shape == (5, 1, 32, 32)
+    fake = gen.synthesize(faces.float() / 255, 2, batch_size=2)
+    assert fake.dtype == torch.float32 and fake.shape == (5, 1, 32, 32) and 0 <= fake.min() and fake.max() <= 1
+    assert gen.synthesize(faces[0], "happy").shape == (1, 32, 32)
+    probs = gen.classify(faces)
+    assert probs.shape == (5, len(gen.classes)) and torch.allclose(probs.sum(1), torch.ones(5))
+    with pytest.raises(FesaugError, match="resize"):
+        gen.synthesize(torch.zeros(2, 1, 48, 48, dtype=torch.uint8), 0)
+    with pytest.raises(FesaugError, match="unknown class"):
+        gen.synthesize(faces, "joy")
+    with pytest.raises(FesaugError, match="one per image"):
+        gen.synthesize(faces, [0, 1])
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def test_manifest_dataset_images_labels_and_weights(demo: Path) -> None:
+    m = read_manifest(demo)
+    ds = ManifestDataset(m, origins=("real",), rows=[0, 1, 2, 10, 20], image_size=16)
+    image, label = ds[3]
+    assert image.dtype == torch.float32 and image.shape == (1, 16, 16) and 0 <= image.min() <= image.max() <= 1
+    assert label == int(m.df["label"].iloc[10]) and len(ds) == 5
+    weights = ds.sample_weights()
+    counts = np.bincount(ds.labels)
+    assert torch.allclose(weights, torch.tensor(1.0 / counts[ds.labels], dtype=torch.float64))
+    assert len(ManifestDataset(m, origins=("synthetic",))) == 0
+    flipped = ManifestDataset(m, rows=[0], transform=lambda x: x.flip(-1))
+    assert torch.equal(flipped[0][0], ManifestDataset(m, rows=[0])[0][0].flip(-1))
+
+
+def test_paired_dataset_pairs_same_subject_other_expression_and_is_deterministic(demo: Path) -> None:
+    base = ManifestDataset(demo, image_size=32)
+    ds = PairedTargetDataset(base, paired_prob=1.0, augment=False, seed=3)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["target_label"] != item["source_label"]
+        if item["paired"]:
+            j = next(j for j in range(len(base)) if torch.equal(base.pixels[j], item["target"]))
+            assert base.subjects[j] == base.subjects[i] and base.labels[j] == item["target_label"]
+        else:
+            assert not ds.has_partner()[i] and not item["target"].any()
+    assert ds.has_partner().any()
+    unpaired = PairedTargetDataset(base, paired_prob=0.0, augment=False, seed=3)
+    assert not any(unpaired[i]["paired"] for i in range(len(ds)))
+
+    augmented = PairedTargetDataset(base, paired_prob=0.5, augment=True, shift=0.25, seed=3)
+    augmented.set_epoch(4)
+    again = [augmented[i] for i in range(8)]
+    torch.manual_seed(123)  # the global generator does not matter
+    assert all(torch.equal(a["source"], augmented[i]["source"]) for i, a in enumerate(again))
+    augmented.set_epoch(5)
+    assert any(not torch.equal(a["source"], augmented[i]["source"]) for i, a in enumerate(again))
+
+
+def test_paired_augmentation_moves_source_and_target_together(demo: Path) -> None:
+    base = ManifestDataset(demo, image_size=32)
+    base.pixels[:] = base.pixels[0]  # every image identical: an aligned pair stays identical
+    ds = PairedTargetDataset(base, paired_prob=1.0, augment=True, shift=0.25, seed=0)
+    items = [ds[i] for i in range(len(ds))]
+    paired = [it for it in items if it["paired"]]
+    assert paired and all(torch.equal(it["source"], it["target"]) for it in paired)
+    assert any(not torch.equal(it["source"], base.pixels[0]) for it in items)
+
+
+def _write(path: Path, content: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(content))
+    return path
