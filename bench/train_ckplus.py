@@ -100,7 +100,11 @@ def report(work: Path, epochs: int) -> None:
         summary["modes"][mode] = {
             "folds": [r["fold"] for r in rs], "mean_acc": float(np.mean(accs)), "std_acc": float(np.std(accs)),
             "pooled_acc": pooled, "mean_wall_s": float(np.mean([r["wall_s"] for r in rs])),
-            "median_train_images_per_s": float(np.median([r["train_images_per_s"] for r in rs])), "per_fold": rs,
+            "median_train_images_per_s": float(np.median([r["train_images_per_s"] for r in rs])),
+            "mean_recall": {c: float(np.average([r["test_recall"][c] for r in rs if c in r["test_recall"]],
+                                                  weights=[r["test_images"] for r in rs if c in r["test_recall"]]))
+                              for c in rs[0]["test_recall"]},
+            "per_fold": rs,
         }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fersnet_ckplus.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -116,7 +120,14 @@ def report(work: Path, epochs: int) -> None:
         by_fold = {r["fold"]: r for r in s["per_fold"]}
         lines.append(f"| {mode} | " + " | ".join(
             f"{by_fold[k]['test_acc']:.3f} (e{by_fold[k]['best_epoch']})" if k in by_fold else "–" for k in range(10)) + " |")
-    lines += ["", "Command per fold: " + next(iter(summary["modes"].values()))["per_fold"][0]["train_command"]]
+    classes = list(next(iter(summary["modes"].values()))["per_fold"][0]["test_recall"])
+    lines += ["", "Recall per class (mean over the folds run, weighted by fold size):", "",
+              "| sharing | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for mode, s in summary["modes"].items():
+        lines.append(f"| {mode} | " + " | ".join(f"{s['mean_recall'][c]:.3f}" for c in classes) + " |")
+    command = next(iter(summary["modes"].values()))["per_fold"][0]["train_command"].split(" -m ", 1)[1]
+    lines += ["", f"Command per fold: `{command}` (then the FER branch of best.pt on fold k); "
+              f"this table: `.venv/bin/python bench/train_ckplus.py --epochs {epochs} --sharing {','.join(summary['modes'])}`"]
     (RESULTS / "fersnet_ckplus.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
