@@ -135,13 +135,14 @@ def _groups(m: Manifest, by: str, labels: np.ndarray, synthetic: np.ndarray) -> 
 
 
 def audit(
-    manifest_path: str | os.PathLike,
+    manifest_path: str | os.PathLike | Manifest,
     *,
     by: str | None = None,
     target: int | None = None,
     check_images: bool = True,
 ) -> AuditReport:
-    """Class histogram and integrity problems of the manifest at ``manifest_path``.
+    """Class histogram and integrity problems of the manifest at ``manifest_path`` (or of an
+    already read :class:`Manifest`).
 
     ``by`` (one of :data:`BY_COLUMNS`) adds a histogram per value of that column; ``target``
     (images wanted per class) adds each class's shortfall; ``check_images=False`` skips reading
@@ -154,7 +155,7 @@ def audit(
         raise UsageError(f"cannot break the histogram down by {by!r}; choose one of {', '.join(BY_COLUMNS)}")
     if target is not None and target < 1:
         raise UsageError(f"the target must be at least 1 image per class (got {target})")
-    m = read_manifest(manifest_path)
+    m = manifest_path if isinstance(manifest_path, Manifest) else read_manifest(manifest_path)
     labels = m.df["label"].to_numpy(dtype=np.int64)
     synthetic = (m.df["origin"] == "synthetic").to_numpy(dtype=bool)
     classes = _histogram(labels, synthetic, m.classes)

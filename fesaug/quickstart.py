@@ -38,13 +38,13 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, overwrite: bool = Fal
             # Only ever delete a folder this command made; anything else might be the user's.
             raise FesaugError(f"{out} does not look like a fesaug demo folder; refusing to replace it — choose another --out")
         shutil.rmtree(out)
-    manifest = make_demo_dataset(out / "data", seed=seed)
+    manifest = read_manifest(make_demo_dataset(out / "data", seed=seed))
     report = audit(manifest)
     largest = max(c.total for c in report.classes.values())
     report.target = largest  # the balance step's default: every class up to the largest
     files = [
         plot_report(report, out / "histogram.png"),
-        class_grid(read_manifest(manifest), out / "samples.png", seed=seed),
+        class_grid(manifest, out / "samples.png", seed=seed),
         atomic_write_text(out / "audit.json", json.dumps(report.to_dict(), indent=2, allow_nan=False)),
     ]
-    return DemoResult(out_dir=out, manifest=manifest, report=report, files=files)
+    return DemoResult(out_dir=out, manifest=manifest.path, report=report, files=files)
