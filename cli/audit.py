@@ -56,7 +56,7 @@ def audit_command(manifest: Path, by: str | None, fmt: str, plot: Path | None, t
         raise FesaugError(f"{len(report.problems)} kind(s) of problem found ({kinds}) and --strict is set")
 
 
-def _aligned(header: Sequence[str], rows: Sequence[Sequence], footer: Sequence | None = None) -> list[str]:
+def aligned_table(header: Sequence[str], rows: Sequence[Sequence], footer: Sequence | None = None) -> list[str]:
     """Rows under a header: the first column left-aligned, the (numeric) rest right-aligned."""
     table = [list(map(str, r)) for r in [header, *rows, *([footer] if footer else [])]]
     widths = [max(len(r[k]) for r in table) for k in range(len(header))]
@@ -92,7 +92,7 @@ def format_table(report: AuditReport) -> str:
     rows = [[name, c.real, c.synthetic, c.total, *([shortfall[name]] if shortfall is not None else [])]
             for name, c in report.classes.items()]
     footer = ["total", report.real, report.synthetic, report.total, *([sum(shortfall.values())] if shortfall is not None else [])]
-    lines = [f"manifest: {report.manifest}", "", *_aligned(header, rows, footer), ""]
+    lines = [f"manifest: {report.manifest}", "", *aligned_table(header, rows, footer), ""]
     lines.append(f"subjects:        {report.subjects}")
     lines.append(f"imbalance ratio: {_ratio_text(report)}")
     if shortfall is not None:
@@ -101,7 +101,7 @@ def format_table(report: AuditReport) -> str:
         lines += ["", f"images per class by {report.by}:"]
         by_header = ["class", *(_group_label(g.value) for g in report.groups)]
         by_rows = [[name, *(g.classes[name].total for g in report.groups)] for name in report.classes]
-        lines += _aligned(by_header, by_rows, ["total", *(g.total for g in report.groups)])
+        lines += aligned_table(by_header, by_rows, ["total", *(g.total for g in report.groups)])
     lines.append("")
     if report.problems:
         lines.append("problems:")

@@ -4,6 +4,7 @@ leaves the previous file (or nothing) in place."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -42,3 +43,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's content, read in chunks (checkpoints and manifests can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -30,7 +30,6 @@ checkpoint from elsewhere cannot run code. Keys (format version 1):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import warnings
@@ -50,14 +49,6 @@ REQUIRED_KEYS = (
     "epoch", "step", "model", "discriminator", "optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d",
     "grad_scaler", "rng", "config", "model_config", "classes", "image_size", "manifest", "split", "best",
 )
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:

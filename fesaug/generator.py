@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import file_sha256, load_checkpoint
+from ._io import file_sha256
+from .checkpoint import load_checkpoint
 from .errors import FesaugError
 from .models import FERSNet, FERSNetConfig, from_model_range, to_model_range
 
@@ -136,6 +137,6 @@ def load_generator(checkpoint: str | os.PathLike, device: str | torch.device | N
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
-        raise FesaugError(f"{path}: the model weights do not fit its FERSNet config ({str(exc).splitlines()[0]}); the checkpoint is damaged") from None
+        raise FesaugError(f"{path}: the model weights do not fit its FERSNet config ({str(exc).splitlines()[0]}); the checkpoint is damaged or from an older fesaug — retrain it with `fesaug train`") from None
     model.to(device).eval()
     return Generator(model, ckpt, path, file_sha256(path), device)

@@ -48,8 +48,9 @@ class LossWeights:
     Images are compared in the model's [-1, 1] range. ``x`` is a real source image with label
     ``y``, ``t`` a target label, ``G(x, t)`` the synthesized image and ``D(image, label)`` the
     conditional PatchGAN. The generator/classifier minimise
-    ``fer·L_fer + adversarial·L_adv + cycle·L_cyc + paired·L_pair + expression·L_expr``; the
-    discriminator minimises its own LSGAN loss (see ``adversarial``), unweighted.
+    ``fer·L_fer + adversarial·L_adv + cycle·L_cyc + paired·L_pair + expression·L_expr +
+    attention·L_att``; the discriminator minimises its own LSGAN loss (see ``adversarial``),
+    unweighted.
 
     Identity preservation: no pretrained face-recognition network can be downloaded here, so
     the authors' LightCNN feature loss is not reproduced. Identity is kept by the cycle loss
@@ -84,6 +85,12 @@ class LossWeights:
     term; a classifier trained on its own fakes would learn their artefacts. This is the only
     term that tells the generator what an expression looks like on unpaired samples besides D.
     Not in the authors' code (StarGAN's domain-classification loss plays this role)."""
+
+    attention: float = 0.1
+    """Mean of the attention mask ``m`` (``output="attention"``) over both translations: the
+    decoder pays for every pixel it paints, so it changes the expression and leaves the rest
+    of the face to the input (GANimation's mask loss, weight 0.1). Without it the mask can
+    saturate at 1 and the output is painted from scratch. No effect with ``output="direct"``."""
 
 
 @dataclass(frozen=True)

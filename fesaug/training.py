@@ -57,9 +57,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from ._io import atomic_path, atomic_write_text
+from ._io import atomic_path, atomic_write_text, file_sha256
 from .checkpoint import (
-    file_sha256,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -236,6 +235,11 @@ def _runtime(config: TrainConfig) -> Iterator[Runtime]:
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     if use_cuda:
+        if local_world > torch.cuda.device_count():
+            # NCCL cannot run two ranks on one GPU.
+            raise FesaugError(f"torchrun started {local_world} processes on this node but torch sees "
+                              f"{torch.cuda.device_count()} GPU(s); use --nproc-per-node {torch.cuda.device_count()} "
+                              "or --device cpu")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if config.amp else None
@@ -293,14 +297,17 @@ class GeneratorStep(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor, source_label: Tensor, target_label: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, source_label: Tensor, target_label: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         out = self.net(x, target_label)
         fake = out.fake
         assert fake is not None  # a target was given
         with _frozen_batch_stats(self.net):
-            cycled = self.net(fake, source_label).fake
+            back = self.net(fake, source_label)
         judged = _frozen_classifier_logits(self.net, fake)
-        return out.logits, fake, cycled, judged
+        # Mean painted area of both translations (0 without an attention mask).
+        masks = [m.float().mean() for m in (out.mask, back.mask) if m is not None]
+        painted = torch.stack(masks).mean() if masks else x.new_zeros(())
+        return out.logits, fake, back.fake, judged, painted
 
 
 @contextlib.contextmanager
@@ -359,7 +366,7 @@ def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_ste
     paired = batch["paired"].to(device, non_blocking=True)
 
     with rt.autocast():
-        logits, fake, cycled, judged = o.g_step(x, y, t)
+        logits, fake, cycled, judged, painted = o.g_step(x, y, t)
 
     # Discriminator: a real image is always shown with its true label, the paired target when
     # there is one (same label as the fake next to it), else the source itself.
@@ -389,6 +396,7 @@ def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_ste
         "cycle": F.l1_loss(cycled.float(), x),
         "paired": _masked_l1(fake.float(), x_target, pair_mask),
         "expression": F.cross_entropy(judged.float(), t),
+        "attention": painted,
     }
     loss_g = sum(getattr(w, name) * value for name, value in losses.items())
     o.opt_g.zero_grad(set_to_none=True)

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from fesaug.data.images import encode_png, sha256_bytes
 from fesaug.data.manifest import write_manifest
+from fesaug.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CKPLUS = REPO.parent / "shared" / "data" / "ckplus48"
@@ -51,3 +53,24 @@ def small_manifest(tmp_path: Path) -> Path:
             "sha256": sha256_bytes(data),
         })
     return write_manifest(pd.DataFrame(rows), tmp_path / "m.parquet", classes=["anger", "happy"])
+
+
+# A FERSNet small enough to train in seconds at 32x32 on one thread.
+TINY = {"model": {"image_size": 32, "widths": [8, 16, 16], "disc_width": 8}, "batch_size": 8, "epochs": 2}
+
+
+def tiny_config(**changes) -> TrainConfig:
+    return TrainConfig().updated({**TINY, **changes}, where="test")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread, also in subprocesses: two threads on two busy shared cores can be 100x
+    slower than one (OpenMP spin-waits). Module scope, so module-scoped fixtures see it; use it
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)

@@ -25,26 +25,10 @@ from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.errors import FesaugError
 from fesaug.training import TrainConfig, split_subjects, train
 
+from .conftest import TINY, tiny_config
 from .ddp_worker import weight_digest
 
-TINY = {"model": {"image_size": 32, "widths": [8, 16, 16], "disc_width": 8}, "batch_size": 8, "epochs": 2}
-
-
-def tiny_config(**changes) -> TrainConfig:
-    return TrainConfig().updated({**TINY, **changes}, where="test")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two threads on two busy shared cores can be 100x slower than one (OpenMP spin-waits).
-    # OMP_NUM_THREADS also reaches subprocesses, and training then keeps the thread count.
-    # Module scope: the module-scoped runs below must see it too.
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

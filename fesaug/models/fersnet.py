@@ -14,7 +14,12 @@ Selective Feature Sharing", ICPR 2020. Layout (L = len(config.widths), S = confi
   ``sharing="hard"`` runs one encoder for both heads (the paper's "w/o ConvFLU");
   ``sharing="none"`` builds two independent networks, stems included (the paper's "w/o MTL").
 * ``f_tra`` maps the target one-hot to a bottleneck-sized map that is concatenated with the FES
-  bottleneck, as in the ICPR figure. ``unet_skips`` adds the FES-side post-sharing features
+  bottleneck, as in the ICPR figure.
+* ``output="attention"`` (the default) makes the decoder paint only where the expression
+  changes, as in GANimation (Pumarola et al., ECCV 2018): it predicts a colour image ``C`` and a
+  mask ``m`` in [0, 1], and ``fake = m·C + (1 − m)·x``. Pixels the mask leaves alone keep the
+  subject's own skin tone, hair and background exactly; ``output="direct"`` is the paper's plain
+  ``tanh`` image. ``unet_skips`` adds the FES-side post-sharing features
   at every level to the decoder, as in the authors' 2021 code. Their AdaIN conditioning is not
   reproduced.
 
@@ -36,6 +41,7 @@ from ..errors import FesaugError
 from .sharing import SHARING_KINDS, SHARING_UNIT_KINDS, SharingUnit, make_sharing_unit
 
 NORMS: tuple[str, ...] = ("batch", "instance", "none")
+OUTPUTS: tuple[str, ...] = ("attention", "direct")
 
 
 class ModelConfigError(FesaugError, ValueError):
@@ -66,6 +72,7 @@ class FERSNetConfig:
     fes_norm: str = "instance"
     decoder_norm: str = "instance"
     disc_width: int = 32
+    output: str = "attention"  # attention | direct, see the module docstring
 
     def __post_init__(self) -> None:
         # Lists come back from JSON/YAML checkpoints; keep the config hashable and comparable.
@@ -93,6 +100,8 @@ class FERSNetConfig:
     def _validate(self) -> None:
         if self.sharing not in SHARING_KINDS:
             raise ModelConfigError(f"unknown sharing kind {self.sharing!r}; choose one of {', '.join(SHARING_KINDS)}")
+        if self.output not in OUTPUTS:
+            raise ModelConfigError(f"output must be one of {', '.join(OUTPUTS)} (got {self.output!r})")
         for name in ("fer_norm", "fes_norm", "decoder_norm"):
             if getattr(self, name) not in NORMS:
                 raise ModelConfigError(f"{name} must be one of {', '.join(NORMS)} (got {getattr(self, name)!r})")
@@ -129,11 +138,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class FERSNetOutput:
     """``logits``: FER scores ``(B, num_classes)``. ``fake``: synthesized ``(B, C, S, S)`` in
-    [-1, 1], only when a target was given. ``gates``: sharing-unit gate / mixing tensors keyed
-    ``"level{l}/{fer|fes}<-{fes|fer}/{name}"``, only when requested (not detached)."""
+    [-1, 1], only when a target was given. ``mask``: the attention mask ``(B, 1, S, S)`` in
+    [0, 1] (1 = painted by the decoder), with ``fake`` when ``output="attention"``.
+    ``gates``: sharing-unit gate / mixing tensors keyed ``"level{l}/{fer|fes}<-{fes|fer}/{name}"``,
+    only when requested (not detached)."""
 
     logits: Tensor
     fake: Tensor | None = None
+    mask: Tensor | None = None
     gates: dict[str, Tensor] | None = None
 
 
@@ -233,7 +245,8 @@ class Decoder(nn.Module):
     """f_dec: bottleneck (+ target map) → upsample once per level back to the image size.
 
     With ``skips``, level l's FES features (after sharing) are concatenated after the matching
-    upsampling step (U-Net); without, it is the plain decoder of the ICPR figure.
+    upsampling step (U-Net); without, it is the plain decoder of the ICPR figure. The target
+    one-hot is also tiled into every upsampling level (see ``forward``).
     """
 
     def __init__(self, config: FERSNetConfig) -> None:
@@ -245,18 +258,29 @@ class Decoder(nn.Module):
         self.fuse = nn.ModuleList()
         for level in reversed(range(config.levels - 1)):
             self.ups.append(_upsample(w[level + 1], w[level], norm))
-            self.fuse.append(_conv_norm_relu((2 if self.skips else 1) * w[level], w[level], norm))
-        self.to_image = nn.Sequential(
-            _upsample(w[0], w[0], norm), nn.Conv2d(w[0], config.in_channels, 1), nn.Tanh()
-        )
+            self.fuse.append(_conv_norm_relu((2 if self.skips else 1) * w[level] + config.num_classes, w[level], norm))
+        self.attention = config.output == "attention"
+        self.last_up = _upsample(w[0], w[0], norm)
+        self.to_image = nn.Conv2d(w[0], config.in_channels + self.attention, 1)
 
-    def forward(self, features: list[Tensor], target_map: Tensor) -> Tensor:
-        """``features``: FES feature pyramid, level 0 (stem) to the bottleneck."""
+    def forward(self, features: list[Tensor], target_map: Tensor, one_hot: Tensor,
+                source: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``features``: FES feature pyramid, level 0 (stem) to the bottleneck; ``one_hot``: the
+        target labels; ``source``: the input image (blended in by the attention mask). Returns
+        the image and the mask."""
         h = self.bottleneck(torch.cat([features[-1], target_map], dim=1))
         for up, fuse, skip in zip(self.ups, self.fuse, reversed(features[:-1])):
             h = up(h)
-            h = fuse(torch.cat([h, skip], dim=1) if self.skips else h)
-        return self.to_image(h)
+            # The target is tiled into every level too: with skips, features of the source
+            # expression reach the decoder around the bottleneck, and a target seen only there
+            # was learned to be ignored (StarGAN tiles it at the input for the same reason).
+            target = one_hot[:, :, None, None].expand(-1, -1, *h.shape[2:]).to(h.dtype)
+            h = fuse(torch.cat([h, skip, target] if self.skips else [h, target], dim=1))
+        out = self.to_image(self.last_up(h))
+        if not self.attention:
+            return torch.tanh(out), None
+        colour, mask = torch.tanh(out[:, :-1]), torch.sigmoid(out[:, -1:])
+        return mask * colour + (1.0 - mask) * source, mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,11 +328,11 @@ class FERSNet(nn.Module):
         gates: dict[str, Tensor] | None = {} if return_gates else None
         fer, fes_pyramid = self._encode(x, need_fes=target is not None, gates=gates)
         logits = self.fer_head(fer)
-        fake = None
+        fake = mask = None
         if target is not None:
             one_hot = _one_hot(target, x.shape[0], self.config.num_classes, x.device)
-            fake = self.decoder(fes_pyramid, self.target_embedding(one_hot))
-        return FERSNetOutput(logits=logits, fake=fake, gates=gates)
+            fake, mask = self.decoder(fes_pyramid, self.target_embedding(one_hot), one_hot, x)
+        return FERSNetOutput(logits=logits, fake=fake, mask=mask, gates=gates)
 
     def classify(self, x: Tensor) -> Tensor:
         """Expression logits ``(B, num_classes)``."""

@@ -1,0 +1,202 @@
+"""Balance throughput: `fesaug balance` end to end against the generator alone, and peak memory
+for a small and a ~10x larger number of synthetic images (memory must not grow with the count).
+
+    .venv/bin/python bench/balance_throughput.py                   # T = 300 and 2000 per class
+    .venv/bin/python bench/balance_throughput.py --small 300 --large 3000 --threads 2
+
+Setup (cached under --work, not timed): the default demo dataset (981 images, 64x64) and a
+1-epoch `cpu`-preset checkpoint; image quality does not matter for throughput.
+Generator alone: `synthesize` + `classify` (what the quality gate runs per candidate) on batches
+of 64 uint8 images in inference mode, after warm-up; median over repeats.
+End to end: `balance(..., BalanceConfig(min_confidence=0, target_per_class=T, batch_size=64))`,
+each target in a fresh subprocess (`--case T`) whose peak RSS is its own VmHWM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BATCH = 64
+
+
+def status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    return float("nan")
+
+
+def setup(work: Path) -> tuple[Path, Path]:
+    """The demo manifest and a checkpoint, made once and reused."""
+    from fesaug.data.demo import make_demo_dataset
+    from fesaug.training import TrainConfig, train
+
+    manifest, ckpt = work / "demo" / "manifest.parquet", work / "run" / "checkpoints" / "last.pt"
+    if not manifest.exists():
+        make_demo_dataset(work / "demo", size=64, overwrite=True)
+    if not ckpt.exists():
+        train(manifest, work / "run", TrainConfig().updated({"epochs": 1, "holdout_fold": 0}, where="bench"), overwrite=True)
+    return manifest, ckpt
+
+
+def generator_alone(manifest: Path, ckpt: Path, batches: int = 4, repeats: int = 7) -> dict:
+    from fesaug.data.datasets import ManifestDataset
+    from fesaug.generator import load_generator
+
+    gen = load_generator(ckpt, device="cpu")
+    x = ManifestDataset(manifest, image_size=gen.image_size).pixels[:BATCH]
+    targets = torch.randint(0, len(gen.classes), (BATCH,), generator=torch.Generator().manual_seed(0))
+
+    def step() -> None:
+        fakes = gen.synthesize(x, targets, batch_size=BATCH)
+        gen.classify(fakes, batch_size=BATCH)[torch.arange(BATCH), targets].tolist()
+
+    with torch.inference_mode():
+        for _ in range(3):
+            step()
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(batches):
+                step()
+            rates.append(batches * BATCH / (time.perf_counter() - start))
+    return {"images_per_s": statistics.median(rates), "images_per_s_all": [round(r, 1) for r in rates],
+            "batch": BATCH, "batches_per_repeat": batches, "repeats": repeats}
+
+
+def run_case(work: Path, target: int) -> dict:
+    """One end-to-end balance run (in its own process); printed as one JSON line."""
+    import fesaug.balance as fb
+
+    manifest, ckpt = setup(work)
+    finish, seen = fb._finish, {}
+
+    def finish_probe(*a, **k):  # peak RSS of the generation loop, before the manifest is written
+        seen["peak_rss_generation_mib"] = status_mib("VmHWM")
+        return finish(*a, **k)
+
+    fb._finish = finish_probe
+    rss_before = status_mib("VmRSS")
+    start = time.perf_counter()
+    r = fb.balance(manifest, ckpt, work / f"out-{target}", fb.BalanceConfig(min_confidence=0.0, target_per_class=target, batch_size=BATCH),
+                overwrite=True, device="cpu")
+    wall = time.perf_counter() - start
+    n = sum(r.generated.values())
+    return {"target_per_class": target, "synthesized": n, "attempts": sum(r.attempts.values()), "wall_s": wall,
+            "balance_seconds": r.seconds, "images_per_s": n / wall, "rss_before_mib": rss_before,
+            **seen, "peak_rss_mib": status_mib("VmHWM"), "threads": torch.get_num_threads()}
+
+
+def machine() -> dict:
+    model = None
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), None)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(), "cpu_model": model}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=Path("/tmp/fesaug-bench/balance"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--small", type=int, default=300, help="target per class of the small case")
+    p.add_argument("--large", type=int, default=2000, help="target per class of the large case")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    p.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)  # internal: one end-to-end run
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.case is not None:
+        print(json.dumps(run_case(args.work, args.case)))
+        return
+
+    from fesaug.provenance import package_versions
+
+    t0 = time.perf_counter()
+    manifest, ckpt = setup(args.work)
+    setup_s = time.perf_counter() - t0
+    before = generator_alone(manifest, ckpt)
+    cases = []
+    for target in (args.small, args.large):
+        cmd = [sys.executable, __file__, "--work", str(args.work), "--threads", str(args.threads), "--case", str(target)]
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"case {target} failed:\n{done.stderr[-3000:]}")
+        case = json.loads(done.stdout.strip().splitlines()[-1])
+        cases.append(case)
+    # Bracket the end-to-end runs: the shared cores' speed drifts, so average before and after.
+    after = generator_alone(manifest, ckpt)
+    gen = {"images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2, "before": before, "after": after}
+    for case in cases:
+        case["ratio_to_generator"] = case["images_per_s"] / gen["images_per_s"]
+    small, large = cases
+    result = {
+        "benchmark": "fesaug balance end to end vs generator alone (synthesize + classify), peak RSS vs image count",
+        "machine": machine(), "versions": package_versions(), "threads": torch.get_num_threads(),
+        "command": shlex.join([".venv/bin/python", "bench/balance_throughput.py", *sys.argv[1:]]),
+        "parameters": {"dataset": "make_demo_dataset(size=64), 981 images", "checkpoint": "cpu preset, 1 epoch, holdout_fold 0",
+                       "min_confidence": 0.0, "batch_size": BATCH, "device": "cpu", "small": args.small, "large": args.large},
+        "setup_seconds": setup_s, "generator_alone": gen, "end_to_end": cases,
+        "synthesized_ratio": large["synthesized"] / small["synthesized"],
+        "peak_rss_ratio": large["peak_rss_mib"] / small["peak_rss_mib"],
+        # The images the large case adds over their extra time: the steady-state rate, without the
+        # fixed cost (loading, decoding the sources, writing the manifest) both cases pay.
+        "marginal_images_per_s": (large["synthesized"] - small["synthesized"]) / (large["wall_s"] - small["wall_s"]),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "balance_throughput_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = report(result)
+    (args.out / "balance_throughput_cpu.md").write_text(table)
+    print(table)
+
+
+def report(r: dict) -> str:
+    m, gen, (small, large) = r["machine"], r["generator_alone"], r["end_to_end"]
+    rows = [(f"| generator alone (synthesize + classify, batch {BATCH}; before {gen['before']['images_per_s']:.0f}, "
+             f"after {gen['after']['images_per_s']:.0f}) | – | {gen['images_per_s']:.0f} | 1.00 | – | – | – |")]
+    rows += [f"| `balance()`, target {c['target_per_class']}/class | {c['synthesized']} | {c['images_per_s']:.0f} | "
+             f"{c['ratio_to_generator']:.2f} | {c['wall_s']:.1f} | {c['peak_rss_generation_mib']:.0f} | {c['peak_rss_mib']:.0f} |"
+             for c in (small, large)]
+    marginal = r["marginal_images_per_s"]
+    b, a = gen["before"]["images_per_s"], gen["after"]["images_per_s"]
+    drift = (f"\n**Warning:** the generator ran at {b:.0f} images/s before and {a:.0f} after the end-to-end runs; "
+             "the machine's speed changed under another load, so the ratios above are unreliable.\n"
+             if abs(a - b) > 0.15 * max(a, b) else "")
+    return (
+        f"# Balance throughput (CPU)\n\n`{r['command']}` on {m['cpu_model']} ({m['cpu_count']} CPUs, {m['platform']}), "
+        f"{r['threads']} torch threads, torch {r['versions'].get('torch')}, fesaug {r['versions']['fesaug']}. "
+        "Demo dataset (981 images, 64x64), 1-epoch `cpu`-preset checkpoint, `min_confidence=0`, `batch_size=64`, "
+        "each `balance()` in a fresh process.\n\n"
+        "| what | synthesized | images/s | of generator | wall s | peak RSS before manifest, MiB | peak RSS, MiB |\n"
+        "|---|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n\n"
+        f"{r['synthesized_ratio']:.1f}x the images costs x{r['peak_rss_ratio']:.2f} the peak RSS "
+        f"({small['peak_rss_mib']:.0f} → {large['peak_rss_mib']:.0f} MiB); the process already holds "
+        f"{small['rss_before_mib']:.0f} MiB before `balance()` starts (torch, pandas, pyarrow). The extra images of the "
+        f"large case came at {marginal:.0f} images/s ({marginal / gen['images_per_s']:.2f} of the generator alone).\n\n"
+        "**What it means.** The generator (FERSNet synthesis + the FER branch as quality gate) is most of the cost: "
+        "end to end keeps the ratio in the table, and the marginal rate shows what is left once the fixed cost "
+        "(loading the checkpoint, decoding the source images, writing manifest, card and histogram) is paid; the rest "
+        "is per-chunk Python (source jitter, row bookkeeping) and PNG encoding on two writer threads that share the "
+        "cores with torch. Memory is flat in the number of images during generation (the peak before the manifest "
+        "is written moves by allocator noise, tens of MiB); writing the manifest holds every synthetic row at once, "
+        "which adds a little per image. *Caveat:* 2 shared, noisy cores; other processes (tests, training) may have "
+        "run at the same time, so take differences of ~10% in rates and ~50 MiB in RSS as noise. The generator "
+        "is timed before and after the end-to-end runs to bracket the drift.\n" + drift
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""`fesaug balance`: synthesize the images each class lacks and write a balanced dataset folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from fesaug.errors import FesaugError, UsageError
+
+from .audit import aligned_table
+
+if TYPE_CHECKING:
+    from fesaug.balance import BalanceResult
+
+
+def _target_per_class(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    if value is None or value == "max":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise click.BadParameter(f"{value!r} is neither a positive number nor 'max'")
+    return n
+
+
+def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in values:
+        name, sep, count = item.partition("=")
+        if not sep or not name or not count.strip().isdigit():
+            raise click.BadParameter(f"{item!r} is not CLASS=N (e.g. --target fear=200)")
+        out[name.strip()] = int(count)
+    return out
+
+
+@click.command("balance")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Manifest of real images to balance.")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="FERSNet checkpoint from `fesaug train` (best.pt or last.pt).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: manifest.parquet, images/, README.md, histogram.png.")
+@click.option("--target-per-class", metavar="N|max", callback=_target_per_class,
+              help="Raise every selected class to N images, or to the largest class (max, the default).")
+@click.option("--sampling-strategy", metavar="STRATEGY",
+              help="Classes to raise, as in imbalanced-learn: auto (= not-majority), not-majority, not-minority, "
+                   "minority, all. Default: auto with max, all with a number.")
+@click.option("--target", "targets", multiple=True, metavar="CLASS=N", callback=_targets,
+              help="Exact count for one class (repeatable); overrides the two options above.")
+@click.option("--undersample", is_flag=True, help="Allow targets below a class's real count by dropping real images.")
+@click.option("--split", "splits", multiple=True, default=("train",), show_default=True,
+              help="Split(s) to balance and take sources from (repeatable).")
+@click.option("--exclude-fold", "exclude_folds", multiple=True, type=click.IntRange(min=0), metavar="K",
+              help="Fold whose subjects are never sources nor counted (repeatable). "
+                   "Default: the fold the checkpoint was held out from.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Keep a synthetic image only if the checkpoint's FER branch gives its target at least this probability.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Sources tried per needed image before giving up on it.")
+@click.option("--output-size", type=click.IntRange(min=8), metavar="PIXELS",
+              help="Side of the synthetic images. Default: the real images' size when they share one, else the generator's.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--embed-images", is_flag=True, help="Store every image (real and synthetic) inside the manifest.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--strict", is_flag=True, help="Exit with status 1 when a class cannot reach its target.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished (or different unfinished) run in --out.")
+def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_class: int | str | None,
+                    sampling_strategy: str | None, targets: dict[str, int], undersample: bool, splits: tuple[str, ...],
+                    exclude_folds: tuple[int, ...], min_confidence: float, max_attempts: int, output_size: int | None,
+                    seed: int, batch_size: int, embed_images: bool, device: str, strict: bool, overwrite: bool) -> None:
+    """Synthesize images with a trained FERSNet until every class reaches its target.
+
+    \b
+    Examples:
+      fesaug balance --manifest ck.parquet --checkpoint runs/ck/checkpoints/best.pt --out ck-balanced
+      fesaug balance --manifest ck.parquet --checkpoint best.pt --out b --target-per-class 300
+      fesaug balance --manifest ck.parquet --checkpoint best.pt --out b --sampling-strategy minority
+      torchrun --nproc-per-node 2 -m fesaug balance --manifest ck.parquet --checkpoint best.pt --out b
+
+    Re-run the same command after an interruption to finish the job.
+    """
+    from fesaug.balance import BalanceConfig, balance
+
+    config = BalanceConfig(
+        target_per_class=target_per_class or "max", sampling_strategy=sampling_strategy, targets=targets,
+        undersample=undersample, splits=splits, exclude_folds=exclude_folds or None, min_confidence=min_confidence,
+        max_attempts=max_attempts, seed=seed, batch_size=batch_size, embed_images=embed_images, output_size=output_size,
+    )
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda, but torch sees no CUDA device; use --device cpu or auto")
+    main_process = os.environ.get("RANK", "0") == "0"
+    result = balance(manifest, checkpoint, out, config, overwrite=overwrite,
+                     device=None if device == "auto" else device, progress=main_process)
+    if not main_process:
+        return
+    click.echo(format_summary(result))
+    short = {c: n for c, n in result.shortfall.items() if n}
+    for c, n in short.items():
+        click.echo(f"Warning: {c!r} is {n} image(s) short of its target {result.targets[c]}: the gate rejected too many "
+                   "candidates; lower --min-confidence, raise --max-attempts or train the generator longer", err=True)
+    for problem in result.problems:
+        click.echo(f"Warning: audit: {problem}", err=True)
+    if strict and short:
+        raise FesaugError(f"{len(short)} class(es) did not reach their target and --strict is set")
+
+
+def format_summary(r: BalanceResult) -> str:
+    rows = []
+    for c in r.counts_before:
+        acc = r.acceptance[c]
+        rows.append([c, r.counts_before[c], r.targets[c], r.generated[c], "-" if acc is None else f"{acc:.0%}",
+                     r.shortfall[c], r.counts_after[c]])
+    table = aligned_table(["class", "real", "target", "synthesized", "accepted", "short", "after"], rows,
+                     ["total", sum(r.counts_before.values()), sum(r.targets.values()), sum(r.generated.values()), "",
+                      sum(r.shortfall.values()), sum(r.counts_after.values())])
+    made = sum(r.generated.values())
+    speed = f" in {r.seconds:.1f} s ({made / r.seconds:.0f} images/s)" if r.seconds and made else ""
+    resumed = f"; resumed {r.resumed_chunks} finished chunk(s)" if r.resumed_chunks else ""
+    return "\n".join([*table, "", f"synthesized {made} image(s){speed}{resumed}",
+                      f"wrote {r.manifest}, {r.out_dir / 'README.md'}, {r.out_dir / 'histogram.png'}"])

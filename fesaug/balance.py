@@ -1,0 +1,716 @@
+"""``fesaug balance``: synthesize the images each class lacks with a trained FERSNet.
+
+:func:`balance` reads a manifest of real images and a ``fesaug train`` checkpoint and writes a
+folder any downstream model can use::
+
+    DIR/manifest.parquet         real rows (referenced in place, or embedded) + synthetic rows
+    DIR/images/<class>/<id>.png  the synthetic images
+    DIR/README.md                dataset card: before/after table, settings, how it was made
+    DIR/histogram.png            images per class, real and synthetic
+
+The steps, in the vocabulary of imbalanced-learn:
+
+1. **Targets.** The *working set* is the real rows of the chosen splits outside the excluded
+   folds (by default the fold the generator was held out from). :func:`resolve_targets` turns
+   ``target_per_class`` (a number or ``"max"``), ``sampling_strategy`` and per-class
+   ``targets`` into a wanted count per class.
+2. **Sources.** Class ``c`` is synthesized from working-set images of the other classes, taken
+   round-robin over subjects so that every identity contributes before any contributes twice,
+   subjects who have no real image of ``c`` first (the counterfactuals the data lacks). Once
+   every source is used, sources are reused mirrored, then with small random affine jitter, so
+   no two candidates are the same input. Order is a function of the seed only (:func:`plan_sources`).
+3. **Quality gate.** A candidate is kept when the checkpoint's FER branch gives the target
+   class at least ``min_confidence``; a rejected slot is retried with the next source, at most
+   ``max_attempts`` times. Slots still empty are a shortfall, reported and stored.
+4. **Output.** Work is cut into chunks of ``batch_size`` slots; each chunk's images and a JSON
+   part file are written atomically under ``DIR/.fesaug-balance/``, so an interrupted run
+   (even ``kill -9``) resumes where it stopped when the same command is run again. The
+   manifest is written last: its presence means the job is finished. Under ``torchrun`` rank
+   ``r`` takes chunks ``r, r + world, …``; chunk contents do not depend on the number of
+   processes, so the result is the same for any number of them.
+
+Every synthetic row has ``origin="synthetic"``, its ``parent_id``, ``source_label``, target
+``label``, the parent's ``subject_id``/``split``/``fold``, ``generator`` (the checkpoint's
+sha256), ``seed``, ``confidence`` and ``source_transform``. The footer records the resolved
+counts, acceptance rates and, under ``generator_training``, which folds and subjects the
+generator saw, so that ``fesaug audit`` can flag synthetic images used against a test fold the
+generator was trained on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from ._io import atomic_write_bytes, atomic_write_text, file_sha256
+from .data.datasets import ManifestDataset
+from .data.images import encode_png, resize_square, sha256_bytes
+from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
+from .errors import FesaugError, UsageError
+from .generator import Generator, load_generator
+from .provenance import provenance
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "not-majority", "not-minority", "minority", "all")
+WORK_DIR = ".fesaug-balance"
+OUTPUTS = ("manifest.parquet", "README.md", "histogram.png", "images", WORK_DIR)
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    """Settings of one balance run (everything that decides its output).
+
+    ``target_per_class``: every selected class up to this many images, or ``"max"`` (up to the
+    largest class). ``sampling_strategy``: which classes are over-sampled, as in imbalanced-learn
+    (``auto`` = ``not-majority``; default ``auto`` with ``"max"``, ``all`` with a number).
+    ``targets``: per-class counts that override both. A target below a class's real count is an
+    error unless ``undersample`` is set, which then drops real rows of that class (at random,
+    from the working set). ``exclude_folds=None`` excludes the generator's held-out fold.
+    ``output_size``: side of the synthetic images; ``None`` = the real images' size when they
+    all share one square size, else the generator's.
+    """
+
+    target_per_class: int | str = "max"
+    sampling_strategy: str | None = None
+    targets: Mapping[str, int] = field(default_factory=dict)
+    undersample: bool = False
+    splits: tuple[str, ...] = ("train",)
+    exclude_folds: tuple[int, ...] | None = None
+    min_confidence: float = 0.5
+    max_attempts: int = 5
+    seed: int = 0
+    batch_size: int = 64
+    embed_images: bool = False
+    output_size: int | None = None
+
+    def __post_init__(self) -> None:
+        tpc = self.target_per_class
+        if tpc != "max" and (isinstance(tpc, bool) or not isinstance(tpc, int) or tpc < 1):
+            raise UsageError(f"--target-per-class must be a positive number or 'max', got {tpc!r}")
+        if self.sampling_strategy is not None and _strategy(self.sampling_strategy) not in STRATEGIES:
+            raise UsageError(f"unknown --sampling-strategy {self.sampling_strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        for name, n in self.targets.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise UsageError(f"--target {name}={n!r}: the count must be a whole number >= 0")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise UsageError(f"--min-confidence must lie in [0, 1], got {self.min_confidence}")
+        for name in ("max_attempts", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.output_size is not None and self.output_size < 8:
+            raise UsageError(f"--output-size must be at least 8 pixels, got {self.output_size}")
+        if not self.splits:
+            raise UsageError("choose at least one --split to balance")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["targets"] = dict(self.targets)
+        return d
+
+
+@dataclass
+class BalanceResult:
+    out_dir: Path
+    manifest: Path
+    counts_before: dict[str, int]
+    targets: dict[str, int]
+    to_generate: dict[str, int]
+    generated: dict[str, int]
+    removed: dict[str, int]
+    attempts: dict[str, int]
+    shortfall: dict[str, int]
+    seconds: float
+    resumed_chunks: int = 0
+    problems: list[str] = field(default_factory=list)  # fesaug audit's findings on the output
+
+    @property
+    def counts_after(self) -> dict[str, int]:
+        return {c: self.counts_before[c] - self.removed[c] + self.generated[c] for c in self.counts_before}
+
+    @property
+    def acceptance(self) -> dict[str, float | None]:
+        return {c: (self.generated[c] / a if a else None) for c, a in self.attempts.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# 1. targets
+
+
+def _strategy(name: str) -> str:
+    return name.strip().lower().replace(" ", "-").replace("_", "-")
+
+
+def resolve_targets(
+    counts: Mapping[str, int],
+    *,
+    target_per_class: int | str = "max",
+    sampling_strategy: str | None = None,
+    targets: Mapping[str, int] | None = None,
+    undersample: bool = False,
+) -> dict[str, int]:
+    """The wanted number of images per class, from the real ``counts`` of the working set.
+
+    ``sampling_strategy`` selects the classes to raise, as imbalanced-learn's over-samplers do:
+    ``minority`` (the smallest class), ``not-minority``, ``not-majority``, ``all``, and ``auto``
+    (= ``not-majority``). Selected classes go up to ``target_per_class`` (``"max"``: the
+    largest count); the others keep their count. ``targets`` (class → count) override both.
+    """
+    counts = dict(counts)
+    if not counts:
+        raise FesaugError("there are no classes to balance")
+    strategy = _strategy(sampling_strategy or ("auto" if target_per_class == "max" else "all"))
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown sampling strategy {sampling_strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    # Ties go to the first class in label order, as imbalanced-learn's max()/min() over a dict do.
+    majority = max(counts, key=counts.__getitem__)
+    minority = min(counts, key=counts.__getitem__)
+    selected = {
+        "auto": set(counts) - {majority},
+        "not-majority": set(counts) - {majority},
+        "not-minority": set(counts) - {minority},
+        "minority": {minority},
+        "all": set(counts),
+    }[strategy]
+    level = max(counts.values()) if target_per_class == "max" else int(target_per_class)
+    wanted = {c: (level if c in selected else n) for c, n in counts.items()}
+    for name, n in (targets or {}).items():
+        if name not in counts:
+            raise UsageError(f"--target names class {name!r}, which this manifest does not have; classes: {', '.join(counts)}")
+        wanted[name] = int(n)
+    below = {c: (wanted[c], counts[c]) for c in counts if wanted[c] < counts[c]}
+    if below and not undersample:
+        c, (want, have) = next(iter(below.items()))
+        raise UsageError(
+            f"the target for {c!r} ({want}) is below its {have} real images"
+            + (f" (and {len(below) - 1} more class(es))" if len(below) > 1 else "")
+            + "; raise the target, or pass --undersample to drop real images down to it"
+        )
+    return wanted
+
+
+# --------------------------------------------------------------------------------------------
+# 2. sources
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One attempt at one slot: synthesize working-set row ``source`` (a position in the
+    manifest) as ``target``; ``variant`` 0 = as is, 1 = mirrored, >= 2 = jittered."""
+
+    source: int
+    variant: int
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+def plan_sources(labels: np.ndarray, subjects: Sequence[str], rows: np.ndarray, target: int, seed: int) -> list[int]:
+    """The order in which working-set rows serve as sources for class ``target``.
+
+    ``labels``/``subjects`` are aligned with ``rows`` (manifest positions). Rows of the target
+    class are never sources. Subjects without a real image of ``target`` come first; within
+    each group subjects are shuffled, and the list takes one image per subject per round.
+    """
+    rng = _rng(seed, target)
+    has_target = {s for s, y in zip(subjects, labels) if y == target}
+    by_subject: dict[str, list[int]] = {}
+    for row, s, y in zip(rows.tolist(), subjects, labels.tolist()):
+        if y != target:
+            by_subject.setdefault(s, []).append(row)
+    order: list[int] = []
+    for group in (sorted(s for s in by_subject if s not in has_target), sorted(s for s in by_subject if s in has_target)):
+        queues = [list(rng.permutation(by_subject[s])) for s in rng.permutation(np.array(group, dtype=object))] if group else []
+        for rnd in range(max((len(q) for q in queues), default=0)):
+            order += [int(q[rnd]) for q in queues if rnd < len(q)]
+    return order
+
+
+def candidate(order: Sequence[int], need: int, slot: int, attempt: int) -> Candidate:
+    """Attempt ``attempt`` at slot ``slot`` of a class needing ``need`` images: the
+    ``slot + attempt·need``-th use of the source list, so no two attempts share an input."""
+    j = slot + attempt * need
+    return Candidate(source=order[j % len(order)], variant=j // len(order))
+
+
+def _jitter(image: torch.Tensor, variant: int, key: tuple[int, ...]) -> tuple[torch.Tensor, str]:
+    """The source image for ``variant`` and a description for the manifest."""
+    if variant == 0:
+        return image, "none"
+    mirrored = TF.horizontal_flip(image) if variant % 2 else image
+    if variant == 1:
+        return mirrored, "hflip"
+    rng = _rng(*key)
+    angle, dx, dy, scale = rng.uniform(-6, 6), rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04), rng.uniform(0.95, 1.05)
+    side = image.shape[-1]
+    out = TF.affine(mirrored, angle=float(angle), translate=[round(dx * side), round(dy * side)], scale=float(scale),
+                    shear=[0.0, 0.0], interpolation=TF.InterpolationMode.BILINEAR)
+    flip = "hflip+" if variant % 2 else ""
+    return out, f"{flip}affine(angle={angle:.1f},dx={round(dx * side)},dy={round(dy * side)},scale={scale:.3f})"
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class _Plan:
+    """Everything the workers need, computed identically on every rank."""
+
+    manifest: Manifest
+    generator: Generator
+    config: BalanceConfig
+    working: np.ndarray  # manifest positions of the working set
+    counts: dict[str, int]
+    targets: dict[str, int]
+    to_generate: dict[str, int]
+    removed_rows: list[int]
+    excluded_folds: list[int]
+    output_size: int
+    orders: dict[int, list[int]]  # class index -> source order
+    slots: list[tuple[int, int]]  # (class index, slot) over all classes, in order
+    key: dict[str, Any]  # what must match for a resume
+
+    def sample_id(self, cls: int, slot: int) -> str:
+        return f"syn-{self.generator.checkpoint_sha256[:10]}-{self.manifest.classes[cls]}-{slot:06d}"
+
+
+def _working_set(m: Manifest, splits: Sequence[str], excluded: Sequence[int]) -> np.ndarray:
+    df = m.df
+    synthetic = int((df["origin"] == "synthetic").sum())
+    if synthetic:
+        raise FesaugError(
+            f"{m.path} already has {synthetic} synthetic row(s); balance a manifest of real images "
+            "(the one the synthetic rows were made from)"
+        )
+    known = sorted(set(df["split"]))
+    unknown = [s for s in splits if s not in known]
+    if unknown:
+        raise UsageError(f"--split {unknown[0]!r} is not in {m.path}; its splits are {', '.join(known)}")
+    folds = df["fold"].to_numpy(dtype=float, na_value=np.nan)
+    keep = df["split"].isin(list(splits)).to_numpy() & ~np.isin(folds, list(excluded))
+    rows = np.flatnonzero(keep)
+    if rows.size == 0:
+        raise FesaugError(f"{m.path}: no real rows in split(s) {', '.join(splits)} outside excluded fold(s) {list(excluded)}; "
+                          "check --split and --exclude-fold")
+    return rows
+
+
+def _subject_keys(m: Manifest, rows: np.ndarray) -> list[str]:
+    # A row without a subject id is its own identity.
+    ids, subjects = m.df["sample_id"].tolist(), m.df["subject_id"].tolist()
+    return [f"row:{ids[r]}" if pd.isna(subjects[r]) else str(subjects[r]) for r in rows.tolist()]
+
+
+def _output_size(m: Manifest, rows: np.ndarray, generator: Generator, requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    sizes = set(zip(m.df["width"].iloc[rows].tolist(), m.df["height"].iloc[rows].tolist()))
+    if len(sizes) == 1:
+        w, h = next(iter(sizes))
+        if w == h:
+            return int(w)
+    return generator.image_size
+
+
+def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, device: str | None) -> _Plan:
+    m = read_manifest(manifest_path)
+    gen = load_generator(checkpoint, device=device)
+    if gen.classes != m.classes:
+        raise FesaugError(
+            f"the checkpoint {checkpoint} was trained on classes {', '.join(gen.classes)} but {manifest_path} has "
+            f"{', '.join(m.classes)}; use a checkpoint trained on this dataset (fesaug train --manifest {manifest_path})"
+        )
+    excluded = list(config.exclude_folds) if config.exclude_folds is not None else (
+        [gen.holdout_fold] if gen.holdout_fold is not None else [])
+    working = _working_set(m, config.splits, excluded)
+    labels = m.df["label"].to_numpy(dtype=np.int64)
+    counts = {c: int((labels[working] == k).sum()) for k, c in enumerate(m.classes)}
+    targets = resolve_targets(counts, target_per_class=config.target_per_class, sampling_strategy=config.sampling_strategy,
+                              targets=config.targets, undersample=config.undersample)
+    to_generate = {c: max(0, targets[c] - counts[c]) for c in m.classes}
+    removed: list[int] = []
+    for k, c in enumerate(m.classes):
+        extra = counts[c] - targets[c]
+        if extra > 0:
+            pool = working[labels[working] == k]
+            removed += sorted(int(r) for r in _rng(config.seed, k, 1).choice(pool, size=extra, replace=False))
+    # Sources exclude rows dropped by under-sampling: the balanced set must not depend on them.
+    sources = np.setdiff1d(working, np.asarray(removed, dtype=np.int64))
+    subjects = _subject_keys(m, sources)
+    orders, slots = {}, []
+    for k, c in enumerate(m.classes):
+        if to_generate[c]:
+            orders[k] = plan_sources(labels[sources], subjects, sources, k, config.seed)
+            if not orders[k]:
+                raise FesaugError(f"no source images for {c!r}: every working-set image is of that class")
+            slots += [(k, s) for s in range(to_generate[c])]
+    key = {
+        "config": config.to_dict(),
+        "manifest_sha256": file_sha256(manifest_path),
+        "checkpoint_sha256": gen.checkpoint_sha256,
+        "targets": targets,
+    }
+    return _Plan(m, gen, config, working, counts, targets, to_generate, removed, sorted(excluded),
+                 _output_size(m, working, gen, config.output_size), orders, slots, key)
+
+
+# ---- output folder
+
+
+def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
+    """Make ``out`` ready for this run: fresh, or the unfinished work of the same run."""
+    work = out / WORK_DIR
+    if out.exists() and not out.is_dir():
+        raise FesaugError(f"--out {out} is a file; give a folder for the balanced dataset")
+    if out.exists() and any(out.iterdir()):
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS)
+        if foreign:
+            raise FesaugError(f"{out} holds files fesaug balance did not write ({', '.join(foreign[:3])}); "
+                              "choose an empty or new --out")
+        finished = (out / "manifest.parquet").exists()
+        same = (work / "plan.json").exists() and json.loads((work / "plan.json").read_text()) == _jsonable(key)
+        if not overwrite:
+            if finished:
+                raise FesaugError(f"{out} already holds a finished balanced dataset; pass --overwrite to make it again")
+            if not same:
+                raise FesaugError(f"{out} holds an unfinished balance run with other settings, manifest or checkpoint; "
+                                  "run that command again to finish it, or pass --overwrite to start over")
+            # Resume. A kill -9 can leave the temporary file of an atomic write behind.
+            for tmp in [*out.glob("images/*/.*.tmp"), *work.glob("**/.*.tmp")]:
+                tmp.unlink(missing_ok=True)
+            return
+        for name in OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    (work / "parts").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(work / "plan.json", json.dumps(_jsonable(key), indent=2, sort_keys=True))
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _part_path(out: Path, chunk: int) -> Path:
+    return out / WORK_DIR / "parts" / f"chunk-{chunk:06d}.json"
+
+
+# ---- workers
+
+
+def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chunk: list[tuple[int, int]],
+               out: Path, pool: ThreadPoolExecutor) -> tuple[list[dict[str, Any]], dict[str, int], list[Future]]:
+    """Fill the slots of one chunk through the quality gate; images are written by ``pool``."""
+    m, gen, cfg = plan.manifest, plan.generator, plan.config
+    df = m.df
+    accepted: list[dict[str, Any]] = []
+    attempts = dict.fromkeys(m.classes, 0)
+    writes: list[Future] = []
+    pending = list(chunk)
+    for attempt in range(cfg.max_attempts):
+        if not pending:
+            break
+        cands = [candidate(plan.orders[k], plan.to_generate[m.classes[k]], s, attempt) for k, s in pending]
+        inputs, transforms = [], []
+        for (k, s), cnd in zip(pending, cands):
+            image, how = _jitter(pixels[position[cnd.source]], cnd.variant, (cfg.seed, k, s, attempt))
+            inputs.append(image)
+            transforms.append(how)
+        targets = torch.tensor([k for k, _ in pending])
+        fakes = gen.synthesize(torch.stack(inputs), targets, batch_size=len(inputs))
+        confidence = gen.classify(fakes, batch_size=len(inputs))[torch.arange(len(pending)), targets]
+        still = []
+        for (k, s), cnd, how, fake, conf in zip(pending, cands, transforms, fakes, confidence.tolist()):
+            attempts[m.classes[k]] += 1
+            if conf < cfg.min_confidence:
+                still.append((k, s))
+                continue
+            sid = plan.sample_id(k, s)
+            rel = f"images/{m.classes[k]}/{sid}.png"
+            src = cnd.source
+            accepted.append({
+                "sample_id": sid, "path": rel, "label": k, "subject_id": _none(df["subject_id"].iat[src]),
+                "fold": _none(df["fold"].iat[src]), "split": df["split"].iat[src],
+                "parent_id": df["sample_id"].iat[src], "source_label": int(df["label"].iat[src]),
+                "confidence": round(float(conf), 6), "attempt": attempt, "source_transform": how,
+                "slot": s,
+            })
+            writes.append(pool.submit(_write_image, fake, plan.output_size, out / rel, accepted[-1]))
+        pending = still
+    return accepted, attempts, writes
+
+
+def _none(value: Any) -> Any:
+    if pd.isna(value):
+        return None
+    return int(value) if isinstance(value, (np.integer,)) else value
+
+
+def _write_image(fake: torch.Tensor, size: int, path: Path, row: dict[str, Any]) -> None:
+    img = resize_square(Image.fromarray(fake[0].numpy()), size)
+    data = encode_png(img)
+    row.update(sha256=sha256_bytes(data), width=img.width, height=img.height)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+
+
+@contextlib.contextmanager
+def _process_group() -> Iterator[tuple[int, int]]:
+    """(rank, world size); joins a gloo group under torchrun for the barriers."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    joined = world > 1 and not dist.is_initialized()
+    if joined:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        yield rank, world
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def balance(
+    manifest: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: BalanceConfig | None = None,
+    *,
+    overwrite: bool = False,
+    device: str | None = None,
+    progress: bool = False,
+) -> BalanceResult:
+    """Balance ``manifest`` with the generator in ``checkpoint``; write the dataset to ``out_dir``.
+
+    See the module docstring. Re-running the same call after an interruption resumes it.
+    """
+    config = config or BalanceConfig()
+    out = Path(out_dir)
+    start = time.perf_counter()
+    with _process_group() as (rank, world):
+        if device is None and torch.cuda.is_available():
+            # Ranks share the node's GPUs; several ranks on one GPU is fine for inference.
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+        plan = _make_plan(Path(manifest), Path(checkpoint), config, device)
+        if rank == 0:
+            _prepare_out_dir(out, plan.key, overwrite)
+        _barrier(world)
+        chunks = [plan.slots[i:i + config.batch_size] for i in range(0, len(plan.slots), config.batch_size)]
+        done = [i for i in range(len(chunks)) if _part_path(out, i).exists()]
+        mine = [i for i in range(rank, len(chunks), world) if not _part_path(out, i).exists()]
+        sources = np.unique(np.concatenate([np.asarray(o, dtype=np.int64) for o in plan.orders.values()])) \
+            if plan.orders else np.empty(0, dtype=np.int64)
+        pixels = ManifestDataset(plan.manifest, rows=sources, image_size=plan.generator.image_size).pixels \
+            if mine else torch.empty(0)
+        position = {int(r): i for i, r in enumerate(sources.tolist())}
+        _generate(plan, chunks, mine, pixels, position, out, progress=progress and rank == 0)
+        _barrier(world)
+        result = _finish(plan, out, len(chunks), time.perf_counter() - start, resumed=len(done)) if rank == 0 else None
+        _barrier(world)
+    if result is None:  # other ranks read what rank 0 wrote
+        result = _summary_from(out)
+    return result
+
+
+def _generate(plan: _Plan, chunks: list[list[tuple[int, int]]], mine: list[int], pixels: torch.Tensor,
+              position: dict[int, int], out: Path, *, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    # Two writer threads: PNG encoding (zlib) releases the GIL, so it overlaps the next chunk's
+    # generation; waiting for the previous chunk keeps at most two chunks in memory.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fesaug-png") as pool, \
+            tqdm(total=sum(len(chunks[i]) for i in mine), unit="img", disable=not progress, desc="balance") as bar:
+        previous: tuple[int, list, dict, list[Future]] | None = None
+        for i in mine:
+            rows, attempts, writes = _run_chunk(plan, pixels, position, chunks[i], out, pool)
+            if previous is not None:
+                _commit(out, *previous)
+            previous = (i, rows, attempts, writes)
+            bar.update(len(chunks[i]))
+        if previous is not None:
+            _commit(out, *previous)
+
+
+def _commit(out: Path, chunk: int, rows: list[dict[str, Any]], attempts: dict[str, int], writes: list[Future]) -> None:
+    for w in writes:
+        w.result()  # re-raises a failed write
+    # The part is written after its images: a part on disk means its whole chunk is on disk.
+    atomic_write_text(_part_path(out, chunk), json.dumps({"chunk": chunk, "rows": rows, "attempts": attempts}))
+
+
+# ---- the manifest
+
+
+def _finish(plan: _Plan, out: Path, n_chunks: int, seconds: float, *, resumed: int) -> BalanceResult:
+    m, gen, cfg = plan.manifest, plan.generator, plan.config
+    parts = [json.loads(_part_path(out, i).read_text()) for i in range(n_chunks)]
+    synthetic = sorted((r for p in parts for r in p["rows"]), key=lambda r: (r["label"], r["slot"]))
+    attempts = dict.fromkeys(m.classes, 0)
+    for p in parts:
+        for c, n in p["attempts"].items():
+            attempts[c] += n
+    generated = {c: sum(1 for r in synthetic if r["label"] == k) for k, c in enumerate(m.classes)}
+    removed = {c: sum(1 for r in plan.removed_rows if int(m.df["label"].iat[r]) == k) for k, c in enumerate(m.classes)}
+    shortfall = {c: plan.to_generate[c] - generated[c] for c in m.classes}
+    result = BalanceResult(out, out / "manifest.parquet", plan.counts, plan.targets, plan.to_generate, generated,
+                           removed, attempts, shortfall, seconds, resumed)
+
+    real = m.df.drop(index=m.df.index[plan.removed_rows]).reset_index(drop=True)
+    root, real_images = _relocate(m, real, out, embed=cfg.embed_images)
+    real = real.assign(image=real_images)
+    syn = pd.DataFrame(synthetic)
+    if len(syn):
+        syn["image"] = [{"bytes": (out / p).read_bytes(), "path": p} if cfg.embed_images else
+                        {"bytes": None, "path": _relative_to(out / p, root)} for p in syn["path"]]
+        syn = syn.drop(columns=["path", "slot"]).assign(
+            label_name=[m.classes[k] for k in syn["label"]], origin="synthetic",
+            generator=gen.checkpoint_sha256, seed=cfg.seed)
+        syn["attempt"] = syn["attempt"].astype("Int64")
+    df = pd.concat([real, syn], ignore_index=True) if len(syn) else real
+    meta = _footer(plan, result)
+    manifest_path = out / "manifest.parquet"
+    image_root = "." if cfg.embed_images else relative_image_root(manifest_path, root)
+    # Written beside the work files first and renamed last: the manifest marks a finished run,
+    # so the card and histogram must exist before it does.
+    staged = out / WORK_DIR / "manifest.parquet"
+    write_manifest(df, staged, classes=m.classes, meta=meta, overwrite=True, image_root=image_root)
+    from .audit import audit, plot_report
+
+    report = audit(read_manifest(staged), target=max(plan.targets.values()), check_images=False)
+    result.problems = [p.message for p in report.problems]
+    plot_report(report, out / "histogram.png")
+    atomic_write_text(out / "README.md", dataset_card(result, plan, meta))
+    os.replace(staged, manifest_path)
+    shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+    return result
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), root)).as_posix()
+
+
+def _relocate(m: Manifest, real: pd.DataFrame, out: Path, *, embed: bool) -> tuple[Path, list[dict[str, Any]]]:
+    """The output's image root and the real rows' ``image`` structs relative to it.
+
+    Referenced images stay where they are: the root becomes the deepest folder holding both
+    them and ``out``, so one relative root serves real and synthetic rows alike.
+    """
+    images = real["image"].tolist()
+    referenced = [Path(m.image_root, im["path"]).resolve().parent for im in images if im.get("bytes") is None]
+    if embed:
+        positions = {sid: i for i, sid in enumerate(m.df["sample_id"].tolist())}
+        structs = [{"bytes": m.image_bytes(positions[sid]), "path": im.get("path")} if im.get("bytes") is None else im
+                   for sid, im in zip(real["sample_id"].tolist(), images)]
+        return out.resolve(), structs
+    root = Path(os.path.commonpath([str(out.resolve()), *map(str, referenced)])) if referenced else out.resolve()
+    structs = [im if im.get("bytes") is not None else
+               {"bytes": None, "path": Path(os.path.relpath(Path(m.image_root, im["path"]).resolve(), root)).as_posix()}
+               for im in images]
+    return root, structs
+
+
+def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
+    m, gen, cfg = plan.manifest, plan.generator, plan.config
+    inherited = {k: v for k, v in m.meta.items() if k not in ("schema_version", "classes", "image_root", "provenance")}
+    return {
+        **inherited,
+        "provenance": provenance("balance", cfg.to_dict()),
+        "input_provenance": m.meta.get("provenance"),
+        "balance": {
+            "input_manifest": str(m.path), "input_manifest_sha256": plan.key["manifest_sha256"],
+            "checkpoint": str(gen.checkpoint), "checkpoint_sha256": gen.checkpoint_sha256, "checkpoint_epoch": gen.epoch,
+            "splits": list(cfg.splits), "excluded_folds": plan.excluded_folds, "output_size": plan.output_size,
+            "counts_before": r.counts_before, "targets": r.targets, "to_generate": r.to_generate,
+            "generated": r.generated, "removed": r.removed, "shortfall": r.shortfall, "attempts": r.attempts,
+            "acceptance": r.acceptance, "min_confidence": cfg.min_confidence, "max_attempts": cfg.max_attempts,
+            "seed": cfg.seed, "judge": "the checkpoint's FER branch",
+        },
+        "generator_training": {
+            gen.checkpoint_sha256: {
+                "folds": gen.training_folds,
+                # Validation subjects chose the weights, so they count as seen.
+                "subjects": sorted(set(gen.training_subjects) | set(gen.validation_subjects)),
+            }
+        },
+        "holdout_folds": plan.excluded_folds,
+    }
+
+
+def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
+    """The ``README.md`` written next to a balanced manifest."""
+    gen, cfg = plan.generator, plan.config
+    lines = [
+        "# Balanced facial-expression dataset (fesaug balance)",
+        "",
+        f"Made from `{plan.manifest.path}` with the FERSNet checkpoint `{gen.checkpoint}` "
+        f"(sha256 `{gen.checkpoint_sha256[:16]}…`, epoch {gen.epoch}).",
+        f"Command: `{meta['provenance']['command']}`",
+        "",
+        "| class | real | target | synthesized | acceptance | shortfall | after |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in r.counts_before:
+        acc = r.acceptance[c]
+        lines.append(f"| {c} | {r.counts_before[c]} | {r.targets[c]} | {r.generated[c]} | "
+                     f"{'—' if acc is None else f'{acc:.0%}'} | {r.shortfall[c]} | {r.counts_after[c]} |")
+    lines += [
+        "",
+        "Counts are over the *working set*: real rows of split(s) " + ", ".join(f"`{s}`" for s in cfg.splits)
+        + (f" outside fold(s) {', '.join(map(str, plan.excluded_folds))}" if plan.excluded_folds else "") + ". "
+        "All other real rows are in the manifest unchanged.",
+        "",
+        "## How the synthetic images were made",
+        "",
+        f"- Sources: real images of the other classes, round-robin over subjects, subjects lacking the target class "
+        f"first; seed {cfg.seed}. Reused sources are mirrored or jittered (`source_transform` column).",
+        f"- Quality gate: kept when the checkpoint's FER branch gives the target class at least {cfg.min_confidence:g}, "
+        f"at most {cfg.max_attempts} attempt(s) per image. This judge is optimistic (the generator was trained "
+        "against it); judge the images with an independent classifier (`fesaug evaluate`) before trusting them.",
+        f"- Synthetic images are {plan.output_size}×{plan.output_size} PNGs under `images/<class>/`.",
+        "- Each synthetic row keeps its parent's `subject_id`, `split` and `fold`, and names its `parent_id`.",
+        "",
+        "## Using it safely",
+        "",
+        f"The generator was trained on fold(s) {', '.join(map(str, gen.training_folds)) or '(none recorded)'}"
+        + (f" and never saw fold {gen.holdout_fold}" if gen.holdout_fold is not None else "") + ". "
+        "Test only on folds the generator never saw, and never train on synthetic images whose parents are test "
+        "subjects. `fesaug audit manifest.parquet` checks both.",
+        "",
+        "```python",
+        "from fesaug.data import ManifestDataset",
+        "train = ManifestDataset(\"manifest.parquet\", image_size=" + str(plan.output_size) + ")",
+        "```",
+        "",
+        "The synthetic images derive from the source dataset's faces and fall under its licence.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _summary_from(out: Path) -> BalanceResult:
+    meta = read_manifest(out / "manifest.parquet").meta["balance"]
+    return BalanceResult(out, out / "manifest.parquet", meta["counts_before"], meta["targets"], meta["to_generate"],
+                         meta["generated"], meta["removed"], meta["attempts"], meta["shortfall"], 0.0)

@@ -1,0 +1,329 @@
+"""fesaug balance: target resolution, source selection, the gate, provenance, resumption,
+determinism across seeds and processes, and its errors. A tiny FERSNet trained for one epoch
+on a tiny imbalanced demo set stands in for a real generator: these tests check the
+bookkeeping, not image quality (the gate is opened with min_confidence=0 where counts matter)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fesaug import balance as balancing
+from fesaug.audit import audit
+from fesaug.balance import BalanceConfig, plan_sources, resolve_targets
+from fesaug.data.datasets import ManifestDataset
+from fesaug.data.demo import make_demo_dataset
+from fesaug.data.images import sha256_bytes
+from fesaug.data.manifest import read_manifest, write_manifest
+from fesaug.errors import FesaugError, UsageError
+from fesaug.training import train
+
+from .conftest import REPO, run_cli, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COUNTS = {"anger": 6, "contempt": 4, "disgust": 7, "fear": 4, "happy": 9, "sadness": 5, "surprise": 10}
+OPEN = {"min_confidence": 0.0, "batch_size": 8}
+# Every run on the CPU, so results compare across runs on a machine with a GPU too.
+balance = functools.partial(balancing.balance, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """45 images of 8 subjects in 4 folds, 32x32, imbalanced like CK+."""
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), counts=COUNTS, n_subjects=8, size=32, folds=4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    result = train(demo, tmp_path_factory.mktemp("run") / "run", tiny_config(holdout_fold=0, epochs=1))
+    return result.best_checkpoint
+
+
+@pytest.fixture(scope="module")
+def balanced(demo: Path, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> balancing.BalanceResult:
+    return balance(demo, checkpoint, tmp_path_factory.mktemp("out") / "balanced", BalanceConfig(**OPEN))
+
+
+def _working_counts(manifest: Path, excluded: int = 0) -> dict[str, int]:
+    m = read_manifest(manifest)
+    df = m.df[(m.df["fold"] != excluded) & (m.df["origin"] == "real")]
+    return {c: int((df["label"] == k).sum()) for k, c in enumerate(m.classes)}
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def test_targets_in_imbalanced_learn_vocabulary() -> None:
+    counts = {"a": 10, "b": 4, "c": 7}
+    assert resolve_targets(counts) == {"a": 10, "b": 10, "c": 10}  # max, auto = not majority
+    assert resolve_targets(counts, target_per_class=12) == {"a": 12, "b": 12, "c": 12}  # a number: all
+    assert resolve_targets(counts, sampling_strategy="minority") == {"a": 10, "b": 10, "c": 7}
+    assert resolve_targets(counts, sampling_strategy="not minority") == {"a": 10, "b": 4, "c": 10}
+    assert resolve_targets(counts, target_per_class=12, sampling_strategy="not_majority") == {"a": 10, "b": 12, "c": 12}
+    assert resolve_targets(counts, targets={"b": 5}) == {"a": 10, "b": 5, "c": 10}
+    assert resolve_targets(counts, target_per_class=6, undersample=True) == {"a": 6, "b": 6, "c": 6}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target_per_class": 6}, "below its 10 real images (and 1 more class(es)); raise the target, or pass --undersample"),
+    ({"targets": {"c": 3}}, "the target for 'c' (3) is below its 7 real images"),
+    ({"targets": {"z": 3}}, "class 'z', which this manifest does not have"),
+    ({"sampling_strategy": "majority"}, "unknown sampling strategy 'majority'"),
+])
+def test_target_errors_say_what_to_do(kwargs: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_targets({"a": 10, "b": 4, "c": 7}, **kwargs)
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+def test_sources_are_round_robin_over_subjects_lacking_the_target_first() -> None:
+    #            rows:   0    1    2    3    4    5    6    7
+    labels = np.array([0, 1, 1, 1, 2, 2, 0, 1])
+    subjects = ["A", "A", "A", "B", "B", "C", "C", "D"]
+    rows = np.arange(8) + 100
+    order = plan_sources(labels, subjects, rows, target=0, seed=3)
+    assert sorted(order) == [101, 102, 103, 104, 105, 107]  # every non-target row, once
+    first_round = order[:2]  # B and D have no image of class 0: they come first
+    assert {r - 100 for r in first_round} <= {3, 4, 7}
+    assert len({subjects[r - 100] for r in first_round}) == 2
+    # Each group takes one image per subject per round.
+    assert len({subjects[r - 100] for r in order[2:4]}) == 2
+    assert order == plan_sources(labels, subjects, rows, target=0, seed=3)
+    assert any(plan_sources(labels, subjects, rows, target=0, seed=s) != order for s in range(4, 10))
+
+
+def test_reused_sources_are_mirrored_then_jittered() -> None:
+    order = [5, 6, 7]
+    uses = [balancing.candidate(order, need=4, slot=s, attempt=a) for a in range(3) for s in range(4)]
+    assert len(set(uses)) == len(uses)  # no input is ever used twice
+    assert [c.variant for c in uses[:4]] == [0, 0, 0, 1]
+    assert {c.variant for c in uses} == {0, 1, 2, 3}
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def test_balanced_output_reaches_targets_and_audits_clean(balanced: balancing.BalanceResult, demo: Path) -> None:
+    working = _working_counts(demo)
+    assert balanced.counts_before == working
+    largest = max(working.values())
+    assert balanced.counts_after == dict.fromkeys(COUNTS, largest)
+    report = audit(balanced.manifest)  # reads every image, checks hashes and provenance
+    assert report.problems == []
+    m = read_manifest(balanced.manifest)
+    working_rows = m.df[(m.df["fold"] != 0)]
+    assert working_rows.groupby("label_name").size().to_dict() == dict.fromkeys(COUNTS, largest)
+    # The excluded fold's real rows are still there, untouched and unbalanced.
+    assert (m.df["fold"] == 0).sum() == (read_manifest(demo).df["fold"] == 0).sum()
+    assert {p.name for p in balanced.out_dir.iterdir()} == {"manifest.parquet", "images", "README.md", "histogram.png"}
+    card = (balanced.out_dir / "README.md").read_text()
+    assert "| contempt |" in card and "never saw fold 0" in card
+
+
+def test_synthetic_rows_carry_complete_provenance(balanced: balancing.BalanceResult, checkpoint: Path) -> None:
+    m = read_manifest(balanced.manifest)
+    syn = m.df[m.df["origin"] == "synthetic"]
+    real = m.df[m.df["origin"] == "real"].set_index("sample_id")
+    assert len(syn) == sum(balanced.generated.values()) > 0
+    for col in ("parent_id", "source_label", "generator", "seed", "confidence", "subject_id", "fold",
+                "source_transform", "attempt"):
+        assert syn[col].notna().all(), col
+    parents = real.loc[syn["parent_id"]]
+    assert (parents["subject_id"].to_numpy() == syn["subject_id"].to_numpy()).all()
+    assert (parents["fold"].to_numpy() == syn["fold"].to_numpy()).all()
+    assert (parents["label"].to_numpy() == syn["source_label"].to_numpy()).all()
+    assert (syn["label"] != syn["source_label"]).all()
+    gen_sha = sha256_bytes(checkpoint.read_bytes())
+    assert set(syn["generator"]) == {gen_sha}
+    meta = m.meta
+    assert meta["balance"]["checkpoint_sha256"] == gen_sha
+    assert meta["balance"]["excluded_folds"] == [0] and meta["holdout_folds"] == [0]
+    seen = meta["generator_training"][gen_sha]
+    assert 0 not in seen["folds"]
+    assert meta["provenance"]["tool"] == "balance" and "torch" in meta["provenance"]["versions"]
+    for i in np.flatnonzero(m.df["origin"] == "synthetic")[:5]:
+        assert sha256_bytes(m.image_bytes(int(i))) == m.df["sha256"].iat[int(i)]
+        assert m.df["image"].iat[int(i)]["path"].endswith(f"{m.df['label_name'].iat[int(i)]}/{m.df['sample_id'].iat[int(i)]}.png")
+
+
+def test_no_source_comes_from_an_excluded_fold(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
+    result = balance(demo, checkpoint, tmp_path / "b", BalanceConfig(exclude_folds=(0, 2), **OPEN))
+    m = read_manifest(result.manifest)
+    fold_of = dict(zip(m.df["sample_id"], m.df["fold"]))
+    syn = m.df[m.df["origin"] == "synthetic"]
+    assert len(syn) and not {fold_of[p] for p in syn["parent_id"]} & {0, 2}
+    assert result.counts_before == {
+        c: n for c, n in _count_outside(demo, {0, 2}).items()
+    }
+
+
+def _count_outside(manifest: Path, folds: set[int]) -> dict[str, int]:
+    m = read_manifest(manifest)
+    df = m.df[~m.df["fold"].isin(list(folds))]
+    return {c: int((df["label"] == k).sum()) for k, c in enumerate(m.classes)}
+
+
+def test_same_seed_same_output_and_another_seed_differs(balanced: balancing.BalanceResult, demo: Path,
+                                                        checkpoint: Path, tmp_path: Path) -> None:
+    again = balance(demo, checkpoint, tmp_path / "again", BalanceConfig(**OPEN))
+    assert _content(again.manifest) == _content(balanced.manifest)
+    other = balance(demo, checkpoint, tmp_path / "other", BalanceConfig(seed=1, **OPEN))
+    assert _content(other.manifest) != _content(balanced.manifest)
+
+
+def _content(manifest: Path) -> list[tuple]:
+    df = read_manifest(manifest).df
+    syn = df[df["origin"] == "synthetic"]
+    return sorted(zip(syn["sample_id"], syn["sha256"], syn["parent_id"], syn["confidence"].round(5)))
+
+
+def test_interrupted_run_resumes_to_the_same_output(balanced: balancing.BalanceResult, demo: Path,
+                                                    checkpoint: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    real_run_chunk = balancing._run_chunk
+    calls = []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as if killed between two chunks
+        return real_run_chunk(*args, **kwargs)
+
+    config = BalanceConfig(min_confidence=0.0, batch_size=3)
+    whole = balance(demo, checkpoint, tmp_path / "whole", config)
+    assert _content(whole.manifest) == _content(balanced.manifest)  # chunking changes nothing
+    out = tmp_path / "b"
+    monkeypatch.setattr(balancing, "_run_chunk", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        balance(demo, checkpoint, out, config)
+    assert not (out / "manifest.parquet").exists()
+    parts = list((out / balancing.WORK_DIR / "parts").iterdir())
+    assert len(parts) == 1  # chunk 1 was done but not yet committed; chunk 0 was
+    # A kill -9 in the middle of a write leaves a temporary file behind.
+    (out / "images" / "anger").mkdir(parents=True, exist_ok=True)
+    (out / "images" / "anger" / ".x.png.abc.tmp").write_bytes(b"half")
+    monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
+    # Another setting is refused: it would mix two runs in one folder.
+    with pytest.raises(FesaugError, match="unfinished balance run with other settings"):
+        balance(demo, checkpoint, out, BalanceConfig(seed=5, **OPEN))
+    resumed = balance(demo, checkpoint, out, config)
+    assert resumed.resumed_chunks == 1
+    assert _content(resumed.manifest) == _content(balanced.manifest)
+    files = sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(balanced.out_dir).as_posix()
+                           for p in (balanced.out_dir / "images").rglob("*") if p.is_file())
+    with pytest.raises(FesaugError, match="already holds a finished balanced dataset; pass --overwrite"):
+        balance(demo, checkpoint, out, config)
+
+
+def test_two_processes_give_the_same_manifest_as_one(balanced: balancing.BalanceResult, demo: Path,
+                                                     checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "fesaug", "balance", "--manifest", str(demo), "--checkpoint", str(checkpoint), "--out", str(out),
+           "--min-confidence", "0", "--batch-size", "8", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _content(out / "manifest.parquet") == _content(balanced.manifest)
+
+
+def test_the_gate_rejects_and_reports_the_shortfall(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
+    result = balance(demo, checkpoint, tmp_path / "b", BalanceConfig(min_confidence=1.0, max_attempts=2, batch_size=8))
+    assert sum(result.generated.values()) == 0
+    assert result.shortfall == result.to_generate
+    assert result.attempts == {c: 2 * n for c, n in result.to_generate.items()}
+    meta = read_manifest(result.manifest).meta["balance"]
+    assert meta["shortfall"] == result.to_generate and meta["acceptance"]["contempt"] == 0
+    proc = run_cli("balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "c",
+                   "--min-confidence", "1", "--max-attempts", "1", "--strict")
+    assert proc.returncode == 1
+    assert "Warning: 'contempt' is" in proc.stderr and "short of its target" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: ") and "Traceback" not in proc.stderr
+
+
+def test_partial_gate_keeps_only_confident_images(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
+    threshold = 0.2
+    result = balance(demo, checkpoint, tmp_path / "b", BalanceConfig(min_confidence=threshold, max_attempts=3, batch_size=8))
+    df = read_manifest(result.manifest).df
+    syn = df[df["origin"] == "synthetic"]
+    assert (syn["confidence"] >= threshold).all()
+    assert sum(result.generated.values()) + sum(result.shortfall.values()) == sum(result.to_generate.values())
+
+
+def test_undersample_and_explicit_targets(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
+    config = BalanceConfig(target_per_class=5, undersample=True, targets={"contempt": 2}, **OPEN)
+    result = balance(demo, checkpoint, tmp_path / "b", config)
+    expected = {c: 5 for c in COUNTS} | {"contempt": 2}
+    assert result.counts_after == expected
+    m = read_manifest(result.manifest)
+    assert m.meta["balance"]["removed"]["surprise"] == result.counts_before["surprise"] - 5
+
+
+def test_output_is_a_torch_dataset_and_embeds_on_request(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
+    result = balance(demo, checkpoint, tmp_path / "b", BalanceConfig(embed_images=True, **OPEN))
+    m = read_manifest(result.manifest)
+    assert m.df["image"].map(lambda im: im["bytes"] is not None).all()
+    data = ManifestDataset(result.manifest, origins=("synthetic",))
+    image, label = data[0]
+    assert image.shape == (1, 32, 32) and 0 <= label < len(COUNTS)
+    assert len(data) == sum(result.generated.values())
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_bad_inputs_give_one_error_line(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    other = read_manifest(demo)
+    renamed = write_manifest(other.df.assign(label_name=other.df["label_name"].str.upper()), tmp_path / "other.parquet",
+                             classes=[c.upper() for c in other.classes], image_root=str(demo.parent))
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 nope")
+    out = tmp_path / "out"
+    cases = [
+        (["--manifest", demo, "--checkpoint", junk], "junk.pt", 1),
+        (["--manifest", renamed, "--checkpoint", checkpoint], "was trained on classes anger", 1),
+        (["--manifest", broken, "--checkpoint", checkpoint], "not a readable Parquet file", 1),
+        (["--manifest", demo, "--checkpoint", checkpoint, "--target-per-class", "2"], "--undersample", 2),
+        (["--manifest", demo, "--checkpoint", checkpoint, "--target", "joy=3"], "class 'joy'", 2),
+        (["--manifest", demo, "--checkpoint", checkpoint, "--split", "test"], "--split 'test' is not in", 2),
+    ]
+    for args, message, code in cases:
+        proc = run_cli("balance", *args, "--out", out)
+        assert proc.returncode == code, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], (args, proc.stderr)
+    assert not out.exists()  # nothing half-written
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("user data")
+    proc = run_cli("balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "mine", "--overwrite")
+    assert proc.returncode == 1 and "did not write (notes.txt)" in proc.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "user data"
+
+
+def test_balancing_synthetic_rows_again_is_refused(balanced: balancing.BalanceResult, checkpoint: Path,
+                                                   tmp_path: Path) -> None:
+    with pytest.raises(FesaugError, match="already has .* synthetic row"):
+        balance(balanced.manifest, checkpoint, tmp_path / "b", BalanceConfig(**OPEN))
+
+
+def test_cli_prints_the_summary(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
+    proc = run_cli("balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "b",
+                   "--min-confidence", "0", "--sampling-strategy", "minority")
+    assert proc.returncode == 0, proc.stderr
+    assert "synthesized" in proc.stdout and "accepted" in proc.stdout
+    meta = read_manifest(tmp_path / "b" / "manifest.parquet").meta["balance"]
+    minority = min(meta["counts_before"], key=meta["counts_before"].get)
+    assert {c: n for c, n in meta["to_generate"].items() if n} == {minority: max(meta["counts_before"].values())
+                                                                  - meta["counts_before"][minority]}
