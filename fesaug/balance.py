@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -528,7 +528,7 @@ def balance(
         position = {int(r): i for i, r in enumerate(sources.tolist())}
         _generate(plan, chunks, mine, pixels, position, out, progress=progress and rank == 0)
         _barrier(world)
-        result = _finish(plan, out, len(chunks), time.perf_counter() - start, resumed=len(done)) if rank == 0 else None
+        result = _finish(plan, out, len(chunks), start, resumed=len(done)) if rank == 0 else None
         _barrier(world)
     if result is None:  # other ranks read what rank 0 wrote
         result = _summary_from(out)
@@ -564,7 +564,7 @@ def _commit(out: Path, chunk: int, rows: list[dict[str, Any]], attempts: dict[st
 # ---- the manifest
 
 
-def _finish(plan: _Plan, out: Path, n_chunks: int, seconds: float, *, resumed: int) -> BalanceResult:
+def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int) -> BalanceResult:
     m, gen, cfg = plan.manifest, plan.generator, plan.config
     parts = [json.loads(_part_path(out, i).read_text()) for i in range(n_chunks)]
     synthetic = sorted((r for p in parts for r in p["rows"]), key=lambda r: (r["label"], r["slot"]))
@@ -576,15 +576,16 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, seconds: float, *, resumed: i
     removed = {c: sum(1 for r in plan.removed_rows if int(m.df["label"].iat[r]) == k) for k, c in enumerate(m.classes)}
     shortfall = {c: plan.to_generate[c] - generated[c] for c in m.classes}
     result = BalanceResult(out, out / "manifest.parquet", plan.counts, plan.targets, plan.to_generate, generated,
-                           removed, attempts, shortfall, seconds, resumed)
+                           removed, attempts, shortfall, 0.0, resumed)
 
     real = m.df.drop(index=m.df.index[plan.removed_rows]).reset_index(drop=True)
     root, real_images = _relocate(m, real, out, embed=cfg.embed_images)
     real = real.assign(image=real_images)
     syn = pd.DataFrame(synthetic)
     if len(syn):
+        prefix = PurePosixPath(Path(os.path.relpath(out.resolve(), root)).as_posix())
         syn["image"] = [{"bytes": (out / p).read_bytes(), "path": p} if cfg.embed_images else
-                        {"bytes": None, "path": _relative_to(out / p, root)} for p in syn["path"]]
+                        {"bytes": None, "path": str(prefix / p)} for p in syn["path"]]
         syn = syn.drop(columns=["path", "slot"]).assign(
             label_name=[m.classes[k] for k in syn["label"]], origin="synthetic",
             generator=gen.checkpoint_sha256, seed=cfg.seed)
@@ -605,11 +606,8 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, seconds: float, *, resumed: i
     atomic_write_text(out / "README.md", dataset_card(result, plan, meta))
     os.replace(staged, manifest_path)
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+    result.seconds = time.perf_counter() - start
     return result
-
-
-def _relative_to(path: Path, root: Path) -> str:
-    return Path(os.path.relpath(path.resolve(), root)).as_posix()
 
 
 def _relocate(m: Manifest, real: pd.DataFrame, out: Path, *, embed: bool) -> tuple[Path, list[dict[str, Any]]]:
