@@ -35,8 +35,9 @@ def _summary(result: IngestResult) -> str:
     }[result.storage]
     skipped = f"{len(result.skipped)} skipped" + (" (-v lists them)" if result.skipped else "")
     ignored = f", {_n(result.ignored, 'non-image file')} ignored" if result.ignored else ""
+    au = f" ({result.au_labelled} with AU labels)" if result.au_labelled is not None else ""
     return (
-        f"Wrote {result.manifest}: {_n(result.rows, 'row')}, {subjects}, {_n(len(result.class_counts), 'class', 'classes')} ({classes}), "
+        f"Wrote {result.manifest}: {_n(result.rows, 'row')}{au}, {subjects}, {_n(len(result.class_counts), 'class', 'classes')} ({classes}), "
         f"{folds}, {skipped}{ignored}, {storage} ({result.seconds:.1f} s)"
     )
 
@@ -54,12 +55,15 @@ def _summary(result: IngestResult) -> str:
 @click.option("--detect-faces", is_flag=True, help="Crop each image to its largest face (OpenCV Haar cascade).")
 @click.option("--size", type=click.IntRange(min=1), metavar="N", help="Resize images to N x N grayscale.")
 @click.option("--embed", is_flag=True, help="Store the image bytes inside the manifest instead of beside it.")
+@click.option("--au-labels", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Action-unit labels per image: CSV (file + AU12... columns, or an 'aus' column like 1+2+5B+26) "
+                   "or JSON ({\"a.png\": [1, 12]}), keyed by path relative to SRC or file name.")
 @click.option("--skip-bad", is_flag=True, help="Skip bad files and rows, recording them in the manifest, instead of stopping.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing manifest (and its image folder).")
 @click.option("-v", "--verbose", is_flag=True, help="List the skipped files.")
 def ingest_command(src: Path, out: Path | None, format_: str, preset: str | None, subject_pattern: str | None,
                    folds: int | None, fold_seed: int, detect_faces: bool, size: int | None, embed: bool,
-                   skip_bad: bool, overwrite: bool, verbose: bool) -> None:
+                   au_labels: Path | None, skip_bad: bool, overwrite: bool, verbose: bool) -> None:
     """Write a manifest for the image dataset at SRC.
 
     Unchanged images are referenced in place (nothing is copied); CSV rows, face crops and resized
@@ -70,11 +74,12 @@ def ingest_command(src: Path, out: Path | None, format_: str, preset: str | None
       fesaug ingest data/ckplus48 --preset ckplus --folds 10 --out manifests/ck.parquet
       fesaug ingest fer2013.csv --format fer2013-csv --skip-bad
       fesaug ingest photos/ --subject-pattern '^(\\w+?)_' --detect-faces --size 96
+      fesaug ingest data/ckplus48 --preset ckplus --au-labels ck-facs.csv
     """
     result = ingest(
         src, out if out is not None else _default_out(src), format=format_, preset=preset,
         subject_pattern=subject_pattern, folds=folds, fold_seed=fold_seed, detect_faces=detect_faces,
-        size=size, embed=embed, skip_bad=skip_bad, overwrite=overwrite,
+        size=size, embed=embed, skip_bad=skip_bad, overwrite=overwrite, au_labels=au_labels,
     )
     click.echo(_summary(result))
     if verbose:

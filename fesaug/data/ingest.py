@@ -21,11 +21,12 @@ from tqdm import tqdm
 
 from ..errors import FesaugError, UsageError
 from ..provenance import provenance
+from .au import AULabels, read_au_labels
 from .faces import crop_face
 from .images import BadImage, encode_png, read_image_file, resize_square, sha256_bytes
 from .labels import class_list
 from .manifest import relative_image_root, write_manifest
-from .sources import PRESET_PATTERNS, Item, Skips, compile_subject_pattern, read_fer2013_csv, scan_folder
+from .sources import PRESET_PATTERNS, BadInput, Item, Skips, compile_subject_pattern, read_fer2013_csv, scan_folder
 
 FORMATS = ("folder", "fer2013-csv")
 PRESETS = tuple(PRESET_PATTERNS)
@@ -47,6 +48,7 @@ class IngestResult:
     storage: str  # "in-place", "folder" or "embedded"
     image_folder: Path | None  # where produced images went (storage "folder")
     seconds: float
+    au_labelled: int | None = None  # rows with AU labels; None without --au-labels
 
 
 def ingest(
@@ -63,29 +65,36 @@ def ingest(
     embed: bool = False,
     skip_bad: bool = False,
     overwrite: bool = False,
+    au_labels: str | os.PathLike | None = None,
 ) -> IngestResult:
     """Read the dataset at ``src`` and write its manifest to ``out``.
 
     ``format`` is ``folder`` (class folders, optionally below ``train/``, ``test/`` ... folders) or
     ``fer2013-csv``. Subject ids come from file names via ``preset`` (``ckplus``, ``jaffe``) or
     ``subject_pattern``; ``folds`` then assigns subject-independent folds. ``detect_faces`` crops
-    the largest face, ``size`` resizes to ``size`` x ``size``. Bad inputs raise
+    the largest face, ``size`` resizes to ``size`` x ``size``. ``au_labels`` is a CSV/JSON side file
+    of action-unit labels keyed by image path or file name (:func:`.au.read_au_labels`); images
+    without an entry get null AU columns. Bad inputs raise
     :class:`FesaugError` naming the file, or with ``skip_bad`` are recorded and left out.
     """
     start = time.perf_counter()
     src, out = Path(src), Path(out)
     subject_rx = _subject_regex(format, preset, subject_pattern)
-    _check_options(format, folds, size, subject_rx)
+    _check_options(format, folds, size, subject_rx, au_labels)
     _check_source(src, format)
+    labels = read_au_labels(au_labels) if au_labels is not None else None  # before the scan: fail fast
     produced = format == "fer2013-csv" or detect_faces or size is not None
     storage = "embedded" if embed else "folder" if produced else "in-place"
     image_dir = out.with_name(f"{out.stem}-images") if storage == "folder" else None
     _check_outputs(out, image_dir, overwrite)
 
     skips = Skips(skip_bad)
+    au_rows: dict[str, str] = {}  # sample_id -> side-file key
     if format == "folder":
         scan = scan_folder(src, subject_rx=subject_rx, jaffe=preset == "jaffe", skips=skips, exclude=image_dir)
         items, total, ignored = scan.items, len(scan.items), scan.ignored
+        if labels is not None:  # before decoding images, so a wrong side file fails in seconds
+            au_rows = _match_au_labels(labels, items, skips)
     else:
         items, total, ignored = read_fer2013_csv(src, skips=skips), None, 0
 
@@ -93,6 +102,7 @@ def ingest(
         "format": format, "preset": preset, "subject_pattern": subject_rx.pattern if subject_rx else None,
         "folds": folds, "fold_seed": fold_seed if folds else None,
         "detect_faces": detect_faces, "size": size, "storage": storage,
+        "au_labels": str(au_labels) if au_labels is not None else None,
     }
     with _ImageFolder(image_dir) as folder:
         rows = []
@@ -111,12 +121,18 @@ def ingest(
             from .splits import assign_folds  # scikit-learn: ~0.6 s to import, so every fesaug command would pay
 
             df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].tolist(), folds, fold_seed)
+        if labels is not None:
+            key = [au_rows.get(sid) for sid in df["sample_id"]]
+            df["au_occurrence"] = [labels.occurrence[k] if k else None for k in key]
+            if labels.has_intensity:
+                df["au_intensity"] = [labels.intensity[k] if k else None for k in key]
         meta = {
             **options,
             "source": str(src.resolve()),
             "skipped": skips.records,
             "ignored": ignored,
             "provenance": provenance("fesaug ingest", {"src": str(src), **options}),
+            **({"au_ids": list(labels.au_ids)} if labels is not None else {}),
         }
         folder.publish()
         write_manifest(
@@ -136,7 +152,46 @@ def ingest(
         storage=storage,
         image_folder=image_dir,
         seconds=time.perf_counter() - start,
+        au_labelled=int(df["au_occurrence"].notna().sum()) if labels is not None else None,
     )
+
+
+def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[str, str]:
+    """``{sample_id: side-file key}``. A key names an image by its path relative to SRC or, when
+    only one image has that name, by its file name (so ``S005/001/x.png`` from CK+'s own tree also
+    finds ``anger/x.png`` in CK+48). Keys matching nothing are one error, or skipped records."""
+    by_path = {item.source_file: item for item in items}
+    by_name: dict[str, list[Item]] = {}
+    for item in items:
+        by_name.setdefault(Path(item.source_file).name, []).append(item)
+    # Images skipped as bad are recorded already: their labels are not a second problem.
+    skipped = {r["file"] for r in skips.records} | {Path(r["file"]).name for r in skips.records}
+    matched: dict[str, str] = {}
+    bad: list[tuple[str, str]] = []  # (where, reason)
+    for key, where in labels.where.items():
+        found = by_path.get(key)
+        if found is None:
+            found = by_name.get(Path(key).name, [])
+            if len(found) > 1:
+                bad.append((where, f"{key!r} matches {len(found)} images ({', '.join(i.source_file for i in found[:3])}); give its path relative to the source folder"))
+                continue
+            found = found[0] if found else None
+        if found is None:
+            if key not in skipped:
+                bad.append((where, f"{key!r} matches no ingested image"))
+        elif found.sample_id in matched:
+            raise FesaugError(f"{where}: {key!r} and {matched[found.sample_id]!r} both label {found.source_file}; keep one entry per image in {labels.path.name}")
+        else:
+            matched[found.sample_id] = key
+    if bad and not skips.skip_bad:
+        shown = "; ".join(f"{where}: {reason}" for where, reason in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise FesaugError(
+            f"--au-labels {labels.path}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} without an image: {shown}. "
+            "Keys are paths relative to the source folder (happy/a.png) or unique file names; fix them, or pass --skip-bad to record them"
+        )
+    for where, reason in bad:
+        skips(BadInput(where, reason), where)
+    return matched
 
 
 def _row(item: Item, *, detect_faces: bool, size: int | None, embed: bool, folder: _ImageFolder) -> dict:
@@ -227,9 +282,11 @@ def _subject_regex(format: str, preset: str | None, pattern: str | None) -> re.P
     return compile_subject_pattern(pattern) if pattern is not None else None
 
 
-def _check_options(format: str, folds: int | None, size: int | None, subject_rx: re.Pattern | None) -> None:
+def _check_options(format: str, folds: int | None, size: int | None, subject_rx: re.Pattern | None, au_labels: object = None) -> None:
     if format not in FORMATS:
         raise UsageError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "fer2013-csv" and au_labels is not None:
+        raise UsageError("--au-labels matches labels to image files, which a FER2013 CSV does not have; drop --au-labels")
     if size is not None and size < 1:
         raise UsageError(f"--size must be a positive number of pixels (got {size})")
     if folds is None:

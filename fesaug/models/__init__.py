@@ -1,4 +1,5 @@
-"""Models: FERSNet (joint FER + FES), its conditional PatchGAN discriminator, sharing units."""
+"""Models: FERSNet (joint FER + FES), its conditional PatchGAN discriminator, sharing units,
+EmotionAUNet (joint emotion + AU, after AWS-Net)."""
 
 from .fersnet import (
     PRESETS,
@@ -11,6 +12,14 @@ from .fersnet import (
     count_parameters,
     from_model_range,
     to_model_range,
+)
+from .multitask import (
+    EmotionAUConfig,
+    EmotionAUNet,
+    MultiTaskOutput,
+    au_metrics,
+    au_pos_weight,
+    multitask_loss,
 )
 from .sharing import (
     SHARING_KINDS,
@@ -30,14 +39,20 @@ __all__ = [
     "ConvFLU",
     "CrossStitch",
     "Discriminator",
+    "EmotionAUConfig",
+    "EmotionAUNet",
     "FERSNet",
     "FERSNetConfig",
     "FERSNetOutput",
     "ModelConfigError",
+    "MultiTaskOutput",
     "SharingUnit",
+    "au_metrics",
+    "au_pos_weight",
     "count_flops",
     "count_parameters",
     "from_model_range",
     "make_sharing_unit",
+    "multitask_loss",
     "to_model_range",
 ]
