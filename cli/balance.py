@@ -53,7 +53,7 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--target", "targets", multiple=True, metavar="CLASS=N", callback=_targets,
               help="Exact count for one class (repeatable); overrides the two options above.")
 @click.option("--undersample", is_flag=True, help="Allow targets below a class's real count by dropping real images.")
-@click.option("--split", "splits", multiple=True, default=("train",), show_default=True,
+@click.option("--split", "splits", multiple=True, default=("train",), show_default=True, metavar="NAME",
               help="Split(s) to balance and take sources from (repeatable).")
 @click.option("--exclude-fold", "exclude_folds", multiple=True, type=click.IntRange(min=0), metavar="K",
               help="Fold whose subjects are never sources nor counted (repeatable). "
@@ -64,8 +64,10 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
               help="Sources tried per needed image before giving up on it.")
 @click.option("--output-size", type=click.IntRange(min=8), metavar="PIXELS",
               help="Side of the synthetic images. Default: the real images' size when they share one, else the generator's.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the source order and jitter: same seed, same images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images generated per step; also the unit of resumable work.")
 @click.option("--embed-images", is_flag=True, help="Store every image (real and synthetic) inside the manifest.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a class cannot reach its target.")
