@@ -20,7 +20,9 @@ The steps, in the vocabulary of imbalanced-learn:
    every source is used, sources are reused mirrored, then with small random affine jitter, so
    no two candidates are the same input. Order is a function of the seed only (:func:`plan_sources`).
 3. **Quality gate.** A candidate is kept when the checkpoint's FER branch gives the target
-   class at least ``min_confidence``; a rejected slot is retried with the next source, at most
+   class at least ``min_confidence`` and, with ``au_checkpoint`` (an emotion + AU network from
+   ``fesaug train --tasks emotion,au``), when the AUs it predicts agree with the target's
+   prototype (:func:`au_consistency`); a rejected slot is retried with the next source, at most
    ``max_attempts`` times. Slots still empty are a shortfall, reported and stored.
 4. **Output.** Work is cut into chunks of ``batch_size`` slots; each chunk's images and a JSON
    part file are written atomically under ``DIR/.fesaug-balance/``, so an interrupted run
@@ -99,6 +101,8 @@ class BalanceConfig:
     batch_size: int = 64
     embed_images: bool = False
     output_size: int | None = None
+    au_checkpoint: str | None = None
+    min_au_consistency: float = 0.5
 
     def __post_init__(self) -> None:
         tpc = self.target_per_class
@@ -111,6 +115,8 @@ class BalanceConfig:
                 raise UsageError(f"--target {name}={n!r}: the count must be a whole number >= 0")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise UsageError(f"--min-confidence must lie in [0, 1], got {self.min_confidence}")
+        if not 0.0 <= self.min_au_consistency <= 1.0:
+            raise UsageError(f"--min-au-consistency must lie in [0, 1], got {self.min_au_consistency}")
         for name in ("max_attempts", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -266,6 +272,16 @@ def _jitter(image: torch.Tensor, variant: int, key: tuple[int, ...]) -> tuple[to
     return out, f"{flip}affine(angle={angle:.1f},dx={round(dx * side)},dy={round(dy * side)},scale={scale:.3f})"
 
 
+def au_consistency(au_probs: torch.Tensor, au_ids: Sequence[int], target: str) -> torch.Tensor | None:
+    """How well predicted AUs fit ``target``: the mean probability of the target's prototype AUs
+    (:data:`fesaug.data.au.EMOTION_AU_PROTOTYPES`) among those the AU model knows, per image.
+    None when the model knows none of them (e.g. neutral): there is nothing to check."""
+    from .data.au import EMOTION_AU_PROTOTYPES
+
+    known = [au_ids.index(a) for a in EMOTION_AU_PROTOTYPES.get(target, ()) if a in au_ids]
+    return au_probs[:, known].mean(dim=1) if known else None
+
+
 # --------------------------------------------------------------------------------------------
 # the run
 
@@ -287,6 +303,7 @@ class _Plan:
     orders: dict[int, list[int]]  # class index -> source order
     slots: list[tuple[int, int]]  # (class index, slot) over all classes, in order
     key: dict[str, Any]  # what must match for a resume
+    au_checker: Any = None  # an EmotionAUPredictor for the AU check, if asked for
 
     def sample_id(self, cls: int, slot: int) -> str:
         return f"syn-{self.generator.checkpoint_sha256[:10]}-{self.manifest.classes[cls]}-{slot:06d}"
@@ -368,8 +385,17 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
         "checkpoint_sha256": gen.checkpoint_sha256,
         "targets": targets,
     }
+    checker = None
+    if config.au_checkpoint is not None:
+        from .multitask_training import load_emotion_au
+
+        checker = load_emotion_au(config.au_checkpoint, device=device)
+        if checker.classes != m.classes:
+            raise FesaugError(f"the --au-check model {config.au_checkpoint} knows classes {', '.join(checker.classes)}, "
+                              f"but {manifest_path} has {', '.join(m.classes)}; train it on this dataset")
+        key["au_checkpoint_sha256"] = file_sha256(config.au_checkpoint)
     return _Plan(m, gen, config, working, counts, targets, to_generate, removed, sorted(excluded),
-                 _output_size(m, working, gen, config.output_size), orders, slots, key)
+                 _output_size(m, working, gen, config.output_size), orders, slots, key, checker)
 
 
 # ---- output folder
@@ -439,10 +465,11 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
         targets = torch.tensor([k for k, _ in pending])
         fakes = gen.synthesize(torch.stack(inputs), targets, batch_size=len(inputs))
         confidence = gen.classify(fakes, batch_size=len(inputs))[torch.arange(len(pending)), targets]
+        consistency = _au_check(plan, fakes, targets)
         still = []
-        for (k, s), cnd, how, fake, conf in zip(pending, cands, transforms, fakes, confidence.tolist()):
+        for (k, s), cnd, how, fake, conf, au in zip(pending, cands, transforms, fakes, confidence.tolist(), consistency):
             attempts[m.classes[k]] += 1
-            if conf < cfg.min_confidence:
+            if conf < cfg.min_confidence or (au is not None and au < cfg.min_au_consistency):
                 still.append((k, s))
                 continue
             sid = plan.sample_id(k, s)
@@ -453,11 +480,29 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
                 "fold": _none(df["fold"].iat[src]), "split": df["split"].iat[src],
                 "parent_id": df["sample_id"].iat[src], "source_label": int(df["label"].iat[src]),
                 "confidence": round(float(conf), 6), "attempt": attempt, "source_transform": how,
-                "slot": s,
+                "slot": s, **({"au_consistency": None if au is None else round(au, 6)} if plan.au_checker else {}),
             })
             writes.append(pool.submit(_write_image, fake, plan.output_size, out / rel, accepted[-1]))
         pending = still
     return accepted, attempts, writes
+
+
+def _au_check(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[float | None]:
+    """Each fake's AU consistency with its target (None: no AU check, or nothing to check)."""
+    checker = plan.au_checker
+    if checker is None:
+        return [None] * len(fakes)
+    images = fakes
+    if checker.image_size != fakes.shape[-1]:
+        images = TF.resize(fakes, [checker.image_size] * 2, antialias=True)
+    _, au_probs = checker.predict(images)
+    out: list[float | None] = [None] * len(fakes)
+    for k in targets.unique().tolist():
+        rows = (targets == k).nonzero().flatten()
+        score = au_consistency(au_probs[rows], checker.au_ids, plan.manifest.classes[k])
+        for i, v in zip(rows.tolist(), score.tolist() if score is not None else [None] * len(rows)):
+            out[i] = v
+    return out
 
 
 def _none(value: Any) -> Any:
@@ -645,6 +690,9 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
             "generated": r.generated, "removed": r.removed, "shortfall": r.shortfall, "attempts": r.attempts,
             "acceptance": r.acceptance, "min_confidence": cfg.min_confidence, "max_attempts": cfg.max_attempts,
             "seed": cfg.seed, "judge": "the checkpoint's FER branch",
+            **({"au_check": {"checkpoint": cfg.au_checkpoint, "checkpoint_sha256": plan.key["au_checkpoint_sha256"],
+                             "min_au_consistency": cfg.min_au_consistency, "au_ids": plan.au_checker.au_ids,
+                             "prototypes": "fesaug.data.au.EMOTION_AU_PROTOTYPES"}} if plan.au_checker else {}),
         },
         "generator_training": {
             gen.checkpoint_sha256: {
@@ -687,6 +735,9 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
         f"- Quality gate: kept when the checkpoint's FER branch gives the target class at least {cfg.min_confidence:g}, "
         f"at most {cfg.max_attempts} attempt(s) per image. This judge is optimistic (the generator was trained "
         "against it); judge the images with an independent classifier (`fesaug evaluate`) before trusting them.",
+        *([f"- AU check: also kept only when the emotion + AU model `{cfg.au_checkpoint}` gives the target's "
+           f"prototype AUs a mean probability of at least {cfg.min_au_consistency:g} (`au_consistency` column)."]
+          if cfg.au_checkpoint else []),
         f"- Synthetic images are {plan.output_size}×{plan.output_size} PNGs under `images/<class>/`.",
         "- Each synthetic row keeps its parent's `subject_id`, `split` and `fold`, and names its `parent_id`.",
         "",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fesaug import balance as balancing
 from fesaug.audit import audit
@@ -327,3 +328,40 @@ def test_cli_prints_the_summary(demo: Path, checkpoint: Path, tmp_path: Path) ->
     minority = min(meta["counts_before"], key=meta["counts_before"].get)
     assert {c: n for c, n in meta["to_generate"].items() if n} == {minority: max(meta["counts_before"].values())
                                                                   - meta["counts_before"][minority]}
+
+
+# ---------------------------------------------------------------------------- AU check (#6)
+
+
+@pytest.fixture(scope="module")
+def au_checkpoint(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fesaug.multitask_training import MultiTaskConfig, train_multitask
+
+    config = MultiTaskConfig(model={"image_size": 32, "widths": (8, 16, 16)}, epochs=1, batch_size=8, holdout_fold=0)
+    return train_multitask(demo, tmp_path_factory.mktemp("au") / "run", config).best_checkpoint
+
+
+def test_au_check_scores_keeps_and_rejects(demo: Path, checkpoint: Path, au_checkpoint: Path, tmp_path: Path) -> None:
+    open_gate = balance(demo, checkpoint, tmp_path / "open",
+                        BalanceConfig(au_checkpoint=str(au_checkpoint), min_au_consistency=0.0, **OPEN))
+    m = read_manifest(open_gate.manifest)
+    syn = m.df[m.df["origin"] == "synthetic"]
+    assert len(syn) == sum(open_gate.to_generate.values())  # consistency 0 rejects nothing
+    assert syn["au_consistency"].between(0, 1).all()
+    assert m.meta["balance"]["au_check"]["checkpoint_sha256"] == sha256_bytes(au_checkpoint.read_bytes())
+    assert "AU check" in (open_gate.out_dir / "README.md").read_text()
+    # A threshold between the scores it gave splits kept from rejected images.
+    threshold = float(syn["au_consistency"].median())
+    strict = balance(demo, checkpoint, tmp_path / "strict",
+                     BalanceConfig(au_checkpoint=str(au_checkpoint), min_au_consistency=threshold, max_attempts=1, **OPEN))
+    kept = read_manifest(strict.manifest).df.query("origin == 'synthetic'")
+    assert (kept["au_consistency"] >= threshold).all()
+    assert 0 < len(kept) < len(syn) and sum(strict.shortfall.values()) == len(syn) - len(kept)
+
+
+def test_au_consistency_reads_the_prototype_table() -> None:
+    probs = torch.tensor([[0.9, 0.1, 0.7], [0.2, 0.8, 0.1]])
+    au_ids = [6, 4, 12]  # happy = AU6 + AU12; anger's AU4 is the only one of 4+5+7+23 known here
+    assert torch.allclose(balancing.au_consistency(probs, au_ids, "happy"), torch.tensor([0.8, 0.15]))
+    assert torch.allclose(balancing.au_consistency(probs, au_ids, "anger"), torch.tensor([0.1, 0.8]))
+    assert balancing.au_consistency(probs, au_ids, "neutral") is None
