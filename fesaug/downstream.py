@@ -15,7 +15,6 @@ to carry them around.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +49,9 @@ class DownstreamClassifier(nn.Module):
     def __init__(self, net: nn.Module, head: nn.Linear, name: str, num_classes: int, image_size: int) -> None:
         super().__init__()
         self.net, self.name, self.num_classes, self.image_size = net, name, num_classes, image_size
-        self.head = head  # also reachable inside net; registered twice, parameters are shared
+        # A plain attribute, not a second registration: head already lives inside net, and
+        # registering it again would duplicate its weights in every state_dict.
+        object.__setattr__(self, "head", head)
         self.register_buffer("mean", torch.tensor(0.0))
         self.register_buffer("std", torch.tensor(1.0))
 
