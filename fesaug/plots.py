@@ -42,6 +42,14 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     return Path(path)
 
 
+def image_axis(ax) -> None:
+    """An axis that only shows an image: no ticks, no frame."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
 def class_grid(manifest: Manifest, path: str | os.PathLike, *, per_class: int = 8, seed: int = 0) -> Path:
     """One row per class of ``per_class`` randomly chosen images (fewer if the class is smaller)."""
     rng = np.random.default_rng(seed)
@@ -52,10 +60,7 @@ def class_grid(manifest: Manifest, path: str | os.PathLike, *, per_class: int = 
         rows = np.flatnonzero(labels == k)
         chosen = rng.choice(rows, size=min(per_class, rows.size), replace=False) if rows.size else []
         for j, ax in enumerate(axes[k]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            image_axis(ax)
             if j < len(chosen):
                 ax.imshow(np.asarray(manifest.open_image(int(chosen[j]))), cmap="gray", vmin=0, vmax=255)
         axes[k][0].set_ylabel(f"{name}\n({rows.size})", rotation=0, ha="right", va="center", fontsize=9)

@@ -28,7 +28,7 @@ from .audit import AuditReport, audit, plot_report
 from .data.demo import make_demo_dataset
 from .data.manifest import Manifest, read_manifest
 from .errors import FesaugError
-from .plots import new_figure, save_figure
+from .plots import image_axis, new_figure, save_figure
 
 DEMO_EPOCHS = 25  # about 5 minutes on two CPU cores; fewer leave the gate rejecting most minority images
 
@@ -102,10 +102,7 @@ def synthesis_grid(manifest: Manifest, path: str | os.PathLike, *, pairs: int = 
         rows = np.flatnonzero(((df["origin"] == "synthetic") & (df["label"] == k)).to_numpy())
         chosen = rng.choice(rows, size=min(pairs, rows.size), replace=False) if rows.size else []
         for j, ax in enumerate(axes[k]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            image_axis(ax)
             if j // 2 < len(chosen):
                 row = int(chosen[j // 2])
                 shown = position[df["parent_id"].iat[row]] if j % 2 == 0 else row

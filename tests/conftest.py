@@ -32,6 +32,19 @@ def png_bytes(seed: int = 0, size: int = 16) -> bytes:
     return encode_png(Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)))
 
 
+def cli_in_process(*args: object, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Run the CLI in this process (no second torch import): exit code, stdout, stderr."""
+    from fesaug.cli.main import main as cli_main
+
+    try:
+        cli_main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed entry point in a subprocess, as a user would (exit codes, stderr)."""
     return subprocess.run([sys.executable, "-m", "fesaug", *map(str, args)], capture_output=True, text=True, cwd=cwd)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from fesaug.cli.main import main as cli_main
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.errors import FesaugError
@@ -22,6 +21,8 @@ from fesaug.multitask_training import (
     load_emotion_au,
     train_multitask,
 )
+
+from .conftest import cli_in_process as cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,16 +45,6 @@ def run(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> MultiTaskResult
     """A finished 2-epoch run holding out fold 0, with the 50/50 label split."""
     config = tiny(emotion_fraction=0.5, au_fraction=0.5)
     return train_multitask(demo, tmp_path_factory.mktemp("run") / "run", config)
-
-
-def cli(*args: object, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        cli_main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_run_folder_metrics_and_checkpoints(run: MultiTaskResult, demo: Path) -> None:

@@ -18,7 +18,6 @@ import torch
 import fesaug
 from fesaug import training
 from fesaug.checkpoint import FORMAT
-from fesaug.cli.main import main as cli_main
 from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
@@ -26,6 +25,7 @@ from fesaug.errors import FesaugError
 from fesaug.training import TrainConfig, split_subjects, train
 
 from .conftest import TINY, tiny_config
+from .conftest import cli_in_process as cli
 from .ddp_worker import weight_digest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,17 +42,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> training.TrainResult:
     """A finished 2-epoch run holding out fold 0, shared by the read-only tests."""
     return train(demo, tmp_path_factory.mktemp("run") / "run", tiny_config(holdout_fold=0))
-
-
-def cli(*args: object, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Run the CLI in this process (no second torch import): exit code, stdout, stderr."""
-    try:
-        cli_main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ----------------------------------------------------------------------------- learning
