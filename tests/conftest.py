@@ -32,8 +32,9 @@ def png_bytes(seed: int = 0, size: int = 16) -> bytes:
     return encode_png(Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)))
 
 
-def cli_in_process(*args: object, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Run the CLI in this process (no second torch import): exit code, stdout, stderr."""
+def cli_in_process(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
+    """Run the real entry point in this process (same error handling as the console script, no
+    start-up cost, no second torch import): exit code, stdout, stderr."""
     from fesaug.cli.main import main as cli_main
 
     try:

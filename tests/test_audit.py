@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from fesaug.audit import audit
-from fesaug.cli.main import main
 from fesaug.data.images import sha256_bytes
 from fesaug.data.manifest import write_manifest
 from fesaug.errors import FesaugError
 
+from .conftest import cli_in_process as cli
 from .conftest import png_bytes, run_cli
 
 CLASSES = ["anger", "fear", "happy"]
@@ -66,15 +66,6 @@ def clean(tmp_path: Path) -> Path:
     return _write(tmp_path, _rows(tmp_path))
 
 
-def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    """Run the real entry point in-process: same error handling as the console script, no start-up cost."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # --- numbers -------------------------------------------------------------------------------------

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fesaug.cli.main import main
 from fesaug.data.images import sha256_bytes
 from fesaug.data.manifest import write_manifest
 from fesaug.errors import FesaugError
 from fesaug.export import export
 
+from .conftest import cli_in_process as cli
 from .conftest import png_bytes, run_cli
 
 ROWS = [  # sample_id, label, split, fold, origin
@@ -40,14 +40,6 @@ def _manifest(tmp_path: Path, rows: list[tuple] = ROWS, classes: tuple[str, ...]
     return write_manifest(pd.DataFrame(records), tmp_path / "m.parquet", classes=list(classes), overwrite=True)
 
 
-def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _tree(out: Path) -> list[str]:

@@ -99,7 +99,7 @@ def test_manifest_without_au_labels_is_one_error_line(demo: Path, tmp_path: Path
     df["image"] = [{"bytes": m.image_bytes(i), "path": None} for i in range(len(df))]
     meta = {k: v for k, v in m.meta.items() if not k.startswith("au_") and k not in ("classes", "schema_version")}
     plain = write_manifest(df, tmp_path / "plain.parquet", classes=m.classes, meta=meta)
-    code, _, err = cli("train", "--manifest", plain, "--out", tmp_path / "run", "--tasks", "emotion,au", capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", plain, "--out", tmp_path / "run", "--tasks", "emotion,au")
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and "has no AU labels" in lines[0]
     assert "--au-labels" in lines[0]
@@ -113,18 +113,18 @@ def test_manifest_without_au_labels_is_one_error_line(demo: Path, tmp_path: Path
     (("--tasks", "au"), "not a supported combination"),
 ])
 def test_cli_usage_errors(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, message: str) -> None:
-    code, _, err = cli("train", "--manifest", demo, "--out", tmp_path / "run", *args, capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", tmp_path / "run", *args)
     assert code == 2 and message in err and not (tmp_path / "run").exists()
 
 
 def test_cli_trains_emotion_au(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, err = cli("train", "--manifest", demo, "--out", tmp_path / "run", "--tasks", "au,emotion", "--sharing", "hard",
-                         "--epochs", "1", "--batch-size", "8", "--holdout-fold", "0", "--device", "cpu", capsys=capsys)
+    code, out, err = cli(capsys, "train", "--manifest", demo, "--out", tmp_path / "run", "--tasks", "au,emotion", "--sharing", "hard",
+                         "--epochs", "1", "--batch-size", "8", "--holdout-fold", "0", "--device", "cpu")
     # The CLI keeps the default 64x64 model; the 32x32 demo images are resized.
     assert code == 0, err
     assert "best epoch 1" in out and "AU mean F1" in out and "epoch 1/1" in err
     assert torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)["model_config"]["sharing"] == "hard"
-    code, _, err = cli("train", "--manifest", demo, "--out", tmp_path / "run", "--tasks", "emotion,au", capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", tmp_path / "run", "--tasks", "emotion,au")
     assert code == 1 and "--overwrite" in err
 
 

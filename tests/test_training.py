@@ -143,12 +143,12 @@ def test_resume_after_interruption_gives_identical_weights(demo: Path, tmp_path:
 
 
 def test_existing_run_needs_resume_or_overwrite(run: training.TrainResult, demo: Path, capsys) -> None:
-    code, _, err = cli("train", "--manifest", demo, "--out", run.run_dir, capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", run.run_dir)
     assert code == 1 and err.startswith("Error: ") and "--resume" in err and "--overwrite" in err
     assert "Traceback" not in err
-    code, _, err = cli("train", "--manifest", demo, "--out", run.run_dir, "--resume", "--overwrite", capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", run.run_dir, "--resume", "--overwrite")
     assert code == 2 and "only one" in err
-    code, _, err = cli("train", "--manifest", demo, "--out", run.run_dir, "--resume", capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", run.run_dir, "--resume")
     assert code == 1 and "already completed 2 epoch(s) of 2" in err
 
 
@@ -182,7 +182,7 @@ def test_bad_checkpoints_give_one_error_line(run: training.TrainResult, demo: Pa
     garbage = tmp_path / "garbage"
     (garbage / "checkpoints").mkdir(parents=True)
     (garbage / "checkpoints/last.pt").write_bytes(b"not a checkpoint at all")
-    code, _, err = cli("train", "--manifest", demo, "--out", garbage, "--resume", capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", garbage, "--resume")
     assert code == 1 and err.count("\n") == 1 and "not a readable fesaug checkpoint" in err
 
     truncated = tmp_path / "truncated.pt"
@@ -199,19 +199,19 @@ def test_bad_checkpoints_give_one_error_line(run: training.TrainResult, demo: Pa
     classes = ["neutral" if c == "contempt" else c for c in m.classes]
     df = m.df.assign(label_name=[classes[i] for i in m.df["label"]])
     renamed = write_manifest(df, demo.with_name("renamed.parquet"), classes=classes, overwrite=True)
-    code, _, err = cli("train", "--manifest", renamed, "--out", run.run_dir, "--resume", "--epochs", "3", capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", renamed, "--out", run.run_dir, "--resume", "--epochs", "3")
     assert code == 1 and err.count("\n") == 1 and "trained on classes" in err and "Traceback" not in err
 
 
 def test_resume_refuses_another_model_or_settings(run: training.TrainResult, demo: Path, tmp_path: Path,
                                                   capsys) -> None:
     base = ["train", "--manifest", demo, "--out", run.run_dir, "--resume", "--epochs", "3"]
-    code, _, err = cli(*base, "--sharing", "cross-stitch", capsys=capsys)
+    code, _, err = cli(capsys, *base, "--sharing", "cross-stitch")
     assert code == 1 and "another model" in err and "sharing" in err
-    code, _, err = cli(*base, "--lr", "0.5", capsys=capsys)
+    code, _, err = cli(capsys, *base, "--lr", "0.5")
     assert code == 1 and "other settings" in err and "lr" in err
     bigger = _write(tmp_path / "bigger.yaml", {"model": {"image_size": 64}})
-    code, _, err = cli(*base, "--config", bigger, capsys=capsys)
+    code, _, err = cli(capsys, *base, "--config", bigger)
     assert code == 1 and "32x32" in err and "64x64" in err
 
 
@@ -222,15 +222,15 @@ def test_bad_configs_give_one_error_line_naming_key_and_file(demo: Path, tmp_pat
                            ({"loss": {"cycle": "high"}}, ["loss.cycle", "a number"]),
                            ({"model": {"sharing": "magic"}}, ["sharing", "convflu"])]:
         path = _write(tmp_path / "bad.yaml", content)
-        code, _, err = cli("train", "--manifest", demo, "--out", out, "--config", path, capsys=capsys)
+        code, _, err = cli(capsys, "train", "--manifest", demo, "--out", out, "--config", path)
         assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1, err
         assert str(path) in err and all(w in err for w in words), err
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    code, _, err = cli("train", "--manifest", demo, "--out", out, "--config", tmp_path / "list.yaml", capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", out, "--config", tmp_path / "list.yaml")
     assert code == 1 and "mapping" in err
-    code, _, err = cli("train", "--manifest", demo, "--out", out, "--epochs", "-1", capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", out, "--epochs", "-1")
     assert code == 2 and "--epochs" in err
-    code, _, err = cli("train", "--manifest", demo, "--out", out, "--batch-size", "500", capsys=capsys)
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", out, "--batch-size", "500")
     assert code == 1 and "lower --batch-size" in err
     assert not (out / "checkpoints").exists()
 
