@@ -133,9 +133,9 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _show_progress_log() -> None:
-    # One line per epoch on stderr; the library only logs.
-    logger = logging.getLogger("fesaug.training")
+def _show_progress_log(name: str = "fesaug.training") -> None:
+    # One line per step on stderr; the library only logs.
+    logger = logging.getLogger(name)
     if not logger.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))

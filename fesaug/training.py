@@ -132,6 +132,9 @@ def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: f
 
     Validation subjects are one fold of a stratified, subject-grouped split of the training
     subjects into ``round(1 / val_fraction)`` parts, so their class mix follows the training set.
+    A manifest with its own ``validation`` split keeps it: those rows validate, the rest train,
+    and ``val_fraction`` is not used (``fesaug evaluate`` writes such a manifest per fold, so
+    FERSNet, the balanced data and the downstream classifier all see one split).
     """
     df = manifest.df
     real = (df["origin"] == "real").to_numpy()
@@ -163,8 +166,15 @@ def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: f
     if pool_rows.size == 0:
         raise FesaugError(f"{manifest.path}: no real training rows are left after holding out fold {holdout_fold} and the test split")
     pool_subjects = subjects.iloc[pool_rows].astype(str).to_numpy()
-    is_val = np.zeros(pool_rows.size, dtype=bool)
-    if val_fraction > 0:
+    is_val = (df["split"].iloc[pool_rows] == "validation").to_numpy()
+    if is_val.any():
+        overlap = sorted(set(pool_subjects[is_val]) & set(pool_subjects[~is_val]))
+        if overlap:
+            raise FesaugError(
+                f"{manifest.path}: subject(s) {', '.join(overlap[:5])} have rows in the validation split and in "
+                "training rows; re-assign splits by subject (`fesaug audit` lists them)"
+            )
+    elif val_fraction > 0:
         n_subjects = len(set(pool_subjects))
         if n_subjects < 2:
             raise FesaugError(f"{manifest.path}: only {n_subjects} training subject(s), too few to carve a validation set; set val_fraction: 0")

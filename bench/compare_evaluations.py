@@ -1,0 +1,106 @@
+"""Compare several ``fesaug evaluate`` runs (recipes) on validation first, then report test.
+
+A recipe must be chosen without looking at the test folds, so for each run this reads, per fold
+and condition, the downstream model's best *validation* macro-F1 (the epoch ``fit`` kept) next
+to the test scores of ``results.json``. The run with the best mean validation macro-F1 of
+``fes`` is the one a user could have picked; the table shows every run's test numbers anyway.
+
+    python bench/compare_evaluations.py --run default=eval-ck --run e80=eval-ck-e80 \\
+        --out bench/results/evaluate_ckplus --machine "one H100, 10 fold processes"
+
+Writes ``<out>.json`` and ``<out>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+TARGETS = "fes macro-F1 >= real + 2 points and >= oversample + 1 point; minority recall >= real + 5 points; "\
+          "synthetic images recognised as their target by the real classifier >= 90 %"
+
+
+def _validation(run: Path, condition: str) -> list[float]:
+    folds = sorted(run.glob("fold-*/"), key=lambda p: int(p.name[5:]))
+    return [max(h["val_macro_f1"] for h in json.loads((f / f"{condition}.json").read_text())["history"])
+            for f in folds if (f / f"{condition}.json").exists()]
+
+
+def summarise(name: str, run: Path) -> dict:
+    results = json.loads((run / "results.json").read_text())
+    settings = json.loads((run / "evaluate.json").read_text())
+    conds = results["conditions"]
+    out = {"name": name, "command": settings["provenance"]["command"], "settings": settings["config"],
+           "protocol": results["protocol"], "folds": [int(k) for k in results["per_fold"]],
+           "validation_macro_f1": {c: float(np.mean(_validation(run, c))) for c in ("real", "oversample", "fes")},
+           "test": {c: {m: conds[c][m] for m in ("accuracy", "macro_f1", "minority_recall")} | {"recall": conds[c]["recall"]}
+                    for c in conds},
+           "comparisons": results["comparisons"], "per_fold": results["per_fold"], "synthesis": results["synthesis"],
+           "seconds": results["seconds"], "versions": results["provenance"]["versions"]}
+    fes, real, over = (conds[c]["macro_f1"]["mean"] for c in ("fes", "real", "oversample"))
+    out["targets"] = {
+        "fes_vs_real_macro_f1": fes - real >= 0.02, "fes_vs_oversample_macro_f1": fes - over >= 0.01,
+        "minority_recall_vs_real": conds["fes"]["minority_recall"]["mean"] - conds["real"]["minority_recall"]["mean"] >= 0.05,
+        "recognised_90": (results["synthesis"].get("recognised") or {}).get("mean", 0) >= 0.90,
+    }
+    return out
+
+
+def _ms(stat: dict) -> str:
+    return f"{stat['mean'] * 100:.1f} ± {stat['std'] * 100:.1f}"
+
+
+def render(runs: list[dict], machine: str) -> str:
+    chosen = max(runs, key=lambda r: r["validation_macro_f1"]["fes"])
+    lines = [f"# fesaug evaluate on CK+48: {len(runs)} recipe(s)", "",
+             f"Machine: {machine}. Versions: {', '.join(f'{k} {v}' for k, v in runs[0]['versions'].items())}.", "",
+             "| recipe | val macro-F1 real / oversample / fes | test macro-F1 real | oversample | fes | fes − real | "
+             "fes − oversample | minority recall real → fes | recognised | targets met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        v, t, c = r["validation_macro_f1"], r["test"], r["comparisons"]
+        d_real, d_over = c["fes_vs_real"]["macro_f1"], c["fes_vs_oversample"]["macro_f1"]
+        met = sum(r["targets"].values())
+        lines.append(
+            f"| {r['name']}{' (chosen on validation)' if r is chosen else ''} | {v['real'] * 100:.1f} / {v['oversample'] * 100:.1f} / "
+            f"{v['fes'] * 100:.1f} | {_ms(t['real']['macro_f1'])} | {_ms(t['oversample']['macro_f1'])} | {_ms(t['fes']['macro_f1'])} | "
+            f"{d_real['mean_difference'] * 100:+.1f} ({d_real['wins']}/{d_real['losses']}, p {d_real['wilcoxon_p']:.3f}) | "
+            f"{d_over['mean_difference'] * 100:+.1f} ({d_over['wins']}/{d_over['losses']}, p {d_over['wilcoxon_p']:.3f}) | "
+            f"{t['real']['minority_recall']['mean'] * 100:.1f} → {t['fes']['minority_recall']['mean'] * 100:.1f} | "
+            f"{r['synthesis']['recognised']['mean'] * 100:.1f} % | {met}/4 |")
+    lines += ["", f"Targets: {TARGETS}.", "", "Synthesis quality (mean ± std over folds):", "",
+              "| recipe | synthetic images | recognised by `real` | classification accuracy score (acc / macro-F1) | "
+              "Fréchet synthetic vs train (real val vs train) | near-copies of another subject |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        s = r["synthesis"]
+        cas, fr, mem = s["classification_accuracy_score"], s["frechet"], s["memorisation"]
+        lines.append(f"| {r['name']} | {s['n_synthetic']} | {_ms(s['recognised'])} % | {_ms(cas['accuracy'])} / "
+                     f"{_ms(cas['macro_f1'])} % | {fr['synthetic_vs_train']['mean']:.1f} ({fr['validation_vs_train']['mean']:.1f}) | "
+                     f"{mem['near_copies']} ({mem['share']['mean'] * 100:.1f} %) |")
+    lines += ["", "Recognised per target class (%, first recipe): " + ", ".join(
+        f"{c} {e['recognised']['mean'] * 100:.0f}" for c, e in runs[0]["synthesis"]["per_class"].items() if e["n"])]
+    lines += ["", "Command recorded by the last fold process of each run:", ""]
+    lines += [f"- {r['name']}: `{r['command']}`" for r in runs]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR")
+    parser.add_argument("--out", required=True, type=Path, help="path without extension")
+    parser.add_argument("--machine", default="")
+    parser.add_argument("--note", type=Path, help="Markdown appended to the table (protocol, conclusions)")
+    args = parser.parse_args()
+    runs = [summarise(*item.split("=", 1)[:1], Path(item.split("=", 1)[1])) for item in args.run]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"machine": args.machine, "targets": TARGETS, "runs": runs}, indent=1))
+    text = render(runs, args.machine) + (f"\n{args.note.read_text()}" if args.note else "")
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""`fesaug evaluate` and `fesaug evaluate-synthesis`: the subject-independent benchmark of balancing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fesaug.errors import UsageError
+
+from .audit import aligned_table
+from .balance import _target_per_class
+
+
+def _folds(ctx: click.Context, param: click.Parameter, value: str) -> list[int] | None:
+    if value.strip().lower() == "all":
+        return None
+    try:
+        folds = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        folds = []
+    if not folds or min(folds) < 0:
+        raise click.BadParameter(f"{value!r} is neither 'all' nor a list of fold numbers such as 0,1,2")
+    return folds
+
+
+def _conditions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    return tuple(v.strip().lower() for v in value.split(",") if v.strip())
+
+
+def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
+    options = [
+        click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                     help="Manifest of real images with subject-independent folds (fesaug ingest --folds K)."),
+        click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Folder for the evaluation: fold-K/ caches, results.json, report.md, recall.png."),
+        click.option("--folds", default="all", show_default=True, callback=_folds, metavar="all|K,K,...",
+                     help="Test folds to run; the report covers every fold finished in --out."),
+        click.option("--model", type=click.Choice(["small-cnn", "resnet18"]), default="small-cnn", show_default=True,
+                     help="Downstream classifier, trained from scratch for every condition."),
+        click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True,
+                     help="Downstream training epochs (the best validation epoch is kept)."),
+        click.option("--image-size", type=click.IntRange(min=16), default=64, show_default=True,
+                     help="Side of the images the downstream classifier sees."),
+        click.option("--preset", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
+                     help="FERSNet preset for the generator of each fold."),
+        click.option("--generator-epochs", type=click.IntRange(min=1), default=30, show_default=True,
+                     help="FERSNet training epochs per fold."),
+        click.option("--generator-batch-size", type=click.IntRange(min=1), metavar="N",
+                     help="FERSNet batch size (default: the preset's; lower it for folds of few images)."),
+        click.option("--target-per-class", metavar="N|max", callback=_target_per_class,
+                     help="Balancing target, as in fesaug balance (default max: the largest class)."),
+        click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     help="Quality gate of the balance step."),
+        click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
+                     help="Sources tried per needed synthetic image before giving up on it."),
+        click.option("--au-check", "au_checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     metavar="CHECKPOINT", help="Emotion + AU model (fesaug train --tasks emotion,au): report the AU "
+                                                "consistency of the synthetic images per target class."),
+        click.option("--val-fraction", type=click.FloatRange(0, 0.5, min_open=True), default=0.15, show_default=True,
+                     help="Share of training subjects kept for validation (model selection)."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--overwrite", is_flag=True, help="Discard an evaluation with other settings in --out."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.command("evaluate")
+@_common
+@click.option("--conditions", default="real,oversample,fes", show_default=True, callback=_conditions,
+              metavar="LIST", help="Conditions to compare: real, oversample, fes, fersnet.")
+@click.option("--no-synthesis", is_flag=True, help="Skip the synthesis-quality scores.")
+def evaluate_command(conditions: tuple[str, ...], no_synthesis: bool, **options) -> None:  # noqa: ANN003
+    """Does FES balancing help a downstream classifier? Subject-independent k-fold, on real data.
+
+    For each test fold: a classifier on the real training images (real), on randomly oversampled
+    ones (oversample) and on real + FERSNet-synthesized ones (fes); validation subjects choose
+    every model, the test fold only scores it. Interrupted runs resume when run again.
+
+    \b
+    Examples:
+      fesaug evaluate --manifest ck.parquet --out eval-ck
+      fesaug evaluate --manifest ck.parquet --out eval-ck --folds 0,1 --model resnet18 --device cuda
+    """
+    _run(conditions, not no_synthesis, **options)
+
+
+@click.command("evaluate-synthesis")
+@_common
+def evaluate_synthesis_command(**options) -> None:  # noqa: ANN003
+    """Score the synthetic images per fold: recognised by a real-data classifier, classification
+    accuracy score, Fréchet distance and precision/recall in that classifier's features,
+    memorisation, exact scores on the demo dataset, AU consistency with --au-check.
+
+    Shares its fold caches with `fesaug evaluate` on the same --out.
+    """
+    _run(("real",), True, **options)
+
+
+def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: Path, folds: list[int] | None, model: str,
+         epochs: int, image_size: int, preset: str, generator_epochs: int, generator_batch_size: int | None,
+         target_per_class: int | str | None, min_confidence: float, max_attempts: int, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
+         overwrite: bool) -> None:
+    from fesaug.balance import BalanceConfig
+    from fesaug.downstream import DownstreamConfig
+    from fesaug.evaluation import EvaluateConfig, evaluate
+    from fesaug.train_config import TrainConfig
+
+    from .train import _show_progress_log
+
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda, but torch sees no CUDA device; use --device cpu or auto")
+    config = EvaluateConfig(
+        conditions=conditions, synthesis=synthesis,
+        downstream=DownstreamConfig(model=model, epochs=epochs, image_size=image_size, seed=seed, device=device),
+        generator=TrainConfig.preset_config(preset, epochs=generator_epochs, device=device,
+                                            **({"batch_size": generator_batch_size} if generator_batch_size else {})),
+        balance=BalanceConfig(target_per_class=target_per_class or "max", min_confidence=min_confidence,
+                              max_attempts=max_attempts, seed=seed),
+        val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint))
+    _show_progress_log("fesaug.evaluation")
+    result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite)
+    click.echo(format_summary(result.results))
+    click.echo(f"wrote {out / 'results.json'}, {result.report}, {out / 'recall.png'}")
+
+
+def format_summary(results: dict) -> str:
+    def ms(stat: dict) -> str:
+        if stat["mean"] is None:
+            return "-"
+        return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
+
+    rows = [[name, len(s["folds"]), ms(s["accuracy"]), ms(s["macro_f1"]), ms(s["minority_recall"])]
+            for name, s in results["conditions"].items()]
+    lines = aligned_table(["condition", "folds", "accuracy", "macro-F1", "minority recall"], rows)
+    for name, comp in results["comparisons"].items():
+        c = comp["macro_f1"]
+        p = "" if c["wilcoxon_p"] is None else f", Wilcoxon p = {c['wilcoxon_p']:.3f}"
+        lines.append(f"{name.replace('_', ' ')}: macro-F1 {c['mean_difference']:+.3f} "
+                     f"(won {c['wins']}, lost {c['losses']} of {c['n_folds']} folds{p})")
+    syn = results.get("synthesis") or {}
+    if syn:
+        lines.append(f"synthetic images recognised as their target by the real classifier: {ms(syn['recognised'])}")
+    return "\n".join(lines)

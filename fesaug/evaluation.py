@@ -1,0 +1,622 @@
+"""``fesaug evaluate``: does balancing by synthesis help a downstream FER model? Measured on real data.
+
+The protocol is subject-independent k-fold cross-validation. For each test fold ``k``:
+
+1. **Split.** :func:`fesaug.training.split_subjects` holds fold ``k`` out and carves validation
+   subjects from the rest. The split is written as ``fold-k/split.parquet`` (the input manifest
+   with ``split`` = ``train``/``validation``/``test``), and every model of the fold reads that
+   one file, so FERSNet, the balanced data and the downstream classifiers see the same
+   subjects in the same roles. Fold ``k`` is used for the final test only; every choice
+   (FERSNet checkpoint, downstream epoch) is made on the validation subjects.
+2. **Conditions**, each a fresh downstream classifier (:mod:`fesaug.downstream`, independent
+   of FERSNet, same architecture, schedule, augmentation and seed):
+
+   * ``real``: the real training images;
+   * ``fes``: FERSNet trained with fold ``k`` held out (``fold-k/fersnet``), the training
+     images balanced with it by :func:`fesaug.balance.balance` (``fold-k/balanced``), the
+     classifier trained on real + synthetic;
+   * ``oversample``: the real training images randomly oversampled to ``fes``'s per-class
+     counts (the targets, if ``fes`` is not run) — the baseline a user would try first;
+   * ``fersnet``: FERSNet's own FER branch (its validation-selected ``best.pt``), for
+     reference against the paper.
+3. **Synthesis quality** (:func:`synthesis_quality`): how the fold's ``real`` classifier sees
+   the synthetic images, a classifier trained on synthetic images only tested on real fold
+   ``k`` (classification accuracy score), Fréchet distance and precision/recall in the
+   ``real`` classifier's feature space, a memorisation check, exact scores against the demo
+   dataset's counterfactuals, and with an emotion + AU model the AU consistency per target class.
+
+Every step is cached in ``DIR/fold-k/``: an interrupted evaluation resumes at the first missing
+piece when run again with the same settings (``DIR/evaluate.json`` records them), and several
+processes may each run some ``folds`` into one ``DIR``; a run over all folds then only
+aggregates. ``DIR/results.json``, ``DIR/report.md`` and ``DIR/recall.png`` summarise the folds
+present: mean ± std over folds and a paired comparison of ``fes`` with ``real`` and with
+``oversample`` (per-fold differences, Wilcoxon signed-rank and paired t tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._io import atomic_path, atomic_write_text, file_sha256
+from .balance import BalanceConfig, au_consistency, balance, resolve_targets
+from .data.datasets import ManifestDataset
+from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
+from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, features, fit, make_classifier,
+                         predict_proba, random_oversample)
+from .errors import FesaugError, UsageError
+from .provenance import provenance
+from .train_config import TrainConfig
+from .training import split_subjects, train
+
+log = logging.getLogger(__name__)
+
+CONDITIONS = ("real", "oversample", "fes", "fersnet")
+DEFAULT_CONDITIONS = ("real", "oversample", "fes")
+# Written by evaluate(); anything else in DIR is the user's and is never deleted.
+OUTPUTS = ("evaluate.json", "results.json", "report.md", "recall.png")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Settings of an evaluation.
+
+    ``downstream``: the classifier every condition trains. ``generator``: FERSNet's training
+    recipe for ``fes`` (``holdout_fold``, ``seed`` and ``val_fraction`` are set per fold).
+    ``balance``: the balancing run (targets, quality gate); it always balances the fold's
+    training subjects. ``val_fraction``: share of training subjects kept for validation.
+    ``synthesis``: also score the synthetic images (needs a generator; trains one more
+    classifier per fold for the classification accuracy score). ``au_checkpoint``: an emotion +
+    AU model (``fesaug train --tasks emotion,au``) for AU consistency per target class.
+    """
+
+    conditions: tuple[str, ...] = DEFAULT_CONDITIONS
+    synthesis: bool = True
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    generator: TrainConfig = field(default_factory=TrainConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    val_fraction: float = 0.15
+    seed: int = 0
+    au_checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.conditions if c not in CONDITIONS]
+        if unknown or not self.conditions:
+            raise UsageError(f"--conditions: unknown or no condition(s) {', '.join(unknown) or '(none)'}; "
+                             f"choose from {', '.join(CONDITIONS)}")
+        if len(set(self.conditions)) != len(self.conditions):
+            raise UsageError(f"--conditions lists a condition twice: {', '.join(self.conditions)}")
+        if not 0 < self.val_fraction <= 0.5:
+            raise UsageError(f"--val-fraction must lie in (0, 0.5], got {self.val_fraction}")
+
+    def key(self) -> dict[str, Any]:
+        """What cached fold results depend on. Conditions, the synthesis report and the AU model
+        only choose which pieces are computed, so they may change between runs of one DIR."""
+        return {"downstream": dataclasses.asdict(self.downstream) | {"device": None},
+                "generator": self.generator.to_dict() | {"device": None, "num_workers": None},
+                "balance": self.balance.to_dict(), "val_fraction": self.val_fraction, "seed": self.seed}
+
+    @property
+    def needs_generator(self) -> bool:
+        return self.synthesis or bool({"fes", "fersnet"} & set(self.conditions))
+
+
+@dataclass
+class EvaluateResult:
+    out_dir: Path
+    results: dict[str, Any]  # the content of results.json
+
+    @property
+    def report(self) -> Path:
+        return self.out_dir / "report.md"
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig | None = None, *,
+             folds: Sequence[int] | None = None, overwrite: bool = False) -> EvaluateResult:
+    """Run the protocol of the module docstring on ``folds`` (default: every fold of the manifest)."""
+    config = config or EvaluateConfig()
+    out = Path(out_dir)
+    m = read_manifest(manifest)
+    present = _check_manifest(m)
+    chosen = present if folds is None else sorted(set(int(f) for f in folds))
+    missing = [f for f in chosen if f not in present]
+    if missing:
+        raise UsageError(f"--folds: {m.path} has no fold {missing[0]} (folds: {', '.join(map(str, present))})")
+    _prepare_out_dir(out, m, config, overwrite)
+    pixels = ManifestDataset(m, image_size=config.downstream.image_size).pixels
+    for k in chosen:
+        start = time.perf_counter()
+        _Fold(m, pixels, k, out / f"fold-{k}", config).run()
+        log.info("fold %d done in %.0f s", k, time.perf_counter() - start)
+    results = aggregate(out, m, config)
+    return EvaluateResult(out, results)
+
+
+def _check_manifest(m: Manifest) -> list[int]:
+    synthetic = int((m.df["origin"] != "real").sum())
+    if synthetic:
+        raise FesaugError(f"{m.path} has {synthetic} synthetic row(s); evaluate the manifest of real images "
+                          "(fesaug evaluate makes its own synthetic images per fold)")
+    present = sorted(int(f) for f in m.df["fold"].dropna().unique())
+    if len(present) < 2:
+        raise FesaugError(f"{m.path} has {len(present)} fold(s); the protocol needs subject-independent folds: "
+                          f"re-create it with `fesaug ingest ... --folds 10`")
+    return present
+
+
+def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: bool) -> None:
+    record = {"manifest_sha256": file_sha256(m.path), "config": _jsonable(config.key())}
+    settings = out / "evaluate.json"
+    if out.exists() and not out.is_dir():
+        raise FesaugError(f"--out {out} is a file; give a folder for the evaluation")
+    ours = [p for p in out.iterdir() if p.name in OUTPUTS or _fold_number(p) is not None] if out.is_dir() else []
+    if ours and not settings.exists():
+        raise FesaugError(f"{out} holds files fesaug evaluate did not record ({ours[0].name}); choose a new --out")
+    if settings.exists():
+        previous = json.loads(settings.read_text())
+        same = {k: previous.get(k) for k in record} == record
+        if same:
+            return  # resume: finished pieces are reused
+        if not overwrite:
+            raise FesaugError(f"{out} holds an evaluation with other settings or another manifest; run that command "
+                              "again to finish it, choose a new --out, or pass --overwrite to start over")
+        for p in ours:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    atomic_write_text(settings, json.dumps({**record, "provenance": provenance("evaluate", record["config"])},
+                                           indent=2, sort_keys=True))
+
+
+class _Fold:
+    """One test fold: its split, its conditions and its synthesis report, each cached in ``dir``."""
+
+    def __init__(self, m: Manifest, pixels: torch.Tensor, k: int, folder: Path, config: EvaluateConfig) -> None:
+        self.m, self.pixels, self.k, self.dir, self.config = m, pixels, k, folder, config
+        self.labels = m.df["label"].to_numpy(dtype=np.int64)
+        split = split_subjects(m, k, config.val_fraction, config.seed)
+        self.train_rows, self.val_rows = split.train_rows, split.val_rows
+        self.test_rows = np.flatnonzero((m.df["fold"] == k).fillna(False).to_numpy(dtype=bool))
+        self.split_manifest = self._write_split()
+
+    def run(self) -> None:
+        conditions = set(self.config.conditions)
+        if "real" in conditions or self.config.synthesis:
+            self._condition("real", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows]))
+        if "fes" in conditions:
+            self._condition("fes", lambda: self._fit(*self._balanced_train()))
+        if "oversample" in conditions:
+            self._condition("oversample", self._oversample)
+        if "fersnet" in conditions:
+            self._fersnet_branch()
+        if self.config.synthesis:
+            self._synthesis()
+
+    # ---- data
+
+    def _write_split(self) -> Path:
+        path = self.dir / "split.parquet"
+        if path.exists():
+            return path
+        df = self.m.df.copy()
+        keep = np.zeros(len(df), dtype=bool)
+        keep[np.concatenate([self.train_rows, self.val_rows, self.test_rows])] = True
+        split = np.full(len(df), "train", dtype=object)
+        split[self.val_rows], split[self.test_rows] = "validation", "test"
+        df["split"] = split
+        # Rows of the user's own test split outside fold k are neither trained nor tested on.
+        df = df[keep].reset_index(drop=True)
+        inherited = {k: v for k, v in self.m.meta.items() if k not in ("schema_version", "classes", "image_root", "provenance")}
+        meta = {**inherited, "provenance": provenance("evaluate", {"fold": self.k}), "input_provenance": self.m.meta.get("provenance"),
+                "evaluation": {"input_manifest": str(self.m.path), "test_fold": self.k, "val_fraction": self.config.val_fraction,
+                               "seed": self.config.seed}}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return write_manifest(df, path, classes=self.m.classes, meta=meta, overwrite=True,
+                              image_root=relative_image_root(path, self.m.image_root))
+
+    def _balanced_train(self) -> tuple[torch.Tensor, np.ndarray]:
+        """Pixels and labels of the balanced training rows (real + synthetic)."""
+        b = read_manifest(self._balanced())
+        rows = np.flatnonzero((b.df["split"] == "train").to_numpy())
+        data = ManifestDataset(b, rows=rows, image_size=self.config.downstream.image_size)
+        return data.pixels, data.labels
+
+    def _synthetic(self, image_size: int | None) -> ManifestDataset:
+        b = read_manifest(self._balanced())
+        return ManifestDataset(b, origins=("synthetic",), image_size=image_size)
+
+    # ---- FERSNet and balancing (cached by train() and balance() themselves)
+
+    def _generator_run(self) -> Path:
+        run = self.dir / "fersnet"
+        cfg = dataclasses.replace(self.config.generator, holdout_fold=self.k, seed=self.config.seed)
+        last = run / "checkpoints" / "last.pt"
+        done = run / "metrics.jsonl"
+        if done.exists() and last.exists():
+            epochs = [json.loads(line)["epoch"] for line in done.read_text().splitlines() if line.strip()]
+            if epochs and epochs[-1] >= cfg.epochs:
+                return run
+        log.info("fold %d: training FERSNet (%d epochs)", self.k, cfg.epochs)
+        train(self.split_manifest, run, cfg, resume=last.exists(), overwrite=not last.exists())
+        return run
+
+    def _balanced(self) -> Path:
+        out = self.dir / "balanced"
+        if (out / "manifest.parquet").exists():
+            return out / "manifest.parquet"
+        # The last epoch's generator: validation accuracy picks the best recogniser (best.pt),
+        # not the best synthesizer, and synthesis keeps improving after recognition peaks.
+        ckpt = self._generator_run() / "checkpoints" / "last.pt"
+        cfg = dataclasses.replace(self.config.balance, splits=("train",), exclude_folds=(self.k,))
+        log.info("fold %d: balancing the training subjects", self.k)
+        device = None if self.config.generator.device == "auto" else self.config.generator.device
+        return balance(self.split_manifest, ckpt, out, cfg, device=device).manifest
+
+    # ---- conditions
+
+    def _fit(self, x: torch.Tensor, y: np.ndarray) -> tuple[DownstreamClassifier, dict[str, Any]]:
+        result = fit(x, y, self.pixels[self.val_rows], self.labels[self.val_rows], self.config.downstream,
+                     num_classes=len(self.m.classes))
+        counts = np.bincount(y, minlength=len(self.m.classes))
+        return result.model, {"best_epoch": result.best_epoch, "history": result.history,
+                              "train_counts": dict(zip(self.m.classes, counts.tolist()))}
+
+    def _oversample(self) -> tuple[DownstreamClassifier, dict[str, Any]]:
+        y = self.labels[self.train_rows]
+        fes = self.dir / "fes.json"
+        if fes.exists():  # the same per-class counts as the synthetic condition reached
+            counts = json.loads(fes.read_text())["train_counts"]
+        else:
+            real_counts = dict(zip(self.m.classes, np.bincount(y, minlength=len(self.m.classes)).tolist()))
+            b = self.config.balance
+            counts = resolve_targets(real_counts, target_per_class=b.target_per_class, sampling_strategy=b.sampling_strategy,
+                                     targets=b.targets, undersample=False)
+        # A class without a real training image cannot be oversampled (synthesis can still make
+        # it from other classes' faces); it is recorded, so the report can say why counts differ.
+        present = {k for k in range(len(self.m.classes)) if (y == k).any()}
+        targets = {k: max(int(counts[c]), int((y == k).sum())) for k, c in enumerate(self.m.classes) if k in present}
+        index = random_oversample(y, targets, self.config.seed)
+        model, info = self._fit(self.pixels[self.train_rows][index], y[index])
+        missing = [c for k, c in enumerate(self.m.classes) if k not in present and int(counts[c]) > 0]
+        return model, info | ({"not_oversampled": missing} if missing else {})
+
+    def _condition(self, name: str, make: Callable[[], tuple[DownstreamClassifier, dict[str, Any]]]) -> dict[str, Any]:
+        path = self.dir / f"{name}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        start = time.perf_counter()
+        model, info = make()
+        probs = predict_proba(model, self.pixels[self.test_rows])
+        report = classification_report(self.labels[self.test_rows], probs.argmax(1), self.m.classes)
+        record = {"condition": name, "fold": self.k, "test": report, "n_train": int(sum(info["train_counts"].values())),
+                  "n_val": int(len(self.val_rows)), "n_test": int(len(self.test_rows)), "seconds": time.perf_counter() - start,
+                  **info}
+        with atomic_path(self.dir / f"{name}.pt") as tmp:
+            torch.save({"state_dict": model.state_dict(), "model": model.name, "num_classes": model.num_classes,
+                        "image_size": model.image_size}, tmp)
+        atomic_write_text(path, json.dumps(_jsonable(record), indent=1))
+        log.info("fold %d %-10s accuracy %.3f  macro-F1 %.3f  (%d training images, %.0f s)", self.k, name,
+                 report["accuracy"], report["macro_f1"], record["n_train"], record["seconds"])
+        return record
+
+    def _load_classifier(self, name: str) -> DownstreamClassifier:
+        saved = torch.load(self.dir / f"{name}.pt", map_location="cpu", weights_only=True)
+        model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"])
+        model.load_state_dict(saved["state_dict"])
+        device = "cuda" if self.config.downstream.device != "cpu" and torch.cuda.is_available() else "cpu"
+        return model.to(device).eval()
+
+    def _fersnet_branch(self) -> None:
+        path = self.dir / "fersnet.json"
+        if path.exists():
+            return
+        from .generator import load_generator
+
+        gen = load_generator(self._generator_run() / "checkpoints" / "best.pt")
+        data = ManifestDataset(self.m, rows=self.test_rows, image_size=gen.image_size)
+        pred = gen.classify(data.pixels).argmax(1).numpy()
+        report = classification_report(data.labels, pred, self.m.classes)
+        record = {"condition": "fersnet", "fold": self.k, "test": report, "n_test": int(len(self.test_rows)),
+                  "checkpoint_epoch": gen.epoch, "checkpoint_sha256": gen.checkpoint_sha256}
+        atomic_write_text(path, json.dumps(_jsonable(record), indent=1))
+
+    # ---- synthesis quality
+
+    def _synthesis(self) -> None:
+        path = self.dir / "synthesis.json"
+        au_sha = file_sha256(self.config.au_checkpoint) if self.config.au_checkpoint else None
+        if path.exists() and json.loads(path.read_text()).get("au_checkpoint_sha256") == au_sha:
+            return
+        self._balanced()
+        syn = self._synthetic(self.config.downstream.image_size)
+        if len(syn) == 0:
+            record = {"fold": self.k, "n_synthetic": 0, "au_checkpoint_sha256": au_sha}
+        else:
+            cas = self._condition("synthetic-only", lambda: self._fit(syn.pixels, syn.labels))
+            record = synthesis_quality(
+                self._load_classifier("real"), self.m, syn,
+                real_train=(self.pixels[self.train_rows], self.labels[self.train_rows], self._subjects(self.train_rows)),
+                real_val=(self.pixels[self.val_rows], self.labels[self.val_rows]),
+                real_test=(self.pixels[self.test_rows], self.labels[self.test_rows]),
+                au_checkpoint=self.config.au_checkpoint)
+            real = json.loads((self.dir / "real.json").read_text())["test"]
+            record.update({"fold": self.k, "au_checkpoint_sha256": au_sha,
+                           "classification_accuracy_score": {"accuracy": cas["test"]["accuracy"],
+                                                             "macro_f1": cas["test"]["macro_f1"],
+                                                             "real_accuracy": real["accuracy"], "real_macro_f1": real["macro_f1"]}})
+        atomic_write_text(path, json.dumps(_jsonable(record), indent=1))
+
+    def _subjects(self, rows: np.ndarray) -> list[str]:
+        return self.m.df["subject_id"].iloc[rows].astype(str).tolist()
+
+
+def synthesis_quality(classifier: DownstreamClassifier, m: Manifest, syn: ManifestDataset, *,
+                      real_train: tuple[torch.Tensor, np.ndarray, list[str]], real_val: tuple[torch.Tensor, np.ndarray],
+                      real_test: tuple[torch.Tensor, np.ndarray], au_checkpoint: str | None = None) -> dict[str, Any]:
+    """Scores of the synthetic images ``syn`` (a manifest's synthetic rows at the classifier's size).
+
+    ``classifier``: a downstream model trained on the real training images only (never on
+    synthetic ones). ``real_train``: pixels, labels and subjects of those images; ``real_val``
+    and ``real_test``: the validation and test images, which show what a fresh sample of
+    *real* faces scores on the same distances (the floor a generator is compared with).
+    """
+    from .synthesis_metrics import frechet_distance, memorisation, precision_recall
+
+    classes = m.classes
+    probs = predict_proba(classifier, syn.pixels)
+    target = syn.labels
+    out: dict[str, Any] = {"n_synthetic": int(len(syn)), "per_class": {}}
+    recognised = probs.argmax(1) == target
+    out["recognised"] = float(recognised.mean())
+
+    f_syn = features(classifier, syn.pixels)
+    f_train = features(classifier, real_train[0])
+    f_val, f_test = features(classifier, real_val[0]), features(classifier, real_test[0])
+    out["frechet"] = {"synthetic_vs_train": _maybe(frechet_distance, f_syn, f_train),
+                      "validation_vs_train": _maybe(frechet_distance, f_val, f_train),
+                      "test_vs_train": _maybe(frechet_distance, f_test, f_train)}
+    for k, c in enumerate(classes):
+        mine, real_c = target == k, real_train[1] == k
+        entry: dict[str, Any] = {"n": int(mine.sum())}
+        if mine.any():
+            entry["recognised"] = float(recognised[mine].mean())
+            entry["mean_target_probability"] = float(probs[mine, k].mean())
+            entry["frechet"] = _maybe(frechet_distance, f_syn[mine], f_train[real_c])
+            pr = _maybe(precision_recall, f_train[real_c], f_syn[mine])
+            entry["precision"], entry["recall"] = pr if pr is not None else (None, None)
+        out["per_class"][c] = entry
+
+    parents = {sid: i for i, sid in enumerate(m.df["sample_id"].tolist())}
+    syn_df = syn.manifest.df.iloc[syn.rows]
+    syn_subjects = syn_df["subject_id"].astype(str).tolist()
+    out["memorisation"] = memorisation(syn.pixels, syn_subjects, real_train[0], real_train[2])
+    if "demo_params" in m.df.columns:
+        out["ground_truth"] = _ground_truth(m, syn, [parents[p] for p in syn_df["parent_id"]])
+    if au_checkpoint:
+        out["au_consistency"] = _au_consistency(au_checkpoint, syn, real_test, classes)
+    return out
+
+
+def _maybe(metric: Callable[..., Any], *args: Any) -> Any:
+    """The metric, or None when a set is too small for it (a class with a handful of images)."""
+    try:
+        return metric(*args)
+    except FesaugError:
+        return None
+
+
+def _ground_truth(m: Manifest, syn: ManifestDataset, parent_rows: Sequence[int]) -> dict[str, Any]:
+    """Exact scores on the demo dataset: each synthetic image against the same face rendered
+    with its target expression, and the parent copied unchanged as the trivial baseline."""
+    from .data.demo import counterfactual
+    from .synthesis_metrics import psnr, ssim
+
+    native = ManifestDataset(syn.manifest, rows=syn.rows)  # at the size written, the demo's size
+    fake = native.pixels
+    truth = torch.from_numpy(np.stack([counterfactual(m.df.iloc[p], m.classes[int(t)]) for p, t in
+                                       zip(parent_rows, syn.labels)]))[:, None]
+    parents = ManifestDataset(m, rows=np.unique(np.asarray(parent_rows)), image_size=fake.shape[-1])
+    position = {int(r): i for i, r in enumerate(parents.rows)}
+    copy = parents.pixels[[position[int(r)] for r in parent_rows]]
+    scores: dict[str, Any] = {}
+    for name, images in (("synthetic", fake), ("copy_input", copy)):
+        l1 = (images.float() - truth.float()).abs().mean(dim=(1, 2, 3)).numpy()
+        scores[name] = {"l1": float(l1.mean()), "psnr": float(np.mean(np.minimum(psnr(images, truth), 100.0))),
+                        "ssim": float(np.mean(ssim(images, truth)))}
+    return scores
+
+
+def _au_consistency(checkpoint: str, syn: ManifestDataset, real_test: tuple[torch.Tensor, np.ndarray],
+                    classes: Sequence[str]) -> dict[str, Any]:
+    """Mean probability of each target class's prototype AUs (EMFACS) in its synthetic images,
+    next to the same number for the real test images of that class."""
+    from .multitask_training import load_emotion_au
+
+    model = load_emotion_au(checkpoint)
+    syn_px = ManifestDataset(syn.manifest, rows=syn.rows, image_size=model.image_size).pixels
+    real_px = torch.nn.functional.interpolate(real_test[0].float(), size=model.image_size, mode="bilinear",
+                                              antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    _, syn_au = model.predict(syn_px)
+    _, real_au = model.predict(real_px)
+    out: dict[str, Any] = {}
+    for k, c in enumerate(classes):
+        entry: dict[str, Any] = {}
+        for name, au, labels in (("synthetic", syn_au, syn.labels), ("real_test", real_au, real_test[1])):
+            mine = torch.from_numpy(np.asarray(labels) == k)
+            score = au_consistency(au[mine], model.au_ids, c) if mine.any() else None
+            entry[name] = float(score.mean()) if score is not None else None
+        out[c] = entry
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# aggregation and the report
+
+
+def _fold_number(path: Path) -> int | None:
+    name = path.name
+    return int(name[5:]) if name.startswith("fold-") and name[5:].isdigit() and path.is_dir() else None
+
+
+def _fold_records(out: Path) -> dict[int, dict[str, Any]]:
+    folds: dict[int, dict[str, Any]] = {}
+    for folder in sorted(out.iterdir(), key=lambda p: (_fold_number(p) is None, _fold_number(p) or 0)):
+        k = _fold_number(folder)
+        if k is None:
+            continue
+        records = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+        if records:
+            folds[k] = records
+    return dict(sorted(folds.items()))
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float | int | None]:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """``a − b`` over paired folds: mean difference, folds won, and two-sided Wilcoxon
+    signed-rank and paired t-test p-values (scipy; None with fewer than 2 folds or no differences)."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    out: dict[str, Any] = {"n_folds": int(d.size), "mean_difference": float(d.mean()) if d.size else None,
+                           "differences": d.tolist(), "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
+                           "wilcoxon_p": None, "ttest_p": None}
+    # Equal differences in every fold (zero variance) make the t statistic infinite and its
+    # p-value a meaningless 0; the signed-rank test still answers.
+    if d.size >= 2 and np.any(d != 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # small-sample and tie warnings: the p-value says enough
+            out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
+            p = stats.ttest_rel(a, b).pvalue if np.ptp(d) > 1e-12 else np.nan
+            out["ttest_p"] = float(p) if np.isfinite(p) else None
+    return out
+
+
+def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
+    """Summarise every fold present in ``out``: ``results.json``, ``report.md``, ``recall.png``."""
+    classes = m.classes
+    folds = _fold_records(out)
+    counts = np.bincount(m.df["label"].to_numpy(dtype=np.int64), minlength=len(classes))
+    minority = [c for c, n in zip(classes, counts) if n < np.median(counts)]
+    names = [c for c in (*CONDITIONS, "synthetic-only") if any(c in r for r in folds.values())]
+    summary: dict[str, Any] = {}
+    for name in names:
+        reports = {k: r[name]["test"] for k, r in folds.items() if name in r}
+        summary[name] = {
+            "folds": sorted(reports),
+            "accuracy": _mean_std([r["accuracy"] for r in reports.values()]),
+            "macro_f1": _mean_std([r["macro_f1"] for r in reports.values()]),
+            "minority_recall": _mean_std([float(np.mean([r["recall"][c] for c in minority])) for r in reports.values()]),
+            "recall": {c: _mean_std([r["recall"][c] for r in reports.values()]) for c in classes},
+        }
+    comparisons: dict[str, Any] = {}
+    for base in ("real", "oversample"):
+        if "fes" in summary and base in summary:
+            paired = [k for k in folds if "fes" in folds[k] and base in folds[k]]
+            comparisons[f"fes_vs_{base}"] = {
+                metric: paired_comparison([_metric(folds[k]["fes"], metric, minority) for k in paired],
+                                          [_metric(folds[k][base], metric, minority) for k in paired])
+                for metric in ("accuracy", "macro_f1", "minority_recall")} | {"folds": paired}
+    results = {
+        "protocol": _protocol(m, config, minority) | {"evaluated_folds": sorted(folds)},
+        "conditions": summary,
+        "comparisons": comparisons,
+        "per_fold": {str(k): {name: {"accuracy": r[name]["test"]["accuracy"], "macro_f1": r[name]["test"]["macro_f1"],
+                                     "recall": r[name]["test"]["recall"]} for name in names if name in r}
+                     for k, r in folds.items()},
+        "synthesis": _synthesis_summary({k: r["synthesis"] for k, r in folds.items() if "synthesis" in r}, classes),
+        "seconds": {str(k): {name: r[name].get("seconds") for name in names if name in r} for k, r in folds.items()},
+        "provenance": provenance("evaluate", _jsonable(config.key())),
+    }
+    atomic_write_text(out / "results.json", json.dumps(_jsonable(results), indent=1))
+    from .evaluation_report import plot_recall, render_report
+
+    plot_recall(results, classes, out / "recall.png")
+    atomic_write_text(out / "report.md", render_report(results, classes))
+    return results
+
+
+def _metric(record: Mapping[str, Any], metric: str, minority: Sequence[str]) -> float:
+    test = record["test"]
+    return float(np.mean([test["recall"][c] for c in minority])) if metric == "minority_recall" else float(test[metric])
+
+
+def _synthesis_summary(per_fold: Mapping[int, Mapping[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
+    folds = [r for r in per_fold.values() if r.get("n_synthetic")]
+    if not folds:
+        return {}
+
+    def across(get: Callable[[Mapping[str, Any]], Any]) -> dict[str, Any]:
+        return _mean_std([get(r) for r in folds])
+
+    out: dict[str, Any] = {
+        "folds": sorted(k for k, r in per_fold.items() if r.get("n_synthetic")),
+        "n_synthetic": int(sum(r["n_synthetic"] for r in folds)),
+        "recognised": across(lambda r: r["recognised"]),
+        "classification_accuracy_score": {k: across(lambda r, k=k: r["classification_accuracy_score"][k])
+                                          for k in ("accuracy", "macro_f1", "real_accuracy", "real_macro_f1")},
+        "frechet": {k: across(lambda r, k=k: r["frechet"][k]) for k in ("synthetic_vs_train", "validation_vs_train", "test_vs_train")},
+        "memorisation": {k: across(lambda r, k=k: r["memorisation"][k]) for k in ("share", "distance_median", "real_distance_median")}
+        | {"near_copies": int(sum(r["memorisation"]["near_copies"] for r in folds))},
+        "per_class": {c: {k: across(lambda r, c=c, k=k: r["per_class"][c].get(k))
+                          for k in ("recognised", "mean_target_probability", "frechet", "precision", "recall")}
+                      | {"n": int(sum(r["per_class"][c]["n"] for r in folds))} for c in classes},
+    }
+    if all("ground_truth" in r for r in folds):
+        out["ground_truth"] = {who: {k: across(lambda r, who=who, k=k: r["ground_truth"][who][k]) for k in ("l1", "psnr", "ssim")}
+                               for who in ("synthetic", "copy_input")}
+    if all("au_consistency" in r for r in folds):
+        out["au_consistency"] = {c: {who: across(lambda r, c=c, who=who: r["au_consistency"][c][who])
+                                     for who in ("synthetic", "real_test")} for c in classes}
+    return out
+
+
+def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> dict[str, Any]:
+    d = config.downstream
+    return {
+        "manifest": str(m.path), "manifest_sha256": file_sha256(m.path), "classes": m.classes,
+        "n_images": int(len(m.df)), "n_subjects": int(m.df["subject_id"].nunique()),
+        "folds": sorted(int(f) for f in m.df["fold"].dropna().unique()),
+        "minority_classes": list(minority),
+        "validation": f"{config.val_fraction:.0%} of the training subjects (subject-grouped, stratified), "
+                      "used for every model choice; the test fold only for the final score",
+        "downstream": {"model": d.model, "epochs": d.epochs, "batch_size": d.batch_size, "lr": d.lr,
+                       "image_size": d.image_size, "augment": d.augment, "seed": d.seed,
+                       "selection": "best validation macro-F1 epoch"},
+        "generator": {"preset": config.generator.preset, "epochs": config.generator.epochs,
+                      "checkpoint": "last epoch (synthesis); best validation epoch for the fersnet condition"},
+        "balance": {k: v for k, v in config.balance.to_dict().items()
+                    if k in ("target_per_class", "sampling_strategy", "targets", "min_confidence", "max_attempts", "seed")},
+        "seed": config.seed,
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    return obj

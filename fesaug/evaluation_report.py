@@ -1,0 +1,155 @@
+"""The human side of ``fesaug evaluate``: ``report.md`` and the per-class recall plot, rendered
+from ``results.json`` alone (so a report can be re-rendered without re-running anything)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .plots import new_figure, save_figure
+
+CONDITION_NOTES = {
+    "real": "real training images only",
+    "oversample": "real images randomly oversampled to the `fes` counts, classic augmentation",
+    "fes": "real + FERSNet-synthesized images (fesaug balance)",
+    "fersnet": "FERSNet's own FER branch (reference, not a downstream model)",
+    "synthetic-only": "synthetic images only (classification accuracy score)",
+}
+
+
+def _ms(stat: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    if stat.get("n", 0) > 1:
+        return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+    return f"{stat['mean'] * scale:.{digits}f}"
+
+
+def _p(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
+    """``report.md``: protocol, scores per condition, paired comparisons, per fold, synthesis."""
+    proto, conditions = results["protocol"], results["conditions"]
+    d = proto["downstream"]
+    lines = [
+        "# fesaug evaluate",
+        "",
+        f"- Data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), {proto['n_images']} images, "
+        f"{proto['n_subjects']} subjects, classes {', '.join(classes)}.",
+        f"- Protocol: subject-independent folds; test folds {', '.join(map(str, proto['evaluated_folds']))} of "
+        f"{', '.join(map(str, proto['folds']))}, each used for the final score only. Validation: {proto['validation']}.",
+        f"- Downstream classifier: `{d['model']}` from scratch, {d['epochs']} epochs, batch {d['batch_size']}, lr {d['lr']}, "
+        f"{d['image_size']}×{d['image_size']} px, augmentation {'on' if d['augment'] else 'off'}, seed {d['seed']}, "
+        f"{d['selection']}; the same for every condition.",
+        f"- Generator: FERSNet `{proto['generator']['preset']}` preset, {proto['generator']['epochs']} epochs per fold, "
+        f"{proto['generator']['checkpoint']}. Balance: {_balance_text(proto['balance'])}.",
+        f"- Minority classes (below the median count): {', '.join(proto['minority_classes']) or 'none'}.",
+        "",
+        "## Test-fold scores (%, mean ± std over folds)",
+        "",
+    ]
+    rows = [[f"`{name}`", str(len(s["folds"])), _ms(s["accuracy"]), _ms(s["macro_f1"]), _ms(s["minority_recall"]),
+             CONDITION_NOTES.get(name, "")] for name, s in conditions.items()]
+    lines += _table(["condition", "folds", "accuracy", "macro-F1", "minority recall", "what it is"], rows)
+    lines += ["", "Recall per class (%):", ""]
+    lines += _table(["condition", *classes], [[f"`{name}`", *(_ms(s["recall"][c], digits=0) for c in classes)]
+                                              for name, s in conditions.items()])
+    if results["comparisons"]:
+        lines += ["", "## Paired comparison over folds (percentage points)", "",
+                  "Differences are per fold (same test subjects); p-values are two-sided.", ""]
+        rows = []
+        for comp, by_metric in results["comparisons"].items():
+            for metric in ("macro_f1", "accuracy", "minority_recall"):
+                c = by_metric[metric]
+                mean = "–" if c["mean_difference"] is None else f"{c['mean_difference'] * 100:+.1f}"
+                rows.append([comp.replace("_", " "), metric.replace("_", " "), mean, f"{c['wins']}/{c['losses']}",
+                             _p(c["wilcoxon_p"]), _p(c["ttest_p"])])
+        lines += _table(["comparison", "metric", "mean difference", "folds won/lost", "Wilcoxon p", "paired t p"], rows)
+    if results["per_fold"]:
+        names = list(conditions)
+        lines += ["", "## Per fold: macro-F1 (%)", ""]
+        lines += _table(["fold", *names], [[k, *(f"{r[n]['macro_f1'] * 100:.1f}" if n in r else "–" for n in names)]
+                                           for k, r in results["per_fold"].items()])
+    lines += _synthesis_section(results.get("synthesis") or {}, classes)
+    prov = results["provenance"]
+    lines += ["", "## How this was made", "", f"- Command: `{prov['command']}`",
+              f"- Versions: {', '.join(f'{k} {v}' for k, v in prov['versions'].items())}",
+              f"- Created: {prov['created_at']} on {prov['platform']}", ""]
+    return "\n".join(lines)
+
+
+def _balance_text(b: Mapping[str, Any]) -> str:
+    target = b["target_per_class"]
+    text = "every class to the largest class" if target == "max" else f"every class to {target} images"
+    return (f"{text} (sampling strategy {b['sampling_strategy'] or 'default'}), quality gate min confidence "
+            f"{b['min_confidence']} on the FER branch, {b['max_attempts']} attempts, seed {b['seed']}")
+
+
+def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
+    if not s:
+        return []
+    cas = s["classification_accuracy_score"]
+    fr, mem = s["frechet"], s["memorisation"]
+    lines = [
+        "", f"## Synthesis quality ({s['n_synthetic']} synthetic images over folds {', '.join(map(str, s['folds']))})", "",
+        f"- Recognised as their target class by the fold's `real` classifier: **{_ms(s['recognised'])} %**.",
+        f"- Classification accuracy score (trained on synthetic images only, tested on the real test fold): "
+        f"accuracy {_ms(cas['accuracy'])} %, macro-F1 {_ms(cas['macro_f1'])} % (trained on real: "
+        f"{_ms(cas['real_accuracy'])} %, {_ms(cas['real_macro_f1'])} %).",
+        f"- Fréchet distance in the `real` classifier's penultimate features (not FID: no Inception weights): synthetic vs "
+        f"real training {_ms(fr['synthetic_vs_train'], 1, 2)}; for scale, real validation vs training "
+        f"{_ms(fr['validation_vs_train'], 1, 2)}, real test vs training {_ms(fr['test_vs_train'], 1, 2)}.",
+        f"- Memorisation: {mem['near_copies']} synthetic image(s) closer to another subject's real training image than any "
+        f"real image is to another subject's ({_ms(mem['share'])} %); median distance to the nearest other-subject "
+        f"image {_ms(mem['distance_median'], 1, 1)} gray levels (real images: {_ms(mem['real_distance_median'], 1, 1)}).",
+    ]
+    if "ground_truth" in s:
+        g = s["ground_truth"]
+        lines += [f"- Against the demo dataset's exact counterfactuals: L1 {_ms(g['synthetic']['l1'], 1, 2)} gray levels, "
+                  f"PSNR {_ms(g['synthetic']['psnr'], 1, 2)} dB, SSIM {_ms(g['synthetic']['ssim'], 1, 3)}; copying the input "
+                  f"unchanged scores L1 {_ms(g['copy_input']['l1'], 1, 2)}, PSNR {_ms(g['copy_input']['psnr'], 1, 2)} dB, "
+                  f"SSIM {_ms(g['copy_input']['ssim'], 1, 3)}."]
+    au = s.get("au_consistency")
+    header = ["target class", "images", "recognised %", "target prob.", "Fréchet", "precision", "recall"]
+    header += ["AU consistency synthetic", "AU consistency real test"] if au else []
+    rows = []
+    for c in classes:
+        e = s["per_class"][c]
+        row = [c, str(e["n"]), _ms(e["recognised"]), _ms(e["mean_target_probability"], 1, 2), _ms(e["frechet"], 1, 2),
+               _ms(e["precision"], 1, 2), _ms(e["recall"], 1, 2)]
+        if au:
+            row += [_ms(au[c]["synthetic"], 1, 2), _ms(au[c]["real_test"], 1, 2)]
+        rows.append(row)
+    lines += ["", "Per target class (mean ± std over folds):", "", *_table(header, rows)]
+    return lines
+
+
+def plot_recall(results: Mapping[str, Any], classes: Sequence[str], path: str | os.PathLike) -> Path:
+    """Grouped bars: test recall per class for each condition, with the std over folds."""
+    conditions = {n: s for n, s in results["conditions"].items() if n != "synthetic-only"}
+    fig = new_figure(max(6.0, 1.1 * len(classes) + 2), 3.6)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(conditions), 1)
+    x = np.arange(len(classes))
+    for i, (name, s) in enumerate(conditions.items()):
+        means = [s["recall"][c]["mean"] or 0.0 for c in classes]
+        stds = [s["recall"][c]["std"] or 0.0 for c in classes]
+        ax.bar(x + (i - (len(conditions) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=name)
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set_ylabel("test recall")
+    ax.set_ylim(0, 1.05)
+    n = max((len(s["folds"]) for s in conditions.values()), default=0)
+    ax.set_title(f"Per-class recall on the test folds (mean ± std over {n} fold(s))", fontsize=10)
+    ax.legend(fontsize=8, ncol=len(conditions), loc="lower right")
+    return save_figure(fig, path)

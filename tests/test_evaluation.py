@@ -1,0 +1,544 @@
+"""fesaug evaluate: the subject-independent fold protocol, every condition end to end, the
+metrics against scikit-learn/scipy, resumption, the settings guard, the CLI and the report.
+
+One tiny evaluation (a 49-image demo set in 3 folds, folds 0 and 1, all four conditions and the
+synthesis report; a 1-epoch tiny FERSNet, 2-epoch downstream classifiers, the quality gate open)
+is run once per module and reused; tests that change an evaluation work on copies of it. These
+tests check the bookkeeping and the statistics, not whether synthesis helps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+import fesaug
+from fesaug.audit import audit
+from fesaug.balance import BalanceConfig
+from fesaug.data.datasets import ManifestDataset
+from fesaug.data.demo import make_demo_dataset
+from fesaug.data.manifest import read_manifest, write_manifest
+from fesaug.downstream import (
+    DownstreamConfig,
+    classification_report,
+    make_classifier,
+    predict_proba,
+)
+from fesaug.errors import FesaugError, UsageError
+from fesaug.evaluation import EvaluateConfig, evaluate, paired_comparison
+from fesaug.evaluation_report import render_report
+from fesaug.training import split_subjects
+
+from .conftest import cli_in_process as cli
+from .conftest import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COUNTS = {"anger": 8, "contempt": 4, "disgust": 6, "fear": 4, "happy": 10, "sadness": 5, "surprise": 12}
+CLASSES = list(COUNTS)
+FOLDS = [0, 1]
+ALL = ("real", "oversample", "fes", "fersnet")
+NAMES = {*ALL, "synthetic-only"}  # every record aggregate() summarises
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _config(**downstream) -> EvaluateConfig:
+    return EvaluateConfig(
+        conditions=ALL,
+        downstream=DownstreamConfig(**{"epochs": 2, "image_size": 32, "batch_size": 16, "device": "cpu", **downstream}),
+        generator=tiny_config(epochs=1, device="cpu"),
+        balance=BalanceConfig(min_confidence=0.0, batch_size=16),  # open gate: a 1-epoch generator's images count
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    root: Path
+    manifest: Path
+    out: Path
+    config: EvaluateConfig
+    results: dict
+
+    def fold(self, k: int) -> Path:
+        return self.out / f"fold-{k}"
+
+    def record(self, k: int, name: str, out: Path | None = None) -> dict:
+        return json.loads(((out or self.out) / f"fold-{k}" / f"{name}.json").read_text())
+
+    def copy(self, name: str) -> Path:
+        """A copy of the evaluation beside the original (same depth: the manifests' relative
+        image roots keep pointing at the demo images)."""
+        target = self.root / name
+        shutil.copytree(self.out, target)
+        return target
+
+
+@pytest.fixture(scope="module")
+def run(one_thread, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    root = tmp_path_factory.mktemp("evaluation")
+    manifest = make_demo_dataset(root / "demo", counts=COUNTS, n_subjects=9, size=32, folds=3)
+    config = _config()
+    result = evaluate(manifest, root / "out", config, folds=FOLDS)
+    assert result.out_dir == root / "out" and result.report == root / "out" / "report.md"
+    return Run(root, manifest, root / "out", config, result.results)
+
+
+def _split(run: Run, k: int, out: Path | None = None) -> pd.DataFrame:
+    return read_manifest((out or run.out) / f"fold-{k}" / "split.parquet").df
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _fold_mtimes(out: Path) -> dict[str, int]:
+    return {name: t for name, t in _mtimes(out).items() if name.startswith("fold-")}
+
+
+# ---------------------------------------------------------------------------- the folds
+
+
+@pytest.mark.parametrize("k", FOLDS)
+def test_each_fold_keeps_subjects_in_one_role_and_every_model_sees_the_same_split(run: Run, k: int) -> None:
+    m = read_manifest(run.manifest)
+    split = _split(run, k)
+    roles = {role: set(split.loc[split["split"] == role, "subject_id"]) for role in ("train", "validation", "test")}
+    assert all(roles.values()), roles
+    assert not roles["train"] & roles["validation"]
+    assert not roles["train"] & roles["test"]
+    assert not roles["validation"] & roles["test"]
+    assert set(split["split"]) == {"train", "validation", "test"}
+    assert sorted(split["sample_id"]) == sorted(m.df["sample_id"])  # the demo has no test split of its own: every row has a role
+
+    # The test rows are exactly fold k of the input; no row of fold k trains or validates.
+    test = split[split["split"] == "test"]
+    assert sorted(test["sample_id"]) == sorted(m.df.loc[m.df["fold"] == k, "sample_id"])
+    assert (split.loc[split["split"] != "test", "fold"] != k).all()
+
+    # FERSNet of this fold held fold k out and validated on the split's validation subjects.
+    gen = fesaug.load_generator(run.fold(k) / "fersnet" / "checkpoints" / "last.pt")
+    assert gen.holdout_fold == k
+    assert sorted(gen.validation_subjects) == sorted(roles["validation"])
+    assert set(gen.training_subjects) == roles["train"]
+    assert set(gen.heldout_subjects) == roles["test"]
+
+    # Synthetic images are made from training subjects only, never from validation or test faces.
+    balanced = read_manifest(run.fold(k) / "balanced" / "manifest.parquet")
+    syn = balanced.df[balanced.df["origin"] == "synthetic"]
+    assert len(syn) > 0
+    role_of = dict(zip(split["sample_id"], split["split"]))
+    subject_of = dict(zip(split["sample_id"], split["subject_id"]))
+    assert {role_of[p] for p in syn["parent_id"]} == {"train"}
+    assert {subject_of[p] for p in syn["parent_id"]} <= roles["train"]
+    assert syn["subject_id"].tolist() == [subject_of[p] for p in syn["parent_id"]]
+    assert set(syn["split"]) == {"train"}
+    assert audit(balanced).problems == []
+
+
+def test_unknown_fold_is_refused_before_anything_is_written(run: Run) -> None:
+    out = run.root / "never"
+    with pytest.raises(UsageError, match=r"--folds: .* has no fold 7 \(folds: 0, 1, 2\)"):
+        evaluate(run.manifest, out, run.config, folds=[7])
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- the conditions
+
+
+def test_results_have_every_condition_for_every_fold(run: Run) -> None:
+    results = json.loads((run.out / "results.json").read_text())
+    assert results["conditions"] == run.results["conditions"]
+    assert set(results["conditions"]) == NAMES
+    for name, summary in results["conditions"].items():
+        assert summary["folds"] == FOLDS, name
+        assert summary["accuracy"]["n"] == summary["macro_f1"]["n"] == len(FOLDS)
+    assert set(results["per_fold"]) == {"0", "1"}
+    for k in FOLDS:
+        assert set(results["per_fold"][str(k)]) == NAMES
+        for name in NAMES:
+            record = run.record(k, name)
+            assert record["condition"] == name and record["fold"] == k
+            assert record["n_test"] == int((_split(run, k)["split"] == "test").sum())
+            assert results["per_fold"][str(k)][name]["macro_f1"] == record["test"]["macro_f1"]
+        for name in NAMES - {"fersnet"}:  # the downstream classifiers are saved next to their records
+            assert (run.fold(k) / f"{name}.pt").is_file()
+    assert results["synthesis"]["folds"] == FOLDS
+    assert set(results["comparisons"]) == {"fes_vs_real", "fes_vs_oversample"}
+
+
+@pytest.mark.parametrize("k", FOLDS)
+def test_training_sets_of_the_conditions(run: Run, k: int) -> None:
+    split = _split(run, k)
+    train = split[split["split"] == "train"]
+    real_counts = {c: int((train["label"] == i).sum()) for i, c in enumerate(CLASSES)}
+    real, over, fes = (run.record(k, name) for name in ("real", "oversample", "fes"))
+
+    assert real["train_counts"] == real_counts
+    assert real["n_train"] == len(train)
+    assert real["n_val"] == over["n_val"] == fes["n_val"] == int((split["split"] == "validation").sum())
+
+    # fes trains on the real images plus the synthetic ones of the balanced manifest ...
+    balanced = read_manifest(run.fold(k) / "balanced" / "manifest.parquet").df
+    syn = balanced[balanced["origin"] == "synthetic"]
+    assert fes["train_counts"] == {c: real_counts[c] + int((syn["label"] == i).sum()) for i, c in enumerate(CLASSES)}
+    # ... which, with the gate open, reach the default target: every class at the largest.
+    assert set(fes["train_counts"].values()) == {max(real_counts.values())}
+    # oversample repeats real images up to exactly fes's per-class counts.
+    assert over["train_counts"] == fes["train_counts"]
+    assert over["n_train"] == fes["n_train"] == sum(fes["train_counts"].values()) > real["n_train"]
+
+    # synthetic-only (classification accuracy score) trains on the synthetic images alone.
+    only = run.record(k, "synthetic-only")
+    assert only["n_train"] == len(syn)
+    assert only["train_counts"] == {c: int((syn["label"] == i).sum()) for i, c in enumerate(CLASSES)}
+
+    # The fersnet condition scores FERSNet's validation-selected checkpoint.
+    gen = fesaug.load_generator(run.fold(k) / "fersnet" / "checkpoints" / "best.pt")
+    assert run.record(k, "fersnet")["checkpoint_sha256"] == gen.checkpoint_sha256
+
+    synthesis = run.record(k, "synthesis")
+    assert synthesis["n_synthetic"] == len(syn)
+    assert sum(e["n"] for e in synthesis["per_class"].values()) == len(syn)
+    cas = synthesis["classification_accuracy_score"]
+    assert cas["accuracy"] == only["test"]["accuracy"] and cas["macro_f1"] == only["test"]["macro_f1"]
+    assert cas["real_accuracy"] == real["test"]["accuracy"] and cas["real_macro_f1"] == real["test"]["macro_f1"]
+    assert set(synthesis["ground_truth"]) == {"synthetic", "copy_input"}
+
+
+# ---------------------------------------------------------------------------- the metrics
+
+
+@pytest.mark.parametrize("name", ["real", "fes"])
+def test_test_scores_match_scikit_learn_on_the_saved_classifier(run: Run, name: str) -> None:
+    k = 1
+    saved = torch.load(run.fold(k) / f"{name}.pt", map_location="cpu", weights_only=True)
+    model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"])
+    model.load_state_dict(saved["state_dict"])
+    m = read_manifest(run.manifest)
+    test_rows = np.flatnonzero((m.df["fold"] == k).to_numpy())
+    data = ManifestDataset(m, rows=test_rows, image_size=32)
+    pred = predict_proba(model.eval(), data.pixels).argmax(1)
+    y, labels = data.labels, list(range(len(CLASSES)))
+
+    test = run.record(k, name)["test"]
+    assert test == classification_report(y, pred, CLASSES)
+    assert test["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert test["macro_f1"] == pytest.approx(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+    assert list(test["recall"].values()) == pytest.approx(recall_score(y, pred, labels=labels, average=None, zero_division=0))
+    assert test["confusion"]["matrix"] == confusion_matrix(y, pred, labels=labels).tolist()
+    assert list(test["support"].values()) == np.bincount(y, minlength=len(CLASSES)).tolist()
+
+
+def test_paired_comparison_matches_scipy() -> None:
+    a = [0.80, 0.70, 0.90, 0.65, 0.75, 0.60]
+    b = [0.70, 0.72, 0.80, 0.60, 0.70, 0.61]
+    d = np.subtract(a, b)
+    c = paired_comparison(a, b)
+    assert c["n_folds"] == 6
+    assert c["differences"] == pytest.approx(d.tolist())
+    assert c["mean_difference"] == pytest.approx(d.mean())
+    assert (c["wins"], c["losses"]) == (4, 2)
+    assert c["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d).pvalue)
+    assert c["ttest_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert 0 < c["wilcoxon_p"] < 1 and 0 < c["ttest_p"] < 1
+    # The order matters: b − a mirrors it.
+    assert paired_comparison(b, a)["mean_difference"] == pytest.approx(-d.mean())
+    assert (paired_comparison(b, a)["wins"], paired_comparison(b, a)["losses"]) == (2, 4)
+
+
+@pytest.mark.parametrize("a, b", [
+    ([0.7], [0.5]),                       # one fold: no test
+    ([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]),   # no differences
+], ids=["one-fold", "no-differences"])
+def test_paired_comparison_has_no_p_value_where_a_test_is_undefined(a: list, b: list) -> None:
+    c = paired_comparison(a, b)
+    assert c["n_folds"] == len(a)
+    assert c["mean_difference"] == pytest.approx(float(np.mean(np.subtract(a, b))))
+    assert c["differences"] == pytest.approx(np.subtract(a, b).tolist())
+    assert c["wilcoxon_p"] is None and c["ttest_p"] is None
+
+
+def test_paired_comparison_drops_zero_differences_in_the_signed_rank_test() -> None:
+    a, b = [0.75, 0.5, 0.625, 0.5], [0.5, 0.25, 0.375, 0.5]  # three exact +0.25 and one tie
+    c = paired_comparison(a, b)
+    assert (c["wins"], c["losses"]) == (3, 0)
+    assert c["wilcoxon_p"] == pytest.approx(stats.wilcoxon(np.subtract(a, b)).pvalue)
+    assert c["wilcoxon_p"] == pytest.approx(0.25)  # 3 positive ranks out of 3 non-zero: 2 / 2**3
+
+
+def test_aggregate_is_numpy_over_the_fold_records(run: Run) -> None:
+    results = run.results
+    minority = results["protocol"]["minority_classes"]
+    counts = list(COUNTS.values())
+    assert minority == [c for c, n in COUNTS.items() if n < np.median(counts)]
+
+    def check(stat: dict, values: list[float]) -> None:
+        assert stat["n"] == len(values)
+        assert stat["mean"] == pytest.approx(np.mean(values))
+        assert stat["std"] == pytest.approx(np.std(values, ddof=1))
+
+    for name in NAMES:
+        tests = [run.record(k, name)["test"] for k in FOLDS]
+        summary = results["conditions"][name]
+        check(summary["accuracy"], [t["accuracy"] for t in tests])
+        check(summary["macro_f1"], [t["macro_f1"] for t in tests])
+        check(summary["minority_recall"], [np.mean([t["recall"][c] for c in minority]) for t in tests])
+        for c in CLASSES:
+            check(summary["recall"][c], [t["recall"][c] for t in tests])
+    for base in ("real", "oversample"):
+        comparison = results["comparisons"][f"fes_vs_{base}"]
+        assert comparison["folds"] == FOLDS
+        for metric in ("accuracy", "macro_f1"):
+            expected = paired_comparison([run.record(k, "fes")["test"][metric] for k in FOLDS],
+                                         [run.record(k, base)["test"][metric] for k in FOLDS])
+            assert comparison[metric] == expected
+    cas = results["synthesis"]["classification_accuracy_score"]
+    check(cas["accuracy"], [run.record(k, "synthesis")["classification_accuracy_score"]["accuracy"] for k in FOLDS])
+    assert results["synthesis"]["n_synthetic"] == sum(run.record(k, "synthesis")["n_synthetic"] for k in FOLDS)
+
+
+# ---------------------------------------------------------------------------- resumption
+
+
+def test_a_second_run_recomputes_nothing(run: Run) -> None:
+    before = _fold_mtimes(run.out)
+    settings = (run.out / "evaluate.json").read_text()
+    again = evaluate(run.manifest, run.out, run.config, folds=FOLDS)
+    assert _fold_mtimes(run.out) == before  # every fold-k/*.json, *.pt, checkpoint, image and manifest
+    assert (run.out / "evaluate.json").read_text() == settings
+    assert again.results["conditions"] == run.results["conditions"]
+    assert again.results["comparisons"] == run.results["comparisons"]
+    assert json.loads((run.out / "results.json").read_text())["conditions"] == run.results["conditions"]
+
+
+def test_an_interrupted_run_resumes_at_the_missing_pieces(run: Run) -> None:
+    out = run.copy("interrupted")
+    lost = ["fold-1/oversample.json", "fold-1/oversample.pt", "fold-1/synthesis.json"]
+    for name in lost:
+        (out / name).unlink()
+    kept = _fold_mtimes(out)
+    result = evaluate(run.manifest, out, run.config, folds=FOLDS)
+
+    after = _fold_mtimes(out)
+    assert set(after) == set(kept) | set(lost)  # nothing else was created ...
+    assert {n: t for n, t in after.items() if n in kept} == kept  # ... or rewritten
+    original, redone = run.record(1, "oversample"), run.record(1, "oversample", out)
+    for key in ("test", "train_counts", "n_train", "best_epoch", "history"):
+        assert redone[key] == original[key], key  # same seed, same numbers
+    a = torch.load(run.fold(1) / "oversample.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "fold-1" / "oversample.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert run.record(1, "synthesis", out) == run.record(1, "synthesis")
+    assert result.results["conditions"] == run.results["conditions"]
+
+
+def test_folds_run_separately_into_one_folder_are_aggregated_together(run: Run) -> None:
+    # As if fold 0 had been run alone (fesaug evaluate --folds 0) and fold 1 is run now.
+    out = run.copy("fold-by-fold")
+    shutil.rmtree(out / "fold-1")
+    before = _fold_mtimes(out)
+    result = evaluate(run.manifest, out, run.config, folds=[1])
+    assert {n: t for n, t in _fold_mtimes(out).items() if not n.startswith("fold-1")} == before
+    for name, summary in result.results["conditions"].items():
+        assert summary["folds"] == FOLDS, name
+    assert set(result.results["per_fold"]) == {"0", "1"}
+    assert result.results["comparisons"]["fes_vs_real"]["macro_f1"]["n_folds"] == 2
+    assert result.results["synthesis"]["folds"] == FOLDS
+    # The same numbers as the run over both folds at once: the folds are independent.
+    assert result.results["per_fold"] == run.results["per_fold"]
+    assert result.results["conditions"] == run.results["conditions"]
+    assert json.loads((out / "results.json").read_text())["conditions"] == result.results["conditions"]
+
+
+def test_a_fold_whose_training_subjects_lack_a_class_still_evaluates(run: Run) -> None:
+    # Fold 2's training subjects have no 'fear' image: balance synthesizes fear from other
+    # classes (what FES is for); oversample has nothing to repeat, says so, and goes on.
+    m = read_manifest(run.manifest)
+    split = split_subjects(m, 2, run.config.val_fraction, run.config.seed)
+    assert CLASSES.index("fear") not in set(m.df["label"].iloc[split.train_rows])  # the premise
+    out = run.copy("fold-2")
+    result = evaluate(run.manifest, out, run.config, folds=[2])
+    assert result.results["conditions"]["oversample"]["folds"] == [0, 1, 2]
+    fes, over = run.record(2, "fes", out), run.record(2, "oversample", out)
+    assert over["train_counts"]["fear"] == 0 < fes["train_counts"]["fear"]
+    assert over["not_oversampled"] == ["fear"]
+
+
+# ---------------------------------------------------------------------------- the settings guard
+
+
+def test_other_settings_are_refused_unless_overwrite(run: Run) -> None:
+    settings = (run.out / "evaluate.json").read_text()
+    before = _mtimes(run.out)
+    with pytest.raises(FesaugError, match="--overwrite"):
+        evaluate(run.manifest, run.out, _config(epochs=1), folds=FOLDS)
+    assert _mtimes(run.out) == before and (run.out / "evaluate.json").read_text() == settings
+
+    out = run.copy("overwritten")
+    (out / "notes.txt").write_text("mine")
+    result = evaluate(run.manifest, out, _config(epochs=1), folds=[0], overwrite=True)
+    assert not (out / "fold-1").exists()  # the old evaluation is gone ...
+    assert (out / "notes.txt").read_text() == "mine"  # ... the user's files are not
+    assert json.loads((out / "evaluate.json").read_text())["config"]["downstream"]["epochs"] == 1
+    assert len(run.record(0, "real", out)["history"]) == 1
+    assert all(s["folds"] == [0] for s in result.results["conditions"].values())
+
+
+def test_settings_that_only_choose_pieces_or_the_device_do_not_count(run: Run) -> None:
+    config = dataclasses.replace(run.config, conditions=("real",), synthesis=False,
+                                 downstream=dataclasses.replace(run.config.downstream, device="auto"))
+    before = _fold_mtimes(run.out)
+    result = evaluate(run.manifest, run.out, config, folds=FOLDS)  # resumes: nothing to do
+    assert _fold_mtimes(run.out) == before
+    assert set(result.results["conditions"]) == NAMES  # the report covers every record present
+
+
+@pytest.mark.parametrize("theirs", ["results.json", "fold-0/real.json"])
+def test_a_folder_with_outputs_evaluate_did_not_record_is_refused(run: Run, tmp_path: Path, theirs: str) -> None:
+    (tmp_path / theirs).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / theirs).write_text("{}")
+    with pytest.raises(FesaugError, match="did not record .* choose a new --out"):
+        evaluate(run.manifest, tmp_path, run.config, folds=FOLDS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.split("/")[0]]  # nothing written
+    with pytest.raises(FesaugError, match="did not record"):
+        evaluate(run.manifest, tmp_path, run.config, folds=FOLDS, overwrite=True)  # not ours to delete either
+    assert (tmp_path / theirs).read_text() == "{}"
+
+
+def test_out_that_is_a_file_is_refused(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(FesaugError, match="is a file"):
+        evaluate(run.manifest, tmp_path / "out", run.config, folds=FOLDS)
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def test_cli_bad_folds_is_a_usage_error(run: Run, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    code, _out, err = cli(capsys, "evaluate", "--manifest", run.manifest, "--out", tmp_path / "e", "--folds", "x")
+    assert code == 2
+    assert "Usage:" in err and "Error" in err and "--folds" in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_cli_unknown_condition_is_one_error_line(run: Run, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    code, _out, err = cli(capsys, "evaluate", "--manifest", run.manifest, "--out", tmp_path / "e",
+                         "--conditions", "real,bogus", "--device", "cpu")
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), err
+    assert "bogus" in lines[0] and "--conditions" in lines[0]
+    assert "Traceback" not in err and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("folds", [None, 0], ids=["no-folds", "one-fold"])
+def test_cli_manifest_without_folds_names_the_fix(run: Run, capsys: pytest.CaptureFixture, tmp_path: Path, folds) -> None:
+    m = read_manifest(run.manifest)
+    df = m.df.copy()
+    df["fold"] = folds
+    path = write_manifest(df, tmp_path / "nofolds.parquet", classes=m.classes,
+                          image_root=str(m.image_root))
+    code, _out, err = cli(capsys, "evaluate", "--manifest", path, "--out", tmp_path / "e", "--device", "cpu")
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), err
+    assert "--folds" in lines[0] and f"{0 if folds is None else 1} fold(s)" in lines[0]
+    assert not (tmp_path / "e").exists()
+
+
+def test_cli_evaluate_synthesis_help(capsys: pytest.CaptureFixture) -> None:
+    code, out, _err = cli(capsys, "evaluate-synthesis", "--help")
+    assert code == 0
+    assert "Shares its fold caches with `fesaug evaluate`" in out and "--generator-epochs" in out
+    assert "--conditions" not in out  # evaluate-synthesis always runs real + the synthesis report
+
+
+def test_cli_evaluate_synthesis_runs_and_resumes(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    # The CLI has no generator --batch-size, so the cpu preset's batch of 32 needs >= 32 training images.
+    manifest = make_demo_dataset(tmp_path / "demo", size=32, folds=3, n_subjects=9, counts={
+        "anger": 10, "contempt": 6, "disgust": 8, "fear": 6, "happy": 12, "sadness": 6, "surprise": 14})
+    args = ["evaluate-synthesis", "--manifest", manifest, "--out", tmp_path / "e", "--folds", "0", "--epochs", "1",
+            "--image-size", "32", "--generator-epochs", "1", "--min-confidence", "0", "--device", "cpu"]
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "synthetic-only" in out and "recognised as their target" in out and "wrote" in out
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert set(results["conditions"]) == {"real", "synthetic-only"}
+    assert not (tmp_path / "e" / "fold-0" / "fes.json").exists()
+    assert results["synthesis"]["n_synthetic"] > 0
+    assert "exact counterfactuals" in (tmp_path / "e" / "report.md").read_text()
+
+    before = _fold_mtimes(tmp_path / "e")
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "training FERSNet" not in err and _fold_mtimes(tmp_path / "e") == before
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def test_report_and_plot(run: Run) -> None:
+    report = (run.out / "report.md").read_text()
+    results = json.loads((run.out / "results.json").read_text())
+    assert report.startswith("# fesaug evaluate")
+    assert "- Protocol: subject-independent folds; test folds 0, 1 of 0, 1, 2, each used for the final score only." in report
+    assert "## Test-fold scores" in report
+    for name in NAMES:
+        assert f"| `{name}` | 2 |" in report, name
+    real = results["conditions"]["real"]["macro_f1"]
+    assert f"{real['mean'] * 100:.1f} ± {real['std'] * 100:.1f}" in report
+    assert "## Paired comparison over folds" in report
+    assert "| fes vs real | macro f1 |" in report and "| fes vs oversample | macro f1 |" in report
+    n = results["synthesis"]["n_synthetic"]
+    assert f"## Synthesis quality ({n} synthetic images over folds 0, 1)" in report
+    assert "Classification accuracy score" in report
+    assert "Against the demo dataset's exact counterfactuals" in report
+    assert "## Per fold: macro-F1" in report
+    # The report is rendered from results.json alone.
+    assert render_report(results, CLASSES) == report
+    png = (run.out / "recall.png").read_bytes()
+    assert png.startswith(PNG) and len(png) > 1000
+
+
+# ---------------------------------------------------------------------------- AU consistency (#6)
+
+
+def test_au_consistency_per_target_class_is_reported(run: Run) -> None:
+    from fesaug.balance import au_consistency
+    from fesaug.multitask_training import MultiTaskConfig, load_emotion_au, train_multitask
+
+    config = MultiTaskConfig(model={"image_size": 32, "widths": (8, 16, 16)}, epochs=1, batch_size=8, holdout_fold=0)
+    au_ckpt = train_multitask(run.manifest, run.root / "au-run", config).best_checkpoint
+    out = run.copy("with-au")
+    before = {n: t for n, t in _fold_mtimes(out).items() if not n.endswith("synthesis.json")}
+    with_au = dataclasses.replace(run.config, au_checkpoint=str(au_ckpt))
+    result = evaluate(run.manifest, out, with_au, folds=FOLDS)
+
+    # Only the synthesis report is redone: the AU model is a judge, not a setting of the models.
+    assert {n: t for n, t in _fold_mtimes(out).items() if n in before} == before
+    scores = run.record(0, "synthesis", out)["au_consistency"]
+    assert set(scores) == set(CLASSES)
+    # The numbers are the balance gate's au_consistency, averaged over each target class's images.
+    model = load_emotion_au(au_ckpt, device="cpu")
+    syn = ManifestDataset(out / "fold-0" / "balanced" / "manifest.parquet", origins=("synthetic",), image_size=32)
+    _, aus = model.predict(syn.pixels)
+    for k, c in enumerate(CLASSES):
+        mine = torch.from_numpy(syn.labels == k)
+        if mine.any():
+            expected = au_consistency(aus[mine], model.au_ids, c).mean().item()
+            assert scores[c]["synthetic"] == pytest.approx(expected, abs=1e-6), c
+        else:
+            assert scores[c]["synthetic"] is None
+    summary = result.results["synthesis"]["au_consistency"]
+    assert summary["fear"]["synthetic"]["mean"] == pytest.approx(
+        np.mean([run.record(k, "synthesis", out)["au_consistency"]["fear"]["synthetic"] for k in FOLDS]))
+    report = (out / "report.md").read_text()
+    assert "| AU consistency synthetic | AU consistency real test |" in report
