@@ -67,6 +67,11 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
                    "the target's prototype AUs in it (e.g. happy: AU6+AU12).")
 @click.option("--min-au-consistency", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --au-check: the least mean probability of the target's prototype AUs.")
+@click.option("--judge", "judge_checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="CHECKPOINT",
+              help="Also keep an image only if this classifier, trained on real faces apart from the generator "
+                   "(a fold-K/real.pt of fesaug evaluate), recognises its target.")
+@click.option("--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --judge: the least probability the judge must give the target.")
 @click.option("--output-size", type=click.IntRange(min=8), metavar="PIXELS",
               help="Side of the synthetic images. Default: the real images' size when they share one, else the generator's.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -80,7 +85,8 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_class: int | str | None,
                     sampling_strategy: str | None, targets: dict[str, int], undersample: bool, splits: tuple[str, ...],
                     exclude_folds: tuple[int, ...], min_confidence: float, max_attempts: int,
-                    au_checkpoint: Path | None, min_au_consistency: float, output_size: int | None,
+                    au_checkpoint: Path | None, min_au_consistency: float, judge_checkpoint: Path | None,
+                    min_judge_confidence: float, output_size: int | None,
                     seed: int, batch_size: int, embed_images: bool, device: str, strict: bool, overwrite: bool) -> None:
     """Synthesize images with a trained FERSNet until every class reaches its target.
 
@@ -100,6 +106,8 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
         undersample=undersample, splits=splits, exclude_folds=exclude_folds or None, min_confidence=min_confidence,
         max_attempts=max_attempts, seed=seed, batch_size=batch_size, embed_images=embed_images, output_size=output_size,
         au_checkpoint=None if au_checkpoint is None else str(au_checkpoint), min_au_consistency=min_au_consistency,
+        judge_checkpoint=None if judge_checkpoint is None else str(judge_checkpoint),
+        min_judge_confidence=min_judge_confidence,
     )
     if device == "cuda":
         import torch

@@ -54,6 +54,11 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
                      help="Quality gate of the balance step."),
         click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Sources tried per needed synthetic image before giving up on it."),
+        click.option("--judge", is_flag=True,
+                     help="Also gate synthetic images with a classifier trained on the fold's real training images "
+                          "(not the one that scores them)."),
+        click.option("--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     help="With --judge: the least probability it must give the target."),
         click.option("--au-check", "au_checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      metavar="CHECKPOINT", help="Emotion + AU model (fesaug train --tasks emotion,au): report the AU "
                                                 "consistency of the synthetic images per target class."),
@@ -102,7 +107,8 @@ def evaluate_synthesis_command(**options) -> None:  # noqa: ANN003
 
 def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: Path, folds: list[int] | None, model: str,
          epochs: int, image_size: int, preset: str, generator_epochs: int, generator_batch_size: int | None,
-         target_per_class: int | str | None, min_confidence: float, max_attempts: int, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
+         target_per_class: int | str | None, min_confidence: float, max_attempts: int, judge: bool,
+         min_judge_confidence: float, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
          overwrite: bool) -> None:
     from fesaug.balance import BalanceConfig
     from fesaug.downstream import DownstreamConfig
@@ -122,8 +128,9 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
         generator=TrainConfig.preset_config(preset, epochs=generator_epochs, device=device,
                                             **({"batch_size": generator_batch_size} if generator_batch_size else {})),
         balance=BalanceConfig(target_per_class=target_per_class or "max", min_confidence=min_confidence,
-                              max_attempts=max_attempts, seed=seed),
-        val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint))
+                              max_attempts=max_attempts, min_judge_confidence=min_judge_confidence, seed=seed),
+        val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
+        judge=judge)
     _show_progress_log("fesaug.evaluation")
     result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite)
     click.echo(format_summary(result.results))

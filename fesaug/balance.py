@@ -103,6 +103,8 @@ class BalanceConfig:
     output_size: int | None = None
     au_checkpoint: str | None = None
     min_au_consistency: float = 0.5
+    judge_checkpoint: str | None = None
+    min_judge_confidence: float = 0.5
 
     def __post_init__(self) -> None:
         tpc = self.target_per_class
@@ -115,6 +117,8 @@ class BalanceConfig:
                 raise UsageError(f"--target {name}={n!r}: the count must be a whole number >= 0")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise UsageError(f"--min-confidence must lie in [0, 1], got {self.min_confidence}")
+        if not 0.0 <= self.min_judge_confidence <= 1.0:
+            raise UsageError(f"--min-judge-confidence must lie in [0, 1], got {self.min_judge_confidence}")
         if not 0.0 <= self.min_au_consistency <= 1.0:
             raise UsageError(f"--min-au-consistency must lie in [0, 1], got {self.min_au_consistency}")
         for name in ("max_attempts", "batch_size"):
@@ -304,6 +308,7 @@ class _Plan:
     slots: list[tuple[int, int]]  # (class index, slot) over all classes, in order
     key: dict[str, Any]  # what must match for a resume
     au_checker: Any = None  # an EmotionAUPredictor for the AU check, if asked for
+    judge: Any = None  # a DownstreamClassifier for the independent-judge check, if asked for
 
     def sample_id(self, cls: int, slot: int) -> str:
         return f"syn-{self.generator.checkpoint_sha256[:10]}-{self.manifest.classes[cls]}-{slot:06d}"
@@ -394,8 +399,17 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
             raise FesaugError(f"the --au-check model {config.au_checkpoint} knows classes {', '.join(checker.classes)}, "
                               f"but {manifest_path} has {', '.join(m.classes)}; train it on this dataset")
         key["au_checkpoint_sha256"] = file_sha256(config.au_checkpoint)
+    judge = None
+    if config.judge_checkpoint is not None:
+        from .downstream import load_classifier
+
+        judge, judge_classes = load_classifier(config.judge_checkpoint, device=device)
+        if judge_classes != m.classes:
+            raise FesaugError(f"the --judge classifier {config.judge_checkpoint} knows classes {', '.join(judge_classes)}, "
+                              f"but {manifest_path} has {', '.join(m.classes)}; use one trained on this dataset")
+        key["judge_checkpoint_sha256"] = file_sha256(config.judge_checkpoint)
     return _Plan(m, gen, config, working, counts, targets, to_generate, removed, sorted(excluded),
-                 _output_size(m, working, gen, config.output_size), orders, slots, key, checker)
+                 _output_size(m, working, gen, config.output_size), orders, slots, key, checker, judge)
 
 
 # ---- output folder
@@ -466,10 +480,12 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
         fakes = gen.synthesize(torch.stack(inputs), targets, batch_size=len(inputs))
         confidence = gen.classify(fakes, batch_size=len(inputs))[torch.arange(len(pending)), targets]
         consistency = _au_check(plan, fakes, targets)
+        judged = _judge(plan, fakes, targets)
         still = []
-        for (k, s), cnd, how, fake, conf, au in zip(pending, cands, transforms, fakes, confidence.tolist(), consistency):
+        for (k, s), cnd, how, fake, conf, au, jc in zip(pending, cands, transforms, fakes, confidence.tolist(), consistency, judged):
             attempts[m.classes[k]] += 1
-            if conf < cfg.min_confidence or (au is not None and au < cfg.min_au_consistency):
+            if (conf < cfg.min_confidence or (au is not None and au < cfg.min_au_consistency)
+                    or (jc is not None and jc < cfg.min_judge_confidence)):
                 still.append((k, s))
                 continue
             sid = plan.sample_id(k, s)
@@ -481,6 +497,7 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
                 "parent_id": df["sample_id"].iat[src], "source_label": int(df["label"].iat[src]),
                 "confidence": round(float(conf), 6), "attempt": attempt, "source_transform": how,
                 "slot": s, **({"au_consistency": None if au is None else round(au, 6)} if plan.au_checker else {}),
+                **({"judge_confidence": round(jc, 6)} if plan.judge is not None else {}),
             })
             writes.append(pool.submit(_write_image, fake, plan.output_size, out / rel, accepted[-1]))
         pending = still
@@ -503,6 +520,22 @@ def _au_check(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[f
         for i, v in zip(rows.tolist(), score.tolist() if score is not None else [None] * len(rows)):
             out[i] = v
     return out
+
+
+def _judge(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[float | None]:
+    """The independent judge's probability of each fake's target (None: no judge).
+
+    The FER branch was trained jointly with the generator, which learns to satisfy it; a
+    classifier trained apart on real faces only is not fooled the same way."""
+    if plan.judge is None:
+        return [None] * len(fakes)
+    from .downstream import predict_proba
+
+    images = fakes
+    if plan.judge.image_size != fakes.shape[-1]:
+        images = TF.resize(fakes, [plan.judge.image_size] * 2, antialias=True)
+    probs = predict_proba(plan.judge, images)
+    return probs[np.arange(len(fakes)), targets.numpy()].astype(float).tolist()
 
 
 def _none(value: Any) -> Any:
@@ -693,6 +726,8 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
             **({"au_check": {"checkpoint": cfg.au_checkpoint, "checkpoint_sha256": plan.key["au_checkpoint_sha256"],
                              "min_au_consistency": cfg.min_au_consistency, "au_ids": plan.au_checker.au_ids,
                              "prototypes": "fesaug.data.au.EMOTION_AU_PROTOTYPES"}} if plan.au_checker else {}),
+            **({"judge_check": {"checkpoint": cfg.judge_checkpoint, "checkpoint_sha256": plan.key["judge_checkpoint_sha256"],
+                                "min_judge_confidence": cfg.min_judge_confidence}} if plan.judge is not None else {}),
         },
         "generator_training": {
             gen.checkpoint_sha256: {
@@ -738,6 +773,9 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
         *([f"- AU check: also kept only when the emotion + AU model `{cfg.au_checkpoint}` gives the target's "
            f"prototype AUs a mean probability of at least {cfg.min_au_consistency:g} (`au_consistency` column)."]
           if cfg.au_checkpoint else []),
+        *([f"- Independent judge: also kept only when the classifier `{cfg.judge_checkpoint}`, trained on real faces "
+           f"apart from the generator, gives the target at least {cfg.min_judge_confidence:g} (`judge_confidence` column)."]
+          if cfg.judge_checkpoint else []),
         f"- Synthetic images are {plan.output_size}×{plan.output_size} PNGs under `images/<class>/`.",
         "- Each synthetic row keeps its parent's `subject_id`, `split` and `fold`, and names its `parent_id`.",
         "",

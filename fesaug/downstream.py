@@ -16,6 +16,7 @@ to carry them around.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +26,12 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 from torch import Tensor, nn
 
+from ._io import atomic_path
 from .errors import FesaugError
 
 __all__ = ["CLASSIFIERS", "DownstreamClassifier", "DownstreamConfig", "FitResult", "classification_report",
-           "features", "fit", "make_classifier", "predict_proba", "random_oversample"]
+           "features", "fit", "load_classifier", "make_classifier", "predict_proba", "random_oversample",
+           "save_classifier"]
 
 CLASSIFIERS = ("small-cnn", "resnet18")
 
@@ -99,6 +102,37 @@ def make_classifier(name: str, num_classes: int, image_size: int) -> DownstreamC
         raise FesaugError(f"image_size {image_size} is too small for the downstream classifiers (>= 16)")
     net, head = builders[name](num_classes)
     return DownstreamClassifier(net, head, name, num_classes, image_size)
+
+
+FORMAT, FORMAT_VERSION = "fesaug-downstream-classifier", 1
+
+
+def save_classifier(model: DownstreamClassifier, path: str | os.PathLike, classes: Sequence[str]) -> None:
+    """Write ``model`` (weights, architecture, size, class names) atomically, loadable with
+    ``torch.load(weights_only=True)``; ``fesaug evaluate`` keeps one per condition and fold."""
+    if len(classes) != model.num_classes:
+        raise FesaugError(f"{len(classes)} class names for a {model.num_classes}-class model")
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": model.state_dict(),
+                    "model": model.name, "num_classes": model.num_classes, "image_size": model.image_size,
+                    "classes": list(classes)}, tmp)
+
+
+def load_classifier(path: str | os.PathLike, device: str | torch.device | None = None) -> tuple[DownstreamClassifier, list[str]]:
+    """A classifier written by :func:`save_classifier`, in eval mode, and its class names.
+    ``device``: CUDA if available."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file means the same thing
+        raise FesaugError(f"cannot read the classifier {path} ({type(exc).__name__}); pass a fold-K/<condition>.pt "
+                          "written by fesaug evaluate") from None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("format_version") != FORMAT_VERSION:
+        raise FesaugError(f"{path} is not a fesaug downstream classifier (version {FORMAT_VERSION}); pass a "
+                          "fold-K/<condition>.pt written by fesaug evaluate")
+    model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"])
+    model.load_state_dict(saved["state_dict"])
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model.to(device).eval(), list(saved["classes"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,12 +50,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_path, atomic_write_text, file_sha256
+from ._io import atomic_write_text, file_sha256
 from .balance import BalanceConfig, au_consistency, balance, resolve_targets
 from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
-from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, features, fit, make_classifier,
-                         predict_proba, random_oversample)
+from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, features, fit, load_classifier,
+                         predict_proba, random_oversample, save_classifier)
 from .errors import FesaugError, UsageError
 from .provenance import provenance
 from .train_config import TrainConfig
@@ -80,6 +80,9 @@ class EvaluateConfig:
     ``synthesis``: also score the synthetic images (needs a generator; trains one more
     classifier per fold for the classification accuracy score). ``au_checkpoint``: an emotion +
     AU model (``fesaug train --tasks emotion,au``) for AU consistency per target class.
+    ``judge``: also gate the synthetic images with a classifier trained on the fold's real
+    training images (``fold-k/judge.pt``, the ``real`` recipe with seed + 1, so the ``real``
+    classifier that scores the synthetic images is not the one that chose them).
     """
 
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
@@ -90,6 +93,7 @@ class EvaluateConfig:
     val_fraction: float = 0.15
     seed: int = 0
     au_checkpoint: str | None = None
+    judge: bool = False
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
@@ -106,7 +110,8 @@ class EvaluateConfig:
         only choose which pieces are computed, so they may change between runs of one DIR."""
         return {"downstream": dataclasses.asdict(self.downstream) | {"device": None},
                 "generator": self.generator.to_dict() | {"device": None, "num_workers": None},
-                "balance": self.balance.to_dict(), "val_fraction": self.val_fraction, "seed": self.seed}
+                "balance": self.balance.to_dict(), "val_fraction": self.val_fraction, "seed": self.seed,
+                "judge": self.judge}
 
     @property
     def needs_generator(self) -> bool:
@@ -262,15 +267,19 @@ class _Fold:
         # not the best synthesizer, and synthesis keeps improving after recognition peaks.
         ckpt = self._generator_run() / "checkpoints" / "last.pt"
         cfg = dataclasses.replace(self.config.balance, splits=("train",), exclude_folds=(self.k,))
+        if self.config.judge:
+            self._condition("judge", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows],
+                                                       seed=self.config.downstream.seed + 1))
+            cfg = dataclasses.replace(cfg, judge_checkpoint=str(self.dir / "judge.pt"))
         log.info("fold %d: balancing the training subjects", self.k)
         device = None if self.config.generator.device == "auto" else self.config.generator.device
         return balance(self.split_manifest, ckpt, out, cfg, device=device).manifest
 
     # ---- conditions
 
-    def _fit(self, x: torch.Tensor, y: np.ndarray) -> tuple[DownstreamClassifier, dict[str, Any]]:
-        result = fit(x, y, self.pixels[self.val_rows], self.labels[self.val_rows], self.config.downstream,
-                     num_classes=len(self.m.classes))
+    def _fit(self, x: torch.Tensor, y: np.ndarray, seed: int | None = None) -> tuple[DownstreamClassifier, dict[str, Any]]:
+        config = self.config.downstream if seed is None else dataclasses.replace(self.config.downstream, seed=seed)
+        result = fit(x, y, self.pixels[self.val_rows], self.labels[self.val_rows], config, num_classes=len(self.m.classes))
         counts = np.bincount(y, minlength=len(self.m.classes))
         return result.model, {"best_epoch": result.best_epoch, "history": result.history,
                               "train_counts": dict(zip(self.m.classes, counts.tolist()))}
@@ -305,20 +314,15 @@ class _Fold:
         record = {"condition": name, "fold": self.k, "test": report, "n_train": int(sum(info["train_counts"].values())),
                   "n_val": int(len(self.val_rows)), "n_test": int(len(self.test_rows)), "seconds": time.perf_counter() - start,
                   **info}
-        with atomic_path(self.dir / f"{name}.pt") as tmp:
-            torch.save({"state_dict": model.state_dict(), "model": model.name, "num_classes": model.num_classes,
-                        "image_size": model.image_size}, tmp)
+        save_classifier(model, self.dir / f"{name}.pt", self.m.classes)
         atomic_write_text(path, json.dumps(_jsonable(record), indent=1))
         log.info("fold %d %-10s accuracy %.3f  macro-F1 %.3f  (%d training images, %.0f s)", self.k, name,
                  report["accuracy"], report["macro_f1"], record["n_train"], record["seconds"])
         return record
 
     def _load_classifier(self, name: str) -> DownstreamClassifier:
-        saved = torch.load(self.dir / f"{name}.pt", map_location="cpu", weights_only=True)
-        model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"])
-        model.load_state_dict(saved["state_dict"])
         device = "cuda" if self.config.downstream.device != "cpu" and torch.cuda.is_available() else "cpu"
-        return model.to(device).eval()
+        return load_classifier(self.dir / f"{name}.pt", device=device)[0]
 
     def _fersnet_branch(self) -> None:
         path = self.dir / "fersnet.json"
@@ -605,7 +609,8 @@ def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> d
         "generator": {"preset": config.generator.preset, "epochs": config.generator.epochs,
                       "checkpoint": "last epoch (synthesis); best validation epoch for the fersnet condition"},
         "balance": {k: v for k, v in config.balance.to_dict().items()
-                    if k in ("target_per_class", "sampling_strategy", "targets", "min_confidence", "max_attempts", "seed")},
+                    if k in ("target_per_class", "sampling_strategy", "targets", "min_confidence", "max_attempts", "seed",
+                             "min_judge_confidence")} | {"judge": config.judge},
         "seed": config.seed,
     }
 

@@ -25,7 +25,7 @@ from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.errors import FesaugError, UsageError
 from fesaug.training import train
 
-from .conftest import REPO, run_cli, tiny_config
+from .conftest import REPO, cli_in_process, run_cli, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -365,3 +365,59 @@ def test_au_consistency_reads_the_prototype_table() -> None:
     assert torch.allclose(balancing.au_consistency(probs, au_ids, "happy"), torch.tensor([0.8, 0.15]))
     assert torch.allclose(balancing.au_consistency(probs, au_ids, "anger"), torch.tensor([0.1, 0.8]))
     assert balancing.au_consistency(probs, au_ids, "neutral") is None
+
+
+# ---------------------------------------------------------------------------- independent judge
+
+
+@pytest.fixture(scope="module")
+def judge(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fesaug.downstream import DownstreamConfig, fit, save_classifier
+
+    m = read_manifest(demo)
+    data = ManifestDataset(m, rows=np.flatnonzero((m.df["fold"] != 0).to_numpy()), image_size=32)
+    model = fit(data.pixels, data.labels, config=DownstreamConfig(epochs=2, image_size=32, batch_size=16, device="cpu"),
+                num_classes=len(m.classes)).model
+    path = tmp_path_factory.mktemp("judge") / "judge.pt"
+    save_classifier(model, path, m.classes)
+    return path
+
+
+def test_judge_scores_every_kept_image_and_rejects_below_its_threshold(demo: Path, checkpoint: Path, judge: Path,
+                                                                      tmp_path: Path) -> None:
+    from fesaug.downstream import load_classifier, predict_proba
+
+    open_gate = balance(demo, checkpoint, tmp_path / "open",
+                        BalanceConfig(judge_checkpoint=str(judge), min_judge_confidence=0.0, **OPEN))
+    m = read_manifest(open_gate.manifest)
+    rows = np.flatnonzero((m.df["origin"] == "synthetic").to_numpy())
+    syn = m.df.iloc[rows]
+    assert len(syn) == sum(open_gate.to_generate.values())
+    # The stored score is the judge's probability of the target on the image as written.
+    model, _ = load_classifier(judge, device="cpu")
+    probs = predict_proba(model, ManifestDataset(m, rows=rows).pixels)
+    np.testing.assert_allclose(syn["judge_confidence"], probs[np.arange(len(rows)), syn["label"]], atol=1e-4)
+    assert m.meta["balance"]["judge_check"]["checkpoint_sha256"] == sha256_bytes(judge.read_bytes())
+    assert "Independent judge" in (open_gate.out_dir / "README.md").read_text()
+
+    threshold = float(syn["judge_confidence"].median())
+    strict = balance(demo, checkpoint, tmp_path / "strict",
+                     BalanceConfig(judge_checkpoint=str(judge), min_judge_confidence=threshold, max_attempts=1, **OPEN))
+    kept = read_manifest(strict.manifest).df.query("origin == 'synthetic'")
+    assert (kept["judge_confidence"] >= threshold).all()
+    assert 0 < len(kept) < len(syn) and sum(strict.shortfall.values()) == len(syn) - len(kept)
+
+
+def test_judge_of_other_classes_or_not_a_classifier_is_one_error(demo: Path, checkpoint: Path, judge: Path,
+                                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fesaug.downstream import load_classifier, save_classifier
+
+    model, classes = load_classifier(judge, device="cpu")
+    other = tmp_path / "other.pt"
+    save_classifier(model, other, [f"x{i}" for i in range(len(classes))])
+    with pytest.raises(FesaugError, match="knows classes x0"):
+        balance(demo, checkpoint, tmp_path / "b", BalanceConfig(judge_checkpoint=str(other), **OPEN))
+    code, _, err = cli_in_process(capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "c",
+                                  "--judge", checkpoint, "--device", "cpu")
+    assert code == 1 and err.startswith("Error:") and "not a fesaug downstream classifier" in err
+    assert len(err.strip().splitlines()) == 1

@@ -14,9 +14,11 @@ from fesaug.downstream import (
     classification_report,
     features,
     fit,
+    load_classifier,
     make_classifier,
     predict_proba,
     random_oversample,
+    save_classifier,
 )
 from fesaug.errors import FesaugError
 
@@ -205,3 +207,21 @@ def test_random_oversample_rejects_impossible_targets() -> None:
         random_oversample(labels, {0: 2}, seed=0)
     with pytest.raises(FesaugError, match="no rows"):
         random_oversample(labels, {2: 3}, seed=0)
+
+
+def test_saved_classifier_loads_with_the_same_predictions_and_classes(tmp_path) -> None:
+    x = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
+    model = make_classifier("small-cnn", 3, 32).eval()
+    model.mean.fill_(0.4)
+    save_classifier(model, tmp_path / "c.pt", ["a", "b", "c"])
+    loaded, classes = load_classifier(tmp_path / "c.pt", device="cpu")
+    assert classes == ["a", "b", "c"] and loaded.name == "small-cnn" and float(loaded.mean) == pytest.approx(0.4)
+    np.testing.assert_array_equal(predict_proba(loaded, x), predict_proba(model, x))
+    with pytest.raises(FesaugError, match="2 class names for a 3-class model"):
+        save_classifier(model, tmp_path / "d.pt", ["a", "b"])
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(FesaugError, match="not a fesaug downstream classifier"):
+        load_classifier(tmp_path / "other.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FesaugError, match="cannot read the classifier"):
+        load_classifier(tmp_path / "broken.pt")

@@ -21,6 +21,7 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 import fesaug
+from fesaug._io import file_sha256
 from fesaug.audit import audit
 from fesaug.balance import BalanceConfig
 from fesaug.data.datasets import ManifestDataset
@@ -542,3 +543,18 @@ def test_au_consistency_per_target_class_is_reported(run: Run) -> None:
         np.mean([run.record(k, "synthesis", out)["au_consistency"]["fear"]["synthetic"] for k in FOLDS]))
     report = (out / "report.md").read_text()
     assert "| AU consistency synthetic | AU consistency real test |" in report
+
+
+def test_judge_gate_uses_a_second_real_classifier_of_the_fold(run: Run) -> None:
+    config = dataclasses.replace(run.config, judge=True, balance=BalanceConfig(min_confidence=0.0, batch_size=16,
+                                                                               min_judge_confidence=0.0))
+    out = run.root / "judged"
+    evaluate(run.manifest, out, config, folds=[0])
+    judge, real = run.record(0, "judge", out), run.record(0, "real", out)
+    # Same data and recipe as `real`, another seed: the model that scores the synthetic images
+    # is not the one that chose them.
+    assert judge["train_counts"] == real["train_counts"] and judge["history"] != real["history"]
+    b = read_manifest(out / "fold-0" / "balanced" / "manifest.parquet")
+    assert b.meta["balance"]["judge_check"]["checkpoint_sha256"] == file_sha256(out / "fold-0" / "judge.pt")
+    assert b.df.loc[b.df["origin"] == "synthetic", "judge_confidence"].between(0, 1).all()
+    assert "independent real-data classifier" in (out / "report.md").read_text()

@@ -105,6 +105,22 @@ def test_split_rejects_unknown_fold_and_subjectless_rows(demo: Path) -> None:
         split_subjects(m, 0, 0.15, 0)
 
 
+def test_a_manifest_validation_split_is_kept_as_the_validation_set(demo: Path) -> None:
+    m = read_manifest(demo)
+    subjects = sorted(set(m.df["subject_id"][m.df["fold"] != 0]))
+    chosen = set(subjects[:3])
+    m.df.loc[m.df["subject_id"].isin(chosen), "split"] = "validation"
+    split = split_subjects(m, 0, 0.15, 0)
+    assert set(split.val_subjects) == chosen  # not a fresh carve: val_fraction is not used
+    assert set(split.val_rows) == set(np.flatnonzero(m.df["subject_id"].isin(chosen)))
+    assert not chosen & set(split.train_subjects)
+    # One subject with rows in both roles is leakage the split cannot repair.
+    other = next(s for s in subjects if s not in chosen)
+    m.df.loc[m.df.index[m.df["subject_id"] == other][0], "split"] = "validation"
+    with pytest.raises(FesaugError, match="validation split and in training rows"):
+        split_subjects(m, 0, 0.15, 0)
+
+
 # ----------------------------------------------------------------------------- resumption
 
 
