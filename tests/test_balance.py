@@ -350,12 +350,16 @@ def test_au_check_scores_keeps_and_rejects(demo: Path, checkpoint: Path, au_chec
     assert syn["au_consistency"].between(0, 1).all()
     assert m.meta["balance"]["au_check"]["checkpoint_sha256"] == sha256_bytes(au_checkpoint.read_bytes())
     assert "AU check" in (open_gate.out_dir / "README.md").read_text()
-    # A threshold between the scores it gave splits kept from rejected images.
-    threshold = float(syn["au_consistency"].median())
-    strict = balance(demo, checkpoint, tmp_path / "strict",
-                     BalanceConfig(au_checkpoint=str(au_checkpoint), min_au_consistency=threshold, max_attempts=1, **OPEN))
+    _assert_threshold_splits(demo, checkpoint, tmp_path, syn, "au_consistency", "min_au_consistency",
+                             au_checkpoint=str(au_checkpoint))
+
+
+def _assert_threshold_splits(demo: Path, checkpoint: Path, tmp_path: Path, syn, column: str, option: str, **gate) -> None:
+    """A threshold between the scores an open gate gave splits kept from rejected images."""
+    threshold = float(syn[column].median())
+    strict = balance(demo, checkpoint, tmp_path / "strict", BalanceConfig(**gate, **{option: threshold}, max_attempts=1, **OPEN))
     kept = read_manifest(strict.manifest).df.query("origin == 'synthetic'")
-    assert (kept["au_consistency"] >= threshold).all()
+    assert (kept[column] >= threshold).all()
     assert 0 < len(kept) < len(syn) and sum(strict.shortfall.values()) == len(syn) - len(kept)
 
 
@@ -399,13 +403,8 @@ def test_judge_scores_every_kept_image_and_rejects_below_its_threshold(demo: Pat
     np.testing.assert_allclose(syn["judge_confidence"], probs[np.arange(len(rows)), syn["label"]], atol=1e-4)
     assert m.meta["balance"]["judge_check"]["checkpoint_sha256"] == sha256_bytes(judge.read_bytes())
     assert "Independent judge" in (open_gate.out_dir / "README.md").read_text()
-
-    threshold = float(syn["judge_confidence"].median())
-    strict = balance(demo, checkpoint, tmp_path / "strict",
-                     BalanceConfig(judge_checkpoint=str(judge), min_judge_confidence=threshold, max_attempts=1, **OPEN))
-    kept = read_manifest(strict.manifest).df.query("origin == 'synthetic'")
-    assert (kept["judge_confidence"] >= threshold).all()
-    assert 0 < len(kept) < len(syn) and sum(strict.shortfall.values()) == len(syn) - len(kept)
+    _assert_threshold_splits(demo, checkpoint, tmp_path, syn, "judge_confidence", "min_judge_confidence",
+                             judge_checkpoint=str(judge))
 
 
 def test_judge_of_other_classes_or_not_a_classifier_is_one_error(demo: Path, checkpoint: Path, judge: Path,
