@@ -67,6 +67,7 @@ from .data.manifest import Manifest, read_manifest, relative_image_root, write_m
 from .errors import FesaugError, UsageError
 from .generator import Generator, load_generator
 from .provenance import provenance
+from .runlog import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +427,7 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
             raise FesaugError(f"{out} holds files fesaug balance did not write ({', '.join(foreign[:3])}); "
                               "choose an empty or new --out")
         finished = (out / "manifest.parquet").exists()
-        same = (work / "plan.json").exists() and json.loads((work / "plan.json").read_text()) == _jsonable(key)
+        same = (work / "plan.json").exists() and json.loads((work / "plan.json").read_text()) == jsonable(key)
         if not overwrite:
             if finished:
                 raise FesaugError(f"{out} already holds a finished balanced dataset; pass --overwrite to make it again")
@@ -444,11 +445,7 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
             elif path.exists():
                 path.unlink()
     (work / "parts").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(work / "plan.json", json.dumps(_jsonable(key), indent=2, sort_keys=True))
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+    atomic_write_text(work / "plan.json", json.dumps(jsonable(key), indent=2, sort_keys=True))
 
 
 def _part_path(out: Path, chunk: int) -> Path:

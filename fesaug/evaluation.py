@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import shutil
 import time
 import warnings
@@ -58,6 +57,7 @@ from .downstream import (DownstreamClassifier, DownstreamConfig, classification_
                          predict_proba, random_oversample, save_classifier)
 from .errors import FesaugError, UsageError
 from .provenance import provenance
+from .runlog import jsonable, read_metrics
 from .train_config import TrainConfig
 from .training import split_subjects, train
 
@@ -166,7 +166,7 @@ def _check_manifest(m: Manifest) -> list[int]:
 
 
 def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: bool) -> None:
-    record = {"manifest_sha256": file_sha256(m.path), "config": _jsonable(config.key())}
+    record = {"manifest_sha256": file_sha256(m.path), "config": jsonable(config.key())}
     settings = out / "evaluate.json"
     if out.exists() and not out.is_dir():
         raise FesaugError(f"--out {out} is a file; give a folder for the evaluation")
@@ -250,11 +250,9 @@ class _Fold:
         run = self.dir / "fersnet"
         cfg = dataclasses.replace(self.config.generator, holdout_fold=self.k, seed=self.config.seed)
         last = run / "checkpoints" / "last.pt"
-        done = run / "metrics.jsonl"
-        if done.exists() and last.exists():
-            epochs = [json.loads(line)["epoch"] for line in done.read_text().splitlines() if line.strip()]
-            if epochs and epochs[-1] >= cfg.epochs:
-                return run
+        epochs = [m["epoch"] for m in read_metrics(run / "metrics.jsonl")]
+        if last.exists() and epochs and epochs[-1] >= cfg.epochs:
+            return run
         log.info("fold %d: training FERSNet (%d epochs)", self.k, cfg.epochs)
         train(self.split_manifest, run, cfg, resume=last.exists(), overwrite=not last.exists())
         return run
@@ -315,7 +313,7 @@ class _Fold:
                   "n_val": int(len(self.val_rows)), "n_test": int(len(self.test_rows)), "seconds": time.perf_counter() - start,
                   **info}
         save_classifier(model, self.dir / f"{name}.pt", self.m.classes)
-        atomic_write_text(path, json.dumps(_jsonable(record), indent=1))
+        atomic_write_text(path, json.dumps(jsonable(record), indent=1))
         log.info("fold %d %-10s accuracy %.3f  macro-F1 %.3f  (%d training images, %.0f s)", self.k, name,
                  report["accuracy"], report["macro_f1"], record["n_train"], record["seconds"])
         return record
@@ -336,7 +334,7 @@ class _Fold:
         report = classification_report(data.labels, pred, self.m.classes)
         record = {"condition": "fersnet", "fold": self.k, "test": report, "n_test": int(len(self.test_rows)),
                   "checkpoint_epoch": gen.epoch, "checkpoint_sha256": gen.checkpoint_sha256}
-        atomic_write_text(path, json.dumps(_jsonable(record), indent=1))
+        atomic_write_text(path, json.dumps(jsonable(record), indent=1))
 
     # ---- synthesis quality
 
@@ -362,7 +360,7 @@ class _Fold:
                            "classification_accuracy_score": {"accuracy": cas["test"]["accuracy"],
                                                              "macro_f1": cas["test"]["macro_f1"],
                                                              "real_accuracy": real["accuracy"], "real_macro_f1": real["macro_f1"]}})
-        atomic_write_text(path, json.dumps(_jsonable(record), indent=1))
+        atomic_write_text(path, json.dumps(jsonable(record), indent=1))
 
     def _subjects(self, rows: np.ndarray) -> list[str]:
         return self.m.df["subject_id"].iloc[rows].astype(str).tolist()
@@ -549,9 +547,9 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
                      for k, r in folds.items()},
         "synthesis": _synthesis_summary({k: r["synthesis"] for k, r in folds.items() if "synthesis" in r}, classes),
         "seconds": {str(k): {name: r[name].get("seconds") for name in names if name in r} for k, r in folds.items()},
-        "provenance": provenance("evaluate", _jsonable(config.key())),
+        "provenance": provenance("evaluate", jsonable(config.key())),
     }
-    atomic_write_text(out / "results.json", json.dumps(_jsonable(results), indent=1))
+    atomic_write_text(out / "results.json", json.dumps(jsonable(results), indent=1))
     from .evaluation_report import plot_recall, render_report
 
     plot_recall(results, classes, out / "recall.png")
@@ -613,15 +611,3 @@ def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> d
                              "min_judge_confidence")} | {"judge": config.judge},
         "seed": config.seed,
     }
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    return obj

@@ -55,7 +55,8 @@ from .data.manifest import Manifest, read_manifest
 from .errors import FesaugError
 from .models import EmotionAUConfig, EmotionAUNet, au_metrics, au_pos_weight, multitask_loss, to_model_range
 from .provenance import provenance
-from .training import Split, _json_number, _seed_everything, _write_metrics, split_subjects
+from .runlog import json_number, seed_everything, write_metrics
+from .training import Split, split_subjects
 
 __all__ = ["EmotionAUPredictor", "MultiTaskConfig", "MultiTaskResult", "label_split", "load_emotion_au", "train_multitask"]
 
@@ -204,7 +205,7 @@ def train_multitask(manifest: str | os.PathLike | Manifest, out_dir: str | os.Pa
         raise FesaugError(f"{len(train.labels)} training image(s) do not fill one batch of {config.batch_size}; lower --batch-size")
     pos_weight = au_pos_weight(train.aus).to(device)
 
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     net = EmotionAUNet(model_config).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -248,16 +249,16 @@ def train_multitask(manifest: str | os.PathLike | Manifest, out_dir: str | os.Pa
         is_best = score > best_score or not available
         if is_best:
             best_epoch, best_score = epoch, score
-        row = {"epoch": epoch, **{f"loss_{k}": _json_number(v) for k, v in sums.items()},
-               **{k: _json_number(v) for k, v in scores.items()},
-               "val_score": _json_number(score), "seconds": round(time.perf_counter() - t0, 3), "best": is_best}
+        row = {"epoch": epoch, **{f"loss_{k}": json_number(v) for k, v in sums.items()},
+               **{k: json_number(v) for k, v in scores.items()},
+               "val_score": json_number(score), "seconds": round(time.perf_counter() - t0, 3), "best": is_best}
         metrics.append(row)
-        _write_metrics(out_dir / "metrics.jsonl", metrics)
+        write_metrics(out_dir / "metrics.jsonl", metrics)
         payload = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "fesaug_version": __version__, "epoch": epoch,
             "model": net.state_dict(), "model_config": _plain(dataclasses.asdict(model_config)), "config": config.to_dict(),
             "classes": classes, "au_ids": au_ids, "image_size": model_config.image_size, "manifest": manifest_info,
-            "split": split_info, "best": {"epoch": best_epoch, "val_score": _json_number(best_score)}, "metrics": row,
+            "split": split_info, "best": {"epoch": best_epoch, "val_score": json_number(best_score)}, "metrics": row,
         }
         _save(ckpt_dir / "last.pt", payload)
         if is_best:

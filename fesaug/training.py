@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 import warnings
@@ -70,6 +69,7 @@ from .data.splits import assign_folds
 from .errors import FesaugError, UsageError
 from .models import Discriminator, FERSNet, FERSNetConfig, to_model_range
 from .provenance import provenance
+from .runlog import json_number, read_metrics, seed_everything, write_metrics
 from .train_config import (
     PRESETS,
     LossWeights,
@@ -281,14 +281,6 @@ def _runtime(config: TrainConfig) -> Iterator[Runtime]:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
         torch.backends.cudnn.benchmark = saved[3]
-
-
-def _seed_everything(*seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA) from a tuple such as (seed, epoch)."""
-    value = int(np.random.SeedSequence(list(seed)).generate_state(1, np.uint32)[0])
-    random.seed(value)
-    np.random.seed(value)
-    torch.manual_seed(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,21 +549,6 @@ def _checkpoint_model_config(ckpt: dict[str, Any], path: Path) -> FERSNetConfig:
         raise FesaugError(f"{path}: the checkpoint's model config is not understood ({exc}); it was written by another fesaug version") from None
 
 
-def _read_metrics(path: Path, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [m for m in lines if up_to_epoch is None or m["epoch"] <= up_to_epoch]
-
-
-def _write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(m, allow_nan=False) + "\n" for m in metrics))
-
-
-def _json_number(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), 6)
-
-
 # --------------------------------------------------------------------------------------------
 # the procedure
 
@@ -628,7 +605,7 @@ def train(
         sample_faces = _sample_faces(val_base or train_set.base, config.sample_rows)
 
         # Models and optimisers, identically initialised on every rank.
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         net = FERSNet(model_config).to(rt.device)
         disc = Discriminator(model_config).to(rt.device)
         adam = {"lr": config.lr, "betas": config.betas, "weight_decay": config.weight_decay}
@@ -662,10 +639,10 @@ def train(
         o = Optimisation(g_step=g_step, d_train=d_train, disc=disc, opt_g=opt_g, opt_d=opt_d, scaler=scaler)
 
         metrics_path = out_dir / "metrics.jsonl"
-        metrics = _read_metrics(metrics_path, up_to_epoch=start_epoch) if ckpt is not None else []
+        metrics = read_metrics(metrics_path, up_to_epoch=start_epoch) if ckpt is not None else []
         if rt.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
-            _write_metrics(metrics_path, metrics)  # drops lines of epochs after the checkpoint
+            write_metrics(metrics_path, metrics)  # drops lines of epochs after the checkpoint
             save_config(config, out_dir / "config.yaml")  # on resume, records a changed epoch count
             _write_provenance(out_dir, config, manifest, manifest_sha, split, resumed_at=start_epoch if ckpt else None)
             log.info("training on %d images of %d subjects (validation: %d images of %d subjects; held out: %d subjects) "
@@ -674,7 +651,7 @@ def train(
 
         for epoch in range(start_epoch + 1, config.epochs + 1):
             # Everything random in an epoch follows from (seed, epoch), so a resumed run repeats it.
-            _seed_everything(config.seed, epoch)
+            seed_everything(config.seed, epoch)
             train_set.set_epoch(epoch)
             sampler.set_epoch(epoch)
             t0 = time.perf_counter()
@@ -711,15 +688,15 @@ def train(
                     best = {"epoch": epoch, "val_fer_acc": val.get("val_fer_acc"), "val_fer_loss": val.get("val_fer_loss")}
                 row = {
                     "epoch": epoch, "step": step, "lr": lr,
-                    **{k: _json_number(float(v)) for k, v in zip(sums, averages)},
-                    **{k: _json_number(v) for k, v in val.items()},
+                    **{k: json_number(float(v)) for k, v in zip(sums, averages)},
+                    **{k: json_number(v) for k, v in val.items()},
                     "images_per_s": round(n_steps * config.batch_size * rt.world_size / train_seconds, 2),
                     "train_seconds": round(train_seconds, 3),
                     "epoch_seconds": round(time.perf_counter() - t0, 3),
                     "best": is_best,
                 }
                 metrics.append(row)
-                _write_metrics(metrics_path, metrics)
+                write_metrics(metrics_path, metrics)
                 payload = {
                     "epoch": epoch, "step": step,
                     "model": net.state_dict(), "discriminator": disc.state_dict(),
@@ -737,7 +714,7 @@ def train(
                          f"  val acc {val['val_fer_acc']:.3f}" if val else "", row["images_per_s"], row["epoch_seconds"])
 
     if not rt.is_main:
-        metrics = _read_metrics(metrics_path)
+        metrics = read_metrics(metrics_path)
     checkpoints = out_dir / "checkpoints"
     return TrainResult(
         run_dir=out_dir, last_checkpoint=checkpoints / "last.pt", best_checkpoint=checkpoints / "best.pt",

@@ -132,17 +132,17 @@ def test_resume_after_interruption_gives_identical_weights(demo: Path, tmp_path:
     straight = train(demo, tmp_path / "straight", replace(config, num_workers=2))
 
     # Kill the second run between epochs 1 and 2, then resume it.
-    reseed = training._seed_everything
+    reseed = training.seed_everything
 
     def killed_before_epoch_2(*seed: int) -> None:
         if seed[1:] == (2,):
             raise KeyboardInterrupt
         reseed(*seed)
 
-    monkeypatch.setattr(training, "_seed_everything", killed_before_epoch_2)
+    monkeypatch.setattr(training, "seed_everything", killed_before_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(demo, tmp_path / "resumed", config)
-    monkeypatch.setattr(training, "_seed_everything", reseed)
+    monkeypatch.setattr(training, "seed_everything", reseed)
     assert torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)["epoch"] == 1
     resumed = train(demo, tmp_path / "resumed", config, resume=True)
 
