@@ -132,6 +132,7 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
         val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
         judge=judge)
     _show_progress_log("fesaug.evaluation")
+    _show_progress_log("fesaug.training")  # FERSNet's epochs: minutes per fold on a CPU
     result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite)
     click.echo(format_summary(result.results))
     click.echo(f"wrote {out / 'results.json'}, {result.report}, {out / 'recall.png'}")
