@@ -197,6 +197,7 @@ class _Fold:
         self.train_rows, self.val_rows = split.train_rows, split.val_rows
         self.test_rows = np.flatnonzero((m.df["fold"] == k).fillna(False).to_numpy(dtype=bool))
         self.split_manifest = self._write_split()
+        self._balanced_read: Manifest | None = None
 
     def run(self) -> None:
         conditions = set(self.config.conditions)
@@ -233,16 +234,20 @@ class _Fold:
         return write_manifest(df, path, classes=self.m.classes, meta=meta, overwrite=True,
                               image_root=relative_image_root(path, self.m.image_root))
 
+    def _balanced_manifest(self) -> Manifest:
+        if self._balanced_read is None:  # read once per fold: fes and the synthesis report share it
+            self._balanced_read = read_manifest(self._balanced())
+        return self._balanced_read
+
     def _balanced_train(self) -> tuple[torch.Tensor, np.ndarray]:
         """Pixels and labels of the balanced training rows (real + synthetic)."""
-        b = read_manifest(self._balanced())
+        b = self._balanced_manifest()
         rows = np.flatnonzero((b.df["split"] == "train").to_numpy())
         data = ManifestDataset(b, rows=rows, image_size=self.config.downstream.image_size)
         return data.pixels, data.labels
 
     def _synthetic(self, image_size: int | None) -> ManifestDataset:
-        b = read_manifest(self._balanced())
-        return ManifestDataset(b, origins=("synthetic",), image_size=image_size)
+        return ManifestDataset(self._balanced_manifest(), origins=("synthetic",), image_size=image_size)
 
     # ---- FERSNet and balancing (cached by train() and balance() themselves)
 
@@ -343,7 +348,6 @@ class _Fold:
         au_sha = file_sha256(self.config.au_checkpoint) if self.config.au_checkpoint else None
         if path.exists() and json.loads(path.read_text()).get("au_checkpoint_sha256") == au_sha:
             return
-        self._balanced()
         syn = self._synthetic(self.config.downstream.image_size)
         if len(syn) == 0:
             record = {"fold": self.k, "n_synthetic": 0, "au_checkpoint_sha256": au_sha}
