@@ -61,7 +61,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from ._io import atomic_write_bytes, atomic_write_text, file_sha256
-from .data.datasets import ManifestDataset
+from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
 from .errors import FesaugError, UsageError
@@ -506,10 +506,7 @@ def _au_check(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[f
     checker = plan.au_checker
     if checker is None:
         return [None] * len(fakes)
-    images = fakes
-    if checker.image_size != fakes.shape[-1]:
-        images = TF.resize(fakes, [checker.image_size] * 2, antialias=True)
-    _, au_probs = checker.predict(images)
+    _, au_probs = checker.predict(resize_pixels(fakes, checker.image_size))
     out: list[float | None] = [None] * len(fakes)
     for k in targets.unique().tolist():
         rows = (targets == k).nonzero().flatten()
@@ -528,10 +525,7 @@ def _judge(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[floa
         return [None] * len(fakes)
     from .downstream import predict_proba
 
-    images = fakes
-    if plan.judge.image_size != fakes.shape[-1]:
-        images = TF.resize(fakes, [plan.judge.image_size] * 2, antialias=True)
-    probs = predict_proba(plan.judge, images)
+    probs = predict_proba(plan.judge, resize_pixels(fakes, plan.judge.image_size))
     return probs[np.arange(len(fakes)), targets.numpy()].astype(float).tolist()
 
 
@@ -707,9 +701,8 @@ def _relocate(m: Manifest, real: pd.DataFrame, out: Path, *, embed: bool) -> tup
 
 def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
     m, gen, cfg = plan.manifest, plan.generator, plan.config
-    inherited = {k: v for k, v in m.meta.items() if k not in ("schema_version", "classes", "image_root", "provenance")}
     return {
-        **inherited,
+        **m.inherited_meta(),
         "provenance": provenance("balance", cfg.to_dict()),
         "input_provenance": m.meta.get("provenance"),
         "balance": {

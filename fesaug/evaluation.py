@@ -51,7 +51,7 @@ import torch
 
 from ._io import atomic_write_text, file_sha256
 from .balance import BalanceConfig, au_consistency, balance, resolve_targets
-from .data.datasets import ManifestDataset
+from .data.datasets import ManifestDataset, resize_pixels
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
 from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, features, fit, load_classifier,
                          predict_proba, random_oversample, save_classifier)
@@ -226,8 +226,7 @@ class _Fold:
         df["split"] = split
         # Rows of the user's own test split outside fold k are neither trained nor tested on.
         df = df[keep].reset_index(drop=True)
-        inherited = {k: v for k, v in self.m.meta.items() if k not in ("schema_version", "classes", "image_root", "provenance")}
-        meta = {**inherited, "provenance": provenance("evaluate", {"fold": self.k}), "input_provenance": self.m.meta.get("provenance"),
+        meta = {**self.m.inherited_meta(), "provenance": provenance("evaluate", {"fold": self.k}), "input_provenance": self.m.meta.get("provenance"),
                 "evaluation": {"input_manifest": str(self.m.path), "test_fold": self.k, "val_fraction": self.config.val_fraction,
                                "seed": self.config.seed}}
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -453,11 +452,9 @@ def _au_consistency(checkpoint: str, syn: ManifestDataset, real_test: tuple[torc
     from .multitask_training import load_emotion_au
 
     model = load_emotion_au(checkpoint)
-    syn_px = ManifestDataset(syn.manifest, rows=syn.rows, image_size=model.image_size).pixels
-    real_px = torch.nn.functional.interpolate(real_test[0].float(), size=model.image_size, mode="bilinear",
-                                              antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
-    _, syn_au = model.predict(syn_px)
-    _, real_au = model.predict(real_px)
+    # Both sets go through the same resize, so the two columns differ by content, not by resampling.
+    _, syn_au = model.predict(resize_pixels(syn.pixels, model.image_size))
+    _, real_au = model.predict(resize_pixels(real_test[0], model.image_size))
     out: dict[str, Any] = {}
     for k, c in enumerate(classes):
         entry: dict[str, Any] = {}

@@ -86,7 +86,7 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, epochs: int = DEMO_EP
         synthesis_grid(balanced, out / "synthesis.png", seed=seed),
         atomic_write_text(out / "audit.json", json.dumps(after.to_dict(), indent=2, allow_nan=False)),
     ]
-    summary = _summary(result, run.last_checkpoint, after, seconds)
+    summary = _summary(manifest, result, run.last_checkpoint, after, seconds)
     files.append(atomic_write_text(out / "summary.txt", summary + "\n"))
     return DemoResult(out, manifest.path, before, after, result.manifest, run.last_checkpoint, summary, seconds, files)
 
@@ -113,9 +113,10 @@ def synthesis_grid(manifest: Manifest, path: str | os.PathLike, *, pairs: int = 
     return save_figure(fig, path)
 
 
-def _summary(result, checkpoint: Path, after: AuditReport, seconds: dict[str, float]) -> str:
+def _summary(manifest: Manifest, result, checkpoint: Path, after: AuditReport, seconds: dict[str, float]) -> str:
     lines = [
-        f"demo dataset:   {result.out_dir.parent / 'data' / 'manifest.parquet'} (981 faces, 118 identities, 7 classes)",
+        f"demo dataset:   {manifest.path} ({len(manifest)} faces, {manifest.df['subject_id'].nunique()} identities, "
+        f"{len(manifest.classes)} classes)",
         f"trained:        {checkpoint} in {seconds['train']:.0f} s (fold 0 held out)",
         f"balanced:       {result.manifest} in {seconds['balance']:.0f} s",
         "",

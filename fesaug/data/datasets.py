@@ -116,6 +116,15 @@ def _decode(manifest: Manifest, rows: np.ndarray, image_size: int | None) -> tor
     return torch.stack(images)
 
 
+def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch of images ``N×C×H×W`` (uint8 or float) resized to ``size × size`` with
+    antialiasing; returned unchanged when it already has that size. Models with their own input
+    size (a quality gate, a judge, an AU detector) read other models' images through this."""
+    if tuple(pixels.shape[-2:]) == (size, size):
+        return pixels
+    return v2.functional.resize(pixels, [size, size], antialias=True)
+
+
 class PairedTargetDataset(Dataset):
     """FERSNet training samples built on a :class:`ManifestDataset` (its rows and pixel cache).
 

@@ -84,6 +84,11 @@ class Manifest:
     def image_root(self) -> Path:
         return resolve_image_root(self.path, self.meta.get("image_root", "."))
 
+    def inherited_meta(self) -> dict:
+        """The footer keys a manifest derived from this one carries over (AU ids, folds, ...):
+        everything but what the writer sets itself (schema, classes, image root, provenance)."""
+        return {k: v for k, v in self.meta.items() if k not in ("schema_version", "classes", "image_root", "provenance")}
+
     def __len__(self) -> int:
         return len(self.df)
 
