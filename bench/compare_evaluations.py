@@ -8,6 +8,10 @@ to the test scores of ``results.json``. The run with the best mean validation ma
     python bench/compare_evaluations.py --run default=eval-ck --run e80=eval-ck-e80 \\
         --out bench/results/evaluate_ckplus --machine "one H100, 10 fold processes"
 
+``--earlier FILE.json`` adds the recipes of an earlier comparison (its ``runs``). When the runs
+did not all finish the same folds, a second table compares them on the folds they share, paired
+per fold, so a recipe run on fewer folds (e.g. on a CPU) is not compared with other folds' luck.
+
 Writes ``<out>.json`` and ``<out>.md``.
 """
 
@@ -18,6 +22,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from fesaug.evaluation import paired_comparison
+from fesaug.evaluation_report import EXPRESSION_JUDGE
 
 TARGETS = "fes macro-F1 >= real + 2 points and >= oversample + 1 point; minority recall >= real + 5 points; "\
           "synthetic images recognised as their target by the real classifier >= 90 %"
@@ -40,6 +47,7 @@ def summarise(name: str, run: Path) -> dict:
                     for c in conds},
            "comparisons": results["comparisons"], "per_fold": results["per_fold"], "synthesis": results["synthesis"],
            "seconds": results["seconds"], "versions": results["provenance"]["versions"]}
+    out["sibling_trained"] = results["protocol"]["generator"].get("expression_loss_judge") == EXPRESSION_JUDGE
     fes, real, over = (conds[c]["macro_f1"]["mean"] for c in ("fes", "real", "oversample"))
     out["targets"] = {
         "fes_vs_real_macro_f1": fes - real >= 0.02, "fes_vs_oversample_macro_f1": fes - over >= 0.01,
@@ -53,10 +61,22 @@ def _ms(stat: dict) -> str:
     return f"{stat['mean'] * 100:.1f} ± {stat['std'] * 100:.1f}"
 
 
+def _machines(runs: list[dict], machine: str) -> list[str]:
+    def text(r: dict) -> str:
+        return f"{r.get('machine') or machine}. Versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}"
+
+    if len({text(r) for r in runs}) == 1:
+        return [f"Machine: {text(runs[0])}."]
+    return ["Machines (scores of different machines and versions differ even for `real`; compare recipes by "
+            "their paired differences):", "", *[f"- {r['name']}: {text(r)}." for r in runs]]
+
+
 def render(runs: list[dict], machine: str) -> str:
-    chosen = max(runs, key=lambda r: r["validation_macro_f1"]["fes"])
+    # Validation means over different folds are not comparable: no choice then.
+    same_folds = len({tuple(r["folds"]) for r in runs}) == 1
+    chosen = max(runs, key=lambda r: r["validation_macro_f1"]["fes"]) if same_folds else None
     lines = [f"# fesaug evaluate on CK+48: {len(runs)} recipe(s)", "",
-             f"Machine: {machine}. Versions: {', '.join(f'{k} {v}' for k, v in runs[0]['versions'].items())}.", "",
+             *_machines(runs, machine), "",
              "| recipe | val macro-F1 real / oversample / fes | test macro-F1 real | oversample | fes | fes − real | "
              "fes − oversample | minority recall real → fes | recognised | targets met |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -70,8 +90,13 @@ def render(runs: list[dict], machine: str) -> str:
             f"{d_real['mean_difference'] * 100:+.1f} ({d_real['wins']}/{d_real['losses']}, p {d_real['wilcoxon_p']:.3f}) | "
             f"{d_over['mean_difference'] * 100:+.1f} ({d_over['wins']}/{d_over['losses']}, p {d_over['wilcoxon_p']:.3f}) | "
             f"{t['real']['minority_recall']['mean'] * 100:.1f} → {t['fes']['minority_recall']['mean'] * 100:.1f} | "
-            f"{r['synthesis']['recognised']['mean'] * 100:.1f} % | {met}/4 |")
-    lines += ["", f"Targets: {TARGETS}.", "", "Synthesis quality (mean ± std over folds):", "",
+            f"{r['synthesis']['recognised']['mean'] * 100:.1f} %{' †' if r.get('sibling_trained') else ''} | {met}/4 |")
+    lines += ["", f"Targets: {TARGETS}."]
+    if any(r.get("sibling_trained") for r in runs):
+        lines += ["", "† The generator was trained against a classifier of the same recipe and data as the `real` classifier "
+                      "that counts this share (another seed): it measures how well fooling one transfers to the other, "
+                      "not realism; the classification accuracy score below is the check."]
+    lines += ["", "Synthesis quality (mean ± std over folds):", "",
               "| recipe | synthetic images | recognised by `real` | classification accuracy score (acc / macro-F1) | "
               "Fréchet synthetic vs train (real val vs train) | near-copies of another subject |", "|---|---|---|---|---|---|"]
     for r in runs:
@@ -87,17 +112,54 @@ def render(runs: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def on_folds(run: dict, folds: list[int]) -> dict:
+    """Test macro-F1 of real / oversample / fes and the paired fes comparisons on ``folds`` only."""
+    per = [run["per_fold"][str(k)] for k in folds]
+    f1 = {c: [p[c]["macro_f1"] for p in per] for c in ("real", "oversample", "fes")}
+    return {"folds": folds, "macro_f1": {c: float(np.mean(v)) for c, v in f1.items()},
+            "fes_vs_real": paired_comparison(f1["fes"], f1["real"]),
+            "fes_vs_oversample": paired_comparison(f1["fes"], f1["oversample"])}
+
+
+def render_common(runs: list[dict], folds: list[int]) -> str:
+    lines = [f"## On the folds every run finished ({', '.join(map(str, folds))})", "",
+             "| recipe | test macro-F1 real | oversample | fes | fes − real | fes − oversample |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        c = r["common_folds"]
+        d_real, d_over = c["fes_vs_real"], c["fes_vs_oversample"]
+
+        def diff(d: dict) -> str:
+            p = "–" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.3f}"
+            return f"{d['mean_difference'] * 100:+.1f} ({d['wins']}/{d['losses']}, p {p})"
+
+        lines.append(f"| {r['name']} | {c['macro_f1']['real'] * 100:.1f} | {c['macro_f1']['oversample'] * 100:.1f} | "
+                     f"{c['macro_f1']['fes'] * 100:.1f} | {diff(d_real)} | {diff(d_over)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR")
     parser.add_argument("--out", required=True, type=Path, help="path without extension")
     parser.add_argument("--machine", default="")
     parser.add_argument("--note", type=Path, help="Markdown appended to the table (protocol, conclusions)")
+    parser.add_argument("--earlier", type=Path, action="append", default=[], metavar="FILE.json",
+                        help="an earlier comparison whose recipes are added (their machine is in that file)")
     args = parser.parse_args()
     runs = [summarise(*item.split("=", 1)[:1], Path(item.split("=", 1)[1])) for item in args.run]
+    for path in args.earlier:
+        earlier = json.loads(path.read_text())
+        runs += [r | {"machine": r.get("machine", earlier["machine"])} for r in earlier["runs"]]
+    for r in runs[:len(args.run)]:
+        r["machine"] = args.machine
+    common = sorted(set.intersection(*(set(r["folds"]) for r in runs)))
+    uneven = any(r["folds"] != common for r in runs)
+    for r in runs:
+        r["common_folds"] = on_folds(r, common)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"machine": args.machine, "targets": TARGETS, "runs": runs}, indent=1))
-    text = render(runs, args.machine) + (f"\n{args.note.read_text()}" if args.note else "")
+    text = render(runs, args.machine) + (f"\n{render_common(runs, common)}" if uneven else "") \
+        + (f"\n{args.note.read_text()}" if args.note else "")
     args.out.with_suffix(".md").write_text(text)
     print(text)
 

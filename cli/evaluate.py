@@ -46,6 +46,9 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
                      help="FERSNet preset for the generator of each fold."),
         click.option("--generator-epochs", type=click.IntRange(min=1), default=30, show_default=True,
                      help="FERSNet training epochs per fold."),
+        click.option("--generator-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="YAML",
+                     help="FERSNet training config (fesaug train --config format: loss weights, model, ...) applied "
+                          "over --preset; --generator-epochs and --generator-batch-size still win."),
         click.option("--generator-batch-size", type=click.IntRange(min=1), metavar="N",
                      help="FERSNet batch size (default: the preset's; lower it for folds of few images)."),
         click.option("--target-per-class", metavar="N|max", callback=_target_per_class,
@@ -57,6 +60,9 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
         click.option("--judge", is_flag=True,
                      help="Also gate synthetic images with a classifier trained on the fold's real training images "
                           "(not the one that scores them)."),
+        click.option("--expression-judge", is_flag=True,
+                     help="Train FERSNet's expression loss against that judge (the fold's second real-data "
+                          "classifier) instead of its own FER branch."),
         click.option("--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
                      help="With --judge: the least probability it must give the target."),
         click.option("--au-check", "au_checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -76,7 +82,8 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
 @click.command("evaluate")
 @_common
 @click.option("--conditions", default="real,oversample,fes", show_default=True, callback=_conditions,
-              metavar="LIST", help="Conditions to compare: real, oversample, fes, fersnet.")
+              metavar="LIST", help="Conditions to compare: real, oversample, fes, fersnet (FERSNet's FER branch), "
+                   "fersnet+fes (that branch fine-tuned on real + synthetic, the paper's recipe).")
 @click.option("--no-synthesis", is_flag=True, help="Skip the synthesis-quality scores.")
 def evaluate_command(conditions: tuple[str, ...], no_synthesis: bool, **options) -> None:  # noqa: ANN003
     """Does FES balancing help a downstream classifier? Subject-independent k-fold, on real data.
@@ -106,14 +113,14 @@ def evaluate_synthesis_command(**options) -> None:  # noqa: ANN003
 
 
 def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: Path, folds: list[int] | None, model: str,
-         epochs: int, image_size: int, preset: str, generator_epochs: int, generator_batch_size: int | None,
-         target_per_class: int | str | None, min_confidence: float, max_attempts: int, judge: bool,
-         min_judge_confidence: float, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
+         epochs: int, image_size: int, preset: str, generator_config: Path | None, generator_epochs: int,
+         generator_batch_size: int | None, target_per_class: int | str | None, min_confidence: float,
+         max_attempts: int, judge: bool, expression_judge: bool, min_judge_confidence: float, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
          overwrite: bool) -> None:
     from fesaug.balance import BalanceConfig
     from fesaug.downstream import DownstreamConfig
     from fesaug.evaluation import EvaluateConfig, evaluate
-    from fesaug.train_config import TrainConfig
+    from fesaug.train_config import TrainConfig, load_config
 
     from .train import _show_progress_log
 
@@ -122,15 +129,19 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda, but torch sees no CUDA device; use --device cpu or auto")
+    generator = TrainConfig.preset_config(preset)
+    if generator_config is not None:
+        generator = load_config(generator_config, base=generator)
     config = EvaluateConfig(
         conditions=conditions, synthesis=synthesis,
         downstream=DownstreamConfig(model=model, epochs=epochs, image_size=image_size, seed=seed, device=device),
-        generator=TrainConfig.preset_config(preset, epochs=generator_epochs, device=device,
-                                            **({"batch_size": generator_batch_size} if generator_batch_size else {})),
+        generator=generator.updated({"epochs": generator_epochs, "device": device}
+                                    | ({"batch_size": generator_batch_size} if generator_batch_size else {}),
+                                    where="command line"),
         balance=BalanceConfig(target_per_class=target_per_class or "max", min_confidence=min_confidence,
                               max_attempts=max_attempts, min_judge_confidence=min_judge_confidence, seed=seed),
         val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
-        judge=judge)
+        judge=judge, expression_judge=expression_judge)
     _show_progress_log("fesaug.evaluation")
     _show_progress_log("fesaug.training")  # FERSNet's epochs: minutes per fold on a CPU
     result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite)

@@ -31,6 +31,9 @@ from fesaug.train_config import DEVICES, PRESETS, resolve_config
                    "aws (emotion,au default), hard or none.")
 @click.option("--holdout-fold", type=click.IntRange(min=0), metavar="K",
               help="Never train or validate on fold K (all its subjects), e.g. to test on it later.")
+@click.option("--expression-classifier", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="CKPT",
+              help="An independent classifier trained on the same training subjects (fesaug evaluate's "
+                   "fold-K/judge.pt): the expression loss judges synthesized faces with it instead of the FER branch.")
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate (both networks).")
@@ -39,7 +42,7 @@ from fesaug.train_config import DEVICES, PRESETS, resolve_config
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt, with its config.yaml.")
 @click.option("--overwrite", is_flag=True, help="Discard a previous run in --out and start over.")
 def train_command(manifest: Path, out: Path, config_file: Path | None, preset: str | None, tasks: str, sharing: str | None,
-                  holdout_fold: int | None, epochs: int | None, batch_size: int | None, lr: float | None,
+                  holdout_fold: int | None, expression_classifier: Path | None, epochs: int | None, batch_size: int | None, lr: float | None,
                   seed: int | None, device: str | None, resume: bool, overwrite: bool) -> None:
     """Train FERSNet (recognition + synthesis), or with --tasks emotion,au an emotion + AU network.
 
@@ -56,11 +59,13 @@ def train_command(manifest: Path, out: Path, config_file: Path | None, preset: s
     """
     flags: dict[str, Any] = {
         "holdout_fold": holdout_fold, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+        "expression_classifier": None if expression_classifier is None else str(expression_classifier),
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     task_set = _parse_tasks(tasks)
     if task_set == {"emotion", "au"}:
-        fersnet_only = [flag for flag, value in (("--preset", preset), ("--config", config_file), ("--resume", resume)) if value]
+        fersnet_only = [flag for flag, value in (("--preset", preset), ("--config", config_file), ("--resume", resume),
+                                                 ("--expression-classifier", expression_classifier)) if value]
         if fersnet_only:
             raise UsageError(f"{', '.join(fersnet_only)} only apply to FERSNet training (--tasks emotion,synthesis); "
                              "with --tasks emotion,au set --epochs, --batch-size, --lr, --sharing, --seed or --device")

@@ -15,6 +15,7 @@ to carry them around.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -176,10 +177,11 @@ class FitResult:
     best_epoch: int = 0
 
 
-def augment_batch(x: Tensor, gen: torch.Generator) -> Tensor:
+def augment_batch(x: Tensor, gen: torch.Generator | None) -> Tensor:
     """Randomly flip, shift (±4 px), rotate (±10°) and scale (0.9–1.1) each image of a float batch.
 
-    One ``affine_grid``/``grid_sample`` with per-sample parameters drawn from ``gen`` instead of
+    One ``affine_grid``/``grid_sample`` (differentiable, so a loss can be taken through it) with
+    per-sample parameters drawn from ``gen`` (``None``: torch's global generator) instead of
     ``torchvision.transforms.v2``: v2 draws one set of parameters per call from torch's global
     generator, so per-sample augmentation would need a Python loop and seeding would touch
     global state. Border padding repeats edge pixels rather than inventing black margins.
@@ -199,7 +201,7 @@ def augment_batch(x: Tensor, gen: torch.Generator) -> Tensor:
 
 def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = None, val_y: Tensor | np.ndarray | None = None,
         config: DownstreamConfig = DownstreamConfig(), sample_weights: Tensor | np.ndarray | None = None,
-        num_classes: int | None = None) -> FitResult:
+        num_classes: int | None = None, init: DownstreamClassifier | None = None) -> FitResult:
     """Train ``config.model`` on ``uint8`` ``N×1×S×S`` images with cross-entropy.
 
     Adam with a per-step cosine learning-rate decay. With ``val_x``/``val_y`` (validation
@@ -210,8 +212,9 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
     ``sample_weights`` (one per row) draws each epoch's ``N`` rows with replacement in proportion
     to them, like ``WeightedRandomSampler``; without it every row is seen once per epoch, so the
     oversampling baseline may equally pass repeated rows (:func:`random_oversample`).
-    ``num_classes`` defaults to the largest label + 1. Deterministic for a ``seed`` on CPU; the
-    global torch RNG is left as it was.
+    ``num_classes`` defaults to the largest label + 1. ``init``: fine-tune a copy of this trained
+    model (its standardisation kept) instead of training ``config.model`` from scratch.
+    Deterministic for a ``seed`` on CPU; the global torch RNG is left as it was.
     """
     train_x, train_y = _images(train_x), _labels(train_y)
     if len(train_x) != len(train_y) or len(train_x) < 2:
@@ -236,10 +239,16 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         gen = torch.Generator().manual_seed(config.seed)
-        model = make_classifier(config.model, num_classes, config.image_size)
-        pixels = train_x.float() / 255
-        model.mean.fill_(pixels.mean())
-        model.std.fill_(pixels.std().clamp_min(1e-6))
+        if init is None:
+            model = make_classifier(config.model, num_classes, config.image_size)
+            pixels = train_x.float() / 255
+            model.mean.fill_(pixels.mean())
+            model.std.fill_(pixels.std().clamp_min(1e-6))
+        else:
+            if (init.num_classes, init.image_size) != (num_classes, config.image_size):
+                raise FesaugError(f"the model to fine-tune has {init.num_classes} classes at {init.image_size} px; the "
+                                  f"data has {num_classes} classes at {config.image_size} px")
+            model = copy.deepcopy(init)
         model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(len(train_x) / config.batch_size)

@@ -56,6 +56,7 @@ from .data.manifest import Manifest, read_manifest, relative_image_root, write_m
 from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, features, fit, load_classifier,
                          predict_proba, random_oversample, save_classifier)
 from .errors import FesaugError, UsageError
+from .evaluation_report import EXPRESSION_JUDGE
 from .provenance import provenance
 from .runlog import jsonable, read_metrics
 from .train_config import TrainConfig
@@ -63,8 +64,11 @@ from .training import split_subjects, train
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("real", "oversample", "fes", "fersnet")
+CONDITIONS = ("real", "oversample", "fes", "fersnet", "fersnet+fes")
 DEFAULT_CONDITIONS = ("real", "oversample", "fes")
+# Paired over folds when both ran: synthesis against its two baselines, and the paper's recipe
+# (fine-tuning on synthetic faces) against the FER branch it starts from.
+COMPARISONS = (("fes", "real"), ("fes", "oversample"), ("fersnet+fes", "fersnet"))
 # Written by evaluate(); anything else in DIR is the user's and is never deleted.
 OUTPUTS = ("evaluate.json", "results.json", "report.md", "recall.png")
 
@@ -83,6 +87,8 @@ class EvaluateConfig:
     ``judge``: also gate the synthetic images with a classifier trained on the fold's real
     training images (``fold-k/judge.pt``, the ``real`` recipe with seed + 1, so the ``real``
     classifier that scores the synthetic images is not the one that chose them).
+    ``expression_judge``: FERSNet's expression loss goes through that same judge instead of
+    its own FER branch (``TrainConfig.expression_classifier``).
     """
 
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
@@ -94,6 +100,7 @@ class EvaluateConfig:
     seed: int = 0
     au_checkpoint: str | None = None
     judge: bool = False
+    expression_judge: bool = False
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
@@ -102,6 +109,10 @@ class EvaluateConfig:
                              f"choose from {', '.join(CONDITIONS)}")
         if len(set(self.conditions)) != len(self.conditions):
             raise UsageError(f"--conditions lists a condition twice: {', '.join(self.conditions)}")
+        if self.generator.expression_classifier is not None:
+            # One classifier for every fold would have seen each fold's test subjects.
+            raise UsageError("the generator config names an expression_classifier; evaluate trains one per fold "
+                             "with --expression-judge instead")
         if not 0 < self.val_fraction <= 0.5:
             raise UsageError(f"--val-fraction must lie in (0, 0.5], got {self.val_fraction}")
 
@@ -111,11 +122,11 @@ class EvaluateConfig:
         return {"downstream": dataclasses.asdict(self.downstream) | {"device": None},
                 "generator": self.generator.to_dict() | {"device": None, "num_workers": None},
                 "balance": self.balance.to_dict(), "val_fraction": self.val_fraction, "seed": self.seed,
-                "judge": self.judge}
+                "judge": self.judge, "expression_judge": self.expression_judge}
 
     @property
     def needs_generator(self) -> bool:
-        return self.synthesis or bool({"fes", "fersnet"} & set(self.conditions))
+        return self.synthesis or bool({"fes", "fersnet", "fersnet+fes"} & set(self.conditions))
 
 
 @dataclass
@@ -209,6 +220,8 @@ class _Fold:
             self._condition("oversample", self._oversample)
         if "fersnet" in conditions:
             self._fersnet_branch()
+        if "fersnet+fes" in conditions:
+            self._fersnet_fine_tuned()
         if self.config.synthesis:
             self._synthesis()
 
@@ -253,6 +266,8 @@ class _Fold:
     def _generator_run(self) -> Path:
         run = self.dir / "fersnet"
         cfg = dataclasses.replace(self.config.generator, holdout_fold=self.k, seed=self.config.seed)
+        if self.config.expression_judge:
+            cfg = dataclasses.replace(cfg, expression_classifier=str(self._judge()))
         last = run / "checkpoints" / "last.pt"
         epochs = [m["epoch"] for m in read_metrics(run / "metrics.jsonl")]
         if last.exists() and epochs and epochs[-1] >= cfg.epochs:
@@ -270,12 +285,16 @@ class _Fold:
         ckpt = self._generator_run() / "checkpoints" / "last.pt"
         cfg = dataclasses.replace(self.config.balance, splits=("train",), exclude_folds=(self.k,))
         if self.config.judge:
-            self._condition("judge", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows],
-                                                       seed=self.config.downstream.seed + 1))
-            cfg = dataclasses.replace(cfg, judge_checkpoint=str(self.dir / "judge.pt"))
+            cfg = dataclasses.replace(cfg, judge_checkpoint=str(self._judge()))
         log.info("fold %d: balancing the training subjects", self.k)
         device = None if self.config.generator.device == "auto" else self.config.generator.device
         return balance(self.split_manifest, ckpt, out, cfg, device=device).manifest
+
+    def _judge(self) -> Path:
+        """``judge.pt``: the ``real`` recipe with seed + 1, trained on the fold's training subjects."""
+        self._condition("judge", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows],
+                                                   seed=self.config.downstream.seed + 1))
+        return self.dir / "judge.pt"
 
     # ---- conditions
 
@@ -305,18 +324,22 @@ class _Fold:
         missing = [c for k, c in enumerate(self.m.classes) if k not in present and int(counts[c]) > 0]
         return model, info | ({"not_oversampled": missing} if missing else {})
 
-    def _condition(self, name: str, make: Callable[[], tuple[DownstreamClassifier, dict[str, Any]]]) -> dict[str, Any]:
+    def _condition(self, name: str, make: Callable[[], tuple[DownstreamClassifier, dict[str, Any]]],
+                   test_x: torch.Tensor | None = None, save: bool = True) -> dict[str, Any]:
+        """Train (``make``), score on the test fold (``test_x``: its images at the model's size,
+        default the downstream size) and cache one condition of this fold."""
         path = self.dir / f"{name}.json"
         if path.exists():
             return json.loads(path.read_text())
         start = time.perf_counter()
         model, info = make()
-        probs = predict_proba(model, self.pixels[self.test_rows])
+        probs = predict_proba(model, self.pixels[self.test_rows] if test_x is None else test_x)
         report = classification_report(self.labels[self.test_rows], probs.argmax(1), self.m.classes)
         record = {"condition": name, "fold": self.k, "test": report, "n_train": int(sum(info["train_counts"].values())),
                   "n_val": int(len(self.val_rows)), "n_test": int(len(self.test_rows)), "seconds": time.perf_counter() - start,
                   **info}
-        save_classifier(model, self.dir / f"{name}.pt", self.m.classes)
+        if save:
+            save_classifier(model, self.dir / f"{name}.pt", self.m.classes)
         atomic_write_text(path, json.dumps(jsonable(record), indent=1))
         log.info("fold %d %-10s accuracy %.3f  macro-F1 %.3f  (%d training images, %.0f s)", self.k, name,
                  report["accuracy"], report["macro_f1"], record["n_train"], record["seconds"])
@@ -339,6 +362,36 @@ class _Fold:
         record = {"condition": "fersnet", "fold": self.k, "test": report, "n_test": int(len(self.test_rows)),
                   "checkpoint_epoch": gen.epoch, "checkpoint_sha256": gen.checkpoint_sha256}
         atomic_write_text(path, json.dumps(jsonable(record), indent=1))
+
+    def _fersnet_fine_tuned(self) -> None:
+        """The paper's recipe: FERSNet's FER branch (the ``fersnet`` checkpoint) fine-tuned on
+        the balanced training set, real + synthetic, at a tenth of the downstream learning rate,
+        with the downstream schedule and validation-based epoch selection. Its weights stay in
+        ``fersnet/`` + this record (a FERSNet copy is not a downstream classifier file)."""
+        if (self.dir / "fersnet+fes.json").exists():
+            return
+        from .generator import load_generator
+
+        gen = load_generator(self._generator_run() / "checkpoints" / "best.pt", device="cpu")
+        size = gen.image_size
+
+        def at_size(rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+            data = ManifestDataset(self.m, rows=rows, image_size=size)
+            return data.pixels, data.labels
+
+        def fine_tune() -> tuple[DownstreamClassifier, dict[str, Any]]:
+            b = self._balanced_manifest()
+            train = ManifestDataset(b, rows=np.flatnonzero((b.df["split"] == "train").to_numpy()), image_size=size)
+            d = self.config.downstream
+            config = dataclasses.replace(d, lr=d.lr / 10, image_size=size)
+            result = fit(train.pixels, train.labels, *at_size(self.val_rows), config, num_classes=len(self.m.classes),
+                         init=gen.recogniser())
+            counts = np.bincount(train.labels, minlength=len(self.m.classes))
+            return result.model, {"best_epoch": result.best_epoch, "history": result.history, "lr": config.lr,
+                                  "train_counts": dict(zip(self.m.classes, counts.tolist())),
+                                  "init_checkpoint_epoch": gen.epoch, "init_checkpoint_sha256": gen.checkpoint_sha256}
+
+        self._condition("fersnet+fes", fine_tune, test_x=at_size(self.test_rows)[0], save=False)
 
     # ---- synthesis quality
 
@@ -532,11 +585,11 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
             "recall": {c: _mean_std([r["recall"][c] for r in reports.values()]) for c in classes},
         }
     comparisons: dict[str, Any] = {}
-    for base in ("real", "oversample"):
-        if "fes" in summary and base in summary:
-            paired = [k for k in folds if "fes" in folds[k] and base in folds[k]]
-            comparisons[f"fes_vs_{base}"] = {
-                metric: paired_comparison([_metric(folds[k]["fes"], metric, minority) for k in paired],
+    for name, base in COMPARISONS:
+        if name in summary and base in summary:
+            paired = [k for k in folds if name in folds[k] and base in folds[k]]
+            comparisons[f"{name}_vs_{base}"] = {
+                metric: paired_comparison([_metric(folds[k][name], metric, minority) for k in paired],
                                           [_metric(folds[k][base], metric, minority) for k in paired])
                 for metric in ("accuracy", "macro_f1", "minority_recall")} | {"folds": paired}
     results = {
@@ -606,6 +659,8 @@ def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> d
                        "image_size": d.image_size, "augment": d.augment, "seed": d.seed,
                        "selection": "best validation macro-F1 epoch"},
         "generator": {"preset": config.generator.preset, "epochs": config.generator.epochs,
+                      "loss": dataclasses.asdict(config.generator.loss),
+                      "expression_loss_judge": EXPRESSION_JUDGE if config.expression_judge else "FERSNet's own FER branch",
                       "checkpoint": "last epoch (synthesis); best validation epoch for the fersnet condition"},
         "balance": {k: v for k, v in config.balance.to_dict().items()
                     if k in ("target_per_class", "sampling_strategy", "targets", "min_confidence", "max_attempts", "seed",

@@ -12,11 +12,14 @@ import numpy as np
 
 from .plots import new_figure, save_figure
 
+EXPRESSION_JUDGE = "the fold's judge classifier"  # protocol value when --expression-judge is on
+
 CONDITION_NOTES = {
     "real": "real training images only",
     "oversample": "real images randomly oversampled to the `fes` counts, classic augmentation",
     "fes": "real + FERSNet-synthesized images (fesaug balance)",
     "fersnet": "FERSNet's own FER branch (reference, not a downstream model)",
+    "fersnet+fes": "FERSNet's FER branch fine-tuned on real + synthetic images (the paper's recipe)",
     "synthetic-only": "synthetic images only (classification accuracy score)",
 }
 
@@ -53,7 +56,8 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
         f"{d['image_size']}×{d['image_size']} px, augmentation {'on' if d['augment'] else 'off'}, seed {d['seed']}, "
         f"{d['selection']}; the same for every condition.",
         f"- Generator: FERSNet `{proto['generator']['preset']}` preset, {proto['generator']['epochs']} epochs per fold, "
-        f"{proto['generator']['checkpoint']}. Balance: {_balance_text(proto['balance'])}.",
+        f"{proto['generator']['checkpoint']}, expression loss judged by "
+        f"{proto['generator'].get('expression_loss_judge', 'FERSNet’s own FER branch')}. Balance: {_balance_text(proto['balance'])}.",
         f"- Minority classes (below the median count): {', '.join(proto['minority_classes']) or 'none'}.",
         "",
         "## Test-fold scores (%, mean ± std over folds)",
@@ -81,7 +85,8 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
         lines += ["", "## Per fold: macro-F1 (%)", ""]
         lines += _table(["fold", *names], [[k, *(f"{r[n]['macro_f1'] * 100:.1f}" if n in r else "–" for n in names)]
                                            for k, r in results["per_fold"].items()])
-    lines += _synthesis_section(results.get("synthesis") or {}, classes)
+    sibling = proto["generator"].get("expression_loss_judge") == EXPRESSION_JUDGE
+    lines += _synthesis_section(results.get("synthesis") or {}, classes, sibling_trained=sibling)
     prov = results["provenance"]
     lines += ["", "## How this was made", "", f"- Command: `{prov['command']}`",
               f"- Versions: {', '.join(f'{k} {v}' for k, v in prov['versions'].items())}",
@@ -98,14 +103,18 @@ def _balance_text(b: Mapping[str, Any]) -> str:
             f"{b['min_confidence']} on the FER branch{judge}, {b['max_attempts']} attempts, seed {b['seed']}")
 
 
-def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
+def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str], sibling_trained: bool = False) -> list[str]:
     if not s:
         return []
     cas = s["classification_accuracy_score"]
     fr, mem = s["frechet"], s["memorisation"]
+    # A generator trained to satisfy a classifier of the same recipe and data fools its sibling too.
+    caveat = (" The generator was trained against the fold's judge, a classifier of the same recipe and data "
+              "(another seed), so this share measures how well fooling one transfers to the other; the classification "
+              "accuracy score below says whether the images teach the expression." if sibling_trained else "")
     lines = [
         "", f"## Synthesis quality ({s['n_synthetic']} synthetic images over folds {', '.join(map(str, s['folds']))})", "",
-        f"- Recognised as their target class by the fold's `real` classifier: **{_ms(s['recognised'])} %**.",
+        f"- Recognised as their target class by the fold's `real` classifier: **{_ms(s['recognised'])} %**.{caveat}",
         f"- Classification accuracy score (trained on synthetic images only, tested on the real test fold): "
         f"accuracy {_ms(cas['accuracy'])} %, macro-F1 {_ms(cas['macro_f1'])} % (trained on real: "
         f"{_ms(cas['real_accuracy'])} %, {_ms(cas['real_macro_f1'])} %).",

@@ -13,6 +13,7 @@ Results are on the CPU, whatever device the model runs on.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._io import file_sha256
 from .checkpoint import load_checkpoint
+from .downstream import DownstreamClassifier
 from .errors import FesaugError
 from .models import FERSNet, FERSNetConfig, from_model_range, to_model_range
 
@@ -82,6 +84,17 @@ class Generator:
         probs = torch.cat(out) if out else torch.empty((0, len(self.classes)))
         return probs[0] if single else probs
 
+    def recogniser(self) -> DownstreamClassifier:
+        """A copy of the FER branch as a downstream classifier (float [0, 1] images in, logits
+        out), e.g. to fine-tune on real + synthetic faces with :func:`fesaug.downstream.fit`
+        (the paper's recipe). The copy has its own weights; this generator is unchanged."""
+        net = copy.deepcopy(self.model)
+        model = DownstreamClassifier(_FERBranch(net), net.fer_head.fc, "fersnet", len(self.classes), self.image_size)
+        # The standardisation (x - 0.5) / 0.5 is FERSNet's own [0, 1] → [-1, 1] input range.
+        model.mean.fill_(0.5)
+        model.std.fill_(0.5)
+        return model.to(self.device)
+
     def _prepare(self, images: Tensor | np.ndarray) -> tuple[Tensor, bool, bool]:
         x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
         if not isinstance(x, Tensor):
@@ -116,6 +129,17 @@ class Generator:
         if len(ids) != n:
             raise FesaugError(f"got {len(ids)} target labels for {n} images; pass one label, or one per image")
         return torch.tensor(ids, dtype=torch.long)
+
+
+class _FERBranch(nn.Module):
+    """FERSNet's recognition path as a plain module (logits only)."""
+
+    def __init__(self, fersnet: FERSNet) -> None:
+        super().__init__()
+        self.fersnet = fersnet
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fersnet.classify(x)
 
 
 def load_generator(checkpoint: str | os.PathLike, device: str | torch.device | None = None) -> Generator:

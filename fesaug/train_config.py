@@ -84,7 +84,16 @@ class LossWeights:
     later, e.g. for the balance step's quality gate), so only the generator learns from this
     term; a classifier trained on its own fakes would learn their artefacts. This is the only
     term that tells the generator what an expression looks like on unpaired samples besides D.
-    Not in the authors' code (StarGAN's domain-classification loss plays this role)."""
+    Not in the authors' code (StarGAN's domain-classification loss plays this role). With
+    ``TrainConfig.expression_classifier`` the judge is that independent classifier instead,
+    and each synthesized face is randomly flipped, shifted, rotated and scaled before it is
+    judged, so pixel patterns that fool one exact view do not lower the loss."""
+
+    mask_smoothness: float = 0.0
+    """Total variation of the attention mask (mean absolute difference of neighbouring mask
+    values, both translations): a mask that changes smoothly paints regions (a mouth, a brow)
+    rather than speckles, which the classifiers read as texture. GANimation's TV term; 0 turns
+    it off. No effect with ``output="direct"``."""
 
     attention: float = 0.1
     """Mean of the attention mask ``m`` (``output="attention"``) over both translations: the
@@ -124,6 +133,11 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
     sample_rows: int = 4  # validation faces in each epoch's sample grid
     loss: LossWeights = field(default_factory=LossWeights)
+    # A classifier written by fesaug.downstream.save_classifier (e.g. trained with `fesaug
+    # evaluate --judge` on the same training subjects). When set, the expression loss judges
+    # the synthesized faces with it, frozen, instead of FERSNet's own FER branch: a recogniser
+    # trained jointly with the generator learns to accept the generator's artefacts.
+    expression_classifier: str | None = None
 
     def __post_init__(self) -> None:
         self._validate()

@@ -66,6 +66,7 @@ from .checkpoint import (
 from .data.datasets import ManifestDataset, PairedTargetDataset
 from .data.manifest import Manifest, read_manifest
 from .data.splits import assign_folds
+from .downstream import DownstreamClassifier, augment_batch, load_classifier
 from .errors import FesaugError, UsageError
 from .models import Discriminator, FERSNet, FERSNetConfig, to_model_range
 from .provenance import provenance
@@ -291,25 +292,50 @@ class GeneratorStep(nn.Module):
     """Every FERSNet forward pass of one generator update, in one call.
 
     Returns the FER logits of the real sources, the synthesized images, their translations
-    back to the source labels (cycle), and the FER logits of the synthesized images as the
-    frozen, eval-mode classifier sees them (for the expression loss, see ``LossWeights``).
+    back to the source labels (cycle), the logits of the synthesized images as the expression
+    judge sees them (see ``LossWeights.expression``), and the mean area and total variation of
+    the attention masks.
+
+    ``judge``: an independent, frozen classifier (``TrainConfig.expression_classifier``); without
+    one, FERSNet's own FER branch judges, with frozen weights in eval mode.
     """
 
-    def __init__(self, net: FERSNet) -> None:
+    def __init__(self, net: FERSNet, judge: DownstreamClassifier | None = None) -> None:
         super().__init__()
         self.net = net
+        self.judge = judge
+        if judge is not None:
+            judge.eval().requires_grad_(False)
 
-    def forward(self, x: Tensor, source_label: Tensor, target_label: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, source_label: Tensor, target_label: Tensor) -> tuple[Tensor, ...]:
         out = self.net(x, target_label)
         fake = out.fake
         assert fake is not None  # a target was given
         with _frozen_batch_stats(self.net):
             back = self.net(fake, source_label)
-        judged = _frozen_classifier_logits(self.net, fake)
-        # Mean painted area of both translations (0 without an attention mask).
-        masks = [m.float().mean() for m in (out.mask, back.mask) if m is not None]
-        painted = torch.stack(masks).mean() if masks else x.new_zeros(())
-        return out.logits, fake, back.fake, judged, painted
+        judged = _frozen_classifier_logits(self.net, fake) if self.judge is None else self._judge(fake)
+        masks = [m.float() for m in (out.mask, back.mask) if m is not None]
+        if masks:  # 0 without an attention mask
+            painted = torch.stack([m.mean() for m in masks]).mean()
+            roughness = torch.stack([_total_variation(m) for m in masks]).mean()
+        else:
+            painted = roughness = x.new_zeros(())
+        return out.logits, fake, back.fake, judged, painted, roughness
+
+    def _judge(self, fake: Tensor) -> Tensor:
+        assert self.judge is not None
+        self.judge.eval()  # train() on the wrapper must not switch its BatchNorm/dropout
+        images = (fake.float() + 1) / 2  # the classifiers read [0, 1]
+        if images.shape[-1] != self.judge.image_size:
+            images = F.interpolate(images, size=self.judge.image_size, mode="bilinear", antialias=True,
+                                   align_corners=False)
+        # A random view per face (global RNG, so a resumed run repeats it): the loss must hold
+        # for the expression, not for one exact arrangement of pixels.
+        return self.judge(augment_batch(images, None))
+
+
+def _total_variation(mask: Tensor) -> Tensor:
+    return (mask[..., 1:, :] - mask[..., :-1, :]).abs().mean() + (mask[..., :, 1:] - mask[..., :, :-1]).abs().mean()
 
 
 @contextlib.contextmanager
@@ -368,7 +394,7 @@ def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_ste
     paired = batch["paired"].to(device, non_blocking=True)
 
     with rt.autocast():
-        logits, fake, cycled, judged, painted = o.g_step(x, y, t)
+        logits, fake, cycled, judged, painted, roughness = o.g_step(x, y, t)
 
     # Discriminator: a real image is always shown with its true label, the paired target when
     # there is one (same label as the fake next to it), else the source itself.
@@ -399,6 +425,7 @@ def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_ste
         "paired": _masked_l1(fake.float(), x_target, pair_mask),
         "expression": F.cross_entropy(judged.float(), t),
         "attention": painted,
+        "mask_smoothness": roughness,
     }
     loss_g = sum(getattr(w, name) * value for name, value in losses.items())
     o.opt_g.zero_grad(set_to_none=True)
@@ -533,7 +560,8 @@ def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, model_config: FE
         diff = [f"{k}: {getattr(saved, k)!r} → {getattr(model_config, k)!r}"
                 for k in dataclasses.asdict(saved) if getattr(saved, k) != getattr(model_config, k)]
         raise FesaugError(f"{path} holds another model than the config asks for ({'; '.join(diff)}); resume with the run's own settings")
-    requested, trained = config.to_dict(), ckpt["config"]
+    # Through TrainConfig, so a key added since the run was saved compares as its default.
+    requested, trained = config.to_dict(), TrainConfig.from_dict(ckpt["config"], where=str(path)).to_dict()
     diff = [f"{k}: {trained.get(k)!r} → {v!r}" for k, v in requested.items() if k not in RESUMABLE_CHANGES and trained.get(k) != v]
     if diff:
         raise FesaugError(f"{path} was trained with other settings ({'; '.join(diff)}); resuming would not continue the same run — "
@@ -631,7 +659,7 @@ def train(
             start_epoch, step, best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
 
         ddp = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
-        g_step: nn.Module = GeneratorStep(net)
+        g_step: nn.Module = GeneratorStep(net, _expression_judge(config, classes, rt.device))
         d_train: nn.Module = disc
         if rt.distributed:
             g_step = DistributedDataParallel(g_step, **ddp)
@@ -723,6 +751,20 @@ def train(
     )
 
 
+def _expression_judge(config: TrainConfig, classes: list[str], device: torch.device) -> DownstreamClassifier | None:
+    if config.expression_classifier is None:
+        return None
+    path = Path(config.expression_classifier)
+    if not path.is_file():
+        raise FesaugError(f"expression_classifier {path}: no such file; give a classifier written by fesaug evaluate "
+                          "(fold-K/judge.pt) or fesaug.downstream.save_classifier")
+    judge, judge_classes = load_classifier(path, device=device)
+    if list(judge_classes) != list(classes):
+        raise FesaugError(f"expression_classifier {path} knows the classes {', '.join(judge_classes)}, the manifest "
+                          f"has {', '.join(classes)}; train it on this manifest")
+    return judge
+
+
 def _save_checkpoints(folder: Path, payload: dict[str, Any], is_best: bool) -> None:
     # best.pt before last.pt: a run killed in between resumes from the previous last.pt and
     # repeats this epoch, so best.pt never lags behind the best epoch last.pt records.
@@ -754,6 +796,9 @@ def _write_provenance(out_dir: Path, config: TrainConfig, manifest: Manifest, ma
     record = provenance("train", config.to_dict())
     record["manifest"] = {"path": str(manifest.path), "sha256": manifest_sha}
     record["split"] = split.to_dict()
+    if config.expression_classifier is not None:
+        record["expression_classifier"] = {"path": config.expression_classifier,
+                                           "sha256": file_sha256(config.expression_classifier)}
     if resumed_at is None or not path.exists():
         data = {**record, "resumed": []}
     else:

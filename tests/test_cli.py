@@ -21,9 +21,14 @@ def test_debug_flag_anywhere_or_env_shows_traceback(tmp_path: Path) -> None:
         assert result.returncode == 1 and "Traceback" in result.stderr and "Error: " in result.stderr
 
 
-def test_usage_errors_exit_2() -> None:
-    assert run_cli("no-such-command").returncode == 2
-    assert run_cli("audit").returncode == 2  # missing argument
+def test_usage_errors_exit_2_with_one_error_line_naming_the_help() -> None:
+    for args, what, where in ((("no-such-command",), "No such command", "fesaug --help"),
+                              (("audit",), "Missing argument", "fesaug audit --help"),
+                              (("balance", "--target", "fear"), "--target", "fesaug balance --help")):
+        result = run_cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, args
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and what in lines[0] and where in lines[0], lines
 
 
 def test_help_lists_commands_and_version() -> None:

@@ -426,7 +426,7 @@ def test_out_that_is_a_file_is_refused(run: Run, tmp_path: Path) -> None:
 def test_cli_bad_folds_is_a_usage_error(run: Run, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     code, _out, err = cli(capsys, "evaluate", "--manifest", run.manifest, "--out", tmp_path / "e", "--folds", "x")
     assert code == 2
-    assert "Usage:" in err and "Error" in err and "--folds" in err
+    assert err.startswith("Error: ") and len(err.strip().splitlines()) == 1 and "--folds" in err
     assert not (tmp_path / "e").exists()
 
 
@@ -558,3 +558,71 @@ def test_judge_gate_uses_a_second_real_classifier_of_the_fold(run: Run) -> None:
     assert b.meta["balance"]["judge_check"]["checkpoint_sha256"] == file_sha256(out / "fold-0" / "judge.pt")
     assert b.df.loc[b.df["origin"] == "synthetic", "judge_confidence"].between(0, 1).all()
     assert "independent real-data classifier" in (out / "report.md").read_text()
+
+
+def test_expression_judge_trains_the_judge_before_the_generator_that_learns_from_it(run: Run) -> None:
+    config = dataclasses.replace(run.config, conditions=("fes",), expression_judge=True)
+    out = run.root / "expression-judged"
+    evaluate(run.manifest, out, config, folds=[0])
+    fold = out / "fold-0"
+    judge = run.record(0, "judge", out)
+    assert judge["train_counts"] == run.record(0, "real")["train_counts"]
+    # FERSNet of this fold records the judge it learned from (and only this fold's judge).
+    used = json.loads((fold / "fersnet" / "provenance.json").read_text())["expression_classifier"]
+    assert used == {"path": str(fold / "judge.pt"), "sha256": file_sha256(fold / "judge.pt")}
+    metrics = [json.loads(line) for line in (fold / "fersnet" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and all(np.isfinite(m["loss_expression"]) for m in metrics)
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"]["generator"]["expression_loss_judge"] == "the fold's judge classifier"
+    report = (out / "report.md").read_text()
+    assert "expression loss judged by the fold's judge classifier" in report
+    # Its recognised share is no independent check any more, and the report says so.
+    assert "fooling one transfers to the other" in report
+    assert "fooling one transfers" not in (run.out / "report.md").read_text()
+
+
+def test_one_expression_classifier_for_every_fold_is_refused(run: Run, tmp_path: Path) -> None:
+    # A classifier trained once has seen the test subjects of every fold but one.
+    (tmp_path / "judge.pt").write_bytes(b"x")
+    with pytest.raises(UsageError, match="--expression-judge"):
+        dataclasses.replace(run.config, generator=tiny_config(expression_classifier=str(tmp_path / "judge.pt")))
+
+
+def test_cli_generator_config_sets_loss_weights_and_flags_still_win(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from fesaug.evaluation import EvaluateConfig as Config
+
+    seen: list[Config] = []
+
+    def fake_evaluate(manifest, out, config, **kwargs):  # noqa: ANN001, ANN003, ANN202 - stands in for the run
+        seen.append(config)
+        raise FesaugError("stop here")
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 99\nbatch_size: 4\nloss:\n  mask_smoothness: 0.5\n  expression: 2.0\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("fesaug.evaluation.evaluate", fake_evaluate)
+        code, _out, err = cli(capsys, "evaluate", "--manifest", tmp_path / "m.parquet", "--out", tmp_path / "e",
+                              "--generator-config", recipe, "--generator-epochs", "3", "--device", "cpu")
+    assert code == 1 and "Error: stop here" in err
+    generator = seen[0].generator
+    assert (generator.loss.mask_smoothness, generator.loss.expression) == (0.5, 2.0)
+    assert (generator.epochs, generator.batch_size) == (3, 4)  # the flag over the file, the file over the preset
+
+
+def test_fersnet_fine_tuned_on_the_balanced_set_is_the_papers_condition(run: Run) -> None:
+    out = run.copy("fine-tuned")
+    before = _fold_mtimes(out)
+    config = dataclasses.replace(run.config, conditions=(*ALL, "fersnet+fes"))
+    results = evaluate(run.manifest, out, config, folds=[0]).results
+    # Only the new condition is computed; FERSNet, the balanced set and the other models are reused.
+    assert {n for n, t in _fold_mtimes(out).items() if before.get(n) != t} == {"fold-0/fersnet+fes.json"}
+    record = run.record(0, "fersnet+fes", out)
+    assert record["init_checkpoint_sha256"] == file_sha256(run.fold(0) / "fersnet" / "checkpoints" / "best.pt")
+    assert record["train_counts"] == run.record(0, "fes")["train_counts"]  # real + synthetic, as fes
+    assert record["lr"] == pytest.approx(run.config.downstream.lr / 10)
+    assert record["n_test"] == run.record(0, "real")["n_test"] and 0 <= record["test"]["macro_f1"] <= 1
+    assert results["conditions"]["fersnet+fes"]["folds"] == [0]
+    compared = results["comparisons"]["fersnet+fes_vs_fersnet"]
+    assert compared["folds"] == [0] and compared["macro_f1"]["mean_difference"] == pytest.approx(
+        record["test"]["macro_f1"] - run.record(0, "fersnet")["test"]["macro_f1"])
+    assert "fine-tuned on real + synthetic" in (out / "report.md").read_text()

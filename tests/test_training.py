@@ -22,6 +22,7 @@ from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.errors import FesaugError
+from fesaug.runlog import read_metrics
 from fesaug.training import TrainConfig, split_subjects, train
 
 from .conftest import TINY, tiny_config
@@ -231,6 +232,26 @@ def test_resume_refuses_another_model_or_settings(run: training.TrainResult, dem
     assert code == 1 and "32x32" in err and "64x64" in err
 
 
+def test_a_run_saved_before_newer_config_keys_existed_still_resumes(run: training.TrainResult, demo: Path,
+                                                                    tmp_path: Path, capsys) -> None:
+    import shutil
+
+    import yaml
+
+    old = tmp_path / "old"
+    shutil.copytree(run.run_dir, old)
+    # What an earlier fesaug wrote: no mask_smoothness weight, no expression_classifier key.
+    ckpt = torch.load(old / "checkpoints" / "last.pt", weights_only=True)
+    del ckpt["config"]["loss"]["mask_smoothness"], ckpt["config"]["expression_classifier"]
+    torch.save(ckpt, old / "checkpoints" / "last.pt")
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["loss"]["mask_smoothness"], config["expression_classifier"]
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", old, "--resume", "--epochs", "3")
+    assert code == 0, err
+    assert [m["epoch"] for m in read_metrics(old / "metrics.jsonl")] == [1, 2, 3]
+
+
 def test_bad_configs_give_one_error_line_naming_key_and_file(demo: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     for content, words in [({"epoch": 3}, ["'epoch'", "unknown config key"]),
@@ -283,6 +304,27 @@ def test_load_generator_synthesizes_and_classifies(run: training.TrainResult, de
         gen.synthesize(faces, "joy")
     with pytest.raises(FesaugError, match="one per image"):
         gen.synthesize(faces, [0, 1])
+
+
+def test_recogniser_is_the_fer_branch_and_fine_tunes_a_copy(run: training.TrainResult, demo: Path) -> None:
+    from fesaug.downstream import DownstreamConfig, fit, predict_proba
+
+    gen = fesaug.load_generator(run.best_checkpoint, device="cpu")
+    m = read_manifest(demo)
+    data = ManifestDataset(m, rows=np.arange(12), image_size=gen.image_size)
+    recogniser = gen.recogniser()
+    # Same probabilities as the generator's own classify: the standardisation is FERSNet's range.
+    assert np.allclose(predict_proba(recogniser, data.pixels), gen.classify(data.pixels).numpy(), atol=1e-5)
+    before = {k: v.clone() for k, v in gen.model.state_dict().items()}
+    tuned = fit(data.pixels, data.labels, config=DownstreamConfig(epochs=2, image_size=gen.image_size, batch_size=6,
+                                                                  device="cpu", lr=1e-2),
+                num_classes=len(m.classes), init=recogniser).model
+    after = gen.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the generator itself is untouched
+    assert not np.allclose(predict_proba(tuned, data.pixels), predict_proba(recogniser, data.pixels))
+    with pytest.raises(FesaugError, match="fine-tune"):
+        fit(data.pixels, data.labels, config=DownstreamConfig(epochs=1, image_size=gen.image_size, device="cpu"),
+            num_classes=len(m.classes) + 1, init=recogniser)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -341,3 +383,71 @@ def _write(path: Path, content: dict) -> Path:
 
     path.write_text(yaml.safe_dump(content))
     return path
+
+
+# ----------------------------------------------------------------------------- expression judge
+
+
+def _constant_judge(demo: Path, path: Path, classes: list[str] | None = None) -> Path:
+    """A classifier whose logits are all zero whatever it sees: cross-entropy log(C) exactly."""
+    from fesaug.downstream import make_classifier, save_classifier
+
+    m = read_manifest(demo)
+    names = classes or m.classes
+    model = make_classifier("small-cnn", len(names), image_size=32)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    save_classifier(model, path, names)
+    return path
+
+
+def test_expression_loss_goes_through_the_given_classifier_and_is_recorded(demo: Path, tmp_path: Path) -> None:
+    from fesaug._io import file_sha256
+
+    judge = _constant_judge(demo, tmp_path / "judge.pt")
+    before = file_sha256(judge)
+    result = train(demo, tmp_path / "run", tiny_config(holdout_fold=0, expression_classifier=str(judge)))
+    classes = len(read_manifest(demo).classes)
+    # FERSNet's own FER branch would give another value; the judge's zero logits give log(C).
+    assert all(m["loss_expression"] == pytest.approx(np.log(classes), abs=1e-5) for m in result.metrics)
+    assert file_sha256(judge) == before  # frozen: the generator learns from it, never changes it
+    used = json.loads((tmp_path / "run" / "provenance.json").read_text())["expression_classifier"]
+    assert used == {"path": str(judge), "sha256": before}
+
+    plain = train(demo, tmp_path / "plain", tiny_config(holdout_fold=0))
+    assert plain.metrics[0]["loss_expression"] != pytest.approx(np.log(classes), abs=1e-5)
+
+
+def test_cli_expression_classifier_flag(demo: Path, tmp_path: Path, capsys) -> None:
+    judge = _constant_judge(demo, tmp_path / "judge.pt")
+    tiny = _write(tmp_path / "tiny.yaml", TINY)
+    code, out, err = cli(capsys, "train", "--manifest", demo, "--out", tmp_path / "run", "--config", tiny,
+                         "--epochs", "1", "--expression-classifier", judge)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "provenance.json").read_text())["expression_classifier"]["path"] == str(judge)
+    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", tmp_path / "au", "--tasks", "emotion,au",
+                       "--expression-classifier", judge)
+    assert code == 2 and "--expression-classifier" in err and "FERSNet" in err
+
+
+def test_expression_classifier_of_other_classes_or_missing_is_one_error(demo: Path, tmp_path: Path) -> None:
+    other = _constant_judge(demo, tmp_path / "other.pt", classes=["a", "b"])
+    with pytest.raises(FesaugError, match="knows the classes a, b"):
+        train(demo, tmp_path / "run", tiny_config(expression_classifier=str(other)))
+    with pytest.raises(FesaugError, match="no such file"):
+        train(demo, tmp_path / "run2", tiny_config(expression_classifier=str(tmp_path / "missing.pt")))
+
+
+def test_mask_total_variation_is_zero_for_flat_masks_and_counts_edges() -> None:
+    flat = torch.full((2, 1, 6, 6), 0.3)
+    assert float(training._total_variation(flat)) == 0.0
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., :, 1::2] = 1.0  # every horizontal neighbour differs by 1, vertical ones not at all
+    assert float(training._total_variation(stripes)) == pytest.approx(1.0)
+
+
+def test_mask_smoothness_weight_lowers_the_mask_variation(demo: Path, tmp_path: Path) -> None:
+    rough = train(demo, tmp_path / "rough", tiny_config(epochs=3, val_fraction=0, lr=1e-3))
+    smooth = train(demo, tmp_path / "smooth", tiny_config(epochs=3, val_fraction=0, lr=1e-3, loss={"mask_smoothness": 20.0}))
+    assert smooth.metrics[-1]["loss_mask_smoothness"] < rough.metrics[-1]["loss_mask_smoothness"]
+    assert rough.metrics[0]["loss_mask_smoothness"] > 0
