@@ -41,13 +41,12 @@ generator was trained on.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -56,7 +55,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
@@ -64,6 +62,7 @@ from ._io import atomic_write_bytes, atomic_write_text, file_sha256
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
+from .distributed import barrier, process_group
 from .errors import FesaugError, UsageError
 from .generator import Generator, load_generator
 from .provenance import provenance
@@ -543,25 +542,6 @@ def _write_image(fake: torch.Tensor, size: int, path: Path, row: dict[str, Any])
     atomic_write_bytes(path, data)
 
 
-@contextlib.contextmanager
-def _process_group() -> Iterator[tuple[int, int]]:
-    """(rank, world size); joins a gloo group under torchrun for the barriers."""
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    joined = world > 1 and not dist.is_initialized()
-    if joined:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        yield rank, world
-    finally:
-        if joined:
-            dist.destroy_process_group()
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
-
-
 def balance(
     manifest: str | os.PathLike,
     checkpoint: str | os.PathLike,
@@ -579,14 +559,16 @@ def balance(
     config = config or BalanceConfig()
     out = Path(out_dir)
     start = time.perf_counter()
-    with _process_group() as (rank, world):
+    # gloo even on GPUs: the ranks only meet at barriers, and several may share one GPU.
+    with process_group() as ranks:
+        rank, world = ranks.rank, ranks.world
         if device is None and torch.cuda.is_available():
             # Ranks share the node's GPUs; several ranks on one GPU is fine for inference.
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+            device = f"cuda:{ranks.local_rank % torch.cuda.device_count()}"
         plan = _make_plan(Path(manifest), Path(checkpoint), config, device)
         if rank == 0:
             _prepare_out_dir(out, plan.key, overwrite)
-        _barrier(world)
+        barrier()
         chunks = [plan.slots[i:i + config.batch_size] for i in range(0, len(plan.slots), config.batch_size)]
         done = [i for i in range(len(chunks)) if _part_path(out, i).exists()]
         mine = [i for i in range(rank, len(chunks), world) if not _part_path(out, i).exists()]
@@ -596,9 +578,9 @@ def balance(
             if mine else torch.empty(0)
         position = {int(r): i for i, r in enumerate(sources.tolist())}
         _generate(plan, chunks, mine, pixels, position, out, progress=progress and rank == 0)
-        _barrier(world)
+        barrier()
         result = _finish(plan, out, len(chunks), start, resumed=len(done)) if rank == 0 else None
-        _barrier(world)
+        barrier()
     if result is None:  # other ranks read what rank 0 wrote
         result = _summary_from(out)
     return result

@@ -66,6 +66,7 @@ from .checkpoint import (
 from .data.datasets import ManifestDataset, PairedTargetDataset
 from .data.manifest import Manifest, read_manifest
 from .data.splits import assign_folds
+from .distributed import Ranks, barrier, process_group
 from .downstream import DownstreamClassifier, augment_batch, load_classifier
 from .errors import FesaugError, UsageError
 from .models import Discriminator, FERSNet, FERSNetConfig, to_model_range
@@ -230,28 +231,26 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
+        barrier()
 
 
 @contextlib.contextmanager
 def _runtime(config: TrainConfig) -> Iterator[Runtime]:
     """Pick the device, join the process group under torchrun, set determinism and threads;
     restore the process-wide settings afterwards (``train`` may be called from a notebook)."""
-    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    ranks = Ranks.from_env()
     if config.device == "cuda" and not torch.cuda.is_available():
         raise FesaugError("device is cuda but torch sees no CUDA device; use --device cpu or auto")
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     if use_cuda:
-        if local_world > torch.cuda.device_count():
+        if ranks.local_world > torch.cuda.device_count():
             # NCCL cannot run two ranks on one GPU.
-            raise FesaugError(f"torchrun started {local_world} processes on this node but torch sees "
+            raise FesaugError(f"torchrun started {ranks.local_world} processes on this node but torch sees "
                               f"{torch.cuda.device_count()} GPU(s); use --nproc-per-node {torch.cuda.device_count()} "
                               "or --device cpu")
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if config.amp else None
     else:
@@ -260,25 +259,18 @@ def _runtime(config: TrainConfig) -> Iterator[Runtime]:
         # machine busy with other work, fewer threads than cores can be many times faster
         # (OpenMP threads wait for descheduled siblings): set OMP_NUM_THREADS there.
         if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks.local_world))
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # warn_only: a few CUDA kernels (e.g. nearest-upsampling backward) have no deterministic
         # version; on the CPU every op used here is deterministic.
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = use_cuda and not config.deterministic
-    joined = False
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
-                                device_id=device if use_cuda else None)
-        joined = True
     try:
-        yield Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank, amp_dtype=amp_dtype)
-        if joined:
-            dist.barrier()
+        with process_group("nccl" if use_cuda else "gloo", device if use_cuda else None):
+            yield Runtime(device=device, rank=ranks.rank, world_size=ranks.world, local_rank=ranks.local_rank,
+                          amp_dtype=amp_dtype)
     finally:
-        if joined:
-            dist.destroy_process_group()
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
         torch.backends.cudnn.benchmark = saved[3]
