@@ -57,7 +57,9 @@ def summarise(name: str, run: Path) -> dict:
     return out
 
 
-def _ms(stat: dict) -> str:
+def _ms(stat: dict | None) -> str:
+    if not stat or stat.get("mean") is None:  # runs made before a score existed
+        return "–"
     return f"{stat['mean'] * 100:.1f} ± {stat['std'] * 100:.1f}"
 
 
@@ -97,12 +99,12 @@ def render(runs: list[dict], machine: str) -> str:
                       "that counts this share (another seed): it measures how well fooling one transfers to the other, "
                       "not realism; the classification accuracy score below is the check."]
     lines += ["", "Synthesis quality (mean ± std over folds):", "",
-              "| recipe | synthetic images | recognised by `real` | classification accuracy score (acc / macro-F1) | "
+              "| recipe | synthetic images | recognised by `real` (its real test faces) | classification accuracy score (acc / macro-F1) | "
               "Fréchet synthetic vs train (real val vs train) | near-copies of another subject |", "|---|---|---|---|---|---|"]
     for r in runs:
         s = r["synthesis"]
         cas, fr, mem = s["classification_accuracy_score"], s["frechet"], s["memorisation"]
-        lines.append(f"| {r['name']} | {s['n_synthetic']} | {_ms(s['recognised'])} % | {_ms(cas['accuracy'])} / "
+        lines.append(f"| {r['name']} | {s['n_synthetic']} | {_ms(s['recognised'])} % ({_ms(s.get('real_test_recognised'))} %) | {_ms(cas['accuracy'])} / "
                      f"{_ms(cas['macro_f1'])} % | {fr['synthetic_vs_train']['mean']:.1f} ({fr['validation_vs_train']['mean']:.1f}) | "
                      f"{mem['near_copies']} ({mem['share']['mean'] * 100:.1f} %) |")
     lines += ["", "Recognised per target class (%, first recipe): " + ", ".join(

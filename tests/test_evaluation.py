@@ -306,6 +306,25 @@ def test_aggregate_is_numpy_over_the_fold_records(run: Run) -> None:
     assert results["synthesis"]["n_synthetic"] == sum(run.record(k, "synthesis")["n_synthetic"] for k in FOLDS)
 
 
+def test_synthetic_recognised_share_comes_with_the_real_test_faces_share(run: Run) -> None:
+    # The yardstick: the same real classifier on real test faces of the synthesized classes,
+    # weighted like the synthetic set (classes absent from a test fold do not count).
+    synthesis, weighted = run.results["synthesis"], []
+    for k in FOLDS:
+        test, syn = run.record(k, "real")["test"], run.record(k, "synthesis")["per_class"]
+        used = [c for c in CLASSES if syn[c]["n"] and test["support"][c]]
+        weighted.append(sum(test["recall"][c] * syn[c]["n"] for c in used) / sum(syn[c]["n"] for c in used))
+    assert synthesis["real_test_recognised"]["mean"] == pytest.approx(np.mean(weighted))
+    for c in CLASSES:
+        values = [run.record(k, "real")["test"]["recall"][c] for k in FOLDS
+                  if run.record(k, "synthesis")["per_class"][c]["n"] and run.record(k, "real")["test"]["support"][c]]
+        assert synthesis["per_class"][c]["real_test_recognised"]["n"] == len(values)
+        if values:
+            assert synthesis["per_class"][c]["real_test_recognised"]["mean"] == pytest.approx(np.mean(values))
+    report = (run.out / "report.md").read_text()
+    assert "classifier recognises" in report and "real test faces recognised %" in report
+
+
 # ---------------------------------------------------------------------------- resumption
 
 
