@@ -165,5 +165,6 @@ def format_summary(results: dict) -> str:
                      f"(won {c['wins']}, lost {c['losses']} of {c['n_folds']} folds{p})")
     syn = results.get("synthesis") or {}
     if syn:
-        lines.append(f"synthetic images recognised as their target by the real classifier: {ms(syn['recognised'])}")
+        lines.append(f"synthetic images recognised as their target by the real classifier: {ms(syn['recognised'])} "
+                     f"(its real test faces of those classes: {ms(syn['real_test_recognised'])})")
     return "\n".join(lines)

@@ -490,6 +490,7 @@ def test_cli_evaluate_synthesis_runs_and_resumes(capsys: pytest.CaptureFixture, 
     code, out, err = cli(capsys, *args)
     assert code == 0, err
     assert "synthetic-only" in out and "recognised as their target" in out and "wrote" in out
+    assert "its real test faces of those classes" in out
     results = json.loads((tmp_path / "e" / "results.json").read_text())
     assert set(results["conditions"]) == {"real", "synthetic-only"}
     assert not (tmp_path / "e" / "fold-0" / "fes.json").exists()
