@@ -83,7 +83,8 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
 @_common
 @click.option("--conditions", default="real,oversample,fes", show_default=True, callback=_conditions,
               metavar="LIST", help="Conditions to compare: real, oversample, fes, fersnet (FERSNet's FER branch), "
-                   "fersnet+fes (that branch fine-tuned on real + synthetic, the paper's recipe).")
+                   "fersnet+fes (that branch fine-tuned on real + synthetic, the paper's recipe), fersnet+oversample (the same "
+                   "fine-tuning on real images oversampled to the same counts: the control for fersnet+fes).")
 @click.option("--no-synthesis", is_flag=True, help="Skip the synthesis-quality scores.")
 def evaluate_command(conditions: tuple[str, ...], no_synthesis: bool, **options) -> None:  # noqa: ANN003
     """Does FES balancing help a downstream classifier? Subject-independent k-fold, on real data.

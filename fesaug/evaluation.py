@@ -64,11 +64,13 @@ from .training import split_subjects, train
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("real", "oversample", "fes", "fersnet", "fersnet+fes")
+CONDITIONS = ("real", "oversample", "fes", "fersnet", "fersnet+fes", "fersnet+oversample")
 DEFAULT_CONDITIONS = ("real", "oversample", "fes")
+FINE_TUNED = ("fersnet+fes", "fersnet+oversample")
 # Paired over folds when both ran: synthesis against its two baselines, and the paper's recipe
-# (fine-tuning on synthetic faces) against the FER branch it starts from.
-COMPARISONS = (("fes", "real"), ("fes", "oversample"), ("fersnet+fes", "fersnet"))
+# (fine-tuning on synthetic faces) against the FER branch it starts from and against the same
+# fine-tuning on repeated real faces (what the synthetic faces add beyond more training).
+COMPARISONS = (("fes", "real"), ("fes", "oversample"), ("fersnet+fes", "fersnet"), ("fersnet+fes", "fersnet+oversample"))
 # Written by evaluate(); anything else in DIR is the user's and is never deleted.
 OUTPUTS = ("evaluate.json", "results.json", "report.md", "recall.png")
 
@@ -126,7 +128,7 @@ class EvaluateConfig:
 
     @property
     def needs_generator(self) -> bool:
-        return self.synthesis or bool({"fes", "fersnet", "fersnet+fes"} & set(self.conditions))
+        return self.synthesis or bool({"fes", "fersnet", *FINE_TUNED} & set(self.conditions))
 
 
 @dataclass
@@ -220,8 +222,9 @@ class _Fold:
             self._condition("oversample", self._oversample)
         if "fersnet" in conditions:
             self._fersnet_branch()
-        if "fersnet+fes" in conditions:
-            self._fersnet_fine_tuned()
+        for name in FINE_TUNED:
+            if name in conditions:
+                self._fersnet_fine_tuned(name)
         if self.config.synthesis:
             self._synthesis()
 
@@ -306,6 +309,14 @@ class _Fold:
                               "train_counts": dict(zip(self.m.classes, counts.tolist()))}
 
     def _oversample(self) -> tuple[DownstreamClassifier, dict[str, Any]]:
+        index, missing = self._oversample_index()
+        y = self.labels[self.train_rows]
+        model, info = self._fit(self.pixels[self.train_rows][index], y[index])
+        return model, info | ({"not_oversampled": missing} if missing else {})
+
+    def _oversample_index(self) -> tuple[np.ndarray, list[str]]:
+        """Positions in ``train_rows`` of the oversampled training set (repeats included) and the
+        classes that could not be oversampled; the same draw for every condition that uses it."""
         y = self.labels[self.train_rows]
         fes = self.dir / "fes.json"
         if fes.exists():  # the same per-class counts as the synthetic condition reached
@@ -319,10 +330,8 @@ class _Fold:
         # it from other classes' faces); it is recorded, so the report can say why counts differ.
         present = {k for k in range(len(self.m.classes)) if (y == k).any()}
         targets = {k: max(int(counts[c]), int((y == k).sum())) for k, c in enumerate(self.m.classes) if k in present}
-        index = random_oversample(y, targets, self.config.seed)
-        model, info = self._fit(self.pixels[self.train_rows][index], y[index])
         missing = [c for k, c in enumerate(self.m.classes) if k not in present and int(counts[c]) > 0]
-        return model, info | ({"not_oversampled": missing} if missing else {})
+        return random_oversample(y, targets, self.config.seed), missing
 
     def _condition(self, name: str, make: Callable[[], tuple[DownstreamClassifier, dict[str, Any]]],
                    test_x: torch.Tensor | None = None, save: bool = True) -> dict[str, Any]:
@@ -363,12 +372,14 @@ class _Fold:
                   "checkpoint_epoch": gen.epoch, "checkpoint_sha256": gen.checkpoint_sha256}
         atomic_write_text(path, json.dumps(jsonable(record), indent=1))
 
-    def _fersnet_fine_tuned(self) -> None:
-        """The paper's recipe: FERSNet's FER branch (the ``fersnet`` checkpoint) fine-tuned on
-        the balanced training set, real + synthetic, at a tenth of the downstream learning rate,
-        with the downstream schedule and validation-based epoch selection. Its weights stay in
-        ``fersnet/`` + this record (a FERSNet copy is not a downstream classifier file)."""
-        if (self.dir / "fersnet+fes.json").exists():
+    def _fersnet_fine_tuned(self, name: str) -> None:
+        """FERSNet's FER branch (the ``fersnet`` checkpoint) fine-tuned at a tenth of the
+        downstream learning rate, with the downstream schedule and validation-based epoch
+        selection. ``fersnet+fes``, the paper's recipe: on the balanced training set, real +
+        synthetic. ``fersnet+oversample``, its control: on the real training images repeated to
+        the same per-class counts (``oversample``'s draw). The model is not saved (a FERSNet copy
+        is not a downstream classifier file); the record names the checkpoint it started from."""
+        if (self.dir / f"{name}.json").exists():
             return
         from .generator import load_generator
 
@@ -379,19 +390,26 @@ class _Fold:
             data = ManifestDataset(self.m, rows=rows, image_size=size)
             return data.pixels, data.labels
 
+        def training_set() -> tuple[torch.Tensor, np.ndarray]:
+            if name == "fersnet+fes":
+                b = self._balanced_manifest()
+                train = ManifestDataset(b, rows=np.flatnonzero((b.df["split"] == "train").to_numpy()), image_size=size)
+                return train.pixels, train.labels
+            index, _ = self._oversample_index()
+            x, y = at_size(self.train_rows)
+            return x[index], y[index]
+
         def fine_tune() -> tuple[DownstreamClassifier, dict[str, Any]]:
-            b = self._balanced_manifest()
-            train = ManifestDataset(b, rows=np.flatnonzero((b.df["split"] == "train").to_numpy()), image_size=size)
+            x, y = training_set()
             d = self.config.downstream
             config = dataclasses.replace(d, lr=d.lr / 10, image_size=size)
-            result = fit(train.pixels, train.labels, *at_size(self.val_rows), config, num_classes=len(self.m.classes),
-                         init=gen.recogniser())
-            counts = np.bincount(train.labels, minlength=len(self.m.classes))
+            result = fit(x, y, *at_size(self.val_rows), config, num_classes=len(self.m.classes), init=gen.recogniser())
+            counts = np.bincount(y, minlength=len(self.m.classes))
             return result.model, {"best_epoch": result.best_epoch, "history": result.history, "lr": config.lr,
                                   "train_counts": dict(zip(self.m.classes, counts.tolist())),
                                   "init_checkpoint_epoch": gen.epoch, "init_checkpoint_sha256": gen.checkpoint_sha256}
 
-        self._condition("fersnet+fes", fine_tune, test_x=at_size(self.test_rows)[0], save=False)
+        self._condition(name, fine_tune, test_x=at_size(self.test_rows)[0], save=False)
 
     # ---- synthesis quality
 

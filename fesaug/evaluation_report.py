@@ -20,6 +20,7 @@ CONDITION_NOTES = {
     "fes": "real + FERSNet-synthesized images (fesaug balance)",
     "fersnet": "FERSNet's own FER branch (reference, not a downstream model)",
     "fersnet+fes": "FERSNet's FER branch fine-tuned on real + synthetic images (the paper's recipe)",
+    "fersnet+oversample": "FERSNet's FER branch fine-tuned on real images oversampled to the same counts (control)",
     "synthetic-only": "synthetic images only (classification accuracy score)",
 }
 

@@ -646,3 +646,18 @@ def test_fersnet_fine_tuned_on_the_balanced_set_is_the_papers_condition(run: Run
     assert compared["folds"] == [0] and compared["macro_f1"]["mean_difference"] == pytest.approx(
         record["test"]["macro_f1"] - run.record(0, "fersnet")["test"]["macro_f1"])
     assert "fine-tuned on real + synthetic" in (out / "report.md").read_text()
+
+
+def test_fersnet_fine_tuned_on_oversampled_real_images_is_the_control(run: Run) -> None:
+    out = run.copy("fine-tuned-control")
+    config = dataclasses.replace(run.config, conditions=(*ALL, "fersnet+fes", "fersnet+oversample"))
+    results = evaluate(run.manifest, out, config, folds=[0]).results
+    control, paper = run.record(0, "fersnet+oversample", out), run.record(0, "fersnet+fes", out)
+    # Same start, same per-class counts, same schedule: only the synthetic faces differ.
+    assert control["init_checkpoint_sha256"] == paper["init_checkpoint_sha256"]
+    assert control["train_counts"] == paper["train_counts"] == run.record(0, "oversample")["train_counts"]
+    assert control["lr"] == paper["lr"]
+    compared = results["comparisons"]["fersnet+fes_vs_fersnet+oversample"]
+    assert compared["macro_f1"]["mean_difference"] == pytest.approx(
+        paper["test"]["macro_f1"] - control["test"]["macro_f1"])
+    assert "fersnet+fes vs fersnet+oversample" in (out / "report.md").read_text()
