@@ -56,10 +56,11 @@ def test_prototype_table_covers_every_ckplus_class():
 
 
 def test_csv_au_columns_occurrence_intensity_and_letters(tmp_path):
-    f = write(tmp_path / "l.csv", "file,AU12,au 1,emotion,AU4\n"
-                                  "a.png,1,0,happy,\n"
-                                  "b.png,0.6,C,sad,0.1\n"
-                                  "c.png,e,0,anger,1.0\n")
+    # Columns that only resemble an AU by their first letters or digits are not labels.
+    f = write(tmp_path / "l.csv", "file,AU12,au 1,emotion,AU4,author,2nd_rater\n"
+                                  "a.png,1,0,happy,,x,y\n"
+                                  "b.png,0.6,C,sad,0.1,x,y\n"
+                                  "c.png,e,0,anger,1.0,x,y\n")
     labels = read_au_labels(f)
     assert labels.au_ids == (1, 4, 12)
     assert labels.occurrence == {"a.png": [0, 0, 1], "b.png": [1, 0, 1], "c.png": [0, 1, 1]}
@@ -92,7 +93,9 @@ def test_json_lists_and_objects(tmp_path):
 
 BAD_SIDE_FILES = {
     "no-file-column": ("l.csv", "name,AU1\na.png,1\n", "line 1: no 'file' column"),
-    "bad-au-column": ("l.csv", "file,AUx\na.png,1\n", "'AUx' is not an action unit id"),
+    "bad-au-column": ("l.csv", "file,AU0\na.png,1\n", "'AU0' is not an action unit id"),
+    "openface-column": ("l.csv", "file,AU12_r\na.png,1\n", "column 'AU12_r' starts like an AU but is not one"),
+    "no-au-column": ("l.csv", "file,AUx\na.png,1\n", "no AU columns"),
     "out-of-range": ("l.csv", "file,AU1\na.png,1\nb.png,3\n", "l.csv line 3: AU1 value '3' is out of range"),
     "nan": ("l.csv", "file,AU1\na.png,nan\n", "out of range"),
     "bad-code": ("l.csv", "file,aus\na.png,1+X\n", "l.csv line 2: 'X' is not an action unit"),
@@ -179,7 +182,7 @@ def test_ingest_without_au_labels_has_no_au_columns(tmp_path, capsys, src):
 BAD_INGEST = {
     "unknown-file": ("file,AU1\nhappy/S005_001_01.png,1\nnope.png,1\n", "aus.csv line 3: 'nope.png' matches no ingested image"),
     "ambiguous-name": ("file,AU1\nS005_001_01.png,1\n", None),  # made ambiguous below
-    "bad-au-id": ("file,AU1,AUfoo\nhappy/S005_001_01.png,1,0\n", "'AUfoo' is not an action unit id"),
+    "bad-au-id": ("file,AU1,AU4_c\nhappy/S005_001_01.png,1,0\n", "column 'AU4_c' starts like an AU but is not one"),
     "out-of-range": ("file,AU1\nhappy/S005_001_01.png,2\n", "aus.csv line 2: AU1 value '2' is out of range"),
     "duplicate": ("file,AU1\nhappy/S005_001_01.png,1\nhappy/S005_001_01.png,0\n", "line 3: 'happy/S005_001_01.png' already has AU labels"),
     "same-image-twice": ("file,AU1\nhappy/S006_001_01.png,1\nS006_001_01.png,0\n", "both label happy/S006_001_01.png"),

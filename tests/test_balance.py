@@ -18,6 +18,7 @@ import torch
 from fesaug import balance as balancing
 from fesaug.audit import audit
 from fesaug.balance import BalanceConfig, plan_sources, resolve_targets
+import fesaug.data
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.images import sha256_bytes
@@ -278,6 +279,8 @@ def test_output_is_a_torch_dataset_and_embeds_on_request(demo: Path, checkpoint:
     image, label = data[0]
     assert image.shape == (1, 32, 32) and 0 <= label < len(COUNTS)
     assert len(data) == sum(result.generated.values())
+    # The README's one-liner: the class is importable from fesaug.data.
+    assert fesaug.data.ManifestDataset(result.out_dir / "manifest.parquet", image_size=48)[0][0].shape == (1, 48, 48)
 
 
 # ---------------------------------------------------------------------------- errors

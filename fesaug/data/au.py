@@ -156,14 +156,20 @@ def _read_csv(path: Path) -> dict[str, tuple[_Entry, str]]:
         lower = {h.lower(): raw for h, raw in zip(header, reader.fieldnames or [])}
         if "file" not in lower:
             raise FesaugError(f"--au-labels {path} line 1: no 'file' column (header: {','.join(header)}); name the image column 'file'")
-        # Columns named like AUs ("AU12", "12") are labels; any other column (emotion, subject ...) is ignored.
+        # Columns named like AUs ("AU12", "au 12", "12") are labels; any other column (emotion,
+        # subject, author ...) is ignored, except one that starts like an AU (OpenFace's "AU12_r"),
+        # which is refused rather than silently dropped.
         au_cols: dict[str, int] = {}
         for h, raw in zip(header, reader.fieldnames or []):
-            if h.lower() != "aus" and re.match(r"(?i)au|\d", h):
-                au = _parse_au_id_at(h, f"--au-labels {path} line 1: column {h!r}")
-                if au in au_cols.values():
-                    raise FesaugError(f"--au-labels {path} line 1: two columns name AU{au}; keep one")
-                au_cols[raw] = au
+            if h.lower() == "aus" or not _AU_ID.fullmatch(h):
+                if re.match(r"(?i)au\s*_?\d", h):
+                    raise FesaugError(f"--au-labels {path} line 1: column {h!r} starts like an AU but is not one; "
+                                      "name AU columns AU1, AU12, ... (OpenFace's AU12_r/AU12_c: keep one, rename it AU12)")
+                continue
+            au = _parse_au_id_at(h, f"--au-labels {path} line 1: column {h!r}")
+            if au in au_cols.values():
+                raise FesaugError(f"--au-labels {path} line 1: two columns name AU{au}; keep one")
+            au_cols[raw] = au
         if "aus" in lower and au_cols:
             raise FesaugError(f"--au-labels {path} line 1: has both an 'aus' column and AU columns; use one of the two")
         if "aus" not in lower and not au_cols:
