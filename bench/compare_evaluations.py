@@ -139,6 +139,32 @@ def render_common(runs: list[dict], folds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_fine_tuning(runs: list[dict]) -> str:
+    """The paper's recipe (FERSNet's FER branch fine-tuned on real + synthetic) next to the branch
+    itself and to the same fine-tuning on oversampled real faces, for the runs that have them."""
+    having = [r for r in runs if "fersnet+fes" in r["test"]]
+    if not having:
+        return ""
+    names = ("fersnet", "fersnet+fes", "fersnet+oversample")
+    lines = ["## The paper's recipe: fine-tuning FERSNet's FER branch", "",
+             "| recipe | folds | test macro-F1 fersnet | fersnet+fes | fersnet+oversample | fersnet+fes − fersnet | "
+             "fersnet+fes − fersnet+oversample |", "|---|---|---|---|---|---|---|"]
+    for r in having:
+        def diff(key: str) -> str:
+            c = r["comparisons"].get(key)
+            if not c:
+                return "–"
+            d, p = c["macro_f1"], c["macro_f1"]["wilcoxon_p"]
+            return (f"{d['mean_difference'] * 100:+.1f} ({d['wins']}/{d['losses']} of {len(c['folds'])}, "
+                    f"p {'–' if p is None else f'{p:.3f}'})")
+
+        folds = " / ".join(str(r["test"][n]["macro_f1"]["n"]) if n in r["test"] else "0" for n in names)
+        lines.append(f"| {r['name']} | {folds} | " + " | ".join(_ms(r["test"][n]["macro_f1"]) if n in r["test"] else "–"
+                                                               for n in names)
+                     + f" | {diff('fersnet+fes_vs_fersnet')} | {diff('fersnet+fes_vs_fersnet+oversample')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR")
@@ -160,8 +186,9 @@ def main() -> None:
         r["common_folds"] = on_folds(r, common)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"machine": args.machine, "targets": TARGETS, "runs": runs}, indent=1))
+    fine_tuning = render_fine_tuning(runs)
     text = render(runs, args.machine) + (f"\n{render_common(runs, common)}" if uneven else "") \
-        + (f"\n{args.note.read_text()}" if args.note else "")
+        + (f"\n{fine_tuning}" if fine_tuning else "") + (f"\n{args.note.read_text()}" if args.note else "")
     args.out.with_suffix(".md").write_text(text)
     print(text)
 
