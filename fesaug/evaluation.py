@@ -166,6 +166,17 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     return EvaluateResult(out, results)
 
 
+def _with_defaults(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``recorded`` with the keys it lacks taken from ``defaults``, recursively."""
+    out = dict(recorded)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
+
+
 def _check_manifest(m: Manifest) -> list[int]:
     synthetic = int((m.df["origin"] != "real").sum())
     if synthetic:
@@ -188,6 +199,10 @@ def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: 
         raise FesaugError(f"{out} holds files fesaug evaluate did not record ({ours[0].name}); choose a new --out")
     if settings.exists():
         previous = json.loads(settings.read_text())
+        # A key this version added is missing from an older record; new keys default to the
+        # behaviour before they existed, so the default stands in for it.
+        if isinstance(previous.get("config"), dict):
+            previous["config"] = _with_defaults(previous["config"], jsonable(EvaluateConfig().key()))
         same = {k: previous.get(k) for k in record} == record
         if same:
             return  # resume: finished pieces are reused

@@ -421,6 +421,20 @@ def test_settings_that_only_choose_pieces_or_the_device_do_not_count(run: Run) -
     assert set(result.results["conditions"]) == NAMES  # the report covers every record present
 
 
+def test_an_evaluation_recorded_before_a_config_key_existed_resumes(run: Run) -> None:
+    out = run.copy("older-version")
+    settings = json.loads((out / "evaluate.json").read_text())
+    del settings["config"]["generator"]["loss"]["mask_smoothness"], settings["config"]["generator"]["expression_classifier"]
+    (out / "evaluate.json").write_text(json.dumps(settings))
+    before = _fold_mtimes(out)
+    evaluate(run.manifest, out, run.config, folds=FOLDS)  # the missing keys meant their defaults
+    assert _fold_mtimes(out) == before
+    settings["config"]["generator"]["loss"]["mask_smoothness"] = 2.0  # a recorded non-default still counts
+    (out / "evaluate.json").write_text(json.dumps(settings))
+    with pytest.raises(FesaugError, match="other settings"):
+        evaluate(run.manifest, out, run.config, folds=FOLDS)
+
+
 @pytest.mark.parametrize("theirs", ["results.json", "fold-0/real.json"])
 def test_a_folder_with_outputs_evaluate_did_not_record_is_refused(run: Run, tmp_path: Path, theirs: str) -> None:
     (tmp_path / theirs).parent.mkdir(parents=True, exist_ok=True)
