@@ -104,7 +104,7 @@ def render(runs: list[dict], machine: str) -> str:
     for r in runs:
         s = r["synthesis"]
         cas, fr, mem = s["classification_accuracy_score"], s["frechet"], s["memorisation"]
-        lines.append(f"| {r['name']} | {s['n_synthetic']} | {_ms(s['recognised'])} % ({_ms(s.get('real_test_recognised'))} %) | {_ms(cas['accuracy'])} / "
+        lines.append(f"| {r['name']} | {s['n_synthetic']} | {_ms(s['recognised'])} % ({_ms(s.get('real_test_recognised'))}{' %' if s.get('real_test_recognised') else ''}) | {_ms(cas['accuracy'])} / "
                      f"{_ms(cas['macro_f1'])} % | {fr['synthetic_vs_train']['mean']:.1f} ({fr['validation_vs_train']['mean']:.1f}) | "
                      f"{mem['near_copies']} ({mem['share']['mean'] * 100:.1f} %) |")
     lines += ["", "Recognised per target class (%, first recipe): " + ", ".join(
