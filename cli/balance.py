@@ -72,6 +72,9 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
                    "(a fold-K/real.pt of fesaug evaluate), recognises its target.")
 @click.option("--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --judge: the least probability the judge must give the target.")
+@click.option("--source-order", type=click.Choice(["subjects", "similar"]), default="subjects", show_default=True,
+              help="subjects: sources round-robin over subjects in random order. similar: the same round-robin, "
+                   "trying first the faces whose expression the checkpoint's FER branch finds closest to the target.")
 @click.option("--output-size", type=click.IntRange(min=8), metavar="PIXELS",
               help="Side of the synthetic images. Default: the real images' size when they share one, else the generator's.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -86,7 +89,7 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
                     sampling_strategy: str | None, targets: dict[str, int], undersample: bool, splits: tuple[str, ...],
                     exclude_folds: tuple[int, ...], min_confidence: float, max_attempts: int,
                     au_checkpoint: Path | None, min_au_consistency: float, judge_checkpoint: Path | None,
-                    min_judge_confidence: float, output_size: int | None,
+                    min_judge_confidence: float, source_order: str, output_size: int | None,
                     seed: int, batch_size: int, embed_images: bool, device: str, strict: bool, overwrite: bool) -> None:
     """Synthesize images with a trained FERSNet until every class reaches its target.
 
@@ -107,7 +110,7 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
         max_attempts=max_attempts, seed=seed, batch_size=batch_size, embed_images=embed_images, output_size=output_size,
         au_checkpoint=None if au_checkpoint is None else str(au_checkpoint), min_au_consistency=min_au_consistency,
         judge_checkpoint=None if judge_checkpoint is None else str(judge_checkpoint),
-        min_judge_confidence=min_judge_confidence,
+        min_judge_confidence=min_judge_confidence, source_order=source_order,
     )
     if device == "cuda":
         import torch

@@ -57,6 +57,8 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
                      help="Quality gate of the balance step."),
         click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Sources tried per needed synthetic image before giving up on it."),
+        click.option("--source-order", type=click.Choice(["subjects", "similar"]), default="subjects",
+                     show_default=True, help="Source order of the balance step, as in fesaug balance."),
         click.option("--judge", is_flag=True,
                      help="Also gate synthetic images with a classifier trained on the fold's real training images "
                           "(not the one that scores them)."),
@@ -116,7 +118,7 @@ def evaluate_synthesis_command(**options) -> None:  # noqa: ANN003
 def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: Path, folds: list[int] | None, model: str,
          epochs: int, image_size: int, preset: str, generator_config: Path | None, generator_epochs: int,
          generator_batch_size: int | None, target_per_class: int | str | None, min_confidence: float,
-         max_attempts: int, judge: bool, expression_judge: bool, min_judge_confidence: float, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
+         max_attempts: int, source_order: str, judge: bool, expression_judge: bool, min_judge_confidence: float, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
          overwrite: bool) -> None:
     from fesaug.balance import BalanceConfig
     from fesaug.downstream import DownstreamConfig
@@ -140,7 +142,8 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
                                     | ({"batch_size": generator_batch_size} if generator_batch_size else {}),
                                     where="command line"),
         balance=BalanceConfig(target_per_class=target_per_class or "max", min_confidence=min_confidence,
-                              max_attempts=max_attempts, min_judge_confidence=min_judge_confidence, seed=seed),
+                              max_attempts=max_attempts, min_judge_confidence=min_judge_confidence, seed=seed,
+                              source_order=source_order),
         val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
         judge=judge, expression_judge=expression_judge)
     _show_progress_log("fesaug.evaluation")

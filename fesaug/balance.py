@@ -66,11 +66,13 @@ from .distributed import barrier, process_group
 from .errors import FesaugError, UsageError
 from .generator import Generator, load_generator
 from .provenance import provenance
-from .runlog import jsonable
+from .runlog import jsonable, with_defaults
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "not-majority", "not-minority", "minority", "all")
+SOURCE_ORDERS = ("subjects", "similar")
+SOURCE_ORDERS = ("subjects", "similar")
 WORK_DIR = ".fesaug-balance"
 OUTPUTS = ("manifest.parquet", "README.md", "histogram.png", "images", WORK_DIR)
 
@@ -86,7 +88,10 @@ class BalanceConfig:
     error unless ``undersample`` is set, which then drops real rows of that class (at random,
     from the working set). ``exclude_folds=None`` excludes the generator's held-out fold.
     ``output_size``: side of the synthetic images; ``None`` = the real images' size when they
-    all share one square size, else the generator's.
+    all share one square size, else the generator's. ``source_order``: ``subjects`` takes
+    sources round-robin over subjects in random order; ``similar`` keeps the round-robin but
+    tries first the subjects, and within a subject the images, whose expression the
+    checkpoint's FER branch already finds closest to the target (see :func:`plan_sources`).
     """
 
     target_per_class: int | str = "max"
@@ -105,6 +110,7 @@ class BalanceConfig:
     min_au_consistency: float = 0.5
     judge_checkpoint: str | None = None
     min_judge_confidence: float = 0.5
+    source_order: str = "subjects"
 
     def __post_init__(self) -> None:
         tpc = self.target_per_class
@@ -128,6 +134,8 @@ class BalanceConfig:
             raise UsageError(f"--output-size must be at least 8 pixels, got {self.output_size}")
         if not self.splits:
             raise UsageError("choose at least one --split to balance")
+        if self.source_order not in SOURCE_ORDERS:
+            raise UsageError(f"unknown --source-order {self.source_order!r}; choose one of {', '.join(SOURCE_ORDERS)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -232,15 +240,21 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
-def plan_sources(labels: np.ndarray, subjects: Sequence[str], rows: np.ndarray, target: int, seed: int) -> list[int]:
+def plan_sources(labels: np.ndarray, subjects: Sequence[str], rows: np.ndarray, target: int, seed: int,
+                 similarity: np.ndarray | None = None) -> list[int]:
     """The order in which working-set rows serve as sources for class ``target``.
 
-    ``labels``/``subjects`` are aligned with ``rows`` (manifest positions). Rows of the target
-    class are never sources. Subjects without a real image of ``target`` come first; within
-    each group subjects are shuffled, and the list takes one image per subject per round.
+    ``labels``/``subjects`` (and ``similarity``, if given) are aligned with ``rows`` (manifest
+    positions). Rows of the target class are never sources. Subjects without a real image of
+    ``target`` come first; within each group subjects are shuffled, and the list takes one image
+    per subject per round. With ``similarity`` (how close each source's expression already is
+    to the target, e.g. a classifier's probability of it) each subject's images are taken most
+    similar first, and subjects are ordered by their most similar image; ties keep the shuffle.
+    Identities still spread first: the round-robin over subjects is kept.
     """
     rng = _rng(seed, target)
     has_target = {s for s, y in zip(subjects, labels) if y == target}
+    score = {} if similarity is None else dict(zip(rows.tolist(), np.asarray(similarity, dtype=float).tolist()))
     by_subject: dict[str, list[int]] = {}
     for row, s, y in zip(rows.tolist(), subjects, labels.tolist()):
         if y != target:
@@ -248,6 +262,9 @@ def plan_sources(labels: np.ndarray, subjects: Sequence[str], rows: np.ndarray, 
     order: list[int] = []
     for group in (sorted(s for s in by_subject if s not in has_target), sorted(s for s in by_subject if s in has_target)):
         queues = [list(rng.permutation(by_subject[s])) for s in rng.permutation(np.array(group, dtype=object))] if group else []
+        if similarity is not None:
+            queues = [sorted(q, key=lambda r: -score[r]) for q in queues]  # sorted() is stable: ties keep the shuffle
+            queues.sort(key=lambda q: -score[q[0]])
         for rnd in range(max((len(q) for q in queues), default=0)):
             order += [int(q[rnd]) for q in queues if rnd < len(q)]
     return order
@@ -309,6 +326,7 @@ class _Plan:
     key: dict[str, Any]  # what must match for a resume
     au_checker: Any = None  # an EmotionAUPredictor for the AU check, if asked for
     judge: Any = None  # a DownstreamClassifier for the independent-judge check, if asked for
+    decoded: tuple[np.ndarray, torch.Tensor] | None = None  # source rows and their pixels, if planning needed them
 
     def sample_id(self, cls: int, slot: int) -> str:
         return f"syn-{self.generator.checkpoint_sha256[:10]}-{self.manifest.classes[cls]}-{slot:06d}"
@@ -377,10 +395,17 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
     # Sources exclude rows dropped by under-sampling: the balanced set must not depend on them.
     sources = np.setdiff1d(working, np.asarray(removed, dtype=np.int64))
     subjects = _subject_keys(m, sources)
+    pixels = similarity = None
+    if config.source_order == "similar" and any(to_generate.values()):
+        pixels = _source_pixels(m, sources, gen)
+        # Rounded so that the order (and so a resumed run's plan) does not hang on the last bits
+        # of float arithmetic, which differ between devices.
+        similarity = np.round(gen.classify(pixels).numpy(), 3)
     orders, slots = {}, []
     for k, c in enumerate(m.classes):
         if to_generate[c]:
-            orders[k] = plan_sources(labels[sources], subjects, sources, k, config.seed)
+            orders[k] = plan_sources(labels[sources], subjects, sources, k, config.seed,
+                                     None if similarity is None else similarity[:, k])
             if not orders[k]:
                 raise FesaugError(f"no source images for {c!r}: every working-set image is of that class")
             slots += [(k, s) for s in range(to_generate[c])]
@@ -409,7 +434,12 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
                               f"but {manifest_path} has {', '.join(m.classes)}; use one trained on this dataset")
         key["judge_checkpoint_sha256"] = file_sha256(config.judge_checkpoint)
     return _Plan(m, gen, config, working, counts, targets, to_generate, removed, sorted(excluded),
-                 _output_size(m, working, gen, config.output_size), orders, slots, key, checker, judge)
+                 _output_size(m, working, gen, config.output_size), orders, slots, key, checker, judge,
+                 None if pixels is None else (sources, pixels))
+
+
+def _source_pixels(m: Manifest, rows: np.ndarray, gen: Generator) -> torch.Tensor:
+    return ManifestDataset(m, rows=rows, image_size=gen.image_size).pixels
 
 
 # ---- output folder
@@ -426,7 +456,7 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
             raise FesaugError(f"{out} holds files fesaug balance did not write ({', '.join(foreign[:3])}); "
                               "choose an empty or new --out")
         finished = (out / "manifest.parquet").exists()
-        same = (work / "plan.json").exists() and json.loads((work / "plan.json").read_text()) == jsonable(key)
+        same = (work / "plan.json").exists() and _recorded_key(work / "plan.json") == jsonable(key)
         if not overwrite:
             if finished:
                 raise FesaugError(f"{out} already holds a finished balanced dataset; pass --overwrite to make it again")
@@ -445,6 +475,13 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
                 path.unlink()
     (work / "parts").mkdir(parents=True, exist_ok=True)
     atomic_write_text(work / "plan.json", json.dumps(jsonable(key), indent=2, sort_keys=True))
+
+
+def _recorded_key(path: Path) -> dict[str, Any]:
+    key = json.loads(path.read_text())
+    if isinstance(key.get("config"), dict):  # settings added since that run mean their defaults
+        key["config"] = with_defaults(key["config"], jsonable(BalanceConfig().to_dict()))
+    return key
 
 
 def _part_path(out: Path, chunk: int) -> Path:
@@ -572,10 +609,12 @@ def balance(
         chunks = [plan.slots[i:i + config.batch_size] for i in range(0, len(plan.slots), config.batch_size)]
         done = [i for i in range(len(chunks)) if _part_path(out, i).exists()]
         mine = [i for i in range(rank, len(chunks), world) if not _part_path(out, i).exists()]
-        sources = np.unique(np.concatenate([np.asarray(o, dtype=np.int64) for o in plan.orders.values()])) \
-            if plan.orders else np.empty(0, dtype=np.int64)
-        pixels = ManifestDataset(plan.manifest, rows=sources, image_size=plan.generator.image_size).pixels \
-            if mine else torch.empty(0)
+        if plan.decoded is not None:
+            sources, pixels = plan.decoded
+        else:
+            sources = np.unique(np.concatenate([np.asarray(o, dtype=np.int64) for o in plan.orders.values()])) \
+                if plan.orders else np.empty(0, dtype=np.int64)
+            pixels = _source_pixels(plan.manifest, sources, plan.generator) if mine else torch.empty(0)
         position = {int(r): i for i, r in enumerate(sources.tolist())}
         _generate(plan, chunks, mine, pixels, position, out, progress=progress and rank == 0)
         barrier()
@@ -694,7 +733,7 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
             "counts_before": r.counts_before, "targets": r.targets, "to_generate": r.to_generate,
             "generated": r.generated, "removed": r.removed, "shortfall": r.shortfall, "attempts": r.attempts,
             "acceptance": r.acceptance, "min_confidence": cfg.min_confidence, "max_attempts": cfg.max_attempts,
-            "seed": cfg.seed, "judge": "the checkpoint's FER branch",
+            "seed": cfg.seed, "source_order": cfg.source_order, "judge": "the checkpoint's FER branch",
             **({"au_check": {"checkpoint": cfg.au_checkpoint, "checkpoint_sha256": plan.key["au_checkpoint_sha256"],
                              "min_au_consistency": cfg.min_au_consistency, "au_ids": plan.au_checker.au_ids,
                              "prototypes": "fesaug.data.au.EMOTION_AU_PROTOTYPES"}} if plan.au_checker else {}),
@@ -738,7 +777,10 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
         "## How the synthetic images were made",
         "",
         f"- Sources: real images of the other classes, round-robin over subjects, subjects lacking the target class "
-        f"first; seed {cfg.seed}. Reused sources are mirrored or jittered (`source_transform` column).",
+        f"first; seed {cfg.seed}. "
+        + ("Subjects, and each subject's images, whose expression the checkpoint's FER branch finds closest to the "
+           "target are tried first (`--source-order similar`). " if cfg.source_order == "similar" else "")
+        + "Reused sources are mirrored or jittered (`source_transform` column).",
         f"- Quality gate: kept when the checkpoint's FER branch gives the target class at least {cfg.min_confidence:g}, "
         f"at most {cfg.max_attempts} attempt(s) per image. This judge is optimistic (the generator was trained "
         "against it); judge the images with an independent classifier (`fesaug evaluate`) before trusting them.",

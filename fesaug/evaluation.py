@@ -58,7 +58,7 @@ from .downstream import (DownstreamClassifier, DownstreamConfig, classification_
 from .errors import FesaugError, UsageError
 from .evaluation_report import EXPRESSION_JUDGE
 from .provenance import provenance
-from .runlog import jsonable, read_metrics
+from .runlog import jsonable, read_metrics, with_defaults
 from .train_config import TrainConfig
 from .training import split_subjects, train
 
@@ -166,17 +166,6 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     return EvaluateResult(out, results)
 
 
-def _with_defaults(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``recorded`` with the keys it lacks taken from ``defaults``, recursively."""
-    out = dict(recorded)
-    for key, value in defaults.items():
-        if key not in out:
-            out[key] = value
-        elif isinstance(value, dict) and isinstance(out[key], dict):
-            out[key] = _with_defaults(out[key], value)
-    return out
-
-
 def _check_manifest(m: Manifest) -> list[int]:
     synthetic = int((m.df["origin"] != "real").sum())
     if synthetic:
@@ -202,7 +191,7 @@ def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: 
         # A key this version added is missing from an older record; new keys default to the
         # behaviour before they existed, so the default stands in for it.
         if isinstance(previous.get("config"), dict):
-            previous["config"] = _with_defaults(previous["config"], jsonable(EvaluateConfig().key()))
+            previous["config"] = with_defaults(previous["config"], jsonable(EvaluateConfig().key()))
         same = {k: previous.get(k) for k in record} == record
         if same:
             return  # resume: finished pieces are reused
@@ -716,6 +705,6 @@ def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> d
                       "checkpoint": "last epoch (synthesis); best validation epoch for the fersnet condition"},
         "balance": {k: v for k, v in config.balance.to_dict().items()
                     if k in ("target_per_class", "sampling_strategy", "targets", "min_confidence", "max_attempts", "seed",
-                             "min_judge_confidence")} | {"judge": config.judge},
+                             "min_judge_confidence", "source_order")} | {"judge": config.judge},
         "seed": config.seed,
     }

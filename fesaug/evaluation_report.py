@@ -100,8 +100,9 @@ def _balance_text(b: Mapping[str, Any]) -> str:
     text = "every class to the largest class" if target == "max" else f"every class to {target} images"
     judge = (f" and at least {b.get('min_judge_confidence', 0.5)} from an independent real-data classifier (seed + 1)"
              if b.get("judge") else "")
+    order = ", sources closest to the target expression first" if b.get("source_order") == "similar" else ""
     return (f"{text} (sampling strategy {b['sampling_strategy'] or 'default'}), quality gate min confidence "
-            f"{b['min_confidence']} on the FER branch{judge}, {b['max_attempts']} attempts, seed {b['seed']}")
+            f"{b['min_confidence']} on the FER branch{judge}, {b['max_attempts']} attempts{order}, seed {b['seed']}")
 
 
 def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str], sibling_trained: bool = False) -> list[str]:

@@ -6,6 +6,7 @@ bookkeeping, not image quality (the gate is opened with min_confidence=0 where c
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import torch
 from fesaug import balance as balancing
 from fesaug.audit import audit
 from fesaug.balance import BalanceConfig, plan_sources, resolve_targets
+import fesaug
 import fesaug.data
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
@@ -101,6 +103,22 @@ def test_sources_are_round_robin_over_subjects_lacking_the_target_first() -> Non
     assert len({subjects[r - 100] for r in order[2:4]}) == 2
     assert order == plan_sources(labels, subjects, rows, target=0, seed=3)
     assert any(plan_sources(labels, subjects, rows, target=0, seed=s) != order for s in range(4, 10))
+
+
+def test_similar_order_tries_the_faces_closest_to_the_target_first_but_keeps_spreading_identities() -> None:
+    #            rows:    0    1    2    3    4    5    6    7
+    labels = np.array([0, 1, 1, 1, 2, 2, 0, 1])
+    subjects = ["A", "A", "A", "B", "B", "C", "C", "D"]
+    similarity = np.array([0.9, 0.1, 0.6, 0.2, 0.8, 0.7, 0.9, 0.3])
+    rows = np.arange(8) + 100
+    order = [r - 100 for r in plan_sources(labels, subjects, rows, target=0, seed=3, similarity=similarity)]
+    # B and D (no image of class 0) still come first: B (best 0.8) before D (0.3), one image each
+    # per round, most similar first. Then C (best 0.7) before A (best 0.6).
+    assert order == [4, 7, 3, 5, 2, 1]
+    unchanged = plan_sources(labels, subjects, rows, target=0, seed=3)
+    assert sorted(unchanged) == sorted(r + 100 for r in order)
+    tied = plan_sources(labels, subjects, rows, target=0, seed=3, similarity=np.zeros(8))
+    assert tied == unchanged  # no preference: the seeded shuffle decides, as without similarity
 
 
 def test_reused_sources_are_mirrored_then_jittered() -> None:
@@ -225,6 +243,56 @@ def test_interrupted_run_resumes_to_the_same_output(balanced: balancing.BalanceR
                            for p in (balanced.out_dir / "images").rglob("*") if p.is_file())
     with pytest.raises(FesaugError, match="already holds a finished balanced dataset; pass --overwrite"):
         balance(demo, checkpoint, out, config)
+
+
+def test_similar_order_uses_sources_closer_to_the_target_and_says_so(balanced: balancing.BalanceResult, demo: Path,
+                                                                    checkpoint: Path, tmp_path: Path) -> None:
+    similar = balance(demo, checkpoint, tmp_path / "b", BalanceConfig(source_order="similar", **OPEN))
+    gen = fesaug.load_generator(checkpoint, device="cpu")
+
+    def parent_similarity(manifest: Path) -> float:
+        m = read_manifest(manifest)
+        df = m.df.reset_index(drop=True)
+        syn = df[df["origin"] == "synthetic"]
+        position = {sid: i for i, sid in enumerate(df["sample_id"])}
+        rows = np.unique([position[p] for p in syn["parent_id"]])
+        probs = gen.classify(ManifestDataset(m, rows=rows, image_size=gen.image_size).pixels)
+        at = np.searchsorted(rows, [position[p] for p in syn["parent_id"]])
+        return float(probs[torch.as_tensor(at), torch.as_tensor(syn["label"].to_numpy())].mean())
+
+    assert similar.generated == balanced.generated
+    assert parent_similarity(similar.manifest) > parent_similarity(balanced.manifest)
+    assert read_manifest(similar.manifest).meta["balance"]["source_order"] == "similar"
+    assert "closest to the target are tried first" in (similar.out_dir / "README.md").read_text()
+    with pytest.raises(UsageError, match="unknown --source-order 'nearest'; choose one of subjects, similar"):
+        BalanceConfig(source_order="nearest")
+
+
+def test_a_run_recorded_before_a_setting_existed_still_resumes(demo: Path, checkpoint: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    config = BalanceConfig(min_confidence=0.0, batch_size=8)
+    out = tmp_path / "b"
+    real_run_chunk = balancing._run_chunk
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(balancing, "_run_chunk", crash)
+    with pytest.raises(KeyboardInterrupt):
+        balance(demo, checkpoint, out, config)
+    plan = out / balancing.WORK_DIR / "plan.json"
+    recorded = json.loads(plan.read_text())
+    del recorded["config"]["source_order"]  # as written by a version without the setting
+    plan.write_text(json.dumps(recorded))
+    monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
+    assert (out / "manifest.parquet") == balance(demo, checkpoint, out, config).manifest
+    with pytest.raises(FesaugError, match="unfinished balance run with other settings"):
+        crashed = tmp_path / "c"
+        monkeypatch.setattr(balancing, "_run_chunk", crash)
+        with pytest.raises(KeyboardInterrupt):
+            balance(demo, checkpoint, crashed, config)
+        monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
+        balance(demo, checkpoint, crashed, BalanceConfig(source_order="similar", min_confidence=0.0, batch_size=8))
 
 
 def test_two_processes_give_the_same_manifest_as_one(balanced: balancing.BalanceResult, demo: Path,
