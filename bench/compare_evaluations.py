@@ -40,7 +40,7 @@ def summarise(name: str, run: Path) -> dict:
     results = json.loads((run / "results.json").read_text())
     settings = json.loads((run / "evaluate.json").read_text())
     conds = results["conditions"]
-    out = {"name": name, "command": settings["provenance"]["command"], "settings": settings["config"],
+    out = {"name": name, "command": results["provenance"]["command"], "settings": settings["config"],
            "protocol": results["protocol"], "folds": [int(k) for k in results["per_fold"]],
            "validation_macro_f1": {c: float(np.mean(_validation(run, c))) for c in ("real", "oversample", "fes")},
            "test": {c: {m: conds[c][m] for m in ("accuracy", "macro_f1", "minority_recall")} | {"recall": conds[c]["recall"]}
@@ -109,7 +109,7 @@ def render(runs: list[dict], machine: str) -> str:
                      f"{mem['near_copies']} ({mem['share']['mean'] * 100:.1f} %) |")
     lines += ["", "Recognised per target class (%, first recipe): " + ", ".join(
         f"{c} {e['recognised']['mean'] * 100:.0f}" for c, e in runs[0]["synthesis"]["per_class"].items() if e["n"])]
-    lines += ["", "Command recorded by the last fold process of each run:", ""]
+    lines += ["", "The command that wrote each run's results.json (the last process to aggregate it):", ""]
     lines += [f"- {r['name']}: `{r['command']}`" for r in runs]
     return "\n".join(lines) + "\n"
 

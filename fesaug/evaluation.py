@@ -36,6 +36,7 @@ present: mean ± std over folds and a paired comparison of ``fes`` with ``real``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -157,7 +158,8 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     if missing:
         raise UsageError(f"--folds: {m.path} has no fold {missing[0]} (folds: {', '.join(map(str, present))})")
     _prepare_out_dir(out, m, config, overwrite)
-    pixels = ManifestDataset(m, image_size=config.downstream.image_size).pixels
+    # Decoded on first use: a run whose folds are all cached only aggregates.
+    pixels = functools.cache(lambda: ManifestDataset(m, image_size=config.downstream.image_size).pixels)
     for k in chosen:
         start = time.perf_counter()
         _Fold(m, pixels, k, out / f"fold-{k}", config).run()
@@ -207,8 +209,8 @@ def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: 
 class _Fold:
     """One test fold: its split, its conditions and its synthesis report, each cached in ``dir``."""
 
-    def __init__(self, m: Manifest, pixels: torch.Tensor, k: int, folder: Path, config: EvaluateConfig) -> None:
-        self.m, self.pixels, self.k, self.dir, self.config = m, pixels, k, folder, config
+    def __init__(self, m: Manifest, pixels: Callable[[], torch.Tensor], k: int, folder: Path, config: EvaluateConfig) -> None:
+        self.m, self._pixels, self.k, self.dir, self.config = m, pixels, k, folder, config
         self.labels = m.df["label"].to_numpy(dtype=np.int64)
         split = split_subjects(m, k, config.val_fraction, config.seed)
         self.train_rows, self.val_rows = split.train_rows, split.val_rows
@@ -233,6 +235,11 @@ class _Fold:
             self._synthesis()
 
     # ---- data
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        """Every image of the manifest at the downstream size (decoded once, shared by the folds)."""
+        return self._pixels()
 
     def _write_split(self) -> Path:
         path = self.dir / "split.parquet"

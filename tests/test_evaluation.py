@@ -21,6 +21,7 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 import fesaug
+from fesaug import evaluation
 from fesaug._io import file_sha256
 from fesaug.audit import audit
 from fesaug.balance import BalanceConfig
@@ -328,10 +329,14 @@ def test_synthetic_recognised_share_comes_with_the_real_test_faces_share(run: Ru
 # ---------------------------------------------------------------------------- resumption
 
 
-def test_a_second_run_recomputes_nothing(run: Run) -> None:
+def test_a_second_run_recomputes_nothing(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     before = _fold_mtimes(run.out)
     settings = (run.out / "evaluate.json").read_text()
+    decoded = []
+    real_dataset = evaluation.ManifestDataset
+    monkeypatch.setattr(evaluation, "ManifestDataset", lambda *a, **k: decoded.append(1) or real_dataset(*a, **k))
     again = evaluate(run.manifest, run.out, run.config, folds=FOLDS)
+    assert not decoded  # nothing to train or score: no image is even decoded
     assert _fold_mtimes(run.out) == before  # every fold-k/*.json, *.pt, checkpoint, image and manifest
     assert (run.out / "evaluate.json").read_text() == settings
     assert again.results["conditions"] == run.results["conditions"]
