@@ -31,8 +31,12 @@ TARGETS = "fes macro-F1 >= real + 2 points and >= oversample + 1 point; minority
 
 
 def _validation(run: Path, condition: str) -> list[float]:
+    """Per fold, the best validation macro-F1 of ``condition``, averaged over its downstream seeds."""
+    def best(path: Path) -> float:
+        return max(h["val_macro_f1"] for h in json.loads(path.read_text())["history"])
+
     folds = sorted(run.glob("fold-*/"), key=lambda p: int(p.name[5:]))
-    return [max(h["val_macro_f1"] for h in json.loads((f / f"{condition}.json").read_text())["history"])
+    return [float(np.mean([best(f / f"{condition}.json"), *map(best, (f / "seeds").glob(f"{condition}-*.json"))]))
             for f in folds if (f / f"{condition}.json").exists()]
 
 
@@ -40,9 +44,13 @@ def summarise(name: str, run: Path) -> dict:
     results = json.loads((run / "results.json").read_text())
     settings = json.loads((run / "evaluate.json").read_text())
     conds = results["conditions"]
+    seeds = max(results["conditions"]["fes"].get("seeds_per_fold", [1]))
+    if seeds > 1:  # fes's scores are means over seeds per fold: say so wherever the recipe is named
+        name = f"{name} [{seeds} downstream seeds]"
     out = {"name": name, "command": results["provenance"]["command"], "settings": settings["config"],
            "protocol": results["protocol"], "folds": [int(k) for k in results["per_fold"]],
-           "validation_macro_f1": {c: float(np.mean(_validation(run, c))) for c in ("real", "oversample", "fes")},
+           "validation_macro_f1": {c: float(np.mean(_validation(run, c))) for c in ("real", "oversample", "fes", "mixed")
+                                   if c in conds},
            "test": {c: {m: conds[c][m] for m in ("accuracy", "macro_f1", "minority_recall")} | {"recall": conds[c]["recall"]}
                     for c in conds},
            "comparisons": results["comparisons"], "per_fold": results["per_fold"], "synthesis": results["synthesis"],
@@ -165,6 +173,29 @@ def render_fine_tuning(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_mixed(runs: list[dict]) -> str:
+    """``mixed`` (half of each shortfall synthetic, half real repeats) next to ``oversample`` and
+    ``fes``, with the validation score that could have chosen between them."""
+    having = [r for r in runs if "mixed" in r["test"]]
+    if not having:
+        return ""
+    lines = ["## Half synthetic, half repeated: the `mixed` condition", "",
+             "| recipe | folds | val macro-F1 oversample / fes / mixed | test macro-F1 mixed | mixed − real | mixed − oversample | "
+             "minority recall oversample / fes / mixed |", "|---|---|---|---|---|---|---|"]
+    for r in having:
+        v, t, c = r["validation_macro_f1"], r["test"], r["comparisons"]
+
+        def diff(key: str) -> str:
+            d = c[key]["macro_f1"]
+            p = "–" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.3f}"
+            return f"{d['mean_difference'] * 100:+.1f} ({d['wins']}/{d['losses']}, p {p})"
+
+        lines.append(f"| {r['name']} | {t['mixed']['macro_f1']['n']} | {v['oversample'] * 100:.1f} / {v['fes'] * 100:.1f} / "
+                     f"{v['mixed'] * 100:.1f} | {_ms(t['mixed']['macro_f1'])} | {diff('mixed_vs_real')} | {diff('mixed_vs_oversample')} | "
+                     + " / ".join(f"{t[n]['minority_recall']['mean'] * 100:.1f}" for n in ("oversample", "fes", "mixed")) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR")
@@ -186,9 +217,9 @@ def main() -> None:
         r["common_folds"] = on_folds(r, common)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"machine": args.machine, "targets": TARGETS, "runs": runs}, indent=1))
-    fine_tuning = render_fine_tuning(runs)
-    text = render(runs, args.machine) + (f"\n{render_common(runs, common)}" if uneven else "") \
-        + (f"\n{fine_tuning}" if fine_tuning else "") + (f"\n{args.note.read_text()}" if args.note else "")
+    extra = [part for part in (render_common(runs, common) if uneven else "", render_mixed(runs), render_fine_tuning(runs)) if part]
+    text = render(runs, args.machine) + "".join(f"\n{part}" for part in extra) \
+        + (f"\n{args.note.read_text()}" if args.note else "")
     args.out.with_suffix(".md").write_text(text)
     print(text)
 

@@ -84,11 +84,15 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
 @click.command("evaluate")
 @_common
 @click.option("--conditions", default="real,oversample,fes", show_default=True, callback=_conditions,
-              metavar="LIST", help="Conditions to compare: real, oversample, fes, fersnet (FERSNet's FER branch), "
+              metavar="LIST", help="Conditions to compare: real, oversample, fes, mixed (each class's shortfall half synthetic, half "
+                   "real repeats), fersnet (FERSNet's FER branch), "
                    "fersnet+fes (that branch fine-tuned on real + synthetic, the paper's recipe), fersnet+oversample (the same "
                    "fine-tuning on real images oversampled to the same counts: the control for fersnet+fes).")
+@click.option("--downstream-seeds", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Train each downstream condition N times per fold (seeds --seed ... --seed + N - 1) and average "
+                   "their test scores per fold: one training's seed moves a fold's score by points.")
 @click.option("--no-synthesis", is_flag=True, help="Skip the synthesis-quality scores.")
-def evaluate_command(conditions: tuple[str, ...], no_synthesis: bool, **options) -> None:  # noqa: ANN003
+def evaluate_command(conditions: tuple[str, ...], downstream_seeds: int, no_synthesis: bool, **options) -> None:  # noqa: ANN003
     """Does FES balancing help a downstream classifier? Subject-independent k-fold, on real data.
 
     For each test fold: a classifier on the real training images (real), on randomly oversampled
@@ -100,7 +104,7 @@ def evaluate_command(conditions: tuple[str, ...], no_synthesis: bool, **options)
       fesaug evaluate --manifest ck.parquet --out eval-ck
       fesaug evaluate --manifest ck.parquet --out eval-ck --folds 0,1 --model resnet18 --device cuda
     """
-    _run(conditions, not no_synthesis, **options)
+    _run(conditions, not no_synthesis, downstream_seeds=downstream_seeds, **options)
 
 
 @click.command("evaluate-synthesis")
@@ -119,7 +123,7 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
          epochs: int, image_size: int, preset: str, generator_config: Path | None, generator_epochs: int,
          generator_batch_size: int | None, target_per_class: int | str | None, min_confidence: float,
          max_attempts: int, source_order: str, judge: bool, expression_judge: bool, min_judge_confidence: float, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
-         overwrite: bool) -> None:
+         overwrite: bool, downstream_seeds: int = 1) -> None:
     from fesaug.balance import BalanceConfig
     from fesaug.downstream import DownstreamConfig
     from fesaug.evaluation import EvaluateConfig, evaluate
@@ -145,7 +149,7 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
                               max_attempts=max_attempts, min_judge_confidence=min_judge_confidence, seed=seed,
                               source_order=source_order),
         val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
-        judge=judge, expression_judge=expression_judge)
+        judge=judge, expression_judge=expression_judge, downstream_seeds=downstream_seeds)
     _show_progress_log("fesaug.evaluation")
     _show_progress_log("fesaug.training")  # FERSNet's epochs: minutes per fold on a CPU
     result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite)
@@ -159,9 +163,10 @@ def format_summary(results: dict) -> str:
             return "-"
         return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
 
-    rows = [[name, len(s["folds"]), ms(s["accuracy"]), ms(s["macro_f1"]), ms(s["minority_recall"])]
-            for name, s in results["conditions"].items()]
-    lines = aligned_table(["condition", "folds", "accuracy", "macro-F1", "minority recall"], rows)
+    seeds = results["protocol"]["downstream"].get("seeds_per_fold", 1) > 1
+    rows = [[name, len(s["folds"]), *(["/".join(map(str, s["seeds_per_fold"]))] if seeds else []), ms(s["accuracy"]),
+             ms(s["macro_f1"]), ms(s["minority_recall"])] for name, s in results["conditions"].items()]
+    lines = aligned_table(["condition", "folds", *(["seeds"] if seeds else []), "accuracy", "macro-F1", "minority recall"], rows)
     for name, comp in results["comparisons"].items():
         c = comp["macro_f1"]
         p = "" if c["wilcoxon_p"] is None else f", Wilcoxon p = {c['wilcoxon_p']:.3f}"

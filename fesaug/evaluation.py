@@ -17,6 +17,8 @@ The protocol is subject-independent k-fold cross-validation. For each test fold 
      classifier trained on real + synthetic;
    * ``oversample``: the real training images randomly oversampled to ``fes``'s per-class
      counts (the targets, if ``fes`` is not run) — the baseline a user would try first;
+   * ``mixed``: the same per-class counts, each class's shortfall filled half with ``fes``'s
+     synthetic images and half with repeats of its real images;
    * ``fersnet``: FERSNet's own FER branch (its validation-selected ``best.pt``), for
      reference against the paper.
 3. **Synthesis quality** (:func:`synthesis_quality`): how the fold's ``real`` classifier sees
@@ -31,6 +33,12 @@ processes may each run some ``folds`` into one ``DIR``; a run over all folds the
 aggregates. ``DIR/results.json``, ``DIR/report.md`` and ``DIR/recall.png`` summarise the folds
 present: mean ± std over folds and a paired comparison of ``fes`` with ``real`` and with
 ``oversample`` (per-fold differences, Wilcoxon signed-rank and paired t tests).
+
+One downstream training is one draw: its seed (initialisation, batch order, augmentation, the
+oversampling draw) moves a fold's macro-F1 by points, as much as the differences measured.
+``downstream_seeds`` = n trains every downstream condition n times per fold (seeds ``seed`` …
+``seed + n - 1``, extra ones cached in ``fold-k/seeds/``) and averages their test scores per fold
+before the comparison over folds; the synthesis report keeps the first seed's ``real`` classifier.
 """
 
 from __future__ import annotations
@@ -65,13 +73,14 @@ from .training import split_subjects, train
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("real", "oversample", "fes", "fersnet", "fersnet+fes", "fersnet+oversample")
+CONDITIONS = ("real", "oversample", "fes", "mixed", "fersnet", "fersnet+fes", "fersnet+oversample")
 DEFAULT_CONDITIONS = ("real", "oversample", "fes")
 FINE_TUNED = ("fersnet+fes", "fersnet+oversample")
 # Paired over folds when both ran: synthesis against its two baselines, and the paper's recipe
 # (fine-tuning on synthetic faces) against the FER branch it starts from and against the same
 # fine-tuning on repeated real faces (what the synthetic faces add beyond more training).
-COMPARISONS = (("fes", "real"), ("fes", "oversample"), ("fersnet+fes", "fersnet"), ("fersnet+fes", "fersnet+oversample"))
+COMPARISONS = (("fes", "real"), ("fes", "oversample"), ("mixed", "real"), ("mixed", "oversample"),
+               ("fersnet+fes", "fersnet"), ("fersnet+fes", "fersnet+oversample"))
 # Written by evaluate(); anything else in DIR is the user's and is never deleted.
 OUTPUTS = ("evaluate.json", "results.json", "report.md", "recall.png")
 
@@ -91,7 +100,8 @@ class EvaluateConfig:
     training images (``fold-k/judge.pt``, the ``real`` recipe with seed + 1, so the ``real``
     classifier that scores the synthetic images is not the one that chose them).
     ``expression_judge``: FERSNet's expression loss goes through that same judge instead of
-    its own FER branch (``TrainConfig.expression_classifier``).
+    its own FER branch (``TrainConfig.expression_classifier``). ``downstream_seeds``: trainings
+    per downstream condition and fold, averaged (module docstring).
     """
 
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
@@ -104,6 +114,7 @@ class EvaluateConfig:
     au_checkpoint: str | None = None
     judge: bool = False
     expression_judge: bool = False
+    downstream_seeds: int = 1
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
@@ -116,12 +127,15 @@ class EvaluateConfig:
             # One classifier for every fold would have seen each fold's test subjects.
             raise UsageError("the generator config names an expression_classifier; evaluate trains one per fold "
                              "with --expression-judge instead")
+        if self.downstream_seeds < 1:
+            raise UsageError(f"--downstream-seeds must be at least 1, got {self.downstream_seeds}")
         if not 0 < self.val_fraction <= 0.5:
             raise UsageError(f"--val-fraction must lie in (0, 0.5], got {self.val_fraction}")
 
     def key(self) -> dict[str, Any]:
-        """What cached fold results depend on. Conditions, the synthesis report and the AU model
-        only choose which pieces are computed, so they may change between runs of one DIR."""
+        """What cached fold results depend on. Conditions, the synthesis report, the AU model and
+        the number of downstream seeds only choose which pieces are computed, so they may change
+        between runs of one DIR."""
         return {"downstream": dataclasses.asdict(self.downstream) | {"device": None},
                 "generator": self.generator.to_dict() | {"device": None, "num_workers": None},
                 "balance": self.balance.to_dict(), "val_fraction": self.val_fraction, "seed": self.seed,
@@ -129,7 +143,7 @@ class EvaluateConfig:
 
     @property
     def needs_generator(self) -> bool:
-        return self.synthesis or bool({"fes", "fersnet", *FINE_TUNED} & set(self.conditions))
+        return self.synthesis or bool({"fes", "mixed", "fersnet", *FINE_TUNED} & set(self.conditions))
 
 
 @dataclass
@@ -220,17 +234,20 @@ class _Fold:
 
     def run(self) -> None:
         conditions = set(self.config.conditions)
-        if "real" in conditions or self.config.synthesis:
-            self._condition("real", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows]))
-        if "fes" in conditions:
-            self._condition("fes", lambda: self._fit(*self._balanced_train()))
-        if "oversample" in conditions:
-            self._condition("oversample", self._oversample)
+        for r in range(self.config.downstream_seeds):  # r: the seed's offset from the configured one
+            if "real" in conditions or (self.config.synthesis and r == 0):
+                self._condition("real", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows], r), r)
+            if "fes" in conditions:
+                self._condition("fes", lambda: self._fit(*self._balanced_train(), r), r)
+            if "oversample" in conditions:
+                self._condition("oversample", lambda: self._oversample(r), r)
+            if "mixed" in conditions:
+                self._condition("mixed", lambda: self._mixed(r), r)
+            for name in FINE_TUNED:
+                if name in conditions:
+                    self._fersnet_fine_tuned(name, r)
         if "fersnet" in conditions:
             self._fersnet_branch()
-        for name in FINE_TUNED:
-            if name in conditions:
-                self._fersnet_fine_tuned(name)
         if self.config.synthesis:
             self._synthesis()
 
@@ -306,28 +323,29 @@ class _Fold:
 
     def _judge(self) -> Path:
         """``judge.pt``: the ``real`` recipe with seed + 1, trained on the fold's training subjects."""
-        self._condition("judge", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows],
-                                                   seed=self.config.downstream.seed + 1))
+        self._condition("judge", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows], 1))
         return self.dir / "judge.pt"
 
     # ---- conditions
 
-    def _fit(self, x: torch.Tensor, y: np.ndarray, seed: int | None = None) -> tuple[DownstreamClassifier, dict[str, Any]]:
-        config = self.config.downstream if seed is None else dataclasses.replace(self.config.downstream, seed=seed)
+    def _fit(self, x: torch.Tensor, y: np.ndarray, r: int = 0) -> tuple[DownstreamClassifier, dict[str, Any]]:
+        """The downstream recipe with its seed + ``r``."""
+        config = dataclasses.replace(self.config.downstream, seed=self.config.downstream.seed + r)
         result = fit(x, y, self.pixels[self.val_rows], self.labels[self.val_rows], config, num_classes=len(self.m.classes))
         counts = np.bincount(y, minlength=len(self.m.classes))
-        return result.model, {"best_epoch": result.best_epoch, "history": result.history,
+        return result.model, {"best_epoch": result.best_epoch, "history": result.history, "seed": config.seed,
                               "train_counts": dict(zip(self.m.classes, counts.tolist()))}
 
-    def _oversample(self) -> tuple[DownstreamClassifier, dict[str, Any]]:
-        index, missing = self._oversample_index()
+    def _oversample(self, r: int) -> tuple[DownstreamClassifier, dict[str, Any]]:
+        index, missing = self._oversample_index(r)
         y = self.labels[self.train_rows]
-        model, info = self._fit(self.pixels[self.train_rows][index], y[index])
+        model, info = self._fit(self.pixels[self.train_rows][index], y[index], r)
         return model, info | ({"not_oversampled": missing} if missing else {})
 
-    def _oversample_index(self) -> tuple[np.ndarray, list[str]]:
+    def _oversample_index(self, r: int) -> tuple[np.ndarray, list[str]]:
         """Positions in ``train_rows`` of the oversampled training set (repeats included) and the
-        classes that could not be oversampled; the same draw for every condition that uses it."""
+        classes that could not be oversampled; for seed offset ``r``, the same draw for every
+        condition that uses it."""
         y = self.labels[self.train_rows]
         fes = self.dir / "fes.json"
         if fes.exists():  # the same per-class counts as the synthetic condition reached
@@ -342,13 +360,42 @@ class _Fold:
         present = {k for k in range(len(self.m.classes)) if (y == k).any()}
         targets = {k: max(int(counts[c]), int((y == k).sum())) for k, c in enumerate(self.m.classes) if k in present}
         missing = [c for k, c in enumerate(self.m.classes) if k not in present and int(counts[c]) > 0]
-        return random_oversample(y, targets, self.config.seed), missing
+        return random_oversample(y, targets, self.config.seed + r), missing
 
-    def _condition(self, name: str, make: Callable[[], tuple[DownstreamClassifier, dict[str, Any]]],
+    def _mixed(self, r: int) -> tuple[DownstreamClassifier, dict[str, Any]]:
+        """Each class's shortfall filled half by synthetic images, half by real repeats: what
+        synthesis adds when it only has to supply part of the new images. The synthetic half is
+        the first of each class in the balanced manifest, which follows balance's plan (round-robin
+        over subjects, so the half still spans them). A class without real training images keeps
+        all its synthetic ones, as it cannot be oversampled."""
+        b = self._balanced_manifest()
+        df = b.df
+        synthetic = ((df["split"] == "train") & (df["origin"] != "real")).to_numpy()
+        y = self.labels[self.train_rows]
+        chosen, targets = [], {}
+        for k in range(len(self.m.classes)):
+            rows = np.flatnonzero(synthetic & (df["label"] == k).to_numpy())
+            n_real = int((y == k).sum())
+            keep = rows[: len(rows) // 2] if n_real else rows
+            chosen.append(keep)
+            if n_real:
+                targets[k] = n_real + len(rows) - len(keep)
+        index = random_oversample(y, targets, self.config.seed + r)
+        syn = ManifestDataset(b, rows=np.concatenate(chosen), image_size=self.config.downstream.image_size)
+        x = torch.cat([self.pixels[self.train_rows][index], syn.pixels])
+        model, info = self._fit(x, np.concatenate([y[index], syn.labels]), r)
+        return model, info | {"n_synthetic": len(syn)}
+
+    def _record(self, name: str, r: int = 0) -> Path:
+        """Where a condition's record is cached: the first seed's beside the model, others in ``seeds/``."""
+        return self.dir / f"{name}.json" if r == 0 else self.dir / "seeds" / f"{name}-{r}.json"
+
+    def _condition(self, name: str, make: Callable[[], tuple[DownstreamClassifier, dict[str, Any]]], r: int = 0,
                    test_x: torch.Tensor | None = None, save: bool = True) -> dict[str, Any]:
         """Train (``make``), score on the test fold (``test_x``: its images at the model's size,
-        default the downstream size) and cache one condition of this fold."""
-        path = self.dir / f"{name}.json"
+        default the downstream size) and cache one condition of this fold. Only the first seed's
+        model is kept (the synthesis report uses ``real.pt``); other seeds keep their record."""
+        path = self._record(name, r)
         if path.exists():
             return json.loads(path.read_text())
         start = time.perf_counter()
@@ -358,11 +405,13 @@ class _Fold:
         record = {"condition": name, "fold": self.k, "test": report, "n_train": int(sum(info["train_counts"].values())),
                   "n_val": int(len(self.val_rows)), "n_test": int(len(self.test_rows)), "seconds": time.perf_counter() - start,
                   **info}
-        if save:
+        if save and r == 0:
             save_classifier(model, self.dir / f"{name}.pt", self.m.classes)
+        path.parent.mkdir(exist_ok=True)
         atomic_write_text(path, json.dumps(jsonable(record), indent=1))
-        log.info("fold %d %-10s accuracy %.3f  macro-F1 %.3f  (%d training images, %.0f s)", self.k, name,
-                 report["accuracy"], report["macro_f1"], record["n_train"], record["seconds"])
+        log.info("fold %d %-10s accuracy %.3f  macro-F1 %.3f  (%d training images, %.0f s%s)", self.k, name,
+                 report["accuracy"], report["macro_f1"], record["n_train"], record["seconds"],
+                 f", seed offset {r}" if r else "")
         return record
 
     def _load_classifier(self, name: str) -> DownstreamClassifier:
@@ -383,14 +432,15 @@ class _Fold:
                   "checkpoint_epoch": gen.epoch, "checkpoint_sha256": gen.checkpoint_sha256}
         atomic_write_text(path, json.dumps(jsonable(record), indent=1))
 
-    def _fersnet_fine_tuned(self, name: str) -> None:
+    def _fersnet_fine_tuned(self, name: str, r: int = 0) -> None:
         """FERSNet's FER branch (the ``fersnet`` checkpoint) fine-tuned at a tenth of the
         downstream learning rate, with the downstream schedule and validation-based epoch
         selection. ``fersnet+fes``, the paper's recipe: on the balanced training set, real +
         synthetic. ``fersnet+oversample``, its control: on the real training images repeated to
         the same per-class counts (``oversample``'s draw). The model is not saved (a FERSNet copy
-        is not a downstream classifier file); the record names the checkpoint it started from."""
-        if (self.dir / f"{name}.json").exists():
+        is not a downstream classifier file); the record names the checkpoint it started from.
+        ``r``: the seed offset, as for the other conditions."""
+        if self._record(name, r).exists():
             return
         from .generator import load_generator
 
@@ -406,21 +456,21 @@ class _Fold:
                 b = self._balanced_manifest()
                 train = ManifestDataset(b, rows=np.flatnonzero((b.df["split"] == "train").to_numpy()), image_size=size)
                 return train.pixels, train.labels
-            index, _ = self._oversample_index()
+            index, _ = self._oversample_index(r)
             x, y = at_size(self.train_rows)
             return x[index], y[index]
 
         def fine_tune() -> tuple[DownstreamClassifier, dict[str, Any]]:
             x, y = training_set()
             d = self.config.downstream
-            config = dataclasses.replace(d, lr=d.lr / 10, image_size=size)
+            config = dataclasses.replace(d, lr=d.lr / 10, image_size=size, seed=d.seed + r)
             result = fit(x, y, *at_size(self.val_rows), config, num_classes=len(self.m.classes), init=gen.recogniser())
             counts = np.bincount(y, minlength=len(self.m.classes))
-            return result.model, {"best_epoch": result.best_epoch, "history": result.history, "lr": config.lr,
+            return result.model, {"best_epoch": result.best_epoch, "history": result.history, "lr": config.lr, "seed": config.seed,
                                   "train_counts": dict(zip(self.m.classes, counts.tolist())),
                                   "init_checkpoint_epoch": gen.epoch, "init_checkpoint_sha256": gen.checkpoint_sha256}
 
-        self._condition(name, fine_tune, test_x=at_size(self.test_rows)[0], save=False)
+        self._condition(name, fine_tune, r, test_x=at_size(self.test_rows)[0], save=False)
 
     # ---- synthesis quality
 
@@ -564,9 +614,30 @@ def _fold_records(out: Path) -> dict[int, dict[str, Any]]:
         if k is None:
             continue
         records = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+        # Further seeds of a condition count only beside its first seed's record.
+        for p in sorted((folder / "seeds").glob("*.json")):
+            extra = json.loads(p.read_text())
+            if extra.get("condition") in records:
+                records[extra["condition"]].setdefault("seeds", []).append(extra)
         if records:
             folds[k] = records
     return dict(sorted(folds.items()))
+
+
+def _test(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A condition's test scores on one fold: the mean over its seeds (the record alone for one)."""
+    tests = [record["test"], *(s["test"] for s in record.get("seeds", ()))]
+    if len(tests) == 1:
+        return tests[0]
+    return {"accuracy": float(np.mean([t["accuracy"] for t in tests])),
+            "macro_f1": float(np.mean([t["macro_f1"] for t in tests])),
+            "recall": {c: float(np.mean([t["recall"][c] for t in tests])) for c in tests[0]["recall"]}}
+
+
+def _seconds(record: Mapping[str, Any]) -> float | None:
+    """Wall time of a condition on one fold, all its seeds together."""
+    times = [record.get("seconds"), *(s.get("seconds") for s in record.get("seeds", ()))]
+    return None if times[0] is None else float(sum(t for t in times if t is not None))
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float | int | None]:
@@ -605,9 +676,10 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
     names = [c for c in (*CONDITIONS, "synthetic-only") if any(c in r for r in folds.values())]
     summary: dict[str, Any] = {}
     for name in names:
-        reports = {k: r[name]["test"] for k, r in folds.items() if name in r}
+        reports = {k: _test(r[name]) for k, r in folds.items() if name in r}
         summary[name] = {
             "folds": sorted(reports),
+            "seeds_per_fold": sorted({1 + len(r[name].get("seeds", ())) for r in folds.values() if name in r}),
             "accuracy": _mean_std([r["accuracy"] for r in reports.values()]),
             "macro_f1": _mean_std([r["macro_f1"] for r in reports.values()]),
             "minority_recall": _mean_std([float(np.mean([r["recall"][c] for c in minority])) for r in reports.values()]),
@@ -621,16 +693,17 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
                 metric: paired_comparison([_metric(folds[k][name], metric, minority) for k in paired],
                                           [_metric(folds[k][base], metric, minority) for k in paired])
                 for metric in ("accuracy", "macro_f1", "minority_recall")} | {"folds": paired}
+    protocol = _protocol(m, config, minority) | {"evaluated_folds": sorted(folds)}
+    protocol["downstream"]["seeds_per_fold"] = max((n for s in summary.values() for n in s["seeds_per_fold"]), default=1)
     results = {
-        "protocol": _protocol(m, config, minority) | {"evaluated_folds": sorted(folds)},
+        "protocol": protocol,
         "conditions": summary,
         "comparisons": comparisons,
-        "per_fold": {str(k): {name: {"accuracy": r[name]["test"]["accuracy"], "macro_f1": r[name]["test"]["macro_f1"],
-                                     "recall": r[name]["test"]["recall"]} for name in names if name in r}
-                     for k, r in folds.items()},
+        "per_fold": {str(k): {name: {key: _test(r[name])[key] for key in ("accuracy", "macro_f1", "recall")}
+                               for name in names if name in r} for k, r in folds.items()},
         "synthesis": _synthesis_summary({k: r["synthesis"] for k, r in folds.items() if "synthesis" in r}, classes,
                                         {k: r["real"]["test"] for k, r in folds.items() if "real" in r}),
-        "seconds": {str(k): {name: r[name].get("seconds") for name in names if name in r} for k, r in folds.items()},
+        "seconds": {str(k): {name: _seconds(r[name]) for name in names if name in r} for k, r in folds.items()},
         "provenance": provenance("evaluate", jsonable(config.key())),
     }
     atomic_write_text(out / "results.json", json.dumps(jsonable(results), indent=1))
@@ -642,7 +715,7 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
 
 
 def _metric(record: Mapping[str, Any], metric: str, minority: Sequence[str]) -> float:
-    test = record["test"]
+    test = _test(record)
     return float(np.mean([test["recall"][c] for c in minority])) if metric == "minority_recall" else float(test[metric])
 
 

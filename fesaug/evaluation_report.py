@@ -18,6 +18,7 @@ CONDITION_NOTES = {
     "real": "real training images only",
     "oversample": "real images randomly oversampled to the `fes` counts, classic augmentation",
     "fes": "real + FERSNet-synthesized images (fesaug balance)",
+    "mixed": "the `fes` counts, each class's shortfall half synthetic images, half real repeats",
     "fersnet": "FERSNet's own FER branch (reference, not a downstream model)",
     "fersnet+fes": "FERSNet's FER branch fine-tuned on real + synthetic images (the paper's recipe)",
     "fersnet+oversample": "FERSNet's FER branch fine-tuned on real images oversampled to the same counts (control)",
@@ -54,7 +55,7 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
         f"- Protocol: subject-independent folds; test folds {', '.join(map(str, proto['evaluated_folds']))} of "
         f"{', '.join(map(str, proto['folds']))}, each used for the final score only. Validation: {proto['validation']}.",
         f"- Downstream classifier: `{d['model']}` from scratch, {d['epochs']} epochs, batch {d['batch_size']}, lr {d['lr']}, "
-        f"{d['image_size']}×{d['image_size']} px, augmentation {'on' if d['augment'] else 'off'}, seed {d['seed']}, "
+        f"{d['image_size']}×{d['image_size']} px, augmentation {'on' if d['augment'] else 'off'}, {_seeds_text(d)}, "
         f"{d['selection']}; the same for every condition.",
         f"- Generator: FERSNet `{proto['generator']['preset']}` preset, {proto['generator']['epochs']} epochs per fold, "
         f"{proto['generator']['checkpoint']}, expression loss judged by "
@@ -64,9 +65,11 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
         "## Test-fold scores (%, mean ± std over folds)",
         "",
     ]
-    rows = [[f"`{name}`", str(len(s["folds"])), _ms(s["accuracy"]), _ms(s["macro_f1"]), _ms(s["minority_recall"]),
-             CONDITION_NOTES.get(name, "")] for name, s in conditions.items()]
-    lines += _table(["condition", "folds", "accuracy", "macro-F1", "minority recall", "what it is"], rows)
+    seeds = d.get("seeds_per_fold", 1) > 1  # a column only where some condition has several
+    rows = [[f"`{name}`", str(len(s["folds"])), *([_seed_counts(s)] if seeds else []), _ms(s["accuracy"]), _ms(s["macro_f1"]),
+             _ms(s["minority_recall"]), CONDITION_NOTES.get(name, "")] for name, s in conditions.items()]
+    lines += _table(["condition", "folds", *(["seeds per fold"] if seeds else []), "accuracy", "macro-F1", "minority recall",
+                     "what it is"], rows)
     lines += ["", "Recall per class (%):", ""]
     lines += _table(["condition", *classes], [[f"`{name}`", *(_ms(s["recall"][c], digits=0) for c in classes)]
                                               for name, s in conditions.items()])
@@ -93,6 +96,18 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
               f"- Versions: {', '.join(f'{k} {v}' for k, v in prov['versions'].items())}",
               f"- Created: {prov['created_at']} on {prov['platform']}", ""]
     return "\n".join(lines)
+
+
+def _seeds_text(d: Mapping[str, Any]) -> str:
+    n = d.get("seeds_per_fold", 1)
+    if n == 1:
+        return f"seed {d['seed']}"
+    return (f"up to {n} seeds per condition and fold ({d['seed']} … {d['seed'] + n - 1}; the oversampling draw too), "
+            "test scores averaged over a fold's seeds before the comparison over folds")
+
+
+def _seed_counts(summary: Mapping[str, Any]) -> str:
+    return "/".join(map(str, summary.get("seeds_per_fold", [1])))
 
 
 def _balance_text(b: Mapping[str, Any]) -> str:

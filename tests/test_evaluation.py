@@ -641,8 +641,10 @@ def test_cli_generator_config_sets_loss_weights_and_flags_still_win(capsys: pyte
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("fesaug.evaluation.evaluate", fake_evaluate)
         code, _out, err = cli(capsys, "evaluate", "--manifest", tmp_path / "m.parquet", "--out", tmp_path / "e",
-                              "--generator-config", recipe, "--generator-epochs", "3", "--device", "cpu")
+                              "--generator-config", recipe, "--generator-epochs", "3", "--device", "cpu",
+                              "--downstream-seeds", "3", "--conditions", "real,oversample,mixed")
     assert code == 1 and "Error: stop here" in err
+    assert seen[0].downstream_seeds == 3 and seen[0].conditions == ("real", "oversample", "mixed")
     generator = seen[0].generator
     assert (generator.loss.mask_smoothness, generator.loss.expression) == (0.5, 2.0)
     assert (generator.epochs, generator.batch_size) == (3, 4)  # the flag over the file, the file over the preset
@@ -680,3 +682,47 @@ def test_fersnet_fine_tuned_on_oversampled_real_images_is_the_control(run: Run) 
     assert compared["macro_f1"]["mean_difference"] == pytest.approx(
         paper["test"]["macro_f1"] - control["test"]["macro_f1"])
     assert "fersnet+fes vs fersnet+oversample" in (out / "report.md").read_text()
+
+
+def test_mixed_fills_half_of_each_shortfall_with_synthetic_images_and_half_with_real_repeats(run: Run) -> None:
+    out = run.copy("mixed")
+    before = _fold_mtimes(out)
+    config = dataclasses.replace(run.config, conditions=(*ALL, "mixed"))
+    results = evaluate(run.manifest, out, config, folds=[0]).results
+    assert {n for n, t in _fold_mtimes(out).items() if before.get(n) != t} == {"fold-0/mixed.json", "fold-0/mixed.pt"}
+    mixed, fes, real = (run.record(0, name, out) for name in ("mixed", "fes", "real"))
+    # The same per-class counts as fes and oversample: only where the new images come from differs.
+    assert mixed["train_counts"] == fes["train_counts"] == run.record(0, "oversample", out)["train_counts"]
+    shortfall = {c: fes["train_counts"][c] - real["train_counts"][c] for c in CLASSES}
+    assert mixed["n_synthetic"] == sum(s // 2 for s in shortfall.values()) > 0
+    compared = results["comparisons"]["mixed_vs_oversample"]
+    assert compared["macro_f1"]["mean_difference"] == pytest.approx(
+        mixed["test"]["macro_f1"] - run.record(0, "oversample", out)["test"]["macro_f1"])
+    assert "mixed vs oversample" in (out / "report.md").read_text()
+
+
+def test_several_downstream_seeds_are_averaged_per_fold_before_the_comparison(run: Run) -> None:
+    out = run.copy("seeds")
+    before = _fold_mtimes(out)
+    config = dataclasses.replace(run.config, downstream_seeds=2)
+    results = evaluate(run.manifest, out, config, folds=[0]).results
+    # The first seed's records and models are reused; the second seed adds records only.
+    added = {n for n, t in _fold_mtimes(out).items() if before.get(n) != t}
+    assert added == {f"fold-0/seeds/{name}-1.json" for name in ("real", "oversample", "fes")}
+    first, second = run.record(0, "oversample", out), json.loads((out / "fold-0" / "seeds" / "oversample-1.json").read_text())
+    assert (first["seed"], second["seed"]) == (run.config.downstream.seed, run.config.downstream.seed + 1)
+    assert second["train_counts"] == first["train_counts"]
+    for name in ("real", "oversample", "fes"):
+        scores = [run.record(0, name, out)["test"]["macro_f1"],
+                  json.loads((out / "fold-0" / "seeds" / f"{name}-1.json").read_text())["test"]["macro_f1"]]
+        assert results["per_fold"]["0"][name]["macro_f1"] == pytest.approx(np.mean(scores))
+    assert results["conditions"]["fersnet"]["seeds_per_fold"] == [1]  # no seed: one checkpoint
+    compared = results["comparisons"]["fes_vs_oversample"]
+    assert compared["macro_f1"]["differences"][compared["folds"].index(0)] == pytest.approx(
+        results["per_fold"]["0"]["fes"]["macro_f1"] - results["per_fold"]["0"]["oversample"]["macro_f1"])
+    # Fold 1 has one seed so far: the report says how many each condition has.
+    assert results["conditions"]["oversample"]["seeds_per_fold"] == [1, 2]
+    assert "seeds per fold" in (out / "report.md").read_text()
+    # The number of seeds only chooses pieces: a later run with the default reuses and still averages them.
+    again = evaluate(run.manifest, out, run.config, folds=[0]).results
+    assert again["per_fold"]["0"]["fes"] == results["per_fold"]["0"]["fes"]
