@@ -40,6 +40,16 @@ def _validation(run: Path, condition: str) -> list[float]:
             for f in folds if (f / f"{condition}.json").exists()]
 
 
+def _seed_macro_f1(run: Path, condition: str) -> dict[str, list[float]]:
+    """Per fold, the test macro-F1 of each downstream seed of ``condition`` (first seed first)."""
+    out = {}
+    for f in sorted(run.glob("fold-*/"), key=lambda p: int(p.name[5:])):
+        paths = [f / f"{condition}.json", *sorted((f / "seeds").glob(f"{condition}-*.json"))]
+        if paths[0].exists():
+            out[f.name[5:]] = [json.loads(p.read_text())["test"]["macro_f1"] for p in paths]
+    return out
+
+
 def summarise(name: str, run: Path) -> dict:
     results = json.loads((run / "results.json").read_text())
     settings = json.loads((run / "evaluate.json").read_text())
@@ -55,6 +65,8 @@ def summarise(name: str, run: Path) -> dict:
                     for c in conds},
            "comparisons": results["comparisons"], "per_fold": results["per_fold"], "synthesis": results["synthesis"],
            "seconds": results["seconds"], "versions": results["provenance"]["versions"]}
+    if seeds > 1:
+        out["seed_macro_f1"] = {c: _seed_macro_f1(run, c) for c in ("real", "oversample", "fes", "mixed") if c in conds}
     out["sibling_trained"] = results["protocol"]["generator"].get("expression_loss_judge") == EXPRESSION_JUDGE
     fes, real, over = (conds[c]["macro_f1"]["mean"] for c in ("fes", "real", "oversample"))
     out["targets"] = {
@@ -196,6 +208,24 @@ def render_mixed(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_seed_spread(runs: list[dict]) -> str:
+    """How far one fold's test macro-F1 moves when only the downstream seed changes."""
+    having = [r for r in runs if r.get("seed_macro_f1")]
+    if not having:
+        return ""
+    lines = ["## Seed spread: the same fold, data and recipe, another downstream seed", "",
+             "| recipe | condition | seeds per fold | mean range within a fold | largest range (fold: macro-F1 per seed) |",
+             "|---|---|---|---|---|"]
+    for r in having:
+        for c, folds in r["seed_macro_f1"].items():
+            spread = {k: max(v) - min(v) for k, v in folds.items()}
+            worst = max(spread, key=spread.get)
+            lines.append(f"| {r['name']} | {c} | {'/'.join(map(str, sorted({len(v) for v in folds.values()})))} | "
+                         f"{np.mean(list(spread.values())) * 100:.1f} | {spread[worst] * 100:.1f} (fold {worst}: "
+                         + " / ".join(f"{x * 100:.1f}" for x in folds[worst]) + ") |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR")
@@ -217,7 +247,8 @@ def main() -> None:
         r["common_folds"] = on_folds(r, common)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"machine": args.machine, "targets": TARGETS, "runs": runs}, indent=1))
-    extra = [part for part in (render_common(runs, common) if uneven else "", render_mixed(runs), render_fine_tuning(runs)) if part]
+    extra = [part for part in (render_common(runs, common) if uneven else "", render_seed_spread(runs), render_mixed(runs),
+                               render_fine_tuning(runs)) if part]
     text = render(runs, args.machine) + "".join(f"\n{part}" for part in extra) \
         + (f"\n{args.note.read_text()}" if args.note else "")
     args.out.with_suffix(".md").write_text(text)

@@ -72,7 +72,6 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "not-majority", "not-minority", "minority", "all")
 SOURCE_ORDERS = ("subjects", "similar")
-SOURCE_ORDERS = ("subjects", "similar")
 WORK_DIR = ".fesaug-balance"
 OUTPUTS = ("manifest.parquet", "README.md", "histogram.png", "images", WORK_DIR)
 

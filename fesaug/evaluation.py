@@ -231,6 +231,7 @@ class _Fold:
         self.test_rows = np.flatnonzero((m.df["fold"] == k).fillna(False).to_numpy(dtype=bool))
         self.split_manifest = self._write_split()
         self._balanced_read: Manifest | None = None
+        self._balanced_data: ManifestDataset | None = None
 
     def run(self) -> None:
         conditions = set(self.config.conditions)
@@ -238,7 +239,7 @@ class _Fold:
             if "real" in conditions or (self.config.synthesis and r == 0):
                 self._condition("real", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows], r), r)
             if "fes" in conditions:
-                self._condition("fes", lambda: self._fit(*self._balanced_train(), r), r)
+                self._condition("fes", lambda: self._fit(self._balanced_train().pixels, self._balanced_train().labels, r), r)
             if "oversample" in conditions:
                 self._condition("oversample", lambda: self._oversample(r), r)
             if "mixed" in conditions:
@@ -282,12 +283,14 @@ class _Fold:
             self._balanced_read = read_manifest(self._balanced())
         return self._balanced_read
 
-    def _balanced_train(self) -> tuple[torch.Tensor, np.ndarray]:
-        """Pixels and labels of the balanced training rows (real + synthetic)."""
-        b = self._balanced_manifest()
-        rows = np.flatnonzero((b.df["split"] == "train").to_numpy())
-        data = ManifestDataset(b, rows=rows, image_size=self.config.downstream.image_size)
-        return data.pixels, data.labels
+    def _balanced_train(self) -> ManifestDataset:
+        """The balanced training rows (real + synthetic) at the downstream size, decoded once per
+        fold: ``fes`` and ``mixed`` train on them once per seed."""
+        if self._balanced_data is None:
+            b = self._balanced_manifest()
+            rows = np.flatnonzero((b.df["split"] == "train").to_numpy())
+            self._balanced_data = ManifestDataset(b, rows=rows, image_size=self.config.downstream.image_size)
+        return self._balanced_data
 
     def _synthetic(self, image_size: int | None) -> ManifestDataset:
         return ManifestDataset(self._balanced_manifest(), origins=("synthetic",), image_size=image_size)
@@ -368,22 +371,20 @@ class _Fold:
         the first of each class in the balanced manifest, which follows balance's plan (round-robin
         over subjects, so the half still spans them). A class without real training images keeps
         all its synthetic ones, as it cannot be oversampled."""
-        b = self._balanced_manifest()
-        df = b.df
-        synthetic = ((df["split"] == "train") & (df["origin"] != "real")).to_numpy()
+        balanced = self._balanced_train()
+        synthetic = balanced.manifest.df["origin"].to_numpy()[balanced.rows] != "real"
         y = self.labels[self.train_rows]
         chosen, targets = [], {}
         for k in range(len(self.m.classes)):
-            rows = np.flatnonzero(synthetic & (df["label"] == k).to_numpy())
+            mine = np.flatnonzero(synthetic & (balanced.labels == k))  # positions in manifest (= plan) order
             n_real = int((y == k).sum())
-            keep = rows[: len(rows) // 2] if n_real else rows
+            keep = mine[: len(mine) // 2] if n_real else mine
             chosen.append(keep)
             if n_real:
-                targets[k] = n_real + len(rows) - len(keep)
-        index = random_oversample(y, targets, self.config.seed + r)
-        syn = ManifestDataset(b, rows=np.concatenate(chosen), image_size=self.config.downstream.image_size)
-        x = torch.cat([self.pixels[self.train_rows][index], syn.pixels])
-        model, info = self._fit(x, np.concatenate([y[index], syn.labels]), r)
+                targets[k] = n_real + len(mine) - len(keep)
+        index, syn = random_oversample(y, targets, self.config.seed + r), np.concatenate(chosen)
+        x = torch.cat([self.pixels[self.train_rows][index], balanced.pixels[syn]])
+        model, info = self._fit(x, np.concatenate([y[index], balanced.labels[syn]]), r)
         return model, info | {"n_synthetic": len(syn)}
 
     def _record(self, name: str, r: int = 0) -> Path:
@@ -625,10 +626,8 @@ def _fold_records(out: Path) -> dict[int, dict[str, Any]]:
 
 
 def _test(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A condition's test scores on one fold: the mean over its seeds (the record alone for one)."""
+    """A condition's accuracy, macro-F1 and per-class recall on one fold: the mean over its seeds."""
     tests = [record["test"], *(s["test"] for s in record.get("seeds", ()))]
-    if len(tests) == 1:
-        return tests[0]
     return {"accuracy": float(np.mean([t["accuracy"] for t in tests])),
             "macro_f1": float(np.mean([t["macro_f1"] for t in tests])),
             "recall": {c: float(np.mean([t["recall"][c] for t in tests])) for c in tests[0]["recall"]}}
@@ -699,8 +698,7 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
         "protocol": protocol,
         "conditions": summary,
         "comparisons": comparisons,
-        "per_fold": {str(k): {name: {key: _test(r[name])[key] for key in ("accuracy", "macro_f1", "recall")}
-                               for name in names if name in r} for k, r in folds.items()},
+        "per_fold": {str(k): {name: _test(r[name]) for name in names if name in r} for k, r in folds.items()},
         "synthesis": _synthesis_summary({k: r["synthesis"] for k, r in folds.items() if "synthesis" in r}, classes,
                                         {k: r["real"]["test"] for k, r in folds.items() if "real" in r}),
         "seconds": {str(k): {name: _seconds(r[name]) for name in names if name in r} for k, r in folds.items()},
