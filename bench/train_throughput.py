@@ -85,7 +85,8 @@ def main() -> None:
         "achieved_flops": achieved, "matmul_peak_flops": peak, "ratio_of_peak": achieved / peak,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "torch": torch.__version__,
-        "command": f".venv/bin/python bench/train_throughput.py --preset {args.preset} --batch-size {b}"
+        "timed_steps": args.steps,
+        "command": f".venv/bin/python bench/train_throughput.py --preset {args.preset} --batch-size {b} --steps {args.steps}"
                    + (f" --threads {args.threads}" if args.threads else ""),
     }
     RESULTS.mkdir(exist_ok=True)

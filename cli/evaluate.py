@@ -172,6 +172,10 @@ def format_summary(results: dict) -> str:
         p = "" if c["wilcoxon_p"] is None else f", Wilcoxon p = {c['wilcoxon_p']:.3f}"
         lines.append(f"{name.replace('_', ' ')}: macro-F1 {c['mean_difference']:+.3f} "
                      f"(won {c['wins']}, lost {c['losses']} of {c['n_folds']} folds{p})")
+    if results.get("verdict"):
+        from fesaug.evaluation_report import verdict_text
+
+        lines.append(f"verdict: {verdict_text(results['verdict'])}")
     syn = results.get("synthesis") or {}
     if syn:
         lines.append(f"synthetic images recognised as their target by the real classifier: {ms(syn['recognised'])} "

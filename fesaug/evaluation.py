@@ -81,6 +81,10 @@ FINE_TUNED = ("fersnet+fes", "fersnet+oversample")
 # fine-tuning on repeated real faces (what the synthetic faces add beyond more training).
 COMPARISONS = (("fes", "real"), ("fes", "oversample"), ("mixed", "real"), ("mixed", "oversample"),
                ("fersnet+fes", "fersnet"), ("fersnet+fes", "fersnet+oversample"))
+# The verdict's test: the two-sided Wilcoxon signed-rank test over paired folds at this level. With
+# fewer than MIN_VERDICT_FOLDS folds its exact p-value cannot fall below it (5 folds: 0.0625).
+VERDICT_ALPHA = 0.05
+MIN_VERDICT_FOLDS = 6
 # Written by evaluate(); anything else in DIR is the user's and is never deleted.
 OUTPUTS = ("evaluate.json", "results.json", "report.md", "recall.png")
 
@@ -701,6 +705,8 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
         "per_fold": {str(k): {name: _test(r[name]) for name in names if name in r} for k, r in folds.items()},
         "synthesis": _synthesis_summary({k: r["synthesis"] for k, r in folds.items() if "synthesis" in r}, classes,
                                         {k: r["real"]["test"] for k, r in folds.items() if "real" in r}),
+        "verdict": verdict(comparisons, min((min(summary[n]["seeds_per_fold"]) for n in ("fes", "real", "oversample")
+                                             if n in summary), default=1)),
         "seconds": {str(k): {name: _seconds(r[name]) for name in names if name in r} for k, r in folds.items()},
         "provenance": provenance("evaluate", jsonable(config.key())),
     }
@@ -710,6 +716,54 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
     plot_recall(results, classes, out / "recall.png")
     atomic_write_text(out / "report.md", render_report(results, classes))
     return results
+
+
+def verdict(comparisons: Mapping[str, Any], seeds_per_fold: int = 1) -> dict[str, Any] | None:
+    """The question ``fesaug evaluate`` is run for: does the FES-balanced training set beat the
+    real data alone, and random oversampling (the cheap alternative)? ``seeds_per_fold``: the
+    fewest downstream seeds any compared condition has on a fold (one draws a caution).
+
+    Judged on test macro-F1 paired over folds: ``better``/``worse`` when the two-sided Wilcoxon
+    signed-rank p-value is below :data:`VERDICT_ALPHA`, else ``no clear difference``. The
+    ``recommendation`` follows from the comparison with ``oversample`` when it ran (synthesis
+    must earn its cost against it), else from the one with ``real``. ``None`` when neither
+    comparison ran.
+    """
+    against: dict[str, Any] = {}
+    for base in ("real", "oversample"):
+        c = comparisons.get(f"fes_vs_{base}", {}).get("macro_f1")
+        if not c or c["mean_difference"] is None:
+            continue
+        p = c["wilcoxon_p"]
+        outcome = ("no clear difference" if p is None or p >= VERDICT_ALPHA
+                   else "better" if c["mean_difference"] > 0 else "worse")
+        against[base] = {"outcome": outcome, **{k: c[k] for k in ("mean_difference", "wins", "losses", "n_folds", "wilcoxon_p")}}
+    if not against:
+        return None
+    cautions = []
+    n_folds = min(a["n_folds"] for a in against.values())
+    if n_folds < MIN_VERDICT_FOLDS:
+        cautions.append(f"{n_folds} fold(s): the signed-rank test needs at least {MIN_VERDICT_FOLDS} to reach "
+                        f"p < {VERDICT_ALPHA}; evaluate more folds")
+    if seeds_per_fold == 1:
+        cautions.append("one downstream seed per fold: a training's seed alone moves a fold's score by points; "
+                        "--downstream-seeds 3 gives a firmer answer")
+    if "oversample" in against:
+        o = against["oversample"]
+        recommendation = {
+            "better": "use the FES-balanced manifest: it beats random oversampling on this data",
+            "worse": "use random oversampling: it beats the FES-balanced manifest on this data",
+        }.get(o["outcome"], "no evidence that synthesis beats random oversampling on this data; oversampling is the "
+                            "cheaper choice" + (" and scored higher on average" if o["mean_difference"] < 0 else ""))
+    else:
+        r = against["real"]
+        recommendation = {
+            "better": "the FES-balanced manifest beats the real data alone; add the `oversample` condition to compare "
+                      "it with the cheap alternative",
+            "worse": "do not use the FES-balanced manifest: the real data alone scores higher",
+        }.get(r["outcome"], "no evidence that the FES-balanced manifest beats the real data alone")
+    return {"metric": "macro_f1", "test": f"two-sided Wilcoxon signed-rank over paired folds, alpha {VERDICT_ALPHA}",
+            "against": against, "recommendation": recommendation, "cautions": cautions}
 
 
 def _metric(record: Mapping[str, Any], metric: str, minority: Sequence[str]) -> float:

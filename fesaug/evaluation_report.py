@@ -62,6 +62,7 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
         f"{proto['generator'].get('expression_loss_judge', 'FERSNet’s own FER branch')}. Balance: {_balance_text(proto['balance'])}.",
         f"- Minority classes (below the median count): {', '.join(proto['minority_classes']) or 'none'}.",
         "",
+        *_verdict_section(results.get("verdict")),
         "## Test-fold scores (%, mean ± std over folds)",
         "",
     ]
@@ -96,6 +97,25 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
               f"- Versions: {', '.join(f'{k} {v}' for k, v in prov['versions'].items())}",
               f"- Created: {prov['created_at']} on {prov['platform']}", ""]
     return "\n".join(lines)
+
+
+def verdict_text(v: Mapping[str, Any]) -> str:
+    """The verdict of :func:`fesaug.evaluation.verdict` as one sentence."""
+    def part(base: str, a: Mapping[str, Any]) -> str:
+        outcome = {"better": f"beats `{base}`", "worse": f"loses to `{base}`"}.get(
+            a["outcome"], f"shows no clear difference from `{base}`")
+        return (f"{outcome} ({a['mean_difference'] * 100:+.1f} points, won {a['wins']} of {a['n_folds']} folds, "
+                f"p {_p(a['wilcoxon_p'])})")
+
+    parts = " and ".join(part(base, a) for base, a in v["against"].items())
+    return f"`fes` {parts} on test macro-F1 ({v['test']}): {v['recommendation']}."
+
+
+def _verdict_section(v: Mapping[str, Any] | None) -> list[str]:
+    if not v:
+        return []
+    return ["## Verdict", "", verdict_text(v), "", *(f"- Caution: {c}." for c in v["cautions"]),
+            *([""] if v["cautions"] else [])]
 
 
 def _seeds_text(d: Mapping[str, Any]) -> str:

@@ -276,6 +276,51 @@ def test_paired_comparison_drops_zero_differences_in_the_signed_rank_test() -> N
     assert c["wilcoxon_p"] == pytest.approx(0.25)  # 3 positive ranks out of 3 non-zero: 2 / 2**3
 
 
+def _comparisons(**pairs: tuple[list[float], list[float]]) -> dict:
+    return {f"fes_vs_{base}": {"macro_f1": paired_comparison(a, b)} for base, (a, b) in pairs.items()}
+
+
+BASE = [0.70, 0.72, 0.68, 0.75, 0.71, 0.69, 0.73, 0.74]
+UP = [0.76, 0.80, 0.71, 0.79, 0.80, 0.73, 0.78, 0.76]  # + in all 8 folds: p = 2 / 2**8
+MIXED = [0.72, 0.70, 0.70, 0.73, 0.73, 0.67, 0.74, 0.735]  # +/−: no clear difference
+
+
+@pytest.mark.parametrize("over_oversample, outcome, advice", [
+    ((UP, BASE), "better", "use the FES-balanced manifest"),
+    ((BASE, UP), "worse", "use random oversampling"),
+    ((MIXED, BASE), "no clear difference", "no evidence that synthesis beats random oversampling"),
+], ids=["beats", "loses", "unclear"])
+def test_verdict_answers_from_the_paired_test_against_oversampling(over_oversample: tuple, outcome: str, advice: str) -> None:
+    v = evaluation.verdict(_comparisons(real=(UP, BASE), oversample=over_oversample), seeds_per_fold=3)
+    assert v["against"]["real"]["outcome"] == "better"
+    o = v["against"]["oversample"]
+    assert o["outcome"] == outcome
+    assert o["wilcoxon_p"] == pytest.approx(stats.wilcoxon(np.subtract(*over_oversample)).pvalue)
+    assert v["recommendation"].startswith(advice)
+    assert v["cautions"] == []
+    # A mean lead without significance is said, not taken for a win.
+    if outcome == "no clear difference":
+        assert "scored higher" not in v["recommendation"]
+        assert "scored higher on average" in evaluation.verdict(_comparisons(oversample=(BASE, MIXED)), 3)["recommendation"]
+
+
+def test_verdict_without_oversampling_judges_against_real_data_and_says_what_is_missing() -> None:
+    v = evaluation.verdict(_comparisons(real=(UP, BASE)), seeds_per_fold=3)
+    assert list(v["against"]) == ["real"]
+    assert "add the `oversample` condition" in v["recommendation"]
+    assert evaluation.verdict(_comparisons(real=(BASE, UP)), 3)["recommendation"].startswith("do not use")
+    assert evaluation.verdict({}, 3) is None
+
+
+def test_verdict_warns_where_the_test_cannot_reach_significance() -> None:
+    # Five folds all in favour: the exact two-sided signed-rank p is 2 / 2**5 = 0.0625.
+    v = evaluation.verdict(_comparisons(oversample=(UP[:5], BASE[:5])), seeds_per_fold=1)
+    assert v["against"]["oversample"]["wilcoxon_p"] == pytest.approx(0.0625)
+    assert v["against"]["oversample"]["outcome"] == "no clear difference"
+    assert any("at least 6" in c for c in v["cautions"])
+    assert any("--downstream-seeds" in c for c in v["cautions"])
+
+
 def test_aggregate_is_numpy_over_the_fold_records(run: Run) -> None:
     results = run.results
     minority = results["protocol"]["minority_classes"]
@@ -542,6 +587,9 @@ def test_report_and_plot(run: Run) -> None:
     assert "Classification accuracy score" in report
     assert "Against the demo dataset's exact counterfactuals" in report
     assert "## Per fold: macro-F1" in report
+    # Two folds cannot decide: the verdict says so instead of a recommendation alone.
+    assert results["verdict"] == evaluation.verdict(results["comparisons"], 1)
+    assert "## Verdict" in report and "- Caution: 2 fold(s)" in report
     # The report is rendered from results.json alone.
     assert render_report(results, CLASSES) == report
     png = (run.out / "recall.png").read_bytes()
@@ -625,6 +673,15 @@ def test_one_expression_classifier_for_every_fold_is_refused(run: Run, tmp_path:
     (tmp_path / "judge.pt").write_bytes(b"x")
     with pytest.raises(UsageError, match="--expression-judge"):
         dataclasses.replace(run.config, generator=tiny_config(expression_classifier=str(tmp_path / "judge.pt")))
+
+
+def test_cli_summary_gives_the_verdict(run: Run) -> None:
+    from cli.evaluate import format_summary
+    from fesaug.evaluation_report import verdict_text
+
+    lines = format_summary(run.results).splitlines()
+    assert f"verdict: {verdict_text(run.results['verdict'])}" in lines
+    assert lines[-1].startswith("synthetic images recognised")  # the verdict closes the comparisons
 
 
 def test_cli_generator_config_sets_loss_weights_and_flags_still_win(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
