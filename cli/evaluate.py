@@ -176,6 +176,7 @@ def format_summary(results: dict) -> str:
         from fesaug.evaluation_report import verdict_text
 
         lines.append(f"verdict: {verdict_text(results['verdict'])}")
+        lines += [f"caution: {c}" for c in results["verdict"]["cautions"]]
     syn = results.get("synthesis") or {}
     if syn:
         lines.append(f"synthetic images recognised as their target by the real classifier: {ms(syn['recognised'])} "

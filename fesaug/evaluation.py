@@ -31,8 +31,9 @@ Every step is cached in ``DIR/fold-k/``: an interrupted evaluation resumes at th
 piece when run again with the same settings (``DIR/evaluate.json`` records them), and several
 processes may each run some ``folds`` into one ``DIR``; a run over all folds then only
 aggregates. ``DIR/results.json``, ``DIR/report.md`` and ``DIR/recall.png`` summarise the folds
-present: mean ± std over folds and a paired comparison of ``fes`` with ``real`` and with
-``oversample`` (per-fold differences, Wilcoxon signed-rank and paired t tests).
+present: mean ± std over folds, a paired comparison of ``fes`` with ``real`` and with
+``oversample`` (per-fold differences, Wilcoxon signed-rank and paired t tests), and the
+:func:`verdict` those comparisons give.
 
 One downstream training is one draw: its seed (initialisation, batch order, augmentation, the
 oversampling draw) moves a fold's macro-F1 by points, as much as the differences measured.

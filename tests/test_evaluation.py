@@ -681,6 +681,7 @@ def test_cli_summary_gives_the_verdict(run: Run) -> None:
 
     lines = format_summary(run.results).splitlines()
     assert f"verdict: {verdict_text(run.results['verdict'])}" in lines
+    assert "caution: 2 fold(s): the signed-rank test needs at least 6 to reach p < 0.05; evaluate more folds" in lines
     assert lines[-1].startswith("synthetic images recognised")  # the verdict closes the comparisons
 
 
