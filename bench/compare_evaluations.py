@@ -30,14 +30,14 @@ TARGETS = "fes macro-F1 >= real + 2 points and >= oversample + 1 point; minority
           "synthetic images recognised as their target by the real classifier >= 90 %"
 
 
-def _validation(run: Path, condition: str) -> list[float]:
+def _validation(run: Path, condition: str) -> dict[str, float]:
     """Per fold, the best validation macro-F1 of ``condition``, averaged over its downstream seeds."""
     def best(path: Path) -> float:
         return max(h["val_macro_f1"] for h in json.loads(path.read_text())["history"])
 
     folds = sorted(run.glob("fold-*/"), key=lambda p: int(p.name[5:]))
-    return [float(np.mean([best(f / f"{condition}.json"), *map(best, (f / "seeds").glob(f"{condition}-*.json"))]))
-            for f in folds if (f / f"{condition}.json").exists()]
+    return {f.name[5:]: float(np.mean([best(f / f"{condition}.json"), *map(best, (f / "seeds").glob(f"{condition}-*.json"))]))
+            for f in folds if (f / f"{condition}.json").exists()}
 
 
 def _seed_macro_f1(run: Path, condition: str) -> dict[str, list[float]]:
@@ -59,12 +59,12 @@ def summarise(name: str, run: Path) -> dict:
         name = f"{name} [{seeds} downstream seeds]"
     out = {"name": name, "command": results["provenance"]["command"], "settings": settings["config"],
            "protocol": results["protocol"], "folds": [int(k) for k in results["per_fold"]],
-           "validation_macro_f1": {c: float(np.mean(_validation(run, c))) for c in ("real", "oversample", "fes", "mixed")
-                                   if c in conds},
+           "validation_per_fold": {c: _validation(run, c) for c in ("real", "oversample", "fes", "mixed") if c in conds},
            "test": {c: {m: conds[c][m] for m in ("accuracy", "macro_f1", "minority_recall")} | {"recall": conds[c]["recall"]}
                     for c in conds},
            "comparisons": results["comparisons"], "per_fold": results["per_fold"], "synthesis": results["synthesis"],
            "seconds": results["seconds"], "versions": results["provenance"]["versions"]}
+    out["validation_macro_f1"] = {c: float(np.mean(list(v.values()))) for c, v in out["validation_per_fold"].items()}
     if seeds > 1:
         out["seed_macro_f1"] = {c: _seed_macro_f1(run, c) for c in ("real", "oversample", "fes", "mixed") if c in conds}
     out["sibling_trained"] = results["protocol"]["generator"].get("expression_loss_judge") == EXPRESSION_JUDGE
@@ -135,17 +135,21 @@ def render(runs: list[dict], machine: str) -> str:
 
 
 def on_folds(run: dict, folds: list[int]) -> dict:
-    """Test macro-F1 of real / oversample / fes and the paired fes comparisons on ``folds`` only."""
+    """Test macro-F1 of real / oversample / fes, the paired fes comparisons and the validation
+    macro-F1 of fes (None for comparisons recorded before it was kept per fold) on ``folds`` only."""
     per = [run["per_fold"][str(k)] for k in folds]
     f1 = {c: [p[c]["macro_f1"] for p in per] for c in ("real", "oversample", "fes")}
+    val = run.get("validation_per_fold", {}).get("fes", {})
     return {"folds": folds, "macro_f1": {c: float(np.mean(v)) for c, v in f1.items()},
+            "validation_fes": float(np.mean([val[str(k)] for k in folds])) if all(str(k) in val for k in folds) else None,
             "fes_vs_real": paired_comparison(f1["fes"], f1["real"]),
             "fes_vs_oversample": paired_comparison(f1["fes"], f1["oversample"])}
 
 
 def render_common(runs: list[dict], folds: list[int]) -> str:
     lines = [f"## On the folds every run finished ({', '.join(map(str, folds))})", "",
-             "| recipe | test macro-F1 real | oversample | fes | fes − real | fes − oversample |", "|---|---|---|---|---|---|"]
+             "| recipe | val macro-F1 fes | test macro-F1 real | oversample | fes | fes − real | fes − oversample |",
+             "|---|---|---|---|---|---|---|"]
     for r in runs:
         c = r["common_folds"]
         d_real, d_over = c["fes_vs_real"], c["fes_vs_oversample"]
@@ -154,7 +158,8 @@ def render_common(runs: list[dict], folds: list[int]) -> str:
             p = "–" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.3f}"
             return f"{d['mean_difference'] * 100:+.1f} ({d['wins']}/{d['losses']}, p {p})"
 
-        lines.append(f"| {r['name']} | {c['macro_f1']['real'] * 100:.1f} | {c['macro_f1']['oversample'] * 100:.1f} | "
+        val = "–" if c.get("validation_fes") is None else f"{c['validation_fes'] * 100:.1f}"
+        lines.append(f"| {r['name']} | {val} | {c['macro_f1']['real'] * 100:.1f} | {c['macro_f1']['oversample'] * 100:.1f} | "
                      f"{c['macro_f1']['fes'] * 100:.1f} | {diff(d_real)} | {diff(d_over)} |")
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,7 @@ where present) classifies the real test faces, the re-rendered ones and the rend
 faces were never seen by the generator or the classifiers, so nothing here tunes anything; it
 only describes the images.
 
-    .venv/bin/python bench/rendered_faces.py --run /tmp/sm --name ckplus_smooth_mask
+    .venv/bin/python bench/rendered_faces.py --run /tmp/sm --name ckplus_smooth_mask [--folds 0,1,2,3]
 
 Writes bench/results/rendered_faces_<name>.{json,md}.
 """
@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 
 from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.manifest import read_manifest
-from fesaug.downstream import load_classifier, predict_proba
+from fesaug.downstream import classification_report, load_classifier, predict_proba
 from fesaug.generator import load_generator
 from fesaug.provenance import package_versions
 
@@ -62,16 +61,13 @@ def fold_scores(fold: Path) -> dict:
         def predict(images: torch.Tensor) -> np.ndarray:
             return predict_proba(clf, resize_pixels(images, clf.image_size)).argmax(1)
 
-        def macro_f1(pred: np.ndarray) -> float:
-            return float(f1_score(y, pred, labels=list(range(len(classes))), average="macro", zero_division=0))
-
+        on_faces = classification_report(y, predict(x), classes)
         out["conditions"][name] = {
-            "macro_f1_real_faces": macro_f1(predict(x)),
-            "macro_f1_rerendered": macro_f1(predict(own)),
+            "macro_f1_real_faces": on_faces["macro_f1"],
+            "macro_f1_rerendered": classification_report(y, predict(own), classes)["macro_f1"],
             # Test faces of another expression rendered as c, recognised as c.
             "recognised_as": {c: float((predict(rendered[i][y != i]) == i).mean()) for i, c in enumerate(classes)},
-            "real_recall": {c: float((predict(x[y == i]) == i).mean()) if (y == i).any() else None
-                            for i, c in enumerate(classes)},
+            "real_recall": {c: on_faces["recall"][c] if on_faces["support"][c] else None for c in classes},
         }
     return out
 
@@ -85,12 +81,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="a finished fesaug evaluate --out folder")
     parser.add_argument("--name", required=True, help="results go to bench/results/rendered_faces_<name>.*")
+    parser.add_argument("--folds", default="all", help="comma-separated test folds, default every fold with a generator")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    folds = sorted((p for p in args.run.glob("fold-*") if (p / "fersnet" / "checkpoints" / "last.pt").exists()),
-                   key=lambda p: int(p.name.split("-")[1]))
+    wanted = None if args.folds == "all" else {int(k) for k in args.folds.split(",")}
+    folds = sorted((p for p in args.run.glob("fold-*") if (p / "fersnet" / "checkpoints" / "last.pt").exists()
+                    and (wanted is None or int(p.name.split("-")[1]) in wanted)), key=lambda p: int(p.name.split("-")[1]))
     if not folds:
         sys.exit(f"Error: {args.run} has no fold with a trained generator (fold-k/fersnet/checkpoints/last.pt)")
     per_fold = {}

@@ -236,7 +236,8 @@ class _Fold:
         self.test_rows = np.flatnonzero((m.df["fold"] == k).fillna(False).to_numpy(dtype=bool))
         self.split_manifest = self._write_split()
         self._balanced_read: Manifest | None = None
-        self._balanced_data: ManifestDataset | None = None
+        self._balanced_data: dict[int, ManifestDataset] = {}
+        self._pixels_by_size: dict[int, torch.Tensor] = {}
 
     def run(self) -> None:
         conditions = set(self.config.conditions)
@@ -288,14 +289,25 @@ class _Fold:
             self._balanced_read = read_manifest(self._balanced())
         return self._balanced_read
 
-    def _balanced_train(self) -> ManifestDataset:
-        """The balanced training rows (real + synthetic) at the downstream size, decoded once per
-        fold: ``fes`` and ``mixed`` train on them once per seed."""
-        if self._balanced_data is None:
+    def _pixels_at(self, size: int) -> torch.Tensor:
+        """Every image of the manifest at ``size`` (FERSNet's may differ from the downstream one),
+        decoded once per fold and size."""
+        if size == self.config.downstream.image_size:
+            return self.pixels
+        if size not in self._pixels_by_size:
+            self._pixels_by_size[size] = ManifestDataset(self.m, image_size=size).pixels
+        return self._pixels_by_size[size]
+
+    def _balanced_train(self, size: int | None = None) -> ManifestDataset:
+        """The balanced training rows (real + synthetic) at ``size`` (default the downstream
+        size), decoded once per fold and size: ``fes``, ``mixed`` and ``fersnet+fes`` train on
+        them once per seed."""
+        size = size or self.config.downstream.image_size
+        if size not in self._balanced_data:
             b = self._balanced_manifest()
             rows = np.flatnonzero((b.df["split"] == "train").to_numpy())
-            self._balanced_data = ManifestDataset(b, rows=rows, image_size=self.config.downstream.image_size)
-        return self._balanced_data
+            self._balanced_data[size] = ManifestDataset(b, rows=rows, image_size=size)
+        return self._balanced_data[size]
 
     def _synthetic(self, image_size: int | None) -> ManifestDataset:
         return ManifestDataset(self._balanced_manifest(), origins=("synthetic",), image_size=image_size)
@@ -454,13 +466,11 @@ class _Fold:
         size = gen.image_size
 
         def at_size(rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-            data = ManifestDataset(self.m, rows=rows, image_size=size)
-            return data.pixels, data.labels
+            return self._pixels_at(size)[rows], self.labels[rows]
 
         def training_set() -> tuple[torch.Tensor, np.ndarray]:
             if name == "fersnet+fes":
-                b = self._balanced_manifest()
-                train = ManifestDataset(b, rows=np.flatnonzero((b.df["split"] == "train").to_numpy()), image_size=size)
+                train = self._balanced_train(size)
                 return train.pixels, train.labels
             index, _ = self._oversample_index(r)
             x, y = at_size(self.train_rows)
