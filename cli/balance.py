@@ -72,6 +72,14 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
                    "(a fold-K/real.pt of fesaug evaluate), recognises its target.")
 @click.option("--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --judge: the least probability the judge must give the target.")
+@click.option("--max-identity-distance", type=click.FloatRange(min=0, min_open=True), metavar="D",
+              help="Also keep an image only if dlib's face-recognition embedding of it lies at most D from its source "
+                   "face's (0.6 is dlib's same-person threshold; needs pip install 'fesaug[judges]').")
+@click.option("--external-judge", type=click.Choice(["fer2013"]),
+              help="Also keep an image only if this expression classifier, trained on another dataset (FER2013), sees "
+                   "its target; classes it does not know (contempt) pass untouched.")
+@click.option("--min-external-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --external-judge: the least probability it must give the target.")
 @click.option("--source-order", type=click.Choice(["subjects", "similar"]), default="subjects", show_default=True,
               help="subjects: sources round-robin over subjects in random order. similar: the same round-robin, "
                    "trying first the faces whose expression the checkpoint's FER branch finds closest to the target.")
@@ -89,7 +97,8 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
                     sampling_strategy: str | None, targets: dict[str, int], undersample: bool, splits: tuple[str, ...],
                     exclude_folds: tuple[int, ...], min_confidence: float, max_attempts: int,
                     au_checkpoint: Path | None, min_au_consistency: float, judge_checkpoint: Path | None,
-                    min_judge_confidence: float, source_order: str, output_size: int | None,
+                    min_judge_confidence: float, max_identity_distance: float | None, external_judge: str | None,
+                    min_external_confidence: float, source_order: str, output_size: int | None,
                     seed: int, batch_size: int, embed_images: bool, device: str, strict: bool, overwrite: bool) -> None:
     """Synthesize images with a trained FERSNet until every class reaches its target.
 
@@ -110,7 +119,8 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
         max_attempts=max_attempts, seed=seed, batch_size=batch_size, embed_images=embed_images, output_size=output_size,
         au_checkpoint=None if au_checkpoint is None else str(au_checkpoint), min_au_consistency=min_au_consistency,
         judge_checkpoint=None if judge_checkpoint is None else str(judge_checkpoint),
-        min_judge_confidence=min_judge_confidence, source_order=source_order,
+        min_judge_confidence=min_judge_confidence, source_order=source_order, max_identity_distance=max_identity_distance,
+        external_judge=external_judge, min_external_confidence=min_external_confidence,
     )
     if device == "cuda":
         import torch
@@ -134,6 +144,8 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
 
 
 def format_summary(r: BalanceResult) -> str:
+    from fesaug.balance import gate_table
+
     rows = []
     for c in r.counts_before:
         acc = r.acceptance[c]
@@ -145,5 +157,7 @@ def format_summary(r: BalanceResult) -> str:
     made = sum(r.generated.values())
     speed = f" in {r.seconds:.1f} s ({made / r.seconds:.0f} images/s)" if r.seconds and made else ""
     resumed = f"; resumed {r.resumed_chunks} finished chunk(s)" if r.resumed_chunks else ""
-    return "\n".join([*table, "", f"synthesized {made} image(s){speed}{resumed}",
+    # With more than the FER branch's gate, say which gate rejected what.
+    gates = ["", "share of candidates each gate passed:", *aligned_table(*gate_table(r))] if len(r.gate_passed) > 1 else []
+    return "\n".join([*table, *gates, "", f"synthesized {made} image(s){speed}{resumed}",
                       f"wrote {r.manifest}, {r.out_dir / 'README.md'}, {r.out_dir / 'histogram.png'}"])

@@ -67,6 +67,10 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
                           "classifier) instead of its own FER branch."),
         click.option("--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
                      help="With --judge: the least probability it must give the target."),
+        click.option("--judges", default="auto", show_default=True, metavar="auto|none|LIST",
+                     help="Models trained elsewhere that also score the synthetic images: identity (dlib), fer2013 "
+                          "(expression), perceptual (ST-LPIPS); auto = every one installed (identity and perceptual "
+                          "need pip install 'fesaug[judges]')."),
         click.option("--au-check", "au_checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      metavar="CHECKPOINT", help="Emotion + AU model (fesaug train --tasks emotion,au): report the AU "
                                                 "consistency of the synthetic images per target class."),
@@ -122,11 +126,13 @@ def evaluate_synthesis_command(**options) -> None:  # noqa: ANN003
 def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: Path, folds: list[int] | None, model: str,
          epochs: int, image_size: int, preset: str, generator_config: Path | None, generator_epochs: int,
          generator_batch_size: int | None, target_per_class: int | str | None, min_confidence: float,
-         max_attempts: int, source_order: str, judge: bool, expression_judge: bool, min_judge_confidence: float, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
+         max_attempts: int, source_order: str, judge: bool, expression_judge: bool, min_judge_confidence: float,
+         judges: str, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
          overwrite: bool, downstream_seeds: int = 1) -> None:
     from fesaug.balance import BalanceConfig
     from fesaug.downstream import DownstreamConfig
     from fesaug.evaluation import EvaluateConfig, evaluate
+    from fesaug.judges import resolve_judges
     from fesaug.train_config import TrainConfig, load_config
 
     from .train import _show_progress_log
@@ -149,7 +155,7 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
                               max_attempts=max_attempts, min_judge_confidence=min_judge_confidence, seed=seed,
                               source_order=source_order),
         val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
-        judge=judge, expression_judge=expression_judge, downstream_seeds=downstream_seeds)
+        judge=judge, expression_judge=expression_judge, downstream_seeds=downstream_seeds, judges=resolve_judges(judges))
     _show_progress_log("fesaug.evaluation")
     _show_progress_log("fesaug.training")  # FERSNet's epochs: minutes per fold on a CPU
     result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite)
@@ -181,4 +187,8 @@ def format_summary(results: dict) -> str:
     if syn:
         lines.append(f"synthetic images recognised as their target by the real classifier: {ms(syn['recognised'])} "
                      f"(its real test faces of those classes: {ms(syn['real_test_recognised'])})")
+        if syn.get("judges"):
+            from fesaug.evaluation_report import judges_summary
+
+            lines += judges_summary(syn["judges"])
     return "\n".join(lines)

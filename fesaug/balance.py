@@ -72,6 +72,8 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "not-majority", "not-minority", "minority", "all")
 SOURCE_ORDERS = ("subjects", "similar")
+# Expression judges trained elsewhere that can gate synthetic faces (fesaug.judges).
+EXTERNAL_JUDGES = ("fer2013",)
 WORK_DIR = ".fesaug-balance"
 OUTPUTS = ("manifest.parquet", "README.md", "histogram.png", "images", WORK_DIR)
 
@@ -91,6 +93,10 @@ class BalanceConfig:
     sources round-robin over subjects in random order; ``similar`` keeps the round-robin but
     tries first the subjects, and within a subject the images, whose expression the
     checkpoint's FER branch already finds closest to the target (see :func:`plan_sources`).
+    ``max_identity_distance``: keep only faces whose dlib identity embedding lies at most this far
+    from the source face's (a face that cannot be aligned fails). ``external_judge``: a classifier
+    trained on another dataset (``fer2013``) must give the target at least
+    ``min_external_confidence``; classes it does not know (contempt) pass it untouched.
     """
 
     target_per_class: int | str = "max"
@@ -110,6 +116,9 @@ class BalanceConfig:
     judge_checkpoint: str | None = None
     min_judge_confidence: float = 0.5
     source_order: str = "subjects"
+    max_identity_distance: float | None = None
+    external_judge: str | None = None
+    min_external_confidence: float = 0.5
 
     def __post_init__(self) -> None:
         tpc = self.target_per_class
@@ -126,6 +135,13 @@ class BalanceConfig:
             raise UsageError(f"--min-judge-confidence must lie in [0, 1], got {self.min_judge_confidence}")
         if not 0.0 <= self.min_au_consistency <= 1.0:
             raise UsageError(f"--min-au-consistency must lie in [0, 1], got {self.min_au_consistency}")
+        if not 0.0 <= self.min_external_confidence <= 1.0:
+            raise UsageError(f"--min-external-confidence must lie in [0, 1], got {self.min_external_confidence}")
+        if self.max_identity_distance is not None and not self.max_identity_distance > 0:
+            raise UsageError(f"--max-identity-distance must be above 0 (dlib's same-person threshold is 0.6), "
+                             f"got {self.max_identity_distance}")
+        if self.external_judge is not None and self.external_judge not in EXTERNAL_JUDGES:
+            raise UsageError(f"unknown --external-judge {self.external_judge!r}; choose one of {', '.join(EXTERNAL_JUDGES)}")
         for name in ("max_attempts", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -156,6 +172,7 @@ class BalanceResult:
     seconds: float
     resumed_chunks: int = 0
     problems: list[str] = field(default_factory=list)  # fesaug audit's findings on the output
+    gate_passed: dict[str, dict[str, int]] = field(default_factory=dict)  # gate -> class -> candidates it passed
 
     @property
     def counts_after(self) -> dict[str, int]:
@@ -164,6 +181,13 @@ class BalanceResult:
     @property
     def acceptance(self) -> dict[str, float | None]:
         return {c: (self.generated[c] / a if a else None) for c, a in self.attempts.items()}
+
+    @property
+    def gate_pass_rates(self) -> dict[str, dict[str, float | None]]:
+        """Per gate and class, the share of candidates that gate passed (the gates judge every
+        candidate, so each rate stands alone; ``acceptance`` is their joint effect)."""
+        return {g: {c: (n / self.attempts[c] if self.attempts[c] else None) for c, n in counts.items()}
+                for g, counts in self.gate_passed.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,6 +349,8 @@ class _Plan:
     key: dict[str, Any]  # what must match for a resume
     au_checker: Any = None  # an EmotionAUPredictor for the AU check, if asked for
     judge: Any = None  # a DownstreamClassifier for the independent-judge check, if asked for
+    identity: Any = None  # fesaug.judges' IdentityJudge for --max-identity-distance, if asked for
+    external: Any = None  # an expression judge trained elsewhere for --external-judge, if asked for
     decoded: tuple[np.ndarray, torch.Tensor] | None = None  # source rows and their pixels, if planning needed them
 
     def sample_id(self, cls: int, slot: int) -> str:
@@ -432,8 +458,12 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
             raise FesaugError(f"the --judge classifier {config.judge_checkpoint} knows classes {', '.join(judge_classes)}, "
                               f"but {manifest_path} has {', '.join(m.classes)}; use one trained on this dataset")
         key["judge_checkpoint_sha256"] = file_sha256(config.judge_checkpoint)
+    from .judges import load_judge
+
+    identity = load_judge("identity") if config.max_identity_distance is not None else None
+    external = load_judge(config.external_judge, device=device or "cpu") if config.external_judge else None
     return _Plan(m, gen, config, working, counts, targets, to_generate, removed, sorted(excluded),
-                 _output_size(m, working, gen, config.output_size), orders, slots, key, checker, judge,
+                 _output_size(m, working, gen, config.output_size), orders, slots, key, checker, judge, identity, external,
                  None if pixels is None else (sources, pixels))
 
 
@@ -491,12 +521,14 @@ def _part_path(out: Path, chunk: int) -> Path:
 
 
 def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chunk: list[tuple[int, int]],
-               out: Path, pool: ThreadPoolExecutor) -> tuple[list[dict[str, Any]], dict[str, int], list[Future]]:
-    """Fill the slots of one chunk through the quality gate; images are written by ``pool``."""
+               out: Path, pool: ThreadPoolExecutor) -> tuple[list[dict[str, Any]], dict[str, Any], list[Future]]:
+    """Fill the slots of one chunk through the quality gates; images are written by ``pool``.
+    Also returns the attempts per class and, per gate, how many candidates of each class it passed."""
     m, gen, cfg = plan.manifest, plan.generator, plan.config
     df = m.df
     accepted: list[dict[str, Any]] = []
     attempts = dict.fromkeys(m.classes, 0)
+    passed: dict[str, dict[str, int]] = {}
     writes: list[Future] = []
     pending = list(chunk)
     for attempt in range(cfg.max_attempts):
@@ -509,15 +541,17 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
             inputs.append(image)
             transforms.append(how)
         targets = torch.tensor([k for k, _ in pending])
-        fakes = gen.synthesize(torch.stack(inputs), targets, batch_size=len(inputs))
-        confidence = gen.classify(fakes, batch_size=len(inputs))[torch.arange(len(pending)), targets]
-        consistency = _au_check(plan, fakes, targets)
-        judged = _judge(plan, fakes, targets)
+        sources = torch.stack(inputs)
+        fakes = gen.synthesize(sources, targets, batch_size=len(inputs))
+        scores, gates = _gate_scores(plan, sources, fakes, targets)
+        for gate, ok in gates.items():
+            for k, good in zip(targets.tolist(), ok):
+                counts = passed.setdefault(gate, dict.fromkeys(m.classes, 0))
+                counts[m.classes[k]] += int(good)
         still = []
-        for (k, s), cnd, how, fake, conf, au, jc in zip(pending, cands, transforms, fakes, confidence.tolist(), consistency, judged):
+        for i, ((k, s), cnd, how, fake) in enumerate(zip(pending, cands, transforms, fakes)):
             attempts[m.classes[k]] += 1
-            if (conf < cfg.min_confidence or (au is not None and au < cfg.min_au_consistency)
-                    or (jc is not None and jc < cfg.min_judge_confidence)):
+            if not all(ok[i] for ok in gates.values()):
                 still.append((k, s))
                 continue
             sid = plan.sample_id(k, s)
@@ -527,13 +561,39 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
                 "sample_id": sid, "path": rel, "label": k, "subject_id": _none(df["subject_id"].iat[src]),
                 "fold": _none(df["fold"].iat[src]), "split": df["split"].iat[src],
                 "parent_id": df["sample_id"].iat[src], "source_label": int(df["label"].iat[src]),
-                "confidence": round(float(conf), 6), "attempt": attempt, "source_transform": how,
-                "slot": s, **({"au_consistency": None if au is None else round(au, 6)} if plan.au_checker else {}),
-                **({"judge_confidence": round(jc, 6)} if plan.judge is not None else {}),
+                "attempt": attempt, "source_transform": how, "slot": s,
+                **{column: (None if v[i] is None or not np.isfinite(v[i]) else round(float(v[i]), 6)) for column, v in scores.items()},
             })
             writes.append(pool.submit(_write_image, fake, plan.output_size, out / rel, accepted[-1]))
         pending = still
-    return accepted, attempts, writes
+    return accepted, {"attempts": attempts, "passed": passed}, writes
+
+
+def _gate_scores(plan: _Plan, sources: torch.Tensor, fakes: torch.Tensor,
+                 targets: torch.Tensor) -> tuple[dict[str, list[float | None]], dict[str, list[bool]]]:
+    """Every active gate's score of each fake (by manifest column) and its pass/fail (by gate).
+
+    A class an AU model or external judge has no opinion on (None / NaN) passes that gate; a face
+    the identity judge cannot align fails, since nothing then shows it is still the same person."""
+    cfg, names = plan.config, [plan.manifest.classes[k] for k in targets.tolist()]
+    confidence = plan.generator.classify(fakes, batch_size=len(fakes))[torch.arange(len(fakes)), targets].tolist()
+    scores: dict[str, list[float | None]] = {"confidence": confidence}
+    gates = {"fer_branch": [c >= cfg.min_confidence for c in confidence]}
+    if plan.au_checker is not None:
+        scores["au_consistency"] = au = _au_check(plan, fakes, targets)
+        gates["au_check"] = [a is None or a >= cfg.min_au_consistency for a in au]
+    if plan.judge is not None:
+        scores["judge_confidence"] = jc = _judge(plan, fakes, targets)
+        gates["judge"] = [j >= cfg.min_judge_confidence for j in jc]
+    if plan.identity is not None:
+        d = plan.identity.score(fakes, names, sources)
+        scores["identity_distance"] = d.tolist()
+        gates["identity"] = [bool(np.isfinite(v) and v <= cfg.max_identity_distance) for v in d]
+    if plan.external is not None:
+        p = plan.external.score(fakes, names)
+        scores["external_confidence"] = p.tolist()
+        gates["external"] = [bool(not np.isfinite(v) or v >= cfg.min_external_confidence) for v in p]
+    return scores, gates
 
 
 def _au_check(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[float | None]:
@@ -551,13 +611,11 @@ def _au_check(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[f
     return out
 
 
-def _judge(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[float | None]:
-    """The independent judge's probability of each fake's target (None: no judge).
+def _judge(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """The independent judge's probability of each fake's target.
 
     The FER branch was trained jointly with the generator, which learns to satisfy it; a
     classifier trained apart on real faces only is not fooled the same way."""
-    if plan.judge is None:
-        return [None] * len(fakes)
     from .downstream import predict_proba
 
     probs = predict_proba(plan.judge, resize_pixels(fakes, plan.judge.image_size))
@@ -643,11 +701,11 @@ def _generate(plan: _Plan, chunks: list[list[tuple[int, int]]], mine: list[int],
             _commit(out, *previous)
 
 
-def _commit(out: Path, chunk: int, rows: list[dict[str, Any]], attempts: dict[str, int], writes: list[Future]) -> None:
+def _commit(out: Path, chunk: int, rows: list[dict[str, Any]], tally: dict[str, Any], writes: list[Future]) -> None:
     for w in writes:
         w.result()  # re-raises a failed write
     # The part is written after its images: a part on disk means its whole chunk is on disk.
-    atomic_write_text(_part_path(out, chunk), json.dumps({"chunk": chunk, "rows": rows, "attempts": attempts}))
+    atomic_write_text(_part_path(out, chunk), json.dumps({"chunk": chunk, "rows": rows, **tally}))
 
 
 # ---- the manifest
@@ -658,14 +716,18 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
     parts = [json.loads(_part_path(out, i).read_text()) for i in range(n_chunks)]
     synthetic = sorted((r for p in parts for r in p["rows"]), key=lambda r: (r["label"], r["slot"]))
     attempts = dict.fromkeys(m.classes, 0)
+    passed: dict[str, dict[str, int]] = {}
     for p in parts:
         for c, n in p["attempts"].items():
             attempts[c] += n
+        for gate, counts in p.get("passed", {}).items():  # parts written before gates were counted have none
+            for c, n in counts.items():
+                passed.setdefault(gate, dict.fromkeys(m.classes, 0))[c] += n
     generated = {c: sum(1 for r in synthetic if r["label"] == k) for k, c in enumerate(m.classes)}
     removed = {c: sum(1 for r in plan.removed_rows if int(m.df["label"].iat[r]) == k) for k, c in enumerate(m.classes)}
     shortfall = {c: plan.to_generate[c] - generated[c] for c in m.classes}
     result = BalanceResult(out, out / "manifest.parquet", plan.counts, plan.targets, plan.to_generate, generated,
-                           removed, attempts, shortfall, 0.0, resumed)
+                           removed, attempts, shortfall, 0.0, resumed, gate_passed=passed)
 
     real = m.df.drop(index=m.df.index[plan.removed_rows]).reset_index(drop=True)
     root, real_images = _relocate(m, real, out, embed=cfg.embed_images)
@@ -738,6 +800,12 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
                              "prototypes": "fesaug.data.au.EMOTION_AU_PROTOTYPES"}} if plan.au_checker else {}),
             **({"judge_check": {"checkpoint": cfg.judge_checkpoint, "checkpoint_sha256": plan.key["judge_checkpoint_sha256"],
                                 "min_judge_confidence": cfg.min_judge_confidence}} if plan.judge is not None else {}),
+            **({"identity_check": {"model": "dlib face-recognition ResNet v1 (fesaug.judges.identity)",
+                                   "max_identity_distance": cfg.max_identity_distance}} if plan.identity is not None else {}),
+            **({"external_check": {"judge": cfg.external_judge, "min_external_confidence": cfg.min_external_confidence,
+                                   "not_judged": [c for c in m.classes if not plan.external.known(c)]}}
+               if plan.external is not None else {}),
+            "gate_passed": r.gate_passed, "gate_pass_rates": r.gate_pass_rates,
         },
         "generator_training": {
             gen.checkpoint_sha256: {
@@ -789,6 +857,13 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
         *([f"- Independent judge: also kept only when the classifier `{cfg.judge_checkpoint}`, trained on real faces "
            f"apart from the generator, gives the target at least {cfg.min_judge_confidence:g} (`judge_confidence` column)."]
           if cfg.judge_checkpoint else []),
+        *([f"- Identity: also kept only when dlib's face-recognition embedding of the image lies at most "
+           f"{cfg.max_identity_distance:g} from its source face's (0.6 is dlib's same-person threshold; "
+           "`identity_distance` column); a face it cannot align is rejected."] if cfg.max_identity_distance is not None else []),
+        *([f"- External judge: also kept only when the {cfg.external_judge.upper()} expression classifier, trained on "
+           f"another dataset, gives the target at least {cfg.min_external_confidence:g} (`external_confidence` column); "
+           "classes it does not know pass untouched."] if cfg.external_judge else []),
+        *(["", "Share of candidates each gate passed, per class:", "", *_markdown(*gate_table(r))] if r.gate_passed else []),
         f"- Synthetic images are {plan.output_size}×{plan.output_size} PNGs under `images/<class>/`.",
         "- Each synthetic row keeps its parent's `subject_id`, `split` and `fold`, and names its `parent_id`.",
         "",
@@ -810,7 +885,26 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+GATE_NAMES = {"fer_branch": "FER branch", "au_check": "AU check", "judge": "judge", "identity": "identity",
+              "external": "external judge"}
+
+
+def gate_table(r: BalanceResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: per class, the share of candidates each gate passed (for the dataset
+    card and the CLI summary)."""
+    rates = r.gate_pass_rates
+    header = ["class", *(GATE_NAMES.get(g, g) for g in rates)]
+    rows = [[c, *("–" if rates[g][c] is None else f"{rates[g][c]:.0%}" for g in rates)] for c in r.counts_before
+            if r.attempts.get(c)]
+    return header, rows
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1), *("| " + " | ".join(x) + " |" for x in rows)]
+
+
 def _summary_from(out: Path) -> BalanceResult:
     meta = read_manifest(out / "manifest.parquet").meta["balance"]
     return BalanceResult(out, out / "manifest.parquet", meta["counts_before"], meta["targets"], meta["to_generate"],
-                         meta["generated"], meta["removed"], meta["attempts"], meta["shortfall"], 0.0)
+                         meta["generated"], meta["removed"], meta["attempts"], meta["shortfall"], 0.0,
+                         gate_passed=meta.get("gate_passed", {}))

@@ -67,6 +67,7 @@ from .downstream import (DownstreamClassifier, DownstreamConfig, classification_
                          predict_proba, random_oversample, save_classifier)
 from .errors import FesaugError, UsageError
 from .evaluation_report import EXPRESSION_JUDGE
+from .judges import judge_synthesis, resolve_judges
 from .provenance import provenance
 from .runlog import jsonable, read_metrics, with_defaults
 from .train_config import TrainConfig
@@ -106,7 +107,9 @@ class EvaluateConfig:
     classifier that scores the synthetic images is not the one that chose them).
     ``expression_judge``: FERSNet's expression loss goes through that same judge instead of
     its own FER branch (``TrainConfig.expression_classifier``). ``downstream_seeds``: trainings
-    per downstream condition and fold, averaged (module docstring).
+    per downstream condition and fold, averaged (module docstring). ``judges``: models trained
+    elsewhere that also score the synthetic images (:mod:`fesaug.judges`; default: every one
+    installed).
     """
 
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
@@ -120,6 +123,7 @@ class EvaluateConfig:
     judge: bool = False
     expression_judge: bool = False
     downstream_seeds: int = 1
+    judges: tuple[str, ...] = field(default_factory=lambda: resolve_judges("auto"))
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
@@ -136,11 +140,12 @@ class EvaluateConfig:
             raise UsageError(f"--downstream-seeds must be at least 1, got {self.downstream_seeds}")
         if not 0 < self.val_fraction <= 0.5:
             raise UsageError(f"--val-fraction must lie in (0, 0.5], got {self.val_fraction}")
+        resolve_judges(self.judges)  # unknown or not installed: one clear error before any work
 
     def key(self) -> dict[str, Any]:
-        """What cached fold results depend on. Conditions, the synthesis report, the AU model and
-        the number of downstream seeds only choose which pieces are computed, so they may change
-        between runs of one DIR."""
+        """What cached fold results depend on. Conditions, the synthesis report, the AU model, the
+        judges and the number of downstream seeds only choose which pieces are computed, so they
+        may change between runs of one DIR."""
         return {"downstream": dataclasses.asdict(self.downstream) | {"device": None},
                 "generator": self.generator.to_dict() | {"device": None, "num_workers": None},
                 "balance": self.balance.to_dict(), "val_fraction": self.val_fraction, "seed": self.seed,
@@ -492,12 +497,14 @@ class _Fold:
 
     def _synthesis(self) -> None:
         path = self.dir / "synthesis.json"
-        au_sha = file_sha256(self.config.au_checkpoint) if self.config.au_checkpoint else None
-        if path.exists() and json.loads(path.read_text()).get("au_checkpoint_sha256") == au_sha:
+        # The AU model and the judges only add scores: a record made with others is made again.
+        made_with = {"au_checkpoint_sha256": file_sha256(self.config.au_checkpoint) if self.config.au_checkpoint else None,
+                     "judges_run": list(self.config.judges)}
+        if path.exists() and {k: json.loads(path.read_text()).get(k) for k in made_with} == made_with:
             return
         syn = self._synthetic(self.config.downstream.image_size)
         if len(syn) == 0:
-            record = {"fold": self.k, "n_synthetic": 0, "au_checkpoint_sha256": au_sha}
+            record = {"fold": self.k, "n_synthetic": 0, **made_with}
         else:
             cas = self._condition("synthetic-only", lambda: self._fit(syn.pixels, syn.labels))
             record = synthesis_quality(
@@ -505,9 +512,10 @@ class _Fold:
                 real_train=(self.pixels[self.train_rows], self.labels[self.train_rows], self._subjects(self.train_rows)),
                 real_val=(self.pixels[self.val_rows], self.labels[self.val_rows]),
                 real_test=(self.pixels[self.test_rows], self.labels[self.test_rows]),
-                au_checkpoint=self.config.au_checkpoint)
+                au_checkpoint=self.config.au_checkpoint, judges=self.config.judges, train_rows=self.train_rows,
+                device="cuda" if self.config.downstream.device != "cpu" and torch.cuda.is_available() else "cpu")
             real = json.loads((self.dir / "real.json").read_text())["test"]
-            record.update({"fold": self.k, "au_checkpoint_sha256": au_sha,
+            record.update({"fold": self.k, **made_with,
                            "classification_accuracy_score": {"accuracy": cas["test"]["accuracy"],
                                                              "macro_f1": cas["test"]["macro_f1"],
                                                              "real_accuracy": real["accuracy"], "real_macro_f1": real["macro_f1"]}})
@@ -519,13 +527,16 @@ class _Fold:
 
 def synthesis_quality(classifier: DownstreamClassifier, m: Manifest, syn: ManifestDataset, *,
                       real_train: tuple[torch.Tensor, np.ndarray, list[str]], real_val: tuple[torch.Tensor, np.ndarray],
-                      real_test: tuple[torch.Tensor, np.ndarray], au_checkpoint: str | None = None) -> dict[str, Any]:
+                      real_test: tuple[torch.Tensor, np.ndarray], au_checkpoint: str | None = None,
+                      judges: Sequence[str] = (), train_rows: np.ndarray | None = None, device: str = "cpu") -> dict[str, Any]:
     """Scores of the synthetic images ``syn`` (a manifest's synthetic rows at the classifier's size).
 
     ``classifier``: a downstream model trained on the real training images only (never on
     synthetic ones). ``real_train``: pixels, labels and subjects of those images; ``real_val``
     and ``real_test``: the validation and test images, which show what a fresh sample of
     *real* faces scores on the same distances (the floor a generator is compared with).
+    ``judges``: models trained elsewhere (:mod:`fesaug.judges`) that score the synthetic images
+    against their parents, which must be among ``train_rows`` (``m``'s rows of ``real_train``).
     """
     from .synthesis_metrics import frechet_distance, memorisation, precision_recall
 
@@ -561,6 +572,13 @@ def synthesis_quality(classifier: DownstreamClassifier, m: Manifest, syn: Manife
         out["ground_truth"] = _ground_truth(m, syn, [parents[p] for p in syn_df["parent_id"]])
     if au_checkpoint:
         out["au_consistency"] = _au_consistency(au_checkpoint, syn, real_test, classes)
+    if judges:
+        position = {int(r): i for i, r in enumerate(train_rows)}
+        missing = [p for p in syn_df["parent_id"] if parents[p] not in position]
+        if missing:
+            raise FesaugError(f"synthetic image parent {missing[0]} is not among the real training images the judges compare with")
+        out["judges"] = judge_synthesis(judges, classes, syn.pixels, target, np.array([position[parents[p]] for p in syn_df["parent_id"]]),
+                                        real_train, real_test, device=device)
     return out
 
 
@@ -812,10 +830,34 @@ def _synthesis_summary(per_fold: Mapping[int, Mapping[str, Any]], classes: Seque
     if all("ground_truth" in r for r in folds):
         out["ground_truth"] = {who: {k: across(lambda r, who=who, k=k: r["ground_truth"][who][k]) for k in ("l1", "psnr", "ssim")}
                                for who in ("synthetic", "copy_input")}
+    if any("judges" in r for r in folds):
+        out["judges"] = _across_folds([r.get("judges") for r in folds])
     if all("au_consistency" in r for r in folds):
         out["au_consistency"] = {c: {who: across(lambda r, c=c, who=who: r["au_consistency"][c][who])
                                      for who in ("synthetic", "real_test")} for c in classes}
     return out
+
+
+# Counts add up over folds, settings are the same in every fold; every other number is averaged.
+_COUNTS = ("n", "not_judged", "n_real_test")
+_SETTINGS = ("threshold",)
+
+
+def _across_folds(values: Sequence[Any], key: str | None = None) -> Any:
+    """Per-fold records of one nesting → that nesting with mean ± std over folds at each number
+    (sums for counts); names, flags and lists are the same in every fold and kept once."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if all(isinstance(v, Mapping) for v in present):
+        return {k: _across_folds([v.get(k) for v in present], k) for k in dict.fromkeys(k for v in present for k in v)}
+    if key in _SETTINGS:
+        return present[0]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return int(sum(present)) if key in _COUNTS and all(isinstance(v, int) for v in present) else _mean_std(present)
+    if all(isinstance(v, list) for v in present):
+        return list(dict.fromkeys(x for v in present for x in v))
+    return present[0]
 
 
 def _recognised_real(syn: Mapping[str, Any], test: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:

@@ -182,7 +182,62 @@ def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str], sibling_tra
             row += [_ms(au[c]["synthetic"], 1, 2), _ms(au[c]["real_test"], 1, 2)]
         rows.append(row)
     lines += ["", "Per target class (mean ± std over folds):", "", *_table(header, rows)]
+    if s.get("judges"):
+        lines += _judges_section(s["judges"], classes)
     return lines
+
+
+def judges_summary(j: Mapping[str, Any]) -> list[str]:
+    """One line per judge trained elsewhere (``results.json`` → ``synthesis`` → ``judges``),
+    each number beside its real-face yardstick; for the CLI summary and the report."""
+    lines = []
+    for name, label in (("identity", "identity distance to the parent (dlib)"),
+                        ("perceptual", "perceptual distance to the parent (ST-LPIPS)")):
+        if name in j:
+            e, y = j[name], j[name]["yardstick"]
+            under = (f", {_ms(e['all'].get('share_under'), 100, 0)} % under {e['threshold']:g}" if "threshold" in e else "")
+            y_under = (lambda k: f", {_ms(y[k].get('share_under'), 100, 0)} % under" if "threshold" in e else "")
+            lines.append(f"{label}: median {_ms(e['all']['median'], 1, 3)}{under} (real pairs: same subject, other "
+                         f"expression {_ms(y['same_subject']['median'], 1, 3)}{y_under('same_subject')}; different subjects "
+                         f"{_ms(y['different_subject']['median'], 1, 3)}{y_under('different_subject')})")
+            if e["all"].get("not_judged"):
+                lines[-1] += f"; {e['all']['not_judged']} face(s) could not be read"
+    if "fer2013" in j:
+        e = j["fer2013"]
+        skipped = f"; not judged: {', '.join(e['not_judged'])} (no such class)" if e.get("not_judged") else ""
+        lines.append(f"FER2013 judge (trained on another dataset) recognises {_ms(e['all']['synthetic'])} % of the synthetic "
+                     f"faces as their target; real test faces of those classes: {_ms(e['all']['real_test'])} %{skipped}")
+    return lines
+
+
+def _judges_section(j: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
+    lines = ["", "### Judges trained elsewhere", "",
+             "Models that never saw this data or the generator: dlib's face-recognition ResNet (identity), mini-Xception "
+             "trained on FER2013 (expression), shift-tolerant LPIPS (perceptual). Distances are medians over each fold's "
+             "synthetic faces, each against its parent; the yardsticks are the same distances between real training "
+             "faces (mean ± std over folds).", "",
+             *(f"- {line}" for line in judges_summary(j))]
+    header, columns = ["target class"], []
+    if "identity" in j:
+        header += ["identity distance", f"under {j['identity']['threshold']:g} %"]
+        columns.append(lambda c: [_ms(j["identity"]["per_class"].get(c, {}).get("median"), 1, 3),
+                                  _ms(j["identity"]["per_class"].get(c, {}).get("share_under"), 100, 0)])
+    if "fer2013" in j:
+        header += ["FER2013 recognised %", "FER2013 on real test faces %"]
+
+        def fer(c: str) -> list[str]:
+            e = j["fer2013"]["per_class"].get(c)
+            if e is None:
+                return ["–", "–"]
+            return [_ms(e.get("synthetic")), _ms(e.get("real_test"))] if e.get("judged") else ["not judged", "not judged"]
+
+        columns.append(fer)
+    if "perceptual" in j:
+        header.append("perceptual distance")
+        columns.append(lambda c: [_ms(j["perceptual"]["per_class"].get(c, {}).get("median"), 1, 3)])
+    present = [c for c in classes if any(c in j[n].get("per_class", {}) for n in j)]
+    rows = [[c, *(v for col in columns for v in col(c))] for c in present]
+    return lines + ["", *_table(header, rows)]
 
 
 def plot_recall(results: Mapping[str, Any], classes: Sequence[str], path: str | os.PathLike) -> Path:

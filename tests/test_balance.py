@@ -491,3 +491,79 @@ def test_judge_of_other_classes_or_not_a_classifier_is_one_error(demo: Path, che
                                   "--judge", checkpoint, "--device", "cpu")
     assert code == 1 and err.startswith("Error:") and "not a fesaug downstream classifier" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- judges trained elsewhere (#16)
+
+
+def test_identity_gate_records_distances_and_rejects_faces_too_far_from_their_source(demo: Path, checkpoint: Path,
+                                                                                     tmp_path: Path) -> None:
+    from fesaug.judges import load_judge
+
+    open_gate = balance(demo, checkpoint, tmp_path / "open", BalanceConfig(max_identity_distance=10.0, **OPEN))
+    m = read_manifest(open_gate.manifest)
+    rows = np.flatnonzero((m.df["origin"] == "synthetic").to_numpy())
+    syn = m.df.iloc[rows]
+    assert len(syn) == sum(open_gate.to_generate.values()) and syn["identity_distance"].notna().all()
+    # The stored distance is the judge's, between the image as written and its (unjittered) parent.
+    judge = load_judge("identity")
+    positions = {sid: i for i, sid in enumerate(m.df["sample_id"])}
+    parent_rows = np.array([positions[p] for p in syn["parent_id"]])
+    real = ManifestDataset(m, rows=np.unique(parent_rows))
+    parents = real.pixels[np.searchsorted(real.rows, parent_rows)]
+    first = (syn["source_transform"] == "none").to_numpy()
+    mask = torch.from_numpy(first.copy())
+    recomputed = judge.score(ManifestDataset(m, rows=rows).pixels[mask], [""] * int(first.sum()), parents[mask])
+    np.testing.assert_allclose(syn["identity_distance"].to_numpy()[first], recomputed, atol=0.05)
+    assert m.meta["balance"]["identity_check"]["max_identity_distance"] == 10.0
+    assert "- Identity: also kept only when" in (open_gate.out_dir / "README.md").read_text()
+
+    threshold = float(syn["identity_distance"].median())
+    strict = balance(demo, checkpoint, tmp_path / "strict", BalanceConfig(max_identity_distance=threshold, max_attempts=1, **OPEN))
+    kept = read_manifest(strict.manifest).df.query("origin == 'synthetic'")
+    assert (kept["identity_distance"] <= threshold).all()
+    assert 0 < len(kept) < len(syn) and sum(strict.shortfall.values()) == len(syn) - len(kept)
+    rates = strict.gate_pass_rates["identity"]
+    assert sum(strict.gate_passed["identity"].values()) == len(kept)  # one attempt: passing it is being kept
+    assert all(r is None or 0 <= r <= 1 for r in rates.values())
+    assert read_manifest(strict.manifest).meta["balance"]["gate_pass_rates"]["identity"] == pytest.approx(rates)
+
+
+def test_external_judge_gate_passes_contempt_untouched_and_rejects_the_rest(demo: Path, checkpoint: Path,
+                                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = cli_in_process(capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "b",
+                                    "--min-confidence", "0", "--external-judge", "fer2013", "--min-external-confidence", "1",
+                                    "--max-attempts", "2", "--batch-size", "8", "--device", "cpu")
+    assert code == 0, err
+    result = balancing._summary_from(tmp_path / "b")
+    m = read_manifest(result.manifest)
+    syn = m.df[m.df["origin"] == "synthetic"]
+    # Nothing reaches probability 1, so only contempt, which FER2013 has no class for, is kept.
+    assert set(syn["label_name"]) == {"contempt"} and syn["external_confidence"].isna().all()
+    assert result.shortfall["contempt"] == 0 and result.gate_pass_rates["external"]["contempt"] == 1.0
+    assert all(result.generated[c] == 0 for c in result.to_generate if c != "contempt")
+    assert m.meta["balance"]["external_check"] == {"judge": "fer2013", "min_external_confidence": 1.0,
+                                                   "not_judged": ["contempt"]}
+    assert "share of candidates each gate passed" in out and "external judge" in out
+    assert "| class | FER branch | external judge |" in (tmp_path / "b" / "README.md").read_text()
+
+    scored = balance(demo, checkpoint, tmp_path / "open", BalanceConfig(external_judge="fer2013", min_external_confidence=0.0, **OPEN))
+    syn = read_manifest(scored.manifest).df.query("origin == 'synthetic'")
+    judged = syn[syn["label_name"] != "contempt"]
+    assert judged["external_confidence"].between(0, 1).all() and len(judged) > 0
+
+
+def test_judge_gates_bad_values_and_missing_extra_are_one_error_line(demo: Path, checkpoint: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "b", "--device", "cpu"]
+    for bad in (["--max-identity-distance", "0"], ["--external-judge", "clip"], ["--min-external-confidence", "2"]):
+        code, _, err = cli_in_process(capsys, *base, *bad)
+        assert code == 2 and err.startswith("Error:") and len(err.strip().splitlines()) == 1, bad
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dlib" else real(name, *a))
+    code, _, err = cli_in_process(capsys, *base, "--max-identity-distance", "0.5")
+    assert code == 1 and "pip install 'fesaug[judges]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()

