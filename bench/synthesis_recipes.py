@@ -2,20 +2,26 @@
 
 On the demo dataset every face can be re-rendered with any expression
 (:func:`fesaug.data.demo.counterfactual`), so a synthesized image can be compared with what it
-should have been. For each recipe (a set of TrainConfig overrides) this trains FERSNet holding
-out fold 0, then translates every held-out face to every other class and reports:
+should have been. For each recipe (a ``fesaug train`` YAML and/or TrainConfig overrides) this
+trains FERSNet holding out fold 0, then translates every held-out face to every other class and
+reports, for ``last.pt`` (what ``fesaug balance`` uses):
 
-* ``l1``: mean absolute error to the ground-truth counterfactual (0..255 scale), and the same
-  for the input copied unchanged (``copy_l1``), the trivial baseline a generator must beat;
+* ``l1`` / ``ssim``: mean absolute error (0..255) and SSIM to the ground-truth counterfactual
+  over the whole image, and the same for the input copied unchanged (``copy_*``), the trivial
+  baseline a generator must beat;
 * ``changed_l1``: the error on the pixels where the expression changes the face
   (|source - truth| > 10), where copying the input scores worst;
-* ``judge_accept``: the share the checkpoint's FER branch gives the target >= 0.5 (the
-  balance gate's view).
+* ``recognised``: per target class, the share a downstream classifier trained on fold 0's
+  training subjects alone (the ``real`` condition of ``fesaug evaluate``; cached in
+  ``<out>/real.pt``) gives the target as its top class, next to its recall on fold 0's *real*
+  faces of that class (``real_recall``): the yardstick the synthetic faces must reach;
+* ``judge_accept``: the share the checkpoint's FER branch gives the target >= 0.5.
 
-    python bench/synthesis_recipes.py --manifest demo/manifest.parquet --out /tmp/recipes \\
-        --epochs 60 --device cuda --recipe base='{}' --recipe noexpr='{"loss": {"expression": 0}}'
+    python bench/synthesis_recipes.py --manifest demo/manifest.parquet --out /tmp/recipes --epochs 25 \\
+        --recipe base= --recipe warp=bench/recipes/warp.yaml --recipe 'warp10=bench/recipes/warp.yaml:{"epochs": 10}'
 
-Results: ``<out>/<recipe>/synthesis.json`` and a table on stdout (``--report`` only prints).
+A recipe is ``NAME=[YAML][:JSON overrides]``. Results: ``<out>/<recipe>/synthesis.json`` and a
+table on stdout (``--report`` only prints).
 """
 
 from __future__ import annotations
@@ -32,66 +38,109 @@ import numpy as np
 import torch
 
 from fesaug import load_generator
-from fesaug.data.datasets import ManifestDataset
+from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.demo import counterfactual
 from fesaug.data.manifest import read_manifest
-from fesaug.training import TrainConfig, train
+from fesaug.downstream import DownstreamConfig, fit, load_classifier, predict_proba, save_classifier
+from fesaug.synthesis_metrics import ssim
+from fesaug.train_config import TrainConfig, load_config
+from fesaug.training import split_subjects, train
+
+CHANGED = 10  # gray levels: a pixel the expression changes differs this much between source and truth
 
 
-def score(manifest: Path, checkpoint: Path, fold: int = 0) -> dict:
-    gen = load_generator(checkpoint)
+def real_classifier(manifest: Path, out: Path, fold: int = 0) -> Path:
+    """The ``real`` condition's classifier for test fold ``fold`` (trained once, cached)."""
+    path = out / f"real-fold{fold}.pt"
+    if path.exists():
+        return path
+    m = read_manifest(manifest)
+    split = split_subjects(m, fold, 0.15, 0)
+    data = ManifestDataset(m, image_size=64)
+    result = fit(data.pixels[split.train_rows], data.labels[split.train_rows], data.pixels[split.val_rows],
+                 data.labels[split.val_rows], DownstreamConfig(device="cpu"), num_classes=len(m.classes))
+    out.mkdir(parents=True, exist_ok=True)
+    save_classifier(result.model, path, m.classes)
+    return path
+
+
+def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | None = None) -> dict:
+    gen = load_generator(checkpoint, device="cpu")
     m = read_manifest(manifest)
     rows = np.flatnonzero(m.df["fold"].to_numpy() == fold)
     data = ManifestDataset(m, rows=rows, image_size=gen.image_size)
-    l1, copy_l1, changed, copy_changed, accept, n = [], [], [], [], [], 0
+    model = load_classifier(classifier, device="cpu")[0] if classifier else None
+    real_pred = predict_proba(model, resize_pixels(data.pixels, model.image_size)).argmax(1) if model else None
+    per: dict[str, list] = {k: [] for k in ("l1", "copy_l1", "changed", "copy_changed", "ssim", "copy_ssim", "accept")}
+    recognised, real_recall = {}, {}
     for k, cls in enumerate(gen.classes):
         keep = np.flatnonzero(data.labels != k)
         src = data.pixels[keep]
-        fake = gen.synthesize(src, k).numpy().astype(np.float64)[:, 0]
-        probs = gen.classify(gen.synthesize(src, k))[:, k].numpy()
-        truth = np.stack([counterfactual(m.df.iloc[int(data.rows[i])], cls) for i in keep]).astype(np.float64)
+        fake_u8 = gen.synthesize(src, k)
+        fake = fake_u8.numpy().astype(np.float64)[:, 0]
+        truth_u8 = torch.from_numpy(np.stack([counterfactual(m.df.iloc[int(data.rows[i])], cls) for i in keep]))[:, None]
+        truth = truth_u8.numpy().astype(np.float64)[:, 0]
         s = src.numpy().astype(np.float64)[:, 0]
-        mask = np.abs(s - truth) > 10
-        l1.append(np.abs(fake - truth).mean(axis=(1, 2)))
-        copy_l1.append(np.abs(s - truth).mean(axis=(1, 2)))
-        changed.append([np.abs(f - t)[mk].mean() if mk.any() else 0.0 for f, t, mk in zip(fake, truth, mask)])
-        copy_changed.append([np.abs(a - t)[mk].mean() if mk.any() else 0.0 for a, t, mk in zip(s, truth, mask)])
-        accept.append(probs >= 0.5)
-        n += len(keep)
-    cat = np.concatenate
-    return {
-        "pairs": n, "l1": float(cat(l1).mean()), "copy_l1": float(cat(copy_l1).mean()),
-        "changed_l1": float(cat(changed).mean()), "copy_changed_l1": float(cat(copy_changed).mean()),
-        "judge_accept": float(cat(accept).mean()),
-        "judge_accept_per_class": {c: float(a.mean()) for c, a in zip(gen.classes, accept)},
-    }
+        mask = np.abs(s - truth) > CHANGED
+        per["l1"].append(np.abs(fake - truth).mean(axis=(1, 2)))
+        per["copy_l1"].append(np.abs(s - truth).mean(axis=(1, 2)))
+        per["changed"].append([np.abs(f - t)[mk].mean() if mk.any() else 0.0 for f, t, mk in zip(fake, truth, mask)])
+        per["copy_changed"].append([np.abs(a - t)[mk].mean() if mk.any() else 0.0 for a, t, mk in zip(s, truth, mask)])
+        per["ssim"].append(ssim(fake_u8, truth_u8))
+        per["copy_ssim"].append(ssim(src, truth_u8))
+        per["accept"].append(gen.classify(fake_u8)[:, k].numpy() >= 0.5)
+        if model is not None:
+            recognised[cls] = float((predict_proba(model, resize_pixels(fake_u8, model.image_size)).argmax(1) == k).mean())
+            mine = data.labels == k
+            real_recall[cls] = float((real_pred[mine] == k).mean()) if mine.any() else None
+    mean = {k: float(np.concatenate([np.asarray(v, dtype=float) for v in vals]).mean()) for k, vals in per.items()}
+    out = {"pairs": int(sum(len(v) for v in per["l1"])), "l1": mean["l1"], "copy_l1": mean["copy_l1"],
+           "changed_l1": mean["changed"], "copy_changed_l1": mean["copy_changed"], "ssim": mean["ssim"],
+           "copy_ssim": mean["copy_ssim"], "judge_accept": mean["accept"],
+           "judge_accept_per_class": {c: float(a.mean()) for c, a in zip(gen.classes, per["accept"])}}
+    if model is not None:
+        out |= {"recognised": recognised, "real_recall": real_recall,
+                "recognised_mean": float(np.mean(list(recognised.values()))),
+                "classes_at_yardstick": sum(recognised[c] >= (real_recall[c] or 0) for c in recognised)}
+    return out
 
 
-def run_recipe(manifest: Path, out: Path, name: str, overrides: dict, epochs: int, device: str,
+def recipe_config(spec: str, epochs: int, device: str) -> tuple[TrainConfig, dict]:
+    """``[YAML][:JSON]`` → the training config (fold 0 held out) and what it changes."""
+    path, _, overrides = spec.partition(":") if not spec.startswith("{") else ("", "", spec)
+    config = load_config(path) if path else TrainConfig()
+    extra = json.loads(overrides) if overrides else {}
+    config = config.updated({"epochs": epochs, "holdout_fold": 0, "device": device, **extra}, where=spec or "defaults")
+    return config, {"yaml": path or None, "overrides": extra}
+
+
+def run_recipe(manifest: Path, out: Path, name: str, spec: str, epochs: int, device: str,
                results: Path | None = None) -> dict:
-    config = TrainConfig().updated({"epochs": epochs, "holdout_fold": 0, "device": device, **overrides}, where=name)
+    config, what = recipe_config(spec, epochs, device)
     start = time.perf_counter()
     result = train(manifest, out / name, config, overwrite=True)
     seconds = time.perf_counter() - start
-    scores = {which: score(manifest, result.run_dir / "checkpoints" / f"{which}.pt") for which in ("best", "last")}
-    record = {"recipe": name, "overrides": overrides, "epochs": epochs, "device": device, "train_seconds": seconds,
-              "best_epoch": result.best_epoch, **scores}
+    classifier = real_classifier(manifest, out)
+    record = {"recipe": name, **what, "epochs": config.epochs, "device": device, "train_seconds": seconds,
+              "threads": torch.get_num_threads(), "best_epoch": result.best_epoch,
+              "last": score(manifest, result.run_dir / "checkpoints" / "last.pt", classifier=classifier)}
     (out / name / "synthesis.json").write_text(json.dumps(record, indent=2))
     if results is not None:  # a flat copy, e.g. for a remote machine's output folder
         results.mkdir(parents=True, exist_ok=True)
         (results / f"{name}.json").write_text(json.dumps(record, indent=2))
-        shutil.copy(result.run_dir / "samples" / f"epoch_{epochs:03d}.png", results / f"{name}.png")
+        shutil.copy(result.run_dir / "samples" / f"epoch_{config.epochs:03d}.png", results / f"{name}.png")
     return record
 
 
 def report(out: Path) -> None:
-    print(f"{'recipe':<14} {'ckpt':<5} {'l1':>6} {'copy':>6} {'chg_l1':>7} {'copy_chg':>8} {'judge':>6}")
-    for f in sorted(out.glob("*/synthesis.json")):
+    print(f"{'recipe':<22} {'ep':>3} {'min':>5} {'l1':>6} {'copy':>5} {'chg_l1':>7} {'copy':>5} {'ssim':>6} {'copy':>6} "
+          f"{'recog':>6} {'>=real':>6} {'gate':>5}")
+    for f in sorted(out.glob("*/synthesis.json"), key=lambda p: p.stat().st_mtime):
         r = json.loads(f.read_text())
-        for which in ("best", "last"):
-            s = r[which]
-            print(f"{r['recipe']:<14} {which:<5} {s['l1']:6.2f} {s['copy_l1']:6.2f} {s['changed_l1']:7.2f} "
-                  f"{s['copy_changed_l1']:8.2f} {s['judge_accept']:6.2f}")
+        s = r["last"]
+        print(f"{r['recipe']:<22} {r['epochs']:>3} {r['train_seconds'] / 60:5.1f} {s['l1']:6.2f} {s['copy_l1']:5.2f} "
+              f"{s['changed_l1']:7.2f} {s['copy_changed_l1']:5.2f} {s['ssim']:6.3f} {s['copy_ssim']:6.3f} "
+              f"{s.get('recognised_mean', float('nan')):6.2f} {s.get('classes_at_yardstick', '-'):>6} {s['judge_accept']:5.2f}")
 
 
 def main() -> None:
@@ -100,14 +149,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--recipe", action="append", default=[], help="NAME=JSON overrides of TrainConfig")
+    ap.add_argument("--recipe", action="append", default=[], help="NAME=[YAML][:JSON overrides of TrainConfig]")
     ap.add_argument("--parallel", action="store_true", help="one process per recipe (e.g. on one GPU)")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--results", type=Path, help="also copy each recipe's scores and last sample grid here")
     args = ap.parse_args()
     if not args.report:
-        recipes = dict(r.split("=", 1) for r in args.recipe) or {"base": "{}"}
+        recipes = dict(r.split("=", 1) for r in args.recipe) or {"base": ""}
         if args.parallel and len(recipes) > 1:
+            real_classifier(args.manifest, args.out)  # once, before the recipes need it
             procs = [subprocess.Popen([sys.executable, __file__, "--manifest", str(args.manifest), "--out", str(args.out),
                                        "--epochs", str(args.epochs), "--device", args.device, "--recipe", f"{k}={v}",
                                        *(["--results", str(args.results)] if args.results else [])])
@@ -115,9 +165,8 @@ def main() -> None:
             if any(p.wait() for p in procs):
                 sys.exit("a recipe failed")
         else:
-            torch.set_num_threads(max(1, torch.get_num_threads()))
-            for name, js in recipes.items():
-                run_recipe(args.manifest, args.out, name, json.loads(js), args.epochs, args.device, args.results)
+            for name, spec in recipes.items():
+                run_recipe(args.manifest, args.out, name, spec, args.epochs, args.device, args.results)
     report(args.out)
 
 

@@ -28,6 +28,19 @@ def _target_per_class(ctx: click.Context, param: click.Parameter, value: str | N
     return n
 
 
+def _intensity(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    low, sep, high = value.partition("..")
+    try:
+        bounds = (float(low), float(high if sep else low))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither LOW..HIGH (e.g. 0.6..1) nor one number in [0, 1]") from None
+    if not 0.0 <= bounds[0] <= bounds[1] <= 1.0:
+        raise click.BadParameter(f"{value!r}: need 0 <= LOW <= HIGH <= 1")
+    return bounds
+
+
 def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in values:
@@ -80,6 +93,9 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
                    "its target; classes it does not know (contempt) pass untouched.")
 @click.option("--min-external-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --external-judge: the least probability it must give the target.")
+@click.option("--intensity", metavar="LOW..HIGH", callback=_intensity,
+              help="Scale each synthetic face's edit by an intensity drawn from this range (recorded per row), "
+                   "for faces at several strengths of the expression; 1 = the full translation (the default).")
 @click.option("--source-order", type=click.Choice(["subjects", "similar"]), default="subjects", show_default=True,
               help="subjects: sources round-robin over subjects in random order. similar: the same round-robin, "
                    "trying first the faces whose expression the checkpoint's FER branch finds closest to the target.")
@@ -98,7 +114,8 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
                     exclude_folds: tuple[int, ...], min_confidence: float, max_attempts: int,
                     au_checkpoint: Path | None, min_au_consistency: float, judge_checkpoint: Path | None,
                     min_judge_confidence: float, max_identity_distance: float | None, external_judge: str | None,
-                    min_external_confidence: float, source_order: str, output_size: int | None,
+                    min_external_confidence: float, intensity: tuple[float, float] | None, source_order: str,
+                    output_size: int | None,
                     seed: int, batch_size: int, embed_images: bool, device: str, strict: bool, overwrite: bool) -> None:
     """Synthesize images with a trained FERSNet until every class reaches its target.
 
@@ -120,7 +137,7 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
         au_checkpoint=None if au_checkpoint is None else str(au_checkpoint), min_au_consistency=min_au_consistency,
         judge_checkpoint=None if judge_checkpoint is None else str(judge_checkpoint),
         min_judge_confidence=min_judge_confidence, source_order=source_order, max_identity_distance=max_identity_distance,
-        external_judge=external_judge, min_external_confidence=min_external_confidence,
+        external_judge=external_judge, min_external_confidence=min_external_confidence, intensity=intensity,
     )
     if device == "cuda":
         import torch

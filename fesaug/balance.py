@@ -97,6 +97,9 @@ class BalanceConfig:
     from the source face's (a face that cannot be aligned fails). ``external_judge``: a classifier
     trained on another dataset (``fer2013``) must give the target at least
     ``min_external_confidence``; classes it does not know (contempt) pass it untouched.
+    ``intensity``: ``(LOW, HIGH)``: each candidate's edit is scaled by an intensity drawn
+    uniformly from that range (seeded like the jitter; ``intensity`` column), so a class gets
+    faces at several strengths of its expression instead of one; ``None`` = the full edit.
     """
 
     target_per_class: int | str = "max"
@@ -119,6 +122,7 @@ class BalanceConfig:
     max_identity_distance: float | None = None
     external_judge: str | None = None
     min_external_confidence: float = 0.5
+    intensity: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         tpc = self.target_per_class
@@ -140,6 +144,12 @@ class BalanceConfig:
         if self.max_identity_distance is not None and not self.max_identity_distance > 0:
             raise UsageError(f"--max-identity-distance must be above 0 (dlib's same-person threshold is 0.6), "
                              f"got {self.max_identity_distance}")
+        if self.intensity is not None:
+            object.__setattr__(self, "intensity", tuple(float(v) for v in self.intensity))
+            low, high = self.intensity if len(self.intensity) == 2 else (-1.0, -1.0)
+            if not 0.0 <= low <= high <= 1.0:
+                raise UsageError(f"--intensity must be LOW..HIGH with 0 <= LOW <= HIGH <= 1 (or one number in [0, 1]), "
+                                 f"got {self.intensity}")
         if self.external_judge is not None and self.external_judge not in EXTERNAL_JUDGES:
             raise UsageError(f"unknown --external-judge {self.external_judge!r}; choose one of {', '.join(EXTERNAL_JUDGES)}")
         for name in ("max_attempts", "batch_size"):
@@ -542,7 +552,9 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
             transforms.append(how)
         targets = torch.tensor([k for k, _ in pending])
         sources = torch.stack(inputs)
-        fakes = gen.synthesize(sources, targets, batch_size=len(inputs))
+        strength = None if cfg.intensity is None else [float(_rng(cfg.seed, k, s, attempt, 2).uniform(*cfg.intensity))
+                                                        for k, s in pending]
+        fakes = gen.synthesize(sources, targets, intensity=strength, batch_size=len(inputs))
         scores, gates = _gate_scores(plan, sources, fakes, targets)
         for gate, ok in gates.items():
             for k, good in zip(targets.tolist(), ok):
@@ -562,6 +574,7 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
                 "fold": _none(df["fold"].iat[src]), "split": df["split"].iat[src],
                 "parent_id": df["sample_id"].iat[src], "source_label": int(df["label"].iat[src]),
                 "attempt": attempt, "source_transform": how, "slot": s,
+                **({"intensity": round(strength[i], 6)} if strength is not None else {}),
                 **{column: (None if v[i] is None or not np.isfinite(v[i]) else round(float(v[i]), 6)) for column, v in scores.items()},
             })
             writes.append(pool.submit(_write_image, fake, plan.output_size, out / rel, accepted[-1]))
@@ -795,6 +808,7 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
             "generated": r.generated, "removed": r.removed, "shortfall": r.shortfall, "attempts": r.attempts,
             "acceptance": r.acceptance, "min_confidence": cfg.min_confidence, "max_attempts": cfg.max_attempts,
             "seed": cfg.seed, "source_order": cfg.source_order, "judge": "the checkpoint's FER branch",
+            "intensity": None if cfg.intensity is None else list(cfg.intensity),
             **({"au_check": {"checkpoint": cfg.au_checkpoint, "checkpoint_sha256": plan.key["au_checkpoint_sha256"],
                              "min_au_consistency": cfg.min_au_consistency, "au_ids": plan.au_checker.au_ids,
                              "prototypes": "fesaug.data.au.EMOTION_AU_PROTOTYPES"}} if plan.au_checker else {}),
@@ -847,7 +861,9 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
         f"first; seed {cfg.seed}. "
         + ("Subjects, and each subject's images, whose expression the checkpoint's FER branch finds closest to the "
            "target are tried first (`--source-order similar`). " if cfg.source_order == "similar" else "")
-        + "Reused sources are mirrored or jittered (`source_transform` column).",
+        + "Reused sources are mirrored or jittered (`source_transform` column)."
+        + (f" Each edit is scaled by an intensity drawn uniformly from {cfg.intensity[0]:g}..{cfg.intensity[1]:g} "
+           "(`intensity` column; 1 = the generator's full translation)." if cfg.intensity else ""),
         f"- Quality gate: kept when the checkpoint's FER branch gives the target class at least {cfg.min_confidence:g}, "
         f"at most {cfg.max_attempts} attempt(s) per image. This judge is optimistic (the generator was trained "
         "against it); judge the images with an independent classifier (`fesaug evaluate`) before trusting them.",

@@ -891,5 +891,6 @@ def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> d
         "balance": {k: v for k, v in config.balance.to_dict().items()
                     if k in ("target_per_class", "sampling_strategy", "targets", "min_confidence", "max_attempts", "seed",
                              "min_judge_confidence", "source_order")} | {"judge": config.judge},
+        "judges": list(config.judges),
         "seed": config.seed,
     }

@@ -62,15 +62,19 @@ class Generator:
 
     @torch.inference_mode()
     def synthesize(self, images: Tensor | np.ndarray, target_labels: int | str | Sequence[int | str] | Tensor,
-                   *, batch_size: int = 64) -> Tensor:
+                   *, intensity: float | Sequence[float] | Tensor | None = None, batch_size: int = 64) -> Tensor:
         """``images`` translated to ``target_labels`` (one label for all, or one per image; class
-        indices or names). Same dtype convention as the input (see the module docstring)."""
+        indices or names). Same dtype convention as the input (see the module docstring).
+        ``intensity`` (one for all, or one per image, in [0, 1]) scales the edit: 0 returns the
+        input, 1 (the default) the full translation."""
         x, as_uint8, single = self._prepare(images)
         targets = self._labels(target_labels, len(x))
+        scale = self._intensity(intensity, len(x))
         out = []
         for start in range(0, len(x), batch_size):
             batch = to_model_range(x[start:start + batch_size].to(self.device))
-            fake = self.model.synthesize(batch, targets[start:start + batch_size].to(self.device))
+            fake = self.model.synthesize(batch, targets[start:start + batch_size].to(self.device),
+                                         None if scale is None else scale[start:start + batch_size].to(self.device))
             out.append(from_model_range(fake, as_uint8=as_uint8).cpu())
         result = torch.cat(out) if out else torch.empty_like(x, dtype=torch.uint8 if as_uint8 else torch.float32)
         return result[0] if single else result
@@ -109,6 +113,16 @@ class Generator:
                 f"generator's image_size ({self.image_size}) first"
             )
         return x, x.dtype == torch.uint8, single
+
+    @staticmethod
+    def _intensity(intensity: float | Sequence[float] | Tensor | None, n: int) -> Tensor | None:
+        if intensity is None:
+            return None
+        values = torch.as_tensor(intensity, dtype=torch.float32).reshape(-1)
+        values = values.expand(n) if values.numel() == 1 else values
+        if values.numel() != n or not bool(((values >= 0) & (values <= 1)).all()):
+            raise FesaugError(f"intensity must be one number or one per image, each in [0, 1]; got {intensity!r} for {n} images")
+        return values
 
     def _labels(self, labels: int | str | Sequence[int | str] | Tensor, n: int) -> Tensor:
         if isinstance(labels, Tensor):

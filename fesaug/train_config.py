@@ -95,6 +95,11 @@ class LossWeights:
     rather than speckles, which the classifiers read as texture. GANimation's TV term; 0 turns
     it off. No effect with ``output="direct"``."""
 
+    flow_smoothness: float = 0.0
+    """Total variation of the flow field (``output="warp"``), in pixels: the mean absolute
+    difference between neighbouring displacements. A smooth flow moves a brow or a lip corner
+    as a piece instead of scrambling pixels. No effect with the other outputs."""
+
     attention: float = 0.1
     """Mean of the attention mask ``m`` (``output="attention"``) over both translations: the
     decoder pays for every pixel it paints, so it changes the expression and leaves the rest
@@ -124,6 +129,11 @@ class TrainConfig:
     holdout_fold: int | None = None  # rows of this fold (all their subjects) are never trained on
     val_fraction: float = 0.15  # share of training subjects kept for validation / model selection
     paired_prob: float = 0.5  # chance of a same-subject target when the subject has one
+    align_pairs: bool = False  # register each same-subject target onto its source first (fesaug.data.pairs)
+    # The paired loss compares the same-subject target with the synthesized face at each of these
+    # intensities and keeps the closest, so a partner showing the expression weakly does not pull
+    # the full edit toward a timid average (empty: the full edit only).
+    paired_intensities: tuple[float, ...] = ()
     shift: float = 0.0625  # max random translation, as a fraction of the image side (0 = none)
     hflip: bool = True
     num_workers: int = 0
@@ -208,6 +218,7 @@ class TrainConfig:
             ("holdout_fold", self.holdout_fold is None or self.holdout_fold >= 0, "a fold number (0 or more)"),
             ("val_fraction", 0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
             ("paired_prob", 0 <= self.paired_prob <= 1, "in [0, 1]"),
+            ("paired_intensities", all(0 < v <= 1 for v in self.paired_intensities), "numbers in (0, 1]"),
             ("shift", 0 <= self.shift < 0.5, "in [0, 0.5)"),
             ("num_workers", self.num_workers >= 0, "0 or more"),
             ("seed", self.seed >= 0, "0 or more"),

@@ -285,24 +285,32 @@ class GeneratorStep(nn.Module):
 
     Returns the FER logits of the real sources, the synthesized images, their translations
     back to the source labels (cycle), the logits of the synthesized images as the expression
-    judge sees them (see ``LossWeights.expression``), and the mean area and total variation of
-    the attention masks.
+    judge sees them (see ``LossWeights.expression``), the mean area and total variation of
+    the attention masks, and the total variation of the flow fields (``output="warp"``).
 
     ``judge``: an independent, frozen classifier (``TrainConfig.expression_classifier``); without
     one, FERSNet's own FER branch judges, with frozen weights in eval mode.
+
+    ``paired_intensities``: the synthesized images are also returned at these intensities
+    (``(K, B, C, S, S)``; the edit predicted once, applied K times), for the paired loss to take
+    the closest (``TrainConfig.paired_intensities``); empty: the full edit only.
     """
 
-    def __init__(self, net: FERSNet, judge: DownstreamClassifier | None = None) -> None:
+    def __init__(self, net: FERSNet, judge: DownstreamClassifier | None = None,
+                 paired_intensities: tuple[float, ...] = ()) -> None:
         super().__init__()
         self.net = net
         self.judge = judge
+        self.paired_intensities = paired_intensities
         if judge is not None:
             judge.eval().requires_grad_(False)
 
     def forward(self, x: Tensor, source_label: Tensor, target_label: Tensor) -> tuple[Tensor, ...]:
         out = self.net(x, target_label)
         fake = out.fake
-        assert fake is not None  # a target was given
+        assert fake is not None and out.edit is not None  # a target was given
+        variants = torch.stack([out.edit.apply(x, torch.full_like(target_label, s, dtype=x.dtype))[0]
+                                for s in self.paired_intensities]) if self.paired_intensities else fake[None]
         with _frozen_batch_stats(self.net):
             back = self.net(fake, source_label)
         judged = _frozen_classifier_logits(self.net, fake) if self.judge is None else self._judge(fake)
@@ -312,7 +320,9 @@ class GeneratorStep(nn.Module):
             roughness = torch.stack([_total_variation(m) for m in masks]).mean()
         else:
             painted = roughness = x.new_zeros(())
-        return out.logits, fake, back.fake, judged, painted, roughness
+        flows = [f.float() for f in (out.flow, back.flow) if f is not None]
+        bending = torch.stack([_total_variation(f) for f in flows]).mean() if flows else x.new_zeros(())
+        return out.logits, fake, back.fake, judged, painted, roughness, bending, variants
 
     def _judge(self, fake: Tensor) -> Tensor:
         assert self.judge is not None
@@ -362,8 +372,9 @@ def _frozen_classifier_logits(net: FERSNet, images: Tensor) -> Tensor:
 
 
 def _masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean L1 over the rows where ``mask`` is set (0 when none is)."""
-    per_row = (pred - target).abs().flatten(1).mean(1)
+    """Mean L1 over the rows where ``mask`` is set (0 when none is). ``pred`` ``(K, B, …)``: K
+    candidates per row, each row scored by its closest one."""
+    per_row = (pred - target).abs().flatten(2).mean(2).min(dim=0).values
     return (per_row * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -386,7 +397,7 @@ def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_ste
     paired = batch["paired"].to(device, non_blocking=True)
 
     with rt.autocast():
-        logits, fake, cycled, judged, painted, roughness = o.g_step(x, y, t)
+        logits, fake, cycled, judged, painted, roughness, bending, variants = o.g_step(x, y, t)
 
     # Discriminator: a real image is always shown with its true label, the paired target when
     # there is one (same label as the fake next to it), else the source itself.
@@ -414,10 +425,11 @@ def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_ste
         "fer": F.cross_entropy(logits.float(), y),
         "adversarial": F.mse_loss(s_gen, torch.ones_like(s_gen)),
         "cycle": F.l1_loss(cycled.float(), x),
-        "paired": _masked_l1(fake.float(), x_target, pair_mask),
+        "paired": _masked_l1(variants.float(), x_target, pair_mask),
         "expression": F.cross_entropy(judged.float(), t),
         "attention": painted,
         "mask_smoothness": roughness,
+        "flow_smoothness": bending,
     }
     loss_g = sum(getattr(w, name) * value for name, value in losses.items())
     o.opt_g.zero_grad(set_to_none=True)
@@ -605,6 +617,7 @@ def train(
         train_set = PairedTargetDataset(
             ManifestDataset(manifest, rows=split.train_rows, image_size=size),
             paired_prob=config.paired_prob, augment=True, shift=config.shift, hflip=config.hflip, seed=config.seed,
+            align_pairs=config.align_pairs,
         )
         sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
         # drop_last: a last batch of one or two images gives the GAN and BatchNorm noisy statistics.
@@ -619,7 +632,7 @@ def train(
         val_base = ManifestDataset(manifest, rows=split.val_rows, image_size=size) if len(split.val_rows) else None
         # Fixed targets (epoch 0 forever, pairs whenever possible, no augmentation): comparable across epochs.
         val_loader = None if val_base is None else DataLoader(
-            PairedTargetDataset(val_base, paired_prob=1.0, augment=False, seed=config.seed),
+            PairedTargetDataset(val_base, paired_prob=1.0, augment=False, seed=config.seed, align_pairs=config.align_pairs),
             batch_size=max(config.batch_size, 64),
         )
         sample_faces = _sample_faces(val_base or train_set.base, config.sample_rows)
@@ -651,7 +664,7 @@ def train(
             start_epoch, step, best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
 
         ddp = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
-        g_step: nn.Module = GeneratorStep(net, _expression_judge(config, classes, rt.device))
+        g_step: nn.Module = GeneratorStep(net, _expression_judge(config, classes, rt.device), config.paired_intensities)
         d_train: nn.Module = disc
         if rt.distributed:
             g_step = DistributedDataParallel(g_step, **ddp)

@@ -567,3 +567,29 @@ def test_judge_gates_bad_values_and_missing_extra_are_one_error_line(demo: Path,
     code, _, err = cli_in_process(capsys, *base, "--max-identity-distance", "0.5")
     assert code == 1 and "pip install 'fesaug[judges]'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_intensity_range_is_drawn_per_image_recorded_and_zero_copies_the_source(demo: Path, checkpoint: Path,
+                                                                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ranged = balance(demo, checkpoint, tmp_path / "ranged", BalanceConfig(intensity=(0.4, 0.9), **OPEN))
+    m = read_manifest(ranged.manifest)
+    syn = m.df[m.df["origin"] == "synthetic"]
+    assert syn["intensity"].between(0.4, 0.9).all() and syn["intensity"].nunique() > len(syn) // 2
+    assert m.meta["balance"]["intensity"] == [0.4, 0.9] and "intensity drawn uniformly from 0.4..0.9" in (
+        tmp_path / "ranged" / "README.md").read_text()
+    again = balance(demo, checkpoint, tmp_path / "again", BalanceConfig(intensity=(0.4, 0.9), **OPEN))
+    assert read_manifest(again.manifest).df.query("origin == 'synthetic'")["intensity"].tolist() == syn["intensity"].tolist()
+
+    # Intensity 0 leaves every face as it was given to the generator (the first round: unjittered).
+    none = balance(demo, checkpoint, tmp_path / "none", BalanceConfig(intensity=(0.0, 0.0), **OPEN))
+    nm = read_manifest(none.manifest)
+    rows = np.flatnonzero(((nm.df["origin"] == "synthetic") & (nm.df["source_transform"] == "none")).to_numpy())
+    positions = {sid: i for i, sid in enumerate(nm.df["sample_id"])}
+    parents = [positions[p] for p in nm.df["parent_id"].iloc[rows]]
+    assert torch.equal(ManifestDataset(nm, rows=rows).pixels,
+                       torch.stack([ManifestDataset(nm, rows=np.array([p])).pixels[0] for p in parents]))
+
+    for bad in ("0.9..0.4", "1.5", "low..high"):
+        code, _, err = cli_in_process(capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint,
+                                      "--out", tmp_path / "bad", "--intensity", bad)
+        assert code == 2 and err.startswith("Error:") and "--intensity" in err and len(err.strip().splitlines()) == 1

@@ -313,3 +313,68 @@ def test_flop_counts_cover_the_decoder_and_leave_batchnorm_stats_alone() -> None
     assert torch.equal(model.fer_head.conv[1].running_mean, before)
     assert model.training
     assert count_parameters(model, trainable_only=True) == count_parameters(model)
+
+
+# ----------------------------------------------------------------------------- deformation output (#17)
+
+
+def _warp_net(seed: int = 0) -> FERSNet:
+    torch.manual_seed(seed)
+    return FERSNet(FERSNetConfig(image_size=32, widths=(8, 16, 16), output="warp")).eval()
+
+
+def _set_head(net: FERSNet, colour: float, mask_logit: float, flow: tuple[float, float]) -> None:
+    """Make the decoder's output layers give constants: colour, mask logit and (atanh of) flow."""
+    with torch.no_grad():
+        for head, values in ((net.decoder.to_image, [colour, mask_logit]), (net.decoder.flow_head, flow)):
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor(values))
+
+
+def test_zero_flow_and_closed_mask_give_the_input_back_exactly() -> None:
+    net = _warp_net()
+    _set_head(net, colour=0.3, mask_logit=-1e4, flow=(0.0, 0.0))  # mask 0: nothing painted
+    x = images(net.config, batch=3)
+    out = net(x, torch.tensor([1, 2, 3]))
+    assert torch.equal(out.fake, x) and torch.equal(out.flow, torch.zeros_like(out.flow))
+
+
+def test_a_known_flow_shifts_the_face_by_that_many_pixels() -> None:
+    from fesaug.models.fersnet import warp
+
+    x = images(FERSNetConfig(image_size=32, widths=(8, 16, 16)), batch=2)
+    flow = torch.zeros(2, 2, 32, 32)
+    flow[:, 0], flow[:, 1] = 3.0, -2.0  # read 3 px to the right and 2 px up
+    moved = warp(x, flow)
+    torch.testing.assert_close(moved[..., 2:, :-3], x[..., :-2, 3:], atol=1e-5, rtol=0)
+    # Through the network: a constant flow head output (tanh⁻¹ of 3 px / max_flow) does the same.
+    net = _warp_net()
+    px = net.decoder.max_flow
+    _set_head(net, colour=0.0, mask_logit=-1e4, flow=(float(torch.atanh(torch.tensor(3 / px))), 0.0))
+    fake = net(x, torch.tensor([0, 1])).fake
+    torch.testing.assert_close(fake[..., :-3], x[..., 3:], atol=1e-4, rtol=0)
+
+
+def test_intensity_scales_the_edit_and_zero_gives_the_input() -> None:
+    net = _warp_net()
+    x = images(net.config, batch=2)
+    t = torch.tensor([4, 5])
+    assert torch.equal(net(x, t, intensity=torch.zeros(2)).fake, x)
+    full, half = net(x, t), net(x, t, intensity=torch.full((2,), 0.5))
+    torch.testing.assert_close(half.flow, full.flow * 0.5)
+    torch.testing.assert_close(half.mask, full.mask * 0.5)
+    assert torch.equal(net(x, t, intensity=torch.ones(2)).fake, full.fake)
+
+
+def test_gradients_reach_the_flow_and_residual_heads() -> None:
+    net = _warp_net().train()
+    x = images(net.config, batch=4)
+    net(x, torch.tensor([0, 1, 2, 3])).fake.sub(x.flip(-1)).abs().mean().backward()
+    for head in (net.decoder.to_image, net.decoder.flow_head):  # colour and mask; flow x and y
+        assert (head.weight.grad.abs().flatten(1).sum(1) > 0).all()
+
+
+def test_a_warp_model_starts_from_the_identity_flow() -> None:
+    net = _warp_net()
+    out = net(images(net.config), torch.tensor([0, 1]))
+    assert torch.equal(out.flow, torch.zeros_like(out.flow)) and out.mask.mean() < 0.2

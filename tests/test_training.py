@@ -451,3 +451,50 @@ def test_mask_smoothness_weight_lowers_the_mask_variation(demo: Path, tmp_path: 
     smooth = train(demo, tmp_path / "smooth", tiny_config(epochs=3, val_fraction=0, lr=1e-3, loss={"mask_smoothness": 20.0}))
     assert smooth.metrics[-1]["loss_mask_smoothness"] < rough.metrics[-1]["loss_mask_smoothness"]
     assert rough.metrics[0]["loss_mask_smoothness"] > 0
+
+
+# ----------------------------------------------------------------------------- deformation output (#17)
+
+
+def test_a_checkpoint_from_before_the_warp_output_still_loads_and_synthesizes(run: training.TrainResult,
+                                                                               tmp_path: Path) -> None:
+    ckpt = torch.load(run.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    # What a checkpoint written before the deformation output lacks.
+    del ckpt["model_config"]["max_flow"]
+    del ckpt["config"]["align_pairs"], ckpt["config"]["loss"]["flow_smoothness"]
+    old = tmp_path / "old.pt"
+    torch.save(ckpt, old)
+    gen = fesaug.load_generator(old, device="cpu")
+    faces = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fake = gen.synthesize(faces, [1, 2])
+    assert fake.shape == faces.shape and fake.dtype == torch.uint8
+    assert torch.equal(gen.synthesize(faces, [1, 2], intensity=0.0), faces)  # intensity works on old models too
+    assert torch.equal(fake, fesaug.load_generator(run.run_dir / "checkpoints" / "last.pt", device="cpu").synthesize(faces, [1, 2]))
+
+
+def test_a_warp_model_trains_on_aligned_pairs_and_its_generator_takes_an_intensity(demo: Path, tmp_path: Path) -> None:
+    config = tiny_config(holdout_fold=0, epochs=1, align_pairs=True, model={**TINY["model"], "output": "warp"},
+                         loss={"flow_smoothness": 0.1})
+    result = train(demo, tmp_path / "warp", config)
+    assert result.metrics[-1]["loss_flow_smoothness"] > 0
+    gen = fesaug.load_generator(result.run_dir / "checkpoints" / "last.pt", device="cpu")
+    faces = ManifestDataset(demo, image_size=32).pixels[:3]
+    assert torch.equal(gen.synthesize(faces, "happy", intensity=0.0), faces)
+    assert not torch.equal(gen.synthesize(faces, "happy"), faces)
+    with pytest.raises(FesaugError, match="intensity must be one number or one per image"):
+        gen.synthesize(faces, "happy", intensity=[0.5, 1.5, 0.2])
+
+
+def test_aligned_pairs_register_the_partner_onto_the_source() -> None:
+    import cv2
+
+    from fesaug.data.demo import Subject, render
+    from fesaug.data.pairs import align_pair
+
+    face = render(Subject.from_seed(0, 0), "happy", 1.0, size=64).astype(np.float32)
+    # The same face rotated, scaled and shifted a little, darker and with less contrast.
+    moved = cv2.warpAffine(face, np.float32([[1.02, 0.03, 2.0], [-0.03, 1.02, -1.5]]), (64, 64),
+                           borderMode=cv2.BORDER_REPLICATE) * 0.8 + 20
+    aligned = align_pair(face.astype(np.uint8), np.clip(moved, 0, 255).astype(np.uint8)).astype(float)
+    inner = (slice(6, -6), slice(6, -6))
+    assert np.abs(aligned[inner] - face[inner]).mean() < 3.0 < 15.0 < np.abs(moved[inner] - face[inner]).mean()

@@ -138,6 +138,10 @@ class PairedTargetDataset(Dataset):
       ``paired`` is False, ``target_label`` is a uniformly drawn other class and ``target`` is
       all zeros (only unpaired losses apply).
 
+    With ``align_pairs``, the partner image is first registered onto the source and matched in
+    brightness (:func:`fesaug.data.pairs.align_pair`; computed once per pair), so the pair
+    differs in expression rather than in pose and lighting.
+
     With ``augment``, the same random pad-and-crop (up to ``shift × S`` pixels each way, edge
     padding) and horizontal flip are applied to source and target, so a pair stays aligned.
 
@@ -156,6 +160,7 @@ class PairedTargetDataset(Dataset):
         shift: float = 0.0,
         hflip: bool = True,
         seed: int = 0,
+        align_pairs: bool = False,
     ) -> None:
         if not 0.0 <= paired_prob <= 1.0:
             raise FesaugError(f"paired_prob must lie in [0, 1], got {paired_prob}")
@@ -166,6 +171,8 @@ class PairedTargetDataset(Dataset):
                 "subject and splits by subject, so every real row needs one (re-ingest with a subject pattern)"
             )
         self.base = base
+        self.align_pairs = align_pairs
+        self._aligned: dict[tuple[int, int], torch.Tensor] = {}
         self.paired_prob = paired_prob
         self.seed = seed
         self.epoch = 0
@@ -198,6 +205,17 @@ class PairedTargetDataset(Dataset):
         """Whether each row's subject shows another expression (so row can be paired)."""
         return np.array([len(p) > 0 for p in self.partners])
 
+    def partner(self, i: int, j: int) -> torch.Tensor:
+        """Row ``j`` as the target of source ``i``: as stored, or registered onto ``i``."""
+        if not self.align_pairs:
+            return self.base.pixels[j]
+        if (i, j) not in self._aligned:
+            from .pairs import align_pair
+
+            pixels = self.base.pixels
+            self._aligned[i, j] = torch.from_numpy(align_pair(pixels[i, 0].numpy(), pixels[j, 0].numpy()))[None]
+        return self._aligned[i, j]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         rng_seed = int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1, np.uint64)[0] >> 1)
         # v2 transforms draw from torch's global generator; fork it so this item's draws are
@@ -209,7 +227,7 @@ class PairedTargetDataset(Dataset):
             paired = len(partners) > 0 and float(torch.rand(())) < self.paired_prob
             if paired:
                 j = int(partners[int(torch.randint(len(partners), ()))])
-                target_label, target = int(self.base.labels[j]), self.base.pixels[j]
+                target_label, target = int(self.base.labels[j]), self.partner(i, j)
             else:
                 # Uniform over the other classes: shift the source label by 1..C-1.
                 offset = 1 + int(torch.randint(self.num_classes - 1, ()))

@@ -19,7 +19,13 @@ Selective Feature Sharing", ICPR 2020. Layout (L = len(config.widths), S = confi
   changes, as in GANimation (Pumarola et al., ECCV 2018): it predicts a colour image ``C`` and a
   mask ``m`` in [0, 1], and ``fake = m·C + (1 − m)·x``. Pixels the mask leaves alone keep the
   subject's own skin tone, hair and background exactly; ``output="direct"`` is the paper's plain
-  ``tanh`` image. ``unet_skips`` adds the FES-side post-sharing features
+  ``tanh`` image. ``output="warp"`` edits by deformation first: the decoder also predicts a
+  dense flow field that moves the source's own pixels (``grid_sample``; brows, lids, lip corners
+  and jaw are mostly geometry) and paints through the mask only what a warp cannot make (an
+  opening mouth, wrinkles, teeth): ``fake = m·C + (1 − m)·warp(x, flow)``. Both the flow and
+  the mask are scaled by an optional per-image ``intensity`` in [0, 1], so intensity 0 gives
+  the input back exactly and intermediate values give partial edits (the other outputs scale
+  their mask, or blend with the input, likewise). ``unet_skips`` adds the FES-side post-sharing features
   at every level to the decoder, as in the authors' 2021 code. Their AdaIN conditioning is not
   reproduced.
 
@@ -29,6 +35,7 @@ Images enter and leave the model in [-1, 1] (``tanh`` output); ``to_model_range`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,7 +48,7 @@ from ..errors import FesaugError
 from .sharing import SHARING_KINDS, SHARING_UNIT_KINDS, SharingUnit, make_sharing_unit
 
 NORMS: tuple[str, ...] = ("batch", "instance", "none")
-OUTPUTS: tuple[str, ...] = ("attention", "direct")
+OUTPUTS: tuple[str, ...] = ("attention", "direct", "warp")
 
 
 class ModelConfigError(FesaugError, ValueError):
@@ -72,7 +79,9 @@ class FERSNetConfig:
     fes_norm: str = "instance"
     decoder_norm: str = "instance"
     disc_width: int = 32
-    output: str = "attention"  # attention | direct, see the module docstring
+    output: str = "attention"  # attention | direct | warp, see the module docstring
+    # output="warp": the largest displacement of a pixel along each axis, as a fraction of the side.
+    max_flow: float = 0.125
 
     def __post_init__(self) -> None:
         # Lists come back from JSON/YAML checkpoints; keep the config hashable and comparable.
@@ -102,6 +111,8 @@ class FERSNetConfig:
             raise ModelConfigError(f"unknown sharing kind {self.sharing!r}; choose one of {', '.join(SHARING_KINDS)}")
         if self.output not in OUTPUTS:
             raise ModelConfigError(f"output must be one of {', '.join(OUTPUTS)} (got {self.output!r})")
+        if not 0 < self.max_flow <= 1:
+            raise ModelConfigError(f"max_flow must lie in (0, 1] (a fraction of the image side), got {self.max_flow}")
         for name in ("fer_norm", "fes_norm", "decoder_norm"):
             if getattr(self, name) not in NORMS:
                 raise ModelConfigError(f"{name} must be one of {', '.join(NORMS)} (got {getattr(self, name)!r})")
@@ -139,14 +150,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 class FERSNetOutput:
     """``logits``: FER scores ``(B, num_classes)``. ``fake``: synthesized ``(B, C, S, S)`` in
     [-1, 1], only when a target was given. ``mask``: the attention mask ``(B, 1, S, S)`` in
-    [0, 1] (1 = painted by the decoder), with ``fake`` when ``output="attention"``.
-    ``gates``: sharing-unit gate / mixing tensors keyed ``"level{l}/{fer|fes}<-{fes|fer}/{name}"``,
+    [0, 1] (1 = painted by the decoder), with ``fake`` when ``output`` is ``attention`` or ``warp``.
+    ``flow``: with ``output="warp"``, the displacement ``(B, 2, S, S)`` (x, y) in pixels.
+    ``edit``: the decoder's prediction before it was applied (:class:`Edit`), to re-apply it
+    at other intensities. ``gates``: sharing-unit gate / mixing tensors keyed ``"level{l}/{fer|fes}<-{fes|fer}/{name}"``,
     only when requested (not detached)."""
 
     logits: Tensor
     fake: Tensor | None = None
     mask: Tensor | None = None
     gates: dict[str, Tensor] | None = None
+    flow: Tensor | None = None
+    edit: Edit | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,28 +274,92 @@ class Decoder(nn.Module):
         for level in reversed(range(config.levels - 1)):
             self.ups.append(_upsample(w[level + 1], w[level], norm))
             self.fuse.append(_conv_norm_relu((2 if self.skips else 1) * w[level] + config.num_classes, w[level], norm))
-        self.attention = config.output == "attention"
+        self.output, self.in_channels = config.output, config.in_channels
+        self.max_flow = config.max_flow * config.image_size  # in pixels
         self.last_up = _upsample(w[0], w[0], norm)
-        self.to_image = nn.Conv2d(w[0], config.in_channels + self.attention, 1)
+        self.to_image = nn.Conv2d(w[0], config.in_channels + (config.output != "direct"), 1)  # (+ the mask)
+        self.flow_head = None
+        if config.output == "warp":
+            # The flow comes from a coarse level (a quarter of the side where the model has one)
+            # and is upsampled: smooth by construction, and each of its values gathers the loss
+            # over a patch of pixels, so a brow can be moved as a whole.
+            self.flow_level = min(1, config.levels - 2)
+            self.flow_head = nn.Conv2d(w[self.flow_level], 2, 3, padding=1)
+            # Start from the identity: no displacement and a mostly closed mask, so early training
+            # edits the face instead of redrawing it.
+            with torch.no_grad():
+                self.flow_head.weight.zero_()
+                self.flow_head.bias.zero_()
+                self.to_image.bias[config.in_channels].fill_(-2.0)
 
-    def forward(self, features: list[Tensor], target_map: Tensor, one_hot: Tensor,
-                source: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, features: list[Tensor], target_map: Tensor, one_hot: Tensor) -> Edit:
         """``features``: FES feature pyramid, level 0 (stem) to the bottleneck; ``one_hot``: the
-        target labels; ``source``: the input image (blended in by the attention mask). Returns
-        the image and the mask."""
+        target labels. Returns the :class:`Edit`, which :meth:`Edit.apply` turns into the image."""
         h = self.bottleneck(torch.cat([features[-1], target_map], dim=1))
-        for up, fuse, skip in zip(self.ups, self.fuse, reversed(features[:-1])):
+        coarse = None
+        for level, up, fuse, skip in zip(reversed(range(len(self.ups))), self.ups, self.fuse, reversed(features[:-1])):
             h = up(h)
             # The target is tiled into every level too: with skips, features of the source
             # expression reach the decoder around the bottleneck, and a target seen only there
             # was learned to be ignored (StarGAN tiles it at the input for the same reason).
             target = one_hot[:, :, None, None].expand(-1, -1, *h.shape[2:]).to(h.dtype)
             h = fuse(torch.cat([h, skip, target] if self.skips else [h, target], dim=1))
+            if self.flow_head is not None and level == self.flow_level:
+                coarse = self.flow_head(h)
         out = self.to_image(self.last_up(h))
-        if not self.attention:
-            return torch.tanh(out), None
-        colour, mask = torch.tanh(out[:, :-1]), torch.sigmoid(out[:, -1:])
-        return mask * colour + (1.0 - mask) * source, mask
+        c = self.in_channels
+        if self.output == "direct":
+            return Edit(torch.tanh(out))
+        mask = torch.sigmoid(out[:, c:c + 1])
+        flow = None
+        if coarse is not None:
+            flow = torch.tanh(F.interpolate(coarse.float(), size=out.shape[-2:], mode="bilinear", align_corners=True))
+            flow = flow * self.max_flow
+        return Edit(torch.tanh(out[:, :c]), mask, flow)
+
+
+@dataclass
+class Edit:
+    """What the decoder predicts for one translation, at full intensity, before it touches the
+    source: ``image`` (the painted image, or with a mask the colour ``C``), ``mask`` in [0, 1]
+    and ``flow`` (x, y displacement in pixels); see the module docstring."""
+
+    image: Tensor
+    mask: Tensor | None = None
+    flow: Tensor | None = None
+
+    def apply(self, source: Tensor, intensity: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The synthesized image, and the mask and flow it used, at ``intensity`` ``(B,)`` in
+        [0, 1] (default 1): the mask and flow are scaled, and without a mask the painted image
+        is blended with the source."""
+        scale = None if intensity is None else intensity[:, None, None, None]
+        if self.mask is None:
+            image = self.image
+            return (image if scale is None else scale.to(image.dtype) * (image - source) + source), None, None
+        mask = self.mask if scale is None else self.mask * scale.to(self.mask.dtype)
+        if self.flow is None:
+            return mask * self.image + (1.0 - mask) * source, mask, None
+        flow = self.flow if scale is None else self.flow * scale.to(self.flow.dtype)
+        return mask * self.image + (1.0 - mask) * warp(source, flow).to(self.image.dtype), mask, flow
+
+
+def warp(images: Tensor, flow: Tensor) -> Tensor:
+    """``images`` ``(B, C, H, W)`` resampled at each pixel's position plus ``flow`` ``(B, 2, H, W)``
+    (x, y, in pixels; bilinear, borders repeated): output pixel (i, j) reads the input at
+    (i + flow_y, j + flow_x).
+
+    Written as the input plus the change the displacement makes, so a zero flow returns the
+    input bit for bit rather than up to interpolation rounding."""
+    b, _, h, w = images.shape
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=images.device, dtype=flow.dtype),
+                            torch.linspace(-1, 1, w, device=images.device, dtype=flow.dtype), indexing="ij")
+    base = torch.stack([xs, ys], dim=-1)[None].expand(b, -1, -1, -1)
+    # Pixels → normalised units: align_corners=True maps -1 and 1 onto the corner pixels' centres.
+    scale = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=images.device, dtype=flow.dtype)
+    moved = base + flow.permute(0, 2, 3, 1) * scale
+    x = images.to(flow.dtype)
+    sample = functools.partial(F.grid_sample, mode="bilinear", padding_mode="border", align_corners=True)
+    return x + (sample(x, moved) - sample(x, base))
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,8 +397,10 @@ class FERSNet(nn.Module):
         self.target_embedding = TargetEmbedding(c.num_classes, w[-1], c.bottleneck_size)
         self.decoder = Decoder(c)
 
-    def forward(self, x: Tensor, target: Tensor | None = None, *, return_gates: bool = False) -> FERSNetOutput:
-        """Classify ``x`` (B, C, S, S in [-1, 1]); also translate it to ``target`` labels if given.
+    def forward(self, x: Tensor, target: Tensor | None = None, *, intensity: Tensor | None = None,
+                return_gates: bool = False) -> FERSNetOutput:
+        """Classify ``x`` (B, C, S, S in [-1, 1]); also translate it to ``target`` labels if given,
+        at ``intensity`` ``(B,)`` in [0, 1] (default 1: the full edit; 0: the input).
 
         Without a target, the decoder and every FES computation the logits do not depend on are
         skipped (all of the FES branch for ``sharing="none"``).
@@ -328,21 +409,23 @@ class FERSNet(nn.Module):
         gates: dict[str, Tensor] | None = {} if return_gates else None
         fer, fes_pyramid = self._encode(x, need_fes=target is not None, gates=gates)
         logits = self.fer_head(fer)
-        fake = mask = None
+        fake = mask = flow = edit = None
         if target is not None:
             one_hot = _one_hot(target, x.shape[0], self.config.num_classes, x.device)
-            fake, mask = self.decoder(fes_pyramid, self.target_embedding(one_hot), one_hot, x)
-        return FERSNetOutput(logits=logits, fake=fake, mask=mask, gates=gates)
+            edit = self.decoder(fes_pyramid, self.target_embedding(one_hot), one_hot)
+            fake, mask, flow = edit.apply(x, intensity)
+        return FERSNetOutput(logits=logits, fake=fake, mask=mask, gates=gates, flow=flow, edit=edit)
 
     def classify(self, x: Tensor) -> Tensor:
         """Expression logits ``(B, num_classes)``."""
         return self(x).logits
 
-    def synthesize(self, x: Tensor, target_labels: Tensor | int) -> Tensor:
-        """``x`` translated to ``target_labels`` (one int for the whole batch, or one per image)."""
+    def synthesize(self, x: Tensor, target_labels: Tensor | int, intensity: Tensor | None = None) -> Tensor:
+        """``x`` translated to ``target_labels`` (one int for the whole batch, or one per image);
+        ``intensity`` ``(B,)`` in [0, 1] scales the edit."""
         if isinstance(target_labels, int):
             target_labels = torch.full((x.shape[0],), target_labels, dtype=torch.long, device=x.device)
-        fake = self(x, target_labels).fake
+        fake = self(x, target_labels, intensity=intensity).fake
         assert fake is not None  # a target was given
         return fake
 
