@@ -65,6 +65,7 @@ from .data.manifest import Manifest, read_manifest, relative_image_root, write_m
 from .distributed import barrier, process_group
 from .errors import FesaugError, UsageError
 from .generator import Generator, load_generator
+from .locking import output_lock
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
 
@@ -590,13 +591,14 @@ def balance(
 ) -> BalanceResult:
     """Balance ``manifest`` with the generator in ``checkpoint``; write the dataset to ``out_dir``.
 
-    See the module docstring. Re-running the same call after an interruption resumes it.
+    See the module docstring. Re-running the same call after an interruption resumes it; a second
+    run into ``out_dir`` while one is running is refused (:func:`fesaug.locking.output_lock`).
     """
     config = config or BalanceConfig()
     out = Path(out_dir)
     start = time.perf_counter()
     # gloo even on GPUs: the ranks only meet at barriers, and several may share one GPU.
-    with process_group() as ranks:
+    with process_group() as ranks, output_lock(out):
         rank, world = ranks.rank, ranks.world
         if device is None and torch.cuda.is_available():
             # Ranks share the node's GPUs; several ranks on one GPU is fine for inference.

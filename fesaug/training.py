@@ -69,6 +69,7 @@ from .data.splits import assign_folds
 from .distributed import Ranks, barrier, process_group
 from .downstream import DownstreamClassifier, augment_batch, load_classifier
 from .errors import FesaugError, UsageError
+from .locking import output_lock
 from .models import Discriminator, FERSNet, FERSNetConfig, to_model_range
 from .provenance import provenance
 from .runlog import json_number, read_metrics, seed_everything, write_metrics
@@ -585,7 +586,8 @@ def train(
 
     ``resume`` continues the run in ``out_dir`` from ``checkpoints/last.pt`` (``config`` must
     match the run's, except ``epochs``, ``num_workers`` and ``device``); ``overwrite``
-    discards a previous run there. See the module docstring for what is written.
+    discards a previous run there. The run holds ``out_dir``'s lock (:mod:`fesaug.locking`). See
+    the module docstring for what is written.
     """
     config = config or TrainConfig()
     out_dir = Path(out_dir)
@@ -594,7 +596,7 @@ def train(
     model_config = config.model_config(num_classes=len(classes))
     manifest_sha = file_sha256(manifest.path)
 
-    with _runtime(config) as rt:
+    with _runtime(config) as rt, output_lock(out_dir):
         ckpt = _prepare_run_dir(out_dir, resume=resume, overwrite=overwrite, rt=rt)
         if ckpt is not None:
             _check_resumable(ckpt, config, model_config, classes, manifest_sha, out_dir / "checkpoints" / "last.pt")
