@@ -58,7 +58,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ._io import atomic_write_bytes, atomic_write_text, file_sha256
+from ._io import atomic_write_bytes, atomic_write_text, file_sha256, remove_stale_temporaries
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
@@ -451,6 +451,11 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FesaugError(f"--out {out} is a file; give a folder for the balanced dataset")
     if out.exists() and any(out.iterdir()):
+        # A kill -9 leaves the temporary files of atomic writes behind (stale: we hold the lock).
+        for name in OUTPUTS:
+            remove_stale_temporaries(out, name)
+        for folder in (*(out / "images").glob("*"), work, work / "parts"):
+            remove_stale_temporaries(folder)
         foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS)
         if foreign:
             raise FesaugError(f"{out} holds files fesaug balance did not write ({', '.join(foreign[:3])}); "
@@ -459,14 +464,12 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
         same = (work / "plan.json").exists() and _recorded_key(work / "plan.json") == jsonable(key)
         if not overwrite:
             if finished:
+                shutil.rmtree(work, ignore_errors=True)  # left by a run stopped just after its manifest
                 raise FesaugError(f"{out} already holds a finished balanced dataset; pass --overwrite to make it again")
             if not same:
                 raise FesaugError(f"{out} holds an unfinished balance run with other settings, manifest or checkpoint; "
                                   "run that command again to finish it, or pass --overwrite to start over")
-            # Resume. A kill -9 can leave the temporary file of an atomic write behind.
-            for tmp in [*out.glob("images/*/.*.tmp"), *work.glob("**/.*.tmp")]:
-                tmp.unlink(missing_ok=True)
-            return
+            return  # resume
         for name in OUTPUTS:
             path = out / name
             if path.is_dir():

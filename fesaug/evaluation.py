@@ -61,8 +61,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_text, file_sha256
+from ._io import atomic_write_text, file_sha256, remove_stale_temporaries
 from .balance import BalanceConfig, au_consistency, balance, resolve_targets
+from .checkpoint import load_checkpoint
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
 from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, features, fit, load_classifier,
@@ -71,7 +72,7 @@ from .errors import FesaugError, UsageError
 from .evaluation_report import EXPRESSION_JUDGE
 from .locking import output_lock
 from .provenance import provenance
-from .runlog import jsonable, read_metrics, with_defaults
+from .runlog import jsonable, with_defaults
 from .train_config import TrainConfig
 from .training import split_subjects, train
 
@@ -190,6 +191,8 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
         with output_lock(out, wait=SHARED_FILES_WAIT_S):
             for k in chosen:
                 held.enter_context(output_lock(out / f"fold-{k}"))
+                for folder in (out / f"fold-{k}", out / f"fold-{k}" / "seeds"):  # of writes a kill -9 stopped
+                    remove_stale_temporaries(folder)
             _prepare_out_dir(out, m, config, overwrite, others=[out / f"fold-{k}" for k in present if k not in chosen])
         # Decoded on first use: a run whose folds are all cached only aggregates.
         pixels = functools.cache(lambda: ManifestDataset(m, image_size=config.downstream.image_size).pixels)
@@ -220,6 +223,8 @@ def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: 
     one under the old settings)."""
     record = {"manifest_sha256": file_sha256(m.path), "config": jsonable(config.key())}
     settings = out / "evaluate.json"
+    for name in OUTPUTS:
+        remove_stale_temporaries(out, name)
     ours = [p for p in out.iterdir() if p.name in OUTPUTS or _fold_number(p) is not None] if out.is_dir() else []
     if ours and not settings.exists():
         raise FesaugError(f"{out} holds files fesaug evaluate did not record ({ours[0].name}); choose a new --out")
@@ -339,8 +344,9 @@ class _Fold:
         if self.config.expression_judge:
             cfg = dataclasses.replace(cfg, expression_classifier=str(self._judge()))
         last = run / "checkpoints" / "last.pt"
-        epochs = [m["epoch"] for m in read_metrics(run / "metrics.jsonl")]
-        if last.exists() and epochs and epochs[-1] >= cfg.epochs:
+        # The checkpoint says how far the run got, not metrics.jsonl: a run stopped after logging
+        # an epoch and before saving it has to train that epoch again.
+        if last.exists() and load_checkpoint(last)["epoch"] >= cfg.epochs:
             return run
         log.info("fold %d: training FERSNet (%d epochs)", self.k, cfg.epochs)
         train(self.split_manifest, run, cfg, resume=last.exists(), overwrite=not last.exists())

@@ -7,8 +7,9 @@ The ``imagefolder`` layout is what ``torchvision.datasets.ImageFolder`` reads::
     OUT/export.json                    provenance, source manifest and its sha256, filters, counts
 
 The tree is built in a hidden folder beside OUT and renamed onto it at the end, so an interrupted
-export leaves the previous tree (or nothing), never half of one. A second export into OUT while one
-runs is refused (:mod:`fesaug.locking`).
+export leaves the previous tree (or nothing), never half of one; the next export into OUT removes
+what the interrupted one left beside it. A second export into OUT while one runs is refused
+(:mod:`fesaug.locking`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_bytes, atomic_write_text, file_sha256
+from ._io import atomic_write_bytes, atomic_write_text, file_sha256, remove_stale_temporaries
 from .data.images import BadImage, decode_image, encode_png
 from .data.manifest import ORIGINS, Manifest, read_manifest
 from .errors import FesaugError, UsageError
@@ -90,6 +91,7 @@ def export(
     names = _file_names(m, rows)
     out = Path(out)
     with output_lock(out):
+        remove_stale_temporaries(out.absolute().parent, out.absolute().name)  # of an export stopped by kill -9
         _check_out(out, overwrite)
         return _write(m, source, out, rows, names, format=format, filters=filters, overwrite=overwrite)
 

@@ -31,6 +31,8 @@ from .errors import FesaugError
 from .locking import output_lock
 from .plots import image_axis, new_figure, save_figure
 
+DEMO_OUTPUTS = ("data", "run", "balanced", "histogram_before.png", "histogram_after.png", "synthesis.png",
+                "audit.json", "summary.txt")
 DEMO_EPOCHS = 25  # about 5 minutes on two CPU cores; fewer leave the gate rejecting most minority images
 
 
@@ -58,8 +60,9 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, epochs: int = DEMO_EP
         if out.exists() and any(out.iterdir()):
             if not overwrite:
                 raise FesaugError(f"{out} already exists and is not empty; pass --overwrite to replace it or choose another --out")
-            if not (out / "data" / "manifest.parquet").exists():
-                # Only ever delete a folder this command made; anything else might be the user's.
+            # Only ever delete a folder this command made (a demo stopped early has no manifest yet);
+            # anything else might be the user's.
+            if not (out / "data" / "manifest.parquet").exists() and not _only_demo_outputs(out):
                 raise FesaugError(f"{out} does not look like a fesaug demo folder; refusing to replace it — choose another --out")
             shutil.rmtree(out)
         seconds: dict[str, float] = {}
@@ -91,6 +94,13 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, epochs: int = DEMO_EP
         summary = _summary(manifest, result, run.last_checkpoint, after, seconds)
         files.append(atomic_write_text(out / "summary.txt", summary + "\n"))
         return DemoResult(out, manifest.path, before, after, result.manifest, run.last_checkpoint, summary, seconds, files)
+
+
+def _only_demo_outputs(out: Path) -> bool:
+    """Whether ``out`` holds nothing but what :func:`run_demo` writes, finished or not: its
+    outputs, and the lock files and temporaries written beside them."""
+    return all(p.name in DEMO_OUTPUTS or any(p.name.startswith(f".{name}.") for name in DEMO_OUTPUTS)
+               for p in out.iterdir())
 
 
 def synthesis_grid(manifest: Manifest, path: str | os.PathLike, *, pairs: int = 4, seed: int = 0) -> Path:

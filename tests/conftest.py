@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -76,6 +78,16 @@ def holding(output: Path, *command: object) -> Iterator[subprocess.Popen]:
         if proc.poll() is None:
             proc.stdin.close()
         proc.wait(timeout=30)
+
+
+def kill_at(point: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``fesaug ARGS`` in a subprocess that kills itself (SIGKILL, as ``kill -9``) at
+    ``point`` (see :mod:`fesaug.killpoints`); fails unless it got there."""
+    env = {**os.environ, "FESAUG_KILL_AT": point}
+    proc = subprocess.run([sys.executable, "-m", "fesaug", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {point} (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    return proc
 
 
 @pytest.fixture

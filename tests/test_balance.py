@@ -231,6 +231,7 @@ def test_interrupted_run_resumes_to_the_same_output(balanced: balancing.BalanceR
     # A kill -9 in the middle of a write leaves a temporary file behind.
     (out / "images" / "anger").mkdir(parents=True, exist_ok=True)
     (out / "images" / "anger" / ".x.png.abc.tmp").write_bytes(b"half")
+    (out / ".histogram.png.abc.tmp").write_bytes(b"half")  # or beside the card and histogram
     monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
     # Another setting is refused: it would mix two runs in one folder.
     with pytest.raises(FesaugError, match="unfinished balance run with other settings"):
@@ -241,6 +242,7 @@ def test_interrupted_run_resumes_to_the_same_output(balanced: balancing.BalanceR
     files = sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(balanced.out_dir).as_posix()
                            for p in (balanced.out_dir / "images").rglob("*") if p.is_file())
+    assert not list(out.glob(".*.tmp"))
     with pytest.raises(FesaugError, match="already holds a finished balanced dataset; pass --overwrite"):
         balance(demo, checkpoint, out, config)
 

@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from .._io import atomic_write_bytes, remove_stale_temporaries
 from ..errors import FesaugError, UsageError
 from ..locking import output_lock
 from ..provenance import provenance
@@ -88,6 +89,10 @@ def ingest(
     storage = "embedded" if embed else "folder" if produced else "in-place"
     image_dir = out.with_name(f"{out.stem}-images") if storage == "folder" else None
     with output_lock(out):
+        # What an ingest stopped by kill -9 left beside its outputs (stale: we hold the lock).
+        for path in (out, image_dir):
+            if path is not None:
+                remove_stale_temporaries(path.absolute().parent, path.name)
         _check_outputs(out, image_dir, overwrite)
 
         skips = Skips(skip_bad)
@@ -247,7 +252,7 @@ class _ImageFolder:
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
         dest = self.staging / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
+        atomic_write_bytes(dest, data)
         return f"{self.final.name}/{rel}"
 
     def publish(self) -> None:
@@ -319,4 +324,5 @@ def _check_outputs(out: Path, image_dir: Path | None, overwrite: bool) -> None:
     if out.exists():
         raise FesaugError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     if image_dir is not None and image_dir.exists():
-        raise FesaugError(f"{image_dir} already exists (images of an earlier ingest); pass --overwrite to replace it or choose another --out")
+        raise FesaugError(f"{image_dir} already exists without its manifest {out} (the images of an earlier ingest that "
+                          "was stopped, or another folder); pass --overwrite to replace it or choose another --out")
