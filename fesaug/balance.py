@@ -61,9 +61,10 @@ from torchvision.transforms.v2 import functional as TF
 from ._io import atomic_write_bytes, atomic_write_text, file_sha256, remove_stale_temporaries
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes
-from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
+from .data.manifest import Manifest, read_manifest, relative_image_root, working_set, write_manifest
 from .distributed import barrier, process_group
 from .errors import FesaugError, UsageError
+from .audit import Group, audit, plot_report
 from .generator import Generator, load_generator
 from .locking import output_lock
 from .provenance import provenance
@@ -344,9 +345,7 @@ def _working_set(m: Manifest, splits: Sequence[str], excluded: Sequence[int]) ->
     unknown = [s for s in splits if s not in known]
     if unknown:
         raise UsageError(f"--split {unknown[0]!r} is not in {m.path}; its splits are {', '.join(known)}")
-    folds = df["fold"].to_numpy(dtype=float, na_value=np.nan)
-    keep = df["split"].isin(list(splits)).to_numpy() & ~np.isin(folds, list(excluded))
-    rows = np.flatnonzero(keep)
+    rows = np.flatnonzero(working_set(df, splits, excluded))
     if rows.size == 0:
         raise FesaugError(f"{m.path}: no real rows in split(s) {', '.join(splits)} outside excluded fold(s) {list(excluded)}; "
                           "check --split and --exclude-fold")
@@ -692,12 +691,10 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
     # so the card and histogram must exist before it does.
     staged = out / WORK_DIR / "manifest.parquet"
     write_manifest(df, staged, classes=m.classes, meta=meta, overwrite=True, image_root=image_root)
-    from .audit import audit, plot_report
-
     report = audit(read_manifest(staged), target=max(plan.targets.values()), check_images=False)
     result.problems = [p.message for p in report.problems]
     plot_report(report, out / "histogram.png")
-    atomic_write_text(out / "README.md", dataset_card(result, plan, meta))
+    atomic_write_text(out / "README.md", dataset_card(result, plan, meta, report.held_out))
     os.replace(staged, manifest_path)
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     result.seconds = time.perf_counter() - start
@@ -755,8 +752,9 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
     }
 
 
-def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
-    """The ``README.md`` written next to a balanced manifest."""
+def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_out: Sequence[Group] = ()) -> str:
+    """The ``README.md`` written next to a balanced manifest; ``held_out``: the rows it left
+    unchanged, counted per group (:attr:`fesaug.audit.AuditReport.held_out`)."""
     gen, cfg = plan.generator, plan.config
     lines = [
         "# Balanced facial-expression dataset (fesaug balance)",
@@ -765,18 +763,21 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
         f"(sha256 `{gen.checkpoint_sha256[:16]}…`, epoch {gen.epoch}).",
         f"Command: `{meta['provenance']['command']}`",
         "",
-        "| class | real | target | synthesized | acceptance | shortfall | after |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| class | real | target | synthesized | acceptance | shortfall | after |"
+        + "".join(f" held out: {g.value} |" for g in held_out),
+        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(held_out),
     ]
     for c in r.counts_before:
         acc = r.acceptance[c]
         lines.append(f"| {c} | {r.counts_before[c]} | {r.targets[c]} | {r.generated[c]} | "
-                     f"{'—' if acc is None else f'{acc:.0%}'} | {r.shortfall[c]} | {r.counts_after[c]} |")
+                     f"{'—' if acc is None else f'{acc:.0%}'} | {r.shortfall[c]} | {r.counts_after[c]} |"
+                     + "".join(f" {g.classes[c].total} |" for g in held_out))
     lines += [
         "",
         "Counts are over the *working set*: real rows of split(s) " + ", ".join(f"`{s}`" for s in cfg.splits)
         + (f" outside fold(s) {', '.join(map(str, plan.excluded_folds))}" if plan.excluded_folds else "") + ". "
-        "All other real rows are in the manifest unchanged.",
+        "All other real rows are in the manifest unchanged"
+        + (" and counted apart (*held out*, by split, or by fold of a balanced split)" if held_out else "") + ".",
         "",
         "## How the synthetic images were made",
         "",

@@ -149,6 +149,22 @@ def test_balanced_output_reaches_targets_and_audits_clean(balanced: balancing.Ba
     assert "| contempt |" in card and "never saw fold 0" in card
 
 
+def test_audit_card_and_histogram_count_the_held_out_fold_apart(balanced: balancing.BalanceResult, demo: Path) -> None:
+    # Fold 0 stays in the manifest for testing; counted with the balanced rows, every class would
+    # look above its target and the set still imbalanced.
+    largest = max(_working_counts(demo).values())
+    held = read_manifest(demo).df.query("fold == 0").groupby("label_name").size().reindex(list(COUNTS), fill_value=0)
+    report = audit(balanced.manifest, target=largest, check_images=False)
+    assert {c: n.total for c, n in report.classes.items()} == dict.fromkeys(COUNTS, largest)
+    assert report.imbalance_ratio == 1.0 and report.balanced_rows == "split train outside fold 0"
+    assert [g.value for g in report.held_out] == ["fold 0 (train)"]
+    assert {c: n.total for c, n in report.held_out[0].classes.items()} == held.to_dict()
+    card = (balanced.out_dir / "README.md").read_text()
+    assert "| class | real | target | synthesized | acceptance | shortfall | after | held out: fold 0 (train) |" in card
+    assert f"| contempt | {COUNTS['contempt'] - held['contempt']} | {largest} |" in card
+    assert card.split("| contempt |")[1].split("\n")[0].endswith(f"| {largest} | {held['contempt']} |")
+
+
 def test_synthetic_rows_carry_complete_provenance(balanced: balancing.BalanceResult, checkpoint: Path) -> None:
     m = read_manifest(balanced.manifest)
     syn = m.df[m.df["origin"] == "synthetic"]
