@@ -595,6 +595,7 @@ def balance(
 
     See the module docstring. Re-running the same call after an interruption resumes it; a second
     run into ``out_dir`` while one is running is refused (:func:`fesaug.locking.output_lock`).
+    ``progress``: a progress bar on stderr when it is a terminal.
     """
     config = config or BalanceConfig()
     out = Path(out_dir)
@@ -634,8 +635,10 @@ def _generate(plan: _Plan, chunks: list[list[tuple[int, int]]], mine: list[int],
 
     # Two writer threads: PNG encoding (zlib) releases the GIL, so it overlaps the next chunk's
     # generation; waiting for the previous chunk keeps at most two chunks in memory.
+    # disable=None: a bar only on a terminal, not carriage-return frames in a redirected log.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fesaug-png") as pool, \
-            tqdm(total=sum(len(chunks[i]) for i in mine), unit="img", disable=not progress, desc="balance") as bar:
+            tqdm(total=sum(len(chunks[i]) for i in mine), unit="img", disable=None if progress else True,
+                 desc="balance") as bar:
         previous: tuple[int, list, dict, list[Future]] | None = None
         for i in mine:
             rows, attempts, writes = _run_chunk(plan, pixels, position, chunks[i], out, pool)

@@ -413,6 +413,7 @@ def test_cli_prints_the_summary(demo: Path, checkpoint: Path, tmp_path: Path) ->
                    "--min-confidence", "0", "--sampling-strategy", "minority")
     assert proc.returncode == 0, proc.stderr
     assert "synthesized" in proc.stdout and "accepted" in proc.stdout
+    assert "%|" not in proc.stderr  # stderr is no terminal here: no progress-bar frames in a log
     meta = read_manifest(tmp_path / "b" / "manifest.parquet").meta["balance"]
     minority = min(meta["counts_before"], key=meta["counts_before"].get)
     assert {c: n for c, n in meta["to_generate"].items() if n} == {minority: max(meta["counts_before"].values())
