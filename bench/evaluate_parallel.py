@@ -1,8 +1,9 @@
 """Run ``fesaug evaluate`` with one process per test fold, then aggregate, for a machine with
 many cores (or one GPU that a single fold cannot keep busy).
 
-Each fold process writes only its own ``fold-K/`` cache, so they can share one ``--out``; the
-final call (``--folds`` = the folds that finished) only aggregates. ``--deadline`` stops the fold
+Each fold process writes only its own ``fold-K/`` cache, and holds that fold's lock while it runs,
+so they can share one ``--out``; the final call (``--folds`` = the folds that finished) only
+aggregates. ``--deadline`` stops the fold
 processes in time to aggregate and copy what finished; running the same command again resumes
 the rest from the caches.
 

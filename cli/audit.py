@@ -92,11 +92,21 @@ def format_table(report: AuditReport) -> str:
     rows = [[name, c.real, c.synthetic, c.total, *([shortfall[name]] if shortfall is not None else [])]
             for name, c in report.classes.items()]
     footer = ["total", report.real, report.synthetic, report.total, *([sum(shortfall.values())] if shortfall is not None else [])]
-    lines = [f"manifest: {report.manifest}", "", *aligned_table(header, rows, footer), ""]
+    lines = [f"manifest: {report.manifest}", ""]
+    if report.balanced_rows is not None:
+        held = sum(g.total for g in report.held_out)
+        lines += [f"balanced rows ({report.balanced_rows})"
+                  + (f"; the {held} held-out rows are counted apart below" if held else "") + ":", ""]
+    lines += [*aligned_table(header, rows, footer), ""]
     lines.append(f"subjects:        {report.subjects}")
     lines.append(f"imbalance ratio: {_ratio_text(report)}")
     if shortfall is not None:
         lines.append(f"target:          {report.target} per class, {sum(shortfall.values())} images short")
+    if report.held_out:
+        lines += ["", "held out from balancing (in the manifest unchanged):"]
+        held_rows = [[name, *(g.classes[name].total for g in report.held_out)] for name in report.classes]
+        lines += aligned_table(["class", *(str(g.value) for g in report.held_out)], held_rows,
+                               ["total", *(g.total for g in report.held_out)])
     if report.by:
         lines += ["", f"images per class by {report.by}:"]
         by_header = ["class", *(_group_label(g.value) for g in report.groups)]

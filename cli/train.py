@@ -39,7 +39,8 @@ from fesaug.train_config import DEVICES, PRESETS, resolve_config
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate (both networks).")
 @click.option("--seed", type=click.IntRange(min=0))
 @click.option("--device", type=click.Choice(DEVICES), help="auto: CUDA when available.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt, with its config.yaml.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt, with its config.yaml "
+                   "(a run stopped before its first checkpoint starts over).")
 @click.option("--overwrite", is_flag=True, help="Discard a previous run in --out and start over.")
 def train_command(manifest: Path, out: Path, config_file: Path | None, preset: str | None, tasks: str, sharing: str | None,
                   holdout_fold: int | None, expression_classifier: Path | None, epochs: int | None, batch_size: int | None, lr: float | None,

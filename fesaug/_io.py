@@ -4,13 +4,16 @@ leaves the previous file (or nothing) in place."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import FesaugError
+from .killpoints import kill_point
 
 
 @contextlib.contextmanager
@@ -29,10 +32,27 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        kill_point(f"write:{path.name}")
         os.replace(tmp_path, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove what interrupted writes left in ``folder``: the temporary files of
+    :func:`atomic_path` and the staging folders built beside an output (``.NAME.*.tmp``), and an
+    earlier output set aside while it was being replaced (``.NAME.*.old``). ``name``: only those
+    of the output ``NAME``; None: of every output in ``folder``. Returns what was removed.
+
+    Only call it while holding the output's lock (:mod:`fesaug.locking`): then no running write
+    owns them, so they are stale."""
+    folder = Path(folder)
+    stem = "*" if name is None else glob.escape(name)
+    removed = [p for pattern in (f".{stem}.*.tmp", f".{stem}.*.old") for p in folder.glob(pattern)]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:

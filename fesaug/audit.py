@@ -12,9 +12,16 @@ prints::
       "classes": {"anger": {"real": 135, "synthetic": 0, "total": 135, "shortfall": 115}, ...},
       "target": 250, "shortfall_total": 768, # only with a target; "shortfall" per class likewise
       "by": {"column": "fold", "groups": [{"value": 0, "total": 98, "classes": {...}}, ...]},  # only with by
+      "held_out": {"total": 96, "groups": [{"value": "fold 0 (train)", "total": 96, "classes": {...}}]},
       "images_checked": true,
       "problems": [{"kind": "duplicate_image", "message": "...", "count": 1, "sample_ids": [...], ...}]
     }
+
+For the output of ``fesaug balance`` the histogram, totals, ratio and shortfall count the rows
+the run balanced (``balanced_rows`` says which: its splits outside its excluded folds); the rows
+it left as they were, such as a held-out test fold, are counted apart in ``held_out``, one group
+per split (``test``) or excluded fold of a balanced split (``fold 0 (train)``). Other manifests
+have no ``held_out``: every row counts. ``--by`` groups every row.
 
 A class with no images makes the imbalance ratio infinite; it is reported as null (JSON has no
 infinity) and the class is listed in an ``empty_class`` problem, which says why.
@@ -74,6 +81,8 @@ class AuditReport:
     by: str | None = None
     groups: list[Group] = field(default_factory=list)
     target: int | None = None
+    balanced_rows: str | None = None  # which rows a balance run balanced (and ``classes`` counts), in words
+    held_out: list[Group] = field(default_factory=list)  # the rows it left unchanged, by split / excluded fold
 
     @property
     def total(self) -> int:
@@ -117,6 +126,9 @@ class AuditReport:
             out["shortfall_total"] = sum(shortfall.values())
         if self.by is not None:
             out["by"] = {"column": self.by, "groups": [g.to_dict() for g in self.groups]}
+        if self.balanced_rows is not None:
+            out["balanced_rows"] = self.balanced_rows
+            out["held_out"] = {"total": sum(g.total for g in self.held_out), "groups": [g.to_dict() for g in self.held_out]}
         out["images_checked"] = self.images_checked
         out["problems"] = [p.to_dict() for p in self.problems]
         return out
@@ -158,40 +170,86 @@ def audit(
     m = manifest_path if isinstance(manifest_path, Manifest) else read_manifest(manifest_path)
     labels = m.df["label"].to_numpy(dtype=np.int64)
     synthetic = (m.df["origin"] == "synthetic").to_numpy(dtype=bool)
-    classes = _histogram(labels, synthetic, m.classes)
+    everything = _histogram(labels, synthetic, m.classes)
+    balanced = m.balanced_rows()
+    counted = np.ones(len(labels), dtype=bool) if balanced is None else balanced
     return AuditReport(
         manifest=m.path,
-        classes=classes,
+        classes=_histogram(labels[counted], synthetic[counted], m.classes),
         subjects=int(m.df["subject_id"].nunique(dropna=True)),
-        problems=all_problems(m, {name: c.total for name, c in classes.items()}, check_images=check_images),
+        problems=all_problems(m, {name: c.total for name, c in everything.items()}, check_images=check_images),
         images_checked=check_images,
         by=by,
         groups=_groups(m, by, labels, synthetic) if by else [],
         target=target,
+        balanced_rows=None if balanced is None else _balanced_rows_text(m.meta["balance"]),
+        held_out=[] if balanced is None else _held_out(m, ~balanced, labels, synthetic),
     )
 
 
+def _balanced_rows_text(run: dict) -> str:
+    splits, folds = run["splits"], run.get("excluded_folds") or []
+    return (f"split{'s' if len(splits) > 1 else ''} {', '.join(splits)}"
+            + (f" outside fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}" if folds else ""))
+
+
+def _held_out(m: Manifest, rows: np.ndarray, labels: np.ndarray, synthetic: np.ndarray) -> list[Group]:
+    """The rows a balance run left unchanged, one group per split it did not balance (``test``)
+    or per excluded fold of a split it did (``fold 0 (train)``)."""
+    balanced_splits = set(m.meta["balance"]["splits"])
+    splits, folds = column(m.df, "split"), column(m.df, "fold")
+    names = np.array([s if s not in balanced_splits else f"fold {f} ({s})" for s, f in zip(splits, folds)], dtype=object)
+    keys = sorted(set(names[rows].tolist()))
+    return [Group(key, _histogram(labels[rows & (names == key)], synthetic[rows & (names == key)], m.classes))
+            for key in keys]
+
+
 def plot_report(report: AuditReport, path: str | os.PathLike) -> Path:
-    """Write a stacked bar chart (real and synthetic images per class, the target as a line)."""
+    """Write :func:`report_figure` to ``path`` (.png, .svg or .pdf)."""
+    return save_figure(report_figure(report), path)
+
+
+def report_figure(report: AuditReport):  # noqa: ANN201 - a matplotlib Figure (imported lazily)
+    """A stacked bar chart: real and synthetic images per class, the target as a line.
+
+    Rows a balance run left unchanged (``report.held_out``) are drawn apart: a second, grey bar
+    per class, one shade per held-out group, labelled with it."""
     names = list(report.classes)
+    x = np.arange(len(names))
+    width, shift = (0.8, 0.0) if not report.held_out else (0.45, 0.24)
     real = [c.real for c in report.classes.values()]
     synthetic = [c.synthetic for c in report.classes.values()]
     fig = new_figure(max(6.0, 0.8 * len(names) + 2), 4.5)
     ax = fig.add_subplot()
-    ax.bar(names, real, label="real", color="#4C72B0")
-    bars = ax.bar(names, synthetic, bottom=real, label="synthetic", color="#DD8452")
+    ax.bar(x - shift, real, width, label="real", color="#4C72B0")
+    bars = ax.bar(x - shift, synthetic, width, bottom=real, label="synthetic", color="#DD8452")
     ax.bar_label(bars, labels=[str(c.total) for c in report.classes.values()], padding=2, fontsize=8)
+    bottom = np.zeros(len(names))
+    for group, shade in zip(report.held_out, _GREYS * len(report.held_out)):
+        heights = np.array([group.classes[n].total for n in names])
+        held = ax.bar(x + shift, heights, width * 0.6, bottom=bottom, label=f"held out: {group.value}", color=shade)
+        bottom += heights
+    if report.held_out:
+        ax.bar_label(held, labels=[str(int(b)) for b in bottom], padding=2, fontsize=7, color="#555555")
+    ax.set_xticks(x, names)
     if report.target is not None:
         ax.axhline(report.target, color="#C44E52", linestyle="--", linewidth=1.2, label=f"target ({report.target})")
     ratio = report.imbalance_ratio
+    counted = "images" if report.balanced_rows is None else f"balanced images ({report.balanced_rows})"
     ax.set_title(
-        f"{report.manifest.name}: {report.total} images, imbalance "
+        f"{report.manifest.name}: {report.total} {counted}, imbalance "
         + (f"{ratio:.2f}" if ratio is not None else "undefined (empty class)"),
         fontsize=10,
     )
     ax.set_ylabel("images")
-    ax.margins(y=0.12)
+    # Set, not left to margins(): a bar's base is a "sticky" limit, so a zero-height synthetic bar
+    # on the tallest real one would pin the top there and cut the count labels off.
+    top = max([c.total for c in report.classes.values()] + bottom.tolist() + [report.target or 0, 1])
+    ax.set_ylim(0, top * 1.12)
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # never over a bar
     if len(names) > 6:
         ax.tick_params(axis="x", labelrotation=30)
-    return save_figure(fig, path)
+    return fig
+
+
+_GREYS = ["#A6A6A6", "#CFCFCF", "#7F7F7F"]

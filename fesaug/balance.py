@@ -58,13 +58,15 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ._io import atomic_write_bytes, atomic_write_text, file_sha256
+from ._io import atomic_write_bytes, atomic_write_text, file_sha256, remove_stale_temporaries
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes
-from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
+from .data.manifest import Manifest, read_manifest, relative_image_root, working_set, write_manifest
 from .distributed import barrier, process_group
 from .errors import FesaugError, UsageError
+from .audit import Group, audit, plot_report
 from .generator import Generator, load_generator
+from .locking import output_lock
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
 
@@ -379,9 +381,7 @@ def _working_set(m: Manifest, splits: Sequence[str], excluded: Sequence[int]) ->
     unknown = [s for s in splits if s not in known]
     if unknown:
         raise UsageError(f"--split {unknown[0]!r} is not in {m.path}; its splits are {', '.join(known)}")
-    folds = df["fold"].to_numpy(dtype=float, na_value=np.nan)
-    keep = df["split"].isin(list(splits)).to_numpy() & ~np.isin(folds, list(excluded))
-    rows = np.flatnonzero(keep)
+    rows = np.flatnonzero(working_set(df, splits, excluded))
     if rows.size == 0:
         raise FesaugError(f"{m.path}: no real rows in split(s) {', '.join(splits)} outside excluded fold(s) {list(excluded)}; "
                           "check --split and --exclude-fold")
@@ -490,6 +490,11 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FesaugError(f"--out {out} is a file; give a folder for the balanced dataset")
     if out.exists() and any(out.iterdir()):
+        # A kill -9 leaves the temporary files of atomic writes behind (stale: we hold the lock).
+        for name in OUTPUTS:
+            remove_stale_temporaries(out, name)
+        for folder in (*(out / "images").glob("*"), work, work / "parts"):
+            remove_stale_temporaries(folder)
         foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS)
         if foreign:
             raise FesaugError(f"{out} holds files fesaug balance did not write ({', '.join(foreign[:3])}); "
@@ -498,14 +503,12 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
         same = (work / "plan.json").exists() and _recorded_key(work / "plan.json") == jsonable(key)
         if not overwrite:
             if finished:
+                shutil.rmtree(work, ignore_errors=True)  # left by a run stopped just after its manifest
                 raise FesaugError(f"{out} already holds a finished balanced dataset; pass --overwrite to make it again")
             if not same:
                 raise FesaugError(f"{out} holds an unfinished balance run with other settings, manifest or checkpoint; "
                                   "run that command again to finish it, or pass --overwrite to start over")
-            # Resume. A kill -9 can leave the temporary file of an atomic write behind.
-            for tmp in [*out.glob("images/*/.*.tmp"), *work.glob("**/.*.tmp")]:
-                tmp.unlink(missing_ok=True)
-            return
+            return  # resume
         for name in OUTPUTS:
             path = out / name
             if path.is_dir():
@@ -661,13 +664,15 @@ def balance(
 ) -> BalanceResult:
     """Balance ``manifest`` with the generator in ``checkpoint``; write the dataset to ``out_dir``.
 
-    See the module docstring. Re-running the same call after an interruption resumes it.
+    See the module docstring. Re-running the same call after an interruption resumes it; a second
+    run into ``out_dir`` while one is running is refused (:func:`fesaug.locking.output_lock`).
+    ``progress``: a progress bar on stderr when it is a terminal.
     """
     config = config or BalanceConfig()
     out = Path(out_dir)
     start = time.perf_counter()
     # gloo even on GPUs: the ranks only meet at barriers, and several may share one GPU.
-    with process_group() as ranks:
+    with process_group() as ranks, output_lock(out):
         rank, world = ranks.rank, ranks.world
         if device is None and torch.cuda.is_available():
             # Ranks share the node's GPUs; several ranks on one GPU is fine for inference.
@@ -701,8 +706,10 @@ def _generate(plan: _Plan, chunks: list[list[tuple[int, int]]], mine: list[int],
 
     # Two writer threads: PNG encoding (zlib) releases the GIL, so it overlaps the next chunk's
     # generation; waiting for the previous chunk keeps at most two chunks in memory.
+    # disable=None: a bar only on a terminal, not carriage-return frames in a redirected log.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fesaug-png") as pool, \
-            tqdm(total=sum(len(chunks[i]) for i in mine), unit="img", disable=not progress, desc="balance") as bar:
+            tqdm(total=sum(len(chunks[i]) for i in mine), unit="img", disable=None if progress else True,
+                 desc="balance") as bar:
         previous: tuple[int, list, dict, list[Future]] | None = None
         for i in mine:
             rows, attempts, writes = _run_chunk(plan, pixels, position, chunks[i], out, pool)
@@ -762,12 +769,10 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
     # so the card and histogram must exist before it does.
     staged = out / WORK_DIR / "manifest.parquet"
     write_manifest(df, staged, classes=m.classes, meta=meta, overwrite=True, image_root=image_root)
-    from .audit import audit, plot_report
-
     report = audit(read_manifest(staged), target=max(plan.targets.values()), check_images=False)
     result.problems = [p.message for p in report.problems]
     plot_report(report, out / "histogram.png")
-    atomic_write_text(out / "README.md", dataset_card(result, plan, meta))
+    atomic_write_text(out / "README.md", dataset_card(result, plan, meta, report.held_out))
     os.replace(staged, manifest_path)
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     result.seconds = time.perf_counter() - start
@@ -832,8 +837,9 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
     }
 
 
-def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
-    """The ``README.md`` written next to a balanced manifest."""
+def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_out: Sequence[Group] = ()) -> str:
+    """The ``README.md`` written next to a balanced manifest; ``held_out``: the rows it left
+    unchanged, counted per group (:attr:`fesaug.audit.AuditReport.held_out`)."""
     gen, cfg = plan.generator, plan.config
     lines = [
         "# Balanced facial-expression dataset (fesaug balance)",
@@ -842,18 +848,21 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any]) -> str:
         f"(sha256 `{gen.checkpoint_sha256[:16]}…`, epoch {gen.epoch}).",
         f"Command: `{meta['provenance']['command']}`",
         "",
-        "| class | real | target | synthesized | acceptance | shortfall | after |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| class | real | target | synthesized | acceptance | shortfall | after |"
+        + "".join(f" held out: {g.value} |" for g in held_out),
+        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(held_out),
     ]
     for c in r.counts_before:
         acc = r.acceptance[c]
         lines.append(f"| {c} | {r.counts_before[c]} | {r.targets[c]} | {r.generated[c]} | "
-                     f"{'—' if acc is None else f'{acc:.0%}'} | {r.shortfall[c]} | {r.counts_after[c]} |")
+                     f"{'—' if acc is None else f'{acc:.0%}'} | {r.shortfall[c]} | {r.counts_after[c]} |"
+                     + "".join(f" {g.classes[c].total} |" for g in held_out))
     lines += [
         "",
         "Counts are over the *working set*: real rows of split(s) " + ", ".join(f"`{s}`" for s in cfg.splits)
         + (f" outside fold(s) {', '.join(map(str, plan.excluded_folds))}" if plan.excluded_folds else "") + ". "
-        "All other real rows are in the manifest unchanged.",
+        "All other real rows are in the manifest unchanged"
+        + (" and counted apart (*held out*, by split, or by fold of a balanced split)" if held_out else "") + ".",
         "",
         "## How the synthetic images were made",
         "",

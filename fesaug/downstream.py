@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ._io import atomic_path
 from .errors import FesaugError
+from .killpoints import kill_point
 
 __all__ = ["CLASSIFIERS", "DownstreamClassifier", "DownstreamConfig", "FitResult", "classification_report",
            "features", "fit", "load_classifier", "make_classifier", "predict_proba", "random_oversample",
@@ -256,6 +257,7 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
         history: list[dict[str, float]] = []
         best_state, best_epoch, best_f1 = None, config.epochs, -1.0
         for epoch in range(1, config.epochs + 1):
+            kill_point("downstream-epoch")
             model.train()
             order = (torch.multinomial(weights, len(train_x), replacement=True, generator=gen) if weights is not None
                      else torch.randperm(len(train_x), generator=gen))

@@ -29,8 +29,9 @@ The protocol is subject-independent k-fold cross-validation. For each test fold 
 
 Every step is cached in ``DIR/fold-k/``: an interrupted evaluation resumes at the first missing
 piece when run again with the same settings (``DIR/evaluate.json`` records them), and several
-processes may each run some ``folds`` into one ``DIR``; a run over all folds then only
-aggregates. ``DIR/results.json``, ``DIR/report.md`` and ``DIR/recall.png`` summarise the folds
+processes may each run some ``folds`` into one ``DIR`` (each holds the locks of its folds while it
+runs them; a second run of a fold that one holds stops at once, naming it); a run over all folds
+then only aggregates. ``DIR/results.json``, ``DIR/report.md`` and ``DIR/recall.png`` summarise the folds
 present: mean ± std over folds, a paired comparison of ``fes`` with ``real`` and with
 ``oversample`` (per-fold differences, Wilcoxon signed-rank and paired t tests), and the
 :func:`verdict` those comparisons give.
@@ -44,6 +45,7 @@ before the comparison over folds; the synthesis report keeps the first seed's ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -59,8 +61,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_text, file_sha256
+from ._io import atomic_write_text, file_sha256, remove_stale_temporaries
 from .balance import BalanceConfig, au_consistency, balance, resolve_targets
+from .checkpoint import load_checkpoint
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
 from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, features, fit, load_classifier,
@@ -68,8 +71,9 @@ from .downstream import (DownstreamClassifier, DownstreamConfig, classification_
 from .errors import FesaugError, UsageError
 from .evaluation_report import EXPRESSION_JUDGE
 from .judges import judge_synthesis, resolve_judges
+from .locking import output_lock
 from .provenance import provenance
-from .runlog import jsonable, read_metrics, with_defaults
+from .runlog import jsonable, with_defaults
 from .train_config import TrainConfig
 from .training import split_subjects, train
 
@@ -89,6 +93,9 @@ VERDICT_ALPHA = 0.05
 MIN_VERDICT_FOLDS = 6
 # Written by evaluate(); anything else in DIR is the user's and is never deleted.
 OUTPUTS = ("evaluate.json", "results.json", "report.md", "recall.png")
+# How long a run waits for another one sharing DIR to finish reading or writing DIR's own files
+# (checking the settings, aggregating: seconds).
+SHARED_FILES_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -181,14 +188,25 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     missing = [f for f in chosen if f not in present]
     if missing:
         raise UsageError(f"--folds: {m.path} has no fold {missing[0]} (folds: {', '.join(map(str, present))})")
-    _prepare_out_dir(out, m, config, overwrite)
-    # Decoded on first use: a run whose folds are all cached only aggregates.
-    pixels = functools.cache(lambda: ManifestDataset(m, image_size=config.downstream.image_size).pixels)
-    for k in chosen:
-        start = time.perf_counter()
-        _Fold(m, pixels, k, out / f"fold-{k}", config).run()
-        log.info("fold %d done in %.0f s", k, time.perf_counter() - start)
-    results = aggregate(out, m, config)
+    if out.exists() and not out.is_dir():
+        raise FesaugError(f"--out {out} is a file; give a folder for the evaluation")
+    with contextlib.ExitStack() as held:
+        # Processes may share DIR, each with its own folds: a fold is locked for the whole run,
+        # DIR's own files (the settings, the summary) only while they are read or written.
+        with output_lock(out, wait=SHARED_FILES_WAIT_S):
+            for k in chosen:
+                held.enter_context(output_lock(out / f"fold-{k}"))
+                for folder in (out / f"fold-{k}", out / f"fold-{k}" / "seeds"):  # of writes a kill -9 stopped
+                    remove_stale_temporaries(folder)
+            _prepare_out_dir(out, m, config, overwrite, others=[out / f"fold-{k}" for k in present if k not in chosen])
+        # Decoded on first use: a run whose folds are all cached only aggregates.
+        pixels = functools.cache(lambda: ManifestDataset(m, image_size=config.downstream.image_size).pixels)
+        for k in chosen:
+            start = time.perf_counter()
+            _Fold(m, pixels, k, out / f"fold-{k}", config).run()
+            log.info("fold %d done in %.0f s", k, time.perf_counter() - start)
+        with output_lock(out, wait=SHARED_FILES_WAIT_S):
+            results = aggregate(out, m, config)
     return EvaluateResult(out, results)
 
 
@@ -204,11 +222,14 @@ def _check_manifest(m: Manifest) -> list[int]:
     return present
 
 
-def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: bool) -> None:
+def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: bool, others: Sequence[Path]) -> None:
+    """Check DIR's recorded settings against this run's; with ``overwrite`` and other settings,
+    empty it first, which needs the locks of the ``others`` folds too (no run may be computing
+    one under the old settings)."""
     record = {"manifest_sha256": file_sha256(m.path), "config": jsonable(config.key())}
     settings = out / "evaluate.json"
-    if out.exists() and not out.is_dir():
-        raise FesaugError(f"--out {out} is a file; give a folder for the evaluation")
+    for name in OUTPUTS:
+        remove_stale_temporaries(out, name)
     ours = [p for p in out.iterdir() if p.name in OUTPUTS or _fold_number(p) is not None] if out.is_dir() else []
     if ours and not settings.exists():
         raise FesaugError(f"{out} holds files fesaug evaluate did not record ({ours[0].name}); choose a new --out")
@@ -224,8 +245,11 @@ def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: 
         if not overwrite:
             raise FesaugError(f"{out} holds an evaluation with other settings or another manifest; run that command "
                               "again to finish it, choose a new --out, or pass --overwrite to start over")
-        for p in ours:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        with contextlib.ExitStack() as held:
+            for fold in others:
+                held.enter_context(output_lock(fold))
+            for p in ours:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
     atomic_write_text(settings, json.dumps({**record, "provenance": provenance("evaluate", record["config"])},
                                            indent=2, sort_keys=True))
 
@@ -325,8 +349,9 @@ class _Fold:
         if self.config.expression_judge:
             cfg = dataclasses.replace(cfg, expression_classifier=str(self._judge()))
         last = run / "checkpoints" / "last.pt"
-        epochs = [m["epoch"] for m in read_metrics(run / "metrics.jsonl")]
-        if last.exists() and epochs and epochs[-1] >= cfg.epochs:
+        # The checkpoint says how far the run got, not metrics.jsonl: a run stopped after logging
+        # an epoch and before saving it has to train that epoch again.
+        if last.exists() and load_checkpoint(last)["epoch"] >= cfg.epochs:
             return run
         log.info("fold %d: training FERSNet (%d epochs)", self.k, cfg.epochs)
         train(self.split_manifest, run, cfg, resume=last.exists(), overwrite=not last.exists())

@@ -7,7 +7,9 @@ The ``imagefolder`` layout is what ``torchvision.datasets.ImageFolder`` reads::
     OUT/export.json                    provenance, source manifest and its sha256, filters, counts
 
 The tree is built in a hidden folder beside OUT and renamed onto it at the end, so an interrupted
-export leaves the previous tree (or nothing), never half of one.
+export leaves the previous tree (or nothing), never half of one; the next export into OUT removes
+what the interrupted one left beside it. A second export into OUT while one runs is refused
+(:mod:`fesaug.locking`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_bytes, atomic_write_text, file_sha256
+from ._io import atomic_write_bytes, atomic_write_text, file_sha256, remove_stale_temporaries
 from .data.images import BadImage, decode_image, encode_png
 from .data.manifest import ORIGINS, Manifest, read_manifest
 from .errors import FesaugError, UsageError
+from .locking import output_lock
 from .provenance import provenance
 
 FORMATS = ("imagefolder",)
@@ -87,8 +90,15 @@ def export(
     rows = _select(m, filters)
     names = _file_names(m, rows)
     out = Path(out)
-    _check_out(out, overwrite)
+    with output_lock(out):
+        remove_stale_temporaries(out.absolute().parent, out.absolute().name)  # of an export stopped by kill -9
+        _check_out(out, overwrite)
+        return _write(m, source, out, rows, names, format=format, filters=filters, overwrite=overwrite)
 
+
+def _write(m: Manifest, source: Path, out: Path, rows: list[int], names: list[str], *, format: str,
+           filters: dict[str, list], overwrite: bool) -> ExportResult:
+    classes = m.classes
     counts = {c: dict.fromkeys(ORIGINS, 0) for c in classes}
     for i in rows:
         counts[m.df["label_name"].iat[i]][m.df["origin"].iat[i]] += 1

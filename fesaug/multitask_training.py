@@ -53,6 +53,7 @@ from ._io import atomic_path, atomic_write_text, file_sha256
 from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_manifest
 from .errors import FesaugError
+from .locking import output_lock
 from .models import EmotionAUConfig, EmotionAUNet, au_metrics, au_pos_weight, multitask_loss, to_model_range
 from .provenance import provenance
 from .runlog import json_number, seed_everything, write_metrics
@@ -189,87 +190,88 @@ def train_multitask(manifest: str | os.PathLike | Manifest, out_dir: str | os.Pa
     except TypeError as exc:
         raise FesaugError(f"unknown model setting ({exc}); see EmotionAUConfig's fields") from None
     device = _device(config.device)
-    _prepare_run_dir(out_dir, overwrite)
+    with output_lock(out_dir):
+        _prepare_run_dir(out_dir, overwrite)
 
-    # Who is trained on, validated on, held out; which training subjects keep which labels.
-    split = split_subjects(manifest, config.holdout_fold, config.val_fraction, config.seed)
-    emo_subjects, au_subjects = label_split(split.train_subjects, config.emotion_fraction, config.au_fraction, config.seed)
-    subjects = manifest.df["subject_id"].astype(str).to_numpy()
-    train_rows = split.train_rows[np.isin(subjects[split.train_rows], sorted(emo_subjects | au_subjects))]
-    train = Faces.load(manifest, train_rows, model_config.image_size, emo_subjects, au_subjects)
-    val = Faces.load(manifest, split.val_rows, model_config.image_size) if len(split.val_rows) else None
-    if torch.isnan(train.aus).all():
-        raise FesaugError(f"{manifest.path}: no training row has AU labels; ingest with --au-labels")
-    n_batches = len(train.labels) // config.batch_size  # drop the last partial batch (BatchNorm)
-    if n_batches == 0:
-        raise FesaugError(f"{len(train.labels)} training image(s) do not fill one batch of {config.batch_size}; lower --batch-size")
-    pos_weight = au_pos_weight(train.aus).to(device)
+        # Who is trained on, validated on, held out; which training subjects keep which labels.
+        split = split_subjects(manifest, config.holdout_fold, config.val_fraction, config.seed)
+        emo_subjects, au_subjects = label_split(split.train_subjects, config.emotion_fraction, config.au_fraction, config.seed)
+        subjects = manifest.df["subject_id"].astype(str).to_numpy()
+        train_rows = split.train_rows[np.isin(subjects[split.train_rows], sorted(emo_subjects | au_subjects))]
+        train = Faces.load(manifest, train_rows, model_config.image_size, emo_subjects, au_subjects)
+        val = Faces.load(manifest, split.val_rows, model_config.image_size) if len(split.val_rows) else None
+        if torch.isnan(train.aus).all():
+            raise FesaugError(f"{manifest.path}: no training row has AU labels; ingest with --au-labels")
+        n_batches = len(train.labels) // config.batch_size  # drop the last partial batch (BatchNorm)
+        if n_batches == 0:
+            raise FesaugError(f"{len(train.labels)} training image(s) do not fill one batch of {config.batch_size}; lower --batch-size")
+        pos_weight = au_pos_weight(train.aus).to(device)
 
-    seed_everything(config.seed)
-    net = EmotionAUNet(model_config).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        seed_everything(config.seed)
+        net = EmotionAUNet(model_config).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    manifest_info = {"path": str(manifest.path), "sha256": file_sha256(manifest.path)}
-    split_info = {**split.to_dict(), "emotion_subjects": sorted(emo_subjects), "au_subjects": sorted(au_subjects)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-    record = {**provenance("train", config.to_dict()), "tasks": ["emotion", "au"], "manifest": manifest_info, "split": split_info}
-    atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2, default=str) + "\n")
-    log.info("training EmotionAUNet (sharing %s) on %d images of %d subjects (%d with emotion labels, %d with AU labels; "
-             "validation: %d images; held out: %d subjects) on %s", model_config.sharing, len(train.labels),
-             len(emo_subjects | au_subjects), len(emo_subjects), len(au_subjects), len(split.val_rows),
-             len(split.heldout_subjects), device.type)
+        manifest_info = {"path": str(manifest.path), "sha256": file_sha256(manifest.path)}
+        split_info = {**split.to_dict(), "emotion_subjects": sorted(emo_subjects), "au_subjects": sorted(au_subjects)}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        record = {**provenance("train", config.to_dict()), "tasks": ["emotion", "au"], "manifest": manifest_info, "split": split_info}
+        atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2, default=str) + "\n")
+        log.info("training EmotionAUNet (sharing %s) on %d images of %d subjects (%d with emotion labels, %d with AU labels; "
+                 "validation: %d images; held out: %d subjects) on %s", model_config.sharing, len(train.labels),
+                 len(emo_subjects | au_subjects), len(emo_subjects), len(au_subjects), len(split.val_rows),
+                 len(split.heldout_subjects), device.type)
 
-    metrics: list[dict[str, Any]] = []
-    best_epoch, best_score = 0, -math.inf
-    for epoch in range(1, config.epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)  # data order and flips
-        order = torch.randperm(len(train.labels), generator=gen)[: n_batches * config.batch_size]
-        sums = {"emotion": 0.0, "au": 0.0, "total": 0.0}
-        for idx in order.view(n_batches, config.batch_size):
-            x = to_model_range(train.pixels[idx])
-            if config.hflip:
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            losses = multitask_loss(net(x.to(device)), train.labels[idx].to(device), train.aus[idx].to(device),
-                                    pos_weight=pos_weight, weights=(1.0, config.au_weight))
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
-            for k in sums:
-                sums[k] += losses[k].item() / n_batches
-        if not all(math.isfinite(v) for v in sums.values()):
-            raise FesaugError(f"training diverged in epoch {epoch} (a loss is not finite); try a lower --lr")
+        metrics: list[dict[str, Any]] = []
+        best_epoch, best_score = 0, -math.inf
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            net.train()
+            gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)  # data order and flips
+            order = torch.randperm(len(train.labels), generator=gen)[: n_batches * config.batch_size]
+            sums = {"emotion": 0.0, "au": 0.0, "total": 0.0}
+            for idx in order.view(n_batches, config.batch_size):
+                x = to_model_range(train.pixels[idx])
+                if config.hflip:
+                    flip = torch.rand(len(idx), generator=gen) < 0.5
+                    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                losses = multitask_loss(net(x.to(device)), train.labels[idx].to(device), train.aus[idx].to(device),
+                                        pos_weight=pos_weight, weights=(1.0, config.au_weight))
+                opt.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                opt.step()
+                for k in sums:
+                    sums[k] += losses[k].item() / n_batches
+            if not all(math.isfinite(v) for v in sums.values()):
+                raise FesaugError(f"training diverged in epoch {epoch} (a loss is not finite); try a lower --lr")
 
-        scores = evaluate(net, val, device) if val is not None else {}
-        available = [v for k, v in scores.items() if k in ("val_emotion_macro_f1", "val_au_mean_f1") and math.isfinite(v)]
-        score = float(np.mean(available)) if available else math.inf  # no validation: the latest epoch
-        is_best = score > best_score or not available
-        if is_best:
-            best_epoch, best_score = epoch, score
-        row = {"epoch": epoch, **{f"loss_{k}": json_number(v) for k, v in sums.items()},
-               **{k: json_number(v) for k, v in scores.items()},
-               "val_score": json_number(score), "seconds": round(time.perf_counter() - t0, 3), "best": is_best}
-        metrics.append(row)
-        write_metrics(out_dir / "metrics.jsonl", metrics)
-        payload = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "fesaug_version": __version__, "epoch": epoch,
-            "model": net.state_dict(), "model_config": _plain(dataclasses.asdict(model_config)), "config": config.to_dict(),
-            "classes": classes, "au_ids": au_ids, "image_size": model_config.image_size, "manifest": manifest_info,
-            "split": split_info, "best": {"epoch": best_epoch, "val_score": json_number(best_score)}, "metrics": row,
-        }
-        _save(ckpt_dir / "last.pt", payload)
-        if is_best:
-            with atomic_path(ckpt_dir / "best.pt") as tmp:
-                shutil.copyfile(ckpt_dir / "last.pt", tmp)
-        log.info("epoch %d/%d  emotion %.3f  au %.3f%s  %.1f s", epoch, config.epochs, sums["emotion"], sums["au"],
-                 f"  val acc {scores['val_emotion_acc']:.3f}  F1 {scores['val_emotion_macro_f1']:.3f}  "
-                 f"AU F1 {scores['val_au_mean_f1']:.3f}" if scores else "", row["seconds"])
+            scores = evaluate(net, val, device) if val is not None else {}
+            available = [v for k, v in scores.items() if k in ("val_emotion_macro_f1", "val_au_mean_f1") and math.isfinite(v)]
+            score = float(np.mean(available)) if available else math.inf  # no validation: the latest epoch
+            is_best = score > best_score or not available
+            if is_best:
+                best_epoch, best_score = epoch, score
+            row = {"epoch": epoch, **{f"loss_{k}": json_number(v) for k, v in sums.items()},
+                   **{k: json_number(v) for k, v in scores.items()},
+                   "val_score": json_number(score), "seconds": round(time.perf_counter() - t0, 3), "best": is_best}
+            metrics.append(row)
+            write_metrics(out_dir / "metrics.jsonl", metrics)
+            payload = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "fesaug_version": __version__, "epoch": epoch,
+                "model": net.state_dict(), "model_config": _plain(dataclasses.asdict(model_config)), "config": config.to_dict(),
+                "classes": classes, "au_ids": au_ids, "image_size": model_config.image_size, "manifest": manifest_info,
+                "split": split_info, "best": {"epoch": best_epoch, "val_score": json_number(best_score)}, "metrics": row,
+            }
+            _save(ckpt_dir / "last.pt", payload)
+            if is_best:
+                with atomic_path(ckpt_dir / "best.pt") as tmp:
+                    shutil.copyfile(ckpt_dir / "last.pt", tmp)
+            log.info("epoch %d/%d  emotion %.3f  au %.3f%s  %.1f s", epoch, config.epochs, sums["emotion"], sums["au"],
+                     f"  val acc {scores['val_emotion_acc']:.3f}  F1 {scores['val_emotion_macro_f1']:.3f}  "
+                     f"AU F1 {scores['val_au_mean_f1']:.3f}" if scores else "", row["seconds"])
 
-    return MultiTaskResult(run_dir=out_dir, last_checkpoint=ckpt_dir / "last.pt", best_checkpoint=ckpt_dir / "best.pt",
-                           best_epoch=best_epoch, metrics=metrics, config=config, split=split)
+        return MultiTaskResult(run_dir=out_dir, last_checkpoint=ckpt_dir / "last.pt", best_checkpoint=ckpt_dir / "best.pt",
+                               best_epoch=best_epoch, metrics=metrics, config=config, split=split)
 
 
 @torch.no_grad()

@@ -28,8 +28,11 @@ from .audit import AuditReport, audit, plot_report
 from .data.demo import make_demo_dataset
 from .data.manifest import Manifest, read_manifest
 from .errors import FesaugError
+from .locking import output_lock
 from .plots import image_axis, new_figure, save_figure
 
+DEMO_OUTPUTS = ("data", "run", "balanced", "histogram_before.png", "histogram_after.png", "synthesis.png",
+                "audit.json", "summary.txt")
 DEMO_EPOCHS = 25  # about 5 minutes on two CPU cores; fewer leave the gate rejecting most minority images
 
 
@@ -53,42 +56,51 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, epochs: int = DEMO_EP
     from .training import TrainConfig, train
 
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FesaugError(f"{out} already exists and is not empty; pass --overwrite to replace it or choose another --out")
-        if not (out / "data" / "manifest.parquet").exists():
-            # Only ever delete a folder this command made; anything else might be the user's.
-            raise FesaugError(f"{out} does not look like a fesaug demo folder; refusing to replace it — choose another --out")
-        shutil.rmtree(out)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
+    with output_lock(out):
+        if out.exists() and any(out.iterdir()):
+            if not overwrite:
+                raise FesaugError(f"{out} already exists and is not empty; pass --overwrite to replace it or choose another --out")
+            # Only ever delete a folder this command made (a demo stopped early has no manifest yet);
+            # anything else might be the user's.
+            if not (out / "data" / "manifest.parquet").exists() and not _only_demo_outputs(out):
+                raise FesaugError(f"{out} does not look like a fesaug demo folder; refusing to replace it — choose another --out")
+            shutil.rmtree(out)
+        seconds: dict[str, float] = {}
+        clock = time.perf_counter()
 
-    manifest = read_manifest(make_demo_dataset(out / "data", seed=seed))
-    before = audit(manifest)
-    before.target = max(c.total for c in before.classes.values())
-    seconds["data"] = time.perf_counter() - clock
+        manifest = read_manifest(make_demo_dataset(out / "data", seed=seed))
+        before = audit(manifest)
+        before.target = max(c.total for c in before.classes.values())
+        seconds["data"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    config = TrainConfig().updated({"epochs": epochs, "holdout_fold": 0, "seed": seed}, where="fesaug demo")
-    run = train(manifest.path, out / "run", config)
-    seconds["train"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        config = TrainConfig().updated({"epochs": epochs, "holdout_fold": 0, "seed": seed}, where="fesaug demo")
+        run = train(manifest.path, out / "run", config)
+        seconds["train"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    result = balance(manifest.path, run.last_checkpoint, out / "balanced",
-                     BalanceConfig(seed=seed, min_confidence=min_confidence), progress=True)
-    seconds["balance"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        result = balance(manifest.path, run.last_checkpoint, out / "balanced",
+                         BalanceConfig(seed=seed, min_confidence=min_confidence), progress=True)
+        seconds["balance"] = time.perf_counter() - clock
 
-    balanced = read_manifest(result.manifest)
-    after = audit(balanced, target=max(result.targets.values()))
-    files = [
-        plot_report(before, out / "histogram_before.png"),
-        plot_report(after, out / "histogram_after.png"),
-        synthesis_grid(balanced, out / "synthesis.png", seed=seed),
-        atomic_write_text(out / "audit.json", json.dumps(after.to_dict(), indent=2, allow_nan=False)),
-    ]
-    summary = _summary(manifest, result, run.last_checkpoint, after, seconds)
-    files.append(atomic_write_text(out / "summary.txt", summary + "\n"))
-    return DemoResult(out, manifest.path, before, after, result.manifest, run.last_checkpoint, summary, seconds, files)
+        balanced = read_manifest(result.manifest)
+        after = audit(balanced, target=max(result.targets.values()))
+        files = [
+            plot_report(before, out / "histogram_before.png"),
+            plot_report(after, out / "histogram_after.png"),
+            synthesis_grid(balanced, out / "synthesis.png", seed=seed),
+            atomic_write_text(out / "audit.json", json.dumps(after.to_dict(), indent=2, allow_nan=False)),
+        ]
+        summary = _summary(manifest, result, run.last_checkpoint, after, seconds)
+        files.append(atomic_write_text(out / "summary.txt", summary + "\n"))
+        return DemoResult(out, manifest.path, before, after, result.manifest, run.last_checkpoint, summary, seconds, files)
+
+
+def _only_demo_outputs(out: Path) -> bool:
+    """Whether ``out`` holds nothing but what :func:`run_demo` writes, finished or not: its
+    outputs, and the lock files and temporaries written beside them."""
+    return all(p.name in DEMO_OUTPUTS or any(p.name.startswith(f".{name}.") for name in DEMO_OUTPUTS)
+               for p in out.iterdir())
 
 
 def synthesis_grid(manifest: Manifest, path: str | os.PathLike, *, pairs: int = 4, seed: int = 0) -> Path:

@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from ._io import atomic_path, atomic_write_text, file_sha256
+from ._io import atomic_path, atomic_write_text, file_sha256, remove_stale_temporaries
 from .checkpoint import (
     load_checkpoint,
     rng_state,
@@ -69,6 +69,8 @@ from .data.splits import assign_folds
 from .distributed import Ranks, barrier, process_group
 from .downstream import DownstreamClassifier, augment_batch, load_classifier
 from .errors import FesaugError, UsageError
+from .killpoints import kill_point
+from .locking import output_lock
 from .models import Discriminator, FERSNet, FERSNetConfig, to_model_range
 from .provenance import provenance
 from .runlog import json_number, read_metrics, seed_everything, write_metrics
@@ -527,13 +529,24 @@ def _prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, rt: Runtim
         raise UsageError("--resume continues a run and --overwrite starts it over; pass only one")
     if out_dir.exists() and not out_dir.is_dir():
         raise FesaugError(f"--out {out_dir} is a file; give a folder for the run")
+    if rt.is_main and out_dir.is_dir():
+        # A run stopped by kill -9 while writing leaves temporary files (stale: we hold the lock),
+        # and a checkpoint's can be hundreds of MB.
+        for name in ("metrics.jsonl", "config.yaml", "provenance.json"):
+            remove_stale_temporaries(out_dir, name)
+        for folder in ("checkpoints", "samples"):
+            remove_stale_temporaries(out_dir / folder)
     last = out_dir / "checkpoints" / "last.pt"
     existing = [p for p in (last, out_dir / "checkpoints" / "best.pt") if p.exists()]
-    if resume:
-        if not last.exists():
-            raise FesaugError(f"nothing to resume: {last} does not exist; run without --resume to start training")
+    if resume and last.exists():
         return load_checkpoint(last)
-    if existing and not overwrite:
+    if resume and not (out_dir / "config.yaml").exists():
+        raise FesaugError(f"nothing to resume: {out_dir} holds no training run; run without --resume to start training")
+    if resume:
+        # Started, but stopped before its first checkpoint: continuing is starting over, and a
+        # resubmitted `--resume` job must not fail for having been stopped early.
+        log.info("%s has no checkpoint yet; starting at epoch 1", out_dir)
+    elif existing and not overwrite:
         raise FesaugError(
             f"{out_dir} already holds a training run ({existing[0]}); pass --resume to continue it, "
             "--overwrite to start over, or choose another --out"
@@ -596,8 +609,10 @@ def train(
     """Train FERSNet on the real rows of ``manifest``; write the run folder ``out_dir``.
 
     ``resume`` continues the run in ``out_dir`` from ``checkpoints/last.pt`` (``config`` must
-    match the run's, except ``epochs``, ``num_workers`` and ``device``); ``overwrite``
-    discards a previous run there. See the module docstring for what is written.
+    match the run's, except ``epochs``, ``num_workers`` and ``device``), or starts it over if it
+    was stopped before its first checkpoint; ``overwrite`` discards a previous run there. The
+    run holds ``out_dir``'s lock (:mod:`fesaug.locking`). See the module docstring for what is
+    written.
     """
     config = config or TrainConfig()
     out_dir = Path(out_dir)
@@ -606,7 +621,7 @@ def train(
     model_config = config.model_config(num_classes=len(classes))
     manifest_sha = file_sha256(manifest.path)
 
-    with _runtime(config) as rt:
+    with _runtime(config) as rt, output_lock(out_dir):
         ckpt = _prepare_run_dir(out_dir, resume=resume, overwrite=overwrite, rt=rt)
         if ckpt is not None:
             _check_resumable(ckpt, config, model_config, classes, manifest_sha, out_dir / "checkpoints" / "last.pt")
@@ -692,6 +707,7 @@ def train(
             bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                        disable=None if rt.is_main else True, dynamic_ncols=True)
             for i, batch in enumerate(bar):
+                kill_point("train-step")
                 losses = _train_step(batch, o, config.loss, config.d_steps, rt)
                 step += 1
                 for k, v in losses.items():

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +53,41 @@ def cli_in_process(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, s
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed entry point in a subprocess, as a user would (exit codes, stderr)."""
     return subprocess.run([sys.executable, "-m", "fesaug", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+# Holds the lock on argv[1] as a run of the command argv[2:] would, until stdin closes.
+_HOLDER = """
+import sys
+from fesaug.locking import output_lock
+path, sys.argv = sys.argv[1], ["fesaug", *sys.argv[2:]]
+with output_lock(path):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def holding(output: Path, *command: object) -> Iterator[subprocess.Popen]:
+    """Another process that holds ``output``'s lock, recorded as running ``fesaug COMMAND...``."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(output), *map(str, command)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def kill_at(point: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``fesaug ARGS`` in a subprocess that kills itself (SIGKILL, as ``kill -9``) at
+    ``point`` (see :mod:`fesaug.killpoints`); fails unless it got there."""
+    env = {**os.environ, "FESAUG_KILL_AT": point}
+    proc = subprocess.run([sys.executable, "-m", "fesaug", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {point} (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    return proc
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fesaug.audit import audit
+from fesaug.audit import audit, report_figure
 from fesaug.data.images import sha256_bytes
 from fesaug.data.manifest import write_manifest
 from fesaug.errors import FesaugError
@@ -286,6 +286,41 @@ def test_strict_fails_only_when_there_are_problems(tmp_path: Path, capsys: pytes
     assert [p["kind"] for p in json.loads(out)["problems"]] == ["missing_image"]  # the report is printed first
     assert err.strip().splitlines()[-1].startswith("Error: 1 kind(s) of problem found (missing_image)")
     assert cli(capsys, "audit", path, "--strict", "--no-check-images")[0] == 0
+
+
+def test_a_balanced_manifest_counts_its_held_out_rows_apart(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # As `fesaug balance` writes it: the train split balanced outside fold 0; fold 0 and another
+    # split are in the manifest unchanged and must not count as balanced rows.
+    rows = _rows(tmp_path)
+    _set(rows, "s0", parent_id="r3", subject_id="P1", fold=1, source_label=0)
+    _set(rows, "r2", split="test", subject_id="P9")
+    path = _write(tmp_path, rows, meta={"balance": {"splits": ["train"], "excluded_folds": [0]}})
+
+    code, out, _ = cli(capsys, "audit", path, "--target", "4")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[2] == "balanced rows (split train outside fold 0); the 3 held-out rows are counted apart below:"
+    assert [line.split() for line in lines[4:10]] == [
+        ["class", "real", "synthetic", "total", "shortfall"], ["anger", "2", "0", "2", "2"], ["fear", "1", "3", "4", "0"],
+        ["happy", "1", "0", "1", "3"], ["-" * len(lines[9])], ["total", "4", "3", "7", "5"]]
+    assert "imbalance ratio: 4.00 (fear 4 / happy 1)" in out
+    held = out.split("held out from balancing (in the manifest unchanged):\n")[1].splitlines()
+    assert held[0].split() == ["class", "fold", "0", "(train)", "test"]
+    assert [line.split() for line in held[1:4]] == [["anger", "2", "0"], ["fear", "0", "0"], ["happy", "0", "1"]]
+
+    code, out, _ = cli(capsys, "audit", path, "--format", "json")
+    data = json.loads(out)
+    assert data["total"] == 7 and data["balanced_rows"] == "split train outside fold 0"
+    assert data["held_out"]["total"] == 3
+    assert [(g["value"], g["total"]) for g in data["held_out"]["groups"]] == [("fold 0 (train)", 2), ("test", 1)]
+
+    figure = report_figure(audit(path, target=4))
+    ax = figure.axes[0]
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {
+        "real", "synthetic", "held out: fold 0 (train)", "held out: test", "target (4)"}
+    stacked = [bar.get_y() + bar.get_height() for bar in ax.containers[1]]  # real + synthetic
+    assert stacked == [2, 4, 1]
+    assert "7 balanced images (split train outside fold 0)" in ax.get_title()
 
 
 def test_truncated_parquet_is_one_error_line(clean: Path, tmp_path: Path) -> None:

@@ -149,6 +149,22 @@ def test_balanced_output_reaches_targets_and_audits_clean(balanced: balancing.Ba
     assert "| contempt |" in card and "never saw fold 0" in card
 
 
+def test_audit_card_and_histogram_count_the_held_out_fold_apart(balanced: balancing.BalanceResult, demo: Path) -> None:
+    # Fold 0 stays in the manifest for testing; counted with the balanced rows, every class would
+    # look above its target and the set still imbalanced.
+    largest = max(_working_counts(demo).values())
+    held = read_manifest(demo).df.query("fold == 0").groupby("label_name").size().reindex(list(COUNTS), fill_value=0)
+    report = audit(balanced.manifest, target=largest, check_images=False)
+    assert {c: n.total for c, n in report.classes.items()} == dict.fromkeys(COUNTS, largest)
+    assert report.imbalance_ratio == 1.0 and report.balanced_rows == "split train outside fold 0"
+    assert [g.value for g in report.held_out] == ["fold 0 (train)"]
+    assert {c: n.total for c, n in report.held_out[0].classes.items()} == held.to_dict()
+    card = (balanced.out_dir / "README.md").read_text()
+    assert "| class | real | target | synthesized | acceptance | shortfall | after | held out: fold 0 (train) |" in card
+    assert f"| contempt | {COUNTS['contempt'] - held['contempt']} | {largest} |" in card
+    assert card.split("| contempt |")[1].split("\n")[0].endswith(f"| {largest} | {held['contempt']} |")
+
+
 def test_synthetic_rows_carry_complete_provenance(balanced: balancing.BalanceResult, checkpoint: Path) -> None:
     m = read_manifest(balanced.manifest)
     syn = m.df[m.df["origin"] == "synthetic"]
@@ -231,6 +247,7 @@ def test_interrupted_run_resumes_to_the_same_output(balanced: balancing.BalanceR
     # A kill -9 in the middle of a write leaves a temporary file behind.
     (out / "images" / "anger").mkdir(parents=True, exist_ok=True)
     (out / "images" / "anger" / ".x.png.abc.tmp").write_bytes(b"half")
+    (out / ".histogram.png.abc.tmp").write_bytes(b"half")  # or beside the card and histogram
     monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
     # Another setting is refused: it would mix two runs in one folder.
     with pytest.raises(FesaugError, match="unfinished balance run with other settings"):
@@ -241,6 +258,7 @@ def test_interrupted_run_resumes_to_the_same_output(balanced: balancing.BalanceR
     files = sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(balanced.out_dir).as_posix()
                            for p in (balanced.out_dir / "images").rglob("*") if p.is_file())
+    assert not list(out.glob(".*.tmp"))
     with pytest.raises(FesaugError, match="already holds a finished balanced dataset; pass --overwrite"):
         balance(demo, checkpoint, out, config)
 
@@ -395,6 +413,7 @@ def test_cli_prints_the_summary(demo: Path, checkpoint: Path, tmp_path: Path) ->
                    "--min-confidence", "0", "--sampling-strategy", "minority")
     assert proc.returncode == 0, proc.stderr
     assert "synthesized" in proc.stdout and "accepted" in proc.stdout
+    assert "%|" not in proc.stderr  # stderr is no terminal here: no progress-bar frames in a log
     meta = read_manifest(tmp_path / "b" / "manifest.parquet").meta["balance"]
     minority = min(meta["counts_before"], key=meta["counts_before"].get)
     assert {c: n for c, n in meta["to_generate"].items() if n} == {minority: max(meta["counts_before"].values())

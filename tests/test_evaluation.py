@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +39,11 @@ from fesaug.downstream import (
 from fesaug.errors import FesaugError, UsageError
 from fesaug.evaluation import EvaluateConfig, evaluate, paired_comparison
 from fesaug.evaluation_report import render_report
+from fesaug.locking import OutputLocked
 from fesaug.training import split_subjects
 
 from .conftest import cli_in_process as cli
-from .conftest import tiny_config
+from .conftest import holding, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -427,6 +430,24 @@ def test_folds_run_separately_into_one_folder_are_aggregated_together(run: Run) 
     assert result.results["per_fold"] == run.results["per_fold"]
     assert result.results["conditions"] == run.results["conditions"]
     assert json.loads((out / "results.json").read_text())["conditions"] == result.results["conditions"]
+
+
+def test_a_fold_another_process_computes_is_locked_for_it_and_the_rest_stays_usable(run: Run) -> None:
+    # bench/evaluate_parallel.py runs one process per fold into one --out.
+    out = run.copy("parallel")
+    with holding(out / "fold-1", "evaluate", "--out", out, "--folds", "1"):
+        result = evaluate(run.manifest, out, run.config, folds=[0])  # beside it: fold 0, the settings, the summary
+        assert result.results["per_fold"] == run.results["per_fold"]
+        with pytest.raises(OutputLocked, match=rf"^{re.escape(str(out / 'fold-1'))} is in use by another fesaug run"):
+            evaluate(run.manifest, out, run.config, folds=FOLDS)
+        with pytest.raises(OutputLocked, match="fold-1 is in use"):  # --overwrite would delete it under that run
+            evaluate(run.manifest, out, _config(epochs=1), folds=[0], overwrite=True)
+        assert (out / "evaluate.json").read_text() == (run.out / "evaluate.json").read_text()
+        assert (out / "fold-1" / "real.json").exists()
+    # A run that finds another one reading or writing the summary waits for it, a few seconds at most.
+    with holding(out, "evaluate", "--out", out, "--folds", "1") as sibling:
+        threading.Timer(1.0, sibling.stdin.close).start()
+        assert evaluate(run.manifest, out, run.config, folds=[0]).results["per_fold"] == run.results["per_fold"]
 
 
 def test_a_fold_whose_training_subjects_lack_a_class_still_evaluates(run: Run) -> None:

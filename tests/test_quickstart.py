@@ -42,3 +42,23 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
     result = run_cli("demo", "--out", tmp_path, "--overwrite")
     assert result.returncode == 1 and "refusing" in result.stderr
     assert (tmp_path / "mine.txt").read_text() == "user data"
+
+
+def test_demo_stopped_before_its_dataset_existed_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `make demo` (--overwrite) after a kill -9 in the first seconds: half the demo images, no
+    # manifest yet, stale lock and temporary files. That folder is the demo's own to replace.
+    from fesaug import quickstart
+
+    out = tmp_path / "demo"
+    (out / "data" / "images" / "anger").mkdir(parents=True)
+    (out / "data" / "images" / "anger" / "D001_001_01.png").write_bytes(b"half")
+    (out / ".run.lock").write_text("")
+    (out / ".summary.txt.abc123.tmp").write_text("")
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the replacement got as far as making the dataset again
+
+    monkeypatch.setattr(quickstart, "make_demo_dataset", stop)
+    with pytest.raises(KeyboardInterrupt):
+        quickstart.run_demo(out, overwrite=True)
+    assert not out.exists() or not any(out.iterdir())

@@ -29,6 +29,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from ..errors import FesaugError
+from ..locking import output_lock
 from ..provenance import provenance
 from .images import encode_png, sha256_bytes
 from .labels import CKPLUS_CLASSES, canonical_label, class_list
@@ -609,56 +610,57 @@ def make_demo_dataset(
         raise FesaugError(f"--size must be between 16 and 1024 pixels, got {size}")
     if n_subjects < folds:
         raise FesaugError(f"cannot make {folds} subject-independent folds from {n_subjects} subject(s); raise --n-subjects or lower --folds")
-    if manifest.exists() and not overwrite:
-        raise FesaugError(f"{manifest} already exists; pass --overwrite to replace the demo dataset or choose another --out")
-    rng = np.random.default_rng([seed, 0])
-    plan = _plan(counts, n_subjects, rng)
-    n_used = len({s for _, s, _ in plan})
-    if n_used < folds:
-        raise FesaugError(f"only {n_used} subject(s) get images, too few for {folds} subject-independent folds; raise the counts or lower --folds")
-    n_neutral = counts.get("neutral", len(plan)) if neutral else 0
-    if n_neutral > len(plan):
-        raise FesaugError(f"at most {len(plan)} neutral images (one onset frame per sequence), got {n_neutral}; lower the neutral count")
-    with_neutral = set(rng.choice(len(plan), n_neutral, replace=False).tolist())
+    with output_lock(out_dir):
+        if manifest.exists() and not overwrite:
+            raise FesaugError(f"{manifest} already exists; pass --overwrite to replace the demo dataset or choose another --out")
+        rng = np.random.default_rng([seed, 0])
+        plan = _plan(counts, n_subjects, rng)
+        n_used = len({s for _, s, _ in plan})
+        if n_used < folds:
+            raise FesaugError(f"only {n_used} subject(s) get images, too few for {folds} subject-independent folds; raise the counts or lower --folds")
+        n_neutral = counts.get("neutral", len(plan)) if neutral else 0
+        if n_neutral > len(plan):
+            raise FesaugError(f"at most {len(plan)} neutral images (one onset frame per sequence), got {n_neutral}; lower the neutral count")
+        with_neutral = set(rng.choice(len(plan), n_neutral, replace=False).tolist())
 
-    image_dir = out_dir / "images"
-    if manifest.exists():
-        _remove_previous(manifest, image_dir)
-    sequence_no = np.zeros(n_subjects, dtype=int)
-    rows = []
-    for q, (expression, subject, n_frames) in enumerate(plan):
-        sequence_no[subject] += 1
-        stem = f"{subject_id(subject)}_{sequence_no[subject]:03d}"
-        base, pose, r = _sequence_params(seed, q, expression, subject, size)
-        frames = [(f"{stem}_{len(FRAME_RAMP) - n_frames + k + 1:02d}", _frame_params(base, pose, r, expression, base["intensity"] * ramp))
-                  for k, ramp in enumerate(FRAME_RAMP[-n_frames:])]
-        if q in with_neutral:
-            frames.append((f"{stem}_00", _frame_params(base, pose, r, "neutral", base["intensity"])))
-        for sample_id, params in frames:
-            rows.append(_write_sample(image_dir, sample_id, params))
+        image_dir = out_dir / "images"
+        if manifest.exists():
+            _remove_previous(manifest, image_dir)
+        sequence_no = np.zeros(n_subjects, dtype=int)
+        rows = []
+        for q, (expression, subject, n_frames) in enumerate(plan):
+            sequence_no[subject] += 1
+            stem = f"{subject_id(subject)}_{sequence_no[subject]:03d}"
+            base, pose, r = _sequence_params(seed, q, expression, subject, size)
+            frames = [(f"{stem}_{len(FRAME_RAMP) - n_frames + k + 1:02d}", _frame_params(base, pose, r, expression, base["intensity"] * ramp))
+                      for k, ramp in enumerate(FRAME_RAMP[-n_frames:])]
+            if q in with_neutral:
+                frames.append((f"{stem}_00", _frame_params(base, pose, r, "neutral", base["intensity"])))
+            for sample_id, params in frames:
+                rows.append(_write_sample(image_dir, sample_id, params))
 
-    df = pd.DataFrame(rows)
-    classes = class_list(df["label_name"])
-    df["label"] = [classes.index(c) for c in df["label_name"]]
-    df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].to_numpy(), folds, seed)
-    settings = {
-        "counts": {c: n for c, n in counts.items() if n}, "n_subjects": n_subjects, "size": size, "seed": seed,
-        "neutral": neutral, "n_neutral": n_neutral, "folds": folds,
-    }
-    meta = {
-        "dataset": DATASET,
-        "au_ids": list(AU_IDS),
-        "au_names": {str(k): v for k, v in AU_NAMES.items()},
-        "au_prototypes": {c: {str(k): v for k, v in p.items()} for c, p in AU_PROTOTYPES.items()},
-        "au_unilateral": {c: list(v) for c, v in UNILATERAL.items()},
-        "au_threshold": AU_THRESHOLD,
-        "demo": {
-            **settings, "renderer": RENDERER_VERSION, "frame_ramp": list(FRAME_RAMP), "jitter_sd": JITTER_SD,
-            "intensity": {"low": INTENSITY_LOW, "beta_a": INTENSITY_A, "beta_b": INTENSITY_B},
-        },
-        "provenance": provenance("demo-data", settings),
-    }
-    return write_manifest(df, manifest, classes=classes, meta=meta, overwrite=True)
+        df = pd.DataFrame(rows)
+        classes = class_list(df["label_name"])
+        df["label"] = [classes.index(c) for c in df["label_name"]]
+        df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].to_numpy(), folds, seed)
+        settings = {
+            "counts": {c: n for c, n in counts.items() if n}, "n_subjects": n_subjects, "size": size, "seed": seed,
+            "neutral": neutral, "n_neutral": n_neutral, "folds": folds,
+        }
+        meta = {
+            "dataset": DATASET,
+            "au_ids": list(AU_IDS),
+            "au_names": {str(k): v for k, v in AU_NAMES.items()},
+            "au_prototypes": {c: {str(k): v for k, v in p.items()} for c, p in AU_PROTOTYPES.items()},
+            "au_unilateral": {c: list(v) for c, v in UNILATERAL.items()},
+            "au_threshold": AU_THRESHOLD,
+            "demo": {
+                **settings, "renderer": RENDERER_VERSION, "frame_ramp": list(FRAME_RAMP), "jitter_sd": JITTER_SD,
+                "intensity": {"low": INTENSITY_LOW, "beta_a": INTENSITY_A, "beta_b": INTENSITY_B},
+            },
+            "provenance": provenance("demo-data", settings),
+        }
+        return write_manifest(df, manifest, classes=classes, meta=meta, overwrite=True)
 
 
 def _write_sample(image_dir: Path, sample_id: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from .._io import atomic_write_bytes, remove_stale_temporaries
 from ..errors import FesaugError, UsageError
+from ..locking import output_lock
 from ..provenance import provenance
 from .au import AULabels, read_au_labels
 from .faces import crop_face
@@ -86,74 +88,79 @@ def ingest(
     produced = format == "fer2013-csv" or detect_faces or size is not None
     storage = "embedded" if embed else "folder" if produced else "in-place"
     image_dir = out.with_name(f"{out.stem}-images") if storage == "folder" else None
-    _check_outputs(out, image_dir, overwrite)
+    with output_lock(out):
+        # What an ingest stopped by kill -9 left beside its outputs (stale: we hold the lock).
+        for path in (out, image_dir):
+            if path is not None:
+                remove_stale_temporaries(path.absolute().parent, path.name)
+        _check_outputs(out, image_dir, overwrite)
 
-    skips = Skips(skip_bad)
-    au_rows: dict[str, str] = {}  # sample_id -> side-file key
-    if format == "folder":
-        scan = scan_folder(src, subject_rx=subject_rx, jaffe=preset == "jaffe", skips=skips, exclude=image_dir)
-        items, total, ignored = scan.items, len(scan.items), scan.ignored
-        if labels is not None:  # before decoding images, so a wrong side file fails in seconds
-            au_rows = _match_au_labels(labels, items, skips)
-    else:
-        items, total, ignored = read_fer2013_csv(src, skips=skips), None, 0
+        skips = Skips(skip_bad)
+        au_rows: dict[str, str] = {}  # sample_id -> side-file key
+        if format == "folder":
+            scan = scan_folder(src, subject_rx=subject_rx, jaffe=preset == "jaffe", skips=skips, exclude=image_dir)
+            items, total, ignored = scan.items, len(scan.items), scan.ignored
+            if labels is not None:  # before decoding images, so a wrong side file fails in seconds
+                au_rows = _match_au_labels(labels, items, skips)
+        else:
+            items, total, ignored = read_fer2013_csv(src, skips=skips), None, 0
 
-    options = {
-        "format": format, "preset": preset, "subject_pattern": subject_rx.pattern if subject_rx else None,
-        "folds": folds, "fold_seed": fold_seed if folds else None,
-        "detect_faces": detect_faces, "size": size, "storage": storage,
-        "au_labels": str(au_labels) if au_labels is not None else None,
-    }
-    with _ImageFolder(image_dir) as folder:
-        rows = []
-        for item in tqdm(items, total=total, desc=f"ingest {src.name}", unit="img", disable=None):
-            try:
-                rows.append(_row(item, detect_faces=detect_faces, size=size, embed=embed, folder=folder))
-            except BadImage as exc:
-                skips(exc, item.source_file)
-        if not rows:  # a folder without images was refused by scan_folder already
-            why = f"all {len(skips.records)} skipped as bad; run without --skip-bad to see the first problem" if skips.records else "it has no data rows"
-            raise FesaugError(f"no usable images in {src} ({why})")
-        df = pd.DataFrame(rows)
-        classes = class_list(df["label_name"])
-        df["label"] = [classes.index(name) for name in df["label_name"]]
-        if folds:
-            from .splits import assign_folds  # scikit-learn: ~0.6 s to import, so every fesaug command would pay
-
-            df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].tolist(), folds, fold_seed)
-        if labels is not None:
-            key = [au_rows.get(sid) for sid in df["sample_id"]]
-            df["au_occurrence"] = [labels.occurrence[k] if k else None for k in key]
-            if labels.has_intensity:
-                df["au_intensity"] = [labels.intensity[k] if k else None for k in key]
-        meta = {
-            **options,
-            "source": str(src.resolve()),
-            "skipped": skips.records,
-            "ignored": ignored,
-            "provenance": provenance("fesaug ingest", {"src": str(src), **options}),
-            **({"au_ids": list(labels.au_ids)} if labels is not None else {}),
+        options = {
+            "format": format, "preset": preset, "subject_pattern": subject_rx.pattern if subject_rx else None,
+            "folds": folds, "fold_seed": fold_seed if folds else None,
+            "detect_faces": detect_faces, "size": size, "storage": storage,
+            "au_labels": str(au_labels) if au_labels is not None else None,
         }
-        folder.publish()
-        write_manifest(
-            df, out, classes=classes, meta=meta, overwrite=overwrite,
-            image_root=relative_image_root(out, src) if storage == "in-place" else ".",
-        )
+        with _ImageFolder(image_dir) as folder:
+            rows = []
+            for item in tqdm(items, total=total, desc=f"ingest {src.name}", unit="img", disable=None):
+                try:
+                    rows.append(_row(item, detect_faces=detect_faces, size=size, embed=embed, folder=folder))
+                except BadImage as exc:
+                    skips(exc, item.source_file)
+            if not rows:  # a folder without images was refused by scan_folder already
+                why = f"all {len(skips.records)} skipped as bad; run without --skip-bad to see the first problem" if skips.records else "it has no data rows"
+                raise FesaugError(f"no usable images in {src} ({why})")
+            df = pd.DataFrame(rows)
+            classes = class_list(df["label_name"])
+            df["label"] = [classes.index(name) for name in df["label_name"]]
+            if folds:
+                from .splits import assign_folds  # scikit-learn: ~0.6 s to import, so every fesaug command would pay
 
-    counts = df["label_name"].value_counts()
-    return IngestResult(
-        manifest=out,
-        rows=len(df),
-        class_counts={c: int(counts[c]) for c in classes},
-        subjects=int(df["subject_id"].nunique()),
-        folds=folds,
-        skipped=skips.records,
-        ignored=ignored,
-        storage=storage,
-        image_folder=image_dir,
-        seconds=time.perf_counter() - start,
-        au_labelled=int(df["au_occurrence"].notna().sum()) if labels is not None else None,
-    )
+                df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].tolist(), folds, fold_seed)
+            if labels is not None:
+                key = [au_rows.get(sid) for sid in df["sample_id"]]
+                df["au_occurrence"] = [labels.occurrence[k] if k else None for k in key]
+                if labels.has_intensity:
+                    df["au_intensity"] = [labels.intensity[k] if k else None for k in key]
+            meta = {
+                **options,
+                "source": str(src.resolve()),
+                "skipped": skips.records,
+                "ignored": ignored,
+                "provenance": provenance("fesaug ingest", {"src": str(src), **options}),
+                **({"au_ids": list(labels.au_ids)} if labels is not None else {}),
+            }
+            folder.publish()
+            write_manifest(
+                df, out, classes=classes, meta=meta, overwrite=overwrite,
+                image_root=relative_image_root(out, src) if storage == "in-place" else ".",
+            )
+
+        counts = df["label_name"].value_counts()
+        return IngestResult(
+            manifest=out,
+            rows=len(df),
+            class_counts={c: int(counts[c]) for c in classes},
+            subjects=int(df["subject_id"].nunique()),
+            folds=folds,
+            skipped=skips.records,
+            ignored=ignored,
+            storage=storage,
+            image_folder=image_dir,
+            seconds=time.perf_counter() - start,
+            au_labelled=int(df["au_occurrence"].notna().sum()) if labels is not None else None,
+        )
 
 
 def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[str, str]:
@@ -245,7 +252,7 @@ class _ImageFolder:
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
         dest = self.staging / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
+        atomic_write_bytes(dest, data)
         return f"{self.final.name}/{rel}"
 
     def publish(self) -> None:
@@ -317,4 +324,5 @@ def _check_outputs(out: Path, image_dir: Path | None, overwrite: bool) -> None:
     if out.exists():
         raise FesaugError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     if image_dir is not None and image_dir.exists():
-        raise FesaugError(f"{image_dir} already exists (images of an earlier ingest); pass --overwrite to replace it or choose another --out")
+        raise FesaugError(f"{image_dir} already exists without its manifest {out} (the images of an earlier ingest that "
+                          "was stopped, or another folder); pass --overwrite to replace it or choose another --out")

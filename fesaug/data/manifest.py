@@ -89,6 +89,15 @@ class Manifest:
         everything but what the writer sets itself (schema, classes, image root, provenance)."""
         return {k: v for k, v in self.meta.items() if k not in ("schema_version", "classes", "image_root", "provenance")}
 
+    def balanced_rows(self) -> np.ndarray | None:
+        """For the output of ``fesaug balance``, whether each row is one the run balanced (real or
+        synthetic); the others (other splits, excluded folds) are in the manifest unchanged.
+        None for any other manifest."""
+        run = self.meta.get("balance")
+        if not isinstance(run, dict) or "splits" not in run:
+            return None
+        return working_set(self.df, run["splits"], run.get("excluded_folds") or [])
+
     def __len__(self) -> int:
         return len(self.df)
 
@@ -113,6 +122,13 @@ class Manifest:
     def open_image(self, i: int) -> Image.Image:
         """Row ``i``'s image as 8-bit grayscale."""
         return decode_image(self.image_bytes(i), where=self.image_location(i))
+
+
+def working_set(df: pd.DataFrame, splits: Sequence[str], excluded_folds: Sequence[int]) -> np.ndarray:
+    """Whether each row is in one of ``splits`` and outside ``excluded_folds`` (a row without a
+    fold is outside every fold): the rows ``fesaug balance`` counts and balances."""
+    folds = df["fold"].to_numpy(dtype=float, na_value=np.nan)
+    return df["split"].isin(list(splits)).to_numpy(dtype=bool) & ~np.isin(folds, list(excluded_folds))
 
 
 def resolve_image_root(manifest_path: str | os.PathLike, image_root: str) -> Path:
