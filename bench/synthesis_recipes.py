@@ -121,7 +121,8 @@ def run_recipe(manifest: Path, out: Path, name: str, spec: str, epochs: int, dev
     result = train(manifest, out / name, config, overwrite=True)
     seconds = time.perf_counter() - start
     classifier = real_classifier(manifest, out)
-    record = {"recipe": name, **what, "epochs": config.epochs, "device": device, "train_seconds": seconds,
+    record = {"recipe": name, **what, "config": config.to_dict(), "epochs": config.epochs, "device": device,
+              "train_seconds": seconds,
               "threads": torch.get_num_threads(), "best_epoch": result.best_epoch,
               "last": score(manifest, result.run_dir / "checkpoints" / "last.pt", classifier=classifier)}
     (out / name / "synthesis.json").write_text(json.dumps(record, indent=2))
@@ -132,15 +133,55 @@ def run_recipe(manifest: Path, out: Path, name: str, spec: str, epochs: int, dev
     return record
 
 
+def records(out: Path) -> list[dict]:
+    return [json.loads(f.read_text()) for f in sorted(out.glob("*/synthesis.json"), key=lambda p: p.stat().st_mtime)]
+
+
 def report(out: Path) -> None:
     print(f"{'recipe':<22} {'ep':>3} {'min':>5} {'l1':>6} {'copy':>5} {'chg_l1':>7} {'copy':>5} {'ssim':>6} {'copy':>6} "
           f"{'recog':>6} {'>=real':>6} {'gate':>5}")
-    for f in sorted(out.glob("*/synthesis.json"), key=lambda p: p.stat().st_mtime):
-        r = json.loads(f.read_text())
+    for r in records(out):
         s = r["last"]
         print(f"{r['recipe']:<22} {r['epochs']:>3} {r['train_seconds'] / 60:5.1f} {s['l1']:6.2f} {s['copy_l1']:5.2f} "
               f"{s['changed_l1']:7.2f} {s['copy_changed_l1']:5.2f} {s['ssim']:6.3f} {s['copy_ssim']:6.3f} "
               f"{s.get('recognised_mean', float('nan')):6.2f} {s.get('classes_at_yardstick', '-'):>6} {s['judge_accept']:5.2f}")
+
+
+def write_results(out: Path, name: str, note: str) -> None:
+    """Every recipe in ``out`` as ``bench/results/<name>.json`` and a table ``<name>.md``."""
+    import platform
+
+    from fesaug.provenance import package_versions
+
+    runs = records(out)
+    results = Path(__file__).resolve().parent / "results"
+    (results / f"{name}.json").write_text(json.dumps(runs, indent=1))
+    classes = list(runs[-1]["last"].get("recognised", {}))
+    lines = [f"# Synthesis recipes against exact ground truth (demo set, fold 0 held out)", "", note, "",
+             f"Machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, {platform.platform()}. Versions: "
+             + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + ".", "",
+             "Every held-out face translated to every other class, scored against the same face re-rendered with that "
+             "expression (`last.pt`; `bench/synthesis_recipes.py`). L1 in gray levels; *changed*: the pixels the "
+             "expression changes (|source − truth| > 10). *recognised*: share of synthetic faces the fold's `real` "
+             "classifier gives the target; *≥ real*: classes where that share reaches the classifier's recall on real "
+             "fold-0 faces of the class. *gate*: share the checkpoint's own FER branch accepts at 0.5.", "",
+             "| recipe | changes (over the YAML) | epochs | train min | L1 | L1 changed | SSIM | recognised | ≥ real | gate |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        s = r["last"]
+        what = (f"`{r['yaml']}`" if r.get("yaml") else "defaults") + (f" + `{json.dumps(r['overrides'])}`" if r.get("overrides") else "")
+        lines.append(f"| {r['recipe']} | {what} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {s['l1']:.2f} | "
+                     f"{s['changed_l1']:.2f} | {s['ssim']:.3f} | {s.get('recognised_mean', float('nan')):.2f} | "
+                     f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | {s['judge_accept']:.2f} |")
+    s = runs[-1]["last"]
+    lines += [f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | *{s['copy_ssim']:.3f}* | | | |", ""]
+    if classes:
+        lines += ["Recognised per target class (the real classifier's recall on real fold-0 faces in the last row):", "",
+                  "| recipe | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+        lines += [f"| {r['recipe']} | " + " | ".join(f"{r['last']['recognised'][c]:.2f}" for c in classes) + " |"
+                  for r in runs if "recognised" in r["last"]]
+        lines += ["| *real faces* | " + " | ".join(f"*{s['real_recall'][c]:.2f}*" for c in classes) + " |", ""]
+    (results / f"{name}.md").write_text("\n".join(lines))
 
 
 def main() -> None:
@@ -153,6 +194,8 @@ def main() -> None:
     ap.add_argument("--parallel", action="store_true", help="one process per recipe (e.g. on one GPU)")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--results", type=Path, help="also copy each recipe's scores and last sample grid here")
+    ap.add_argument("--write", metavar="NAME", help="write every recipe in --out to bench/results/NAME.json and .md")
+    ap.add_argument("--note", default="", help="with --write: the protocol note at the top of the table")
     args = ap.parse_args()
     if not args.report:
         recipes = dict(r.split("=", 1) for r in args.recipe) or {"base": ""}
@@ -168,6 +211,8 @@ def main() -> None:
             for name, spec in recipes.items():
                 run_recipe(args.manifest, args.out, name, spec, args.epochs, args.device, args.results)
     report(args.out)
+    if args.write:
+        write_results(args.out, args.write, args.note)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,12 @@ class LossWeights:
     """``L1(G(x,t), x_t)`` against the real image ``x_t`` of the same subject showing ``t``,
     averaged over the rows that have one (the authors' supervised pairs, weight 1)."""
 
+    paired_perceptual: float = 0.0
+    """Shift-tolerant LPIPS (AlexNet, :mod:`fesaug.judges.perceptual`; needs ``fesaug[judges]``)
+    between ``G(x,t)`` and the same-subject target, over the rows that have one: unlike pixel
+    L1 it forgives the small misalignments left between two photos and compares structure, so a
+    brow in the wrong place costs more than a brow a pixel off. 0 turns it off."""
+
     expression: float = 0.5
     """``CE(FER(G(x,t)), t)``: the synthesized face must be recognised as the target
     expression. The classifier judging it runs with frozen weights in eval mode (as it is used
@@ -99,6 +105,18 @@ class LossWeights:
     """Total variation of the flow field (``output="warp"``), in pixels: the mean absolute
     difference between neighbouring displacements. A smooth flow moves a brow or a lip corner
     as a piece instead of scrambling pixels. No effect with the other outputs."""
+
+    edit_sparsity: float = 0.0
+    """``L1(G(x,t), x)``: every pixel the translation changes costs, so the generator changes what
+    the expression changes and copies the rest, sensor noise included. Without it, the paired
+    loss pulls unchanged regions toward the partner photo's own noise and small misalignments,
+    whose best L1 answer is a smoothed copy: close to the partner, yet further from the face
+    as it should look. 0 turns it off."""
+
+    flow_magnitude: float = 0.0
+    """Mean length of the flow vectors (``output="warp"``), in pixels: displacement costs, so the
+    flow moves what the expression moves and leaves the rest of the face (its contour, the hair)
+    in place. No effect with the other outputs."""
 
     attention: float = 0.1
     """Mean of the attention mask ``m`` (``output="attention"``) over both translations: the

@@ -285,10 +285,12 @@ def _runtime(config: TrainConfig) -> Iterator[Runtime]:
 class GeneratorStep(nn.Module):
     """Every FERSNet forward pass of one generator update, in one call.
 
-    Returns the FER logits of the real sources, the synthesized images, their translations
-    back to the source labels (cycle), the logits of the synthesized images as the expression
-    judge sees them (see ``LossWeights.expression``), the mean area and total variation of
-    the attention masks, and the total variation of the flow fields (``output="warp"``).
+    Returns a dict: ``logits``, the FER logits of the real sources; ``fake``, the synthesized
+    images; ``cycled``, their translations back to the source labels; ``judged``, the logits of
+    the synthesized images as the expression judge sees them (see ``LossWeights.expression``);
+    ``painted`` and ``roughness``, the mean area and total variation of the attention masks;
+    ``bending`` and ``displacement``, the total variation and mean length of the flow fields
+    (``output="warp"``); ``variants``, see below. Masks and flows of both translations count.
 
     ``judge``: an independent, frozen classifier (``TrainConfig.expression_classifier``); without
     one, FERSNet's own FER branch judges, with frozen weights in eval mode.
@@ -307,7 +309,7 @@ class GeneratorStep(nn.Module):
         if judge is not None:
             judge.eval().requires_grad_(False)
 
-    def forward(self, x: Tensor, source_label: Tensor, target_label: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, x: Tensor, source_label: Tensor, target_label: Tensor) -> dict[str, Tensor]:
         out = self.net(x, target_label)
         fake = out.fake
         assert fake is not None and out.edit is not None  # a target was given
@@ -324,7 +326,9 @@ class GeneratorStep(nn.Module):
             painted = roughness = x.new_zeros(())
         flows = [f.float() for f in (out.flow, back.flow) if f is not None]
         bending = torch.stack([_total_variation(f) for f in flows]).mean() if flows else x.new_zeros(())
-        return out.logits, fake, back.fake, judged, painted, roughness, bending, variants
+        displacement = torch.stack([f.norm(dim=1).mean() for f in flows]).mean() if flows else x.new_zeros(())
+        return {"logits": out.logits, "fake": fake, "cycled": back.fake, "judged": judged, "painted": painted,
+                "roughness": roughness, "bending": bending, "displacement": displacement, "variants": variants}
 
     def _judge(self, fake: Tensor) -> Tensor:
         assert self.judge is not None
@@ -373,6 +377,14 @@ def _frozen_classifier_logits(net: FERSNet, images: Tensor) -> Tensor:
         net.train(was_training)
 
 
+def _paired_perceptual(perceptual: nn.Module | None, fake: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean ST-LPIPS between synthesized faces and their same-subject targets over the paired rows."""
+    if perceptual is None or not bool(mask.any()):
+        return fake.new_zeros((), dtype=torch.float32)
+    rows = mask.bool()
+    return perceptual((fake[rows].float() + 1) / 2, (target[rows].float() + 1) / 2).mean()
+
+
 def _masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean L1 over the rows where ``mask`` is set (0 when none is). ``pred`` ``(K, B, …)``: K
     candidates per row, each row scored by its closest one."""
@@ -388,6 +400,7 @@ class Optimisation:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    perceptual: nn.Module | None = None  # frozen ST-LPIPS for LossWeights.paired_perceptual
 
 
 def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_steps: int, rt: Runtime) -> dict[str, Tensor]:
@@ -399,7 +412,8 @@ def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_ste
     paired = batch["paired"].to(device, non_blocking=True)
 
     with rt.autocast():
-        logits, fake, cycled, judged, painted, roughness, bending, variants = o.g_step(x, y, t)
+        g = o.g_step(x, y, t)
+    fake = g["fake"]
 
     # Discriminator: a real image is always shown with its true label, the paired target when
     # there is one (same label as the fake next to it), else the source itself.
@@ -424,14 +438,17 @@ def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_ste
         s_gen = o.disc(fake, t).float()
     pair_mask = paired.float()
     losses = {
-        "fer": F.cross_entropy(logits.float(), y),
+        "fer": F.cross_entropy(g["logits"].float(), y),
         "adversarial": F.mse_loss(s_gen, torch.ones_like(s_gen)),
-        "cycle": F.l1_loss(cycled.float(), x),
-        "paired": _masked_l1(variants.float(), x_target, pair_mask),
-        "expression": F.cross_entropy(judged.float(), t),
-        "attention": painted,
-        "mask_smoothness": roughness,
-        "flow_smoothness": bending,
+        "cycle": F.l1_loss(g["cycled"].float(), x),
+        "paired": _masked_l1(g["variants"].float(), x_target, pair_mask),
+        "paired_perceptual": _paired_perceptual(o.perceptual, fake, x_target, pair_mask),
+        "expression": F.cross_entropy(g["judged"].float(), t),
+        "attention": g["painted"],
+        "mask_smoothness": g["roughness"],
+        "flow_smoothness": g["bending"],
+        "flow_magnitude": g["displacement"],
+        "edit_sparsity": (fake.float() - x).abs().mean(),
     }
     loss_g = sum(getattr(w, name) * value for name, value in losses.items())
     o.opt_g.zero_grad(set_to_none=True)
@@ -684,7 +701,8 @@ def train(
         if rt.distributed:
             g_step = DistributedDataParallel(g_step, **ddp)
             d_train = DistributedDataParallel(disc, **ddp)
-        o = Optimisation(g_step=g_step, d_train=d_train, disc=disc, opt_g=opt_g, opt_d=opt_d, scaler=scaler)
+        o = Optimisation(g_step=g_step, d_train=d_train, disc=disc, opt_g=opt_g, opt_d=opt_d, scaler=scaler,
+                         perceptual=_perceptual_loss(config, rt.device))
 
         metrics_path = out_dir / "metrics.jsonl"
         metrics = read_metrics(metrics_path, up_to_epoch=start_epoch) if ckpt is not None else []
@@ -770,6 +788,14 @@ def train(
         best_epoch=best["epoch"] if rt.is_main else next((m["epoch"] for m in reversed(metrics) if m["best"]), 0),
         best_val_fer_acc=best["val_fer_acc"] if rt.is_main else None, metrics=metrics, config=config,
     )
+
+
+def _perceptual_loss(config: TrainConfig, device: torch.device) -> nn.Module | None:
+    if not config.loss.paired_perceptual:
+        return None
+    from .judges.perceptual import load_perceptual
+
+    return load_perceptual("alex").to(device)
 
 
 def _expression_judge(config: TrainConfig, classes: list[str], device: torch.device) -> DownstreamClassifier | None:

@@ -474,9 +474,11 @@ def test_a_checkpoint_from_before_the_warp_output_still_loads_and_synthesizes(ru
 
 def test_a_warp_model_trains_on_aligned_pairs_and_its_generator_takes_an_intensity(demo: Path, tmp_path: Path) -> None:
     config = tiny_config(holdout_fold=0, epochs=1, align_pairs=True, model={**TINY["model"], "output": "warp"},
-                         loss={"flow_smoothness": 0.1})
+                         loss={"flow_smoothness": 0.1, "flow_magnitude": 0.1, "paired_perceptual": 1.0},
+                         paired_intensities=[0.5, 1.0])
     result = train(demo, tmp_path / "warp", config)
-    assert result.metrics[-1]["loss_flow_smoothness"] > 0
+    last = result.metrics[-1]
+    assert last["loss_flow_smoothness"] > 0 and last["loss_flow_magnitude"] > 0 and last["loss_paired_perceptual"] > 0
     gen = fesaug.load_generator(result.run_dir / "checkpoints" / "last.pt", device="cpu")
     faces = ManifestDataset(demo, image_size=32).pixels[:3]
     assert torch.equal(gen.synthesize(faces, "happy", intensity=0.0), faces)

@@ -290,7 +290,7 @@ class Decoder(nn.Module):
             with torch.no_grad():
                 self.flow_head.weight.zero_()
                 self.flow_head.bias.zero_()
-                self.to_image.bias[config.in_channels].fill_(-2.0)
+                self.to_image.bias[config.in_channels].fill_(-4.0)
 
     def forward(self, features: list[Tensor], target_map: Tensor, one_hot: Tensor) -> Edit:
         """``features``: FES feature pyramid, level 0 (stem) to the bottleneck; ``one_hot``: the
