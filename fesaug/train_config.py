@@ -47,14 +47,21 @@ class LossWeights:
 
     Images are compared in the model's [-1, 1] range. ``x`` is a real source image with label
     ``y``, ``t`` a target label, ``G(x, t)`` the synthesized image and ``D(image, label)`` the
-    conditional PatchGAN. The generator/classifier minimise
-    ``fer·L_fer + adversarial·L_adv + cycle·L_cyc + paired·L_pair + expression·L_expr +
-    attention·L_att``; the discriminator minimises its own LSGAN loss (see ``adversarial``),
-    unweighted.
+    conditional PatchGAN. The generator/classifier minimise the weighted sum of every term
+    below; the discriminator minimises its own LSGAN loss (see ``adversarial``), unweighted.
+
+    The defaults are the deformation recipe of issue #17, measured against exact ground truth
+    on the demo set (``bench/results/synthesis_recipes_demo.md``): the same-subject pair
+    (registered and relit, ``TrainConfig.align_pairs``) is the main teacher (``paired`` 10), the
+    classifier's expression loss is small (0.1: more buys caricatures, not fidelity), the cycle
+    loss at 1 (at 10, "change nothing" is cheapest), and sparsity terms keep what the expression
+    does not touch exactly as it was. ``bench/recipes/attention.yaml`` restores the weights of
+    the painting decoder used before.
 
     Identity preservation: no pretrained face-recognition network can be downloaded here, so
-    the authors' LightCNN feature loss is not reproduced. Identity is kept by the cycle loss
-    (every sample) and the paired L1 loss (same-subject pairs), both in pixel space. A
+    the authors' LightCNN feature loss is not reproduced. Identity is kept by warping the
+    subject's own pixels (``output="warp"``), the cycle loss and the paired losses;
+    ``paired_perceptual`` adds a perceptual distance that ships inside a package. A
     subject-classification head was not added: held-out subjects are by definition unknown to
     it, so it would not constrain the faces the generator is later used on.
     """
@@ -69,14 +76,18 @@ class LossWeights:
     a real image must always be shown with its true label, so D learns what each expression
     looks like rather than which images are real. 0.3 is the authors' weight."""
 
-    cycle: float = 0.5
+    cycle: float = 1.0
     """Cycle reconstruction ``L1(G(G(x,t), y), x)``: translating back to the source expression
     must give the input back; keeps identity and pose on unpaired samples. The authors used MSE
-    with weight 0.5; L1 keeps edges sharper."""
+    with weight 0.5; L1 keeps edges sharper. Much more than the paired loss makes the identity
+    mapping the cheapest answer (at 10 the demo generator stopped editing)."""
 
-    paired: float = 1.0
+    paired: float = 10.0
     """``L1(G(x,t), x_t)`` against the real image ``x_t`` of the same subject showing ``t``,
-    averaged over the rows that have one (the authors' supervised pairs, weight 1)."""
+    averaged over the rows that have one (the authors' supervised pairs, with weight 1). With
+    ``TrainConfig.align_pairs`` the image is registered and relit onto ``x`` first, which makes
+    it the closest thing to the true counterfactual that real data offers, hence the weight 10.
+    With ``TrainConfig.paired_intensities`` the closest of several edit intensities counts."""
 
     paired_perceptual: float = 0.0
     """Shift-tolerant LPIPS (AlexNet, :mod:`fesaug.judges.perceptual`; needs ``fesaug[judges]``)
@@ -84,7 +95,7 @@ class LossWeights:
     L1 it forgives the small misalignments left between two photos and compares structure, so a
     brow in the wrong place costs more than a brow a pixel off. 0 turns it off."""
 
-    expression: float = 0.5
+    expression: float = 0.1
     """``CE(FER(G(x,t)), t)``: the synthesized face must be recognised as the target
     expression. The classifier judging it runs with frozen weights in eval mode (as it is used
     later, e.g. for the balance step's quality gate), so only the generator learns from this
@@ -95,25 +106,25 @@ class LossWeights:
     and each synthesized face is randomly flipped, shifted, rotated and scaled before it is
     judged, so pixel patterns that fool one exact view do not lower the loss."""
 
-    mask_smoothness: float = 0.0
+    mask_smoothness: float = 0.5
     """Total variation of the attention mask (mean absolute difference of neighbouring mask
     values, both translations): a mask that changes smoothly paints regions (a mouth, a brow)
     rather than speckles, which the classifiers read as texture. GANimation's TV term; 0 turns
     it off. No effect with ``output="direct"``."""
 
-    flow_smoothness: float = 0.0
+    flow_smoothness: float = 0.01
     """Total variation of the flow field (``output="warp"``), in pixels: the mean absolute
     difference between neighbouring displacements. A smooth flow moves a brow or a lip corner
     as a piece instead of scrambling pixels. No effect with the other outputs."""
 
-    edit_sparsity: float = 0.0
+    edit_sparsity: float = 1.0
     """``L1(G(x,t), x)``: every pixel the translation changes costs, so the generator changes what
     the expression changes and copies the rest, sensor noise included. Without it, the paired
     loss pulls unchanged regions toward the partner photo's own noise and small misalignments,
     whose best L1 answer is a smoothed copy: close to the partner, yet further from the face
     as it should look. 0 turns it off."""
 
-    flow_magnitude: float = 0.0
+    flow_magnitude: float = 0.05
     """Mean length of the flow vectors (``output="warp"``), in pixels: displacement costs, so the
     flow moves what the expression moves and leaves the rest of the face (its contour, the hair)
     in place. No effect with the other outputs."""
@@ -138,7 +149,7 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # FERSNetConfig overrides
     epochs: int = 30
     batch_size: int = 32
-    lr: float = 2e-4
+    lr: float = 5e-4
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 5e-4
     d_steps: int = 1  # discriminator updates per generator update
@@ -146,8 +157,11 @@ class TrainConfig:
     lr_gamma: float = 0.1
     holdout_fold: int | None = None  # rows of this fold (all their subjects) are never trained on
     val_fraction: float = 0.15  # share of training subjects kept for validation / model selection
-    paired_prob: float = 0.5  # chance of a same-subject target when the subject has one
-    align_pairs: bool = False  # register each same-subject target onto its source first (fesaug.data.pairs)
+    paired_prob: float = 0.7  # chance of a same-subject target when the subject has one
+    align_pairs: bool = True  # register each same-subject target onto its source first (fesaug.data.pairs)
+    # With align_pairs: keep the source's pixels in the target wherever the registered partner
+    # differs from it by less than this many gray levels (0: the whole partner is the target).
+    pair_threshold: float = 10.0
     # The paired loss compares the same-subject target with the synthesized face at each of these
     # intensities and keeps the closest, so a partner showing the expression weakly does not pull
     # the full edit toward a timid average (empty: the full edit only).
@@ -213,8 +227,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str) -> TrainConfig:
-        """The inverse of :meth:`to_dict` (defaults for missing keys)."""
-        return cls().updated(data, where=where)
+        """The inverse of :meth:`to_dict`, for a config fesaug recorded (a checkpoint's, a run's
+        ``config.yaml``): a key the record lacks was added later, and means the behaviour before
+        it existed (:data:`LEGACY`), else its default."""
+        return cls().updated(legacy_filled(data), where=where)
 
     # ----------------------------------------------------------------------- validation
 
@@ -237,6 +253,7 @@ class TrainConfig:
             ("val_fraction", 0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
             ("paired_prob", 0 <= self.paired_prob <= 1, "in [0, 1]"),
             ("paired_intensities", all(0 < v <= 1 for v in self.paired_intensities), "numbers in (0, 1]"),
+            ("pair_threshold", 0 <= self.pair_threshold < 255, "gray levels in [0, 255)"),
             ("shift", 0 <= self.shift < 0.5, "in [0, 0.5)"),
             ("num_workers", self.num_workers >= 0, "0 or more"),
             ("seed", self.seed >= 0, "0 or more"),
@@ -255,6 +272,28 @@ class TrainConfig:
             raise FesaugError(f"model: {exc}") from None
 
 
+# What a key means in a config recorded before the key existed: the behaviour fesaug had then.
+# Keys whose default is that behaviour need no entry. The model's `output` was "attention" until
+# the warp decoder became the default (runs record only the model keys they changed).
+LEGACY: dict[str, Any] = {
+    "align_pairs": False, "pair_threshold": 0.0, "paired_intensities": [],
+    "loss": {"paired_perceptual": 0.0, "flow_smoothness": 0.0, "edit_sparsity": 0.0, "flow_magnitude": 0.0},
+}
+LEGACY_MODEL: dict[str, Any] = {"output": "attention"}
+
+
+def legacy_filled(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config (:meth:`TrainConfig.to_dict` of an older fesaug) with the keys it lacks
+    set to :data:`LEGACY`. A record made before ``output="warp"`` existed lacks the LEGACY keys,
+    so its model keeps ``output="attention"``."""
+    from .runlog import with_defaults
+
+    out = with_defaults(dict(data), LEGACY)
+    if "align_pairs" not in data:  # older than the warp decoder, which came with these keys
+        out["model"] = {**LEGACY_MODEL, **dict(data.get("model") or {})}
+    return out
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # 64x64 and small widths. Measured on the demo dataset (CK+48-sized) holding out one of 5
     # folds, 669 training images: about 31 images/s, 22 s per epoch, on one CPU thread of a
@@ -270,8 +309,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
-    """``base`` (default: the preset the file names, else ``cpu``) updated with a YAML file."""
+def load_config(path: str | Path, base: TrainConfig | None = None, *, recorded: bool = False) -> TrainConfig:
+    """``base`` (default: the preset the file names, else ``cpu``) updated with a YAML file.
+    ``recorded``: the file is a run's own ``config.yaml``, whose missing keys mean
+    :data:`LEGACY` (see :meth:`TrainConfig.from_dict`)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -282,6 +323,8 @@ def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise FesaugError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    if recorded:
+        data = legacy_filled(data)
     if base is None:
         preset = data.get("preset", "cpu")
         base = TrainConfig.preset_config(preset) if isinstance(preset, str) and preset in PRESETS else TrainConfig()

@@ -537,7 +537,7 @@ def run_config(out_dir: str | os.PathLike) -> TrainConfig:
     path = Path(out_dir) / "config.yaml"
     if not path.is_file():
         raise FesaugError(f"{out_dir} has no config.yaml, so it is not a fesaug training run; check --out")
-    return load_config(path)
+    return load_config(path, recorded=True)
 
 
 def _prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, rt: Runtime) -> dict[str, Any] | None:
@@ -649,7 +649,7 @@ def train(
         train_set = PairedTargetDataset(
             ManifestDataset(manifest, rows=split.train_rows, image_size=size),
             paired_prob=config.paired_prob, augment=True, shift=config.shift, hflip=config.hflip, seed=config.seed,
-            align_pairs=config.align_pairs,
+            align_pairs=config.align_pairs, pair_threshold=config.pair_threshold,
         )
         sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
         # drop_last: a last batch of one or two images gives the GAN and BatchNorm noisy statistics.
@@ -664,7 +664,8 @@ def train(
         val_base = ManifestDataset(manifest, rows=split.val_rows, image_size=size) if len(split.val_rows) else None
         # Fixed targets (epoch 0 forever, pairs whenever possible, no augmentation): comparable across epochs.
         val_loader = None if val_base is None else DataLoader(
-            PairedTargetDataset(val_base, paired_prob=1.0, augment=False, seed=config.seed, align_pairs=config.align_pairs),
+            PairedTargetDataset(val_base, paired_prob=1.0, augment=False, seed=config.seed, align_pairs=config.align_pairs,
+                                pair_threshold=config.pair_threshold),
             batch_size=max(config.batch_size, 64),
         )
         sample_faces = _sample_faces(val_base or train_set.base, config.sample_rows)

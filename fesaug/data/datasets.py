@@ -140,7 +140,9 @@ class PairedTargetDataset(Dataset):
 
     With ``align_pairs``, the partner image is first registered onto the source and matched in
     brightness (:func:`fesaug.data.pairs.align_pair`; computed once per pair), so the pair
-    differs in expression rather than in pose and lighting.
+    differs in expression rather than in pose and lighting; with ``pair_threshold`` > 0 as well,
+    the target keeps the source's pixels wherever the partner differs by less than that many
+    gray levels (:func:`fesaug.data.pairs.keep_unchanged`).
 
     With ``augment``, the same random pad-and-crop (up to ``shift × S`` pixels each way, edge
     padding) and horizontal flip are applied to source and target, so a pair stays aligned.
@@ -161,6 +163,7 @@ class PairedTargetDataset(Dataset):
         hflip: bool = True,
         seed: int = 0,
         align_pairs: bool = False,
+        pair_threshold: float = 0.0,
     ) -> None:
         if not 0.0 <= paired_prob <= 1.0:
             raise FesaugError(f"paired_prob must lie in [0, 1], got {paired_prob}")
@@ -172,6 +175,7 @@ class PairedTargetDataset(Dataset):
             )
         self.base = base
         self.align_pairs = align_pairs
+        self.pair_threshold = pair_threshold
         self._aligned: dict[tuple[int, int], torch.Tensor] = {}
         self.paired_prob = paired_prob
         self.seed = seed
@@ -210,10 +214,13 @@ class PairedTargetDataset(Dataset):
         if not self.align_pairs:
             return self.base.pixels[j]
         if (i, j) not in self._aligned:
-            from .pairs import align_pair
+            from .pairs import align_pair, keep_unchanged
 
-            pixels = self.base.pixels
-            self._aligned[i, j] = torch.from_numpy(align_pair(pixels[i, 0].numpy(), pixels[j, 0].numpy()))[None]
+            source = self.base.pixels[i, 0].numpy()
+            aligned = align_pair(source, self.base.pixels[j, 0].numpy())
+            if self.pair_threshold:
+                aligned = keep_unchanged(source, aligned, self.pair_threshold)
+            self._aligned[i, j] = torch.from_numpy(aligned)[None]
         return self._aligned[i, j]
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -7,26 +7,29 @@ reproduce the pose and lighting difference (on the demo set, where the exact cou
 known, the raw partner is 34.6 gray levels from it where the expression changes, against 38.6
 for the source copied). :func:`align_pair` removes what is not expression: an affine
 registration of the partner onto the source (OpenCV's ECC, which maximises the correlation of
-the two images), then a gain and offset fitted on the pixels that differ least, where the
-expression presumably did not change.
+the two images), then the source's lighting (a gain and an offset that may vary linearly across
+the face, as a light from one side does) fitted on the pixels that differ least, where the
+expression presumably did not change. :func:`keep_unchanged` then optionally keeps the source's
+own pixels wherever the registered partner barely differs from it.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 # ECC stops after this many iterations or when the warp moves less than EPS.
 ITERATIONS, EPS = 100, 1e-5
-# Share of pixels, the least changed, on which the brightness and contrast are fitted.
+# Share of pixels, the least changed, on which the lighting is fitted.
 UNCHANGED = 0.6
 
 
 def align_pair(source: np.ndarray, partner: np.ndarray) -> np.ndarray:
     """``partner`` (``H×W`` uint8, the same subject with another expression) registered onto
-    ``source`` by an affine warp, with its brightness and contrast matched; uint8 ``H×W``.
+    ``source`` by an affine warp, with its lighting matched; uint8 ``H×W``.
 
-    When ECC does not converge (very different images) the partner is only brightness-matched.
+    When ECC does not converge (very different images) the partner is only relit.
     """
     s, t = source.astype(np.float32), partner.astype(np.float32)
     h, w = s.shape
@@ -38,7 +41,36 @@ def align_pair(source: np.ndarray, partner: np.ndarray) -> np.ndarray:
                                borderMode=cv2.BORDER_REPLICATE)
     except cv2.error:
         moved = t
-    diff = np.abs(moved - s)
-    keep = diff <= np.quantile(diff, UNCHANGED)
-    gain, offset = np.polyfit(moved[keep], s[keep], 1) if keep.sum() > 2 and np.ptp(moved[keep]) > 0 else (1.0, 0.0)
-    return np.clip(np.rint(gain * moved + offset), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(_relight(moved, s)), 0, 255).astype(np.uint8)
+
+
+def _relight(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``image`` with the lighting of ``reference``: a gain that varies linearly across the image
+    plus an offset that does (``(a + c·x + d·y)·image + b + e·x + f·y``), fitted by least squares
+    on the pixels that then differ least, twice (the first fit decides which those are)."""
+    h, w = image.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xx, yy = xx / max(w - 1, 1) - 0.5, yy / max(h - 1, 1) - 0.5
+    t = image.ravel()
+    basis = np.stack([t, t * xx.ravel(), t * yy.ravel(), np.ones_like(t), xx.ravel(), yy.ravel()], axis=1)
+    target = reference.ravel()
+    keep = np.ones_like(t, dtype=bool)
+    fitted = t
+    for _ in range(2):
+        coef, *_ = np.linalg.lstsq(basis[keep], target[keep], rcond=None)
+        fitted = basis @ coef
+        residual = np.abs(fitted - target)
+        keep = residual <= np.quantile(residual, UNCHANGED)
+    return fitted.reshape(h, w)
+
+
+def keep_unchanged(source: np.ndarray, aligned: np.ndarray, threshold: float, grow: int = 1) -> np.ndarray:
+    """The paired target with the source's own pixels wherever the aligned partner differs from
+    it by less than ``threshold`` gray levels (regions grown by ``grow`` pixels, so a moved edge
+    keeps its rim): the expression comes from the partner, everything else, sensor noise
+    included, stays the source's. Without it the partner's noise and leftover misalignment are
+    targets too, and their best L1 answer is a smoothed copy of the face."""
+    changed = np.abs(aligned.astype(np.int16) - source.astype(np.int16)) > threshold
+    if grow:
+        changed = ndimage.binary_dilation(changed, structure=np.ones((3, 3), dtype=bool), iterations=grow)
+    return np.where(changed, aligned, source).astype(np.uint8)

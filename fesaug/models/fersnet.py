@@ -79,7 +79,7 @@ class FERSNetConfig:
     fes_norm: str = "instance"
     decoder_norm: str = "instance"
     disc_width: int = 32
-    output: str = "attention"  # attention | direct | warp, see the module docstring
+    output: str = "warp"  # warp | attention | direct, see the module docstring
     # output="warp": the largest displacement of a pixel along each axis, as a fraction of the side.
     max_flow: float = 0.125
 
