@@ -15,6 +15,9 @@ reports, for ``last.pt`` (what ``fesaug balance`` uses):
   training subjects alone (the ``real`` condition of ``fesaug evaluate``; cached in
   ``<out>/real.pt``) gives the target as its top class, next to its recall on fold 0's *real*
   faces of that class (``real_recall``): the yardstick the synthetic faces must reach;
+* ``truth_recognised``: the same share for the exact counterfactuals themselves, what a perfect
+  generator would score (below ``real_recall`` for some classes: the target faces are sources of
+  other classes re-rendered at their own intensity);
 * ``judge_accept``: the share the checkpoint's FER branch gives the target >= 0.5.
 
     python bench/synthesis_recipes.py --manifest demo/manifest.parquet --out /tmp/recipes --epochs 25 \\
@@ -36,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from fesaug import load_generator
 from fesaug.data.datasets import ManifestDataset, resize_pixels
@@ -64,15 +68,18 @@ def real_classifier(manifest: Path, out: Path, fold: int = 0) -> Path:
     return path
 
 
-def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | None = None) -> dict:
+def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | None = None,
+          dead_zone: tuple[float, float] | None = None) -> dict:
     gen = load_generator(checkpoint, device="cpu")
+    if dead_zone is not None:  # the warp decoder's inference thresholds (flow px, mask), e.g. for an older checkpoint
+        gen.model.decoder.flow_threshold, gen.model.decoder.mask_threshold = dead_zone
     m = read_manifest(manifest)
     rows = np.flatnonzero(m.df["fold"].to_numpy() == fold)
     data = ManifestDataset(m, rows=rows, image_size=gen.image_size)
     model = load_classifier(classifier, device="cpu")[0] if classifier else None
     real_pred = predict_proba(model, resize_pixels(data.pixels, model.image_size)).argmax(1) if model else None
     per: dict[str, list] = {k: [] for k in ("l1", "copy_l1", "changed", "copy_changed", "ssim", "copy_ssim", "accept")}
-    recognised, real_recall = {}, {}
+    recognised, real_recall, truth_recognised = {}, {}, {}
     for k, cls in enumerate(gen.classes):
         keep = np.flatnonzero(data.labels != k)
         src = data.pixels[keep]
@@ -91,6 +98,7 @@ def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | No
         per["accept"].append(gen.classify(fake_u8)[:, k].numpy() >= 0.5)
         if model is not None:
             recognised[cls] = float((predict_proba(model, resize_pixels(fake_u8, model.image_size)).argmax(1) == k).mean())
+            truth_recognised[cls] = float((predict_proba(model, resize_pixels(truth_u8, model.image_size)).argmax(1) == k).mean())
             mine = data.labels == k
             real_recall[cls] = float((real_pred[mine] == k).mean()) if mine.any() else None
     mean = {k: float(np.concatenate([np.asarray(v, dtype=float) for v in vals]).mean()) for k, vals in per.items()}
@@ -99,9 +107,10 @@ def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | No
            "copy_ssim": mean["copy_ssim"], "judge_accept": mean["accept"],
            "judge_accept_per_class": {c: float(a.mean()) for c, a in zip(gen.classes, per["accept"])}}
     if model is not None:
-        out |= {"recognised": recognised, "real_recall": real_recall,
+        out |= {"recognised": recognised, "real_recall": real_recall, "truth_recognised": truth_recognised,
                 "recognised_mean": float(np.mean(list(recognised.values()))),
-                "classes_at_yardstick": sum(recognised[c] >= (real_recall[c] or 0) for c in recognised)}
+                "classes_at_yardstick": sum(recognised[c] >= (real_recall[c] or 0) for c in recognised),
+                "classes_at_truth": sum(recognised[c] >= truth_recognised[c] for c in recognised)}
     return out
 
 
@@ -133,8 +142,30 @@ def run_recipe(manifest: Path, out: Path, name: str, spec: str, epochs: int, dev
     return record
 
 
+RUN_KEYS = ("epochs", "holdout_fold", "device", "seed", "num_workers")  # how a recipe was run, not what it is
+
+
+def changes(recorded: dict) -> dict:
+    """What a recipe's recorded TrainConfig changes from today's defaults (model keys resolved,
+    keys the record predates read as the behaviour of its time, see ``train_config.LEGACY``)."""
+    import dataclasses
+
+    then, now = TrainConfig.from_dict(recorded, where="record"), TrainConfig()
+    out = {k: v for k, v in then.to_dict().items() if k not in ("model", "loss", *RUN_KEYS) and v != now.to_dict()[k]}
+    loss = {k: v for k, v in dataclasses.asdict(then.loss).items() if v != getattr(now.loss, k)}
+    model = {k: v for k, v in dataclasses.asdict(then.model_config(7)).items()
+             if v != getattr(now.model_config(7), k)}
+    return out | ({"loss": loss} if loss else {}) | ({"model": model} if model else {})
+
+
 def records(out: Path) -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted(out.glob("*/synthesis.json"), key=lambda p: p.stat().st_mtime)]
+    runs = []
+    for f in sorted(out.glob("*/synthesis.json"), key=lambda p: p.stat().st_mtime):
+        r = json.loads(f.read_text())
+        if "config" not in r:  # records older than the "config" key: the run's own config.yaml
+            r["config"] = yaml.safe_load((f.parent / "config.yaml").read_text())
+        runs.append(r)
+    return runs
 
 
 def report(out: Path) -> None:
@@ -164,23 +195,29 @@ def write_results(out: Path, name: str, note: str) -> None:
              "expression (`last.pt`; `bench/synthesis_recipes.py`). L1 in gray levels; *changed*: the pixels the "
              "expression changes (|source − truth| > 10). *recognised*: share of synthetic faces the fold's `real` "
              "classifier gives the target; *≥ real*: classes where that share reaches the classifier's recall on real "
-             "fold-0 faces of the class. *gate*: share the checkpoint's own FER branch accepts at 0.5.", "",
-             "| recipe | changes (over the YAML) | epochs | train min | L1 | L1 changed | SSIM | recognised | ≥ real | gate |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "fold-0 faces of the class; *≥ truth*: classes where it reaches the classifier's score on the exact counterfactuals. *gate*: share the checkpoint's own FER branch accepts at 0.5.", "",
+             "| recipe | differs from today's defaults | epochs | train min | L1 | L1 changed | SSIM | recognised | ≥ real | ≥ truth | gate |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         s = r["last"]
-        what = (f"`{r['yaml']}`" if r.get("yaml") else "defaults") + (f" + `{json.dumps(r['overrides'])}`" if r.get("overrides") else "")
+        diff = changes(r["config"])
+        what = f"`{json.dumps(diff)}`" if diff else "defaults"
         lines.append(f"| {r['recipe']} | {what} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {s['l1']:.2f} | "
                      f"{s['changed_l1']:.2f} | {s['ssim']:.3f} | {s.get('recognised_mean', float('nan')):.2f} | "
-                     f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | {s['judge_accept']:.2f} |")
+                     f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | {s.get('classes_at_truth', '–')} | {s['judge_accept']:.2f} |")
     s = runs[-1]["last"]
-    lines += [f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | *{s['copy_ssim']:.3f}* | | | |", ""]
+    lines += [f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | *{s['copy_ssim']:.3f}* | | | | |", ""]
     if classes:
-        lines += ["Recognised per target class (the real classifier's recall on real fold-0 faces in the last row):", "",
+        lines += ["Recognised per target class; below, the real classifier's recall on real fold-0 faces and its "
+                  "score on the exact counterfactuals (what a perfect generator would get):", "",
                   "| recipe | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
         lines += [f"| {r['recipe']} | " + " | ".join(f"{r['last']['recognised'][c]:.2f}" for c in classes) + " |"
                   for r in runs if "recognised" in r["last"]]
-        lines += ["| *real faces* | " + " | ".join(f"*{s['real_recall'][c]:.2f}*" for c in classes) + " |", ""]
+        lines += ["| *real faces* | " + " | ".join(f"*{s['real_recall'][c]:.2f}*" for c in classes) + " |"]
+        truth = next((r["last"]["truth_recognised"] for r in reversed(runs) if "truth_recognised" in r["last"]), None)
+        if truth:
+            lines += ["| *exact counterfactuals* | " + " | ".join(f"*{truth[c]:.2f}*" for c in classes) + " |"]
+        lines += [""]
     (results / f"{name}.md").write_text("\n".join(lines))
 
 
@@ -196,7 +233,19 @@ def main() -> None:
     ap.add_argument("--results", type=Path, help="also copy each recipe's scores and last sample grid here")
     ap.add_argument("--write", metavar="NAME", help="write every recipe in --out to bench/results/NAME.json and .md")
     ap.add_argument("--note", default="", help="with --write: the protocol note at the top of the table")
+    ap.add_argument("--dead-zone", metavar="FLOW,MASK", action="append", default=[],
+                    help="score the existing runs named by --recipe NAME= again with these inference thresholds "
+                         "(flow in pixels, mask), printed, not recorded; repeatable")
     args = ap.parse_args()
+    if args.dead_zone:
+        classifier = real_classifier(args.manifest, args.out)
+        for name in (r.split("=", 1)[0] for r in args.recipe):
+            for zone in args.dead_zone:
+                flow, mask = map(float, zone.split(","))
+                s = score(args.manifest, args.out / name / "checkpoints" / "last.pt", classifier=classifier, dead_zone=(flow, mask))
+                print(f"{name:<22} flow<{flow:g}px mask<{mask:g}: l1 {s['l1']:.2f} changed {s['changed_l1']:.2f} "
+                      f"ssim {s['ssim']:.3f} recognised {s['recognised_mean']:.2f}", flush=True)
+        return
     if not args.report:
         recipes = dict(r.split("=", 1) for r in args.recipe) or {"base": ""}
         if args.parallel and len(recipes) > 1:

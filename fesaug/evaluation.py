@@ -74,7 +74,7 @@ from .judges import judge_synthesis, resolve_judges
 from .locking import output_lock
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
-from .train_config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
+from .train_config import DATA_MODEL_FIELDS, LEGACY_MODEL, TrainConfig, legacy_filled
 from .training import split_subjects, train
 
 log = logging.getLogger(__name__)
@@ -152,13 +152,12 @@ class EvaluateConfig:
     def key(self) -> dict[str, Any]:
         """What cached fold results depend on. Conditions, the synthesis report, the AU model, the
         judges and the number of downstream seeds only choose which pieces are computed, so they
-        may change between runs of one DIR. The generator's model is resolved (preset + overrides),
-        so a change of the model's defaults is a change of settings too."""
-        model = dataclasses.asdict(self.generator.model_config(num_classes=2))
+        may change between runs of one DIR. The generator's model is recorded resolved (preset +
+        overrides) rather than as its overrides, so a change of the model's defaults is a change
+        of settings too."""
+        generator = {k: v for k, v in self.generator.to_dict().items() if k != "model"}
         return {"downstream": dataclasses.asdict(self.downstream) | {"device": None},
-                "generator": self.generator.to_dict() | {"device": None, "num_workers": None,
-                                                         "resolved_model": {k: v for k, v in model.items()
-                                                                            if k not in DATA_MODEL_FIELDS}},
+                "generator": generator | {"device": None, "num_workers": None, "resolved_model": _model_key(self.generator)},
                 "balance": self.balance.to_dict(), "val_fraction": self.val_fraction, "seed": self.seed,
                 "judge": self.judge, "expression_judge": self.expression_judge}
 
@@ -258,17 +257,23 @@ def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: 
                                            indent=2, sort_keys=True))
 
 
+def _model_key(generator: TrainConfig) -> dict[str, Any]:
+    """The generator's model as resolved from its preset and overrides, less what the data sets."""
+    return {k: v for k, v in generator.model_config(num_classes=2).settings().items() if k not in DATA_MODEL_FIELDS}
+
+
 def _recorded_key(recorded: dict[str, Any]) -> dict[str, Any]:
     """A recorded :meth:`EvaluateConfig.key` as this version writes it: generator keys added
-    since mean their behaviour before (:func:`fesaug.train_config.legacy_filled`), and so does
-    the resolved model of a record that predates it; other new keys mean their defaults."""
+    since mean their behaviour before (:func:`fesaug.train_config.legacy_filled`), a record of
+    the model's overrides becomes the model they resolved to then, and other new keys mean their
+    defaults."""
     out = dict(recorded)
     if isinstance(out.get("generator"), dict):
         generator = legacy_filled(out["generator"])
         if "resolved_model" not in generator:
-            model = TrainConfig.from_dict({k: v for k, v in generator.items() if k in ("preset", "model")},
-                                          where="evaluate.json").model_config(num_classes=2)
-            generator["resolved_model"] = jsonable({k: v for k, v in dataclasses.asdict(model).items() if k not in DATA_MODEL_FIELDS})
+            generator["resolved_model"] = jsonable(_model_key(TrainConfig.from_dict(
+                {k: v for k, v in generator.items() if k in ("preset", "model", *LEGACY_MODEL)}, where="evaluate.json")))
+        generator.pop("model", None)
         out["generator"] = generator
     return with_defaults(out, jsonable(EvaluateConfig().key()))
 

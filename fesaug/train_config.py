@@ -273,32 +273,36 @@ class TrainConfig:
 
 
 # What a key means in a config recorded before the key existed: the behaviour fesaug had then.
-# Keys whose default is that behaviour need no entry. The model's `output` was "attention" until
-# the warp decoder became the default (runs record only the model keys they changed).
+# Keys whose default is that behaviour need no entry.
 LEGACY: dict[str, Any] = {
     "align_pairs": False, "pair_threshold": 0.0, "paired_intensities": [],
     "loss": {"paired_perceptual": 0.0, "flow_smoothness": 0.0, "edit_sparsity": 0.0, "flow_magnitude": 0.0},
 }
-LEGACY_MODEL: dict[str, Any] = {"output": "attention"}
+# Model defaults that changed, keyed by a TrainConfig key that arrived with the change: runs record
+# only the model keys they set, so a record without the key was made with these model values.
+LEGACY_MODEL: dict[str, dict[str, Any]] = {
+    "align_pairs": {"output": "attention"},  # before the warp decoder became the default
+    "pair_threshold": {"flow_threshold": 0.0, "mask_threshold": 0.0},  # before the warp's dead zones
+}
 
 
 def legacy_filled(data: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded config (:meth:`TrainConfig.to_dict` of an older fesaug) with the keys it lacks
-    set to :data:`LEGACY`. A record made before ``output="warp"`` existed lacks the LEGACY keys,
-    so its model keeps ``output="attention"``."""
+    set to :data:`LEGACY`, and its model to the defaults of its time (:data:`LEGACY_MODEL`)."""
     from .runlog import with_defaults
 
     out = with_defaults(dict(data), LEGACY)
-    if "align_pairs" not in data:  # older than the warp decoder, which came with these keys
-        out["model"] = {**LEGACY_MODEL, **dict(data.get("model") or {})}
+    for marker, model in LEGACY_MODEL.items():
+        if marker not in data:
+            out["model"] = {**model, **dict(out.get("model") or {})}
     return out
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 64x64 and small widths. Measured on the demo dataset (CK+48-sized) holding out one of 5
-    # folds, 669 training images: about 31 images/s, 22 s per epoch, on one CPU thread of a
-    # shared 2-core machine, so 30 epochs take about 11 minutes. Expression conditioning
-    # appears after about 15 epochs (it is absent at epoch 10).
+    # folds, 669 training images, with the default (warp) recipe: about 33 images/s, 20 s per
+    # epoch, on two CPU threads (`make demo`); 25-45 s per epoch on one thread of a 2-core
+    # machine running a second job, so 40 epochs take 17-30 minutes there.
     "cpu": {},
     # The authors' 2021 recipe: Adam 1e-4, betas (0.5, 0.999), weight decay 5e-4, batch 8,
     # 3 D steps per G step, 500 epochs with MultiStepLR at 150 and 400; 96x96, paper widths.

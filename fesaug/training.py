@@ -606,7 +606,7 @@ def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, model_config: FE
 
 def _checkpoint_model_config(ckpt: dict[str, Any], path: Path) -> FERSNetConfig:
     try:
-        return FERSNetConfig(**ckpt["model_config"])
+        return FERSNetConfig.from_record(ckpt["model_config"])
     except (TypeError, FesaugError) as exc:
         raise FesaugError(f"{path}: the checkpoint's model config is not understood ({exc}); it was written by another fesaug version") from None
 

@@ -857,3 +857,24 @@ def test_several_downstream_seeds_are_averaged_per_fold_before_the_comparison(ru
     # The number of seeds only chooses pieces: a later run with the default reuses and still averages them.
     again = evaluate(run.manifest, out, run.config, folds=[0]).results
     assert again["per_fold"]["0"]["fes"] == results["per_fold"]["0"]["fes"]
+
+
+def test_an_evaluation_recorded_before_the_warp_decoder_means_the_attention_decoder() -> None:
+    from fesaug.evaluation import _recorded_key
+    from fesaug.runlog import jsonable
+    from fesaug.train_config import LEGACY, load_config
+
+    attention = EvaluateConfig(generator=load_config(Path(__file__).parents[1] / "bench" / "recipes" / "attention.yaml"))
+    # The key as fesaug wrote it then: the model's overrides (none: attention was the default),
+    # no resolved model, none of the keys added since.
+    old = json.loads(json.dumps(jsonable(attention.key())))
+    generator = old["generator"]
+    del generator["resolved_model"]
+    generator["model"] = {}
+    for key in LEGACY:
+        if key != "loss":
+            del generator[key]
+    for key in LEGACY["loss"]:
+        del generator["loss"][key]
+    assert _recorded_key(old) == jsonable(attention.key())
+    assert _recorded_key(old) != jsonable(EvaluateConfig().key())  # today's defaults are another generator

@@ -378,3 +378,37 @@ def test_a_warp_model_starts_from_the_identity_flow() -> None:
     net = _warp_net()
     out = net(images(net.config), torch.tensor([0, 1]))
     assert torch.equal(out.flow, torch.zeros_like(out.flow)) and out.mask.mean() < 0.05
+
+
+def test_flow_and_mask_below_their_thresholds_change_nothing_at_inference() -> None:
+    torch.manual_seed(0)
+    net = FERSNet(FERSNetConfig(image_size=32, widths=(8, 16, 16), output="warp", flow_threshold=0.25,
+                                mask_threshold=0.05)).eval()
+    px = net.decoder.max_flow
+    # A 0.1-pixel flow and a 2 % mask: under both thresholds, so the input comes back exactly.
+    _set_head(net, colour=0.3, mask_logit=float(torch.logit(torch.tensor(0.02))),
+              flow=(float(torch.atanh(torch.tensor(0.1 / px))), 0.0))
+    x = images(net.config, batch=2)
+    assert torch.equal(net(x, torch.tensor([0, 1])).fake, x)
+    # Training sees the raw values, so the heads learn from them.
+    out = net.train()(x, torch.tensor([0, 1]))
+    torch.testing.assert_close(out.flow[:, 0], torch.full_like(out.flow[:, 0], 0.1))
+    assert not torch.equal(out.fake, x)
+    # Above the thresholds the values pass unchanged at inference too.
+    _set_head(net, colour=0.3, mask_logit=0.0, flow=(float(torch.atanh(torch.tensor(0.5 / px))), 0.0))
+    out = net.eval()(x, torch.tensor([0, 1]))
+    torch.testing.assert_close(out.mask, torch.full_like(out.mask, 0.5))
+    torch.testing.assert_close(out.flow[:, 0], torch.full_like(out.flow[:, 0], 0.5))
+
+
+@pytest.mark.parametrize("field, value", [("flow_threshold", -0.1), ("flow_threshold", 100.0), ("mask_threshold", 1.0)])
+def test_bad_thresholds_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ModelConfigError, match=field):
+        FERSNetConfig(output="warp", **{field: value})
+
+
+def test_a_checkpoint_config_recorded_before_a_field_existed_keeps_its_behaviour() -> None:
+    recorded = dataclasses.asdict(FERSNetConfig(output="warp", flow_threshold=0.5, mask_threshold=0.1))
+    del recorded["flow_threshold"], recorded["mask_threshold"]
+    config = FERSNetConfig.from_record(recorded)
+    assert (config.output, config.flow_threshold, config.mask_threshold) == ("warp", 0.0, 0.0)

@@ -513,3 +513,17 @@ def test_a_pair_target_keeps_the_source_where_the_partner_barely_differs() -> No
     changed = np.zeros((16, 16), dtype=bool)
     changed[4:9, 4:9] = True  # the region, grown by a pixel
     assert np.array_equal(target[changed], partner[changed]) and np.array_equal(target[~changed], source[~changed])
+
+
+def test_a_config_recorded_before_a_default_changed_keeps_the_behaviour_it_was_made_with() -> None:
+    recorded = TrainConfig().to_dict()
+    for key in ("align_pairs", "pair_threshold", "paired_intensities"):  # keys fesaug added since
+        del recorded[key]
+    for key in ("edit_sparsity", "flow_magnitude"):
+        del recorded["loss"][key]
+    old = TrainConfig.from_dict(recorded, where="an older run")
+    model = old.model_config(num_classes=7)
+    assert (model.output, model.flow_threshold, old.align_pairs, old.loss.edit_sparsity) == ("attention", 0.0, False, 0.0)
+    assert old.loss.paired == TrainConfig().loss.paired  # a key the record has keeps its value
+    # A record with every key means exactly what it says.
+    assert TrainConfig.from_dict(TrainConfig().to_dict(), where="x") == TrainConfig()

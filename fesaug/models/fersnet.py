@@ -15,14 +15,15 @@ Selective Feature Sharing", ICPR 2020. Layout (L = len(config.widths), S = confi
   ``sharing="none"`` builds two independent networks, stems included (the paper's "w/o MTL").
 * ``f_tra`` maps the target one-hot to a bottleneck-sized map that is concatenated with the FES
   bottleneck, as in the ICPR figure.
-* ``output="attention"`` (the default) makes the decoder paint only where the expression
+* ``output="attention"`` makes the decoder paint only where the expression
   changes, as in GANimation (Pumarola et al., ECCV 2018): it predicts a colour image ``C`` and a
   mask ``m`` in [0, 1], and ``fake = m·C + (1 − m)·x``. Pixels the mask leaves alone keep the
   subject's own skin tone, hair and background exactly; ``output="direct"`` is the paper's plain
-  ``tanh`` image. ``output="warp"`` edits by deformation first: the decoder also predicts a
+  ``tanh`` image. ``output="warp"`` (the default) edits by deformation first: the decoder also predicts a
   dense flow field that moves the source's own pixels (``grid_sample``; brows, lids, lip corners
   and jaw are mostly geometry) and paints through the mask only what a warp cannot make (an
-  opening mouth, wrinkles, teeth): ``fake = m·C + (1 − m)·warp(x, flow)``. Both the flow and
+  opening mouth, wrinkles, teeth): ``fake = m·C + (1 − m)·warp(x, flow)``; at inference, flow
+  and mask values too small to see are dropped (``flow_threshold``, ``mask_threshold``). Both the flow and
   the mask are scaled by an optional per-image ``intensity`` in [0, 1], so intensity 0 gives
   the input back exactly and intermediate values give partial edits (the other outputs scale
   their mask, or blend with the input, likewise). ``unet_skips`` adds the FES-side post-sharing features
@@ -36,7 +37,7 @@ Images enter and leave the model in [-1, 1] (``tanh`` output); ``to_model_range`
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -62,7 +63,7 @@ class FERSNetConfig:
     ``widths[0]`` is the stem's width; each further entry is one encoder level of both branches,
     followed by one pair of sharing units. Each level halves the resolution, so ``image_size``
     must be divisible by ``2 ** len(widths)``. The defaults are the ``cpu`` preset.
-    ``dataclasses.asdict(config)`` round-trips through ``FERSNetConfig(**d)`` (for checkpoints).
+    ``dataclasses.asdict(config)`` round-trips through ``FERSNetConfig.from_record(d)`` (for checkpoints).
     """
 
     image_size: int = 64
@@ -82,11 +83,31 @@ class FERSNetConfig:
     output: str = "warp"  # warp | attention | direct, see the module docstring
     # output="warp": the largest displacement of a pixel along each axis, as a fraction of the side.
     max_flow: float = 0.125
+    # output="warp", at inference (eval mode): displacements shorter than flow_threshold pixels and
+    # mask values below mask_threshold count as none. A tenth of a pixel of flow or a 3 % mask
+    # changes nothing visible, yet each blurs or tints the whole face a little. Training sees the
+    # raw values: a dead zone there (straight-through) made the flow grow past it instead
+    # (bench/results/synthesis_recipes_demo.md, thr25_05).
+    flow_threshold: float = 0.1
+    mask_threshold: float = 0.03
 
     def __post_init__(self) -> None:
         # Lists come back from JSON/YAML checkpoints; keep the config hashable and comparable.
         object.__setattr__(self, "widths", tuple(self.widths))
         self._validate()
+
+    def settings(self) -> dict[str, Any]:
+        """The fields as plain values, with the warp's own (``max_flow``, the thresholds) set to
+        None for the other outputs, which do not use them: two configs compute the same model
+        exactly when their settings are equal."""
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return out if self.output == "warp" else out | dict.fromkeys(WARP_FIELDS)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> FERSNetConfig:
+        """The config a checkpoint recorded (``dataclasses.asdict``): a field the record predates
+        means the behaviour before it existed (:data:`RECORD_LEGACY`), else its default."""
+        return cls(**{**RECORD_LEGACY, **data})
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> FERSNetConfig:
@@ -113,6 +134,10 @@ class FERSNetConfig:
             raise ModelConfigError(f"output must be one of {', '.join(OUTPUTS)} (got {self.output!r})")
         if not 0 < self.max_flow <= 1:
             raise ModelConfigError(f"max_flow must lie in (0, 1] (a fraction of the image side), got {self.max_flow}")
+        if not 0 <= self.flow_threshold < self.max_flow * self.image_size:
+            raise ModelConfigError(f"flow_threshold must lie in [0, max_flow x image_size) pixels, got {self.flow_threshold}")
+        if not 0 <= self.mask_threshold < 1:
+            raise ModelConfigError(f"mask_threshold must lie in [0, 1), got {self.mask_threshold}")
         for name in ("fer_norm", "fes_norm", "decoder_norm"):
             if getattr(self, name) not in NORMS:
                 raise ModelConfigError(f"{name} must be one of {', '.join(NORMS)} (got {getattr(self, name)!r})")
@@ -136,6 +161,11 @@ class FERSNetConfig:
                 f"use e.g. {max(2, round(self.image_size / factor)) * factor} or fewer widths"
             )
 
+
+WARP_FIELDS: tuple[str, ...] = ("max_flow", "flow_threshold", "mask_threshold")  # used by output="warp" only
+
+# Fields added after checkpoints were first written, and what a checkpoint without them did.
+RECORD_LEGACY: dict[str, Any] = {"flow_threshold": 0.0, "mask_threshold": 0.0}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough that a training step of FERSNet + D on 32 images at 64x64 stays well under
@@ -276,6 +306,7 @@ class Decoder(nn.Module):
             self.fuse.append(_conv_norm_relu((2 if self.skips else 1) * w[level] + config.num_classes, w[level], norm))
         self.output, self.in_channels = config.output, config.in_channels
         self.max_flow = config.max_flow * config.image_size  # in pixels
+        self.flow_threshold, self.mask_threshold = config.flow_threshold, config.mask_threshold
         self.last_up = _upsample(w[0], w[0], norm)
         self.to_image = nn.Conv2d(w[0], config.in_channels + (config.output != "direct"), 1)  # (+ the mask)
         self.flow_head = None
@@ -315,6 +346,9 @@ class Decoder(nn.Module):
         if coarse is not None:
             flow = torch.tanh(F.interpolate(coarse.float(), size=out.shape[-2:], mode="bilinear", align_corners=True))
             flow = flow * self.max_flow
+            if not self.training:
+                flow = flow * (flow.norm(dim=1, keepdim=True) >= self.flow_threshold)
+                mask = mask * (mask >= self.mask_threshold)
         return Edit(torch.tanh(out[:, :c]), mask, flow)
 
 
