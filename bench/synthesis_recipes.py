@@ -21,10 +21,12 @@ reports, for ``last.pt`` (what ``fesaug balance`` uses):
 * ``judge_accept``: the share the checkpoint's FER branch gives the target >= 0.5.
 
     python bench/synthesis_recipes.py --manifest demo/manifest.parquet --out /tmp/recipes --epochs 25 \\
-        --recipe base= --recipe warp=bench/recipes/warp.yaml --recipe 'warp10=bench/recipes/warp.yaml:{"epochs": 10}'
+        --recipe defaults= --recipe attention=bench/recipes/attention.yaml --recipe 'sp03=:{"loss": {"edit_sparsity": 0.3}}'
 
 A recipe is ``NAME=[YAML][:JSON overrides]``. Results: ``<out>/<recipe>/synthesis.json`` and a
-table on stdout (``--report`` only prints).
+table on stdout (``--report`` only prints; ``--write NAME --note TEXT`` also writes every recipe in
+``--out`` to ``bench/results/NAME.{json,md}``; ``--dead-zone FLOW,MASK`` rescores existing runs
+with other inference thresholds).
 """
 
 from __future__ import annotations
@@ -145,16 +147,20 @@ def run_recipe(manifest: Path, out: Path, name: str, spec: str, epochs: int, dev
 RUN_KEYS = ("epochs", "holdout_fold", "device", "seed", "num_workers")  # how a recipe was run, not what it is
 
 
-def changes(recorded: dict) -> dict:
-    """What a recipe's recorded TrainConfig changes from today's defaults (model keys resolved,
-    keys the record predates read as the behaviour of its time, see ``train_config.LEGACY``)."""
+def changes(recorded: dict, model_config: dict | None = None) -> dict:
+    """What a recipe's recorded TrainConfig changes from today's defaults (keys the record
+    predates read as the behaviour of its time, see ``train_config.LEGACY``); the model as its
+    checkpoint recorded it (``model_config``), else as the config resolves."""
     import dataclasses
+
+    from fesaug.models import FERSNetConfig
 
     then, now = TrainConfig.from_dict(recorded, where="record"), TrainConfig()
     out = {k: v for k, v in then.to_dict().items() if k not in ("model", "loss", *RUN_KEYS) and v != now.to_dict()[k]}
     loss = {k: v for k, v in dataclasses.asdict(then.loss).items() if v != getattr(now.loss, k)}
-    model = {k: v for k, v in dataclasses.asdict(then.model_config(7)).items()
-             if v != getattr(now.model_config(7), k)}
+    model_then = FERSNetConfig.from_record(model_config) if model_config else then.model_config(7)
+    model = {k: v for k, v in model_then.settings().items()
+             if k not in ("num_classes", "in_channels") and v != now.model_config(7).settings()[k]}
     return out | ({"loss": loss} if loss else {}) | ({"model": model} if model else {})
 
 
@@ -164,6 +170,9 @@ def records(out: Path) -> list[dict]:
         r = json.loads(f.read_text())
         if "config" not in r:  # records older than the "config" key: the run's own config.yaml
             r["config"] = yaml.safe_load((f.parent / "config.yaml").read_text())
+        checkpoint = f.parent / "checkpoints" / "last.pt"
+        if checkpoint.exists():  # the model as trained and scored, whatever the defaults were then
+            r["model_config"] = torch.load(checkpoint, map_location="cpu", weights_only=True)["model_config"]
         runs.append(r)
     return runs
 
@@ -200,11 +209,11 @@ def write_results(out: Path, name: str, note: str) -> None:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         s = r["last"]
-        diff = changes(r["config"])
+        diff = changes(r["config"], r.get("model_config"))
         what = f"`{json.dumps(diff)}`" if diff else "defaults"
         lines.append(f"| {r['recipe']} | {what} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {s['l1']:.2f} | "
                      f"{s['changed_l1']:.2f} | {s['ssim']:.3f} | {s.get('recognised_mean', float('nan')):.2f} | "
-                     f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | {s.get('classes_at_truth', '–')} | {s['judge_accept']:.2f} |")
+                     f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | {s['classes_at_truth'] if 'classes_at_truth' in s else '–'}{f'/{len(classes)}' if 'classes_at_truth' in s else ''} | {s['judge_accept']:.2f} |")
     s = runs[-1]["last"]
     lines += [f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | *{s['copy_ssim']:.3f}* | | | | |", ""]
     if classes:

@@ -33,7 +33,7 @@ from .plots import image_axis, new_figure, save_figure
 
 DEMO_OUTPUTS = ("data", "run", "balanced", "histogram_before.png", "histogram_after.png", "synthesis.png",
                 "audit.json", "summary.txt")
-DEMO_EPOCHS = 20  # about 7 minutes on two CPU cores (bench/results/synthesis_demo.md: the faces it gives)
+DEMO_EPOCHS = 20  # about 7 minutes on two CPU cores (bench/results/synthesis_recipes_demo.md, make_demo_e20: the faces it gives)
 
 
 @dataclass
