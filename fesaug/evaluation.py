@@ -74,7 +74,7 @@ from .judges import judge_synthesis, resolve_judges
 from .locking import output_lock
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
-from .train_config import DATA_MODEL_FIELDS, LEGACY_MODEL, TrainConfig, legacy_filled
+from .train_config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
 from .training import split_subjects, train
 
 log = logging.getLogger(__name__)
@@ -271,8 +271,9 @@ def _recorded_key(recorded: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("generator"), dict):
         generator = legacy_filled(out["generator"])
         if "resolved_model" not in generator:
+            # ``generator["model"]`` already holds the model of its time (legacy_filled).
             generator["resolved_model"] = jsonable(_model_key(TrainConfig.from_dict(
-                {k: v for k, v in generator.items() if k in ("preset", "model", *LEGACY_MODEL)}, where="evaluate.json")))
+                {k: generator[k] for k in ("preset", "model") if k in generator}, where="evaluate.json")))
         generator.pop("model", None)
         out["generator"] = generator
     return with_defaults(out, jsonable(EvaluateConfig().key()))
