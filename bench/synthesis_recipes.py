@@ -71,7 +71,9 @@ def real_classifier(manifest: Path, out: Path, fold: int = 0) -> Path:
 
 
 def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | None = None,
-          dead_zone: tuple[float, float] | None = None) -> dict:
+          dead_zone: tuple[float, float] | None = None, intensity: tuple[float, float] | None = None) -> dict:
+    """The scores of the module docstring; ``intensity`` ``(LOW, HIGH)`` scales each edit by a
+    draw from that range (seeded; what ``fesaug balance --intensity`` does), default the learnt edit."""
     gen = load_generator(checkpoint, device="cpu")
     if dead_zone is not None:  # the warp decoder's inference thresholds (flow px, mask), e.g. for an older checkpoint
         gen.model.decoder.flow_threshold, gen.model.decoder.mask_threshold = dead_zone
@@ -85,7 +87,8 @@ def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | No
     for k, cls in enumerate(gen.classes):
         keep = np.flatnonzero(data.labels != k)
         src = data.pixels[keep]
-        fake_u8 = gen.synthesize(src, k)
+        strength = None if intensity is None else np.random.default_rng(k).uniform(*intensity, size=len(keep))
+        fake_u8 = gen.synthesize(src, k, intensity=strength)
         fake = fake_u8.numpy().astype(np.float64)[:, 0]
         truth_u8 = torch.from_numpy(np.stack([counterfactual(m.df.iloc[int(data.rows[i])], cls) for i in keep]))[:, None]
         truth = truth_u8.numpy().astype(np.float64)[:, 0]
@@ -230,6 +233,57 @@ def write_results(out: Path, name: str, note: str) -> None:
     (results / f"{name}.md").write_text("\n".join(lines))
 
 
+def intensity_sweep(manifest: Path, out: Path, names: list[str], specs: list[str]) -> None:
+    """Each run in ``names`` scored at each intensity spec (``A`` or ``A..B``), added to its
+    ``intensity.json`` (a spec already scored is kept)."""
+    classifier = real_classifier(manifest, out)
+    for name in names:
+        path = out / name / "intensity.json"
+        done = json.loads(path.read_text()) if path.exists() else {}
+        for spec in specs:
+            low, _, high = spec.partition("..")
+            bounds = (float(low), float(high or low))
+            if spec not in done:
+                done[spec] = score(manifest, out / name / "checkpoints" / "last.pt", classifier=classifier, intensity=bounds)
+                path.write_text(json.dumps(done, indent=1))
+            s = done[spec]
+            print(f"{name:<22} intensity {spec:<9} l1 {s['l1']:.2f} changed {s['changed_l1']:.2f} ssim {s['ssim']:.3f} "
+                  f"recognised {s['recognised_mean']:.2f} >=real {s['classes_at_yardstick']} >=truth {s['classes_at_truth']}",
+                  flush=True)
+
+
+def write_intensity(out: Path, names: list[str], name: str, note: str) -> None:
+    """The intensity sweeps of ``names`` as ``bench/results/<name>.json`` and a table ``<name>.md``."""
+    import platform
+
+    from fesaug.provenance import package_versions
+
+    sweeps = {n: json.loads((out / n / "intensity.json").read_text()) for n in names}
+    results = Path(__file__).resolve().parent / "results"
+    (results / f"{name}.json").write_text(json.dumps(sweeps, indent=1))
+    first = next(iter(next(iter(sweeps.values())).values()))
+    classes = list(first["recognised"])
+    lines = ["# Edit intensity against exact ground truth (demo set, fold 0 held out)", "", note, "",
+             f"Machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, {platform.platform()}. Versions: "
+             + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + ".", "",
+             "Each trained run's `last.pt` (see `synthesis_recipes_demo.md`) translating every held-out face to every "
+             "other class with its flow and mask scaled by the intensity (`A..B`: a seeded uniform draw per face, as "
+             "`fesaug balance --intensity A..B` does). Columns as in `synthesis_recipes_demo.md`.", "",
+             "| run | intensity | L1 | L1 changed | SSIM | recognised | ≥ real | ≥ truth | gate | "
+             + " | ".join(classes) + " |", "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(classes)]
+    for run, sweep in sweeps.items():
+        for spec, s in sweep.items():
+            lines.append(f"| {run} | {spec} | {s['l1']:.2f} | {s['changed_l1']:.2f} | {s['ssim']:.3f} | "
+                         f"{s['recognised_mean']:.2f} | {s['classes_at_yardstick']}/{len(classes)} | "
+                         f"{s['classes_at_truth']}/{len(classes)} | {s['judge_accept']:.2f} | "
+                         + " | ".join(f"{s['recognised'][c]:.2f}" for c in classes) + " |")
+    lines += [f"| *input copied* | | *{first['copy_l1']:.2f}* | *{first['copy_changed_l1']:.2f}* | *{first['copy_ssim']:.3f}* "
+              "| | | | | " + " | ".join("" for _ in classes) + " |",
+              "| *real faces* | | | | | | | | | " + " | ".join(f"*{first['real_recall'][c]:.2f}*" for c in classes) + " |",
+              "| *exact counterfactuals* | | | | | | | | | " + " | ".join(f"*{first['truth_recognised'][c]:.2f}*" for c in classes) + " |", ""]
+    (results / f"{name}.md").write_text("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, required=True)
@@ -245,7 +299,16 @@ def main() -> None:
     ap.add_argument("--dead-zone", metavar="FLOW,MASK", action="append", default=[],
                     help="score the existing runs named by --recipe NAME= again with these inference thresholds "
                          "(flow in pixels, mask), printed, not recorded; repeatable")
+    ap.add_argument("--intensity", metavar="LOW[..HIGH]", action="append", default=[],
+                    help="score the existing runs named by --recipe NAME= again with their edits scaled by this "
+                         "intensity (or a seeded uniform draw from the range), recorded in <out>/NAME/intensity.json "
+                         "and, with --write, tabled; repeatable")
     args = ap.parse_args()
+    if args.intensity:
+        intensity_sweep(args.manifest, args.out, [r.split("=", 1)[0] for r in args.recipe], args.intensity)
+        if args.write:
+            write_intensity(args.out, [r.split("=", 1)[0] for r in args.recipe], args.write, args.note)
+        return
     if args.dead_zone:
         classifier = real_classifier(args.manifest, args.out)
         for name in (r.split("=", 1)[0] for r in args.recipe):

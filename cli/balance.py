@@ -11,6 +11,7 @@ import click
 from fesaug.errors import FesaugError, UsageError
 
 from .audit import aligned_table
+from .params import INTENSITY_HELP, intensity_range
 
 if TYPE_CHECKING:
     from fesaug.balance import BalanceResult
@@ -26,19 +27,6 @@ def _target_per_class(ctx: click.Context, param: click.Parameter, value: str | N
     if n < 1:
         raise click.BadParameter(f"{value!r} is neither a positive number nor 'max'")
     return n
-
-
-def _intensity(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    low, sep, high = value.partition("..")
-    try:
-        bounds = (float(low), float(high if sep else low))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither LOW..HIGH (e.g. 0.6..1) nor one number in [0, 1]") from None
-    if not 0.0 <= bounds[0] <= bounds[1] <= 1.0:
-        raise click.BadParameter(f"{value!r}: need 0 <= LOW <= HIGH <= 1")
-    return bounds
 
 
 def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
@@ -93,9 +81,7 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
                    "its target; classes it does not know (contempt) pass untouched.")
 @click.option("--min-external-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --external-judge: the least probability it must give the target.")
-@click.option("--intensity", metavar="LOW..HIGH", callback=_intensity,
-              help="Scale each synthetic face's edit by an intensity drawn from this range (recorded per row), "
-                   "for faces at several strengths of the expression; 1 = the full translation (the default).")
+@click.option("--intensity", metavar="LOW..HIGH", callback=intensity_range, help=INTENSITY_HELP)
 @click.option("--source-order", type=click.Choice(["subjects", "similar"]), default="subjects", show_default=True,
               help="subjects: sources round-robin over subjects in random order. similar: the same round-robin, "
                    "trying first the faces whose expression the checkpoint's FER branch finds closest to the target.")

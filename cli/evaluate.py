@@ -10,6 +10,7 @@ from fesaug.errors import UsageError
 
 from .audit import aligned_table
 from .balance import _target_per_class
+from .params import INTENSITY_HELP, intensity_range
 
 
 def _folds(ctx: click.Context, param: click.Parameter, value: str) -> list[int] | None:
@@ -57,6 +58,7 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
                      help="Quality gate of the balance step."),
         click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Sources tried per needed synthetic image before giving up on it."),
+        click.option("--intensity", metavar="LOW..HIGH", callback=intensity_range, help=INTENSITY_HELP),
         click.option("--source-order", type=click.Choice(["subjects", "similar"]), default="subjects",
                      show_default=True, help="Source order of the balance step, as in fesaug balance."),
         click.option("--judge", is_flag=True,
@@ -126,7 +128,7 @@ def evaluate_synthesis_command(**options) -> None:  # noqa: ANN003
 def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: Path, folds: list[int] | None, model: str,
          epochs: int, image_size: int, preset: str, generator_config: Path | None, generator_epochs: int,
          generator_batch_size: int | None, target_per_class: int | str | None, min_confidence: float,
-         max_attempts: int, source_order: str, judge: bool, expression_judge: bool, min_judge_confidence: float,
+         max_attempts: int, intensity: tuple[float, float] | None, source_order: str, judge: bool, expression_judge: bool, min_judge_confidence: float,
          judges: str, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
          overwrite: bool, downstream_seeds: int = 1) -> None:
     from fesaug.balance import BalanceConfig
@@ -153,7 +155,7 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
                                     where="command line"),
         balance=BalanceConfig(target_per_class=target_per_class or "max", min_confidence=min_confidence,
                               max_attempts=max_attempts, min_judge_confidence=min_judge_confidence, seed=seed,
-                              source_order=source_order),
+                              source_order=source_order, intensity=intensity),
         val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
         judge=judge, expression_judge=expression_judge, downstream_seeds=downstream_seeds, judges=resolve_judges(judges))
     _show_progress_log("fesaug.evaluation")

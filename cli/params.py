@@ -23,3 +23,22 @@ def checked_by(check: Callable[[Any], object]) -> Callable[[click.Context, click
         return value
 
     return callback
+
+
+def intensity_range(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    """``--intensity LOW..HIGH`` (or one number): the range edits are scaled by, checked by the library."""
+    if value is None:
+        return None
+    from fesaug.balance import check_intensity
+
+    low, sep, high = value.partition("..")
+    try:
+        return check_intensity((float(low), float(high if sep else low)))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither LOW..HIGH (e.g. 0.6..1.5) nor one number") from None
+    except FesaugError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+INTENSITY_HELP = ("Scale each synthetic face's edit by an intensity drawn from this range (recorded per row): "
+                  "1 = the generator's learnt edit (the default), below 1 weaker, above 1 exaggerated.")

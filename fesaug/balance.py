@@ -67,6 +67,7 @@ from .errors import FesaugError, UsageError
 from .audit import Group, audit, plot_report
 from .generator import Generator, load_generator
 from .locking import output_lock
+from .models import MAX_INTENSITY
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
 
@@ -78,6 +79,15 @@ SOURCE_ORDERS = ("subjects", "similar")
 EXTERNAL_JUDGES = ("fer2013",)
 WORK_DIR = ".fesaug-balance"
 OUTPUTS = ("manifest.parquet", "README.md", "histogram.png", "images", WORK_DIR)
+
+
+def check_intensity(bounds: Sequence[float]) -> tuple[float, float]:
+    """``(LOW, HIGH)`` as floats, or a :class:`UsageError` unless 0 <= LOW <= HIGH <= MAX_INTENSITY."""
+    values = tuple(float(v) for v in bounds)
+    if len(values) != 2 or not 0.0 <= values[0] <= values[1] <= MAX_INTENSITY:
+        raise UsageError(f"--intensity must be LOW..HIGH with 0 <= LOW <= HIGH <= {MAX_INTENSITY:g} "
+                         f"(or one number in [0, {MAX_INTENSITY:g}]), got {bounds}")
+    return values[0], values[1]
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,8 @@ class BalanceConfig:
     ``min_external_confidence``; classes it does not know (contempt) pass it untouched.
     ``intensity``: ``(LOW, HIGH)``: each candidate's edit is scaled by an intensity drawn
     uniformly from that range (seeded like the jitter; ``intensity`` column), so a class gets
-    faces at several strengths of its expression instead of one; ``None`` = the full edit.
+    faces at several strengths of its expression instead of one; ``None`` = the learnt edit (1);
+    above 1 (up to ``MAX_INTENSITY``) the edit is exaggerated.
     """
 
     target_per_class: int | str = "max"
@@ -147,11 +158,7 @@ class BalanceConfig:
             raise UsageError(f"--max-identity-distance must be above 0 (dlib's same-person threshold is 0.6), "
                              f"got {self.max_identity_distance}")
         if self.intensity is not None:
-            object.__setattr__(self, "intensity", tuple(float(v) for v in self.intensity))
-            low, high = self.intensity if len(self.intensity) == 2 else (-1.0, -1.0)
-            if not 0.0 <= low <= high <= 1.0:
-                raise UsageError(f"--intensity must be LOW..HIGH with 0 <= LOW <= HIGH <= 1 (or one number in [0, 1]), "
-                                 f"got {self.intensity}")
+            object.__setattr__(self, "intensity", check_intensity(self.intensity))
         if self.external_judge is not None and self.external_judge not in EXTERNAL_JUDGES:
             raise UsageError(f"unknown --external-judge {self.external_judge!r}; choose one of {', '.join(EXTERNAL_JUDGES)}")
         for name in ("max_attempts", "batch_size"):
@@ -872,7 +879,7 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
            "target are tried first (`--source-order similar`). " if cfg.source_order == "similar" else "")
         + "Reused sources are mirrored or jittered (`source_transform` column)."
         + (f" Each edit is scaled by an intensity drawn uniformly from {cfg.intensity[0]:g}..{cfg.intensity[1]:g} "
-           "(`intensity` column; 1 = the generator's full translation)." if cfg.intensity else ""),
+           "(`intensity` column; 1 = the generator's learnt translation, above 1 exaggerated)." if cfg.intensity else ""),
         f"- Quality gate: kept when the checkpoint's FER branch gives the target class at least {cfg.min_confidence:g}, "
         f"at most {cfg.max_attempts} attempt(s) per image. This judge is optimistic (the generator was trained "
         "against it); judge the images with an independent classifier (`fesaug evaluate`) before trusting them.",

@@ -27,7 +27,7 @@ from ._io import file_sha256
 from .checkpoint import load_checkpoint
 from .downstream import DownstreamClassifier
 from .errors import FesaugError
-from .models import FERSNet, FERSNetConfig, from_model_range, to_model_range
+from .models import MAX_INTENSITY, FERSNet, FERSNetConfig, from_model_range, to_model_range
 
 
 class Generator:
@@ -65,8 +65,8 @@ class Generator:
                    *, intensity: float | Sequence[float] | Tensor | None = None, batch_size: int = 64) -> Tensor:
         """``images`` translated to ``target_labels`` (one label for all, or one per image; class
         indices or names). Same dtype convention as the input (see the module docstring).
-        ``intensity`` (one for all, or one per image, in [0, 1]) scales the edit: 0 returns the
-        input, 1 (the default) the full translation."""
+        ``intensity`` (one for all, or one per image, in [0, ``MAX_INTENSITY``]) scales the edit:
+        0 returns the input, 1 (the default) the learnt translation, above 1 an exaggerated one."""
         x, as_uint8, single = self._prepare(images)
         targets = self._labels(target_labels, len(x))
         scale = self._intensity(intensity, len(x))
@@ -120,8 +120,9 @@ class Generator:
             return None
         values = torch.as_tensor(intensity, dtype=torch.float32).reshape(-1)
         values = values.expand(n) if values.numel() == 1 else values
-        if values.numel() != n or not bool(((values >= 0) & (values <= 1)).all()):
-            raise FesaugError(f"intensity must be one number or one per image, each in [0, 1]; got {intensity!r} for {n} images")
+        if values.numel() != n or not bool(((values >= 0) & (values <= MAX_INTENSITY)).all()):
+            raise FesaugError(f"intensity must be one number or one per image, each in [0, {MAX_INTENSITY:g}]; "
+                              f"got {intensity!r} for {n} images")
         return values
 
     def _labels(self, labels: int | str | Sequence[int | str] | Tensor, n: int) -> Tensor:

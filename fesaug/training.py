@@ -589,10 +589,11 @@ def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, model_config: FE
     if ckpt["image_size"] != model_config.image_size:
         raise FesaugError(f"{path} was trained on {ckpt['image_size']}x{ckpt['image_size']} images, but the config asks for "
                           f"{model_config.image_size}x{model_config.image_size}; resume with the run's own settings")
-    saved = _checkpoint_model_config(ckpt, path)
-    if saved != model_config:
-        diff = [f"{k}: {getattr(saved, k)!r} → {getattr(model_config, k)!r}"
-                for k in dataclasses.asdict(saved) if getattr(saved, k) != getattr(model_config, k)]
+    # settings(): the fields the model's output uses, so an attention checkpoint written before the
+    # warp decoder's thresholds existed still resumes under today's defaults.
+    saved, asked = _checkpoint_model_config(ckpt, path).settings(), model_config.settings()
+    if saved != asked:
+        diff = [f"{k}: {saved[k]!r} → {asked[k]!r}" for k in saved if saved[k] != asked[k]]
         raise FesaugError(f"{path} holds another model than the config asks for ({'; '.join(diff)}); resume with the run's own settings")
     # Through TrainConfig, so a key added since the run was saved compares as its default.
     requested, trained = config.to_dict(), TrainConfig.from_dict(ckpt["config"], where=str(path)).to_dict()

@@ -608,7 +608,7 @@ def test_intensity_range_is_drawn_per_image_recorded_and_zero_copies_the_source(
     assert torch.equal(ManifestDataset(nm, rows=rows).pixels,
                        torch.stack([ManifestDataset(nm, rows=np.array([p])).pixels[0] for p in parents]))
 
-    for bad in ("0.9..0.4", "1.5", "low..high"):
+    for bad in ("0.9..0.4", "2.5", "-0.1..1", "low..high"):
         code, _, err = cli_in_process(capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint,
                                       "--out", tmp_path / "bad", "--intensity", bad)
         assert code == 2 and err.startswith("Error:") and "--intensity" in err and len(err.strip().splitlines()) == 1

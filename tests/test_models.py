@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from fesaug.errors import FesaugError
 from fesaug.models import (
+    MAX_INTENSITY,
     SHARING_KINDS,
     SHARING_UNIT_KINDS,
     AWSUnit,
@@ -364,6 +365,16 @@ def test_intensity_scales_the_edit_and_zero_gives_the_input() -> None:
     torch.testing.assert_close(half.flow, full.flow * 0.5)
     torch.testing.assert_close(half.mask, full.mask * 0.5)
     assert torch.equal(net(x, t, intensity=torch.ones(2)).fake, full.fake)
+
+
+def test_an_intensity_above_one_exaggerates_the_edit_and_keeps_the_mask_a_mask() -> None:
+    net = _warp_net()
+    x = images(net.config, batch=2)
+    t = torch.tensor([4, 5])
+    _set_head(net, colour=0.5, mask_logit=0.0, flow=(0.3, -0.2))  # mask 0.5 everywhere, a steady flow
+    full, strong = net(x, t), net(x, t, intensity=torch.full((2,), MAX_INTENSITY))
+    torch.testing.assert_close(strong.flow, full.flow * MAX_INTENSITY)
+    assert strong.mask.max() <= 1 and torch.equal(strong.mask, (full.mask * MAX_INTENSITY).clamp(max=1))
 
 
 def test_gradients_reach_the_flow_and_residual_heads() -> None:

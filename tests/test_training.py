@@ -472,6 +472,18 @@ def test_a_checkpoint_from_before_the_warp_output_still_loads_and_synthesizes(ru
     assert torch.equal(fake, fesaug.load_generator(run.run_dir / "checkpoints" / "last.pt", device="cpu").synthesize(faces, [1, 2]))
 
 
+def test_an_attention_run_written_before_the_warp_thresholds_resumes(demo: Path, tmp_path: Path) -> None:
+    # The thresholds belong to the warp decoder: an attention run's checkpoint that predates them
+    # is the model today's config asks for, so it resumes (it used to be refused).
+    config = tiny_config(holdout_fold=0, epochs=1, model={**TINY["model"], "output": "attention"})
+    first = train(demo, tmp_path / "run", config)
+    ckpt = torch.load(first.last_checkpoint, weights_only=True)
+    del ckpt["model_config"]["flow_threshold"], ckpt["model_config"]["mask_threshold"]
+    torch.save(ckpt, first.last_checkpoint)
+    resumed = train(demo, tmp_path / "run", config.updated({"epochs": 2}, where="test"), resume=True)
+    assert [m["epoch"] for m in resumed.metrics] == [1, 2]
+
+
 def test_a_warp_model_trains_on_aligned_pairs_and_its_generator_takes_an_intensity(demo: Path, tmp_path: Path) -> None:
     config = tiny_config(holdout_fold=0, epochs=1, align_pairs=True, model={**TINY["model"], "output": "warp"},
                          loss={"flow_smoothness": 0.1, "flow_magnitude": 0.1, "paired_perceptual": 1.0},
@@ -484,7 +496,7 @@ def test_a_warp_model_trains_on_aligned_pairs_and_its_generator_takes_an_intensi
     assert torch.equal(gen.synthesize(faces, "happy", intensity=0.0), faces)
     assert not torch.equal(gen.synthesize(faces, "happy"), faces)
     with pytest.raises(FesaugError, match="intensity must be one number or one per image"):
-        gen.synthesize(faces, "happy", intensity=[0.5, 1.5, 0.2])
+        gen.synthesize(faces, "happy", intensity=[0.5, 2.5, 0.2])
 
 
 def test_aligned_pairs_register_the_partner_onto_the_source() -> None:

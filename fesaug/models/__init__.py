@@ -2,6 +2,7 @@
 EmotionAUNet (joint emotion + AU, after AWS-Net)."""
 
 from .fersnet import (
+    MAX_INTENSITY,
     PRESETS,
     Discriminator,
     FERSNet,
@@ -32,6 +33,7 @@ from .sharing import (
 )
 
 __all__ = [
+    "MAX_INTENSITY",
     "PRESETS",
     "SHARING_KINDS",
     "SHARING_UNIT_KINDS",

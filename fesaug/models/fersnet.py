@@ -24,9 +24,10 @@ Selective Feature Sharing", ICPR 2020. Layout (L = len(config.widths), S = confi
   and jaw are mostly geometry) and paints through the mask only what a warp cannot make (an
   opening mouth, wrinkles, teeth): ``fake = m·C + (1 − m)·warp(x, flow)``; at inference, flow
   and mask values too small to see are dropped (``flow_threshold``, ``mask_threshold``). Both the flow and
-  the mask are scaled by an optional per-image ``intensity`` in [0, 1], so intensity 0 gives
-  the input back exactly and intermediate values give partial edits (the other outputs scale
-  their mask, or blend with the input, likewise). ``unet_skips`` adds the FES-side post-sharing features
+  the mask are scaled by an optional per-image ``intensity`` in [0, ``MAX_INTENSITY``], so
+  intensity 0 gives the input back exactly, intermediate values give partial edits and values
+  above 1 exaggerate the edit (flow and mask scaled, the mask clipped to 1; the other outputs
+  scale their mask, or extrapolate from the input, likewise). ``unet_skips`` adds the FES-side post-sharing features
   at every level to the decoder, as in the authors' 2021 code. Their AdaIN conditioning is not
   reproduced.
 
@@ -163,6 +164,11 @@ class FERSNetConfig:
 
 
 WARP_FIELDS: tuple[str, ...] = ("max_flow", "flow_threshold", "mask_threshold")  # used by output="warp" only
+
+# The largest edit intensity: above 1 the learnt edit is extrapolated. The warp decoder trained on
+# pairs makes edits of the right kind but too weak to be recognised (bench/results/
+# synthesis_intensity_demo.md); twice the learnt displacement is as far as that stays plausible.
+MAX_INTENSITY = 2.0
 
 # Fields added after checkpoints were first written, and what a checkpoint without them did.
 RECORD_LEGACY: dict[str, Any] = {"flow_threshold": 0.0, "mask_threshold": 0.0}
@@ -364,13 +370,13 @@ class Edit:
 
     def apply(self, source: Tensor, intensity: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """The synthesized image, and the mask and flow it used, at ``intensity`` ``(B,)`` in
-        [0, 1] (default 1): the mask and flow are scaled, and without a mask the painted image
-        is blended with the source."""
+        [0, MAX_INTENSITY] (default 1): the mask and flow are scaled (the mask clipped to 1), and
+        without a mask the painted image is blended with, or extrapolated from, the source."""
         scale = None if intensity is None else intensity[:, None, None, None]
         if self.mask is None:
             image = self.image
-            return (image if scale is None else scale.to(image.dtype) * (image - source) + source), None, None
-        mask = self.mask if scale is None else self.mask * scale.to(self.mask.dtype)
+            return (image if scale is None else (scale.to(image.dtype) * (image - source) + source).clamp(-1, 1)), None, None
+        mask = self.mask if scale is None else (self.mask * scale.to(self.mask.dtype)).clamp(max=1)
         if self.flow is None:
             return mask * self.image + (1.0 - mask) * source, mask, None
         flow = self.flow if scale is None else self.flow * scale.to(self.flow.dtype)
@@ -434,7 +440,7 @@ class FERSNet(nn.Module):
     def forward(self, x: Tensor, target: Tensor | None = None, *, intensity: Tensor | None = None,
                 return_gates: bool = False) -> FERSNetOutput:
         """Classify ``x`` (B, C, S, S in [-1, 1]); also translate it to ``target`` labels if given,
-        at ``intensity`` ``(B,)`` in [0, 1] (default 1: the full edit; 0: the input).
+        at ``intensity`` ``(B,)`` in [0, MAX_INTENSITY] (default 1: the learnt edit; 0: the input).
 
         Without a target, the decoder and every FES computation the logits do not depend on are
         skipped (all of the FES branch for ``sharing="none"``).
@@ -456,7 +462,7 @@ class FERSNet(nn.Module):
 
     def synthesize(self, x: Tensor, target_labels: Tensor | int, intensity: Tensor | None = None) -> Tensor:
         """``x`` translated to ``target_labels`` (one int for the whole batch, or one per image);
-        ``intensity`` ``(B,)`` in [0, 1] scales the edit."""
+        ``intensity`` ``(B,)`` in [0, MAX_INTENSITY] scales the edit."""
         if isinstance(target_labels, int):
             target_labels = torch.full((x.shape[0],), target_labels, dtype=torch.long, device=x.device)
         fake = self(x, target_labels, intensity=intensity).fake
