@@ -22,7 +22,7 @@ The steps, in the vocabulary of imbalanced-learn:
 3. **Quality gate.** A candidate is kept when the checkpoint's FER branch gives the target
    class at least ``min_confidence`` and, with ``au_checkpoint`` (an emotion + AU network from
    ``fesaug train --tasks emotion,au``), when the AUs it predicts agree with the target's
-   prototype (:func:`au_consistency`); a rejected slot is retried with the next source, at most
+   prototype (:func:`fesaug.data.au.au_consistency`); a rejected slot is retried with the next source, at most
    ``max_attempts`` times. Slots still empty are a shortfall, reported and stored.
 4. **Output.** Work is cut into chunks of ``batch_size`` slots; each chunk's images and a JSON
    part file are written atomically under ``DIR/.fesaug-balance/``, so an interrupted run
@@ -59,6 +59,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from ._io import atomic_write_bytes, atomic_write_text, file_sha256, remove_stale_temporaries
+from .data.au import au_consistency
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes
 from .data.manifest import Manifest, read_manifest, relative_image_root, working_set, write_manifest
@@ -333,16 +334,6 @@ def _jitter(image: torch.Tensor, variant: int, key: tuple[int, ...]) -> tuple[to
                     shear=[0.0, 0.0], interpolation=TF.InterpolationMode.BILINEAR)
     flip = "hflip+" if variant % 2 else ""
     return out, f"{flip}affine(angle={angle:.1f},dx={round(dx * side)},dy={round(dy * side)},scale={scale:.3f})"
-
-
-def au_consistency(au_probs: torch.Tensor, au_ids: Sequence[int], target: str) -> torch.Tensor | None:
-    """How well predicted AUs fit ``target``: the mean probability of the target's prototype AUs
-    (:data:`fesaug.data.au.EMOTION_AU_PROTOTYPES`) among those the AU model knows, per image.
-    None when the model knows none of them (e.g. neutral): there is nothing to check."""
-    from .data.au import EMOTION_AU_PROTOTYPES
-
-    known = [au_ids.index(a) for a in EMOTION_AU_PROTOTYPES.get(target, ()) if a in au_ids]
-    return au_probs[:, known].mean(dim=1) if known else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -453,14 +453,6 @@ def _assert_threshold_splits(demo: Path, checkpoint: Path, tmp_path: Path, syn, 
     assert 0 < len(kept) < len(syn) and sum(strict.shortfall.values()) == len(syn) - len(kept)
 
 
-def test_au_consistency_reads_the_prototype_table() -> None:
-    probs = torch.tensor([[0.9, 0.1, 0.7], [0.2, 0.8, 0.1]])
-    au_ids = [6, 4, 12]  # happy = AU6 + AU12; anger's AU4 is the only one of 4+5+7+23 known here
-    assert torch.allclose(balancing.au_consistency(probs, au_ids, "happy"), torch.tensor([0.8, 0.15]))
-    assert torch.allclose(balancing.au_consistency(probs, au_ids, "anger"), torch.tensor([0.1, 0.8]))
-    assert balancing.au_consistency(probs, au_ids, "neutral") is None
-
-
 # ---------------------------------------------------------------------------- independent judge
 
 
