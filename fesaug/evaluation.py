@@ -69,6 +69,7 @@ from .balance import BalanceConfig, balance, resolve_targets
 from .checkpoint import load_checkpoint
 from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
+from .data.splits import split_subjects
 from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, fit, load_classifier, predict_proba,
                          random_oversample, save_classifier)
 from .errors import FesaugError, UsageError
@@ -81,7 +82,7 @@ from .provenance import provenance
 from .runlog import jsonable, with_defaults
 from .synthesis_scores import synthesis_quality, synthesis_summary
 from .train_config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
-from .training import split_subjects, train
+from .training import train
 
 log = logging.getLogger(__name__)
 

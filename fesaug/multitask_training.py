@@ -52,12 +52,12 @@ from . import __version__
 from ._io import atomic_path, atomic_write_text, file_sha256
 from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_manifest
+from .data.splits import Split, split_subjects
 from .errors import FesaugError
 from .locking import output_lock
 from .models import EmotionAUConfig, EmotionAUNet, au_metrics, au_pos_weight, multitask_loss, to_model_range
 from .provenance import provenance
 from .runlog import json_number, seed_everything, write_metrics
-from .training import Split, split_subjects
 
 __all__ = ["EmotionAUPredictor", "MultiTaskConfig", "MultiTaskResult", "label_split", "load_emotion_au", "train_multitask"]
 

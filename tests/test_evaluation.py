@@ -29,6 +29,7 @@ from fesaug.balance import BalanceConfig
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
+from fesaug.data.splits import split_subjects
 from fesaug.downstream import (
     DownstreamConfig,
     classification_report,
@@ -40,7 +41,6 @@ from fesaug.evaluation import EvaluateConfig, evaluate
 from fesaug.evaluation_report import render_report
 from fesaug.evaluation_stats import paired_comparison, verdict
 from fesaug.locking import OutputLocked
-from fesaug.training import split_subjects
 
 from .conftest import cli_in_process as cli
 from .conftest import holding, tiny_config
