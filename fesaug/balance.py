@@ -11,7 +11,7 @@ folder any downstream model can use::
 The steps, in the vocabulary of imbalanced-learn:
 
 1. **Targets.** The *working set* is the real rows of the chosen splits outside the excluded
-   folds (by default the fold the generator was held out from). :func:`resolve_targets` turns
+   folds (by default the fold the generator was held out from). :func:`fesaug.targets.resolve_targets` turns
    ``target_per_class`` (a number or ``"max"``), ``sampling_strategy`` and per-class
    ``targets`` into a wanted count per class.
 2. **Sources.** Class ``c`` is synthesized from working-set images of the other classes, taken
@@ -71,10 +71,10 @@ from .locking import output_lock
 from .models import MAX_INTENSITY
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
+from .targets import Targets, check_target_rule, resolve_targets
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "not-majority", "not-minority", "minority", "all")
 SOURCE_ORDERS = ("subjects", "similar")
 # Expression judges trained elsewhere that can gate synthetic faces (fesaug.judges).
 EXTERNAL_JUDGES = ("fer2013",)
@@ -139,14 +139,7 @@ class BalanceConfig:
     intensity: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        tpc = self.target_per_class
-        if tpc != "max" and (isinstance(tpc, bool) or not isinstance(tpc, int) or tpc < 1):
-            raise UsageError(f"--target-per-class must be a positive number or 'max', got {tpc!r}")
-        if self.sampling_strategy is not None and _strategy(self.sampling_strategy) not in STRATEGIES:
-            raise UsageError(f"unknown --sampling-strategy {self.sampling_strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        for name, n in self.targets.items():
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise UsageError(f"--target {name}={n!r}: the count must be a whole number >= 0")
+        check_target_rule(self.target_per_class, self.sampling_strategy, self.targets)
         if not 0.0 <= self.min_confidence <= 1.0:
             raise UsageError(f"--min-confidence must lie in [0, 1], got {self.min_confidence}")
         if not 0.0 <= self.min_judge_confidence <= 1.0:
@@ -211,63 +204,7 @@ class BalanceResult:
 
 
 # --------------------------------------------------------------------------------------------
-# 1. targets
-
-
-def _strategy(name: str) -> str:
-    return name.strip().lower().replace(" ", "-").replace("_", "-")
-
-
-def resolve_targets(
-    counts: Mapping[str, int],
-    *,
-    target_per_class: int | str = "max",
-    sampling_strategy: str | None = None,
-    targets: Mapping[str, int] | None = None,
-    undersample: bool = False,
-) -> dict[str, int]:
-    """The wanted number of images per class, from the real ``counts`` of the working set.
-
-    ``sampling_strategy`` selects the classes to raise, as imbalanced-learn's over-samplers do:
-    ``minority`` (the smallest class), ``not-minority``, ``not-majority``, ``all``, and ``auto``
-    (= ``not-majority``). Selected classes go up to ``target_per_class`` (``"max"``: the
-    largest count); the others keep their count. ``targets`` (class → count) override both.
-    """
-    counts = dict(counts)
-    if not counts:
-        raise FesaugError("there are no classes to balance")
-    strategy = _strategy(sampling_strategy or ("auto" if target_per_class == "max" else "all"))
-    if strategy not in STRATEGIES:
-        raise UsageError(f"unknown sampling strategy {sampling_strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    # Ties go to the first class in label order, as imbalanced-learn's max()/min() over a dict do.
-    majority = max(counts, key=counts.__getitem__)
-    minority = min(counts, key=counts.__getitem__)
-    selected = {
-        "auto": set(counts) - {majority},
-        "not-majority": set(counts) - {majority},
-        "not-minority": set(counts) - {minority},
-        "minority": {minority},
-        "all": set(counts),
-    }[strategy]
-    level = max(counts.values()) if target_per_class == "max" else int(target_per_class)
-    wanted = {c: (level if c in selected else n) for c, n in counts.items()}
-    for name, n in (targets or {}).items():
-        if name not in counts:
-            raise UsageError(f"--target names class {name!r}, which this manifest does not have; classes: {', '.join(counts)}")
-        wanted[name] = int(n)
-    below = {c: (wanted[c], counts[c]) for c in counts if wanted[c] < counts[c]}
-    if below and not undersample:
-        c, (want, have) = next(iter(below.items()))
-        raise UsageError(
-            f"the target for {c!r} ({want}) is below its {have} real images"
-            + (f" (and {len(below) - 1} more class(es))" if len(below) > 1 else "")
-            + "; raise the target, or pass --undersample to drop real images down to it"
-        )
-    return wanted
-
-
-# --------------------------------------------------------------------------------------------
-# 2. sources
+# 2. sources (1. targets: fesaug.targets)
 
 
 @dataclass(frozen=True)
@@ -348,9 +285,7 @@ class _Plan:
     generator: Generator
     config: BalanceConfig
     working: np.ndarray  # manifest positions of the working set
-    counts: dict[str, int]
-    targets: dict[str, int]
-    to_generate: dict[str, int]
+    targets: Targets  # from the working set's real counts
     removed_rows: list[int]
     excluded_folds: list[int]
     output_size: int
@@ -418,10 +353,10 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
     counts = {c: int((labels[working] == k).sum()) for k, c in enumerate(m.classes)}
     targets = resolve_targets(counts, target_per_class=config.target_per_class, sampling_strategy=config.sampling_strategy,
                               targets=config.targets, undersample=config.undersample)
-    to_generate = {c: max(0, targets[c] - counts[c]) for c in m.classes}
+    to_generate = targets.to_generate
     removed: list[int] = []
     for k, c in enumerate(m.classes):
-        extra = counts[c] - targets[c]
+        extra = targets.to_remove[c]
         if extra > 0:
             pool = working[labels[working] == k]
             removed += sorted(int(r) for r in _rng(config.seed, k, 1).choice(pool, size=extra, replace=False))
@@ -446,7 +381,7 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
         "config": config.to_dict(),
         "manifest_sha256": file_sha256(manifest_path),
         "checkpoint_sha256": gen.checkpoint_sha256,
-        "targets": targets,
+        "targets": dict(targets),
     }
     checker = None
     if config.au_checkpoint is not None:
@@ -470,7 +405,7 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
 
     identity = load_judge("identity") if config.max_identity_distance is not None else None
     external = load_judge(config.external_judge, device=device or "cpu") if config.external_judge else None
-    return _Plan(m, gen, config, working, counts, targets, to_generate, removed, sorted(excluded),
+    return _Plan(m, gen, config, working, targets, removed, sorted(excluded),
                  _output_size(m, working, gen, config.output_size), orders, slots, key, checker, judge, identity, external,
                  None if pixels is None else (sources, pixels))
 
@@ -542,10 +477,11 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
     passed: dict[str, dict[str, int]] = {}
     writes: list[Future] = []
     pending = list(chunk)
+    need = plan.targets.to_generate
     for attempt in range(cfg.max_attempts):
         if not pending:
             break
-        cands = [candidate(plan.orders[k], plan.to_generate[m.classes[k]], s, attempt) for k, s in pending]
+        cands = [candidate(plan.orders[k], need[m.classes[k]], s, attempt) for k, s in pending]
         inputs, transforms = [], []
         for (k, s), cnd in zip(pending, cands):
             image, how = _jitter(pixels[position[cnd.source]], cnd.variant, (cfg.seed, k, s, attempt))
@@ -743,8 +679,9 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
                 passed.setdefault(gate, dict.fromkeys(m.classes, 0))[c] += n
     generated = {c: sum(1 for r in synthetic if r["label"] == k) for k, c in enumerate(m.classes)}
     removed = {c: sum(1 for r in plan.removed_rows if int(m.df["label"].iat[r]) == k) for k, c in enumerate(m.classes)}
-    shortfall = {c: plan.to_generate[c] - generated[c] for c in m.classes}
-    result = BalanceResult(out, out / "manifest.parquet", plan.counts, plan.targets, plan.to_generate, generated,
+    t = plan.targets
+    shortfall = {c: t.to_generate[c] - generated[c] for c in m.classes}
+    result = BalanceResult(out, out / "manifest.parquet", dict(t.counts), dict(t), t.to_generate, generated,
                            removed, attempts, shortfall, 0.0, resumed, gate_passed=passed)
 
     real = m.df.drop(index=m.df.index[plan.removed_rows]).reset_index(drop=True)

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write_text, file_sha256, remove_stale_temporaries
-from .balance import BalanceConfig, balance, resolve_targets
+from .balance import BalanceConfig, balance
 from .checkpoint import load_checkpoint
 from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
@@ -81,6 +81,7 @@ from .locking import output_lock
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
 from .synthesis_scores import synthesis_quality, synthesis_summary
+from .targets import Targets, resolve_targets
 from .train_config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
 from .training import train
 
@@ -425,19 +426,19 @@ class _Fold:
         classes that could not be oversampled; for seed offset ``r``, the same draw for every
         condition that uses it."""
         y = self.labels[self.train_rows]
+        real = dict(zip(self.m.classes, np.bincount(y, minlength=len(self.m.classes)).tolist()))
         fes = self.dir / "fes.json"
         if fes.exists():  # the same per-class counts as the synthetic condition reached
-            counts = json.loads(fes.read_text())["train_counts"]
+            wanted = Targets(real, {c: int(n) for c, n in json.loads(fes.read_text())["train_counts"].items()})
         else:
-            real_counts = dict(zip(self.m.classes, np.bincount(y, minlength=len(self.m.classes)).tolist()))
             b = self.config.balance
-            counts = resolve_targets(real_counts, target_per_class=b.target_per_class, sampling_strategy=b.sampling_strategy,
+            wanted = resolve_targets(real, target_per_class=b.target_per_class, sampling_strategy=b.sampling_strategy,
                                      targets=b.targets, undersample=False)
         # A class without a real training image cannot be oversampled (synthesis can still make
         # it from other classes' faces); it is recorded, so the report can say why counts differ.
-        present = {k for k in range(len(self.m.classes)) if (y == k).any()}
-        targets = {k: max(int(counts[c]), int((y == k).sum())) for k, c in enumerate(self.m.classes) if k in present}
-        missing = [c for k, c in enumerate(self.m.classes) if k not in present and int(counts[c]) > 0]
+        extra = wanted.to_generate
+        targets = {k: real[c] + extra[c] for k, c in enumerate(self.m.classes) if real[c]}
+        missing = [c for c in self.m.classes if not real[c] and extra[c] > 0]
         return random_oversample(y, targets, self.config.seed + r), missing
 
     def _mixed(self, r: int) -> tuple[DownstreamClassifier, dict[str, Any]]:
