@@ -149,11 +149,7 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
 def format_summary(r: BalanceResult) -> str:
     from fesaug.balance import gate_table
 
-    rows = []
-    for c in r.counts_before:
-        acc = r.acceptance[c]
-        rows.append([c, r.counts_before[c], r.targets[c], r.generated[c], "-" if acc is None else f"{acc:.0%}",
-                     r.shortfall[c], r.counts_after[c]])
+    rows = r.class_rows(("real", "target", "synthesized", "acceptance", "shortfall", "after"))
     table = aligned_table(["class", "real", "target", "synthesized", "accepted", "short", "after"], rows,
                      ["total", sum(r.counts_before.values()), sum(r.targets.values()), sum(r.generated.values()), "",
                       sum(r.shortfall.values()), sum(r.counts_after.values())])

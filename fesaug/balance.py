@@ -58,7 +58,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ._io import atomic_write_bytes, atomic_write_text, file_sha256, remove_stale_temporaries
+from ._io import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .data.au import au_consistency
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes
@@ -201,6 +201,20 @@ class BalanceResult:
         candidate, so each rate stands alone; ``acceptance`` is their joint effect)."""
         return {g: {c: (n / self.attempts[c] if self.attempts[c] else None) for c, n in counts.items()}
                 for g, counts in self.gate_passed.items()}
+
+    def class_rows(self, columns: Sequence[str], blank: str = "-") -> list[list[Any]]:
+        """The per-class table every summary of a run shows (the dataset card, the command's and
+        the demo's summaries), one row per class: its name, then ``columns`` of ``real``,
+        ``target``, ``synthesized``, ``acceptance`` (a percentage, ``blank`` without attempts),
+        ``shortfall`` and ``after``."""
+        def cell(column: str, c: str) -> Any:
+            if column == "acceptance":
+                acc = self.acceptance[c]
+                return blank if acc is None else f"{acc:.0%}"
+            return {"real": self.counts_before, "target": self.targets, "synthesized": self.generated,
+                    "shortfall": self.shortfall, "after": self.counts_after}[column][c]
+
+        return [[c, *(cell(column, c) for column in columns)] for c in self.counts_before]
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,8 +434,7 @@ def _source_pixels(m: Manifest, rows: np.ndarray, gen: Generator) -> torch.Tenso
 def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
     """Make ``out`` ready for this run: fresh, or the unfinished work of the same run."""
     work = out / WORK_DIR
-    if out.exists() and not out.is_dir():
-        raise FesaugError(f"--out {out} is a file; give a folder for the balanced dataset")
+    check_out_folder(out, "for the balanced dataset")
     if out.exists() and any(out.iterdir()):
         # A kill -9 leaves the temporary files of atomic writes behind (stale: we hold the lock).
         for name in OUTPUTS:
@@ -787,11 +800,8 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
         + "".join(f" held out: {g.value} |" for g in held_out),
         "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(held_out),
     ]
-    for c in r.counts_before:
-        acc = r.acceptance[c]
-        lines.append(f"| {c} | {r.counts_before[c]} | {r.targets[c]} | {r.generated[c]} | "
-                     f"{'—' if acc is None else f'{acc:.0%}'} | {r.shortfall[c]} | {r.counts_after[c]} |"
-                     + "".join(f" {g.classes[c].total} |" for g in held_out))
+    for row in r.class_rows(("real", "target", "synthesized", "acceptance", "shortfall", "after"), blank="—"):
+        lines.append("| " + " | ".join(map(str, row)) + " |" + "".join(f" {g.classes[row[0]].total} |" for g in held_out))
     lines += [
         "",
         "Counts are over the *working set*: real rows of split(s) " + ", ".join(f"`{s}`" for s in cfg.splits)

@@ -64,12 +64,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_text, file_sha256, remove_stale_temporaries
+from ._io import atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .balance import BalanceConfig, balance
 from .checkpoint import load_checkpoint
 from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
 from .data.splits import split_subjects
+from .devices import resolve_device
 from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, fit, load_classifier, predict_proba,
                          random_oversample, save_classifier)
 from .errors import FesaugError, UsageError
@@ -195,8 +196,7 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     missing = [f for f in chosen if f not in present]
     if missing:
         raise UsageError(f"--folds: {m.path} has no fold {missing[0]} (folds: {', '.join(map(str, present))})")
-    if out.exists() and not out.is_dir():
-        raise FesaugError(f"--out {out} is a file; give a folder for the evaluation")
+    check_out_folder(out, "for the evaluation")
     with contextlib.ExitStack() as held:
         # Processes may share DIR, each with its own folds: a fold is locked for the whole run,
         # DIR's own files (the settings, the summary) only while they are read or written.
@@ -492,8 +492,7 @@ class _Fold:
         return record
 
     def _load_classifier(self, name: str) -> DownstreamClassifier:
-        device = "cuda" if self.config.downstream.device != "cpu" and torch.cuda.is_available() else "cpu"
-        return load_classifier(self.dir / f"{name}.pt", device=device)[0]
+        return load_classifier(self.dir / f"{name}.pt", device=resolve_device(self.config.downstream.device))[0]
 
     def _fersnet_branch(self) -> None:
         path = self.dir / "fersnet.json"
@@ -563,7 +562,7 @@ class _Fold:
                 real_val=(self.pixels[self.val_rows], self.labels[self.val_rows]),
                 real_test=(self.pixels[self.test_rows], self.labels[self.test_rows]),
                 au_checkpoint=self.config.au_checkpoint, judges=self.config.judges, train_rows=self.train_rows,
-                device="cuda" if self.config.downstream.device != "cpu" and torch.cuda.is_available() else "cpu")
+                device=resolve_device(self.config.downstream.device).type)
             real = json.loads((self.dir / "real.json").read_text())["test"]
             record.update({"fold": self.k, **made_with,
                            "classification_accuracy_score": {"accuracy": cas["test"]["accuracy"],

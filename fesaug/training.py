@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from ._io import atomic_path, atomic_write_text, file_sha256, remove_stale_temporaries
+from ._io import atomic_path, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .checkpoint import (
     load_checkpoint,
     rng_state,
@@ -67,6 +67,7 @@ from .checkpoint import (
 from .data.datasets import ManifestDataset, PairedTargetDataset
 from .data.manifest import Manifest, read_manifest
 from .data.splits import Split, split_subjects
+from .devices import resolve_device
 from .distributed import Ranks, barrier, process_group
 from .downstream import DownstreamClassifier, augment_batch, load_classifier
 from .errors import FesaugError, UsageError
@@ -399,9 +400,7 @@ def _runtime(config: TrainConfig) -> Iterator[Runtime]:
     """Pick the device, join the process group under torchrun, set determinism and threads;
     restore the process-wide settings afterwards (``train`` may be called from a notebook)."""
     ranks = Ranks.from_env()
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise FesaugError("device is cuda but torch sees no CUDA device; use --device cpu or auto")
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(config.device).type == "cuda"
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     if use_cuda:
@@ -704,8 +703,7 @@ def _prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, rt: Runtim
     """Check the run folder against resume/overwrite; returns the checkpoint to resume from."""
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite starts it over; pass only one")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FesaugError(f"--out {out_dir} is a file; give a folder for the run")
+    check_out_folder(out_dir, "for the run")
     if rt.is_main and out_dir.is_dir():
         # A run stopped by kill -9 while writing leaves temporary files (stale: we hold the lock),
         # and a checkpoint's can be hundreds of MB.
