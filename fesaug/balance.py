@@ -57,6 +57,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
 
 from ._io import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .data.au import au_consistency
@@ -64,11 +65,14 @@ from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes
 from .data.manifest import Manifest, read_manifest, relative_image_root, working_set, write_manifest
 from .distributed import barrier, process_group
+from .downstream import load_classifier, predict_proba
 from .errors import FesaugError, UsageError
 from .audit import Group, audit, plot_report
 from .generator import Generator, load_generator
+from .judges import load_judge
 from .locking import output_lock
 from .models import MAX_INTENSITY
+from .multitask_training import load_emotion_au
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
 from .targets import Targets, check_target_rule, resolve_targets
@@ -301,7 +305,7 @@ class _Plan:
     working: np.ndarray  # manifest positions of the working set
     targets: Targets  # from the working set's real counts
     removed_rows: list[int]
-    excluded_folds: list[int]
+    holdout_folds: list[int]  # folds outside the working set, recorded as the footer's holdout_folds
     output_size: int
     orders: dict[int, list[int]]  # class index -> source order
     slots: list[tuple[int, int]]  # (class index, slot) over all classes, in order
@@ -399,8 +403,6 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
     }
     checker = None
     if config.au_checkpoint is not None:
-        from .multitask_training import load_emotion_au
-
         checker = load_emotion_au(config.au_checkpoint, device=device)
         if checker.classes != m.classes:
             raise FesaugError(f"the --au-check model {config.au_checkpoint} knows classes {', '.join(checker.classes)}, "
@@ -408,15 +410,11 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
         key["au_checkpoint_sha256"] = file_sha256(config.au_checkpoint)
     judge = None
     if config.judge_checkpoint is not None:
-        from .downstream import load_classifier
-
         judge, judge_classes = load_classifier(config.judge_checkpoint, device=device)
         if judge_classes != m.classes:
             raise FesaugError(f"the --judge classifier {config.judge_checkpoint} knows classes {', '.join(judge_classes)}, "
                               f"but {manifest_path} has {', '.join(m.classes)}; use one trained on this dataset")
         key["judge_checkpoint_sha256"] = file_sha256(config.judge_checkpoint)
-    from .judges import load_judge
-
     identity = load_judge("identity") if config.max_identity_distance is not None else None
     external = load_judge(config.external_judge, device=device or "cpu") if config.external_judge else None
     return _Plan(m, gen, config, working, targets, removed, sorted(excluded),
@@ -579,8 +577,6 @@ def _judge(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[floa
 
     The FER branch was trained jointly with the generator, which learns to satisfy it; a
     classifier trained apart on real faces only is not fooled the same way."""
-    from .downstream import predict_proba
-
     probs = predict_proba(plan.judge, resize_pixels(fakes, plan.judge.image_size))
     return probs[np.arange(len(fakes)), targets.numpy()].astype(float).tolist()
 
@@ -649,8 +645,6 @@ def balance(
 
 def _generate(plan: _Plan, chunks: list[list[tuple[int, int]]], mine: list[int], pixels: torch.Tensor,
               position: dict[int, int], out: Path, *, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     # Two writer threads: PNG encoding (zlib) releases the GIL, so it overlaps the next chunk's
     # generation; waiting for the previous chunk keeps at most two chunks in memory.
     # disable=None: a bar only on a terminal, not carriage-return frames in a redirected log.
@@ -756,7 +750,7 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
         "balance": {
             "input_manifest": str(m.path), "input_manifest_sha256": plan.key["manifest_sha256"],
             "checkpoint": str(gen.checkpoint), "checkpoint_sha256": gen.checkpoint_sha256, "checkpoint_epoch": gen.epoch,
-            "splits": list(cfg.splits), "excluded_folds": plan.excluded_folds, "output_size": plan.output_size,
+            "splits": list(cfg.splits), "excluded_folds": plan.holdout_folds, "output_size": plan.output_size,
             "counts_before": r.counts_before, "targets": r.targets, "to_generate": r.to_generate,
             "generated": r.generated, "removed": r.removed, "shortfall": r.shortfall, "attempts": r.attempts,
             "acceptance": r.acceptance, "min_confidence": cfg.min_confidence, "max_attempts": cfg.max_attempts,
@@ -781,7 +775,7 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
                 "subjects": sorted(set(gen.training_subjects) | set(gen.validation_subjects)),
             }
         },
-        "holdout_folds": plan.excluded_folds,
+        "holdout_folds": plan.holdout_folds,
     }
 
 
@@ -805,7 +799,7 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
     lines += [
         "",
         "Counts are over the *working set*: real rows of split(s) " + ", ".join(f"`{s}`" for s in cfg.splits)
-        + (f" outside fold(s) {', '.join(map(str, plan.excluded_folds))}" if plan.excluded_folds else "") + ". "
+        + (f" outside fold(s) {', '.join(map(str, plan.holdout_folds))}" if plan.holdout_folds else "") + ". "
         "All other real rows are in the manifest unchanged"
         + (" and counted apart (*held out*, by split, or by fold of a balanced split)" if held_out else "") + ".",
         "",

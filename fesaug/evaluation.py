@@ -69,7 +69,7 @@ from .balance import BalanceConfig, balance
 from .checkpoint import load_checkpoint
 from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
-from .data.splits import split_subjects
+from .data.splits import manifest_folds, split_subjects
 from .devices import resolve_device
 from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, fit, load_classifier, predict_proba,
                          random_oversample, save_classifier)
@@ -222,7 +222,7 @@ def _check_manifest(m: Manifest) -> list[int]:
     if synthetic:
         raise FesaugError(f"{m.path} has {synthetic} synthetic row(s); evaluate the manifest of real images "
                           "(fesaug evaluate makes its own synthetic images per fold)")
-    present = sorted(int(f) for f in m.df["fold"].dropna().unique())
+    present = manifest_folds(m)
     if len(present) < 2:
         raise FesaugError(f"{m.path} has {len(present)} fold(s); the protocol needs subject-independent folds: "
                           f"re-create it with `fesaug ingest ... --folds 10`")
@@ -336,7 +336,7 @@ class _Fold:
         # Rows of the user's own test split outside fold k are neither trained nor tested on.
         df = df[keep].reset_index(drop=True)
         meta = {**self.m.inherited_meta(), "provenance": provenance("evaluate", {"fold": self.k}), "input_provenance": self.m.meta.get("provenance"),
-                "evaluation": {"input_manifest": str(self.m.path), "test_fold": self.k, "val_fraction": self.config.val_fraction,
+                "evaluation": {"input_manifest": str(self.m.path), "holdout_fold": self.k, "val_fraction": self.config.val_fraction,
                                "seed": self.config.seed}}
         self.dir.mkdir(parents=True, exist_ok=True)
         return write_manifest(df, path, classes=self.m.classes, meta=meta, overwrite=True,
@@ -653,7 +653,7 @@ def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> d
     return {
         "manifest": str(m.path), "manifest_sha256": file_sha256(m.path), "classes": m.classes,
         "n_images": int(len(m.df)), "n_subjects": int(m.df["subject_id"].nunique()),
-        "folds": sorted(int(f) for f in m.df["fold"].dropna().unique()),
+        "folds": manifest_folds(m),
         "minority_classes": list(minority),
         "validation": f"{config.val_fraction:.0%} of the training subjects (subject-grouped, stratified), "
                       "used for every model choice; the test fold only for the final score",

@@ -16,6 +16,11 @@ from ..errors import FesaugError
 from .manifest import Manifest
 
 
+def manifest_folds(manifest: Manifest) -> list[int]:
+    """The folds the manifest's rows are in, in order."""
+    return sorted(int(f) for f in manifest.df["fold"].dropna().unique())
+
+
 def assign_folds(labels: Sequence[int], groups: Sequence[str], n_folds: int, seed: int = 0) -> np.ndarray:
     """Fold index per sample from scikit-learn's StratifiedGroupKFold (groups = subject ids).
 
@@ -71,7 +76,7 @@ def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: f
     real = (df["origin"] == "real").to_numpy()
     folds = df["fold"]
     if holdout_fold is not None:
-        present = sorted(int(f) for f in folds.dropna().unique())
+        present = manifest_folds(manifest)
         if not present:
             raise FesaugError(f"{manifest.path} has no folds, so --holdout-fold cannot be used; re-create it with folds")
         if holdout_fold not in present:
