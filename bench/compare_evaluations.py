@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fesaug.evaluation import paired_comparison
+from fesaug.evaluation_stats import paired_comparison
 from fesaug.evaluation_report import EXPRESSION_JUDGE
 
 TARGETS = "fes macro-F1 >= real + 2 points and >= oversample + 1 point; minority recall >= real + 5 points; "\

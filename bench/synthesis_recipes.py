@@ -47,10 +47,11 @@ from fesaug import load_generator
 from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.demo import counterfactual
 from fesaug.data.manifest import read_manifest
+from fesaug.data.splits import split_subjects
 from fesaug.downstream import DownstreamConfig, fit, load_classifier, predict_proba, save_classifier
 from fesaug.synthesis_metrics import ssim
 from fesaug.train_config import TrainConfig, load_config
-from fesaug.training import split_subjects, train
+from fesaug.training import train
 
 CHANGED = 10  # gray levels: a pixel the expression changes differs this much between source and truth
 

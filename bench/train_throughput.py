@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fesaug.models import Discriminator, FERSNet
 from fesaug.train_config import TrainConfig
-from fesaug.training import GeneratorStep, Optimisation, Runtime, _train_step
+from fesaug.training import GeneratorStep, Optimisation, Runtime, train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,13 +65,13 @@ def main() -> None:
              "paired": torch.rand(b) < 0.5}
 
     with FlopCounterMode(display=False) as counter:
-        _train_step(batch, o, config.loss, config.d_steps, rt)
+        train_step(batch, o, config.loss, config.d_steps, rt)
     flops_per_step = counter.get_total_flops()
-    _train_step(batch, o, config.loss, config.d_steps, rt)  # warm-up
+    train_step(batch, o, config.loss, config.d_steps, rt)  # warm-up
     peak_before = matmul_peak(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        _train_step(batch, o, config.loss, config.d_steps, rt)
+        train_step(batch, o, config.loss, config.d_steps, rt)
     if device.type == "cuda":
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / args.steps

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -14,7 +13,7 @@ from fesaug.audit import BY_COLUMNS, AuditReport, audit, plot_report
 from fesaug.errors import FesaugError
 from fesaug.plots import plot_format
 
-from .params import checked_by
+from .params import aligned_table, checked_by
 
 
 @click.command("audit")
@@ -54,20 +53,6 @@ def audit_command(manifest: Path, by: str | None, fmt: str, plot: Path | None, t
     if strict and report.problems:
         kinds = ", ".join(p.kind for p in report.problems)
         raise FesaugError(f"{len(report.problems)} kind(s) of problem found ({kinds}) and --strict is set")
-
-
-def aligned_table(header: Sequence[str], rows: Sequence[Sequence], footer: Sequence | None = None) -> list[str]:
-    """Rows under a header: the first column left-aligned, the (numeric) rest right-aligned."""
-    table = [list(map(str, r)) for r in [header, *rows, *([footer] if footer else [])]]
-    widths = [max(len(r[k]) for r in table) for k in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join([cells[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))]).rstrip()
-
-    lines = [line(r) for r in table]
-    if footer:
-        lines.insert(-1, "-" * len(lines[0]))
-    return lines
 
 
 def _group_label(value: object) -> str:

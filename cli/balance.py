@@ -8,25 +8,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from fesaug.errors import FesaugError, UsageError
+from fesaug.errors import FesaugError
 
-from .audit import aligned_table
-from .params import INTENSITY_HELP, intensity_range
+from .params import DEVICE, aligned_table, balance_options
 
 if TYPE_CHECKING:
     from fesaug.balance import BalanceResult
-
-
-def _target_per_class(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
-    if value is None or value == "max":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise click.BadParameter(f"{value!r} is neither a positive number nor 'max'")
-    return n
 
 
 def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
@@ -46,8 +33,7 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
               help="FERSNet checkpoint from `fesaug train` (best.pt or last.pt).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: manifest.parquet, images/, README.md, histogram.png.")
-@click.option("--target-per-class", metavar="N|max", callback=_target_per_class,
-              help="Raise every selected class to N images, or to the largest class (max, the default).")
+@balance_options("target_per_class")
 @click.option("--sampling-strategy", metavar="STRATEGY",
               help="Classes to raise, as in imbalanced-learn: auto (= not-majority), not-majority, not-minority, "
                    "minority, all. Default: auto with max, all with a number.")
@@ -59,10 +45,7 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--exclude-fold", "exclude_folds", multiple=True, type=click.IntRange(min=0), metavar="K",
               help="Fold whose subjects are never sources nor counted (repeatable). "
                    "Default: the fold the checkpoint was held out from.")
-@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Keep a synthetic image only if the checkpoint's FER branch gives its target at least this probability.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Sources tried per needed image before giving up on it.")
+@balance_options("min_confidence", "max_attempts")
 @click.option("--au-check", "au_checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="CHECKPOINT",
               help="Also keep an image only if this emotion + AU model (fesaug train --tasks emotion,au) sees "
                    "the target's prototype AUs in it (e.g. happy: AU6+AU12).")
@@ -71,8 +54,7 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--judge", "judge_checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="CHECKPOINT",
               help="Also keep an image only if this classifier, trained on real faces apart from the generator "
                    "(a fold-K/real.pt of fesaug evaluate), recognises its target.")
-@click.option("--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="With --judge: the least probability the judge must give the target.")
+@balance_options("min_judge_confidence")
 @click.option("--max-identity-distance", type=click.FloatRange(min=0, min_open=True), metavar="D",
               help="Also keep an image only if dlib's face-recognition embedding of it lies at most D from its source "
                    "face's (0.6 is dlib's same-person threshold; needs pip install 'fesaug[judges]').")
@@ -81,10 +63,7 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
                    "its target; classes it does not know (contempt) pass untouched.")
 @click.option("--min-external-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --external-judge: the least probability it must give the target.")
-@click.option("--intensity", metavar="LOW..HIGH", callback=intensity_range, help=INTENSITY_HELP)
-@click.option("--source-order", type=click.Choice(["subjects", "similar"]), default="subjects", show_default=True,
-              help="subjects: sources round-robin over subjects in random order. similar: the same round-robin, "
-                   "trying first the faces whose expression the checkpoint's FER branch finds closest to the target.")
+@balance_options("intensity", "source_order")
 @click.option("--output-size", type=click.IntRange(min=8), metavar="PIXELS",
               help="Side of the synthetic images. Default: the real images' size when they share one, else the generator's.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -92,7 +71,7 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images generated per step; also the unit of resumable work.")
 @click.option("--embed-images", is_flag=True, help="Store every image (real and synthetic) inside the manifest.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@DEVICE
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a class cannot reach its target.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished (or different unfinished) run in --out.")
 def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_class: int | str | None,
@@ -125,11 +104,6 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
         min_judge_confidence=min_judge_confidence, source_order=source_order, max_identity_distance=max_identity_distance,
         external_judge=external_judge, min_external_confidence=min_external_confidence, intensity=intensity,
     )
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda, but torch sees no CUDA device; use --device cpu or auto")
     main_process = os.environ.get("RANK", "0") == "0"
     result = balance(manifest, checkpoint, out, config, overwrite=overwrite,
                      device=None if device == "auto" else device, progress=main_process)
@@ -149,11 +123,7 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
 def format_summary(r: BalanceResult) -> str:
     from fesaug.balance import gate_table
 
-    rows = []
-    for c in r.counts_before:
-        acc = r.acceptance[c]
-        rows.append([c, r.counts_before[c], r.targets[c], r.generated[c], "-" if acc is None else f"{acc:.0%}",
-                     r.shortfall[c], r.counts_after[c]])
+    rows = r.class_rows(("real", "target", "synthesized", "acceptance", "shortfall", "after"))
     table = aligned_table(["class", "real", "target", "synthesized", "accepted", "short", "after"], rows,
                      ["total", sum(r.counts_before.values()), sum(r.targets.values()), sum(r.generated.values()), "",
                       sum(r.shortfall.values()), sum(r.counts_after.values())])

@@ -8,6 +8,8 @@ import click
 
 from fesaug.quickstart import DEMO_EPOCHS, run_demo
 
+from .params import show_progress_log
+
 
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"), show_default=True,
@@ -23,9 +25,7 @@ def demo_command(out: Path, seed: int, epochs: int, min_confidence: float, overw
 
     Everything lands in --out; the summary is also saved as summary.txt there.
     """
-    from .train import _show_progress_log
-
-    _show_progress_log()
+    show_progress_log()
     click.echo(f"generating the demo dataset in {out / 'data'}, then training FERSNet for {epochs} epoch(s)", err=True)
     result = run_demo(out, seed=seed, epochs=epochs, min_confidence=min_confidence, overwrite=overwrite)
     click.echo(result.summary)

@@ -6,11 +6,7 @@ from pathlib import Path
 
 import click
 
-from fesaug.errors import UsageError
-
-from .audit import aligned_table
-from .balance import _target_per_class
-from .params import INTENSITY_HELP, intensity_range
+from .params import BALANCE_OPTIONS, DEVICE, aligned_table, show_progress_log
 
 
 def _folds(ctx: click.Context, param: click.Parameter, value: str) -> list[int] | None:
@@ -52,23 +48,14 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
                           "over --preset; --generator-epochs and --generator-batch-size still win."),
         click.option("--generator-batch-size", type=click.IntRange(min=1), metavar="N",
                      help="FERSNet batch size (default: the preset's; lower it for folds of few images)."),
-        click.option("--target-per-class", metavar="N|max", callback=_target_per_class,
-                     help="Balancing target, as in fesaug balance (default max: the largest class)."),
-        click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                     help="Quality gate of the balance step."),
-        click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
-                     help="Sources tried per needed synthetic image before giving up on it."),
-        click.option("--intensity", metavar="LOW..HIGH", callback=intensity_range, help=INTENSITY_HELP),
-        click.option("--source-order", type=click.Choice(["subjects", "similar"]), default="subjects",
-                     show_default=True, help="Source order of the balance step, as in fesaug balance."),
+        *(BALANCE_OPTIONS[name] for name in ("target_per_class", "min_confidence", "max_attempts", "intensity", "source_order")),
         click.option("--judge", is_flag=True,
                      help="Also gate synthetic images with a classifier trained on the fold's real training images "
                           "(not the one that scores them)."),
         click.option("--expression-judge", is_flag=True,
                      help="Train FERSNet's expression loss against that judge (the fold's second real-data "
                           "classifier) instead of its own FER branch."),
-        click.option("--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                     help="With --judge: the least probability it must give the target."),
+        BALANCE_OPTIONS["min_judge_confidence"],
         click.option("--judges", default="auto", show_default=True, metavar="auto|none|LIST",
                      help="Models trained elsewhere that also score the synthetic images: identity (dlib), fer2013 "
                           "(expression), perceptual (ST-LPIPS); auto = every one installed (identity and perceptual "
@@ -79,7 +66,7 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
         click.option("--val-fraction", type=click.FloatRange(0, 0.5, min_open=True), default=0.15, show_default=True,
                      help="Share of training subjects kept for validation (model selection)."),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        DEVICE,
         click.option("--overwrite", is_flag=True, help="Discard an evaluation with other settings in --out."),
     ]
     for option in reversed(options):
@@ -135,31 +122,22 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
     from fesaug.downstream import DownstreamConfig
     from fesaug.evaluation import EvaluateConfig, evaluate
     from fesaug.judges import resolve_judges
-    from fesaug.train_config import TrainConfig, load_config
+    from fesaug.train_config import resolve_config
 
-    from .train import _show_progress_log
-
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda, but torch sees no CUDA device; use --device cpu or auto")
-    generator = TrainConfig.preset_config(preset)
-    if generator_config is not None:
-        generator = load_config(generator_config, base=generator)
+    generator = resolve_config(preset=preset, config_file=generator_config,
+                               overrides={"epochs": generator_epochs, "device": device}
+                               | ({"batch_size": generator_batch_size} if generator_batch_size else {}))
     config = EvaluateConfig(
         conditions=conditions, synthesis=synthesis,
         downstream=DownstreamConfig(model=model, epochs=epochs, image_size=image_size, seed=seed, device=device),
-        generator=generator.updated({"epochs": generator_epochs, "device": device}
-                                    | ({"batch_size": generator_batch_size} if generator_batch_size else {}),
-                                    where="command line"),
+        generator=generator,
         balance=BalanceConfig(target_per_class=target_per_class or "max", min_confidence=min_confidence,
                               max_attempts=max_attempts, min_judge_confidence=min_judge_confidence, seed=seed,
                               source_order=source_order, intensity=intensity),
         val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
         judge=judge, expression_judge=expression_judge, downstream_seeds=downstream_seeds, judges=resolve_judges(judges))
-    _show_progress_log("fesaug.evaluation")
-    _show_progress_log("fesaug.training")  # FERSNet's epochs: minutes per fold on a CPU
+    show_progress_log("fesaug.evaluation")
+    show_progress_log("fesaug.training")  # FERSNet's epochs: minutes per fold on a CPU
     result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite)
     click.echo(format_summary(result.results))
     click.echo(f"wrote {out / 'results.json'}, {result.report}, {out / 'recall.png'}")

@@ -1,13 +1,20 @@
-"""Shared click helpers."""
+"""What several commands share: parameter types and callbacks, the balance options that
+``evaluate`` passes on to its balance step, the device option, the progress log and the table
+printer. A value is checked by the library function that owns the rule; these only turn its
+error into click's usage error (exit 2) before any work starts."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
-from fesaug.errors import FesaugError
+from fesaug.errors import FesaugError, UsageError
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def checked_by(check: Callable[[Any], object]) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -40,5 +47,100 @@ def intensity_range(ctx: click.Context, param: click.Parameter, value: str | Non
         raise click.BadParameter(str(exc)) from None
 
 
+def target_per_class(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    """``--target-per-class N|max``, checked by :func:`fesaug.targets.check_target_per_class`."""
+    if value is None or value == "max":
+        return value
+    from fesaug.targets import check_target_per_class
+
+    try:
+        return check_target_per_class(int(value))
+    except (ValueError, FesaugError):
+        raise click.BadParameter(f"{value!r} is neither a positive number nor 'max'") from None
+
+
+def device_seen(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--device``: a CUDA device torch does not see is refused before any work (:func:`fesaug.devices.resolve_device`)."""
+    if value == "cuda":
+        from fesaug.devices import resolve_device
+
+        try:
+            resolve_device(value)
+        except FesaugError as exc:
+            raise UsageError(str(exc)) from None
+    return value
+
+
 INTENSITY_HELP = ("Scale each synthetic face's edit by an intensity drawn from this range (recorded per row): "
                   "1 = the generator's learnt edit (the default), below 1 weaker, above 1 exaggerated.")
+
+DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                      callback=device_seen)
+
+# Options of fesaug balance that fesaug evaluate passes on to the balance step of each fold.
+BALANCE_OPTIONS: dict[str, Decorator] = {
+    "target_per_class": click.option(
+        "--target-per-class", metavar="N|max", callback=target_per_class,
+        help="Raise every selected class to N images, or to the largest class (max, the default)."),
+    "min_confidence": click.option(
+        "--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+        help="Keep a synthetic image only if the checkpoint's FER branch gives its target at least this probability."),
+    "max_attempts": click.option(
+        "--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
+        help="Sources tried per needed image before giving up on it."),
+    "min_judge_confidence": click.option(
+        "--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+        help="With --judge: the least probability the judge must give the target."),
+    "intensity": click.option("--intensity", metavar="LOW..HIGH", callback=intensity_range, help=INTENSITY_HELP),
+    "source_order": click.option(
+        "--source-order", type=click.Choice(["subjects", "similar"]), default="subjects", show_default=True,
+        help="subjects: sources round-robin over subjects in random order. similar: the same round-robin, "
+             "trying first the faces whose expression the checkpoint's FER branch finds closest to the target."),
+}
+
+
+def balance_options(*names: str) -> Decorator:
+    """The :data:`BALANCE_OPTIONS` ``names``, in that order on ``--help``."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for name in reversed(names):
+            command = BALANCE_OPTIONS[name](command)
+        return command
+
+    return decorate
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is when it writes (tests capture it per call)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
+def show_progress_log(name: str = "fesaug.training") -> None:
+    """Print the library logger ``name``'s lines on stderr, one per step; the library only logs."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def aligned_table(header: Sequence[str], rows: Sequence[Sequence], footer: Sequence | None = None) -> list[str]:
+    """Rows under a header: the first column left-aligned, the (numeric) rest right-aligned."""
+    table = [list(map(str, r)) for r in [header, *rows, *([footer] if footer else [])]]
+    widths = [max(len(r[k]) for r in table) for k in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join([cells[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))]).rstrip()
+
+    lines = [line(r) for r in table]
+    if footer:
+        lines.insert(-1, "-" * len(lines[0]))
+    return lines

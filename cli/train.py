@@ -1,17 +1,16 @@
-"""`fesaug train`: build the configuration (preset → --config YAML → flags), train, summarise."""
+"""`fesaug train`: FERSNet or, with --tasks emotion,au, EmotionAUNet (:func:`fesaug.trainers.train_tasks`); summarise."""
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from fesaug.errors import UsageError
-from fesaug.train_config import DEVICES, PRESETS, resolve_config
+from fesaug.train_config import DEVICES, PRESETS
+
+from .params import show_progress_log
 
 
 @click.command("train")
@@ -58,92 +57,34 @@ def train_command(manifest: Path, out: Path, config_file: Path | None, preset: s
     On a CPU shared with other jobs, OMP_NUM_THREADS=1 can be several times faster than the
     default of one thread per core.
     """
-    flags: dict[str, Any] = {
-        "holdout_fold": holdout_fold, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
-        "expression_classifier": None if expression_classifier is None else str(expression_classifier),
-    }
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    task_set = _parse_tasks(tasks)
-    if task_set == {"emotion", "au"}:
-        fersnet_only = [flag for flag, value in (("--preset", preset), ("--config", config_file), ("--resume", resume),
-                                                 ("--expression-classifier", expression_classifier)) if value]
-        if fersnet_only:
-            raise UsageError(f"{', '.join(fersnet_only)} only apply to FERSNet training (--tasks emotion,synthesis); "
-                             "with --tasks emotion,au set --epochs, --batch-size, --lr, --sharing, --seed or --device")
-        _train_emotion_au(manifest, out, overrides, sharing, overwrite)
-        return
-
-    from fesaug.training import run_config, train
-
-    if sharing is not None:
-        overrides["model"] = {"sharing": sharing}
-    # A resumed run starts from its own settings; flags (e.g. a larger --epochs) still apply.
-    base = run_config(out) if resume and (out / "config.yaml").exists() else None
-    config = resolve_config(preset=preset, config_file=config_file, overrides=overrides, base=base)
+    from fesaug.multitask_training import MultiTaskResult
+    from fesaug.trainers import train_tasks
 
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
-        _show_progress_log()
-    result = train(manifest, out, config, resume=resume, overwrite=overwrite)
+        show_progress_log()
+    result = train_tasks(
+        manifest, out, tasks=tasks, preset=preset, config_file=config_file, sharing=sharing, resume=resume,
+        overwrite=overwrite, overrides={
+            "holdout_fold": holdout_fold, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+            "device": device, "expression_classifier": None if expression_classifier is None else str(expression_classifier)})
     if not main_process:
         return
     best = next((m for m in result.metrics if m["epoch"] == result.best_epoch), {})
+    if isinstance(result, MultiTaskResult):
+        click.echo(f"trained {result.config.epochs} epoch(s); best epoch {result.best_epoch}"
+                   + (f" (validation emotion accuracy {_number(best, 'val_emotion_acc')}, macro-F1 "
+                      f"{_number(best, 'val_emotion_macro_f1')}, AU mean F1 {_number(best, 'val_au_mean_f1')})"
+                      if "val_emotion_acc" in best else " (no validation set)"))
+        click.echo(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
+        click.echo(f"metrics: {result.run_dir / 'metrics.jsonl'}")
+        return
     accuracy = best.get("val_fer_acc")
-    click.echo(f"trained {config.epochs} epoch(s); best epoch {result.best_epoch}"
+    click.echo(f"trained {result.config.epochs} epoch(s); best epoch {result.best_epoch}"
                + (f" (validation accuracy {accuracy:.3f})" if accuracy is not None else " (no validation set)"))
     click.echo(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
     click.echo(f"metrics: {result.run_dir / 'metrics.jsonl'}; samples: {result.run_dir / 'samples'}")
 
 
-def _parse_tasks(text: str) -> set[str]:
-    names = {t.strip().lower() for t in text.split(",") if t.strip()}
-    unknown = sorted(names - {"emotion", "au", "synthesis"})
-    if unknown:
-        raise UsageError(f"--tasks: unknown task(s) {', '.join(unknown)}; tasks are emotion, au and synthesis")
-    if names == {"emotion", "au", "synthesis"}:
-        raise UsageError("--tasks emotion,au,synthesis is not supported yet; train the two models separately: "
-                         "--tasks emotion,synthesis (FERSNet) and --tasks emotion,au (EmotionAUNet)")
-    if names not in ({"emotion", "synthesis"}, {"emotion", "au"}):
-        raise UsageError(f"--tasks {text} is not a supported combination; use emotion,synthesis (FERSNet, the default) "
-                         "or emotion,au (EmotionAUNet)")
-    return names
-
-
-def _train_emotion_au(manifest: Path, out: Path, overrides: dict[str, Any], sharing: str | None, overwrite: bool) -> None:
-    from fesaug.multitask_training import MultiTaskConfig, train_multitask
-
-    config = MultiTaskConfig(model={"sharing": sharing or "aws"}, **overrides)
-    _show_progress_log()
-    result = train_multitask(manifest, out, config, overwrite=overwrite)
-    best = next((m for m in result.metrics if m["epoch"] == result.best_epoch), {})
-
-    def number(key: str) -> str:
-        return "n/a" if best.get(key) is None else f"{best[key]:.3f}"
-
-    click.echo(f"trained {config.epochs} epoch(s); best epoch {result.best_epoch}"
-               + (f" (validation emotion accuracy {number('val_emotion_acc')}, macro-F1 {number('val_emotion_macro_f1')}, "
-                  f"AU mean F1 {number('val_au_mean_f1')})" if "val_emotion_acc" in best else " (no validation set)"))
-    click.echo(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
-    click.echo(f"metrics: {result.run_dir / 'metrics.jsonl'}")
-
-
-class _StderrHandler(logging.StreamHandler):
-    """A StreamHandler on whatever ``sys.stderr`` is when it writes (tests capture it per call)."""
-
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # noqa: ANN001
-        pass
-
-
-def _show_progress_log(name: str = "fesaug.training") -> None:
-    # One line per step on stderr; the library only logs.
-    logger = logging.getLogger(name)
-    if not logger.handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+def _number(metrics: dict[str, Any], key: str) -> str:
+    return "n/a" if metrics.get(key) is None else f"{metrics[key]:.3f}"

@@ -1,5 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written output, and an interrupted run
-leaves the previous file (or nothing) in place."""
+"""Atomic file writes (a reader never sees a half-written output, and an interrupted run leaves
+the previous file, or nothing, in place) and the output folders the commands write them into."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from pathlib import Path
 
 from .errors import FesaugError
 from .killpoints import kill_point
+
+
+def check_out_folder(out: Path, what: str) -> None:
+    """Refuse an ``--out`` that names a file: the commands write folders (``what``: of what)."""
+    if out.exists() and not out.is_dir():
+        raise FesaugError(f"--out {out} is a file; give a folder {what}")
 
 
 @contextlib.contextmanager

@@ -39,6 +39,7 @@ from .data.manifest import Manifest, read_manifest
 from .errors import UsageError
 from .integrity import Problem, all_problems, column
 from .plots import new_figure, save_figure
+from .targets import Targets
 
 BY_COLUMNS = ("origin", "split", "fold")
 
@@ -107,7 +108,8 @@ class AuditReport:
         """Images each class still needs to reach ``target`` (0 when it already has enough)."""
         if self.target is None:
             return None
-        return {name: max(0, self.target - c.total) for name, c in self.classes.items()}
+        totals = {name: c.total for name, c in self.classes.items()}
+        return Targets(counts=totals, wanted=dict.fromkeys(totals, self.target)).to_generate
 
     def to_dict(self) -> dict:
         classes = {name: c.to_dict() for name, c in self.classes.items()}

@@ -11,7 +11,7 @@ folder any downstream model can use::
 The steps, in the vocabulary of imbalanced-learn:
 
 1. **Targets.** The *working set* is the real rows of the chosen splits outside the excluded
-   folds (by default the fold the generator was held out from). :func:`resolve_targets` turns
+   folds (by default the fold the generator was held out from). :func:`fesaug.targets.resolve_targets` turns
    ``target_per_class`` (a number or ``"max"``), ``sampling_strategy`` and per-class
    ``targets`` into a wanted count per class.
 2. **Sources.** Class ``c`` is synthesized from working-set images of the other classes, taken
@@ -22,7 +22,7 @@ The steps, in the vocabulary of imbalanced-learn:
 3. **Quality gate.** A candidate is kept when the checkpoint's FER branch gives the target
    class at least ``min_confidence`` and, with ``au_checkpoint`` (an emotion + AU network from
    ``fesaug train --tasks emotion,au``), when the AUs it predicts agree with the target's
-   prototype (:func:`au_consistency`); a rejected slot is retried with the next source, at most
+   prototype (:func:`fesaug.data.au.au_consistency`); a rejected slot is retried with the next source, at most
    ``max_attempts`` times. Slots still empty are a shortfall, reported and stored.
 4. **Output.** Work is cut into chunks of ``batch_size`` slots; each chunk's images and a JSON
    part file are written atomically under ``DIR/.fesaug-balance/``, so an interrupted run
@@ -57,23 +57,28 @@ import pandas as pd
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
 
-from ._io import atomic_write_bytes, atomic_write_text, file_sha256, remove_stale_temporaries
+from ._io import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from .data.au import au_consistency
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes
 from .data.manifest import Manifest, read_manifest, relative_image_root, working_set, write_manifest
 from .distributed import barrier, process_group
+from .downstream import load_classifier, predict_proba
 from .errors import FesaugError, UsageError
 from .audit import Group, audit, plot_report
 from .generator import Generator, load_generator
+from .judges import load_judge
 from .locking import output_lock
 from .models import MAX_INTENSITY
+from .multitask_training import load_emotion_au
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
+from .targets import Targets, check_target_rule, resolve_targets
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "not-majority", "not-minority", "minority", "all")
 SOURCE_ORDERS = ("subjects", "similar")
 # Expression judges trained elsewhere that can gate synthetic faces (fesaug.judges).
 EXTERNAL_JUDGES = ("fer2013",)
@@ -138,14 +143,7 @@ class BalanceConfig:
     intensity: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        tpc = self.target_per_class
-        if tpc != "max" and (isinstance(tpc, bool) or not isinstance(tpc, int) or tpc < 1):
-            raise UsageError(f"--target-per-class must be a positive number or 'max', got {tpc!r}")
-        if self.sampling_strategy is not None and _strategy(self.sampling_strategy) not in STRATEGIES:
-            raise UsageError(f"unknown --sampling-strategy {self.sampling_strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        for name, n in self.targets.items():
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise UsageError(f"--target {name}={n!r}: the count must be a whole number >= 0")
+        check_target_rule(self.target_per_class, self.sampling_strategy, self.targets)
         if not 0.0 <= self.min_confidence <= 1.0:
             raise UsageError(f"--min-confidence must lie in [0, 1], got {self.min_confidence}")
         if not 0.0 <= self.min_judge_confidence <= 1.0:
@@ -208,65 +206,23 @@ class BalanceResult:
         return {g: {c: (n / self.attempts[c] if self.attempts[c] else None) for c, n in counts.items()}
                 for g, counts in self.gate_passed.items()}
 
+    def class_rows(self, columns: Sequence[str], blank: str = "-") -> list[list[Any]]:
+        """The per-class table every summary of a run shows (the dataset card, the command's and
+        the demo's summaries), one row per class: its name, then ``columns`` of ``real``,
+        ``target``, ``synthesized``, ``acceptance`` (a percentage, ``blank`` without attempts),
+        ``shortfall`` and ``after``."""
+        def cell(column: str, c: str) -> Any:
+            if column == "acceptance":
+                acc = self.acceptance[c]
+                return blank if acc is None else f"{acc:.0%}"
+            return {"real": self.counts_before, "target": self.targets, "synthesized": self.generated,
+                    "shortfall": self.shortfall, "after": self.counts_after}[column][c]
 
-# --------------------------------------------------------------------------------------------
-# 1. targets
-
-
-def _strategy(name: str) -> str:
-    return name.strip().lower().replace(" ", "-").replace("_", "-")
-
-
-def resolve_targets(
-    counts: Mapping[str, int],
-    *,
-    target_per_class: int | str = "max",
-    sampling_strategy: str | None = None,
-    targets: Mapping[str, int] | None = None,
-    undersample: bool = False,
-) -> dict[str, int]:
-    """The wanted number of images per class, from the real ``counts`` of the working set.
-
-    ``sampling_strategy`` selects the classes to raise, as imbalanced-learn's over-samplers do:
-    ``minority`` (the smallest class), ``not-minority``, ``not-majority``, ``all``, and ``auto``
-    (= ``not-majority``). Selected classes go up to ``target_per_class`` (``"max"``: the
-    largest count); the others keep their count. ``targets`` (class → count) override both.
-    """
-    counts = dict(counts)
-    if not counts:
-        raise FesaugError("there are no classes to balance")
-    strategy = _strategy(sampling_strategy or ("auto" if target_per_class == "max" else "all"))
-    if strategy not in STRATEGIES:
-        raise UsageError(f"unknown sampling strategy {sampling_strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    # Ties go to the first class in label order, as imbalanced-learn's max()/min() over a dict do.
-    majority = max(counts, key=counts.__getitem__)
-    minority = min(counts, key=counts.__getitem__)
-    selected = {
-        "auto": set(counts) - {majority},
-        "not-majority": set(counts) - {majority},
-        "not-minority": set(counts) - {minority},
-        "minority": {minority},
-        "all": set(counts),
-    }[strategy]
-    level = max(counts.values()) if target_per_class == "max" else int(target_per_class)
-    wanted = {c: (level if c in selected else n) for c, n in counts.items()}
-    for name, n in (targets or {}).items():
-        if name not in counts:
-            raise UsageError(f"--target names class {name!r}, which this manifest does not have; classes: {', '.join(counts)}")
-        wanted[name] = int(n)
-    below = {c: (wanted[c], counts[c]) for c in counts if wanted[c] < counts[c]}
-    if below and not undersample:
-        c, (want, have) = next(iter(below.items()))
-        raise UsageError(
-            f"the target for {c!r} ({want}) is below its {have} real images"
-            + (f" (and {len(below) - 1} more class(es))" if len(below) > 1 else "")
-            + "; raise the target, or pass --undersample to drop real images down to it"
-        )
-    return wanted
+        return [[c, *(cell(column, c) for column in columns)] for c in self.counts_before]
 
 
 # --------------------------------------------------------------------------------------------
-# 2. sources
+# 2. sources (1. targets: fesaug.targets)
 
 
 @dataclass(frozen=True)
@@ -335,16 +291,6 @@ def _jitter(image: torch.Tensor, variant: int, key: tuple[int, ...]) -> tuple[to
     return out, f"{flip}affine(angle={angle:.1f},dx={round(dx * side)},dy={round(dy * side)},scale={scale:.3f})"
 
 
-def au_consistency(au_probs: torch.Tensor, au_ids: Sequence[int], target: str) -> torch.Tensor | None:
-    """How well predicted AUs fit ``target``: the mean probability of the target's prototype AUs
-    (:data:`fesaug.data.au.EMOTION_AU_PROTOTYPES`) among those the AU model knows, per image.
-    None when the model knows none of them (e.g. neutral): there is nothing to check."""
-    from .data.au import EMOTION_AU_PROTOTYPES
-
-    known = [au_ids.index(a) for a in EMOTION_AU_PROTOTYPES.get(target, ()) if a in au_ids]
-    return au_probs[:, known].mean(dim=1) if known else None
-
-
 # --------------------------------------------------------------------------------------------
 # the run
 
@@ -357,11 +303,9 @@ class _Plan:
     generator: Generator
     config: BalanceConfig
     working: np.ndarray  # manifest positions of the working set
-    counts: dict[str, int]
-    targets: dict[str, int]
-    to_generate: dict[str, int]
+    targets: Targets  # from the working set's real counts
     removed_rows: list[int]
-    excluded_folds: list[int]
+    holdout_folds: list[int]  # folds outside the working set, recorded as the footer's holdout_folds
     output_size: int
     orders: dict[int, list[int]]  # class index -> source order
     slots: list[tuple[int, int]]  # (class index, slot) over all classes, in order
@@ -427,10 +371,10 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
     counts = {c: int((labels[working] == k).sum()) for k, c in enumerate(m.classes)}
     targets = resolve_targets(counts, target_per_class=config.target_per_class, sampling_strategy=config.sampling_strategy,
                               targets=config.targets, undersample=config.undersample)
-    to_generate = {c: max(0, targets[c] - counts[c]) for c in m.classes}
+    to_generate = targets.to_generate
     removed: list[int] = []
     for k, c in enumerate(m.classes):
-        extra = counts[c] - targets[c]
+        extra = targets.to_remove[c]
         if extra > 0:
             pool = working[labels[working] == k]
             removed += sorted(int(r) for r in _rng(config.seed, k, 1).choice(pool, size=extra, replace=False))
@@ -455,12 +399,10 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
         "config": config.to_dict(),
         "manifest_sha256": file_sha256(manifest_path),
         "checkpoint_sha256": gen.checkpoint_sha256,
-        "targets": targets,
+        "targets": dict(targets),
     }
     checker = None
     if config.au_checkpoint is not None:
-        from .multitask_training import load_emotion_au
-
         checker = load_emotion_au(config.au_checkpoint, device=device)
         if checker.classes != m.classes:
             raise FesaugError(f"the --au-check model {config.au_checkpoint} knows classes {', '.join(checker.classes)}, "
@@ -468,18 +410,14 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
         key["au_checkpoint_sha256"] = file_sha256(config.au_checkpoint)
     judge = None
     if config.judge_checkpoint is not None:
-        from .downstream import load_classifier
-
         judge, judge_classes = load_classifier(config.judge_checkpoint, device=device)
         if judge_classes != m.classes:
             raise FesaugError(f"the --judge classifier {config.judge_checkpoint} knows classes {', '.join(judge_classes)}, "
                               f"but {manifest_path} has {', '.join(m.classes)}; use one trained on this dataset")
         key["judge_checkpoint_sha256"] = file_sha256(config.judge_checkpoint)
-    from .judges import load_judge
-
     identity = load_judge("identity") if config.max_identity_distance is not None else None
     external = load_judge(config.external_judge, device=device or "cpu") if config.external_judge else None
-    return _Plan(m, gen, config, working, counts, targets, to_generate, removed, sorted(excluded),
+    return _Plan(m, gen, config, working, targets, removed, sorted(excluded),
                  _output_size(m, working, gen, config.output_size), orders, slots, key, checker, judge, identity, external,
                  None if pixels is None else (sources, pixels))
 
@@ -494,8 +432,7 @@ def _source_pixels(m: Manifest, rows: np.ndarray, gen: Generator) -> torch.Tenso
 def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
     """Make ``out`` ready for this run: fresh, or the unfinished work of the same run."""
     work = out / WORK_DIR
-    if out.exists() and not out.is_dir():
-        raise FesaugError(f"--out {out} is a file; give a folder for the balanced dataset")
+    check_out_folder(out, "for the balanced dataset")
     if out.exists() and any(out.iterdir()):
         # A kill -9 leaves the temporary files of atomic writes behind (stale: we hold the lock).
         for name in OUTPUTS:
@@ -551,10 +488,11 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
     passed: dict[str, dict[str, int]] = {}
     writes: list[Future] = []
     pending = list(chunk)
+    need = plan.targets.to_generate
     for attempt in range(cfg.max_attempts):
         if not pending:
             break
-        cands = [candidate(plan.orders[k], plan.to_generate[m.classes[k]], s, attempt) for k, s in pending]
+        cands = [candidate(plan.orders[k], need[m.classes[k]], s, attempt) for k, s in pending]
         inputs, transforms = [], []
         for (k, s), cnd in zip(pending, cands):
             image, how = _jitter(pixels[position[cnd.source]], cnd.variant, (cfg.seed, k, s, attempt))
@@ -639,8 +577,6 @@ def _judge(plan: _Plan, fakes: torch.Tensor, targets: torch.Tensor) -> list[floa
 
     The FER branch was trained jointly with the generator, which learns to satisfy it; a
     classifier trained apart on real faces only is not fooled the same way."""
-    from .downstream import predict_proba
-
     probs = predict_proba(plan.judge, resize_pixels(fakes, plan.judge.image_size))
     return probs[np.arange(len(fakes)), targets.numpy()].astype(float).tolist()
 
@@ -709,8 +645,6 @@ def balance(
 
 def _generate(plan: _Plan, chunks: list[list[tuple[int, int]]], mine: list[int], pixels: torch.Tensor,
               position: dict[int, int], out: Path, *, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     # Two writer threads: PNG encoding (zlib) releases the GIL, so it overlaps the next chunk's
     # generation; waiting for the previous chunk keeps at most two chunks in memory.
     # disable=None: a bar only on a terminal, not carriage-return frames in a redirected log.
@@ -752,8 +686,9 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
                 passed.setdefault(gate, dict.fromkeys(m.classes, 0))[c] += n
     generated = {c: sum(1 for r in synthetic if r["label"] == k) for k, c in enumerate(m.classes)}
     removed = {c: sum(1 for r in plan.removed_rows if int(m.df["label"].iat[r]) == k) for k, c in enumerate(m.classes)}
-    shortfall = {c: plan.to_generate[c] - generated[c] for c in m.classes}
-    result = BalanceResult(out, out / "manifest.parquet", plan.counts, plan.targets, plan.to_generate, generated,
+    t = plan.targets
+    shortfall = {c: t.to_generate[c] - generated[c] for c in m.classes}
+    result = BalanceResult(out, out / "manifest.parquet", dict(t.counts), dict(t), t.to_generate, generated,
                            removed, attempts, shortfall, 0.0, resumed, gate_passed=passed)
 
     real = m.df.drop(index=m.df.index[plan.removed_rows]).reset_index(drop=True)
@@ -815,7 +750,7 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
         "balance": {
             "input_manifest": str(m.path), "input_manifest_sha256": plan.key["manifest_sha256"],
             "checkpoint": str(gen.checkpoint), "checkpoint_sha256": gen.checkpoint_sha256, "checkpoint_epoch": gen.epoch,
-            "splits": list(cfg.splits), "excluded_folds": plan.excluded_folds, "output_size": plan.output_size,
+            "splits": list(cfg.splits), "excluded_folds": plan.holdout_folds, "output_size": plan.output_size,
             "counts_before": r.counts_before, "targets": r.targets, "to_generate": r.to_generate,
             "generated": r.generated, "removed": r.removed, "shortfall": r.shortfall, "attempts": r.attempts,
             "acceptance": r.acceptance, "min_confidence": cfg.min_confidence, "max_attempts": cfg.max_attempts,
@@ -840,7 +775,7 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
                 "subjects": sorted(set(gen.training_subjects) | set(gen.validation_subjects)),
             }
         },
-        "holdout_folds": plan.excluded_folds,
+        "holdout_folds": plan.holdout_folds,
     }
 
 
@@ -859,15 +794,12 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
         + "".join(f" held out: {g.value} |" for g in held_out),
         "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(held_out),
     ]
-    for c in r.counts_before:
-        acc = r.acceptance[c]
-        lines.append(f"| {c} | {r.counts_before[c]} | {r.targets[c]} | {r.generated[c]} | "
-                     f"{'—' if acc is None else f'{acc:.0%}'} | {r.shortfall[c]} | {r.counts_after[c]} |"
-                     + "".join(f" {g.classes[c].total} |" for g in held_out))
+    for row in r.class_rows(("real", "target", "synthesized", "acceptance", "shortfall", "after"), blank="—"):
+        lines.append("| " + " | ".join(map(str, row)) + " |" + "".join(f" {g.classes[row[0]].total} |" for g in held_out))
     lines += [
         "",
         "Counts are over the *working set*: real rows of split(s) " + ", ".join(f"`{s}`" for s in cfg.splits)
-        + (f" outside fold(s) {', '.join(map(str, plan.excluded_folds))}" if plan.excluded_folds else "") + ". "
+        + (f" outside fold(s) {', '.join(map(str, plan.holdout_folds))}" if plan.holdout_folds else "") + ". "
         "All other real rows are in the manifest unchanged"
         + (" and counted apart (*held out*, by split, or by fold of a balanced split)" if held_out else "") + ".",
         "",

@@ -28,6 +28,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 from torch import Tensor, nn
 
 from ._io import atomic_path
+from .devices import resolve_device
 from .errors import FesaugError
 from .killpoints import kill_point
 
@@ -133,7 +134,7 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device | None =
                           "fold-K/<condition>.pt written by fesaug evaluate")
     model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"])
     model.load_state_dict(saved["state_dict"])
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     return model.to(device).eval(), list(saved["classes"])
 
 
@@ -236,7 +237,7 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
         if weights.shape != (len(train_x),) or (weights < 0).any() or weights.sum() <= 0:
             raise FesaugError("sample_weights needs one non-negative weight per training row, not all zero")
 
-    device = _device(config.device)
+    device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         gen = torch.Generator().manual_seed(config.seed)
@@ -387,9 +388,3 @@ def _images(x: Tensor | np.ndarray) -> Tensor:
 
 def _labels(y: Tensor | np.ndarray) -> Tensor:
     return torch.as_tensor(np.asarray(y), dtype=torch.int64)
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FesaugError("device is cuda but torch sees no CUDA device; use device cpu or auto")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")

@@ -21,7 +21,7 @@ The protocol is subject-independent k-fold cross-validation. For each test fold 
      synthetic images and half with repeats of its real images;
    * ``fersnet``: FERSNet's own FER branch (its validation-selected ``best.pt``), for
      reference against the paper.
-3. **Synthesis quality** (:func:`synthesis_quality`): how the fold's ``real`` classifier sees
+3. **Synthesis quality** (:func:`fesaug.synthesis_scores.synthesis_quality`): how the fold's ``real`` classifier sees
    the synthetic images, a classifier trained on synthetic images only tested on real fold
    ``k`` (classification accuracy score), Fréchet distance and precision/recall in the
    ``real`` classifier's feature space, a memorisation check, exact scores against the demo
@@ -34,13 +34,17 @@ runs them; a second run of a fold that one holds stops at once, naming it); a ru
 then only aggregates. ``DIR/results.json``, ``DIR/report.md`` and ``DIR/recall.png`` summarise the folds
 present: mean ± std over folds, a paired comparison of ``fes`` with ``real`` and with
 ``oversample`` (per-fold differences, Wilcoxon signed-rank and paired t tests), and the
-:func:`verdict` those comparisons give.
+:func:`fesaug.evaluation_stats.verdict` those comparisons give.
 
 One downstream training is one draw: its seed (initialisation, batch order, augmentation, the
 oversampling draw) moves a fold's macro-F1 by points, as much as the differences measured.
 ``downstream_seeds`` = n trains every downstream condition n times per fold (seeds ``seed`` …
 ``seed + n - 1``, extra ones cached in ``fold-k/seeds/``) and averages their test scores per fold
 before the comparison over folds; the synthesis report keeps the first seed's ``real`` classifier.
+
+This module runs the folds (:func:`evaluate`, one ``_Fold`` per test fold) and summarises them
+(:func:`aggregate`); the statistics are in :mod:`fesaug.evaluation_stats`, the synthesis scores in
+:mod:`fesaug.synthesis_scores`, the report in :mod:`fesaug.evaluation_report`.
 """
 
 from __future__ import annotations
@@ -52,8 +56,7 @@ import json
 import logging
 import shutil
 import time
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,21 +64,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_text, file_sha256, remove_stale_temporaries
-from .balance import BalanceConfig, au_consistency, balance, resolve_targets
+from ._io import atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from .balance import BalanceConfig, balance
 from .checkpoint import load_checkpoint
-from .data.datasets import ManifestDataset, resize_pixels
+from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
-from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, features, fit, load_classifier,
-                         predict_proba, random_oversample, save_classifier)
+from .data.splits import manifest_folds, split_subjects
+from .devices import resolve_device
+from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, fit, load_classifier, predict_proba,
+                         random_oversample, save_classifier)
 from .errors import FesaugError, UsageError
-from .evaluation_report import EXPRESSION_JUDGE
-from .judges import judge_synthesis, resolve_judges
+from .evaluation_report import EXPRESSION_JUDGE, plot_recall, render_report
+from .evaluation_stats import fold_metric, fold_scores, fold_seconds, mean_std, paired_comparison, verdict
+from .generator import load_generator
+from .judges import resolve_judges
 from .locking import output_lock
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
+from .synthesis_scores import synthesis_quality, synthesis_summary
+from .targets import Targets, resolve_targets
 from .train_config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
-from .training import split_subjects, train
+from .training import train
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +96,6 @@ FINE_TUNED = ("fersnet+fes", "fersnet+oversample")
 # fine-tuning on repeated real faces (what the synthetic faces add beyond more training).
 COMPARISONS = (("fes", "real"), ("fes", "oversample"), ("mixed", "real"), ("mixed", "oversample"),
                ("fersnet+fes", "fersnet"), ("fersnet+fes", "fersnet+oversample"))
-# The verdict's test: the two-sided Wilcoxon signed-rank test over paired folds at this level. With
-# fewer than MIN_VERDICT_FOLDS folds its exact p-value cannot fall below it (5 folds: 0.0625).
-VERDICT_ALPHA = 0.05
-MIN_VERDICT_FOLDS = 6
 # Written by evaluate(); anything else in DIR is the user's and is never deleted.
 OUTPUTS = ("evaluate.json", "results.json", "report.md", "recall.png")
 # How long a run waits for another one sharing DIR to finish reading or writing DIR's own files
@@ -191,8 +196,7 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     missing = [f for f in chosen if f not in present]
     if missing:
         raise UsageError(f"--folds: {m.path} has no fold {missing[0]} (folds: {', '.join(map(str, present))})")
-    if out.exists() and not out.is_dir():
-        raise FesaugError(f"--out {out} is a file; give a folder for the evaluation")
+    check_out_folder(out, "for the evaluation")
     with contextlib.ExitStack() as held:
         # Processes may share DIR, each with its own folds: a fold is locked for the whole run,
         # DIR's own files (the settings, the summary) only while they are read or written.
@@ -218,7 +222,7 @@ def _check_manifest(m: Manifest) -> list[int]:
     if synthetic:
         raise FesaugError(f"{m.path} has {synthetic} synthetic row(s); evaluate the manifest of real images "
                           "(fesaug evaluate makes its own synthetic images per fold)")
-    present = sorted(int(f) for f in m.df["fold"].dropna().unique())
+    present = manifest_folds(m)
     if len(present) < 2:
         raise FesaugError(f"{m.path} has {len(present)} fold(s); the protocol needs subject-independent folds: "
                           f"re-create it with `fesaug ingest ... --folds 10`")
@@ -332,7 +336,7 @@ class _Fold:
         # Rows of the user's own test split outside fold k are neither trained nor tested on.
         df = df[keep].reset_index(drop=True)
         meta = {**self.m.inherited_meta(), "provenance": provenance("evaluate", {"fold": self.k}), "input_provenance": self.m.meta.get("provenance"),
-                "evaluation": {"input_manifest": str(self.m.path), "test_fold": self.k, "val_fraction": self.config.val_fraction,
+                "evaluation": {"input_manifest": str(self.m.path), "holdout_fold": self.k, "val_fraction": self.config.val_fraction,
                                "seed": self.config.seed}}
         self.dir.mkdir(parents=True, exist_ok=True)
         return write_manifest(df, path, classes=self.m.classes, meta=meta, overwrite=True,
@@ -422,19 +426,19 @@ class _Fold:
         classes that could not be oversampled; for seed offset ``r``, the same draw for every
         condition that uses it."""
         y = self.labels[self.train_rows]
+        real = dict(zip(self.m.classes, np.bincount(y, minlength=len(self.m.classes)).tolist()))
         fes = self.dir / "fes.json"
         if fes.exists():  # the same per-class counts as the synthetic condition reached
-            counts = json.loads(fes.read_text())["train_counts"]
+            wanted = Targets(real, {c: int(n) for c, n in json.loads(fes.read_text())["train_counts"].items()})
         else:
-            real_counts = dict(zip(self.m.classes, np.bincount(y, minlength=len(self.m.classes)).tolist()))
             b = self.config.balance
-            counts = resolve_targets(real_counts, target_per_class=b.target_per_class, sampling_strategy=b.sampling_strategy,
+            wanted = resolve_targets(real, target_per_class=b.target_per_class, sampling_strategy=b.sampling_strategy,
                                      targets=b.targets, undersample=False)
         # A class without a real training image cannot be oversampled (synthesis can still make
         # it from other classes' faces); it is recorded, so the report can say why counts differ.
-        present = {k for k in range(len(self.m.classes)) if (y == k).any()}
-        targets = {k: max(int(counts[c]), int((y == k).sum())) for k, c in enumerate(self.m.classes) if k in present}
-        missing = [c for k, c in enumerate(self.m.classes) if k not in present and int(counts[c]) > 0]
+        extra = wanted.to_generate
+        targets = {k: real[c] + extra[c] for k, c in enumerate(self.m.classes) if real[c]}
+        missing = [c for c in self.m.classes if not real[c] and extra[c] > 0]
         return random_oversample(y, targets, self.config.seed + r), missing
 
     def _mixed(self, r: int) -> tuple[DownstreamClassifier, dict[str, Any]]:
@@ -488,15 +492,12 @@ class _Fold:
         return record
 
     def _load_classifier(self, name: str) -> DownstreamClassifier:
-        device = "cuda" if self.config.downstream.device != "cpu" and torch.cuda.is_available() else "cpu"
-        return load_classifier(self.dir / f"{name}.pt", device=device)[0]
+        return load_classifier(self.dir / f"{name}.pt", device=resolve_device(self.config.downstream.device))[0]
 
     def _fersnet_branch(self) -> None:
         path = self.dir / "fersnet.json"
         if path.exists():
             return
-        from .generator import load_generator
-
         gen = load_generator(self._generator_run() / "checkpoints" / "best.pt")
         data = ManifestDataset(self.m, rows=self.test_rows, image_size=gen.image_size)
         pred = gen.classify(data.pixels).argmax(1).numpy()
@@ -515,8 +516,6 @@ class _Fold:
         ``r``: the seed offset, as for the other conditions."""
         if self._record(name, r).exists():
             return
-        from .generator import load_generator
-
         gen = load_generator(self._generator_run() / "checkpoints" / "best.pt", device="cpu")
         size = gen.image_size
 
@@ -563,7 +562,7 @@ class _Fold:
                 real_val=(self.pixels[self.val_rows], self.labels[self.val_rows]),
                 real_test=(self.pixels[self.test_rows], self.labels[self.test_rows]),
                 au_checkpoint=self.config.au_checkpoint, judges=self.config.judges, train_rows=self.train_rows,
-                device="cuda" if self.config.downstream.device != "cpu" and torch.cuda.is_available() else "cpu")
+                device=resolve_device(self.config.downstream.device).type)
             real = json.loads((self.dir / "real.json").read_text())["test"]
             record.update({"fold": self.k, **made_with,
                            "classification_accuracy_score": {"accuracy": cas["test"]["accuracy"],
@@ -573,113 +572,6 @@ class _Fold:
 
     def _subjects(self, rows: np.ndarray) -> list[str]:
         return self.m.df["subject_id"].iloc[rows].astype(str).tolist()
-
-
-def synthesis_quality(classifier: DownstreamClassifier, m: Manifest, syn: ManifestDataset, *,
-                      real_train: tuple[torch.Tensor, np.ndarray, list[str]], real_val: tuple[torch.Tensor, np.ndarray],
-                      real_test: tuple[torch.Tensor, np.ndarray], au_checkpoint: str | None = None,
-                      judges: Sequence[str] = (), train_rows: np.ndarray | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Scores of the synthetic images ``syn`` (a manifest's synthetic rows at the classifier's size).
-
-    ``classifier``: a downstream model trained on the real training images only (never on
-    synthetic ones). ``real_train``: pixels, labels and subjects of those images; ``real_val``
-    and ``real_test``: the validation and test images, which show what a fresh sample of
-    *real* faces scores on the same distances (the floor a generator is compared with).
-    ``judges``: models trained elsewhere (:mod:`fesaug.judges`) that score the synthetic images
-    against their parents, which must be among ``train_rows`` (``m``'s rows of ``real_train``).
-    """
-    from .synthesis_metrics import frechet_distance, memorisation, precision_recall
-
-    classes = m.classes
-    probs = predict_proba(classifier, syn.pixels)
-    target = syn.labels
-    out: dict[str, Any] = {"n_synthetic": int(len(syn)), "per_class": {}}
-    recognised = probs.argmax(1) == target
-    out["recognised"] = float(recognised.mean())
-
-    f_syn = features(classifier, syn.pixels)
-    f_train = features(classifier, real_train[0])
-    f_val, f_test = features(classifier, real_val[0]), features(classifier, real_test[0])
-    out["frechet"] = {"synthetic_vs_train": _maybe(frechet_distance, f_syn, f_train),
-                      "validation_vs_train": _maybe(frechet_distance, f_val, f_train),
-                      "test_vs_train": _maybe(frechet_distance, f_test, f_train)}
-    for k, c in enumerate(classes):
-        mine, real_c = target == k, real_train[1] == k
-        entry: dict[str, Any] = {"n": int(mine.sum())}
-        if mine.any():
-            entry["recognised"] = float(recognised[mine].mean())
-            entry["mean_target_probability"] = float(probs[mine, k].mean())
-            entry["frechet"] = _maybe(frechet_distance, f_syn[mine], f_train[real_c])
-            pr = _maybe(precision_recall, f_train[real_c], f_syn[mine])
-            entry["precision"], entry["recall"] = pr if pr is not None else (None, None)
-        out["per_class"][c] = entry
-
-    parents = {sid: i for i, sid in enumerate(m.df["sample_id"].tolist())}
-    syn_df = syn.manifest.df.iloc[syn.rows]
-    syn_subjects = syn_df["subject_id"].astype(str).tolist()
-    out["memorisation"] = memorisation(syn.pixels, syn_subjects, real_train[0], real_train[2])
-    if "demo_params" in m.df.columns:
-        out["ground_truth"] = _ground_truth(m, syn, [parents[p] for p in syn_df["parent_id"]])
-    if au_checkpoint:
-        out["au_consistency"] = _au_consistency(au_checkpoint, syn, real_test, classes)
-    if judges:
-        position = {int(r): i for i, r in enumerate(train_rows)}
-        missing = [p for p in syn_df["parent_id"] if parents[p] not in position]
-        if missing:
-            raise FesaugError(f"synthetic image parent {missing[0]} is not among the real training images the judges compare with")
-        out["judges"] = judge_synthesis(judges, classes, syn.pixels, target, np.array([position[parents[p]] for p in syn_df["parent_id"]]),
-                                        real_train, real_test, device=device)
-    return out
-
-
-def _maybe(metric: Callable[..., Any], *args: Any) -> Any:
-    """The metric, or None when a set is too small for it (a class with a handful of images)."""
-    try:
-        return metric(*args)
-    except FesaugError:
-        return None
-
-
-def _ground_truth(m: Manifest, syn: ManifestDataset, parent_rows: Sequence[int]) -> dict[str, Any]:
-    """Exact scores on the demo dataset: each synthetic image against the same face rendered
-    with its target expression, and the parent copied unchanged as the trivial baseline."""
-    from .data.demo import counterfactual
-    from .synthesis_metrics import psnr, ssim
-
-    native = ManifestDataset(syn.manifest, rows=syn.rows)  # at the size written, the demo's size
-    fake = native.pixels
-    truth = torch.from_numpy(np.stack([counterfactual(m.df.iloc[p], m.classes[int(t)]) for p, t in
-                                       zip(parent_rows, syn.labels)]))[:, None]
-    parents = ManifestDataset(m, rows=np.unique(np.asarray(parent_rows)), image_size=fake.shape[-1])
-    position = {int(r): i for i, r in enumerate(parents.rows)}
-    copy = parents.pixels[[position[int(r)] for r in parent_rows]]
-    scores: dict[str, Any] = {}
-    for name, images in (("synthetic", fake), ("copy_input", copy)):
-        l1 = (images.float() - truth.float()).abs().mean(dim=(1, 2, 3)).numpy()
-        scores[name] = {"l1": float(l1.mean()), "psnr": float(np.mean(np.minimum(psnr(images, truth), 100.0))),
-                        "ssim": float(np.mean(ssim(images, truth)))}
-    return scores
-
-
-def _au_consistency(checkpoint: str, syn: ManifestDataset, real_test: tuple[torch.Tensor, np.ndarray],
-                    classes: Sequence[str]) -> dict[str, Any]:
-    """Mean probability of each target class's prototype AUs (EMFACS) in its synthetic images,
-    next to the same number for the real test images of that class."""
-    from .multitask_training import load_emotion_au
-
-    model = load_emotion_au(checkpoint)
-    # Both sets go through the same resize, so the two columns differ by content, not by resampling.
-    _, syn_au = model.predict(resize_pixels(syn.pixels, model.image_size))
-    _, real_au = model.predict(resize_pixels(real_test[0], model.image_size))
-    out: dict[str, Any] = {}
-    for k, c in enumerate(classes):
-        entry: dict[str, Any] = {}
-        for name, au, labels in (("synthetic", syn_au, syn.labels), ("real_test", real_au, real_test[1])):
-            mine = torch.from_numpy(np.asarray(labels) == k)
-            score = au_consistency(au[mine], model.au_ids, c) if mine.any() else None
-            entry[name] = float(score.mean()) if score is not None else None
-        out[c] = entry
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -708,46 +600,6 @@ def _fold_records(out: Path) -> dict[int, dict[str, Any]]:
     return dict(sorted(folds.items()))
 
 
-def _test(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A condition's accuracy, macro-F1 and per-class recall on one fold: the mean over its seeds."""
-    tests = [record["test"], *(s["test"] for s in record.get("seeds", ()))]
-    return {"accuracy": float(np.mean([t["accuracy"] for t in tests])),
-            "macro_f1": float(np.mean([t["macro_f1"] for t in tests])),
-            "recall": {c: float(np.mean([t["recall"][c] for t in tests])) for c in tests[0]["recall"]}}
-
-
-def _seconds(record: Mapping[str, Any]) -> float | None:
-    """Wall time of a condition on one fold, all its seeds together."""
-    times = [record.get("seconds"), *(s.get("seconds") for s in record.get("seeds", ()))]
-    return None if times[0] is None else float(sum(t for t in times if t is not None))
-
-
-def _mean_std(values: Sequence[float]) -> dict[str, float | int | None]:
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if v.size == 0:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
-
-
-def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """``a − b`` over paired folds: mean difference, folds won, and two-sided Wilcoxon
-    signed-rank and paired t-test p-values (scipy; None with fewer than 2 folds or no differences)."""
-    from scipy import stats
-
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    out: dict[str, Any] = {"n_folds": int(d.size), "mean_difference": float(d.mean()) if d.size else None,
-                           "differences": d.tolist(), "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
-                           "wilcoxon_p": None, "ttest_p": None}
-    # Equal differences in every fold (zero variance) make the t statistic infinite and its
-    # p-value a meaningless 0; the signed-rank test still answers.
-    if d.size >= 2 and np.any(d != 0):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # small-sample and tie warnings: the p-value says enough
-            out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
-            p = stats.ttest_rel(a, b).pvalue if np.ptp(d) > 1e-12 else np.nan
-            out["ttest_p"] = float(p) if np.isfinite(p) else None
-    return out
-
 
 def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
     """Summarise every fold present in ``out``: ``results.json``, ``report.md``, ``recall.png``."""
@@ -758,22 +610,22 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
     names = [c for c in (*CONDITIONS, "synthetic-only") if any(c in r for r in folds.values())]
     summary: dict[str, Any] = {}
     for name in names:
-        reports = {k: _test(r[name]) for k, r in folds.items() if name in r}
+        reports = {k: fold_scores(r[name]) for k, r in folds.items() if name in r}
         summary[name] = {
             "folds": sorted(reports),
             "seeds_per_fold": sorted({1 + len(r[name].get("seeds", ())) for r in folds.values() if name in r}),
-            "accuracy": _mean_std([r["accuracy"] for r in reports.values()]),
-            "macro_f1": _mean_std([r["macro_f1"] for r in reports.values()]),
-            "minority_recall": _mean_std([float(np.mean([r["recall"][c] for c in minority])) for r in reports.values()]),
-            "recall": {c: _mean_std([r["recall"][c] for r in reports.values()]) for c in classes},
+            "accuracy": mean_std([r["accuracy"] for r in reports.values()]),
+            "macro_f1": mean_std([r["macro_f1"] for r in reports.values()]),
+            "minority_recall": mean_std([float(np.mean([r["recall"][c] for c in minority])) for r in reports.values()]),
+            "recall": {c: mean_std([r["recall"][c] for r in reports.values()]) for c in classes},
         }
     comparisons: dict[str, Any] = {}
     for name, base in COMPARISONS:
         if name in summary and base in summary:
             paired = [k for k in folds if name in folds[k] and base in folds[k]]
             comparisons[f"{name}_vs_{base}"] = {
-                metric: paired_comparison([_metric(folds[k][name], metric, minority) for k in paired],
-                                          [_metric(folds[k][base], metric, minority) for k in paired])
+                metric: paired_comparison([fold_metric(folds[k][name], metric, minority) for k in paired],
+                                          [fold_metric(folds[k][base], metric, minority) for k in paired])
                 for metric in ("accuracy", "macro_f1", "minority_recall")} | {"folds": paired}
     protocol = _protocol(m, config, minority) | {"evaluated_folds": sorted(folds)}
     protocol["downstream"]["seeds_per_fold"] = max((n for s in summary.values() for n in s["seeds_per_fold"]), default=1)
@@ -781,145 +633,19 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
         "protocol": protocol,
         "conditions": summary,
         "comparisons": comparisons,
-        "per_fold": {str(k): {name: _test(r[name]) for name in names if name in r} for k, r in folds.items()},
-        "synthesis": _synthesis_summary({k: r["synthesis"] for k, r in folds.items() if "synthesis" in r}, classes,
+        "per_fold": {str(k): {name: fold_scores(r[name]) for name in names if name in r} for k, r in folds.items()},
+        "synthesis": synthesis_summary({k: r["synthesis"] for k, r in folds.items() if "synthesis" in r}, classes,
                                         {k: r["real"]["test"] for k, r in folds.items() if "real" in r}),
         "verdict": verdict(comparisons, min((min(summary[n]["seeds_per_fold"]) for n in ("fes", "real", "oversample")
                                              if n in summary), default=1)),
-        "seconds": {str(k): {name: _seconds(r[name]) for name in names if name in r} for k, r in folds.items()},
+        "seconds": {str(k): {name: fold_seconds(r[name]) for name in names if name in r} for k, r in folds.items()},
         "provenance": provenance("evaluate", jsonable(config.key())),
     }
     atomic_write_text(out / "results.json", json.dumps(jsonable(results), indent=1))
-    from .evaluation_report import plot_recall, render_report
-
     plot_recall(results, classes, out / "recall.png")
     atomic_write_text(out / "report.md", render_report(results, classes))
     return results
 
-
-def verdict(comparisons: Mapping[str, Any], seeds_per_fold: int = 1) -> dict[str, Any] | None:
-    """The question ``fesaug evaluate`` is run for: does the FES-balanced training set beat the
-    real data alone, and random oversampling (the cheap alternative)? ``seeds_per_fold``: the
-    fewest downstream seeds any compared condition has on a fold (one draws a caution).
-
-    Judged on test macro-F1 paired over folds: ``better``/``worse`` when the two-sided Wilcoxon
-    signed-rank p-value is below :data:`VERDICT_ALPHA`, else ``no clear difference``. The
-    ``recommendation`` follows from the comparison with ``oversample`` when it ran (synthesis
-    must earn its cost against it), else from the one with ``real``. ``None`` when neither
-    comparison ran.
-    """
-    against: dict[str, Any] = {}
-    for base in ("real", "oversample"):
-        c = comparisons.get(f"fes_vs_{base}", {}).get("macro_f1")
-        if not c or c["mean_difference"] is None:
-            continue
-        p = c["wilcoxon_p"]
-        outcome = ("no clear difference" if p is None or p >= VERDICT_ALPHA
-                   else "better" if c["mean_difference"] > 0 else "worse")
-        against[base] = {"outcome": outcome, **{k: c[k] for k in ("mean_difference", "wins", "losses", "n_folds", "wilcoxon_p")}}
-    if not against:
-        return None
-    cautions = []
-    n_folds = min(a["n_folds"] for a in against.values())
-    if n_folds < MIN_VERDICT_FOLDS:
-        cautions.append(f"{n_folds} fold(s): the signed-rank test needs at least {MIN_VERDICT_FOLDS} to reach "
-                        f"p < {VERDICT_ALPHA}; evaluate more folds")
-    if seeds_per_fold == 1:
-        cautions.append("one downstream seed per fold: a training's seed alone moves a fold's score by points; "
-                        "--downstream-seeds 3 gives a firmer answer")
-    if "oversample" in against:
-        o = against["oversample"]
-        recommendation = {
-            "better": "use the FES-balanced manifest: it beats random oversampling on this data",
-            "worse": "use random oversampling: it beats the FES-balanced manifest on this data",
-        }.get(o["outcome"], "no evidence that synthesis beats random oversampling on this data; oversampling is the "
-                            "cheaper choice" + (" and scored higher on average" if o["mean_difference"] < 0 else ""))
-    else:
-        r = against["real"]
-        recommendation = {
-            "better": "the FES-balanced manifest beats the real data alone; add the `oversample` condition to compare "
-                      "it with the cheap alternative",
-            "worse": "do not use the FES-balanced manifest: the real data alone scores higher",
-        }.get(r["outcome"], "no evidence that the FES-balanced manifest beats the real data alone")
-    return {"metric": "macro_f1", "test": f"two-sided Wilcoxon signed-rank over paired folds, alpha {VERDICT_ALPHA}",
-            "against": against, "recommendation": recommendation, "cautions": cautions}
-
-
-def _metric(record: Mapping[str, Any], metric: str, minority: Sequence[str]) -> float:
-    test = _test(record)
-    return float(np.mean([test["recall"][c] for c in minority])) if metric == "minority_recall" else float(test[metric])
-
-
-def _synthesis_summary(per_fold: Mapping[int, Mapping[str, Any]], classes: Sequence[str],
-                       real_test: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
-    """Means over folds of the per-fold synthesis records; ``real_test``: the ``real`` condition's
-    test report per fold, for the recognised share of real faces next to the synthetic one."""
-    folds = [r | {"real_test": _recognised_real(r, real_test[k], classes)} for k, r in per_fold.items()
-             if r.get("n_synthetic") and k in real_test]
-    if not folds:
-        return {}
-
-    def across(get: Callable[[Mapping[str, Any]], Any]) -> dict[str, Any]:
-        return _mean_std([get(r) for r in folds])
-
-    out: dict[str, Any] = {
-        "folds": sorted(k for k, r in per_fold.items() if r.get("n_synthetic")),
-        "n_synthetic": int(sum(r["n_synthetic"] for r in folds)),
-        "recognised": across(lambda r: r["recognised"]),
-        "real_test_recognised": across(lambda r: r["real_test"]["weighted"]),
-        "classification_accuracy_score": {k: across(lambda r, k=k: r["classification_accuracy_score"][k])
-                                          for k in ("accuracy", "macro_f1", "real_accuracy", "real_macro_f1")},
-        "frechet": {k: across(lambda r, k=k: r["frechet"][k]) for k in ("synthetic_vs_train", "validation_vs_train", "test_vs_train")},
-        "memorisation": {k: across(lambda r, k=k: r["memorisation"][k]) for k in ("share", "distance_median", "real_distance_median")}
-        | {"near_copies": int(sum(r["memorisation"]["near_copies"] for r in folds))},
-        "per_class": {c: {k: across(lambda r, c=c, k=k: r["per_class"][c].get(k))
-                          for k in ("recognised", "mean_target_probability", "frechet", "precision", "recall")}
-                      | {"real_test_recognised": across(lambda r, c=c: r["real_test"]["per_class"].get(c)),
-                         "n": int(sum(r["per_class"][c]["n"] for r in folds))} for c in classes},
-    }
-    if all("ground_truth" in r for r in folds):
-        out["ground_truth"] = {who: {k: across(lambda r, who=who, k=k: r["ground_truth"][who][k]) for k in ("l1", "psnr", "ssim")}
-                               for who in ("synthetic", "copy_input")}
-    if any("judges" in r for r in folds):
-        out["judges"] = _across_folds([r.get("judges") for r in folds])
-    if all("au_consistency" in r for r in folds):
-        out["au_consistency"] = {c: {who: across(lambda r, c=c, who=who: r["au_consistency"][c][who])
-                                     for who in ("synthetic", "real_test")} for c in classes}
-    return out
-
-
-# Counts add up over folds, settings are the same in every fold; every other number is averaged.
-_COUNTS = ("n", "not_judged", "n_real_test")
-_SETTINGS = ("threshold",)
-
-
-def _across_folds(values: Sequence[Any], key: str | None = None) -> Any:
-    """Per-fold records of one nesting → that nesting with mean ± std over folds at each number
-    (sums for counts); names, flags and lists are the same in every fold and kept once."""
-    present = [v for v in values if v is not None]
-    if not present:
-        return None
-    if all(isinstance(v, Mapping) for v in present):
-        return {k: _across_folds([v.get(k) for v in present], k) for k in dict.fromkeys(k for v in present for k in v)}
-    if key in _SETTINGS:
-        return present[0]
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return int(sum(present)) if key in _COUNTS and all(isinstance(v, int) for v in present) else _mean_std(present)
-    if all(isinstance(v, list) for v in present):
-        return list(dict.fromkeys(x for v in present for x in v))
-    return present[0]
-
-
-def _recognised_real(syn: Mapping[str, Any], test: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    """How often the same ``real`` classifier recognises *real* test faces of each synthesized
-    class (its test recall), and that share weighted like the synthetic set: the yardstick for
-    the synthetic recognised share, which cannot be read alone when the classifier itself
-    misses a third of a class's real faces."""
-    per_class = {c: test["recall"][c] for c in classes
-                 if syn["per_class"][c]["n"] and test["support"].get(c, 0) > 0}
-    n = {c: syn["per_class"][c]["n"] for c in per_class}
-    weighted = sum(per_class[c] * n[c] for c in per_class) / sum(n.values()) if per_class else None
-    return {"per_class": per_class, "weighted": weighted}
 
 
 def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> dict[str, Any]:
@@ -927,7 +653,7 @@ def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> d
     return {
         "manifest": str(m.path), "manifest_sha256": file_sha256(m.path), "classes": m.classes,
         "n_images": int(len(m.df)), "n_subjects": int(m.df["subject_id"].nunique()),
-        "folds": sorted(int(f) for f in m.df["fold"].dropna().unique()),
+        "folds": manifest_folds(m),
         "minority_classes": list(minority),
         "validation": f"{config.val_fraction:.0%} of the training subjects (subject-grouped, stratified), "
                       "used for every model choice; the test fold only for the final score",
@@ -944,3 +670,4 @@ def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> d
         "judges": list(config.judges),
         "seed": config.seed,
     }
+

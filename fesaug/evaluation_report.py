@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .plots import new_figure, save_figure
+from .targets import describe_target
 
 EXPRESSION_JUDGE = "the fold's judge classifier"  # protocol value when --expression-judge is on
 
@@ -131,8 +132,7 @@ def _seed_counts(summary: Mapping[str, Any]) -> str:
 
 
 def _balance_text(b: Mapping[str, Any]) -> str:
-    target = b["target_per_class"]
-    text = "every class to the largest class" if target == "max" else f"every class to {target} images"
+    text = describe_target(b["target_per_class"])
     judge = (f" and at least {b.get('min_judge_confidence', 0.5)} from an independent real-data classifier (seed + 1)"
              if b.get("judge") else "")
     order = ", sources closest to the target expression first" if b.get("source_order") == "similar" else ""

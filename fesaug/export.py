@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_bytes, atomic_write_text, file_sha256, remove_stale_temporaries
+from ._io import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .data.images import BadImage, decode_image, encode_png
 from .data.manifest import ORIGINS, Manifest, read_manifest
 from .errors import FesaugError, UsageError
@@ -187,8 +187,7 @@ def _file_names(m: Manifest, rows: list[int]) -> list[str]:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FesaugError(f"--out {out} is a file; give a folder to export into")
+    check_out_folder(out, "to export into")
     content = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not content:
         return

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ._io import file_sha256
 from .checkpoint import load_checkpoint
+from .devices import resolve_device
 from .downstream import DownstreamClassifier
 from .errors import FesaugError
 from .models import MAX_INTENSITY, FERSNet, FERSNetConfig, from_model_range, to_model_range
@@ -171,7 +172,7 @@ def load_generator(checkpoint: str | os.PathLike, device: str | torch.device | N
         raise FesaugError(f"{path}: the checkpoint's model config is not understood ({exc}); it was written by another fesaug version") from None
     if model_config.num_classes != len(ckpt["classes"]) or model_config.image_size != ckpt["image_size"]:
         raise FesaugError(f"{path}: the checkpoint's class list / image size disagree with its model; it is damaged")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     model = FERSNet(model_config)
     try:
         model.load_state_dict(ckpt["model"])

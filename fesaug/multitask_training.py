@@ -49,15 +49,16 @@ from sklearn.metrics import f1_score
 from torch import Tensor
 
 from . import __version__
-from ._io import atomic_path, atomic_write_text, file_sha256
+from ._io import atomic_path, atomic_write_text, check_out_folder, file_sha256
 from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_manifest
+from .data.splits import Split, split_subjects
+from .devices import resolve_device
 from .errors import FesaugError
 from .locking import output_lock
 from .models import EmotionAUConfig, EmotionAUNet, au_metrics, au_pos_weight, multitask_loss, to_model_range
 from .provenance import provenance
 from .runlog import json_number, seed_everything, write_metrics
-from .training import Split, split_subjects
 
 __all__ = ["EmotionAUPredictor", "MultiTaskConfig", "MultiTaskResult", "label_split", "load_emotion_au", "train_multitask"]
 
@@ -189,7 +190,7 @@ def train_multitask(manifest: str | os.PathLike | Manifest, out_dir: str | os.Pa
         model_config = EmotionAUConfig(**{"sharing": "aws", **config.model, "num_classes": len(classes), "num_aus": len(au_ids)})
     except TypeError as exc:
         raise FesaugError(f"unknown model setting ({exc}); see EmotionAUConfig's fields") from None
-    device = _device(config.device)
+    device = resolve_device(config.device)
     with output_lock(out_dir):
         _prepare_run_dir(out_dir, overwrite)
 
@@ -305,15 +306,8 @@ def evaluate(net: EmotionAUNet, faces: Faces, device: torch.device) -> dict[str,
 # files and devices
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FesaugError("device is cuda but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 def _prepare_run_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FesaugError(f"--out {out_dir} is a file; give a folder for the run")
+    check_out_folder(out_dir, "for the run")
     existing = [p for p in (out_dir / "checkpoints" / "last.pt", out_dir / "checkpoints" / "best.pt") if p.exists()]
     if existing and not overwrite:
         raise FesaugError(f"{out_dir} already holds a training run ({existing[0]}); pass --overwrite to start over "
@@ -377,7 +371,7 @@ def load_emotion_au(checkpoint: str | os.PathLike, device: str | torch.device | 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or ckpt.get("format_version") != FORMAT_VERSION:
         raise FesaugError(f"{path} is not an emotion + AU checkpoint (version {FORMAT_VERSION}); "
                           "use one written by `fesaug train --tasks emotion,au`")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     try:
         net = EmotionAUNet(EmotionAUConfig(**ckpt["model_config"]))
         net.load_state_dict(ckpt["model"])

@@ -134,10 +134,8 @@ def _summary(manifest: Manifest, result, checkpoint: Path, after: AuditReport, s
         "",
         "class      before  synthesized  accepted  after",
     ]
-    for c in result.counts_before:
-        acc = result.acceptance[c]
-        lines.append(f"{c:<10} {result.counts_before[c]:>6}  {result.generated[c]:>11}  "
-                     f"{'-' if acc is None else f'{acc:.0%}':>8}  {result.counts_after[c]:>5}")
+    for c, n_before, n_synthesized, accepted, n_after in result.class_rows(("real", "synthesized", "acceptance", "after")):
+        lines.append(f"{c:<10} {n_before:>6}  {n_synthesized:>11}  {accepted:>8}  {n_after:>5}")
     short = sum(result.shortfall.values())
     lines += [
         "",

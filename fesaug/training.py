@@ -1,6 +1,8 @@
 """Training FERSNet: recognition and synthesis together, with a conditional PatchGAN.
 
-``train(manifest, out_dir, config)`` is the whole procedure; read it from :func:`train` down.
+``train(manifest, out_dir, config)`` is the whole procedure; read it from :func:`train` down: it sets
+up the run, then calls :func:`train_one_epoch` (:func:`train_step` per batch) and :func:`validate`
+once per epoch, and ``_record_epoch`` for the epoch's metrics line and checkpoints.
 
 Data. Real rows of the manifest only. Rows of ``config.holdout_fold`` and rows in split ``test``
 are held out: never trained on, never validated on. From the remaining *subjects*, a
@@ -39,7 +41,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from ._io import atomic_path, atomic_write_text, file_sha256, remove_stale_temporaries
+from ._io import atomic_path, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .checkpoint import (
     load_checkpoint,
     rng_state,
@@ -65,7 +66,8 @@ from .checkpoint import (
 )
 from .data.datasets import ManifestDataset, PairedTargetDataset
 from .data.manifest import Manifest, read_manifest
-from .data.splits import assign_folds
+from .data.splits import Split, split_subjects
+from .devices import resolve_device
 from .distributed import Ranks, barrier, process_group
 from .downstream import DownstreamClassifier, augment_batch, load_classifier
 from .errors import FesaugError, UsageError
@@ -84,8 +86,8 @@ from .train_config import (
 )
 
 __all__ = [
-    "PRESETS", "LossWeights", "Split", "TrainConfig", "TrainResult", "load_config", "resolve_config",
-    "run_config", "split_subjects", "train",
+    "PRESETS", "LossWeights", "TrainConfig", "TrainResult", "TrainingState", "load_config", "resolve_config",
+    "run_config", "train", "train_one_epoch", "train_step", "validate",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,101 +112,258 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------
-# who is trained on, validated on and held out
+# the procedure, top to bottom: set up, then per epoch train_one_epoch, validate, _record_epoch
+
+
+def train(
+    manifest: str | os.PathLike | Manifest,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train FERSNet on the real rows of ``manifest``; write the run folder ``out_dir``.
+
+    ``resume`` continues the run in ``out_dir`` from ``checkpoints/last.pt`` (``config`` must
+    match the run's, except ``epochs``, ``num_workers`` and ``device``), or starts it over if it
+    was stopped before its first checkpoint; ``overwrite`` discards a previous run there. The
+    run holds ``out_dir``'s lock (:mod:`fesaug.locking`). See the module docstring for what is
+    written.
+    """
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    model_config = config.model_config(num_classes=len(manifest.classes))
+    manifest_sha = file_sha256(manifest.path)
+
+    with _runtime(config) as rt, output_lock(out_dir):
+        ckpt = _prepare_run_dir(out_dir, resume=resume, overwrite=overwrite, rt=rt)
+        if ckpt is not None:
+            _check_resumable(ckpt, config, model_config, manifest.classes, manifest_sha, out_dir / "checkpoints" / "last.pt")
+        split = split_subjects(manifest, config.holdout_fold, config.val_fraction, config.seed)
+        run = _Run(out_dir, config, model_config, manifest, manifest_sha, split)
+        data = _data(manifest, split, model_config.image_size, config, rt)
+        state = _training_state(run, rt, ckpt)
+        _start_run_folder(run, rt, data, resumed_at=state.epoch if ckpt is not None else None)
+
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            # Everything random in an epoch follows from (seed, epoch), so a resumed run repeats it.
+            seed_everything(config.seed, epoch)
+            data.set_epoch(epoch)
+            t0 = time.perf_counter()
+            lr = state.sched_g.get_last_lr()[0]
+            losses = train_one_epoch(state, data.train_loader, config, rt, epoch)
+            train_seconds = time.perf_counter() - t0
+            if rt.is_main:
+                val = validate(state.net, data.val_loader, rt.device) if data.val_loader is not None else {}
+                save_sample_grid(state.net, data.sample_faces, out_dir / "samples" / f"epoch_{epoch:03d}.png")
+                images = len(data.train_loader) * config.batch_size * rt.world_size
+                _record_epoch(run, state, epoch, lr, losses, val, images, train_seconds, t0)
+
+    metrics = run.metrics if rt.is_main else read_metrics(out_dir / "metrics.jsonl")
+    checkpoints = out_dir / "checkpoints"
+    return TrainResult(
+        run_dir=out_dir, last_checkpoint=checkpoints / "last.pt", best_checkpoint=checkpoints / "best.pt",
+        best_epoch=state.best["epoch"] if rt.is_main else next((m["epoch"] for m in reversed(metrics) if m["best"]), 0),
+        best_val_fer_acc=state.best["val_fer_acc"] if rt.is_main else None, metrics=metrics, config=config,
+    )
+
+
+def train_one_epoch(state: TrainingState, loader: DataLoader, config: TrainConfig, rt: Runtime, epoch: int) -> dict[str, float]:
+    """One pass over ``loader`` (:func:`train_step` per batch), then one step of the learning-rate
+    schedules; returns each loss averaged over the epoch's steps and the processes."""
+    sums: dict[str, Tensor] = {}
+    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+               disable=None if rt.is_main else True, dynamic_ncols=True)
+    for i, batch in enumerate(bar):
+        kill_point("train-step")
+        losses = train_step(batch, state.optimisation, config.loss, config.d_steps, rt)
+        state.step += 1
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0) + v
+        if i % 10 == 0 and not bar.disable:  # .item() waits for the GPU; not every step
+            bar.set_postfix(fer=f"{losses['loss_fer'].item():.3f}", cyc=f"{losses['loss_cycle'].item():.3f}",
+                            d=f"{losses['loss_d'].item():.3f}")
+    bar.close()
+    state.sched_g.step()
+    state.sched_d.step()
+    averages = torch.stack(list(sums.values())) / len(loader)
+    if rt.distributed:
+        dist.all_reduce(averages)
+        averages /= rt.world_size
+    if not torch.isfinite(averages).all():
+        raise FesaugError(f"training diverged in epoch {epoch} (a loss is not finite); start again with a lower "
+                          "--lr or lower loss weights (checkpoints of the epochs before are kept)")
+    return {k: float(v) for k, v in zip(sums, averages)}
+
+
+def _record_epoch(run: _Run, state: TrainingState, epoch: int, lr: float, losses: dict[str, float],
+                  val: dict[str, float], images: int, train_seconds: float, t0: float) -> None:
+    """The end of an epoch on the main process: choose the best epoch, append the epoch's line to
+    ``metrics.jsonl``, write the checkpoints. ``images``: trained on in the epoch, all processes
+    together; ``t0``: when the epoch started."""
+    is_best = _better(val, state.best)
+    if is_best:
+        state.best = {"epoch": epoch, "val_fer_acc": val.get("val_fer_acc"), "val_fer_loss": val.get("val_fer_loss")}
+    row = {
+        "epoch": epoch, "step": state.step, "lr": lr,
+        **{k: json_number(v) for k, v in losses.items()},
+        **{k: json_number(v) for k, v in val.items()},
+        "images_per_s": round(images / train_seconds, 2),
+        "train_seconds": round(train_seconds, 3),
+        "epoch_seconds": round(time.perf_counter() - t0, 3),
+        "best": is_best,
+    }
+    run.metrics.append(row)
+    write_metrics(run.out_dir / "metrics.jsonl", run.metrics)
+    _save_checkpoints(run.out_dir / "checkpoints", _checkpoint(run, state, row), is_best)
+    log.info("epoch %d/%d  fer %.3f  cycle %.3f  d %.3f%s  %.1f img/s  %.1f s", epoch, run.config.epochs,
+             row["loss_fer"], row["loss_cycle"], row["loss_d"],
+             f"  val acc {val['val_fer_acc']:.3f}" if val else "", row["images_per_s"], row["epoch_seconds"])
+
+
+# --------------------------------------------------------------------------------------------
+# setting up: the run, the data, the models and their optimisers
 
 
 @dataclass
-class Split:
-    """Row positions (in ``manifest.df``) and subjects of each part of a run's data."""
+class _Run:
+    """What a run is trained on and with: written into every checkpoint."""
 
-    holdout_fold: int | None
-    train_rows: np.ndarray
-    val_rows: np.ndarray
-    train_subjects: list[str]
-    val_subjects: list[str]
-    heldout_subjects: list[str]
-    train_folds: list[int]
-    val_folds: list[int]
-    heldout_folds: list[int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if not k.endswith("_rows")}
+    out_dir: Path
+    config: TrainConfig
+    model_config: FERSNetConfig
+    manifest: Manifest
+    manifest_sha: str
+    split: Split
+    metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: float, seed: int) -> Split:
-    """Hold out fold ``holdout_fold`` and split ``test``; carve validation subjects from the rest.
+@dataclass
+class _Data:
+    train_set: PairedTargetDataset
+    sampler: DistributedSampler
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    sample_faces: Tensor
 
-    Validation subjects are one fold of a stratified, subject-grouped split of the training
-    subjects into ``round(1 / val_fraction)`` parts, so their class mix follows the training set.
-    A manifest with its own ``validation`` split keeps it: those rows validate, the rest train,
-    and ``val_fraction`` is not used (``fesaug evaluate`` writes such a manifest per fold, so
-    FERSNet, the balanced data and the downstream classifier all see one split).
-    """
-    df = manifest.df
-    real = (df["origin"] == "real").to_numpy()
-    folds = df["fold"]
-    if holdout_fold is not None:
-        present = sorted(int(f) for f in folds.dropna().unique())
-        if not present:
-            raise FesaugError(f"{manifest.path} has no folds, so --holdout-fold cannot be used; re-create it with folds")
-        if holdout_fold not in present:
-            raise FesaugError(f"{manifest.path} has no fold {holdout_fold} (folds: {', '.join(map(str, present))})")
-    in_fold = (folds == holdout_fold).fillna(False).to_numpy(dtype=bool) if holdout_fold is not None else np.zeros(len(df), bool)
-    heldout = real & (in_fold | (df["split"] == "test").to_numpy())
-    pool = real & ~heldout
-    subjects = df["subject_id"]
-    if subjects[pool].isna().any():
-        first = df["sample_id"][pool & subjects.isna().to_numpy()].iloc[0]
-        raise FesaugError(
-            f"{manifest.path}: row {first} has no subject_id; training splits and pairs images by subject, "
-            "so every real row needs one (re-ingest with a subject pattern)"
-        )
-    heldout_subjects = set(subjects[heldout].dropna())
-    leaking = sorted(heldout_subjects & set(subjects[pool]))
-    if leaking:
-        raise FesaugError(
-            f"{manifest.path}: subject(s) {', '.join(leaking[:5])} have rows both in the held-out data and in "
-            "training data; re-assign folds by subject (`fesaug audit` lists them)"
-        )
-    pool_rows = np.flatnonzero(pool)
-    if pool_rows.size == 0:
-        raise FesaugError(f"{manifest.path}: no real training rows are left after holding out fold {holdout_fold} and the test split")
-    pool_subjects = subjects.iloc[pool_rows].astype(str).to_numpy()
-    is_val = (df["split"].iloc[pool_rows] == "validation").to_numpy()
-    if is_val.any():
-        overlap = sorted(set(pool_subjects[is_val]) & set(pool_subjects[~is_val]))
-        if overlap:
-            raise FesaugError(
-                f"{manifest.path}: subject(s) {', '.join(overlap[:5])} have rows in the validation split and in "
-                "training rows; re-assign splits by subject (`fesaug audit` lists them)"
-            )
-    elif val_fraction > 0:
-        n_subjects = len(set(pool_subjects))
-        if n_subjects < 2:
-            raise FesaugError(f"{manifest.path}: only {n_subjects} training subject(s), too few to carve a validation set; set val_fraction: 0")
-        n_parts = min(n_subjects, max(2, round(1 / val_fraction)))
-        labels = df["label"].to_numpy(dtype=np.int64)[pool_rows]
-        with warnings.catch_warnings():
-            # scikit-learn warns when a class has fewer subjects than parts; stratification is
-            # then best-effort, which is all a validation split of a small dataset can be.
-            warnings.simplefilter("ignore", UserWarning)
-            is_val = assign_folds(labels, pool_subjects, n_parts, seed) == 0
-    train_rows, val_rows = pool_rows[~is_val], pool_rows[is_val]
+    def set_epoch(self, epoch: int) -> None:
+        self.train_set.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
 
-    def fold_list(rows: np.ndarray) -> list[int]:
-        return sorted(int(f) for f in folds.iloc[rows].dropna().unique())
 
-    return Split(
-        holdout_fold=holdout_fold,
-        train_rows=train_rows,
-        val_rows=val_rows,
-        train_subjects=sorted(set(pool_subjects[~is_val])),
-        val_subjects=sorted(set(pool_subjects[is_val])),
-        heldout_subjects=sorted(map(str, heldout_subjects)),
-        train_folds=fold_list(train_rows),
-        val_folds=fold_list(val_rows),
-        heldout_folds=fold_list(np.flatnonzero(heldout)),
+def _data(manifest: Manifest, split: Split, size: int, config: TrainConfig, rt: Runtime) -> _Data:
+    """The training and validation loaders and the sample-grid faces; pixels decoded once, at the
+    model's size."""
+    train_set = PairedTargetDataset(
+        ManifestDataset(manifest, rows=split.train_rows, image_size=size),
+        paired_prob=config.paired_prob, augment=True, shift=config.shift, hflip=config.hflip, seed=config.seed,
+        align_pairs=config.align_pairs, pair_threshold=config.pair_threshold,
     )
+    sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
+    # drop_last: a last batch of one or two images gives the GAN and BatchNorm noisy statistics.
+    # Workers are not persistent: each epoch's workers must copy the dataset after set_epoch().
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                              num_workers=config.num_workers, pin_memory=rt.device.type == "cuda")
+    if len(train_loader) == 0:
+        raise FesaugError(
+            f"{len(train_set)} training image(s) over {rt.world_size} process(es) do not fill one batch of "
+            f"{config.batch_size}; lower --batch-size"
+        )
+    val_base = ManifestDataset(manifest, rows=split.val_rows, image_size=size) if len(split.val_rows) else None
+    # Fixed targets (epoch 0 forever, pairs whenever possible, no augmentation): comparable across epochs.
+    val_loader = None if val_base is None else DataLoader(
+        PairedTargetDataset(val_base, paired_prob=1.0, augment=False, seed=config.seed, align_pairs=config.align_pairs,
+                            pair_threshold=config.pair_threshold),
+        batch_size=max(config.batch_size, 64),
+    )
+    return _Data(train_set, sampler, train_loader, val_loader, _sample_faces(val_base or train_set.base, config.sample_rows))
+
+
+@dataclass
+class TrainingState:
+    """The networks, optimisers and schedules of a run and how far it got: what a checkpoint holds."""
+
+    net: FERSNet
+    optimisation: Optimisation
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    sched_d: torch.optim.lr_scheduler.LRScheduler
+    epoch: int = 0
+    step: int = 0
+    best: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epoch": 0, "val_fer_acc": None, "val_fer_loss": None})
+
+
+def _training_state(run: _Run, rt: Runtime, ckpt: dict[str, Any] | None) -> TrainingState:
+    """FERSNet, the discriminator and their optimisers, identically initialised on every rank, or
+    as ``ckpt`` left them."""
+    config, model_config = run.config, run.model_config
+    seed_everything(config.seed)
+    net = FERSNet(model_config).to(rt.device)
+    disc = Discriminator(model_config).to(rt.device)
+    adam = {"lr": config.lr, "betas": config.betas, "weight_decay": config.weight_decay}
+    opt_g = torch.optim.Adam(net.parameters(), **adam)
+    opt_d = torch.optim.Adam(disc.parameters(), **adam)
+    milestones = sorted({max(1, round(f * config.epochs)) for f in config.lr_milestones})
+    sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, milestones, gamma=config.lr_gamma)
+    sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, milestones, gamma=config.lr_gamma)
+    # One scaler for both networks, only for fp16 (bf16 has fp32's range).
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+
+    state_extra: dict[str, Any] = {}
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        disc.load_state_dict(ckpt["discriminator"])
+        opt_g.load_state_dict(ckpt["optimizer_g"])
+        opt_d.load_state_dict(ckpt["optimizer_d"])
+        sched_g.load_state_dict(ckpt["scheduler_g"])
+        sched_d.load_state_dict(ckpt["scheduler_d"])
+        if ckpt["grad_scaler"]:
+            scaler.load_state_dict(ckpt["grad_scaler"])
+        set_rng_state(ckpt["rng"])
+        state_extra = {"epoch": ckpt["epoch"], "step": ckpt["step"], "best": dict(ckpt["best"])}
+
+    ddp = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
+    g_step: nn.Module = GeneratorStep(net, _expression_judge(config, run.manifest.classes, rt.device), config.paired_intensities)
+    d_train: nn.Module = disc
+    if rt.distributed:
+        g_step = DistributedDataParallel(g_step, **ddp)
+        d_train = DistributedDataParallel(disc, **ddp)
+    o = Optimisation(g_step=g_step, d_train=d_train, disc=disc, opt_g=opt_g, opt_d=opt_d, scaler=scaler,
+                     perceptual=_perceptual_loss(config, rt.device))
+    return TrainingState(net, o, sched_g, sched_d, **state_extra)
+
+
+def _start_run_folder(run: _Run, rt: Runtime, data: _Data, resumed_at: int | None) -> None:
+    """Read the metrics of the epochs a resumed run keeps into ``run.metrics``; on the main
+    process, write them back with the config and the provenance."""
+    metrics_path = run.out_dir / "metrics.jsonl"
+    run.metrics = read_metrics(metrics_path, up_to_epoch=resumed_at) if resumed_at is not None else []
+    if rt.is_main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(metrics_path, run.metrics)  # drops lines of epochs after the checkpoint
+        save_config(run.config, run.out_dir / "config.yaml")  # on resume, records a changed epoch count
+        _write_provenance(run.out_dir, run.config, run.manifest, run.manifest_sha, run.split, resumed_at=resumed_at)
+        split = run.split
+        log.info("training on %d images of %d subjects (validation: %d images of %d subjects; held out: %d subjects) "
+                 "on %s x%d", len(data.train_set), len(split.train_subjects), len(split.val_rows), len(split.val_subjects),
+                 len(split.heldout_subjects), rt.device.type, rt.world_size)
+
+
+def _checkpoint(run: _Run, state: TrainingState, row: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint of the epoch that ``row`` (its metrics line) describes."""
+    o = state.optimisation
+    return {
+        "epoch": row["epoch"], "step": state.step,
+        "model": state.net.state_dict(), "discriminator": o.disc.state_dict(),
+        "optimizer_g": o.opt_g.state_dict(), "optimizer_d": o.opt_d.state_dict(),
+        "scheduler_g": state.sched_g.state_dict(), "scheduler_d": state.sched_d.state_dict(),
+        "grad_scaler": o.scaler.state_dict(), "rng": rng_state(),
+        "config": run.config.to_dict(), "model_config": _plain_model_config(run.model_config),
+        "classes": run.manifest.classes, "image_size": run.model_config.image_size,
+        "manifest": {"path": str(run.manifest.path), "sha256": run.manifest_sha},
+        "split": run.split.to_dict(), "best": state.best, "metrics": row,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,9 +400,7 @@ def _runtime(config: TrainConfig) -> Iterator[Runtime]:
     """Pick the device, join the process group under torchrun, set determinism and threads;
     restore the process-wide settings afterwards (``train`` may be called from a notebook)."""
     ranks = Ranks.from_env()
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise FesaugError("device is cuda but torch sees no CUDA device; use --device cpu or auto")
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(config.device).type == "cuda"
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     if use_cuda:
@@ -403,7 +560,9 @@ class Optimisation:
     perceptual: nn.Module | None = None  # frozen ST-LPIPS for LossWeights.paired_perceptual
 
 
-def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_steps: int, rt: Runtime) -> dict[str, Tensor]:
+def train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_steps: int, rt: Runtime) -> dict[str, Tensor]:
+    """One discriminator and one FERSNet update on ``batch``: the three steps of the module
+    docstring; returns the losses (detached) and the share of paired rows."""
     device = rt.device
     x = to_model_range(batch["source"].to(device, non_blocking=True))
     x_target = to_model_range(batch["target"].to(device, non_blocking=True))
@@ -465,7 +624,7 @@ def _train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_ste
 
 
 @torch.no_grad()
-def evaluate(net: FERSNet, loader: DataLoader, device: torch.device) -> dict[str, float]:
+def validate(net: FERSNet, loader: DataLoader, device: torch.device) -> dict[str, float]:
     """FER loss / accuracy / balanced accuracy on real validation faces; cycle L1 (source →
     target → source) and, on same-subject pairs, L1 between synthesized and real target image."""
     was_training = net.training
@@ -544,8 +703,7 @@ def _prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, rt: Runtim
     """Check the run folder against resume/overwrite; returns the checkpoint to resume from."""
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite starts it over; pass only one")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FesaugError(f"--out {out_dir} is a file; give a folder for the run")
+    check_out_folder(out_dir, "for the run")
     if rt.is_main and out_dir.is_dir():
         # A run stopped by kill -9 while writing leaves temporary files (stale: we hold the lock),
         # and a checkpoint's can be hundreds of MB.
@@ -613,183 +771,7 @@ def _checkpoint_model_config(ckpt: dict[str, Any], path: Path) -> FERSNetConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# the procedure
-
-
-def train(
-    manifest: str | os.PathLike | Manifest,
-    out_dir: str | os.PathLike,
-    config: TrainConfig | None = None,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-) -> TrainResult:
-    """Train FERSNet on the real rows of ``manifest``; write the run folder ``out_dir``.
-
-    ``resume`` continues the run in ``out_dir`` from ``checkpoints/last.pt`` (``config`` must
-    match the run's, except ``epochs``, ``num_workers`` and ``device``), or starts it over if it
-    was stopped before its first checkpoint; ``overwrite`` discards a previous run there. The
-    run holds ``out_dir``'s lock (:mod:`fesaug.locking`). See the module docstring for what is
-    written.
-    """
-    config = config or TrainConfig()
-    out_dir = Path(out_dir)
-    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-    classes = manifest.classes
-    model_config = config.model_config(num_classes=len(classes))
-    manifest_sha = file_sha256(manifest.path)
-
-    with _runtime(config) as rt, output_lock(out_dir):
-        ckpt = _prepare_run_dir(out_dir, resume=resume, overwrite=overwrite, rt=rt)
-        if ckpt is not None:
-            _check_resumable(ckpt, config, model_config, classes, manifest_sha, out_dir / "checkpoints" / "last.pt")
-        split = split_subjects(manifest, config.holdout_fold, config.val_fraction, config.seed)
-
-        # Data: pixels decoded once, at the model's size.
-        size = model_config.image_size
-        train_set = PairedTargetDataset(
-            ManifestDataset(manifest, rows=split.train_rows, image_size=size),
-            paired_prob=config.paired_prob, augment=True, shift=config.shift, hflip=config.hflip, seed=config.seed,
-            align_pairs=config.align_pairs, pair_threshold=config.pair_threshold,
-        )
-        sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
-        # drop_last: a last batch of one or two images gives the GAN and BatchNorm noisy statistics.
-        # Workers are not persistent: each epoch's workers must copy the dataset after set_epoch().
-        train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                                  num_workers=config.num_workers, pin_memory=rt.device.type == "cuda")
-        if len(train_loader) == 0:
-            raise FesaugError(
-                f"{len(train_set)} training image(s) over {rt.world_size} process(es) do not fill one batch of "
-                f"{config.batch_size}; lower --batch-size"
-            )
-        val_base = ManifestDataset(manifest, rows=split.val_rows, image_size=size) if len(split.val_rows) else None
-        # Fixed targets (epoch 0 forever, pairs whenever possible, no augmentation): comparable across epochs.
-        val_loader = None if val_base is None else DataLoader(
-            PairedTargetDataset(val_base, paired_prob=1.0, augment=False, seed=config.seed, align_pairs=config.align_pairs,
-                                pair_threshold=config.pair_threshold),
-            batch_size=max(config.batch_size, 64),
-        )
-        sample_faces = _sample_faces(val_base or train_set.base, config.sample_rows)
-
-        # Models and optimisers, identically initialised on every rank.
-        seed_everything(config.seed)
-        net = FERSNet(model_config).to(rt.device)
-        disc = Discriminator(model_config).to(rt.device)
-        adam = {"lr": config.lr, "betas": config.betas, "weight_decay": config.weight_decay}
-        opt_g = torch.optim.Adam(net.parameters(), **adam)
-        opt_d = torch.optim.Adam(disc.parameters(), **adam)
-        milestones = sorted({max(1, round(f * config.epochs)) for f in config.lr_milestones})
-        sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, milestones, gamma=config.lr_gamma)
-        sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, milestones, gamma=config.lr_gamma)
-        # One scaler for both networks, only for fp16 (bf16 has fp32's range).
-        scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
-
-        start_epoch, step, best = 0, 0, {"epoch": 0, "val_fer_acc": None, "val_fer_loss": None}
-        if ckpt is not None:
-            net.load_state_dict(ckpt["model"])
-            disc.load_state_dict(ckpt["discriminator"])
-            opt_g.load_state_dict(ckpt["optimizer_g"])
-            opt_d.load_state_dict(ckpt["optimizer_d"])
-            sched_g.load_state_dict(ckpt["scheduler_g"])
-            sched_d.load_state_dict(ckpt["scheduler_d"])
-            if ckpt["grad_scaler"]:
-                scaler.load_state_dict(ckpt["grad_scaler"])
-            set_rng_state(ckpt["rng"])
-            start_epoch, step, best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
-
-        ddp = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
-        g_step: nn.Module = GeneratorStep(net, _expression_judge(config, classes, rt.device), config.paired_intensities)
-        d_train: nn.Module = disc
-        if rt.distributed:
-            g_step = DistributedDataParallel(g_step, **ddp)
-            d_train = DistributedDataParallel(disc, **ddp)
-        o = Optimisation(g_step=g_step, d_train=d_train, disc=disc, opt_g=opt_g, opt_d=opt_d, scaler=scaler,
-                         perceptual=_perceptual_loss(config, rt.device))
-
-        metrics_path = out_dir / "metrics.jsonl"
-        metrics = read_metrics(metrics_path, up_to_epoch=start_epoch) if ckpt is not None else []
-        if rt.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_metrics(metrics_path, metrics)  # drops lines of epochs after the checkpoint
-            save_config(config, out_dir / "config.yaml")  # on resume, records a changed epoch count
-            _write_provenance(out_dir, config, manifest, manifest_sha, split, resumed_at=start_epoch if ckpt else None)
-            log.info("training on %d images of %d subjects (validation: %d images of %d subjects; held out: %d subjects) "
-                     "on %s x%d", len(train_set), len(split.train_subjects), len(split.val_rows), len(split.val_subjects),
-                     len(split.heldout_subjects), rt.device.type, rt.world_size)
-
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            # Everything random in an epoch follows from (seed, epoch), so a resumed run repeats it.
-            seed_everything(config.seed, epoch)
-            train_set.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            t0 = time.perf_counter()
-            sums: dict[str, Tensor] = {}
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
-                       disable=None if rt.is_main else True, dynamic_ncols=True)
-            for i, batch in enumerate(bar):
-                kill_point("train-step")
-                losses = _train_step(batch, o, config.loss, config.d_steps, rt)
-                step += 1
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0) + v
-                if i % 10 == 0 and not bar.disable:  # .item() waits for the GPU; not every step
-                    bar.set_postfix(fer=f"{losses['loss_fer'].item():.3f}", cyc=f"{losses['loss_cycle'].item():.3f}",
-                                    d=f"{losses['loss_d'].item():.3f}")
-            bar.close()
-            lr = sched_g.get_last_lr()[0]
-            sched_g.step()
-            sched_d.step()
-            n_steps = len(train_loader)
-            averages = torch.stack(list(sums.values())) / n_steps
-            if rt.distributed:
-                dist.all_reduce(averages)
-                averages /= rt.world_size
-            if not torch.isfinite(averages).all():
-                raise FesaugError(f"training diverged in epoch {epoch} (a loss is not finite); start again with a lower "
-                                  "--lr or lower loss weights (checkpoints of the epochs before are kept)")
-            train_seconds = time.perf_counter() - t0
-
-            if rt.is_main:
-                val = evaluate(net, val_loader, rt.device) if val_loader is not None else {}
-                save_sample_grid(net, sample_faces, out_dir / "samples" / f"epoch_{epoch:03d}.png")
-                is_best = _better(val, best)
-                if is_best:
-                    best = {"epoch": epoch, "val_fer_acc": val.get("val_fer_acc"), "val_fer_loss": val.get("val_fer_loss")}
-                row = {
-                    "epoch": epoch, "step": step, "lr": lr,
-                    **{k: json_number(float(v)) for k, v in zip(sums, averages)},
-                    **{k: json_number(v) for k, v in val.items()},
-                    "images_per_s": round(n_steps * config.batch_size * rt.world_size / train_seconds, 2),
-                    "train_seconds": round(train_seconds, 3),
-                    "epoch_seconds": round(time.perf_counter() - t0, 3),
-                    "best": is_best,
-                }
-                metrics.append(row)
-                write_metrics(metrics_path, metrics)
-                payload = {
-                    "epoch": epoch, "step": step,
-                    "model": net.state_dict(), "discriminator": disc.state_dict(),
-                    "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(),
-                    "scheduler_g": sched_g.state_dict(), "scheduler_d": sched_d.state_dict(),
-                    "grad_scaler": scaler.state_dict(), "rng": rng_state(),
-                    "config": config.to_dict(), "model_config": _plain_model_config(model_config),
-                    "classes": classes, "image_size": model_config.image_size,
-                    "manifest": {"path": str(manifest.path), "sha256": manifest_sha},
-                    "split": split.to_dict(), "best": best, "metrics": row,
-                }
-                _save_checkpoints(out_dir / "checkpoints", payload, is_best)
-                log.info("epoch %d/%d  fer %.3f  cycle %.3f  d %.3f%s  %.1f img/s  %.1f s", epoch, config.epochs,
-                         row["loss_fer"], row["loss_cycle"], row["loss_d"],
-                         f"  val acc {val['val_fer_acc']:.3f}" if val else "", row["images_per_s"], row["epoch_seconds"])
-
-    if not rt.is_main:
-        metrics = read_metrics(metrics_path)
-    checkpoints = out_dir / "checkpoints"
-    return TrainResult(
-        run_dir=out_dir, last_checkpoint=checkpoints / "last.pt", best_checkpoint=checkpoints / "best.pt",
-        best_epoch=best["epoch"] if rt.is_main else next((m["epoch"] for m in reversed(metrics) if m["best"]), 0),
-        best_val_fer_acc=best["val_fer_acc"] if rt.is_main else None, metrics=metrics, config=config,
-    )
+# the procedure's smaller pieces
 
 
 def _perceptual_loss(config: TrainConfig, device: torch.device) -> nn.Module | None:

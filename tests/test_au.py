@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from fesaug.data.au import EMOTION_AU_PROTOTYPES, parse_au_id, read_au_labels
+from fesaug.data.au import EMOTION_AU_PROTOTYPES, au_consistency, parse_au_id, read_au_labels
 from fesaug.data.demo import AU_PROTOTYPES
 from fesaug.data.labels import CANONICAL, CKPLUS_CLASSES
 from fesaug.data.manifest import read_manifest
@@ -49,6 +50,14 @@ def test_prototype_table_covers_every_ckplus_class():
     for emotion, aus in EMOTION_AU_PROTOTYPES.items():
         missing = set(aus) - set(AU_PROTOTYPES[emotion])
         assert missing == ({16} if emotion == "disgust" else set()), emotion
+
+
+def test_au_consistency_reads_the_prototype_table() -> None:
+    probs = torch.tensor([[0.9, 0.1, 0.7], [0.2, 0.8, 0.1]])
+    au_ids = [6, 4, 12]  # happy = AU6 + AU12; anger's AU4 is the only one of 4+5+7+23 known here
+    assert torch.allclose(au_consistency(probs, au_ids, "happy"), torch.tensor([0.8, 0.15]))
+    assert torch.allclose(au_consistency(probs, au_ids, "anger"), torch.tensor([0.1, 0.8]))
+    assert au_consistency(probs, au_ids, "neutral") is None
 
 
 # --------------------------------------------------------------------------------------------

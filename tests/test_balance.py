@@ -18,7 +18,7 @@ import torch
 
 from fesaug import balance as balancing
 from fesaug.audit import audit
-from fesaug.balance import BalanceConfig, plan_sources, resolve_targets
+from fesaug.balance import BalanceConfig, plan_sources
 import fesaug
 import fesaug.data
 from fesaug.data.datasets import ManifestDataset
@@ -59,31 +59,6 @@ def _working_counts(manifest: Path, excluded: int = 0) -> dict[str, int]:
     m = read_manifest(manifest)
     df = m.df[(m.df["fold"] != excluded) & (m.df["origin"] == "real")]
     return {c: int((df["label"] == k).sum()) for k, c in enumerate(m.classes)}
-
-
-# ---------------------------------------------------------------------------- targets
-
-
-def test_targets_in_imbalanced_learn_vocabulary() -> None:
-    counts = {"a": 10, "b": 4, "c": 7}
-    assert resolve_targets(counts) == {"a": 10, "b": 10, "c": 10}  # max, auto = not majority
-    assert resolve_targets(counts, target_per_class=12) == {"a": 12, "b": 12, "c": 12}  # a number: all
-    assert resolve_targets(counts, sampling_strategy="minority") == {"a": 10, "b": 10, "c": 7}
-    assert resolve_targets(counts, sampling_strategy="not minority") == {"a": 10, "b": 4, "c": 10}
-    assert resolve_targets(counts, target_per_class=12, sampling_strategy="not_majority") == {"a": 10, "b": 12, "c": 12}
-    assert resolve_targets(counts, targets={"b": 5}) == {"a": 10, "b": 5, "c": 10}
-    assert resolve_targets(counts, target_per_class=6, undersample=True) == {"a": 6, "b": 6, "c": 6}
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"target_per_class": 6}, "below its 10 real images (and 1 more class(es)); raise the target, or pass --undersample"),
-    ({"targets": {"c": 3}}, "the target for 'c' (3) is below its 7 real images"),
-    ({"targets": {"z": 3}}, "class 'z', which this manifest does not have"),
-    ({"sampling_strategy": "majority"}, "unknown sampling strategy 'majority'"),
-])
-def test_target_errors_say_what_to_do(kwargs: dict, message: str) -> None:
-    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        resolve_targets({"a": 10, "b": 4, "c": 7}, **kwargs)
 
 
 # ---------------------------------------------------------------------------- sources
@@ -451,14 +426,6 @@ def _assert_threshold_splits(demo: Path, checkpoint: Path, tmp_path: Path, syn, 
     kept = read_manifest(strict.manifest).df.query("origin == 'synthetic'")
     assert (kept[column] >= threshold).all()
     assert 0 < len(kept) < len(syn) and sum(strict.shortfall.values()) == len(syn) - len(kept)
-
-
-def test_au_consistency_reads_the_prototype_table() -> None:
-    probs = torch.tensor([[0.9, 0.1, 0.7], [0.2, 0.8, 0.1]])
-    au_ids = [6, 4, 12]  # happy = AU6 + AU12; anger's AU4 is the only one of 4+5+7+23 known here
-    assert torch.allclose(balancing.au_consistency(probs, au_ids, "happy"), torch.tensor([0.8, 0.15]))
-    assert torch.allclose(balancing.au_consistency(probs, au_ids, "anger"), torch.tensor([0.1, 0.8]))
-    assert balancing.au_consistency(probs, au_ids, "neutral") is None
 
 
 # ---------------------------------------------------------------------------- independent judge

@@ -23,7 +23,8 @@ from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.errors import FesaugError
 from fesaug.runlog import read_metrics
-from fesaug.training import TrainConfig, split_subjects, train
+from fesaug.data.splits import split_subjects
+from fesaug.training import TrainConfig, train
 
 from .conftest import TINY, tiny_config
 from .conftest import cli_in_process as cli

@@ -10,10 +10,15 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import FesaugError
+
+if TYPE_CHECKING:
+    import torch
 
 # Emotion -> prototypical AUs, the EMFACS-style table (Friesen & Ekman, EMFACS-7, 1983; as commonly
 # tabulated, e.g. by OpenDBM and Wikipedia's FACS article). CK+ validated its emotion labels against
@@ -40,6 +45,14 @@ OCCURRENCE_THRESHOLD = 0.2
 _AU_ID = re.compile(r"(?i)\s*(?:au)?\s*(\d+)\s*")
 # One FACS code token: optional side (L/R/U unilateral), optional "AU", the id, optional intensity letter.
 _CODE = re.compile(r"(?i)\s*[LRU]?\s*(?:AU)?\s*(\d+)\s*([A-E])?\s*")
+
+
+def au_consistency(au_probs: torch.Tensor, au_ids: Sequence[int], target: str) -> torch.Tensor | None:
+    """How well predicted AUs fit ``target``: the mean probability of the target's prototype AUs
+    (:data:`EMOTION_AU_PROTOTYPES`) among those the AU model knows, per image.
+    None when the model knows none of them (e.g. neutral): there is nothing to check."""
+    known = [au_ids.index(a) for a in EMOTION_AU_PROTOTYPES.get(target, ()) if a in au_ids]
+    return au_probs[:, known].mean(dim=1) if known else None
 
 
 def parse_au_id(value: object) -> int:

@@ -1,13 +1,24 @@
-"""Subject-independent folds: a subject never appears in two folds."""
+"""Who is trained on, validated on and held out: subject-independent folds (a subject never
+appears in two folds, :func:`assign_folds`) and a run's split of a manifest (:func:`split_subjects`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ..errors import FesaugError
+from .manifest import Manifest
+
+
+def manifest_folds(manifest: Manifest) -> list[int]:
+    """The folds the manifest's rows are in, in order."""
+    return sorted(int(f) for f in manifest.df["fold"].dropna().unique())
 
 
 def assign_folds(labels: Sequence[int], groups: Sequence[str], n_folds: int, seed: int = 0) -> np.ndarray:
@@ -32,3 +43,97 @@ def assign_folds(labels: Sequence[int], groups: Sequence[str], n_folds: int, see
         folds[test_idx] = k
     return folds
 
+
+
+@dataclass
+class Split:
+    """Row positions (in ``manifest.df``) and subjects of each part of a run's data."""
+
+    holdout_fold: int | None
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    train_subjects: list[str]
+    val_subjects: list[str]
+    heldout_subjects: list[str]
+    train_folds: list[int]
+    val_folds: list[int]
+    heldout_folds: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if not k.endswith("_rows")}
+
+
+def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: float, seed: int) -> Split:
+    """Hold out fold ``holdout_fold`` and split ``test``; carve validation subjects from the rest.
+
+    Validation subjects are one fold of a stratified, subject-grouped split of the training
+    subjects into ``round(1 / val_fraction)`` parts, so their class mix follows the training set.
+    A manifest with its own ``validation`` split keeps it: those rows validate, the rest train,
+    and ``val_fraction`` is not used (``fesaug evaluate`` writes such a manifest per fold, so
+    FERSNet, the balanced data and the downstream classifier all see one split).
+    """
+    df = manifest.df
+    real = (df["origin"] == "real").to_numpy()
+    folds = df["fold"]
+    if holdout_fold is not None:
+        present = manifest_folds(manifest)
+        if not present:
+            raise FesaugError(f"{manifest.path} has no folds, so --holdout-fold cannot be used; re-create it with folds")
+        if holdout_fold not in present:
+            raise FesaugError(f"{manifest.path} has no fold {holdout_fold} (folds: {', '.join(map(str, present))})")
+    in_fold = (folds == holdout_fold).fillna(False).to_numpy(dtype=bool) if holdout_fold is not None else np.zeros(len(df), bool)
+    heldout = real & (in_fold | (df["split"] == "test").to_numpy())
+    pool = real & ~heldout
+    subjects = df["subject_id"]
+    if subjects[pool].isna().any():
+        first = df["sample_id"][pool & subjects.isna().to_numpy()].iloc[0]
+        raise FesaugError(
+            f"{manifest.path}: row {first} has no subject_id; training splits and pairs images by subject, "
+            "so every real row needs one (re-ingest with a subject pattern)"
+        )
+    heldout_subjects = set(subjects[heldout].dropna())
+    leaking = sorted(heldout_subjects & set(subjects[pool]))
+    if leaking:
+        raise FesaugError(
+            f"{manifest.path}: subject(s) {', '.join(leaking[:5])} have rows both in the held-out data and in "
+            "training data; re-assign folds by subject (`fesaug audit` lists them)"
+        )
+    pool_rows = np.flatnonzero(pool)
+    if pool_rows.size == 0:
+        raise FesaugError(f"{manifest.path}: no real training rows are left after holding out fold {holdout_fold} and the test split")
+    pool_subjects = subjects.iloc[pool_rows].astype(str).to_numpy()
+    is_val = (df["split"].iloc[pool_rows] == "validation").to_numpy()
+    if is_val.any():
+        overlap = sorted(set(pool_subjects[is_val]) & set(pool_subjects[~is_val]))
+        if overlap:
+            raise FesaugError(
+                f"{manifest.path}: subject(s) {', '.join(overlap[:5])} have rows in the validation split and in "
+                "training rows; re-assign splits by subject (`fesaug audit` lists them)"
+            )
+    elif val_fraction > 0:
+        n_subjects = len(set(pool_subjects))
+        if n_subjects < 2:
+            raise FesaugError(f"{manifest.path}: only {n_subjects} training subject(s), too few to carve a validation set; set val_fraction: 0")
+        n_parts = min(n_subjects, max(2, round(1 / val_fraction)))
+        labels = df["label"].to_numpy(dtype=np.int64)[pool_rows]
+        with warnings.catch_warnings():
+            # scikit-learn warns when a class has fewer subjects than parts; stratification is
+            # then best-effort, which is all a validation split of a small dataset can be.
+            warnings.simplefilter("ignore", UserWarning)
+            is_val = assign_folds(labels, pool_subjects, n_parts, seed) == 0
+    train_rows, val_rows = pool_rows[~is_val], pool_rows[is_val]
+
+    def fold_list(rows: np.ndarray) -> list[int]:
+        return sorted(int(f) for f in folds.iloc[rows].dropna().unique())
+
+    return Split(
+        holdout_fold=holdout_fold,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        train_subjects=sorted(set(pool_subjects[~is_val])),
+        val_subjects=sorted(set(pool_subjects[is_val])),
+        heldout_subjects=sorted(map(str, heldout_subjects)),
+        train_folds=fold_list(train_rows),
+        val_folds=fold_list(val_rows),
+        heldout_folds=fold_list(np.flatnonzero(heldout)),
+    )

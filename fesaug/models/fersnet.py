@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import FesaugError
-from .sharing import SHARING_KINDS, SHARING_UNIT_KINDS, SharingUnit, make_sharing_unit
+from .sharing import SHARING_KINDS, SHARING_UNIT_KINDS, apply_sharing, make_sharing_unit
 
 NORMS: tuple[str, ...] = ("batch", "instance", "none")
 OUTPUTS: tuple[str, ...] = ("attention", "direct", "warp")
@@ -219,12 +219,14 @@ def _conv_norm_relu(c_in: int, c_out: int, norm: str) -> nn.Sequential:
     )
 
 
-def _stem(c_in: int, c_out: int, norm: str) -> nn.Sequential:
+def stem_block(c_in: int, c_out: int, norm: str) -> nn.Sequential:
+    """The first encoder stage (FERSNet's and EmotionAUNet's): conv, norm, ReLU, 2x downsampling."""
     # One conv at full resolution, as in the 2021 code: it is the most expensive place for a conv.
     return nn.Sequential(_conv_norm_relu(c_in, c_out, norm), nn.MaxPool2d(2))
 
 
-def _encoder_block(c_in: int, c_out: int, norm: str) -> nn.Sequential:
+def encoder_block(c_in: int, c_out: int, norm: str) -> nn.Sequential:
+    """A later encoder stage: two conv-norm-ReLU layers, then 2x downsampling."""
     return nn.Sequential(_conv_norm_relu(c_in, c_out, norm), _conv_norm_relu(c_out, c_out, norm), nn.MaxPool2d(2))
 
 
@@ -253,7 +255,9 @@ def _one_hot(labels: Tensor | int, batch: int, num_classes: int, device: torch.d
     return F.one_hot(_as_labels(labels, batch, num_classes, device), num_classes).float()
 
 
-def _check_images(images: Tensor, config: FERSNetConfig) -> None:
+def check_images(images: Tensor, config: FERSNetConfig) -> None:
+    """A :class:`FesaugError` unless ``images`` is a batch of the shape ``config`` (anything with
+    ``in_channels`` and ``image_size``) expects."""
     expected = (config.in_channels, config.image_size, config.image_size)
     if images.dim() != 4 or tuple(images.shape[1:]) != expected:
         raise FesaugError(
@@ -414,13 +418,13 @@ class FERSNet(nn.Module):
         self.config = c = config or FERSNetConfig()
         w = c.widths
         # `stem` feeds both branches, except with sharing="none" where FES has its own `fes_stem`.
-        self.stem = _stem(c.in_channels, w[0], c.fer_norm)
-        self.fes_stem = _stem(c.in_channels, w[0], c.fes_norm) if c.sharing == "none" else None
-        self.fer_blocks = nn.ModuleList(_encoder_block(w[i - 1], w[i], c.fer_norm) for i in range(1, c.levels))
+        self.stem = stem_block(c.in_channels, w[0], c.fer_norm)
+        self.fes_stem = stem_block(c.in_channels, w[0], c.fes_norm) if c.sharing == "none" else None
+        self.fer_blocks = nn.ModuleList(encoder_block(w[i - 1], w[i], c.fer_norm) for i in range(1, c.levels))
         self.fes_blocks = (
             None
             if c.sharing == "hard"
-            else nn.ModuleList(_encoder_block(w[i - 1], w[i], c.fes_norm) for i in range(1, c.levels))
+            else nn.ModuleList(encoder_block(w[i - 1], w[i], c.fes_norm) for i in range(1, c.levels))
         )
         # sharing["fer"][i] updates FER features from FES ones after block i+1; sharing["fes"] the reverse.
         self.sharing = (
@@ -445,7 +449,7 @@ class FERSNet(nn.Module):
         Without a target, the decoder and every FES computation the logits do not depend on are
         skipped (all of the FES branch for ``sharing="none"``).
         """
-        _check_images(x, self.config)
+        check_images(x, self.config)
         gates: dict[str, Tensor] | None = {} if return_gates else None
         fer, fes_pyramid = self._encode(x, need_fes=target is not None, gates=gates)
         logits = self.fer_head(fer)
@@ -508,10 +512,10 @@ class FERSNet(nn.Module):
             zip(self.fer_blocks, self.fes_blocks, self.sharing["fer"], self.sharing["fes"]), start=1
         ):
             fer, fes = fer_block(fer), fes_block(fes)
-            new_fer = _share(to_fer, fer, fes, gates, f"level{level}/fer<-fes")
+            new_fer = apply_sharing(to_fer, fer, fes, gates, f"level{level}/fer<-fes")
             # The last FES update only feeds the decoder.
             if need_fes or level < last:
-                fes = _share(to_fes, fes, fer, gates, f"level{level}/fes<-fer")
+                fes = apply_sharing(to_fes, fes, fer, gates, f"level{level}/fes<-fer")
             fer = new_fer
             pyramid.append(fes)
         return fer, pyramid if need_fes else []
@@ -527,14 +531,6 @@ class FERSNet(nn.Module):
             "fes_decoder": [self.target_embedding, self.decoder],
         }
         return {name: sum(count_parameters(m) for m in modules if m is not None) for name, modules in parts.items()}
-
-
-def _share(unit: SharingUnit, own: Tensor, other: Tensor, gates: dict[str, Tensor] | None, key: str) -> Tensor:
-    if gates is None:
-        return unit(own, other)
-    updated, values = unit.exchange(own, other)
-    gates.update({f"{key}/{name}": value for name, value in values.items()})
-    return updated
 
 
 class Discriminator(nn.Module):
@@ -570,7 +566,7 @@ class Discriminator(nn.Module):
 
     def forward(self, images: Tensor, labels: Tensor | int) -> Tensor:
         """Scores ``(B, 1, output_size, output_size)`` for ``images`` in [-1, 1] showing ``labels``."""
-        _check_images(images, self.config)
+        check_images(images, self.config)
         b, _, h, w = images.shape
         condition = _one_hot(labels, b, self.config.num_classes, images.device)[:, :, None, None]
         return self.net(torch.cat([images, condition.expand(-1, -1, h, w).to(images.dtype)], dim=1))

@@ -26,16 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import FesaugError
-from .fersnet import (
-    NORMS,
-    FERHead,
-    ModelConfigError,
-    _check_images,
-    _encoder_block,
-    _share,
-    _stem,
-)
-from .sharing import SHARING_KINDS, SHARING_UNIT_KINDS, make_sharing_unit
+from .fersnet import NORMS, FERHead, ModelConfigError, check_images, encoder_block, stem_block
+from .sharing import SHARING_KINDS, SHARING_UNIT_KINDS, apply_sharing, make_sharing_unit
 
 TASKS: tuple[str, ...] = ("emotion", "au")
 
@@ -100,8 +92,8 @@ class EmotionAUNet(nn.Module):
         w = c.widths
 
         def encoder() -> nn.ModuleList:  # [stem, block 1, …, block L-1]
-            return nn.ModuleList([_stem(c.in_channels, w[0], c.norm)] + [
-                _encoder_block(w[i - 1], w[i], c.norm) for i in range(1, len(w))])
+            return nn.ModuleList([stem_block(c.in_channels, w[0], c.norm)] + [
+                encoder_block(w[i - 1], w[i], c.norm) for i in range(1, len(w))])
 
         # "hard": one encoder under both heads; every other kind: one encoder per task.
         self.encoders = nn.ModuleDict({"shared": encoder()} if c.sharing == "hard" else {t: encoder() for t in TASKS})
@@ -116,7 +108,7 @@ class EmotionAUNet(nn.Module):
 
     def forward(self, x: Tensor, return_gates: bool = False) -> MultiTaskOutput:
         """Emotion and AU logits for images ``x`` (B, C, S, S), scaled to [-1, 1]."""
-        _check_images(x, self.config)  # type: ignore[arg-type]  # duck-typed: image_size, in_channels
+        check_images(x, self.config)  # type: ignore[arg-type]  # duck-typed: image_size, in_channels
         gates: dict[str, Tensor] | None = {} if return_gates else None
         if "shared" in self.encoders:
             emo = x
@@ -130,8 +122,8 @@ class EmotionAUNet(nn.Module):
                 emo, au = emo_layers[level](emo), au_layers[level](au)
                 if self.sharing is not None:  # simultaneous: both units read pre-exchange features
                     emo, au = (
-                        _share(self.sharing["emotion"][level - 1], emo, au, gates, f"level{level}/emotion<-au"),
-                        _share(self.sharing["au"][level - 1], au, emo, gates, f"level{level}/au<-emotion"),
+                        apply_sharing(self.sharing["emotion"][level - 1], emo, au, gates, f"level{level}/emotion<-au"),
+                        apply_sharing(self.sharing["au"][level - 1], au, emo, gates, f"level{level}/au<-emotion"),
                     )
         return MultiTaskOutput(self.heads["emotion"](emo), self.heads["au"](au), gates)
 

@@ -152,3 +152,13 @@ def make_sharing_unit(kind: str, channels: int, kernel_size: int = 1) -> Sharing
     if kind in SHARING_KINDS:
         raise FesaugError(f"sharing kind {kind!r} has no unit: the model builds it structurally")
     raise FesaugError(f"unknown sharing kind {kind!r}; choose one of {', '.join(SHARING_KINDS)}")
+
+
+def apply_sharing(unit: SharingUnit, own: Tensor, other: Tensor, gates: dict[str, Tensor] | None, key: str) -> Tensor:
+    """``unit`` applied to ``own`` with the ``other`` task's features; with ``gates`` (a dict), its
+    gate values are recorded there under ``key``/name."""
+    if gates is None:
+        return unit(own, other)
+    updated, values = unit.exchange(own, other)
+    gates.update({f"{key}/{name}": value for name, value in values.items()})
+    return updated
