@@ -42,9 +42,11 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--undersample", is_flag=True, help="Allow targets below a class's real count by dropping real images.")
 @click.option("--split", "splits", multiple=True, default=("train",), show_default=True, metavar="NAME",
               help="Split(s) to balance and take sources from (repeatable).")
-@click.option("--exclude-fold", "exclude_folds", multiple=True, type=click.IntRange(min=0), metavar="K",
+@click.option("--holdout-fold", "holdout_folds", multiple=True, type=click.IntRange(min=0), metavar="K",
               help="Fold whose subjects are never sources nor counted (repeatable). "
                    "Default: the fold the checkpoint was held out from.")
+# --exclude-fold: the old name of --holdout-fold, still accepted and no longer shown in --help.
+@click.option("--exclude-fold", "old_holdout_folds", multiple=True, type=click.IntRange(min=0), hidden=True)
 @balance_options("min_confidence", "max_attempts")
 @click.option("--au-check", "au_checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="CHECKPOINT",
               help="Also keep an image only if this emotion + AU model (fesaug train --tasks emotion,au) sees "
@@ -76,7 +78,7 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--overwrite", is_flag=True, help="Replace a finished (or different unfinished) run in --out.")
 def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_class: int | str | None,
                     sampling_strategy: str | None, targets: dict[str, int], undersample: bool, splits: tuple[str, ...],
-                    exclude_folds: tuple[int, ...], min_confidence: float, max_attempts: int,
+                    holdout_folds: tuple[int, ...], old_holdout_folds: tuple[int, ...], min_confidence: float, max_attempts: int,
                     au_checkpoint: Path | None, min_au_consistency: float, judge_checkpoint: Path | None,
                     min_judge_confidence: float, max_identity_distance: float | None, external_judge: str | None,
                     min_external_confidence: float, intensity: tuple[float, float] | None, source_order: str,
@@ -97,8 +99,9 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
 
     config = BalanceConfig(
         target_per_class=target_per_class or "max", sampling_strategy=sampling_strategy, targets=targets,
-        undersample=undersample, splits=splits, exclude_folds=exclude_folds or None, min_confidence=min_confidence,
-        max_attempts=max_attempts, seed=seed, batch_size=batch_size, embed_images=embed_images, output_size=output_size,
+        undersample=undersample, splits=splits, holdout_folds=(holdout_folds + old_holdout_folds) or None,
+        min_confidence=min_confidence, max_attempts=max_attempts, seed=seed, batch_size=batch_size, embed_images=embed_images,
+        output_size=output_size,
         au_checkpoint=None if au_checkpoint is None else str(au_checkpoint), min_au_consistency=min_au_consistency,
         judge_checkpoint=None if judge_checkpoint is None else str(judge_checkpoint),
         min_judge_confidence=min_judge_confidence, source_order=source_order, max_identity_distance=max_identity_distance,

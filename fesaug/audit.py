@@ -18,9 +18,9 @@ prints::
     }
 
 For the output of ``fesaug balance`` the histogram, totals, ratio and shortfall count the rows
-the run balanced (``balanced_rows`` says which: its splits outside its excluded folds); the rows
+the run balanced (``balanced_rows`` says which: its splits outside its held-out folds); the rows
 it left as they were, such as a held-out test fold, are counted apart in ``held_out``, one group
-per split (``test``) or excluded fold of a balanced split (``fold 0 (train)``). Other manifests
+per split (``test``) or held-out fold of a balanced split (``fold 0 (train)``). Other manifests
 have no ``held_out``: every row counts. ``--by`` groups every row.
 
 A class with no images makes the imbalance ratio infinite; it is reported as null (JSON has no
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.manifest import Manifest, read_manifest
+from .data.manifest import Manifest, read_holdout_names, read_manifest
 from .errors import UsageError
 from .integrity import Problem, all_problems, column
 from .plots import new_figure, save_figure
@@ -190,14 +190,14 @@ def audit(
 
 
 def _balanced_rows_text(run: dict) -> str:
-    splits, folds = run["splits"], run.get("excluded_folds") or []
+    splits, folds = run["splits"], read_holdout_names(run).get("holdout_folds") or []
     return (f"split{'s' if len(splits) > 1 else ''} {', '.join(splits)}"
             + (f" outside fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}" if folds else ""))
 
 
 def _held_out(m: Manifest, rows: np.ndarray, labels: np.ndarray, synthetic: np.ndarray) -> list[Group]:
     """The rows a balance run left unchanged, one group per split it did not balance (``test``)
-    or per excluded fold of a split it did (``fold 0 (train)``)."""
+    or per held-out fold of a split it did (``fold 0 (train)``)."""
     balanced_splits = set(m.meta["balance"]["splits"])
     splits, folds = column(m.df, "split"), column(m.df, "fold")
     names = np.array([s if s not in balanced_splits else f"fold {f} ({s})" for s, f in zip(splits, folds)], dtype=object)

@@ -10,8 +10,8 @@ folder any downstream model can use::
 
 The steps, in the vocabulary of imbalanced-learn:
 
-1. **Targets.** The *working set* is the real rows of the chosen splits outside the excluded
-   folds (by default the fold the generator was held out from). :func:`fesaug.targets.resolve_targets` turns
+1. **Targets.** The *working set* is the real rows of the chosen splits outside the held-out
+   folds ``holdout_folds`` (by default the fold the generator was held out from). :func:`fesaug.targets.resolve_targets` turns
    ``target_per_class`` (a number or ``"max"``), ``sampling_strategy`` and per-class
    ``targets`` into a wanted count per class.
 2. **Sources.** Class ``c`` is synthesized from working-set images of the other classes, taken
@@ -41,11 +41,13 @@ generator was trained on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -63,7 +65,8 @@ from ._io import atomic_write_bytes, atomic_write_text, check_out_folder, file_s
 from .data.au import au_consistency
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes
-from .data.manifest import Manifest, read_manifest, relative_image_root, working_set, write_manifest
+from .data.manifest import Manifest, read_holdout_names, read_manifest, relative_image_root, working_set, write_manifest
+from .data.splits import check_holdout_folds
 from .distributed import barrier, process_group
 from .downstream import load_classifier, predict_proba
 from .errors import FesaugError, UsageError
@@ -104,7 +107,8 @@ class BalanceConfig:
     (``auto`` = ``not-majority``; default ``auto`` with ``"max"``, ``all`` with a number).
     ``targets``: per-class counts that override both. A target below a class's real count is an
     error unless ``undersample`` is set, which then drops real rows of that class (at random,
-    from the working set). ``exclude_folds=None`` excludes the generator's held-out fold.
+    from the working set). ``holdout_folds``: folds left out of the working set (``None``: the
+    generator's held-out fold); ``exclude_folds`` is its old, deprecated name.
     ``output_size``: side of the synthetic images; ``None`` = the real images' size when they
     all share one square size, else the generator's. ``source_order``: ``subjects`` takes
     sources round-robin over subjects in random order; ``similar`` keeps the round-robin but
@@ -125,7 +129,7 @@ class BalanceConfig:
     targets: Mapping[str, int] = field(default_factory=dict)
     undersample: bool = False
     splits: tuple[str, ...] = ("train",)
-    exclude_folds: tuple[int, ...] | None = None
+    holdout_folds: tuple[int, ...] | None = None
     min_confidence: float = 0.5
     max_attempts: int = 5
     seed: int = 0
@@ -143,6 +147,8 @@ class BalanceConfig:
     intensity: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.holdout_folds is not None:
+            object.__setattr__(self, "holdout_folds", check_holdout_folds(self.holdout_folds, error=UsageError))
         check_target_rule(self.target_per_class, self.sampling_strategy, self.targets)
         if not 0.0 <= self.min_confidence <= 1.0:
             raise UsageError(f"--min-confidence must lie in [0, 1], got {self.min_confidence}")
@@ -173,6 +179,33 @@ class BalanceConfig:
         d = asdict(self)
         d["targets"] = dict(self.targets)
         return d
+
+
+# exclude_folds: the old name of holdout_folds, still accepted (with a DeprecationWarning) when
+# given and read. Not a field, so to_dict(), == and dataclasses.replace() know one name only.
+_dataclass_init = BalanceConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_accepting_exclude_folds(self: BalanceConfig, *args: Any, exclude_folds: Sequence[int] | None = None,
+                                  **kwargs: Any) -> None:
+    if exclude_folds is not None:
+        warnings.warn("BalanceConfig(exclude_folds=...) is deprecated; use holdout_folds=...", DeprecationWarning,
+                      stacklevel=2)
+        if kwargs.get("holdout_folds") is not None:
+            raise UsageError("give holdout_folds or its old name exclude_folds, not both")
+        kwargs["holdout_folds"] = exclude_folds
+    _dataclass_init(self, *args, **kwargs)
+
+
+def _exclude_folds(self: BalanceConfig) -> tuple[int, ...] | None:
+    """Deprecated: :attr:`BalanceConfig.holdout_folds`."""
+    warnings.warn("BalanceConfig.exclude_folds is deprecated; use holdout_folds", DeprecationWarning, stacklevel=2)
+    return self.holdout_folds
+
+
+BalanceConfig.__init__ = _init_accepting_exclude_folds  # type: ignore[method-assign]
+BalanceConfig.exclude_folds = property(_exclude_folds)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -320,7 +353,7 @@ class _Plan:
         return f"syn-{self.generator.checkpoint_sha256[:10]}-{self.manifest.classes[cls]}-{slot:06d}"
 
 
-def _working_set(m: Manifest, splits: Sequence[str], excluded: Sequence[int]) -> np.ndarray:
+def _working_set(m: Manifest, splits: Sequence[str], holdout_folds: Sequence[int]) -> np.ndarray:
     df = m.df
     synthetic = int((df["origin"] == "synthetic").sum())
     if synthetic:
@@ -332,10 +365,10 @@ def _working_set(m: Manifest, splits: Sequence[str], excluded: Sequence[int]) ->
     unknown = [s for s in splits if s not in known]
     if unknown:
         raise UsageError(f"--split {unknown[0]!r} is not in {m.path}; its splits are {', '.join(known)}")
-    rows = np.flatnonzero(working_set(df, splits, excluded))
+    rows = np.flatnonzero(working_set(df, splits, holdout_folds))
     if rows.size == 0:
-        raise FesaugError(f"{m.path}: no real rows in split(s) {', '.join(splits)} outside excluded fold(s) {list(excluded)}; "
-                          "check --split and --exclude-fold")
+        raise FesaugError(f"{m.path}: no real rows in split(s) {', '.join(splits)} outside held-out fold(s) {list(holdout_folds)}; "
+                          "check --split and --holdout-fold")
     return rows
 
 
@@ -364,9 +397,9 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
             f"the checkpoint {checkpoint} was trained on classes {', '.join(gen.classes)} but {manifest_path} has "
             f"{', '.join(m.classes)}; use a checkpoint trained on this dataset (fesaug train --manifest {manifest_path})"
         )
-    excluded = list(config.exclude_folds) if config.exclude_folds is not None else (
+    holdout_folds = list(config.holdout_folds) if config.holdout_folds is not None else (
         [gen.holdout_fold] if gen.holdout_fold is not None else [])
-    working = _working_set(m, config.splits, excluded)
+    working = _working_set(m, config.splits, holdout_folds)
     labels = m.df["label"].to_numpy(dtype=np.int64)
     counts = {c: int((labels[working] == k).sum()) for k, c in enumerate(m.classes)}
     targets = resolve_targets(counts, target_per_class=config.target_per_class, sampling_strategy=config.sampling_strategy,
@@ -417,7 +450,7 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
         key["judge_checkpoint_sha256"] = file_sha256(config.judge_checkpoint)
     identity = load_judge("identity") if config.max_identity_distance is not None else None
     external = load_judge(config.external_judge, device=device or "cpu") if config.external_judge else None
-    return _Plan(m, gen, config, working, targets, removed, sorted(excluded),
+    return _Plan(m, gen, config, working, targets, removed, sorted(holdout_folds),
                  _output_size(m, working, gen, config.output_size), orders, slots, key, checker, judge, identity, external,
                  None if pixels is None else (sources, pixels))
 
@@ -465,8 +498,8 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
 
 def _recorded_key(path: Path) -> dict[str, Any]:
     key = json.loads(path.read_text())
-    if isinstance(key.get("config"), dict):  # settings added since that run mean their defaults
-        key["config"] = with_defaults(key["config"], jsonable(BalanceConfig().to_dict()))
+    if isinstance(key.get("config"), dict):  # old names read as today's; settings added since mean their defaults
+        key["config"] = with_defaults(read_holdout_names(key["config"]), jsonable(BalanceConfig().to_dict()))
     return key
 
 
@@ -750,7 +783,7 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
         "balance": {
             "input_manifest": str(m.path), "input_manifest_sha256": plan.key["manifest_sha256"],
             "checkpoint": str(gen.checkpoint), "checkpoint_sha256": gen.checkpoint_sha256, "checkpoint_epoch": gen.epoch,
-            "splits": list(cfg.splits), "excluded_folds": plan.holdout_folds, "output_size": plan.output_size,
+            "splits": list(cfg.splits), "holdout_folds": plan.holdout_folds, "output_size": plan.output_size,
             "counts_before": r.counts_before, "targets": r.targets, "to_generate": r.to_generate,
             "generated": r.generated, "removed": r.removed, "shortfall": r.shortfall, "attempts": r.attempts,
             "acceptance": r.acceptance, "min_confidence": cfg.min_confidence, "max_attempts": cfg.max_attempts,

@@ -21,7 +21,8 @@ checkpoint from elsewhere cannot run code. Keys (format version 1):
     ``{"path", "sha256"}`` of the training manifest.
 ``split``
     ``{"holdout_fold", "train_subjects", "val_subjects", "heldout_subjects", "train_folds",
-    "val_folds", "heldout_folds"}``: who was trained on, validated on, and never seen.
+    "val_folds", "holdout_folds"}``: who was trained on, validated on, and never seen
+    (``holdout_folds`` was ``heldout_folds`` before; :func:`load_checkpoint` reads either).
 ``best``
     ``{"epoch", "val_fer_acc", "val_fer_loss"}`` of the best epoch so far.
 ``metrics``
@@ -41,6 +42,7 @@ import torch
 
 from . import __version__
 from ._io import atomic_path
+from .data.manifest import read_holdout_names
 from .errors import FesaugError
 
 FORMAT = "fesaug-fersnet-checkpoint"
@@ -84,6 +86,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise FesaugError(f"{path}: checkpoint is incomplete (missing {', '.join(missing)}); retrain or use another checkpoint")
+    if isinstance(data["split"], dict):
+        data["split"] = read_holdout_names(data["split"])  # heldout_folds of older versions
     return data
 
 

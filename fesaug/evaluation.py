@@ -68,8 +68,8 @@ from ._io import atomic_write_text, check_out_folder, file_sha256, remove_stale_
 from .balance import BalanceConfig, balance
 from .checkpoint import load_checkpoint
 from .data.datasets import ManifestDataset
-from .data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
-from .data.splits import manifest_folds, split_subjects
+from .data.manifest import Manifest, read_holdout_names, read_manifest, relative_image_root, write_manifest
+from .data.splits import check_holdout_folds, manifest_folds, split_subjects
 from .devices import resolve_device
 from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, fit, load_classifier, predict_proba,
                          random_oversample, save_classifier)
@@ -193,9 +193,7 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     m = read_manifest(manifest)
     present = _check_manifest(m)
     chosen = present if folds is None else sorted(set(int(f) for f in folds))
-    missing = [f for f in chosen if f not in present]
-    if missing:
-        raise UsageError(f"--folds: {m.path} has no fold {missing[0]} (folds: {', '.join(map(str, present))})")
+    check_holdout_folds(chosen, m, option="--folds", error=UsageError)
     check_out_folder(out, "for the evaluation")
     with contextlib.ExitStack() as held:
         # Processes may share DIR, each with its own folds: a fold is locked for the whole run,
@@ -269,8 +267,8 @@ def _model_key(generator: TrainConfig) -> dict[str, Any]:
 def _recorded_key(recorded: dict[str, Any]) -> dict[str, Any]:
     """A recorded :meth:`EvaluateConfig.key` as this version writes it: generator keys added
     since mean their behaviour before (:func:`fesaug.train_config.legacy_filled`), a record of
-    the model's overrides becomes the model they resolved to then, and other new keys mean their
-    defaults."""
+    the model's overrides becomes the model they resolved to then, the balance settings' old
+    names for the held-out folds are read as today's, and other new keys mean their defaults."""
     out = dict(recorded)
     if isinstance(out.get("generator"), dict):
         generator = legacy_filled(out["generator"])
@@ -280,6 +278,8 @@ def _recorded_key(recorded: dict[str, Any]) -> dict[str, Any]:
                 {k: generator[k] for k in ("preset", "model") if k in generator}, where="evaluate.json")))
         generator.pop("model", None)
         out["generator"] = generator
+    if isinstance(out.get("balance"), dict):
+        out["balance"] = read_holdout_names(out["balance"])  # exclude_folds of older versions
     return with_defaults(out, jsonable(EvaluateConfig().key()))
 
 
@@ -393,7 +393,7 @@ class _Fold:
         # The last epoch's generator: validation accuracy picks the best recogniser (best.pt),
         # not the best synthesizer, and synthesis keeps improving after recognition peaks.
         ckpt = self._generator_run() / "checkpoints" / "last.pt"
-        cfg = dataclasses.replace(self.config.balance, splits=("train",), exclude_folds=(self.k,))
+        cfg = dataclasses.replace(self.config.balance, splits=("train",), holdout_folds=(self.k,))
         if self.config.judge:
             cfg = dataclasses.replace(cfg, judge_checkpoint=str(self._judge()))
         log.info("fold %d: balancing the training subjects", self.k)

@@ -51,7 +51,7 @@ from torch import Tensor
 from . import __version__
 from ._io import atomic_path, atomic_write_text, check_out_folder, file_sha256
 from .data.datasets import ManifestDataset
-from .data.manifest import Manifest, read_manifest
+from .data.manifest import Manifest, read_holdout_names, read_manifest
 from .data.splits import Split, split_subjects
 from .devices import resolve_device
 from .errors import FesaugError
@@ -346,7 +346,7 @@ class EmotionAUPredictor:
         self.au_ids: list[int] = [int(a) for a in ckpt["au_ids"]]
         self.image_size: int = int(ckpt["image_size"])
         self.epoch: int = int(ckpt["epoch"])
-        self.split: dict[str, Any] = ckpt["split"]
+        self.split: dict[str, Any] = read_holdout_names(ckpt["split"])  # heldout_folds of older versions
         self.config: dict[str, Any] = ckpt["config"]
 
     def predict(self, images: Tensor | np.ndarray, *, batch_size: int = 256) -> tuple[Tensor, Tensor]:

@@ -288,13 +288,14 @@ def test_strict_fails_only_when_there_are_problems(tmp_path: Path, capsys: pytes
     assert cli(capsys, "audit", path, "--strict", "--no-check-images")[0] == 0
 
 
-def test_a_balanced_manifest_counts_its_held_out_rows_apart(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("name", ["holdout_folds", "excluded_folds"])  # excluded_folds: the footer of older versions
+def test_a_balanced_manifest_counts_its_held_out_rows_apart(tmp_path: Path, capsys: pytest.CaptureFixture, name: str) -> None:
     # As `fesaug balance` writes it: the train split balanced outside fold 0; fold 0 and another
     # split are in the manifest unchanged and must not count as balanced rows.
     rows = _rows(tmp_path)
     _set(rows, "s0", parent_id="r3", subject_id="P1", fold=1, source_label=0)
     _set(rows, "r2", split="test", subject_id="P9")
-    path = _write(tmp_path, rows, meta={"balance": {"splits": ["train"], "excluded_folds": [0]}})
+    path = _write(tmp_path, rows, meta={"balance": {"splits": ["train"], name: [0]}})
 
     code, out, _ = cli(capsys, "audit", path, "--target", "4")
     assert code == 0

@@ -5,6 +5,7 @@ bookkeeping, not image quality (the gate is opened with min_confidence=0 where c
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -157,7 +158,7 @@ def test_synthetic_rows_carry_complete_provenance(balanced: balancing.BalanceRes
     assert set(syn["generator"]) == {gen_sha}
     meta = m.meta
     assert meta["balance"]["checkpoint_sha256"] == gen_sha
-    assert meta["balance"]["excluded_folds"] == [0] and meta["holdout_folds"] == [0]
+    assert meta["balance"]["holdout_folds"] == [0] and meta["holdout_folds"] == [0]
     seen = meta["generator_training"][gen_sha]
     assert 0 not in seen["folds"]
     assert meta["provenance"]["tool"] == "balance" and "torch" in meta["provenance"]["versions"]
@@ -166,8 +167,8 @@ def test_synthetic_rows_carry_complete_provenance(balanced: balancing.BalanceRes
         assert m.df["image"].iat[int(i)]["path"].endswith(f"{m.df['label_name'].iat[int(i)]}/{m.df['sample_id'].iat[int(i)]}.png")
 
 
-def test_no_source_comes_from_an_excluded_fold(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
-    result = balance(demo, checkpoint, tmp_path / "b", BalanceConfig(exclude_folds=(0, 2), **OPEN))
+def test_no_source_comes_from_a_held_out_fold(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
+    result = balance(demo, checkpoint, tmp_path / "b", BalanceConfig(holdout_folds=(0, 2), **OPEN))
     m = read_manifest(result.manifest)
     fold_of = dict(zip(m.df["sample_id"], m.df["fold"]))
     syn = m.df[m.df["origin"] == "synthetic"]
@@ -286,6 +287,66 @@ def test_a_run_recorded_before_a_setting_existed_still_resumes(demo: Path, check
             balance(demo, checkpoint, crashed, config)
         monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
         balance(demo, checkpoint, crashed, BalanceConfig(source_order="similar", min_confidence=0.0, batch_size=8))
+
+
+def test_a_run_recorded_with_the_old_name_of_the_held_out_folds_still_resumes(demo: Path, checkpoint: Path,
+                                                                             tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before one name, BalanceConfig and so plan.json called holdout_folds "exclude_folds".
+    config = BalanceConfig(min_confidence=0.0, batch_size=8, holdout_folds=(0,))
+    out = tmp_path / "b"
+    real_run_chunk = balancing._run_chunk
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(balancing, "_run_chunk", crash)
+    with pytest.raises(KeyboardInterrupt):
+        balance(demo, checkpoint, out, config)
+    plan = out / balancing.WORK_DIR / "plan.json"
+    recorded = json.loads(plan.read_text())
+    recorded["config"]["exclude_folds"] = recorded["config"].pop("holdout_folds")
+    plan.write_text(json.dumps(recorded))
+    monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
+    # Another fold under the old name is still other settings.
+    with pytest.raises(FesaugError, match="unfinished balance run with other settings"):
+        balance(demo, checkpoint, out, BalanceConfig(min_confidence=0.0, batch_size=8, holdout_folds=(1,)))
+    result = balance(demo, checkpoint, out, config)
+    assert result.manifest == out / "manifest.parquet"
+    assert read_manifest(result.manifest).meta["balance"]["holdout_folds"] == [0]
+
+
+def test_old_name_of_the_held_out_folds_is_a_deprecated_alias() -> None:
+    with pytest.warns(DeprecationWarning, match=r"BalanceConfig\(exclude_folds=...\) is deprecated; use holdout_folds"):
+        old = BalanceConfig(exclude_folds=(0, 2))
+    assert old == BalanceConfig(holdout_folds=(0, 2)) and old.holdout_folds == (0, 2)
+    assert "exclude_folds" not in old.to_dict() and old.to_dict()["holdout_folds"] == (0, 2)
+    with pytest.warns(DeprecationWarning, match="BalanceConfig.exclude_folds is deprecated"):
+        assert old.exclude_folds == (0, 2)
+    assert dataclasses.replace(old, seed=3).holdout_folds == (0, 2)  # replace() keeps the folds, without a warning
+    with pytest.raises(UsageError, match="not both"), pytest.warns(DeprecationWarning):
+        BalanceConfig(holdout_folds=(1,), exclude_folds=(0,))
+    with pytest.raises(UsageError, match=r"--holdout-fold must be a fold number \(0 or more\), got -1"):
+        BalanceConfig(holdout_folds=(-1,))
+
+
+def test_the_old_holdout_flag_is_a_hidden_alias(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    seen = []
+
+    def record(manifest, checkpoint, out, config, **kwargs):
+        seen.append(config.holdout_folds)
+        raise FesaugError("stop")
+
+    monkeypatch.setattr(balancing, "balance", record)
+    code, out, _ = cli_in_process(capsys, "balance", "--help")
+    assert code == 0 and "--holdout-fold" in out and "--exclude-fold" not in out
+    for flags, folds in ((["--holdout-fold", "1"], (1,)), (["--exclude-fold", "1", "--exclude-fold", "2"], (1, 2)),
+                         ([], None)):
+        code, _, err = cli_in_process(capsys, "balance", "--manifest", tmp_path / "m.parquet", "--checkpoint",
+                                      tmp_path / "c.pt", "--out", tmp_path / "o", *flags)
+        assert code == 1 and "stop" in err, err
+        assert seen.pop() == folds
 
 
 def test_two_processes_give_the_same_manifest_as_one(balanced: balancing.BalanceResult, demo: Path,

@@ -415,6 +415,8 @@ def test_an_evaluation_recorded_before_a_config_key_existed_resumes(run: Run) ->
     out = run.copy("older-version")
     settings = json.loads((out / "evaluate.json").read_text())
     del settings["config"]["generator"]["loss"]["mask_smoothness"], settings["config"]["generator"]["expression_classifier"]
+    # The balance settings' old name for the held-out folds, as BalanceConfig.exclude_folds wrote it.
+    settings["config"]["balance"]["exclude_folds"] = settings["config"]["balance"].pop("holdout_folds")
     (out / "evaluate.json").write_text(json.dumps(settings))
     before = _fold_mtimes(out)
     evaluate(run.manifest, out, run.config, folds=FOLDS)  # the missing keys meant their defaults
@@ -775,6 +777,17 @@ def test_several_downstream_seeds_are_averaged_per_fold_before_the_comparison(ru
     # The number of seeds only chooses pieces: a later run with the default reuses and still averages them.
     again = evaluate(run.manifest, out, run.config, folds=[0]).results
     assert again["per_fold"]["0"]["fes"] == results["per_fold"]["0"]["fes"]
+
+
+def test_an_evaluation_recorded_with_the_old_name_of_the_held_out_folds_is_the_same_settings() -> None:
+    from fesaug.evaluation import _recorded_key
+    from fesaug.runlog import jsonable
+
+    config = EvaluateConfig(balance=BalanceConfig(holdout_folds=(1,)))
+    old = json.loads(json.dumps(jsonable(config.key())))
+    old["balance"]["exclude_folds"] = old["balance"].pop("holdout_folds")
+    assert _recorded_key(old) == jsonable(config.key())
+    assert _recorded_key(old) != jsonable(EvaluateConfig(balance=BalanceConfig(holdout_folds=(2,))).key())
 
 
 def test_an_evaluation_recorded_before_the_warp_decoder_means_the_attention_decoder() -> None:

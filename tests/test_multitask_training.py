@@ -68,7 +68,7 @@ def test_heldout_fold_is_never_trained_or_validated_on(run: MultiTaskResult, dem
     df = read_manifest(demo).df
     fold0 = set(df.loc[df["fold"] == 0, "subject_id"])
     split = torch.load(run.last_checkpoint, weights_only=True)["split"]
-    assert set(split["heldout_subjects"]) == fold0 and split["heldout_folds"] == [0]
+    assert set(split["heldout_subjects"]) == fold0 and split["holdout_folds"] == [0]
     seen = set(split["train_subjects"]) | set(split["val_subjects"])
     assert not fold0 & seen and set(split["emotion_subjects"]) | set(split["au_subjects"]) <= set(split["train_subjects"])
     assert not fold0 & set(df["subject_id"].iloc[run.split.train_rows])

@@ -17,13 +17,13 @@ import torch
 
 import fesaug
 from fesaug import training
-from fesaug.checkpoint import FORMAT
+from fesaug.checkpoint import FORMAT, load_checkpoint
 from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
-from fesaug.data.manifest import read_manifest, write_manifest
-from fesaug.errors import FesaugError
+from fesaug.data.manifest import read_holdout_names, read_manifest, write_manifest
+from fesaug.errors import FesaugError, UsageError
 from fesaug.runlog import read_metrics
-from fesaug.data.splits import split_subjects
+from fesaug.data.splits import check_holdout_folds, split_subjects
 from fesaug.training import TrainConfig, train
 
 from .conftest import TINY, tiny_config
@@ -88,7 +88,7 @@ def test_holdout_fold_subjects_are_never_trained_or_validated_on(run: training.T
     df = read_manifest(demo).df
     fold0 = set(df.loc[df["fold"] == 0, "subject_id"])
     split = torch.load(run.last_checkpoint, weights_only=True)["split"]
-    assert set(split["heldout_subjects"]) == fold0 and split["heldout_folds"] == [0]
+    assert set(split["heldout_subjects"]) == fold0 and split["holdout_folds"] == [0]
     assert not fold0 & set(split["train_subjects"]) and not fold0 & set(split["val_subjects"])
     assert not set(split["train_subjects"]) & set(split["val_subjects"]) and split["val_subjects"]
     assert set(split["train_subjects"]) | set(split["val_subjects"]) | fold0 == set(df["subject_id"])
@@ -98,9 +98,41 @@ def test_holdout_fold_subjects_are_never_trained_or_validated_on(run: training.T
     assert not set(df["subject_id"].iloc[rows]) & fold0
 
 
+def test_a_checkpoint_with_the_old_name_of_the_held_out_folds_reads_as_today(run: training.TrainResult,
+                                                                             tmp_path: Path) -> None:
+    ckpt = torch.load(run.last_checkpoint, weights_only=True)
+    ckpt["split"]["heldout_folds"] = ckpt["split"].pop("holdout_folds")  # as written before one name
+    torch.save(ckpt, tmp_path / "old.pt")
+    split = load_checkpoint(tmp_path / "old.pt")["split"]
+    assert split["holdout_folds"] == [0] and "heldout_folds" not in split
+    assert fesaug.load_generator(tmp_path / "old.pt", device="cpu").holdout_fold == 0
+
+
+def test_old_names_of_the_held_out_folds_read_as_today() -> None:
+    assert read_holdout_names({"splits": ["train"], "excluded_folds": [0]}) == {"splits": ["train"], "holdout_folds": [0]}
+    assert read_holdout_names({"exclude_folds": None, "seed": 1}) == {"holdout_folds": None, "seed": 1}
+    assert read_holdout_names({"heldout_folds": [2], "holdout_fold": 2}) == {"holdout_folds": [2], "holdout_fold": 2}
+    assert read_holdout_names({"test_fold": 3}) == {"holdout_fold": 3}
+    assert read_holdout_names({"holdout_folds": [1], "excluded_folds": [0]}) == {"holdout_folds": [1]}  # today's wins
+
+
+def test_held_out_folds_are_validated_by_one_function(demo: Path) -> None:
+    m = read_manifest(demo)
+    assert check_holdout_folds([np.int64(1), 0], m) == (1, 0)
+    for bad in (-1, True, 1.5, "0"):
+        with pytest.raises(FesaugError, match=r"--holdout-fold must be a fold number \(0 or more\)"):
+            check_holdout_folds([bad])
+    with pytest.raises(UsageError, match=r"--folds: .* has no fold 9 \(folds: 0, 1, 2, 3\)"):
+        check_holdout_folds([0, 9], m, option="--folds", error=UsageError)
+    m.df["fold"] = None
+    with pytest.raises(FesaugError, match="has no folds, so --holdout-fold cannot be used") as info:
+        split_subjects(m, 0, 0.15, 0)
+    assert type(info.value) is FesaugError  # exit status 1, as before
+
+
 def test_split_rejects_unknown_fold_and_subjectless_rows(demo: Path) -> None:
     m = read_manifest(demo)
-    with pytest.raises(FesaugError, match="no fold 9"):
+    with pytest.raises(FesaugError, match="--holdout-fold: .* has no fold 9"):
         split_subjects(m, 9, 0.15, 0)
     m.df.loc[3, "subject_id"] = None
     with pytest.raises(FesaugError, match="has no subject_id"):

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,12 +92,12 @@ class Manifest:
 
     def balanced_rows(self) -> np.ndarray | None:
         """For the output of ``fesaug balance``, whether each row is one the run balanced (real or
-        synthetic); the others (other splits, excluded folds) are in the manifest unchanged.
+        synthetic); the others (other splits, held-out folds) are in the manifest unchanged.
         None for any other manifest."""
         run = self.meta.get("balance")
         if not isinstance(run, dict) or "splits" not in run:
             return None
-        return working_set(self.df, run["splits"], run.get("excluded_folds") or [])
+        return working_set(self.df, run["splits"], read_holdout_names(run).get("holdout_folds") or [])
 
     def __len__(self) -> int:
         return len(self.df)
@@ -124,11 +125,30 @@ class Manifest:
         return decode_image(self.image_bytes(i), where=self.image_location(i))
 
 
-def working_set(df: pd.DataFrame, splits: Sequence[str], excluded_folds: Sequence[int]) -> np.ndarray:
-    """Whether each row is in one of ``splits`` and outside ``excluded_folds`` (a row without a
+# Names older versions recorded for the held-out fold(s) -> today's: BalanceConfig.exclude_folds
+# (a balance plan.json, an evaluate.json), the balance footer's excluded_folds, a checkpoint's or
+# split record's heldout_folds, evaluate's split.parquet footer test_fold.
+OLD_HOLDOUT_NAMES = {"exclude_folds": "holdout_folds", "excluded_folds": "holdout_folds",
+                     "heldout_folds": "holdout_folds", "test_fold": "holdout_fold"}
+
+
+def read_holdout_names(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` (a recorded config, footer or split, one level) with the held-out fold's older
+    names (:data:`OLD_HOLDOUT_NAMES`) read as today's, so a run written by an older version
+    compares equal to the same run today. A record holding both names keeps today's."""
+    out = dict(record)
+    for old, new in OLD_HOLDOUT_NAMES.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
+
+
+def working_set(df: pd.DataFrame, splits: Sequence[str], holdout_folds: Sequence[int]) -> np.ndarray:
+    """Whether each row is in one of ``splits`` and outside ``holdout_folds`` (a row without a
     fold is outside every fold): the rows ``fesaug balance`` counts and balances."""
     folds = df["fold"].to_numpy(dtype=float, na_value=np.nan)
-    return df["split"].isin(list(splits)).to_numpy(dtype=bool) & ~np.isin(folds, list(excluded_folds))
+    return df["split"].isin(list(splits)).to_numpy(dtype=bool) & ~np.isin(folds, list(holdout_folds))
 
 
 def resolve_image_root(manifest_path: str | os.PathLike, image_root: str) -> Path:

@@ -1,11 +1,17 @@
 """Who is trained on, validated on and held out: subject-independent folds (a subject never
-appears in two folds, :func:`assign_folds`) and a run's split of a manifest (:func:`split_subjects`)."""
+appears in two folds, :func:`assign_folds`) and a run's split of a manifest (:func:`split_subjects`).
+
+The held-out fold has one name everywhere: ``holdout_fold`` for one fold (``TrainConfig``, a
+checkpoint's ``config`` and ``split``) and ``holdout_folds`` for several (``BalanceConfig``, the
+balance footer, a manifest's footer, a split record). :func:`check_holdout_folds` validates them
+for every caller; :func:`fesaug.data.manifest.read_holdout_names` reads the names older versions recorded.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +25,30 @@ from .manifest import Manifest
 def manifest_folds(manifest: Manifest) -> list[int]:
     """The folds the manifest's rows are in, in order."""
     return sorted(int(f) for f in manifest.df["fold"].dropna().unique())
+
+
+def check_holdout_folds(folds: Iterable[int], manifest: Manifest | None = None, *, option: str = "--holdout-fold",
+                        error: type[FesaugError] = FesaugError) -> tuple[int, ...]:
+    """Validate held-out fold numbers, once for every caller; returns them as a tuple of ints.
+
+    Each must be a whole number of 0 or more; with ``manifest``, the manifest must have folds and
+    each of ``folds``. ``option``: the flag the messages name. A failure raises ``error``, so each
+    caller keeps its exit status: :class:`FesaugError` (1) for training's ``--holdout-fold`` (the
+    fold is checked against the manifest only when training starts), :class:`UsageError` (2) for
+    ``BalanceConfig`` and ``fesaug evaluate --folds``."""
+    folds = tuple(folds)
+    bad = [f for f in folds if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0]
+    if bad:
+        raise error(f"{option} must be a fold number (0 or more), got {bad[0]!r}")
+    folds = tuple(int(f) for f in folds)
+    if manifest is not None and folds:
+        present = manifest_folds(manifest)
+        if not present:
+            raise error(f"{manifest.path} has no folds, so {option} cannot be used; re-create it with folds")
+        missing = [f for f in folds if f not in present]
+        if missing:
+            raise error(f"{option}: {manifest.path} has no fold {missing[0]} (folds: {', '.join(map(str, present))})")
+    return folds
 
 
 def assign_folds(labels: Sequence[int], groups: Sequence[str], n_folds: int, seed: int = 0) -> np.ndarray:
@@ -57,7 +87,7 @@ class Split:
     heldout_subjects: list[str]
     train_folds: list[int]
     val_folds: list[int]
-    heldout_folds: list[int]
+    holdout_folds: list[int]  # the folds of every held-out row (holdout_fold's, and the test split's)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if not k.endswith("_rows")}
@@ -76,11 +106,7 @@ def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: f
     real = (df["origin"] == "real").to_numpy()
     folds = df["fold"]
     if holdout_fold is not None:
-        present = manifest_folds(manifest)
-        if not present:
-            raise FesaugError(f"{manifest.path} has no folds, so --holdout-fold cannot be used; re-create it with folds")
-        if holdout_fold not in present:
-            raise FesaugError(f"{manifest.path} has no fold {holdout_fold} (folds: {', '.join(map(str, present))})")
+        check_holdout_folds([holdout_fold], manifest)
     in_fold = (folds == holdout_fold).fillna(False).to_numpy(dtype=bool) if holdout_fold is not None else np.zeros(len(df), bool)
     heldout = real & (in_fold | (df["split"] == "test").to_numpy())
     pool = real & ~heldout
@@ -135,5 +161,5 @@ def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: f
         heldout_subjects=sorted(map(str, heldout_subjects)),
         train_folds=fold_list(train_rows),
         val_folds=fold_list(val_rows),
-        heldout_folds=fold_list(np.flatnonzero(heldout)),
+        holdout_folds=fold_list(np.flatnonzero(heldout)),
     )
