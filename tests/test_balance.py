@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -262,10 +263,10 @@ def test_similar_order_uses_sources_closer_to_the_target_and_says_so(balanced: b
         BalanceConfig(source_order="nearest")
 
 
-def test_a_run_recorded_before_a_setting_existed_still_resumes(demo: Path, checkpoint: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    config = BalanceConfig(min_confidence=0.0, batch_size=8)
-    out = tmp_path / "b"
+def _interrupted_and_rerecorded(demo: Path, checkpoint: Path, out: Path, config: BalanceConfig,
+                                monkeypatch: pytest.MonkeyPatch, edit: Callable[[dict], None]) -> None:
+    """A balance run stopped before its first chunk, its plan.json's config then ``edit``ed as an
+    older version would have written it."""
     real_run_chunk = balancing._run_chunk
 
     def crash(*args, **kwargs):
@@ -276,9 +277,22 @@ def test_a_run_recorded_before_a_setting_existed_still_resumes(demo: Path, check
         balance(demo, checkpoint, out, config)
     plan = out / balancing.WORK_DIR / "plan.json"
     recorded = json.loads(plan.read_text())
-    del recorded["config"]["source_order"]  # as written by a version without the setting
+    edit(recorded["config"])
     plan.write_text(json.dumps(recorded))
     monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
+
+
+def test_a_run_recorded_before_a_setting_existed_still_resumes(demo: Path, checkpoint: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    config = BalanceConfig(min_confidence=0.0, batch_size=8)
+    out = tmp_path / "b"
+    real_run_chunk = balancing._run_chunk
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # As written by a version without the setting.
+    _interrupted_and_rerecorded(demo, checkpoint, out, config, monkeypatch, lambda c: c.pop("source_order"))
     assert (out / "manifest.parquet") == balance(demo, checkpoint, out, config).manifest
     with pytest.raises(FesaugError, match="unfinished balance run with other settings"):
         crashed = tmp_path / "c"
@@ -295,19 +309,8 @@ def test_a_run_recorded_with_the_old_name_of_the_held_out_folds_still_resumes(de
     # Before one name, BalanceConfig and so plan.json called holdout_folds "exclude_folds".
     config = BalanceConfig(min_confidence=0.0, batch_size=8, holdout_folds=(0,))
     out = tmp_path / "b"
-    real_run_chunk = balancing._run_chunk
-
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(balancing, "_run_chunk", crash)
-    with pytest.raises(KeyboardInterrupt):
-        balance(demo, checkpoint, out, config)
-    plan = out / balancing.WORK_DIR / "plan.json"
-    recorded = json.loads(plan.read_text())
-    recorded["config"]["exclude_folds"] = recorded["config"].pop("holdout_folds")
-    plan.write_text(json.dumps(recorded))
-    monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
+    _interrupted_and_rerecorded(demo, checkpoint, out, config, monkeypatch,
+                                lambda c: c.__setitem__("exclude_folds", c.pop("holdout_folds")))
     # Another fold under the old name is still other settings.
     with pytest.raises(FesaugError, match="unfinished balance run with other settings"):
         balance(demo, checkpoint, out, BalanceConfig(min_confidence=0.0, batch_size=8, holdout_folds=(1,)))
