@@ -93,11 +93,11 @@ def _machines(runs: list[dict], machine: str) -> list[str]:
             "their paired differences):", "", *[f"- {r['name']}: {text(r)}." for r in runs]]
 
 
-def render(runs: list[dict], machine: str) -> str:
+def render(runs: list[dict], machine: str, dataset: str = "CK+48") -> str:
     # Validation means over different folds are not comparable: no choice then.
     same_folds = len({tuple(r["folds"]) for r in runs}) == 1
     chosen = max(runs, key=lambda r: r["validation_macro_f1"]["fes"]) if same_folds else None
-    lines = [f"# fesaug evaluate on CK+48: {len(runs)} recipe(s)", "",
+    lines = [f"# fesaug evaluate on {dataset}: {len(runs)} recipe(s)", "",
              *_machines(runs, machine), "",
              "| recipe | val macro-F1 real / oversample / fes | test macro-F1 real | oversample | fes | fes − real | "
              "fes − oversample | minority recall real → fes | recognised | targets met |",
@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR")
     parser.add_argument("--out", required=True, type=Path, help="path without extension")
     parser.add_argument("--machine", default="")
+    parser.add_argument("--dataset", default="CK+48", help="the data the runs evaluated, for the title")
     parser.add_argument("--note", type=Path, help="Markdown appended to the table (protocol, conclusions)")
     parser.add_argument("--earlier", type=Path, action="append", default=[], metavar="FILE.json",
                         help="an earlier comparison whose recipes are added (their machine is in that file)")
@@ -254,7 +255,7 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps({"machine": args.machine, "targets": TARGETS, "runs": runs}, indent=1))
     extra = [part for part in (render_common(runs, common) if uneven else "", render_seed_spread(runs), render_mixed(runs),
                                render_fine_tuning(runs)) if part]
-    text = render(runs, args.machine) + "".join(f"\n{part}" for part in extra) \
+    text = render(runs, args.machine, args.dataset) + "".join(f"\n{part}" for part in extra) \
         + (f"\n{args.note.read_text()}" if args.note else "")
     args.out.with_suffix(".md").write_text(text)
     print(text)
