@@ -64,19 +64,24 @@ def _ratio_text(report: AuditReport) -> str:
     if ratio is None:
         empty = [name for name, c in report.classes.items() if c.total == 0]
         return "undefined (no images)" if report.total == 0 else f"undefined (empty class: {', '.join(empty)})"
-    largest = max(report.classes.items(), key=lambda kv: kv[1].total)
-    smallest = min(report.classes.items(), key=lambda kv: kv[1].total)
-    if largest[1].total == smallest[1].total:
-        return f"{ratio:.2f} (every class has {largest[1].total})"
-    return f"{ratio:.2f} ({largest[0]} {largest[1].total} / {smallest[0]} {smallest[1].total})"
+    largest = max(report.classes.items(), key=lambda kv: kv[1].effective)
+    smallest = min(report.classes.items(), key=lambda kv: kv[1].effective)
+    by = " by weight" if largest[1].weighted is not None else ""
+    if largest[1].effective == smallest[1].effective:
+        return f"{ratio:.2f} (every class has {largest[1].effective:g}{by})"
+    return f"{ratio:.2f} ({largest[0]} {largest[1].effective:g} / {smallest[0]} {smallest[1].effective:g}{by})"
 
 
 def format_table(report: AuditReport) -> str:
     shortfall = report.shortfall
-    header = ["class", "real", "synthetic", "total", *(["shortfall"] if shortfall is not None else [])]
-    rows = [[name, c.real, c.synthetic, c.total, *([shortfall[name]] if shortfall is not None else [])]
-            for name, c in report.classes.items()]
-    footer = ["total", report.real, report.synthetic, report.total, *([sum(shortfall.values())] if shortfall is not None else [])]
+    weighted = any(c.weighted is not None for c in report.classes.values())
+    header = ["class", "real", "synthetic", "total", *(["weighted"] if weighted else []),
+              *(["shortfall"] if shortfall is not None else [])]
+    rows = [[name, c.real, c.synthetic, c.total, *([f"{c.weighted:g}"] if weighted else []),
+             *([shortfall[name]] if shortfall is not None else [])] for name, c in report.classes.items()]
+    footer = ["total", report.real, report.synthetic, report.total,
+              *([f"{sum(c.effective for c in report.classes.values()):g}"] if weighted else []),
+              *([sum(shortfall.values())] if shortfall is not None else [])]
     lines = [f"manifest: {report.manifest}", ""]
     if report.balanced_rows is not None:
         held = sum(g.total for g in report.held_out)
@@ -118,7 +123,9 @@ def _csv(report: AuditReport) -> str:
                              for name, c in g.classes.items())
     else:
         shortfall = report.shortfall
-        writer.writerow(["class", "real", "synthetic", "total", *(["shortfall"] if shortfall is not None else [])])
-        writer.writerows([name, c.real, c.synthetic, c.total, *([shortfall[name]] if shortfall is not None else [])]
-                         for name, c in report.classes.items())
+        weighted = any(c.weighted is not None for c in report.classes.values())
+        writer.writerow(["class", "real", "synthetic", "total", *(["weighted"] if weighted else []),
+                         *(["shortfall"] if shortfall is not None else [])])
+        writer.writerows([name, c.real, c.synthetic, c.total, *([c.weighted] if weighted else []),
+                          *([shortfall[name]] if shortfall is not None else [])] for name, c in report.classes.items())
     return buf.getvalue()

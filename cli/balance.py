@@ -65,7 +65,7 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
                    "its target; classes it does not know (contempt) pass untouched.")
 @click.option("--min-external-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --external-judge: the least probability it must give the target.")
-@balance_options("intensity", "source_order")
+@balance_options("intensity", "source_order", "synthetic_share", "synthetic_weight")
 @click.option("--output-size", type=click.IntRange(min=8), metavar="PIXELS",
               help="Side of the synthetic images. Default: the real images' size when they share one, else the generator's.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -82,6 +82,7 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
                     au_checkpoint: Path | None, min_au_consistency: float, judge_checkpoint: Path | None,
                     min_judge_confidence: float, max_identity_distance: float | None, external_judge: str | None,
                     min_external_confidence: float, intensity: tuple[float, float] | None, source_order: str,
+                    synthetic_share: float, synthetic_weight: float,
                     output_size: int | None,
                     seed: int, batch_size: int, embed_images: bool, device: str, strict: bool, overwrite: bool) -> None:
     """Synthesize images with a trained FERSNet until every class reaches its target.
@@ -106,6 +107,7 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
         judge_checkpoint=None if judge_checkpoint is None else str(judge_checkpoint),
         min_judge_confidence=min_judge_confidence, source_order=source_order, max_identity_distance=max_identity_distance,
         external_judge=external_judge, min_external_confidence=min_external_confidence, intensity=intensity,
+        synthetic_share=synthetic_share, synthetic_weight=synthetic_weight,
     )
     main_process = os.environ.get("RANK", "0") == "0"
     result = balance(manifest, checkpoint, out, config, overwrite=overwrite,
@@ -126,10 +128,12 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
 def format_summary(r: BalanceResult) -> str:
     from fesaug.balance import gate_table
 
-    rows = r.class_rows(("real", "target", "synthesized", "acceptance", "shortfall", "after"))
-    table = aligned_table(["class", "real", "target", "synthesized", "accepted", "short", "after"], rows,
+    weighted = ("weighted",) if r.weighted else ()
+    rows = r.class_rows(("real", "target", "synthesized", "acceptance", "shortfall", "after", *weighted))
+    table = aligned_table(["class", "real", "target", "synthesized", "accepted", "short", "after", *weighted], rows,
                      ["total", sum(r.counts_before.values()), sum(r.targets.values()), sum(r.generated.values()), "",
-                      sum(r.shortfall.values()), sum(r.counts_after.values())])
+                      sum(r.shortfall.values()), sum(r.counts_after.values()),
+                      *([f"{sum(r.weighted.values()):g}"] if r.weighted else [])])
     made = sum(r.generated.values())
     speed = f" in {r.seconds:.1f} s ({made / r.seconds:.0f} images/s)" if r.seconds and made else ""
     resumed = f"; resumed {r.resumed_chunks} finished chunk(s)" if r.resumed_chunks else ""

@@ -48,7 +48,8 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
                           "over --preset; --generator-epochs and --generator-batch-size still win."),
         click.option("--generator-batch-size", type=click.IntRange(min=1), metavar="N",
                      help="FERSNet batch size (default: the preset's; lower it for folds of few images)."),
-        *(BALANCE_OPTIONS[name] for name in ("target_per_class", "min_confidence", "max_attempts", "intensity", "source_order")),
+        *(BALANCE_OPTIONS[name] for name in ("target_per_class", "min_confidence", "max_attempts", "intensity", "source_order",
+                                                    "synthetic_share", "synthetic_weight")),
         click.option("--judge", is_flag=True,
                      help="Also gate synthetic images with a classifier trained on the fold's real training images "
                           "(not the one that scores them)."),
@@ -115,7 +116,8 @@ def evaluate_synthesis_command(**options) -> None:  # noqa: ANN003
 def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: Path, folds: list[int] | None, model: str,
          epochs: int, image_size: int, preset: str, generator_config: Path | None, generator_epochs: int,
          generator_batch_size: int | None, target_per_class: int | str | None, min_confidence: float,
-         max_attempts: int, intensity: tuple[float, float] | None, source_order: str, judge: bool, expression_judge: bool, min_judge_confidence: float,
+         max_attempts: int, intensity: tuple[float, float] | None, source_order: str, synthetic_share: float,
+         synthetic_weight: float, judge: bool, expression_judge: bool, min_judge_confidence: float,
          judges: str, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
          overwrite: bool, downstream_seeds: int = 1) -> None:
     from fesaug.balance import BalanceConfig
@@ -133,7 +135,8 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
         generator=generator,
         balance=BalanceConfig(target_per_class=target_per_class or "max", min_confidence=min_confidence,
                               max_attempts=max_attempts, min_judge_confidence=min_judge_confidence, seed=seed,
-                              source_order=source_order, intensity=intensity),
+                              source_order=source_order, intensity=intensity, synthetic_share=synthetic_share,
+                              synthetic_weight=synthetic_weight),
         val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
         judge=judge, expression_judge=expression_judge, downstream_seeds=downstream_seeds, judges=resolve_judges(judges))
     show_progress_log("fesaug.evaluation")

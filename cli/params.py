@@ -92,6 +92,14 @@ BALANCE_OPTIONS: dict[str, Decorator] = {
         "--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
         help="With --judge: the least probability the judge must give the target."),
     "intensity": click.option("--intensity", metavar="LOW..HIGH", callback=intensity_range, help=INTENSITY_HELP),
+    "synthetic_share": click.option(
+        "--synthetic-share", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, metavar="S",
+        help="Synthesize only this share of each class's shortfall; a weight column on the class's real rows makes "
+             "up the rest, as repeating them would (sample by it: ManifestDataset.weights)."),
+    "synthetic_weight": click.option(
+        "--synthetic-weight", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, metavar="W",
+        help="What one synthetic image counts against a real one in the weight column; the class's real rows make up "
+             "the rest of its target."),
     "source_order": click.option(
         "--source-order", type=click.Choice(["subjects", "similar"]), default="subjects", show_default=True,
         help="subjects: sources round-robin over subjects in random order. similar: the same round-robin, "

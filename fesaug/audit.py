@@ -10,6 +10,7 @@ prints::
       "subjects": 118,                       # distinct non-null subject_id
       "imbalance_ratio": 4.61,               # largest / smallest class total; null if a class is empty
       "classes": {"anger": {"real": 135, "synthetic": 0, "total": 135, "shortfall": 115}, ...},
+                                             # a manifest with a weight column adds "weighted" per class
       "target": 250, "shortfall_total": 768, # only with a target; "shortfall" per class likewise
       "by": {"column": "fold", "groups": [{"value": 0, "total": 98, "classes": {...}}, ...]},  # only with by
       "held_out": {"total": 96, "groups": [{"value": "fold 0 (train)", "total": 96, "classes": {...}}]},
@@ -25,6 +26,10 @@ have no ``held_out``: every row counts. ``--by`` groups every row.
 
 A class with no images makes the imbalance ratio infinite; it is reported as null (JSON has no
 infinity) and the class is listed in an ``empty_class`` problem, which says why.
+
+A manifest with a ``weight`` column (``fesaug balance --synthetic-share``) is balanced by its
+weights, not its rows: each class also gets ``weighted`` (the sum of its rows' weights), and the
+imbalance ratio and shortfall count that.
 """
 
 from __future__ import annotations
@@ -48,13 +53,20 @@ BY_COLUMNS = ("origin", "split", "fold")
 class ClassCount:
     real: int = 0
     synthetic: int = 0
+    weighted: float | None = None  # the sum of the rows' weights, for a manifest with a weight column
 
     @property
     def total(self) -> int:
         return self.real + self.synthetic
 
+    @property
+    def effective(self) -> float:
+        """What the class counts for when sampled: its weight, else its rows."""
+        return self.total if self.weighted is None else self.weighted
+
     def to_dict(self) -> dict:
-        return {"real": self.real, "synthetic": self.synthetic, "total": self.total}
+        return {"real": self.real, "synthetic": self.synthetic, "total": self.total,
+                **({"weighted": self.weighted} if self.weighted is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,7 @@ class AuditReport:
     @property
     def imbalance_ratio(self) -> float | None:
         """Largest class total over smallest; None when a class is empty (the ratio is infinite)."""
-        totals = [c.total for c in self.classes.values()]
+        totals = [c.effective for c in self.classes.values()]
         return max(totals) / min(totals) if min(totals) > 0 else None
 
     @property
@@ -108,7 +120,7 @@ class AuditReport:
         """Images each class still needs to reach ``target`` (0 when it already has enough)."""
         if self.target is None:
             return None
-        totals = {name: c.total for name, c in self.classes.items()}
+        totals = {name: int(np.ceil(c.effective - 1e-6)) for name, c in self.classes.items()}
         return Targets(counts=totals, wanted=dict.fromkeys(totals, self.target)).to_generate
 
     def to_dict(self) -> dict:
@@ -136,16 +148,25 @@ class AuditReport:
         return out
 
 
-def _histogram(labels: np.ndarray, synthetic: np.ndarray, classes: list[str]) -> dict[str, ClassCount]:
+def _histogram(labels: np.ndarray, synthetic: np.ndarray, classes: list[str],
+               weights: np.ndarray | None = None) -> dict[str, ClassCount]:
     real_n = np.bincount(labels[~synthetic], minlength=len(classes))
     syn_n = np.bincount(labels[synthetic], minlength=len(classes))
-    return {name: ClassCount(int(real_n[k]), int(syn_n[k])) for k, name in enumerate(classes)}
+    weighted = None if weights is None else np.bincount(labels, weights=weights, minlength=len(classes))
+    return {name: ClassCount(int(real_n[k]), int(syn_n[k]), None if weighted is None else round(float(weighted[k]), 3))
+            for k, name in enumerate(classes)}
+
+
+def _weights(m: Manifest) -> np.ndarray | None:
+    return m.df["weight"].to_numpy(dtype=np.float64, na_value=1.0) if "weight" in m.df.columns else None
 
 
 def _groups(m: Manifest, by: str, labels: np.ndarray, synthetic: np.ndarray) -> list[Group]:
     values = np.array(column(m.df, by), dtype=object)
     keys = sorted(set(values.tolist()), key=lambda v: (v is None, v))  # unassigned rows last
-    return [Group(key, _histogram(labels[values == key], synthetic[values == key], m.classes)) for key in keys]
+    weights = _weights(m)
+    return [Group(key, _histogram(labels[values == key], synthetic[values == key], m.classes,
+                                  None if weights is None else weights[values == key])) for key in keys]
 
 
 def audit(
@@ -175,9 +196,10 @@ def audit(
     everything = _histogram(labels, synthetic, m.classes)
     balanced = m.balanced_rows()
     counted = np.ones(len(labels), dtype=bool) if balanced is None else balanced
+    weights = _weights(m)
     return AuditReport(
         manifest=m.path,
-        classes=_histogram(labels[counted], synthetic[counted], m.classes),
+        classes=_histogram(labels[counted], synthetic[counted], m.classes, None if weights is None else weights[counted]),
         subjects=int(m.df["subject_id"].nunique(dropna=True)),
         problems=all_problems(m, {name: c.total for name, c in everything.items()}, check_images=check_images),
         images_checked=check_images,
@@ -225,7 +247,12 @@ def report_figure(report: AuditReport):  # noqa: ANN201 - a matplotlib Figure (i
     ax = fig.add_subplot()
     ax.bar(x - shift, real, width, label="real", color="#4C72B0")
     bars = ax.bar(x - shift, synthetic, width, bottom=real, label="synthetic", color="#DD8452")
-    ax.bar_label(bars, labels=[str(c.total) for c in report.classes.values()], padding=2, fontsize=8)
+    if any(c.weighted is not None for c in report.classes.values()):
+        # What the weight column adds beyond one per row: the repeats a weighted sampler draws.
+        extra = [max(0.0, c.effective - c.total) for c in report.classes.values()]
+        bars = ax.bar(x - shift, extra, width, bottom=np.add(real, synthetic), label="real, by weight", color="#4C72B0",
+                      alpha=0.45, hatch="//")
+    ax.bar_label(bars, labels=[f"{c.effective:g}" for c in report.classes.values()], padding=2, fontsize=8)
     bottom = np.zeros(len(names))
     for group, shade in zip(report.held_out, _GREYS * len(report.held_out)):
         heights = np.array([group.classes[n].total for n in names])
@@ -246,7 +273,7 @@ def report_figure(report: AuditReport):  # noqa: ANN201 - a matplotlib Figure (i
     ax.set_ylabel("images")
     # Set, not left to margins(): a bar's base is a "sticky" limit, so a zero-height synthetic bar
     # on the tallest real one would pin the top there and cut the count labels off.
-    top = max([c.total for c in report.classes.values()] + bottom.tolist() + [report.target or 0, 1])
+    top = max([c.effective for c in report.classes.values()] + bottom.tolist() + [report.target or 0, 1])
     ax.set_ylim(0, top * 1.12)
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # never over a bar
     if len(names) > 6:

@@ -78,7 +78,7 @@ from .models import MAX_INTENSITY
 from .multitask_training import load_emotion_au
 from .provenance import provenance
 from .runlog import jsonable, with_defaults
-from .targets import Targets, check_target_rule, resolve_targets
+from .targets import Targets, check_synthetic_share, check_target_rule, resolve_targets
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,12 @@ class BalanceConfig:
     uniformly from that range (seeded like the jitter; ``intensity`` column), so a class gets
     faces at several strengths of its expression instead of one; ``None`` = the learnt edit (1);
     above 1 (up to ``MAX_INTENSITY``) the edit is exaggerated.
+    ``synthetic_share``: synthesis fills this share of each class's shortfall (rounded), and
+    weights on the class's real rows fill the rest, as repeats of them would; ``synthetic_weight``:
+    each synthetic row counts this much (below 1: a synthetic face is worth less than a real
+    one). With either set, the manifest gets a ``weight`` column (:func:`row_weights`) whose sum
+    per class reaches the target; the defaults (1, 1) synthesize every missing image and
+    write no weights.
     """
 
     target_per_class: int | str = "max"
@@ -145,6 +151,8 @@ class BalanceConfig:
     external_judge: str | None = None
     min_external_confidence: float = 0.5
     intensity: tuple[float, float] | None = None
+    synthetic_share: float = 1.0
+    synthetic_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.holdout_folds is not None:
@@ -163,6 +171,11 @@ class BalanceConfig:
                              f"got {self.max_identity_distance}")
         if self.intensity is not None:
             object.__setattr__(self, "intensity", check_intensity(self.intensity))
+        object.__setattr__(self, "synthetic_share", check_synthetic_share(self.synthetic_share))
+        if isinstance(self.synthetic_weight, bool) or not 0 < self.synthetic_weight <= 1:
+            raise UsageError(f"--synthetic-weight must lie in (0, 1] (what one synthetic image counts against a real "
+                             f"one), got {self.synthetic_weight!r}")
+        object.__setattr__(self, "synthetic_weight", float(self.synthetic_weight))
         if self.external_judge is not None and self.external_judge not in EXTERNAL_JUDGES:
             raise UsageError(f"unknown --external-judge {self.external_judge!r}; choose one of {', '.join(EXTERNAL_JUDGES)}")
         for name in ("max_attempts", "batch_size"):
@@ -174,6 +187,11 @@ class BalanceConfig:
             raise UsageError("choose at least one --split to balance")
         if self.source_order not in SOURCE_ORDERS:
             raise UsageError(f"unknown --source-order {self.source_order!r}; choose one of {', '.join(SOURCE_ORDERS)}")
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the output carries a ``weight`` column (a share or weight below 1)."""
+        return self.synthetic_share < 1 or self.synthetic_weight < 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -223,6 +241,7 @@ class BalanceResult:
     resumed_chunks: int = 0
     problems: list[str] = field(default_factory=list)  # fesaug audit's findings on the output
     gate_passed: dict[str, dict[str, int]] = field(default_factory=dict)  # gate -> class -> candidates it passed
+    weighted: dict[str, float] | None = None  # per class, the sum of the balanced rows' weights (weighted runs only)
 
     @property
     def counts_after(self) -> dict[str, int]:
@@ -243,11 +262,14 @@ class BalanceResult:
         """The per-class table every summary of a run shows (the dataset card, the command's and
         the demo's summaries), one row per class: its name, then ``columns`` of ``real``,
         ``target``, ``synthesized``, ``acceptance`` (a percentage, ``blank`` without attempts),
-        ``shortfall`` and ``after``."""
+        ``shortfall``, ``after`` and ``weighted`` (the sum of the class's weights, ``blank`` in an
+        unweighted run)."""
         def cell(column: str, c: str) -> Any:
             if column == "acceptance":
                 acc = self.acceptance[c]
                 return blank if acc is None else f"{acc:.0%}"
+            if column == "weighted":
+                return blank if self.weighted is None else f"{self.weighted[c]:g}"
             return {"real": self.counts_before, "target": self.targets, "synthesized": self.generated,
                     "shortfall": self.shortfall, "after": self.counts_after}[column][c]
 
@@ -337,6 +359,7 @@ class _Plan:
     config: BalanceConfig
     working: np.ndarray  # manifest positions of the working set
     targets: Targets  # from the working set's real counts
+    to_synthesize: dict[str, int]  # per class: the targets' shortfall times the synthetic share
     removed_rows: list[int]
     holdout_folds: list[int]  # folds outside the working set, recorded as the footer's holdout_folds
     output_size: int
@@ -404,7 +427,7 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
     counts = {c: int((labels[working] == k).sum()) for k, c in enumerate(m.classes)}
     targets = resolve_targets(counts, target_per_class=config.target_per_class, sampling_strategy=config.sampling_strategy,
                               targets=config.targets, undersample=config.undersample)
-    to_generate = targets.to_generate
+    to_generate = targets.to_synthesize(config.synthetic_share)
     removed: list[int] = []
     for k, c in enumerate(m.classes):
         extra = targets.to_remove[c]
@@ -450,7 +473,7 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
         key["judge_checkpoint_sha256"] = file_sha256(config.judge_checkpoint)
     identity = load_judge("identity") if config.max_identity_distance is not None else None
     external = load_judge(config.external_judge, device=device or "cpu") if config.external_judge else None
-    return _Plan(m, gen, config, working, targets, removed, sorted(holdout_folds),
+    return _Plan(m, gen, config, working, targets, to_generate, removed, sorted(holdout_folds),
                  _output_size(m, working, gen, config.output_size), orders, slots, key, checker, judge, identity, external,
                  None if pixels is None else (sources, pixels))
 
@@ -521,7 +544,7 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
     passed: dict[str, dict[str, int]] = {}
     writes: list[Future] = []
     pending = list(chunk)
-    need = plan.targets.to_generate
+    need = plan.to_synthesize
     for attempt in range(cfg.max_attempts):
         if not pending:
             break
@@ -720,8 +743,8 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
     generated = {c: sum(1 for r in synthetic if r["label"] == k) for k, c in enumerate(m.classes)}
     removed = {c: sum(1 for r in plan.removed_rows if int(m.df["label"].iat[r]) == k) for k, c in enumerate(m.classes)}
     t = plan.targets
-    shortfall = {c: t.to_generate[c] - generated[c] for c in m.classes}
-    result = BalanceResult(out, out / "manifest.parquet", dict(t.counts), dict(t), t.to_generate, generated,
+    shortfall = {c: plan.to_synthesize[c] - generated[c] for c in m.classes}
+    result = BalanceResult(out, out / "manifest.parquet", dict(t.counts), dict(t), plan.to_synthesize, generated,
                            removed, attempts, shortfall, 0.0, resumed, gate_passed=passed)
 
     real = m.df.drop(index=m.df.index[plan.removed_rows]).reset_index(drop=True)
@@ -737,6 +760,10 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
             generator=gen.checkpoint_sha256, seed=cfg.seed)
         syn["attempt"] = syn["attempt"].astype("Int64")
     df = pd.concat([real, syn], ignore_index=True) if len(syn) else real
+    if cfg.weighted:
+        df["weight"] = row_weights(df, plan.targets, cfg.synthetic_weight,
+                                   balanced=working_set(df, cfg.splits, plan.holdout_folds), classes=m.classes)
+        result.weighted = _weighted_counts(df, m.classes, working_set(df, cfg.splits, plan.holdout_folds))
     meta = _footer(plan, result)
     manifest_path = out / "manifest.parquet"
     image_root = "." if cfg.embed_images else relative_image_root(manifest_path, root)
@@ -752,6 +779,31 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def row_weights(df: pd.DataFrame, targets: Mapping[str, int], synthetic_weight: float, *, balanced: np.ndarray,
+                classes: Sequence[str]) -> np.ndarray:
+    """The ``weight`` column of a weighted balance run: each balanced synthetic row counts
+    ``synthetic_weight``, and the real rows of each class share what the class still lacks of its
+    target equally (at least 1 each), so the weights of a class sum to its target; rows the run
+    did not balance (other splits, held-out folds) count 1. A sampler drawing rows in proportion
+    to these weights, or a loss weighted by them, sees each class as often as a set of that many
+    images would (:meth:`fesaug.data.datasets.ManifestDataset.weights`)."""
+    weights = np.ones(len(df), dtype=np.float64)
+    labels = df["label"].to_numpy(dtype=np.int64)
+    synthetic = (df["origin"] == "synthetic").to_numpy(dtype=bool)
+    weights[balanced & synthetic] = synthetic_weight
+    for k, c in enumerate(classes):
+        real = balanced & ~synthetic & (labels == k)
+        n_real, n_syn = int(real.sum()), int((balanced & synthetic & (labels == k)).sum())
+        if n_real:
+            weights[real] = max(1.0, (targets[c] - synthetic_weight * n_syn) / n_real)
+    return weights
+
+
+def _weighted_counts(df: pd.DataFrame, classes: Sequence[str], balanced: np.ndarray) -> dict[str, float]:
+    labels, weights = df["label"].to_numpy(dtype=np.int64), df["weight"].to_numpy(dtype=np.float64)
+    return {c: round(float(weights[balanced & (labels == k)].sum()), 3) for k, c in enumerate(classes)}
 
 
 def _relocate(m: Manifest, real: pd.DataFrame, out: Path, *, embed: bool) -> tuple[Path, list[dict[str, Any]]]:
@@ -789,6 +841,11 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
             "acceptance": r.acceptance, "min_confidence": cfg.min_confidence, "max_attempts": cfg.max_attempts,
             "seed": cfg.seed, "source_order": cfg.source_order, "judge": "the checkpoint's FER branch",
             "intensity": None if cfg.intensity is None else list(cfg.intensity),
+            "synthetic_share": cfg.synthetic_share, "synthetic_weight": cfg.synthetic_weight,
+            **({"weighted": r.weighted,
+                "weights": "each synthetic row counts synthetic_weight; a class's real rows share the rest of its "
+                           "target (at least 1 each); rows outside the balanced splits and folds count 1"}
+               if r.weighted is not None else {}),
             **({"au_check": {"checkpoint": cfg.au_checkpoint, "checkpoint_sha256": plan.key["au_checkpoint_sha256"],
                              "min_au_consistency": cfg.min_au_consistency, "au_ids": plan.au_checker.au_ids,
                              "prototypes": "fesaug.data.au.EMOTION_AU_PROTOTYPES"}} if plan.au_checker else {}),
@@ -816,6 +873,7 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
     """The ``README.md`` written next to a balanced manifest; ``held_out``: the rows it left
     unchanged, counted per group (:attr:`fesaug.audit.AuditReport.held_out`)."""
     gen, cfg = plan.generator, plan.config
+    columns = ("real", "target", "synthesized", "acceptance", "shortfall", "after") + (("weighted",) if r.weighted else ())
     lines = [
         "# Balanced facial-expression dataset (fesaug balance)",
         "",
@@ -823,11 +881,10 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
         f"(sha256 `{gen.checkpoint_sha256[:16]}…`, epoch {gen.epoch}).",
         f"Command: `{meta['provenance']['command']}`",
         "",
-        "| class | real | target | synthesized | acceptance | shortfall | after |"
-        + "".join(f" held out: {g.value} |" for g in held_out),
-        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(held_out),
+        "| class | " + " | ".join(columns) + " |" + "".join(f" held out: {g.value} |" for g in held_out),
+        "|---|" + "---:|" * (len(columns) + len(held_out)),
     ]
-    for row in r.class_rows(("real", "target", "synthesized", "acceptance", "shortfall", "after"), blank="—"):
+    for row in r.class_rows(columns, blank="—"):
         lines.append("| " + " | ".join(map(str, row)) + " |" + "".join(f" {g.classes[row[0]].total} |" for g in held_out))
     lines += [
         "",
@@ -874,7 +931,14 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
         "```python",
         "from fesaug.data import ManifestDataset",
         "train = ManifestDataset(\"manifest.parquet\", image_size=" + str(plan.output_size) + ")",
+        *(["from torch.utils.data import DataLoader, WeightedRandomSampler",
+           "sampler = WeightedRandomSampler(train.weights, num_samples=len(train))  # draws classes as balanced",
+           "loader = DataLoader(train, batch_size=64, sampler=sampler)"] if r.weighted else []),
         "```",
+        *(["", f"Synthesis filled {cfg.synthetic_share:.0%} of each class's shortfall and each synthetic row counts "
+           f"{cfg.synthetic_weight:g}; the `weight` column makes up the rest on the class's real rows (the *weighted* "
+           "column above), as repeating them would. Sample rows in proportion to `weight` (above) or weight the loss "
+           "by it: read without weights, the classes are not balanced."] if r.weighted else []),
         "",
         "The synthetic images derive from the source dataset's faces and fall under its licence.",
         "",
@@ -904,4 +968,4 @@ def _summary_from(out: Path) -> BalanceResult:
     meta = read_manifest(out / "manifest.parquet").meta["balance"]
     return BalanceResult(out, out / "manifest.parquet", meta["counts_before"], meta["targets"], meta["to_generate"],
                          meta["generated"], meta["removed"], meta["attempts"], meta["shortfall"], 0.0,
-                         gate_passed=meta.get("gate_passed", {}))
+                         gate_passed=meta.get("gate_passed", {}), weighted=meta.get("weighted"))

@@ -203,7 +203,7 @@ def augment_batch(x: Tensor, gen: torch.Generator | None) -> Tensor:
 
 def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = None, val_y: Tensor | np.ndarray | None = None,
         config: DownstreamConfig = DownstreamConfig(), sample_weights: Tensor | np.ndarray | None = None,
-        num_classes: int | None = None, init: DownstreamClassifier | None = None) -> FitResult:
+        num_classes: int | None = None, init: DownstreamClassifier | None = None, epoch_size: int | None = None) -> FitResult:
     """Train ``config.model`` on ``uint8`` ``N×1×S×S`` images with cross-entropy.
 
     Adam with a per-step cosine learning-rate decay. With ``val_x``/``val_y`` (validation
@@ -211,9 +211,12 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
     weights of the epoch with the best validation macro-F1 (the first such epoch on ties), the
     metric ``fesaug evaluate`` compares; without them, the last epoch's.
 
-    ``sample_weights`` (one per row) draws each epoch's ``N`` rows with replacement in proportion
-    to them, like ``WeightedRandomSampler``; without it every row is seen once per epoch, so the
-    oversampling baseline may equally pass repeated rows (:func:`random_oversample`).
+    ``sample_weights`` (one per row) draws each epoch's ``epoch_size`` rows (default ``N``) with
+    replacement in proportion to them, like ``WeightedRandomSampler``; without it every row is
+    seen once per epoch, so the oversampling baseline may equally pass repeated rows
+    (:func:`random_oversample`). A weighted balanced manifest (``fesaug balance
+    --synthetic-share``) passes its ``weight`` column and their sum as ``epoch_size``, so an epoch
+    holds as many draws as the balanced set it stands for.
     ``num_classes`` defaults to the largest label + 1. ``init``: fine-tune a copy of this trained
     model (its standardisation kept) instead of training ``config.model`` from scratch.
     Deterministic for a ``seed`` on CPU; the global torch RNG is left as it was.
@@ -236,6 +239,9 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
         weights = torch.as_tensor(np.asarray(sample_weights), dtype=torch.float64)
         if weights.shape != (len(train_x),) or (weights < 0).any() or weights.sum() <= 0:
             raise FesaugError("sample_weights needs one non-negative weight per training row, not all zero")
+    if epoch_size is not None and (weights is None or epoch_size < 2):
+        raise FesaugError("epoch_size needs sample_weights and at least 2 draws")
+    draws = epoch_size if epoch_size is not None else len(train_x)
 
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[]):
@@ -253,14 +259,14 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
             model = copy.deepcopy(init)
         model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+        steps_per_epoch = math.ceil(draws / config.batch_size)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
         history: list[dict[str, float]] = []
         best_state, best_epoch, best_f1 = None, config.epochs, -1.0
         for epoch in range(1, config.epochs + 1):
             kill_point("downstream-epoch")
             model.train()
-            order = (torch.multinomial(weights, len(train_x), replacement=True, generator=gen) if weights is not None
+            order = (torch.multinomial(weights, draws, replacement=True, generator=gen) if weights is not None
                      else torch.randperm(len(train_x), generator=gen))
             total, seen, lr = 0.0, 0, opt.param_groups[0]["lr"]
             for batch in order.split(config.batch_size):

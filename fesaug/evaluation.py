@@ -303,7 +303,8 @@ class _Fold:
             if "real" in conditions or (self.config.synthesis and r == 0):
                 self._condition("real", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows], r), r)
             if "fes" in conditions:
-                self._condition("fes", lambda: self._fit(self._balanced_train().pixels, self._balanced_train().labels, r), r)
+                self._condition("fes", lambda: self._fit(self._balanced_train().pixels, self._balanced_train().labels, r,
+                                                         weights=self._balanced_weights()), r)
             if "oversample" in conditions:
                 self._condition("oversample", lambda: self._oversample(r), r)
             if "mixed" in conditions:
@@ -367,6 +368,11 @@ class _Fold:
             self._balanced_data[size] = ManifestDataset(b, rows=rows, image_size=size)
         return self._balanced_data[size]
 
+    def _balanced_weights(self) -> torch.Tensor | None:
+        """The balanced training rows' ``weight`` column, or None when the run wrote none."""
+        train = self._balanced_train()
+        return train.weights if "weight" in train.manifest.df.columns else None
+
     def _synthetic(self, image_size: int | None) -> ManifestDataset:
         return ManifestDataset(self._balanced_manifest(), origins=("synthetic",), image_size=image_size)
 
@@ -407,13 +413,19 @@ class _Fold:
 
     # ---- conditions
 
-    def _fit(self, x: torch.Tensor, y: np.ndarray, r: int = 0) -> tuple[DownstreamClassifier, dict[str, Any]]:
-        """The downstream recipe with its seed + ``r``."""
+    def _fit(self, x: torch.Tensor, y: np.ndarray, r: int = 0,
+             weights: torch.Tensor | None = None) -> tuple[DownstreamClassifier, dict[str, Any]]:
+        """The downstream recipe with its seed + ``r``; ``weights``: rows drawn in proportion to
+        them, as many draws per epoch as they sum to (a weighted balanced manifest), and the
+        recorded ``train_counts`` are their per-class sums, which ``oversample`` then matches."""
         config = dataclasses.replace(self.config.downstream, seed=self.config.downstream.seed + r)
-        result = fit(x, y, self.pixels[self.val_rows], self.labels[self.val_rows], config, num_classes=len(self.m.classes))
-        counts = np.bincount(y, minlength=len(self.m.classes))
+        epoch_size = None if weights is None else int(round(float(weights.sum())))
+        result = fit(x, y, self.pixels[self.val_rows], self.labels[self.val_rows], config, num_classes=len(self.m.classes),
+                     sample_weights=weights, epoch_size=epoch_size)
+        counts = np.bincount(y, weights=None if weights is None else weights.numpy(), minlength=len(self.m.classes))
         return result.model, {"best_epoch": result.best_epoch, "history": result.history, "seed": config.seed,
-                              "train_counts": dict(zip(self.m.classes, counts.tolist()))}
+                              "train_counts": dict(zip(self.m.classes, np.rint(counts).astype(int).tolist())),
+                              **({"train_rows": len(y)} if weights is not None else {})}
 
     def _oversample(self, r: int) -> tuple[DownstreamClassifier, dict[str, Any]]:
         index, missing = self._oversample_index(r)

@@ -5,6 +5,8 @@ The ``imagefolder`` layout is what ``torchvision.datasets.ImageFolder`` reads::
     OUT/<label_name>/<sample_id>.png   one PNG per selected row; every class has a folder
     OUT/classes.json                   the manifest's class names in label order
     OUT/export.json                    provenance, source manifest and its sha256, filters, counts
+    OUT/weights.csv                    path,weight per image, when the manifest has a weight column
+                                       (fesaug balance --synthetic-share): sample by it
 
 The tree is built in a hidden folder beside OUT and renamed onto it at the end, so an interrupted
 export leaves the previous tree (or nothing), never half of one; the next export into OUT removes
@@ -33,7 +35,7 @@ from .locking import output_lock
 from .provenance import provenance
 
 FORMATS = ("imagefolder",)
-EXPORT_FILES = ("export.json", "classes.json")
+EXPORT_FILES = ("export.json", "classes.json", "weights.csv")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Characters that Windows, macOS or Linux refuse in a file name, or read as a path separator.
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
@@ -130,6 +132,11 @@ def _write(m: Manifest, source: Path, out: Path, rows: list[int], names: list[st
             except OSError as exc:
                 raise FesaugError(f"cannot write {out / dest.relative_to(staging)} ({exc.strerror or exc})") from None
         atomic_write_text(staging / "classes.json", json.dumps(classes, indent=2) + "\n")
+        if "weight" in m.df.columns:
+            # ImageFolder has no place for a weight; without it a weighted balanced set is not balanced.
+            weights = m.df["weight"].to_numpy(dtype=float, na_value=1.0)
+            atomic_write_text(staging / "weights.csv", "path,weight\n" + "".join(
+                f"{m.df['label_name'].iat[i]}/{name},{weights[i]:g}\n" for i, name in zip(rows, names)))
         atomic_write_text(staging / "export.json", json.dumps(record, indent=2) + "\n")
         _publish(staging, final)
     finally:

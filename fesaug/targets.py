@@ -46,12 +46,27 @@ class Targets(Mapping[str, int]):
     def to_remove(self) -> dict[str, int]:
         return {c: max(0, self.counts[c] - n) for c, n in self.wanted.items()}
 
+    def to_synthesize(self, synthetic_share: float = 1.0) -> dict[str, int]:
+        """Images to synthesize per class when synthesis fills only ``synthetic_share`` of each
+        shortfall and repeats of the class's real images fill the rest (``fesaug balance
+        --synthetic-share``). A class without real images cannot be repeated, so synthesis
+        fills all of its shortfall."""
+        check_synthetic_share(synthetic_share)
+        return {c: (n if not self.counts[c] else round(synthetic_share * n)) for c, n in self.to_generate.items()}
+
 
 def check_target_per_class(value: int | str) -> int | str:
     """``value`` if it is a positive number or ``"max"``, else a :class:`UsageError`."""
     if value != "max" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise UsageError(f"--target-per-class must be a positive number or 'max', got {value!r}")
     return value
+
+
+def check_synthetic_share(share: float) -> float:
+    """``share`` if it lies in (0, 1], else a :class:`UsageError`."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise UsageError(f"--synthetic-share must lie in (0, 1] (the share of each shortfall synthesis fills), got {share!r}")
+    return float(share)
 
 
 def check_strategy(name: str) -> str:

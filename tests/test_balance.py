@@ -643,3 +643,60 @@ def test_intensity_range_is_drawn_per_image_recorded_and_zero_copies_the_source(
         code, _, err = cli_in_process(capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint,
                                       "--out", tmp_path / "bad", "--intensity", bad)
         assert code == 2 and err.startswith("Error:") and "--intensity" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- synthetic share and weight (#17, lever 4)
+
+
+def test_synthetic_share_makes_part_of_each_shortfall_and_weights_the_real_rows_up_to_the_target(
+        demo: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = BalanceConfig(synthetic_share=0.5, synthetic_weight=0.8, **OPEN)
+    result = balance(demo, checkpoint, tmp_path / "half", config)
+    largest = max(result.counts_before.values())
+    full = {c: largest - n for c, n in result.counts_before.items()}
+    assert result.generated == {c: round(n / 2) for c, n in full.items()}
+    m = read_manifest(result.manifest)
+    working = (m.df["fold"] != 0).to_numpy()
+    weights = m.df["weight"].to_numpy()
+    synthetic = (m.df["origin"] == "synthetic").to_numpy()
+    assert np.all(weights[synthetic] == 0.8) and np.all(weights[~working] == 1.0)
+    for k, c in enumerate(m.classes):
+        mine = working & (m.df["label"] == k).to_numpy()
+        # The weights of every balanced class reach the target; its real rows share what synthesis left.
+        assert weights[mine].sum() == pytest.approx(largest)
+        assert len(set(weights[mine & ~synthetic].round(9))) == 1 and weights[mine & ~synthetic].min() >= 1
+    assert result.weighted == pytest.approx(dict.fromkeys(m.classes, largest))
+    # Audit balances by weight: no shortfall, ratio 1, and the weighted column in the JSON.
+    report = audit(m, target=largest, check_images=False)
+    assert report.problems == [] and report.imbalance_ratio == pytest.approx(1.0)
+    assert sum(report.shortfall.values()) == 0 and report.to_dict()["classes"]["anger"]["weighted"] == pytest.approx(largest)
+    # A dataset reads the weights; a sampler drawing by them sees the classes balanced.
+    data = ManifestDataset(m, rows=np.flatnonzero(working))
+    per_class = np.bincount(data.labels, weights=data.weights.numpy(), minlength=len(m.classes))
+    assert per_class == pytest.approx([largest] * len(m.classes))
+    card = (result.out_dir / "README.md").read_text()
+    assert "WeightedRandomSampler(train.weights" in card and "| weighted |" in card
+    # The defaults write no weight column: a plain balanced set is unchanged.
+    assert "weight" not in read_manifest(balance(demo, checkpoint, tmp_path / "plain", BalanceConfig(**OPEN)).manifest).df
+
+    for option, bad in (("--synthetic-share", "0"), ("--synthetic-share", "1.5"), ("--synthetic-weight", "0")):
+        code, _, err = cli_in_process(capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint,
+                                      "--out", tmp_path / "bad", option, bad)
+        assert code == 2 and err.startswith("Error:") and option in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(UsageError, match="--synthetic-share"):
+        BalanceConfig(synthetic_share=0)
+
+
+def test_weighted_balance_exports_its_weights_and_refuses_bad_ones(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
+    from fesaug.export import export
+
+    result = balance(demo, checkpoint, tmp_path / "half", BalanceConfig(synthetic_share=0.5, **OPEN))
+    export(result.manifest, tmp_path / "tree")
+    lines = (tmp_path / "tree" / "weights.csv").read_text().splitlines()
+    assert lines[0] == "path,weight" and len(lines) == 1 + len(read_manifest(result.manifest).df)
+    path, weight = lines[1].rsplit(",", 1)
+    assert (tmp_path / "tree" / path).is_file() and float(weight) >= 1
+    m = read_manifest(result.manifest)
+    with pytest.raises(FesaugError, match="weight -1"):
+        read_manifest(write_manifest(m.df.assign(weight=-1.0), tmp_path / "bad.parquet", classes=m.classes,
+                                     image_root=str(m.image_root)))

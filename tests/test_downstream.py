@@ -164,6 +164,23 @@ def test_sample_weights_select_rows() -> None:
         fit(x, y, config=DownstreamConfig(epochs=1, **FAST), sample_weights=np.ones(3))
 
 
+def test_epoch_size_sets_the_draws_per_epoch_of_a_weighted_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A weighted balanced manifest stands for more images than it has rows: an epoch draws that many.
+    x, y = bars(24, seed=0)
+    draws = []
+    real_multinomial = torch.multinomial
+
+    def spy(weights: torch.Tensor, n: int, **kwargs: object) -> torch.Tensor:
+        draws.append(n)
+        return real_multinomial(weights, n, **kwargs)
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    fit(x, y, config=DownstreamConfig(epochs=2, augment=False, **FAST), sample_weights=np.ones(24), epoch_size=60)
+    assert draws == [60, 60]
+    with pytest.raises(FesaugError, match="epoch_size"):
+        fit(x, y, config=DownstreamConfig(epochs=1, **FAST), epoch_size=60)
+
+
 def test_fit_rejects_wrong_inputs() -> None:
     x, y = bars(8, seed=0)
     with pytest.raises(FesaugError, match="image_size"):

@@ -35,3 +35,11 @@ def test_targets_say_what_reaching_them_takes() -> None:
     assert t.counts == {"a": 10, "b": 4, "c": 7}
     assert t.to_generate == {"a": 0, "b": 2, "c": 0}
     assert t.to_remove == {"a": 4, "b": 0, "c": 1}
+
+
+def test_synthetic_share_splits_each_shortfall_and_a_class_without_real_images_is_all_synthetic() -> None:
+    t = resolve_targets({"a": 10, "b": 4, "c": 0, "d": 7}, target_per_class=10)
+    assert t.to_synthesize() == t.to_generate == {"a": 0, "b": 6, "c": 10, "d": 3}
+    assert t.to_synthesize(0.5) == {"a": 0, "b": 3, "c": 10, "d": 2}
+    with pytest.raises(UsageError, match="--synthetic-share"):
+        t.to_synthesize(0.0)

@@ -39,7 +39,9 @@ class ManifestDataset(Dataset):
     ``torchvision.transforms.v2`` pipeline) is applied to the float image.
 
     Aligned with the items: ``pixels`` (the decoded uint8 images, ``N×1×H×W``), ``labels``,
-    ``subjects``, ``sample_ids`` and ``rows`` (positions in ``manifest.df``).
+    ``subjects``, ``sample_ids``, ``rows`` (positions in ``manifest.df``) and ``weights``
+    (the manifest's ``weight`` column, 1 where it is absent or null: a weighted balance run's
+    rows, to sample in proportion to or to weight the loss by).
     """
 
     def __init__(
@@ -63,6 +65,8 @@ class ManifestDataset(Dataset):
         self.labels = df["label"].to_numpy(dtype=np.int64)[self.rows]
         self.subjects = [None if pd.isna(s) else str(s) for s in df["subject_id"].iloc[self.rows].tolist()]
         self.sample_ids = df["sample_id"].iloc[self.rows].tolist()
+        self.weights = (torch.from_numpy(df["weight"].to_numpy(dtype=np.float64, na_value=1.0)[self.rows].copy())
+                        if "weight" in df.columns else torch.ones(len(self.rows), dtype=torch.float64))
         self.classes = self.manifest.classes
         self.transform = transform
         self.pixels = _decode(self.manifest, self.rows, image_size)

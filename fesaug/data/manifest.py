@@ -61,6 +61,9 @@ OPTIONAL_COLUMNS: dict[str, tuple[pa.DataType, bool]] = {
     "source_file": (pa.string(), True),  # the original file, relative to the ingested folder
     "au_intensity": (pa.list_(pa.float32()), True),  # aligned with metadata "au_ids"; 0..1
     "au_occurrence": (pa.list_(pa.int8()), True),  # 0/1 per AU in "au_ids"
+    # How much a row counts when sampling or in the loss (fesaug balance --synthetic-share /
+    # --synthetic-weight); absent or null: 1.
+    "weight": (pa.float64(), True),
 }
 # Columns a writer may leave out: they are filled with their default.
 _DEFAULTS = {
@@ -345,6 +348,12 @@ def _validate(table: pa.Table, meta: dict, *, where: str) -> None:
     origins = set(table.column("origin").to_pylist())
     if not origins <= set(ORIGINS):
         raise FesaugError(f"{where}: column 'origin' has {sorted(origins - set(ORIGINS))}; allowed values are {', '.join(ORIGINS)}")
+    if "weight" in schema.names:
+        weights = table.column("weight").to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(~(np.isnan(weights) | ((weights >= 0) & np.isfinite(weights))))
+        if bad.size:
+            raise FesaugError(f"{where}: row {bad[0]} ({ids[bad[0]]}) has weight {weights[bad[0]]}; weights must be "
+                              "finite and >= 0 (null: 1)")
     image = table.column("image").combine_chunks()
     paths, blobs = image.field("path").to_pylist(), image.field("bytes").is_null().to_pylist()
     for i, (p, no_bytes) in enumerate(zip(paths, blobs)):
