@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 from torch import Tensor, nn
+from torchvision.transforms import v2
 
 from ._io import atomic_path
 from .devices import resolve_device
@@ -145,7 +146,10 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device | None =
 @dataclass(frozen=True)
 class DownstreamConfig:
     """Training settings. ``augment``: per-sample horizontal flip, shift of up to ±4 px,
-    rotation up to ±10° and scale 0.9–1.1, drawn from a generator seeded by ``seed``."""
+    rotation up to ±10° and scale 0.9–1.1, drawn from a generator seeded by ``seed``.
+    ``erasing``: after that, each image loses a random rectangle (2–20 % of it, torchvision's
+    ``RandomErasing``) with this probability, so no single region (the mouth) decides alone.
+    ``label_smoothing``: cross-entropy against targets smoothed by this much (0: none)."""
 
     model: str = "small-cnn"
     epochs: int = 40
@@ -154,18 +158,22 @@ class DownstreamConfig:
     weight_decay: float = 5e-4
     image_size: int = 64
     augment: bool = True
+    erasing: float = 0.0
+    label_smoothing: float = 0.0
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [("model", self.model in CLASSIFIERS), ("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 2),
                   ("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0), ("image_size", self.image_size >= 16),
+                  ("erasing", 0 <= self.erasing <= 1), ("label_smoothing", 0 <= self.label_smoothing < 1),
                   ("device", self.device in ("auto", "cpu", "cuda"))]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise FesaugError(f"invalid downstream setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                               f"(model one of {', '.join(CLASSIFIERS)}, epochs >= 1, batch_size >= 2, lr > 0, "
-                              "weight_decay >= 0, image_size >= 16, device auto/cpu/cuda)")
+                              "weight_decay >= 0, image_size >= 16, erasing in [0, 1], label_smoothing in [0, 1), "
+                              "device auto/cpu/cuda)")
 
 
 @dataclass
@@ -263,6 +271,7 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
         history: list[dict[str, float]] = []
         best_state, best_epoch, best_f1 = None, config.epochs, -1.0
+        erase = v2.RandomErasing(p=config.erasing, scale=(0.02, 0.2)) if config.erasing > 0 else None
         for epoch in range(1, config.epochs + 1):
             kill_point("downstream-epoch")
             model.train()
@@ -275,7 +284,11 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
                 x = train_x[batch].float() / 255
                 if config.augment:
                     x = augment_batch(x, gen)
-                loss = nn.functional.cross_entropy(model(x.to(device)), train_y[batch].to(device))
+                if erase is not None:
+                    # Per image, from torch's global generator, which fork_rng seeded above.
+                    x = torch.stack([erase(image) for image in x])
+                loss = nn.functional.cross_entropy(model(x.to(device)), train_y[batch].to(device),
+                                                   label_smoothing=config.label_smoothing)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -164,6 +164,18 @@ def test_sample_weights_select_rows() -> None:
         fit(x, y, config=DownstreamConfig(epochs=1, **FAST), sample_weights=np.ones(3))
 
 
+def test_erasing_and_label_smoothing_are_seeded_and_checked() -> None:
+    x, y = bars(24, seed=0)
+    config = DownstreamConfig(epochs=2, erasing=1.0, label_smoothing=0.1, **FAST)
+    first, again = fit(x, y, config=config), fit(x, y, config=config)
+    plain = fit(x, y, config=DownstreamConfig(epochs=2, **FAST))
+    assert [h["train_loss"] for h in first.history] == [h["train_loss"] for h in again.history]
+    assert first.history[0]["train_loss"] != plain.history[0]["train_loss"]
+    for bad in ({"erasing": 1.5}, {"label_smoothing": 1.0}, {"erasing": -0.1}):
+        with pytest.raises(FesaugError, match=next(iter(bad))):
+            DownstreamConfig(**bad)
+
+
 def test_epoch_size_sets_the_draws_per_epoch_of_a_weighted_set(monkeypatch: pytest.MonkeyPatch) -> None:
     # A weighted balanced manifest stands for more images than it has rows: an epoch draws that many.
     x, y = bars(24, seed=0)
