@@ -90,3 +90,25 @@ def test_verdict_warns_where_the_test_cannot_reach_significance() -> None:
     assert v["against"]["oversample"]["outcome"] == "no clear difference"
     assert any("at least 6" in c for c in v["cautions"])
     assert any("--downstream-seeds" in c for c in v["cautions"])
+
+
+def _over_seeds(**pairs: tuple[list[float], list[float]]) -> dict:
+    return {f"fes_vs_{base}": {"macro_f1": paired_comparison(a, b, "seed")} for base, (a, b) in pairs.items()}
+
+
+def test_over_the_seeds_of_one_split_the_verdict_tests_nothing_and_says_which_way_the_mean_went() -> None:
+    # Eight seeds all in favour would be p 0.008 over folds; over seeds of one split it is no evidence.
+    c = paired_comparison(UP, BASE, "seed")
+    assert c["n_seeds"] == 8 and "n_folds" not in c and c["wilcoxon_p"] == pytest.approx(2 / 2**8)
+    v = verdict(_over_seeds(real=(UP, BASE), oversample=(UP, BASE)), unit="seed")
+    assert {a["outcome"] for a in v["against"].values()} == {"higher"}
+    assert v["against"]["oversample"]["n_seeds"] == 8
+    assert v["test"].startswith("no test: one train/test split")
+    assert v["recommendation"].endswith("on one split and without a test: not evidence that it helps")
+    assert len(v["cautions"]) == 1 and "training noise only" in v["cautions"][0]
+    lower = verdict(_over_seeds(oversample=(BASE, UP)), unit="seed")
+    assert lower["against"]["oversample"]["outcome"] == "lower"
+    assert lower["recommendation"].startswith("no sign that synthesis beats random oversampling")
+    one = verdict(_over_seeds(real=([0.6], [0.6])), unit="seed")
+    assert one["against"]["real"]["outcome"] == "equal" and any("one downstream seed" in c for c in one["cautions"])
+    assert one["recommendation"].startswith("no sign that the FES-balanced training set beats the real data alone")
