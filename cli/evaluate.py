@@ -86,19 +86,30 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
               help="Train each downstream condition N times per fold (seeds --seed ... --seed + N - 1) and average "
                    "their test scores per fold: one training's seed moves a fold's score by points.")
 @click.option("--no-synthesis", is_flag=True, help="Skip the synthesis-quality scores.")
-def evaluate_command(conditions: tuple[str, ...], downstream_seeds: int, no_synthesis: bool, **options) -> None:  # noqa: ANN003
+@click.option("--test-manifest", type=click.Path(path_type=Path), metavar="MANIFEST|FOLDER",
+              help="Cross-dataset: train on all of --manifest (no folds needed) and test on this other dataset, a "
+                   "manifest of real images or a folder of class folders (ingested into --out); one split, cached "
+                   "in --out/cross/.")
+@click.option("--test-subject-pattern", metavar="REGEX",
+              help="Subject ids of a --test-manifest folder from its file names (as fesaug ingest --subject-pattern); "
+                   "without it each image is its own subject.")
+def evaluate_command(conditions: tuple[str, ...], downstream_seeds: int, no_synthesis: bool, test_manifest: Path | None,
+                     test_subject_pattern: str | None, **options) -> None:  # noqa: ANN003
     """Does FES balancing help a downstream classifier? Subject-independent k-fold, on real data.
 
     For each test fold: a classifier on the real training images (real), on randomly oversampled
     ones (oversample) and on real + FERSNet-synthesized ones (fes); validation subjects choose
-    every model, the test fold only scores it. Interrupted runs resume when run again.
+    every model, the test fold only scores it. Interrupted runs resume when run again. With
+    --test-manifest: one split instead, all of --manifest trains and the other dataset tests.
 
     \b
     Examples:
       fesaug evaluate --manifest ck.parquet --out eval-ck
       fesaug evaluate --manifest ck.parquet --out eval-ck --folds 0,1 --model resnet18 --device cuda
+      fesaug evaluate --manifest ck.parquet --test-manifest jaffe.parquet --out ck-to-jaffe --downstream-seeds 3
     """
-    _run(conditions, not no_synthesis, downstream_seeds=downstream_seeds, **options)
+    _run(conditions, not no_synthesis, downstream_seeds=downstream_seeds, test_manifest=test_manifest,
+         test_subject_pattern=test_subject_pattern, **options)
 
 
 @click.command("evaluate-synthesis")
@@ -119,7 +130,8 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
          max_attempts: int, intensity: tuple[float, float] | None, source_order: str, synthetic_share: float,
          synthetic_weight: float, judge: bool, expression_judge: bool, min_judge_confidence: float,
          judges: str, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
-         overwrite: bool, downstream_seeds: int = 1) -> None:
+         overwrite: bool, downstream_seeds: int = 1, test_manifest: Path | None = None,
+         test_subject_pattern: str | None = None) -> None:
     from fesaug.balance import BalanceConfig
     from fesaug.downstream import DownstreamConfig
     from fesaug.evaluation import EvaluateConfig, evaluate
@@ -141,7 +153,8 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
         judge=judge, expression_judge=expression_judge, downstream_seeds=downstream_seeds, judges=resolve_judges(judges))
     show_progress_log("fesaug.evaluation")
     show_progress_log("fesaug.training")  # FERSNet's epochs: minutes per fold on a CPU
-    result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite)
+    result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite, test_manifest=test_manifest,
+                      test_subject_pattern=test_subject_pattern)
     click.echo(format_summary(result.results))
     click.echo(f"wrote {out / 'results.json'}, {result.report}, {out / 'recall.png'}")
 
@@ -152,15 +165,18 @@ def format_summary(results: dict) -> str:
             return "-"
         return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
 
+    from fesaug.evaluation_report import is_cross_dataset
+
+    unit = "seed" if is_cross_dataset(results) else "fold"
     seeds = results["protocol"]["downstream"].get("seeds_per_fold", 1) > 1
-    rows = [[name, len(s["folds"]), *(["/".join(map(str, s["seeds_per_fold"]))] if seeds else []), ms(s["accuracy"]),
+    rows = [[name, len(s[f"{unit}s"]), *(["/".join(map(str, s["seeds_per_fold"]))] if seeds else []), ms(s["accuracy"]),
              ms(s["macro_f1"]), ms(s["minority_recall"])] for name, s in results["conditions"].items()]
-    lines = aligned_table(["condition", "folds", *(["seeds"] if seeds else []), "accuracy", "macro-F1", "minority recall"], rows)
+    lines = aligned_table(["condition", f"{unit}s", *(["seeds"] if seeds else []), "accuracy", "macro-F1", "minority recall"], rows)
     for name, comp in results["comparisons"].items():
         c = comp["macro_f1"]
         p = "" if c["wilcoxon_p"] is None else f", Wilcoxon p = {c['wilcoxon_p']:.3f}"
         lines.append(f"{name.replace('_', ' ')}: macro-F1 {c['mean_difference']:+.3f} "
-                     f"(won {c['wins']}, lost {c['losses']} of {c['n_folds']} folds{p})")
+                     f"(won {c['wins']}, lost {c['losses']} of {c[f'n_{unit}s']} {unit}s{p})")
     if results.get("verdict"):
         from fesaug.evaluation_report import verdict_text
 

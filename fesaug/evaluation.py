@@ -42,9 +42,21 @@ oversampling draw) moves a fold's macro-F1 by points, as much as the differences
 ``seed + n - 1``, extra ones cached in ``fold-k/seeds/``) and averages their test scores per fold
 before the comparison over folds; the synthesis report keeps the first seed's ``real`` classifier.
 
-This module runs the folds (:func:`evaluate`, one ``_Fold`` per test fold) and summarises them
-(:func:`aggregate`); the statistics are in :mod:`fesaug.evaluation_stats`, the synthesis scores in
-:mod:`fesaug.synthesis_scores`, the report in :mod:`fesaug.evaluation_report`.
+**Cross-dataset** (``test_manifest``): train on all of one dataset (A, the manifest), test on all
+of another (B). :mod:`fesaug.cross_dataset` checks the pair (B real, no subject or image file in
+both, a class in common) and joins it into one input, ``DIR/cross/input.parquet``: A's rows in
+split ``train`` (A's folds and splits are not used) and B's rows of the classes A knows in split
+``test``. One ``_Fold`` with no held-out fold runs it in ``DIR/cross/``, exactly as a test fold:
+validation subjects carved from A's subjects choose every model, FERSNet and the balanced data see
+A's training subjects only, B scores. Scores cover the classes both have (A's others are trained,
+not tested; B's other rows are left out). With one test set there are no folds to pair: the
+downstream seeds are the units (mean ± std over seeds, differences paired by seed). Seeds share
+their training and test images, so their spread is training noise, not the variation over
+subjects a claim needs: the verdict tests nothing and only says which way the mean went.
+
+This module runs the folds (:func:`evaluate`, one ``_Fold`` per test fold or the one cross-dataset
+split) and summarises them (:func:`aggregate`); the statistics are in :mod:`fesaug.evaluation_stats`,
+the synthesis scores in :mod:`fesaug.synthesis_scores`, the report in :mod:`fesaug.evaluation_report`.
 """
 
 from __future__ import annotations
@@ -67,6 +79,7 @@ import torch
 from ._io import atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .balance import BalanceConfig, balance
 from .checkpoint import load_checkpoint
+from .cross_dataset import CrossSplit, cross_split, read_test_data
 from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_holdout_names, read_manifest, relative_image_root, write_manifest
 from .data.splits import check_holdout_folds, manifest_folds, split_subjects
@@ -96,8 +109,13 @@ FINE_TUNED = ("fersnet+fes", "fersnet+oversample")
 # fine-tuning on repeated real faces (what the synthetic faces add beyond more training).
 COMPARISONS = (("fes", "real"), ("fes", "oversample"), ("mixed", "real"), ("mixed", "oversample"),
                ("fersnet+fes", "fersnet"), ("fersnet+fes", "fersnet+oversample"))
-# Written by evaluate(); anything else in DIR is the user's and is never deleted.
-OUTPUTS = ("evaluate.json", "results.json", "report.md", "recall.png")
+# The cross-dataset mode's folders and files in DIR: its one split, and the test folder as ingested.
+CROSS_FOLDER = "cross"
+TEST_MANIFEST = "test-manifest.parquet"
+# Written by evaluate() (besides the split folders); anything else in DIR is the user's and is never deleted.
+OUTPUTS = ("evaluate.json", "results.json", "report.md", "recall.png", TEST_MANIFEST)
+# What evaluate.json records of a run, compared on resumption (``test_data`` only in the cross-dataset mode).
+RECORDED = ("manifest_sha256", "config", "test_data")
 # How long a run waits for another one sharing DIR to finish reading or writing DIR's own files
 # (checking the settings, aggregating: seconds).
 SHARED_FILES_WAIT_S = 120.0
@@ -186,12 +204,28 @@ class EvaluateResult:
 
 
 def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig | None = None, *,
-             folds: Sequence[int] | None = None, overwrite: bool = False) -> EvaluateResult:
-    """Run the protocol of the module docstring on ``folds`` (default: every fold of the manifest)."""
+             folds: Sequence[int] | None = None, overwrite: bool = False, test_manifest: str | Path | None = None,
+             test_subject_pattern: str | None = None) -> EvaluateResult:
+    """Run the protocol of the module docstring on ``folds`` (default: every fold of the manifest).
+
+    ``test_manifest``: instead, train on all of ``manifest`` and test on this other dataset (a
+    manifest, or a folder of class folders whose subject ids ``test_subject_pattern`` reads from
+    the file names): the cross-dataset protocol of the module docstring."""
     config = config or EvaluateConfig()
     out = Path(out_dir)
+    if test_manifest is not None:
+        if folds is not None:
+            raise UsageError("--folds chooses test folds of --manifest, but with --test-manifest all of --manifest "
+                             "trains and the other dataset tests; drop --folds")
+        return _evaluate_cross(manifest, test_manifest, out, config, overwrite=overwrite, subject_pattern=test_subject_pattern)
+    if test_subject_pattern is not None:
+        raise UsageError("--test-subject-pattern reads the subject ids of a --test-manifest folder; pass --test-manifest too")
     m = read_manifest(manifest)
-    present = _check_manifest(m)
+    _check_real(m)
+    present = manifest_folds(m)
+    if len(present) < 2:
+        raise FesaugError(f"{m.path} has {len(present)} fold(s); the protocol needs subject-independent folds: "
+                          f"re-create it with `fesaug ingest ... --folds 10`, or test on another dataset with --test-manifest")
     chosen = present if folds is None else sorted(set(int(f) for f in folds))
     check_holdout_folds(chosen, m, option="--folds", error=UsageError)
     check_out_folder(out, "for the evaluation")
@@ -203,7 +237,9 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
                 held.enter_context(output_lock(out / f"fold-{k}"))
                 for folder in (out / f"fold-{k}", out / f"fold-{k}" / "seeds"):  # of writes a kill -9 stopped
                     remove_stale_temporaries(folder)
-            _prepare_out_dir(out, m, config, overwrite, others=[out / f"fold-{k}" for k in present if k not in chosen])
+            record = {"manifest_sha256": file_sha256(m.path), "config": jsonable(config.key())}
+            _prepare_out_dir(out, record, overwrite, held=[out / f"fold-{k}" for k in chosen],
+                             others=[out / f"fold-{k}" for k in present if k not in chosen], paths={"manifest": str(m.path)})
         # Decoded on first use: a run whose folds are all cached only aggregates.
         pixels = functools.cache(lambda: ManifestDataset(m, image_size=config.downstream.image_size).pixels)
         for k in chosen:
@@ -215,27 +251,62 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     return EvaluateResult(out, results)
 
 
-def _check_manifest(m: Manifest) -> list[int]:
+def _evaluate_cross(manifest: str | Path, test: str | Path, out: Path, config: EvaluateConfig, *, overwrite: bool,
+                    subject_pattern: str | None) -> EvaluateResult:
+    """Train on all of ``manifest`` (A), test on ``test`` (B): one split, checked and joined by
+    :mod:`fesaug.cross_dataset`, cached in ``DIR/cross/`` and run by the :class:`_Fold` that runs
+    a test fold."""
+    a = read_manifest(manifest)
+    _check_real(a)
+    check_out_folder(out, "for the evaluation")
+    folder = out / CROSS_FOLDER
+    with contextlib.ExitStack() as held:
+        data = held.enter_context(read_test_data(test, subject_pattern))
+        split = cross_split(a, data)  # every check before DIR is touched
+        with output_lock(out, wait=SHARED_FILES_WAIT_S):
+            held.enter_context(output_lock(folder))
+            for f in (folder, folder / "seeds"):  # of writes a kill -9 stopped
+                remove_stale_temporaries(f)
+            record = {"manifest_sha256": file_sha256(a.path), "config": jsonable(config.key()), "test_data": data.record()}
+            _prepare_out_dir(out, record, overwrite, held=[folder],
+                             paths={"manifest": str(a.path), "test_manifest": str(data.source)})
+            split = dataclasses.replace(split, test=data.keep_at(out / TEST_MANIFEST))
+            if not (folder / "input.parquet").exists():  # evaluate.json vouches for a cached one
+                split.write(folder / "input.parquet")
+        m = read_manifest(folder / "input.parquet")
+        pixels = functools.cache(lambda: ManifestDataset(m, image_size=config.downstream.image_size).pixels)
+        start = time.perf_counter()
+        fold = _Fold(m, pixels, None, folder, config, scored=split.scored)
+        fold.run()
+        log.info("cross-dataset split done in %.0f s", time.perf_counter() - start)
+        with output_lock(out, wait=SHARED_FILES_WAIT_S):
+            results = _aggregate_cross(out, split, fold, config)
+    return EvaluateResult(out, results)
+
+
+def _check_real(m: Manifest) -> None:
     synthetic = int((m.df["origin"] != "real").sum())
     if synthetic:
         raise FesaugError(f"{m.path} has {synthetic} synthetic row(s); evaluate the manifest of real images "
                           "(fesaug evaluate makes its own synthetic images per fold)")
-    present = manifest_folds(m)
-    if len(present) < 2:
-        raise FesaugError(f"{m.path} has {len(present)} fold(s); the protocol needs subject-independent folds: "
-                          f"re-create it with `fesaug ingest ... --folds 10`")
-    return present
 
 
-def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: bool, others: Sequence[Path]) -> None:
-    """Check DIR's recorded settings against this run's; with ``overwrite`` and other settings,
-    empty it first, which needs the locks of the ``others`` folds too (no run may be computing
-    one under the old settings)."""
-    record = {"manifest_sha256": file_sha256(m.path), "config": jsonable(config.key())}
+def _split_folder(path: Path) -> bool:
+    """Whether ``path`` is one of evaluate's split folders in DIR (``fold-k``, ``cross``)."""
+    return path.is_dir() and (path.name == CROSS_FOLDER or _fold_number(path) is not None)
+
+
+def _prepare_out_dir(out: Path, record: dict[str, Any], overwrite: bool, held: Sequence[Path], others: Sequence[Path] = (),
+                     paths: dict[str, str] | None = None) -> None:
+    """Check DIR's recorded settings (``record``, :data:`RECORDED`) against this run's; with
+    ``overwrite`` and other settings, empty it first, which needs the locks of every split folder
+    this run does not hold (``held``) and of the ``others`` folds, which may not exist yet (no run
+    may be computing one under the old settings). ``paths``: the data's paths, recorded beside
+    the settings for the reader, not compared (a moved manifest is the same data)."""
     settings = out / "evaluate.json"
     for name in OUTPUTS:
         remove_stale_temporaries(out, name)
-    ours = [p for p in out.iterdir() if p.name in OUTPUTS or _fold_number(p) is not None] if out.is_dir() else []
+    ours = [p for p in out.iterdir() if p.name in OUTPUTS or _split_folder(p)] if out.is_dir() else []
     if ours and not settings.exists():
         raise FesaugError(f"{out} holds files fesaug evaluate did not record ({ours[0].name}); choose a new --out")
     if settings.exists():
@@ -244,18 +315,18 @@ def _prepare_out_dir(out: Path, m: Manifest, config: EvaluateConfig, overwrite: 
         # behaviour before they existed, so the default stands in for it.
         if isinstance(previous.get("config"), dict):
             previous["config"] = _recorded_key(previous["config"])
-        same = {k: previous.get(k) for k in record} == record
+        same = all(previous.get(k) == record.get(k) for k in RECORDED)
         if same:
             return  # resume: finished pieces are reused
         if not overwrite:
             raise FesaugError(f"{out} holds an evaluation with other settings or another manifest; run that command "
                               "again to finish it, choose a new --out, or pass --overwrite to start over")
-        with contextlib.ExitStack() as held:
-            for fold in others:
-                held.enter_context(output_lock(fold))
+        with contextlib.ExitStack() as locks:
+            for folder in dict.fromkeys([*others, *(p for p in ours if _split_folder(p) and p not in held)]):
+                locks.enter_context(output_lock(folder))
             for p in ours:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
-    atomic_write_text(settings, json.dumps({**record, "provenance": provenance("evaluate", record["config"])},
+    atomic_write_text(settings, json.dumps({**record, **(paths or {}), "provenance": provenance("evaluate", record["config"])},
                                            indent=2, sort_keys=True))
 
 
@@ -284,14 +355,23 @@ def _recorded_key(recorded: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Fold:
-    """One test fold: its split, its conditions and its synthesis report, each cached in ``dir``."""
+    """One split: its conditions and its synthesis report, each cached in ``dir``.
 
-    def __init__(self, m: Manifest, pixels: Callable[[], torch.Tensor], k: int, folder: Path, config: EvaluateConfig) -> None:
+    ``k``: the test fold. None: the input's ``test`` split is the test set and no fold is held
+    out (the cross-dataset input, :mod:`fesaug.cross_dataset`). ``scored``: the classes the test
+    set can score (default all; :func:`fesaug.downstream.classification_report`)."""
+
+    def __init__(self, m: Manifest, pixels: Callable[[], torch.Tensor], k: int | None, folder: Path, config: EvaluateConfig,
+                 scored: Sequence[str] | None = None) -> None:
         self.m, self._pixels, self.k, self.dir, self.config = m, pixels, k, folder, config
+        self.scored = list(scored) if scored is not None else m.classes
+        self.name = "cross-dataset" if k is None else f"fold {k}"  # in log lines
         self.labels = m.df["label"].to_numpy(dtype=np.int64)
         split = split_subjects(m, k, config.val_fraction, config.seed)
         self.train_rows, self.val_rows = split.train_rows, split.val_rows
-        self.test_rows = np.flatnonzero((m.df["fold"] == k).fillna(False).to_numpy(dtype=bool))
+        tested = m.df["split"] == "test" if k is None else (m.df["fold"] == k).fillna(False)
+        self.test_rows = np.flatnonzero(tested.to_numpy(dtype=bool))
+        self.n_subjects = {"train": len(split.train_subjects), "validation": len(split.val_subjects)}
         self.split_manifest = self._write_split()
         self._balanced_read: Manifest | None = None
         self._balanced_data: dict[int, ManifestDataset] = {}
@@ -388,7 +468,7 @@ class _Fold:
         # an epoch and before saving it has to train that epoch again.
         if last.exists() and load_checkpoint(last)["epoch"] >= cfg.epochs:
             return run
-        log.info("fold %d: training FERSNet (%d epochs)", self.k, cfg.epochs)
+        log.info("%s: training FERSNet (%d epochs)", self.name, cfg.epochs)
         train(self.split_manifest, run, cfg, resume=last.exists(), overwrite=not last.exists())
         return run
 
@@ -399,10 +479,10 @@ class _Fold:
         # The last epoch's generator: validation accuracy picks the best recogniser (best.pt),
         # not the best synthesizer, and synthesis keeps improving after recognition peaks.
         ckpt = self._generator_run() / "checkpoints" / "last.pt"
-        cfg = dataclasses.replace(self.config.balance, splits=("train",), holdout_folds=(self.k,))
+        cfg = dataclasses.replace(self.config.balance, splits=("train",), holdout_folds=() if self.k is None else (self.k,))
         if self.config.judge:
             cfg = dataclasses.replace(cfg, judge_checkpoint=str(self._judge()))
-        log.info("fold %d: balancing the training subjects", self.k)
+        log.info("%s: balancing the training subjects", self.name)
         device = None if self.config.generator.device == "auto" else self.config.generator.device
         return balance(self.split_manifest, ckpt, out, cfg, device=device).manifest
 
@@ -490,7 +570,7 @@ class _Fold:
         start = time.perf_counter()
         model, info = make()
         probs = predict_proba(model, self.pixels[self.test_rows] if test_x is None else test_x)
-        report = classification_report(self.labels[self.test_rows], probs.argmax(1), self.m.classes)
+        report = classification_report(self.labels[self.test_rows], probs.argmax(1), self.m.classes, self.scored)
         record = {"condition": name, "fold": self.k, "test": report, "n_train": int(sum(info["train_counts"].values())),
                   "n_val": int(len(self.val_rows)), "n_test": int(len(self.test_rows)), "seconds": time.perf_counter() - start,
                   **info}
@@ -498,7 +578,7 @@ class _Fold:
             save_classifier(model, self.dir / f"{name}.pt", self.m.classes)
         path.parent.mkdir(exist_ok=True)
         atomic_write_text(path, json.dumps(jsonable(record), indent=1))
-        log.info("fold %d %-10s accuracy %.3f  macro-F1 %.3f  (%d training images, %.0f s%s)", self.k, name,
+        log.info("%s %-10s accuracy %.3f  macro-F1 %.3f  (%d training images, %.0f s%s)", self.name, name,
                  report["accuracy"], report["macro_f1"], record["n_train"], record["seconds"],
                  f", seed offset {r}" if r else "")
         return record
@@ -513,7 +593,7 @@ class _Fold:
         gen = load_generator(self._generator_run() / "checkpoints" / "best.pt")
         data = ManifestDataset(self.m, rows=self.test_rows, image_size=gen.image_size)
         pred = gen.classify(data.pixels).argmax(1).numpy()
-        report = classification_report(data.labels, pred, self.m.classes)
+        report = classification_report(data.labels, pred, self.m.classes, self.scored)
         record = {"condition": "fersnet", "fold": self.k, "test": report, "n_test": int(len(self.test_rows)),
                   "checkpoint_epoch": gen.epoch, "checkpoint_sha256": gen.checkpoint_sha256}
         atomic_write_text(path, json.dumps(jsonable(record), indent=1))
@@ -595,66 +675,123 @@ def _fold_number(path: Path) -> int | None:
     return int(name[5:]) if name.startswith("fold-") and name[5:].isdigit() and path.is_dir() else None
 
 
+def _split_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """The records of one split folder by name; further seeds of a condition in its ``seeds``
+    list, which they join only beside its first seed's record."""
+    records = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    for p in sorted((folder / "seeds").glob("*.json")):
+        extra = json.loads(p.read_text())
+        if extra.get("condition") in records:
+            records[extra["condition"]].setdefault("seeds", []).append(extra)
+    return records
+
+
 def _fold_records(out: Path) -> dict[int, dict[str, Any]]:
     folds: dict[int, dict[str, Any]] = {}
     for folder in sorted(out.iterdir(), key=lambda p: (_fold_number(p) is None, _fold_number(p) or 0)):
         k = _fold_number(folder)
-        if k is None:
-            continue
-        records = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
-        # Further seeds of a condition count only beside its first seed's record.
-        for p in sorted((folder / "seeds").glob("*.json")):
-            extra = json.loads(p.read_text())
-            if extra.get("condition") in records:
-                records[extra["condition"]].setdefault("seeds", []).append(extra)
-        if records:
+        if k is not None and (records := _split_records(folder)):
             folds[k] = records
-    return dict(sorted(folds.items()))
+    return folds
 
+
+def _seed_records(folder: Path) -> dict[int, dict[str, Any]]:
+    """The cross-dataset split's records by seed offset, each seed a unit of the comparison: the
+    first seed's unit also holds the records without seeds (FERSNet's branch, the synthesis)."""
+    seeds: dict[int, dict[str, Any]] = {0: {}}
+    for name, record in _split_records(folder).items():
+        seeds[0][name] = {k: v for k, v in record.items() if k != "seeds"}
+        for extra in record.get("seeds", ()):
+            seeds.setdefault(extra["seed"] - record["seed"], {})[name] = extra
+    return dict(sorted(seeds.items())) if seeds[0] else {}
 
 
 def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
     """Summarise every fold present in ``out``: ``results.json``, ``report.md``, ``recall.png``."""
-    classes = m.classes
+    counts = np.bincount(m.df["label"].to_numpy(dtype=np.int64), minlength=len(m.classes))
+    minority = [c for c, n in zip(m.classes, counts) if n < np.median(counts)]
     folds = _fold_records(out)
-    counts = np.bincount(m.df["label"].to_numpy(dtype=np.int64), minlength=len(classes))
-    minority = [c for c, n in zip(classes, counts) if n < np.median(counts)]
-    names = [c for c in (*CONDITIONS, "synthetic-only") if any(c in r for r in folds.values())]
+    protocol = _protocol(m, config, minority) | {"evaluated_folds": sorted(folds)}
+    synthesis = synthesis_summary({k: r["synthesis"] for k, r in folds.items() if "synthesis" in r}, m.classes,
+                                  {k: r["real"]["test"] for k, r in folds.items() if "real" in r})
+    return _summarise(out, folds, "fold", protocol, synthesis, config)
+
+
+def _aggregate_cross(out: Path, split: CrossSplit, fold: _Fold, config: EvaluateConfig) -> dict[str, Any]:
+    """Summarise the cross-dataset split: its downstream seeds are the units compared."""
+    a = split.train
+    counts = np.bincount(a.df["label"].to_numpy(dtype=np.int64), minlength=len(a.classes))
+    # The imbalance balancing answers is A's; only scored classes have a test recall.
+    minority = [c for c, n in zip(a.classes, counts) if n < np.median(counts) and c in split.scored]
+    data = split.describe()
+    data["test"] |= split.test.record()
+    data["train"] = {"n_images": int(len(a.df)), "n_subjects": int(a.df["subject_id"].nunique()),
+                     "n_train_subjects": fold.n_subjects["train"], "n_validation_subjects": fold.n_subjects["validation"],
+                     "n_train_images": int(len(fold.train_rows)), "n_validation_images": int(len(fold.val_rows))}
+    protocol = {k: v for k, v in _protocol(a, config, minority).items() if k != "folds"} | {
+        "mode": "cross-dataset",
+        "validation": f"{config.val_fraction:.0%} of the training dataset's subjects (subject-grouped, stratified; its "
+                      "folds and splits are not used), used for every model choice; the test dataset only for the final score",
+        "cross_dataset": data,
+        "scored_classes": split.scored,
+        "image_size": f"every image of both datasets is resized to {config.downstream.image_size}×"
+                      f"{config.downstream.image_size} px when decoded (shorter side, then a centre crop), whatever its "
+                      "stored size",
+    }
+    seeds = _seed_records(out / CROSS_FOLDER)
+    first = seeds.get(0, {})
+    synthesis = synthesis_summary({CROSS_FOLDER: first["synthesis"]} if "synthesis" in first else {}, a.classes,
+                                  {CROSS_FOLDER: first["real"]["test"]} if "real" in first else {})
+    return _summarise(out, seeds, "seed", protocol, synthesis, config)
+
+
+def _summarise(out: Path, units: dict[int, dict[str, Any]], unit: str, protocol: dict[str, Any], synthesis: dict[str, Any],
+               config: EvaluateConfig) -> dict[str, Any]:
+    """``results.json``, ``report.md`` and ``recall.png`` from the records of each ``unit``: a test
+    fold (its seeds averaged), or with one split a downstream seed. Scores cover the protocol's
+    ``scored_classes`` (default every class)."""
+    classes, minority = protocol["classes"], protocol["minority_classes"]
+    scored = protocol.get("scored_classes", classes)
+    names = [c for c in (*CONDITIONS, "synthetic-only") if any(c in r for r in units.values())]
     summary: dict[str, Any] = {}
     for name in names:
-        reports = {k: fold_scores(r[name]) for k, r in folds.items() if name in r}
+        reports = {k: fold_scores(r[name]) for k, r in units.items() if name in r}
         summary[name] = {
-            "folds": sorted(reports),
-            "seeds_per_fold": sorted({1 + len(r[name].get("seeds", ())) for r in folds.values() if name in r}),
+            f"{unit}s": sorted(reports),
+            **({"seeds_per_fold": sorted({1 + len(r[name].get("seeds", ())) for r in units.values() if name in r})}
+               if unit == "fold" else {}),
             "accuracy": mean_std([r["accuracy"] for r in reports.values()]),
             "macro_f1": mean_std([r["macro_f1"] for r in reports.values()]),
-            "minority_recall": mean_std([float(np.mean([r["recall"][c] for c in minority])) for r in reports.values()]),
-            "recall": {c: mean_std([r["recall"][c] for r in reports.values()]) for c in classes},
+            "minority_recall": mean_std([float(np.mean([r["recall"][c] for c in minority])) for r in reports.values()]
+                                        if minority else []),
+            "recall": {c: mean_std([r["recall"][c] for r in reports.values()]) for c in scored},
         }
     comparisons: dict[str, Any] = {}
     for name, base in COMPARISONS:
         if name in summary and base in summary:
-            paired = [k for k in folds if name in folds[k] and base in folds[k]]
+            paired = [k for k in units if name in units[k] and base in units[k]]
             comparisons[f"{name}_vs_{base}"] = {
-                metric: paired_comparison([fold_metric(folds[k][name], metric, minority) for k in paired],
-                                          [fold_metric(folds[k][base], metric, minority) for k in paired])
-                for metric in ("accuracy", "macro_f1", "minority_recall")} | {"folds": paired}
-    protocol = _protocol(m, config, minority) | {"evaluated_folds": sorted(folds)}
-    protocol["downstream"]["seeds_per_fold"] = max((n for s in summary.values() for n in s["seeds_per_fold"]), default=1)
+                metric: paired_comparison([fold_metric(units[k][name], metric, minority) for k in paired],
+                                          [fold_metric(units[k][base], metric, minority) for k in paired], unit)
+                for metric in ("accuracy", "macro_f1", *(("minority_recall",) if minority else ()))} | {f"{unit}s": paired}
+    if unit == "fold":
+        protocol["downstream"]["seeds_per_fold"] = max((n for s in summary.values() for n in s["seeds_per_fold"]), default=1)
+        fewest = min((min(summary[n]["seeds_per_fold"]) for n in ("fes", "real", "oversample") if n in summary), default=1)
+    else:
+        protocol["downstream"]["seeds"] = max((len(s["seeds"]) for s in summary.values()), default=1)
+        fewest = 1  # not read: each unit is one seed
     results = {
         "protocol": protocol,
         "conditions": summary,
         "comparisons": comparisons,
-        "per_fold": {str(k): {name: fold_scores(r[name]) for name in names if name in r} for k, r in folds.items()},
-        "synthesis": synthesis_summary({k: r["synthesis"] for k, r in folds.items() if "synthesis" in r}, classes,
-                                        {k: r["real"]["test"] for k, r in folds.items() if "real" in r}),
-        "verdict": verdict(comparisons, min((min(summary[n]["seeds_per_fold"]) for n in ("fes", "real", "oversample")
-                                             if n in summary), default=1)),
-        "seconds": {str(k): {name: fold_seconds(r[name]) for name in names if name in r} for k, r in folds.items()},
+        f"per_{unit}": {str(k): {name: fold_scores(r[name]) for name in names if name in r} for k, r in units.items()},
+        "synthesis": synthesis,
+        "verdict": verdict(comparisons, fewest, unit),
+        "seconds": {str(k): {name: fold_seconds(r[name]) for name in names if name in r} for k, r in units.items()},
         "provenance": provenance("evaluate", jsonable(config.key())),
     }
     atomic_write_text(out / "results.json", json.dumps(jsonable(results), indent=1))
-    plot_recall(results, classes, out / "recall.png")
+    plot_recall(results, scored, out / "recall.png")
     atomic_write_text(out / "report.md", render_report(results, classes))
     return results
 

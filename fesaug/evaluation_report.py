@@ -45,54 +45,71 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
-    """``report.md``: protocol, scores per condition, paired comparisons, per fold, synthesis."""
+    """``report.md``: protocol, scores per condition, paired comparisons, per fold (or per seed of
+    a cross-dataset split), synthesis."""
     proto, conditions = results["protocol"], results["conditions"]
+    cross = is_cross_dataset(results)
+    unit = "seed" if cross else "fold"
+    scored = proto.get("scored_classes", classes)
     d = proto["downstream"]
     lines = [
         "# fesaug evaluate",
         "",
-        f"- Data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), {proto['n_images']} images, "
-        f"{proto['n_subjects']} subjects, classes {', '.join(classes)}.",
-        f"- Protocol: subject-independent folds; test folds {', '.join(map(str, proto['evaluated_folds']))} of "
-        f"{', '.join(map(str, proto['folds']))}, each used for the final score only. Validation: {proto['validation']}.",
+        *(_cross_dataset_data(proto) if cross else [
+            f"- Data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), {proto['n_images']} images, "
+            f"{proto['n_subjects']} subjects, classes {', '.join(classes)}.",
+            f"- Protocol: subject-independent folds; test folds {', '.join(map(str, proto['evaluated_folds']))} of "
+            f"{', '.join(map(str, proto['folds']))}, each used for the final score only. Validation: {proto['validation']}."]),
         f"- Downstream classifier: `{d['model']}` from scratch, {d['epochs']} epochs, batch {d['batch_size']}, lr {d['lr']}, "
         f"{d['image_size']}×{d['image_size']} px, augmentation {'on' if d['augment'] else 'off'}, {_seeds_text(d)}, "
         f"{d['selection']}; the same for every condition.",
-        f"- Generator: FERSNet `{proto['generator']['preset']}` preset, {proto['generator']['epochs']} epochs per fold, "
-        f"{proto['generator']['checkpoint']}, expression loss judged by "
+        f"- Generator: FERSNet `{proto['generator']['preset']}` preset, {proto['generator']['epochs']} epochs "
+        f"{'on the training subjects' if cross else 'per fold'}, {proto['generator']['checkpoint']}, expression loss judged by "
         f"{proto['generator'].get('expression_loss_judge', 'FERSNet’s own FER branch')}. Balance: {_balance_text(proto['balance'])}.",
-        f"- Minority classes (below the median count): {', '.join(proto['minority_classes']) or 'none'}.",
+        f"- Minority classes (below the median count{' of the training data; scored ones' if cross else ''}): "
+        f"{', '.join(proto['minority_classes']) or 'none'}.",
         "",
         *_verdict_section(results.get("verdict")),
-        "## Test-fold scores (%, mean ± std over folds)",
+        "## Test scores (%, mean ± std over downstream seeds)" if cross else "## Test-fold scores (%, mean ± std over folds)",
         "",
     ]
     seeds = d.get("seeds_per_fold", 1) > 1  # a column only where some condition has several
-    rows = [[f"`{name}`", str(len(s["folds"])), *([_seed_counts(s)] if seeds else []), _ms(s["accuracy"]), _ms(s["macro_f1"]),
+    rows = [[f"`{name}`", str(len(s[f"{unit}s"])), *([_seed_counts(s)] if seeds else []), _ms(s["accuracy"]), _ms(s["macro_f1"]),
              _ms(s["minority_recall"]), CONDITION_NOTES.get(name, "")] for name, s in conditions.items()]
-    lines += _table(["condition", "folds", *(["seeds per fold"] if seeds else []), "accuracy", "macro-F1", "minority recall",
+    lines += _table(["condition", f"{unit}s", *(["seeds per fold"] if seeds else []), "accuracy", "macro-F1", "minority recall",
                      "what it is"], rows)
     lines += ["", "Recall per class (%):", ""]
-    lines += _table(["condition", *classes], [[f"`{name}`", *(_ms(s["recall"][c], digits=0) for c in classes)]
-                                              for name, s in conditions.items()])
+    lines += _table(["condition", *scored], [[f"`{name}`", *(_ms(s["recall"][c], digits=0) for c in scored)]
+                                             for name, s in conditions.items()])
     if results["comparisons"]:
-        lines += ["", "## Paired comparison over folds (percentage points)", "",
-                  "Differences are per fold (same test subjects); p-values are two-sided.", ""]
+        if cross:
+            lines += ["", "## Paired comparison over downstream seeds (percentage points)", "",
+                      "Differences are per seed: both conditions trained with that seed, tested on the same images. With one "
+                      "train/test split no test across folds exists: the seeds share their training and test images, so the "
+                      "p-values (two-sided, over seeds) say only whether a difference exceeds training noise on these two "
+                      "datasets, not that it would hold for other subjects.", ""]
+        else:
+            lines += ["", "## Paired comparison over folds (percentage points)", "",
+                      "Differences are per fold (same test subjects); p-values are two-sided.", ""]
         rows = []
         for comp, by_metric in results["comparisons"].items():
             for metric in ("macro_f1", "accuracy", "minority_recall"):
-                c = by_metric[metric]
+                c = by_metric.get(metric)
+                if c is None:  # no minority class
+                    continue
                 mean = "–" if c["mean_difference"] is None else f"{c['mean_difference'] * 100:+.1f}"
                 rows.append([comp.replace("_", " "), metric.replace("_", " "), mean, f"{c['wins']}/{c['losses']}",
                              _p(c["wilcoxon_p"]), _p(c["ttest_p"])])
-        lines += _table(["comparison", "metric", "mean difference", "folds won/lost", "Wilcoxon p", "paired t p"], rows)
-    if results["per_fold"]:
+        lines += _table(["comparison", "metric", "mean difference", f"{unit}s won/lost", "Wilcoxon p", "paired t p"], rows)
+    per_unit = results.get(f"per_{unit}")
+    if per_unit:
         names = list(conditions)
-        lines += ["", "## Per fold: macro-F1 (%)", ""]
-        lines += _table(["fold", *names], [[k, *(f"{r[n]['macro_f1'] * 100:.1f}" if n in r else "–" for n in names)]
-                                           for k, r in results["per_fold"].items()])
+        lines += ["", f"## Per {unit}: macro-F1 (%)", ""]
+        lines += _table([unit, *names], [[str(d["seed"] + int(k)) if cross else k,
+                                          *(f"{r[n]['macro_f1'] * 100:.1f}" if n in r else "–" for n in names)]
+                                         for k, r in per_unit.items()])
     sibling = proto["generator"].get("expression_loss_judge") == EXPRESSION_JUDGE
-    lines += _synthesis_section(results.get("synthesis") or {}, classes, sibling_trained=sibling)
+    lines += _synthesis_section(results.get("synthesis") or {}, classes, sibling_trained=sibling, cross=cross)
     prov = results["provenance"]
     lines += ["", "## How this was made", "", f"- Command: `{prov['command']}`",
               f"- Versions: {', '.join(f'{k} {v}' for k, v in prov['versions'].items())}",
@@ -100,11 +117,48 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def is_cross_dataset(results: Mapping[str, Any]) -> bool:
+    """Whether ``results`` (``results.json``) come from one train/test split of two datasets."""
+    return results["protocol"].get("mode") == "cross-dataset"
+
+
+def _cross_dataset_data(proto: Mapping[str, Any]) -> list[str]:
+    """The data and protocol lines of a cross-dataset evaluation."""
+    x = proto["cross_dataset"]
+    train, test = x["train"], x["test"]
+    if test["kind"] == "folder":
+        pattern = f"subject ids by `{test['subject_pattern']}`" if test.get("subject_pattern") else "no subject ids"
+        given = (f"folder `{test['path']}` (class folders, ingested as `{test['manifest']}`, {pattern}; rows sha256 "
+                 f"`{test['folder_rows_sha256'][:12]}`)")
+    else:
+        given = f"`{test['path']}` (sha256 `{test['manifest_sha256'][:12]}`)"
+    unnamed = test["n_without_subject_id"]
+    excluded = ", ".join(f"{c} ({n} images)" for c, n in x["excluded_from_test"].items())
+    return [
+        f"- Training data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), all of it: {train['n_images']} "
+        f"images, {train['n_subjects']} subjects, classes {', '.join(proto['classes'])}; {train['n_train_subjects']} training "
+        f"subjects ({train['n_train_images']} images) and {train['n_validation_subjects']} validation subjects "
+        f"({train['n_validation_images']} images). Its folds and splits are not used.",
+        f"- Test data: {given}, all of it: {test['n_images']} images of {test['n_subjects']} subjects"
+        + (f" ({unnamed} images without a subject id, each counted as one)" if unnamed else "")
+        + ", used for the final score only.",
+        f"- Protocol: cross-dataset, one train/test split. Validation: {proto['validation']}. Classes scored: "
+        f"{', '.join(x['scored_classes'])}; trained but not tested (no test images): {', '.join(x['not_tested']) or 'none'}; "
+        f"left out of the test (classes the training data lacks): {excluded or 'none'}. No subject id and no image file is "
+        "in both datasets (checked)" + (f"; the {unnamed} test images without a subject id could be checked by file only"
+                                       if unnamed else "") + ".",
+        f"- Image sizes: {proto['image_size']}.",
+    ]
+
+
 def verdict_text(v: Mapping[str, Any]) -> str:
     """The verdict of :func:`fesaug.evaluation.verdict` as one sentence."""
     def part(base: str, a: Mapping[str, Any]) -> str:
-        outcome = {"better": f"beats `{base}`", "worse": f"loses to `{base}`"}.get(
+        outcome = {"better": f"beats `{base}`", "worse": f"loses to `{base}`", "higher": f"scores above `{base}`",
+                   "lower": f"scores below `{base}`", "equal": f"scores the same as `{base}`"}.get(
             a["outcome"], f"shows no clear difference from `{base}`")
+        if "n_seeds" in a:  # one split: the p-value over seeds is no test of the verdict (evaluation_stats.verdict)
+            return f"{outcome} ({a['mean_difference'] * 100:+.1f} points, won {a['wins']} of {a['n_seeds']} seeds)"
         return (f"{outcome} ({a['mean_difference'] * 100:+.1f} points, won {a['wins']} of {a['n_folds']} folds, "
                 f"p {_p(a['wilcoxon_p'])})")
 
@@ -120,6 +174,9 @@ def _verdict_section(v: Mapping[str, Any] | None) -> list[str]:
 
 
 def _seeds_text(d: Mapping[str, Any]) -> str:
+    if "seeds" in d:  # a cross-dataset split: the seeds are what the comparison pairs
+        n = d["seeds"]
+        return f"seed {d['seed']}" if n == 1 else f"{n} seeds ({d['seed']} … {d['seed'] + n - 1}; the oversampling draw too)"
     n = d.get("seeds_per_fold", 1)
     if n == 1:
         return f"seed {d['seed']}"
@@ -140,9 +197,12 @@ def _balance_text(b: Mapping[str, Any]) -> str:
             f"{b['min_confidence']} on the FER branch{judge}, {b['max_attempts']} attempts{order}, seed {b['seed']}")
 
 
-def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str], sibling_trained: bool = False) -> list[str]:
+def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str], sibling_trained: bool = False,
+                       cross: bool = False) -> list[str]:
     if not s:
         return []
+    made = "made from the training subjects" if cross else f"over folds {', '.join(map(str, s['folds']))}"
+    test, split = ("the test dataset", "split") if cross else ("the real test fold", "fold")
     cas = s["classification_accuracy_score"]
     fr, mem = s["frechet"], s["memorisation"]
     # A generator trained to satisfy a classifier of the same recipe and data fools its sibling too.
@@ -150,16 +210,17 @@ def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str], sibling_tra
               "(another seed), so this share measures how well fooling one transfers to the other; the classification "
               "accuracy score below says whether the images teach the expression." if sibling_trained else "")
     lines = [
-        "", f"## Synthesis quality ({s['n_synthetic']} synthetic images over folds {', '.join(map(str, s['folds']))})", "",
-        f"- Recognised as their target class by the fold's `real` classifier: **{_ms(s['recognised'])} %**; the same "
+        "", f"## Synthesis quality ({s['n_synthetic']} synthetic images {made})", "",
+        f"- Recognised as their target class by the {split}'s `real` classifier: **{_ms(s['recognised'])} %**; the same "
         f"classifier recognises {_ms(s.get('real_test_recognised'))} % of the real test faces of those classes "
         f"(weighted like the synthetic set).{caveat}",
-        f"- Classification accuracy score (trained on synthetic images only, tested on the real test fold): "
+        f"- Classification accuracy score (trained on synthetic images only, tested on {test}): "
         f"accuracy {_ms(cas['accuracy'])} %, macro-F1 {_ms(cas['macro_f1'])} % (trained on real: "
         f"{_ms(cas['real_accuracy'])} %, {_ms(cas['real_macro_f1'])} %).",
         f"- Fréchet distance in the `real` classifier's penultimate features (not FID: no Inception weights): synthetic vs "
         f"real training {_ms(fr['synthetic_vs_train'], 1, 2)}; for scale, real validation vs training "
-        f"{_ms(fr['validation_vs_train'], 1, 2)}, real test vs training {_ms(fr['test_vs_train'], 1, 2)}.",
+        f"{_ms(fr['validation_vs_train'], 1, 2)}, {'the test dataset' if cross else 'real test'} vs training "
+        f"{_ms(fr['test_vs_train'], 1, 2)}.",
         f"- Memorisation: {mem['near_copies']} synthetic image(s) closer to another subject's real training image than any "
         f"real image is to another subject's ({_ms(mem['share'])} %); median distance to the nearest other-subject "
         f"image {_ms(mem['distance_median'], 1, 1)} gray levels (real images: {_ms(mem['real_distance_median'], 1, 1)}).",
@@ -181,7 +242,7 @@ def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str], sibling_tra
         if au:
             row += [_ms(au[c]["synthetic"], 1, 2), _ms(au[c]["real_test"], 1, 2)]
         rows.append(row)
-    lines += ["", "Per target class (mean ± std over folds):", "", *_table(header, rows)]
+    lines += ["", "Per target class:" if cross else "Per target class (mean ± std over folds):", "", *_table(header, rows)]
     if s.get("judges"):
         lines += _judges_section(s["judges"], classes)
     return lines
@@ -241,7 +302,8 @@ def _judges_section(j: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
 
 
 def plot_recall(results: Mapping[str, Any], classes: Sequence[str], path: str | os.PathLike) -> Path:
-    """Grouped bars: test recall per class for each condition, with the std over folds."""
+    """Grouped bars: test recall per class (``classes``: the scored ones) for each condition,
+    with the std over folds (or seeds of one split)."""
     conditions = {n: s for n, s in results["conditions"].items() if n != "synthetic-only"}
     fig = new_figure(max(6.0, 1.1 * len(classes) + 2), 3.6)
     ax = fig.add_subplot()
@@ -254,7 +316,11 @@ def plot_recall(results: Mapping[str, Any], classes: Sequence[str], path: str | 
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel("test recall")
     ax.set_ylim(0, 1.05)
-    n = max((len(s["folds"]) for s in conditions.values()), default=0)
-    ax.set_title(f"Per-class recall on the test folds (mean ± std over {n} fold(s))", fontsize=10)
+    if is_cross_dataset(results):
+        n = max((len(s["seeds"]) for s in conditions.values()), default=0)
+        ax.set_title(f"Per-class recall on the test dataset (mean ± std over {n} downstream seed(s))", fontsize=10)
+    else:
+        n = max((len(s["folds"]) for s in conditions.values()), default=0)
+        ax.set_title(f"Per-class recall on the test folds (mean ± std over {n} fold(s))", fontsize=10)
     ax.legend(fontsize=8, ncol=len(conditions), loc="lower right")
     return save_figure(fig, path)
