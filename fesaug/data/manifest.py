@@ -61,6 +61,11 @@ OPTIONAL_COLUMNS: dict[str, tuple[pa.DataType, bool]] = {
     "source_file": (pa.string(), True),  # the original file, relative to the ingested folder
     "au_intensity": (pa.list_(pa.float32()), True),  # aligned with metadata "au_ids"; 0..1
     "au_occurrence": (pa.list_(pa.int8()), True),  # 0/1 per AU in "au_ids"
+    # ingest --align: the face box the landmarks came from, the eye line's tilt (degrees,
+    # counter-clockwise) and the eye distance (pixels) found in the source image
+    "align_box": (pa.string(), True),
+    "align_angle": (pa.float32(), True),
+    "align_eye_distance": (pa.float32(), True),
 }
 # Columns a writer may leave out: they are filled with their default.
 _DEFAULTS = {
