@@ -77,6 +77,11 @@ def summarise(name: str, run: Path) -> dict:
     return out
 
 
+def _recognised(run: dict) -> str:
+    stat = run["synthesis"].get("recognised")
+    return "–" if not stat else f"{stat['mean'] * 100:.1f} %"
+
+
 def _ms(stat: dict | None) -> str:
     if not stat or stat.get("mean") is None:  # runs made before a score existed
         return "–"
@@ -112,7 +117,7 @@ def render(runs: list[dict], machine: str, dataset: str = "CK+48") -> str:
             f"{d_real['mean_difference'] * 100:+.1f} ({d_real['wins']}/{d_real['losses']}, p {d_real['wilcoxon_p']:.3f}) | "
             f"{d_over['mean_difference'] * 100:+.1f} ({d_over['wins']}/{d_over['losses']}, p {d_over['wilcoxon_p']:.3f}) | "
             f"{t['real']['minority_recall']['mean'] * 100:.1f} → {t['fes']['minority_recall']['mean'] * 100:.1f} | "
-            f"{r['synthesis']['recognised']['mean'] * 100:.1f} %{' †' if r.get('sibling_trained') else ''} | {met}/4 |")
+            f"{_recognised(r)}{' †' if r.get('sibling_trained') else ''} | {met}/4 |")
     lines += ["", f"Targets: {TARGETS}."]
     if any(r.get("sibling_trained") for r in runs):
         lines += ["", "† The generator was trained against a classifier of the same recipe and data as the `real` classifier "
@@ -123,12 +128,17 @@ def render(runs: list[dict], machine: str, dataset: str = "CK+48") -> str:
               "Fréchet synthetic vs train (real val vs train) | near-copies of another subject |", "|---|---|---|---|---|---|"]
     for r in runs:
         s = r["synthesis"]
+        if not s.get("recognised"):  # run with --no-synthesis
+            lines.append(f"| {r['name']} | – | not scored (`--no-synthesis`) | – | – | – |")
+            continue
         cas, fr, mem = s["classification_accuracy_score"], s["frechet"], s["memorisation"]
         lines.append(f"| {r['name']} | {s['n_synthetic']} | {_ms(s['recognised'])} % ({_ms(s.get('real_test_recognised'))}{' %' if s.get('real_test_recognised') else ''}) | {_ms(cas['accuracy'])} / "
                      f"{_ms(cas['macro_f1'])} % | {fr['synthetic_vs_train']['mean']:.1f} ({fr['validation_vs_train']['mean']:.1f}) | "
                      f"{mem['near_copies']} ({mem['share']['mean'] * 100:.1f} %) |")
-    lines += ["", "Recognised per target class (%, first recipe): " + ", ".join(
-        f"{c} {e['recognised']['mean'] * 100:.0f}" for c, e in runs[0]["synthesis"]["per_class"].items() if e["n"])]
+    scored = [r for r in runs if r["synthesis"].get("per_class")]
+    if scored:
+        lines += ["", f"Recognised per target class (%, {scored[0]['name']}): " + ", ".join(
+            f"{c} {e['recognised']['mean'] * 100:.0f}" for c, e in scored[0]["synthesis"]["per_class"].items() if e["n"])]
     lines += ["", "The command that wrote each run's results.json (the last process to aggregate it):", ""]
     lines += [f"- {r['name']}: `{r['command']}`" for r in runs]
     return "\n".join(lines) + "\n"

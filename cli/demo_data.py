@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from fesaug.data.demo import DEFAULT_COUNTS, DEFAULT_SUBJECTS, make_demo_dataset
+from fesaug.data.demo import DEFAULT_COUNTS, DEFAULT_SUBJECTS, STYLES, make_demo_dataset
 from fesaug.data.manifest import read_manifest
 
 
@@ -33,12 +33,15 @@ def _parse_counts(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--seed", type=int, default=0, show_default=True, help="Dataset seed: same seed, same pixels.")
 @click.option("--neutral", is_flag=True, help="Add each sequence's onset frame as a neutral image.")
 @click.option("--folds", type=int, default=5, show_default=True, help="Subject-independent folds.")
+@click.option("--style", type=click.Choice(tuple(STYLES)), default="standard", show_default=True,
+              help="Population: 'shifted' is a second domain (other face shapes and skin tones, side lighting, wider poses, "
+                   "low resolution; subject ids DS001...) for training on one and testing on the other.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing demo dataset in --out.")
 def demo_data_command(out: Path, n_subjects: int, counts: dict[str, int] | None, size: int, seed: int,
-                      neutral: bool, folds: int, overwrite: bool) -> None:
+                      neutral: bool, folds: int, style: str, overwrite: bool) -> None:
     """Generate the procedural demo dataset (synthetic faces, CK+-like classes and imbalance)."""
     path = make_demo_dataset(out, counts=counts, n_subjects=n_subjects, size=size, seed=seed, neutral=neutral,
-                             folds=folds, overwrite=overwrite)
+                             folds=folds, overwrite=overwrite, style=style)
     m = read_manifest(path)
     click.echo(f"{len(m)} images, {m.df['subject_id'].nunique()} subjects, {len(m.classes)} classes "
                f"({', '.join(m.classes)}) -> {path}")

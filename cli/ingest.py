@@ -36,9 +36,13 @@ def _summary(result: IngestResult) -> str:
     skipped = f"{len(result.skipped)} skipped" + (" (-v lists them)" if result.skipped else "")
     ignored = f", {_n(result.ignored, 'non-image file')} ignored" if result.ignored else ""
     au = f" ({result.au_labelled} with AU labels)" if result.au_labelled is not None else ""
+    aligned = ""
+    if result.aligned is not None:
+        whole = result.aligned["whole-image"]
+        aligned = f", {_n(result.aligned['detector'] + whole, 'face')} aligned" + (f" ({whole} taking the whole image as the face)" if whole else "")
     return (
         f"Wrote {result.manifest}: {_n(result.rows, 'row')}{au}, {subjects}, {_n(len(result.class_counts), 'class', 'classes')} ({classes}), "
-        f"{folds}, {skipped}{ignored}, {storage} ({result.seconds:.1f} s)"
+        f"{folds}, {skipped}{ignored}{aligned}, {storage} ({result.seconds:.1f} s)"
     )
 
 
@@ -53,6 +57,9 @@ def _summary(result: IngestResult) -> str:
 @click.option("--folds", type=click.IntRange(min=2), metavar="K", help="Assign K subject-independent folds (needs subject ids).")
 @click.option("--fold-seed", type=int, default=0, show_default=True, metavar="S", help="Seed of the fold assignment.")
 @click.option("--detect-faces", is_flag=True, help="Crop each image to its largest face (OpenCV Haar cascade).")
+@click.option("--align", is_flag=True,
+              help="Align each face: dlib's detector and 5-point landmarks, then rotate and scale so the eyes lie level at "
+                   "CK+48's eye positions, cropped to --size (default: the face's own scale). Needs pip install 'fesaug[judges]'.")
 @click.option("--size", type=click.IntRange(min=1), metavar="N", help="Resize images to N x N grayscale.")
 @click.option("--embed", is_flag=True, help="Store the image bytes inside the manifest instead of beside it.")
 @click.option("--au-labels", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
@@ -62,24 +69,26 @@ def _summary(result: IngestResult) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace an existing manifest (and its image folder).")
 @click.option("-v", "--verbose", is_flag=True, help="List the skipped files.")
 def ingest_command(src: Path, out: Path | None, format_: str, preset: str | None, subject_pattern: str | None,
-                   folds: int | None, fold_seed: int, detect_faces: bool, size: int | None, embed: bool,
+                   folds: int | None, fold_seed: int, detect_faces: bool, align: bool, size: int | None, embed: bool,
                    au_labels: Path | None, skip_bad: bool, overwrite: bool, verbose: bool) -> None:
     """Write a manifest for the image dataset at SRC.
 
-    Unchanged images are referenced in place (nothing is copied); CSV rows, face crops and resized
-    images are written as PNGs into <manifest>-images/ beside the manifest, or embedded with --embed.
+    Unchanged images are referenced in place (nothing is copied); CSV rows, face crops, aligned faces
+    and resized images are written as PNGs into <manifest>-images/ beside the manifest, or embedded
+    with --embed.
 
     \b
     Examples:
       fesaug ingest data/ckplus48 --preset ckplus --folds 10 --out manifests/ck.parquet
       fesaug ingest fer2013.csv --format fer2013-csv --skip-bad
       fesaug ingest photos/ --subject-pattern '^(\\w+?)_' --detect-faces --size 96
+      fesaug ingest photos/ --subject-pattern '^(\\w+?)_' --align --size 48 --skip-bad
       fesaug ingest data/ckplus48 --preset ckplus --au-labels ck-facs.csv
     """
     result = ingest(
         src, out if out is not None else _default_out(src), format=format_, preset=preset,
         subject_pattern=subject_pattern, folds=folds, fold_seed=fold_seed, detect_faces=detect_faces,
-        size=size, embed=embed, skip_bad=skip_bad, overwrite=overwrite, au_labels=au_labels,
+        size=size, embed=embed, skip_bad=skip_bad, overwrite=overwrite, au_labels=au_labels, align=align,
     )
     click.echo(_summary(result))
     if verbose:

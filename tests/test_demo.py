@@ -1,7 +1,9 @@
-"""The procedural demo dataset: determinism, exact re-rendering, identities, AUs, manifest, CLI."""
+"""The procedural demo dataset: determinism, exact re-rendering, identities, AUs, manifest, CLI, styles."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from fesaug.data.labels import CKPLUS_CLASSES
 from fesaug.data.manifest import Manifest, read_manifest
 from fesaug.errors import FesaugError
 
-from .conftest import run_cli
+from .conftest import cli_in_process, run_cli
 
 SMALL = {c: 7 for c in CKPLUS_CLASSES}  # two full sequences and a one-frame one per class
 
@@ -197,3 +199,90 @@ def test_cli(tmp_path: Path) -> None:
     assert run_cli(*args, "--overwrite").returncode == 0
     bad = run_cli("demo-data", "--out", out, "--counts", "contempt:5")
     assert bad.returncode == 2 and "CLASS=COUNT" in bad.stderr
+
+
+# ---------------------------------------------------------------------------- styles: a second population
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    out = tmp_path_factory.mktemp("shifted")
+    return read_manifest(make_demo_dataset(out, counts=SMALL, n_subjects=12, folds=3, seed=3, style="shifted"))
+
+
+def _digest(values: object) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def test_the_standard_style_draws_what_it_drew_before_styles(small: Manifest) -> None:
+    # Recorded before --style existed. Only numpy's draws are pinned (the identities, every row's
+    # params and ids), not pixels, which also depend on Pillow's drawing; the params re-render them.
+    identities = [dataclasses.asdict(Subject.from_seed(i, 3)) for i in range(12)]
+    for identity in identities:
+        assert identity.pop("style") == "standard"
+    assert _digest(identities) == "c33fe5516ea6730c458e4109a9c49c5404cef3efa5e32022dd30850f3c189e15"
+    df = small.df
+    assert hashlib.sha256("\n".join(df["demo_params"]).encode()).hexdigest() == "f99e7d99667c6b224276bc065871a056800b1a9eb1c929544040dca7748e7e1f"
+    assert hashlib.sha256("\n".join(df["sample_id"] + df["subject_id"]).encode()).hexdigest() == (
+        "e6c0eda1d639bc5ecced02d3e4d129b924e50c42b63e5eddeb31310450fd43b0")
+    assert small.meta["demo"]["style"] == "standard" and small.meta["provenance"]["config"]["style"] == "standard"
+
+
+def test_shifted_style_is_another_population_with_the_same_classes(small: Manifest, shifted: Manifest, tmp_path: Path) -> None:
+    assert shifted.classes == small.classes and len(shifted) == len(small)
+    assert shifted.df["subject_id"].str.fullmatch(r"DS\d{3}").all() and small.df["subject_id"].str.fullmatch(r"D\d{3}").all()
+    assert not set(shifted.df["subject_id"]) & set(small.df["subject_id"])  # a cross-dataset test sees no leakage
+    assert not set(shifted.df["sample_id"]) & set(small.df["sample_id"])
+    assert not set(shifted.df["sha256"]) & set(small.df["sha256"])
+    assert shifted.meta["demo"]["style"] == "shifted" and shifted.meta["demo"]["subject_prefix"] == "DS"
+    assert shifted.meta["provenance"]["config"]["style"] == "shifted"
+    assert all(json.loads(p)["style"] == "shifted" for p in shifted.df["demo_params"])
+    assert not any("style" in json.loads(p) for p in small.df["demo_params"])
+    again = read_manifest(make_demo_dataset(tmp_path, counts=SMALL, n_subjects=12, folds=3, seed=3, style="shifted"))
+    assert again.df["sha256"].tolist() == shifted.df["sha256"].tolist()
+
+
+def test_shifted_rows_rerender_exactly(shifted: Manifest) -> None:
+    for i, row in shifted.df.iterrows():
+        stored = pixels(shifted, i)
+        assert np.array_equal(render_params(row), stored)
+        assert np.array_equal(counterfactual(row["demo_params"], row["label_name"]), stored)
+    row = shifted.df.iloc[0]
+    other = "surprise" if row["label_name"] != "surprise" else "happy"
+    assert np.abs(counterfactual(row, other, intensity=1.0).astype(int) - pixels(shifted, 0)).mean() > 1.0
+
+
+def test_shifted_faces_differ_as_documented(small: Manifest, shifted: Manifest) -> None:
+    def nuisances(m: Manifest) -> list[dict]:
+        return [json.loads(p)["nuisance"] for p in m.df["demo_params"]]
+
+    standard, other = nuisances(small), nuisances(shifted)
+    assert np.std([n["angle"] for n in other]) > 2 * np.std([n["angle"] for n in standard])  # wider head poses
+    light = lambda ns: [n["light"] for n in ns]
+    assert min(light(other)) >= 0.2 and np.mean(light(other)) > 2 * np.mean(light(standard))  # strong side light
+    assert all(0.6 <= n["resolution"] <= 0.85 for n in other) and not any("resolution" in n for n in standard)
+    skin = lambda style: np.mean([Subject.from_seed(i, 0, style).skin for i in range(60)])
+    assert skin("shifted") < skin("standard") - 20
+    # Low resolution is blur: the same row rendered at full resolution (both without noise) is sharper.
+    def sharpness(params: dict) -> float:
+        img = render_params(params).astype(float)
+        return float(np.abs(4 * img[1:-1, 1:-1] - img[:-2, 1:-1] - img[2:, 1:-1] - img[1:-1, :-2] - img[1:-1, 2:]).mean())
+
+    for p in shifted.df["demo_params"].iloc[:6]:
+        params = json.loads(p)
+        params["nuisance"]["noise"] = 0.0
+        low = sharpness(params)
+        params["nuisance"]["resolution"] = 1.0
+        assert low < 0.8 * sharpness(params)
+
+
+def test_cli_style(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = cli_in_process(capsys, "demo-data", "--out", tmp_path / "s", "--style", "shifted", "--counts",
+                                    "anger=3,contempt=3,disgust=0,fear=3,happy=3,sadness=3,surprise=3", "--n-subjects", "6", "--folds", "2")
+    assert code == 0, err
+    m = read_manifest(tmp_path / "s" / "manifest.parquet")
+    assert m.meta["demo"]["style"] == "shifted" and m.df["subject_id"].str.startswith("DS").all()
+    code, _, err = cli_in_process(capsys, "demo-data", "--out", tmp_path / "x", "--style", "cartoon")
+    assert code == 2 and "cartoon" in err
+    with pytest.raises(FesaugError, match="unknown demo style 'cartoon'"):
+        make_demo_dataset(tmp_path / "y", style="cartoon")

@@ -8,6 +8,12 @@ parameters that reproduce its image exactly (``demo_params``), and :func:`counte
 re-renders the same face, pose and lighting with another expression, which is what a synthesised
 image of that row should have looked like.
 
+Two populations (:data:`STYLES`): ``standard``, the dataset every benchmark uses, and ``shifted``,
+a second one for cross-dataset tests (train on one, test on the other): other face shapes and skin
+tones, strong side lighting and lower contrast, a wider range of head poses, and faces captured
+at 60-85 % of the resolution, then upscaled (blurred). Same classes, same AUs, same manifest; its
+subject ids start with ``DS`` instead of ``D``, so no identity is shared with the standard set.
+
 Expressions are built from AU intensities (0..1) through :data:`AU_PROTOTYPES`, an EMFACS-like
 table. Classes that share AUs (fear/surprise, anger/disgust/sadness, contempt/happy) are meant to
 be confusable at low intensity, and a real share of sequences peaks at low intensity, so a
@@ -86,6 +92,72 @@ FRAME_ZOOM = 1.25
 
 
 @dataclass(frozen=True)
+class Style:
+    """A population of demo faces: who is drawn (``identity``: ranges of :class:`Subject`'s fields)
+    and how they are photographed (``pose``: ranges of :class:`Nuisance`'s, per sequence).
+
+    Uniform ranges are ``(low, high)``; integer ones are numpy's half-open ``integers`` bounds;
+    ``angle``, ``dx`` and ``dy`` are a normal's ``(sd, clip)``. ``stream`` is appended to every
+    random seed, so two styles with one ``--seed`` draw unrelated faces; the standard style's is
+    empty, which keeps every image it made before styles existed bit for bit.
+    """
+
+    name: str
+    subject_prefix: str
+    stream: tuple[int, ...]
+    identity: Mapping[str, Any]
+    pose: Mapping[str, Any]
+
+
+STYLES: dict[str, Style] = {
+    "standard": Style(
+        "standard", "D", (),
+        identity={
+            "skin": (105, 206), "dark_hair": 0.8, "hair_dark": (20, 75), "hair_light": (25, 60), "background": (25, 231),
+            "forehead": (0.33, 0.38), "chin": (0.15, 0.19), "face_w": (0.28, 0.34), "jaw": (0.0, 0.35),
+            "squareness": (2.0, 2.8), "hairline": (0.06, 0.17), "temples": (-0.03, 0.12), "hair_volume": (0.015, 0.06),
+            "eye_y": (0.42, 0.47), "eye_dx": (0.105, 0.13), "eye_w": (0.045, 0.058), "eye_h": (0.017, 0.025),
+            "iris": (30, 110), "brow_gap": (0.06, 0.085), "brow_thick": (0.008, 0.016), "brow_light": (50, 80),
+            "nose_len": (0.15, 0.19), "nose_w": (0.03, 0.042), "mouth_gap": (0.085, 0.105), "mouth_w": (0.075, 0.1),
+            "lip_up": (0.009, 0.016), "lip_low": (0.012, 0.021), "lip_tone": (22, 50),
+            "rest_mouth": (-0.007, 0.007), "rest_brow": (-0.008, 0.008),
+        },
+        pose={
+            "angle": (2.5, 6.0), "scale": (0.94, 1.06), "dx": (0.012, 0.03), "dy": (0.012, 0.03), "light": (0.0, 0.25),
+            "gain": (0.85, 1.15), "bias": (-15.0, 15.0), "noise": (1.0, 4.0), "resolution": None,
+        },
+    ),
+    # Narrower, longer faces with tapered jaws, darker skin, more fair hair, rounder eyes set
+    # closer, longer noses, fuller lips; a lighting gradient of 20-45 % (standard: 0-25 %), less
+    # contrast (gain 0.7-1.0), heads rolled by up to 20 degrees (standard: 6), off-centre faces,
+    # captured at 38-54 px of a 64 px image.
+    "shifted": Style(
+        "shifted", "DS", (1,),
+        identity={
+            "skin": (70, 161), "dark_hair": 0.5, "hair_dark": (15, 60), "hair_light": (40, 80), "background": (25, 231),
+            "forehead": (0.30, 0.35), "chin": (0.18, 0.23), "face_w": (0.24, 0.29), "jaw": (0.2, 0.45),
+            "squareness": (1.8, 2.3), "hairline": (0.10, 0.20), "temples": (0.0, 0.15), "hair_volume": (0.03, 0.08),
+            "eye_y": (0.40, 0.45), "eye_dx": (0.095, 0.118), "eye_w": (0.04, 0.052), "eye_h": (0.021, 0.029),
+            "iris": (15, 80), "brow_gap": (0.07, 0.095), "brow_thick": (0.012, 0.022), "brow_light": (40, 65),
+            "nose_len": (0.17, 0.21), "nose_w": (0.036, 0.05), "mouth_gap": (0.075, 0.095), "mouth_w": (0.085, 0.11),
+            "lip_up": (0.012, 0.02), "lip_low": (0.016, 0.026), "lip_tone": (15, 40),
+            "rest_mouth": (-0.01, 0.01), "rest_brow": (-0.01, 0.01),
+        },
+        pose={
+            "angle": (8.0, 20.0), "scale": (0.86, 1.1), "dx": (0.02, 0.05), "dy": (0.02, 0.05), "light": (0.2, 0.45),
+            "gain": (0.7, 1.0), "bias": (0.0, 30.0), "noise": (2.0, 5.0), "resolution": (0.6, 0.85),
+        },
+    ),
+}
+
+
+def _style(name: str) -> Style:
+    if name not in STYLES:
+        raise FesaugError(f"unknown demo style {name!r}; choose one of {', '.join(STYLES)}")
+    return STYLES[name]
+
+
+@dataclass(frozen=True)
 class Subject:
     """One synthetic identity; lengths are fractions of the image side (before pose nuisances)."""
 
@@ -121,39 +193,44 @@ class Subject:
     # what makes low-intensity expressions genuinely ambiguous across subjects.
     rest_mouth: float
     rest_brow: float
+    style: str = "standard"  # the population (:data:`STYLES`) it was drawn from
 
     @property
     def subject_id(self) -> str:
-        return subject_id(self.index)
+        return subject_id(self.index, self.style)
 
     @classmethod
-    def from_seed(cls, index: int, seed: int = 0) -> Subject:
-        """The identity for subject ``index`` of the dataset made with ``seed`` (deterministic)."""
-        r = np.random.default_rng([seed, 1, index])
-        u = lambda lo, hi: float(r.uniform(lo, hi))
-        skin = int(r.integers(105, 206))
-        dark_hair = r.random() < 0.8
-        hair = int(r.integers(20, 75)) if dark_hair else int(min(235, skin + r.integers(25, 60)))
+    def from_seed(cls, index: int, seed: int = 0, style: str = "standard") -> Subject:
+        """The identity for subject ``index`` of the ``style`` dataset made with ``seed`` (deterministic)."""
+        st = _style(style)
+        g = st.identity
+        r = np.random.default_rng([seed, 1, index, *st.stream])
+        u = lambda name: float(r.uniform(*g[name]))
+        # The order of the draws is part of the format: stored params re-render only if it stays.
+        skin = int(r.integers(*g["skin"]))
+        dark_hair = r.random() < g["dark_hair"]
+        hair = int(r.integers(*g["hair_dark"])) if dark_hair else int(min(235, skin + r.integers(*g["hair_light"])))
         # Keep the background visibly different from the skin so the head has an outline.
-        background = int(r.integers(25, 231))
+        background = int(r.integers(*g["background"]))
         while abs(background - skin) < 35:
-            background = int(r.integers(25, 231))
+            background = int(r.integers(*g["background"]))
         return cls(
             index=index, seed=seed,
-            forehead=u(0.33, 0.38), chin=u(0.15, 0.19), face_w=u(0.28, 0.34), jaw=u(0.0, 0.35),
-            squareness=u(2.0, 2.8), skin=skin, hair=hair, background=background,
-            hairline=u(0.06, 0.17), temples=u(-0.03, 0.12), hair_volume=u(0.015, 0.06),
-            eye_y=u(0.42, 0.47), eye_dx=u(0.105, 0.13), eye_w=u(0.045, 0.058), eye_h=u(0.017, 0.025),
-            iris=int(r.integers(30, 110)), brow_gap=u(0.06, 0.085), brow_thick=u(0.008, 0.016),
-            brow_tone=int(min(hair, skin - 60) if dark_hair else skin - int(r.integers(50, 80))),
-            nose_len=u(0.15, 0.19), nose_w=u(0.03, 0.042), mouth_gap=u(0.085, 0.105),
-            mouth_w=u(0.075, 0.1), lip_up=u(0.009, 0.016), lip_low=u(0.012, 0.021),
-            lip_tone=int(r.integers(22, 50)), rest_mouth=u(-0.007, 0.007), rest_brow=u(-0.008, 0.008),
+            forehead=u("forehead"), chin=u("chin"), face_w=u("face_w"), jaw=u("jaw"),
+            squareness=u("squareness"), skin=skin, hair=hair, background=background,
+            hairline=u("hairline"), temples=u("temples"), hair_volume=u("hair_volume"),
+            eye_y=u("eye_y"), eye_dx=u("eye_dx"), eye_w=u("eye_w"), eye_h=u("eye_h"),
+            iris=int(r.integers(*g["iris"])), brow_gap=u("brow_gap"), brow_thick=u("brow_thick"),
+            brow_tone=int(min(hair, skin - 60) if dark_hair else skin - int(r.integers(*g["brow_light"]))),
+            nose_len=u("nose_len"), nose_w=u("nose_w"), mouth_gap=u("mouth_gap"),
+            mouth_w=u("mouth_w"), lip_up=u("lip_up"), lip_low=u("lip_low"),
+            lip_tone=int(r.integers(*g["lip_tone"])), rest_mouth=u("rest_mouth"), rest_brow=u("rest_brow"),
+            style=style,
         )
 
 
-def subject_id(index: int) -> str:
-    return f"D{index + 1:03d}"
+def subject_id(index: int, style: str = "standard") -> str:
+    return f"{_style(style).subject_prefix}{index + 1:03d}"
 
 
 @dataclass(frozen=True)
@@ -170,6 +247,7 @@ class Nuisance:
     bias: float = 0.0
     noise: float = 0.0  # Gaussian pixel noise, gray levels
     noise_seed: int = 0
+    resolution: float = 1.0  # captured at this fraction of the image side, then upscaled (blur)
 
 
 def expression_aus(expression: str, intensity: float, jitter: Collection[float] | None = None) -> dict[int, float]:
@@ -443,6 +521,9 @@ def _finish(canvas: Image.Image, nz: Nuisance, size: int, background: int) -> np
     tx, ty = c + nz.dx * px, c + nz.dy * px
     coeffs = (cos, -sin, c - cos * tx + sin * ty, sin, cos, c - sin * tx - cos * ty)
     canvas = canvas.transform(canvas.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=background)
+    if nz.resolution < 1.0:
+        low = max(4, round(size * nz.resolution))
+        canvas = canvas.resize((low, low), Image.Resampling.BOX).resize((size, size), Image.Resampling.BICUBIC)
     img = np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float64)
     if nz.light:
         grid = np.linspace(-1.0, 1.0, size)
@@ -477,8 +558,8 @@ def render_params(params_or_row: Mapping[str, Any] | pd.Series | str) -> np.ndar
     """Re-render a stored sample exactly: the same pixels its PNG holds."""
     p = _params_of(params_or_row)
     return render(
-        Subject.from_seed(p["subject"], p["seed"]), p["expression"], p["intensity"], Nuisance(**p["nuisance"]),
-        side=p["side"], jitter=p["jitter"], size=p["size"],
+        Subject.from_seed(p["subject"], p["seed"], p.get("style", "standard")), p["expression"], p["intensity"],
+        Nuisance(**p["nuisance"]), side=p["side"], jitter=p["jitter"], size=p["size"],
     )
 
 
@@ -540,21 +621,28 @@ def _plan(counts: dict[str, int], n_subjects: int, rng: np.random.Generator) -> 
     return plan
 
 
-def _sequence_params(seed: int, q: int, expression: str, subject: int, size: int) -> tuple[dict[str, Any], list[dict[str, Any]], np.random.Generator]:
+def _sequence_params(seed: int, q: int, expression: str, subject: int, size: int,
+                     style: str = "standard") -> tuple[dict[str, Any], dict[str, Any], np.random.Generator]:
     """Shared params of sequence ``q`` and its pose/lighting; frames vary them only slightly."""
-    r = np.random.default_rng([seed, 2, q])
+    st = _style(style)
+    r = np.random.default_rng([seed, 2, q, *st.stream])
     apex = INTENSITY_LOW + (1 - INTENSITY_LOW) * r.beta(INTENSITY_A, INTENSITY_B)
     base = {
         "renderer": RENDERER_VERSION, "subject": subject, "seed": seed, "expression": expression,
         "intensity": round(float(apex), 4), "side": int(r.choice([-1, 1])), "size": size,
         "jitter": [round(float(v), 3) for v in np.clip(r.normal(0, JITTER_SD, len(AU_IDS)), -0.4, 0.4)],
     }
+    if style != "standard":  # absent means standard: the standard set's params stay as they were
+        base["style"] = style
+    g = st.pose
+    normal = lambda key: float(np.clip(r.normal(0, g[key][0]), -g[key][1], g[key][1]))
     pose = {
-        "angle": float(np.clip(r.normal(0, 2.5), -6, 6)), "scale": float(r.uniform(0.94, 1.06)),
-        "dx": float(np.clip(r.normal(0, 0.012), -0.03, 0.03)), "dy": float(np.clip(r.normal(0, 0.012), -0.03, 0.03)),
-        "light_angle": float(r.uniform(0, 2 * np.pi)), "light": float(r.uniform(0.0, 0.25)),
-        "gain": float(r.uniform(0.85, 1.15)), "bias": float(r.uniform(-15, 15)), "noise": float(r.uniform(1.0, 4.0)),
+        "angle": normal("angle"), "scale": float(r.uniform(*g["scale"])), "dx": normal("dx"), "dy": normal("dy"),
+        "light_angle": float(r.uniform(0, 2 * np.pi)), "light": float(r.uniform(*g["light"])),
+        "gain": float(r.uniform(*g["gain"])), "bias": float(r.uniform(*g["bias"])), "noise": float(r.uniform(*g["noise"])),
     }
+    if g["resolution"] is not None:
+        pose["resolution"] = float(r.uniform(*g["resolution"]))
     return base, pose, r
 
 
@@ -595,16 +683,19 @@ def make_demo_dataset(
     neutral: bool = False,
     folds: int = 5,
     overwrite: bool = False,
+    style: str = "standard",
 ) -> Path:
     """Write the demo dataset: ``out_dir/images/<class>/<sample_id>.png`` and ``out_dir/manifest.parquet``.
 
     ``counts`` overrides the CK+ image counts per class (:data:`DEFAULT_COUNTS`); 0 leaves a
     class out. ``neutral`` adds the onset frame of each sequence as a neutral image (as many as
     there are sequences, or ``counts["neutral"]``, at most that). Rows get subject-independent
-    ``folds``. Returns the manifest path.
+    ``folds``. ``style`` chooses the population (:data:`STYLES`): ``shifted`` is a second domain
+    with its own subject ids, for training on one and testing on the other. Returns the manifest path.
     """
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.parquet"
+    st = _style(style)
     counts = _check_counts(counts, neutral)
     if not 16 <= size <= 1024:
         raise FesaugError(f"--size must be between 16 and 1024 pixels, got {size}")
@@ -613,7 +704,7 @@ def make_demo_dataset(
     with output_lock(out_dir):
         if manifest.exists() and not overwrite:
             raise FesaugError(f"{manifest} already exists; pass --overwrite to replace the demo dataset or choose another --out")
-        rng = np.random.default_rng([seed, 0])
+        rng = np.random.default_rng([seed, 0, *st.stream])
         plan = _plan(counts, n_subjects, rng)
         n_used = len({s for _, s, _ in plan})
         if n_used < folds:
@@ -630,8 +721,8 @@ def make_demo_dataset(
         rows = []
         for q, (expression, subject, n_frames) in enumerate(plan):
             sequence_no[subject] += 1
-            stem = f"{subject_id(subject)}_{sequence_no[subject]:03d}"
-            base, pose, r = _sequence_params(seed, q, expression, subject, size)
+            stem = f"{subject_id(subject, style)}_{sequence_no[subject]:03d}"
+            base, pose, r = _sequence_params(seed, q, expression, subject, size, style)
             frames = [(f"{stem}_{len(FRAME_RAMP) - n_frames + k + 1:02d}", _frame_params(base, pose, r, expression, base["intensity"] * ramp))
                       for k, ramp in enumerate(FRAME_RAMP[-n_frames:])]
             if q in with_neutral:
@@ -645,7 +736,7 @@ def make_demo_dataset(
         df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].to_numpy(), folds, seed)
         settings = {
             "counts": {c: n for c, n in counts.items() if n}, "n_subjects": n_subjects, "size": size, "seed": seed,
-            "neutral": neutral, "n_neutral": n_neutral, "folds": folds,
+            "neutral": neutral, "n_neutral": n_neutral, "folds": folds, "style": style,
         }
         meta = {
             "dataset": DATASET,
@@ -657,6 +748,7 @@ def make_demo_dataset(
             "demo": {
                 **settings, "renderer": RENDERER_VERSION, "frame_ramp": list(FRAME_RAMP), "jitter_sd": JITTER_SD,
                 "intensity": {"low": INTENSITY_LOW, "beta_a": INTENSITY_A, "beta_b": INTENSITY_B},
+                "subject_prefix": st.subject_prefix, "identity": dict(st.identity), "pose": dict(st.pose),
             },
             "provenance": provenance("demo-data", settings),
         }
@@ -674,7 +766,7 @@ def _write_sample(image_dir: Path, sample_id: str, params: dict[str, Any]) -> di
     intensity = np.array([aus[au] for au in AU_IDS], dtype=np.float32)
     return {
         "sample_id": sample_id, "image": {"bytes": None, "path": rel}, "label_name": expression,
-        "subject_id": subject_id(params["subject"]), "split": "train", "origin": "real",
+        "subject_id": subject_id(params["subject"], params.get("style", "standard")), "split": "train", "origin": "real",
         "width": pixels.shape[1], "height": pixels.shape[0], "sha256": sha256_bytes(data),
         "au_intensity": intensity.tolist(), "au_occurrence": (intensity >= AU_THRESHOLD).astype(np.int8).tolist(),
         "demo_params": json.dumps(params, sort_keys=True),

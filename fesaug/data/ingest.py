@@ -1,8 +1,8 @@
 """``fesaug ingest``: a user's image dataset (class folders or a FER2013 CSV) to a manifest.
 
 Images used unchanged are referenced in place (the manifest's ``image_root`` points at SRC), so a
-research-only dataset is never copied. Images that ingest produces (CSV rows, face crops,
-resizes) are written as PNGs into ``<out stem>-images/`` beside the manifest, or embedded in it.
+research-only dataset is never copied. Images that ingest produces (CSV rows, face crops, aligned
+faces, resizes) are written as PNGs into ``<out stem>-images/`` beside the manifest, or embedded in it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .._io import atomic_write_bytes, remove_stale_temporaries
 from ..errors import FesaugError, UsageError
 from ..locking import output_lock
 from ..provenance import provenance
+from .align import FaceAligner
 from .au import AULabels, read_au_labels
 from .faces import crop_face
 from .images import BadImage, encode_png, read_image_file, resize_square, sha256_bytes
@@ -51,6 +52,7 @@ class IngestResult:
     image_folder: Path | None  # where produced images went (storage "folder")
     seconds: float
     au_labelled: int | None = None  # rows with AU labels; None without --au-labels
+    aligned: dict[str, int] | None = None  # faces per box ("detector", "whole-image") and "skipped"; None without --align
 
 
 def ingest(
@@ -68,13 +70,16 @@ def ingest(
     skip_bad: bool = False,
     overwrite: bool = False,
     au_labels: str | os.PathLike | None = None,
+    align: bool = False,
 ) -> IngestResult:
     """Read the dataset at ``src`` and write its manifest to ``out``.
 
     ``format`` is ``folder`` (class folders, optionally below ``train/``, ``test/`` ... folders) or
     ``fer2013-csv``. Subject ids come from file names via ``preset`` (``ckplus``, ``jaffe``) or
     ``subject_pattern``; ``folds`` then assigns subject-independent folds. ``detect_faces`` crops
-    the largest face, ``size`` resizes to ``size`` x ``size``. ``au_labels`` is a CSV/JSON side file
+    the largest face, ``size`` resizes to ``size`` x ``size``. ``align`` rotates, scales and crops
+    each face so that its eyes lie level at fixed positions (:mod:`.align`; needs the ``judges``
+    extra), at ``size`` or, without it, at the face's own scale. ``au_labels`` is a CSV/JSON side file
     of action-unit labels keyed by image path or file name (:func:`.au.read_au_labels`); images
     without an entry get null AU columns. Bad inputs raise
     :class:`FesaugError` naming the file, or with ``skip_bad`` are recorded and left out.
@@ -83,9 +88,12 @@ def ingest(
     src, out = Path(src), Path(out)
     subject_rx = _subject_regex(format, preset, subject_pattern)
     _check_options(format, folds, size, subject_rx, au_labels)
+    if align and detect_faces:
+        raise UsageError("--align finds each face itself (dlib's detector and landmarks) and crops it; drop --detect-faces")
     _check_source(src, format)
     labels = read_au_labels(au_labels) if au_labels is not None else None  # before the scan: fail fast
-    produced = format == "fer2013-csv" or detect_faces or size is not None
+    aligner = FaceAligner() if align else None  # a missing extra, before any work
+    produced = format == "fer2013-csv" or detect_faces or align or size is not None
     storage = "embedded" if embed else "folder" if produced else "in-place"
     image_dir = out.with_name(f"{out.stem}-images") if storage == "folder" else None
     with output_lock(out):
@@ -108,14 +116,14 @@ def ingest(
         options = {
             "format": format, "preset": preset, "subject_pattern": subject_rx.pattern if subject_rx else None,
             "folds": folds, "fold_seed": fold_seed if folds else None,
-            "detect_faces": detect_faces, "size": size, "storage": storage,
+            "detect_faces": detect_faces, "align": align, "size": size, "storage": storage,
             "au_labels": str(au_labels) if au_labels is not None else None,
         }
         with _ImageFolder(image_dir) as folder:
             rows = []
             for item in tqdm(items, total=total, desc=f"ingest {src.name}", unit="img", disable=None):
                 try:
-                    rows.append(_row(item, detect_faces=detect_faces, size=size, embed=embed, folder=folder))
+                    rows.append(_row(item, detect_faces=detect_faces, aligner=aligner, size=size, embed=embed, folder=folder))
                 except BadImage as exc:
                     skips(exc, item.source_file)
             if not rows:  # a folder without images was refused by scan_folder already
@@ -140,6 +148,7 @@ def ingest(
                 "ignored": ignored,
                 "provenance": provenance("fesaug ingest", {"src": str(src), **options}),
                 **({"au_ids": list(labels.au_ids)} if labels is not None else {}),
+                **({"alignment": aligner.settings(size)} if aligner is not None else {}),
             }
             folder.publish()
             write_manifest(
@@ -160,6 +169,7 @@ def ingest(
             image_folder=image_dir,
             seconds=time.perf_counter() - start,
             au_labelled=int(df["au_occurrence"].notna().sum()) if labels is not None else None,
+            aligned=meta["alignment"]["counts"] if aligner is not None else None,
         )
 
 
@@ -201,16 +211,20 @@ def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[
     return matched
 
 
-def _row(item: Item, *, detect_faces: bool, size: int | None, embed: bool, folder: _ImageFolder) -> dict:
+def _row(item: Item, *, detect_faces: bool, aligner: FaceAligner | None, size: int | None, embed: bool,
+         folder: _ImageFolder) -> dict:
     if item.path is not None:
         data, img = read_image_file(item.path)
     else:
         data, img = None, Image.fromarray(item.pixels)
-    if detect_faces:
+    found = None
+    if aligner is not None:
+        img, found = aligner.align(img, where=item.where, size=size)
+    elif detect_faces:
         img = crop_face(img, where=item.where)
     if size is not None:
         img = resize_square(img, size)
-    if data is None or detect_faces or size is not None:
+    if data is None or detect_faces or found is not None or size is not None:
         data = encode_png(img)
     if embed:
         image = {"bytes": data, "path": None}
@@ -228,6 +242,8 @@ def _row(item: Item, *, detect_faces: bool, size: int | None, embed: bool, folde
         "height": img.height,
         "sha256": sha256_bytes(data),
         "source_file": item.source_file,
+        **({"align_box": found.box, "align_angle": round(found.angle, 2), "align_eye_distance": round(found.eye_distance, 2)}
+           if found is not None else {}),
     }
 
 

