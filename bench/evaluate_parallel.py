@@ -42,7 +42,11 @@ def main() -> None:
     while pending or running:
         while pending and len(running) < args.jobs:
             k = pending.pop(0)
-            log = open(logs / f"fold-{k}.log", "w")
+            # Appended, not truncated: a second driver started on the same --out must not wipe the
+            # log of a fold process the first one is still running.
+            log = open(logs / f"fold-{k}.log", "a")
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} fold {k}: fesaug evaluate {' '.join(rest)} --folds {k}\n")
+            log.flush()
             running[k] = (subprocess.Popen([sys.executable, "-m", "fesaug", "evaluate", *rest, "--folds", str(k)],
                                            env=env, stdout=log, stderr=subprocess.STDOUT), log)
         for k, (proc, log) in list(running.items()):
