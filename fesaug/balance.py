@@ -761,9 +761,9 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
         syn["attempt"] = syn["attempt"].astype("Int64")
     df = pd.concat([real, syn], ignore_index=True) if len(syn) else real
     if cfg.weighted:
-        df["weight"] = row_weights(df, plan.targets, cfg.synthetic_weight,
-                                   balanced=working_set(df, cfg.splits, plan.holdout_folds), classes=m.classes)
-        result.weighted = _weighted_counts(df, m.classes, working_set(df, cfg.splits, plan.holdout_folds))
+        balanced = working_set(df, cfg.splits, plan.holdout_folds)
+        df["weight"] = row_weights(df, plan.targets, cfg.synthetic_weight, balanced=balanced, classes=m.classes)
+        result.weighted = _weighted_counts(df, m.classes, balanced)
     meta = _footer(plan, result)
     manifest_path = out / "manifest.parquet"
     image_root = "." if cfg.embed_images else relative_image_root(manifest_path, root)
