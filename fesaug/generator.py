@@ -81,11 +81,16 @@ class Generator:
         return result[0] if single else result
 
     @torch.inference_mode()
-    def classify(self, images: Tensor | np.ndarray, *, batch_size: int = 256) -> Tensor:
-        """Class probabilities ``(B, len(classes))`` from the FER branch (``(C,)`` for one image)."""
+    def classify(self, images: Tensor | np.ndarray, *, batch_size: int = 256, flip: bool = False) -> Tensor:
+        """Class probabilities ``(B, len(classes))`` from the FER branch (``(C,)`` for one image).
+        ``flip``: the mean of the probabilities of each face and its mirror image (test-time
+        augmentation; a face's expression does not change with its mirror image)."""
         x, _, single = self._prepare(images)
-        out = [torch.softmax(self.model.classify(to_model_range(x[s:s + batch_size].to(self.device))).float(), 1).cpu()
-               for s in range(0, len(x), batch_size)]
+        out = []
+        for s in range(0, len(x), batch_size):
+            views = [to_model_range(x[s:s + batch_size].to(self.device))]
+            views += [views[0].flip(-1)] if flip else []
+            out.append(torch.stack([torch.softmax(self.model.classify(v).float(), 1) for v in views]).mean(0).cpu())
         probs = torch.cat(out) if out else torch.empty((0, len(self.classes)))
         return probs[0] if single else probs
 

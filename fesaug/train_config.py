@@ -168,6 +168,16 @@ class TrainConfig:
     paired_intensities: tuple[float, ...] = ()
     shift: float = 0.0625  # max random translation, as a fraction of the image side (0 = none)
     hflip: bool = True
+    # The recognition recipe (issue #19). Off by default, so a recorded config without these keys
+    # means what it meant. rotation: max degrees either way, and scale: max zoom in or out (0.1:
+    # 0.9x-1.1x), both applied to source and target alike; label_smoothing: on the FER branch's
+    # cross-entropy; ema: decay of an exponential moving average of FERSNet's weights, updated
+    # every step, which is what is validated, sampled and saved as the model (0: the trained
+    # weights themselves).
+    rotation: float = 0.0
+    scale: float = 0.0
+    label_smoothing: float = 0.0
+    ema: float = 0.0
     num_workers: int = 0
     seed: int = 0
     deterministic: bool = True
@@ -255,6 +265,10 @@ class TrainConfig:
             ("paired_intensities", all(0 < v <= 1 for v in self.paired_intensities), "numbers in (0, 1]"),
             ("pair_threshold", 0 <= self.pair_threshold < 255, "gray levels in [0, 255)"),
             ("shift", 0 <= self.shift < 0.5, "in [0, 0.5)"),
+            ("rotation", 0 <= self.rotation <= 45, "degrees in [0, 45]"),
+            ("scale", 0 <= self.scale < 0.5, "in [0, 0.5)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("ema", 0 <= self.ema < 1, "a decay in [0, 1) (0: off)"),
             ("num_workers", self.num_workers >= 0, "0 or more"),
             ("seed", self.seed >= 0, "0 or more"),
             ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),

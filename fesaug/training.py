@@ -22,7 +22,9 @@ One step, per batch (losses in :class:`~fesaug.train_config.LossWeights`):
 A run folder holds ``config.yaml`` (the resolved configuration), ``provenance.json``,
 ``metrics.jsonl`` (one line per epoch), ``samples/epoch_XXX.png`` (rows: fixed validation
 faces; columns: the input, then one synthesized image per class) and ``checkpoints/last.pt``
-and ``best.pt`` (see :mod:`fesaug.checkpoint`).
+and ``best.pt`` (see :mod:`fesaug.checkpoint`). With ``config.ema``, a checkpoint's ``model`` is
+the moving average of the weights (what was validated and what inference loads) and
+``model_trained`` the weights the optimiser holds, for resuming.
 
 Runs under ``torchrun --nproc-per-node N -m fesaug train ...`` use DDP (gloo on CPU, NCCL on
 GPU); rank 0 alone writes files. Resuming (``resume=True``) continues from ``last.pt`` and
@@ -53,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import save_image
 from tqdm import tqdm
@@ -156,8 +159,8 @@ def train(
             losses = train_one_epoch(state, data.train_loader, config, rt, epoch)
             train_seconds = time.perf_counter() - t0
             if rt.is_main:
-                val = validate(state.net, data.val_loader, rt.device) if data.val_loader is not None else {}
-                save_sample_grid(state.net, data.sample_faces, out_dir / "samples" / f"epoch_{epoch:03d}.png")
+                val = validate(state.model, data.val_loader, rt.device) if data.val_loader is not None else {}
+                save_sample_grid(state.model, data.sample_faces, out_dir / "samples" / f"epoch_{epoch:03d}.png")
                 images = len(data.train_loader) * config.batch_size * rt.world_size
                 _record_epoch(run, state, epoch, lr, losses, val, images, train_seconds, t0)
 
@@ -178,7 +181,10 @@ def train_one_epoch(state: TrainingState, loader: DataLoader, config: TrainConfi
                disable=None if rt.is_main else True, dynamic_ncols=True)
     for i, batch in enumerate(bar):
         kill_point("train-step")
-        losses = train_step(batch, state.optimisation, config.loss, config.d_steps, rt)
+        losses = train_step(batch, state.optimisation, config.loss, config.d_steps, rt,
+                            label_smoothing=config.label_smoothing)
+        if state.ema is not None:
+            state.ema.update_parameters(state.net)
         state.step += 1
         for k, v in losses.items():
             sums[k] = sums.get(k, 0) + v
@@ -258,7 +264,8 @@ def _data(manifest: Manifest, split: Split, size: int, config: TrainConfig, rt: 
     model's size."""
     train_set = PairedTargetDataset(
         ManifestDataset(manifest, rows=split.train_rows, image_size=size),
-        paired_prob=config.paired_prob, augment=True, shift=config.shift, hflip=config.hflip, seed=config.seed,
+        paired_prob=config.paired_prob, augment=True, shift=config.shift, hflip=config.hflip, rotation=config.rotation,
+        scale=config.scale, seed=config.seed,
         align_pairs=config.align_pairs, pair_threshold=config.pair_threshold,
     )
     sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
@@ -292,6 +299,12 @@ class TrainingState:
     epoch: int = 0
     step: int = 0
     best: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epoch": 0, "val_fer_acc": None, "val_fer_loss": None})
+    ema: AveragedModel | None = None  # the moving average of net's weights (TrainConfig.ema)
+
+    @property
+    def model(self) -> FERSNet:
+        """The network that is validated, sampled and saved as ``model``: the average when there is one."""
+        return self.net if self.ema is None else self.ema.module  # type: ignore[return-value]
 
 
 def _training_state(run: _Run, rt: Runtime, ckpt: dict[str, Any] | None) -> TrainingState:
@@ -309,10 +322,14 @@ def _training_state(run: _Run, rt: Runtime, ckpt: dict[str, Any] | None) -> Trai
     sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, milestones, gamma=config.lr_gamma)
     # One scaler for both networks, only for fp16 (bf16 has fp32's range).
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    # Buffers too: BatchNorm's running statistics are averaged with the weights they belong to.
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
 
     state_extra: dict[str, Any] = {}
     if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
+        net.load_state_dict(ckpt["model_trained"] if ema is not None else ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         disc.load_state_dict(ckpt["discriminator"])
         opt_g.load_state_dict(ckpt["optimizer_g"])
         opt_d.load_state_dict(ckpt["optimizer_d"])
@@ -331,7 +348,7 @@ def _training_state(run: _Run, rt: Runtime, ckpt: dict[str, Any] | None) -> Trai
         d_train = DistributedDataParallel(disc, **ddp)
     o = Optimisation(g_step=g_step, d_train=d_train, disc=disc, opt_g=opt_g, opt_d=opt_d, scaler=scaler,
                      perceptual=_perceptual_loss(config, rt.device))
-    return TrainingState(net, o, sched_g, sched_d, **state_extra)
+    return TrainingState(net, o, sched_g, sched_d, ema=ema, **state_extra)
 
 
 def _start_run_folder(run: _Run, rt: Runtime, data: _Data, resumed_at: int | None) -> None:
@@ -353,9 +370,10 @@ def _start_run_folder(run: _Run, rt: Runtime, data: _Data, resumed_at: int | Non
 def _checkpoint(run: _Run, state: TrainingState, row: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint of the epoch that ``row`` (its metrics line) describes."""
     o = state.optimisation
+    averaged = {} if state.ema is None else {"model_trained": state.net.state_dict(), "ema": state.ema.state_dict()}
     return {
-        "epoch": row["epoch"], "step": state.step,
-        "model": state.net.state_dict(), "discriminator": o.disc.state_dict(),
+        "epoch": row["epoch"], "step": state.step, **averaged,
+        "model": state.model.state_dict(), "discriminator": o.disc.state_dict(),
         "optimizer_g": o.opt_g.state_dict(), "optimizer_d": o.opt_d.state_dict(),
         "scheduler_g": state.sched_g.state_dict(), "scheduler_d": state.sched_d.state_dict(),
         "grad_scaler": o.scaler.state_dict(), "rng": rng_state(),
@@ -560,7 +578,8 @@ class Optimisation:
     perceptual: nn.Module | None = None  # frozen ST-LPIPS for LossWeights.paired_perceptual
 
 
-def train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_steps: int, rt: Runtime) -> dict[str, Tensor]:
+def train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_steps: int, rt: Runtime, *,
+               label_smoothing: float = 0.0) -> dict[str, Tensor]:
     """One discriminator and one FERSNet update on ``batch``: the three steps of the module
     docstring; returns the losses (detached) and the share of paired rows."""
     device = rt.device
@@ -597,7 +616,7 @@ def train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_step
         s_gen = o.disc(fake, t).float()
     pair_mask = paired.float()
     losses = {
-        "fer": F.cross_entropy(g["logits"].float(), y),
+        "fer": F.cross_entropy(g["logits"].float(), y, label_smoothing=label_smoothing),
         "adversarial": F.mse_loss(s_gen, torch.ones_like(s_gen)),
         "cycle": F.l1_loss(g["cycled"].float(), x),
         "paired": _masked_l1(g["variants"].float(), x_target, pair_mask),

@@ -158,9 +158,12 @@ def test_a_manifest_validation_split_is_kept_as_the_validation_set(demo: Path) -
 # ----------------------------------------------------------------------------- resumption
 
 
-def test_resume_after_interruption_gives_identical_weights(demo: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tiny_config(epochs=2, lr_milestones=[0.5])
+# The recognition recipe (rotation, zoom, label smoothing, weight averaging) resumes exactly too.
+@pytest.mark.parametrize("recipe", [{}, {"rotation": 10, "scale": 0.1, "label_smoothing": 0.1, "ema": 0.9}],
+                         ids=["default", "recognition-recipe"])
+def test_resume_after_interruption_gives_identical_weights(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           recipe: dict) -> None:
+    config = tiny_config(epochs=2, lr_milestones=[0.5], **recipe)
     # The uninterrupted run loads batches in two worker processes, the other one in this
     # process: items depend on (seed, epoch, index) only, so both see the same data.
     straight = train(demo, tmp_path / "straight", replace(config, num_workers=2))
@@ -182,7 +185,7 @@ def test_resume_after_interruption_gives_identical_weights(demo: Path, tmp_path:
 
     a = torch.load(straight.last_checkpoint, weights_only=True)
     b = torch.load(resumed.last_checkpoint, weights_only=True)
-    for part in ("model", "discriminator"):
+    for part in ("model", "discriminator") + (("model_trained", "ema") if recipe else ()):
         assert a[part].keys() == b[part].keys()
         for name in a[part]:
             assert torch.equal(a[part][name], b[part][name]), f"{part}.{name}"
@@ -190,6 +193,24 @@ def test_resume_after_interruption_gives_identical_weights(demo: Path, tmp_path:
         assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     assert a["step"] == b["step"] and [m["epoch"] for m in resumed.metrics] == [1, 2]
     assert [m["loss_fer"] for m in resumed.metrics] == [m["loss_fer"] for m in straight.metrics]
+
+
+def test_weight_averaging_saves_and_validates_the_average(demo: Path, tmp_path: Path) -> None:
+    result = train(demo, tmp_path / "run", tiny_config(epochs=2, ema=0.5))
+    ckpt = torch.load(result.last_checkpoint, weights_only=True)
+    averaged, trained = ckpt["model"], ckpt["model_trained"]
+    assert averaged.keys() == trained.keys()
+    # The model is the average (what inference loads), not the optimiser's last weights.
+    assert all(torch.equal(averaged[k], ckpt["ema"][f"module.{k}"]) for k in averaged)
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged if averaged[k].is_floating_point())
+    gen = fesaug.load_generator(result.last_checkpoint, device="cpu")
+    assert all(torch.equal(v, averaged[k]) for k, v in gen.model.state_dict().items())
+    # The validation accuracy recorded for the epoch is the average's.
+    config = result.config
+    split = split_subjects(read_manifest(demo), config.holdout_fold, config.val_fraction, config.seed)
+    val_set = PairedTargetDataset(ManifestDataset(demo, rows=split.val_rows, image_size=32), paired_prob=1.0, augment=False)
+    val = training.validate(gen.model, torch.utils.data.DataLoader(val_set, batch_size=64), torch.device("cpu"))
+    assert val["val_fer_loss"] == pytest.approx(result.metrics[-1]["val_fer_loss"], rel=1e-4)
 
 
 def test_existing_run_needs_resume_or_overwrite(run: training.TrainResult, demo: Path, capsys) -> None:
@@ -290,7 +311,10 @@ def test_bad_configs_give_one_error_line_naming_key_and_file(demo: Path, tmp_pat
     for content, words in [({"epoch": 3}, ["'epoch'", "unknown config key"]),
                            ({"epochs": -2}, ["epochs", "at least 1"]),
                            ({"loss": {"cycle": "high"}}, ["loss.cycle", "a number"]),
-                           ({"model": {"sharing": "magic"}}, ["sharing", "convflu"])]:
+                           ({"model": {"sharing": "magic"}}, ["sharing", "convflu"]),
+                           ({"ema": 1.0}, ["ema", "decay in [0, 1)"]),
+                           ({"rotation": 90}, ["rotation", "degrees in [0, 45]"]),
+                           ({"label_smoothing": -0.1}, ["label_smoothing", "in [0, 1)"])]:
         path = _write(tmp_path / "bad.yaml", content)
         code, _, err = cli(capsys, "train", "--manifest", demo, "--out", out, "--config", path)
         assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1, err
@@ -331,6 +355,12 @@ def test_load_generator_synthesizes_and_classifies(run: training.TrainResult, de
     assert gen.synthesize(faces[0], "happy").shape == (1, 32, 32)
     probs = gen.classify(faces)
     assert probs.shape == (5, len(gen.classes)) and torch.allclose(probs.sum(1), torch.ones(5))
+    # Test-time mirroring: the mean over each face and its mirror image, so a face and its
+    # mirror image get the same answer.
+    mirrored = faces.flip(-1)
+    both = gen.classify(faces, flip=True)
+    assert torch.allclose(both, (probs + gen.classify(mirrored)) / 2, atol=1e-6)
+    assert torch.allclose(both, gen.classify(mirrored, flip=True), atol=1e-6)
     with pytest.raises(FesaugError, match="resize"):
         gen.synthesize(torch.zeros(2, 1, 48, 48, dtype=torch.uint8), 0)
     with pytest.raises(FesaugError, match="unknown class"):
@@ -401,14 +431,18 @@ def test_paired_dataset_pairs_same_subject_other_expression_and_is_deterministic
     assert any(not torch.equal(a["source"], augmented[i]["source"]) for i, a in enumerate(again))
 
 
-def test_paired_augmentation_moves_source_and_target_together(demo: Path) -> None:
+@pytest.mark.parametrize("augment", [{"shift": 0.25}, {"rotation": 20, "scale": 0.2}], ids=["shift", "rotation-zoom"])
+def test_paired_augmentation_moves_source_and_target_together(demo: Path, augment: dict) -> None:
     base = ManifestDataset(demo, image_size=32)
-    base.pixels[:] = base.pixels[0]  # every image identical: an aligned pair stays identical
-    ds = PairedTargetDataset(base, paired_prob=1.0, augment=True, shift=0.25, seed=0)
+    face = base.pixels[0].clamp(40, 200)
+    base.pixels[:] = face  # every image identical: an aligned pair stays identical
+    ds = PairedTargetDataset(base, paired_prob=1.0, augment=True, seed=0, **augment)
     items = [ds[i] for i in range(len(ds))]
     paired = [it for it in items if it["paired"]]
     assert paired and all(torch.equal(it["source"], it["target"]) for it in paired)
-    assert any(not torch.equal(it["source"], base.pixels[0]) for it in items)
+    assert any(not torch.equal(it["source"], face) for it in items)
+    # What comes into view from outside the image repeats its border, never a black corner.
+    assert all(it["source"].min() >= 40 and it["source"].max() <= 200 for it in items)
 
 
 def _write(path: Path, content: dict) -> Path:

@@ -149,7 +149,8 @@ class PairedTargetDataset(Dataset):
     gray levels (:func:`fesaug.data.pairs.keep_unchanged`).
 
     With ``augment``, the same random pad-and-crop (up to ``shift × S`` pixels each way, edge
-    padding) and horizontal flip are applied to source and target, so a pair stays aligned.
+    padding), rotation (up to ``rotation`` degrees either way), zoom (by up to ``scale`` in or
+    out) and horizontal flip are applied to source and target, so a pair stays aligned.
 
     Every random choice of item ``i`` comes from a generator seeded with ``(seed, epoch, i)``;
     call :meth:`set_epoch` before each epoch. An item is thus a pure function of those three
@@ -165,6 +166,8 @@ class PairedTargetDataset(Dataset):
         augment: bool,
         shift: float = 0.0,
         hflip: bool = True,
+        rotation: float = 0.0,
+        scale: float = 0.0,
         seed: int = 0,
         align_pairs: bool = False,
         pair_threshold: float = 0.0,
@@ -199,6 +202,14 @@ class PairedTargetDataset(Dataset):
         transforms: list[v2.Transform] = []
         if augment and pad:
             transforms.append(v2.RandomCrop(side, padding=pad, padding_mode="edge"))
+        if augment and (rotation or scale):
+            # Rotated or zoomed out, the face shows corners from outside the image: pad by edge
+            # replication first (as the shift does), so they are skin and background, not black.
+            transforms += [
+                v2.Pad(side // 2, padding_mode="edge"),
+                v2.RandomAffine(degrees=rotation, scale=(1 - scale, 1 + scale), interpolation=v2.InterpolationMode.BILINEAR),
+                v2.CenterCrop(side),
+            ]
         if augment and hflip:
             transforms.append(v2.RandomHorizontalFlip())
         self.augment = v2.Compose(transforms) if transforms else None
