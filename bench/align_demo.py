@@ -22,10 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,8 +35,10 @@ from fesaug.data.ingest import ingest
 from fesaug.data.manifest import read_manifest
 from fesaug.dlib_models import face_detector, landmark_model
 from fesaug.errors import FesaugError
+from fesaug.provenance import package_versions
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from record import command, machine, machine_line, write_results
+
 CKPLUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ckplus48"
 MAX_ROTATION = 25.0
 
@@ -206,13 +204,11 @@ def main() -> None:
         "canonical_eyes": {"left": list(LEFT_EYE), "right": list(RIGHT_EYE)}, "box_shape": [list(p) for p in BOX_SHAPE],
         "max_added_rotation": MAX_ROTATION,
         "wall_s": round(time.perf_counter() - start, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
-        "versions": {"dlib": dlib.__version__, "opencv": cv2.__version__},
-        "command": shlex.join([".venv/bin/python", "bench/align_demo.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "versions": {**package_versions(), "dlib": dlib.__version__, "opencv": cv2.__version__},
+        "command": command(),
     })
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "align_demo.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "align_demo.md").write_text(render(report))
+    write_results("align_demo", report, render(report))
     print(render(report))
 
 
@@ -221,11 +217,11 @@ def _cell(s: dict) -> str:
 
 
 def render(r: dict) -> str:
-    m, v = r["machine"], r["versions"]
+    v = r["versions"]
     out = [
         "# `fesaug ingest --align`: eye-line tilt before and after",
         "",
-        f"`{r['command']}` — {r['wall_s']} s wall ({m['processor']}, {m['cpu_count']} CPUs, {m['platform']}), "
+        f"`{r['command']}` — {r['wall_s']} s wall ({machine_line(r['machine'])}), "
         f"dlib {v['dlib']}, OpenCV {v['opencv']}.",
         "",
         f"Every face of the default demo set (981 images per population, seed 0) turned by a random angle in "

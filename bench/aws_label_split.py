@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -36,6 +32,8 @@ from fesaug.data.manifest import read_manifest
 from fesaug.models import au_metrics, count_parameters
 from fesaug.multitask_training import MultiTaskConfig, au_occurrence, load_emotion_au, train_multitask
 from fesaug.provenance import package_versions
+
+from record import RESULTS, command, machine, machine_line, write_results
 
 SHARINGS = ("none", "hard", "cross-stitch", "aws")
 CACHE = Path("/tmp/fesaug-bench/aws")
@@ -90,7 +88,7 @@ def main() -> None:
     ap.add_argument("--fold", type=int, default=0, help="held-out test fold")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
     ap.add_argument("--sharing", default=",".join(SHARINGS))
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the existing .json")
     args = ap.parse_args()
     if args.report_only:
@@ -121,15 +119,12 @@ def main() -> None:
             "mean of emotion macro-F1 and AU mean F1", "jobs": args.jobs, "threads_per_job": 1,
         },
         "runs": runs,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "versions": package_versions(),
-        "command": shlex.join(["OMP_NUM_THREADS=1", ".venv/bin/python", "bench/aws_label_split.py", *sys.argv[1:]]),
+        "command": command("OMP_NUM_THREADS=1"),
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "aws_label_split.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "aws_label_split.md").write_text(report(result))
+    write_results("aws_label_split", result, report(result), args.out)
     print(report(result))
 
 
@@ -141,8 +136,8 @@ def report(r: dict) -> str:
         f"{x['best_epoch']} | {x['wall_s']:.0f} |" for s, x in runs.items())
     return f"""# AWS-Net label split on the demo data
 
-`{r['command']}` — {r['wall_s']:.0f} s wall ({p['jobs']} runs at a time, 1 thread each; {r['machine']['processor']},
-{r['machine']['cpu_count']} CPUs), fesaug {r['versions']['fesaug']}, torch {r['versions']['torch']}.
+`{r['command']}` — {r['wall_s']:.0f} s wall ({p['jobs']} runs at a time, 1 thread each; {machine_line(r['machine'])}),
+fesaug {r['versions']['fesaug']}, torch {r['versions']['torch']}.
 
 Protocol: default demo set ({r['dataset']['images']} images, {r['dataset']['subjects']} subjects, 64x64, 16 AUs); fold
 {p['heldout_fold']} held out as the test set ({runs[next(iter(runs))]['test_best']['test_images']} images, every one with

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -27,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from record import RESULTS, command, machine, machine_line, write_results
+
 BATCH = 64
 
 
@@ -99,16 +97,6 @@ def run_case(work: Path, target: int) -> dict:
             **seen, "peak_rss_mib": status_mib("VmHWM"), "threads": torch.get_num_threads()}
 
 
-def machine() -> dict:
-    model = None
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), None)
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(), "cpu_model": model}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/fesaug-bench/balance"))
@@ -146,7 +134,7 @@ def main() -> None:
     result = {
         "benchmark": "fesaug balance end to end vs generator alone (synthesize + classify), peak RSS vs image count",
         "machine": machine(), "versions": package_versions(), "threads": torch.get_num_threads(),
-        "command": shlex.join([".venv/bin/python", "bench/balance_throughput.py", *sys.argv[1:]]),
+        "command": command(),
         "parameters": {"dataset": "make_demo_dataset(size=64), 981 images", "checkpoint": "cpu preset, 1 epoch, holdout_fold 0",
                        "min_confidence": 0.0, "batch_size": BATCH, "device": "cpu", "small": args.small, "large": args.large},
         "setup_seconds": setup_s, "generator_alone": gen, "end_to_end": cases,
@@ -156,15 +144,13 @@ def main() -> None:
         # fixed cost (loading, decoding the sources, writing the manifest) both cases pay.
         "marginal_images_per_s": (large["synthesized"] - small["synthesized"]) / (large["wall_s"] - small["wall_s"]),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "balance_throughput_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
     table = report(result)
-    (args.out / "balance_throughput_cpu.md").write_text(table)
+    write_results("balance_throughput_cpu", result, table, args.out)
     print(table)
 
 
 def report(r: dict) -> str:
-    m, gen, (small, large) = r["machine"], r["generator_alone"], r["end_to_end"]
+    gen, (small, large) = r["generator_alone"], r["end_to_end"]
     rows = [(f"| generator alone (synthesize + classify, batch {BATCH}; before {gen['before']['images_per_s']:.0f}, "
              f"after {gen['after']['images_per_s']:.0f}) | – | {gen['images_per_s']:.0f} | 1.00 | – | – | – |")]
     rows += [f"| `balance()`, target {c['target_per_class']}/class | {c['synthesized']} | {c['images_per_s']:.0f} | "
@@ -177,7 +163,7 @@ def report(r: dict) -> str:
              "the machine's speed changed under another load, so the ratios above are unreliable.\n"
              if abs(a - b) > 0.15 * max(a, b) else "")
     return (
-        f"# Balance throughput (CPU)\n\n`{r['command']}` on {m['cpu_model']} ({m['cpu_count']} CPUs, {m['platform']}), "
+        f"# Balance throughput (CPU)\n\n`{r['command']}` on {machine_line(r['machine'])}, "
         f"{r['threads']} torch threads, torch {r['versions'].get('torch')}, fesaug {r['versions']['fesaug']}. "
         "Demo dataset (981 images, 64x64), 1-epoch `cpu`-preset checkpoint, `min_confidence=0`, `batch_size=64`, "
         "each `balance()` in a fresh process.\n\n"

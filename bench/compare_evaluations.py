@@ -26,6 +26,8 @@ import numpy as np
 from fesaug.evaluation_stats import paired_comparison
 from fesaug.evaluation_report import EXPRESSION_JUDGE
 
+from record import write_results
+
 TARGETS = "fes macro-F1 >= real + 2 points and >= oversample + 1 point; minority recall >= real + 5 points; "\
           "synthetic images recognised as their target by the real classifier >= 90 %"
 
@@ -261,13 +263,11 @@ def main() -> None:
     uneven = any(r["folds"] != common for r in runs)
     for r in runs:
         r["common_folds"] = on_folds(r, common)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": args.machine, "targets": TARGETS, "runs": runs}, indent=1))
     extra = [part for part in (render_common(runs, common) if uneven else "", render_seed_spread(runs), render_mixed(runs),
                                render_fine_tuning(runs)) if part]
     text = render(runs, args.machine, args.dataset) + "".join(f"\n{part}" for part in extra) \
         + (f"\n{args.note.read_text()}" if args.note else "")
-    args.out.with_suffix(".md").write_text(text)
+    write_results(args.out.stem, {"machine": args.machine, "targets": TARGETS, "runs": runs}, text, args.out.parent)
     print(text)
 
 

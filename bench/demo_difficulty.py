@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +25,8 @@ from torch import nn
 
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest
+
+from record import RESULTS, command, machine, machine_line, write_results
 
 MINORITY = ("contempt", "fear", "sadness")
 MAJORITY = ("disgust", "happy", "surprise")
@@ -84,7 +82,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0, help="dataset and training seed")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -120,14 +118,12 @@ def main() -> None:
         "minority_mean_recall": round(float(np.mean([recall[c] for c in MINORITY])), 3),
         "majority_mean_recall": round(float(np.mean([recall[c] for c in MAJORITY])), 3),
         "confusion": {"classes": classes, "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "threads": args.threads},
+        "machine": machine(threads=args.threads),
         "torch": torch.__version__,
-        "command": shlex.join([".venv/bin/python", "bench/demo_difficulty.py", *sys.argv[1:]]),
+        "command": command(),
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "demo_difficulty.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "demo_difficulty.md").write_text(report(result))
+    write_results("demo_difficulty", result, report(result), args.out)
     print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "recall", "minority_mean_recall", "majority_mean_recall", "wall_s")}, indent=2))
 
 
@@ -139,7 +135,7 @@ def report(r: dict) -> str:
     head = " | ".join(r["confusion"]["classes"])
     return f"""# Demo dataset difficulty
 
-`{r['command']}` — {r['wall_s']} s wall ({r['machine']['threads']} threads; {r['machine']['processor']}, {r['machine']['cpu_count']} CPUs, {r['machine']['platform']}), torch {r['torch']}.
+`{r['command']}` — {r['wall_s']} s wall ({machine_line(r['machine'])}), torch {r['torch']}.
 
 Dataset: default demo set, {r['dataset']['images']} images of {r['dataset']['subjects']} subjects (seed {r['dataset']['seed']}, generated in {r['dataset']['generation_s']} s).
 Protocol: {r['protocol']}. {r['test_images']} test images.

@@ -17,11 +17,6 @@ Writes bench/results/demo_style_shift.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +31,8 @@ from fesaug.data.ingest import ingest
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.downstream import DownstreamConfig, fit, predict_proba
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from record import command, machine, machine_line, write_results
+
 TEST_FOLD, VAL_FOLD = 0, 1
 
 
@@ -104,14 +100,11 @@ def main() -> None:
         "protocol": f"small-cnn (fesaug.downstream, augmentation on), {args.epochs} epochs, train folds 2-4, "
                     f"epoch chosen on fold {VAL_FOLD} macro-F1, test fold {TEST_FOLD} of each set; default demo counts, seed {args.seed}",
         "wall_s": round(time.perf_counter() - start, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "threads": args.threads},
+        "machine": machine(threads=args.threads),
         "torch": torch.__version__,
-        "command": shlex.join([".venv/bin/python", "bench/demo_style_shift.py", *sys.argv[1:]]),
+        "command": command(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "demo_style_shift.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "demo_style_shift.md").write_text(render(report))
+    write_results("demo_style_shift", report, render(report))
     print(render(report))
 
 
@@ -125,12 +118,10 @@ def render(r: dict) -> str:
             lines.append(f"| {train.split()[1]} ({res['train_images']} images) | {cells[0]} | {cells[1]} | {own - other:+.3f} |")
         return lines
 
-    m = r["machine"]
     out = [
         "# Demo domain shift: standard vs shifted population",
         "",
-        f"`{r['command']}` — {r['wall_s']} s wall ({m['threads']} thread(s); {m['processor']}, {m['cpu_count']} CPUs, "
-        f"{m['platform']}), torch {r['torch']}.",
+        f"`{r['command']}` — {r['wall_s']} s wall ({machine_line(r['machine'])}), torch {r['torch']}.",
         "",
         f"Protocol: {r['protocol']}. No subject id is shared between the sets.",
         "",

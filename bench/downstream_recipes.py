@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,8 +32,9 @@ from fesaug.data.datasets import ManifestDataset
 from fesaug.data.manifest import read_manifest
 from fesaug.data.splits import manifest_folds, split_subjects
 from fesaug.downstream import DownstreamConfig, classification_report, fit, predict_proba
+from fesaug.provenance import package_versions
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from record import command, machine, machine_line, versions_line, write_results
 
 
 def parse_recipe(text: str) -> tuple[str, dict]:
@@ -132,17 +132,19 @@ def main() -> None:
     rows = summarise(args.out)
     print("\n".join(table(rows)))
     if args.write:
-        machine = f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs, torch {torch.__version__}"
-        command = "python bench/downstream_recipes.py " + " ".join(sys.argv[1:])
-        (RESULTS / f"{args.write}.json").write_text(json.dumps(
-            {"note": args.note, "manifest": str(args.manifest), "machine": machine, "command": command, "recipes": rows},
-            indent=1) + "\n")
-        (RESULTS / f"{args.write}.md").write_text("\n".join([
-            f"# Downstream recipes for `fesaug evaluate`'s classifier ({args.manifest.name})", "", args.note, "",
-            "Protocol: the `real` condition of `fesaug evaluate` per test fold k (training subjects of the other folds, "
-            "15 % of them as validation subjects, subject-grouped and stratified, seed 0); each recipe's best validation "
-            "epoch; the test fold scored once. Choose on the validation column only.", "",
-            f"Machine: {machine}. Command: `{command}`", "", *table(rows), ""]))
+        result = {"note": args.note, "manifest": str(args.manifest), "machine": machine(), "versions": package_versions(),
+                  "command": command(), "recipes": rows}
+        write_results(args.write, result, render(result))
+
+
+def render(r: dict) -> str:
+    return "\n".join([
+        f"# Downstream recipes for `fesaug evaluate`'s classifier ({Path(r['manifest']).name})", "", r["note"], "",
+        "Protocol: the `real` condition of `fesaug evaluate` per test fold k (training subjects of the other folds, "
+        "15 % of them as validation subjects, subject-grouped and stratified, seed 0); each recipe's best validation "
+        "epoch; the test fold scored once. Choose on the validation column only.", "",
+        f"Machine: {machine_line(r['machine'])}. Versions: {versions_line(r['versions'])}. Command: `{r['command']}`", "",
+        *table(r["recipes"]), ""])
 
 
 if __name__ == "__main__":

@@ -19,10 +19,6 @@ Writes ``bench/results/judges_real_<name>.json`` and ``.md``. Nothing is trained
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -39,7 +35,7 @@ from fesaug.judges.perceptual import PerceptualJudge
 from fesaug.judges.report import stats, yardstick_pairs
 from fesaug.provenance import package_versions
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from record import command, machine, machine_line, versions_line, write_results
 
 
 def separation(yard: dict[str, np.ndarray], threshold: float | None) -> dict:
@@ -64,8 +60,7 @@ def main() -> None:
     pairs = yardstick_pairs(subjects, data.labels, max_pairs=args.max_pairs)
     result: dict = {"manifest": str(args.manifest), "n_images": len(data), "image_size": list(data.pixels.shape[-2:]),
                     "n_subjects": int(m.df["subject_id"].nunique()), "pairs": {k: len(v) for k, v in pairs.items()},
-                    "command": " ".join(["python", *sys.argv]), "versions": package_versions(),
-                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, {args.threads} thread(s)"}
+                    "command": command(), "versions": package_versions(), "machine": machine(threads=args.threads)}
 
     start = time.perf_counter()
     identity = load_judge("identity")
@@ -98,9 +93,7 @@ def main() -> None:
                          "accuracy_on_known_classes": float((top[shared] == np.asarray([canonical_label(c) for c in np.asarray(m.classes)[data.labels[shared]]])).mean()),
                          "mean_recall_on_known_classes": float(np.mean([per_class[c]["recognised"] for c in judged]))}
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"judges_real_{args.name}.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / f"judges_real_{args.name}.md").write_text(render(result))
+    write_results(f"judges_real_{args.name}", result, render(result))
     print(render(result))
 
 
@@ -117,7 +110,7 @@ def render(r: dict) -> str:
     fer = r["fer2013"]
     lines = [
         f"# Judges trained elsewhere, on the real faces of `{r['manifest']}`", "",
-        f"`{r['command']}` on {r['machine']}. Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
+        f"`{r['command']}` on {machine_line(r['machine'])}. Versions: {versions_line(r['versions'])}.", "",
         f"{r['n_images']} real faces ({r['image_size'][0]}×{r['image_size'][1]}), {r['n_subjects']} subjects; "
         f"{r['pairs']['same_subject']} same-subject pairs (two different expressions of one person) and "
         f"{r['pairs']['different_subject']} different-subject pairs, as the synthesis report's yardsticks draws them. "

@@ -20,10 +20,6 @@ Writes bench/results/rendered_faces_<name>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -37,7 +33,8 @@ from fesaug.downstream import classification_report, load_classifier, predict_pr
 from fesaug.generator import load_generator
 from fesaug.provenance import package_versions
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from record import command, machine, machine_line, versions_line, write_results
+
 CONDITIONS = ("real", "oversample", "fes", "mixed")
 
 
@@ -108,19 +105,24 @@ def main() -> None:
         "run": str(args.run), "folds": [f.name for f in folds], "summary": summary, "per_fold": per_fold,
         "rerender_mean_abs_change": mean([f["rerender_mean_abs_change"] for f in per_fold.values()]),
         "seconds": round(time.perf_counter() - start, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, {args.threads} thread(s)",
+        "machine": machine(threads=args.threads),
         "versions": package_versions(),
-        "command": shlex.join([".venv/bin/python", "bench/rendered_faces.py", *sys.argv[1:]]),
+        "command": command(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"rendered_faces_{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = render(result, args.name)
+    write_results(f"rendered_faces_{args.name}", result, text)
+    print(text)
+
+
+def render(r: dict, name: str) -> str:
+    summary = r["summary"]
+    classes = list(next(iter(r["per_fold"].values()))["conditions"]["real"]["recognised_as"])
     pct = lambda v: "–" if v is None else f"{v * 100:.1f}"  # noqa: E731
-    lines = [f"# FERSNet renderings of held-out test faces ({args.name})", "",
-             f"`{result['command']}` on {result['machine']}; {result['seconds']} s. Versions: "
-             + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
-             f"Folds {', '.join(f.name.split('-')[1] for f in folds)} of `{args.run}`; mean over folds. Each fold's generator "
+    lines = [f"# FERSNet renderings of held-out test faces ({name})", "",
+             f"`{r['command']}` on {machine_line(r['machine'])}; {r['seconds']} s. Versions: {versions_line(r['versions'])}.", "",
+             f"Folds {', '.join(f.split('-')[1] for f in r['folds'])} of `{r['run']}`; mean over folds. Each fold's generator "
              "renders its real test faces (never seen by it or by the classifiers); each condition's seed-0 classifier "
-             f"classifies them. Re-rendering a face with its own expression changes it by {result['rerender_mean_abs_change']:.1f} "
+             f"classifies them. Re-rendering a face with its own expression changes it by {r['rerender_mean_abs_change']:.1f} "
              "gray levels on average.", "",
              "| condition | macro-F1 on real test faces | on the same faces re-rendered with their own expression |",
              "|---|---|---|",
@@ -130,8 +132,7 @@ def main() -> None:
              "| condition | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes),
              *(f"| `{n}` | " + " | ".join(f"{pct(s['real_recall'][c])} / {pct(s['recognised_as'][c])}" for c in classes) + " |"
                for n, s in summary.items()), ""]
-    (RESULTS / f"rendered_faces_{args.name}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

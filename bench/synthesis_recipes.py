@@ -49,9 +49,12 @@ from fesaug.data.demo import counterfactual
 from fesaug.data.manifest import read_manifest
 from fesaug.data.splits import split_subjects
 from fesaug.downstream import DownstreamConfig, fit, load_classifier, predict_proba, save_classifier
+from fesaug.provenance import package_versions
 from fesaug.synthesis_metrics import ssim
 from fesaug.train_config import TrainConfig, load_config
 from fesaug.training import train
+
+from record import machine, machine_line, versions_line, write_results
 
 CHANGED = 10  # gray levels: a pixel the expression changes differs this much between source and truth
 
@@ -191,19 +194,21 @@ def report(out: Path) -> None:
               f"{s.get('recognised_mean', float('nan')):6.2f} {s.get('classes_at_yardstick', '-'):>6} {s['judge_accept']:5.2f}")
 
 
-def write_results(out: Path, name: str, note: str) -> None:
+def write_recipes(out: Path, name: str, note: str) -> None:
     """Every recipe in ``out`` as ``bench/results/<name>.json`` and a table ``<name>.md``."""
-    import platform
-
-    from fesaug.provenance import package_versions
-
     runs = records(out)
-    results = Path(__file__).resolve().parent / "results"
-    (results / f"{name}.json").write_text(json.dumps(runs, indent=1))
+    write_results(name, runs, recipes_table(runs, note))
+
+
+def machine_versions() -> str:
+    """This machine and the package versions, one Markdown line (the runs' JSON records neither)."""
+    return f"Machine: {machine_line(machine())}. Versions: {versions_line(package_versions())}."
+
+
+def recipes_table(runs: list[dict], note: str) -> str:
     classes = list(runs[-1]["last"].get("recognised", {}))
-    lines = [f"# Synthesis recipes against exact ground truth (demo set, fold 0 held out)", "", note, "",
-             f"Machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, {platform.platform()}. Versions: "
-             + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + ".", "",
+    lines = ["# Synthesis recipes against exact ground truth (demo set, fold 0 held out)", "", note, "",
+             machine_versions(), "",
              "Every held-out face translated to every other class, scored against the same face re-rendered with that "
              "expression (`last.pt`; `bench/synthesis_recipes.py`). L1 in gray levels; *changed*: the pixels the "
              "expression changes (|source − truth| > 10). *recognised*: share of synthetic faces the fold's `real` "
@@ -231,7 +236,7 @@ def write_results(out: Path, name: str, note: str) -> None:
         if truth:
             lines += ["| *exact counterfactuals* | " + " | ".join(f"*{truth[c]:.2f}*" for c in classes) + " |"]
         lines += [""]
-    (results / f"{name}.md").write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def intensity_sweep(manifest: Path, out: Path, names: list[str], specs: list[str]) -> None:
@@ -255,18 +260,15 @@ def intensity_sweep(manifest: Path, out: Path, names: list[str], specs: list[str
 
 def write_intensity(out: Path, names: list[str], name: str, note: str) -> None:
     """The intensity sweeps of ``names`` as ``bench/results/<name>.json`` and a table ``<name>.md``."""
-    import platform
-
-    from fesaug.provenance import package_versions
-
     sweeps = {n: json.loads((out / n / "intensity.json").read_text()) for n in names}
-    results = Path(__file__).resolve().parent / "results"
-    (results / f"{name}.json").write_text(json.dumps(sweeps, indent=1))
+    write_results(name, sweeps, intensity_table(sweeps, note))
+
+
+def intensity_table(sweeps: dict[str, dict], note: str) -> str:
     first = next(iter(next(iter(sweeps.values())).values()))
     classes = list(first["recognised"])
     lines = ["# Edit intensity against exact ground truth (demo set, fold 0 held out)", "", note, "",
-             f"Machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, {platform.platform()}. Versions: "
-             + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + ".", "",
+             machine_versions(), "",
              "Each trained run's `last.pt` (see `synthesis_recipes_demo.md`) translating every held-out face to every "
              "other class with its flow and mask scaled by the intensity (`A..B`: a seeded uniform draw per face, as "
              "`fesaug balance --intensity A..B` does). Columns as in `synthesis_recipes_demo.md`.", "",
@@ -282,7 +284,7 @@ def write_intensity(out: Path, names: list[str], name: str, note: str) -> None:
               "| | | | | " + " | ".join("" for _ in classes) + " |",
               "| *real faces* | | | | | | | | | " + " | ".join(f"*{first['real_recall'][c]:.2f}*" for c in classes) + " |",
               "| *exact counterfactuals* | | | | | | | | | " + " | ".join(f"*{first['truth_recognised'][c]:.2f}*" for c in classes) + " |", ""]
-    (results / f"{name}.md").write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -334,7 +336,7 @@ def main() -> None:
                 run_recipe(args.manifest, args.out, name, spec, args.epochs, args.device, args.results)
     report(args.out)
     if args.write:
-        write_results(args.out, args.write, args.note)
+        write_recipes(args.out, args.write, args.note)
 
 
 if __name__ == "__main__":

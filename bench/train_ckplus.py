@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -26,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from record import PYTHON, REPO, machine, machine_line, write_results
+
 CKPLUS = REPO.parent / "shared" / "data" / "ckplus48"
-RESULTS = REPO / "bench" / "results"
 
 
 def run_fold(manifest: Path, work: Path, sharing: str, fold: int, epochs: int, seed: int) -> dict:
@@ -74,7 +73,7 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
     }
 
 
-def report(work: Path, epochs: int) -> None:
+def report(work: Path, epochs: int, parallel: int) -> None:
     import torch
 
     results = [json.loads(p.read_text()) for p in sorted(work.glob("*/fold_result.json"))]
@@ -87,7 +86,7 @@ def report(work: Path, epochs: int) -> None:
                      "48x48 crops upscaled to 64x64 (cpu preset); per test fold k: train with --holdout-fold k, select "
                      "best.pt on a validation split of the training subjects, test the FER branch on every image of fold k; "
                      f"{epochs} epochs, seed 0, no pre-training"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}; one thread per run, 2 runs in parallel",
+        "machine": machine(threads=1) | {"runs_in_parallel": parallel},
         "torch": torch.__version__,
         "paper": "97.35% (ICPR 2020 Table: CK+ 7 classes, 10-fold, no pre-training, 96x96)",
         "modes": {},
@@ -106,10 +105,16 @@ def report(work: Path, epochs: int) -> None:
                               for c in rs[0]["test_recall"]},
             "per_fold": rs,
         }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fersnet_ckplus.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = render(summary, epochs)
+    write_results("fersnet_ckplus", summary, text)
+    print(text)
+
+
+def render(summary: dict, epochs: int) -> str:
+    m = summary["machine"]
     lines = ["# FERSNet on CK+48 (10-fold, subject-independent)", "", summary["protocol"] + ".", "",
-             f"Machine: {summary['machine']}; torch {summary['torch']}. Paper: {summary['paper']}.", "",
+             f"Machine: {machine_line(m)} per run, {m['runs_in_parallel']} runs in parallel; torch {summary['torch']}. "
+             f"Paper: {summary['paper']}.", "",
              "| sharing | folds | mean acc ± std | pooled acc | wall per fold | train images/s |", "|---|---|---|---|---|---|"]
     for mode, s in summary["modes"].items():
         lines.append(f"| {mode} | {len(s['folds'])} ({','.join(map(str, s['folds']))}) | {s['mean_acc']:.3f} ± {s['std_acc']:.3f} | "
@@ -127,9 +132,8 @@ def report(work: Path, epochs: int) -> None:
         lines.append(f"| {mode} | " + " | ".join(f"{s['mean_recall'][c]:.3f}" for c in classes) + " |")
     command = next(iter(summary["modes"].values()))["per_fold"][0]["train_command"].split(" -m ", 1)[1]
     lines += ["", f"Command per fold: `{command}` (then the FER branch of best.pt on fold k); "
-              f"this table: `.venv/bin/python bench/train_ckplus.py --epochs {epochs} --sharing {','.join(summary['modes'])}`"]
-    (RESULTS / "fersnet_ckplus.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+              f"this table: `{PYTHON} bench/train_ckplus.py --epochs {epochs} --sharing {','.join(summary['modes'])}`"]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -156,7 +160,7 @@ def main() -> None:
     with ThreadPoolExecutor(args.parallel) as pool:
         for r in pool.map(lambda job: run_fold(manifest, args.work, job[0], job[1], args.epochs, args.seed), jobs):
             print(f"{r['sharing']} fold {r['fold']}: test acc {r['test_acc']:.3f} ({r['wall_s']:.0f} s)", flush=True)
-    report(args.work, args.epochs)
+    report(args.work, args.epochs, args.parallel)
 
 
 if __name__ == "__main__":

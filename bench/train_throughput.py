@@ -13,11 +13,7 @@ torch.utils.flop_counter over one whole step, backward passes included.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -26,7 +22,7 @@ from fesaug.models import Discriminator, FERSNet
 from fesaug.train_config import TrainConfig
 from fesaug.training import GeneratorStep, Optimisation, Runtime, train_step
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from record import command, machine, machine_line, write_results
 
 
 def matmul_peak(device: torch.device, n: int = 2048, seconds: float = 3.0) -> float:
@@ -83,22 +79,23 @@ def main() -> None:
         "threads": torch.get_num_threads(), "device": str(device),
         "flops_per_step": flops_per_step, "step_seconds": step_s, "images_per_s": b / step_s,
         "achieved_flops": achieved, "matmul_peak_flops": peak, "ratio_of_peak": achieved / peak,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": machine(),
         "torch": torch.__version__,
         "timed_steps": args.steps,
-        "command": f".venv/bin/python bench/train_throughput.py --preset {args.preset} --batch-size {b} --steps {args.steps}"
-                   + (f" --threads {args.threads}" if args.threads else ""),
+        "command": command(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    name = f"train_throughput_{args.preset}_b{b}_t{torch.get_num_threads()}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = (f"# Training throughput ({args.preset} preset)\n\n`{result['command']}` on {result['machine']}, torch {result['torch']}, "
-             f"{result['threads']} thread(s), {device}.\n\n"
-             "| batch | image | GFLOP/step | s/step | images/s | achieved GFLOP/s | matmul peak GFLOP/s | of peak |\n|---|---|---|---|---|---|---|---|\n"
-             f"| {b} | {s}x{s} | {flops_per_step / 1e9:.1f} | {step_s:.3f} | {b / step_s:.1f} | {achieved / 1e9:.1f} | "
-             f"{peak / 1e9:.1f} | {achieved / peak:.1%} |\n")
-    (RESULTS / f"{name}.md").write_text(table)
+    table = render(result)
+    write_results(f"train_throughput_{args.preset}_b{b}_t{torch.get_num_threads()}", result, table)
     print(table)
+
+
+def render(r: dict) -> str:
+    b, s = r["batch_size"], r["image_size"]
+    return (f"# Training throughput ({r['preset']} preset)\n\n`{r['command']}` on {machine_line(r['machine'])}, torch {r['torch']}, "
+            f"{r['threads']} thread(s), {r['device']}.\n\n"
+            "| batch | image | GFLOP/step | s/step | images/s | achieved GFLOP/s | matmul peak GFLOP/s | of peak |\n|---|---|---|---|---|---|---|---|\n"
+            f"| {b} | {s}x{s} | {r['flops_per_step'] / 1e9:.1f} | {r['step_seconds']:.3f} | {r['images_per_s']:.1f} | "
+            f"{r['achieved_flops'] / 1e9:.1f} | {r['matmul_peak_flops'] / 1e9:.1f} | {r['ratio_of_peak']:.1%} |\n")
 
 
 if __name__ == "__main__":

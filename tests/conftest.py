@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,15 @@ def ckplus_dir() -> Path:
     if not (CKPLUS.is_dir() and any(CKPLUS.iterdir())):
         pytest.skip(f"real CK+48 data not found at {CKPLUS} (research-only; only present beside the project checkout)")
     return CKPLUS
+
+
+def copy_beside(out: Path, name: str) -> Path:
+    """A copy of the output folder ``out`` (e.g. an evaluation) named ``name`` beside it, in the
+    same parent folder: at the same depth, the relative image roots of the manifests inside keep
+    pointing at the same images. Returns the copy."""
+    target = out.parent / name
+    shutil.copytree(out, target)
+    return target
 
 
 def png_bytes(seed: int = 0, size: int = 16) -> bytes:

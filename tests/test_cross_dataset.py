@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from fesaug.evaluation_report import render_report
 from fesaug.evaluation_stats import verdict
 
 from .conftest import cli_in_process as cli
-from .conftest import kill_at, tiny_config
+from .conftest import copy_beside, kill_at, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,10 +77,7 @@ class Pair:
         return json.loads(((out or self.out) / "cross" / f"{name}.json").read_text())
 
     def copy(self, name: str) -> Path:
-        """A copy of the evaluation beside the original (same depth: the relative image roots hold)."""
-        target = self.root / name
-        shutil.copytree(self.out, target)
-        return target
+        return copy_beside(self.out, name)
 
 
 @pytest.fixture(scope="module")

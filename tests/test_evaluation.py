@@ -43,7 +43,7 @@ from fesaug.evaluation_stats import paired_comparison, verdict
 from fesaug.locking import OutputLocked
 
 from .conftest import cli_in_process as cli
-from .conftest import holding, tiny_config
+from .conftest import copy_beside, holding, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,11 +80,7 @@ class Run:
         return json.loads(((out or self.out) / f"fold-{k}" / f"{name}.json").read_text())
 
     def copy(self, name: str) -> Path:
-        """A copy of the evaluation beside the original (same depth: the manifests' relative
-        image roots keep pointing at the demo images)."""
-        target = self.root / name
-        shutil.copytree(self.out, target)
-        return target
+        return copy_beside(self.out, name)
 
 
 @pytest.fixture(scope="module")
