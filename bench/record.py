@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fesaug._io import atomic_write_text
+from fesaug.files import atomic_write_text
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent

@@ -1,15 +1,18 @@
 """FERSNet on CK+48: the subject-independent 10-fold protocol, FER branch accuracy per fold.
 
-For each sharing mode and test fold k: `fesaug train --holdout-fold k` (model selection on a
-validation split of the training subjects; fold k is never seen), then the best checkpoint's FER
-branch classifies every image of fold k. Runs go in parallel, one thread each (faster than two
-threads per run on a small shared CPU). Each finished fold is cached in WORK/<sharing>-f<k>/,
-so an interrupted benchmark resumes.
+For each recipe, sharing mode and test fold k: `fesaug train --holdout-fold k --config RECIPE`
+(model selection on a validation split of the training subjects; fold k is never seen), then the
+best checkpoint's FER branch classifies every image of fold k, once as it is and once averaged
+with the mirror image (`Generator.classify(flip=True)`), and the validation faces the same two
+ways. Choose a recipe on the validation columns only; the test columns are the final score.
+Runs go in parallel, one thread each (faster than two threads per run on a small shared CPU).
+Each finished fold is cached in WORK/<recipe>-<sharing>-f<k>/, so an interrupted benchmark
+resumes.
 
     .venv/bin/python bench/train_ckplus.py --epochs 20 --sharing convflu --folds all
-    .venv/bin/python bench/train_ckplus.py --epochs 20 --sharing hard,none --folds 0,1,2
+    .venv/bin/python bench/train_ckplus.py --recipe recognition=bench/recipes/recognition.yaml --folds 0,1
 
-Results: bench/results/fersnet_ckplus.json and .md (all modes found in WORK are reported).
+Results: bench/results/fersnet_ckplus.json and .md (every recipe and mode found in WORK).
 """
 
 from __future__ import annotations
@@ -30,20 +33,22 @@ from record import PYTHON, REPO, machine, machine_line, write_results
 CKPLUS = REPO.parent / "shared" / "data" / "ckplus48"
 
 
-def run_fold(manifest: Path, work: Path, sharing: str, fold: int, epochs: int, seed: int) -> dict:
-    run = work / f"{sharing}-f{fold}"
+def run_fold(manifest: Path, work: Path, recipe: str, config: Path | None, sharing: str, fold: int, epochs: int,
+             seed: int) -> dict:
+    run = work / f"{recipe}-{sharing}-f{fold}"
     done = run / "fold_result.json"
     if done.exists():
         return json.loads(done.read_text())
     cmd = [sys.executable, "-m", "fesaug", "train", "--manifest", str(manifest), "--out", str(run),
            "--holdout-fold", str(fold), "--sharing", sharing, "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu"]
+    cmd += ["--config", str(config)] if config else []
     resume = (run / "checkpoints" / "last.pt").exists()
     start = time.perf_counter()
     subprocess.run(cmd + (["--resume"] if resume else ["--overwrite"]), check=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    result = {"sharing": sharing, "fold": fold, "train_command": " ".join(cmd), "wall_s": round(wall, 1),
-              **evaluate(manifest, run, fold)}
+    result = {"recipe": recipe, "config": str(config) if config else None, "sharing": sharing, "fold": fold,
+              "train_command": " ".join(cmd), "wall_s": round(wall, 1), **evaluate(manifest, run, fold)}
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -57,87 +62,108 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
 
     torch.set_num_threads(1)
     m = read_manifest(manifest)
-    rows = np.flatnonzero(m.df["fold"].to_numpy() == fold)
     gen = load_generator(run / "checkpoints" / "best.pt", device="cpu")
-    data = ManifestDataset(m, rows=rows, image_size=gen.image_size)
-    images = torch.stack([data[i][0] for i in range(len(data))])
-    pred = gen.classify(images).argmax(1).numpy()
-    labels = np.asarray(data.labels)
+    val_subjects = set(torch.load(run / "checkpoints" / "best.pt", weights_only=True)["split"]["val_subjects"])
+    real = m.df["origin"].to_numpy() == "real"
+    rows = {"test": np.flatnonzero(m.df["fold"].to_numpy() == fold),
+            "val": np.flatnonzero(m.df["subject_id"].isin(val_subjects).to_numpy() & real)}
+    scores: dict = {}
+    for part, idx in rows.items():
+        data = ManifestDataset(m, rows=idx, image_size=gen.image_size)
+        labels = np.asarray(data.labels)
+        for suffix, flip in (("", False), ("_flip", True)):
+            pred = gen.classify(data.pixels, flip=flip).argmax(1).numpy()
+            scores[f"{part}_acc{suffix}"] = float((pred == labels).mean())
+            if part == "test":
+                scores[f"test_recall{suffix}"] = {c: float((pred[labels == k] == k).mean())
+                                                  for k, c in enumerate(m.classes) if (labels == k).any()}
+        scores[f"{part}_images"] = int(len(idx))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     best = [r for r in metrics if r.get("best")][-1]  # the epoch best.pt was saved from
-    per_class = {c: float((pred[labels == k] == k).mean()) for k, c in enumerate(m.classes) if (labels == k).any()}
     return {
-        "test_images": int(len(rows)), "test_acc": float((pred == labels).mean()), "test_recall": per_class,
-        "best_epoch": best["epoch"], "best_val_fer_acc": best.get("val_fer_acc"),
+        **scores, "best_epoch": best["epoch"], "best_val_fer_acc": best.get("val_fer_acc"),
         "train_images_per_s": float(np.median([r["images_per_s"] for r in metrics if "images_per_s" in r])),
     }
 
 
-def report(work: Path, epochs: int, parallel: int) -> None:
+def report(work: Path, parallel: int) -> None:
     import torch
 
     results = [json.loads(p.read_text()) for p in sorted(work.glob("*/fold_result.json"))]
-    modes = {}
+    runs: dict[str, list[dict]] = {}
     for r in results:
-        modes.setdefault(r["sharing"], []).append(r)
+        runs.setdefault(f"{r.get('recipe', 'today')} / {r['sharing']}", []).append(r)
     summary = {
         "benchmark": "FERSNet FER branch on CK+48, subject-independent 10-fold (StratifiedGroupKFold, seed 0)",
         "protocol": ("7 classes (anger, contempt, disgust, fear, happy, sadness, surprise), 981 images of 118 subjects, "
                      "48x48 crops upscaled to 64x64 (cpu preset); per test fold k: train with --holdout-fold k, select "
-                     "best.pt on a validation split of the training subjects, test the FER branch on every image of fold k; "
-                     f"{epochs} epochs, seed 0, no pre-training"),
+                     "best.pt on a validation split of the training subjects (15 %), score its FER branch on those "
+                     "validation faces (for choosing a recipe) and on every image of fold k (the result); seed 0, no "
+                     "pre-training"),
         "machine": machine(threads=1) | {"runs_in_parallel": parallel},
         "torch": torch.__version__,
         "paper": "97.35% (ICPR 2020 Table: CK+ 7 classes, 10-fold, no pre-training, 96x96)",
-        "modes": {},
+        "runs": {},
     }
-    for mode, rs in sorted(modes.items()):
+    for name, rs in sorted(runs.items()):
         rs = sorted(rs, key=lambda r: r["fold"])
-        accs = [r["test_acc"] for r in rs]
-        total = sum(r["test_images"] for r in rs)
-        pooled = sum(r["test_acc"] * r["test_images"] for r in rs) / total
-        summary["modes"][mode] = {
-            "folds": [r["fold"] for r in rs], "mean_acc": float(np.mean(accs)), "std_acc": float(np.std(accs)),
-            "pooled_acc": pooled, "mean_wall_s": float(np.mean([r["wall_s"] for r in rs])),
+        summary["runs"][name] = {
+            "recipe": rs[0].get("recipe", "today"), "config": rs[0].get("config"), "sharing": rs[0]["sharing"],
+            "epochs": int(rs[0]["train_command"].split("--epochs ")[1].split()[0]),
+            "folds": [r["fold"] for r in rs],
+            **{f"mean_{key}": float(np.mean([r[key] for r in rs])) for key in ("val_acc", "val_acc_flip", "test_acc",
+                                                                               "test_acc_flip") if key in rs[0]},
+            "std_test_acc": float(np.std([r["test_acc"] for r in rs])),
+            "mean_wall_s": float(np.mean([r["wall_s"] for r in rs])),
             "median_train_images_per_s": float(np.median([r["train_images_per_s"] for r in rs])),
             "mean_recall": {c: float(np.average([r["test_recall"][c] for r in rs if c in r["test_recall"]],
                                                   weights=[r["test_images"] for r in rs if c in r["test_recall"]]))
-                              for c in rs[0]["test_recall"]},
+                            for c in rs[0]["test_recall"]},
             "per_fold": rs,
         }
-    text = render(summary, epochs)
+    text = render(summary)
     write_results("fersnet_ckplus", summary, text)
     print(text)
 
 
-def render(summary: dict, epochs: int) -> str:
+def render(summary: dict) -> str:
     m = summary["machine"]
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = ["# FERSNet on CK+48 (10-fold, subject-independent)", "", summary["protocol"] + ".", "",
              f"Machine: {machine_line(m)} per run, {m['runs_in_parallel']} runs in parallel; torch {summary['torch']}. "
              f"Paper: {summary['paper']}.", "",
-             "| sharing | folds | mean acc ± std | pooled acc | wall per fold | train images/s |", "|---|---|---|---|---|---|"]
-    for mode, s in summary["modes"].items():
-        lines.append(f"| {mode} | {len(s['folds'])} ({','.join(map(str, s['folds']))}) | {s['mean_acc']:.3f} ± {s['std_acc']:.3f} | "
-                     f"{s['pooled_acc']:.3f} | {s['mean_wall_s']:.0f} s | {s['median_train_images_per_s']:.0f} |")
+             "Accuracy in %; *mirrored*: each face's probabilities averaged with its mirror image's.", "",
+             "| recipe / sharing | epochs | folds | validation acc (mirrored) | test acc ± std (mirrored) | wall per fold | train images/s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, s in summary["runs"].items():
+        lines.append(f"| {name} | {s['epochs']} | {len(s['folds'])} ({','.join(map(str, s['folds']))}) | "
+                     f"{pct(s.get('mean_val_acc'))} ({pct(s.get('mean_val_acc_flip'))}) | "
+                     f"{pct(s['mean_test_acc'])} ± {pct(s['std_test_acc'])} ({pct(s.get('mean_test_acc_flip'))}) | "
+                     f"{s['mean_wall_s']:.0f} s | {s['median_train_images_per_s']:.0f} |")
     lines += ["", "Per fold (test accuracy, best epoch by validation accuracy):", "",
-              "| sharing | " + " | ".join(f"f{k}" for k in range(10)) + " |", "|---|" + "---|" * 10]
-    for mode, s in summary["modes"].items():
+              "| recipe / sharing | " + " | ".join(f"f{k}" for k in range(10)) + " |", "|---|" + "---|" * 10]
+    for name, s in summary["runs"].items():
         by_fold = {r["fold"]: r for r in s["per_fold"]}
-        lines.append(f"| {mode} | " + " | ".join(
-            f"{by_fold[k]['test_acc']:.3f} (e{by_fold[k]['best_epoch']})" if k in by_fold else "–" for k in range(10)) + " |")
-    classes = list(next(iter(summary["modes"].values()))["per_fold"][0]["test_recall"])
-    lines += ["", "Recall per class (mean over the folds run, weighted by fold size):", "",
-              "| sharing | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-    for mode, s in summary["modes"].items():
-        lines.append(f"| {mode} | " + " | ".join(f"{s['mean_recall'][c]:.3f}" for c in classes) + " |")
-    command = next(iter(summary["modes"].values()))["per_fold"][0]["train_command"].split(" -m ", 1)[1]
-    lines += ["", f"Command per fold: `{command}` (then the FER branch of best.pt on fold k); "
-              f"this table: `{PYTHON} bench/train_ckplus.py --epochs {epochs} --sharing {','.join(summary['modes'])}`"]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{pct(by_fold[k]['test_acc'])} (e{by_fold[k]['best_epoch']})" if k in by_fold else "–" for k in range(10)) + " |")
+    classes = list(next(iter(summary["runs"].values()))["per_fold"][0]["test_recall"])
+    lines += ["", "Test recall per class (mean over the folds run, weighted by fold size):", "",
+              "| recipe / sharing | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for name, s in summary["runs"].items():
+        lines.append(f"| {name} | " + " | ".join(pct(s["mean_recall"][c]) for c in classes) + " |")
+    lines += ["", "Recipes (`--config` of `fesaug train`): " + "; ".join(
+        f"{s['recipe']}: {('`' + s['config'] + '`') if s['config'] else 'the defaults'}"
+        for s in {s["recipe"]: s for s in summary["runs"].values()}.values()) + ".",
+        "", f"Command per fold: `fesaug train --manifest ck.parquet --out WORK/RECIPE-SHARING-fK --holdout-fold K "
+        "--sharing SHARING --epochs N --seed 0 --device cpu [--config RECIPE.yaml]` (then the FER branch of best.pt); "
+        f"this table: `{PYTHON} bench/train_ckplus.py --recipe NAME=RECIPE.yaml --sharing convflu,hard,none --epochs N`."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", action="append", default=[], metavar="NAME=CONFIG",
+                        help="a recipe: a name and a fesaug train --config YAML (repeatable; default: today=the defaults)")
     parser.add_argument("--sharing", default="convflu")
     parser.add_argument("--folds", default="all")
     parser.add_argument("--epochs", type=int, default=20)
@@ -147,20 +173,22 @@ def main() -> None:
     args = parser.parse_args()
     if not CKPLUS.is_dir():
         sys.exit(f"CK+48 not found at {CKPLUS}; this benchmark needs the research-only data beside the checkout")
+    recipes = [(r.split("=", 1)[0], Path(r.split("=", 1)[1]).resolve()) for r in args.recipe] or [("today", None)]
     args.work.mkdir(parents=True, exist_ok=True)
     manifest = args.work / "ck.parquet"
     if not manifest.exists():
         subprocess.run([sys.executable, "-m", "fesaug", "ingest", str(CKPLUS), "--preset", "ckplus", "--folds", "10",
                         "--out", str(manifest)], check=True)
     folds = list(range(10)) if args.folds == "all" else [int(k) for k in args.folds.split(",")]
-    modes = args.sharing.split(",")
-    # The first mode on all folds, then the others fold by fold, so a cut-short run still
-    # compares every mode on the same folds.
-    jobs = [(modes[0], k) for k in folds] + [(s, k) for k in folds for s in modes[1:]]
+    variants = [(name, config, sharing) for name, config in recipes for sharing in args.sharing.split(",")]
+    # The first variant on all folds, then the others fold by fold, so a cut-short run still
+    # compares every variant on the same folds.
+    jobs = [(*variants[0], k) for k in folds] + [(*v, k) for k in folds for v in variants[1:]]
     with ThreadPoolExecutor(args.parallel) as pool:
-        for r in pool.map(lambda job: run_fold(manifest, args.work, job[0], job[1], args.epochs, args.seed), jobs):
-            print(f"{r['sharing']} fold {r['fold']}: test acc {r['test_acc']:.3f} ({r['wall_s']:.0f} s)", flush=True)
-    report(args.work, args.epochs, args.parallel)
+        for r in pool.map(lambda job: run_fold(manifest, args.work, *job, args.epochs, args.seed), jobs):
+            print(f"{r['recipe']} / {r['sharing']} fold {r['fold']}: validation acc {r['val_acc']:.3f}, "
+                  f"test acc {r['test_acc']:.3f} ({r['wall_s']:.0f} s)", flush=True)
+    report(args.work, args.parallel)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from .files import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .data.au import au_consistency
 from .data.datasets import ManifestDataset, resize_pixels
 from .data.images import encode_png, resize_square, sha256_bytes

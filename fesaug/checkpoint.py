@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._io import atomic_path
+from .files import atomic_path
 from .data.manifest import read_holdout_names
 from .errors import FesaugError
 

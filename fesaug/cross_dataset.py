@@ -37,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from ._io import file_sha256
+from .files import file_sha256
 from .data.ingest import ingest
 from .data.manifest import COLUMNS, Manifest, read_manifest, relative_image_root, write_manifest
 from .errors import FesaugError, UsageError

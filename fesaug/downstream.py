@@ -28,7 +28,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from ._io import atomic_path
+from .files import atomic_path
 from .devices import resolve_device
 from .errors import FesaugError
 from .killpoints import kill_point

@@ -76,7 +76,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from .files import atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .balance import BalanceConfig, balance
 from .checkpoint import load_checkpoint
 from .cross_dataset import CrossSplit, cross_split, read_test_data

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from .files import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .data.images import BadImage, decode_image, encode_png
 from .data.manifest import ORIGINS, Manifest, read_manifest
 from .errors import FesaugError, UsageError

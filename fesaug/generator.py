@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._io import file_sha256
+from .files import file_sha256
 from .checkpoint import load_checkpoint
 from .devices import resolve_device
 from .downstream import DownstreamClassifier

@@ -49,7 +49,7 @@ from sklearn.metrics import f1_score
 from torch import Tensor
 
 from . import __version__
-from ._io import atomic_path, atomic_write_text, check_out_folder, file_sha256
+from .files import atomic_path, atomic_write_text, check_out_folder, file_sha256
 from .data.datasets import ManifestDataset
 from .data.manifest import Manifest, read_holdout_names, read_manifest
 from .data.splits import Split, split_subjects

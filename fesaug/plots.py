@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_path
+from .files import atomic_path
 from .data.manifest import Manifest
 from .errors import FesaugError
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_text
+from .files import atomic_write_text
 from .audit import AuditReport, audit, plot_report
 from .data.demo import make_demo_dataset
 from .data.manifest import Manifest, read_manifest

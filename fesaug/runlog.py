@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_text
+from .files import atomic_write_text
 
 __all__ = ["json_number", "jsonable", "read_metrics", "seed_everything", "with_defaults", "write_metrics"]
 

@@ -365,7 +365,7 @@ def resolve_config(
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    from ._io import atomic_write_text
+    from .files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 

@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from ._io import atomic_path, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from .files import atomic_path, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from .checkpoint import (
     load_checkpoint,
     rng_state,

@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 import fesaug
-from fesaug._io import file_sha256
+from fesaug.files import file_sha256
 from fesaug.balance import BalanceConfig
 from fesaug.cross_dataset import TEST_ID_PREFIX
 from fesaug.data.datasets import ManifestDataset

@@ -23,7 +23,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 
 import fesaug
 from fesaug import evaluation
-from fesaug._io import file_sha256
+from fesaug.files import file_sha256
 from fesaug.audit import audit
 from fesaug.balance import BalanceConfig
 from fesaug.data.datasets import ManifestDataset

@@ -469,7 +469,7 @@ def _constant_judge(demo: Path, path: Path, classes: list[str] | None = None) ->
 
 
 def test_expression_loss_goes_through_the_given_classifier_and_is_recorded(demo: Path, tmp_path: Path) -> None:
-    from fesaug._io import file_sha256
+    from fesaug.files import file_sha256
 
     judge = _constant_judge(demo, tmp_path / "judge.pt")
     before = file_sha256(judge)

@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from .._io import atomic_write_bytes, remove_stale_temporaries
+from ..files import atomic_write_bytes, remove_stale_temporaries
 from ..errors import FesaugError, UsageError
 from ..locking import output_lock
 from ..provenance import provenance

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .._io import atomic_path
+from ..files import atomic_path
 from ..errors import FesaugError
 from .images import BadImage, decode_image
 
