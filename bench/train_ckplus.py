@@ -11,6 +11,11 @@ resumes.
 
     .venv/bin/python bench/train_ckplus.py --epochs 20 --sharing convflu --folds all
     .venv/bin/python bench/train_ckplus.py --recipe recognition=bench/recipes/recognition.yaml --folds 0,1
+    .venv/bin/python bench/train_ckplus.py --import-evaluate eval-ck --folds all
+
+`--import-evaluate` takes the generators a `fesaug evaluate` run trained (fold-K/fersnet/: the
+same `fesaug train --holdout-fold K` with validation subjects from the training subjects, the
+default recipe) as the runs of recipe `today`, instead of training them again.
 
 Results: bench/results/fersnet_ckplus.json and .md (every recipe and mode found in WORK).
 """
@@ -50,6 +55,28 @@ def run_fold(manifest: Path, work: Path, recipe: str, config: Path | None, shari
     result = {"recipe": recipe, "config": str(config) if config else None, "sharing": sharing, "fold": fold,
               "train_command": " ".join(cmd), "wall_s": round(wall, 1), **evaluate(manifest, run, fold)}
     done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def import_evaluated(manifest: Path, work: Path, evaluated: Path, fold: int) -> dict | None:
+    """A finished fold generator of a `fesaug evaluate` folder as a run of recipe `today`."""
+    import yaml
+
+    run = evaluated / f"fold-{fold}" / "fersnet"
+    if not (run / "checkpoints" / "best.pt").exists():
+        return None
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    if len(metrics) < config["epochs"]:
+        return None
+    sharing = config["model"].get("sharing", "convflu")
+    result = {"recipe": "today", "config": None, "sharing": sharing, "fold": fold,
+              "train_command": json.loads((run / "provenance.json").read_text())["command"] + f" (its fold-{fold}/fersnet)"
+              + f" --epochs {config['epochs']}",
+              "wall_s": round(sum(r["epoch_seconds"] for r in metrics), 1), **evaluate(manifest, run, fold)}
+    out = work / f"today-{sharing}-f{fold}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fold_result.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -170,6 +197,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fesaug-bench/ckplus"))
+    parser.add_argument("--import-evaluate", type=Path, metavar="DIR",
+                        help="take the fold generators of this fesaug evaluate folder as recipe `today` (trains nothing)")
     args = parser.parse_args()
     if not CKPLUS.is_dir():
         sys.exit(f"CK+48 not found at {CKPLUS}; this benchmark needs the research-only data beside the checkout")
@@ -180,6 +209,12 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "fesaug", "ingest", str(CKPLUS), "--preset", "ckplus", "--folds", "10",
                         "--out", str(manifest)], check=True)
     folds = list(range(10)) if args.folds == "all" else [int(k) for k in args.folds.split(",")]
+    if args.import_evaluate:
+        for k in folds:
+            r = import_evaluated(manifest, args.work, args.import_evaluate, k)
+            print(f"fold {k}: " + ("not finished" if r is None else f"validation acc {r['val_acc']:.3f}, test acc {r['test_acc']:.3f}"))
+        report(args.work, args.parallel)
+        return
     variants = [(name, config, sharing) for name, config in recipes for sharing in args.sharing.split(",")]
     # The first variant on all folds, then the others fold by fold, so a cut-short run still
     # compares every variant on the same folds.
