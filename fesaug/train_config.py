@@ -158,6 +158,10 @@ class TrainConfig:
     holdout_fold: int | None = None  # rows of this fold (all their subjects) are never trained on
     val_fraction: float = 0.15  # share of training subjects kept for validation / model selection
     paired_prob: float = 0.7  # chance of a same-subject target when the subject has one
+    # Chance that a sample asks for the source's own expression, with the source as the paired
+    # target: a face asked for the expression it shows should come back unchanged, not exaggerated
+    # (0: every target is another expression, as before).
+    own_expression_prob: float = 0.0
     align_pairs: bool = True  # register each same-subject target onto its source first (fesaug.data.pairs)
     # With align_pairs: keep the source's pixels in the target wherever the registered partner
     # differs from it by less than this many gray levels (0: the whole partner is the target).
@@ -262,6 +266,7 @@ class TrainConfig:
             ("holdout_fold", self.holdout_fold is None or self.holdout_fold >= 0, "a fold number (0 or more)"),
             ("val_fraction", 0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
             ("paired_prob", 0 <= self.paired_prob <= 1, "in [0, 1]"),
+            ("own_expression_prob", 0 <= self.own_expression_prob < 1, "in [0, 1)"),
             ("paired_intensities", all(0 < v <= 1 for v in self.paired_intensities), "numbers in (0, 1]"),
             ("pair_threshold", 0 <= self.pair_threshold < 255, "gray levels in [0, 255)"),
             ("shift", 0 <= self.shift < 0.5, "in [0, 0.5)"),

@@ -265,7 +265,7 @@ def _data(manifest: Manifest, split: Split, size: int, config: TrainConfig, rt: 
     train_set = PairedTargetDataset(
         ManifestDataset(manifest, rows=split.train_rows, image_size=size),
         paired_prob=config.paired_prob, augment=True, shift=config.shift, hflip=config.hflip, rotation=config.rotation,
-        scale=config.scale, seed=config.seed,
+        scale=config.scale, own_expression_prob=config.own_expression_prob, seed=config.seed,
         align_pairs=config.align_pairs, pair_threshold=config.pair_threshold,
     )
     sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)

@@ -431,6 +431,19 @@ def test_paired_dataset_pairs_same_subject_other_expression_and_is_deterministic
     assert any(not torch.equal(a["source"], augmented[i]["source"]) for i, a in enumerate(again))
 
 
+def test_own_expression_targets_ask_for_the_source_back_unchanged(demo: Path) -> None:
+    base = ManifestDataset(demo, image_size=32)
+    before = [PairedTargetDataset(base, paired_prob=0.7, augment=True, shift=0.25, seed=3)[i] for i in range(len(base))]
+    ds = PairedTargetDataset(base, paired_prob=0.7, augment=True, shift=0.25, own_expression_prob=0.5, seed=3)
+    items = [ds[i] for i in range(len(ds))]
+    own = [it for it in items if it["target_label"] == it["source_label"]]
+    assert 0.3 * len(items) < len(own) < 0.7 * len(items)
+    assert all(it["paired"] and torch.equal(it["target"], it["source"]) for it in own)
+    assert all(a["target_label"] != a["source_label"] for a in before)  # off by default
+    with pytest.raises(FesaugError, match="own_expression_prob"):
+        PairedTargetDataset(base, paired_prob=0.7, augment=False, own_expression_prob=1.0)
+
+
 @pytest.mark.parametrize("augment", [{"shift": 0.25}, {"rotation": 20, "scale": 0.2}], ids=["shift", "rotation-zoom"])
 def test_paired_augmentation_moves_source_and_target_together(demo: Path, augment: dict) -> None:
     base = ManifestDataset(demo, image_size=32)

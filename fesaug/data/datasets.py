@@ -135,8 +135,11 @@ class PairedTargetDataset(Dataset):
     Item ``i`` is a dict of
 
     * ``source`` (uint8 ``1×S×S``) and ``source_label``: row ``i``;
-    * ``target_label``: the expression to synthesize, never the source's own;
-    * ``target`` (uint8 ``1×S×S``) and ``paired`` (bool): with probability ``paired_prob``, and
+    * ``target_label``: the expression to synthesize, the source's own only with probability
+      ``own_expression_prob`` (then ``target`` is the source itself and ``paired`` is True: a face
+      asked for the expression it already shows should come back unchanged, CycleGAN's identity
+      loss through the paired loss);
+    * ``target`` (uint8 ``1×S×S``) and ``paired`` (bool): otherwise, with probability ``paired_prob``, and
       when the subject shows another expression somewhere in the dataset, a real image of the
       same subject with that expression (a supervised pair, as in the authors' code); otherwise
       ``paired`` is False, ``target_label`` is a uniformly drawn other class and ``target`` is
@@ -168,12 +171,15 @@ class PairedTargetDataset(Dataset):
         hflip: bool = True,
         rotation: float = 0.0,
         scale: float = 0.0,
+        own_expression_prob: float = 0.0,
         seed: int = 0,
         align_pairs: bool = False,
         pair_threshold: float = 0.0,
     ) -> None:
         if not 0.0 <= paired_prob <= 1.0:
             raise FesaugError(f"paired_prob must lie in [0, 1], got {paired_prob}")
+        if not 0.0 <= own_expression_prob < 1.0:
+            raise FesaugError(f"own_expression_prob must lie in [0, 1), got {own_expression_prob}")
         if any(s is None for s in base.subjects):
             missing = base.sample_ids[next(i for i, s in enumerate(base.subjects) if s is None)]
             raise FesaugError(
@@ -185,6 +191,7 @@ class PairedTargetDataset(Dataset):
         self.pair_threshold = pair_threshold
         self._aligned: dict[tuple[int, int], torch.Tensor] = {}
         self.paired_prob = paired_prob
+        self.own_expression_prob = own_expression_prob
         self.seed = seed
         self.epoch = 0
         self.num_classes = len(base.classes)
@@ -246,8 +253,12 @@ class PairedTargetDataset(Dataset):
             torch.manual_seed(rng_seed)
             source_label = int(self.base.labels[i])
             partners = self.partners[i]
-            paired = len(partners) > 0 and float(torch.rand(())) < self.paired_prob
-            if paired:
+            # Drawn only when asked for, so the other draws (and older runs) stay as they were.
+            own = self.own_expression_prob > 0 and float(torch.rand(())) < self.own_expression_prob
+            paired = own or (len(partners) > 0 and float(torch.rand(())) < self.paired_prob)
+            if own:
+                target_label, target = source_label, self.base.pixels[i]
+            elif paired:
                 j = int(partners[int(torch.randint(len(partners), ()))])
                 target_label, target = int(self.base.labels[j]), self.partner(i, j)
             else:
