@@ -18,7 +18,11 @@ reports, for ``last.pt`` (what ``fesaug balance`` uses):
 * ``truth_recognised``: the same share for the exact counterfactuals themselves, what a perfect
   generator would score (below ``real_recall`` for some classes: the target faces are sources of
   other classes re-rendered at their own intensity);
-* ``judge_accept``: the share the checkpoint's FER branch gives the target >= 0.5.
+* ``judge_accept``: the share the checkpoint's FER branch gives the target >= 0.5;
+* ``rerender_l1``: each held-out face asked for the expression it already shows, against itself
+  (its exact counterfactual), and ``rerender_macro_f1`` next to ``real_macro_f1``: the classifier's
+  macro-F1 on those re-renderings and on the faces. A generator that draws caricatures makes the
+  re-renderings easier than the faces (CK+48 has no ground truth, only this second test).
 
     python bench/synthesis_recipes.py --manifest demo/manifest.parquet --out /tmp/recipes --epochs 25 \\
         --recipe defaults= --recipe attention=bench/recipes/attention.yaml --recipe 'sp03=:{"loss": {"edit_sparsity": 0.3}}'
@@ -42,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from sklearn.metrics import f1_score
 
 from fesaug import load_generator
 from fesaug.data.datasets import ManifestDataset, resize_pixels
@@ -110,11 +115,17 @@ def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | No
             truth_recognised[cls] = float((predict_proba(model, resize_pixels(truth_u8, model.image_size)).argmax(1) == k).mean())
             mine = data.labels == k
             real_recall[cls] = float((real_pred[mine] == k).mean()) if mine.any() else None
+    own = gen.synthesize(data.pixels, torch.as_tensor(data.labels))
+    rerender = {"rerender_l1": float((own.float() - data.pixels.float()).abs().mean())}
+    if model is not None:
+        own_pred = predict_proba(model, resize_pixels(own, model.image_size)).argmax(1)
+        rerender |= {"rerender_macro_f1": float(f1_score(data.labels, own_pred, average="macro")),
+                     "real_macro_f1": float(f1_score(data.labels, real_pred, average="macro"))}
     mean = {k: float(np.concatenate([np.asarray(v, dtype=float) for v in vals]).mean()) for k, vals in per.items()}
     out = {"pairs": int(sum(len(v) for v in per["l1"])), "l1": mean["l1"], "copy_l1": mean["copy_l1"],
            "changed_l1": mean["changed"], "copy_changed_l1": mean["copy_changed"], "ssim": mean["ssim"],
            "copy_ssim": mean["copy_ssim"], "judge_accept": mean["accept"],
-           "judge_accept_per_class": {c: float(a.mean()) for c, a in zip(gen.classes, per["accept"])}}
+           "judge_accept_per_class": {c: float(a.mean()) for c, a in zip(gen.classes, per["accept"])}, **rerender}
     if model is not None:
         out |= {"recognised": recognised, "real_recall": real_recall, "truth_recognised": truth_recognised,
                 "recognised_mean": float(np.mean(list(recognised.values()))),
@@ -213,18 +224,22 @@ def recipes_table(runs: list[dict], note: str) -> str:
              "expression (`last.pt`; `bench/synthesis_recipes.py`). L1 in gray levels; *changed*: the pixels the "
              "expression changes (|source − truth| > 10). *recognised*: share of synthetic faces the fold's `real` "
              "classifier gives the target; *≥ real*: classes where that share reaches the classifier's recall on real "
-             "fold-0 faces of the class; *≥ truth*: classes where it reaches the classifier's score on the exact counterfactuals. *gate*: share the checkpoint's own FER branch accepts at 0.5.", "",
-             "| recipe | differs from today's defaults | epochs | train min | L1 | L1 changed | SSIM | recognised | ≥ real | ≥ truth | gate |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "fold-0 faces of the class; *≥ truth*: classes where it reaches the classifier's score on the exact counterfactuals. *gate*: share the checkpoint's own FER branch accepts at 0.5. "
+             "*re-rendered*: each held-out face asked for its own expression: L1 to itself, and the `real` classifier's "
+             "macro-F1 on the re-renderings (on the faces themselves: *input copied*); higher than on the faces means caricatures.", "",
+             "| recipe | differs from today's defaults | epochs | train min | L1 | L1 changed | SSIM | recognised | ≥ real | ≥ truth | gate | re-rendered L1 / macro-F1 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         s = r["last"]
         diff = changes(r["config"], r.get("model_config"))
         what = f"`{json.dumps(diff)}`" if diff else "defaults"
         lines.append(f"| {r['recipe']} | {what} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {s['l1']:.2f} | "
                      f"{s['changed_l1']:.2f} | {s['ssim']:.3f} | {s.get('recognised_mean', float('nan')):.2f} | "
-                     f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | {s['classes_at_truth'] if 'classes_at_truth' in s else '–'}{f'/{len(classes)}' if 'classes_at_truth' in s else ''} | {s['judge_accept']:.2f} |")
+                     f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | {s['classes_at_truth'] if 'classes_at_truth' in s else '–'}{f'/{len(classes)}' if 'classes_at_truth' in s else ''} | {s['judge_accept']:.2f} | "
+                     + (f"{s['rerender_l1']:.2f} / {100 * s.get('rerender_macro_f1', float('nan')):.1f} |" if "rerender_l1" in s else "– |"))
     s = runs[-1]["last"]
-    lines += [f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | *{s['copy_ssim']:.3f}* | | | | |", ""]
+    faces_f1 = next((f"*0 / {100 * r['last']['real_macro_f1']:.1f}*" for r in reversed(runs) if "real_macro_f1" in r["last"]), "")
+    lines += [f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | *{s['copy_ssim']:.3f}* | | | | | {faces_f1} |", ""]
     if classes:
         lines += ["Recognised per target class; below, the real classifier's recall on real fold-0 faces and its "
                   "score on the exact counterfactuals (what a perfect generator would get):", "",
@@ -306,7 +321,20 @@ def main() -> None:
                     help="score the existing runs named by --recipe NAME= again with their edits scaled by this "
                          "intensity (or a seeded uniform draw from the range), recorded in <out>/NAME/intensity.json "
                          "and, with --write, tabled; repeatable")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score the existing runs named by --recipe NAME= again (e.g. for scores added since they ran) "
+                         "and update their synthesis.json")
     args = ap.parse_args()
+    if args.rescore:
+        classifier = real_classifier(args.manifest, args.out)
+        for name in (r.split("=", 1)[0] for r in args.recipe):
+            path = args.out / name / "synthesis.json"
+            record = json.loads(path.read_text())
+            record["last"] = score(args.manifest, args.out / name / "checkpoints" / "last.pt", classifier=classifier)
+            path.write_text(json.dumps(record, indent=2))
+            print(f"{name}: re-rendered L1 {record['last']['rerender_l1']:.2f}, macro-F1 "
+                  f"{record['last']['rerender_macro_f1']:.3f} (faces {record['last']['real_macro_f1']:.3f})", flush=True)
+        return
     if args.intensity:
         intensity_sweep(args.manifest, args.out, [r.split("=", 1)[0] for r in args.recipe], args.intensity)
         if args.write:
