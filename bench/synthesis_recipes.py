@@ -184,7 +184,9 @@ def changes(recorded: dict, model_config: dict | None = None) -> dict:
 
 def records(out: Path) -> list[dict]:
     runs = []
-    for f in sorted(out.glob("*/synthesis.json"), key=lambda p: p.stat().st_mtime):
+    # In the order the recipes were trained (config.yaml is written when training starts; a
+    # --rescore rewrites synthesis.json later).
+    for f in sorted(out.glob("*/synthesis.json"), key=lambda p: (p.parent / "config.yaml").stat().st_mtime):
         r = json.loads(f.read_text())
         if "config" not in r:  # records older than the "config" key: the run's own config.yaml
             r["config"] = yaml.safe_load((f.parent / "config.yaml").read_text())
