@@ -176,8 +176,8 @@ class TrainConfig:
     # means what it meant. rotation: max degrees either way, and scale: max zoom in or out (0.1:
     # 0.9x-1.1x), both applied to source and target alike; label_smoothing: on the FER branch's
     # cross-entropy; ema: decay of an exponential moving average of FERSNet's weights, updated
-    # every step, which is what is validated, sampled and saved as the model (0: the trained
-    # weights themselves).
+    # every step, which is what is validated, sampled and saved as the model, its BatchNorm
+    # statistics recomputed over the training faces each epoch (0: the trained weights themselves).
     rotation: float = 0.0
     scale: float = 0.0
     label_smoothing: float = 0.0

@@ -159,6 +159,8 @@ def train(
             losses = train_one_epoch(state, data.train_loader, config, rt, epoch)
             train_seconds = time.perf_counter() - t0
             if rt.is_main:
+                if state.ema is not None:
+                    recalibrate_batch_norm(state.model, data.train_loader, rt.device)
                 val = validate(state.model, data.val_loader, rt.device) if data.val_loader is not None else {}
                 save_sample_grid(state.model, data.sample_faces, out_dir / "samples" / f"epoch_{epoch:03d}.png")
                 images = len(data.train_loader) * config.batch_size * rt.world_size
@@ -322,8 +324,10 @@ def _training_state(run: _Run, rt: Runtime, ckpt: dict[str, Any] | None) -> Trai
     sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, milestones, gamma=config.lr_gamma)
     # One scaler for both networks, only for fp16 (bf16 has fp32's range).
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
-    # Buffers too: BatchNorm's running statistics are averaged with the weights they belong to.
-    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
+    # Parameters only: BatchNorm statistics averaged alongside belong to no network (CK+48: 5 %
+    # validation accuracy where the averaged weights with their own statistics reach 93 %), so
+    # recalibrate_batch_norm recomputes them for the average each epoch.
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.ema)) if config.ema else None
 
     state_extra: dict[str, Any] = {}
     if ckpt is not None:
@@ -515,6 +519,25 @@ class GeneratorStep(nn.Module):
         # A random view per face (global RNG, so a resumed run repeats it): the loss must hold
         # for the expression, not for one exact arrangement of pixels.
         return self.judge(augment_batch(images, None))
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(net: nn.Module, loader: DataLoader, device: torch.device) -> None:
+    """Recompute ``net``'s BatchNorm statistics over one pass of ``loader`` (sources translated to
+    their targets), as SWA's ``update_bn`` does for a model whose forward takes one tensor: an
+    average of weights has no running statistics of its own."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the whole pass
+    was_training = net.training
+    net.train()
+    for batch in loader:
+        net(to_model_range(batch["source"].to(device)), batch["target_label"].to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    net.train(was_training)
 
 
 def _total_variation(mask: Tensor) -> Tensor:

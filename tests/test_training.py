@@ -213,6 +213,30 @@ def test_weight_averaging_saves_and_validates_the_average(demo: Path, tmp_path: 
     assert val["val_fer_loss"] == pytest.approx(result.metrics[-1]["val_fer_loss"], rel=1e-4)
 
 
+def test_batch_norm_statistics_are_recomputed_over_the_whole_loader() -> None:
+    class Net(torch.nn.Module):  # FERSNet's call signature: images and target labels
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.BatchNorm2d(1, momentum=0.3)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.norm(x + t[:, None, None, None])
+
+    rng = np.random.default_rng(0)
+    faces = torch.from_numpy(rng.integers(0, 256, (12, 1, 4, 4), dtype=np.uint8))
+    labels = torch.arange(12) % 3
+    batches = [{"source": faces[i:i + 4], "target_label": labels[i:i + 4]} for i in range(0, 12, 4)]
+    net = Net().eval()
+    net.norm.running_mean.fill_(5.0)
+    training.recalibrate_batch_norm(net, batches, torch.device("cpu"))
+    inputs = (faces.float() / 127.5 - 1) + labels[:, None, None, None]
+    assert torch.allclose(net.norm.running_mean, inputs.mean().reshape(1), atol=1e-5)
+    # Equal batches: the mean of the batch variances (unbiased per batch), not a momentum blend.
+    per_batch = torch.stack([inputs[i:i + 4].var() for i in range(0, 12, 4)]).mean()
+    assert torch.allclose(net.norm.running_var, per_batch.reshape(1), atol=1e-5)
+    assert net.norm.momentum == 0.3 and not net.training
+
+
 def test_existing_run_needs_resume_or_overwrite(run: training.TrainResult, demo: Path, capsys) -> None:
     code, _, err = cli(capsys, "train", "--manifest", demo, "--out", run.run_dir)
     assert code == 1 and err.startswith("Error: ") and "--resume" in err and "--overwrite" in err
