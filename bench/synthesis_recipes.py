@@ -46,14 +46,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from sklearn.metrics import f1_score
 
 from fesaug import load_generator
 from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.demo import counterfactual
 from fesaug.data.manifest import read_manifest
 from fesaug.data.splits import split_subjects
-from fesaug.downstream import DownstreamConfig, fit, load_classifier, predict_proba, save_classifier
+from fesaug.downstream import DownstreamConfig, classification_report, fit, load_classifier, predict_proba, save_classifier
 from fesaug.provenance import package_versions
 from fesaug.synthesis_metrics import ssim
 from fesaug.train_config import TrainConfig, load_config
@@ -119,8 +118,8 @@ def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | No
     rerender = {"rerender_l1": float((own.float() - data.pixels.float()).abs().mean())}
     if model is not None:
         own_pred = predict_proba(model, resize_pixels(own, model.image_size)).argmax(1)
-        rerender |= {"rerender_macro_f1": float(f1_score(data.labels, own_pred, average="macro")),
-                     "real_macro_f1": float(f1_score(data.labels, real_pred, average="macro"))}
+        rerender |= {"rerender_macro_f1": classification_report(data.labels, own_pred, gen.classes)["macro_f1"],
+                     "real_macro_f1": classification_report(data.labels, real_pred, gen.classes)["macro_f1"]}
     mean = {k: float(np.concatenate([np.asarray(v, dtype=float) for v in vals]).mean()) for k, vals in per.items()}
     out = {"pairs": int(sum(len(v) for v in per["l1"])), "l1": mean["l1"], "copy_l1": mean["copy_l1"],
            "changed_l1": mean["changed"], "copy_changed_l1": mean["copy_changed"], "ssim": mean["ssim"],

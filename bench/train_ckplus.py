@@ -60,19 +60,19 @@ def run_fold(manifest: Path, work: Path, recipe: str, config: Path | None, shari
 
 def import_evaluated(manifest: Path, work: Path, evaluated: Path, fold: int) -> dict | None:
     """A finished fold generator of a `fesaug evaluate` folder as a run of recipe `today`."""
-    import yaml
+    from fesaug.runlog import read_metrics
+    from fesaug.training import run_config
 
     run = evaluated / f"fold-{fold}" / "fersnet"
     if not (run / "checkpoints" / "best.pt").exists():
         return None
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    if len(metrics) < config["epochs"]:
+    config, metrics = run_config(run), read_metrics(run / "metrics.jsonl")
+    if len(metrics) < config.epochs:
         return None
-    sharing = config["model"].get("sharing", "convflu")
+    sharing = config.model.get("sharing", "convflu")
+    command = json.loads((run / "provenance.json").read_text())["command"]
     result = {"recipe": "today", "config": None, "sharing": sharing, "fold": fold,
-              "train_command": json.loads((run / "provenance.json").read_text())["command"] + f" (its fold-{fold}/fersnet)"
-              + f" --epochs {config['epochs']}",
+              "train_command": f"{command} (its fold-{fold}/fersnet)",
               "wall_s": round(sum(r["epoch_seconds"] for r in metrics), 1), **evaluate(manifest, run, fold)}
     out = work / f"today-{sharing}-f{fold}"
     out.mkdir(parents=True, exist_ok=True)
@@ -81,34 +81,35 @@ def import_evaluated(manifest: Path, work: Path, evaluated: Path, fold: int) -> 
 
 
 def evaluate(manifest: Path, run: Path, fold: int) -> dict:
+    """The FER branch of ``run``'s best.pt on its validation subjects and on test fold ``fold``,
+    each as it is and mirrored; the epochs trained and the best one."""
     import torch
 
     from fesaug import load_generator
     from fesaug.data.datasets import ManifestDataset
     from fesaug.data.manifest import read_manifest
+    from fesaug.downstream import classification_report
+    from fesaug.runlog import read_metrics
 
     torch.set_num_threads(1)
     m = read_manifest(manifest)
     gen = load_generator(run / "checkpoints" / "best.pt", device="cpu")
-    val_subjects = set(torch.load(run / "checkpoints" / "best.pt", weights_only=True)["split"]["val_subjects"])
     real = m.df["origin"].to_numpy() == "real"
     rows = {"test": np.flatnonzero(m.df["fold"].to_numpy() == fold),
-            "val": np.flatnonzero(m.df["subject_id"].isin(val_subjects).to_numpy() & real)}
+            "val": np.flatnonzero(m.df["subject_id"].isin(gen.validation_subjects).to_numpy() & real)}
     scores: dict = {}
     for part, idx in rows.items():
         data = ManifestDataset(m, rows=idx, image_size=gen.image_size)
-        labels = np.asarray(data.labels)
         for suffix, flip in (("", False), ("_flip", True)):
-            pred = gen.classify(data.pixels, flip=flip).argmax(1).numpy()
-            scores[f"{part}_acc{suffix}"] = float((pred == labels).mean())
+            report = classification_report(data.labels, gen.classify(data.pixels, flip=flip).argmax(1).numpy(), m.classes)
+            scores[f"{part}_acc{suffix}"] = report["accuracy"]
             if part == "test":
-                scores[f"test_recall{suffix}"] = {c: float((pred[labels == k] == k).mean())
-                                                  for k, c in enumerate(m.classes) if (labels == k).any()}
+                scores[f"test_recall{suffix}"] = {c: report["recall"][c] for c in m.classes if report["support"][c]}
         scores[f"{part}_images"] = int(len(idx))
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(run / "metrics.jsonl")
     best = [r for r in metrics if r.get("best")][-1]  # the epoch best.pt was saved from
     return {
-        **scores, "best_epoch": best["epoch"], "best_val_fer_acc": best.get("val_fer_acc"),
+        **scores, "epochs": int(gen.config["epochs"]), "best_epoch": best["epoch"], "best_val_fer_acc": best.get("val_fer_acc"),
         "train_images_per_s": float(np.median([r["images_per_s"] for r in metrics if "images_per_s" in r])),
     }
 
@@ -136,7 +137,7 @@ def report(work: Path, parallel: int) -> None:
         rs = sorted(rs, key=lambda r: r["fold"])
         summary["runs"][name] = {
             "recipe": rs[0].get("recipe", "today"), "config": rs[0].get("config"), "sharing": rs[0]["sharing"],
-            "epochs": int(rs[0]["train_command"].split("--epochs ")[1].split()[0]),
+            "epochs": rs[0]["epochs"],
             "folds": [r["fold"] for r in rs],
             **{f"mean_{key}": float(np.mean([r[key] for r in rs])) for key in ("val_acc", "val_acc_flip", "test_acc",
                                                                                "test_acc_flip") if key in rs[0]},
