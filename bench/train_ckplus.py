@@ -36,6 +36,7 @@ import numpy as np
 from record import PYTHON, REPO, machine, machine_line, write_results
 
 CKPLUS = REPO.parent / "shared" / "data" / "ckplus48"
+LAST_EPOCHS = 5
 
 
 def run_fold(manifest: Path, work: Path, recipe: str, config: Path | None, sharing: str, fold: int, epochs: int,
@@ -52,10 +53,23 @@ def run_fold(manifest: Path, work: Path, recipe: str, config: Path | None, shari
     subprocess.run(cmd + (["--resume"] if resume else ["--overwrite"]), check=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    result = {"recipe": recipe, "config": str(config) if config else None, "sharing": sharing, "fold": fold,
+    result = {"recipe": recipe, "config": repo_path(config) if config else None, "sharing": sharing, "fold": fold,
               "train_command": " ".join(cmd), "wall_s": round(wall, 1), **evaluate(manifest, run, fold)}
     done.write_text(json.dumps(result, indent=2))
     return result
+
+
+def repo_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it, so records read the same on any clone."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def last_epochs_val_acc(metrics: list[dict], n: int = LAST_EPOCHS) -> float:
+    """Mean validation accuracy over the last ``n`` epochs. The best epoch's accuracy is the
+    maximum of a noisy curve, so it flatters a recipe whose curve is noisier (no averaging of the
+    weights, a higher learning rate); a mean over the last epochs compares recipes on even terms."""
+    return float(np.mean([r["val_fer_acc"] for r in metrics[-n:]]))
 
 
 def import_evaluated(manifest: Path, work: Path, evaluated: Path, fold: int) -> dict | None:
@@ -110,6 +124,7 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
     best = [r for r in metrics if r.get("best")][-1]  # the epoch best.pt was saved from
     return {
         **scores, "epochs": int(gen.config["epochs"]), "best_epoch": best["epoch"], "best_val_fer_acc": best.get("val_fer_acc"),
+        "val_acc_last_epochs": last_epochs_val_acc(metrics),
         "train_images_per_s": float(np.median([r["images_per_s"] for r in metrics if "images_per_s" in r])),
     }
 
@@ -117,7 +132,14 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
 def report(work: Path, parallel: int) -> None:
     import torch
 
-    results = [json.loads(p.read_text()) for p in sorted(work.glob("*/fold_result.json"))]
+    results = []
+    for p in sorted(work.glob("*/fold_result.json")):
+        r = json.loads(p.read_text())
+        if "val_acc_last_epochs" not in r and (p.parent / "metrics.jsonl").exists():  # recorded before it existed
+            from fesaug.runlog import read_metrics
+
+            r["val_acc_last_epochs"] = last_epochs_val_acc(read_metrics(p.parent / "metrics.jsonl"))
+        results.append(r)
     runs: dict[str, list[dict]] = {}
     for r in results:
         runs.setdefault(f"{r.get('recipe', 'today')} / {r['sharing']}", []).append(r)
@@ -136,11 +158,12 @@ def report(work: Path, parallel: int) -> None:
     for name, rs in sorted(runs.items()):
         rs = sorted(rs, key=lambda r: r["fold"])
         summary["runs"][name] = {
-            "recipe": rs[0].get("recipe", "today"), "config": rs[0].get("config"), "sharing": rs[0]["sharing"],
+            "recipe": rs[0].get("recipe", "today"), "config": rs[0]["config"] and repo_path(Path(rs[0]["config"])),
+            "sharing": rs[0]["sharing"],
             "epochs": rs[0]["epochs"],
             "folds": [r["fold"] for r in rs],
-            **{f"mean_{key}": float(np.mean([r[key] for r in rs])) for key in ("val_acc", "val_acc_flip", "test_acc",
-                                                                               "test_acc_flip") if key in rs[0]},
+            **{f"mean_{key}": float(np.mean([r[key] for r in rs])) for key in (
+                "val_acc", "val_acc_flip", "val_acc_last_epochs", "test_acc", "test_acc_flip") if all(key in r for r in rs)},
             "std_test_acc": float(np.std([r["test_acc"] for r in rs])),
             "mean_wall_s": float(np.mean([r["wall_s"] for r in rs])),
             "median_train_images_per_s": float(np.median([r["train_images_per_s"] for r in rs])),
@@ -149,6 +172,14 @@ def report(work: Path, parallel: int) -> None:
                             for c in rs[0]["test_recall"]},
             "per_fold": rs,
         }
+    # Means over different folds do not compare (a fold's difficulty moves accuracy by points):
+    # the same statistics over the folds every run covers.
+    common = sorted(set.intersection(*(set(s["folds"]) for s in summary["runs"].values()))) if summary["runs"] else []
+    summary["common_folds"] = common
+    for s in summary["runs"].values():
+        on_common = [r for r in s["per_fold"] if r["fold"] in common]
+        s["on_common_folds"] = {key: float(np.mean([r[key] for r in on_common])) for key in (
+            "val_acc", "val_acc_last_epochs", "test_acc", "test_acc_flip") if on_common and all(key in r for r in on_common)}
     text = render(summary)
     write_results("fersnet_ckplus", summary, text)
     print(text)
@@ -161,13 +192,25 @@ def render(summary: dict) -> str:
              f"Machine: {machine_line(m)} per run, {m['runs_in_parallel']} runs in parallel; torch {summary['torch']}. "
              f"Paper: {summary['paper']}.", "",
              "Accuracy in %; *mirrored*: each face's probabilities averaged with its mirror image's.", "",
-             "| recipe / sharing | epochs | folds | validation acc (mirrored) | test acc ± std (mirrored) | wall per fold | train images/s |",
-             "|---|---|---|---|---|---|---|"]
+             f"*Validation, last {LAST_EPOCHS} epochs*: the mean of the validation accuracy over the last {LAST_EPOCHS} "
+             "epochs; the best epoch's is the maximum of a noisy curve and flatters a noisier recipe.", "",
+             f"| recipe / sharing | epochs | folds | validation acc (mirrored) | validation, last {LAST_EPOCHS} epochs | "
+             "test acc ± std (mirrored) | wall per fold | train images/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, s in summary["runs"].items():
         lines.append(f"| {name} | {s['epochs']} | {len(s['folds'])} ({','.join(map(str, s['folds']))}) | "
-                     f"{pct(s.get('mean_val_acc'))} ({pct(s.get('mean_val_acc_flip'))}) | "
+                     f"{pct(s.get('mean_val_acc'))} ({pct(s.get('mean_val_acc_flip'))}) | {pct(s.get('mean_val_acc_last_epochs'))} | "
                      f"{pct(s['mean_test_acc'])} ± {pct(s['std_test_acc'])} ({pct(s.get('mean_test_acc_flip'))}) | "
                      f"{s['mean_wall_s']:.0f} s | {s['median_train_images_per_s']:.0f} |")
+    if len(summary["runs"]) > 1 and summary["common_folds"]:
+        lines += ["", f"On the folds every run covers ({','.join(map(str, summary['common_folds']))}), the only "
+                  "fair comparison of the rows:", "",
+                  f"| recipe / sharing | validation acc | validation, last {LAST_EPOCHS} epochs | test acc | test acc mirrored |",
+                  "|---|---|---|---|---|"]
+        for name, s in summary["runs"].items():
+            c = s["on_common_folds"]
+            lines.append(f"| {name} | {pct(c.get('val_acc'))} | {pct(c.get('val_acc_last_epochs'))} | "
+                         f"{pct(c.get('test_acc'))} | {pct(c.get('test_acc_flip'))} |")
     lines += ["", "Per fold (test accuracy, best epoch by validation accuracy):", "",
               "| recipe / sharing | " + " | ".join(f"f{k}" for k in range(10)) + " |", "|---|" + "---|" * 10]
     for name, s in summary["runs"].items():
