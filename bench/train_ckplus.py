@@ -132,12 +132,12 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
 def report(work: Path, parallel: int) -> None:
     import torch
 
+    from fesaug.runlog import read_metrics
+
     results = []
     for p in sorted(work.glob("*/fold_result.json")):
         r = json.loads(p.read_text())
         if "val_acc_last_epochs" not in r and (p.parent / "metrics.jsonl").exists():  # recorded before it existed
-            from fesaug.runlog import read_metrics
-
             r["val_acc_last_epochs"] = last_epochs_val_acc(read_metrics(p.parent / "metrics.jsonl"))
         results.append(r)
     runs: dict[str, list[dict]] = {}

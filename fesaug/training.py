@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import save_image
 from tqdm import tqdm
@@ -524,20 +524,20 @@ class GeneratorStep(nn.Module):
 @torch.no_grad()
 def recalibrate_batch_norm(net: nn.Module, loader: DataLoader, device: torch.device) -> None:
     """Recompute ``net``'s BatchNorm statistics over one pass of ``loader`` (sources translated to
-    their targets), as SWA's ``update_bn`` does for a model whose forward takes one tensor: an
-    average of weights has no running statistics of its own."""
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the whole pass
-    was_training = net.training
-    net.train()
-    for batch in loader:
-        net(to_model_range(batch["source"].to(device)), batch["target_label"].to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    net.train(was_training)
+    their targets): an average of weights has no running statistics of its own. SWA's
+    ``update_bn`` does the pass; it calls a model on the first element of each batch, so each
+    dict batch goes in as a 1-tuple to a wrapper that unpacks it into FERSNet's two arguments."""
+    # The wrapper takes net's mode: update_bn puts back the mode it found.
+    update_bn(((batch,) for batch in loader), _TranslateBatch(net, device).train(net.training))
+
+
+class _TranslateBatch(nn.Module):
+    def __init__(self, net: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.net, self.device = net, device
+
+    def forward(self, batch: dict[str, Tensor]) -> Any:
+        return self.net(to_model_range(batch["source"].to(self.device)), batch["target_label"].to(self.device))
 
 
 def _total_variation(mask: Tensor) -> Tensor:
