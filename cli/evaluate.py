@@ -93,8 +93,12 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
 @click.option("--test-subject-pattern", metavar="REGEX",
               help="Subject ids of a --test-manifest folder from its file names (as fesaug ingest --subject-pattern); "
                    "without it each image is its own subject.")
+@click.option("--generators-from", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Copy each fold's trained FERSNet from another evaluation of the same manifest and generator "
+                   "settings instead of training it again: compare downstream or balance settings on the same "
+                   "generators.")
 def evaluate_command(conditions: tuple[str, ...], downstream_seeds: int, no_synthesis: bool, test_manifest: Path | None,
-                     test_subject_pattern: str | None, **options) -> None:  # noqa: ANN003
+                     test_subject_pattern: str | None, generators_from: Path | None, **options) -> None:  # noqa: ANN003
     """Does FES balancing help a downstream classifier? Subject-independent k-fold, on real data.
 
     For each test fold: a classifier on the real training images (real), on randomly oversampled
@@ -107,9 +111,10 @@ def evaluate_command(conditions: tuple[str, ...], downstream_seeds: int, no_synt
       fesaug evaluate --manifest ck.parquet --out eval-ck
       fesaug evaluate --manifest ck.parquet --out eval-ck --folds 0,1 --model resnet18 --device cuda
       fesaug evaluate --manifest ck.parquet --test-manifest jaffe.parquet --out ck-to-jaffe --downstream-seeds 3
+      fesaug evaluate --manifest ck.parquet --out eval-ck-e80 --epochs 80 --generators-from eval-ck
     """
     _run(conditions, not no_synthesis, downstream_seeds=downstream_seeds, test_manifest=test_manifest,
-         test_subject_pattern=test_subject_pattern, **options)
+         test_subject_pattern=test_subject_pattern, generators_from=generators_from, **options)
 
 
 @click.command("evaluate-synthesis")
@@ -131,7 +136,7 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
          synthetic_weight: float, judge: bool, expression_judge: bool, min_judge_confidence: float,
          judges: str, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
          overwrite: bool, downstream_seeds: int = 1, test_manifest: Path | None = None,
-         test_subject_pattern: str | None = None) -> None:
+         test_subject_pattern: str | None = None, generators_from: Path | None = None) -> None:
     from fesaug.balance import BalanceConfig
     from fesaug.downstream import DownstreamConfig
     from fesaug.evaluation import EvaluateConfig, evaluate
@@ -154,7 +159,7 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
     show_progress_log("fesaug.evaluation")
     show_progress_log("fesaug.training")  # FERSNet's epochs: minutes per fold on a CPU
     result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite, test_manifest=test_manifest,
-                      test_subject_pattern=test_subject_pattern)
+                      test_subject_pattern=test_subject_pattern, generators_from=generators_from)
     click.echo(format_summary(result.results))
     click.echo(f"wrote {out / 'results.json'}, {result.report}, {out / 'recall.png'}")
 

@@ -31,7 +31,9 @@ Every step is cached in ``DIR/fold-k/``: an interrupted evaluation resumes at th
 piece when run again with the same settings (``DIR/evaluate.json`` records them), and several
 processes may each run some ``folds`` into one ``DIR`` (each holds the locks of its folds while it
 runs them; a second run of a fold that one holds stops at once, naming it); a run over all folds
-then only aggregates. ``DIR/results.json``, ``DIR/report.md`` and ``DIR/recall.png`` summarise the folds
+then only aggregates. A second ``DIR`` can take the first one's trained generators
+(``generators_from``) to compare downstream or balance settings without training them again.
+``DIR/results.json``, ``DIR/report.md`` and ``DIR/recall.png`` summarise the folds
 present: mean ± std over folds, a paired comparison of ``fes`` with ``real`` and with
 ``oversample`` (per-fold differences, Wilcoxon signed-rank and paired t tests), and the
 :func:`fesaug.evaluation_stats.verdict` those comparisons give.
@@ -66,6 +68,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -205,18 +208,26 @@ class EvaluateResult:
 
 def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig | None = None, *,
              folds: Sequence[int] | None = None, overwrite: bool = False, test_manifest: str | Path | None = None,
-             test_subject_pattern: str | None = None) -> EvaluateResult:
+             test_subject_pattern: str | None = None, generators_from: str | Path | None = None) -> EvaluateResult:
     """Run the protocol of the module docstring on ``folds`` (default: every fold of the manifest).
 
     ``test_manifest``: instead, train on all of ``manifest`` and test on this other dataset (a
     manifest, or a folder of class folders whose subject ids ``test_subject_pattern`` reads from
-    the file names): the cross-dataset protocol of the module docstring."""
+    the file names): the cross-dataset protocol of the module docstring.
+
+    ``generators_from``: another evaluation folder of the same manifest and generator settings;
+    each fold's finished FERSNet (``fold-k/fersnet``) is copied from there instead of trained
+    again, so downstream recipes or balance settings can be compared on the same generators.
+    Everything after the generator (balancing, every condition) is computed here."""
     config = config or EvaluateConfig()
     out = Path(out_dir)
     if test_manifest is not None:
         if folds is not None:
             raise UsageError("--folds chooses test folds of --manifest, but with --test-manifest all of --manifest "
                              "trains and the other dataset tests; drop --folds")
+        if generators_from is not None:
+            raise UsageError("--generators-from reuses the generators of a k-fold evaluation; with --test-manifest "
+                             "the generator trains on all of --manifest, so drop --generators-from")
         return _evaluate_cross(manifest, test_manifest, out, config, overwrite=overwrite, subject_pattern=test_subject_pattern)
     if test_subject_pattern is not None:
         raise UsageError("--test-subject-pattern reads the subject ids of a --test-manifest folder; pass --test-manifest too")
@@ -229,6 +240,9 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     chosen = present if folds is None else sorted(set(int(f) for f in folds))
     check_holdout_folds(chosen, m, option="--folds", error=UsageError)
     check_out_folder(out, "for the evaluation")
+    record = {"manifest_sha256": file_sha256(m.path), "config": jsonable(config.key())}
+    if generators_from is not None:
+        check_generator_source(Path(generators_from), out, record, config, chosen)
     with contextlib.ExitStack() as held:
         # Processes may share DIR, each with its own folds: a fold is locked for the whole run,
         # DIR's own files (the settings, the summary) only while they are read or written.
@@ -237,9 +251,12 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
                 held.enter_context(output_lock(out / f"fold-{k}"))
                 for folder in (out / f"fold-{k}", out / f"fold-{k}" / "seeds"):  # of writes a kill -9 stopped
                     remove_stale_temporaries(folder)
-            record = {"manifest_sha256": file_sha256(m.path), "config": jsonable(config.key())}
+            paths = {"manifest": str(m.path)} | ({"generators_from": str(generators_from)} if generators_from else {})
             _prepare_out_dir(out, record, overwrite, held=[out / f"fold-{k}" for k in chosen],
-                             others=[out / f"fold-{k}" for k in present if k not in chosen], paths={"manifest": str(m.path)})
+                             others=[out / f"fold-{k}" for k in present if k not in chosen], paths=paths)
+            if generators_from is not None:
+                for k in chosen:
+                    copy_generator(Path(generators_from) / f"fold-{k}", out / f"fold-{k}")
         # Decoded on first use: a run whose folds are all cached only aggregates.
         pixels = functools.cache(lambda: ManifestDataset(m, image_size=config.downstream.image_size).pixels)
         for k in chosen:
@@ -282,6 +299,53 @@ def _evaluate_cross(manifest: str | Path, test: str | Path, out: Path, config: E
         with output_lock(out, wait=SHARED_FILES_WAIT_S):
             results = _aggregate_cross(out, split, fold, config)
     return EvaluateResult(out, results)
+
+
+# What a fold's generator depends on, of the recorded settings (EvaluateConfig.key()); with
+# --expression-judge also the downstream recipe, which trains the judge the generator learns from.
+GENERATOR_KEYS = ("generator", "val_fraction", "seed", "expression_judge")
+
+
+def check_generator_source(source: Path, out: Path, record: dict[str, Any], config: EvaluateConfig,
+                           folds: Sequence[int]) -> None:
+    """Refuse ``source`` as ``--generators-from`` unless it is another evaluation of the same
+    manifest whose generators were trained with this run's settings and finished for ``folds``."""
+    if source.resolve() == out.resolve():
+        raise UsageError(f"--generators-from {source} is --out itself; name the evaluation whose generators to reuse")
+    settings = source / "evaluate.json"
+    if not settings.is_file():
+        raise FesaugError(f"--generators-from {source}: no evaluate.json there; name a folder fesaug evaluate wrote")
+    theirs = json.loads(settings.read_text())
+    if theirs.get("manifest_sha256") != record["manifest_sha256"]:
+        raise FesaugError(f"--generators-from {source} evaluated another manifest (sha256 "
+                          f"{str(theirs.get('manifest_sha256'))[:12]}, this one {record['manifest_sha256'][:12]}); "
+                          "its generators saw other data, so reuse one of this manifest")
+    their_config, ours = _recorded_key(theirs.get("config") or {}), record["config"]
+    keys = GENERATOR_KEYS + (("downstream",) if config.expression_judge else ())
+    differ = [k for k in keys if their_config.get(k) != ours.get(k)]
+    if differ:
+        raise FesaugError(f"--generators-from {source} trained its generators with other settings ({', '.join(differ)}); "
+                          "give this run the same ones (--preset, --generator-config, --generator-epochs, "
+                          "--generator-batch-size, --val-fraction, --seed, --expression-judge) or drop --generators-from")
+    for k in folds:
+        last = source / f"fold-{k}" / "fersnet" / "checkpoints" / "last.pt"
+        if not last.is_file() or load_checkpoint(last)["epoch"] < config.generator.epochs:
+            raise FesaugError(f"--generators-from {source}: fold {k} has no finished generator (fold-{k}/fersnet); "
+                              f"finish it there (its command again, with --folds {k}) or leave fold {k} out of --folds")
+
+
+def copy_generator(source_fold: Path, fold: Path) -> None:
+    """Copy ``source_fold``'s FERSNet run into ``fold`` unless ``fold`` has one; under the source
+    fold's lock (no run is writing it), staged beside the destination and renamed into place."""
+    target = fold / "fersnet"
+    if target.exists():
+        return
+    fold.mkdir(parents=True, exist_ok=True)
+    stage = fold / f".fersnet.{os.getpid()}.tmp"
+    with output_lock(source_fold):
+        shutil.copytree(source_fold / "fersnet", stage)
+    os.replace(stage, target)
+    log.info("%s: generator copied from %s", fold.name, source_fold)
 
 
 def _check_real(m: Manifest) -> None:

@@ -441,6 +441,44 @@ def test_out_that_is_a_file_is_refused(run: Run, tmp_path: Path) -> None:
         evaluate(run.manifest, tmp_path / "out", run.config, folds=FOLDS)
 
 
+# ---------------------------------------------------------------------------- reusing generators
+
+
+def test_generators_from_another_evaluation_are_copied_and_the_rest_is_computed_with_this_runs_settings(
+        run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = run.root / "other-downstream"
+
+    def no_training(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("FERSNet trained again")
+
+    monkeypatch.setattr(evaluation, "train", no_training)
+    result = evaluate(run.manifest, out, _config(epochs=1), folds=[0], generators_from=run.out)
+    theirs, ours = run.fold(0) / "fersnet", out / "fold-0" / "fersnet"
+    assert file_sha256(ours / "checkpoints" / "last.pt") == file_sha256(theirs / "checkpoints" / "last.pt")
+    assert len(run.record(0, "fes", out)["history"]) == 1  # this run's downstream recipe, not the source's 2 epochs
+    # The same generator and balance settings make the same synthetic faces.
+    synthetic = [read_manifest(f / "balanced" / "manifest.parquet").df.query("origin != 'real'") for f in (run.fold(0), out / "fold-0")]
+    assert len(synthetic[0]) > 0 and synthetic[0]["sha256"].tolist() == synthetic[1]["sha256"].tolist()
+    assert json.loads((out / "evaluate.json").read_text())["generators_from"] == str(run.out)
+    assert result.results["conditions"]["fes"]["folds"] == [0]
+
+
+def test_generators_from_refuses_other_generator_settings_other_data_and_unfinished_folds(run: Run, tmp_path: Path) -> None:
+    out = tmp_path / "e"
+    other = dataclasses.replace(run.config, generator=tiny_config(epochs=2, device="cpu"))
+    with pytest.raises(FesaugError, match=r"other settings \(generator\)"):
+        evaluate(run.manifest, out, other, folds=[0], generators_from=run.out)
+    with pytest.raises(FesaugError, match="fold 2 has no finished generator"):
+        evaluate(run.manifest, out, run.config, folds=[2], generators_from=run.out)
+    with pytest.raises(FesaugError, match="no evaluate.json"):
+        evaluate(run.manifest, out, run.config, folds=[0], generators_from=tmp_path)
+    m = read_manifest(run.manifest)
+    fewer = write_manifest(m.df.iloc[1:], tmp_path / "fewer.parquet", classes=m.classes, image_root=str(m.image_root))
+    with pytest.raises(FesaugError, match="evaluated another manifest"):
+        evaluate(fewer, out, run.config, folds=[0], generators_from=run.out)
+    assert not out.exists()  # every check before anything is written
+
+
 # ---------------------------------------------------------------------------- the CLI
 
 
@@ -473,6 +511,16 @@ def test_cli_manifest_without_folds_names_the_fix(run: Run, capsys: pytest.Captu
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:"), err
     assert "--folds" in lines[0] and f"{0 if folds is None else 1} fold(s)" in lines[0]
+    assert not (tmp_path / "e").exists()
+
+
+def test_cli_generators_from_a_folder_evaluate_did_not_write_is_one_error_line(run: Run, capsys: pytest.CaptureFixture,
+                                                                              tmp_path: Path) -> None:
+    code, _out, err = cli(capsys, "evaluate", "--manifest", run.manifest, "--out", tmp_path / "e", "--folds", "0",
+                          "--generators-from", tmp_path, "--device", "cpu")
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --generators-from") and "evaluate.json" in lines[0], err
     assert not (tmp_path / "e").exists()
 
 
