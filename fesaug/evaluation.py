@@ -96,7 +96,7 @@ from .generator import load_generator
 from .judges import resolve_judges
 from .locking import output_lock
 from .provenance import provenance
-from .runlog import jsonable, with_defaults
+from .runlog import changed_settings, jsonable, with_defaults
 from .synthesis_scores import synthesis_quality, synthesis_summary
 from .targets import Targets, resolve_targets
 from .train_config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
@@ -322,9 +322,10 @@ def check_generator_source(source: Path, out: Path, record: dict[str, Any], conf
                           "its generators saw other data, so reuse one of this manifest")
     their_config, ours = _recorded_key(theirs.get("config") or {}), record["config"]
     keys = GENERATOR_KEYS + (("downstream",) if config.expression_judge else ())
-    differ = [k for k in keys if their_config.get(k) != ours.get(k)]
+    differ = changed_settings({k: their_config.get(k) for k in keys}, {k: ours.get(k) for k in keys})
     if differ:
-        raise FesaugError(f"--generators-from {source} trained its generators with other settings ({', '.join(differ)}); "
+        shown = "; ".join(differ[:3]) + (f"; and {len(differ) - 3} more" if len(differ) > 3 else "")
+        raise FesaugError(f"--generators-from {source} trained its generators with other settings ({shown}); "
                           "give this run the same ones (--preset, --generator-config, --generator-epochs, "
                           "--generator-batch-size, --val-fraction, --seed, --expression-judge) or drop --generators-from")
     for k in folds:
@@ -379,12 +380,14 @@ def _prepare_out_dir(out: Path, record: dict[str, Any], overwrite: bool, held: S
         # behaviour before they existed, so the default stands in for it.
         if isinstance(previous.get("config"), dict):
             previous["config"] = _recorded_key(previous["config"])
-        same = all(previous.get(k) == record.get(k) for k in RECORDED)
-        if same:
+        changed = changed_settings({k: previous.get(k) for k in RECORDED}, {k: record.get(k) for k in RECORDED})
+        if not changed:
             return  # resume: finished pieces are reused
         if not overwrite:
-            raise FesaugError(f"{out} holds an evaluation with other settings or another manifest; run that command "
-                              "again to finish it, choose a new --out, or pass --overwrite to start over")
+            shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+            raise FesaugError(f"{out} holds an evaluation with other settings or another manifest ({shown}, recorded -> "
+                              "now); run that command again to finish it, choose a new --out, or pass --overwrite to "
+                              "start over")
         with contextlib.ExitStack() as locks:
             for folder in dict.fromkeys([*others, *(p for p in ours if _split_folder(p) and p not in held)]):
                 locks.enter_context(output_lock(folder))

@@ -64,6 +64,19 @@ def with_defaults(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[st
     return out
 
 
+def changed_settings(recorded: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """The settings that differ between two records, as ``a.b: OLD -> NEW`` (dotted paths into
+    nested dicts; a key one side lacks reads as None), so an error can say what changed."""
+    out = []
+    for key in dict.fromkeys([*recorded, *now]):
+        old, new = recorded.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += changed_settings(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {json.dumps(old)} -> {json.dumps(new)}")
+    return out
+
+
 def read_metrics(path: Path, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
     """The lines of a ``metrics.jsonl`` (none if it does not exist), up to an epoch if given."""
     if not path.exists():

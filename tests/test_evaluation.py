@@ -384,7 +384,7 @@ def test_a_fold_whose_training_subjects_lack_a_class_still_evaluates(run: Run) -
 def test_other_settings_are_refused_unless_overwrite(run: Run) -> None:
     settings = (run.out / "evaluate.json").read_text()
     before = _mtimes(run.out)
-    with pytest.raises(FesaugError, match="--overwrite"):
+    with pytest.raises(FesaugError, match=r"\(config.downstream.epochs: 2 -> 1, recorded -> now\).*--overwrite"):
         evaluate(run.manifest, run.out, _config(epochs=1), folds=FOLDS)
     assert _mtimes(run.out) == before and (run.out / "evaluate.json").read_text() == settings
 
@@ -466,7 +466,7 @@ def test_generators_from_another_evaluation_are_copied_and_the_rest_is_computed_
 def test_generators_from_refuses_other_generator_settings_other_data_and_unfinished_folds(run: Run, tmp_path: Path) -> None:
     out = tmp_path / "e"
     other = dataclasses.replace(run.config, generator=tiny_config(epochs=2, device="cpu"))
-    with pytest.raises(FesaugError, match=r"other settings \(generator\)"):
+    with pytest.raises(FesaugError, match=r"other settings \(generator.epochs: 1 -> 2\)"):
         evaluate(run.manifest, out, other, folds=[0], generators_from=run.out)
     with pytest.raises(FesaugError, match="fold 2 has no finished generator"):
         evaluate(run.manifest, out, run.config, folds=[2], generators_from=run.out)
