@@ -35,7 +35,7 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
                      help="Test folds to run; the report covers every fold finished in --out."),
         click.option("--model", type=click.Choice(["small-cnn", "resnet18"]), default="small-cnn", show_default=True,
                      help="Downstream classifier, trained from scratch for every condition."),
-        click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True,
+        click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True,
                      help="Downstream training epochs (the best validation epoch is kept)."),
         click.option("--image-size", type=click.IntRange(min=16), default=64, show_default=True,
                      help="Side of the images the downstream classifier sees."),

@@ -301,6 +301,9 @@ def _evaluate_cross(manifest: str | Path, test: str | Path, out: Path, config: E
     return EvaluateResult(out, results)
 
 
+# The downstream settings added after evaluations were first recorded, as they behaved before:
+# an older record without them was made with neither (today's defaults differ).
+DOWNSTREAM_BEFORE = {"erasing": 0.0, "label_smoothing": 0.0}
 # What a fold's generator depends on, of the recorded settings (EvaluateConfig.key()); with
 # --expression-judge also the downstream recipe, which trains the judge the generator learns from.
 GENERATOR_KEYS = ("generator", "val_fraction", "seed", "expression_judge")
@@ -418,6 +421,8 @@ def _recorded_key(recorded: dict[str, Any]) -> dict[str, Any]:
         out["generator"] = generator
     if isinstance(out.get("balance"), dict):
         out["balance"] = read_holdout_names(out["balance"])  # exclude_folds of older versions
+    if isinstance(out.get("downstream"), dict):
+        out["downstream"] = with_defaults(out["downstream"], DOWNSTREAM_BEFORE)
     return with_defaults(out, jsonable(EvaluateConfig().key()))
 
 

@@ -524,6 +524,13 @@ def test_cli_generators_from_a_folder_evaluate_did_not_write_is_one_error_line(r
     assert not (tmp_path / "e").exists()
 
 
+def test_cli_downstream_epochs_default_is_the_librarys() -> None:
+    from fesaug.cli.evaluate import evaluate_command
+
+    (epochs,) = [p for p in evaluate_command.params if p.name == "epochs"]
+    assert epochs.default == DownstreamConfig().epochs
+
+
 def test_cli_evaluate_synthesis_help(capsys: pytest.CaptureFixture) -> None:
     code, out, _err = cli(capsys, "evaluate-synthesis", "--help")
     assert code == 0
@@ -832,6 +839,17 @@ def test_an_evaluation_recorded_with_the_old_name_of_the_held_out_folds_is_the_s
     old["balance"]["exclude_folds"] = old["balance"].pop("holdout_folds")
     assert _recorded_key(old) == jsonable(config.key())
     assert _recorded_key(old) != jsonable(EvaluateConfig(balance=BalanceConfig(holdout_folds=(2,))).key())
+
+
+def test_an_evaluation_recorded_before_downstream_label_smoothing_existed_was_made_without_it() -> None:
+    from fesaug.evaluation import _recorded_key
+    from fesaug.runlog import jsonable
+
+    before = EvaluateConfig(downstream=DownstreamConfig(label_smoothing=0.0, erasing=0.0))
+    old = json.loads(json.dumps(jsonable(before.key())))
+    del old["downstream"]["label_smoothing"], old["downstream"]["erasing"]
+    assert _recorded_key(old) == jsonable(before.key())
+    assert _recorded_key(old) != jsonable(EvaluateConfig().key())  # today's default smooths
 
 
 def test_an_evaluation_recorded_before_the_warp_decoder_means_the_attention_decoder() -> None:
