@@ -71,8 +71,11 @@ def real_classifier(manifest: Path, out: Path, fold: int = 0) -> Path:
     m = read_manifest(manifest)
     split = split_subjects(m, fold, 0.15, 0)
     data = ManifestDataset(m, image_size=64)
+    # The recipe every recorded row was judged with (DownstreamConfig's defaults until issue #19
+    # changed them): a judge trained another way would make new rows incomparable with the table.
+    judge = DownstreamConfig(epochs=40, label_smoothing=0.0, device="cpu")
     result = fit(data.pixels[split.train_rows], data.labels[split.train_rows], data.pixels[split.val_rows],
-                 data.labels[split.val_rows], DownstreamConfig(device="cpu"), num_classes=len(m.classes))
+                 data.labels[split.val_rows], judge, num_classes=len(m.classes))
     out.mkdir(parents=True, exist_ok=True)
     save_classifier(result.model, path, m.classes)
     return path
