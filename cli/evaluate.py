@@ -37,6 +37,9 @@ def _common(command):  # noqa: ANN001, ANN202 - a click decorator stack
                      help="Downstream classifier, trained from scratch for every condition."),
         click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True,
                      help="Downstream training epochs (the best validation epoch is kept)."),
+        click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+                     help="Label smoothing of the downstream classifier's loss (0 finishes an evaluation made before "
+                          "it was the default)."),
         click.option("--image-size", type=click.IntRange(min=16), default=64, show_default=True,
                      help="Side of the images the downstream classifier sees."),
         click.option("--preset", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
@@ -130,7 +133,7 @@ def evaluate_synthesis_command(**options) -> None:  # noqa: ANN003
 
 
 def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: Path, folds: list[int] | None, model: str,
-         epochs: int, image_size: int, preset: str, generator_config: Path | None, generator_epochs: int,
+         epochs: int, label_smoothing: float, image_size: int, preset: str, generator_config: Path | None, generator_epochs: int,
          generator_batch_size: int | None, target_per_class: int | str | None, min_confidence: float,
          max_attempts: int, intensity: tuple[float, float] | None, source_order: str, synthetic_share: float,
          synthetic_weight: float, judge: bool, expression_judge: bool, min_judge_confidence: float,
@@ -148,7 +151,8 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
                                | ({"batch_size": generator_batch_size} if generator_batch_size else {}))
     config = EvaluateConfig(
         conditions=conditions, synthesis=synthesis,
-        downstream=DownstreamConfig(model=model, epochs=epochs, image_size=image_size, seed=seed, device=device),
+        downstream=DownstreamConfig(model=model, epochs=epochs, label_smoothing=label_smoothing, image_size=image_size,
+                                    seed=seed, device=device),
         generator=generator,
         balance=BalanceConfig(target_per_class=target_per_class or "max", min_confidence=min_confidence,
                               max_attempts=max_attempts, min_judge_confidence=min_judge_confidence, seed=seed,

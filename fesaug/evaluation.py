@@ -389,7 +389,7 @@ def _prepare_out_dir(out: Path, record: dict[str, Any], overwrite: bool, held: S
         if not overwrite:
             shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
             raise FesaugError(f"{out} holds an evaluation with other settings or another manifest ({shown}, recorded -> "
-                              "now); run that command again to finish it, choose a new --out, or pass --overwrite to "
+                              "now); run it with the recorded settings to finish it, choose a new --out, or pass --overwrite to "
                               "start over")
         with contextlib.ExitStack() as locks:
             for folder in dict.fromkeys([*others, *(p for p in ours if _split_folder(p) and p not in held)]):

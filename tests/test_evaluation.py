@@ -524,11 +524,12 @@ def test_cli_generators_from_a_folder_evaluate_did_not_write_is_one_error_line(r
     assert not (tmp_path / "e").exists()
 
 
-def test_cli_downstream_epochs_default_is_the_librarys() -> None:
+def test_cli_downstream_defaults_are_the_librarys() -> None:
     from fesaug.cli.evaluate import evaluate_command
 
-    (epochs,) = [p for p in evaluate_command.params if p.name == "epochs"]
-    assert epochs.default == DownstreamConfig().epochs
+    defaults = {p.name: p.default for p in evaluate_command.params}
+    assert defaults["epochs"] == DownstreamConfig().epochs
+    assert defaults["label_smoothing"] == DownstreamConfig().label_smoothing
 
 
 def test_cli_evaluate_synthesis_help(capsys: pytest.CaptureFixture) -> None:
@@ -744,9 +745,10 @@ def test_cli_generator_config_sets_loss_weights_and_flags_still_win(capsys: pyte
         mp.setattr("fesaug.evaluation.evaluate", fake_evaluate)
         code, _out, err = cli(capsys, "evaluate", "--manifest", tmp_path / "m.parquet", "--out", tmp_path / "e",
                               "--generator-config", recipe, "--generator-epochs", "3", "--device", "cpu",
-                              "--downstream-seeds", "3", "--conditions", "real,oversample,mixed")
+                              "--downstream-seeds", "3", "--conditions", "real,oversample,mixed", "--label-smoothing", "0")
     assert code == 1 and "Error: stop here" in err
     assert seen[0].downstream_seeds == 3 and seen[0].conditions == ("real", "oversample", "mixed")
+    assert seen[0].downstream.label_smoothing == 0.0  # an evaluation made before smoothing was the default resumes
     generator = seen[0].generator
     assert (generator.loss.mask_smoothness, generator.loss.expression) == (0.5, 2.0)
     assert (generator.epochs, generator.batch_size) == (3, 4)  # the flag over the file, the file over the preset
