@@ -96,7 +96,7 @@ from .generator import load_generator
 from .judges import resolve_judges
 from .locking import output_lock
 from .provenance import provenance
-from .runlog import changed_settings, jsonable, with_defaults
+from .runlog import changed_settings_text, jsonable, with_defaults
 from .synthesis_scores import synthesis_quality, synthesis_summary
 from .targets import Targets, resolve_targets
 from .train_config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
@@ -325,9 +325,8 @@ def check_generator_source(source: Path, out: Path, record: dict[str, Any], conf
                           "its generators saw other data, so reuse one of this manifest")
     their_config, ours = _recorded_key(theirs.get("config") or {}), record["config"]
     keys = GENERATOR_KEYS + (("downstream",) if config.expression_judge else ())
-    differ = changed_settings({k: their_config.get(k) for k in keys}, {k: ours.get(k) for k in keys})
-    if differ:
-        shown = "; ".join(differ[:3]) + (f"; and {len(differ) - 3} more" if len(differ) > 3 else "")
+    shown = changed_settings_text({k: their_config.get(k) for k in keys}, {k: ours.get(k) for k in keys})
+    if shown:
         raise FesaugError(f"--generators-from {source} trained its generators with other settings ({shown}); "
                           "give this run the same ones (--preset, --generator-config, --generator-epochs, "
                           "--generator-batch-size, --val-fraction, --seed, --expression-judge) or drop --generators-from")
@@ -383,11 +382,10 @@ def _prepare_out_dir(out: Path, record: dict[str, Any], overwrite: bool, held: S
         # behaviour before they existed, so the default stands in for it.
         if isinstance(previous.get("config"), dict):
             previous["config"] = _recorded_key(previous["config"])
-        changed = changed_settings({k: previous.get(k) for k in RECORDED}, {k: record.get(k) for k in RECORDED})
-        if not changed:
+        shown = changed_settings_text({k: previous.get(k) for k in RECORDED}, {k: record.get(k) for k in RECORDED})
+        if not shown:
             return  # resume: finished pieces are reused
         if not overwrite:
-            shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
             raise FesaugError(f"{out} holds an evaluation with other settings or another manifest ({shown}, recorded -> "
                               "now); run it with the recorded settings to finish it, choose a new --out, or pass --overwrite to "
                               "start over")

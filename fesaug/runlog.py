@@ -77,6 +77,13 @@ def changed_settings(recorded: dict[str, Any], now: dict[str, Any], prefix: str 
     return out
 
 
+def changed_settings_text(recorded: dict[str, Any], now: dict[str, Any], limit: int = 3) -> str:
+    """:func:`changed_settings` for an error line: the first ``limit`` changes, then how many more
+    ("" when nothing changed)."""
+    changed = changed_settings(recorded, now)
+    return "; ".join(changed[:limit]) + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
+
+
 def read_metrics(path: Path, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
     """The lines of a ``metrics.jsonl`` (none if it does not exist), up to an epoch if given."""
     if not path.exists():
