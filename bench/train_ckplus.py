@@ -17,6 +17,10 @@ resumes.
 same `fesaug train --holdout-fold K` with validation subjects from the training subjects, the
 default recipe) as the runs of recipe `today`, instead of training them again.
 
+Issue #19's per-lever breakdown runs each lever of the recognition recipe alone on today's defaults
+(`bench/recipes/lever_*.yaml`; the length lever with `--epochs 45`); the report pairs every run,
+fold by fold, with the run it changes one thing of (`reference_run`).
+
 Results: bench/results/fersnet_ckplus.json and .md (every recipe and mode found in WORK).
 """
 
@@ -33,10 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fesaug.evaluation_stats import paired_comparison
 from record import PYTHON, REPO, machine, machine_line, write_results
 
 CKPLUS = REPO.parent / "shared" / "data" / "ckplus48"
 LAST_EPOCHS = 5
+BASE_RECIPE, BASE_SHARING = "today", "convflu"  # what the other runs change
 
 
 def run_fold(manifest: Path, work: Path, recipe: str, config: Path | None, sharing: str, fold: int, epochs: int,
@@ -180,9 +186,36 @@ def report(work: Path, parallel: int) -> None:
         on_common = [r for r in s["per_fold"] if r["fold"] in common]
         s["on_common_folds"] = {key: float(np.mean([r[key] for r in on_common])) for key in (
             "val_acc", "val_acc_last_epochs", "test_acc", "test_acc_flip") if on_common and all(key in r for r in on_common)}
+    summary["paired"] = paired_differences(summary["runs"])
     text = render(summary)
     write_results("fersnet_ckplus", summary, text)
     print(text)
+
+
+def reference_run(name: str, runs: dict[str, dict]) -> str | None:
+    """The run ``name`` is measured against: the same recipe with ConvFLU when it changes the
+    sharing (does selective sharing help?), else today's defaults with ConvFLU (what does the
+    recipe, or its one lever, do?)."""
+    s = runs[name]
+    ref = f"{s['recipe']} / {BASE_SHARING}" if s["sharing"] != BASE_SHARING else f"{BASE_RECIPE} / {BASE_SHARING}"
+    return ref if ref != name and ref in runs else None
+
+
+def paired_differences(runs: dict[str, dict]) -> dict[str, dict]:
+    """Each run minus its :func:`reference_run`, fold by fold on the folds both cover: a fold's
+    difficulty moves accuracy by points, so only paired differences say what a change did."""
+    out = {}
+    for name in runs:
+        ref = reference_run(name, runs)
+        if ref is None:
+            continue
+        a, b = ({r["fold"]: r for r in runs[n]["per_fold"]} for n in (name, ref))
+        folds = sorted(set(a) & set(b))
+        if not folds:
+            continue
+        out[name] = {"reference": ref, "folds": folds, **{key: paired_comparison(
+            [a[k][key] for k in folds], [b[k][key] for k in folds]) for key in ("val_acc_last_epochs", "test_acc")}}
+    return out
 
 
 def render(summary: dict) -> str:
@@ -211,6 +244,16 @@ def render(summary: dict) -> str:
             c = s["on_common_folds"]
             lines.append(f"| {name} | {pct(c.get('val_acc'))} | {pct(c.get('val_acc_last_epochs'))} | "
                          f"{pct(c.get('test_acc'))} | {pct(c.get('test_acc_flip'))} |")
+    if summary.get("paired"):
+        lines += ["", "Each run minus the run it changes one thing of (the same recipe with ConvFLU, else today's "
+                  "defaults with ConvFLU), paired over the folds both cover; points of accuracy, folds won/lost, "
+                  "two-sided Wilcoxon signed-rank p:", "",
+                  f"| recipe / sharing | minus | folds | validation, last {LAST_EPOCHS} epochs | test acc |", "|---|---|---|---|---|"]
+        for name, d in summary["paired"].items():
+            cell = lambda c: (f"{100 * c['mean_difference']:+.1f} ({c['wins']}/{c['losses']}, "  # noqa: E731
+                              f"p {'–' if c['wilcoxon_p'] is None else format(c['wilcoxon_p'], '.3f')})")
+            lines.append(f"| {name} | {d['reference']} | {len(d['folds'])} | {cell(d['val_acc_last_epochs'])} | "
+                         f"{cell(d['test_acc'])} |")
     lines += ["", "Per fold (test accuracy, best epoch by validation accuracy):", "",
               "| recipe / sharing | " + " | ".join(f"f{k}" for k in range(10)) + " |", "|---|" + "---|" * 10]
     for name, s in summary["runs"].items():

@@ -362,6 +362,23 @@ def test_config_layers_preset_then_yaml_then_flags(tmp_path: Path) -> None:
     assert TrainConfig.from_dict(config.to_dict(), where="x") == config
 
 
+def test_bench_recipes_load_and_the_recognition_levers_add_up_to_the_recognition_recipe() -> None:
+    from fesaug.train_config import load_config
+
+    recipes = Path(__file__).parents[1] / "bench" / "recipes"
+    default = TrainConfig().to_dict()
+    changed = {}
+    for path in sorted(recipes.glob("*.yaml")):
+        config = load_config(path).to_dict()  # a typo or a removed key fails here, not hours into a run
+        changed[path.stem] = {k: v for k, v in config.items() if v != default[k]}
+        assert changed[path.stem], f"{path.name} changes nothing"
+    # The per-lever breakdown (bench/train_ckplus.py) measures the recipe's levers one at a time:
+    # together they must be the recipe itself.
+    levers = [changed[f"lever_{name}"] for name in ("augment", "smoothing", "ema")]
+    assert {k: v for lever in levers for k, v in lever.items()} == changed["recognition"]
+    assert sum(len(lever) for lever in levers) == len(changed["recognition"])
+
+
 # ----------------------------------------------------------------------------- inference API
 
 
