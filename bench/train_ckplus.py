@@ -31,7 +31,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,12 +54,10 @@ def run_fold(manifest: Path, work: Path, recipe: str, config: Path | None, shari
            "--holdout-fold", str(fold), "--sharing", sharing, "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu"]
     cmd += ["--config", str(config)] if config else []
     resume = (run / "checkpoints" / "last.pt").exists()
-    start = time.perf_counter()
     subprocess.run(cmd + (["--resume"] if resume else ["--overwrite"]), check=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
     result = {"recipe": recipe, "config": repo_path(config) if config else None, "sharing": sharing, "fold": fold,
-              "train_command": " ".join(cmd), "wall_s": round(wall, 1), **evaluate(manifest, run, fold)}
+              "train_command": " ".join(cmd), **evaluate(manifest, run, fold)}
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -78,6 +75,12 @@ def last_epochs_val_acc(metrics: list[dict], n: int = LAST_EPOCHS) -> float:
     return float(np.mean([r["val_fer_acc"] for r in metrics[-n:]]))
 
 
+def training_seconds(metrics: list[dict]) -> float:
+    """The fold's training time, every epoch's, over all the sessions that resumed it (the time
+    of the process that finished it is only the last part)."""
+    return round(sum(r["epoch_seconds"] for r in metrics), 1)
+
+
 def import_evaluated(manifest: Path, work: Path, evaluated: Path, fold: int) -> dict | None:
     """A finished fold generator of a `fesaug evaluate` folder as a run of recipe `today`."""
     from fesaug.runlog import read_metrics
@@ -92,8 +95,7 @@ def import_evaluated(manifest: Path, work: Path, evaluated: Path, fold: int) -> 
     sharing = config.model.get("sharing", "convflu")
     command = json.loads((run / "provenance.json").read_text())["command"]
     result = {"recipe": "today", "config": None, "sharing": sharing, "fold": fold,
-              "train_command": f"{command} (its fold-{fold}/fersnet)",
-              "wall_s": round(sum(r["epoch_seconds"] for r in metrics), 1), **evaluate(manifest, run, fold)}
+              "train_command": f"{command} (its fold-{fold}/fersnet)", **evaluate(manifest, run, fold)}
     out = work / f"today-{sharing}-f{fold}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "fold_result.json").write_text(json.dumps(result, indent=2))
@@ -130,7 +132,7 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
     best = [r for r in metrics if r.get("best")][-1]  # the epoch best.pt was saved from
     return {
         **scores, "epochs": int(gen.config["epochs"]), "best_epoch": best["epoch"], "best_val_fer_acc": best.get("val_fer_acc"),
-        "val_acc_last_epochs": last_epochs_val_acc(metrics),
+        "val_acc_last_epochs": last_epochs_val_acc(metrics), "wall_s": training_seconds(metrics),
         "train_images_per_s": float(np.median([r["images_per_s"] for r in metrics if "images_per_s" in r])),
     }
 
@@ -143,8 +145,9 @@ def report(work: Path, parallel: int) -> None:
     results = []
     for p in sorted(work.glob("*/fold_result.json")):
         r = json.loads(p.read_text())
-        if "val_acc_last_epochs" not in r and (p.parent / "metrics.jsonl").exists():  # recorded before it existed
-            r["val_acc_last_epochs"] = last_epochs_val_acc(read_metrics(p.parent / "metrics.jsonl"))
+        if (p.parent / "metrics.jsonl").exists():  # recorded before these existed, or as one session's time
+            metrics = read_metrics(p.parent / "metrics.jsonl")
+            r |= {"val_acc_last_epochs": last_epochs_val_acc(metrics), "wall_s": training_seconds(metrics)}
         results.append(r)
     runs: dict[str, list[dict]] = {}
     for r in results:
@@ -228,7 +231,7 @@ def render(summary: dict) -> str:
              f"*Validation, last {LAST_EPOCHS} epochs*: the mean of the validation accuracy over the last {LAST_EPOCHS} "
              "epochs; the best epoch's is the maximum of a noisy curve and flatters a noisier recipe.", "",
              f"| recipe / sharing | epochs | folds | validation acc (mirrored) | validation, last {LAST_EPOCHS} epochs | "
-             "test acc ± std (mirrored) | wall per fold | train images/s |",
+             "test acc ± std (mirrored) | training per fold | train images/s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, s in summary["runs"].items():
         lines.append(f"| {name} | {s['epochs']} | {len(s['folds'])} ({','.join(map(str, s['folds']))}) | "
