@@ -182,10 +182,16 @@ def report(work: Path, parallel: int) -> None:
             "per_fold": rs,
         }
     # Means over different folds do not compare (a fold's difficulty moves accuracy by points):
-    # the same statistics over the folds every run covers.
-    common = sorted(set.intersection(*(set(s["folds"]) for s in summary["runs"].values()))) if summary["runs"] else []
+    # the same statistics over the folds every run covers. A run still under way would shrink those
+    # to its few folds: they are the folds of the runs that cover the most, and a run that does not
+    # cover them all is left out of that table (the paired table has it).
+    most = max((len(s["folds"]) for s in summary["runs"].values()), default=0)
+    covering = [set(s["folds"]) for s in summary["runs"].values() if len(s["folds"]) == most]
+    common = sorted(set.intersection(*covering)) if covering else []
     summary["common_folds"] = common
     for s in summary["runs"].values():
+        if not set(common) <= set(s["folds"]):
+            continue
         on_common = [r for r in s["per_fold"] if r["fold"] in common]
         s["on_common_folds"] = {key: float(np.mean([r[key] for r in on_common])) for key in (
             "val_acc", "val_acc_last_epochs", "test_acc", "test_acc_flip") if on_common and all(key in r for r in on_common)}
@@ -239,11 +245,13 @@ def render(summary: dict) -> str:
                      f"{pct(s['mean_test_acc'])} ± {pct(s['std_test_acc'])} ({pct(s.get('mean_test_acc_flip'))}) | "
                      f"{s['mean_wall_s']:.0f} s | {s['median_train_images_per_s']:.0f} |")
     if len(summary["runs"]) > 1 and summary["common_folds"]:
-        lines += ["", f"On the folds every run covers ({','.join(map(str, summary['common_folds']))}), the only "
-                  "fair comparison of the rows:", "",
+        lines += ["", f"On the folds every run covers ({','.join(map(str, summary['common_folds']))}; a run on fewer "
+                  "folds is only in the paired table below), the only fair comparison of the rows:", "",
                   f"| recipe / sharing | validation acc | validation, last {LAST_EPOCHS} epochs | test acc | test acc mirrored |",
                   "|---|---|---|---|---|"]
         for name, s in summary["runs"].items():
+            if "on_common_folds" not in s:
+                continue
             c = s["on_common_folds"]
             lines.append(f"| {name} | {pct(c.get('val_acc'))} | {pct(c.get('val_acc_last_epochs'))} | "
                          f"{pct(c.get('test_acc'))} | {pct(c.get('test_acc_flip'))} |")
