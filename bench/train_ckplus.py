@@ -49,7 +49,7 @@ def run_fold(manifest: Path, work: Path, recipe: str, config: Path | None, shari
     run = work / f"{recipe}-{sharing}-f{fold}"
     done = run / "fold_result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return load_fold_result(done)
     cmd = [sys.executable, "-m", "fesaug", "train", "--manifest", str(manifest), "--out", str(run),
            "--holdout-fold", str(fold), "--sharing", sharing, "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu"]
     cmd += ["--config", str(config)] if config else []
@@ -79,6 +79,20 @@ def training_seconds(metrics: list[dict]) -> float:
     """The fold's training time, every epoch's, over all the sessions that resumed it (the time
     of the process that finished it is only the last part)."""
     return round(sum(r["epoch_seconds"] for r in metrics), 1)
+
+
+def load_fold_result(path: Path) -> dict:
+    """A cached fold's result, with what older records lack or recorded otherwise recomputed from
+    its metrics (the validation mean over the last epochs; the training time, once the last
+    session's wall time under the name ``wall_s``)."""
+    from fesaug.runlog import read_metrics
+
+    r = json.loads(path.read_text())
+    r.setdefault("train_s", r.pop("wall_s", None))
+    if (path.parent / "metrics.jsonl").exists():
+        metrics = read_metrics(path.parent / "metrics.jsonl")
+        r |= {"val_acc_last_epochs": last_epochs_val_acc(metrics), "train_s": training_seconds(metrics)}
+    return r
 
 
 def import_evaluated(manifest: Path, work: Path, evaluated: Path, fold: int) -> dict | None:
@@ -132,7 +146,7 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
     best = [r for r in metrics if r.get("best")][-1]  # the epoch best.pt was saved from
     return {
         **scores, "epochs": int(gen.config["epochs"]), "best_epoch": best["epoch"], "best_val_fer_acc": best.get("val_fer_acc"),
-        "val_acc_last_epochs": last_epochs_val_acc(metrics), "wall_s": training_seconds(metrics),
+        "val_acc_last_epochs": last_epochs_val_acc(metrics), "train_s": training_seconds(metrics),
         "train_images_per_s": float(np.median([r["images_per_s"] for r in metrics if "images_per_s" in r])),
     }
 
@@ -140,15 +154,7 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
 def report(work: Path, parallel: int) -> None:
     import torch
 
-    from fesaug.runlog import read_metrics
-
-    results = []
-    for p in sorted(work.glob("*/fold_result.json")):
-        r = json.loads(p.read_text())
-        if (p.parent / "metrics.jsonl").exists():  # recorded before these existed, or as one session's time
-            metrics = read_metrics(p.parent / "metrics.jsonl")
-            r |= {"val_acc_last_epochs": last_epochs_val_acc(metrics), "wall_s": training_seconds(metrics)}
-        results.append(r)
+    results = [load_fold_result(p) for p in sorted(work.glob("*/fold_result.json"))]
     runs: dict[str, list[dict]] = {}
     for r in results:
         runs.setdefault(f"{r.get('recipe', 'today')} / {r['sharing']}", []).append(r)
@@ -174,7 +180,7 @@ def report(work: Path, parallel: int) -> None:
             **{f"mean_{key}": float(np.mean([r[key] for r in rs])) for key in (
                 "val_acc", "val_acc_flip", "val_acc_last_epochs", "test_acc", "test_acc_flip") if all(key in r for r in rs)},
             "std_test_acc": float(np.std([r["test_acc"] for r in rs])),
-            "mean_wall_s": float(np.mean([r["wall_s"] for r in rs])),
+            "mean_train_s": float(np.mean([r["train_s"] for r in rs])),
             "median_train_images_per_s": float(np.median([r["train_images_per_s"] for r in rs])),
             "mean_recall": {c: float(np.average([r["test_recall"][c] for r in rs if c in r["test_recall"]],
                                                   weights=[r["test_images"] for r in rs if c in r["test_recall"]]))
@@ -243,7 +249,7 @@ def render(summary: dict) -> str:
         lines.append(f"| {name} | {s['epochs']} | {len(s['folds'])} ({','.join(map(str, s['folds']))}) | "
                      f"{pct(s.get('mean_val_acc'))} ({pct(s.get('mean_val_acc_flip'))}) | {pct(s.get('mean_val_acc_last_epochs'))} | "
                      f"{pct(s['mean_test_acc'])} ± {pct(s['std_test_acc'])} ({pct(s.get('mean_test_acc_flip'))}) | "
-                     f"{s['mean_wall_s']:.0f} s | {s['median_train_images_per_s']:.0f} |")
+                     f"{s['mean_train_s']:.0f} s | {s['median_train_images_per_s']:.0f} |")
     if len(summary["runs"]) > 1 and summary["common_folds"]:
         lines += ["", f"On the folds every run covers ({','.join(map(str, summary['common_folds']))}; a run on fewer "
                   "folds is only in the paired table below), the only fair comparison of the rows:", "",
@@ -260,9 +266,9 @@ def render(summary: dict) -> str:
                   "defaults with ConvFLU), paired over the folds both cover; points of accuracy, folds won/lost, "
                   "two-sided Wilcoxon signed-rank p:", "",
                   f"| recipe / sharing | minus | folds | validation, last {LAST_EPOCHS} epochs | test acc |", "|---|---|---|---|---|"]
+        cell = lambda c: (f"{100 * c['mean_difference']:+.1f} ({c['wins']}/{c['losses']}, "  # noqa: E731
+                          f"p {'–' if c['wilcoxon_p'] is None else format(c['wilcoxon_p'], '.3f')})")
         for name, d in summary["paired"].items():
-            cell = lambda c: (f"{100 * c['mean_difference']:+.1f} ({c['wins']}/{c['losses']}, "  # noqa: E731
-                              f"p {'–' if c['wilcoxon_p'] is None else format(c['wilcoxon_p'], '.3f')})")
             lines.append(f"| {name} | {d['reference']} | {len(d['folds'])} | {cell(d['val_acc_last_epochs'])} | "
                          f"{cell(d['test_acc'])} |")
     lines += ["", "Per fold (test accuracy, best epoch by validation accuracy):", "",
@@ -320,7 +326,7 @@ def main() -> None:
     with ThreadPoolExecutor(args.parallel) as pool:
         for r in pool.map(lambda job: run_fold(manifest, args.work, *job, args.epochs, args.seed), jobs):
             print(f"{r['recipe']} / {r['sharing']} fold {r['fold']}: validation acc {r['val_acc']:.3f}, "
-                  f"test acc {r['test_acc']:.3f} ({r['wall_s']:.0f} s)", flush=True)
+                  f"test acc {r['test_acc']:.3f} ({r['train_s']:.0f} s of training)", flush=True)
     report(args.work, args.parallel)
 
 
