@@ -379,6 +379,28 @@ def test_bench_recipes_load_and_the_recognition_levers_add_up_to_the_recognition
     assert sum(len(lever) for lever in levers) == len(changed["recognition"])
 
 
+
+def test_ckplus_benchmark_resumes_from_its_committed_fold_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CK+48 fold is 20 minutes of the CPU and its checkpoints stay on the machine that trained
+    # it: a fresh clone must take the committed records as finished folds, not train them again.
+    bench = Path(__file__).parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    import train_ckplus
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded fold was trained again")
+
+    monkeypatch.setattr(train_ckplus.subprocess, "run", no_training)
+    recorded = json.loads((bench / "results" / "fersnet_ckplus.json").read_text())["runs"]["recognition / convflu"]
+    for fold in recorded["folds"]:
+        r = train_ckplus.run_fold(tmp_path / "ck.parquet", tmp_path, "recognition", bench / "recipes" / "recognition.yaml",
+                                  "convflu", fold, recorded["epochs"], seed=0)
+        assert r == recorded["per_fold"][recorded["folds"].index(fold)]
+    with pytest.raises(AssertionError, match="trained again"):  # another recipe is not a recorded fold
+        train_ckplus.run_fold(tmp_path / "ck.parquet", tmp_path, "recognition", bench / "recipes" / "recognition.yaml",
+                              "convflu", 0, recorded["epochs"] + 1, seed=0)
+
+
 # ----------------------------------------------------------------------------- inference API
 
 
