@@ -48,8 +48,8 @@ RECORDED = RESULTS / "fersnet_ckplus.json"  # this benchmark's committed results
 
 
 def fold_key(r: dict) -> tuple:
-    """What makes two fold records the same measurement (older records name the recipe file by
-    its absolute path)."""
+    """What makes two fold records the same measurement; the recipe file relative to the
+    repository, as records name it, so they match on any clone."""
     return r.get("recipe", "today"), r["config"] and repo_path(Path(r["config"])), r["sharing"], r["epochs"], r["fold"]
 
 
