@@ -33,9 +33,9 @@ from fesaug.data.align import BOX_SHAPE, DETECT_MIN_SIDE, LEFT_EYE, REFRAMES, RI
 from fesaug.data.demo import make_demo_dataset, render_params
 from fesaug.data.ingest import ingest
 from fesaug.data.manifest import read_manifest
-from fesaug.dlib_models import face_detector, landmark_model
-from fesaug.errors import FesaugError
-from fesaug.provenance import package_versions
+from fesaug.utils.dlib_models import face_detector, landmark_model
+from fesaug.utils.errors import FesaugError
+from fesaug.utils.provenance import package_versions
 
 from record import command, machine, machine_line, write_results
 

@@ -30,8 +30,8 @@ from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest
 from fesaug.models import au_metrics, count_parameters
-from fesaug.multitask_training import MultiTaskConfig, au_occurrence, load_emotion_au, train_multitask
-from fesaug.provenance import package_versions
+from fesaug.multitask.training import MultiTaskConfig, au_occurrence, load_emotion_au, train_multitask
+from fesaug.utils.provenance import package_versions
 
 from record import RESULTS, command, machine, machine_line, write_results
 

@@ -39,7 +39,7 @@ def status_mib(field: str) -> float:
 def setup(work: Path) -> tuple[Path, Path]:
     """The demo manifest and a checkpoint, made once and reused."""
     from fesaug.data.demo import make_demo_dataset
-    from fesaug.training import TrainConfig, train
+    from fesaug.synthesis.training import TrainConfig, train
 
     manifest, ckpt = work / "demo" / "manifest.parquet", work / "run" / "checkpoints" / "last.pt"
     if not manifest.exists():
@@ -51,7 +51,7 @@ def setup(work: Path) -> tuple[Path, Path]:
 
 def generator_alone(manifest: Path, ckpt: Path, batches: int = 4, repeats: int = 7) -> dict:
     from fesaug.data.datasets import ManifestDataset
-    from fesaug.generator import load_generator
+    from fesaug.synthesis.generator import load_generator
 
     gen = load_generator(ckpt, device="cpu")
     x = ManifestDataset(manifest, image_size=gen.image_size).pixels[:BATCH]
@@ -76,8 +76,7 @@ def generator_alone(manifest: Path, ckpt: Path, batches: int = 4, repeats: int =
 
 def run_case(work: Path, target: int) -> dict:
     """One end-to-end balance run (in its own process); printed as one JSON line."""
-    import fesaug.balance as fb
-
+    import fesaug.balance.run as fb
     manifest, ckpt = setup(work)
     finish, seen = fb._finish, {}
 
@@ -111,7 +110,7 @@ def main() -> None:
         print(json.dumps(run_case(args.work, args.case)))
         return
 
-    from fesaug.provenance import package_versions
+    from fesaug.utils.provenance import package_versions
 
     t0 = time.perf_counter()
     manifest, ckpt = setup(args.work)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fesaug.evaluation_stats import paired_comparison
-from fesaug.evaluation_report import EXPRESSION_JUDGE
+from fesaug.evaluate.stats import paired_comparison
+from fesaug.evaluate.report import EXPRESSION_JUDGE
 
 from record import write_results
 

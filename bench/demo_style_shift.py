@@ -2,7 +2,7 @@
 
 `fesaug demo-data --style shifted` renders a second population (other face shapes and skin tones,
 side lighting and low contrast, wider head poses, low resolution; its own subject ids) for
-cross-dataset evaluation. This trains `fesaug.downstream`'s small CNN (the classifier `fesaug
+cross-dataset evaluation. This trains `fesaug.evaluate.downstream`'s small CNN (the classifier `fesaug
 evaluate` uses, its augmentation included) on the standard set and on the shifted one, each time
 on folds 2-4 with fold 1 choosing the epoch, and tests on fold 0 of both: the drop from the
 in-domain to the cross-domain column is the domain shift. Fold 0 of either set holds subjects
@@ -29,7 +29,7 @@ from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.ingest import ingest
 from fesaug.data.manifest import read_manifest, write_manifest
-from fesaug.downstream import DownstreamConfig, fit, predict_proba
+from fesaug.evaluate.downstream import DownstreamConfig, fit, predict_proba
 
 from record import command, machine, machine_line, write_results
 
@@ -98,7 +98,7 @@ def main() -> None:
 
     report = {
         **result,
-        "protocol": f"small-cnn (fesaug.downstream, augmentation on), {args.epochs} epochs, train folds 2-4, "
+        "protocol": f"small-cnn (fesaug.evaluate.downstream, augmentation on), {args.epochs} epochs, train folds 2-4, "
                     f"epoch chosen on fold {VAL_FOLD} macro-F1, test fold {TEST_FOLD} of each set; default demo counts, seed {args.seed}",
         "wall_s": round(time.perf_counter() - start, 1),
         "machine": machine(threads=args.threads),

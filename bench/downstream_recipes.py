@@ -11,7 +11,7 @@ resumes; run two processes with one thread each on a 2-core machine.
     OMP_NUM_THREADS=1 python bench/downstream_recipes.py --manifest ck.parquet --out /tmp/dr --folds 0,1,2 \\
         --recipe defaults= --recipe 'ls01_erase=label_smoothing=0.1,erasing=0.5' --recipe 'e120=epochs=120'
 
-A recipe is ``NAME=[key=value,...]`` over :class:`fesaug.downstream.DownstreamConfig` (model,
+A recipe is ``NAME=[key=value,...]`` over :class:`fesaug.evaluate.downstream.DownstreamConfig` (model,
 epochs, lr, batch_size, weight_decay, erasing, label_smoothing). ``--write NAME`` also writes every
 recipe found in ``--out`` to ``bench/results/NAME.{json,md}``.
 """
@@ -31,8 +31,8 @@ import torch
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.manifest import read_manifest
 from fesaug.data.splits import manifest_folds, split_subjects
-from fesaug.downstream import DownstreamConfig, classification_report, fit, predict_proba
-from fesaug.provenance import package_versions
+from fesaug.evaluate.downstream import DownstreamConfig, classification_report, fit, predict_proba
+from fesaug.utils.provenance import package_versions
 
 from record import command, machine, machine_line, versions_line, write_results
 

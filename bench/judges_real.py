@@ -33,7 +33,7 @@ from fesaug.judges import load_judge
 from fesaug.judges.identity import SAME_PERSON_DISTANCE
 from fesaug.judges.perceptual import PerceptualJudge
 from fesaug.judges.report import stats, yardstick_pairs
-from fesaug.provenance import package_versions
+from fesaug.utils.provenance import package_versions
 
 from record import command, machine, machine_line, versions_line, write_results
 

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fesaug.files import atomic_write_text
+from fesaug.utils.files import atomic_write_text
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -64,7 +64,7 @@ def machine_line(m: dict | str) -> str:
 
 
 def versions_line(versions: dict[str, str]) -> str:
-    """Package versions (:func:`fesaug.provenance.package_versions`) as ``fesaug 0.1.0, torch 2.4.1, ...``."""
+    """Package versions (:func:`fesaug.utils.provenance.package_versions`) as ``fesaug 0.1.0, torch 2.4.1, ...``."""
     return ", ".join(f"{k} {v}" for k, v in versions.items())
 
 

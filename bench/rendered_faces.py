@@ -29,9 +29,9 @@ import torch
 
 from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.manifest import read_manifest
-from fesaug.downstream import classification_report, load_classifier, predict_proba
-from fesaug.generator import load_generator
-from fesaug.provenance import package_versions
+from fesaug.evaluate.downstream import classification_report, load_classifier, predict_proba
+from fesaug.synthesis.generator import load_generator
+from fesaug.utils.provenance import package_versions
 
 from record import command, machine, machine_line, versions_line, write_results
 

@@ -52,11 +52,11 @@ from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.demo import counterfactual
 from fesaug.data.manifest import read_manifest
 from fesaug.data.splits import split_subjects
-from fesaug.downstream import DownstreamConfig, classification_report, fit, load_classifier, predict_proba, save_classifier
-from fesaug.provenance import package_versions
-from fesaug.synthesis_metrics import ssim
-from fesaug.train_config import TrainConfig, load_config
-from fesaug.training import train
+from fesaug.evaluate.downstream import DownstreamConfig, classification_report, fit, load_classifier, predict_proba, save_classifier
+from fesaug.utils.provenance import package_versions
+from fesaug.evaluate.metrics import ssim
+from fesaug.synthesis.config import TrainConfig, load_config
+from fesaug.synthesis.training import train
 
 from record import machine, machine_line, versions_line, write_results
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fesaug.evaluation_stats import paired_comparison
+from fesaug.evaluate.stats import paired_comparison
 from record import PYTHON, REPO, RESULTS, machine, machine_line, write_results
 
 CKPLUS = REPO.parent / "shared" / "data" / "ckplus48"
@@ -106,7 +106,7 @@ def load_fold_result(path: Path) -> dict:
     """A cached fold's result, with what older records lack or recorded otherwise recomputed from
     its metrics (the validation mean over the last epochs; the training time, once the last
     session's wall time under the name ``wall_s``)."""
-    from fesaug.runlog import read_metrics
+    from fesaug.utils.runlog import read_metrics
 
     r = json.loads(path.read_text())
     r.setdefault("train_s", r.pop("wall_s", None))
@@ -118,8 +118,8 @@ def load_fold_result(path: Path) -> dict:
 
 def import_evaluated(manifest: Path, work: Path, evaluated: Path, fold: int) -> dict | None:
     """A finished fold generator of a `fesaug evaluate` folder as a run of recipe `today`."""
-    from fesaug.runlog import read_metrics
-    from fesaug.training import run_config
+    from fesaug.utils.runlog import read_metrics
+    from fesaug.synthesis.training import run_config
 
     run = evaluated / f"fold-{fold}" / "fersnet"
     if not (run / "checkpoints" / "best.pt").exists():
@@ -145,8 +145,8 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
     from fesaug import load_generator
     from fesaug.data.datasets import ManifestDataset
     from fesaug.data.manifest import read_manifest
-    from fesaug.downstream import classification_report
-    from fesaug.runlog import read_metrics
+    from fesaug.evaluate.downstream import classification_report
+    from fesaug.utils.runlog import read_metrics
 
     torch.set_num_threads(1)
     m = read_manifest(manifest)

@@ -19,8 +19,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fesaug.models import Discriminator, FERSNet
-from fesaug.train_config import TrainConfig
-from fesaug.training import GeneratorStep, Optimisation, Runtime, train_step
+from fesaug.synthesis.config import TrainConfig
+from fesaug.synthesis.training import GeneratorStep, Optimisation, Runtime, train_step
 
 from record import command, machine, machine_line, write_results
 

@@ -1,4 +1,4 @@
-"""`fesaug audit`: print an :class:`~fesaug.audit.AuditReport` as a table, JSON or CSV, and plot it."""
+"""`fesaug audit`: print an :class:`~fesaug.audit.report.AuditReport` as a table, JSON or CSV, and plot it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
-from fesaug.audit import BY_COLUMNS, AuditReport, audit, plot_report
-from fesaug.errors import FesaugError
-from fesaug.plots import plot_format
+from fesaug.audit.report import BY_COLUMNS, AuditReport, audit, plot_report
+from fesaug.utils.errors import FesaugError
+from fesaug.utils.plots import plot_format
 
-from .params import aligned_table, checked_by
+from fesaug.cli.params import aligned_table, checked_by
 
 
 @click.command("audit")

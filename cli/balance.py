@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
-from .params import DEVICE, aligned_table, balance_options
+from fesaug.cli.params import DEVICE, aligned_table, balance_options
 
 if TYPE_CHECKING:
-    from fesaug.balance import BalanceResult
+    from fesaug.balance.run import BalanceResult
 
 
 def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
@@ -96,7 +96,7 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
 
     Re-run the same command after an interruption to finish the job.
     """
-    from fesaug.balance import BalanceConfig, balance
+    from fesaug.balance.run import BalanceConfig, balance
 
     config = BalanceConfig(
         target_per_class=target_per_class or "max", sampling_strategy=sampling_strategy, targets=targets,
@@ -126,7 +126,7 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
 
 
 def format_summary(r: BalanceResult) -> str:
-    from fesaug.balance import gate_table
+    from fesaug.balance.run import gate_table
 
     weighted = ("weighted",) if r.weighted else ()
     rows = r.class_rows(("real", "target", "synthesized", "acceptance", "shortfall", "after", *weighted))

@@ -8,7 +8,7 @@ import click
 
 from fesaug.quickstart import DEMO_EPOCHS, run_demo
 
-from .params import show_progress_log
+from fesaug.cli.params import show_progress_log
 
 
 @click.command("demo")

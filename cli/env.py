@@ -4,7 +4,7 @@ import json
 
 import click
 
-from fesaug.provenance import package_versions
+from fesaug.utils.provenance import package_versions
 
 
 @click.command("env")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .params import BALANCE_OPTIONS, DEVICE, aligned_table, show_progress_log
+from fesaug.cli.params import BALANCE_OPTIONS, DEVICE, aligned_table, show_progress_log
 
 
 def _folds(ctx: click.Context, param: click.Parameter, value: str) -> list[int] | None:
@@ -140,11 +140,11 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
          judges: str, au_checkpoint: Path | None, val_fraction: float, seed: int, device: str,
          overwrite: bool, downstream_seeds: int = 1, test_manifest: Path | None = None,
          test_subject_pattern: str | None = None, generators_from: Path | None = None) -> None:
-    from fesaug.balance import BalanceConfig
-    from fesaug.downstream import DownstreamConfig
-    from fesaug.evaluation import EvaluateConfig, evaluate
+    from fesaug.balance.run import BalanceConfig
+    from fesaug.evaluate.downstream import DownstreamConfig
+    from fesaug.evaluate.run import EvaluateConfig, evaluate
     from fesaug.judges import resolve_judges
-    from fesaug.train_config import resolve_config
+    from fesaug.synthesis.config import resolve_config
 
     generator = resolve_config(preset=preset, config_file=generator_config,
                                overrides={"epochs": generator_epochs, "device": device}
@@ -160,8 +160,8 @@ def _run(conditions: tuple[str, ...], synthesis: bool, *, manifest: Path, out: P
                               synthetic_weight=synthetic_weight),
         val_fraction=val_fraction, seed=seed, au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
         judge=judge, expression_judge=expression_judge, downstream_seeds=downstream_seeds, judges=resolve_judges(judges))
-    show_progress_log("fesaug.evaluation")
-    show_progress_log("fesaug.training")  # FERSNet's epochs: minutes per fold on a CPU
+    show_progress_log("fesaug.evaluate.run")
+    show_progress_log("fesaug.synthesis.training")  # FERSNet's epochs: minutes per fold on a CPU
     result = evaluate(manifest, out, config, folds=folds, overwrite=overwrite, test_manifest=test_manifest,
                       test_subject_pattern=test_subject_pattern, generators_from=generators_from)
     click.echo(format_summary(result.results))
@@ -174,7 +174,7 @@ def format_summary(results: dict) -> str:
             return "-"
         return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
 
-    from fesaug.evaluation_report import is_cross_dataset
+    from fesaug.evaluate.report import is_cross_dataset
 
     unit = "seed" if is_cross_dataset(results) else "fold"
     seeds = results["protocol"]["downstream"].get("seeds_per_fold", 1) > 1
@@ -187,7 +187,7 @@ def format_summary(results: dict) -> str:
         lines.append(f"{name.replace('_', ' ')}: macro-F1 {c['mean_difference']:+.3f} "
                      f"(won {c['wins']}, lost {c['losses']} of {c[f'n_{unit}s']} {unit}s{p})")
     if results.get("verdict"):
-        from fesaug.evaluation_report import verdict_text
+        from fesaug.evaluate.report import verdict_text
 
         lines.append(f"verdict: {verdict_text(results['verdict'])}")
         lines += [f"caution: {c}" for c in results["verdict"]["cautions"]]
@@ -196,7 +196,7 @@ def format_summary(results: dict) -> str:
         lines.append(f"synthetic images recognised as their target by the real classifier: {ms(syn['recognised'])} "
                      f"(its real test faces of those classes: {ms(syn['real_test_recognised'])})")
         if syn.get("judges"):
-            from fesaug.evaluation_report import judges_summary
+            from fesaug.evaluate.report import judges_summary
 
             lines += judges_summary(syn["judges"])
     return "\n".join(lines)

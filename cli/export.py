@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fesaug.export import FORMATS, export
+from fesaug.data.export import FORMATS, export
 
 
 @click.command("export")

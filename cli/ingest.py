@@ -12,7 +12,7 @@ from fesaug.data.ingest import (
     ingest,
 )
 
-from .params import checked_by
+from fesaug.cli.params import checked_by
 
 
 def _default_out(src: Path) -> Path:

@@ -1,7 +1,7 @@
 """``fesaug`` command group and its error handling.
 
 Every command parses its arguments, calls one library function and prints. Library errors
-(:class:`fesaug.errors.FesaugError`) become one ``Error: ...`` line on stderr with exit status 1
+(:class:`fesaug.utils.errors.FesaugError`) become one ``Error: ...`` line on stderr with exit status 1
 (2 for usage errors); ``--debug`` or ``FESAUG_DEBUG=1`` shows the traceback instead.
 """
 
@@ -14,7 +14,7 @@ import traceback
 import click
 
 from fesaug import __version__
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 
 def _debug_requested(argv: list[str]) -> bool:
@@ -36,7 +36,7 @@ def cli(debug: bool) -> None:
 
 def _register() -> None:
     # Imported here so `fesaug --help` stays fast and each command lives in its own module.
-    from . import commands
+    from fesaug.cli import commands
 
     for command in commands.ALL:
         cli.add_command(command)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from fesaug.errors import FesaugError, UsageError
+from fesaug.utils.errors import FesaugError, UsageError
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -36,7 +36,7 @@ def intensity_range(ctx: click.Context, param: click.Parameter, value: str | Non
     """``--intensity LOW..HIGH`` (or one number): the range edits are scaled by, checked by the library."""
     if value is None:
         return None
-    from fesaug.balance import check_intensity
+    from fesaug.balance.run import check_intensity
 
     low, sep, high = value.partition("..")
     try:
@@ -48,10 +48,10 @@ def intensity_range(ctx: click.Context, param: click.Parameter, value: str | Non
 
 
 def target_per_class(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
-    """``--target-per-class N|max``, checked by :func:`fesaug.targets.check_target_per_class`."""
+    """``--target-per-class N|max``, checked by :func:`fesaug.balance.targets.check_target_per_class`."""
     if value is None or value == "max":
         return value
-    from fesaug.targets import check_target_per_class
+    from fesaug.balance.targets import check_target_per_class
 
     try:
         return check_target_per_class(int(value))
@@ -60,9 +60,9 @@ def target_per_class(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 def device_seen(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """``--device``: a CUDA device torch does not see is refused before any work (:func:`fesaug.devices.resolve_device`)."""
+    """``--device``: a CUDA device torch does not see is refused before any work (:func:`fesaug.utils.devices.resolve_device`)."""
     if value == "cuda":
-        from fesaug.devices import resolve_device
+        from fesaug.utils.devices import resolve_device
 
         try:
             resolve_device(value)
@@ -130,7 +130,7 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def show_progress_log(name: str = "fesaug.training") -> None:
+def show_progress_log(name: str = "fesaug.synthesis.training") -> None:
     """Print the library logger ``name``'s lines on stderr, one per step; the library only logs."""
     logger = logging.getLogger(name)
     if not logger.handlers:

@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from fesaug.train_config import DEVICES, PRESETS
+from fesaug.synthesis.config import DEVICES, PRESETS
 
-from .params import show_progress_log
+from fesaug.cli.params import show_progress_log
 
 
 @click.command("train")
@@ -57,7 +57,7 @@ def train_command(manifest: Path, out: Path, config_file: Path | None, preset: s
     On a CPU shared with other jobs, OMP_NUM_THREADS=1 can be several times faster than the
     default of one thread per core.
     """
-    from fesaug.multitask_training import MultiTaskResult
+    from fesaug.multitask.training import MultiTaskResult
     from fesaug.trainers import train_tasks
 
     main_process = os.environ.get("RANK", "0") == "0"

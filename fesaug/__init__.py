@@ -1,22 +1,27 @@
-"""fesaug: balance facial-expression datasets by synthesis (FERSNet, Zhao et al., ICPR 2020)."""
+"""fesaug: balance facial-expression datasets by synthesis (FERSNet, Zhao et al., ICPR 2020).
+
+The pipeline's stages are subpackages: :mod:`fesaug.data` (manifests, ingest, datasets, export,
+the demo set), :mod:`fesaug.models`, :mod:`fesaug.synthesis` (FERSNet training and the trained
+generator), :mod:`fesaug.multitask` (emotion + AU), :mod:`fesaug.balance`, :mod:`fesaug.evaluate`,
+:mod:`fesaug.judges` and :mod:`fesaug.audit`; :mod:`fesaug.utils` holds the shared plumbing. The
+names below are the ones a user's code needs most, importable from the top.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from fesaug.utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:
-    from .generator import load_generator
-
-__all__ = ["__version__", "load_generator"]
-
-
-def __getattr__(name: str) -> Any:
-    # The package stays import-light (`fesaug --help` must not import torch); the
-    # inference API is imported on first use.
-    if name == "load_generator":
-        from .generator import load_generator
-
-        return load_generator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The package stays import-light (`fesaug --help` must not import torch): each name is imported
+# from its stage on first use.
+_EXPORTS = {
+    "load_generator": "fesaug.synthesis.generator",
+    "Generator": "fesaug.synthesis.generator",
+    "BalanceConfig": "fesaug.balance.run",
+    "ManifestDataset": "fesaug.data.datasets",
+    "read_manifest": "fesaug.data.manifest",
+    "FesaugError": "fesaug.utils.errors",
+}
+__all__ = ["__version__", *_EXPORTS]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

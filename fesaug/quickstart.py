@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_text
-from .audit import AuditReport, audit, plot_report
-from .data.demo import make_demo_dataset
-from .data.manifest import Manifest, read_manifest
-from .errors import FesaugError
-from .locking import output_lock
-from .plots import image_axis, new_figure, save_figure
+from fesaug.utils.files import atomic_write_text
+from fesaug.audit.report import AuditReport, audit, plot_report
+from fesaug.data.demo import make_demo_dataset
+from fesaug.data.manifest import Manifest, read_manifest
+from fesaug.utils.errors import FesaugError
+from fesaug.utils.locking import output_lock
+from fesaug.utils.plots import image_axis, new_figure, save_figure
 
 DEMO_OUTPUTS = ("data", "run", "balanced", "histogram_before.png", "histogram_after.png", "synthesis.png",
                 "audit.json", "summary.txt")
@@ -52,8 +52,8 @@ class DemoResult:
 def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, epochs: int = DEMO_EPOCHS, min_confidence: float = 0.5,
              overwrite: bool = False) -> DemoResult:
     """Demo data → train → balance → audit → pictures, in ``out_dir``."""
-    from .balance import BalanceConfig, balance
-    from .training import TrainConfig, train
+    from fesaug.balance.run import BalanceConfig, balance
+    from fesaug.synthesis.training import TrainConfig, train
 
     out = Path(out_dir)
     with output_lock(out):

@@ -1,8 +1,8 @@
 """``fesaug train``'s choice of trainer and its configuration, in one call (:func:`train_tasks`).
 
-``emotion,synthesis`` trains FERSNet (:func:`fesaug.training.train`) with a configuration built
+``emotion,synthesis`` trains FERSNet (:func:`fesaug.synthesis.training.train`) with a configuration built
 preset → YAML file → flags; ``emotion,au`` trains EmotionAUNet
-(:func:`fesaug.multitask_training.train_multitask`), which has no preset, file or resume.
+(:func:`fesaug.multitask.training.train_multitask`), which has no preset, file or resume.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .multitask_training import MultiTaskConfig, MultiTaskResult, train_multitask
-from .train_config import resolve_config
-from .training import TrainResult, run_config, train
+from fesaug.utils.errors import UsageError
+from fesaug.multitask.training import MultiTaskConfig, MultiTaskResult, train_multitask
+from fesaug.synthesis.config import resolve_config
+from fesaug.synthesis.training import TrainResult, run_config, train
 
 FERSNET_TASKS = frozenset({"emotion", "synthesis"})
 EMOTION_AU_TASKS = frozenset({"emotion", "au"})

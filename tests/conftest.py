@@ -19,7 +19,7 @@ from PIL import Image
 
 from fesaug.data.images import encode_png, sha256_bytes
 from fesaug.data.manifest import write_manifest
-from fesaug.train_config import TrainConfig
+from fesaug.synthesis.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CKPLUS = REPO.parent / "shared" / "data" / "ckplus48"
@@ -68,7 +68,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 # Holds the lock on argv[1] as a run of the command argv[2:] would, until stdin closes.
 _HOLDER = """
 import sys
-from fesaug.locking import output_lock
+from fesaug.utils.locking import output_lock
 path, sys.argv = sys.argv[1], ["fesaug", *sys.argv[2:]]
 with output_lock(path):
     print("held", flush=True)
@@ -92,7 +92,7 @@ def holding(output: Path, *command: object) -> Iterator[subprocess.Popen]:
 
 def kill_at(point: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``fesaug ARGS`` in a subprocess that kills itself (SIGKILL, as ``kill -9``) at
-    ``point`` (see :mod:`fesaug.killpoints`); fails unless it got there."""
+    ``point`` (see :mod:`fesaug.utils.killpoints`); fails unless it got there."""
     env = {**os.environ, "FESAUG_KILL_AT": point}
     proc = subprocess.run([sys.executable, "-m", "fesaug", *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout)

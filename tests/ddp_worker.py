@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from fesaug import training
+from fesaug.synthesis import training
 from fesaug.cli.main import main
 
 built = []

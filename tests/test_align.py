@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fesaug import dlib_models
+from fesaug.utils import dlib_models
 from fesaug.data.align import DETECTOR, LEFT_EYE, MIN_EYE_DISTANCE, RIGHT_EYE, WHOLE_IMAGE, FaceAligner
 from fesaug.data.demo import Subject, render
 from fesaug.data.images import BadImage
 from fesaug.data.manifest import read_manifest
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 from .conftest import cli_in_process
 

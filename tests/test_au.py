@@ -12,7 +12,7 @@ from fesaug.data.au import EMOTION_AU_PROTOTYPES, au_consistency, parse_au_id, r
 from fesaug.data.demo import AU_PROTOTYPES
 from fesaug.data.labels import CANONICAL, CKPLUS_CLASSES
 from fesaug.data.manifest import read_manifest
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 from .test_ingest import assert_refused, make_image, ok
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fesaug.audit import audit, report_figure
+from fesaug.audit.report import audit, report_figure
 from fesaug.data.images import sha256_bytes
 from fesaug.data.manifest import write_manifest
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 from .conftest import cli_in_process as cli
 from .conftest import png_bytes, run_cli

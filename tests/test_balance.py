@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 import torch
 
-from fesaug import balance as balancing
-from fesaug.audit import audit
-from fesaug.balance import BalanceConfig, plan_sources
+from fesaug.balance import run as balancing
+from fesaug.audit.report import audit
+from fesaug.balance.run import BalanceConfig, plan_sources
 import fesaug
 import fesaug.data
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.images import sha256_bytes
 from fesaug.data.manifest import read_manifest, write_manifest
-from fesaug.errors import FesaugError, UsageError
-from fesaug.training import train
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.synthesis.training import train
 
 from .conftest import REPO, cli_in_process, run_cli, tiny_config
 
@@ -464,7 +464,7 @@ def test_cli_prints_the_summary(demo: Path, checkpoint: Path, tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def au_checkpoint(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fesaug.multitask_training import MultiTaskConfig, train_multitask
+    from fesaug.multitask.training import MultiTaskConfig, train_multitask
 
     config = MultiTaskConfig(model={"image_size": 32, "widths": (8, 16, 16)}, epochs=1, batch_size=8, holdout_fold=0)
     return train_multitask(demo, tmp_path_factory.mktemp("au") / "run", config).best_checkpoint
@@ -497,7 +497,7 @@ def _assert_threshold_splits(demo: Path, checkpoint: Path, tmp_path: Path, syn, 
 
 @pytest.fixture(scope="module")
 def judge(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fesaug.downstream import DownstreamConfig, fit, save_classifier
+    from fesaug.evaluate.downstream import DownstreamConfig, fit, save_classifier
 
     m = read_manifest(demo)
     data = ManifestDataset(m, rows=np.flatnonzero((m.df["fold"] != 0).to_numpy()), image_size=32)
@@ -510,7 +510,7 @@ def judge(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_judge_scores_every_kept_image_and_rejects_below_its_threshold(demo: Path, checkpoint: Path, judge: Path,
                                                                       tmp_path: Path) -> None:
-    from fesaug.downstream import load_classifier, predict_proba
+    from fesaug.evaluate.downstream import load_classifier, predict_proba
 
     open_gate = balance(demo, checkpoint, tmp_path / "open",
                         BalanceConfig(judge_checkpoint=str(judge), min_judge_confidence=0.0, **OPEN))
@@ -530,7 +530,7 @@ def test_judge_scores_every_kept_image_and_rejects_below_its_threshold(demo: Pat
 
 def test_judge_of_other_classes_or_not_a_classifier_is_one_error(demo: Path, checkpoint: Path, judge: Path,
                                                                  tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from fesaug.downstream import load_classifier, save_classifier
+    from fesaug.evaluate.downstream import load_classifier, save_classifier
 
     model, classes = load_classifier(judge, device="cpu")
     other = tmp_path / "other.pt"
@@ -688,7 +688,7 @@ def test_synthetic_share_makes_part_of_each_shortfall_and_weights_the_real_rows_
 
 
 def test_weighted_balance_exports_its_weights_and_refuses_bad_ones(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
-    from fesaug.export import export
+    from fesaug.data.export import export
 
     result = balance(demo, checkpoint, tmp_path / "half", BalanceConfig(synthetic_share=0.5, **OPEN))
     export(result.manifest, tmp_path / "tree")

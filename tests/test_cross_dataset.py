@@ -19,17 +19,17 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 import fesaug
-from fesaug.files import file_sha256
-from fesaug.balance import BalanceConfig
-from fesaug.cross_dataset import TEST_ID_PREFIX
+from fesaug.utils.files import file_sha256
+from fesaug.balance.run import BalanceConfig
+from fesaug.evaluate.cross_dataset import TEST_ID_PREFIX
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
-from fesaug.downstream import DownstreamConfig, make_classifier, predict_proba
-from fesaug.errors import FesaugError, UsageError
-from fesaug.evaluation import EvaluateConfig, evaluate
-from fesaug.evaluation_report import render_report
-from fesaug.evaluation_stats import verdict
+from fesaug.evaluate.downstream import DownstreamConfig, make_classifier, predict_proba
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.evaluate.run import EvaluateConfig, evaluate
+from fesaug.evaluate.report import render_report
+from fesaug.evaluate.stats import verdict
 
 from .conftest import cli_in_process as cli
 from .conftest import copy_beside, kill_at, tiny_config

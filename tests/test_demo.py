@@ -27,7 +27,7 @@ from fesaug.data.demo import (
 from fesaug.data.images import sha256_bytes
 from fesaug.data.labels import CKPLUS_CLASSES
 from fesaug.data.manifest import Manifest, read_manifest
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 from .conftest import cli_in_process, run_cli
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-from fesaug.downstream import (
+from fesaug.evaluate.downstream import (
     DownstreamConfig,
     augment_batch,
     classification_report,
@@ -20,7 +20,7 @@ from fesaug.downstream import (
     random_oversample,
     save_classifier,
 )
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,25 +22,25 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 import fesaug
-from fesaug import evaluation
-from fesaug.files import file_sha256
-from fesaug.audit import audit
-from fesaug.balance import BalanceConfig
+from fesaug.evaluate import run as evaluation
+from fesaug.utils.files import file_sha256
+from fesaug.audit.report import audit
+from fesaug.balance.run import BalanceConfig
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.data.splits import split_subjects
-from fesaug.downstream import (
+from fesaug.evaluate.downstream import (
     DownstreamConfig,
     classification_report,
     make_classifier,
     predict_proba,
 )
-from fesaug.errors import FesaugError, UsageError
-from fesaug.evaluation import EvaluateConfig, evaluate
-from fesaug.evaluation_report import render_report
-from fesaug.evaluation_stats import paired_comparison, verdict
-from fesaug.locking import OutputLocked
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.evaluate.run import EvaluateConfig, evaluate
+from fesaug.evaluate.report import render_report
+from fesaug.evaluate.stats import paired_comparison, verdict
+from fesaug.utils.locking import OutputLocked
 
 from .conftest import cli_in_process as cli
 from .conftest import copy_beside, holding, tiny_config
@@ -596,7 +596,7 @@ def test_report_and_plot(run: Run) -> None:
 
 def test_au_consistency_per_target_class_is_reported(run: Run) -> None:
     from fesaug.data.au import au_consistency
-    from fesaug.multitask_training import MultiTaskConfig, load_emotion_au, train_multitask
+    from fesaug.multitask.training import MultiTaskConfig, load_emotion_au, train_multitask
 
     config = MultiTaskConfig(model={"image_size": 32, "widths": (8, 16, 16)}, epochs=1, batch_size=8, holdout_fold=0)
     au_ckpt = train_multitask(run.manifest, run.root / "au-run", config).best_checkpoint
@@ -722,7 +722,7 @@ def test_one_expression_classifier_for_every_fold_is_refused(run: Run, tmp_path:
 
 def test_cli_summary_gives_the_verdict(run: Run) -> None:
     from cli.evaluate import format_summary
-    from fesaug.evaluation_report import verdict_text
+    from fesaug.evaluate.report import verdict_text
 
     lines = format_summary(run.results).splitlines()
     assert f"verdict: {verdict_text(run.results['verdict'])}" in lines
@@ -731,7 +731,7 @@ def test_cli_summary_gives_the_verdict(run: Run) -> None:
 
 
 def test_cli_generator_config_sets_loss_weights_and_flags_still_win(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    from fesaug.evaluation import EvaluateConfig as Config
+    from fesaug.evaluate.run import EvaluateConfig as Config
 
     seen: list[Config] = []
 
@@ -742,7 +742,7 @@ def test_cli_generator_config_sets_loss_weights_and_flags_still_win(capsys: pyte
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("epochs: 99\nbatch_size: 4\nloss:\n  mask_smoothness: 0.5\n  expression: 2.0\n")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("fesaug.evaluation.evaluate", fake_evaluate)
+        mp.setattr("fesaug.evaluate.run.evaluate", fake_evaluate)
         code, _out, err = cli(capsys, "evaluate", "--manifest", tmp_path / "m.parquet", "--out", tmp_path / "e",
                               "--generator-config", recipe, "--generator-epochs", "3", "--device", "cpu",
                               "--downstream-seeds", "3", "--conditions", "real,oversample,mixed", "--label-smoothing", "0")
@@ -833,8 +833,8 @@ def test_several_downstream_seeds_are_averaged_per_fold_before_the_comparison(ru
 
 
 def test_an_evaluation_recorded_with_the_old_name_of_the_held_out_folds_is_the_same_settings() -> None:
-    from fesaug.evaluation import _recorded_key
-    from fesaug.runlog import jsonable
+    from fesaug.evaluate.run import _recorded_key
+    from fesaug.utils.runlog import jsonable
 
     config = EvaluateConfig(balance=BalanceConfig(holdout_folds=(1,)))
     old = json.loads(json.dumps(jsonable(config.key())))
@@ -844,8 +844,8 @@ def test_an_evaluation_recorded_with_the_old_name_of_the_held_out_folds_is_the_s
 
 
 def test_an_evaluation_recorded_before_downstream_label_smoothing_existed_was_made_without_it() -> None:
-    from fesaug.evaluation import _recorded_key
-    from fesaug.runlog import jsonable
+    from fesaug.evaluate.run import _recorded_key
+    from fesaug.utils.runlog import jsonable
 
     before = EvaluateConfig(downstream=DownstreamConfig(label_smoothing=0.0, erasing=0.0))
     old = json.loads(json.dumps(jsonable(before.key())))
@@ -855,9 +855,9 @@ def test_an_evaluation_recorded_before_downstream_label_smoothing_existed_was_ma
 
 
 def test_an_evaluation_recorded_before_the_warp_decoder_means_the_attention_decoder() -> None:
-    from fesaug.evaluation import _recorded_key
-    from fesaug.runlog import jsonable
-    from fesaug.train_config import LEGACY, load_config
+    from fesaug.evaluate.run import _recorded_key
+    from fesaug.utils.runlog import jsonable
+    from fesaug.synthesis.config import LEGACY, load_config
 
     attention = EvaluateConfig(generator=load_config(Path(__file__).parents[1] / "bench" / "recipes" / "attention.yaml"))
     # The key as fesaug wrote it then: the model's overrides (none: attention was the default),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fesaug.evaluation_stats import paired_comparison, verdict
+from fesaug.evaluate.stats import paired_comparison, verdict
 
 
 def test_paired_comparison_matches_scipy() -> None:

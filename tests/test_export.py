@@ -14,8 +14,8 @@ from PIL import Image
 
 from fesaug.data.images import sha256_bytes
 from fesaug.data.manifest import write_manifest
-from fesaug.errors import FesaugError
-from fesaug.export import export
+from fesaug.utils.errors import FesaugError
+from fesaug.data.export import export
 
 from .conftest import cli_in_process as cli
 from .conftest import png_bytes, run_cli

@@ -15,7 +15,7 @@ from fesaug.cli.main import main
 from fesaug.data import faces
 from fesaug.data.images import sha256_bytes
 from fesaug.data.manifest import read_manifest
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 from .conftest import run_cli
 

@@ -18,7 +18,7 @@ import torch
 
 from fesaug import judges
 from fesaug.data.demo import Subject, render
-from fesaug.errors import FesaugError, UsageError
+from fesaug.utils.errors import FesaugError, UsageError
 from fesaug.judges import expression, perceptual
 
 from .conftest import REPO

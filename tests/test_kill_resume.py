@@ -3,7 +3,7 @@ the result of an uninterrupted run, and an interrupted one leaves nothing a re-r
 audit` would take for a whole output.
 
 Each test kills a real `fesaug` process (SIGKILL, sent by the process itself at a named point,
-see fesaug.killpoints) several times in a row, at points drawn from a seeded generator, and
+see fesaug.utils.killpoints) several times in a row, at points drawn from a seeded generator, and
 compares the finished output with a run that was never interrupted. Tiny data and models: these
 check the bookkeeping, not the learning. (Balance's own chunk-by-chunk resumption: test_balance.)
 """
@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from fesaug.checkpoint import load_checkpoint
+from fesaug.synthesis.checkpoint import load_checkpoint
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from fesaug.data.labels import CANONICAL, canonical_label, canonicalize, class_list
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest
-from fesaug.locking import OutputLocked, lock_path, output_lock
+from fesaug.utils.locking import OutputLocked, lock_path, output_lock
 
 from .conftest import REPO, cli_in_process, holding
 
@@ -96,7 +96,7 @@ def test_a_killed_run_never_blocks_the_next(demo: Path, tmp_path: Path, capsys: 
 
 def test_a_killed_runs_forked_workers_do_not_keep_its_lock(tmp_path: Path) -> None:
     # A DataLoader worker is a fork of the run; it outlives a kill -9 of the run by seconds.
-    script = ("import os, signal, sys, time\nfrom fesaug.locking import output_lock\n"
+    script = ("import os, signal, sys, time\nfrom fesaug.utils.locking import output_lock\n"
               "with output_lock(sys.argv[1]):\n"
               "    if os.fork() == 0:\n        time.sleep(20)\n        os._exit(0)\n"
               "    os.kill(os.getpid(), signal.SIGKILL)\n")

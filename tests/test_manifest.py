@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fesaug.data.manifest import COLUMNS, SCHEMA_VERSION, read_manifest, write_manifest
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 from .conftest import png_bytes
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 from fesaug.models import (
     MAX_INTENSITY,
     SHARING_KINDS,

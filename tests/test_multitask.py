@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from fesaug.errors import FesaugError
+from fesaug.utils.errors import FesaugError
 from fesaug.models import (
     SHARING_KINDS,
     AWSUnit,

@@ -12,8 +12,8 @@ import torch
 
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
-from fesaug.errors import FesaugError
-from fesaug.multitask_training import (
+from fesaug.utils.errors import FesaugError
+from fesaug.multitask.training import (
     FORMAT,
     MultiTaskConfig,
     MultiTaskResult,

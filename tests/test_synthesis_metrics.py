@@ -13,8 +13,8 @@ import torch
 from scipy.linalg import sqrtm
 from scipy.ndimage import gaussian_filter
 
-from fesaug.errors import FesaugError
-from fesaug.synthesis_metrics import (
+from fesaug.utils.errors import FesaugError
+from fesaug.evaluate.metrics import (
     frechet_distance,
     memorisation,
     nearest_other_subject,
@@ -72,8 +72,7 @@ def test_frechet_rank_deficient_covariances_stay_finite():
 
 def test_frechet_retries_with_ridge_when_sqrtm_fails(monkeypatch):
     # scipy rarely fails on real data, so make the first square root fail and check the retry.
-    import fesaug.synthesis_metrics as sm
-
+    import fesaug.evaluate.metrics as sm
     seen = []
 
     def flaky_sqrtm(m):

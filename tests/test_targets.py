@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fesaug.errors import UsageError
-from fesaug.targets import resolve_targets
+from fesaug.utils.errors import UsageError
+from fesaug.balance.targets import resolve_targets
 
 
 def test_targets_in_imbalanced_learn_vocabulary() -> None:

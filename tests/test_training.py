@@ -16,15 +16,15 @@ import pytest
 import torch
 
 import fesaug
-from fesaug import training
-from fesaug.checkpoint import FORMAT, load_checkpoint
+from fesaug.synthesis import training
+from fesaug.synthesis.checkpoint import FORMAT, load_checkpoint
 from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_holdout_names, read_manifest, write_manifest
-from fesaug.errors import FesaugError, UsageError
-from fesaug.runlog import read_metrics
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.runlog import read_metrics
 from fesaug.data.splits import check_holdout_folds, split_subjects
-from fesaug.training import TrainConfig, train
+from fesaug.synthesis.training import TrainConfig, train
 
 from .conftest import TINY, tiny_config
 from .conftest import cli_in_process as cli
@@ -363,7 +363,7 @@ def test_config_layers_preset_then_yaml_then_flags(tmp_path: Path) -> None:
 
 
 def test_bench_recipes_load_and_the_recognition_levers_add_up_to_the_recognition_recipe() -> None:
-    from fesaug.train_config import load_config
+    from fesaug.synthesis.config import load_config
 
     recipes = Path(__file__).parents[1] / "bench" / "recipes"
     default = TrainConfig().to_dict()
@@ -433,7 +433,7 @@ def test_load_generator_synthesizes_and_classifies(run: training.TrainResult, de
 
 
 def test_recogniser_is_the_fer_branch_and_fine_tunes_a_copy(run: training.TrainResult, demo: Path) -> None:
-    from fesaug.downstream import DownstreamConfig, fit, predict_proba
+    from fesaug.evaluate.downstream import DownstreamConfig, fit, predict_proba
 
     gen = fesaug.load_generator(run.best_checkpoint, device="cpu")
     m = read_manifest(demo)
@@ -533,7 +533,7 @@ def _write(path: Path, content: dict) -> Path:
 
 def _constant_judge(demo: Path, path: Path, classes: list[str] | None = None) -> Path:
     """A classifier whose logits are all zero whatever it sees: cross-entropy log(C) exactly."""
-    from fesaug.downstream import make_classifier, save_classifier
+    from fesaug.evaluate.downstream import make_classifier, save_classifier
 
     m = read_manifest(demo)
     names = classes or m.classes
@@ -545,7 +545,7 @@ def _constant_judge(demo: Path, path: Path, classes: list[str] | None = None) ->
 
 
 def test_expression_loss_goes_through_the_given_classifier_and_is_recorded(demo: Path, tmp_path: Path) -> None:
-    from fesaug.files import file_sha256
+    from fesaug.utils.files import file_sha256
 
     judge = _constant_judge(demo, tmp_path / "judge.pt")
     before = file_sha256(judge)

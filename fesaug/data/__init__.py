@@ -1,16 +1,8 @@
-"""Data: the manifest format, image decoding, ingestion, the demo dataset."""
+"""Data: the manifest format, image decoding, ingestion, datasets, export and the demo dataset."""
 
-from typing import Any
-
-from .manifest import Manifest, read_manifest, write_manifest
+from fesaug.data.manifest import Manifest, read_manifest, write_manifest
+from fesaug.utils.lazy import lazy_exports
 
 __all__ = ["Manifest", "ManifestDataset", "read_manifest", "write_manifest"]
-
-
-def __getattr__(name: str) -> Any:
-    # ManifestDataset needs torch; importing it lazily keeps `fesaug ingest` and `audit` quick to start.
-    if name == "ManifestDataset":
-        from .datasets import ManifestDataset
-
-        return ManifestDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ManifestDataset needs torch; importing it lazily keeps `fesaug ingest` and `audit` quick to start.
+__getattr__, __dir__ = lazy_exports(__name__, {"ManifestDataset": "fesaug.data.datasets"})

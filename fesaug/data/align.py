@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..dlib_models import LANDMARKS_5, MIN_CONTRAST, MODEL_SHA256, face_detector, landmark_model, require
-from .images import BadImage
+from fesaug.utils.dlib_models import LANDMARKS_5, MIN_CONTRAST, MODEL_SHA256, face_detector, landmark_model, require
+from fesaug.data.images import BadImage
 
 # Eye centres in the output, as fractions of its side (x right, y down; "left" is the eye on the
 # image's left). Measured with this module's locate() on all 981 CK+48 images (every face found by
@@ -102,7 +102,7 @@ class FaceAligner:
     """Finds faces and aligns them (see the module docstring); counts the boxes it used.
 
     Creating one loads dlib and checks the landmark model's sha256; without the ``judges`` extra
-    that is one :class:`~fesaug.errors.FesaugError` naming it. ``use_detector=False`` takes every
+    that is one :class:`~fesaug.utils.errors.FesaugError` naming it. ``use_detector=False`` takes every
     image as a tight crop (the whole-image box, re-framed ``reframes`` times), which is how
     bench/align_demo.py measures that fallback on faces the detector would find.
     """

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 if TYPE_CHECKING:
     import torch

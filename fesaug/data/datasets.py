@@ -24,8 +24,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..errors import FesaugError
-from .manifest import Manifest, read_manifest
+from fesaug.utils.errors import FesaugError
+from fesaug.data.manifest import Manifest, read_manifest
 
 
 class ManifestDataset(Dataset):
@@ -236,7 +236,7 @@ class PairedTargetDataset(Dataset):
         if not self.align_pairs:
             return self.base.pixels[j]
         if (i, j) not in self._aligned:
-            from .pairs import align_pair, keep_unchanged
+            from fesaug.data.pairs import align_pair, keep_unchanged
 
             source = self.base.pixels[i, 0].numpy()
             aligned = align_pair(source, self.base.pixels[j, 0].numpy())

@@ -34,13 +34,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from ..errors import FesaugError
-from ..locking import output_lock
-from ..provenance import provenance
-from .images import encode_png, sha256_bytes
-from .labels import CKPLUS_CLASSES, canonical_label, class_list
-from .manifest import read_manifest, write_manifest
-from .splits import assign_folds
+from fesaug.utils.errors import FesaugError
+from fesaug.utils.locking import output_lock
+from fesaug.utils.provenance import provenance
+from fesaug.data.images import encode_png, sha256_bytes
+from fesaug.data.labels import CKPLUS_CLASSES, canonical_label, class_list
+from fesaug.data.manifest import read_manifest, write_manifest
+from fesaug.data.splits import assign_folds
 
 DATASET = "fesaug-demo"
 # Bump when a change to the renderer changes pixels: stored demo_params then no longer

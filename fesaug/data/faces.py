@@ -11,8 +11,8 @@ import functools
 import numpy as np
 from PIL import Image
 
-from ..errors import FesaugError
-from .images import BadImage
+from fesaug.utils.errors import FesaugError
+from fesaug.data.images import BadImage
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 # Extra context around the detected box, as a fraction of its side: Haar boxes cut through the

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 # Far above any face crop; a file that decodes to more is almost surely hostile or a mistake.
 MAX_PIXELS = 50_000_000

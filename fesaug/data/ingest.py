@@ -19,17 +19,17 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from ..files import atomic_write_bytes, remove_stale_temporaries
-from ..errors import FesaugError, UsageError
-from ..locking import output_lock
-from ..provenance import provenance
-from .align import FaceAligner
-from .au import AULabels, read_au_labels
-from .faces import crop_face
-from .images import BadImage, encode_png, read_image_file, resize_square, sha256_bytes
-from .labels import class_list
-from .manifest import relative_image_root, write_manifest
-from .sources import PRESET_PATTERNS, BadInput, Item, Skips, compile_subject_pattern, read_fer2013_csv, scan_folder
+from fesaug.utils.files import atomic_write_bytes, remove_stale_temporaries
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.locking import output_lock
+from fesaug.utils.provenance import provenance
+from fesaug.data.align import FaceAligner
+from fesaug.data.au import AULabels, read_au_labels
+from fesaug.data.faces import crop_face
+from fesaug.data.images import BadImage, encode_png, read_image_file, resize_square, sha256_bytes
+from fesaug.data.labels import class_list
+from fesaug.data.manifest import relative_image_root, write_manifest
+from fesaug.data.sources import PRESET_PATTERNS, BadInput, Item, Skips, compile_subject_pattern, read_fer2013_csv, scan_folder
 
 FORMATS = ("folder", "fer2013-csv")
 PRESETS = tuple(PRESET_PATTERNS)
@@ -133,7 +133,7 @@ def ingest(
             classes = class_list(df["label_name"])
             df["label"] = [classes.index(name) for name in df["label_name"]]
             if folds:
-                from .splits import assign_folds  # scikit-learn: ~0.6 s to import, so every fesaug command would pay
+                from fesaug.data.splits import assign_folds  # scikit-learn: ~0.6 s to import, so every fesaug command would pay
 
                 df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].tolist(), folds, fold_seed)
             if labels is not None:

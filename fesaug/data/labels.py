@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ..errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 CANONICAL = ("anger", "contempt", "disgust", "fear", "happy", "neutral", "sadness", "surprise")
 

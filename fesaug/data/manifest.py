@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ..files import atomic_path
-from ..errors import FesaugError
-from .images import BadImage, decode_image
+from fesaug.utils.files import atomic_path
+from fesaug.utils.errors import FesaugError
+from fesaug.data.images import BadImage, decode_image
 
 SCHEMA_VERSION = 1
 META_KEY = b"fesaug"

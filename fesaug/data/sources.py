@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FesaugError, UsageError
-from .images import BadImage
-from .labels import FER2013_CLASSES, canonical_label, canonicalize
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.data.images import BadImage
+from fesaug.data.labels import FER2013_CLASSES, canonical_label, canonicalize
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"})
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ..errors import FesaugError
-from .manifest import Manifest
+from fesaug.utils.errors import FesaugError
+from fesaug.data.manifest import Manifest
 
 
 def manifest_folds(manifest: Manifest) -> list[int]:

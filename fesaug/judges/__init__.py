@@ -24,8 +24,8 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 
-from ..errors import FesaugError, UsageError
-from .base import EXTRA, Judge, as_gray_uint8
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.judges.base import EXTRA, Judge, as_gray_uint8
 
 JUDGES = ("identity", "fer2013", "perceptual")
 _PACKAGES = {"identity": ("dlib", "face_recognition_models"), "fer2013": ("safetensors",), "perceptual": ("stlpips_pytorch",)}
@@ -58,18 +58,18 @@ def load_judge(name: str, device: str = "cpu") -> Judge:
     """The judge called ``name`` (see the module docstring), ready to score."""
     resolve_judges([name])
     if name == "identity":
-        from .identity import IdentityJudge
+        from fesaug.judges.identity import IdentityJudge
 
         return IdentityJudge()
     if name == "fer2013":
-        from .expression import ExpressionJudge
+        from fesaug.judges.expression import ExpressionJudge
 
         return ExpressionJudge(device)
-    from .perceptual import PerceptualJudge
+    from fesaug.judges.perceptual import PerceptualJudge
 
     return PerceptualJudge(device=device)
 
 
-from .report import judge_synthesis  # noqa: E402 - report uses load_judge above
+from fesaug.judges.report import judge_synthesis  # noqa: E402 - report uses load_judge above
 
 __all__ = ["EXTRA", "JUDGES", "Judge", "as_gray_uint8", "installed", "judge_synthesis", "load_judge", "resolve_judges"]

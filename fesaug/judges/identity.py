@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from ..dlib_models import MIN_CONTRAST, landmark_model, recognition_model, require
-from ..errors import FesaugError
-from .base import Judge, as_gray_uint8
+from fesaug.utils.dlib_models import MIN_CONTRAST, landmark_model, recognition_model, require
+from fesaug.utils.errors import FesaugError
+from fesaug.judges.base import Judge, as_gray_uint8
 
 # dlib's documented decision threshold: two faces closer than this are the same person.
 SAME_PERSON_DISTANCE = 0.6

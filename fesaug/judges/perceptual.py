@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import FesaugError
-from .base import EXTRA, Judge, as_gray_uint8
+from fesaug.utils.errors import FesaugError
+from fesaug.judges.base import EXTRA, Judge, as_gray_uint8
 
 BACKBONES = ("alex", "vgg")
 WEIGHTS_SHA256 = {

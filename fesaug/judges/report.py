@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from ..data.labels import canonical_label
-from . import load_judge
-from .identity import SAME_PERSON_DISTANCE
+from fesaug.data.labels import canonical_label
+from fesaug.judges import load_judge
+from fesaug.judges.identity import SAME_PERSON_DISTANCE
 
 MAX_PAIRS = 3000
 

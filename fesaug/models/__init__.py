@@ -1,7 +1,7 @@
 """Models: FERSNet (joint FER + FES), its conditional PatchGAN discriminator, sharing units,
 EmotionAUNet (joint emotion + AU, after AWS-Net)."""
 
-from .fersnet import (
+from fesaug.models.fersnet import (
     MAX_INTENSITY,
     PRESETS,
     Discriminator,
@@ -14,7 +14,7 @@ from .fersnet import (
     from_model_range,
     to_model_range,
 )
-from .multitask import (
+from fesaug.models.multitask import (
     EmotionAUConfig,
     EmotionAUNet,
     MultiTaskOutput,
@@ -22,7 +22,7 @@ from .multitask import (
     au_pos_weight,
     multitask_loss,
 )
-from .sharing import (
+from fesaug.models.sharing import (
     SHARING_KINDS,
     SHARING_UNIT_KINDS,
     AWSUnit,

@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import FesaugError
-from .sharing import SHARING_KINDS, SHARING_UNIT_KINDS, apply_sharing, make_sharing_unit
+from fesaug.utils.errors import FesaugError
+from fesaug.models.sharing import SHARING_KINDS, SHARING_UNIT_KINDS, apply_sharing, make_sharing_unit
 
 NORMS: tuple[str, ...] = ("batch", "instance", "none")
 OUTPUTS: tuple[str, ...] = ("attention", "direct", "warp")

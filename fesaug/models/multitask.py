@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import FesaugError
-from .fersnet import NORMS, FERHead, ModelConfigError, check_images, encoder_block, stem_block
-from .sharing import SHARING_KINDS, SHARING_UNIT_KINDS, apply_sharing, make_sharing_unit
+from fesaug.utils.errors import FesaugError
+from fesaug.models.fersnet import NORMS, FERHead, ModelConfigError, check_images, encoder_block, stem_block
+from fesaug.models.sharing import SHARING_KINDS, SHARING_UNIT_KINDS, apply_sharing, make_sharing_unit
 
 TASKS: tuple[str, ...] = ("emotion", "au")
 

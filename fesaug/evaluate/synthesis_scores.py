@@ -2,7 +2,7 @@
 never saw them (:func:`synthesis_quality`), and their means over folds (:func:`synthesis_summary`).
 
 The distances themselves (Fréchet, precision/recall, PSNR/SSIM, memorisation) are in
-:mod:`fesaug.synthesis_metrics`; the judges trained elsewhere in :mod:`fesaug.judges`.
+:mod:`fesaug.evaluate.metrics`; the judges trained elsewhere in :mod:`fesaug.judges`.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.au import au_consistency
-from .data.datasets import ManifestDataset, resize_pixels
-from .data.demo import counterfactual
-from .data.manifest import Manifest
-from .downstream import DownstreamClassifier, features, predict_proba
-from .errors import FesaugError
-from .evaluation_stats import across_folds, mean_std
-from .judges import judge_synthesis
-from .multitask_training import load_emotion_au
-from .synthesis_metrics import frechet_distance, memorisation, precision_recall, psnr, ssim
+from fesaug.data.au import au_consistency
+from fesaug.data.datasets import ManifestDataset, resize_pixels
+from fesaug.data.demo import counterfactual
+from fesaug.data.manifest import Manifest
+from fesaug.evaluate.downstream import DownstreamClassifier, features, predict_proba
+from fesaug.utils.errors import FesaugError
+from fesaug.evaluate.stats import across_folds, mean_std
+from fesaug.judges import judge_synthesis
+from fesaug.multitask.training import load_emotion_au
+from fesaug.evaluate.metrics import frechet_distance, memorisation, precision_recall, psnr, ssim
 
 
 def synthesis_quality(classifier: DownstreamClassifier, m: Manifest, syn: ManifestDataset, *,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .files import atomic_write_text
+from fesaug.utils.files import atomic_write_text
 
 __all__ = ["json_number", "jsonable", "read_metrics", "seed_everything", "with_defaults", "write_metrics"]
 

@@ -11,7 +11,7 @@ The ``imagefolder`` layout is what ``torchvision.datasets.ImageFolder`` reads::
 The tree is built in a hidden folder beside OUT and renamed onto it at the end, so an interrupted
 export leaves the previous tree (or nothing), never half of one; the next export into OUT removes
 what the interrupted one left beside it. A second export into OUT while one runs is refused
-(:mod:`fesaug.locking`).
+(:mod:`fesaug.utils.locking`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
-from .data.images import BadImage, decode_image, encode_png
-from .data.manifest import ORIGINS, Manifest, read_manifest
-from .errors import FesaugError, UsageError
-from .locking import output_lock
-from .provenance import provenance
+from fesaug.utils.files import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from fesaug.data.images import BadImage, decode_image, encode_png
+from fesaug.data.manifest import ORIGINS, Manifest, read_manifest
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.locking import output_lock
+from fesaug.utils.provenance import provenance
 
 FORMATS = ("imagefolder",)
 EXPORT_FILES = ("export.json", "classes.json", "weights.csv")

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 if TYPE_CHECKING:
-    from .models import FERSNetConfig
+    from fesaug.models import FERSNetConfig
 
 # fesaug.models imports torch (seconds); this module is imported by `fesaug --help`, so the
 # model is imported only where a config is validated or built.
@@ -189,7 +189,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
     sample_rows: int = 4  # validation faces in each epoch's sample grid
     loss: LossWeights = field(default_factory=LossWeights)
-    # A classifier written by fesaug.downstream.save_classifier (e.g. trained with `fesaug
+    # A classifier written by fesaug.evaluate.downstream.save_classifier (e.g. trained with `fesaug
     # evaluate --judge` on the same training subjects). When set, the expression loss judges
     # the synthesized faces with it, frozen, instead of FERSNet's own FER branch: a recogniser
     # trained jointly with the generator learns to accept the generator's artefacts.
@@ -231,7 +231,7 @@ class TrainConfig:
             raise FesaugError(f"{where}: {exc}") from None
 
     def model_config(self, num_classes: int) -> FERSNetConfig:
-        from .models import FERSNetConfig
+        from fesaug.models import FERSNetConfig
 
         return FERSNetConfig.preset(self.preset, **self.model, num_classes=num_classes)
 
@@ -249,7 +249,7 @@ class TrainConfig:
     # ----------------------------------------------------------------------- validation
 
     def _validate(self) -> None:
-        from .models import ModelConfigError
+        from fesaug.models import ModelConfigError
 
         if self.preset not in PRESETS:
             raise FesaugError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
@@ -308,7 +308,7 @@ LEGACY_MODEL: dict[str, dict[str, Any]] = {
 def legacy_filled(data: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded config (:meth:`TrainConfig.to_dict` of an older fesaug) with the keys it lacks
     set to :data:`LEGACY`, and its model to the defaults of its time (:data:`LEGACY_MODEL`)."""
-    from .runlog import with_defaults
+    from fesaug.utils.runlog import with_defaults
 
     out = with_defaults(dict(data), LEGACY)
     for marker, model in LEGACY_MODEL.items():
@@ -370,7 +370,7 @@ def resolve_config(
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    from .files import atomic_write_text
+    from fesaug.utils.files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -382,7 +382,7 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 def _check_model_overrides(value: Any, *, where: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise FesaugError(f"{where}: model must be a mapping of FERSNet settings, got {_show(value)}")
-    from .models import FERSNetConfig
+    from fesaug.models import FERSNetConfig
 
     hints = typing.get_type_hints(FERSNetConfig)
     out = {}

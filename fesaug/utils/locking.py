@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 __all__ = ["Holder", "OutputLocked", "lock_path", "output_lock", "read_holder"]
 
@@ -79,7 +79,7 @@ class Holder:
 
     @classmethod
     def this_process(cls) -> Holder:
-        from .provenance import command_line
+        from fesaug.utils.provenance import command_line
 
         env = os.environ
         job = f"{env.get('TORCHELASTIC_RUN_ID', '?')}@{env.get('MASTER_ADDR', '?')}:{env.get('MASTER_PORT', '?')}" \

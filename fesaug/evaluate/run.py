@@ -2,18 +2,18 @@
 
 The protocol is subject-independent k-fold cross-validation. For each test fold ``k``:
 
-1. **Split.** :func:`fesaug.training.split_subjects` holds fold ``k`` out and carves validation
+1. **Split.** :func:`fesaug.synthesis.training.split_subjects` holds fold ``k`` out and carves validation
    subjects from the rest. The split is written as ``fold-k/split.parquet`` (the input manifest
    with ``split`` = ``train``/``validation``/``test``), and every model of the fold reads that
    one file, so FERSNet, the balanced data and the downstream classifiers see the same
    subjects in the same roles. Fold ``k`` is used for the final test only; every choice
    (FERSNet checkpoint, downstream epoch) is made on the validation subjects.
-2. **Conditions**, each a fresh downstream classifier (:mod:`fesaug.downstream`, independent
+2. **Conditions**, each a fresh downstream classifier (:mod:`fesaug.evaluate.downstream`, independent
    of FERSNet, same architecture, schedule, augmentation and seed):
 
    * ``real``: the real training images;
    * ``fes``: FERSNet trained with fold ``k`` held out (``fold-k/fersnet``), the training
-     images balanced with it by :func:`fesaug.balance.balance` (``fold-k/balanced``), the
+     images balanced with it by :func:`fesaug.balance.run.balance` (``fold-k/balanced``), the
      classifier trained on real + synthetic;
    * ``oversample``: the real training images randomly oversampled to ``fes``'s per-class
      counts (the targets, if ``fes`` is not run) — the baseline a user would try first;
@@ -21,7 +21,7 @@ The protocol is subject-independent k-fold cross-validation. For each test fold 
      synthetic images and half with repeats of its real images;
    * ``fersnet``: FERSNet's own FER branch (its validation-selected ``best.pt``), for
      reference against the paper.
-3. **Synthesis quality** (:func:`fesaug.synthesis_scores.synthesis_quality`): how the fold's ``real`` classifier sees
+3. **Synthesis quality** (:func:`fesaug.evaluate.synthesis_scores.synthesis_quality`): how the fold's ``real`` classifier sees
    the synthetic images, a classifier trained on synthetic images only tested on real fold
    ``k`` (classification accuracy score), Fréchet distance and precision/recall in the
    ``real`` classifier's feature space, a memorisation check, exact scores against the demo
@@ -36,7 +36,7 @@ then only aggregates. A second ``DIR`` can take the first one's trained generato
 ``DIR/results.json``, ``DIR/report.md`` and ``DIR/recall.png`` summarise the folds
 present: mean ± std over folds, a paired comparison of ``fes`` with ``real`` and with
 ``oversample`` (per-fold differences, Wilcoxon signed-rank and paired t tests), and the
-:func:`fesaug.evaluation_stats.verdict` those comparisons give.
+:func:`fesaug.evaluate.stats.verdict` those comparisons give.
 
 One downstream training is one draw: its seed (initialisation, batch order, augmentation, the
 oversampling draw) moves a fold's macro-F1 by points, as much as the differences measured.
@@ -45,7 +45,7 @@ oversampling draw) moves a fold's macro-F1 by points, as much as the differences
 before the comparison over folds; the synthesis report keeps the first seed's ``real`` classifier.
 
 **Cross-dataset** (``test_manifest``): train on all of one dataset (A, the manifest), test on all
-of another (B). :mod:`fesaug.cross_dataset` checks the pair (B real, no subject or image file in
+of another (B). :mod:`fesaug.evaluate.cross_dataset` checks the pair (B real, no subject or image file in
 both, a class in common) and joins it into one input, ``DIR/cross/input.parquet``: A's rows in
 split ``train`` (A's folds and splits are not used) and B's rows of the classes A knows in split
 ``test``. One ``_Fold`` with no held-out fold runs it in ``DIR/cross/``, exactly as a test fold:
@@ -57,8 +57,8 @@ their training and test images, so their spread is training noise, not the varia
 subjects a claim needs: the verdict tests nothing and only says which way the mean went.
 
 This module runs the folds (:func:`evaluate`, one ``_Fold`` per test fold or the one cross-dataset
-split) and summarises them (:func:`aggregate`); the statistics are in :mod:`fesaug.evaluation_stats`,
-the synthesis scores in :mod:`fesaug.synthesis_scores`, the report in :mod:`fesaug.evaluation_report`.
+split) and summarises them (:func:`aggregate`); the statistics are in :mod:`fesaug.evaluate.stats`,
+the synthesis scores in :mod:`fesaug.evaluate.synthesis_scores`, the report in :mod:`fesaug.evaluate.report`.
 """
 
 from __future__ import annotations
@@ -79,28 +79,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from .files import atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
-from .balance import BalanceConfig, balance
-from .checkpoint import load_checkpoint
-from .cross_dataset import CrossSplit, cross_split, read_test_data
-from .data.datasets import ManifestDataset
-from .data.manifest import Manifest, read_holdout_names, read_manifest, relative_image_root, write_manifest
-from .data.splits import check_holdout_folds, manifest_folds, split_subjects
-from .devices import resolve_device
-from .downstream import (DownstreamClassifier, DownstreamConfig, classification_report, fit, load_classifier, predict_proba,
+from fesaug.utils.files import atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from fesaug.balance.run import BalanceConfig, balance
+from fesaug.synthesis.checkpoint import load_checkpoint
+from fesaug.evaluate.cross_dataset import CrossSplit, cross_split, read_test_data
+from fesaug.data.datasets import ManifestDataset
+from fesaug.data.manifest import Manifest, read_holdout_names, read_manifest, relative_image_root, write_manifest
+from fesaug.data.splits import check_holdout_folds, manifest_folds, split_subjects
+from fesaug.utils.devices import resolve_device
+from fesaug.evaluate.downstream import (DownstreamClassifier, DownstreamConfig, classification_report, fit, load_classifier, predict_proba,
                          random_oversample, save_classifier)
-from .errors import FesaugError, UsageError
-from .evaluation_report import EXPRESSION_JUDGE, plot_recall, render_report
-from .evaluation_stats import fold_metric, fold_scores, fold_seconds, mean_std, paired_comparison, verdict
-from .generator import load_generator
-from .judges import resolve_judges
-from .locking import output_lock
-from .provenance import provenance
-from .runlog import changed_settings_text, jsonable, with_defaults
-from .synthesis_scores import synthesis_quality, synthesis_summary
-from .targets import Targets, resolve_targets
-from .train_config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
-from .training import train
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.evaluate.report import EXPRESSION_JUDGE, plot_recall, render_report
+from fesaug.evaluate.stats import fold_metric, fold_scores, fold_seconds, mean_std, paired_comparison, verdict
+from fesaug.synthesis.generator import load_generator
+from fesaug.judges import resolve_judges
+from fesaug.utils.locking import output_lock
+from fesaug.utils.provenance import provenance
+from fesaug.utils.runlog import changed_settings_text, jsonable, with_defaults
+from fesaug.evaluate.synthesis_scores import synthesis_quality, synthesis_summary
+from fesaug.balance.targets import Targets, resolve_targets
+from fesaug.synthesis.config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
+from fesaug.synthesis.training import train
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
 def _evaluate_cross(manifest: str | Path, test: str | Path, out: Path, config: EvaluateConfig, *, overwrite: bool,
                     subject_pattern: str | None) -> EvaluateResult:
     """Train on all of ``manifest`` (A), test on ``test`` (B): one split, checked and joined by
-    :mod:`fesaug.cross_dataset`, cached in ``DIR/cross/`` and run by the :class:`_Fold` that runs
+    :mod:`fesaug.evaluate.cross_dataset`, cached in ``DIR/cross/`` and run by the :class:`_Fold` that runs
     a test fold."""
     a = read_manifest(manifest)
     _check_real(a)
@@ -405,7 +405,7 @@ def _model_key(generator: TrainConfig) -> dict[str, Any]:
 
 def _recorded_key(recorded: dict[str, Any]) -> dict[str, Any]:
     """A recorded :meth:`EvaluateConfig.key` as this version writes it: generator keys added
-    since mean their behaviour before (:func:`fesaug.train_config.legacy_filled`), a record of
+    since mean their behaviour before (:func:`fesaug.synthesis.config.legacy_filled`), a record of
     the model's overrides becomes the model they resolved to then, the balance settings' old
     names for the held-out folds are read as today's, and other new keys mean their defaults."""
     out = dict(recorded)
@@ -428,8 +428,8 @@ class _Fold:
     """One split: its conditions and its synthesis report, each cached in ``dir``.
 
     ``k``: the test fold. None: the input's ``test`` split is the test set and no fold is held
-    out (the cross-dataset input, :mod:`fesaug.cross_dataset`). ``scored``: the classes the test
-    set can score (default all; :func:`fesaug.downstream.classification_report`)."""
+    out (the cross-dataset input, :mod:`fesaug.evaluate.cross_dataset`). ``scored``: the classes the test
+    set can score (default all; :func:`fesaug.evaluate.downstream.classification_report`)."""
 
     def __init__(self, m: Manifest, pixels: Callable[[], torch.Tensor], k: int | None, folder: Path, config: EvaluateConfig,
                  scored: Sequence[str] | None = None) -> None:

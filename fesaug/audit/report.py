@@ -1,7 +1,7 @@
 """``fesaug audit``: class histograms (real vs synthetic) and dataset integrity checks.
 
 :func:`audit` reads a manifest and returns an :class:`AuditReport`; the checks themselves live in
-:mod:`fesaug.integrity`. ``AuditReport.to_dict()`` is the JSON that ``fesaug audit --format json``
+:mod:`fesaug.audit.integrity`. ``AuditReport.to_dict()`` is the JSON that ``fesaug audit --format json``
 prints::
 
     {
@@ -40,11 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.manifest import Manifest, read_holdout_names, read_manifest
-from .errors import UsageError
-from .integrity import Problem, all_problems, column
-from .plots import new_figure, save_figure
-from .targets import Targets
+from fesaug.data.manifest import Manifest, read_holdout_names, read_manifest
+from fesaug.utils.errors import UsageError
+from fesaug.audit.integrity import Problem, all_problems, column
+from fesaug.utils.plots import new_figure, save_figure
+from fesaug.balance.targets import Targets
 
 BY_COLUMNS = ("origin", "split", "fold")
 
@@ -184,7 +184,7 @@ def audit(
     the images, and with it the ``missing_image``, ``unreadable_image`` and ``hash_mismatch``
     checks. Problems are listed in the report, never raised; an unreadable manifest raises
     :class:`FesaugError`. Generator leakage is checked only when the footer has
-    ``generator_training`` (see :func:`fesaug.integrity.generator_leakage`).
+    ``generator_training`` (see :func:`fesaug.audit.integrity.generator_leakage`).
     """
     if by is not None and by not in BY_COLUMNS:
         raise UsageError(f"cannot break the histogram down by {by!r}; choose one of {', '.join(BY_COLUMNS)}")

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .data.images import BadImage, decode_image, sha256_bytes
-from .data.manifest import Manifest
-from .errors import FesaugError
+from fesaug.data.images import BadImage, decode_image, sha256_bytes
+from fesaug.data.manifest import Manifest
+from fesaug.utils.errors import FesaugError
 
 # How many sample ids (or subjects, groups...) a problem lists; its ``count`` gives the full number.
 EXAMPLES = 10

@@ -8,7 +8,7 @@ pattern reads ids from the file names). :func:`cross_split` checks the pair, and
 every row of A in split ``train`` (A's folds and splits are not used; ``fesaug evaluate`` carves
 validation subjects from A's subjects as it does from a k-fold training set) and B's rows of the
 classes A knows in split ``test``, the only rows held out. From there the k-fold machinery runs
-as it is (:mod:`fesaug.evaluation`, one split with no held-out fold).
+as it is (:mod:`fesaug.evaluate.run`, one split with no held-out fold).
 
 The checks, each one clear error before anything is written:
 
@@ -37,10 +37,10 @@ from typing import Any
 
 import pandas as pd
 
-from .files import file_sha256
-from .data.ingest import ingest
-from .data.manifest import COLUMNS, Manifest, read_manifest, relative_image_root, write_manifest
-from .errors import FesaugError, UsageError
+from fesaug.utils.files import file_sha256
+from fesaug.data.ingest import ingest
+from fesaug.data.manifest import COLUMNS, Manifest, read_manifest, relative_image_root, write_manifest
+from fesaug.utils.errors import FesaugError, UsageError
 
 # B's sample ids get this prefix in the input, so they cannot collide with A's.
 TEST_ID_PREFIX = "test:"

@@ -4,7 +4,7 @@
 
 Data. Real rows of the manifest only; fold ``holdout_fold`` and split ``test`` are held out and
 validation subjects are carved from the rest, exactly as for FERSNet
-(:func:`fesaug.training.split_subjects`). Each row gives an image, an emotion label (-1 = hidden)
+(:func:`fesaug.synthesis.training.split_subjects`). Each row gives an image, an emotion label (-1 = hidden)
 and an AU occurrence vector (NaN = the row has no AU labels, or they are hidden). The manifest
 needs AU labels: the ``au_occurrence`` column and the ``au_ids`` footer (``ingest --au-labels``).
 
@@ -48,21 +48,21 @@ import torch
 from sklearn.metrics import f1_score
 from torch import Tensor
 
-from . import __version__
-from .files import atomic_path, atomic_write_text, check_out_folder, file_sha256
-from .data.datasets import ManifestDataset
-from .data.manifest import Manifest, read_holdout_names, read_manifest
-from .data.splits import Split, split_subjects
-from .devices import resolve_device
-from .errors import FesaugError
-from .locking import output_lock
-from .models import EmotionAUConfig, EmotionAUNet, au_metrics, au_pos_weight, multitask_loss, to_model_range
-from .provenance import provenance
-from .runlog import json_number, seed_everything, write_metrics
+from fesaug import __version__
+from fesaug.utils.files import atomic_path, atomic_write_text, check_out_folder, file_sha256
+from fesaug.data.datasets import ManifestDataset
+from fesaug.data.manifest import Manifest, read_holdout_names, read_manifest
+from fesaug.data.splits import Split, split_subjects
+from fesaug.utils.devices import resolve_device
+from fesaug.utils.errors import FesaugError
+from fesaug.utils.locking import output_lock
+from fesaug.models import EmotionAUConfig, EmotionAUNet, au_metrics, au_pos_weight, multitask_loss, to_model_range
+from fesaug.utils.provenance import provenance
+from fesaug.utils.runlog import json_number, seed_everything, write_metrics
 
 __all__ = ["EmotionAUPredictor", "MultiTaskConfig", "MultiTaskResult", "label_split", "load_emotion_au", "train_multitask"]
 
-log = logging.getLogger("fesaug.training")  # the CLI shows this logger's per-epoch lines
+log = logging.getLogger("fesaug.synthesis.training")  # the CLI shows this logger's per-epoch lines
 FORMAT, FORMAT_VERSION = "fesaug-emotion-au-checkpoint", 1
 
 

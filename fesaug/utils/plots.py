@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_path
-from .data.manifest import Manifest
-from .errors import FesaugError
+from fesaug.utils.files import atomic_path
+from fesaug.data.manifest import Manifest
+from fesaug.utils.errors import FesaugError
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:

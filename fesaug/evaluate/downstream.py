@@ -28,10 +28,10 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from .files import atomic_path
-from .devices import resolve_device
-from .errors import FesaugError
-from .killpoints import kill_point
+from fesaug.utils.files import atomic_path
+from fesaug.utils.devices import resolve_device
+from fesaug.utils.errors import FesaugError
+from fesaug.utils.killpoints import kill_point
 
 __all__ = ["CLASSIFIERS", "DownstreamClassifier", "DownstreamConfig", "FitResult", "classification_report",
            "features", "fit", "load_classifier", "make_classifier", "predict_proba", "random_oversample",
@@ -220,7 +220,7 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
     """Train ``config.model`` on ``uint8`` ``N×1×S×S`` images with cross-entropy.
 
     Adam with a per-step cosine learning-rate decay. With ``val_x``/``val_y`` (validation
-    subjects, e.g. from :func:`fesaug.training.split_subjects`) the returned model holds the
+    subjects, e.g. from :func:`fesaug.synthesis.training.split_subjects`) the returned model holds the
     weights of the epoch with the best validation macro-F1 (the first such epoch on ties), the
     metric ``fesaug evaluate`` compares; without them, the last epoch's.
 

@@ -38,7 +38,7 @@ from sklearn.metrics import pairwise_distances_chunked
 from sklearn.neighbors import NearestNeighbors
 from torch import Tensor
 
-from .errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 __all__ = ["frechet_distance", "memorisation", "nearest_other_subject", "precision_recall", "psnr", "ssim"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .errors import FesaugError
+from fesaug.utils.errors import FesaugError
 
 EXTRA = "judges"  # the optional dependency group that installs dlib and its models
 LANDMARKS_5 = "shape_predictor_5_face_landmarks.dat"

@@ -7,7 +7,7 @@ into per-class counts. Everything downstream reads that: ``fesaug balance``'s pl
 evaluate``'s oversampling, ``fesaug audit``'s shortfall. The rule itself is validated here once
 (:func:`check_target_rule`), for the config, the command line and the resolution alike.
 
-Light on purpose (no torch): :mod:`fesaug.audit` imports it.
+Light on purpose (no torch): :mod:`fesaug.audit.report` imports it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from .errors import FesaugError, UsageError
+from fesaug.utils.errors import FesaugError, UsageError
 
 STRATEGIES = ("auto", "not-majority", "not-minority", "minority", "all")
 

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .files import file_sha256
-from .checkpoint import load_checkpoint
-from .devices import resolve_device
-from .downstream import DownstreamClassifier
-from .errors import FesaugError
-from .models import MAX_INTENSITY, FERSNet, FERSNetConfig, from_model_range, to_model_range
+from fesaug.utils.files import file_sha256
+from fesaug.synthesis.checkpoint import load_checkpoint
+from fesaug.utils.devices import resolve_device
+from fesaug.evaluate.downstream import DownstreamClassifier
+from fesaug.utils.errors import FesaugError
+from fesaug.models import MAX_INTENSITY, FERSNet, FERSNetConfig, from_model_range, to_model_range
 
 
 class Generator:
@@ -96,7 +96,7 @@ class Generator:
 
     def recogniser(self) -> DownstreamClassifier:
         """A copy of the FER branch as a downstream classifier (float [0, 1] images in, logits
-        out), e.g. to fine-tune on real + synthetic faces with :func:`fesaug.downstream.fit`
+        out), e.g. to fine-tune on real + synthetic faces with :func:`fesaug.evaluate.downstream.fit`
         (the paper's recipe). The copy has its own weights; this generator is unchanged."""
         net = copy.deepcopy(self.model)
         model = DownstreamClassifier(_FERBranch(net), net.fer_head.fc, "fersnet", len(self.classes), self.image_size)
@@ -167,7 +167,7 @@ def load_generator(checkpoint: str | os.PathLike, device: str | torch.device | N
     """Load a ``fesaug train`` checkpoint (``best.pt`` or ``last.pt``) for inference.
 
     ``device`` defaults to CUDA when available, else the CPU. Raises
-    :class:`~fesaug.errors.FesaugError` for anything that is not a readable checkpoint.
+    :class:`~fesaug.utils.errors.FesaugError` for anything that is not a readable checkpoint.
     """
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)

@@ -11,7 +11,7 @@ folder any downstream model can use::
 The steps, in the vocabulary of imbalanced-learn:
 
 1. **Targets.** The *working set* is the real rows of the chosen splits outside the held-out
-   folds ``holdout_folds`` (by default the fold the generator was held out from). :func:`fesaug.targets.resolve_targets` turns
+   folds ``holdout_folds`` (by default the fold the generator was held out from). :func:`fesaug.balance.targets.resolve_targets` turns
    ``target_per_class`` (a number or ``"max"``), ``sampling_strategy`` and per-class
    ``targets`` into a wanted count per class.
 2. **Sources.** Class ``c`` is synthesized from working-set images of the other classes, taken
@@ -61,24 +61,24 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from .files import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
-from .data.au import au_consistency
-from .data.datasets import ManifestDataset, resize_pixels
-from .data.images import encode_png, resize_square, sha256_bytes
-from .data.manifest import Manifest, read_holdout_names, read_manifest, relative_image_root, working_set, write_manifest
-from .data.splits import check_holdout_folds
-from .distributed import barrier, process_group
-from .downstream import load_classifier, predict_proba
-from .errors import FesaugError, UsageError
-from .audit import Group, audit, plot_report
-from .generator import Generator, load_generator
-from .judges import load_judge
-from .locking import output_lock
-from .models import MAX_INTENSITY
-from .multitask_training import load_emotion_au
-from .provenance import provenance
-from .runlog import jsonable, with_defaults
-from .targets import Targets, check_synthetic_share, check_target_rule, resolve_targets
+from fesaug.utils.files import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from fesaug.data.au import au_consistency
+from fesaug.data.datasets import ManifestDataset, resize_pixels
+from fesaug.data.images import encode_png, resize_square, sha256_bytes
+from fesaug.data.manifest import Manifest, read_holdout_names, read_manifest, relative_image_root, working_set, write_manifest
+from fesaug.data.splits import check_holdout_folds
+from fesaug.utils.distributed import barrier, process_group
+from fesaug.evaluate.downstream import load_classifier, predict_proba
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.audit.report import Group, audit, plot_report
+from fesaug.synthesis.generator import Generator, load_generator
+from fesaug.judges import load_judge
+from fesaug.utils.locking import output_lock
+from fesaug.models import MAX_INTENSITY
+from fesaug.multitask.training import load_emotion_au
+from fesaug.utils.provenance import provenance
+from fesaug.utils.runlog import jsonable, with_defaults
+from fesaug.balance.targets import Targets, check_synthetic_share, check_target_rule, resolve_targets
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class BalanceResult:
 
 
 # --------------------------------------------------------------------------------------------
-# 2. sources (1. targets: fesaug.targets)
+# 2. sources (1. targets: fesaug.balance.targets)
 
 
 @dataclass(frozen=True)
@@ -664,7 +664,7 @@ def balance(
     """Balance ``manifest`` with the generator in ``checkpoint``; write the dataset to ``out_dir``.
 
     See the module docstring. Re-running the same call after an interruption resumes it; a second
-    run into ``out_dir`` while one is running is refused (:func:`fesaug.locking.output_lock`).
+    run into ``out_dir`` while one is running is refused (:func:`fesaug.utils.locking.output_lock`).
     ``progress``: a progress bar on stderr when it is a terminal.
     """
     config = config or BalanceConfig()
@@ -871,7 +871,7 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
 
 def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_out: Sequence[Group] = ()) -> str:
     """The ``README.md`` written next to a balanced manifest; ``held_out``: the rows it left
-    unchanged, counted per group (:attr:`fesaug.audit.AuditReport.held_out`)."""
+    unchanged, counted per group (:attr:`fesaug.audit.report.AuditReport.held_out`)."""
     gen, cfg = plan.generator, plan.config
     columns = ("real", "target", "synthesized", "acceptance", "shortfall", "after") + (("weighted",) if r.weighted else ())
     lines = [

@@ -11,7 +11,7 @@ validation FER accuracy, ties broken by the lower validation loss). Each trainin
 a source image, a target expression and, when the subject shows it, the subject's real image
 of that expression (:class:`~fesaug.data.datasets.PairedTargetDataset`).
 
-One step, per batch (losses in :class:`~fesaug.train_config.LossWeights`):
+One step, per batch (losses in :class:`~fesaug.synthesis.config.LossWeights`):
 
 1. FERSNet translates the sources to their targets and back, and classifies the real sources
    (one module call, so that DDP sees one forward per backward);
@@ -22,7 +22,7 @@ One step, per batch (losses in :class:`~fesaug.train_config.LossWeights`):
 A run folder holds ``config.yaml`` (the resolved configuration), ``provenance.json``,
 ``metrics.jsonl`` (one line per epoch), ``samples/epoch_XXX.png`` (rows: fixed validation
 faces; columns: the input, then one synthesized image per class) and ``checkpoints/last.pt``
-and ``best.pt`` (see :mod:`fesaug.checkpoint`). With ``config.ema``, a checkpoint's ``model`` is
+and ``best.pt`` (see :mod:`fesaug.synthesis.checkpoint`). With ``config.ema``, a checkpoint's ``model`` is
 the moving average of the weights (what was validated and what inference loads) and
 ``model_trained`` the weights the optimiser holds, for resuming.
 
@@ -60,26 +60,26 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from .files import atomic_path, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
-from .checkpoint import (
+from fesaug.utils.files import atomic_path, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from fesaug.synthesis.checkpoint import (
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from .data.datasets import ManifestDataset, PairedTargetDataset
-from .data.manifest import Manifest, read_manifest
-from .data.splits import Split, split_subjects
-from .devices import resolve_device
-from .distributed import Ranks, barrier, process_group
-from .downstream import DownstreamClassifier, augment_batch, load_classifier
-from .errors import FesaugError, UsageError
-from .killpoints import kill_point
-from .locking import output_lock
-from .models import Discriminator, FERSNet, FERSNetConfig, to_model_range
-from .provenance import provenance
-from .runlog import json_number, read_metrics, seed_everything, write_metrics
-from .train_config import (
+from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
+from fesaug.data.manifest import Manifest, read_manifest
+from fesaug.data.splits import Split, split_subjects
+from fesaug.utils.devices import resolve_device
+from fesaug.utils.distributed import Ranks, barrier, process_group
+from fesaug.evaluate.downstream import DownstreamClassifier, augment_batch, load_classifier
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.killpoints import kill_point
+from fesaug.utils.locking import output_lock
+from fesaug.models import Discriminator, FERSNet, FERSNetConfig, to_model_range
+from fesaug.utils.provenance import provenance
+from fesaug.utils.runlog import json_number, read_metrics, seed_everything, write_metrics
+from fesaug.synthesis.config import (
     PRESETS,
     LossWeights,
     TrainConfig,
@@ -131,7 +131,7 @@ def train(
     ``resume`` continues the run in ``out_dir`` from ``checkpoints/last.pt`` (``config`` must
     match the run's, except ``epochs``, ``num_workers`` and ``device``), or starts it over if it
     was stopped before its first checkpoint; ``overwrite`` discards a previous run there. The
-    run holds ``out_dir``'s lock (:mod:`fesaug.locking`). See the module docstring for what is
+    run holds ``out_dir``'s lock (:mod:`fesaug.utils.locking`). See the module docstring for what is
     written.
     """
     config = config or TrainConfig()
@@ -819,7 +819,7 @@ def _checkpoint_model_config(ckpt: dict[str, Any], path: Path) -> FERSNetConfig:
 def _perceptual_loss(config: TrainConfig, device: torch.device) -> nn.Module | None:
     if not config.loss.paired_perceptual:
         return None
-    from .judges.perceptual import load_perceptual
+    from fesaug.judges.perceptual import load_perceptual
 
     return load_perceptual("alex").to(device)
 
@@ -830,7 +830,7 @@ def _expression_judge(config: TrainConfig, classes: list[str], device: torch.dev
     path = Path(config.expression_classifier)
     if not path.is_file():
         raise FesaugError(f"expression_classifier {path}: no such file; give a classifier written by fesaug evaluate "
-                          "(fold-K/judge.pt) or fesaug.downstream.save_classifier")
+                          "(fold-K/judge.pt) or fesaug.evaluate.downstream.save_classifier")
     judge, judge_classes = load_classifier(path, device=device)
     if list(judge_classes) != list(classes):
         raise FesaugError(f"expression_classifier {path} knows the classes {', '.join(judge_classes)}, the manifest "

@@ -12,8 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import FesaugError
-from .killpoints import kill_point
+from fesaug.utils.errors import FesaugError
+from fesaug.utils.killpoints import kill_point
 
 
 def check_out_folder(out: Path, what: str) -> None:
@@ -51,7 +51,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     earlier output set aside while it was being replaced (``.NAME.*.old``). ``name``: only those
     of the output ``NAME``; None: of every output in ``folder``. Returns what was removed.
 
-    Only call it while holding the output's lock (:mod:`fesaug.locking`): then no running write
+    Only call it while holding the output's lock (:mod:`fesaug.utils.locking`): then no running write
     owns them, so they are stale."""
     folder = Path(folder)
     stem = "*" if name is None else glob.escape(name)

@@ -14,7 +14,7 @@ checkpoint from elsewhere cannot run code. Keys (format version 1):
 ``rng``
     torch CPU / CUDA, numpy and Python generator states, for resuming.
 ``config``, ``model_config``
-    the resolved :class:`~fesaug.train_config.TrainConfig` and FERSNet config, as dicts.
+    the resolved :class:`~fesaug.synthesis.config.TrainConfig` and FERSNet config, as dicts.
 ``classes``, ``image_size``
     the class list (label order) and the square image side the model takes.
 ``manifest``
@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .files import atomic_path
-from .data.manifest import read_holdout_names
-from .errors import FesaugError
+from fesaug import __version__
+from fesaug.utils.files import atomic_path
+from fesaug.data.manifest import read_holdout_names
+from fesaug.utils.errors import FesaugError
 
 FORMAT = "fesaug-fersnet-checkpoint"
 FORMAT_VERSION = 1
