@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from record import command, machine, machine_line, write_results
 
 from fesaug.data.align import BOX_SHAPE, DETECT_MIN_SIDE, LEFT_EYE, REFRAMES, RIGHT_EYE, FaceAligner
 from fesaug.data.demo import make_demo_dataset, render_params
@@ -36,8 +37,6 @@ from fesaug.data.manifest import read_manifest
 from fesaug.utils.dlib_models import face_detector, landmark_model
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.provenance import package_versions
-
-from record import command, machine, machine_line, write_results
 
 CKPLUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ckplus48"
 MAX_ROTATION = 25.0
@@ -54,9 +53,14 @@ def tilt(aligner: FaceAligner, img: Image.Image) -> float:
 def summary(angles: np.ndarray) -> dict[str, float]:
     a = np.abs(np.asarray(angles, dtype=float))
     ok = a[~np.isnan(a)]
-    return {"mean_abs": round(float(ok.mean()), 2), "median_abs": round(float(np.median(ok)), 2),
-            "p95_abs": round(float(np.percentile(ok, 95)), 2), "within_2deg": round(float((ok <= 2).mean()), 3),
-            "measured": int(len(ok)), "of": int(len(a))}
+    return {
+        "mean_abs": round(float(ok.mean()), 2),
+        "median_abs": round(float(np.median(ok)), 2),
+        "p95_abs": round(float(np.percentile(ok, 95)), 2),
+        "within_2deg": round(float((ok <= 2).mean()), 3),
+        "measured": int(len(ok)),
+        "of": int(len(a)),
+    }
 
 
 def demo_case(style: str, tmp: Path, aligner: FaceAligner, seed: int) -> dict:
@@ -70,7 +74,9 @@ def demo_case(style: str, tmp: Path, aligner: FaceAligner, seed: int) -> dict:
     for (_, row), extra in zip(df.iterrows(), added):
         face = Image.fromarray(render_params(row))
         # PIL's rotate(a) turns the content counter-clockwise, the sign of Landmarks.angle and of the demo's pose angle.
-        rotated = face.rotate(float(extra), resample=Image.Resampling.BICUBIC, fillcolor=int(np.median(np.asarray(face)[0])))
+        rotated = face.rotate(
+            float(extra), resample=Image.Resampling.BICUBIC, fillcolor=int(np.median(np.asarray(face)[0]))
+        )
         (src / row["label_name"]).mkdir(parents=True, exist_ok=True)
         rotated.save(src / row["label_name"] / f"{row['sample_id']}.png")
         true_tilt[row["sample_id"]] = json.loads(row["demo_params"])["nuisance"]["angle"] + float(extra)
@@ -86,9 +92,15 @@ def demo_case(style: str, tmp: Path, aligner: FaceAligner, seed: int) -> dict:
         if align:
             truth = truth - m.df["align_angle"].to_numpy(dtype=float)
             out["boxes"] = done.aligned
-            out["estimate_error"] = summary(m.df["align_angle"].to_numpy(dtype=float) - np.array([true_tilt[s] for s in m.df["sample_id"]]))
-        out[name] = {"dlib_tilt": summary(measured), "true_tilt": summary(truth), "seconds": round(seconds, 1),
-                     "skipped": len(done.skipped)}
+            out["estimate_error"] = summary(
+                m.df["align_angle"].to_numpy(dtype=float) - np.array([true_tilt[s] for s in m.df["sample_id"]])
+            )
+        out[name] = {
+            "dlib_tilt": summary(measured),
+            "true_tilt": summary(truth),
+            "seconds": round(seconds, 1),
+            "skipped": len(done.skipped),
+        }
         if align:
             boxes = m.df.set_index("sample_id")["align_box"]
     out["fallback"] = fallback(src, true_tilt, boxes)
@@ -111,8 +123,9 @@ def fallback(src: Path, true_tilt: dict[str, float], boxes) -> dict:
         out[f"whole image, {reframes} re-framing(s)"] = summary(np.array(errors))
     detected = [f for f in files if boxes.get(f.stem) == "detector"]
     aligner = FaceAligner()
-    out[f"detector ({len(detected)} faces it found)"] = summary(np.array(
-        [aligner.locate(Image.open(f), where=str(f)).angle - true_tilt[f.stem] for f in detected]))
+    out[f"detector ({len(detected)} faces it found)"] = summary(
+        np.array([aligner.locate(Image.open(f), where=str(f)).angle - true_tilt[f.stem] for f in detected])
+    )
     return out
 
 
@@ -126,7 +139,11 @@ def box_shape(files: list[Path]) -> list[list[float]]:
         gray = np.asarray(Image.open(f).convert("L"))
         h, w = gray.shape
         factor = max(1.0, DETECT_MIN_SIDE / min(h, w))
-        work = cv2.resize(gray, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_CUBIC) if factor > 1 else gray
+        work = (
+            cv2.resize(gray, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_CUBIC)
+            if factor > 1
+            else gray
+        )
         found = list(detector(work, 0))
         if found:
             box = max(found, key=lambda r: r.area())
@@ -168,17 +185,30 @@ def ckplus_case(aligner: FaceAligner, tmp: Path, seed: int) -> dict:
     distance = np.linalg.norm(eyes[:, 2:] - eyes[:, :2], axis=1) * 48
     return {
         "images": len(files),
-        "mean_eyes": {"left": eyes[:, :2].mean(0).round(4).tolist(), "right": eyes[:, 2:].mean(0).round(4).tolist(),
-                      "left_sd": eyes[:, :2].std(0).round(4).tolist(), "right_sd": eyes[:, 2:].std(0).round(4).tolist(),
-                      "span": round(float(span.mean()), 4), "eye_y": round(float(eyes[:, [1, 3]].mean()), 4),
-                      "centre_x": round(float(((eyes[:, 0] + eyes[:, 2]) / 2).mean()), 4),
-                      "mean_signed_tilt": round(float(np.mean(tilts)), 2),
-                      "eye_distance_px": [round(float(distance.min()), 1), round(float(distance.mean()), 1), round(float(distance.max()), 1)]},
+        "mean_eyes": {
+            "left": eyes[:, :2].mean(0).round(4).tolist(),
+            "right": eyes[:, 2:].mean(0).round(4).tolist(),
+            "left_sd": eyes[:, :2].std(0).round(4).tolist(),
+            "right_sd": eyes[:, 2:].std(0).round(4).tolist(),
+            "span": round(float(span.mean()), 4),
+            "eye_y": round(float(eyes[:, [1, 3]].mean()), 4),
+            "centre_x": round(float(((eyes[:, 0] + eyes[:, 2]) / 2).mean()), 4),
+            "mean_signed_tilt": round(float(np.mean(tilts)), 2),
+            "eye_distance_px": [
+                round(float(distance.min()), 1),
+                round(float(distance.mean()), 1),
+                round(float(distance.max()), 1),
+            ],
+        },
         "box_shape": box_shape(files),
         "plain": {"dlib_tilt": summary(np.array(tilts))},
         "aligned": {"dlib_tilt": summary(after), "boxes": done.aligned, "skipped": len(done.skipped)},
-        "rotated": {"images": len(turned_est), "estimate_error": summary(np.array(turned_err)),
-                    "before": summary(np.array(turned_est)), "aligned": summary(np.array(turned_after))},
+        "rotated": {
+            "images": len(turned_est),
+            "estimate_error": summary(np.array(turned_err)),
+            "before": summary(np.array(turned_est)),
+            "aligned": summary(np.array(turned_after)),
+        },
     }
 
 
@@ -200,14 +230,17 @@ def main() -> None:
     import cv2
     import dlib
 
-    report.update({
-        "canonical_eyes": {"left": list(LEFT_EYE), "right": list(RIGHT_EYE)}, "box_shape": [list(p) for p in BOX_SHAPE],
-        "max_added_rotation": MAX_ROTATION,
-        "wall_s": round(time.perf_counter() - start, 1),
-        "machine": machine(),
-        "versions": {**package_versions(), "dlib": dlib.__version__, "opencv": cv2.__version__},
-        "command": command(),
-    })
+    report.update(
+        {
+            "canonical_eyes": {"left": list(LEFT_EYE), "right": list(RIGHT_EYE)},
+            "box_shape": [list(p) for p in BOX_SHAPE],
+            "max_added_rotation": MAX_ROTATION,
+            "wall_s": round(time.perf_counter() - start, 1),
+            "machine": machine(),
+            "versions": {**package_versions(), "dlib": dlib.__version__, "opencv": cv2.__version__},
+            "command": command(),
+        }
+    )
     write_results("align_demo", report, render(report))
     print(render(report))
 
@@ -238,16 +271,23 @@ def render(r: dict) -> str:
         for name in ("plain", "aligned"):
             boxes = d["boxes"] if name == "aligned" else None
             faces = f"{boxes['detector']} / {boxes['whole-image']} / {boxes['skipped']}" if boxes else "-"
-            out.append(f"| {style} | {'--align' if name == 'aligned' else 'plain'} | {_cell(d[name]['dlib_tilt'])} | "
-                       f"{_cell(d[name]['true_tilt'])} | {faces} | {d[name]['seconds']} |")
-    out += ["", "Error of the estimated tilt (`align_angle` minus the truth): "
-            + "; ".join(f"{style} {_cell(d['estimate_error'])}" for style, d in r["demo"].items()) + ".",
-            "",
-            "The whole-image fallback on every one of these faces, as if the detector had found none (error of the "
-            "estimated tilt against the truth; the re-framing puts the box where dlib's detector would, from the "
-            "landmarks found so far):",
-            "",
-            "| population | face box | tilt error |", "|---|---|---|"]
+            out.append(
+                f"| {style} | {'--align' if name == 'aligned' else 'plain'} | {_cell(d[name]['dlib_tilt'])} | "
+                f"{_cell(d[name]['true_tilt'])} | {faces} | {d[name]['seconds']} |"
+            )
+    out += [
+        "",
+        "Error of the estimated tilt (`align_angle` minus the truth): "
+        + "; ".join(f"{style} {_cell(d['estimate_error'])}" for style, d in r["demo"].items())
+        + ".",
+        "",
+        "The whole-image fallback on every one of these faces, as if the detector had found none (error of the "
+        "estimated tilt against the truth; the re-framing puts the box where dlib's detector would, from the "
+        "landmarks found so far):",
+        "",
+        "| population | face box | tilt error |",
+        "|---|---|---|",
+    ]
     for style, d in r["demo"].items():
         out += [f"| {style} | {name} | {_cell(s)} |" for name, s in d["fallback"].items()]
     if "ckplus" in r:

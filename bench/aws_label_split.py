@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import RESULTS, command, machine, machine_line, write_results
 from sklearn.metrics import f1_score
 
 from fesaug.data.datasets import ManifestDataset
@@ -32,8 +33,6 @@ from fesaug.data.manifest import read_manifest
 from fesaug.models import au_metrics, count_parameters
 from fesaug.multitask.training import MultiTaskConfig, au_occurrence, load_emotion_au, train_multitask
 from fesaug.utils.provenance import package_versions
-
-from record import RESULTS, command, machine, machine_line, write_results
 
 SHARINGS = ("none", "hard", "cross-stitch", "aws")
 CACHE = Path("/tmp/fesaug-bench/aws")
@@ -63,21 +62,34 @@ def test_metrics(checkpoint: Path, manifest_path: Path, fold: int) -> dict:
 
 
 def run_one(sharing: str, manifest: Path, runs: Path, epochs: int, seed: int, fold: int) -> dict:
-    config = MultiTaskConfig(model={"sharing": sharing}, epochs=epochs, seed=seed, holdout_fold=fold, device="cpu",
-                             emotion_fraction=0.5, au_fraction=0.5)
+    config = MultiTaskConfig(
+        model={"sharing": sharing},
+        epochs=epochs,
+        seed=seed,
+        holdout_fold=fold,
+        device="cpu",
+        emotion_fraction=0.5,
+        au_fraction=0.5,
+    )
     t0 = time.perf_counter()
     result = train_multitask(manifest, runs / sharing, config, overwrite=True)
     wall = time.perf_counter() - t0
     best = result.metrics[result.best_epoch - 1]
     net = load_emotion_au(result.best_checkpoint, device="cpu").net
     return {
-        "sharing": sharing, "wall_s": round(wall, 1), "parameters": count_parameters(net),
-        "best_epoch": result.best_epoch, "mean_epoch_s": round(float(np.mean([m["seconds"] for m in result.metrics])), 2),
+        "sharing": sharing,
+        "wall_s": round(wall, 1),
+        "parameters": count_parameters(net),
+        "best_epoch": result.best_epoch,
+        "mean_epoch_s": round(float(np.mean([m["seconds"] for m in result.metrics])), 2),
         "val": {k: best[k] for k in ("val_emotion_acc", "val_emotion_macro_f1", "val_au_mean_f1")},
         "test_best": test_metrics(result.best_checkpoint, manifest, fold),
         "test_last": test_metrics(result.last_checkpoint, manifest, fold),
-        "subjects": {"train": len(result.split.train_subjects), "val": len(result.split.val_subjects),
-                     "heldout": len(result.split.heldout_subjects)},
+        "subjects": {
+            "train": len(result.split.train_subjects),
+            "val": len(result.split.val_subjects),
+            "heldout": len(result.split.heldout_subjects),
+        },
     }
 
 
@@ -92,7 +104,9 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the existing .json")
     args = ap.parse_args()
     if args.report_only:
-        (args.out / "aws_label_split.md").write_text(report(json.loads((args.out / "aws_label_split.json").read_text())))
+        (args.out / "aws_label_split.md").write_text(
+            report(json.loads((args.out / "aws_label_split.json").read_text()))
+        )
         return
     start = time.perf_counter()
     manifest = CACHE / "demo" / "manifest.parquet"
@@ -102,7 +116,9 @@ def main() -> None:
 
     sharings = args.sharing.split(",")
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-        futures = {s: pool.submit(run_one, s, manifest, CACHE / "runs", args.epochs, args.seed, args.fold) for s in sharings}
+        futures = {
+            s: pool.submit(run_one, s, manifest, CACHE / "runs", args.epochs, args.seed, args.fold) for s in sharings
+        }
         runs = []
         for s, f in futures.items():
             runs.append(f.result())
@@ -110,13 +126,28 @@ def main() -> None:
 
     result = {
         "benchmark": "aws_label_split",
-        "dataset": {"name": "demo (default)", "images": len(m.df), "subjects": int(m.df["subject_id"].nunique()),
-                    "image_size": 64, "au_ids": m.meta["au_ids"], "cache": str(CACHE)},
+        "dataset": {
+            "name": "demo (default)",
+            "images": len(m.df),
+            "subjects": int(m.df["subject_id"].nunique()),
+            "image_size": 64,
+            "au_ids": m.meta["au_ids"],
+            "cache": str(CACHE),
+        },
         "protocol": {
-            "heldout_fold": args.fold, "val_fraction": 0.15, "emotion_fraction": 0.5, "au_fraction": 0.5,
-            "epochs": args.epochs, "seed": args.seed, "batch_size": 32, "lr": 1e-3, "weight_decay": 5e-4,
-            "model": "EmotionAUNet, widths (16, 32, 64, 128), BatchNorm", "selection": "best.pt: validation "
-            "mean of emotion macro-F1 and AU mean F1", "jobs": args.jobs, "threads_per_job": 1,
+            "heldout_fold": args.fold,
+            "val_fraction": 0.15,
+            "emotion_fraction": 0.5,
+            "au_fraction": 0.5,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "batch_size": 32,
+            "lr": 1e-3,
+            "weight_decay": 5e-4,
+            "model": "EmotionAUNet, widths (16, 32, 64, 128), BatchNorm",
+            "selection": "best.pt: validation mean of emotion macro-F1 and AU mean F1",
+            "jobs": args.jobs,
+            "threads_per_job": 1,
         },
         "runs": runs,
         "machine": machine(),
@@ -133,25 +164,27 @@ def report(r: dict) -> str:
     rows = "\n".join(
         f"| {s} | {x['parameters']:,} | {x['test_best']['emotion_acc']:.3f} | {x['test_best']['emotion_macro_f1']:.3f} | "
         f"{x['test_best']['au_mean_f1']:.3f} | {x['test_last']['emotion_macro_f1']:.3f} | {x['test_last']['au_mean_f1']:.3f} | "
-        f"{x['best_epoch']} | {x['wall_s']:.0f} |" for s, x in runs.items())
+        f"{x['best_epoch']} | {x['wall_s']:.0f} |"
+        for s, x in runs.items()
+    )
     return f"""# AWS-Net label split on the demo data
 
-`{r['command']}` — {r['wall_s']:.0f} s wall ({p['jobs']} runs at a time, 1 thread each; {machine_line(r['machine'])}),
-fesaug {r['versions']['fesaug']}, torch {r['versions']['torch']}.
+`{r["command"]}` — {r["wall_s"]:.0f} s wall ({p["jobs"]} runs at a time, 1 thread each; {machine_line(r["machine"])}),
+fesaug {r["versions"]["fesaug"]}, torch {r["versions"]["torch"]}.
 
-Protocol: default demo set ({r['dataset']['images']} images, {r['dataset']['subjects']} subjects, 64x64, 16 AUs); fold
-{p['heldout_fold']} held out as the test set ({runs[next(iter(runs))]['test_best']['test_images']} images, every one with
-both labels). Validation subjects ({p['val_fraction']:.0%}) are carved from the rest and keep both labels; the remaining
+Protocol: default demo set ({r["dataset"]["images"]} images, {r["dataset"]["subjects"]} subjects, 64x64, 16 AUs); fold
+{p["heldout_fold"]} held out as the test set ({runs[next(iter(runs))]["test_best"]["test_images"]} images, every one with
+both labels). Validation subjects ({p["val_fraction"]:.0%}) are carved from the rest and keep both labels; the remaining
 training subjects are split 50/50 by subject: one half keeps only its emotion labels, the other only its AU labels.
-{p['model']}; {p['epochs']} epochs, batch {p['batch_size']}, Adam lr {p['lr']}, weight decay {p['weight_decay']}, flips,
-seed {p['seed']}; {p['selection']}. `none` = two independent networks, i.e. the single-task baselines (each sees only its
+{p["model"]}; {p["epochs"]} epochs, batch {p["batch_size"]}, Adam lr {p["lr"]}, weight decay {p["weight_decay"]}, flips,
+seed {p["seed"]}; {p["selection"]}. `none` = two independent networks, i.e. the single-task baselines (each sees only its
 own half of the training subjects); `hard` = one shared encoder; `cross-stitch` and `aws` = two networks with sharing units.
 
 | sharing | parameters | test emotion acc (best.pt) | emotion macro-F1 | AU mean F1 | macro-F1 (last.pt) | AU F1 (last.pt) | best epoch | wall s |
 |---|---|---|---|---|---|---|---|---|
 {rows}
 
-{conclusion(runs, p['epochs'])}
+{conclusion(runs, p["epochs"])}
 """
 
 
@@ -166,12 +199,20 @@ def conclusion(runs: dict, epochs: int) -> str:
 
     def verdict(other: str) -> str:
         wins = [b["aws"][k] > b[other][k] for k in ("emotion_macro_f1", "au_mean_f1")]
-        return {(True, True): "better on both tasks", (False, False): "worse on both tasks",
-                (True, False): "better on emotions but worse on AUs", (False, True): "better on AUs but worse on emotions"}[tuple(wins)]
+        return {
+            (True, True): "better on both tasks",
+            (False, False): "worse on both tasks",
+            (True, False): "better on emotions but worse on AUs",
+            (False, True): "better on AUs but worse on emotions",
+        }[tuple(wins)]
 
-    vs_others = "; ".join(f"vs {s}: macro-F1 {margin('emotion_macro_f1', s)}, AU F1 {margin('au_mean_f1', s)}" for s in others)
+    vs_others = "; ".join(
+        f"vs {s}: macro-F1 {margin('emotion_macro_f1', s)}, AU F1 {margin('au_mean_f1', s)}" for s in others
+    )
     rank = sorted(runs, key=lambda s: -(b[s]["emotion_macro_f1"] + b[s]["au_mean_f1"]) / 2)
-    noise = max(abs(x["test_best"][k] - x["test_last"][k]) for x in runs.values() for k in ("emotion_macro_f1", "au_mean_f1"))
+    noise = max(
+        abs(x["test_best"][k] - x["test_last"][k]) for x in runs.values() for k in ("emotion_macro_f1", "au_mean_f1")
+    )
     return (
         f"**Result.** Here `aws` is {verdict('none')} than the single-task baselines (`none`) and "
         f"{'; '.join(f'{verdict(s)} than `{s}`' for s in others)}. Against `none` it changes test emotion macro-F1 by "

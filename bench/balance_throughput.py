@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from record import RESULTS, command, machine, machine_line, write_results
 
 BATCH = 64
@@ -45,7 +44,12 @@ def setup(work: Path) -> tuple[Path, Path]:
     if not manifest.exists():
         make_demo_dataset(work / "demo", size=64, overwrite=True)
     if not ckpt.exists():
-        train(manifest, work / "run", TrainConfig().updated({"epochs": 1, "holdout_fold": 0}, where="bench"), overwrite=True)
+        train(
+            manifest,
+            work / "run",
+            TrainConfig().updated({"epochs": 1, "holdout_fold": 0}, where="bench"),
+            overwrite=True,
+        )
     return manifest, ckpt
 
 
@@ -70,13 +74,19 @@ def generator_alone(manifest: Path, ckpt: Path, batches: int = 4, repeats: int =
             for _ in range(batches):
                 step()
             rates.append(batches * BATCH / (time.perf_counter() - start))
-    return {"images_per_s": statistics.median(rates), "images_per_s_all": [round(r, 1) for r in rates],
-            "batch": BATCH, "batches_per_repeat": batches, "repeats": repeats}
+    return {
+        "images_per_s": statistics.median(rates),
+        "images_per_s_all": [round(r, 1) for r in rates],
+        "batch": BATCH,
+        "batches_per_repeat": batches,
+        "repeats": repeats,
+    }
 
 
 def run_case(work: Path, target: int) -> dict:
     """One end-to-end balance run (in its own process); printed as one JSON line."""
     import fesaug.balance.run as fb
+
     manifest, ckpt = setup(work)
     finish, seen = fb._finish, {}
 
@@ -87,13 +97,28 @@ def run_case(work: Path, target: int) -> dict:
     fb._finish = finish_probe
     rss_before = status_mib("VmRSS")
     start = time.perf_counter()
-    r = fb.balance(manifest, ckpt, work / f"out-{target}", fb.BalanceConfig(min_confidence=0.0, target_per_class=target, batch_size=BATCH),
-                overwrite=True, device="cpu")
+    r = fb.balance(
+        manifest,
+        ckpt,
+        work / f"out-{target}",
+        fb.BalanceConfig(min_confidence=0.0, target_per_class=target, batch_size=BATCH),
+        overwrite=True,
+        device="cpu",
+    )
     wall = time.perf_counter() - start
     n = sum(r.generated.values())
-    return {"target_per_class": target, "synthesized": n, "attempts": sum(r.attempts.values()), "wall_s": wall,
-            "balance_seconds": r.seconds, "images_per_s": n / wall, "rss_before_mib": rss_before,
-            **seen, "peak_rss_mib": status_mib("VmHWM"), "threads": torch.get_num_threads()}
+    return {
+        "target_per_class": target,
+        "synthesized": n,
+        "attempts": sum(r.attempts.values()),
+        "wall_s": wall,
+        "balance_seconds": r.seconds,
+        "images_per_s": n / wall,
+        "rss_before_mib": rss_before,
+        **seen,
+        "peak_rss_mib": status_mib("VmHWM"),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -118,7 +143,16 @@ def main() -> None:
     before = generator_alone(manifest, ckpt)
     cases = []
     for target in (args.small, args.large):
-        cmd = [sys.executable, __file__, "--work", str(args.work), "--threads", str(args.threads), "--case", str(target)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--work",
+            str(args.work),
+            "--threads",
+            str(args.threads),
+            "--case",
+            str(target),
+        ]
         done = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"case {target} failed:\n{done.stderr[-3000:]}")
@@ -132,11 +166,22 @@ def main() -> None:
     small, large = cases
     result = {
         "benchmark": "fesaug balance end to end vs generator alone (synthesize + classify), peak RSS vs image count",
-        "machine": machine(), "versions": package_versions(), "threads": torch.get_num_threads(),
+        "machine": machine(),
+        "versions": package_versions(),
+        "threads": torch.get_num_threads(),
         "command": command(),
-        "parameters": {"dataset": "make_demo_dataset(size=64), 981 images", "checkpoint": "cpu preset, 1 epoch, holdout_fold 0",
-                       "min_confidence": 0.0, "batch_size": BATCH, "device": "cpu", "small": args.small, "large": args.large},
-        "setup_seconds": setup_s, "generator_alone": gen, "end_to_end": cases,
+        "parameters": {
+            "dataset": "make_demo_dataset(size=64), 981 images",
+            "checkpoint": "cpu preset, 1 epoch, holdout_fold 0",
+            "min_confidence": 0.0,
+            "batch_size": BATCH,
+            "device": "cpu",
+            "small": args.small,
+            "large": args.large,
+        },
+        "setup_seconds": setup_s,
+        "generator_alone": gen,
+        "end_to_end": cases,
         "synthesized_ratio": large["synthesized"] / small["synthesized"],
         "peak_rss_ratio": large["peak_rss_mib"] / small["peak_rss_mib"],
         # The images the large case adds over their extra time: the steady-state rate, without the
@@ -150,17 +195,26 @@ def main() -> None:
 
 def report(r: dict) -> str:
     gen, (small, large) = r["generator_alone"], r["end_to_end"]
-    rows = [(f"| generator alone (synthesize + classify, batch {BATCH}; before {gen['before']['images_per_s']:.0f}, "
-             f"after {gen['after']['images_per_s']:.0f}) | – | {gen['images_per_s']:.0f} | 1.00 | – | – | – |")]
-    rows += [f"| `balance()`, target {c['target_per_class']}/class | {c['synthesized']} | {c['images_per_s']:.0f} | "
-             f"{c['ratio_to_generator']:.2f} | {c['wall_s']:.1f} | {c['peak_rss_generation_mib']:.0f} | {c['peak_rss_mib']:.0f} |"
-             for c in (small, large)]
+    rows = [
+        (
+            f"| generator alone (synthesize + classify, batch {BATCH}; before {gen['before']['images_per_s']:.0f}, "
+            f"after {gen['after']['images_per_s']:.0f}) | – | {gen['images_per_s']:.0f} | 1.00 | – | – | – |"
+        )
+    ]
+    rows += [
+        f"| `balance()`, target {c['target_per_class']}/class | {c['synthesized']} | {c['images_per_s']:.0f} | "
+        f"{c['ratio_to_generator']:.2f} | {c['wall_s']:.1f} | {c['peak_rss_generation_mib']:.0f} | {c['peak_rss_mib']:.0f} |"
+        for c in (small, large)
+    ]
     marginal = r["marginal_images_per_s"]
     fixed = small["wall_s"] - small["synthesized"] / marginal
     b, a = gen["before"]["images_per_s"], gen["after"]["images_per_s"]
-    drift = (f"\n**Warning:** the generator ran at {b:.0f} images/s before and {a:.0f} after the end-to-end runs; "
-             "the machine's speed changed under another load, so the ratios above are unreliable.\n"
-             if abs(a - b) > 0.15 * max(a, b) else "")
+    drift = (
+        f"\n**Warning:** the generator ran at {b:.0f} images/s before and {a:.0f} after the end-to-end runs; "
+        "the machine's speed changed under another load, so the ratios above are unreliable.\n"
+        if abs(a - b) > 0.15 * max(a, b)
+        else ""
+    )
     return (
         f"# Balance throughput (CPU)\n\n`{r['command']}` on {machine_line(r['machine'])}, "
         f"{r['threads']} torch threads, torch {r['versions'].get('torch')}, fesaug {r['versions']['fesaug']}. "

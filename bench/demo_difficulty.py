@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import RESULTS, command, machine, machine_line, write_results
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 from torch import nn
 
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest
-
-from record import RESULTS, command, machine, machine_line, write_results
 
 MINORITY = ("contempt", "fear", "sadness")
 MAJORITY = ("disgust", "happy", "surprise")
@@ -37,8 +36,14 @@ def small_cnn(n_classes: int) -> nn.Sequential:
         return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
 
     return nn.Sequential(
-        *block(1, 16), *block(16, 32), *block(32, 64), *block(64, 96),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(96, n_classes),
+        *block(1, 16),
+        *block(16, 32),
+        *block(32, 64),
+        *block(64, 96),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(96, n_classes),
     )
 
 
@@ -51,7 +56,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[:, :, i : i + x.shape[2], j : j + x.shape[3]]
 
 
-def train_and_test(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, n_classes: int, epochs: int, seed: int) -> np.ndarray:
+def train_and_test(
+    x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, n_classes: int, epochs: int, seed: int
+) -> np.ndarray:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     xt = torch.from_numpy(x[:, None]).float() / 255.0
@@ -106,9 +113,17 @@ def main() -> None:
     y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
 
     labels = list(range(len(classes)))
-    recall = dict(zip(classes, recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0).round(3).tolist()))
+    recall = dict(
+        zip(classes, recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0).round(3).tolist())
+    )
     result = {
-        "dataset": {"counts": DEFAULT_COUNTS, "images": len(df), "subjects": int(df["subject_id"].nunique()), "seed": args.seed, "generation_s": round(gen_s, 2)},
+        "dataset": {
+            "counts": DEFAULT_COUNTS,
+            "images": len(df),
+            "subjects": int(df["subject_id"].nunique()),
+            "seed": args.seed,
+            "generation_s": round(gen_s, 2),
+        },
         "protocol": f"subject-independent: test fold(s) {args.test_folds} of 5, train on the rest; small 4-block CNN, "
         f"{args.epochs} epochs, AdamW + one-cycle, flips and 4-px shifts, plain cross-entropy (no rebalancing)",
         "test_images": len(y_true),
@@ -124,23 +139,32 @@ def main() -> None:
         "wall_s": round(time.perf_counter() - start, 1),
     }
     write_results("demo_difficulty", result, report(result), args.out)
-    print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "recall", "minority_mean_recall", "majority_mean_recall", "wall_s")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in ("accuracy", "macro_f1", "recall", "minority_mean_recall", "majority_mean_recall", "wall_s")
+            },
+            indent=2,
+        )
+    )
 
 
 def report(r: dict) -> str:
     rows = "\n".join(f"| {c} | {r['dataset']['counts'][c]} | {v:.3f} |" for c, v in r["recall"].items())
     confusion = "\n".join(
-        f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(r["confusion"]["classes"], r["confusion"]["matrix"])
+        f"| {c} | " + " | ".join(str(v) for v in row) + " |"
+        for c, row in zip(r["confusion"]["classes"], r["confusion"]["matrix"])
     )
     head = " | ".join(r["confusion"]["classes"])
     return f"""# Demo dataset difficulty
 
-`{r['command']}` — {r['wall_s']} s wall ({machine_line(r['machine'])}), torch {r['torch']}.
+`{r["command"]}` — {r["wall_s"]} s wall ({machine_line(r["machine"])}), torch {r["torch"]}.
 
-Dataset: default demo set, {r['dataset']['images']} images of {r['dataset']['subjects']} subjects (seed {r['dataset']['seed']}, generated in {r['dataset']['generation_s']} s).
-Protocol: {r['protocol']}. {r['test_images']} test images.
+Dataset: default demo set, {r["dataset"]["images"]} images of {r["dataset"]["subjects"]} subjects (seed {r["dataset"]["seed"]}, generated in {r["dataset"]["generation_s"]} s).
+Protocol: {r["protocol"]}. {r["test_images"]} test images.
 
-**Accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}.** Mean recall: minority classes ({', '.join(MINORITY)}) {r['minority_mean_recall']:.3f}, majority classes ({', '.join(MAJORITY)}) {r['majority_mean_recall']:.3f}.
+**Accuracy {r["accuracy"]:.3f}, macro-F1 {r["macro_f1"]:.3f}.** Mean recall: minority classes ({", ".join(MINORITY)}) {r["minority_mean_recall"]:.3f}, majority classes ({", ".join(MAJORITY)}) {r["majority_mean_recall"]:.3f}.
 
 | class | images (whole set) | test recall |
 |---|---|---|
@@ -149,7 +173,7 @@ Protocol: {r['protocol']}. {r['test_images']} test images.
 Confusion (rows true, columns predicted):
 
 | | {head} |
-|---|{'---|' * len(r['confusion']['classes'])}
+|---|{"---|" * len(r["confusion"]["classes"])}
 {confusion}
 """
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import command, machine, machine_line, write_results
 from sklearn.metrics import accuracy_score, f1_score
 
 from fesaug.data.datasets import ManifestDataset
@@ -30,8 +31,6 @@ from fesaug.data.demo import make_demo_dataset
 from fesaug.data.ingest import ingest
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.evaluate.downstream import DownstreamConfig, fit, predict_proba
-
-from record import command, machine, machine_line, write_results
 
 TEST_FOLD, VAL_FOLD = 0, 1
 
@@ -46,9 +45,11 @@ def split(path: Path, size: int) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
 
 def scores(model, x: torch.Tensor, y: np.ndarray, n_classes: int) -> dict[str, float]:
     pred = predict_proba(model, x).argmax(1)
-    return {"accuracy": round(float(accuracy_score(y, pred)), 4),
-            "macro_f1": round(float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0)), 4),
-            "images": int(len(y))}
+    return {
+        "accuracy": round(float(accuracy_score(y, pred)), 4),
+        "macro_f1": round(float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0)), 4),
+        "images": int(len(y)),
+    }
 
 
 def cross(manifests: dict[str, Path], size: int, config: DownstreamConfig) -> dict:
@@ -62,7 +63,8 @@ def cross(manifests: dict[str, Path], size: int, config: DownstreamConfig) -> di
         model = fit(*parts["train"], *parts["val"], config=config, num_classes=len(classes)).model
         out[f"train {train_name}"] = {
             **{f"test {test_name}": scores(model, *other["test"], len(classes)) for test_name, other in data.items()},
-            "train_images": int(len(parts["train"][1])), "seconds": round(time.perf_counter() - start, 1),
+            "train_images": int(len(parts["train"][1])),
+            "seconds": round(time.perf_counter() - start, 1),
         }
     return out
 
@@ -72,7 +74,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="dataset and training seed")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--align", action="store_true", help="also compare both sets after fesaug ingest --align --size 64")
+    parser.add_argument(
+        "--align", action="store_true", help="also compare both sets after fesaug ingest --align --size 64"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # No label smoothing: the recorded results were made before issue #19 made it the default.
@@ -80,14 +84,18 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        manifests = {style: make_demo_dataset(tmp / style, style=style, seed=args.seed) for style in ("standard", "shifted")}
+        manifests = {
+            style: make_demo_dataset(tmp / style, style=style, seed=args.seed) for style in ("standard", "shifted")
+        }
         subjects = {style: set(read_manifest(p).df["subject_id"]) for style, p in manifests.items()}
         assert not subjects["standard"] & subjects["shifted"]
         result = {"raw": cross(manifests, 64, config)}
         if args.align:
             aligned = {}
             for style, path in manifests.items():
-                done = ingest(path.parent / "images", tmp / f"{style}-aligned.parquet", align=True, size=64, skip_bad=True)
+                done = ingest(
+                    path.parent / "images", tmp / f"{style}-aligned.parquet", align=True, size=64, skip_bad=True
+                )
                 # ingest reads class folders, not the demo's folds: carry each row's fold over by sample id.
                 folds = read_manifest(path).df.set_index("sample_id")["fold"]
                 m = read_manifest(done.manifest)
@@ -99,7 +107,7 @@ def main() -> None:
     report = {
         **result,
         "protocol": f"small-cnn (fesaug.evaluate.downstream, augmentation on), {args.epochs} epochs, train folds 2-4, "
-                    f"epoch chosen on fold {VAL_FOLD} macro-F1, test fold {TEST_FOLD} of each set; default demo counts, seed {args.seed}",
+        f"epoch chosen on fold {VAL_FOLD} macro-F1, test fold {TEST_FOLD} of each set; default demo counts, seed {args.seed}",
         "wall_s": round(time.perf_counter() - start, 1),
         "machine": machine(threads=args.threads),
         "torch": torch.__version__,
@@ -111,12 +119,17 @@ def main() -> None:
 
 def render(r: dict) -> str:
     def table(block: dict) -> list[str]:
-        lines = ["| trained on | test standard: acc / macro-F1 | test shifted: acc / macro-F1 | own minus other set (macro-F1) |", "|---|---|---|---|"]
+        lines = [
+            "| trained on | test standard: acc / macro-F1 | test shifted: acc / macro-F1 | own minus other set (macro-F1) |",
+            "|---|---|---|---|",
+        ]
         for train, res in block.items():
             own = res[f"test {train.split()[1]}"]["macro_f1"]
             other = res[f"test {'shifted' if train.endswith('standard') else 'standard'}"]["macro_f1"]
             cells = [f"{res[t]['accuracy']:.3f} / {res[t]['macro_f1']:.3f}" for t in ("test standard", "test shifted")]
-            lines.append(f"| {train.split()[1]} ({res['train_images']} images) | {cells[0]} | {cells[1]} | {own - other:+.3f} |")
+            lines.append(
+                f"| {train.split()[1]} ({res['train_images']} images) | {cells[0]} | {cells[1]} | {own - other:+.3f} |"
+            )
         return lines
 
     out = [
@@ -131,8 +144,12 @@ def render(r: dict) -> str:
         *table(r["raw"]),
     ]
     if "aligned" in r:
-        out += ["", f"Both sets through `fesaug ingest --align --size 64` first (faces aligned: {r['align_counts']}):", "",
-                *table(r["aligned"])]
+        out += [
+            "",
+            f"Both sets through `fesaug ingest --align --size 64` first (faces aligned: {r['align_counts']}):",
+            "",
+            *table(r["aligned"]),
+        ]
     return "\n".join(out) + "\n"
 
 

@@ -27,14 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import command, machine, machine_line, versions_line, write_results
 
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.manifest import read_manifest
 from fesaug.data.splits import manifest_folds, split_subjects
 from fesaug.evaluate.downstream import DownstreamConfig, classification_report, fit, predict_proba
 from fesaug.utils.provenance import package_versions
-
-from record import command, machine, machine_line, versions_line, write_results
 
 
 def parse_recipe(text: str) -> tuple[str, dict]:
@@ -61,20 +60,40 @@ def run_one(manifest: Path, out: Path, name: str, changes: dict, k: int, seed: i
     data = ManifestDataset(m, image_size=config.image_size)
     labels = data.labels
     start = time.perf_counter()
-    result = fit(data.pixels[split.train_rows], labels[split.train_rows], data.pixels[split.val_rows],
-                 labels[split.val_rows], config, num_classes=len(m.classes))
+    result = fit(
+        data.pixels[split.train_rows],
+        labels[split.train_rows],
+        data.pixels[split.val_rows],
+        labels[split.val_rows],
+        config,
+        num_classes=len(m.classes),
+    )
     seconds = time.perf_counter() - start
-    test = classification_report(labels[test_rows], predict_proba(result.model, data.pixels[test_rows]).argmax(1), m.classes)
-    record = {"recipe": name, "changes": changes, "config": dataclasses.asdict(config), "fold": k, "seed": seed,
-              "best_epoch": result.best_epoch, "val_macro_f1": max(h["val_macro_f1"] for h in result.history),
-              "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"], "seconds": round(seconds, 1),
-              "threads": torch.get_num_threads()}
+    test = classification_report(
+        labels[test_rows], predict_proba(result.model, data.pixels[test_rows]).argmax(1), m.classes
+    )
+    record = {
+        "recipe": name,
+        "changes": changes,
+        "config": dataclasses.asdict(config),
+        "fold": k,
+        "seed": seed,
+        "best_epoch": result.best_epoch,
+        "val_macro_f1": max(h["val_macro_f1"] for h in result.history),
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
-    print(f"{name} fold {k} seed {seed}: val macro-F1 {record['val_macro_f1']:.3f}  test acc {record['test_accuracy']:.3f} "
-          f"macro-F1 {record['test_macro_f1']:.3f}  ({seconds:.0f} s)", flush=True)
+    print(
+        f"{name} fold {k} seed {seed}: val macro-F1 {record['val_macro_f1']:.3f}  test acc {record['test_accuracy']:.3f} "
+        f"macro-F1 {record['test_macro_f1']:.3f}  ({seconds:.0f} s)",
+        flush=True,
+    )
     return record
 
 
@@ -92,27 +111,45 @@ def summarise(out: Path) -> list[dict]:
             values = [np.mean([r[key] for r in rs]) for rs in per_fold.values()]
             return float(np.mean(values)), float(np.std(values))
 
-        rows.append({"recipe": folder.name, "config": records[0]["config"], "folds": sorted(per_fold),
-                     "seeds": sorted({r["seed"] for r in records}),
-                     "val_macro_f1": mean_over_folds("val_macro_f1"), "test_accuracy": mean_over_folds("test_accuracy"),
-                     "test_macro_f1": mean_over_folds("test_macro_f1"),
-                     "seconds_per_fit": float(np.mean([r["seconds"] for r in records]))})
+        rows.append(
+            {
+                "recipe": folder.name,
+                "config": records[0]["config"],
+                "folds": sorted(per_fold),
+                "seeds": sorted({r["seed"] for r in records}),
+                "val_macro_f1": mean_over_folds("val_macro_f1"),
+                "test_accuracy": mean_over_folds("test_accuracy"),
+                "test_macro_f1": mean_over_folds("test_macro_f1"),
+                "seconds_per_fit": float(np.mean([r["seconds"] for r in records])),
+            }
+        )
     return rows
 
 
 def table(rows: list[dict]) -> list[str]:
     # Each recipe by its recorded settings where the rows differ, not by its changes to the
     # defaults of the day: the defaults move (they are chosen from tables like this one).
-    varying = [k for k in rows[0]["config"] if k not in ("seed", "device")
-               and len({json.dumps(r["config"].get(k)) for r in rows}) > 1] if rows else []
-    lines = ["| recipe | settings | folds | seeds | val macro-F1 | test accuracy | test macro-F1 | s per fit |",
-             "|---|---|---|---|---|---|---|---|"]
+    varying = (
+        [
+            k
+            for k in rows[0]["config"]
+            if k not in ("seed", "device") and len({json.dumps(r["config"].get(k)) for r in rows}) > 1
+        ]
+        if rows
+        else []
+    )
+    lines = [
+        "| recipe | settings | folds | seeds | val macro-F1 | test accuracy | test macro-F1 | s per fit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         changes = ", ".join(f"{k}={r['config'].get(k)}" for k in varying)
-        lines.append(f"| {r['recipe']} | {changes} | {len(r['folds'])} ({','.join(map(str, r['folds']))}) | "
-                     f"{len(r['seeds'])} | {r['val_macro_f1'][0]:.3f} ± {r['val_macro_f1'][1]:.3f} | "
-                     f"{r['test_accuracy'][0]:.3f} ± {r['test_accuracy'][1]:.3f} | "
-                     f"{r['test_macro_f1'][0]:.3f} ± {r['test_macro_f1'][1]:.3f} | {r['seconds_per_fit']:.0f} |")
+        lines.append(
+            f"| {r['recipe']} | {changes} | {len(r['folds'])} ({','.join(map(str, r['folds']))}) | "
+            f"{len(r['seeds'])} | {r['val_macro_f1'][0]:.3f} ± {r['val_macro_f1'][1]:.3f} | "
+            f"{r['test_accuracy'][0]:.3f} ± {r['test_accuracy'][1]:.3f} | "
+            f"{r['test_macro_f1'][0]:.3f} ± {r['test_macro_f1'][1]:.3f} | {r['seconds_per_fit']:.0f} |"
+        )
     return lines
 
 
@@ -136,19 +173,34 @@ def main() -> None:
     rows = summarise(args.out)
     print("\n".join(table(rows)))
     if args.write:
-        result = {"note": args.note, "manifest": str(args.manifest), "machine": machine(), "versions": package_versions(),
-                  "command": command(), "recipes": rows}
+        result = {
+            "note": args.note,
+            "manifest": str(args.manifest),
+            "machine": machine(),
+            "versions": package_versions(),
+            "command": command(),
+            "recipes": rows,
+        }
         write_results(args.write, result, render(result))
 
 
 def render(r: dict) -> str:
-    return "\n".join([
-        f"# Downstream recipes for `fesaug evaluate`'s classifier ({Path(r['manifest']).name})", "", r["note"], "",
-        "Protocol: the `real` condition of `fesaug evaluate` per test fold k (training subjects of the other folds, "
-        "15 % of them as validation subjects, subject-grouped and stratified, seed 0); each recipe's best validation "
-        "epoch; the test fold scored once. Choose on the validation column only.", "",
-        f"Machine: {machine_line(r['machine'])}. Versions: {versions_line(r['versions'])}. Command: `{r['command']}`", "",
-        *table(r["recipes"]), ""])
+    return "\n".join(
+        [
+            f"# Downstream recipes for `fesaug evaluate`'s classifier ({Path(r['manifest']).name})",
+            "",
+            r["note"],
+            "",
+            "Protocol: the `real` condition of `fesaug evaluate` per test fold k (training subjects of the other folds, "
+            "15 % of them as validation subjects, subject-grouped and stratified, seed 0); each recipe's best validation "
+            "epoch; the test fold scored once. Choose on the validation column only.",
+            "",
+            f"Machine: {machine_line(r['machine'])}. Versions: {versions_line(r['versions'])}. Command: `{r['command']}`",
+            "",
+            *table(r["recipes"]),
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

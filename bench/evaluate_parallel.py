@@ -34,8 +34,11 @@ def main() -> None:
     rest = [a for a in args.evaluate_args if a != "--"]
     manifest = Path(rest[rest.index("--manifest") + 1])
     out = Path(rest[rest.index("--out") + 1])
-    folds = (sorted(int(f) for f in read_manifest(manifest).df["fold"].dropna().unique()) if args.folds == "all"
-             else [int(f) for f in args.folds.split(",")])
+    folds = (
+        sorted(int(f) for f in read_manifest(manifest).df["fold"].dropna().unique())
+        if args.folds == "all"
+        else [int(f) for f in args.folds.split(",")]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     start, pending, running, logs = time.time(), list(folds), {}, out.parent / f"{out.name}-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -45,10 +48,19 @@ def main() -> None:
             # Appended, not truncated: a second driver started on the same --out must not wipe the
             # log of a fold process the first one is still running.
             log = open(logs / f"fold-{k}.log", "a")
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} fold {k}: fesaug evaluate {' '.join(rest)} --folds {k}\n")
+            log.write(
+                f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} fold {k}: fesaug evaluate {' '.join(rest)} --folds {k}\n"
+            )
             log.flush()
-            running[k] = (subprocess.Popen([sys.executable, "-m", "fesaug", "evaluate", *rest, "--folds", str(k)],
-                                           env=env, stdout=log, stderr=subprocess.STDOUT), log)
+            running[k] = (
+                subprocess.Popen(
+                    [sys.executable, "-m", "fesaug", "evaluate", *rest, "--folds", str(k)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
         for k, (proc, log) in list(running.items()):
             if proc.poll() is not None:
                 log.close()
@@ -62,10 +74,18 @@ def main() -> None:
                 print(f"fold {k}: stopped at the deadline", flush=True)
             running, pending = {}, []
         time.sleep(2)
-    done = [k for k in folds if (out / f"fold-{k}" / "synthesis.json").exists() or (out / f"fold-{k}" / "oversample.json").exists()]
+    done = [
+        k
+        for k in folds
+        if (out / f"fold-{k}" / "synthesis.json").exists() or (out / f"fold-{k}" / "oversample.json").exists()
+    ]
     print(f"finished folds: {done} in {time.time() - start:.0f} s", flush=True)
     if done:
-        subprocess.run([sys.executable, "-m", "fesaug", "evaluate", *rest, "--folds", ",".join(map(str, done))], env=env, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "fesaug", "evaluate", *rest, "--folds", ",".join(map(str, done))],
+            env=env,
+            check=True,
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import command, machine, machine_line, versions_line, write_results
 from sklearn.metrics import roc_auc_score
 
 from fesaug.data.datasets import ManifestDataset
@@ -35,13 +36,15 @@ from fesaug.judges.perceptual import PerceptualJudge
 from fesaug.judges.report import stats, yardstick_pairs
 from fesaug.utils.provenance import package_versions
 
-from record import command, machine, machine_line, versions_line, write_results
-
 
 def separation(yard: dict[str, np.ndarray], threshold: float | None) -> dict:
     same, diff = yard["same_subject"], yard["different_subject"]
     ok_s, ok_d = same[np.isfinite(same)], diff[np.isfinite(diff)]
-    auc = roc_auc_score(np.r_[np.ones(len(ok_s)), np.zeros(len(ok_d))], -np.r_[ok_s, ok_d]) if len(ok_s) and len(ok_d) else None
+    auc = (
+        roc_auc_score(np.r_[np.ones(len(ok_s)), np.zeros(len(ok_d))], -np.r_[ok_s, ok_d])
+        if len(ok_s) and len(ok_d)
+        else None
+    )
     return {"same_subject": stats(same, threshold), "different_subject": stats(diff, threshold), "auc": auc}
 
 
@@ -58,9 +61,16 @@ def main() -> None:
     data = ManifestDataset(m, origins=("real",))
     subjects = m.df["subject_id"].iloc[data.rows].tolist()
     pairs = yardstick_pairs(subjects, data.labels, max_pairs=args.max_pairs)
-    result: dict = {"manifest": str(args.manifest), "n_images": len(data), "image_size": list(data.pixels.shape[-2:]),
-                    "n_subjects": int(m.df["subject_id"].nunique()), "pairs": {k: len(v) for k, v in pairs.items()},
-                    "command": command(), "versions": package_versions(), "machine": machine(threads=args.threads)}
+    result: dict = {
+        "manifest": str(args.manifest),
+        "n_images": len(data),
+        "image_size": list(data.pixels.shape[-2:]),
+        "n_subjects": int(m.df["subject_id"].nunique()),
+        "pairs": {k: len(v) for k, v in pairs.items()},
+        "command": command(),
+        "versions": package_versions(),
+        "machine": machine(threads=args.threads),
+    }
 
     start = time.perf_counter()
     identity = load_judge("identity")
@@ -68,7 +78,9 @@ def main() -> None:
     seconds = time.perf_counter() - start
     yard = {k: np.linalg.norm(emb[p[:, 0]] - emb[p[:, 1]], axis=1) for k, p in pairs.items()}
     result["identity"] = separation(yard, SAME_PERSON_DISTANCE) | {
-        "not_embedded": int(np.isnan(emb).any(1).sum()), "seconds_per_face": seconds / len(data)}
+        "not_embedded": int(np.isnan(emb).any(1).sum()),
+        "seconds_per_face": seconds / len(data),
+    }
 
     for backbone in ("alex", "vgg"):
         start = time.perf_counter()
@@ -84,14 +96,21 @@ def main() -> None:
     for k, c in enumerate(m.classes):
         mine = data.labels == k
         name = canonical_label(c)
-        per_class[c] = {"n": int(mine.sum()), "judged": name in fer.classes,
-                        "recognised": float((top[mine] == name).mean()) if name in fer.classes else None,
-                        "called_neutral": float((top[mine] == "neutral").mean())}
+        per_class[c] = {
+            "n": int(mine.sum()),
+            "judged": name in fer.classes,
+            "recognised": float((top[mine] == name).mean()) if name in fer.classes else None,
+            "called_neutral": float((top[mine] == "neutral").mean()),
+        }
     judged = [c for c, e in per_class.items() if e["judged"]]
     shared = np.isin([canonical_label(c) for c in np.asarray(m.classes)[data.labels]], fer.classes)
-    result["fer2013"] = {"per_class": per_class,
-                         "accuracy_on_known_classes": float((top[shared] == np.asarray([canonical_label(c) for c in np.asarray(m.classes)[data.labels[shared]]])).mean()),
-                         "mean_recall_on_known_classes": float(np.mean([per_class[c]["recognised"] for c in judged]))}
+    result["fer2013"] = {
+        "per_class": per_class,
+        "accuracy_on_known_classes": float(
+            (top[shared] == np.asarray([canonical_label(c) for c in np.asarray(m.classes)[data.labels[shared]]])).mean()
+        ),
+        "mean_recall_on_known_classes": float(np.mean([per_class[c]["recognised"] for c in judged])),
+    }
 
     write_results(f"judges_real_{args.name}", result, render(result))
     print(render(result))
@@ -109,22 +128,31 @@ def render(r: dict) -> str:
 
     fer = r["fer2013"]
     lines = [
-        f"# Judges trained elsewhere, on the real faces of `{r['manifest']}`", "",
-        f"`{r['command']}` on {machine_line(r['machine'])}. Versions: {versions_line(r['versions'])}.", "",
+        f"# Judges trained elsewhere, on the real faces of `{r['manifest']}`",
+        "",
+        f"`{r['command']}` on {machine_line(r['machine'])}. Versions: {versions_line(r['versions'])}.",
+        "",
         f"{r['n_images']} real faces ({r['image_size'][0]}×{r['image_size'][1]}), {r['n_subjects']} subjects; "
         f"{r['pairs']['same_subject']} same-subject pairs (two different expressions of one person) and "
         f"{r['pairs']['different_subject']} different-subject pairs, as the synthesis report's yardsticks draws them. "
-        "AUC: how well the distance tells the two kinds of pairs apart (0.5: not at all).", "",
-        "| judge | median distance, same subject | median distance, different subjects | AUC |", "|---|---:|---:|---:|",
+        "AUC: how well the distance tells the two kinds of pairs apart (0.5: not at all).",
+        "",
+        "| judge | median distance, same subject | median distance, different subjects | AUC |",
+        "|---|---:|---:|---:|",
         row("identity (dlib ResNet, 5-point chips)", r["identity"], True),
         row("perceptual (ST-LPIPS AlexNet)", r["perceptual_alex"], False),
-        row("perceptual (ST-LPIPS VGG)", r["perceptual_vgg"], False), "",
+        row("perceptual (ST-LPIPS VGG)", r["perceptual_vgg"], False),
+        "",
         f"Identity: {r['identity']['not_embedded']} face(s) could not be aligned; "
-        f"{r['identity']['seconds_per_face'] * 1000:.0f} ms per face.", "",
+        f"{r['identity']['seconds_per_face'] * 1000:.0f} ms per face.",
+        "",
         f"FER2013 judge, zero-shot (top class of seven, neutral included): accuracy "
-        f"{fer['accuracy_on_known_classes']:.1%} over the classes it knows, mean recall {fer['mean_recall_on_known_classes']:.1%}.", "",
-        "| class | images | recognised | called neutral |", "|---|---:|---:|---:|",
-        *(f"| {c} | {e['n']} | {_share(e)} | {e['called_neutral']:.0%} |" for c, e in fer["per_class"].items()), "",
+        f"{fer['accuracy_on_known_classes']:.1%} over the classes it knows, mean recall {fer['mean_recall_on_known_classes']:.1%}.",
+        "",
+        "| class | images | recognised | called neutral |",
+        "|---|---:|---:|---:|",
+        *(f"| {c} | {e['n']} | {_share(e)} | {e['called_neutral']:.0%} |" for c, e in fer["per_class"].items()),
+        "",
     ]
     return "\n".join(lines)
 

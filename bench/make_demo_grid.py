@@ -23,8 +23,12 @@ LABEL_W = 70
 
 def demo_grid(subjects: int = 6, size: int = 64, zoom: int = 2, seed: int = 0) -> Image.Image:
     """Apex expressions (intensity 1) without pose or lighting nuisances, labelled by row."""
-    faces = [[render(Subject.from_seed(i, seed), expression, 1.0, size=size) for i in range(subjects)] for expression in ROWS]
-    grid = Image.fromarray(np.block(faces)).resize((subjects * size * zoom, len(ROWS) * size * zoom), Image.Resampling.NEAREST)
+    faces = [
+        [render(Subject.from_seed(i, seed), expression, 1.0, size=size) for i in range(subjects)] for expression in ROWS
+    ]
+    grid = Image.fromarray(np.block(faces)).resize(
+        (subjects * size * zoom, len(ROWS) * size * zoom), Image.Resampling.NEAREST
+    )
     out = Image.new("L", (LABEL_W + grid.width, grid.height), 255)
     out.paste(grid, (LABEL_W, 0))
     draw = ImageDraw.Draw(out)
@@ -39,8 +43,16 @@ def styles_grid(per_class: int = 2, zoom: int = 2, seed: int = 0) -> Image.Image
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for style in STYLES:
-            m = read_manifest(make_demo_dataset(Path(tmp) / style, counts={c: 3 * per_class for c in CKPLUS_CLASSES},
-                                                n_subjects=12, folds=2, seed=seed, style=style))
+            m = read_manifest(
+                make_demo_dataset(
+                    Path(tmp) / style,
+                    counts=dict.fromkeys(CKPLUS_CLASSES, 3 * per_class),
+                    n_subjects=12,
+                    folds=2,
+                    seed=seed,
+                    style=style,
+                )
+            )
             picks = [i for c in CKPLUS_CLASSES for i in m.df.index[m.df["label_name"] == c][::3][:per_class]]
             rows.append(np.concatenate([np.asarray(m.open_image(i)) for i in picks], axis=1))
     grid = Image.fromarray(np.concatenate(rows, axis=0))

@@ -32,8 +32,9 @@ PYTHON = ".venv/bin/python"  # the interpreter the README runs the scripts with,
 def cpu_model() -> str | None:
     """The CPU's model name as ``lscpu`` gives it; None without lscpu (e.g. macOS) or its line."""
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True,
-                             env={**os.environ, "LC_ALL": "C"}).stdout  # English field names
+        out = subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C"}
+        ).stdout  # English field names
     except (OSError, subprocess.CalledProcessError):
         return None
     return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), None)
@@ -42,8 +43,12 @@ def cpu_model() -> str | None:
 def machine(threads: int | None = None) -> dict:
     """The machine a benchmark ran on, for its JSON record. ``threads``: the torch threads it ran
     with, where the script chooses them (left out when None)."""
-    out = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-           "cpu_count": os.cpu_count(), "cpu_model": cpu_model()}
+    out = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+    }
     if threads is not None:
         out["threads"] = threads
     return out
@@ -56,8 +61,11 @@ def machine_line(m: dict | str) -> str:
     if isinstance(m, str):
         return m
     cpus, threads = m.get("cpu_count", "?"), m.get("threads")
-    parts = [m.get("cpu_model") or m.get("processor") or "unknown CPU", f"{cpus} CPU{'' if cpus == 1 else 's'}",
-             m.get("platform", "unknown platform")]
+    parts = [
+        m.get("cpu_model") or m.get("processor") or "unknown CPU",
+        f"{cpus} CPU{'' if cpus == 1 else 's'}",
+        m.get("platform", "unknown platform"),
+    ]
     if threads is not None:
         parts.append(f"{threads} thread{'' if threads == 1 else 's'}")
     return ", ".join(parts)

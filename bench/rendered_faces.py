@@ -26,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import command, machine, machine_line, versions_line, write_results
 
 from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.manifest import read_manifest
 from fesaug.evaluate.downstream import classification_report, load_classifier, predict_proba
 from fesaug.synthesis.generator import load_generator
 from fesaug.utils.provenance import package_versions
-
-from record import command, machine, machine_line, versions_line, write_results
 
 CONDITIONS = ("real", "oversample", "fes", "mixed")
 
@@ -47,9 +46,11 @@ def fold_scores(fold: Path) -> dict:
     classes = gen.classes
     rendered = [gen.synthesize(x, c) for c in range(len(classes))]
     own = torch.stack([rendered[int(t)][i] for i, t in enumerate(y)])
-    out: dict = {"n_test": int(len(y)),
-                 "rerender_mean_abs_change": float((own.float() - x.float()).abs().mean()),  # gray levels
-                 "conditions": {}}
+    out: dict = {
+        "n_test": int(len(y)),
+        "rerender_mean_abs_change": float((own.float() - x.float()).abs().mean()),  # gray levels
+        "conditions": {},
+    }
     for name in CONDITIONS:
         if not (fold / f"{name}.pt").exists():
             continue
@@ -78,31 +79,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="a finished fesaug evaluate --out folder")
     parser.add_argument("--name", required=True, help="results go to bench/results/rendered_faces_<name>.*")
-    parser.add_argument("--folds", default="all", help="comma-separated test folds, default every fold with a generator")
+    parser.add_argument(
+        "--folds", default="all", help="comma-separated test folds, default every fold with a generator"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     wanted = None if args.folds == "all" else {int(k) for k in args.folds.split(",")}
-    folds = sorted((p for p in args.run.glob("fold-*") if (p / "fersnet" / "checkpoints" / "last.pt").exists()
-                    and (wanted is None or int(p.name.split("-")[1]) in wanted)), key=lambda p: int(p.name.split("-")[1]))
+    folds = sorted(
+        (
+            p
+            for p in args.run.glob("fold-*")
+            if (p / "fersnet" / "checkpoints" / "last.pt").exists()
+            and (wanted is None or int(p.name.split("-")[1]) in wanted)
+        ),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     if not folds:
         sys.exit(f"Error: {args.run} has no fold with a trained generator (fold-k/fersnet/checkpoints/last.pt)")
     per_fold = {}
     for fold in folds:
         per_fold[fold.name] = fold_scores(fold)
-        print(fold.name, {n: round(c["macro_f1_real_faces"] * 100, 1) for n, c in per_fold[fold.name]["conditions"].items()},
-              flush=True)
+        print(
+            fold.name,
+            {n: round(c["macro_f1_real_faces"] * 100, 1) for n, c in per_fold[fold.name]["conditions"].items()},
+            flush=True,
+        )
     classes = list(next(iter(per_fold.values()))["conditions"]["real"]["recognised_as"])
     names = [n for n in CONDITIONS if all(n in f["conditions"] for f in per_fold.values())]
-    summary = {n: {"macro_f1_real_faces": mean([f["conditions"][n]["macro_f1_real_faces"] for f in per_fold.values()]),
-                   "macro_f1_rerendered": mean([f["conditions"][n]["macro_f1_rerendered"] for f in per_fold.values()]),
-                   "recognised_as": {c: mean([f["conditions"][n]["recognised_as"][c] for f in per_fold.values()]) for c in classes},
-                   "real_recall": {c: mean([f["conditions"][n]["real_recall"][c] for f in per_fold.values()]) for c in classes}}
-               for n in names}
+    summary = {
+        n: {
+            "macro_f1_real_faces": mean([f["conditions"][n]["macro_f1_real_faces"] for f in per_fold.values()]),
+            "macro_f1_rerendered": mean([f["conditions"][n]["macro_f1_rerendered"] for f in per_fold.values()]),
+            "recognised_as": {
+                c: mean([f["conditions"][n]["recognised_as"][c] for f in per_fold.values()]) for c in classes
+            },
+            "real_recall": {
+                c: mean([f["conditions"][n]["real_recall"][c] for f in per_fold.values()]) for c in classes
+            },
+        }
+        for n in names
+    }
     result = {
         "benchmark": "FERSNet renderings of held-out test faces, classified by each condition's seed-0 classifier",
-        "run": str(args.run), "folds": [f.name for f in folds], "summary": summary, "per_fold": per_fold,
+        "run": str(args.run),
+        "folds": [f.name for f in folds],
+        "summary": summary,
+        "per_fold": per_fold,
         "rerender_mean_abs_change": mean([f["rerender_mean_abs_change"] for f in per_fold.values()]),
         "seconds": round(time.perf_counter() - start, 1),
         "machine": machine(threads=args.threads),
@@ -118,20 +142,33 @@ def render(r: dict, name: str) -> str:
     summary = r["summary"]
     classes = list(next(iter(r["per_fold"].values()))["conditions"]["real"]["recognised_as"])
     pct = lambda v: "–" if v is None else f"{v * 100:.1f}"  # noqa: E731
-    lines = [f"# FERSNet renderings of held-out test faces ({name})", "",
-             f"`{r['command']}` on {machine_line(r['machine'])}; {r['seconds']} s. Versions: {versions_line(r['versions'])}.", "",
-             f"Folds {', '.join(f.split('-')[1] for f in r['folds'])} of `{r['run']}`; mean over folds. Each fold's generator "
-             "renders its real test faces (never seen by it or by the classifiers); each condition's seed-0 classifier "
-             f"classifies them. Re-rendering a face with its own expression changes it by {r['rerender_mean_abs_change']:.1f} "
-             "gray levels on average.", "",
-             "| condition | macro-F1 on real test faces | on the same faces re-rendered with their own expression |",
-             "|---|---|---|",
-             *(f"| `{n}` | {pct(s['macro_f1_real_faces'])} | {pct(s['macro_f1_rerendered'])} |" for n, s in summary.items()),
-             "", "Per class (%): recall on the real test faces of c / share of test faces of other expressions rendered as c "
-             "that are recognised as c:", "",
-             "| condition | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes),
-             *(f"| `{n}` | " + " | ".join(f"{pct(s['real_recall'][c])} / {pct(s['recognised_as'][c])}" for c in classes) + " |"
-               for n, s in summary.items()), ""]
+    lines = [
+        f"# FERSNet renderings of held-out test faces ({name})",
+        "",
+        f"`{r['command']}` on {machine_line(r['machine'])}; {r['seconds']} s. Versions: {versions_line(r['versions'])}.",
+        "",
+        f"Folds {', '.join(f.split('-')[1] for f in r['folds'])} of `{r['run']}`; mean over folds. Each fold's generator "
+        "renders its real test faces (never seen by it or by the classifiers); each condition's seed-0 classifier "
+        f"classifies them. Re-rendering a face with its own expression changes it by {r['rerender_mean_abs_change']:.1f} "
+        "gray levels on average.",
+        "",
+        "| condition | macro-F1 on real test faces | on the same faces re-rendered with their own expression |",
+        "|---|---|---|",
+        *(f"| `{n}` | {pct(s['macro_f1_real_faces'])} | {pct(s['macro_f1_rerendered'])} |" for n, s in summary.items()),
+        "",
+        "Per class (%): recall on the real test faces of c / share of test faces of other expressions rendered as c "
+        "that are recognised as c:",
+        "",
+        "| condition | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * len(classes),
+        *(
+            f"| `{n}` | "
+            + " | ".join(f"{pct(s['real_recall'][c])} / {pct(s['recognised_as'][c])}" for c in classes)
+            + " |"
+            for n, s in summary.items()
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 

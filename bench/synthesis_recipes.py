@@ -46,19 +46,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from record import machine, machine_line, versions_line, write_results
 
 from fesaug import load_generator
 from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.demo import counterfactual
 from fesaug.data.manifest import read_manifest
 from fesaug.data.splits import split_subjects
-from fesaug.evaluate.downstream import DownstreamConfig, classification_report, fit, load_classifier, predict_proba, save_classifier
-from fesaug.utils.provenance import package_versions
+from fesaug.evaluate.downstream import (
+    DownstreamConfig,
+    classification_report,
+    fit,
+    load_classifier,
+    predict_proba,
+    save_classifier,
+)
 from fesaug.evaluate.metrics import ssim
 from fesaug.synthesis.config import TrainConfig, load_config
 from fesaug.synthesis.training import train
-
-from record import machine, machine_line, versions_line, write_results
+from fesaug.utils.provenance import package_versions
 
 CHANGED = 10  # gray levels: a pixel the expression changes differs this much between source and truth
 
@@ -74,15 +80,27 @@ def real_classifier(manifest: Path, out: Path, fold: int = 0) -> Path:
     # The recipe every recorded row was judged with (DownstreamConfig's defaults until issue #19
     # changed them): a judge trained another way would make new rows incomparable with the table.
     judge = DownstreamConfig(epochs=40, label_smoothing=0.0, device="cpu")
-    result = fit(data.pixels[split.train_rows], data.labels[split.train_rows], data.pixels[split.val_rows],
-                 data.labels[split.val_rows], judge, num_classes=len(m.classes))
+    result = fit(
+        data.pixels[split.train_rows],
+        data.labels[split.train_rows],
+        data.pixels[split.val_rows],
+        data.labels[split.val_rows],
+        judge,
+        num_classes=len(m.classes),
+    )
     out.mkdir(parents=True, exist_ok=True)
     save_classifier(result.model, path, m.classes)
     return path
 
 
-def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | None = None,
-          dead_zone: tuple[float, float] | None = None, intensity: tuple[float, float] | None = None) -> dict:
+def score(
+    manifest: Path,
+    checkpoint: Path,
+    fold: int = 0,
+    classifier: Path | None = None,
+    dead_zone: tuple[float, float] | None = None,
+    intensity: tuple[float, float] | None = None,
+) -> dict:
     """The scores of the module docstring; ``intensity`` ``(LOW, HIGH)`` scales each edit by a
     draw from that range (seeded; what ``fesaug balance --intensity`` does), default the learnt edit."""
     gen = load_generator(checkpoint, device="cpu")
@@ -101,7 +119,9 @@ def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | No
         strength = None if intensity is None else np.random.default_rng(k).uniform(*intensity, size=len(keep))
         fake_u8 = gen.synthesize(src, k, intensity=strength)
         fake = fake_u8.numpy().astype(np.float64)[:, 0]
-        truth_u8 = torch.from_numpy(np.stack([counterfactual(m.df.iloc[int(data.rows[i])], cls) for i in keep]))[:, None]
+        truth_u8 = torch.from_numpy(np.stack([counterfactual(m.df.iloc[int(data.rows[i])], cls) for i in keep]))[
+            :, None
+        ]
         truth = truth_u8.numpy().astype(np.float64)[:, 0]
         s = src.numpy().astype(np.float64)[:, 0]
         mask = np.abs(s - truth) > CHANGED
@@ -113,26 +133,44 @@ def score(manifest: Path, checkpoint: Path, fold: int = 0, classifier: Path | No
         per["copy_ssim"].append(ssim(src, truth_u8))
         per["accept"].append(gen.classify(fake_u8)[:, k].numpy() >= 0.5)
         if model is not None:
-            recognised[cls] = float((predict_proba(model, resize_pixels(fake_u8, model.image_size)).argmax(1) == k).mean())
-            truth_recognised[cls] = float((predict_proba(model, resize_pixels(truth_u8, model.image_size)).argmax(1) == k).mean())
+            recognised[cls] = float(
+                (predict_proba(model, resize_pixels(fake_u8, model.image_size)).argmax(1) == k).mean()
+            )
+            truth_recognised[cls] = float(
+                (predict_proba(model, resize_pixels(truth_u8, model.image_size)).argmax(1) == k).mean()
+            )
             mine = data.labels == k
             real_recall[cls] = float((real_pred[mine] == k).mean()) if mine.any() else None
     own = gen.synthesize(data.pixels, torch.as_tensor(data.labels))
     rerender = {"rerender_l1": float((own.float() - data.pixels.float()).abs().mean())}
     if model is not None:
         own_pred = predict_proba(model, resize_pixels(own, model.image_size)).argmax(1)
-        rerender |= {"rerender_macro_f1": classification_report(data.labels, own_pred, gen.classes)["macro_f1"],
-                     "real_macro_f1": classification_report(data.labels, real_pred, gen.classes)["macro_f1"]}
+        rerender |= {
+            "rerender_macro_f1": classification_report(data.labels, own_pred, gen.classes)["macro_f1"],
+            "real_macro_f1": classification_report(data.labels, real_pred, gen.classes)["macro_f1"],
+        }
     mean = {k: float(np.concatenate([np.asarray(v, dtype=float) for v in vals]).mean()) for k, vals in per.items()}
-    out = {"pairs": int(sum(len(v) for v in per["l1"])), "l1": mean["l1"], "copy_l1": mean["copy_l1"],
-           "changed_l1": mean["changed"], "copy_changed_l1": mean["copy_changed"], "ssim": mean["ssim"],
-           "copy_ssim": mean["copy_ssim"], "judge_accept": mean["accept"],
-           "judge_accept_per_class": {c: float(a.mean()) for c, a in zip(gen.classes, per["accept"])}, **rerender}
+    out = {
+        "pairs": int(sum(len(v) for v in per["l1"])),
+        "l1": mean["l1"],
+        "copy_l1": mean["copy_l1"],
+        "changed_l1": mean["changed"],
+        "copy_changed_l1": mean["copy_changed"],
+        "ssim": mean["ssim"],
+        "copy_ssim": mean["copy_ssim"],
+        "judge_accept": mean["accept"],
+        "judge_accept_per_class": {c: float(a.mean()) for c, a in zip(gen.classes, per["accept"])},
+        **rerender,
+    }
     if model is not None:
-        out |= {"recognised": recognised, "real_recall": real_recall, "truth_recognised": truth_recognised,
-                "recognised_mean": float(np.mean(list(recognised.values()))),
-                "classes_at_yardstick": sum(recognised[c] >= (real_recall[c] or 0) for c in recognised),
-                "classes_at_truth": sum(recognised[c] >= truth_recognised[c] for c in recognised)}
+        out |= {
+            "recognised": recognised,
+            "real_recall": real_recall,
+            "truth_recognised": truth_recognised,
+            "recognised_mean": float(np.mean(list(recognised.values()))),
+            "classes_at_yardstick": sum(recognised[c] >= (real_recall[c] or 0) for c in recognised),
+            "classes_at_truth": sum(recognised[c] >= truth_recognised[c] for c in recognised),
+        }
     return out
 
 
@@ -145,17 +183,25 @@ def recipe_config(spec: str, epochs: int, device: str) -> tuple[TrainConfig, dic
     return config, {"yaml": path or None, "overrides": extra}
 
 
-def run_recipe(manifest: Path, out: Path, name: str, spec: str, epochs: int, device: str,
-               results: Path | None = None) -> dict:
+def run_recipe(
+    manifest: Path, out: Path, name: str, spec: str, epochs: int, device: str, results: Path | None = None
+) -> dict:
     config, what = recipe_config(spec, epochs, device)
     start = time.perf_counter()
     result = train(manifest, out / name, config, overwrite=True)
     seconds = time.perf_counter() - start
     classifier = real_classifier(manifest, out)
-    record = {"recipe": name, **what, "config": config.to_dict(), "epochs": config.epochs, "device": device,
-              "train_seconds": seconds,
-              "threads": torch.get_num_threads(), "best_epoch": result.best_epoch,
-              "last": score(manifest, result.run_dir / "checkpoints" / "last.pt", classifier=classifier)}
+    record = {
+        "recipe": name,
+        **what,
+        "config": config.to_dict(),
+        "epochs": config.epochs,
+        "device": device,
+        "train_seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "best_epoch": result.best_epoch,
+        "last": score(manifest, result.run_dir / "checkpoints" / "last.pt", classifier=classifier),
+    }
     (out / name / "synthesis.json").write_text(json.dumps(record, indent=2))
     if results is not None:  # a flat copy, e.g. for a remote machine's output folder
         results.mkdir(parents=True, exist_ok=True)
@@ -179,8 +225,11 @@ def changes(recorded: dict, model_config: dict | None = None) -> dict:
     out = {k: v for k, v in then.to_dict().items() if k not in ("model", "loss", *RUN_KEYS) and v != now.to_dict()[k]}
     loss = {k: v for k, v in dataclasses.asdict(then.loss).items() if v != getattr(now.loss, k)}
     model_then = FERSNetConfig.from_record(model_config) if model_config else then.model_config(7)
-    model = {k: v for k, v in model_then.settings().items()
-             if k not in ("num_classes", "in_channels") and v != now.model_config(7).settings()[k]}
+    model = {
+        k: v
+        for k, v in model_then.settings().items()
+        if k not in ("num_classes", "in_channels") and v != now.model_config(7).settings()[k]
+    }
     return out | ({"loss": loss} if loss else {}) | ({"model": model} if model else {})
 
 
@@ -200,13 +249,17 @@ def records(out: Path) -> list[dict]:
 
 
 def report(out: Path) -> None:
-    print(f"{'recipe':<22} {'ep':>3} {'min':>5} {'l1':>6} {'copy':>5} {'chg_l1':>7} {'copy':>5} {'ssim':>6} {'copy':>6} "
-          f"{'recog':>6} {'>=real':>6} {'gate':>5}")
+    print(
+        f"{'recipe':<22} {'ep':>3} {'min':>5} {'l1':>6} {'copy':>5} {'chg_l1':>7} {'copy':>5} {'ssim':>6} {'copy':>6} "
+        f"{'recog':>6} {'>=real':>6} {'gate':>5}"
+    )
     for r in records(out):
         s = r["last"]
-        print(f"{r['recipe']:<22} {r['epochs']:>3} {r['train_seconds'] / 60:5.1f} {s['l1']:6.2f} {s['copy_l1']:5.2f} "
-              f"{s['changed_l1']:7.2f} {s['copy_changed_l1']:5.2f} {s['ssim']:6.3f} {s['copy_ssim']:6.3f} "
-              f"{s.get('recognised_mean', float('nan')):6.2f} {s.get('classes_at_yardstick', '-'):>6} {s['judge_accept']:5.2f}")
+        print(
+            f"{r['recipe']:<22} {r['epochs']:>3} {r['train_seconds'] / 60:5.1f} {s['l1']:6.2f} {s['copy_l1']:5.2f} "
+            f"{s['changed_l1']:7.2f} {s['copy_changed_l1']:5.2f} {s['ssim']:6.3f} {s['copy_ssim']:6.3f} "
+            f"{s.get('recognised_mean', float('nan')):6.2f} {s.get('classes_at_yardstick', '-'):>6} {s['judge_accept']:5.2f}"
+        )
 
 
 def write_recipes(out: Path, name: str, note: str) -> None:
@@ -222,34 +275,59 @@ def machine_versions() -> str:
 
 def recipes_table(runs: list[dict], note: str) -> str:
     classes = list(runs[-1]["last"].get("recognised", {}))
-    lines = ["# Synthesis recipes against exact ground truth (demo set, fold 0 held out)", "", note, "",
-             machine_versions(), "",
-             "Every held-out face translated to every other class, scored against the same face re-rendered with that "
-             "expression (`last.pt`; `bench/synthesis_recipes.py`). L1 in gray levels; *changed*: the pixels the "
-             "expression changes (|source − truth| > 10). *recognised*: share of synthetic faces the fold's `real` "
-             "classifier gives the target; *≥ real*: classes where that share reaches the classifier's recall on real "
-             "fold-0 faces of the class; *≥ truth*: classes where it reaches the classifier's score on the exact counterfactuals. *gate*: share the checkpoint's own FER branch accepts at 0.5. "
-             "*re-rendered*: each held-out face asked for its own expression: L1 to itself, and the `real` classifier's "
-             "macro-F1 on the re-renderings (on the faces themselves: *input copied*); higher than on the faces means caricatures.", "",
-             "| recipe | differs from today's defaults | epochs | train min | L1 | L1 changed | SSIM | recognised | ≥ real | ≥ truth | gate | re-rendered L1 / macro-F1 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Synthesis recipes against exact ground truth (demo set, fold 0 held out)",
+        "",
+        note,
+        "",
+        machine_versions(),
+        "",
+        "Every held-out face translated to every other class, scored against the same face re-rendered with that "
+        "expression (`last.pt`; `bench/synthesis_recipes.py`). L1 in gray levels; *changed*: the pixels the "
+        "expression changes (|source − truth| > 10). *recognised*: share of synthetic faces the fold's `real` "
+        "classifier gives the target; *≥ real*: classes where that share reaches the classifier's recall on real "
+        "fold-0 faces of the class; *≥ truth*: classes where it reaches the classifier's score on the exact counterfactuals. *gate*: share the checkpoint's own FER branch accepts at 0.5. "
+        "*re-rendered*: each held-out face asked for its own expression: L1 to itself, and the `real` classifier's "
+        "macro-F1 on the re-renderings (on the faces themselves: *input copied*); higher than on the faces means caricatures.",
+        "",
+        "| recipe | differs from today's defaults | epochs | train min | L1 | L1 changed | SSIM | recognised | ≥ real | ≥ truth | gate | re-rendered L1 / macro-F1 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in runs:
         s = r["last"]
         diff = changes(r["config"], r.get("model_config"))
         what = f"`{json.dumps(diff)}`" if diff else "defaults"
-        lines.append(f"| {r['recipe']} | {what} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {s['l1']:.2f} | "
-                     f"{s['changed_l1']:.2f} | {s['ssim']:.3f} | {s.get('recognised_mean', float('nan')):.2f} | "
-                     f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | {s['classes_at_truth'] if 'classes_at_truth' in s else '–'}{f'/{len(classes)}' if 'classes_at_truth' in s else ''} | {s['judge_accept']:.2f} | "
-                     + (f"{s['rerender_l1']:.2f} / {100 * s.get('rerender_macro_f1', float('nan')):.1f} |" if "rerender_l1" in s else "– |"))
+        lines.append(
+            f"| {r['recipe']} | {what} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {s['l1']:.2f} | "
+            f"{s['changed_l1']:.2f} | {s['ssim']:.3f} | {s.get('recognised_mean', float('nan')):.2f} | "
+            f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | {s['classes_at_truth'] if 'classes_at_truth' in s else '–'}{f'/{len(classes)}' if 'classes_at_truth' in s else ''} | {s['judge_accept']:.2f} | "
+            + (
+                f"{s['rerender_l1']:.2f} / {100 * s.get('rerender_macro_f1', float('nan')):.1f} |"
+                if "rerender_l1" in s
+                else "– |"
+            )
+        )
     s = runs[-1]["last"]
-    faces_f1 = next((f"*0 / {100 * r['last']['real_macro_f1']:.1f}*" for r in reversed(runs) if "real_macro_f1" in r["last"]), "")
-    lines += [f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | *{s['copy_ssim']:.3f}* | | | | | {faces_f1} |", ""]
+    faces_f1 = next(
+        (f"*0 / {100 * r['last']['real_macro_f1']:.1f}*" for r in reversed(runs) if "real_macro_f1" in r["last"]), ""
+    )
+    lines += [
+        f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | *{s['copy_ssim']:.3f}* | | | | | {faces_f1} |",
+        "",
+    ]
     if classes:
-        lines += ["Recognised per target class; below, the real classifier's recall on real fold-0 faces and its "
-                  "score on the exact counterfactuals (what a perfect generator would get):", "",
-                  "| recipe | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
-        lines += [f"| {r['recipe']} | " + " | ".join(f"{r['last']['recognised'][c]:.2f}" for c in classes) + " |"
-                  for r in runs if "recognised" in r["last"]]
+        lines += [
+            "Recognised per target class; below, the real classifier's recall on real fold-0 faces and its "
+            "score on the exact counterfactuals (what a perfect generator would get):",
+            "",
+            "| recipe | " + " | ".join(classes) + " |",
+            "|---|" + "---:|" * len(classes),
+        ]
+        lines += [
+            f"| {r['recipe']} | " + " | ".join(f"{r['last']['recognised'][c]:.2f}" for c in classes) + " |"
+            for r in runs
+            if "recognised" in r["last"]
+        ]
         lines += ["| *real faces* | " + " | ".join(f"*{s['real_recall'][c]:.2f}*" for c in classes) + " |"]
         truth = next((r["last"]["truth_recognised"] for r in reversed(runs) if "truth_recognised" in r["last"]), None)
         if truth:
@@ -269,12 +347,16 @@ def intensity_sweep(manifest: Path, out: Path, names: list[str], specs: list[str
             low, _, high = spec.partition("..")
             bounds = (float(low), float(high or low))
             if spec not in done:
-                done[spec] = score(manifest, out / name / "checkpoints" / "last.pt", classifier=classifier, intensity=bounds)
+                done[spec] = score(
+                    manifest, out / name / "checkpoints" / "last.pt", classifier=classifier, intensity=bounds
+                )
                 path.write_text(json.dumps(done, indent=1))
             s = done[spec]
-            print(f"{name:<22} intensity {spec:<9} l1 {s['l1']:.2f} changed {s['changed_l1']:.2f} ssim {s['ssim']:.3f} "
-                  f"recognised {s['recognised_mean']:.2f} >=real {s['classes_at_yardstick']} >=truth {s['classes_at_truth']}",
-                  flush=True)
+            print(
+                f"{name:<22} intensity {spec:<9} l1 {s['l1']:.2f} changed {s['changed_l1']:.2f} ssim {s['ssim']:.3f} "
+                f"recognised {s['recognised_mean']:.2f} >=real {s['classes_at_yardstick']} >=truth {s['classes_at_truth']}",
+                flush=True,
+            )
 
 
 def write_intensity(out: Path, names: list[str], name: str, note: str) -> None:
@@ -286,23 +368,40 @@ def write_intensity(out: Path, names: list[str], name: str, note: str) -> None:
 def intensity_table(sweeps: dict[str, dict], note: str) -> str:
     first = next(iter(next(iter(sweeps.values())).values()))
     classes = list(first["recognised"])
-    lines = ["# Edit intensity against exact ground truth (demo set, fold 0 held out)", "", note, "",
-             machine_versions(), "",
-             "Each trained run's `last.pt` (see `synthesis_recipes_demo.md`) translating every held-out face to every "
-             "other class with its flow and mask scaled by the intensity (`A..B`: a seeded uniform draw per face, as "
-             "`fesaug balance --intensity A..B` does). Columns as in `synthesis_recipes_demo.md`.", "",
-             "| run | intensity | L1 | L1 changed | SSIM | recognised | ≥ real | ≥ truth | gate | "
-             + " | ".join(classes) + " |", "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(classes)]
+    lines = [
+        "# Edit intensity against exact ground truth (demo set, fold 0 held out)",
+        "",
+        note,
+        "",
+        machine_versions(),
+        "",
+        "Each trained run's `last.pt` (see `synthesis_recipes_demo.md`) translating every held-out face to every "
+        "other class with its flow and mask scaled by the intensity (`A..B`: a seeded uniform draw per face, as "
+        "`fesaug balance --intensity A..B` does). Columns as in `synthesis_recipes_demo.md`.",
+        "",
+        "| run | intensity | L1 | L1 changed | SSIM | recognised | ≥ real | ≥ truth | gate | "
+        + " | ".join(classes)
+        + " |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(classes),
+    ]
     for run, sweep in sweeps.items():
         for spec, s in sweep.items():
-            lines.append(f"| {run} | {spec} | {s['l1']:.2f} | {s['changed_l1']:.2f} | {s['ssim']:.3f} | "
-                         f"{s['recognised_mean']:.2f} | {s['classes_at_yardstick']}/{len(classes)} | "
-                         f"{s['classes_at_truth']}/{len(classes)} | {s['judge_accept']:.2f} | "
-                         + " | ".join(f"{s['recognised'][c]:.2f}" for c in classes) + " |")
-    lines += [f"| *input copied* | | *{first['copy_l1']:.2f}* | *{first['copy_changed_l1']:.2f}* | *{first['copy_ssim']:.3f}* "
-              "| | | | | " + " | ".join("" for _ in classes) + " |",
-              "| *real faces* | | | | | | | | | " + " | ".join(f"*{first['real_recall'][c]:.2f}*" for c in classes) + " |",
-              "| *exact counterfactuals* | | | | | | | | | " + " | ".join(f"*{first['truth_recognised'][c]:.2f}*" for c in classes) + " |", ""]
+            lines.append(
+                f"| {run} | {spec} | {s['l1']:.2f} | {s['changed_l1']:.2f} | {s['ssim']:.3f} | "
+                f"{s['recognised_mean']:.2f} | {s['classes_at_yardstick']}/{len(classes)} | "
+                f"{s['classes_at_truth']}/{len(classes)} | {s['judge_accept']:.2f} | "
+                + " | ".join(f"{s['recognised'][c]:.2f}" for c in classes)
+                + " |"
+            )
+    lines += [
+        f"| *input copied* | | *{first['copy_l1']:.2f}* | *{first['copy_changed_l1']:.2f}* | *{first['copy_ssim']:.3f}* "
+        "| | | | | " + " | ".join("" for _ in classes) + " |",
+        "| *real faces* | | | | | | | | | " + " | ".join(f"*{first['real_recall'][c]:.2f}*" for c in classes) + " |",
+        "| *exact counterfactuals* | | | | | | | | | "
+        + " | ".join(f"*{first['truth_recognised'][c]:.2f}*" for c in classes)
+        + " |",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -318,16 +417,29 @@ def main() -> None:
     ap.add_argument("--results", type=Path, help="also copy each recipe's scores and last sample grid here")
     ap.add_argument("--write", metavar="NAME", help="write every recipe in --out to bench/results/NAME.json and .md")
     ap.add_argument("--note", default="", help="with --write: the protocol note at the top of the table")
-    ap.add_argument("--dead-zone", metavar="FLOW,MASK", action="append", default=[],
-                    help="score the existing runs named by --recipe NAME= again with these inference thresholds "
-                         "(flow in pixels, mask), printed, not recorded; repeatable")
-    ap.add_argument("--intensity", metavar="LOW[..HIGH]", action="append", default=[],
-                    help="score the existing runs named by --recipe NAME= again with their edits scaled by this "
-                         "intensity (or a seeded uniform draw from the range), recorded in <out>/NAME/intensity.json "
-                         "and, with --write, tabled; repeatable")
-    ap.add_argument("--rescore", action="store_true",
-                    help="score the existing runs named by --recipe NAME= again (e.g. for scores added since they ran) "
-                         "and update their synthesis.json")
+    ap.add_argument(
+        "--dead-zone",
+        metavar="FLOW,MASK",
+        action="append",
+        default=[],
+        help="score the existing runs named by --recipe NAME= again with these inference thresholds "
+        "(flow in pixels, mask), printed, not recorded; repeatable",
+    )
+    ap.add_argument(
+        "--intensity",
+        metavar="LOW[..HIGH]",
+        action="append",
+        default=[],
+        help="score the existing runs named by --recipe NAME= again with their edits scaled by this "
+        "intensity (or a seeded uniform draw from the range), recorded in <out>/NAME/intensity.json "
+        "and, with --write, tabled; repeatable",
+    )
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the existing runs named by --recipe NAME= again (e.g. for scores added since they ran) "
+        "and update their synthesis.json",
+    )
     args = ap.parse_args()
     if args.rescore:
         classifier = real_classifier(args.manifest, args.out)
@@ -336,8 +448,11 @@ def main() -> None:
             record = json.loads(path.read_text())
             record["last"] = score(args.manifest, args.out / name / "checkpoints" / "last.pt", classifier=classifier)
             path.write_text(json.dumps(record, indent=2))
-            print(f"{name}: re-rendered L1 {record['last']['rerender_l1']:.2f}, macro-F1 "
-                  f"{record['last']['rerender_macro_f1']:.3f} (faces {record['last']['real_macro_f1']:.3f})", flush=True)
+            print(
+                f"{name}: re-rendered L1 {record['last']['rerender_l1']:.2f}, macro-F1 "
+                f"{record['last']['rerender_macro_f1']:.3f} (faces {record['last']['real_macro_f1']:.3f})",
+                flush=True,
+            )
         return
     if args.intensity:
         intensity_sweep(args.manifest, args.out, [r.split("=", 1)[0] for r in args.recipe], args.intensity)
@@ -349,18 +464,42 @@ def main() -> None:
         for name in (r.split("=", 1)[0] for r in args.recipe):
             for zone in args.dead_zone:
                 flow, mask = map(float, zone.split(","))
-                s = score(args.manifest, args.out / name / "checkpoints" / "last.pt", classifier=classifier, dead_zone=(flow, mask))
-                print(f"{name:<22} flow<{flow:g}px mask<{mask:g}: l1 {s['l1']:.2f} changed {s['changed_l1']:.2f} "
-                      f"ssim {s['ssim']:.3f} recognised {s['recognised_mean']:.2f}", flush=True)
+                s = score(
+                    args.manifest,
+                    args.out / name / "checkpoints" / "last.pt",
+                    classifier=classifier,
+                    dead_zone=(flow, mask),
+                )
+                print(
+                    f"{name:<22} flow<{flow:g}px mask<{mask:g}: l1 {s['l1']:.2f} changed {s['changed_l1']:.2f} "
+                    f"ssim {s['ssim']:.3f} recognised {s['recognised_mean']:.2f}",
+                    flush=True,
+                )
         return
     if not args.report:
         recipes = dict(r.split("=", 1) for r in args.recipe) or {"base": ""}
         if args.parallel and len(recipes) > 1:
             real_classifier(args.manifest, args.out)  # once, before the recipes need it
-            procs = [subprocess.Popen([sys.executable, __file__, "--manifest", str(args.manifest), "--out", str(args.out),
-                                       "--epochs", str(args.epochs), "--device", args.device, "--recipe", f"{k}={v}",
-                                       *(["--results", str(args.results)] if args.results else [])])
-                     for k, v in recipes.items()]
+            procs = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--manifest",
+                        str(args.manifest),
+                        "--out",
+                        str(args.out),
+                        "--epochs",
+                        str(args.epochs),
+                        "--device",
+                        args.device,
+                        "--recipe",
+                        f"{k}={v}",
+                        *(["--results", str(args.results)] if args.results else []),
+                    ]
+                )
+                for k, v in recipes.items()
+            ]
             if any(p.wait() for p in procs):
                 sys.exit("a recipe failed")
         else:

@@ -37,9 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from record import PYTHON, REPO, RESULTS, machine, machine_line, write_results
 
 from fesaug.evaluate.stats import paired_comparison
-from record import PYTHON, REPO, RESULTS, machine, machine_line, write_results
 
 CKPLUS = REPO.parent / "shared" / "data" / "ckplus48"
 LAST_EPOCHS = 5
@@ -62,23 +62,54 @@ def recorded_folds(path: Path = RECORDED) -> dict[tuple, dict]:
     return {fold_key(r): r for s in runs for r in s["per_fold"]}
 
 
-def run_fold(manifest: Path, work: Path, recipe: str, config: Path | None, sharing: str, fold: int, epochs: int,
-             seed: int) -> dict:
+def run_fold(
+    manifest: Path, work: Path, recipe: str, config: Path | None, sharing: str, fold: int, epochs: int, seed: int
+) -> dict:
     run = work / f"{recipe}-{sharing}-f{fold}"
     done = run / "fold_result.json"
     if done.exists():
         return load_fold_result(done)
-    key = fold_key({"recipe": recipe, "config": config and str(config), "sharing": sharing, "epochs": epochs, "fold": fold})
+    key = fold_key(
+        {"recipe": recipe, "config": config and str(config), "sharing": sharing, "epochs": epochs, "fold": fold}
+    )
     if key in (recorded := recorded_folds()):
         return recorded[key]
-    cmd = [sys.executable, "-m", "fesaug", "train", "--manifest", str(manifest), "--out", str(run),
-           "--holdout-fold", str(fold), "--sharing", sharing, "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fesaug",
+        "train",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(run),
+        "--holdout-fold",
+        str(fold),
+        "--sharing",
+        sharing,
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+    ]
     cmd += ["--config", str(config)] if config else []
     resume = (run / "checkpoints" / "last.pt").exists()
-    subprocess.run(cmd + (["--resume"] if resume else ["--overwrite"]), check=True,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
-    result = {"recipe": recipe, "config": repo_path(config) if config else None, "sharing": sharing, "fold": fold,
-              "train_command": " ".join(cmd), **evaluate(manifest, run, fold)}
+    subprocess.run(
+        cmd + (["--resume"] if resume else ["--overwrite"]),
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+    )
+    result = {
+        "recipe": recipe,
+        "config": repo_path(config) if config else None,
+        "sharing": sharing,
+        "fold": fold,
+        "train_command": " ".join(cmd),
+        **evaluate(manifest, run, fold),
+    }
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -118,8 +149,8 @@ def load_fold_result(path: Path) -> dict:
 
 def import_evaluated(manifest: Path, work: Path, evaluated: Path, fold: int) -> dict | None:
     """A finished fold generator of a `fesaug evaluate` folder as a run of recipe `today`."""
-    from fesaug.utils.runlog import read_metrics
     from fesaug.synthesis.training import run_config
+    from fesaug.utils.runlog import read_metrics
 
     run = evaluated / f"fold-{fold}" / "fersnet"
     if not (run / "checkpoints" / "best.pt").exists():
@@ -129,8 +160,14 @@ def import_evaluated(manifest: Path, work: Path, evaluated: Path, fold: int) -> 
         return None
     sharing = config.model.get("sharing", "convflu")
     command = json.loads((run / "provenance.json").read_text())["command"]
-    result = {"recipe": "today", "config": None, "sharing": sharing, "fold": fold,
-              "train_command": f"{command} (its fold-{fold}/fersnet)", **evaluate(manifest, run, fold)}
+    result = {
+        "recipe": "today",
+        "config": None,
+        "sharing": sharing,
+        "fold": fold,
+        "train_command": f"{command} (its fold-{fold}/fersnet)",
+        **evaluate(manifest, run, fold),
+    }
     out = work / f"today-{sharing}-f{fold}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "fold_result.json").write_text(json.dumps(result, indent=2))
@@ -152,13 +189,17 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
     m = read_manifest(manifest)
     gen = load_generator(run / "checkpoints" / "best.pt", device="cpu")
     real = m.df["origin"].to_numpy() == "real"
-    rows = {"test": np.flatnonzero(m.df["fold"].to_numpy() == fold),
-            "val": np.flatnonzero(m.df["subject_id"].isin(gen.validation_subjects).to_numpy() & real)}
+    rows = {
+        "test": np.flatnonzero(m.df["fold"].to_numpy() == fold),
+        "val": np.flatnonzero(m.df["subject_id"].isin(gen.validation_subjects).to_numpy() & real),
+    }
     scores: dict = {}
     for part, idx in rows.items():
         data = ManifestDataset(m, rows=idx, image_size=gen.image_size)
         for suffix, flip in (("", False), ("_flip", True)):
-            report = classification_report(data.labels, gen.classify(data.pixels, flip=flip).argmax(1).numpy(), m.classes)
+            report = classification_report(
+                data.labels, gen.classify(data.pixels, flip=flip).argmax(1).numpy(), m.classes
+            )
             scores[f"{part}_acc{suffix}"] = report["accuracy"]
             if part == "test":
                 scores[f"test_recall{suffix}"] = {c: report["recall"][c] for c in m.classes if report["support"][c]}
@@ -166,8 +207,12 @@ def evaluate(manifest: Path, run: Path, fold: int) -> dict:
     metrics = read_metrics(run / "metrics.jsonl")
     best = [r for r in metrics if r.get("best")][-1]  # the epoch best.pt was saved from
     return {
-        **scores, "epochs": int(gen.config["epochs"]), "best_epoch": best["epoch"], "best_val_fer_acc": best.get("val_fer_acc"),
-        "val_acc_last_epochs": last_epochs_val_acc(metrics), "train_s": training_seconds(metrics),
+        **scores,
+        "epochs": int(gen.config["epochs"]),
+        "best_epoch": best["epoch"],
+        "best_val_fer_acc": best.get("val_fer_acc"),
+        "val_acc_last_epochs": last_epochs_val_acc(metrics),
+        "train_s": training_seconds(metrics),
         "train_images_per_s": float(np.median([r["images_per_s"] for r in metrics if "images_per_s" in r])),
     }
 
@@ -182,11 +227,13 @@ def report(work: Path, parallel: int) -> None:
         runs.setdefault(f"{r.get('recipe', 'today')} / {r['sharing']}", []).append(r)
     summary = {
         "benchmark": "FERSNet FER branch on CK+48, subject-independent 10-fold (StratifiedGroupKFold, seed 0)",
-        "protocol": ("7 classes (anger, contempt, disgust, fear, happy, sadness, surprise), 981 images of 118 subjects, "
-                     "48x48 crops upscaled to 64x64 (cpu preset); per test fold k: train with --holdout-fold k, select "
-                     "best.pt on a validation split of the training subjects (15 %), score its FER branch on those "
-                     "validation faces (for choosing a recipe) and on every image of fold k (the result); seed 0, no "
-                     "pre-training"),
+        "protocol": (
+            "7 classes (anger, contempt, disgust, fear, happy, sadness, surprise), 981 images of 118 subjects, "
+            "48x48 crops upscaled to 64x64 (cpu preset); per test fold k: train with --holdout-fold k, select "
+            "best.pt on a validation split of the training subjects (15 %), score its FER branch on those "
+            "validation faces (for choosing a recipe) and on every image of fold k (the result); seed 0, no "
+            "pre-training"
+        ),
         "machine": machine(threads=1) | {"runs_in_parallel": parallel},
         "torch": torch.__version__,
         "paper": "97.35% (ICPR 2020 Table: CK+ 7 classes, 10-fold, no pre-training, 96x96)",
@@ -195,18 +242,28 @@ def report(work: Path, parallel: int) -> None:
     for name, rs in sorted(runs.items()):
         rs = sorted(rs, key=lambda r: r["fold"])
         summary["runs"][name] = {
-            "recipe": rs[0].get("recipe", "today"), "config": rs[0]["config"] and repo_path(Path(rs[0]["config"])),
+            "recipe": rs[0].get("recipe", "today"),
+            "config": rs[0]["config"] and repo_path(Path(rs[0]["config"])),
             "sharing": rs[0]["sharing"],
             "epochs": rs[0]["epochs"],
             "folds": [r["fold"] for r in rs],
-            **{f"mean_{key}": float(np.mean([r[key] for r in rs])) for key in (
-                "val_acc", "val_acc_flip", "val_acc_last_epochs", "test_acc", "test_acc_flip") if all(key in r for r in rs)},
+            **{
+                f"mean_{key}": float(np.mean([r[key] for r in rs]))
+                for key in ("val_acc", "val_acc_flip", "val_acc_last_epochs", "test_acc", "test_acc_flip")
+                if all(key in r for r in rs)
+            },
             "std_test_acc": float(np.std([r["test_acc"] for r in rs])),
             "mean_train_s": float(np.mean([r["train_s"] for r in rs])),
             "median_train_images_per_s": float(np.median([r["train_images_per_s"] for r in rs])),
-            "mean_recall": {c: float(np.average([r["test_recall"][c] for r in rs if c in r["test_recall"]],
-                                                  weights=[r["test_images"] for r in rs if c in r["test_recall"]]))
-                            for c in rs[0]["test_recall"]},
+            "mean_recall": {
+                c: float(
+                    np.average(
+                        [r["test_recall"][c] for r in rs if c in r["test_recall"]],
+                        weights=[r["test_images"] for r in rs if c in r["test_recall"]],
+                    )
+                )
+                for c in rs[0]["test_recall"]
+            },
             "per_fold": rs,
         }
     # Means over different folds do not compare (a fold's difficulty moves accuracy by points):
@@ -221,8 +278,11 @@ def report(work: Path, parallel: int) -> None:
         if not set(common) <= set(s["folds"]):
             continue
         on_common = [r for r in s["per_fold"] if r["fold"] in common]
-        s["on_common_folds"] = {key: float(np.mean([r[key] for r in on_common])) for key in (
-            "val_acc", "val_acc_last_epochs", "test_acc", "test_acc_flip") if on_common and all(key in r for r in on_common)}
+        s["on_common_folds"] = {
+            key: float(np.mean([r[key] for r in on_common]))
+            for key in ("val_acc", "val_acc_last_epochs", "test_acc", "test_acc_flip")
+            if on_common and all(key in r for r in on_common)
+        }
     summary["paired"] = paired_differences(summary["runs"])
     text = render(summary)
     write_results("fersnet_ckplus", summary, text)
@@ -250,81 +310,144 @@ def paired_differences(runs: dict[str, dict]) -> dict[str, dict]:
         folds = sorted(set(a) & set(b))
         if not folds:
             continue
-        out[name] = {"reference": ref, "folds": folds, **{key: paired_comparison(
-            [a[k][key] for k in folds], [b[k][key] for k in folds]) for key in ("val_acc_last_epochs", "test_acc")}}
+        out[name] = {
+            "reference": ref,
+            "folds": folds,
+            **{
+                key: paired_comparison([a[k][key] for k in folds], [b[k][key] for k in folds])
+                for key in ("val_acc_last_epochs", "test_acc")
+            },
+        }
     return out
 
 
 def render(summary: dict) -> str:
     m = summary["machine"]
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["# FERSNet on CK+48 (10-fold, subject-independent)", "", summary["protocol"] + ".", "",
-             f"Machine: {machine_line(m)} per run, {m['runs_in_parallel']} runs in parallel; torch {summary['torch']}. "
-             f"Paper: {summary['paper']}.", "",
-             "Accuracy in %; *mirrored*: each face's probabilities averaged with its mirror image's.", "",
-             f"*Validation, last {LAST_EPOCHS} epochs*: the mean of the validation accuracy over the last {LAST_EPOCHS} "
-             "epochs; the best epoch's is the maximum of a noisy curve and flatters a noisier recipe.", "",
-             f"| recipe / sharing | epochs | folds | validation acc (mirrored) | validation, last {LAST_EPOCHS} epochs | "
-             "test acc ± std (mirrored) | training per fold | train images/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# FERSNet on CK+48 (10-fold, subject-independent)",
+        "",
+        summary["protocol"] + ".",
+        "",
+        f"Machine: {machine_line(m)} per run, {m['runs_in_parallel']} runs in parallel; torch {summary['torch']}. "
+        f"Paper: {summary['paper']}.",
+        "",
+        "Accuracy in %; *mirrored*: each face's probabilities averaged with its mirror image's.",
+        "",
+        f"*Validation, last {LAST_EPOCHS} epochs*: the mean of the validation accuracy over the last {LAST_EPOCHS} "
+        "epochs; the best epoch's is the maximum of a noisy curve and flatters a noisier recipe.",
+        "",
+        f"| recipe / sharing | epochs | folds | validation acc (mirrored) | validation, last {LAST_EPOCHS} epochs | "
+        "test acc ± std (mirrored) | training per fold | train images/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in summary["runs"].items():
-        lines.append(f"| {name} | {s['epochs']} | {len(s['folds'])} ({','.join(map(str, s['folds']))}) | "
-                     f"{pct(s.get('mean_val_acc'))} ({pct(s.get('mean_val_acc_flip'))}) | {pct(s.get('mean_val_acc_last_epochs'))} | "
-                     f"{pct(s['mean_test_acc'])} ± {pct(s['std_test_acc'])} ({pct(s.get('mean_test_acc_flip'))}) | "
-                     f"{s['mean_train_s']:.0f} s | {s['median_train_images_per_s']:.0f} |")
+        lines.append(
+            f"| {name} | {s['epochs']} | {len(s['folds'])} ({','.join(map(str, s['folds']))}) | "
+            f"{pct(s.get('mean_val_acc'))} ({pct(s.get('mean_val_acc_flip'))}) | {pct(s.get('mean_val_acc_last_epochs'))} | "
+            f"{pct(s['mean_test_acc'])} ± {pct(s['std_test_acc'])} ({pct(s.get('mean_test_acc_flip'))}) | "
+            f"{s['mean_train_s']:.0f} s | {s['median_train_images_per_s']:.0f} |"
+        )
     if len(summary["runs"]) > 1 and summary["common_folds"]:
-        lines += ["", f"On the folds every run covers ({','.join(map(str, summary['common_folds']))}; a run on fewer "
-                  "folds is only in the paired table below), the only fair comparison of the rows:", "",
-                  f"| recipe / sharing | validation acc | validation, last {LAST_EPOCHS} epochs | test acc | test acc mirrored |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"On the folds every run covers ({','.join(map(str, summary['common_folds']))}; a run on fewer "
+            "folds is only in the paired table below), the only fair comparison of the rows:",
+            "",
+            f"| recipe / sharing | validation acc | validation, last {LAST_EPOCHS} epochs | test acc | test acc mirrored |",
+            "|---|---|---|---|---|",
+        ]
         for name, s in summary["runs"].items():
             if "on_common_folds" not in s:
                 continue
             c = s["on_common_folds"]
-            lines.append(f"| {name} | {pct(c.get('val_acc'))} | {pct(c.get('val_acc_last_epochs'))} | "
-                         f"{pct(c.get('test_acc'))} | {pct(c.get('test_acc_flip'))} |")
+            lines.append(
+                f"| {name} | {pct(c.get('val_acc'))} | {pct(c.get('val_acc_last_epochs'))} | "
+                f"{pct(c.get('test_acc'))} | {pct(c.get('test_acc_flip'))} |"
+            )
     if summary.get("paired"):
-        lines += ["", "Each run minus the run it changes one thing of (the same recipe with ConvFLU, else today's "
-                  "defaults with ConvFLU), paired over the folds both cover; points of accuracy, folds won/lost, "
-                  "two-sided Wilcoxon signed-rank p:", "",
-                  f"| recipe / sharing | minus | folds | validation, last {LAST_EPOCHS} epochs | test acc |", "|---|---|---|---|---|"]
-        cell = lambda c: (f"{100 * c['mean_difference']:+.1f} ({c['wins']}/{c['losses']}, "  # noqa: E731
-                          f"p {'–' if c['wilcoxon_p'] is None else format(c['wilcoxon_p'], '.3f')})")
+        lines += [
+            "",
+            "Each run minus the run it changes one thing of (the same recipe with ConvFLU, else today's "
+            "defaults with ConvFLU), paired over the folds both cover; points of accuracy, folds won/lost, "
+            "two-sided Wilcoxon signed-rank p:",
+            "",
+            f"| recipe / sharing | minus | folds | validation, last {LAST_EPOCHS} epochs | test acc |",
+            "|---|---|---|---|---|",
+        ]
+        cell = lambda c: (
+            f"{100 * c['mean_difference']:+.1f} ({c['wins']}/{c['losses']}, "
+            f"p {'–' if c['wilcoxon_p'] is None else format(c['wilcoxon_p'], '.3f')})"
+        )
         for name, d in summary["paired"].items():
-            lines.append(f"| {name} | {d['reference']} | {len(d['folds'])} | {cell(d['val_acc_last_epochs'])} | "
-                         f"{cell(d['test_acc'])} |")
-    lines += ["", "Per fold (test accuracy, best epoch by validation accuracy):", "",
-              "| recipe / sharing | " + " | ".join(f"f{k}" for k in range(10)) + " |", "|---|" + "---|" * 10]
+            lines.append(
+                f"| {name} | {d['reference']} | {len(d['folds'])} | {cell(d['val_acc_last_epochs'])} | "
+                f"{cell(d['test_acc'])} |"
+            )
+    lines += [
+        "",
+        "Per fold (test accuracy, best epoch by validation accuracy):",
+        "",
+        "| recipe / sharing | " + " | ".join(f"f{k}" for k in range(10)) + " |",
+        "|---|" + "---|" * 10,
+    ]
     for name, s in summary["runs"].items():
         by_fold = {r["fold"]: r for r in s["per_fold"]}
-        lines.append(f"| {name} | " + " | ".join(
-            f"{pct(by_fold[k]['test_acc'])} (e{by_fold[k]['best_epoch']})" if k in by_fold else "–" for k in range(10)) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{pct(by_fold[k]['test_acc'])} (e{by_fold[k]['best_epoch']})" if k in by_fold else "–"
+                for k in range(10)
+            )
+            + " |"
+        )
     classes = list(next(iter(summary["runs"].values()))["per_fold"][0]["test_recall"])
-    lines += ["", "Test recall per class (mean over the folds run, weighted by fold size):", "",
-              "| recipe / sharing | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    lines += [
+        "",
+        "Test recall per class (mean over the folds run, weighted by fold size):",
+        "",
+        "| recipe / sharing | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * len(classes),
+    ]
     for name, s in summary["runs"].items():
         lines.append(f"| {name} | " + " | ".join(pct(s["mean_recall"][c]) for c in classes) + " |")
-    lines += ["", "Recipes (`--config` of `fesaug train`): " + "; ".join(
-        f"{s['recipe']}: {('`' + s['config'] + '`') if s['config'] else 'the defaults'}"
-        for s in {s["recipe"]: s for s in summary["runs"].values()}.values()) + ".",
-        "", f"Command per fold: `fesaug train --manifest ck.parquet --out WORK/RECIPE-SHARING-fK --holdout-fold K "
+    lines += [
+        "",
+        "Recipes (`--config` of `fesaug train`): "
+        + "; ".join(
+            f"{s['recipe']}: {('`' + s['config'] + '`') if s['config'] else 'the defaults'}"
+            for s in {s["recipe"]: s for s in summary["runs"].values()}.values()
+        )
+        + ".",
+        "",
+        f"Command per fold: `fesaug train --manifest ck.parquet --out WORK/RECIPE-SHARING-fK --holdout-fold K "
         "--sharing SHARING --epochs N --seed 0 --device cpu [--config RECIPE.yaml]` (then the FER branch of best.pt); "
-        f"this table: `{PYTHON} bench/train_ckplus.py --recipe NAME=RECIPE.yaml --sharing convflu,hard,none --epochs N`."]
+        f"this table: `{PYTHON} bench/train_ckplus.py --recipe NAME=RECIPE.yaml --sharing convflu,hard,none --epochs N`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", action="append", default=[], metavar="NAME=CONFIG",
-                        help="a recipe: a name and a fesaug train --config YAML (repeatable; default: today=the defaults)")
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="NAME=CONFIG",
+        help="a recipe: a name and a fesaug train --config YAML (repeatable; default: today=the defaults)",
+    )
     parser.add_argument("--sharing", default="convflu")
     parser.add_argument("--folds", default="all")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fesaug-bench/ckplus"))
-    parser.add_argument("--import-evaluate", type=Path, metavar="DIR",
-                        help="take the fold generators of this fesaug evaluate folder as recipe `today` (trains nothing)")
+    parser.add_argument(
+        "--import-evaluate",
+        type=Path,
+        metavar="DIR",
+        help="take the fold generators of this fesaug evaluate folder as recipe `today` (trains nothing)",
+    )
     args = parser.parse_args()
     if not CKPLUS.is_dir():
         sys.exit(f"CK+48 not found at {CKPLUS}; this benchmark needs the research-only data beside the checkout")
@@ -332,13 +455,30 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     manifest = args.work / "ck.parquet"
     if not manifest.exists():
-        subprocess.run([sys.executable, "-m", "fesaug", "ingest", str(CKPLUS), "--preset", "ckplus", "--folds", "10",
-                        "--out", str(manifest)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fesaug",
+                "ingest",
+                str(CKPLUS),
+                "--preset",
+                "ckplus",
+                "--folds",
+                "10",
+                "--out",
+                str(manifest),
+            ],
+            check=True,
+        )
     folds = list(range(10)) if args.folds == "all" else [int(k) for k in args.folds.split(",")]
     if args.import_evaluate:
         for k in folds:
             r = import_evaluated(manifest, args.work, args.import_evaluate, k)
-            print(f"fold {k}: " + ("not finished" if r is None else f"validation acc {r['val_acc']:.3f}, test acc {r['test_acc']:.3f}"))
+            print(
+                f"fold {k}: "
+                + ("not finished" if r is None else f"validation acc {r['val_acc']:.3f}, test acc {r['test_acc']:.3f}")
+            )
         report(args.work, args.parallel)
         return
     variants = [(name, config, sharing) for name, config in recipes for sharing in args.sharing.split(",")]
@@ -347,8 +487,11 @@ def main() -> None:
     jobs = [(*variants[0], k) for k in folds] + [(*v, k) for k in folds for v in variants[1:]]
     with ThreadPoolExecutor(args.parallel) as pool:
         for r in pool.map(lambda job: run_fold(manifest, args.work, *job, args.epochs, args.seed), jobs):
-            print(f"{r['recipe']} / {r['sharing']} fold {r['fold']}: validation acc {r['val_acc']:.3f}, "
-                  f"test acc {r['test_acc']:.3f} ({r['train_s']:.0f} s of training)", flush=True)
+            print(
+                f"{r['recipe']} / {r['sharing']} fold {r['fold']}: validation acc {r['val_acc']:.3f}, "
+                f"test acc {r['test_acc']:.3f} ({r['train_s']:.0f} s of training)",
+                flush=True,
+            )
     report(args.work, args.parallel)
 
 

@@ -16,13 +16,12 @@ import argparse
 import time
 
 import torch
+from record import command, machine, machine_line, write_results
 from torch.utils.flop_counter import FlopCounterMode
 
 from fesaug.models import Discriminator, FERSNet
 from fesaug.synthesis.config import TrainConfig
 from fesaug.synthesis.training import GeneratorStep, Optimisation, Runtime, train_step
-
-from record import command, machine, machine_line, write_results
 
 
 def matmul_peak(device: torch.device, n: int = 2048, seconds: float = 3.0) -> float:
@@ -53,12 +52,22 @@ def main() -> None:
     net, disc = FERSNet(model_config).to(device), Discriminator(model_config).to(device)
     adam = {"lr": config.lr, "betas": config.betas}
     rt = Runtime(device=device, rank=0, world_size=1, local_rank=0, amp_dtype=None)
-    o = Optimisation(g_step=GeneratorStep(net), d_train=disc, disc=disc, opt_g=torch.optim.Adam(net.parameters(), **adam),
-                     opt_d=torch.optim.Adam(disc.parameters(), **adam), scaler=torch.amp.GradScaler(device.type, enabled=False))
+    o = Optimisation(
+        g_step=GeneratorStep(net),
+        d_train=disc,
+        disc=disc,
+        opt_g=torch.optim.Adam(net.parameters(), **adam),
+        opt_d=torch.optim.Adam(disc.parameters(), **adam),
+        scaler=torch.amp.GradScaler(device.type, enabled=False),
+    )
     s, b = model_config.image_size, args.batch_size
-    batch = {"source": torch.rand(b, 1, s, s), "target": torch.rand(b, 1, s, s),
-             "source_label": torch.randint(0, 7, (b,)), "target_label": torch.randint(0, 7, (b,)),
-             "paired": torch.rand(b) < 0.5}
+    batch = {
+        "source": torch.rand(b, 1, s, s),
+        "target": torch.rand(b, 1, s, s),
+        "source_label": torch.randint(0, 7, (b,)),
+        "target_label": torch.randint(0, 7, (b,)),
+        "paired": torch.rand(b) < 0.5,
+    }
 
     with FlopCounterMode(display=False) as counter:
         train_step(batch, o, config.loss, config.d_steps, rt)
@@ -75,10 +84,19 @@ def main() -> None:
     achieved = flops_per_step / step_s
     result = {
         "benchmark": "FERSNet training step (G + D), achieved FLOP/s vs same-process matmul peak",
-        "preset": args.preset, "batch_size": b, "image_size": s, "d_steps": config.d_steps, "sharing": model_config.sharing,
-        "threads": torch.get_num_threads(), "device": str(device),
-        "flops_per_step": flops_per_step, "step_seconds": step_s, "images_per_s": b / step_s,
-        "achieved_flops": achieved, "matmul_peak_flops": peak, "ratio_of_peak": achieved / peak,
+        "preset": args.preset,
+        "batch_size": b,
+        "image_size": s,
+        "d_steps": config.d_steps,
+        "sharing": model_config.sharing,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "flops_per_step": flops_per_step,
+        "step_seconds": step_s,
+        "images_per_s": b / step_s,
+        "achieved_flops": achieved,
+        "matmul_peak_flops": peak,
+        "ratio_of_peak": achieved / peak,
         "machine": machine(),
         "torch": torch.__version__,
         "timed_steps": args.steps,
@@ -91,11 +109,13 @@ def main() -> None:
 
 def render(r: dict) -> str:
     b, s = r["batch_size"], r["image_size"]
-    return (f"# Training throughput ({r['preset']} preset)\n\n`{r['command']}` on {machine_line(r['machine'])}, torch {r['torch']}, "
-            f"{r['threads']} thread(s), {r['device']}.\n\n"
-            "| batch | image | GFLOP/step | s/step | images/s | achieved GFLOP/s | matmul peak GFLOP/s | of peak |\n|---|---|---|---|---|---|---|---|\n"
-            f"| {b} | {s}x{s} | {r['flops_per_step'] / 1e9:.1f} | {r['step_seconds']:.3f} | {r['images_per_s']:.1f} | "
-            f"{r['achieved_flops'] / 1e9:.1f} | {r['matmul_peak_flops'] / 1e9:.1f} | {r['ratio_of_peak']:.1%} |\n")
+    return (
+        f"# Training throughput ({r['preset']} preset)\n\n`{r['command']}` on {machine_line(r['machine'])}, torch {r['torch']}, "
+        f"{r['threads']} thread(s), {r['device']}.\n\n"
+        "| batch | image | GFLOP/step | s/step | images/s | achieved GFLOP/s | matmul peak GFLOP/s | of peak |\n|---|---|---|---|---|---|---|---|\n"
+        f"| {b} | {s}x{s} | {r['flops_per_step'] / 1e9:.1f} | {r['step_seconds']:.3f} | {r['images_per_s']:.1f} | "
+        f"{r['achieved_flops'] / 1e9:.1f} | {r['matmul_peak_flops'] / 1e9:.1f} | {r['ratio_of_peak']:.1%} |\n"
+    )
 
 
 if __name__ == "__main__":

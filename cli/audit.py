@@ -10,26 +10,43 @@ from pathlib import Path
 import click
 
 from fesaug.audit.report import BY_COLUMNS, AuditReport, audit, plot_report
+from fesaug.cli.params import aligned_table, checked_by
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.plots import plot_format
-
-from fesaug.cli.params import aligned_table, checked_by
 
 
 @click.command("audit")
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--by", type=click.Choice(BY_COLUMNS), help="Also count classes per value of this column.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
-              help="table for people; json (one object) or csv (the histogram) on stdout for scripts.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), callback=checked_by(plot_format),
-              help="Write a stacked bar chart of real and synthetic images per class (.png, .svg or .pdf).")
-@click.option("--target", type=click.IntRange(min=1), metavar="N",
-              help="Images wanted per class: show how many each class is short (csv: without --by only).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table for people; json (one object) or csv (the histogram) on stdout for scripts.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=checked_by(plot_format),
+    help="Write a stacked bar chart of real and synthetic images per class (.png, .svg or .pdf).",
+)
+@click.option(
+    "--target",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Images wanted per class: show how many each class is short (csv: without --by only).",
+)
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any problem is found (for CI).")
-@click.option("--no-check-images", is_flag=True,
-              help="Do not read the images: faster, but missing, corrupt and changed files go unnoticed.")
-def audit_command(manifest: Path, by: str | None, fmt: str, plot: Path | None, target: int | None,
-                  strict: bool, no_check_images: bool) -> None:
+@click.option(
+    "--no-check-images",
+    is_flag=True,
+    help="Do not read the images: faster, but missing, corrupt and changed files go unnoticed.",
+)
+def audit_command(
+    manifest: Path, by: str | None, fmt: str, plot: Path | None, target: int | None, strict: bool, no_check_images: bool
+) -> None:
     """Class histogram (real vs synthetic) and integrity problems of a MANIFEST.
 
     \b
@@ -75,18 +92,42 @@ def _ratio_text(report: AuditReport) -> str:
 def format_table(report: AuditReport) -> str:
     shortfall = report.shortfall
     weighted = any(c.weighted is not None for c in report.classes.values())
-    header = ["class", "real", "synthetic", "total", *(["weighted"] if weighted else []),
-              *(["shortfall"] if shortfall is not None else [])]
-    rows = [[name, c.real, c.synthetic, c.total, *([f"{c.weighted:g}"] if weighted else []),
-             *([shortfall[name]] if shortfall is not None else [])] for name, c in report.classes.items()]
-    footer = ["total", report.real, report.synthetic, report.total,
-              *([f"{sum(c.effective for c in report.classes.values()):g}"] if weighted else []),
-              *([sum(shortfall.values())] if shortfall is not None else [])]
+    header = [
+        "class",
+        "real",
+        "synthetic",
+        "total",
+        *(["weighted"] if weighted else []),
+        *(["shortfall"] if shortfall is not None else []),
+    ]
+    rows = [
+        [
+            name,
+            c.real,
+            c.synthetic,
+            c.total,
+            *([f"{c.weighted:g}"] if weighted else []),
+            *([shortfall[name]] if shortfall is not None else []),
+        ]
+        for name, c in report.classes.items()
+    ]
+    footer = [
+        "total",
+        report.real,
+        report.synthetic,
+        report.total,
+        *([f"{sum(c.effective for c in report.classes.values()):g}"] if weighted else []),
+        *([sum(shortfall.values())] if shortfall is not None else []),
+    ]
     lines = [f"manifest: {report.manifest}", ""]
     if report.balanced_rows is not None:
         held = sum(g.total for g in report.held_out)
-        lines += [f"balanced rows ({report.balanced_rows})"
-                  + (f"; the {held} held-out rows are counted apart below" if held else "") + ":", ""]
+        lines += [
+            f"balanced rows ({report.balanced_rows})"
+            + (f"; the {held} held-out rows are counted apart below" if held else "")
+            + ":",
+            "",
+        ]
     lines += [*aligned_table(header, rows, footer), ""]
     lines.append(f"subjects:        {report.subjects}")
     lines.append(f"imbalance ratio: {_ratio_text(report)}")
@@ -95,8 +136,11 @@ def format_table(report: AuditReport) -> str:
     if report.held_out:
         lines += ["", "held out from balancing (in the manifest unchanged):"]
         held_rows = [[name, *(g.classes[name].total for g in report.held_out)] for name in report.classes]
-        lines += aligned_table(["class", *(str(g.value) for g in report.held_out)], held_rows,
-                               ["total", *(g.total for g in report.held_out)])
+        lines += aligned_table(
+            ["class", *(str(g.value) for g in report.held_out)],
+            held_rows,
+            ["total", *(g.total for g in report.held_out)],
+        )
     if report.by:
         lines += ["", f"images per class by {report.by}:"]
         by_header = ["class", *(_group_label(g.value) for g in report.groups)]
@@ -119,13 +163,32 @@ def _csv(report: AuditReport) -> str:
     if report.by:
         writer.writerow(["class", "real", "synthetic", "total", report.by])
         for g in report.groups:
-            writer.writerows([name, c.real, c.synthetic, c.total, "" if g.value is None else g.value]
-                             for name, c in g.classes.items())
+            writer.writerows(
+                [name, c.real, c.synthetic, c.total, "" if g.value is None else g.value]
+                for name, c in g.classes.items()
+            )
     else:
         shortfall = report.shortfall
         weighted = any(c.weighted is not None for c in report.classes.values())
-        writer.writerow(["class", "real", "synthetic", "total", *(["weighted"] if weighted else []),
-                         *(["shortfall"] if shortfall is not None else [])])
-        writer.writerows([name, c.real, c.synthetic, c.total, *([c.weighted] if weighted else []),
-                          *([shortfall[name]] if shortfall is not None else [])] for name, c in report.classes.items())
+        writer.writerow(
+            [
+                "class",
+                "real",
+                "synthetic",
+                "total",
+                *(["weighted"] if weighted else []),
+                *(["shortfall"] if shortfall is not None else []),
+            ]
+        )
+        writer.writerows(
+            [
+                name,
+                c.real,
+                c.synthetic,
+                c.total,
+                *([c.weighted] if weighted else []),
+                *([shortfall[name]] if shortfall is not None else []),
+            ]
+            for name, c in report.classes.items()
+        )
     return buf.getvalue()

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from fesaug.utils.errors import FesaugError
-
 from fesaug.cli.params import DEVICE, aligned_table, balance_options
+from fesaug.utils.errors import FesaugError
 
 if TYPE_CHECKING:
     from fesaug.balance.run import BalanceResult
@@ -27,64 +26,162 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 
 
 @click.command("balance")
-@click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Manifest of real images to balance.")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="FERSNet checkpoint from `fesaug train` (best.pt or last.pt).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: manifest.parquet, images/, README.md, histogram.png.")
+@click.option(
+    "--manifest",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Manifest of real images to balance.",
+)
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="FERSNet checkpoint from `fesaug train` (best.pt or last.pt).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder: manifest.parquet, images/, README.md, histogram.png.",
+)
 @balance_options("target_per_class")
-@click.option("--sampling-strategy", metavar="STRATEGY",
-              help="Classes to raise, as in imbalanced-learn: auto (= not-majority), not-majority, not-minority, "
-                   "minority, all. Default: auto with max, all with a number.")
-@click.option("--target", "targets", multiple=True, metavar="CLASS=N", callback=_targets,
-              help="Exact count for one class (repeatable); overrides the two options above.")
+@click.option(
+    "--sampling-strategy",
+    metavar="STRATEGY",
+    help="Classes to raise, as in imbalanced-learn: auto (= not-majority), not-majority, not-minority, "
+    "minority, all. Default: auto with max, all with a number.",
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="CLASS=N",
+    callback=_targets,
+    help="Exact count for one class (repeatable); overrides the two options above.",
+)
 @click.option("--undersample", is_flag=True, help="Allow targets below a class's real count by dropping real images.")
-@click.option("--split", "splits", multiple=True, default=("train",), show_default=True, metavar="NAME",
-              help="Split(s) to balance and take sources from (repeatable).")
-@click.option("--holdout-fold", "holdout_folds", multiple=True, type=click.IntRange(min=0), metavar="K",
-              help="Fold whose subjects are never sources nor counted (repeatable). "
-                   "Default: the fold the checkpoint was held out from.")
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    default=("train",),
+    show_default=True,
+    metavar="NAME",
+    help="Split(s) to balance and take sources from (repeatable).",
+)
+@click.option(
+    "--holdout-fold",
+    "holdout_folds",
+    multiple=True,
+    type=click.IntRange(min=0),
+    metavar="K",
+    help="Fold whose subjects are never sources nor counted (repeatable). "
+    "Default: the fold the checkpoint was held out from.",
+)
 # --exclude-fold: the old name of --holdout-fold, still accepted and no longer shown in --help.
 @click.option("--exclude-fold", "old_holdout_folds", multiple=True, type=click.IntRange(min=0), hidden=True)
 @balance_options("min_confidence", "max_attempts")
-@click.option("--au-check", "au_checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="CHECKPOINT",
-              help="Also keep an image only if this emotion + AU model (fesaug train --tasks emotion,au) sees "
-                   "the target's prototype AUs in it (e.g. happy: AU6+AU12).")
-@click.option("--min-au-consistency", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="With --au-check: the least mean probability of the target's prototype AUs.")
-@click.option("--judge", "judge_checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="CHECKPOINT",
-              help="Also keep an image only if this classifier, trained on real faces apart from the generator "
-                   "(a fold-K/real.pt of fesaug evaluate), recognises its target.")
+@click.option(
+    "--au-check",
+    "au_checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="CHECKPOINT",
+    help="Also keep an image only if this emotion + AU model (fesaug train --tasks emotion,au) sees "
+    "the target's prototype AUs in it (e.g. happy: AU6+AU12).",
+)
+@click.option(
+    "--min-au-consistency",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="With --au-check: the least mean probability of the target's prototype AUs.",
+)
+@click.option(
+    "--judge",
+    "judge_checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="CHECKPOINT",
+    help="Also keep an image only if this classifier, trained on real faces apart from the generator "
+    "(a fold-K/real.pt of fesaug evaluate), recognises its target.",
+)
 @balance_options("min_judge_confidence")
-@click.option("--max-identity-distance", type=click.FloatRange(min=0, min_open=True), metavar="D",
-              help="Also keep an image only if dlib's face-recognition embedding of it lies at most D from its source "
-                   "face's (0.6 is dlib's same-person threshold; needs pip install 'fesaug[judges]').")
-@click.option("--external-judge", type=click.Choice(["fer2013"]),
-              help="Also keep an image only if this expression classifier, trained on another dataset (FER2013), sees "
-                   "its target; classes it does not know (contempt) pass untouched.")
-@click.option("--min-external-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="With --external-judge: the least probability it must give the target.")
+@click.option(
+    "--max-identity-distance",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="D",
+    help="Also keep an image only if dlib's face-recognition embedding of it lies at most D from its source "
+    "face's (0.6 is dlib's same-person threshold; needs pip install 'fesaug[judges]').",
+)
+@click.option(
+    "--external-judge",
+    type=click.Choice(["fer2013"]),
+    help="Also keep an image only if this expression classifier, trained on another dataset (FER2013), sees "
+    "its target; classes it does not know (contempt) pass untouched.",
+)
+@click.option(
+    "--min-external-confidence",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="With --external-judge: the least probability it must give the target.",
+)
 @balance_options("intensity", "source_order", "synthetic_share", "synthetic_weight")
-@click.option("--output-size", type=click.IntRange(min=8), metavar="PIXELS",
-              help="Side of the synthetic images. Default: the real images' size when they share one, else the generator's.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the source order and jitter: same seed, same images.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images generated per step; also the unit of resumable work.")
+@click.option(
+    "--output-size",
+    type=click.IntRange(min=8),
+    metavar="PIXELS",
+    help="Side of the synthetic images. Default: the real images' size when they share one, else the generator's.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the source order and jitter: same seed, same images.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Images generated per step; also the unit of resumable work.",
+)
 @click.option("--embed-images", is_flag=True, help="Store every image (real and synthetic) inside the manifest.")
 @DEVICE
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a class cannot reach its target.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished (or different unfinished) run in --out.")
-def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_class: int | str | None,
-                    sampling_strategy: str | None, targets: dict[str, int], undersample: bool, splits: tuple[str, ...],
-                    holdout_folds: tuple[int, ...], old_holdout_folds: tuple[int, ...], min_confidence: float, max_attempts: int,
-                    au_checkpoint: Path | None, min_au_consistency: float, judge_checkpoint: Path | None,
-                    min_judge_confidence: float, max_identity_distance: float | None, external_judge: str | None,
-                    min_external_confidence: float, intensity: tuple[float, float] | None, source_order: str,
-                    synthetic_share: float, synthetic_weight: float,
-                    output_size: int | None,
-                    seed: int, batch_size: int, embed_images: bool, device: str, strict: bool, overwrite: bool) -> None:
+def balance_command(
+    manifest: Path,
+    checkpoint: Path,
+    out: Path,
+    target_per_class: int | str | None,
+    sampling_strategy: str | None,
+    targets: dict[str, int],
+    undersample: bool,
+    splits: tuple[str, ...],
+    holdout_folds: tuple[int, ...],
+    old_holdout_folds: tuple[int, ...],
+    min_confidence: float,
+    max_attempts: int,
+    au_checkpoint: Path | None,
+    min_au_consistency: float,
+    judge_checkpoint: Path | None,
+    min_judge_confidence: float,
+    max_identity_distance: float | None,
+    external_judge: str | None,
+    min_external_confidence: float,
+    intensity: tuple[float, float] | None,
+    source_order: str,
+    synthetic_share: float,
+    synthetic_weight: float,
+    output_size: int | None,
+    seed: int,
+    batch_size: int,
+    embed_images: bool,
+    device: str,
+    strict: bool,
+    overwrite: bool,
+) -> None:
     """Synthesize images with a trained FERSNet until every class reaches its target.
 
     \b
@@ -99,26 +196,50 @@ def balance_command(manifest: Path, checkpoint: Path, out: Path, target_per_clas
     from fesaug.balance.run import BalanceConfig, balance
 
     config = BalanceConfig(
-        target_per_class=target_per_class or "max", sampling_strategy=sampling_strategy, targets=targets,
-        undersample=undersample, splits=splits, holdout_folds=(holdout_folds + old_holdout_folds) or None,
-        min_confidence=min_confidence, max_attempts=max_attempts, seed=seed, batch_size=batch_size, embed_images=embed_images,
+        target_per_class=target_per_class or "max",
+        sampling_strategy=sampling_strategy,
+        targets=targets,
+        undersample=undersample,
+        splits=splits,
+        holdout_folds=(holdout_folds + old_holdout_folds) or None,
+        min_confidence=min_confidence,
+        max_attempts=max_attempts,
+        seed=seed,
+        batch_size=batch_size,
+        embed_images=embed_images,
         output_size=output_size,
-        au_checkpoint=None if au_checkpoint is None else str(au_checkpoint), min_au_consistency=min_au_consistency,
+        au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
+        min_au_consistency=min_au_consistency,
         judge_checkpoint=None if judge_checkpoint is None else str(judge_checkpoint),
-        min_judge_confidence=min_judge_confidence, source_order=source_order, max_identity_distance=max_identity_distance,
-        external_judge=external_judge, min_external_confidence=min_external_confidence, intensity=intensity,
-        synthetic_share=synthetic_share, synthetic_weight=synthetic_weight,
+        min_judge_confidence=min_judge_confidence,
+        source_order=source_order,
+        max_identity_distance=max_identity_distance,
+        external_judge=external_judge,
+        min_external_confidence=min_external_confidence,
+        intensity=intensity,
+        synthetic_share=synthetic_share,
+        synthetic_weight=synthetic_weight,
     )
     main_process = os.environ.get("RANK", "0") == "0"
-    result = balance(manifest, checkpoint, out, config, overwrite=overwrite,
-                     device=None if device == "auto" else device, progress=main_process)
+    result = balance(
+        manifest,
+        checkpoint,
+        out,
+        config,
+        overwrite=overwrite,
+        device=None if device == "auto" else device,
+        progress=main_process,
+    )
     if not main_process:
         return
     click.echo(format_summary(result))
     short = {c: n for c, n in result.shortfall.items() if n}
     for c, n in short.items():
-        click.echo(f"Warning: {c!r} is {n} image(s) short of its target {result.targets[c]}: the gate rejected too many "
-                   "candidates; lower --min-confidence, raise --max-attempts or train the generator longer", err=True)
+        click.echo(
+            f"Warning: {c!r} is {n} image(s) short of its target {result.targets[c]}: the gate rejected too many "
+            "candidates; lower --min-confidence, raise --max-attempts or train the generator longer",
+            err=True,
+        )
     for problem in result.problems:
         click.echo(f"Warning: audit: {problem}", err=True)
     if strict and short:
@@ -130,14 +251,33 @@ def format_summary(r: BalanceResult) -> str:
 
     weighted = ("weighted",) if r.weighted else ()
     rows = r.class_rows(("real", "target", "synthesized", "acceptance", "shortfall", "after", *weighted))
-    table = aligned_table(["class", "real", "target", "synthesized", "accepted", "short", "after", *weighted], rows,
-                     ["total", sum(r.counts_before.values()), sum(r.targets.values()), sum(r.generated.values()), "",
-                      sum(r.shortfall.values()), sum(r.counts_after.values()),
-                      *([f"{sum(r.weighted.values()):g}"] if r.weighted else [])])
+    table = aligned_table(
+        ["class", "real", "target", "synthesized", "accepted", "short", "after", *weighted],
+        rows,
+        [
+            "total",
+            sum(r.counts_before.values()),
+            sum(r.targets.values()),
+            sum(r.generated.values()),
+            "",
+            sum(r.shortfall.values()),
+            sum(r.counts_after.values()),
+            *([f"{sum(r.weighted.values()):g}"] if r.weighted else []),
+        ],
+    )
     made = sum(r.generated.values())
     speed = f" in {r.seconds:.1f} s ({made / r.seconds:.0f} images/s)" if r.seconds and made else ""
     resumed = f"; resumed {r.resumed_chunks} finished chunk(s)" if r.resumed_chunks else ""
     # With more than the FER branch's gate, say which gate rejected what.
-    gates = ["", "share of candidates each gate passed:", *aligned_table(*gate_table(r))] if len(r.gate_passed) > 1 else []
-    return "\n".join([*table, *gates, "", f"synthesized {made} image(s){speed}{resumed}",
-                      f"wrote {r.manifest}, {r.out_dir / 'README.md'}, {r.out_dir / 'histogram.png'}"])
+    gates = (
+        ["", "share of candidates each gate passed:", *aligned_table(*gate_table(r))] if len(r.gate_passed) > 1 else []
+    )
+    return "\n".join(
+        [
+            *table,
+            *gates,
+            "",
+            f"synthesized {made} image(s){speed}{resumed}",
+            f"wrote {r.manifest}, {r.out_dir / 'README.md'}, {r.out_dir / 'histogram.png'}",
+        ]
+    )

@@ -12,4 +12,15 @@ from fesaug.cli.export import export_command
 from fesaug.cli.ingest import ingest_command
 from fesaug.cli.train import train_command
 
-ALL = [audit_command, balance_command, demo_command, demo_data_command, env_command, evaluate_command, evaluate_synthesis_command, export_command, ingest_command, train_command]
+ALL = [
+    audit_command,
+    balance_command,
+    demo_command,
+    demo_data_command,
+    env_command,
+    evaluate_command,
+    evaluate_synthesis_command,
+    export_command,
+    ingest_command,
+    train_command,
+]

@@ -23,25 +23,60 @@ def _parse_counts(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 @click.command("demo-data")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for images/<class>/*.png and manifest.parquet.")
-@click.option("--n-subjects", type=int, default=DEFAULT_SUBJECTS, show_default=True, help="Number of synthetic identities.")
-@click.option("--counts", callback=_parse_counts,
-              help="Images per class, overriding the CK+ counts ("
-              + ",".join(f"{c}={n}" for c, n in DEFAULT_COUNTS.items()) + "); 0 leaves a class out.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for images/<class>/*.png and manifest.parquet.",
+)
+@click.option(
+    "--n-subjects", type=int, default=DEFAULT_SUBJECTS, show_default=True, help="Number of synthetic identities."
+)
+@click.option(
+    "--counts",
+    callback=_parse_counts,
+    help="Images per class, overriding the CK+ counts ("
+    + ",".join(f"{c}={n}" for c, n in DEFAULT_COUNTS.items())
+    + "); 0 leaves a class out.",
+)
 @click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Dataset seed: same seed, same pixels.")
 @click.option("--neutral", is_flag=True, help="Add each sequence's onset frame as a neutral image.")
 @click.option("--folds", type=int, default=5, show_default=True, help="Subject-independent folds.")
-@click.option("--style", type=click.Choice(tuple(STYLES)), default="standard", show_default=True,
-              help="Population: 'shifted' is a second domain (other face shapes and skin tones, side lighting, wider poses, "
-                   "low resolution; subject ids DS001...) for training on one and testing on the other.")
+@click.option(
+    "--style",
+    type=click.Choice(tuple(STYLES)),
+    default="standard",
+    show_default=True,
+    help="Population: 'shifted' is a second domain (other face shapes and skin tones, side lighting, wider poses, "
+    "low resolution; subject ids DS001...) for training on one and testing on the other.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing demo dataset in --out.")
-def demo_data_command(out: Path, n_subjects: int, counts: dict[str, int] | None, size: int, seed: int,
-                      neutral: bool, folds: int, style: str, overwrite: bool) -> None:
+def demo_data_command(
+    out: Path,
+    n_subjects: int,
+    counts: dict[str, int] | None,
+    size: int,
+    seed: int,
+    neutral: bool,
+    folds: int,
+    style: str,
+    overwrite: bool,
+) -> None:
     """Generate the procedural demo dataset (synthetic faces, CK+-like classes and imbalance)."""
-    path = make_demo_dataset(out, counts=counts, n_subjects=n_subjects, size=size, seed=seed, neutral=neutral,
-                             folds=folds, overwrite=overwrite, style=style)
+    path = make_demo_dataset(
+        out,
+        counts=counts,
+        n_subjects=n_subjects,
+        size=size,
+        seed=seed,
+        neutral=neutral,
+        folds=folds,
+        overwrite=overwrite,
+        style=style,
+    )
     m = read_manifest(path)
-    click.echo(f"{len(m)} images, {m.df['subject_id'].nunique()} subjects, {len(m.classes)} classes "
-               f"({', '.join(m.classes)}) -> {path}")
+    click.echo(
+        f"{len(m)} images, {m.df['subject_id'].nunique()} subjects, {len(m.classes)} classes "
+        f"({', '.join(m.classes)}) -> {path}"
+    )

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from fesaug.cli.params import checked_by
 from fesaug.data.ingest import (
     FORMATS,
     PRESETS,
@@ -11,8 +12,6 @@ from fesaug.data.ingest import (
     compile_subject_pattern,
     ingest,
 )
-
-from fesaug.cli.params import checked_by
 
 
 def _default_out(src: Path) -> Path:
@@ -39,7 +38,9 @@ def _summary(result: IngestResult) -> str:
     aligned = ""
     if result.aligned is not None:
         whole = result.aligned["whole-image"]
-        aligned = f", {_n(result.aligned['detector'] + whole, 'face')} aligned" + (f" ({whole} taking the whole image as the face)" if whole else "")
+        aligned = f", {_n(result.aligned['detector'] + whole, 'face')} aligned" + (
+            f" ({whole} taking the whole image as the face)" if whole else ""
+        )
     return (
         f"Wrote {result.manifest}: {_n(result.rows, 'row')}{au}, {subjects}, {_n(len(result.class_counts), 'class', 'classes')} ({classes}), "
         f"{folds}, {skipped}{ignored}{aligned}, {storage} ({result.seconds:.1f} s)"
@@ -48,29 +49,73 @@ def _summary(result: IngestResult) -> str:
 
 @click.command("ingest")
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Manifest to write.  [default: manifests/<SRC name>.parquet]")
-@click.option("--format", "format_", type=click.Choice(FORMATS), default="folder", show_default=True,
-              help="folder: class folders (optionally inside train/, test/... folders); fer2013-csv: emotion,pixels,Usage rows.")
-@click.option("--preset", type=click.Choice(PRESETS), help="Read subject ids (and, for a flat JAFFE folder, classes) from a known dataset's file names.")
-@click.option("--subject-pattern", metavar="REGEX", callback=checked_by(compile_subject_pattern),
-              help="Regex finding the subject id in each file name: one capture group, or a group named 'subject'.")
-@click.option("--folds", type=click.IntRange(min=2), metavar="K", help="Assign K subject-independent folds (needs subject ids).")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Manifest to write.  [default: manifests/<SRC name>.parquet]",
+)
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(FORMATS),
+    default="folder",
+    show_default=True,
+    help="folder: class folders (optionally inside train/, test/... folders); fer2013-csv: emotion,pixels,Usage rows.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    help="Read subject ids (and, for a flat JAFFE folder, classes) from a known dataset's file names.",
+)
+@click.option(
+    "--subject-pattern",
+    metavar="REGEX",
+    callback=checked_by(compile_subject_pattern),
+    help="Regex finding the subject id in each file name: one capture group, or a group named 'subject'.",
+)
+@click.option(
+    "--folds", type=click.IntRange(min=2), metavar="K", help="Assign K subject-independent folds (needs subject ids)."
+)
 @click.option("--fold-seed", type=int, default=0, show_default=True, metavar="S", help="Seed of the fold assignment.")
 @click.option("--detect-faces", is_flag=True, help="Crop each image to its largest face (OpenCV Haar cascade).")
-@click.option("--align", is_flag=True,
-              help="Align each face: dlib's detector and 5-point landmarks, then rotate and scale so the eyes lie level at "
-                   "CK+48's eye positions, cropped to --size (default: the face's own scale). Needs pip install 'fesaug[judges]'.")
+@click.option(
+    "--align",
+    is_flag=True,
+    help="Align each face: dlib's detector and 5-point landmarks, then rotate and scale so the eyes lie level at "
+    "CK+48's eye positions, cropped to --size (default: the face's own scale). Needs pip install 'fesaug[judges]'.",
+)
 @click.option("--size", type=click.IntRange(min=1), metavar="N", help="Resize images to N x N grayscale.")
 @click.option("--embed", is_flag=True, help="Store the image bytes inside the manifest instead of beside it.")
-@click.option("--au-labels", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
-              help="Action-unit labels per image: CSV (file + AU12... columns, or an 'aus' column like 1+2+5B+26) "
-                   "or JSON ({\"a.png\": [1, 12]}), keyed by path relative to SRC or file name.")
-@click.option("--skip-bad", is_flag=True, help="Skip bad files and rows, recording them in the manifest, instead of stopping.")
+@click.option(
+    "--au-labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Action-unit labels per image: CSV (file + AU12... columns, or an 'aus' column like 1+2+5B+26) "
+    'or JSON ({"a.png": [1, 12]}), keyed by path relative to SRC or file name.',
+)
+@click.option(
+    "--skip-bad", is_flag=True, help="Skip bad files and rows, recording them in the manifest, instead of stopping."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing manifest (and its image folder).")
 @click.option("-v", "--verbose", is_flag=True, help="List the skipped files.")
-def ingest_command(src: Path, out: Path | None, format_: str, preset: str | None, subject_pattern: str | None,
-                   folds: int | None, fold_seed: int, detect_faces: bool, align: bool, size: int | None, embed: bool,
-                   au_labels: Path | None, skip_bad: bool, overwrite: bool, verbose: bool) -> None:
+def ingest_command(
+    src: Path,
+    out: Path | None,
+    format_: str,
+    preset: str | None,
+    subject_pattern: str | None,
+    folds: int | None,
+    fold_seed: int,
+    detect_faces: bool,
+    align: bool,
+    size: int | None,
+    embed: bool,
+    au_labels: Path | None,
+    skip_bad: bool,
+    overwrite: bool,
+    verbose: bool,
+) -> None:
     """Write a manifest for the image dataset at SRC.
 
     Unchanged images are referenced in place (nothing is copied); CSV rows, face crops, aligned faces
@@ -86,9 +131,20 @@ def ingest_command(src: Path, out: Path | None, format_: str, preset: str | None
       fesaug ingest data/ckplus48 --preset ckplus --au-labels ck-facs.csv
     """
     result = ingest(
-        src, out if out is not None else _default_out(src), format=format_, preset=preset,
-        subject_pattern=subject_pattern, folds=folds, fold_seed=fold_seed, detect_faces=detect_faces,
-        size=size, embed=embed, skip_bad=skip_bad, overwrite=overwrite, au_labels=au_labels, align=align,
+        src,
+        out if out is not None else _default_out(src),
+        format=format_,
+        preset=preset,
+        subject_pattern=subject_pattern,
+        folds=folds,
+        fold_seed=fold_seed,
+        detect_faces=detect_faces,
+        size=size,
+        embed=embed,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        au_labels=au_labels,
+        align=align,
     )
     click.echo(_summary(result))
     if verbose:

@@ -71,39 +71,71 @@ def device_seen(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-INTENSITY_HELP = ("Scale each synthetic face's edit by an intensity drawn from this range (recorded per row): "
-                  "1 = the generator's learnt edit (the default), below 1 weaker, above 1 exaggerated.")
+INTENSITY_HELP = (
+    "Scale each synthetic face's edit by an intensity drawn from this range (recorded per row): "
+    "1 = the generator's learnt edit (the default), below 1 weaker, above 1 exaggerated."
+)
 
-DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                      callback=device_seen)
+DEVICE = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, callback=device_seen
+)
 
 # Options of fesaug balance that fesaug evaluate passes on to the balance step of each fold.
 BALANCE_OPTIONS: dict[str, Decorator] = {
     "target_per_class": click.option(
-        "--target-per-class", metavar="N|max", callback=target_per_class,
-        help="Raise every selected class to N images, or to the largest class (max, the default)."),
+        "--target-per-class",
+        metavar="N|max",
+        callback=target_per_class,
+        help="Raise every selected class to N images, or to the largest class (max, the default).",
+    ),
     "min_confidence": click.option(
-        "--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-        help="Keep a synthetic image only if the checkpoint's FER branch gives its target at least this probability."),
+        "--min-confidence",
+        type=click.FloatRange(0, 1),
+        default=0.5,
+        show_default=True,
+        help="Keep a synthetic image only if the checkpoint's FER branch gives its target at least this probability.",
+    ),
     "max_attempts": click.option(
-        "--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
-        help="Sources tried per needed image before giving up on it."),
+        "--max-attempts",
+        type=click.IntRange(min=1),
+        default=5,
+        show_default=True,
+        help="Sources tried per needed image before giving up on it.",
+    ),
     "min_judge_confidence": click.option(
-        "--min-judge-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-        help="With --judge: the least probability the judge must give the target."),
+        "--min-judge-confidence",
+        type=click.FloatRange(0, 1),
+        default=0.5,
+        show_default=True,
+        help="With --judge: the least probability the judge must give the target.",
+    ),
     "intensity": click.option("--intensity", metavar="LOW..HIGH", callback=intensity_range, help=INTENSITY_HELP),
     "synthetic_share": click.option(
-        "--synthetic-share", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, metavar="S",
+        "--synthetic-share",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=1.0,
+        show_default=True,
+        metavar="S",
         help="Synthesize only this share of each class's shortfall; a weight column on the class's real rows makes "
-             "up the rest, as repeating them would (sample by it: ManifestDataset.weights)."),
+        "up the rest, as repeating them would (sample by it: ManifestDataset.weights).",
+    ),
     "synthetic_weight": click.option(
-        "--synthetic-weight", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, metavar="W",
+        "--synthetic-weight",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=1.0,
+        show_default=True,
+        metavar="W",
         help="What one synthetic image counts against a real one in the weight column; the class's real rows make up "
-             "the rest of its target."),
+        "the rest of its target.",
+    ),
     "source_order": click.option(
-        "--source-order", type=click.Choice(["subjects", "similar"]), default="subjects", show_default=True,
+        "--source-order",
+        type=click.Choice(["subjects", "similar"]),
+        default="subjects",
+        show_default=True,
         help="subjects: sources round-robin over subjects in random order. similar: the same round-robin, "
-             "trying first the faces whose expression the checkpoint's FER branch finds closest to the target."),
+        "trying first the faces whose expression the checkpoint's FER branch finds closest to the target.",
+    ),
 }
 
 
@@ -122,11 +154,11 @@ class _StderrHandler(logging.StreamHandler):
     """A StreamHandler on whatever ``sys.stderr`` is when it writes (tests capture it per call)."""
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    def stream(self):
         return sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:  # noqa: ANN001
+    def stream(self, value) -> None:
         pass
 
 

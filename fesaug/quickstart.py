@@ -23,17 +23,27 @@ from pathlib import Path
 
 import numpy as np
 
-from fesaug.utils.files import atomic_write_text
 from fesaug.audit.report import AuditReport, audit, plot_report
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import Manifest, read_manifest
 from fesaug.utils.errors import FesaugError
+from fesaug.utils.files import atomic_write_text
 from fesaug.utils.locking import output_lock
 from fesaug.utils.plots import image_axis, new_figure, save_figure
 
-DEMO_OUTPUTS = ("data", "run", "balanced", "histogram_before.png", "histogram_after.png", "synthesis.png",
-                "audit.json", "summary.txt")
-DEMO_EPOCHS = 20  # about 7 minutes on two CPU cores (bench/results/synthesis_recipes_demo.md, make_demo_e20: the faces it gives)
+DEMO_OUTPUTS = (
+    "data",
+    "run",
+    "balanced",
+    "histogram_before.png",
+    "histogram_after.png",
+    "synthesis.png",
+    "audit.json",
+    "summary.txt",
+)
+DEMO_EPOCHS = (
+    20  # about 7 minutes on two CPU cores (bench/results/synthesis_recipes_demo.md, make_demo_e20: the faces it gives)
+)
 
 
 @dataclass
@@ -49,8 +59,14 @@ class DemoResult:
     files: list[Path] = field(default_factory=list)
 
 
-def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, epochs: int = DEMO_EPOCHS, min_confidence: float = 0.5,
-             overwrite: bool = False) -> DemoResult:
+def run_demo(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    epochs: int = DEMO_EPOCHS,
+    min_confidence: float = 0.5,
+    overwrite: bool = False,
+) -> DemoResult:
     """Demo data → train → balance → audit → pictures, in ``out_dir``."""
     from fesaug.balance.run import BalanceConfig, balance
     from fesaug.synthesis.training import TrainConfig, train
@@ -59,11 +75,15 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, epochs: int = DEMO_EP
     with output_lock(out):
         if out.exists() and any(out.iterdir()):
             if not overwrite:
-                raise FesaugError(f"{out} already exists and is not empty; pass --overwrite to replace it or choose another --out")
+                raise FesaugError(
+                    f"{out} already exists and is not empty; pass --overwrite to replace it or choose another --out"
+                )
             # Only ever delete a folder this command made (a demo stopped early has no manifest yet);
             # anything else might be the user's.
             if not (out / "data" / "manifest.parquet").exists() and not _only_demo_outputs(out):
-                raise FesaugError(f"{out} does not look like a fesaug demo folder; refusing to replace it — choose another --out")
+                raise FesaugError(
+                    f"{out} does not look like a fesaug demo folder; refusing to replace it — choose another --out"
+                )
             shutil.rmtree(out)
         seconds: dict[str, float] = {}
         clock = time.perf_counter()
@@ -79,8 +99,13 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, epochs: int = DEMO_EP
         seconds["train"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        result = balance(manifest.path, run.last_checkpoint, out / "balanced",
-                         BalanceConfig(seed=seed, min_confidence=min_confidence), progress=True)
+        result = balance(
+            manifest.path,
+            run.last_checkpoint,
+            out / "balanced",
+            BalanceConfig(seed=seed, min_confidence=min_confidence),
+            progress=True,
+        )
         seconds["balance"] = time.perf_counter() - clock
 
         balanced = read_manifest(result.manifest)
@@ -93,14 +118,17 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, epochs: int = DEMO_EP
         ]
         summary = _summary(manifest, result, run.last_checkpoint, after, seconds)
         files.append(atomic_write_text(out / "summary.txt", summary + "\n"))
-        return DemoResult(out, manifest.path, before, after, result.manifest, run.last_checkpoint, summary, seconds, files)
+        return DemoResult(
+            out, manifest.path, before, after, result.manifest, run.last_checkpoint, summary, seconds, files
+        )
 
 
 def _only_demo_outputs(out: Path) -> bool:
     """Whether ``out`` holds nothing but what :func:`run_demo` writes, finished or not: its
     outputs, and the lock files and temporaries written beside them."""
-    return all(p.name in DEMO_OUTPUTS or any(p.name.startswith(f".{name}.") for name in DEMO_OUTPUTS)
-               for p in out.iterdir())
+    return all(
+        p.name in DEMO_OUTPUTS or any(p.name.startswith(f".{name}.") for name in DEMO_OUTPUTS) for p in out.iterdir()
+    )
 
 
 def synthesis_grid(manifest: Manifest, path: str | os.PathLike, *, pairs: int = 4, seed: int = 0) -> Path:
@@ -134,14 +162,18 @@ def _summary(manifest: Manifest, result, checkpoint: Path, after: AuditReport, s
         "",
         "class      before  synthesized  accepted  after",
     ]
-    for c, n_before, n_synthesized, accepted, n_after in result.class_rows(("real", "synthesized", "acceptance", "after")):
+    for c, n_before, n_synthesized, accepted, n_after in result.class_rows(
+        ("real", "synthesized", "acceptance", "after")
+    ):
         lines.append(f"{c:<10} {n_before:>6}  {n_synthesized:>11}  {accepted:>8}  {n_after:>5}")
     short = sum(result.shortfall.values())
     lines += [
         "",
-        "every class reached its target" if not short else f"{short} image(s) short of the targets (the gate rejected them)",
-        "audit of the balanced manifest: " + ("no problems" if not after.problems else
-                                              "; ".join(f"{p.kind} ({p.count})" for p in after.problems)),
+        "every class reached its target"
+        if not short
+        else f"{short} image(s) short of the targets (the gate rejected them)",
+        "audit of the balanced manifest: "
+        + ("no problems" if not after.problems else "; ".join(f"{p.kind} ({p.count})" for p in after.problems)),
         f"pictures:       {result.out_dir.parent / 'histogram_before.png'}, histogram_after.png, synthesis.png",
     ]
     return "\n".join(lines)

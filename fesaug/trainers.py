@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fesaug.utils.errors import UsageError
 from fesaug.multitask.training import MultiTaskConfig, MultiTaskResult, train_multitask
 from fesaug.synthesis.config import resolve_config
 from fesaug.synthesis.training import TrainResult, run_config, train
+from fesaug.utils.errors import UsageError
 
 FERSNET_TASKS = frozenset({"emotion", "synthesis"})
 EMOTION_AU_TASKS = frozenset({"emotion", "au"})
@@ -28,11 +28,15 @@ def parse_tasks(text: str) -> frozenset[str]:
     if unknown:
         raise UsageError(f"--tasks: unknown task(s) {', '.join(unknown)}; tasks are emotion, au and synthesis")
     if names == {"emotion", "au", "synthesis"}:
-        raise UsageError("--tasks emotion,au,synthesis is not supported yet; train the two models separately: "
-                         "--tasks emotion,synthesis (FERSNet) and --tasks emotion,au (EmotionAUNet)")
+        raise UsageError(
+            "--tasks emotion,au,synthesis is not supported yet; train the two models separately: "
+            "--tasks emotion,synthesis (FERSNet) and --tasks emotion,au (EmotionAUNet)"
+        )
     if names not in (FERSNET_TASKS, EMOTION_AU_TASKS):
-        raise UsageError(f"--tasks {text} is not a supported combination; use emotion,synthesis (FERSNet, the default) "
-                         "or emotion,au (EmotionAUNet)")
+        raise UsageError(
+            f"--tasks {text} is not a supported combination; use emotion,synthesis (FERSNet, the default) "
+            "or emotion,au (EmotionAUNet)"
+        )
     return frozenset(names)
 
 
@@ -58,14 +62,24 @@ def train_tasks(
     out = Path(out_dir)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if parse_tasks(tasks) == EMOTION_AU_TASKS:
-        fersnet_only = [flag for flag, value in (("--preset", preset), ("--config", config_file), ("--resume", resume),
-                                                 ("--expression-classifier", overrides.get("expression_classifier")))
-                        if value]
+        fersnet_only = [
+            flag
+            for flag, value in (
+                ("--preset", preset),
+                ("--config", config_file),
+                ("--resume", resume),
+                ("--expression-classifier", overrides.get("expression_classifier")),
+            )
+            if value
+        ]
         if fersnet_only:
-            raise UsageError(f"{', '.join(fersnet_only)} only apply to FERSNet training (--tasks emotion,synthesis); "
-                             "with --tasks emotion,au set --epochs, --batch-size, --lr, --sharing, --seed or --device")
-        return train_multitask(manifest, out, MultiTaskConfig(model={"sharing": sharing or "aws"}, **overrides),
-                               overwrite=overwrite)
+            raise UsageError(
+                f"{', '.join(fersnet_only)} only apply to FERSNet training (--tasks emotion,synthesis); "
+                "with --tasks emotion,au set --epochs, --batch-size, --lr, --sharing, --seed or --device"
+            )
+        return train_multitask(
+            manifest, out, MultiTaskConfig(model={"sharing": sharing or "aws"}, **overrides), overwrite=overwrite
+        )
     if sharing is not None:
         overrides["model"] = {"sharing": sharing}
     # A resumed run starts from its own settings; flags (e.g. a larger --epochs) still apply.

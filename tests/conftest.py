@@ -79,8 +79,12 @@ with output_lock(path):
 @contextlib.contextmanager
 def holding(output: Path, *command: object) -> Iterator[subprocess.Popen]:
     """Another process that holds ``output``'s lock, recorded as running ``fesaug COMMAND...``."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(output), *map(str, command)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(output), *map(str, command)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "held"
         yield proc
@@ -94,8 +98,9 @@ def kill_at(point: str, *args: object, timeout: float = 300) -> subprocess.Compl
     """Run ``fesaug ARGS`` in a subprocess that kills itself (SIGKILL, as ``kill -9``) at
     ``point`` (see :mod:`fesaug.utils.killpoints`); fails unless it got there."""
     env = {**os.environ, "FESAUG_KILL_AT": point}
-    proc = subprocess.run([sys.executable, "-m", "fesaug", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fesaug", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+    )
     assert proc.returncode == -signal.SIGKILL, f"not killed at {point} (exit {proc.returncode}): {proc.stderr[-2000:]}"
     return proc
 
@@ -110,11 +115,18 @@ def small_manifest(tmp_path: Path) -> Path:
         if i >= 2:
             (tmp_path / "images").mkdir(exist_ok=True)
             (tmp_path / path).write_bytes(data)
-        rows.append({
-            "sample_id": f"s{i}", "image": {"bytes": data if i < 2 else None, "path": path},
-            "label": i % 2, "subject_id": f"P{i // 2}", "fold": i // 2, "width": 16, "height": 16,
-            "sha256": sha256_bytes(data),
-        })
+        rows.append(
+            {
+                "sample_id": f"s{i}",
+                "image": {"bytes": data if i < 2 else None, "path": path},
+                "label": i % 2,
+                "subject_id": f"P{i // 2}",
+                "fold": i // 2,
+                "width": 16,
+                "height": 16,
+                "sha256": sha256_bytes(data),
+            }
+        )
     return write_manifest(pd.DataFrame(rows), tmp_path / "m.parquet", classes=["anger", "happy"])
 
 

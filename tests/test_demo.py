@@ -31,7 +31,7 @@ from fesaug.utils.errors import FesaugError
 
 from .conftest import cli_in_process, run_cli
 
-SMALL = {c: 7 for c in CKPLUS_CLASSES}  # two full sequences and a one-frame one per class
+SMALL = dict.fromkeys(CKPLUS_CLASSES, 7)  # two full sequences and a one-frame one per class
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,10 @@ def test_default_dataset_has_ckplus_counts_and_subject_independent_folds(tmp_pat
 def test_manifest_columns_and_footer(small: Manifest) -> None:
     df = small.df
     assert set(df["split"]) == {"train"} and set(df["origin"]) == {"real"}
-    assert all(img["bytes"] is None and img["path"] == f"images/{name}/{sid}.png"
-               for img, name, sid in zip(df["image"], df["label_name"], df["sample_id"]))
+    assert all(
+        img["bytes"] is None and img["path"] == f"images/{name}/{sid}.png"
+        for img, name, sid in zip(df["image"], df["label_name"], df["sample_id"])
+    )
     meta = small.meta
     assert meta["dataset"] == "fesaug-demo"
     assert meta["au_ids"] == list(AU_IDS)
@@ -100,7 +102,7 @@ def test_identities_differ() -> None:
     assert len({(s.face_w, s.skin, s.eye_dx, s.mouth_w) for s in subjects}) == 30
     assert Subject.from_seed(5, 0) == Subject.from_seed(5, 0) != Subject.from_seed(5, 1)
     faces = [render(s, "neutral").astype(int) for s in subjects[:10]]
-    diffs = [np.abs(a - b).mean() for k, a in enumerate(faces) for b in faces[k + 1:]]
+    diffs = [np.abs(a - b).mean() for k, a in enumerate(faces) for b in faces[k + 1 :]]
     assert min(diffs) > 3.0
 
 
@@ -114,7 +116,9 @@ def test_contempt_is_one_sided() -> None:
         smirk, smile = render(s, "contempt"), render(s, "happy")
         assert asymmetry(smirk) > max(1.0, 3 * asymmetry(smile))
         left, right = render(s, "contempt", side=-1)[38:58].astype(int), smirk[38:58]
-        assert np.abs(left - right[:, ::-1]).mean() < 0.25 * np.abs(left - right).mean()  # the other side: a mirror image
+        assert (
+            np.abs(left - right[:, ::-1]).mean() < 0.25 * np.abs(left - right).mean()
+        )  # the other side: a mirror image
 
 
 def test_au_vectors_follow_the_class_prototype(small: Manifest) -> None:
@@ -187,8 +191,19 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
 
 def test_cli(tmp_path: Path) -> None:
     out = tmp_path / "d"
-    args = ("demo-data", "--out", out, "--counts", "anger=4,contempt=5,disgust=0,fear=3,happy=6,sadness=3,surprise=3",
-            "--n-subjects", "8", "--folds", "2", "--size", "48")
+    args = (
+        "demo-data",
+        "--out",
+        out,
+        "--counts",
+        "anger=4,contempt=5,disgust=0,fear=3,happy=6,sadness=3,surprise=3",
+        "--n-subjects",
+        "8",
+        "--folds",
+        "2",
+        "--size",
+        "48",
+    )
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("24 images, 8 subjects, 6 classes")
@@ -222,15 +237,24 @@ def test_the_standard_style_draws_what_it_drew_before_styles(small: Manifest) ->
         assert identity.pop("style") == "standard"
     assert _digest(identities) == "c33fe5516ea6730c458e4109a9c49c5404cef3efa5e32022dd30850f3c189e15"
     df = small.df
-    assert hashlib.sha256("\n".join(df["demo_params"]).encode()).hexdigest() == "f99e7d99667c6b224276bc065871a056800b1a9eb1c929544040dca7748e7e1f"
+    assert (
+        hashlib.sha256("\n".join(df["demo_params"]).encode()).hexdigest()
+        == "f99e7d99667c6b224276bc065871a056800b1a9eb1c929544040dca7748e7e1f"
+    )
     assert hashlib.sha256("\n".join(df["sample_id"] + df["subject_id"]).encode()).hexdigest() == (
-        "e6c0eda1d639bc5ecced02d3e4d129b924e50c42b63e5eddeb31310450fd43b0")
+        "e6c0eda1d639bc5ecced02d3e4d129b924e50c42b63e5eddeb31310450fd43b0"
+    )
     assert small.meta["demo"]["style"] == "standard" and small.meta["provenance"]["config"]["style"] == "standard"
 
 
-def test_shifted_style_is_another_population_with_the_same_classes(small: Manifest, shifted: Manifest, tmp_path: Path) -> None:
+def test_shifted_style_is_another_population_with_the_same_classes(
+    small: Manifest, shifted: Manifest, tmp_path: Path
+) -> None:
     assert shifted.classes == small.classes and len(shifted) == len(small)
-    assert shifted.df["subject_id"].str.fullmatch(r"DS\d{3}").all() and small.df["subject_id"].str.fullmatch(r"D\d{3}").all()
+    assert (
+        shifted.df["subject_id"].str.fullmatch(r"DS\d{3}").all()
+        and small.df["subject_id"].str.fullmatch(r"D\d{3}").all()
+    )
     assert not set(shifted.df["subject_id"]) & set(small.df["subject_id"])  # a cross-dataset test sees no leakage
     assert not set(shifted.df["sample_id"]) & set(small.df["sample_id"])
     assert not set(shifted.df["sha256"]) & set(small.df["sha256"])
@@ -263,10 +287,13 @@ def test_shifted_faces_differ_as_documented(small: Manifest, shifted: Manifest) 
     assert all(0.6 <= n["resolution"] <= 0.85 for n in other) and not any("resolution" in n for n in standard)
     skin = lambda style: np.mean([Subject.from_seed(i, 0, style).skin for i in range(60)])
     assert skin("shifted") < skin("standard") - 20
+
     # Low resolution is blur: the same row rendered at full resolution (both without noise) is sharper.
     def sharpness(params: dict) -> float:
         img = render_params(params).astype(float)
-        return float(np.abs(4 * img[1:-1, 1:-1] - img[:-2, 1:-1] - img[2:, 1:-1] - img[1:-1, :-2] - img[1:-1, 2:]).mean())
+        return float(
+            np.abs(4 * img[1:-1, 1:-1] - img[:-2, 1:-1] - img[2:, 1:-1] - img[1:-1, :-2] - img[1:-1, 2:]).mean()
+        )
 
     for p in shifted.df["demo_params"].iloc[:6]:
         params = json.loads(p)
@@ -277,8 +304,20 @@ def test_shifted_faces_differ_as_documented(small: Manifest, shifted: Manifest) 
 
 
 def test_cli_style(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, err = cli_in_process(capsys, "demo-data", "--out", tmp_path / "s", "--style", "shifted", "--counts",
-                                    "anger=3,contempt=3,disgust=0,fear=3,happy=3,sadness=3,surprise=3", "--n-subjects", "6", "--folds", "2")
+    code, out, err = cli_in_process(
+        capsys,
+        "demo-data",
+        "--out",
+        tmp_path / "s",
+        "--style",
+        "shifted",
+        "--counts",
+        "anger=3,contempt=3,disgust=0,fear=3,happy=3,sadness=3,surprise=3",
+        "--n-subjects",
+        "6",
+        "--folds",
+        "2",
+    )
     assert code == 0, err
     m = read_manifest(tmp_path / "s" / "manifest.parquet")
     assert m.meta["demo"]["style"] == "shifted" and m.df["subject_id"].str.startswith("DS").all()

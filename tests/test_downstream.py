@@ -36,9 +36,9 @@ def bars(n: int, seed: int, size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
         p = rng.integers(6, size - 9)
         a, b = rng.integers(2, 8), rng.integers(size - 8, size - 2)
         if y[i] == 0:
-            x[i, 0, p:p + 3, a:b] = 230
+            x[i, 0, p : p + 3, a:b] = 230
         else:
-            x[i, 0, a:b, p:p + 3] = 230
+            x[i, 0, a:b, p : p + 3] = 230
     return torch.from_numpy(x), y
 
 
@@ -211,7 +211,10 @@ def test_classification_report_matches_sklearn_with_absent_class() -> None:
     labels = [0, 1, 2, 3, 4]
     assert r["accuracy"] == accuracy_score(y_true, y_pred)
     assert r["macro_f1"] == f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)
-    assert list(r["recall"].values()) == recall_score(y_true, y_pred, average=None, labels=labels, zero_division=0).tolist()
+    assert (
+        list(r["recall"].values())
+        == recall_score(y_true, y_pred, average=None, labels=labels, zero_division=0).tolist()
+    )
     assert list(r["f1"].values()) == f1_score(y_true, y_pred, average=None, labels=labels, zero_division=0).tolist()
     assert r["confusion"]["matrix"] == confusion_matrix(y_true, y_pred, labels=labels).tolist()
     assert r["recall"]["fear"] == 0.0 and r["f1"]["fear"] == 0.0 and r["support"]["fear"] == 0
@@ -223,7 +226,7 @@ def test_classification_report_matches_sklearn_with_absent_class() -> None:
 def test_random_oversample_counts_and_determinism() -> None:
     labels = np.array([0, 0, 0, 0, 1, 2, 2, 1, 0])
     idx = random_oversample(labels, {1: 5, 2: 4}, seed=0)
-    assert np.array_equal(idx[:len(labels)], np.arange(len(labels)))  # every original once, first
+    assert np.array_equal(idx[: len(labels)], np.arange(len(labels)))  # every original once, first
     assert np.bincount(labels[idx]).tolist() == [5, 5, 4]
     assert np.array_equal(idx, random_oversample(labels, {1: 5, 2: 4}, seed=0))
     assert not np.array_equal(idx, random_oversample(labels, {1: 5, 2: 4}, seed=1))

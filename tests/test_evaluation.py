@@ -22,24 +22,24 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 import fesaug
-from fesaug.evaluate import run as evaluation
-from fesaug.utils.files import file_sha256
 from fesaug.audit.report import audit
 from fesaug.balance.run import BalanceConfig
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.data.splits import split_subjects
+from fesaug.evaluate import run as evaluation
 from fesaug.evaluate.downstream import (
     DownstreamConfig,
     classification_report,
     make_classifier,
     predict_proba,
 )
-from fesaug.utils.errors import FesaugError, UsageError
-from fesaug.evaluate.run import EvaluateConfig, evaluate
 from fesaug.evaluate.report import render_report
+from fesaug.evaluate.run import EvaluateConfig, evaluate
 from fesaug.evaluate.stats import paired_comparison, verdict
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.files import file_sha256
 from fesaug.utils.locking import OutputLocked
 
 from .conftest import cli_in_process as cli
@@ -118,7 +118,9 @@ def test_each_fold_keeps_subjects_in_one_role_and_every_model_sees_the_same_spli
     assert not roles["train"] & roles["test"]
     assert not roles["validation"] & roles["test"]
     assert set(split["split"]) == {"train", "validation", "test"}
-    assert sorted(split["sample_id"]) == sorted(m.df["sample_id"])  # the demo has no test split of its own: every row has a role
+    assert sorted(split["sample_id"]) == sorted(
+        m.df["sample_id"]
+    )  # the demo has no test split of its own: every row has a role
 
     # The test rows are exactly fold k of the input; no row of fold k trains or validates.
     test = split[split["split"] == "test"]
@@ -234,7 +236,9 @@ def test_test_scores_match_scikit_learn_on_the_saved_classifier(run: Run, name: 
     assert test == classification_report(y, pred, CLASSES)
     assert test["accuracy"] == pytest.approx(accuracy_score(y, pred))
     assert test["macro_f1"] == pytest.approx(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
-    assert list(test["recall"].values()) == pytest.approx(recall_score(y, pred, labels=labels, average=None, zero_division=0))
+    assert list(test["recall"].values()) == pytest.approx(
+        recall_score(y, pred, labels=labels, average=None, zero_division=0)
+    )
     assert test["confusion"]["matrix"] == confusion_matrix(y, pred, labels=labels).tolist()
     assert list(test["support"].values()) == np.bincount(y, minlength=len(CLASSES)).tolist()
 
@@ -262,8 +266,10 @@ def test_aggregate_is_numpy_over_the_fold_records(run: Run) -> None:
         comparison = results["comparisons"][f"fes_vs_{base}"]
         assert comparison["folds"] == FOLDS
         for metric in ("accuracy", "macro_f1"):
-            expected = paired_comparison([run.record(k, "fes")["test"][metric] for k in FOLDS],
-                                         [run.record(k, base)["test"][metric] for k in FOLDS])
+            expected = paired_comparison(
+                [run.record(k, "fes")["test"][metric] for k in FOLDS],
+                [run.record(k, base)["test"][metric] for k in FOLDS],
+            )
             assert comparison[metric] == expected
     cas = results["synthesis"]["classification_accuracy_score"]
     check(cas["accuracy"], [run.record(k, "synthesis")["classification_accuracy_score"]["accuracy"] for k in FOLDS])
@@ -280,8 +286,11 @@ def test_synthetic_recognised_share_comes_with_the_real_test_faces_share(run: Ru
         weighted.append(sum(test["recall"][c] * syn[c]["n"] for c in used) / sum(syn[c]["n"] for c in used))
     assert synthesis["real_test_recognised"]["mean"] == pytest.approx(np.mean(weighted))
     for c in CLASSES:
-        values = [run.record(k, "real")["test"]["recall"][c] for k in FOLDS
-                  if run.record(k, "synthesis")["per_class"][c]["n"] and run.record(k, "real")["test"]["support"][c]]
+        values = [
+            run.record(k, "real")["test"]["recall"][c]
+            for k in FOLDS
+            if run.record(k, "synthesis")["per_class"][c]["n"] and run.record(k, "real")["test"]["support"][c]
+        ]
         assert synthesis["per_class"][c]["real_test_recognised"]["n"] == len(values)
         if values:
             assert synthesis["per_class"][c]["real_test_recognised"]["mean"] == pytest.approx(np.mean(values))
@@ -399,8 +408,12 @@ def test_other_settings_are_refused_unless_overwrite(run: Run) -> None:
 
 
 def test_settings_that_only_choose_pieces_or_the_device_do_not_count(run: Run) -> None:
-    config = dataclasses.replace(run.config, conditions=("real",), synthesis=False,
-                                 downstream=dataclasses.replace(run.config.downstream, device="auto"))
+    config = dataclasses.replace(
+        run.config,
+        conditions=("real",),
+        synthesis=False,
+        downstream=dataclasses.replace(run.config.downstream, device="auto"),
+    )
     before = _fold_mtimes(run.out)
     result = evaluate(run.manifest, run.out, config, folds=FOLDS)  # resumes: nothing to do
     assert _fold_mtimes(run.out) == before
@@ -410,7 +423,10 @@ def test_settings_that_only_choose_pieces_or_the_device_do_not_count(run: Run) -
 def test_an_evaluation_recorded_before_a_config_key_existed_resumes(run: Run) -> None:
     out = run.copy("older-version")
     settings = json.loads((out / "evaluate.json").read_text())
-    del settings["config"]["generator"]["loss"]["mask_smoothness"], settings["config"]["generator"]["expression_classifier"]
+    del (
+        settings["config"]["generator"]["loss"]["mask_smoothness"],
+        settings["config"]["generator"]["expression_classifier"],
+    )
     # The balance settings' old name for the held-out folds, as BalanceConfig.exclude_folds wrote it.
     settings["config"]["balance"]["exclude_folds"] = settings["config"]["balance"].pop("holdout_folds")
     (out / "evaluate.json").write_text(json.dumps(settings))
@@ -445,10 +461,11 @@ def test_out_that_is_a_file_is_refused(run: Run, tmp_path: Path) -> None:
 
 
 def test_generators_from_another_evaluation_are_copied_and_the_rest_is_computed_with_this_runs_settings(
-        run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = run.root / "other-downstream"
 
-    def no_training(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def no_training(*args, **kwargs):
         raise AssertionError("FERSNet trained again")
 
     monkeypatch.setattr(evaluation, "train", no_training)
@@ -457,13 +474,18 @@ def test_generators_from_another_evaluation_are_copied_and_the_rest_is_computed_
     assert file_sha256(ours / "checkpoints" / "last.pt") == file_sha256(theirs / "checkpoints" / "last.pt")
     assert len(run.record(0, "fes", out)["history"]) == 1  # this run's downstream recipe, not the source's 2 epochs
     # The same generator and balance settings make the same synthetic faces.
-    synthetic = [read_manifest(f / "balanced" / "manifest.parquet").df.query("origin != 'real'") for f in (run.fold(0), out / "fold-0")]
+    synthetic = [
+        read_manifest(f / "balanced" / "manifest.parquet").df.query("origin != 'real'")
+        for f in (run.fold(0), out / "fold-0")
+    ]
     assert len(synthetic[0]) > 0 and synthetic[0]["sha256"].tolist() == synthetic[1]["sha256"].tolist()
     assert json.loads((out / "evaluate.json").read_text())["generators_from"] == str(run.out)
     assert result.results["conditions"]["fes"]["folds"] == [0]
 
 
-def test_generators_from_refuses_other_generator_settings_other_data_and_unfinished_folds(run: Run, tmp_path: Path) -> None:
+def test_generators_from_refuses_other_generator_settings_other_data_and_unfinished_folds(
+    run: Run, tmp_path: Path
+) -> None:
     out = tmp_path / "e"
     other = dataclasses.replace(run.config, generator=tiny_config(epochs=2, device="cpu"))
     with pytest.raises(FesaugError, match=r"other settings \(generator.epochs: 1 -> 2\)"):
@@ -490,8 +512,18 @@ def test_cli_bad_folds_is_a_usage_error(run: Run, capsys: pytest.CaptureFixture,
 
 
 def test_cli_unknown_condition_is_one_error_line(run: Run, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    code, _out, err = cli(capsys, "evaluate", "--manifest", run.manifest, "--out", tmp_path / "e",
-                         "--conditions", "real,bogus", "--device", "cpu")
+    code, _out, err = cli(
+        capsys,
+        "evaluate",
+        "--manifest",
+        run.manifest,
+        "--out",
+        tmp_path / "e",
+        "--conditions",
+        "real,bogus",
+        "--device",
+        "cpu",
+    )
     assert code != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:"), err
@@ -500,12 +532,13 @@ def test_cli_unknown_condition_is_one_error_line(run: Run, capsys: pytest.Captur
 
 
 @pytest.mark.parametrize("folds", [None, 0], ids=["no-folds", "one-fold"])
-def test_cli_manifest_without_folds_names_the_fix(run: Run, capsys: pytest.CaptureFixture, tmp_path: Path, folds) -> None:
+def test_cli_manifest_without_folds_names_the_fix(
+    run: Run, capsys: pytest.CaptureFixture, tmp_path: Path, folds
+) -> None:
     m = read_manifest(run.manifest)
     df = m.df.copy()
     df["fold"] = folds
-    path = write_manifest(df, tmp_path / "nofolds.parquet", classes=m.classes,
-                          image_root=str(m.image_root))
+    path = write_manifest(df, tmp_path / "nofolds.parquet", classes=m.classes, image_root=str(m.image_root))
     code, _out, err = cli(capsys, "evaluate", "--manifest", path, "--out", tmp_path / "e", "--device", "cpu")
     assert code == 1
     lines = err.strip().splitlines()
@@ -514,10 +547,23 @@ def test_cli_manifest_without_folds_names_the_fix(run: Run, capsys: pytest.Captu
     assert not (tmp_path / "e").exists()
 
 
-def test_cli_generators_from_a_folder_evaluate_did_not_write_is_one_error_line(run: Run, capsys: pytest.CaptureFixture,
-                                                                              tmp_path: Path) -> None:
-    code, _out, err = cli(capsys, "evaluate", "--manifest", run.manifest, "--out", tmp_path / "e", "--folds", "0",
-                          "--generators-from", tmp_path, "--device", "cpu")
+def test_cli_generators_from_a_folder_evaluate_did_not_write_is_one_error_line(
+    run: Run, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    code, _out, err = cli(
+        capsys,
+        "evaluate",
+        "--manifest",
+        run.manifest,
+        "--out",
+        tmp_path / "e",
+        "--folds",
+        "0",
+        "--generators-from",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: --generators-from") and "evaluate.json" in lines[0], err
@@ -541,10 +587,32 @@ def test_cli_evaluate_synthesis_help(capsys: pytest.CaptureFixture) -> None:
 
 def test_cli_evaluate_synthesis_runs_and_resumes(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     # The CLI has no generator --batch-size, so the cpu preset's batch of 32 needs >= 32 training images.
-    manifest = make_demo_dataset(tmp_path / "demo", size=32, folds=3, n_subjects=9, counts={
-        "anger": 10, "contempt": 6, "disgust": 8, "fear": 6, "happy": 12, "sadness": 6, "surprise": 14})
-    args = ["evaluate-synthesis", "--manifest", manifest, "--out", tmp_path / "e", "--folds", "0", "--epochs", "1",
-            "--image-size", "32", "--generator-epochs", "1", "--min-confidence", "0", "--device", "cpu"]
+    manifest = make_demo_dataset(
+        tmp_path / "demo",
+        size=32,
+        folds=3,
+        n_subjects=9,
+        counts={"anger": 10, "contempt": 6, "disgust": 8, "fear": 6, "happy": 12, "sadness": 6, "surprise": 14},
+    )
+    args = [
+        "evaluate-synthesis",
+        "--manifest",
+        manifest,
+        "--out",
+        tmp_path / "e",
+        "--folds",
+        "0",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--generator-epochs",
+        "1",
+        "--min-confidence",
+        "0",
+        "--device",
+        "cpu",
+    ]
     code, out, err = cli(capsys, *args)
     assert code == 0, err
     assert "synthetic-only" in out and "recognised as their target" in out and "wrote" in out
@@ -569,7 +637,10 @@ def test_report_and_plot(run: Run) -> None:
     report = (run.out / "report.md").read_text()
     results = json.loads((run.out / "results.json").read_text())
     assert report.startswith("# fesaug evaluate")
-    assert "- Protocol: subject-independent folds; test folds 0, 1 of 0, 1, 2, each used for the final score only." in report
+    assert (
+        "- Protocol: subject-independent folds; test folds 0, 1 of 0, 1, 2, each used for the final score only."
+        in report
+    )
     assert "## Test-fold scores" in report
     for name in NAMES:
         assert f"| `{name}` | 2 |" in report, name
@@ -622,7 +693,8 @@ def test_au_consistency_per_target_class_is_reported(run: Run) -> None:
             assert scores[c]["synthetic"] is None
     summary = result.results["synthesis"]["au_consistency"]
     assert summary["fear"]["synthetic"]["mean"] == pytest.approx(
-        np.mean([run.record(k, "synthesis", out)["au_consistency"]["fear"]["synthetic"] for k in FOLDS]))
+        np.mean([run.record(k, "synthesis", out)["au_consistency"]["fear"]["synthetic"] for k in FOLDS])
+    )
     report = (out / "report.md").read_text()
     assert "| AU consistency synthetic | AU consistency real test |" in report
 
@@ -633,8 +705,9 @@ def test_judges_trained_elsewhere_score_each_target_class_beside_real_face_yards
 
     out = run.copy("with-judges")
     before = {n: t for n, t in _fold_mtimes(out).items() if not n.endswith("synthesis.json")}
-    result = evaluate(run.manifest, out, dataclasses.replace(run.config, judges=("identity", "fer2013", "perceptual")),
-                      folds=FOLDS)
+    result = evaluate(
+        run.manifest, out, dataclasses.replace(run.config, judges=("identity", "fer2013", "perceptual")), folds=FOLDS
+    )
     assert {n: t for n, t in _fold_mtimes(out).items() if n in before} == before  # only the report is redone
     record = run.record(0, "synthesis", out)["judges"]
     assert set(record) == {"identity", "fer2013", "perceptual"}
@@ -654,7 +727,9 @@ def test_judges_trained_elsewhere_score_each_target_class_beside_real_face_yards
     assert record["identity"]["all"]["median"] == pytest.approx(np.nanmedian(dist), abs=1e-4)
     for k, c in enumerate(CLASSES):
         if (syn.labels == k).any():
-            assert record["identity"]["per_class"][c]["median"] == pytest.approx(np.nanmedian(dist[syn.labels == k]), abs=1e-4)
+            assert record["identity"]["per_class"][c]["median"] == pytest.approx(
+                np.nanmedian(dist[syn.labels == k]), abs=1e-4
+            )
     same = yardstick_pairs(split.df["subject_id"].iloc[train].astype(str).tolist(), real.labels)["same_subject"]
     expected = np.median(np.linalg.norm(emb_real[same[:, 0]] - emb_real[same[:, 1]], axis=1))
     assert record["identity"]["yardstick"]["same_subject"]["median"] == pytest.approx(expected, abs=1e-4)
@@ -670,7 +745,9 @@ def test_judges_trained_elsewhere_score_each_target_class_beside_real_face_yards
     summary = result.results["synthesis"]["judges"]
     medians = [run.record(k, "synthesis", out)["judges"]["identity"]["all"]["median"] for k in FOLDS]
     assert summary["identity"]["all"]["median"]["mean"] == pytest.approx(np.mean(medians))
-    assert summary["identity"]["all"]["n"] == sum(run.record(k, "synthesis", out)["judges"]["identity"]["all"]["n"] for k in FOLDS)
+    assert summary["identity"]["all"]["n"] == sum(
+        run.record(k, "synthesis", out)["judges"]["identity"]["all"]["n"] for k in FOLDS
+    )
     report = (out / "report.md").read_text()
     assert "### Judges trained elsewhere" in report and "| FER2013 recognised % |" in report
     assert "| contempt |" in report and "not judged" in report
@@ -678,8 +755,9 @@ def test_judges_trained_elsewhere_score_each_target_class_beside_real_face_yards
 
 
 def test_judge_gate_uses_a_second_real_classifier_of_the_fold(run: Run) -> None:
-    config = dataclasses.replace(run.config, judge=True, balance=BalanceConfig(min_confidence=0.0, batch_size=16,
-                                                                               min_judge_confidence=0.0))
+    config = dataclasses.replace(
+        run.config, judge=True, balance=BalanceConfig(min_confidence=0.0, batch_size=16, min_judge_confidence=0.0)
+    )
     out = run.root / "judged"
     evaluate(run.manifest, out, config, folds=[0])
     judge, real = run.record(0, "judge", out), run.record(0, "real", out)
@@ -730,12 +808,14 @@ def test_cli_summary_gives_the_verdict(run: Run) -> None:
     assert lines[-1].startswith("synthetic images recognised")  # the verdict closes the comparisons
 
 
-def test_cli_generator_config_sets_loss_weights_and_flags_still_win(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_cli_generator_config_sets_loss_weights_and_flags_still_win(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     from fesaug.evaluate.run import EvaluateConfig as Config
 
     seen: list[Config] = []
 
-    def fake_evaluate(manifest, out, config, **kwargs):  # noqa: ANN001, ANN003, ANN202 - stands in for the run
+    def fake_evaluate(manifest, out, config, **kwargs):
         seen.append(config)
         raise FesaugError("stop here")
 
@@ -743,9 +823,26 @@ def test_cli_generator_config_sets_loss_weights_and_flags_still_win(capsys: pyte
     recipe.write_text("epochs: 99\nbatch_size: 4\nloss:\n  mask_smoothness: 0.5\n  expression: 2.0\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("fesaug.evaluate.run.evaluate", fake_evaluate)
-        code, _out, err = cli(capsys, "evaluate", "--manifest", tmp_path / "m.parquet", "--out", tmp_path / "e",
-                              "--generator-config", recipe, "--generator-epochs", "3", "--device", "cpu",
-                              "--downstream-seeds", "3", "--conditions", "real,oversample,mixed", "--label-smoothing", "0")
+        code, _out, err = cli(
+            capsys,
+            "evaluate",
+            "--manifest",
+            tmp_path / "m.parquet",
+            "--out",
+            tmp_path / "e",
+            "--generator-config",
+            recipe,
+            "--generator-epochs",
+            "3",
+            "--device",
+            "cpu",
+            "--downstream-seeds",
+            "3",
+            "--conditions",
+            "real,oversample,mixed",
+            "--label-smoothing",
+            "0",
+        )
     assert code == 1 and "Error: stop here" in err
     assert seen[0].downstream_seeds == 3 and seen[0].conditions == ("real", "oversample", "mixed")
     assert seen[0].downstream.label_smoothing == 0.0  # an evaluation made before smoothing was the default resumes
@@ -769,7 +866,8 @@ def test_fersnet_fine_tuned_on_the_balanced_set_is_the_papers_condition(run: Run
     assert results["conditions"]["fersnet+fes"]["folds"] == [0]
     compared = results["comparisons"]["fersnet+fes_vs_fersnet"]
     assert compared["folds"] == [0] and compared["macro_f1"]["mean_difference"] == pytest.approx(
-        record["test"]["macro_f1"] - run.record(0, "fersnet")["test"]["macro_f1"])
+        record["test"]["macro_f1"] - run.record(0, "fersnet")["test"]["macro_f1"]
+    )
     assert "fine-tuned on real + synthetic" in (out / "report.md").read_text()
 
 
@@ -784,7 +882,8 @@ def test_fersnet_fine_tuned_on_oversampled_real_images_is_the_control(run: Run) 
     assert control["lr"] == paper["lr"]
     compared = results["comparisons"]["fersnet+fes_vs_fersnet+oversample"]
     assert compared["macro_f1"]["mean_difference"] == pytest.approx(
-        paper["test"]["macro_f1"] - control["test"]["macro_f1"])
+        paper["test"]["macro_f1"] - control["test"]["macro_f1"]
+    )
     assert "fersnet+fes vs fersnet+oversample" in (out / "report.md").read_text()
 
 
@@ -801,7 +900,8 @@ def test_mixed_fills_half_of_each_shortfall_with_synthetic_images_and_half_with_
     assert mixed["n_synthetic"] == sum(s // 2 for s in shortfall.values()) > 0
     compared = results["comparisons"]["mixed_vs_oversample"]
     assert compared["macro_f1"]["mean_difference"] == pytest.approx(
-        mixed["test"]["macro_f1"] - run.record(0, "oversample", out)["test"]["macro_f1"])
+        mixed["test"]["macro_f1"] - run.record(0, "oversample", out)["test"]["macro_f1"]
+    )
     assert "mixed vs oversample" in (out / "report.md").read_text()
 
 
@@ -813,17 +913,23 @@ def test_several_downstream_seeds_are_averaged_per_fold_before_the_comparison(ru
     # The first seed's records and models are reused; the second seed adds records only.
     added = {n for n, t in _fold_mtimes(out).items() if before.get(n) != t}
     assert added == {f"fold-0/seeds/{name}-1.json" for name in ("real", "oversample", "fes")}
-    first, second = run.record(0, "oversample", out), json.loads((out / "fold-0" / "seeds" / "oversample-1.json").read_text())
+    first, second = (
+        run.record(0, "oversample", out),
+        json.loads((out / "fold-0" / "seeds" / "oversample-1.json").read_text()),
+    )
     assert (first["seed"], second["seed"]) == (run.config.downstream.seed, run.config.downstream.seed + 1)
     assert second["train_counts"] == first["train_counts"]
     for name in ("real", "oversample", "fes"):
-        scores = [run.record(0, name, out)["test"]["macro_f1"],
-                  json.loads((out / "fold-0" / "seeds" / f"{name}-1.json").read_text())["test"]["macro_f1"]]
+        scores = [
+            run.record(0, name, out)["test"]["macro_f1"],
+            json.loads((out / "fold-0" / "seeds" / f"{name}-1.json").read_text())["test"]["macro_f1"],
+        ]
         assert results["per_fold"]["0"][name]["macro_f1"] == pytest.approx(np.mean(scores))
     assert results["conditions"]["fersnet"]["seeds_per_fold"] == [1]  # no seed: one checkpoint
     compared = results["comparisons"]["fes_vs_oversample"]
     assert compared["macro_f1"]["differences"][compared["folds"].index(0)] == pytest.approx(
-        results["per_fold"]["0"]["fes"]["macro_f1"] - results["per_fold"]["0"]["oversample"]["macro_f1"])
+        results["per_fold"]["0"]["fes"]["macro_f1"] - results["per_fold"]["0"]["oversample"]["macro_f1"]
+    )
     # Fold 1 has one seed so far: the report says how many each condition has.
     assert results["conditions"]["oversample"]["seeds_per_fold"] == [1, 2]
     assert "seeds per fold" in (out / "report.md").read_text()
@@ -856,10 +962,12 @@ def test_an_evaluation_recorded_before_downstream_label_smoothing_existed_was_ma
 
 def test_an_evaluation_recorded_before_the_warp_decoder_means_the_attention_decoder() -> None:
     from fesaug.evaluate.run import _recorded_key
-    from fesaug.utils.runlog import jsonable
     from fesaug.synthesis.config import LEGACY, load_config
+    from fesaug.utils.runlog import jsonable
 
-    attention = EvaluateConfig(generator=load_config(Path(__file__).parents[1] / "bench" / "recipes" / "attention.yaml"))
+    attention = EvaluateConfig(
+        generator=load_config(Path(__file__).parents[1] / "bench" / "recipes" / "attention.yaml")
+    )
     # The key as fesaug wrote it then: the model's overrides (none: attention was the default),
     # no resolved model, none of the keys added since.
     old = json.loads(json.dumps(jsonable(attention.key())))

@@ -27,10 +27,14 @@ def test_paired_comparison_matches_scipy() -> None:
     assert (paired_comparison(b, a)["wins"], paired_comparison(b, a)["losses"]) == (2, 4)
 
 
-@pytest.mark.parametrize("a, b", [
-    ([0.7], [0.5]),                       # one fold: no test
-    ([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]),   # no differences
-], ids=["one-fold", "no-differences"])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ([0.7], [0.5]),  # one fold: no test
+        ([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]),  # no differences
+    ],
+    ids=["one-fold", "no-differences"],
+)
 def test_paired_comparison_has_no_p_value_where_a_test_is_undefined(a: list, b: list) -> None:
     c = paired_comparison(a, b)
     assert c["n_folds"] == len(a)
@@ -56,12 +60,18 @@ UP = [0.76, 0.80, 0.71, 0.79, 0.80, 0.73, 0.78, 0.76]  # + in all 8 folds: p = 2
 MIXED = [0.72, 0.70, 0.70, 0.73, 0.73, 0.67, 0.74, 0.735]  # +/−: no clear difference
 
 
-@pytest.mark.parametrize("over_oversample, outcome, advice", [
-    ((UP, BASE), "better", "use the FES-balanced manifest"),
-    ((BASE, UP), "worse", "use random oversampling"),
-    ((MIXED, BASE), "no clear difference", "no evidence that synthesis beats random oversampling"),
-], ids=["beats", "loses", "unclear"])
-def test_verdict_answers_from_the_paired_test_against_oversampling(over_oversample: tuple, outcome: str, advice: str) -> None:
+@pytest.mark.parametrize(
+    "over_oversample, outcome, advice",
+    [
+        ((UP, BASE), "better", "use the FES-balanced manifest"),
+        ((BASE, UP), "worse", "use random oversampling"),
+        ((MIXED, BASE), "no clear difference", "no evidence that synthesis beats random oversampling"),
+    ],
+    ids=["beats", "loses", "unclear"],
+)
+def test_verdict_answers_from_the_paired_test_against_oversampling(
+    over_oversample: tuple, outcome: str, advice: str
+) -> None:
     v = verdict(_comparisons(real=(UP, BASE), oversample=over_oversample), seeds_per_fold=3)
     assert v["against"]["real"]["outcome"] == "better"
     o = v["against"]["oversample"]

@@ -12,34 +12,50 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fesaug.data.export import export
 from fesaug.data.images import sha256_bytes
 from fesaug.data.manifest import write_manifest
 from fesaug.utils.errors import FesaugError
-from fesaug.data.export import export
 
 from .conftest import cli_in_process as cli
 from .conftest import png_bytes, run_cli
 
 ROWS = [  # sample_id, label, split, fold, origin
-    ("r0", 0, "train", 0, "real"), ("r1", 1, "train", 0, "real"), ("r2", 0, "train", 1, "real"),
-    ("r3", 1, "validation", 1, "real"), ("s0", 1, "train", 0, "synthetic"), ("n0", 0, "test", None, "real"),
+    ("r0", 0, "train", 0, "real"),
+    ("r1", 1, "train", 0, "real"),
+    ("r2", 0, "train", 1, "real"),
+    ("r3", 1, "validation", 1, "real"),
+    ("s0", 1, "train", 0, "synthetic"),
+    ("n0", 0, "test", None, "real"),
 ]
 
 
-def _manifest(tmp_path: Path, rows: list[tuple] = ROWS, classes: tuple[str, ...] = ("anger", "happy"),
-              images: dict[str, bytes] | None = None) -> Path:
+def _manifest(
+    tmp_path: Path,
+    rows: list[tuple] = ROWS,
+    classes: tuple[str, ...] = ("anger", "happy"),
+    images: dict[str, bytes] | None = None,
+) -> Path:
     """Embedded PNGs (or ``images[sample_id]``) for ``rows``; written as tmp_path/m.parquet."""
     records = []
     for seed, (sid, label, split, fold, origin) in enumerate(rows):
         data = (images or {}).get(sid, png_bytes(seed, size=8))
-        records.append({
-            "sample_id": sid, "image": {"bytes": data, "path": None}, "label": label, "split": split,
-            "fold": fold, "origin": origin, "subject_id": "P0", "width": 8, "height": 8, "sha256": sha256_bytes(data),
-            **({"parent_id": "r0", "generator": "g", "seed": 0} if origin == "synthetic" else {}),
-        })
+        records.append(
+            {
+                "sample_id": sid,
+                "image": {"bytes": data, "path": None},
+                "label": label,
+                "split": split,
+                "fold": fold,
+                "origin": origin,
+                "subject_id": "P0",
+                "width": 8,
+                "height": 8,
+                "sha256": sha256_bytes(data),
+                **({"parent_id": "r0", "generator": "g", "seed": 0} if origin == "synthetic" else {}),
+            }
+        )
     return write_manifest(pd.DataFrame(records), tmp_path / "m.parquet", classes=list(classes), overwrite=True)
-
-
 
 
 def _tree(out: Path) -> list[str]:
@@ -59,7 +75,9 @@ def test_tree_layout_counts_and_png_bytes(small_manifest: Path, tmp_path: Path, 
     for i, path in enumerate(["anger/s0.png", "happy/s1.png", "anger/s2.png", "happy/s3.png"]):
         assert (out / path).read_bytes() == png_bytes(i)  # embedded and on-disk PNGs copied byte for byte
     assert json.loads((out / "export.json").read_text())["counts"] == {
-        "anger": {"real": 2, "synthetic": 0}, "happy": {"real": 2, "synthetic": 0}}
+        "anger": {"real": 2, "synthetic": 0},
+        "happy": {"real": 2, "synthetic": 0},
+    }
     assert _leftovers(tmp_path) == []  # the staging folder was renamed into place
 
 
@@ -67,8 +85,12 @@ def test_imagefolder_targets_map_back_to_manifest_labels(tmp_path: Path, capsys:
     torchvision = pytest.importorskip("torchvision")
     # Label order that ImageFolder's alphabetical indexing gets wrong, plus a class without images.
     classes = ("neutral", "anger", "surprise", "happy")
-    rows = [("a", 0, "train", 0, "real"), ("b", 1, "train", 0, "real"), ("c", 3, "train", 0, "real"),
-            ("d", 0, "train", 0, "real")]
+    rows = [
+        ("a", 0, "train", 0, "real"),
+        ("b", 1, "train", 0, "real"),
+        ("c", 3, "train", 0, "real"),
+        ("d", 0, "train", 0, "real"),
+    ]
     out = tmp_path / "exp"
     code, _, err = cli(capsys, "export", _manifest(tmp_path, rows, classes), "--out", out)
     assert code == 0
@@ -114,16 +136,19 @@ def test_ids_that_collide_after_replacement_are_an_error(tmp_path: Path) -> None
     assert not (tmp_path / "exp").exists()
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    ((), {"r0", "r1", "r2", "r3", "s0", "n0"}),
-    (("--split", "train"), {"r0", "r1", "r2", "s0"}),
-    (("--split", "train", "--split", "validation"), {"r0", "r1", "r2", "r3", "s0"}),
-    (("--fold", "0"), {"r0", "r1", "s0"}),  # a row without a fold matches no --fold
-    (("--exclude-fold", "0"), {"r2", "r3", "n0"}),  # ... and is kept by --exclude-fold
-    (("--origin", "synthetic"), {"s0"}),
-    (("--split", "train", "--fold", "1"), {"r2"}),
-    (("--origin", "real", "--exclude-fold", "1"), {"r0", "r1", "n0"}),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), {"r0", "r1", "r2", "r3", "s0", "n0"}),
+        (("--split", "train"), {"r0", "r1", "r2", "s0"}),
+        (("--split", "train", "--split", "validation"), {"r0", "r1", "r2", "r3", "s0"}),
+        (("--fold", "0"), {"r0", "r1", "s0"}),  # a row without a fold matches no --fold
+        (("--exclude-fold", "0"), {"r2", "r3", "n0"}),  # ... and is kept by --exclude-fold
+        (("--origin", "synthetic"), {"s0"}),
+        (("--split", "train", "--fold", "1"), {"r2"}),
+        (("--origin", "real", "--exclude-fold", "1"), {"r0", "r1", "n0"}),
+    ],
+)
 def test_filters_combine_with_and(tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, expected: set) -> None:
     out = tmp_path / "exp"
     code, stdout, _ = cli(capsys, "export", _manifest(tmp_path), "--out", out, *args)
@@ -134,8 +159,10 @@ def test_filters_combine_with_and(tmp_path: Path, capsys: pytest.CaptureFixture,
 def test_no_matching_rows_says_what_the_manifest_has(tmp_path: Path) -> None:
     result = run_cli("export", _manifest(tmp_path), "--out", tmp_path / "exp", "--split", "test", "--fold", "7")
     assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("Error: no rows match --split test --fold 7; the manifest has splits test, train, "
-                                     "validation, folds 0, 1, origins real, synthetic")
+    assert result.stderr.strip() == (
+        "Error: no rows match --split test --fold 7; the manifest has splits test, train, "
+        "validation, folds 0, 1, origins real, synthetic"
+    )
     assert not (tmp_path / "exp").exists()
 
 
@@ -153,7 +180,9 @@ def test_unreadable_image_names_the_row_and_leaves_nothing(small_manifest: Path,
     assert not (tmp_path / "exp").exists() and _leftovers(tmp_path) == []
 
 
-def test_existing_output_needs_overwrite_and_only_replaces_an_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_existing_output_needs_overwrite_and_only_replaces_an_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     manifest, out = _manifest(tmp_path), tmp_path / "exp"
     out.mkdir()
     assert cli(capsys, "export", manifest, "--out", out, "--origin", "synthetic")[0] == 0  # an empty OUT is fine
@@ -191,8 +220,10 @@ def test_export_json_records_source_sha256_and_balance_folders_are_accepted(tmp_
     _manifest(tmp_path).rename(run / "manifest.parquet")
     result = export(run, tmp_path / "exp", origins=["real"], exclude_folds=[1])
     record = json.loads((tmp_path / "exp" / "export.json").read_text())
-    assert record["source"] == {"manifest": str((run / "manifest.parquet").resolve()),
-                                "sha256": hashlib.sha256((run / "manifest.parquet").read_bytes()).hexdigest()}
+    assert record["source"] == {
+        "manifest": str((run / "manifest.parquet").resolve()),
+        "sha256": hashlib.sha256((run / "manifest.parquet").read_bytes()).hexdigest(),
+    }
     assert record["filters"] == {"split": [], "fold": [], "exclude-fold": [1], "origin": ["real"]}
     assert record["counts"] == {"anger": {"real": 2, "synthetic": 0}, "happy": {"real": 1, "synthetic": 0}}
     assert record["total"] == result.total == 3

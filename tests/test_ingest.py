@@ -19,7 +19,6 @@ from fesaug.utils.errors import FesaugError
 
 from .conftest import run_cli
 
-
 # --------------------------------------------------------------------------------------------
 # helpers
 
@@ -169,7 +168,15 @@ def test_ckplus_names_and_subject_independent_folds(tmp_path, capsys):
 
 def test_jaffe_flat_tree(tmp_path, capsys):
     src = tmp_path / "jaffe"
-    names = ["KA.AN1.39.tiff", "KA.HA2.30.tiff", "KL.SU1.164.tiff", "KL.NE1.155.tiff", "YM.DI3.66.tiff", "YM.FE1.67.tiff", "NM.SA1.95.tiff"]
+    names = [
+        "KA.AN1.39.tiff",
+        "KA.HA2.30.tiff",
+        "KL.SU1.164.tiff",
+        "KL.NE1.155.tiff",
+        "YM.DI3.66.tiff",
+        "YM.FE1.67.tiff",
+        "NM.SA1.95.tiff",
+    ]
     for n in names:
         make_image(src / n, (32, 32))
     out = tmp_path / "m.parquet"
@@ -177,8 +184,13 @@ def test_jaffe_flat_tree(tmp_path, capsys):
     df = read_manifest(out).df.set_index("source_file")
     assert df.loc["KA.AN1.39.tiff", "label_name"] == "anger" and df.loc["KA.AN1.39.tiff", "subject_id"] == "KA"
     assert dict(zip(df.index, df["label_name"])) == {
-        "KA.AN1.39.tiff": "anger", "KA.HA2.30.tiff": "happy", "KL.SU1.164.tiff": "surprise", "KL.NE1.155.tiff": "neutral",
-        "YM.DI3.66.tiff": "disgust", "YM.FE1.67.tiff": "fear", "NM.SA1.95.tiff": "sadness",
+        "KA.AN1.39.tiff": "anger",
+        "KA.HA2.30.tiff": "happy",
+        "KL.SU1.164.tiff": "surprise",
+        "KL.NE1.155.tiff": "neutral",
+        "YM.DI3.66.tiff": "disgust",
+        "YM.FE1.67.tiff": "fear",
+        "NM.SA1.95.tiff": "sadness",
     }
     assert set(df["subject_id"]) == {"KA", "KL", "YM", "NM"}
 
@@ -197,7 +209,15 @@ def test_subject_pattern(tmp_path, capsys, pattern):
 
 
 def test_fer2013_csv(tmp_path, capsys):
-    csv = write_csv(tmp_path / "fer.csv", [f"0,{pixels(1)},Training", f"3,{pixels(2)},Training", f"6,{pixels(3)},PublicTest", f"5,{pixels(4)},PrivateTest"])
+    csv = write_csv(
+        tmp_path / "fer.csv",
+        [
+            f"0,{pixels(1)},Training",
+            f"3,{pixels(2)},Training",
+            f"6,{pixels(3)},PublicTest",
+            f"5,{pixels(4)},PrivateTest",
+        ],
+    )
     out = tmp_path / "m.parquet"
     summary = ok(capsys, "ingest", csv, "--format", "fer2013-csv", "--out", out)
     assert "4 rows" in summary
@@ -334,7 +354,9 @@ def test_bad_file_refused_or_skipped(tmp_path, capsys, case):
 
 def test_unknown_classes_are_listed_together(tmp_path, capsys):
     src = make_tree(tmp_path / "d", {"happy": 1, "bored": 1, "sleepy": 1})
-    err = assert_refused(capsys, tmp_path / "out", "'bored', 'sleepy'", "ingest", src, "--out", tmp_path / "out" / "m.parquet")
+    err = assert_refused(
+        capsys, tmp_path / "out", "'bored', 'sleepy'", "ingest", src, "--out", tmp_path / "out" / "m.parquet"
+    )
     assert "known classes are" in err
 
 
@@ -342,7 +364,9 @@ def test_file_name_not_matching_preset(tmp_path, capsys):
     src = ck_tree(tmp_path / "ck", subjects=3)
     make_image(src / "happy" / "IMG_0001.png")
     out_dir = tmp_path / "out"
-    err = assert_refused(capsys, out_dir, "IMG_0001.png", "ingest", src, "--preset", "ckplus", "--out", out_dir / "m.parquet")
+    err = assert_refused(
+        capsys, out_dir, "IMG_0001.png", "ingest", src, "--preset", "ckplus", "--out", out_dir / "m.parquet"
+    )
     assert "does not match the subject pattern" in err
     summary = ok(capsys, "ingest", src, "--preset", "ckplus", "--skip-bad", "--out", out_dir / "m.parquet")
     assert "18 rows" in summary and "1 skipped (-v lists them)" in summary
@@ -364,7 +388,9 @@ def test_malformed_csv_row(tmp_path, capsys, case):
     row, reason = BAD_ROWS[case]
     csv = write_csv(tmp_path / "fer.csv", [f"0,{pixels(5)},Training", row, f"4,{pixels(6)},PrivateTest"])
     out_dir = tmp_path / "out"
-    err = assert_refused(capsys, out_dir, "fer.csv line 3", "ingest", csv, "--format", "fer2013-csv", "--out", out_dir / "m.parquet")
+    err = assert_refused(
+        capsys, out_dir, "fer.csv line 3", "ingest", csv, "--format", "fer2013-csv", "--out", out_dir / "m.parquet"
+    )
     assert reason in err
     ok(capsys, "ingest", csv, "--format", "fer2013-csv", "--skip-bad", "--out", out_dir / "m.parquet")
     m = read_manifest(out_dir / "m.parquet")
@@ -373,10 +399,31 @@ def test_malformed_csv_row(tmp_path, capsys, case):
 
 def test_csv_missing_column(tmp_path, capsys):
     csv = write_csv(tmp_path / "fer.csv", ["0,Training"], header="emotion,Usage")
-    err = assert_refused(capsys, tmp_path / "out", "fer.csv", "ingest", csv, "--format", "fer2013-csv", "--skip-bad", "--out", tmp_path / "out" / "m.parquet")
+    err = assert_refused(
+        capsys,
+        tmp_path / "out",
+        "fer.csv",
+        "ingest",
+        csv,
+        "--format",
+        "fer2013-csv",
+        "--skip-bad",
+        "--out",
+        tmp_path / "out" / "m.parquet",
+    )
     assert "missing column(s) pixels" in err
     write_csv(csv, [], header="emotion,pixels")
-    assert "no data rows" in assert_refused(capsys, tmp_path / "out", "fer.csv", "ingest", csv, "--format", "fer2013-csv", "--out", tmp_path / "out" / "m.parquet")
+    assert "no data rows" in assert_refused(
+        capsys,
+        tmp_path / "out",
+        "fer.csv",
+        "ingest",
+        csv,
+        "--format",
+        "fer2013-csv",
+        "--out",
+        tmp_path / "out" / "m.parquet",
+    )
 
 
 def test_source_missing_or_empty(tmp_path, capsys):
@@ -388,14 +435,18 @@ def test_source_missing_or_empty(tmp_path, capsys):
     assert "is empty" in err
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("x")
-    assert "contains no images" in assert_refused(capsys, tmp_path / "out", "junk", "ingest", tmp_path / "junk", "--out", out)
+    assert "contains no images" in assert_refused(
+        capsys, tmp_path / "out", "junk", "ingest", tmp_path / "junk", "--out", out
+    )
 
 
 def test_no_face_found(tmp_path, capsys):
     src = tmp_path / "d"
     (src / "happy").mkdir(parents=True)
     Image.new("L", (64, 64), 128).save(src / "happy" / "blank.png")
-    err = assert_refused(capsys, tmp_path / "out", "blank.png", "ingest", src, "--detect-faces", "--out", tmp_path / "out" / "m.parquet")
+    err = assert_refused(
+        capsys, tmp_path / "out", "blank.png", "ingest", src, "--detect-faces", "--out", tmp_path / "out" / "m.parquet"
+    )
     assert "no face found" in err
 
 
@@ -444,7 +495,9 @@ def test_overwrite_refused_then_replaced(tmp_path, capsys):
     write_csv(csv, [f"4,{pixels(3)},Training"])
     ok(capsys, "ingest", csv, "--format", "fer2013-csv", "--overwrite", "--out", out)
     assert read_manifest(out).df["label_name"].tolist() == ["sadness"]
-    assert [p.relative_to(tmp_path / "m-images").as_posix() for p in sorted((tmp_path / "m-images").rglob("*.png"))] == ["sadness/fer-000002.png"]
+    assert [
+        p.relative_to(tmp_path / "m-images").as_posix() for p in sorted((tmp_path / "m-images").rglob("*.png"))
+    ] == ["sadness/fer-000002.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fer.csv", "m-images", "m.parquet"]
 
 
@@ -454,7 +507,9 @@ def test_failed_run_keeps_previous_outputs(tmp_path, capsys):
     ok(capsys, "ingest", src, "--preset", "ckplus", "--size", 8, "--out", out)
     before = {p: p.read_bytes() for p in sorted(out.parent.rglob("*")) if p.is_file()}
     # Images are produced before the fold assignment fails (3 subjects, 5 folds).
-    code, _, err = cli(capsys, "ingest", src, "--preset", "ckplus", "--size", 16, "--folds", 5, "--overwrite", "--out", out)
+    code, _, err = cli(
+        capsys, "ingest", src, "--preset", "ckplus", "--size", 16, "--folds", 5, "--overwrite", "--out", out
+    )
     assert code == 1 and "3 subject" in err
     assert {p: p.read_bytes() for p in sorted(out.parent.rglob("*")) if p.is_file()} == before
 
@@ -466,11 +521,17 @@ def test_console_script_default_out(tmp_path):
     assert read_manifest(tmp_path / "manifests" / "my-data.parquet").df["label_name"].tolist() == ["happy", "sadness"]
     (src / "sad" / "sad_0.png").write_bytes(b"")
     done = run_cli("ingest", src, "--out", tmp_path / "x.parquet", cwd=tmp_path)
-    assert done.returncode == 1 and done.stderr.startswith("Error:") and "sad_0.png" in done.stderr and "Traceback" not in done.stderr
+    assert (
+        done.returncode == 1
+        and done.stderr.startswith("Error:")
+        and "sad_0.png" in done.stderr
+        and "Traceback" not in done.stderr
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # real data (research-only: read in place, derived images only in tmp_path; `ckplus_dir` skips when absent)
+
 
 @pytest.mark.ckplus
 def test_ckplus48_real(tmp_path, capsys, ckplus_dir):
@@ -480,7 +541,13 @@ def test_ckplus48_real(tmp_path, capsys, ckplus_dir):
     df = m.df
     assert len(df) == 981 and df["subject_id"].nunique() == 118
     assert df["label_name"].value_counts().to_dict() == {
-        "anger": 135, "contempt": 54, "disgust": 177, "fear": 75, "happy": 207, "sadness": 84, "surprise": 249,
+        "anger": 135,
+        "contempt": 54,
+        "disgust": 177,
+        "fear": 75,
+        "happy": 207,
+        "sadness": 84,
+        "surprise": 249,
     }
     assert sorted(set(df["fold"])) == list(range(10))
     assert (df.groupby("subject_id")["fold"].nunique() == 1).all()
@@ -491,7 +558,11 @@ def test_ckplus48_real(tmp_path, capsys, ckplus_dir):
 
 @pytest.mark.ckplus
 def test_detect_faces_finds_pasted_ckplus_face(tmp_path, capsys, ckplus_dir):
-    face = Image.open(ckplus_dir / "anger" / "S010_004_00000017.png").convert("L").resize((160, 160), Image.Resampling.BICUBIC)
+    face = (
+        Image.open(ckplus_dir / "anger" / "S010_004_00000017.png")
+        .convert("L")
+        .resize((160, 160), Image.Resampling.BICUBIC)
+    )
     canvas = Image.new("L", (480, 400), 128)
     canvas.paste(face, (200, 120))
     box = faces.detect_face(canvas, where="canvas")

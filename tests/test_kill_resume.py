@@ -19,9 +19,9 @@ import pytest
 import torch
 import yaml
 
-from fesaug.synthesis.checkpoint import load_checkpoint
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest
+from fesaug.synthesis.checkpoint import load_checkpoint
 
 from .conftest import TINY, cli_in_process, kill_at
 
@@ -33,9 +33,10 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*") if p.name.endswith((".tmp", ".old")))
 
 
-def test_train_resume_after_kill_9_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path,
-                                                                              capsys: pytest.CaptureFixture) -> None:
-    demo = make_demo_dataset(tmp_path / "demo", counts={c: 8 for c in DEFAULT_COUNTS}, n_subjects=8, size=32, folds=4)
+def test_train_resume_after_kill_9_gives_the_weights_of_an_uninterrupted_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    demo = make_demo_dataset(tmp_path / "demo", counts=dict.fromkeys(DEFAULT_COUNTS, 8), n_subjects=8, size=32, folds=4)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "epochs": 2, "lr_milestones": [0.5]}))
 
@@ -73,9 +74,30 @@ def test_evaluate_killed_anywhere_resumes_to_the_same_results(tmp_path: Path, ca
     generator.write_text(yaml.safe_dump(TINY))
 
     def evaluate(out: Path) -> list[object]:
-        return ["evaluate", "--manifest", demo, "--out", out, "--folds", "0", "--conditions", "real,oversample,fes",
-                "--no-synthesis", "--epochs", "2", "--image-size", "32", "--generator-config", generator,
-                "--generator-epochs", "2", "--min-confidence", "0", "--device", "cpu"]
+        return [
+            "evaluate",
+            "--manifest",
+            demo,
+            "--out",
+            out,
+            "--folds",
+            "0",
+            "--conditions",
+            "real,oversample,fes",
+            "--no-synthesis",
+            "--epochs",
+            "2",
+            "--image-size",
+            "32",
+            "--generator-config",
+            generator,
+            "--generator-epochs",
+            "2",
+            "--min-confidence",
+            "0",
+            "--device",
+            "cpu",
+        ]
 
     code, _, err = cli_in_process(capsys, *evaluate(tmp_path / "straight"))
     assert code == 0, err
@@ -97,8 +119,10 @@ def test_evaluate_killed_anywhere_resumes_to_the_same_results(tmp_path: Path, ca
     results = json.loads((out / "results.json").read_text())
     for key in ("conditions", "comparisons", "per_fold"):
         assert results[key] == straight[key], key
-    assert read_manifest(fold / "balanced" / "manifest.parquet").df["sha256"].tolist() == \
-        read_manifest(tmp_path / "straight" / "fold-0" / "balanced" / "manifest.parquet").df["sha256"].tolist()
+    assert (
+        read_manifest(fold / "balanced" / "manifest.parquet").df["sha256"].tolist()
+        == read_manifest(tmp_path / "straight" / "fold-0" / "balanced" / "manifest.parquet").df["sha256"].tolist()
+    )
     assert _leftovers(out) == []
 
 
@@ -116,7 +140,9 @@ def _rows(manifest: Path) -> list[tuple]:
 
 def test_ingest_killed_midway_leaves_nothing_taken_for_whole(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     csv = _fer_csv(tmp_path / "fer.csv", 20)
-    code, _, err = cli_in_process(capsys, "ingest", csv, "--format", "fer2013-csv", "--out", tmp_path / "ref" / "m.parquet")
+    code, _, err = cli_in_process(
+        capsys, "ingest", csv, "--format", "fer2013-csv", "--out", tmp_path / "ref" / "m.parquet"
+    )
     assert code == 0, err
     out = tmp_path / "out" / "m.parquet"
     ingest = ["ingest", csv, "--format", "fer2013-csv", "--out", out]
@@ -135,11 +161,15 @@ def test_ingest_killed_midway_leaves_nothing_taken_for_whole(tmp_path: Path, cap
     assert sorted(p.name for p in out.parent.iterdir()) == ["m-images", "m.parquet"]  # nothing half-written left
 
 
-def test_export_killed_midway_leaves_the_previous_tree_or_none(small_manifest: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_export_killed_midway_leaves_the_previous_tree_or_none(
+    small_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     def tree(folder: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-                if p.is_file() and p.name != "export.json"}  # export.json records the time
+        return {
+            str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "export.json"
+        }  # export.json records the time
 
     out = tmp_path / "exported" / "x"
     export = ["export", small_manifest, "--out", out]

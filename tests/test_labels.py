@@ -8,8 +8,18 @@ from fesaug.utils.errors import FesaugError
 
 @pytest.mark.parametrize(
     "raw, canon",
-    [("angry", "anger"), ("Anger", "anger"), ("happiness", "happy"), ("sad", "sadness"), ("Surprised", "surprise"),
-     ("NE", "neutral"), ("AN", "anger"), ("disgusted", "disgust"), ("fearful", "fear"), ("4_sad", "sadness")],
+    [
+        ("angry", "anger"),
+        ("Anger", "anger"),
+        ("happiness", "happy"),
+        ("sad", "sadness"),
+        ("Surprised", "surprise"),
+        ("NE", "neutral"),
+        ("AN", "anger"),
+        ("disgusted", "disgust"),
+        ("fearful", "fear"),
+        ("4_sad", "sadness"),
+    ],
 )
 def test_aliases_map_onto_the_canonical_vocabulary(raw: str, canon: str) -> None:
     assert canonical_label(raw) == canon

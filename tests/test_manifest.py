@@ -57,7 +57,9 @@ def test_huggingface_footer_declares_image_and_classlabel(small_manifest: Path) 
 def test_loads_in_huggingface_datasets_as_image_and_classlabel(small_manifest: Path, monkeypatch) -> None:
     datasets = pytest.importorskip("datasets")
     monkeypatch.chdir(small_manifest.parent)  # datasets resolves relative image paths from the cwd
-    ds = datasets.load_dataset("parquet", data_files=str(small_manifest), split="train", cache_dir=str(small_manifest.parent / "hf"))
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(small_manifest), split="train", cache_dir=str(small_manifest.parent / "hf")
+    )
     assert isinstance(ds.features["image"], datasets.Image)
     assert ds.features["label"].names == ["anger", "happy"]
     assert ds[3]["image"].size == (16, 16) and ds[1]["label"] == 1
@@ -93,12 +95,30 @@ def test_failed_write_leaves_previous_file_and_no_temp(small_manifest: Path) -> 
     "change, message",
     [
         (lambda t, m: (t.drop_columns(["sha256"]), m), "missing column"),
-        (lambda t, m: (t.set_column(t.schema.get_field_index("label"), "label", pa.array(["a"] * 4)), m), "column 'label' has type string"),
+        (
+            lambda t, m: (t.set_column(t.schema.get_field_index("label"), "label", pa.array(["a"] * 4)), m),
+            "column 'label' has type string",
+        ),
         (lambda t, m: (t, {**m, "schema_version": 99}), "schema version 99.*upgrade fesaug"),
         (lambda t, m: (t, {**m, "classes": []}), "classes"),
-        (lambda t, m: (t.set_column(0, "sample_id", pa.array(["a", "a", "b", "c"])), m), "sample_id 'a' appears more than once"),
-        (lambda t, m: (t.set_column(t.schema.get_field_index("origin"), "origin", pa.array(["real", "fake", "real", "real"])), m), "origin"),
-        (lambda t, m: (t.set_column(t.schema.get_field_index("label_name"), "label_name", pa.array(["happy"] * 4)), m), "label_name"),
+        (
+            lambda t, m: (t.set_column(0, "sample_id", pa.array(["a", "a", "b", "c"])), m),
+            "sample_id 'a' appears more than once",
+        ),
+        (
+            lambda t, m: (
+                t.set_column(t.schema.get_field_index("origin"), "origin", pa.array(["real", "fake", "real", "real"])),
+                m,
+            ),
+            "origin",
+        ),
+        (
+            lambda t, m: (
+                t.set_column(t.schema.get_field_index("label_name"), "label_name", pa.array(["happy"] * 4)),
+                m,
+            ),
+            "label_name",
+        ),
     ],
 )
 def test_validator_rejects(small_manifest: Path, tmp_path: Path, change, message: str) -> None:
@@ -133,10 +153,17 @@ def test_unreadable_inputs_are_clear_errors(small_manifest: Path, tmp_path: Path
 
 
 def test_writer_fills_defaults_and_keeps_extra_columns(tmp_path: Path) -> None:
-    df = pd.DataFrame({
-        "sample_id": ["a"], "image": [{"bytes": png_bytes(), "path": None}], "label": [1],
-        "width": [16], "height": [16], "sha256": ["x"], "note": ["kept"],
-    })
+    df = pd.DataFrame(
+        {
+            "sample_id": ["a"],
+            "image": [{"bytes": png_bytes(), "path": None}],
+            "label": [1],
+            "width": [16],
+            "height": [16],
+            "sha256": ["x"],
+            "note": ["kept"],
+        }
+    )
     m = read_manifest(write_manifest(df, tmp_path / "m.parquet", classes=["fear", "happy"], meta={"k": "v"}))
     row = m.df.iloc[0]
     assert (row["label_name"], row["split"], row["origin"]) == ("happy", "train", "real")

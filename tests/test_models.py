@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fesaug.utils.errors import FesaugError
 from fesaug.models import (
     MAX_INTENSITY,
     SHARING_KINDS,
@@ -26,6 +25,7 @@ from fesaug.models import (
     make_sharing_unit,
     to_model_range,
 )
+from fesaug.utils.errors import FesaugError
 
 # The paper preset at full width is slow on CPU; its shapes do not depend on the widths.
 SMALL_PAPER = {"widths": (8, 16, 32, 32), "disc_width": 8}
@@ -85,7 +85,7 @@ def test_gates_are_reported_per_level_and_direction() -> None:
     assert set(gates) == {
         f"level{lv}/{d}/{g}" for lv in range(1, levels + 1) for d in ("fer<-fes", "fes<-fer") for g in ("r", "z")
     }
-    assert all(0 <= float(v.detach().min()) and float(v.detach().max()) <= 1 for v in gates.values())
+    assert all(float(v.detach().min()) >= 0 and float(v.detach().max()) <= 1 for v in gates.values())
     assert FERSNet(FERSNetConfig.preset("cpu", sharing="hard"))(images(model.config), return_gates=True).gates == {}
 
 
@@ -393,12 +393,17 @@ def test_a_warp_model_starts_from_the_identity_flow() -> None:
 
 def test_flow_and_mask_below_their_thresholds_change_nothing_at_inference() -> None:
     torch.manual_seed(0)
-    net = FERSNet(FERSNetConfig(image_size=32, widths=(8, 16, 16), output="warp", flow_threshold=0.25,
-                                mask_threshold=0.05)).eval()
+    net = FERSNet(
+        FERSNetConfig(image_size=32, widths=(8, 16, 16), output="warp", flow_threshold=0.25, mask_threshold=0.05)
+    ).eval()
     px = net.decoder.max_flow
     # A 0.1-pixel flow and a 2 % mask: under both thresholds, so the input comes back exactly.
-    _set_head(net, colour=0.3, mask_logit=float(torch.logit(torch.tensor(0.02))),
-              flow=(float(torch.atanh(torch.tensor(0.1 / px))), 0.0))
+    _set_head(
+        net,
+        colour=0.3,
+        mask_logit=float(torch.logit(torch.tensor(0.02))),
+        flow=(float(torch.atanh(torch.tensor(0.1 / px))), 0.0),
+    )
     x = images(net.config, batch=2)
     assert torch.equal(net(x, torch.tensor([0, 1])).fake, x)
     # Training sees the raw values, so the heads learn from them.

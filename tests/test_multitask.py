@@ -9,7 +9,6 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from fesaug.utils.errors import FesaugError
 from fesaug.models import (
     SHARING_KINDS,
     AWSUnit,
@@ -20,6 +19,7 @@ from fesaug.models import (
     au_pos_weight,
     multitask_loss,
 )
+from fesaug.utils.errors import FesaugError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +43,8 @@ def batch(b: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.
 def grads(model: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     return {
         n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-        for n, p in model.named_parameters() if n.startswith(prefix)
+        for n, p in model.named_parameters()
+        if n.startswith(prefix)
     }
 
 
@@ -71,9 +72,14 @@ def test_config_round_trips_and_rejects_bad_values() -> None:
         EmotionAUConfig(image_size=16, widths=(8, 16, 16, 16), norm="instance")
     with pytest.raises(ModelConfigError, match="multiple of"):
         EmotionAUConfig(image_size=36, widths=(8, 16, 16))
-    for bad, match in [({"sharing": "stitch"}, "unknown sharing"), ({"norm": "layer"}, "norm"),
-                       ({"widths": (8,)}, "widths"), ({"num_aus": 0}, "num_aus"),
-                       ({"num_classes": 1}, "num_classes"), ({"flu_kernel_size": 2}, "odd")]:
+    for bad, match in [
+        ({"sharing": "stitch"}, "unknown sharing"),
+        ({"norm": "layer"}, "norm"),
+        ({"widths": (8,)}, "widths"),
+        ({"num_aus": 0}, "num_aus"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"flu_kernel_size": 2}, "odd"),
+    ]:
         with pytest.raises(ModelConfigError, match=match):
             dataclasses.replace(TINY, **bad)
 
@@ -293,7 +299,7 @@ def test_short_training_on_disjoint_labels_lowers_both_losses(sharing: str) -> N
         labels = torch.randint(0, 3, (b,))
         aus = torch.randint(0, 2, (b, 4)).float()
         x = 0.3 * torch.randn(b, 1, 32, 32) + emo_patterns[labels] + torch.einsum("ba,achw->bchw", aus, au_patterns)
-        labels[b // 2:] = -1
+        labels[b // 2 :] = -1
         aus[: b // 2] = NAN
         return (x / 3).clamp(-1, 1), labels, aus
 

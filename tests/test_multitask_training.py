@@ -12,7 +12,6 @@ import torch
 
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
-from fesaug.utils.errors import FesaugError
 from fesaug.multitask.training import (
     FORMAT,
     MultiTaskConfig,
@@ -21,6 +20,7 @@ from fesaug.multitask.training import (
     load_emotion_au,
     train_multitask,
 )
+from fesaug.utils.errors import FesaugError
 
 from .conftest import cli_in_process as cli
 
@@ -37,7 +37,7 @@ def tiny(**changes: object) -> MultiTaskConfig:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """56 images of 8 subjects in 4 folds, 32x32, every row with AU labels."""
     out = tmp_path_factory.mktemp("demo")
-    return make_demo_dataset(out, counts={c: 8 for c in DEFAULT_COUNTS}, n_subjects=8, size=32, folds=4)
+    return make_demo_dataset(out, counts=dict.fromkeys(DEFAULT_COUNTS, 8), n_subjects=8, size=32, folds=4)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,15 @@ def test_run_folder_metrics_and_checkpoints(run: MultiTaskResult, demo: Path) ->
         assert (folder / name).is_file(), name
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert lines == run.metrics and [m["epoch"] for m in lines] == [1, 2]
-    for key in ("loss_emotion", "loss_au", "loss_total", "val_emotion_acc", "val_emotion_macro_f1", "val_au_mean_f1", "seconds"):
+    for key in (
+        "loss_emotion",
+        "loss_au",
+        "loss_total",
+        "val_emotion_acc",
+        "val_emotion_macro_f1",
+        "val_au_mean_f1",
+        "seconds",
+    ):
         assert lines[0][key] is not None, key
     assert lines[run.best_epoch - 1]["best"]
     ckpt = torch.load(run.last_checkpoint, weights_only=True)
@@ -70,7 +78,9 @@ def test_heldout_fold_is_never_trained_or_validated_on(run: MultiTaskResult, dem
     split = torch.load(run.last_checkpoint, weights_only=True)["split"]
     assert set(split["heldout_subjects"]) == fold0 and split["holdout_folds"] == [0]
     seen = set(split["train_subjects"]) | set(split["val_subjects"])
-    assert not fold0 & seen and set(split["emotion_subjects"]) | set(split["au_subjects"]) <= set(split["train_subjects"])
+    assert not fold0 & seen and set(split["emotion_subjects"]) | set(split["au_subjects"]) <= set(
+        split["train_subjects"]
+    )
     assert not fold0 & set(df["subject_id"].iloc[run.split.train_rows])
 
 
@@ -93,7 +103,9 @@ def test_run_hides_labels_by_subject(run: MultiTaskResult) -> None:
     assert emo and au and not emo & au and emo | au == set(split["train_subjects"])
 
 
-def test_manifest_without_au_labels_is_one_error_line(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_manifest_without_au_labels_is_one_error_line(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     m = read_manifest(demo)
     df = m.df.drop(columns=["au_occurrence", "au_intensity"])
     df["image"] = [{"bytes": m.image_bytes(i), "path": None} for i in range(len(df))]
@@ -105,21 +117,42 @@ def test_manifest_without_au_labels_is_one_error_line(demo: Path, tmp_path: Path
     assert "--au-labels" in lines[0]
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--tasks", "emotion,au,synthesis"), "not supported yet"),
-    (("--tasks", "au,emotion", "--preset", "cpu"), "--preset only apply to FERSNet"),
-    (("--tasks", "au,emotion", "--resume"), "--resume only apply to FERSNet"),
-    (("--tasks", "emotion,pose"), "unknown task"),
-    (("--tasks", "au"), "not a supported combination"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--tasks", "emotion,au,synthesis"), "not supported yet"),
+        (("--tasks", "au,emotion", "--preset", "cpu"), "--preset only apply to FERSNet"),
+        (("--tasks", "au,emotion", "--resume"), "--resume only apply to FERSNet"),
+        (("--tasks", "emotion,pose"), "unknown task"),
+        (("--tasks", "au"), "not a supported combination"),
+    ],
+)
 def test_cli_usage_errors(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, message: str) -> None:
     code, _, err = cli(capsys, "train", "--manifest", demo, "--out", tmp_path / "run", *args)
     assert code == 2 and message in err and not (tmp_path / "run").exists()
 
 
 def test_cli_trains_emotion_au(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, err = cli(capsys, "train", "--manifest", demo, "--out", tmp_path / "run", "--tasks", "au,emotion", "--sharing", "hard",
-                         "--epochs", "1", "--batch-size", "8", "--holdout-fold", "0", "--device", "cpu")
+    code, out, err = cli(
+        capsys,
+        "train",
+        "--manifest",
+        demo,
+        "--out",
+        tmp_path / "run",
+        "--tasks",
+        "au,emotion",
+        "--sharing",
+        "hard",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--holdout-fold",
+        "0",
+        "--device",
+        "cpu",
+    )
     # The CLI keeps the default 64x64 model; the 32x32 demo images are resized.
     assert code == 0, err
     assert "best epoch 1" in out and "AU mean F1" in out and "epoch 1/1" in err

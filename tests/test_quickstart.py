@@ -28,8 +28,15 @@ def test_demo_trains_balances_audits_and_draws(tmp_path: Path) -> None:
     counts = working.groupby("label_name").size()
     assert counts.nunique() == 1 and counts.iloc[0] == counts.max()  # every class at the largest
     assert (balanced.df["origin"] == "synthetic").sum() > 0
-    for name in ("histogram_before.png", "histogram_after.png", "synthesis.png", "summary.txt",
-                 "data/manifest.parquet", "run/checkpoints/last.pt", "balanced/README.md"):
+    for name in (
+        "histogram_before.png",
+        "histogram_after.png",
+        "synthesis.png",
+        "summary.txt",
+        "data/manifest.parquet",
+        "run/checkpoints/last.pt",
+        "balanced/README.md",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert (out / "summary.txt").read_text().strip() == result.stdout.strip()
 

@@ -13,7 +13,6 @@ import torch
 from scipy.linalg import sqrtm
 from scipy.ndimage import gaussian_filter
 
-from fesaug.utils.errors import FesaugError
 from fesaug.evaluate.metrics import (
     frechet_distance,
     memorisation,
@@ -22,6 +21,7 @@ from fesaug.evaluate.metrics import (
     psnr,
     ssim,
 )
+from fesaug.utils.errors import FesaugError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,6 +73,7 @@ def test_frechet_rank_deficient_covariances_stay_finite():
 def test_frechet_retries_with_ridge_when_sqrtm_fails(monkeypatch):
     # scipy rarely fails on real data, so make the first square root fail and check the retry.
     import fesaug.evaluate.metrics as sm
+
     seen = []
 
     def flaky_sqrtm(m):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fesaug.utils.errors import UsageError
 from fesaug.balance.targets import resolve_targets
+from fesaug.utils.errors import UsageError
 
 
 def test_targets_in_imbalanced_learn_vocabulary() -> None:
@@ -19,12 +19,18 @@ def test_targets_in_imbalanced_learn_vocabulary() -> None:
     assert resolve_targets(counts, target_per_class=6, undersample=True) == {"a": 6, "b": 6, "c": 6}
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"target_per_class": 6}, "below its 10 real images (and 1 more class(es)); raise the target, or pass --undersample"),
-    ({"targets": {"c": 3}}, "the target for 'c' (3) is below its 7 real images"),
-    ({"targets": {"z": 3}}, "class 'z', which this manifest does not have"),
-    ({"sampling_strategy": "majority"}, "unknown sampling strategy 'majority'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"target_per_class": 6},
+            "below its 10 real images (and 1 more class(es)); raise the target, or pass --undersample",
+        ),
+        ({"targets": {"c": 3}}, "the target for 'c' (3) is below its 7 real images"),
+        ({"targets": {"z": 3}}, "class 'z', which this manifest does not have"),
+        ({"sampling_strategy": "majority"}, "unknown sampling strategy 'majority'"),
+    ],
+)
 def test_target_errors_say_what_to_do(kwargs: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve_targets({"a": 10, "b": 4, "c": 7}, **kwargs)

@@ -16,15 +16,15 @@ import pytest
 import torch
 
 import fesaug
-from fesaug.synthesis import training
-from fesaug.synthesis.checkpoint import FORMAT, load_checkpoint
 from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_holdout_names, read_manifest, write_manifest
+from fesaug.data.splits import check_holdout_folds, split_subjects
+from fesaug.synthesis import training
+from fesaug.synthesis.checkpoint import FORMAT, load_checkpoint
+from fesaug.synthesis.training import TrainConfig, train
 from fesaug.utils.errors import FesaugError, UsageError
 from fesaug.utils.runlog import read_metrics
-from fesaug.data.splits import check_holdout_folds, split_subjects
-from fesaug.synthesis.training import TrainConfig, train
 
 from .conftest import TINY, tiny_config
 from .conftest import cli_in_process as cli
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """56 images of 8 subjects in 4 folds, 32x32."""
     out = tmp_path_factory.mktemp("demo")
-    return make_demo_dataset(out, counts={c: 8 for c in DEFAULT_COUNTS}, n_subjects=8, size=32, folds=4)
+    return make_demo_dataset(out, counts=dict.fromkeys(DEFAULT_COUNTS, 8), n_subjects=8, size=32, folds=4)
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +60,32 @@ def test_short_run_lowers_fer_loss_and_reconstruction_error(demo: Path, tmp_path
 
 def test_run_folder_contents(run: training.TrainResult) -> None:
     folder = run.run_dir
-    for name in ("config.yaml", "provenance.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
-                 "samples/epoch_001.png", "samples/epoch_002.png"):
+    for name in (
+        "config.yaml",
+        "provenance.json",
+        "metrics.jsonl",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "samples/epoch_001.png",
+        "samples/epoch_002.png",
+    ):
         assert (folder / name).is_file(), name
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert lines == run.metrics and len(lines) == 2
-    for key in ("loss_fer", "loss_adversarial", "loss_cycle", "loss_paired", "loss_expression", "loss_d",
-                "val_fer_acc", "val_fer_loss", "val_cycle_l1", "lr", "images_per_s", "epoch_seconds"):
+    for key in (
+        "loss_fer",
+        "loss_adversarial",
+        "loss_cycle",
+        "loss_paired",
+        "loss_expression",
+        "loss_d",
+        "val_fer_acc",
+        "val_fer_loss",
+        "val_cycle_l1",
+        "lr",
+        "images_per_s",
+        "epoch_seconds",
+    ):
         assert key in lines[0], key
     assert 1 <= run.best_epoch <= 2 and lines[run.best_epoch - 1]["best"]
     assert training.run_config(folder) == run.config
@@ -98,8 +117,9 @@ def test_holdout_fold_subjects_are_never_trained_or_validated_on(run: training.T
     assert not set(df["subject_id"].iloc[rows]) & fold0
 
 
-def test_a_checkpoint_with_the_old_name_of_the_held_out_folds_reads_as_today(run: training.TrainResult,
-                                                                             tmp_path: Path) -> None:
+def test_a_checkpoint_with_the_old_name_of_the_held_out_folds_reads_as_today(
+    run: training.TrainResult, tmp_path: Path
+) -> None:
     ckpt = torch.load(run.last_checkpoint, weights_only=True)
     ckpt["split"]["heldout_folds"] = ckpt["split"].pop("holdout_folds")  # as written before one name
     torch.save(ckpt, tmp_path / "old.pt")
@@ -109,7 +129,10 @@ def test_a_checkpoint_with_the_old_name_of_the_held_out_folds_reads_as_today(run
 
 
 def test_old_names_of_the_held_out_folds_read_as_today() -> None:
-    assert read_holdout_names({"splits": ["train"], "excluded_folds": [0]}) == {"splits": ["train"], "holdout_folds": [0]}
+    assert read_holdout_names({"splits": ["train"], "excluded_folds": [0]}) == {
+        "splits": ["train"],
+        "holdout_folds": [0],
+    }
     assert read_holdout_names({"exclude_folds": None, "seed": 1}) == {"holdout_folds": None, "seed": 1}
     assert read_holdout_names({"heldout_folds": [2], "holdout_fold": 2}) == {"holdout_folds": [2], "holdout_fold": 2}
     assert read_holdout_names({"test_fold": 3}) == {"holdout_fold": 3}
@@ -159,10 +182,14 @@ def test_a_manifest_validation_split_is_kept_as_the_validation_set(demo: Path) -
 
 
 # The recognition recipe (rotation, zoom, label smoothing, weight averaging) resumes exactly too.
-@pytest.mark.parametrize("recipe", [{}, {"rotation": 10, "scale": 0.1, "label_smoothing": 0.1, "ema": 0.9}],
-                         ids=["default", "recognition-recipe"])
-def test_resume_after_interruption_gives_identical_weights(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           recipe: dict) -> None:
+@pytest.mark.parametrize(
+    "recipe",
+    [{}, {"rotation": 10, "scale": 0.1, "label_smoothing": 0.1, "ema": 0.9}],
+    ids=["default", "recognition-recipe"],
+)
+def test_resume_after_interruption_gives_identical_weights(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipe: dict
+) -> None:
     config = tiny_config(epochs=2, lr_milestones=[0.5], **recipe)
     # The uninterrupted run loads batches in two worker processes, the other one in this
     # process: items depend on (seed, epoch, index) only, so both see the same data.
@@ -208,7 +235,9 @@ def test_weight_averaging_saves_and_validates_the_average(demo: Path, tmp_path: 
     # The validation accuracy recorded for the epoch is the average's.
     config = result.config
     split = split_subjects(read_manifest(demo), config.holdout_fold, config.val_fraction, config.seed)
-    val_set = PairedTargetDataset(ManifestDataset(demo, rows=split.val_rows, image_size=32), paired_prob=1.0, augment=False)
+    val_set = PairedTargetDataset(
+        ManifestDataset(demo, rows=split.val_rows, image_size=32), paired_prob=1.0, augment=False
+    )
     val = training.validate(gen.model, torch.utils.data.DataLoader(val_set, batch_size=64), torch.device("cpu"))
     assert val["val_fer_loss"] == pytest.approx(result.metrics[-1]["val_fer_loss"], rel=1e-4)
 
@@ -225,14 +254,14 @@ def test_batch_norm_statistics_are_recomputed_over_the_whole_loader() -> None:
     rng = np.random.default_rng(0)
     faces = torch.from_numpy(rng.integers(0, 256, (12, 1, 4, 4), dtype=np.uint8))
     labels = torch.arange(12) % 3
-    batches = [{"source": faces[i:i + 4], "target_label": labels[i:i + 4]} for i in range(0, 12, 4)]
+    batches = [{"source": faces[i : i + 4], "target_label": labels[i : i + 4]} for i in range(0, 12, 4)]
     net = Net().eval()
     net.norm.running_mean.fill_(5.0)
     training.recalibrate_batch_norm(net, batches, torch.device("cpu"))
     inputs = (faces.float() / 127.5 - 1) + labels[:, None, None, None]
     assert torch.allclose(net.norm.running_mean, inputs.mean().reshape(1), atol=1e-5)
     # Equal batches: the mean of the batch variances (unbiased per batch), not a momentum blend.
-    per_batch = torch.stack([inputs[i:i + 4].var() for i in range(0, 12, 4)]).mean()
+    per_batch = torch.stack([inputs[i : i + 4].var() for i in range(0, 12, 4)]).mean()
     assert torch.allclose(net.norm.running_var, per_batch.reshape(1), atol=1e-5)
     assert net.norm.momentum == 0.3 and not net.training
 
@@ -252,9 +281,29 @@ def test_existing_run_needs_resume_or_overwrite(run: training.TrainResult, demo:
 
 def test_two_process_ddp_run_finishes_with_equal_replicas(demo: Path, tmp_path: Path) -> None:
     worker = Path(__file__).with_name("ddp_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker),
-           str(tmp_path), "train", "--manifest", str(demo), "--out", str(tmp_path / "run"), "--device", "cpu",
-           "--config", str(_write(tmp_path / "tiny.yaml", TINY)), "--epochs", "1", "--batch-size", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(worker),
+        str(tmp_path),
+        "train",
+        "--manifest",
+        str(demo),
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--config",
+        str(_write(tmp_path / "tiny.yaml", TINY)),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -262,8 +311,10 @@ def test_two_process_ddp_run_finishes_with_equal_replicas(demo: Path, tmp_path: 
     assert digests[0] == digests[1]
     # rank 0 wrote the checkpoint, and it holds the weights both replicas ended with
     ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
-    nets = [training.FERSNet(training.FERSNetConfig(**ckpt["model_config"])),
-            training.Discriminator(training.FERSNetConfig(**ckpt["model_config"]))]
+    nets = [
+        training.FERSNet(training.FERSNetConfig(**ckpt["model_config"])),
+        training.Discriminator(training.FERSNetConfig(**ckpt["model_config"])),
+    ]
     nets[0].load_state_dict(ckpt["model"])
     nets[1].load_state_dict(ckpt["discriminator"])
     assert weight_digest(nets) == digests[0]
@@ -298,8 +349,9 @@ def test_bad_checkpoints_give_one_error_line(run: training.TrainResult, demo: Pa
     assert code == 1 and err.count("\n") == 1 and "trained on classes" in err and "Traceback" not in err
 
 
-def test_resume_refuses_another_model_or_settings(run: training.TrainResult, demo: Path, tmp_path: Path,
-                                                  capsys) -> None:
+def test_resume_refuses_another_model_or_settings(
+    run: training.TrainResult, demo: Path, tmp_path: Path, capsys
+) -> None:
     base = ["train", "--manifest", demo, "--out", run.run_dir, "--resume", "--epochs", "3"]
     code, _, err = cli(capsys, *base, "--sharing", "cross-stitch")
     assert code == 1 and "another model" in err and "sharing" in err
@@ -310,8 +362,9 @@ def test_resume_refuses_another_model_or_settings(run: training.TrainResult, dem
     assert code == 1 and "32x32" in err and "64x64" in err
 
 
-def test_a_run_saved_before_newer_config_keys_existed_still_resumes(run: training.TrainResult, demo: Path,
-                                                                    tmp_path: Path, capsys) -> None:
+def test_a_run_saved_before_newer_config_keys_existed_still_resumes(
+    run: training.TrainResult, demo: Path, tmp_path: Path, capsys
+) -> None:
     import shutil
 
     import yaml
@@ -332,13 +385,15 @@ def test_a_run_saved_before_newer_config_keys_existed_still_resumes(run: trainin
 
 def test_bad_configs_give_one_error_line_naming_key_and_file(demo: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    for content, words in [({"epoch": 3}, ["'epoch'", "unknown config key"]),
-                           ({"epochs": -2}, ["epochs", "at least 1"]),
-                           ({"loss": {"cycle": "high"}}, ["loss.cycle", "a number"]),
-                           ({"model": {"sharing": "magic"}}, ["sharing", "convflu"]),
-                           ({"ema": 1.0}, ["ema", "decay in [0, 1)"]),
-                           ({"rotation": 90}, ["rotation", "degrees in [0, 45]"]),
-                           ({"label_smoothing": -0.1}, ["label_smoothing", "in [0, 1)"])]:
+    for content, words in [
+        ({"epoch": 3}, ["'epoch'", "unknown config key"]),
+        ({"epochs": -2}, ["epochs", "at least 1"]),
+        ({"loss": {"cycle": "high"}}, ["loss.cycle", "a number"]),
+        ({"model": {"sharing": "magic"}}, ["sharing", "convflu"]),
+        ({"ema": 1.0}, ["ema", "decay in [0, 1)"]),
+        ({"rotation": 90}, ["rotation", "degrees in [0, 45]"]),
+        ({"label_smoothing": -0.1}, ["label_smoothing", "in [0, 1)"]),
+    ]:
         path = _write(tmp_path / "bad.yaml", content)
         code, _, err = cli(capsys, "train", "--manifest", demo, "--out", out, "--config", path)
         assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1, err
@@ -354,7 +409,9 @@ def test_bad_configs_give_one_error_line_naming_key_and_file(demo: Path, tmp_pat
 
 
 def test_config_layers_preset_then_yaml_then_flags(tmp_path: Path) -> None:
-    path = _write(tmp_path / "c.yaml", {"preset": "paper", "epochs": 7, "model": {"sharing": "hard"}, "loss": {"cycle": 2}})
+    path = _write(
+        tmp_path / "c.yaml", {"preset": "paper", "epochs": 7, "model": {"sharing": "hard"}, "loss": {"cycle": 2}}
+    )
     config = training.resolve_config(config_file=path, overrides={"epochs": 3, "model": {"widths": [8, 16, 32, 32]}})
     assert (config.preset, config.epochs, config.batch_size, config.d_steps) == ("paper", 3, 8, 3)
     assert config.model == {"sharing": "hard", "widths": (8, 16, 32, 32)} and config.loss.cycle == 2.0
@@ -379,8 +436,9 @@ def test_bench_recipes_load_and_the_recognition_levers_add_up_to_the_recognition
     assert sum(len(lever) for lever in levers) == len(changed["recognition"])
 
 
-
-def test_ckplus_benchmark_resumes_from_its_committed_fold_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ckplus_benchmark_resumes_from_its_committed_fold_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A CK+48 fold is 20 minutes of the CPU and its checkpoints stay on the machine that trained
     # it: a fresh clone must take the committed records as finished folds, not train them again.
     bench = Path(__file__).parents[1] / "bench"
@@ -393,12 +451,28 @@ def test_ckplus_benchmark_resumes_from_its_committed_fold_records(tmp_path: Path
     monkeypatch.setattr(train_ckplus.subprocess, "run", no_training)
     recorded = json.loads((bench / "results" / "fersnet_ckplus.json").read_text())["runs"]["recognition / convflu"]
     for fold in recorded["folds"]:
-        r = train_ckplus.run_fold(tmp_path / "ck.parquet", tmp_path, "recognition", bench / "recipes" / "recognition.yaml",
-                                  "convflu", fold, recorded["epochs"], seed=0)
+        r = train_ckplus.run_fold(
+            tmp_path / "ck.parquet",
+            tmp_path,
+            "recognition",
+            bench / "recipes" / "recognition.yaml",
+            "convflu",
+            fold,
+            recorded["epochs"],
+            seed=0,
+        )
         assert r == recorded["per_fold"][recorded["folds"].index(fold)]
     with pytest.raises(AssertionError, match="trained again"):  # another recipe is not a recorded fold
-        train_ckplus.run_fold(tmp_path / "ck.parquet", tmp_path, "recognition", bench / "recipes" / "recognition.yaml",
-                              "convflu", 0, recorded["epochs"] + 1, seed=0)
+        train_ckplus.run_fold(
+            tmp_path / "ck.parquet",
+            tmp_path,
+            "recognition",
+            bench / "recipes" / "recognition.yaml",
+            "convflu",
+            0,
+            recorded["epochs"] + 1,
+            seed=0,
+        )
 
 
 # ----------------------------------------------------------------------------- inference API
@@ -414,7 +488,7 @@ def test_load_generator_synthesizes_and_classifies(run: training.TrainResult, de
     fake = gen.synthesize(faces, [0, 1, 2, 3, "surprise"])
     assert fake.dtype == torch.uint8 and fake.shape == (5, 1, 32, 32)
     fake = gen.synthesize(faces.float() / 255, 2, batch_size=2)
-    assert fake.dtype == torch.float32 and fake.shape == (5, 1, 32, 32) and 0 <= fake.min() and fake.max() <= 1
+    assert fake.dtype == torch.float32 and fake.shape == (5, 1, 32, 32) and fake.min() >= 0 and fake.max() <= 1
     assert gen.synthesize(faces[0], "happy").shape == (1, 32, 32)
     probs = gen.classify(faces)
     assert probs.shape == (5, len(gen.classes)) and torch.allclose(probs.sum(1), torch.ones(5))
@@ -442,15 +516,24 @@ def test_recogniser_is_the_fer_branch_and_fine_tunes_a_copy(run: training.TrainR
     # Same probabilities as the generator's own classify: the standardisation is FERSNet's range.
     assert np.allclose(predict_proba(recogniser, data.pixels), gen.classify(data.pixels).numpy(), atol=1e-5)
     before = {k: v.clone() for k, v in gen.model.state_dict().items()}
-    tuned = fit(data.pixels, data.labels, config=DownstreamConfig(epochs=2, image_size=gen.image_size, batch_size=6,
-                                                                  device="cpu", lr=1e-2),
-                num_classes=len(m.classes), init=recogniser).model
+    tuned = fit(
+        data.pixels,
+        data.labels,
+        config=DownstreamConfig(epochs=2, image_size=gen.image_size, batch_size=6, device="cpu", lr=1e-2),
+        num_classes=len(m.classes),
+        init=recogniser,
+    ).model
     after = gen.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the generator itself is untouched
     assert not np.allclose(predict_proba(tuned, data.pixels), predict_proba(recogniser, data.pixels))
     with pytest.raises(FesaugError, match="fine-tune"):
-        fit(data.pixels, data.labels, config=DownstreamConfig(epochs=1, image_size=gen.image_size, device="cpu"),
-            num_classes=len(m.classes) + 1, init=recogniser)
+        fit(
+            data.pixels,
+            data.labels,
+            config=DownstreamConfig(epochs=1, image_size=gen.image_size, device="cpu"),
+            num_classes=len(m.classes) + 1,
+            init=recogniser,
+        )
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -564,12 +647,34 @@ def test_expression_loss_goes_through_the_given_classifier_and_is_recorded(demo:
 def test_cli_expression_classifier_flag(demo: Path, tmp_path: Path, capsys) -> None:
     judge = _constant_judge(demo, tmp_path / "judge.pt")
     tiny = _write(tmp_path / "tiny.yaml", TINY)
-    code, out, err = cli(capsys, "train", "--manifest", demo, "--out", tmp_path / "run", "--config", tiny,
-                         "--epochs", "1", "--expression-classifier", judge)
+    code, out, err = cli(
+        capsys,
+        "train",
+        "--manifest",
+        demo,
+        "--out",
+        tmp_path / "run",
+        "--config",
+        tiny,
+        "--epochs",
+        "1",
+        "--expression-classifier",
+        judge,
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "provenance.json").read_text())["expression_classifier"]["path"] == str(judge)
-    code, _, err = cli(capsys, "train", "--manifest", demo, "--out", tmp_path / "au", "--tasks", "emotion,au",
-                       "--expression-classifier", judge)
+    code, _, err = cli(
+        capsys,
+        "train",
+        "--manifest",
+        demo,
+        "--out",
+        tmp_path / "au",
+        "--tasks",
+        "emotion,au",
+        "--expression-classifier",
+        judge,
+    )
     assert code == 2 and "--expression-classifier" in err and "FERSNet" in err
 
 
@@ -591,7 +696,9 @@ def test_mask_total_variation_is_zero_for_flat_masks_and_counts_edges() -> None:
 
 def test_mask_smoothness_weight_lowers_the_mask_variation(demo: Path, tmp_path: Path) -> None:
     rough = train(demo, tmp_path / "rough", tiny_config(epochs=3, val_fraction=0, lr=1e-3))
-    smooth = train(demo, tmp_path / "smooth", tiny_config(epochs=3, val_fraction=0, lr=1e-3, loss={"mask_smoothness": 20.0}))
+    smooth = train(
+        demo, tmp_path / "smooth", tiny_config(epochs=3, val_fraction=0, lr=1e-3, loss={"mask_smoothness": 20.0})
+    )
     assert smooth.metrics[-1]["loss_mask_smoothness"] < rough.metrics[-1]["loss_mask_smoothness"]
     assert rough.metrics[0]["loss_mask_smoothness"] > 0
 
@@ -599,8 +706,9 @@ def test_mask_smoothness_weight_lowers_the_mask_variation(demo: Path, tmp_path: 
 # ----------------------------------------------------------------------------- deformation output (#17)
 
 
-def test_a_checkpoint_from_before_the_warp_output_still_loads_and_synthesizes(run: training.TrainResult,
-                                                                               tmp_path: Path) -> None:
+def test_a_checkpoint_from_before_the_warp_output_still_loads_and_synthesizes(
+    run: training.TrainResult, tmp_path: Path
+) -> None:
     ckpt = torch.load(run.run_dir / "checkpoints" / "last.pt", weights_only=True)
     # What a checkpoint written before the deformation output lacks.
     del ckpt["model_config"]["max_flow"]
@@ -612,7 +720,9 @@ def test_a_checkpoint_from_before_the_warp_output_still_loads_and_synthesizes(ru
     fake = gen.synthesize(faces, [1, 2])
     assert fake.shape == faces.shape and fake.dtype == torch.uint8
     assert torch.equal(gen.synthesize(faces, [1, 2], intensity=0.0), faces)  # intensity works on old models too
-    assert torch.equal(fake, fesaug.load_generator(run.run_dir / "checkpoints" / "last.pt", device="cpu").synthesize(faces, [1, 2]))
+    assert torch.equal(
+        fake, fesaug.load_generator(run.run_dir / "checkpoints" / "last.pt", device="cpu").synthesize(faces, [1, 2])
+    )
 
 
 def test_an_attention_run_written_before_the_warp_thresholds_resumes(demo: Path, tmp_path: Path) -> None:
@@ -628,9 +738,14 @@ def test_an_attention_run_written_before_the_warp_thresholds_resumes(demo: Path,
 
 
 def test_a_warp_model_trains_on_aligned_pairs_and_its_generator_takes_an_intensity(demo: Path, tmp_path: Path) -> None:
-    config = tiny_config(holdout_fold=0, epochs=1, align_pairs=True, model={**TINY["model"], "output": "warp"},
-                         loss={"flow_smoothness": 0.1, "flow_magnitude": 0.1, "paired_perceptual": 1.0},
-                         paired_intensities=[0.5, 1.0])
+    config = tiny_config(
+        holdout_fold=0,
+        epochs=1,
+        align_pairs=True,
+        model={**TINY["model"], "output": "warp"},
+        loss={"flow_smoothness": 0.1, "flow_magnitude": 0.1, "paired_perceptual": 1.0},
+        paired_intensities=[0.5, 1.0],
+    )
     result = train(demo, tmp_path / "warp", config)
     last = result.metrics[-1]
     assert last["loss_flow_smoothness"] > 0 and last["loss_flow_magnitude"] > 0 and last["loss_paired_perceptual"] > 0
@@ -651,8 +766,14 @@ def test_aligned_pairs_register_the_partner_onto_the_source() -> None:
     face = render(Subject.from_seed(0, 0), "happy", 1.0, size=64).astype(np.float32)
     # The same face rotated, scaled and shifted a little, darker, with less contrast and lit from one side.
     light = 1 + 0.2 * np.linspace(-0.5, 0.5, 64)[None, :]
-    moved = cv2.warpAffine(face, np.float32([[1.02, 0.03, 2.0], [-0.03, 1.02, -1.5]]), (64, 64),
-                           borderMode=cv2.BORDER_REPLICATE) * light * 0.8 + 20
+    moved = (
+        cv2.warpAffine(
+            face, np.float32([[1.02, 0.03, 2.0], [-0.03, 1.02, -1.5]]), (64, 64), borderMode=cv2.BORDER_REPLICATE
+        )
+        * light
+        * 0.8
+        + 20
+    )
     aligned = align_pair(face.astype(np.uint8), np.clip(moved, 0, 255).astype(np.uint8)).astype(float)
     inner = (slice(6, -6), slice(6, -6))
     assert np.abs(aligned[inner] - face[inner]).mean() < 4.0 < 15.0 < np.abs(moved[inner] - face[inner]).mean()
@@ -678,7 +799,12 @@ def test_a_config_recorded_before_a_default_changed_keeps_the_behaviour_it_was_m
         del recorded["loss"][key]
     old = TrainConfig.from_dict(recorded, where="an older run")
     model = old.model_config(num_classes=7)
-    assert (model.output, model.flow_threshold, old.align_pairs, old.loss.edit_sparsity) == ("attention", 0.0, False, 0.0)
+    assert (model.output, model.flow_threshold, old.align_pairs, old.loss.edit_sparsity) == (
+        "attention",
+        0.0,
+        False,
+        0.0,
+    )
     assert old.loss.paired == TrainConfig().loss.paired  # a key the record has keeps its value
     # A record with every key means exactly what it says.
     assert TrainConfig.from_dict(TrainConfig().to_dict(), where="x") == TrainConfig()

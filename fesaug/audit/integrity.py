@@ -34,7 +34,13 @@ class Problem:
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "count": self.count, "sample_ids": self.sample_ids, **self.details}
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "count": self.count,
+            "sample_ids": self.sample_ids,
+            **self.details,
+        }
 
 
 def column(df: pd.DataFrame, name: str) -> list:
@@ -54,7 +60,9 @@ def empty_classes(totals: Mapping[str, int]) -> Problem | None:
         "empty_class",
         f"{len(empty)} class(es) have no images ({', '.join(empty)}); a classifier cannot learn them "
         "and the imbalance ratio is undefined — add images or drop the class",
-        len(empty), [], {"classes": empty},
+        len(empty),
+        [],
+        {"classes": empty},
     )
 
 
@@ -74,7 +82,9 @@ def duplicate_images(m: Manifest) -> Problem | None:
         "duplicate_image",
         f"{rows} rows hold only {len(dups)} distinct image(s) (identical bytes), e.g. {', '.join(dups[0][:3])}; "
         "duplicates inflate their class and can sit on both sides of a split — keep one of each",
-        len(dups), [sid for g in dups for sid in g][:EXAMPLES], {"groups": dups[:EXAMPLES]},
+        len(dups),
+        [sid for g in dups for sid in g][:EXAMPLES],
+        {"groups": dups[:EXAMPLES]},
     )
 
 
@@ -98,7 +108,9 @@ def subject_spread(m: Manifest, by: str) -> Problem | None:
         f"{len(leaking)} subject(s) have images in more than one {by}, e.g. {first} in {by}s "
         f"{', '.join(map(str, sorted(seen[first])))}; that is identity leakage between training and test — "
         f"re-assign {by}s by subject",
-        len(leaking), _ids(ids, rows), {"subjects": leaking[:EXAMPLES]},
+        len(leaking),
+        _ids(ids, rows),
+        {"subjects": leaking[:EXAMPLES]},
     )
 
 
@@ -114,44 +126,57 @@ def synthetic_provenance(m: Manifest) -> list[Problem]:
     no_provenance = [i for i in synthetic if parents[i] is None or generators[i] is None]
     orphans = [i for i in synthetic if parents[i] is not None and parents[i] not in index]
     mismatched = [
-        i for i in synthetic
+        i
+        for i in synthetic
         if parents[i] in index and (subjects[i], folds[i]) != (subjects[index[parents[i]]], folds[index[parents[i]]])
     ]
     in_test = [i for i in synthetic if splits[i] == "test"]
 
     problems = []
     if no_provenance:
-        problems.append(Problem(
-            "synthetic_without_provenance",
-            f"{len(no_provenance)} synthetic row(s) lack a parent_id or generator, e.g. {ids[no_provenance[0]]}; "
-            "their origin cannot be traced — drop them or regenerate them with provenance",
-            len(no_provenance), _ids(ids, no_provenance),
-        ))
+        problems.append(
+            Problem(
+                "synthetic_without_provenance",
+                f"{len(no_provenance)} synthetic row(s) lack a parent_id or generator, e.g. {ids[no_provenance[0]]}; "
+                "their origin cannot be traced — drop them or regenerate them with provenance",
+                len(no_provenance),
+                _ids(ids, no_provenance),
+            )
+        )
     if orphans:
         i = orphans[0]
-        problems.append(Problem(
-            "synthetic_parent_missing",
-            f"{len(orphans)} synthetic row(s) name a parent_id that is not in the manifest, e.g. {ids[i]} -> "
-            f"{parents[i]}; their real image is gone — drop or regenerate them",
-            len(orphans), _ids(ids, orphans),
-        ))
+        problems.append(
+            Problem(
+                "synthetic_parent_missing",
+                f"{len(orphans)} synthetic row(s) name a parent_id that is not in the manifest, e.g. {ids[i]} -> "
+                f"{parents[i]}; their real image is gone — drop or regenerate them",
+                len(orphans),
+                _ids(ids, orphans),
+            )
+        )
     if mismatched:
         i = mismatched[0]
         p = index[parents[i]]
-        problems.append(Problem(
-            "synthetic_parent_mismatch",
-            f"{len(mismatched)} synthetic row(s) differ from their parent in subject_id or fold, e.g. {ids[i]} "
-            f"(subject {subjects[i]}, fold {folds[i]}) vs parent {ids[p]} (subject {subjects[p]}, fold {folds[p]}); "
-            "a synthetic image must stay with its parent's subject and fold",
-            len(mismatched), _ids(ids, mismatched),
-        ))
+        problems.append(
+            Problem(
+                "synthetic_parent_mismatch",
+                f"{len(mismatched)} synthetic row(s) differ from their parent in subject_id or fold, e.g. {ids[i]} "
+                f"(subject {subjects[i]}, fold {folds[i]}) vs parent {ids[p]} (subject {subjects[p]}, fold {folds[p]}); "
+                "a synthetic image must stay with its parent's subject and fold",
+                len(mismatched),
+                _ids(ids, mismatched),
+            )
+        )
     if in_test:
-        problems.append(Problem(
-            "synthetic_in_test",
-            f"{len(in_test)} synthetic row(s) are in the test split, e.g. {ids[in_test[0]]}; "
-            "evaluate on real images only — move them to train or drop them",
-            len(in_test), _ids(ids, in_test),
-        ))
+        problems.append(
+            Problem(
+                "synthetic_in_test",
+                f"{len(in_test)} synthetic row(s) are in the test split, e.g. {ids[in_test[0]]}; "
+                "evaluate on real images only — move them to train or drop them",
+                len(in_test),
+                _ids(ids, in_test),
+            )
+        )
     return problems
 
 
@@ -175,7 +200,9 @@ def generator_leakage(m: Manifest) -> Problem | None:
     df = m.df
     holdout_folds = set(m.meta.get("holdout_folds") or [])
     subjects, folds, splits = column(df, "subject_id"), column(df, "fold"), column(df, "split")
-    held_out = {s for s, f, sp in zip(subjects, folds, splits) if s is not None and (sp == "test" or f in holdout_folds)}
+    held_out = {
+        s for s, f, sp in zip(subjects, folds, splits) if s is not None and (sp == "test" or f in holdout_folds)
+    }
     leaky: dict[str, list] = {}
     for generator, seen in training.items():
         leaked = sorted(held_out & set(map(str, seen.get("subjects") or [])))
@@ -192,7 +219,9 @@ def generator_leakage(m: Manifest) -> Problem | None:
         f"{len(rows)} synthetic row(s) come from generator(s) trained on held-out faces, e.g. {first} saw "
         f"{', '.join(leaky[first][:3])}; their images carry test identities into training — "
         "retrain the generator without the held-out folds",
-        len(rows), _ids(ids, rows), {"generators": sorted({generators[i] for i in rows})},
+        len(rows),
+        _ids(ids, rows),
+        {"generators": sorted({generators[i] for i in rows})},
     )
 
 
@@ -234,9 +263,14 @@ def image_problems(m: Manifest, *, workers: int | None = None) -> list[Problem]:
         "hash_mismatch": "restore the originals or re-ingest",
     }
     return [
-        Problem(kind, f"{len(found[kind])} {what[kind]}, e.g. {results[found[kind][0]][1]}; {fix[kind]}",
-                len(found[kind]), _ids(ids, found[kind]))
-        for kind in what if kind in found
+        Problem(
+            kind,
+            f"{len(found[kind])} {what[kind]}, e.g. {results[found[kind][0]][1]}; {fix[kind]}",
+            len(found[kind]),
+            _ids(ids, found[kind]),
+        )
+        for kind in what
+        if kind in found
     ]
 
 

@@ -40,11 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fesaug.audit.integrity import Problem, all_problems, column
+from fesaug.balance.targets import Targets
 from fesaug.data.manifest import Manifest, read_holdout_names, read_manifest
 from fesaug.utils.errors import UsageError
-from fesaug.audit.integrity import Problem, all_problems, column
 from fesaug.utils.plots import new_figure, save_figure
-from fesaug.balance.targets import Targets
 
 BY_COLUMNS = ("origin", "split", "fold")
 
@@ -65,8 +65,12 @@ class ClassCount:
         return self.total if self.weighted is None else self.weighted
 
     def to_dict(self) -> dict:
-        return {"real": self.real, "synthetic": self.synthetic, "total": self.total,
-                **({"weighted": self.weighted} if self.weighted is not None else {})}
+        return {
+            "real": self.real,
+            "synthetic": self.synthetic,
+            "total": self.total,
+            **({"weighted": self.weighted} if self.weighted is not None else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,9 @@ class AuditReport:
         classes = {name: c.to_dict() for name, c in self.classes.items()}
         out: dict = {
             "manifest": str(self.manifest),
-            "total": self.total, "real": self.real, "synthetic": self.synthetic,
+            "total": self.total,
+            "real": self.real,
+            "synthetic": self.synthetic,
             "subjects": self.subjects,
             "imbalance_ratio": self.imbalance_ratio,
             "classes": classes,
@@ -142,19 +148,25 @@ class AuditReport:
             out["by"] = {"column": self.by, "groups": [g.to_dict() for g in self.groups]}
         if self.balanced_rows is not None:
             out["balanced_rows"] = self.balanced_rows
-            out["held_out"] = {"total": sum(g.total for g in self.held_out), "groups": [g.to_dict() for g in self.held_out]}
+            out["held_out"] = {
+                "total": sum(g.total for g in self.held_out),
+                "groups": [g.to_dict() for g in self.held_out],
+            }
         out["images_checked"] = self.images_checked
         out["problems"] = [p.to_dict() for p in self.problems]
         return out
 
 
-def _histogram(labels: np.ndarray, synthetic: np.ndarray, classes: list[str],
-               weights: np.ndarray | None = None) -> dict[str, ClassCount]:
+def _histogram(
+    labels: np.ndarray, synthetic: np.ndarray, classes: list[str], weights: np.ndarray | None = None
+) -> dict[str, ClassCount]:
     real_n = np.bincount(labels[~synthetic], minlength=len(classes))
     syn_n = np.bincount(labels[synthetic], minlength=len(classes))
     weighted = None if weights is None else np.bincount(labels, weights=weights, minlength=len(classes))
-    return {name: ClassCount(int(real_n[k]), int(syn_n[k]), None if weighted is None else round(float(weighted[k]), 3))
-            for k, name in enumerate(classes)}
+    return {
+        name: ClassCount(int(real_n[k]), int(syn_n[k]), None if weighted is None else round(float(weighted[k]), 3))
+        for k, name in enumerate(classes)
+    }
 
 
 def _weights(m: Manifest) -> np.ndarray | None:
@@ -165,8 +177,18 @@ def _groups(m: Manifest, by: str, labels: np.ndarray, synthetic: np.ndarray) -> 
     values = np.array(column(m.df, by), dtype=object)
     keys = sorted(set(values.tolist()), key=lambda v: (v is None, v))  # unassigned rows last
     weights = _weights(m)
-    return [Group(key, _histogram(labels[values == key], synthetic[values == key], m.classes,
-                                  None if weights is None else weights[values == key])) for key in keys]
+    return [
+        Group(
+            key,
+            _histogram(
+                labels[values == key],
+                synthetic[values == key],
+                m.classes,
+                None if weights is None else weights[values == key],
+            ),
+        )
+        for key in keys
+    ]
 
 
 def audit(
@@ -199,7 +221,9 @@ def audit(
     weights = _weights(m)
     return AuditReport(
         manifest=m.path,
-        classes=_histogram(labels[counted], synthetic[counted], m.classes, None if weights is None else weights[counted]),
+        classes=_histogram(
+            labels[counted], synthetic[counted], m.classes, None if weights is None else weights[counted]
+        ),
         subjects=int(m.df["subject_id"].nunique(dropna=True)),
         problems=all_problems(m, {name: c.total for name, c in everything.items()}, check_images=check_images),
         images_checked=check_images,
@@ -213,8 +237,9 @@ def audit(
 
 def _balanced_rows_text(run: dict) -> str:
     splits, folds = run["splits"], read_holdout_names(run).get("holdout_folds") or []
-    return (f"split{'s' if len(splits) > 1 else ''} {', '.join(splits)}"
-            + (f" outside fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}" if folds else ""))
+    return f"split{'s' if len(splits) > 1 else ''} {', '.join(splits)}" + (
+        f" outside fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}" if folds else ""
+    )
 
 
 def _held_out(m: Manifest, rows: np.ndarray, labels: np.ndarray, synthetic: np.ndarray) -> list[Group]:
@@ -222,10 +247,14 @@ def _held_out(m: Manifest, rows: np.ndarray, labels: np.ndarray, synthetic: np.n
     or per held-out fold of a split it did (``fold 0 (train)``)."""
     balanced_splits = set(m.meta["balance"]["splits"])
     splits, folds = column(m.df, "split"), column(m.df, "fold")
-    names = np.array([s if s not in balanced_splits else f"fold {f} ({s})" for s, f in zip(splits, folds)], dtype=object)
+    names = np.array(
+        [s if s not in balanced_splits else f"fold {f} ({s})" for s, f in zip(splits, folds)], dtype=object
+    )
     keys = sorted(set(names[rows].tolist()))
-    return [Group(key, _histogram(labels[rows & (names == key)], synthetic[rows & (names == key)], m.classes))
-            for key in keys]
+    return [
+        Group(key, _histogram(labels[rows & (names == key)], synthetic[rows & (names == key)], m.classes))
+        for key in keys
+    ]
 
 
 def plot_report(report: AuditReport, path: str | os.PathLike) -> Path:
@@ -233,7 +262,7 @@ def plot_report(report: AuditReport, path: str | os.PathLike) -> Path:
     return save_figure(report_figure(report), path)
 
 
-def report_figure(report: AuditReport):  # noqa: ANN201 - a matplotlib Figure (imported lazily)
+def report_figure(report: AuditReport):
     """A stacked bar chart: real and synthetic images per class, the target as a line.
 
     Rows a balance run left unchanged (``report.held_out``) are drawn apart: a second, grey bar
@@ -250,8 +279,16 @@ def report_figure(report: AuditReport):  # noqa: ANN201 - a matplotlib Figure (i
     if any(c.weighted is not None for c in report.classes.values()):
         # What the weight column adds beyond one per row: the repeats a weighted sampler draws.
         extra = [max(0.0, c.effective - c.total) for c in report.classes.values()]
-        bars = ax.bar(x - shift, extra, width, bottom=np.add(real, synthetic), label="real, by weight", color="#4C72B0",
-                      alpha=0.45, hatch="//")
+        bars = ax.bar(
+            x - shift,
+            extra,
+            width,
+            bottom=np.add(real, synthetic),
+            label="real, by weight",
+            color="#4C72B0",
+            alpha=0.45,
+            hatch="//",
+        )
     ax.bar_label(bars, labels=[f"{c.effective:g}" for c in report.classes.values()], padding=2, fontsize=8)
     bottom = np.zeros(len(names))
     for group, shade in zip(report.held_out, _GREYS * len(report.held_out)):

@@ -6,7 +6,13 @@
 from fesaug.utils.lazy import lazy_exports
 
 __all__ = ["BalanceConfig", "BalanceResult", "Targets", "balance", "resolve_targets"]
-__getattr__, __dir__ = lazy_exports(__name__, {
-    "BalanceConfig": ".run", "BalanceResult": ".run", "balance": ".run",
-    "Targets": ".targets", "resolve_targets": ".targets",
-})
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "BalanceConfig": ".run",
+        "BalanceResult": ".run",
+        "balance": ".run",
+        "Targets": ".targets",
+        "resolve_targets": ".targets",
+    },
+)

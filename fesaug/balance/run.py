@@ -61,24 +61,37 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from fesaug.utils.files import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from fesaug.audit.report import Group, audit, plot_report
+from fesaug.balance.targets import Targets, check_synthetic_share, check_target_rule, resolve_targets
 from fesaug.data.au import au_consistency
 from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.images import encode_png, resize_square, sha256_bytes
-from fesaug.data.manifest import Manifest, read_holdout_names, read_manifest, relative_image_root, working_set, write_manifest
+from fesaug.data.manifest import (
+    Manifest,
+    read_holdout_names,
+    read_manifest,
+    relative_image_root,
+    working_set,
+    write_manifest,
+)
 from fesaug.data.splits import check_holdout_folds
-from fesaug.utils.distributed import barrier, process_group
 from fesaug.evaluate.downstream import load_classifier, predict_proba
-from fesaug.utils.errors import FesaugError, UsageError
-from fesaug.audit.report import Group, audit, plot_report
-from fesaug.synthesis.generator import Generator, load_generator
 from fesaug.judges import load_judge
-from fesaug.utils.locking import output_lock
 from fesaug.models import MAX_INTENSITY
 from fesaug.multitask.training import load_emotion_au
+from fesaug.synthesis.generator import Generator, load_generator
+from fesaug.utils.distributed import barrier, process_group
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_out_folder,
+    file_sha256,
+    remove_stale_temporaries,
+)
+from fesaug.utils.locking import output_lock
 from fesaug.utils.provenance import provenance
 from fesaug.utils.runlog import jsonable, with_defaults
-from fesaug.balance.targets import Targets, check_synthetic_share, check_target_rule, resolve_targets
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +106,10 @@ def check_intensity(bounds: Sequence[float]) -> tuple[float, float]:
     """``(LOW, HIGH)`` as floats, or a :class:`UsageError` unless 0 <= LOW <= HIGH <= MAX_INTENSITY."""
     values = tuple(float(v) for v in bounds)
     if len(values) != 2 or not 0.0 <= values[0] <= values[1] <= MAX_INTENSITY:
-        raise UsageError(f"--intensity must be LOW..HIGH with 0 <= LOW <= HIGH <= {MAX_INTENSITY:g} "
-                         f"(or one number in [0, {MAX_INTENSITY:g}]), got {bounds}")
+        raise UsageError(
+            f"--intensity must be LOW..HIGH with 0 <= LOW <= HIGH <= {MAX_INTENSITY:g} "
+            f"(or one number in [0, {MAX_INTENSITY:g}]), got {bounds}"
+        )
     return values[0], values[1]
 
 
@@ -167,17 +182,23 @@ class BalanceConfig:
         if not 0.0 <= self.min_external_confidence <= 1.0:
             raise UsageError(f"--min-external-confidence must lie in [0, 1], got {self.min_external_confidence}")
         if self.max_identity_distance is not None and not self.max_identity_distance > 0:
-            raise UsageError(f"--max-identity-distance must be above 0 (dlib's same-person threshold is 0.6), "
-                             f"got {self.max_identity_distance}")
+            raise UsageError(
+                f"--max-identity-distance must be above 0 (dlib's same-person threshold is 0.6), "
+                f"got {self.max_identity_distance}"
+            )
         if self.intensity is not None:
             object.__setattr__(self, "intensity", check_intensity(self.intensity))
         object.__setattr__(self, "synthetic_share", check_synthetic_share(self.synthetic_share))
         if isinstance(self.synthetic_weight, bool) or not 0 < self.synthetic_weight <= 1:
-            raise UsageError(f"--synthetic-weight must lie in (0, 1] (what one synthetic image counts against a real "
-                             f"one), got {self.synthetic_weight!r}")
+            raise UsageError(
+                f"--synthetic-weight must lie in (0, 1] (what one synthetic image counts against a real "
+                f"one), got {self.synthetic_weight!r}"
+            )
         object.__setattr__(self, "synthetic_weight", float(self.synthetic_weight))
         if self.external_judge is not None and self.external_judge not in EXTERNAL_JUDGES:
-            raise UsageError(f"unknown --external-judge {self.external_judge!r}; choose one of {', '.join(EXTERNAL_JUDGES)}")
+            raise UsageError(
+                f"unknown --external-judge {self.external_judge!r}; choose one of {', '.join(EXTERNAL_JUDGES)}"
+            )
         for name in ("max_attempts", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -205,11 +226,13 @@ _dataclass_init = BalanceConfig.__init__
 
 
 @functools.wraps(_dataclass_init)
-def _init_accepting_exclude_folds(self: BalanceConfig, *args: Any, exclude_folds: Sequence[int] | None = None,
-                                  **kwargs: Any) -> None:
+def _init_accepting_exclude_folds(
+    self: BalanceConfig, *args: Any, exclude_folds: Sequence[int] | None = None, **kwargs: Any
+) -> None:
     if exclude_folds is not None:
-        warnings.warn("BalanceConfig(exclude_folds=...) is deprecated; use holdout_folds=...", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "BalanceConfig(exclude_folds=...) is deprecated; use holdout_folds=...", DeprecationWarning, stacklevel=2
+        )
         if kwargs.get("holdout_folds") is not None:
             raise UsageError("give holdout_folds or its old name exclude_folds, not both")
         kwargs["holdout_folds"] = exclude_folds
@@ -255,8 +278,10 @@ class BalanceResult:
     def gate_pass_rates(self) -> dict[str, dict[str, float | None]]:
         """Per gate and class, the share of candidates that gate passed (the gates judge every
         candidate, so each rate stands alone; ``acceptance`` is their joint effect)."""
-        return {g: {c: (n / self.attempts[c] if self.attempts[c] else None) for c, n in counts.items()}
-                for g, counts in self.gate_passed.items()}
+        return {
+            g: {c: (n / self.attempts[c] if self.attempts[c] else None) for c, n in counts.items()}
+            for g, counts in self.gate_passed.items()
+        }
 
     def class_rows(self, columns: Sequence[str], blank: str = "-") -> list[list[Any]]:
         """The per-class table every summary of a run shows (the dataset card, the command's and
@@ -264,14 +289,20 @@ class BalanceResult:
         ``target``, ``synthesized``, ``acceptance`` (a percentage, ``blank`` without attempts),
         ``shortfall``, ``after`` and ``weighted`` (the sum of the class's weights, ``blank`` in an
         unweighted run)."""
+
         def cell(column: str, c: str) -> Any:
             if column == "acceptance":
                 acc = self.acceptance[c]
                 return blank if acc is None else f"{acc:.0%}"
             if column == "weighted":
                 return blank if self.weighted is None else f"{self.weighted[c]:g}"
-            return {"real": self.counts_before, "target": self.targets, "synthesized": self.generated,
-                    "shortfall": self.shortfall, "after": self.counts_after}[column][c]
+            return {
+                "real": self.counts_before,
+                "target": self.targets,
+                "synthesized": self.generated,
+                "shortfall": self.shortfall,
+                "after": self.counts_after,
+            }[column][c]
 
         return [[c, *(cell(column, c) for column in columns)] for c in self.counts_before]
 
@@ -293,8 +324,14 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
-def plan_sources(labels: np.ndarray, subjects: Sequence[str], rows: np.ndarray, target: int, seed: int,
-                 similarity: np.ndarray | None = None) -> list[int]:
+def plan_sources(
+    labels: np.ndarray,
+    subjects: Sequence[str],
+    rows: np.ndarray,
+    target: int,
+    seed: int,
+    similarity: np.ndarray | None = None,
+) -> list[int]:
     """The order in which working-set rows serve as sources for class ``target``.
 
     ``labels``/``subjects`` (and ``similarity``, if given) are aligned with ``rows`` (manifest
@@ -313,8 +350,15 @@ def plan_sources(labels: np.ndarray, subjects: Sequence[str], rows: np.ndarray, 
         if y != target:
             by_subject.setdefault(s, []).append(row)
     order: list[int] = []
-    for group in (sorted(s for s in by_subject if s not in has_target), sorted(s for s in by_subject if s in has_target)):
-        queues = [list(rng.permutation(by_subject[s])) for s in rng.permutation(np.array(group, dtype=object))] if group else []
+    for group in (
+        sorted(s for s in by_subject if s not in has_target),
+        sorted(s for s in by_subject if s in has_target),
+    ):
+        queues = (
+            [list(rng.permutation(by_subject[s])) for s in rng.permutation(np.array(group, dtype=object))]
+            if group
+            else []
+        )
         if similarity is not None:
             queues = [sorted(q, key=lambda r: -score[r]) for q in queues]  # sorted() is stable: ties keep the shuffle
             queues.sort(key=lambda q: -score[q[0]])
@@ -338,10 +382,21 @@ def _jitter(image: torch.Tensor, variant: int, key: tuple[int, ...]) -> tuple[to
     if variant == 1:
         return mirrored, "hflip"
     rng = _rng(*key)
-    angle, dx, dy, scale = rng.uniform(-6, 6), rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04), rng.uniform(0.95, 1.05)
+    angle, dx, dy, scale = (
+        rng.uniform(-6, 6),
+        rng.uniform(-0.04, 0.04),
+        rng.uniform(-0.04, 0.04),
+        rng.uniform(0.95, 1.05),
+    )
     side = image.shape[-1]
-    out = TF.affine(mirrored, angle=float(angle), translate=[round(dx * side), round(dy * side)], scale=float(scale),
-                    shear=[0.0, 0.0], interpolation=TF.InterpolationMode.BILINEAR)
+    out = TF.affine(
+        mirrored,
+        angle=float(angle),
+        translate=[round(dx * side), round(dy * side)],
+        scale=float(scale),
+        shear=[0.0, 0.0],
+        interpolation=TF.InterpolationMode.BILINEAR,
+    )
     flip = "hflip+" if variant % 2 else ""
     return out, f"{flip}affine(angle={angle:.1f},dx={round(dx * side)},dy={round(dy * side)},scale={scale:.3f})"
 
@@ -390,8 +445,10 @@ def _working_set(m: Manifest, splits: Sequence[str], holdout_folds: Sequence[int
         raise UsageError(f"--split {unknown[0]!r} is not in {m.path}; its splits are {', '.join(known)}")
     rows = np.flatnonzero(working_set(df, splits, holdout_folds))
     if rows.size == 0:
-        raise FesaugError(f"{m.path}: no real rows in split(s) {', '.join(splits)} outside held-out fold(s) {list(holdout_folds)}; "
-                          "check --split and --holdout-fold")
+        raise FesaugError(
+            f"{m.path}: no real rows in split(s) {', '.join(splits)} outside held-out fold(s) {list(holdout_folds)}; "
+            "check --split and --holdout-fold"
+        )
     return rows
 
 
@@ -420,13 +477,21 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
             f"the checkpoint {checkpoint} was trained on classes {', '.join(gen.classes)} but {manifest_path} has "
             f"{', '.join(m.classes)}; use a checkpoint trained on this dataset (fesaug train --manifest {manifest_path})"
         )
-    holdout_folds = list(config.holdout_folds) if config.holdout_folds is not None else (
-        [gen.holdout_fold] if gen.holdout_fold is not None else [])
+    holdout_folds = (
+        list(config.holdout_folds)
+        if config.holdout_folds is not None
+        else ([gen.holdout_fold] if gen.holdout_fold is not None else [])
+    )
     working = _working_set(m, config.splits, holdout_folds)
     labels = m.df["label"].to_numpy(dtype=np.int64)
     counts = {c: int((labels[working] == k).sum()) for k, c in enumerate(m.classes)}
-    targets = resolve_targets(counts, target_per_class=config.target_per_class, sampling_strategy=config.sampling_strategy,
-                              targets=config.targets, undersample=config.undersample)
+    targets = resolve_targets(
+        counts,
+        target_per_class=config.target_per_class,
+        sampling_strategy=config.sampling_strategy,
+        targets=config.targets,
+        undersample=config.undersample,
+    )
     to_generate = targets.to_synthesize(config.synthetic_share)
     removed: list[int] = []
     for k, c in enumerate(m.classes):
@@ -446,8 +511,9 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
     orders, slots = {}, []
     for k, c in enumerate(m.classes):
         if to_generate[c]:
-            orders[k] = plan_sources(labels[sources], subjects, sources, k, config.seed,
-                                     None if similarity is None else similarity[:, k])
+            orders[k] = plan_sources(
+                labels[sources], subjects, sources, k, config.seed, None if similarity is None else similarity[:, k]
+            )
             if not orders[k]:
                 raise FesaugError(f"no source images for {c!r}: every working-set image is of that class")
             slots += [(k, s) for s in range(to_generate[c])]
@@ -461,21 +527,41 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
     if config.au_checkpoint is not None:
         checker = load_emotion_au(config.au_checkpoint, device=device)
         if checker.classes != m.classes:
-            raise FesaugError(f"the --au-check model {config.au_checkpoint} knows classes {', '.join(checker.classes)}, "
-                              f"but {manifest_path} has {', '.join(m.classes)}; train it on this dataset")
+            raise FesaugError(
+                f"the --au-check model {config.au_checkpoint} knows classes {', '.join(checker.classes)}, "
+                f"but {manifest_path} has {', '.join(m.classes)}; train it on this dataset"
+            )
         key["au_checkpoint_sha256"] = file_sha256(config.au_checkpoint)
     judge = None
     if config.judge_checkpoint is not None:
         judge, judge_classes = load_classifier(config.judge_checkpoint, device=device)
         if judge_classes != m.classes:
-            raise FesaugError(f"the --judge classifier {config.judge_checkpoint} knows classes {', '.join(judge_classes)}, "
-                              f"but {manifest_path} has {', '.join(m.classes)}; use one trained on this dataset")
+            raise FesaugError(
+                f"the --judge classifier {config.judge_checkpoint} knows classes {', '.join(judge_classes)}, "
+                f"but {manifest_path} has {', '.join(m.classes)}; use one trained on this dataset"
+            )
         key["judge_checkpoint_sha256"] = file_sha256(config.judge_checkpoint)
     identity = load_judge("identity") if config.max_identity_distance is not None else None
     external = load_judge(config.external_judge, device=device or "cpu") if config.external_judge else None
-    return _Plan(m, gen, config, working, targets, to_generate, removed, sorted(holdout_folds),
-                 _output_size(m, working, gen, config.output_size), orders, slots, key, checker, judge, identity, external,
-                 None if pixels is None else (sources, pixels))
+    return _Plan(
+        m,
+        gen,
+        config,
+        working,
+        targets,
+        to_generate,
+        removed,
+        sorted(holdout_folds),
+        _output_size(m, working, gen, config.output_size),
+        orders,
+        slots,
+        key,
+        checker,
+        judge,
+        identity,
+        external,
+        None if pixels is None else (sources, pixels),
+    )
 
 
 def _source_pixels(m: Manifest, rows: np.ndarray, gen: Generator) -> torch.Tensor:
@@ -497,8 +583,10 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
             remove_stale_temporaries(folder)
         foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS)
         if foreign:
-            raise FesaugError(f"{out} holds files fesaug balance did not write ({', '.join(foreign[:3])}); "
-                              "choose an empty or new --out")
+            raise FesaugError(
+                f"{out} holds files fesaug balance did not write ({', '.join(foreign[:3])}); "
+                "choose an empty or new --out"
+            )
         finished = (out / "manifest.parquet").exists()
         same = (work / "plan.json").exists() and _recorded_key(work / "plan.json") == jsonable(key)
         if not overwrite:
@@ -506,8 +594,10 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
                 shutil.rmtree(work, ignore_errors=True)  # left by a run stopped just after its manifest
                 raise FesaugError(f"{out} already holds a finished balanced dataset; pass --overwrite to make it again")
             if not same:
-                raise FesaugError(f"{out} holds an unfinished balance run with other settings, manifest or checkpoint; "
-                                  "run that command again to finish it, or pass --overwrite to start over")
+                raise FesaugError(
+                    f"{out} holds an unfinished balance run with other settings, manifest or checkpoint; "
+                    "run that command again to finish it, or pass --overwrite to start over"
+                )
             return  # resume
         for name in OUTPUTS:
             path = out / name
@@ -533,8 +623,14 @@ def _part_path(out: Path, chunk: int) -> Path:
 # ---- workers
 
 
-def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chunk: list[tuple[int, int]],
-               out: Path, pool: ThreadPoolExecutor) -> tuple[list[dict[str, Any]], dict[str, Any], list[Future]]:
+def _run_chunk(
+    plan: _Plan,
+    pixels: torch.Tensor,
+    position: dict[int, int],
+    chunk: list[tuple[int, int]],
+    out: Path,
+    pool: ThreadPoolExecutor,
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[Future]]:
     """Fill the slots of one chunk through the quality gates; images are written by ``pool``.
     Also returns the attempts per class and, per gate, how many candidates of each class it passed."""
     m, gen, cfg = plan.manifest, plan.generator, plan.config
@@ -556,8 +652,11 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
             transforms.append(how)
         targets = torch.tensor([k for k, _ in pending])
         sources = torch.stack(inputs)
-        strength = None if cfg.intensity is None else [float(_rng(cfg.seed, k, s, attempt, 2).uniform(*cfg.intensity))
-                                                        for k, s in pending]
+        strength = (
+            None
+            if cfg.intensity is None
+            else [float(_rng(cfg.seed, k, s, attempt, 2).uniform(*cfg.intensity)) for k, s in pending]
+        )
         fakes = gen.synthesize(sources, targets, intensity=strength, batch_size=len(inputs))
         scores, gates = _gate_scores(plan, sources, fakes, targets)
         for gate, ok in gates.items():
@@ -573,21 +672,34 @@ def _run_chunk(plan: _Plan, pixels: torch.Tensor, position: dict[int, int], chun
             sid = plan.sample_id(k, s)
             rel = f"images/{m.classes[k]}/{sid}.png"
             src = cnd.source
-            accepted.append({
-                "sample_id": sid, "path": rel, "label": k, "subject_id": _none(df["subject_id"].iat[src]),
-                "fold": _none(df["fold"].iat[src]), "split": df["split"].iat[src],
-                "parent_id": df["sample_id"].iat[src], "source_label": int(df["label"].iat[src]),
-                "attempt": attempt, "source_transform": how, "slot": s,
-                **({"intensity": round(strength[i], 6)} if strength is not None else {}),
-                **{column: (None if v[i] is None or not np.isfinite(v[i]) else round(float(v[i]), 6)) for column, v in scores.items()},
-            })
+            accepted.append(
+                {
+                    "sample_id": sid,
+                    "path": rel,
+                    "label": k,
+                    "subject_id": _none(df["subject_id"].iat[src]),
+                    "fold": _none(df["fold"].iat[src]),
+                    "split": df["split"].iat[src],
+                    "parent_id": df["sample_id"].iat[src],
+                    "source_label": int(df["label"].iat[src]),
+                    "attempt": attempt,
+                    "source_transform": how,
+                    "slot": s,
+                    **({"intensity": round(strength[i], 6)} if strength is not None else {}),
+                    **{
+                        column: (None if v[i] is None or not np.isfinite(v[i]) else round(float(v[i]), 6))
+                        for column, v in scores.items()
+                    },
+                }
+            )
             writes.append(pool.submit(_write_image, fake, plan.output_size, out / rel, accepted[-1]))
         pending = still
     return accepted, {"attempts": attempts, "passed": passed}, writes
 
 
-def _gate_scores(plan: _Plan, sources: torch.Tensor, fakes: torch.Tensor,
-                 targets: torch.Tensor) -> tuple[dict[str, list[float | None]], dict[str, list[bool]]]:
+def _gate_scores(
+    plan: _Plan, sources: torch.Tensor, fakes: torch.Tensor, targets: torch.Tensor
+) -> tuple[dict[str, list[float | None]], dict[str, list[bool]]]:
     """Every active gate's score of each fake (by manifest column) and its pass/fail (by gate).
 
     A class an AU model or external judge has no opinion on (None / NaN) passes that gate; a face
@@ -680,14 +792,17 @@ def balance(
         if rank == 0:
             _prepare_out_dir(out, plan.key, overwrite)
         barrier()
-        chunks = [plan.slots[i:i + config.batch_size] for i in range(0, len(plan.slots), config.batch_size)]
+        chunks = [plan.slots[i : i + config.batch_size] for i in range(0, len(plan.slots), config.batch_size)]
         done = [i for i in range(len(chunks)) if _part_path(out, i).exists()]
         mine = [i for i in range(rank, len(chunks), world) if not _part_path(out, i).exists()]
         if plan.decoded is not None:
             sources, pixels = plan.decoded
         else:
-            sources = np.unique(np.concatenate([np.asarray(o, dtype=np.int64) for o in plan.orders.values()])) \
-                if plan.orders else np.empty(0, dtype=np.int64)
+            sources = (
+                np.unique(np.concatenate([np.asarray(o, dtype=np.int64) for o in plan.orders.values()]))
+                if plan.orders
+                else np.empty(0, dtype=np.int64)
+            )
             pixels = _source_pixels(plan.manifest, sources, plan.generator) if mine else torch.empty(0)
         position = {int(r): i for i, r in enumerate(sources.tolist())}
         _generate(plan, chunks, mine, pixels, position, out, progress=progress and rank == 0)
@@ -699,14 +814,25 @@ def balance(
     return result
 
 
-def _generate(plan: _Plan, chunks: list[list[tuple[int, int]]], mine: list[int], pixels: torch.Tensor,
-              position: dict[int, int], out: Path, *, progress: bool) -> None:
+def _generate(
+    plan: _Plan,
+    chunks: list[list[tuple[int, int]]],
+    mine: list[int],
+    pixels: torch.Tensor,
+    position: dict[int, int],
+    out: Path,
+    *,
+    progress: bool,
+) -> None:
     # Two writer threads: PNG encoding (zlib) releases the GIL, so it overlaps the next chunk's
     # generation; waiting for the previous chunk keeps at most two chunks in memory.
     # disable=None: a bar only on a terminal, not carriage-return frames in a redirected log.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fesaug-png") as pool, \
-            tqdm(total=sum(len(chunks[i]) for i in mine), unit="img", disable=None if progress else True,
-                 desc="balance") as bar:
+    with (
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="fesaug-png") as pool,
+        tqdm(
+            total=sum(len(chunks[i]) for i in mine), unit="img", disable=None if progress else True, desc="balance"
+        ) as bar,
+    ):
         previous: tuple[int, list, dict, list[Future]] | None = None
         for i in mine:
             rows, attempts, writes = _run_chunk(plan, pixels, position, chunks[i], out, pool)
@@ -744,8 +870,20 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
     removed = {c: sum(1 for r in plan.removed_rows if int(m.df["label"].iat[r]) == k) for k, c in enumerate(m.classes)}
     t = plan.targets
     shortfall = {c: plan.to_synthesize[c] - generated[c] for c in m.classes}
-    result = BalanceResult(out, out / "manifest.parquet", dict(t.counts), dict(t), plan.to_synthesize, generated,
-                           removed, attempts, shortfall, 0.0, resumed, gate_passed=passed)
+    result = BalanceResult(
+        out,
+        out / "manifest.parquet",
+        dict(t.counts),
+        dict(t),
+        plan.to_synthesize,
+        generated,
+        removed,
+        attempts,
+        shortfall,
+        0.0,
+        resumed,
+        gate_passed=passed,
+    )
 
     real = m.df.drop(index=m.df.index[plan.removed_rows]).reset_index(drop=True)
     root, real_images = _relocate(m, real, out, embed=cfg.embed_images)
@@ -753,11 +891,18 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
     syn = pd.DataFrame(synthetic)
     if len(syn):
         prefix = PurePosixPath(Path(os.path.relpath(out.resolve(), root)).as_posix())
-        syn["image"] = [{"bytes": (out / p).read_bytes(), "path": p} if cfg.embed_images else
-                        {"bytes": None, "path": str(prefix / p)} for p in syn["path"]]
+        syn["image"] = [
+            {"bytes": (out / p).read_bytes(), "path": p}
+            if cfg.embed_images
+            else {"bytes": None, "path": str(prefix / p)}
+            for p in syn["path"]
+        ]
         syn = syn.drop(columns=["path", "slot"]).assign(
-            label_name=[m.classes[k] for k in syn["label"]], origin="synthetic",
-            generator=gen.checkpoint_sha256, seed=cfg.seed)
+            label_name=[m.classes[k] for k in syn["label"]],
+            origin="synthetic",
+            generator=gen.checkpoint_sha256,
+            seed=cfg.seed,
+        )
         syn["attempt"] = syn["attempt"].astype("Int64")
     df = pd.concat([real, syn], ignore_index=True) if len(syn) else real
     if cfg.weighted:
@@ -781,8 +926,14 @@ def _finish(plan: _Plan, out: Path, n_chunks: int, start: float, *, resumed: int
     return result
 
 
-def row_weights(df: pd.DataFrame, targets: Mapping[str, int], synthetic_weight: float, *, balanced: np.ndarray,
-                classes: Sequence[str]) -> np.ndarray:
+def row_weights(
+    df: pd.DataFrame,
+    targets: Mapping[str, int],
+    synthetic_weight: float,
+    *,
+    balanced: np.ndarray,
+    classes: Sequence[str],
+) -> np.ndarray:
     """The ``weight`` column of a weighted balance run: each balanced synthetic row counts
     ``synthetic_weight``, and the real rows of each class share what the class still lacks of its
     target equally (at least 1 each), so the weights of a class sum to its target; rows the run
@@ -816,13 +967,18 @@ def _relocate(m: Manifest, real: pd.DataFrame, out: Path, *, embed: bool) -> tup
     referenced = [Path(m.image_root, im["path"]).resolve().parent for im in images if im.get("bytes") is None]
     if embed:
         positions = {sid: i for i, sid in enumerate(m.df["sample_id"].tolist())}
-        structs = [{"bytes": m.image_bytes(positions[sid]), "path": im.get("path")} if im.get("bytes") is None else im
-                   for sid, im in zip(real["sample_id"].tolist(), images)]
+        structs = [
+            {"bytes": m.image_bytes(positions[sid]), "path": im.get("path")} if im.get("bytes") is None else im
+            for sid, im in zip(real["sample_id"].tolist(), images)
+        ]
         return out.resolve(), structs
     root = Path(os.path.commonpath([str(out.resolve()), *map(str, referenced)])) if referenced else out.resolve()
-    structs = [im if im.get("bytes") is not None else
-               {"bytes": None, "path": Path(os.path.relpath(Path(m.image_root, im["path"]).resolve(), root)).as_posix()}
-               for im in images]
+    structs = [
+        im
+        if im.get("bytes") is not None
+        else {"bytes": None, "path": Path(os.path.relpath(Path(m.image_root, im["path"]).resolve(), root)).as_posix()}
+        for im in images
+    ]
     return root, structs
 
 
@@ -833,30 +989,86 @@ def _footer(plan: _Plan, r: BalanceResult) -> dict[str, Any]:
         "provenance": provenance("balance", cfg.to_dict()),
         "input_provenance": m.meta.get("provenance"),
         "balance": {
-            "input_manifest": str(m.path), "input_manifest_sha256": plan.key["manifest_sha256"],
-            "checkpoint": str(gen.checkpoint), "checkpoint_sha256": gen.checkpoint_sha256, "checkpoint_epoch": gen.epoch,
-            "splits": list(cfg.splits), "holdout_folds": plan.holdout_folds, "output_size": plan.output_size,
-            "counts_before": r.counts_before, "targets": r.targets, "to_generate": r.to_generate,
-            "generated": r.generated, "removed": r.removed, "shortfall": r.shortfall, "attempts": r.attempts,
-            "acceptance": r.acceptance, "min_confidence": cfg.min_confidence, "max_attempts": cfg.max_attempts,
-            "seed": cfg.seed, "source_order": cfg.source_order, "judge": "the checkpoint's FER branch",
+            "input_manifest": str(m.path),
+            "input_manifest_sha256": plan.key["manifest_sha256"],
+            "checkpoint": str(gen.checkpoint),
+            "checkpoint_sha256": gen.checkpoint_sha256,
+            "checkpoint_epoch": gen.epoch,
+            "splits": list(cfg.splits),
+            "holdout_folds": plan.holdout_folds,
+            "output_size": plan.output_size,
+            "counts_before": r.counts_before,
+            "targets": r.targets,
+            "to_generate": r.to_generate,
+            "generated": r.generated,
+            "removed": r.removed,
+            "shortfall": r.shortfall,
+            "attempts": r.attempts,
+            "acceptance": r.acceptance,
+            "min_confidence": cfg.min_confidence,
+            "max_attempts": cfg.max_attempts,
+            "seed": cfg.seed,
+            "source_order": cfg.source_order,
+            "judge": "the checkpoint's FER branch",
             "intensity": None if cfg.intensity is None else list(cfg.intensity),
-            "synthetic_share": cfg.synthetic_share, "synthetic_weight": cfg.synthetic_weight,
-            **({"weighted": r.weighted,
-                "weights": "each synthetic row counts synthetic_weight; a class's real rows share the rest of its "
-                           "target (at least 1 each); rows outside the balanced splits and folds count 1"}
-               if r.weighted is not None else {}),
-            **({"au_check": {"checkpoint": cfg.au_checkpoint, "checkpoint_sha256": plan.key["au_checkpoint_sha256"],
-                             "min_au_consistency": cfg.min_au_consistency, "au_ids": plan.au_checker.au_ids,
-                             "prototypes": "fesaug.data.au.EMOTION_AU_PROTOTYPES"}} if plan.au_checker else {}),
-            **({"judge_check": {"checkpoint": cfg.judge_checkpoint, "checkpoint_sha256": plan.key["judge_checkpoint_sha256"],
-                                "min_judge_confidence": cfg.min_judge_confidence}} if plan.judge is not None else {}),
-            **({"identity_check": {"model": "dlib face-recognition ResNet v1 (fesaug.judges.identity)",
-                                   "max_identity_distance": cfg.max_identity_distance}} if plan.identity is not None else {}),
-            **({"external_check": {"judge": cfg.external_judge, "min_external_confidence": cfg.min_external_confidence,
-                                   "not_judged": [c for c in m.classes if not plan.external.known(c)]}}
-               if plan.external is not None else {}),
-            "gate_passed": r.gate_passed, "gate_pass_rates": r.gate_pass_rates,
+            "synthetic_share": cfg.synthetic_share,
+            "synthetic_weight": cfg.synthetic_weight,
+            **(
+                {
+                    "weighted": r.weighted,
+                    "weights": "each synthetic row counts synthetic_weight; a class's real rows share the rest of its "
+                    "target (at least 1 each); rows outside the balanced splits and folds count 1",
+                }
+                if r.weighted is not None
+                else {}
+            ),
+            **(
+                {
+                    "au_check": {
+                        "checkpoint": cfg.au_checkpoint,
+                        "checkpoint_sha256": plan.key["au_checkpoint_sha256"],
+                        "min_au_consistency": cfg.min_au_consistency,
+                        "au_ids": plan.au_checker.au_ids,
+                        "prototypes": "fesaug.data.au.EMOTION_AU_PROTOTYPES",
+                    }
+                }
+                if plan.au_checker
+                else {}
+            ),
+            **(
+                {
+                    "judge_check": {
+                        "checkpoint": cfg.judge_checkpoint,
+                        "checkpoint_sha256": plan.key["judge_checkpoint_sha256"],
+                        "min_judge_confidence": cfg.min_judge_confidence,
+                    }
+                }
+                if plan.judge is not None
+                else {}
+            ),
+            **(
+                {
+                    "identity_check": {
+                        "model": "dlib face-recognition ResNet v1 (fesaug.judges.identity)",
+                        "max_identity_distance": cfg.max_identity_distance,
+                    }
+                }
+                if plan.identity is not None
+                else {}
+            ),
+            **(
+                {
+                    "external_check": {
+                        "judge": cfg.external_judge,
+                        "min_external_confidence": cfg.min_external_confidence,
+                        "not_judged": [c for c in m.classes if not plan.external.known(c)],
+                    }
+                }
+                if plan.external is not None
+                else {}
+            ),
+            "gate_passed": r.gate_passed,
+            "gate_pass_rates": r.gate_pass_rates,
         },
         "generator_training": {
             gen.checkpoint_sha256: {
@@ -873,7 +1085,9 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
     """The ``README.md`` written next to a balanced manifest; ``held_out``: the rows it left
     unchanged, counted per group (:attr:`fesaug.audit.report.AuditReport.held_out`)."""
     gen, cfg = plan.generator, plan.config
-    columns = ("real", "target", "synthesized", "acceptance", "shortfall", "after") + (("weighted",) if r.weighted else ())
+    columns = ("real", "target", "synthesized", "acceptance", "shortfall", "after") + (
+        ("weighted",) if r.weighted else ()
+    )
     lines = [
         "# Balanced facial-expression dataset (fesaug balance)",
         "",
@@ -885,60 +1099,113 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
         "|---|" + "---:|" * (len(columns) + len(held_out)),
     ]
     for row in r.class_rows(columns, blank="—"):
-        lines.append("| " + " | ".join(map(str, row)) + " |" + "".join(f" {g.classes[row[0]].total} |" for g in held_out))
+        lines.append(
+            "| " + " | ".join(map(str, row)) + " |" + "".join(f" {g.classes[row[0]].total} |" for g in held_out)
+        )
     lines += [
         "",
-        "Counts are over the *working set*: real rows of split(s) " + ", ".join(f"`{s}`" for s in cfg.splits)
-        + (f" outside fold(s) {', '.join(map(str, plan.holdout_folds))}" if plan.holdout_folds else "") + ". "
+        "Counts are over the *working set*: real rows of split(s) "
+        + ", ".join(f"`{s}`" for s in cfg.splits)
+        + (f" outside fold(s) {', '.join(map(str, plan.holdout_folds))}" if plan.holdout_folds else "")
+        + ". "
         "All other real rows are in the manifest unchanged"
-        + (" and counted apart (*held out*, by split, or by fold of a balanced split)" if held_out else "") + ".",
+        + (" and counted apart (*held out*, by split, or by fold of a balanced split)" if held_out else "")
+        + ".",
         "",
         "## How the synthetic images were made",
         "",
         f"- Sources: real images of the other classes, round-robin over subjects, subjects lacking the target class "
         f"first; seed {cfg.seed}. "
-        + ("Subjects, and each subject's images, whose expression the checkpoint's FER branch finds closest to the "
-           "target are tried first (`--source-order similar`). " if cfg.source_order == "similar" else "")
+        + (
+            "Subjects, and each subject's images, whose expression the checkpoint's FER branch finds closest to the "
+            "target are tried first (`--source-order similar`). "
+            if cfg.source_order == "similar"
+            else ""
+        )
         + "Reused sources are mirrored or jittered (`source_transform` column)."
-        + (f" Each edit is scaled by an intensity drawn uniformly from {cfg.intensity[0]:g}..{cfg.intensity[1]:g} "
-           "(`intensity` column; 1 = the generator's learnt translation, above 1 exaggerated)." if cfg.intensity else ""),
+        + (
+            f" Each edit is scaled by an intensity drawn uniformly from {cfg.intensity[0]:g}..{cfg.intensity[1]:g} "
+            "(`intensity` column; 1 = the generator's learnt translation, above 1 exaggerated)."
+            if cfg.intensity
+            else ""
+        ),
         f"- Quality gate: kept when the checkpoint's FER branch gives the target class at least {cfg.min_confidence:g}, "
         f"at most {cfg.max_attempts} attempt(s) per image. This judge is optimistic (the generator was trained "
         "against it); judge the images with an independent classifier (`fesaug evaluate`) before trusting them.",
-        *([f"- AU check: also kept only when the emotion + AU model `{cfg.au_checkpoint}` gives the target's "
-           f"prototype AUs a mean probability of at least {cfg.min_au_consistency:g} (`au_consistency` column)."]
-          if cfg.au_checkpoint else []),
-        *([f"- Independent judge: also kept only when the classifier `{cfg.judge_checkpoint}`, trained on real faces "
-           f"apart from the generator, gives the target at least {cfg.min_judge_confidence:g} (`judge_confidence` column)."]
-          if cfg.judge_checkpoint else []),
-        *([f"- Identity: also kept only when dlib's face-recognition embedding of the image lies at most "
-           f"{cfg.max_identity_distance:g} from its source face's (0.6 is dlib's same-person threshold; "
-           "`identity_distance` column); a face it cannot align is rejected."] if cfg.max_identity_distance is not None else []),
-        *([f"- External judge: also kept only when the {cfg.external_judge.upper()} expression classifier, trained on "
-           f"another dataset, gives the target at least {cfg.min_external_confidence:g} (`external_confidence` column); "
-           "classes it does not know pass untouched."] if cfg.external_judge else []),
-        *(["", "Share of candidates each gate passed, per class:", "", *_markdown(*gate_table(r))] if r.gate_passed else []),
+        *(
+            [
+                f"- AU check: also kept only when the emotion + AU model `{cfg.au_checkpoint}` gives the target's "
+                f"prototype AUs a mean probability of at least {cfg.min_au_consistency:g} (`au_consistency` column)."
+            ]
+            if cfg.au_checkpoint
+            else []
+        ),
+        *(
+            [
+                f"- Independent judge: also kept only when the classifier `{cfg.judge_checkpoint}`, trained on real faces "
+                f"apart from the generator, gives the target at least {cfg.min_judge_confidence:g} (`judge_confidence` column)."
+            ]
+            if cfg.judge_checkpoint
+            else []
+        ),
+        *(
+            [
+                f"- Identity: also kept only when dlib's face-recognition embedding of the image lies at most "
+                f"{cfg.max_identity_distance:g} from its source face's (0.6 is dlib's same-person threshold; "
+                "`identity_distance` column); a face it cannot align is rejected."
+            ]
+            if cfg.max_identity_distance is not None
+            else []
+        ),
+        *(
+            [
+                f"- External judge: also kept only when the {cfg.external_judge.upper()} expression classifier, trained on "
+                f"another dataset, gives the target at least {cfg.min_external_confidence:g} (`external_confidence` column); "
+                "classes it does not know pass untouched."
+            ]
+            if cfg.external_judge
+            else []
+        ),
+        *(
+            ["", "Share of candidates each gate passed, per class:", "", *_markdown(*gate_table(r))]
+            if r.gate_passed
+            else []
+        ),
         f"- Synthetic images are {plan.output_size}×{plan.output_size} PNGs under `images/<class>/`.",
         "- Each synthetic row keeps its parent's `subject_id`, `split` and `fold`, and names its `parent_id`.",
         "",
         "## Using it safely",
         "",
         f"The generator was trained on fold(s) {', '.join(map(str, gen.training_folds)) or '(none recorded)'}"
-        + (f" and never saw fold {gen.holdout_fold}" if gen.holdout_fold is not None else "") + ". "
+        + (f" and never saw fold {gen.holdout_fold}" if gen.holdout_fold is not None else "")
+        + ". "
         "Test only on folds the generator never saw, and never train on synthetic images whose parents are test "
         "subjects. `fesaug audit manifest.parquet` checks both.",
         "",
         "```python",
         "from fesaug.data import ManifestDataset",
-        "train = ManifestDataset(\"manifest.parquet\", image_size=" + str(plan.output_size) + ")",
-        *(["from torch.utils.data import DataLoader, WeightedRandomSampler",
-           "sampler = WeightedRandomSampler(train.weights, num_samples=len(train))  # draws classes as balanced",
-           "loader = DataLoader(train, batch_size=64, sampler=sampler)"] if r.weighted else []),
+        'train = ManifestDataset("manifest.parquet", image_size=' + str(plan.output_size) + ")",
+        *(
+            [
+                "from torch.utils.data import DataLoader, WeightedRandomSampler",
+                "sampler = WeightedRandomSampler(train.weights, num_samples=len(train))  # draws classes as balanced",
+                "loader = DataLoader(train, batch_size=64, sampler=sampler)",
+            ]
+            if r.weighted
+            else []
+        ),
         "```",
-        *(["", f"Synthesis filled {cfg.synthetic_share:.0%} of each class's shortfall and each synthetic row counts "
-           f"{cfg.synthetic_weight:g}; the `weight` column makes up the rest on the class's real rows (the *weighted* "
-           "column above), as repeating them would. Sample rows in proportion to `weight` (above) or weight the loss "
-           "by it: read without weights, the classes are not balanced."] if r.weighted else []),
+        *(
+            [
+                "",
+                f"Synthesis filled {cfg.synthetic_share:.0%} of each class's shortfall and each synthetic row counts "
+                f"{cfg.synthetic_weight:g}; the `weight` column makes up the rest on the class's real rows (the *weighted* "
+                "column above), as repeating them would. Sample rows in proportion to `weight` (above) or weight the loss "
+                "by it: read without weights, the classes are not balanced.",
+            ]
+            if r.weighted
+            else []
+        ),
         "",
         "The synthetic images derive from the source dataset's faces and fall under its licence.",
         "",
@@ -946,8 +1213,13 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
     return "\n".join(lines)
 
 
-GATE_NAMES = {"fer_branch": "FER branch", "au_check": "AU check", "judge": "judge", "identity": "identity",
-              "external": "external judge"}
+GATE_NAMES = {
+    "fer_branch": "FER branch",
+    "au_check": "AU check",
+    "judge": "judge",
+    "identity": "identity",
+    "external": "external judge",
+}
 
 
 def gate_table(r: BalanceResult) -> tuple[list[str], list[list[str]]]:
@@ -955,17 +1227,35 @@ def gate_table(r: BalanceResult) -> tuple[list[str], list[list[str]]]:
     card and the CLI summary)."""
     rates = r.gate_pass_rates
     header = ["class", *(GATE_NAMES.get(g, g) for g in rates)]
-    rows = [[c, *("–" if rates[g][c] is None else f"{rates[g][c]:.0%}" for g in rates)] for c in r.counts_before
-            if r.attempts.get(c)]
+    rows = [
+        [c, *("–" if rates[g][c] is None else f"{rates[g][c]:.0%}" for g in rates)]
+        for c in r.counts_before
+        if r.attempts.get(c)
+    ]
     return header, rows
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1), *("| " + " | ".join(x) + " |" for x in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+        *("| " + " | ".join(x) + " |" for x in rows),
+    ]
 
 
 def _summary_from(out: Path) -> BalanceResult:
     meta = read_manifest(out / "manifest.parquet").meta["balance"]
-    return BalanceResult(out, out / "manifest.parquet", meta["counts_before"], meta["targets"], meta["to_generate"],
-                         meta["generated"], meta["removed"], meta["attempts"], meta["shortfall"], 0.0,
-                         gate_passed=meta.get("gate_passed", {}), weighted=meta.get("weighted"))
+    return BalanceResult(
+        out,
+        out / "manifest.parquet",
+        meta["counts_before"],
+        meta["targets"],
+        meta["to_generate"],
+        meta["generated"],
+        meta["removed"],
+        meta["attempts"],
+        meta["shortfall"],
+        0.0,
+        gate_passed=meta.get("gate_passed", {}),
+        weighted=meta.get("weighted"),
+    )

@@ -65,7 +65,9 @@ def check_target_per_class(value: int | str) -> int | str:
 def check_synthetic_share(share: float) -> float:
     """``share`` if it lies in (0, 1], else a :class:`UsageError`."""
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
-        raise UsageError(f"--synthetic-share must lie in (0, 1] (the share of each shortfall synthesis fills), got {share!r}")
+        raise UsageError(
+            f"--synthetic-share must lie in (0, 1] (the share of each shortfall synthesis fills), got {share!r}"
+        )
     return float(share)
 
 
@@ -89,7 +91,9 @@ def check_target_rule(target_per_class: int | str, sampling_strategy: str | None
 
 def describe_target(target_per_class: int | str) -> str:
     """The rule ``target_per_class`` in words, for reports."""
-    return "every class to the largest class" if target_per_class == "max" else f"every class to {target_per_class} images"
+    return (
+        "every class to the largest class" if target_per_class == "max" else f"every class to {target_per_class} images"
+    )
 
 
 def resolve_targets(
@@ -126,7 +130,9 @@ def resolve_targets(
     wanted = {c: (level if c in selected else n) for c, n in counts.items()}
     for name, n in (targets or {}).items():
         if name not in counts:
-            raise UsageError(f"--target names class {name!r}, which this manifest does not have; classes: {', '.join(counts)}")
+            raise UsageError(
+                f"--target names class {name!r}, which this manifest does not have; classes: {', '.join(counts)}"
+            )
         wanted[name] = int(n)
     below = {c: (wanted[c], counts[c]) for c in counts if wanted[c] < counts[c]}
     if below and not undersample:

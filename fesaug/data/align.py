@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fesaug.utils.dlib_models import LANDMARKS_5, MIN_CONTRAST, MODEL_SHA256, face_detector, landmark_model, require
 from fesaug.data.images import BadImage
+from fesaug.utils.dlib_models import LANDMARKS_5, MIN_CONTRAST, MODEL_SHA256, face_detector, landmark_model, require
 
 # Eye centres in the output, as fractions of its side (x right, y down; "left" is the eye on the
 # image's left). Measured with this module's locate() on all 981 CK+48 images (every face found by
@@ -65,7 +65,16 @@ REFRAMES = 2
 DETECTOR, WHOLE_IMAGE = "detector", "whole-image"  # the face box a row was aligned from
 WHAT = "--align"  # who needs dlib, in the missing-extra error
 
-__all__ = ["DETECTOR", "LEFT_EYE", "MIN_EYE_DISTANCE", "RIGHT_EYE", "WHOLE_IMAGE", "FaceAligner", "Landmarks", "warp_to_eyes"]
+__all__ = [
+    "DETECTOR",
+    "LEFT_EYE",
+    "MIN_EYE_DISTANCE",
+    "RIGHT_EYE",
+    "WHOLE_IMAGE",
+    "FaceAligner",
+    "Landmarks",
+    "warp_to_eyes",
+]
 
 
 @dataclass(frozen=True)
@@ -107,8 +116,9 @@ class FaceAligner:
     bench/align_demo.py measures that fallback on faces the detector would find.
     """
 
-    def __init__(self, *, min_eye_distance: float = MIN_EYE_DISTANCE, use_detector: bool = True,
-                 reframes: int = REFRAMES) -> None:
+    def __init__(
+        self, *, min_eye_distance: float = MIN_EYE_DISTANCE, use_detector: bool = True, reframes: int = REFRAMES
+    ) -> None:
         self._dlib = require("dlib", WHAT)
         self._detector = face_detector(WHAT) if use_detector else None
         self._landmarks = landmark_model(WHAT)
@@ -125,7 +135,11 @@ class FaceAligner:
         import cv2  # a core dependency; imported here like the Haar detector's, for start-up time
 
         factor = max(1.0, DETECT_MIN_SIDE / min(h, w))
-        work = gray if factor == 1.0 else cv2.resize(gray, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_CUBIC)
+        work = (
+            gray
+            if factor == 1.0
+            else cv2.resize(gray, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_CUBIC)
+        )
         boxes = list(self._detector(work, 0)) if self._detector is not None else []
         if not boxes and self._detector is not None and max(work.shape) <= UPSAMPLE_MAX_SIDE:
             boxes = list(self._detector(work, 1))
@@ -134,7 +148,9 @@ class FaceAligner:
         elif max(h, w) <= TIGHT_CROP_ASPECT * min(h, w):
             box, kind = self._dlib.rectangle(0, 0, work.shape[1] - 1, work.shape[0] - 1), WHOLE_IMAGE
         else:
-            raise BadImage(where, "no face found (dlib's face detector found none, and the image is not a square face crop)")
+            raise BadImage(
+                where, "no face found (dlib's face detector found none, and the image is not a square face crop)"
+            )
         points = self._points(work, box)
         if kind == WHOLE_IMAGE:
             for _ in range(self.reframes):
@@ -147,11 +163,18 @@ class FaceAligner:
         points = (points + 0.5) / scale - 0.5
         found = Landmarks(points, kind)
         must_be_inside = points if kind == WHOLE_IMAGE else np.stack([found.left_eye, found.right_eye])
-        if not ((must_be_inside >= -0.5).all() and (must_be_inside[:, 0] <= w - 0.5).all() and (must_be_inside[:, 1] <= h - 0.5).all()):
+        if not (
+            (must_be_inside >= -0.5).all()
+            and (must_be_inside[:, 0] <= w - 0.5).all()
+            and (must_be_inside[:, 1] <= h - 0.5).all()
+        ):
             raise BadImage(where, "no face found (its landmarks fall outside the image)")
         if found.eye_distance < self.min_eye_distance:
-            raise BadImage(where, f"face too small to align (eyes {found.eye_distance:.1f} px apart, at least "
-                                  f"{self.min_eye_distance:g} needed)")
+            raise BadImage(
+                where,
+                f"face too small to align (eyes {found.eye_distance:.1f} px apart, at least "
+                f"{self.min_eye_distance:g} needed)",
+            )
         return found
 
     def _points(self, work: np.ndarray, box: Any) -> np.ndarray:
@@ -186,19 +209,27 @@ class FaceAligner:
         """How faces were aligned and how many, for the manifest footer."""
         return {
             "method": "similarity transform (rotation, uniform scale, translation) putting the eye centres "
-                      "(means of dlib's 5-point eye corners) at fixed positions; OpenCV estimateAffinePartial2D, "
-                      "warpAffine (bicubic, border replicated; area-averaged first when shrinking)",
+            "(means of dlib's 5-point eye corners) at fixed positions; OpenCV estimateAffinePartial2D, "
+            "warpAffine (bicubic, border replicated; area-averaged first when shrinking)",
             "detector": f"dlib frontal face detector (HOG), largest face; images upscaled to at least {DETECT_MIN_SIDE} px",
             "fallback": f"whole image as the face box when no face is detected in an image with sides within "
-                        f"{TIGHT_CROP_ASPECT}x of each other, re-framed {self.reframes} times as the detector frames "
-                        "faces (box_shape), kept when all landmarks fall inside the image",
+            f"{TIGHT_CROP_ASPECT}x of each other, re-framed {self.reframes} times as the detector frames "
+            "faces (box_shape), kept when all landmarks fall inside the image",
             "box_shape": [list(p) for p in BOX_SHAPE],
             "landmarks": {"model": LANDMARKS_5, "sha256": MODEL_SHA256[LANDMARKS_5]},
             "dlib": getattr(self._dlib, "__version__", None),
-            "eyes": {"left": list(LEFT_EYE), "right": list(RIGHT_EYE), "units": "fractions of the output side, x right, y down"},
+            "eyes": {
+                "left": list(LEFT_EYE),
+                "right": list(RIGHT_EYE),
+                "units": "fractions of the output side, x right, y down",
+            },
             "size": size,
             "min_eye_distance": self.min_eye_distance,
-            "counts": {DETECTOR: self.counts[DETECTOR], WHOLE_IMAGE: self.counts[WHOLE_IMAGE], "skipped": self.counts["failed"]},
+            "counts": {
+                DETECTOR: self.counts[DETECTOR],
+                WHOLE_IMAGE: self.counts[WHOLE_IMAGE],
+                "skipped": self.counts["failed"],
+            },
         }
 
 
@@ -219,5 +250,6 @@ def warp_to_eyes(gray: np.ndarray, landmarks: Landmarks, size: int) -> np.ndarra
         gray = small
     # Two point pairs fix a similarity exactly, so this is a direct solve, not a fit.
     matrix, _ = cv2.estimateAffinePartial2D(src.astype(np.float32), dst.astype(np.float32))
-    return cv2.warpAffine(np.ascontiguousarray(gray), matrix, (size, size), flags=cv2.INTER_CUBIC,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        np.ascontiguousarray(gray), matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+    )

@@ -131,7 +131,9 @@ def _value(raw: object, au: int, where: str) -> tuple[int, float | None] | None:
             x = None
         if x is not None and 0.0 <= x <= 1.0:  # NaN fails this too
             return int(x >= OCCURRENCE_THRESHOLD), x
-    raise FesaugError(f"{where}: AU{au} value {raw!r} is out of range; give 0/1 (occurrence), an intensity 0..1 or a FACS letter A-E")
+    raise FesaugError(
+        f"{where}: AU{au} value {raw!r} is out of range; give 0/1 (occurrence), an intensity 0..1 or a FACS letter A-E"
+    )
 
 
 def _code(text: object, where: str) -> _Entry:
@@ -144,7 +146,9 @@ def _code(text: object, where: str) -> _Entry:
         m = _CODE.fullmatch(str(token)) if isinstance(token, (str, int)) and not isinstance(token, bool) else None
         au = int(m.group(1)) if m else 0
         if au < 1:
-            raise FesaugError(f"{where}: {token!r} is not an action unit; write FACS codes like 1+2+5B+26 (AU number, optional intensity letter A-E)")
+            raise FesaugError(
+                f"{where}: {token!r} is not an action unit; write FACS codes like 1+2+5B+26 (AU number, optional intensity letter A-E)"
+            )
         if au in entry:
             raise FesaugError(f"{where}: AU{au} is listed twice; list each AU once")
         letter = m.group(2)
@@ -157,7 +161,9 @@ def _add(entries: dict[str, tuple[_Entry, str]], key: object, entry: _Entry, whe
     if not key:
         raise FesaugError(f"{where}: empty file name; give the image's path relative to SRC or its file name")
     if key in entries:
-        raise FesaugError(f"{where}: {key!r} already has AU labels ({entries[key][1]}); keep one entry per file in {path.name}")
+        raise FesaugError(
+            f"{where}: {key!r} already has AU labels ({entries[key][1]}); keep one entry per file in {path.name}"
+        )
     entries[key] = (entry, where)
 
 
@@ -168,7 +174,9 @@ def _read_csv(path: Path) -> dict[str, tuple[_Entry, str]]:
         header = [h.strip() for h in reader.fieldnames or []]
         lower = {h.lower(): raw for h, raw in zip(header, reader.fieldnames or [])}
         if "file" not in lower:
-            raise FesaugError(f"--au-labels {path} line 1: no 'file' column (header: {','.join(header)}); name the image column 'file'")
+            raise FesaugError(
+                f"--au-labels {path} line 1: no 'file' column (header: {','.join(header)}); name the image column 'file'"
+            )
         # Columns named like AUs ("AU12", "au 12", "12") are labels; any other column (emotion,
         # subject, author ...) is ignored, except one that starts like an AU (OpenFace's "AU12_r"),
         # which is refused rather than silently dropped.
@@ -176,8 +184,10 @@ def _read_csv(path: Path) -> dict[str, tuple[_Entry, str]]:
         for h, raw in zip(header, reader.fieldnames or []):
             if h.lower() == "aus" or not _AU_ID.fullmatch(h):
                 if re.match(r"(?i)au\s*_?\d", h):
-                    raise FesaugError(f"--au-labels {path} line 1: column {h!r} starts like an AU but is not one; "
-                                      "name AU columns AU1, AU12, ... (OpenFace's AU12_r/AU12_c: keep one, rename it AU12)")
+                    raise FesaugError(
+                        f"--au-labels {path} line 1: column {h!r} starts like an AU but is not one; "
+                        "name AU columns AU1, AU12, ... (OpenFace's AU12_r/AU12_c: keep one, rename it AU12)"
+                    )
                 continue
             au = _parse_au_id_at(h, f"--au-labels {path} line 1: column {h!r}")
             if au in au_cols.values():
@@ -186,7 +196,9 @@ def _read_csv(path: Path) -> dict[str, tuple[_Entry, str]]:
         if "aus" in lower and au_cols:
             raise FesaugError(f"--au-labels {path} line 1: has both an 'aus' column and AU columns; use one of the two")
         if "aus" not in lower and not au_cols:
-            raise FesaugError(f"--au-labels {path} line 1: no AU columns; add columns like AU1, AU12 or one 'aus' column of FACS codes (1+2+5B+26)")
+            raise FesaugError(
+                f"--au-labels {path} line 1: no AU columns; add columns like AU1, AU12 or one 'aus' column of FACS codes (1+2+5B+26)"
+            )
         try:
             for row in reader:
                 where = f"{path.name} line {reader.line_num}"
@@ -197,7 +209,9 @@ def _read_csv(path: Path) -> dict[str, tuple[_Entry, str]]:
                     entry = {au: v for au, v in values.items() if v is not None}
                 _add(entries, row[lower["file"]] or "", entry, where, path)
         except csv.Error as exc:
-            raise FesaugError(f"--au-labels {path} line {reader.line_num}: not valid CSV ({exc}); fix the file") from None
+            raise FesaugError(
+                f"--au-labels {path} line {reader.line_num}: not valid CSV ({exc}); fix the file"
+            ) from None
     return entries
 
 
@@ -207,7 +221,9 @@ def _read_json(path: Path) -> dict[str, tuple[_Entry, str]]:
     except json.JSONDecodeError as exc:
         raise FesaugError(f"--au-labels {path} line {exc.lineno}: not valid JSON ({exc.msg}); fix the file") from None
     if not isinstance(data, list) or any(not isinstance(p, tuple) or not isinstance(p[1], (list, str)) for p in data):
-        raise FesaugError(f'--au-labels {path}: expected an object of file name -> AU list or object, e.g. {{"a.png": [1, 2, 26]}}')
+        raise FesaugError(
+            f'--au-labels {path}: expected an object of file name -> AU list or object, e.g. {{"a.png": [1, 2, 26]}}'
+        )
     entries: dict[str, tuple[_Entry, str]] = {}
     for key, value in data:
         where = f"{path.name} entry {key!r}"

@@ -24,8 +24,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from fesaug.utils.errors import FesaugError
 from fesaug.data.manifest import Manifest, read_manifest
+from fesaug.utils.errors import FesaugError
 
 
 class ManifestDataset(Dataset):
@@ -65,8 +65,11 @@ class ManifestDataset(Dataset):
         self.labels = df["label"].to_numpy(dtype=np.int64)[self.rows]
         self.subjects = [None if pd.isna(s) else str(s) for s in df["subject_id"].iloc[self.rows].tolist()]
         self.sample_ids = df["sample_id"].iloc[self.rows].tolist()
-        self.weights = (torch.from_numpy(df["weight"].to_numpy(dtype=np.float64, na_value=1.0)[self.rows].copy())
-                        if "weight" in df.columns else torch.ones(len(self.rows), dtype=torch.float64))
+        self.weights = (
+            torch.from_numpy(df["weight"].to_numpy(dtype=np.float64, na_value=1.0)[self.rows].copy())
+            if "weight" in df.columns
+            else torch.ones(len(self.rows), dtype=torch.float64)
+        )
         self.classes = self.manifest.classes
         self.transform = transform
         self.pixels = _decode(self.manifest, self.rows, image_size)
@@ -100,8 +103,7 @@ def _decode(manifest: Manifest, rows: np.ndarray, image_size: int | None) -> tor
     if image_size is not None and image_size < 1:
         raise FesaugError(f"image_size must be a positive number of pixels, got {image_size}")
     resize = (
-        None if image_size is None
-        else v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+        None if image_size is None else v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
     )
     images = []
     for i in rows.tolist():
@@ -214,7 +216,9 @@ class PairedTargetDataset(Dataset):
             # replication first (as the shift does), so they are skin and background, not black.
             transforms += [
                 v2.Pad(side // 2, padding_mode="edge"),
-                v2.RandomAffine(degrees=rotation, scale=(1 - scale, 1 + scale), interpolation=v2.InterpolationMode.BILINEAR),
+                v2.RandomAffine(
+                    degrees=rotation, scale=(1 - scale, 1 + scale), interpolation=v2.InterpolationMode.BILINEAR
+                ),
                 v2.CenterCrop(side),
             ]
         if augment and hflip:

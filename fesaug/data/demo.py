@@ -34,13 +34,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from fesaug.utils.errors import FesaugError
-from fesaug.utils.locking import output_lock
-from fesaug.utils.provenance import provenance
 from fesaug.data.images import encode_png, sha256_bytes
 from fesaug.data.labels import CKPLUS_CLASSES, canonical_label, class_list
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.data.splits import assign_folds
+from fesaug.utils.errors import FesaugError
+from fesaug.utils.locking import output_lock
+from fesaug.utils.provenance import provenance
 
 DATASET = "fesaug-demo"
 # Bump when a change to the renderer changes pixels: stored demo_params then no longer
@@ -49,10 +49,22 @@ RENDERER_VERSION = 1
 
 AU_IDS: tuple[int, ...] = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26)
 AU_NAMES: dict[int, str] = {
-    1: "inner brow raiser", 2: "outer brow raiser", 4: "brow lowerer", 5: "upper lid raiser",
-    6: "cheek raiser", 7: "lid tightener", 9: "nose wrinkler", 10: "upper lip raiser",
-    12: "lip corner puller", 14: "dimpler", 15: "lip corner depressor", 17: "chin raiser",
-    20: "lip stretcher", 23: "lip tightener", 25: "lips part", 26: "jaw drop",
+    1: "inner brow raiser",
+    2: "outer brow raiser",
+    4: "brow lowerer",
+    5: "upper lid raiser",
+    6: "cheek raiser",
+    7: "lid tightener",
+    9: "nose wrinkler",
+    10: "upper lip raiser",
+    12: "lip corner puller",
+    14: "dimpler",
+    15: "lip corner depressor",
+    17: "chin raiser",
+    20: "lip stretcher",
+    23: "lip tightener",
+    25: "lips part",
+    26: "jaw drop",
 }
 
 # Emotion -> {AU: intensity at the apex of a full-intensity expression}, after the EMFACS
@@ -77,7 +89,13 @@ AU_THRESHOLD = 0.2
 
 # CK+ (Lucey et al., 2010), last three frames of each labelled sequence: 981 images.
 DEFAULT_COUNTS: dict[str, int] = {
-    "anger": 135, "contempt": 54, "disgust": 177, "fear": 75, "happy": 207, "sadness": 84, "surprise": 249,
+    "anger": 135,
+    "contempt": 54,
+    "disgust": 177,
+    "fear": 75,
+    "happy": 207,
+    "sadness": 84,
+    "surprise": 249,
 }
 DEFAULT_SUBJECTS = 118  # CK+'s labelled sequences come from 118 subjects
 # Like CK+'s "last three frames": near-identical, intensity still rising toward the apex.
@@ -111,20 +129,51 @@ class Style:
 
 STYLES: dict[str, Style] = {
     "standard": Style(
-        "standard", "D", (),
+        "standard",
+        "D",
+        (),
         identity={
-            "skin": (105, 206), "dark_hair": 0.8, "hair_dark": (20, 75), "hair_light": (25, 60), "background": (25, 231),
-            "forehead": (0.33, 0.38), "chin": (0.15, 0.19), "face_w": (0.28, 0.34), "jaw": (0.0, 0.35),
-            "squareness": (2.0, 2.8), "hairline": (0.06, 0.17), "temples": (-0.03, 0.12), "hair_volume": (0.015, 0.06),
-            "eye_y": (0.42, 0.47), "eye_dx": (0.105, 0.13), "eye_w": (0.045, 0.058), "eye_h": (0.017, 0.025),
-            "iris": (30, 110), "brow_gap": (0.06, 0.085), "brow_thick": (0.008, 0.016), "brow_light": (50, 80),
-            "nose_len": (0.15, 0.19), "nose_w": (0.03, 0.042), "mouth_gap": (0.085, 0.105), "mouth_w": (0.075, 0.1),
-            "lip_up": (0.009, 0.016), "lip_low": (0.012, 0.021), "lip_tone": (22, 50),
-            "rest_mouth": (-0.007, 0.007), "rest_brow": (-0.008, 0.008),
+            "skin": (105, 206),
+            "dark_hair": 0.8,
+            "hair_dark": (20, 75),
+            "hair_light": (25, 60),
+            "background": (25, 231),
+            "forehead": (0.33, 0.38),
+            "chin": (0.15, 0.19),
+            "face_w": (0.28, 0.34),
+            "jaw": (0.0, 0.35),
+            "squareness": (2.0, 2.8),
+            "hairline": (0.06, 0.17),
+            "temples": (-0.03, 0.12),
+            "hair_volume": (0.015, 0.06),
+            "eye_y": (0.42, 0.47),
+            "eye_dx": (0.105, 0.13),
+            "eye_w": (0.045, 0.058),
+            "eye_h": (0.017, 0.025),
+            "iris": (30, 110),
+            "brow_gap": (0.06, 0.085),
+            "brow_thick": (0.008, 0.016),
+            "brow_light": (50, 80),
+            "nose_len": (0.15, 0.19),
+            "nose_w": (0.03, 0.042),
+            "mouth_gap": (0.085, 0.105),
+            "mouth_w": (0.075, 0.1),
+            "lip_up": (0.009, 0.016),
+            "lip_low": (0.012, 0.021),
+            "lip_tone": (22, 50),
+            "rest_mouth": (-0.007, 0.007),
+            "rest_brow": (-0.008, 0.008),
         },
         pose={
-            "angle": (2.5, 6.0), "scale": (0.94, 1.06), "dx": (0.012, 0.03), "dy": (0.012, 0.03), "light": (0.0, 0.25),
-            "gain": (0.85, 1.15), "bias": (-15.0, 15.0), "noise": (1.0, 4.0), "resolution": None,
+            "angle": (2.5, 6.0),
+            "scale": (0.94, 1.06),
+            "dx": (0.012, 0.03),
+            "dy": (0.012, 0.03),
+            "light": (0.0, 0.25),
+            "gain": (0.85, 1.15),
+            "bias": (-15.0, 15.0),
+            "noise": (1.0, 4.0),
+            "resolution": None,
         },
     ),
     # Narrower, longer faces with tapered jaws, darker skin, more fair hair, rounder eyes set
@@ -132,20 +181,51 @@ STYLES: dict[str, Style] = {
     # contrast (gain 0.7-1.0), heads rolled by up to 20 degrees (standard: 6), off-centre faces,
     # captured at 38-54 px of a 64 px image.
     "shifted": Style(
-        "shifted", "DS", (1,),
+        "shifted",
+        "DS",
+        (1,),
         identity={
-            "skin": (70, 161), "dark_hair": 0.5, "hair_dark": (15, 60), "hair_light": (40, 80), "background": (25, 231),
-            "forehead": (0.30, 0.35), "chin": (0.18, 0.23), "face_w": (0.24, 0.29), "jaw": (0.2, 0.45),
-            "squareness": (1.8, 2.3), "hairline": (0.10, 0.20), "temples": (0.0, 0.15), "hair_volume": (0.03, 0.08),
-            "eye_y": (0.40, 0.45), "eye_dx": (0.095, 0.118), "eye_w": (0.04, 0.052), "eye_h": (0.021, 0.029),
-            "iris": (15, 80), "brow_gap": (0.07, 0.095), "brow_thick": (0.012, 0.022), "brow_light": (40, 65),
-            "nose_len": (0.17, 0.21), "nose_w": (0.036, 0.05), "mouth_gap": (0.075, 0.095), "mouth_w": (0.085, 0.11),
-            "lip_up": (0.012, 0.02), "lip_low": (0.016, 0.026), "lip_tone": (15, 40),
-            "rest_mouth": (-0.01, 0.01), "rest_brow": (-0.01, 0.01),
+            "skin": (70, 161),
+            "dark_hair": 0.5,
+            "hair_dark": (15, 60),
+            "hair_light": (40, 80),
+            "background": (25, 231),
+            "forehead": (0.30, 0.35),
+            "chin": (0.18, 0.23),
+            "face_w": (0.24, 0.29),
+            "jaw": (0.2, 0.45),
+            "squareness": (1.8, 2.3),
+            "hairline": (0.10, 0.20),
+            "temples": (0.0, 0.15),
+            "hair_volume": (0.03, 0.08),
+            "eye_y": (0.40, 0.45),
+            "eye_dx": (0.095, 0.118),
+            "eye_w": (0.04, 0.052),
+            "eye_h": (0.021, 0.029),
+            "iris": (15, 80),
+            "brow_gap": (0.07, 0.095),
+            "brow_thick": (0.012, 0.022),
+            "brow_light": (40, 65),
+            "nose_len": (0.17, 0.21),
+            "nose_w": (0.036, 0.05),
+            "mouth_gap": (0.075, 0.095),
+            "mouth_w": (0.085, 0.11),
+            "lip_up": (0.012, 0.02),
+            "lip_low": (0.016, 0.026),
+            "lip_tone": (15, 40),
+            "rest_mouth": (-0.01, 0.01),
+            "rest_brow": (-0.01, 0.01),
         },
         pose={
-            "angle": (8.0, 20.0), "scale": (0.86, 1.1), "dx": (0.02, 0.05), "dy": (0.02, 0.05), "light": (0.2, 0.45),
-            "gain": (0.7, 1.0), "bias": (0.0, 30.0), "noise": (2.0, 5.0), "resolution": (0.6, 0.85),
+            "angle": (8.0, 20.0),
+            "scale": (0.86, 1.1),
+            "dx": (0.02, 0.05),
+            "dy": (0.02, 0.05),
+            "light": (0.2, 0.45),
+            "gain": (0.7, 1.0),
+            "bias": (0.0, 30.0),
+            "noise": (2.0, 5.0),
+            "resolution": (0.6, 0.85),
         },
     ),
 }
@@ -215,16 +295,36 @@ class Subject:
         while abs(background - skin) < 35:
             background = int(r.integers(*g["background"]))
         return cls(
-            index=index, seed=seed,
-            forehead=u("forehead"), chin=u("chin"), face_w=u("face_w"), jaw=u("jaw"),
-            squareness=u("squareness"), skin=skin, hair=hair, background=background,
-            hairline=u("hairline"), temples=u("temples"), hair_volume=u("hair_volume"),
-            eye_y=u("eye_y"), eye_dx=u("eye_dx"), eye_w=u("eye_w"), eye_h=u("eye_h"),
-            iris=int(r.integers(*g["iris"])), brow_gap=u("brow_gap"), brow_thick=u("brow_thick"),
+            index=index,
+            seed=seed,
+            forehead=u("forehead"),
+            chin=u("chin"),
+            face_w=u("face_w"),
+            jaw=u("jaw"),
+            squareness=u("squareness"),
+            skin=skin,
+            hair=hair,
+            background=background,
+            hairline=u("hairline"),
+            temples=u("temples"),
+            hair_volume=u("hair_volume"),
+            eye_y=u("eye_y"),
+            eye_dx=u("eye_dx"),
+            eye_w=u("eye_w"),
+            eye_h=u("eye_h"),
+            iris=int(r.integers(*g["iris"])),
+            brow_gap=u("brow_gap"),
+            brow_thick=u("brow_thick"),
             brow_tone=int(min(hair, skin - 60) if dark_hair else skin - int(r.integers(*g["brow_light"]))),
-            nose_len=u("nose_len"), nose_w=u("nose_w"), mouth_gap=u("mouth_gap"),
-            mouth_w=u("mouth_w"), lip_up=u("lip_up"), lip_low=u("lip_low"),
-            lip_tone=int(r.integers(*g["lip_tone"])), rest_mouth=u("rest_mouth"), rest_brow=u("rest_brow"),
+            nose_len=u("nose_len"),
+            nose_w=u("nose_w"),
+            mouth_gap=u("mouth_gap"),
+            mouth_w=u("mouth_w"),
+            lip_up=u("lip_up"),
+            lip_low=u("lip_low"),
+            lip_tone=int(r.integers(*g["lip_tone"])),
+            rest_mouth=u("rest_mouth"),
+            rest_brow=u("rest_brow"),
             style=style,
         )
 
@@ -258,7 +358,9 @@ def expression_aus(expression: str, intensity: float, jitter: Collection[float] 
     """
     prototype = _prototype(expression)
     jit = dict(zip(AU_IDS, jitter)) if jitter is not None else {}
-    return {au: float(np.clip(prototype.get(au, 0.0) * intensity * (1.0 + jit.get(au, 0.0)), 0.0, 1.0)) for au in AU_IDS}
+    return {
+        au: float(np.clip(prototype.get(au, 0.0) * intensity * (1.0 + jit.get(au, 0.0)), 0.0, 1.0)) for au in AU_IDS
+    }
 
 
 def _expression(name: str) -> str:
@@ -365,7 +467,9 @@ def _stroke(center: np.ndarray, half_widths: np.ndarray) -> np.ndarray:
     return np.concatenate([center + offset, (center - offset)[::-1]])
 
 
-def _superellipse(cx: float, cy: float, rx: float, ry_up: float, ry_low: float, n: float, jaw: float, theta: np.ndarray) -> np.ndarray:
+def _superellipse(
+    cx: float, cy: float, rx: float, ry_up: float, ry_low: float, n: float, jaw: float, theta: np.ndarray
+) -> np.ndarray:
     c, s = np.cos(theta), np.sin(theta)
     x = np.sign(c) * np.abs(c) ** (2 / n) * (1 - jaw * np.clip(s, 0, None) ** 2)
     y = np.sign(s) * np.abs(s) ** (2 / n)
@@ -388,7 +492,10 @@ def _draw_face(cv: _Canvas, sub: Subject, au: dict[int, dict[int, float]]) -> No
     # Neck and ears, then the face over them, then the hair: the head outline grown by the
     # hair volume, above a hairline that dips toward the temples.
     neck_w = sub.face_w * 0.55
-    cv.polygon(np.array([[cx - neck_w, cy], [cx + neck_w, cy], [cx + neck_w * 1.2, 1.05], [cx - neck_w * 1.2, 1.05]]), skin - 25)
+    cv.polygon(
+        np.array([[cx - neck_w, cy], [cx + neck_w, cy], [cx + neck_w * 1.2, 1.05], [cx - neck_w * 1.2, 1.05]]),
+        skin - 25,
+    )
     for s in (-1, 1):
         cv.ellipse(cx + s * (sub.face_w - 0.01), sub.eye_y + 0.04, 0.03, 0.055, skin - 14)
     cv.polygon(_superellipse(cx, cy, sub.face_w, half_h, half_h + drop, sub.squareness, sub.jaw, theta), skin)
@@ -410,7 +517,9 @@ def _draw_face(cv: _Canvas, sub: Subject, au: dict[int, dict[int, float]]) -> No
                 depth = 38 * (0.6 * au[s][1] + 0.4 * au[s][2]) - 6 * k
                 cv.crease(_quad((cx, y), (cx + s * 0.07, y - 0.006), (cx + s * 0.13, y + 0.004)), skin, depth, 0.005)
     for s in (-1, 1):
-        cv.crease(np.array([[cx + s * 0.012, brow_y - 0.004], [cx + s * 0.016, brow_y + 0.03]]), skin, 50 * au[s][4], 0.007)
+        cv.crease(
+            np.array([[cx + s * 0.012, brow_y - 0.004], [cx + s * 0.016, brow_y + 0.03]]), skin, 50 * au[s][4], 0.007
+        )
 
     for s in (-1, 1):
         a = au[s]
@@ -418,8 +527,10 @@ def _draw_face(cv: _Canvas, sub: Subject, au: dict[int, dict[int, float]]) -> No
         _draw_eye(cv, sub, ex, s, a)
         # Brow: inner end rises with AU1 and is pulled in (and, unless AU1 holds it up, down) by AU4;
         # the outer end rises with AU2.
-        inner = (cx + s * max(0.03, sub.eye_dx - sub.eye_w - 0.004 - 0.012 * a[4]),
-                 brow_y + 0.012 - 0.045 * a[1] + 0.035 * a[4] * (1 - 0.7 * a[1]) + sub.rest_brow)
+        inner = (
+            cx + s * max(0.03, sub.eye_dx - sub.eye_w - 0.004 - 0.012 * a[4]),
+            brow_y + 0.012 - 0.045 * a[1] + 0.035 * a[4] * (1 - 0.7 * a[1]) + sub.rest_brow,
+        )
         mid = (ex + s * 0.006, brow_y - 0.006 - 0.02 * a[1] - 0.042 * a[2] + 0.025 * a[4])
         outer = (ex + s * sub.eye_w * 1.4, brow_y + 0.014 - 0.04 * a[2] + 0.01 * a[4])
         center = _quad(inner, mid, outer, 20)
@@ -452,34 +563,74 @@ def _draw_eye(cv: _Canvas, sub: Subject, ex: float, s: int, a: dict[int, float])
     cv.line(upper, min(sub.brow_tone, 45), 0.006)
     cv.crease(lower, skin, 28, 0.003)
     # AU6 bunches the cheek under the eye and creases the outer corner; AU7 tenses the lower lid.
-    cv.crease(_quad((ex - s * w * 0.8, ey + low + 0.018), (ex, ey + low + 0.026), (ex + s * w * 1.1, ey + low + 0.012)), skin, 45 * a[6] + 20 * a[7])
+    cv.crease(
+        _quad((ex - s * w * 0.8, ey + low + 0.018), (ex, ey + low + 0.026), (ex + s * w * 1.1, ey + low + 0.012)),
+        skin,
+        45 * a[6] + 20 * a[7],
+    )
     corner = np.array([ex + s * w * 1.1, ey])
     for ang in (-0.35, 0.0, 0.35):
         d = np.array([s * math.cos(ang), math.sin(ang)]) * 0.025
         cv.crease(np.array([corner + 0.3 * d, corner + d]), skin, 45 * a[6], 0.006)
 
 
-def _draw_nose_and_mouth(cv: _Canvas, sub: Subject, au: dict[int, dict[int, float]], both: dict[int, float], nose_y: float, mouth_y: float, drop: float) -> None:
+def _draw_nose_and_mouth(
+    cv: _Canvas,
+    sub: Subject,
+    au: dict[int, dict[int, float]],
+    both: dict[int, float],
+    nose_y: float,
+    mouth_y: float,
+    drop: float,
+) -> None:
     skin, cx, nw = sub.skin, 0.5, sub.nose_w
     lift = 0.012 * both[9] + 0.006 * both[10]  # nose wrinkling pulls the nostrils up
     ny = nose_y - lift
     for k in range(3):  # AU9 wrinkles across the bridge
         y = sub.eye_y + 0.035 + 0.016 * k
-        cv.crease(_quad((cx - nw * 0.8, y + 0.004), (cx, y - 0.002), (cx + nw * 0.8, y + 0.004)), skin, 48 * both[9], 0.006)
+        cv.crease(
+            _quad((cx - nw * 0.8, y + 0.004), (cx, y - 0.002), (cx + nw * 0.8, y + 0.004)), skin, 48 * both[9], 0.006
+        )
     corner: dict[int, tuple[float, float]] = {}
     for s in (-1, 1):
         a = au[s]
         flare = nw * (1 + 0.3 * a[9])
         cv.crease(np.array([[cx + s * nw * 0.35, sub.eye_y + 0.01], [cx + s * nw * 0.6, ny - 0.035]]), skin, 12, 0.006)
-        cv.crease(_quad((cx + s * flare * 0.75, ny - 0.03), (cx + s * flare * 1.05, ny - 0.004), (cx + s * flare * 0.55, ny + 0.012)), skin, 38, 0.005)
+        cv.crease(
+            _quad(
+                (cx + s * flare * 0.75, ny - 0.03),
+                (cx + s * flare * 1.05, ny - 0.004),
+                (cx + s * flare * 0.55, ny + 0.012),
+            ),
+            skin,
+            38,
+            0.005,
+        )
         cv.ellipse(cx + s * nw * 0.42, ny + 0.004, 0.011, 0.0065, skin - 75)
         # Mouth corners: pulled up and out by AU12, out by AU20, in by AU23, down by AU15.
         dx = sub.mouth_w * (1 + 0.25 * a[12] + 0.08 * a[14] + 0.35 * a[20] - 0.22 * a[23] - 0.2 * a[26])
         dy = -0.05 * a[12] - 0.01 * a[14] + 0.036 * a[15] + 0.008 * a[20] + sub.rest_mouth + 0.3 * drop
         corner[s] = (cx + s * dx, mouth_y + dy)
         fold = 10 + 20 * a[6] + 30 * a[9] + 28 * a[10] + 40 * a[12] + 15 * a[14]
-        cv.crease(_quad((cx + s * (flare + 0.008), ny - 0.012), (cx + s * (flare + 0.04), ny + 0.035), (corner[s][0] + s * 0.02, corner[s][1] + 0.01)), skin, fold)
-        cv.crease(_quad((corner[s][0] + s * 0.018, corner[s][1] - 0.018), (corner[s][0] + s * 0.024, corner[s][1]), (corner[s][0] + s * 0.016, corner[s][1] + 0.014)), skin, 55 * a[14], 0.006)
+        cv.crease(
+            _quad(
+                (cx + s * (flare + 0.008), ny - 0.012),
+                (cx + s * (flare + 0.04), ny + 0.035),
+                (corner[s][0] + s * 0.02, corner[s][1] + 0.01),
+            ),
+            skin,
+            fold,
+        )
+        cv.crease(
+            _quad(
+                (corner[s][0] + s * 0.018, corner[s][1] - 0.018),
+                (corner[s][0] + s * 0.024, corner[s][1]),
+                (corner[s][0] + s * 0.016, corner[s][1] + 0.014),
+            ),
+            skin,
+            55 * a[14],
+            0.006,
+        )
 
     # Lips: a centre line through both corners, opened by AU25/AU26 (and AU10, AU20).
     u = np.linspace(-1, 1, 41)
@@ -507,7 +658,9 @@ def _draw_nose_and_mouth(cv: _Canvas, sub: Subject, au: dict[int, dict[int, floa
     cv.line(pts(inner_up), skin - sub.lip_tone - 40, 0.005)
     # Chin: the groove under the lower lip, deepened and pushed up by AU17.
     under = mouth_y + sub.lip_low + 0.03 + 0.7 * 0.1 * both[26] - 0.008 * both[17]
-    cv.crease(_quad((cx - 0.035, under + 0.004), (cx, under), (cx + 0.035, under + 0.004)), skin, 12 + 40 * both[17], 0.005)
+    cv.crease(
+        _quad((cx - 0.035, under + 0.004), (cx, under), (cx + 0.035, under + 0.004)), skin, 12 + 40 * both[17], 0.005
+    )
 
 
 def _finish(canvas: Image.Image, nz: Nuisance, size: int, background: int) -> np.ndarray:
@@ -520,14 +673,18 @@ def _finish(canvas: Image.Image, nz: Nuisance, size: int, background: int) -> np
     c = px / 2
     tx, ty = c + nz.dx * px, c + nz.dy * px
     coeffs = (cos, -sin, c - cos * tx + sin * ty, sin, cos, c - sin * tx - cos * ty)
-    canvas = canvas.transform(canvas.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=background)
+    canvas = canvas.transform(
+        canvas.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=background
+    )
     if nz.resolution < 1.0:
         low = max(4, round(size * nz.resolution))
         canvas = canvas.resize((low, low), Image.Resampling.BOX).resize((size, size), Image.Resampling.BICUBIC)
     img = np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float64)
     if nz.light:
         grid = np.linspace(-1.0, 1.0, size)
-        img = img * (1 + nz.light * (math.cos(nz.light_angle) * grid[None, :] + math.sin(nz.light_angle) * grid[:, None]))
+        img = img * (
+            1 + nz.light * (math.cos(nz.light_angle) * grid[None, :] + math.sin(nz.light_angle) * grid[:, None])
+        )
     img = img * nz.gain + nz.bias
     if nz.noise:
         img = img + np.random.default_rng(nz.noise_seed).normal(0.0, nz.noise, img.shape)
@@ -558,12 +715,19 @@ def render_params(params_or_row: Mapping[str, Any] | pd.Series | str) -> np.ndar
     """Re-render a stored sample exactly: the same pixels its PNG holds."""
     p = _params_of(params_or_row)
     return render(
-        Subject.from_seed(p["subject"], p["seed"], p.get("style", "standard")), p["expression"], p["intensity"],
-        Nuisance(**p["nuisance"]), side=p["side"], jitter=p["jitter"], size=p["size"],
+        Subject.from_seed(p["subject"], p["seed"], p.get("style", "standard")),
+        p["expression"],
+        p["intensity"],
+        Nuisance(**p["nuisance"]),
+        side=p["side"],
+        jitter=p["jitter"],
+        size=p["size"],
     )
 
 
-def counterfactual(params_or_row: Mapping[str, Any] | pd.Series | str, expression: str, intensity: float | None = None) -> np.ndarray:
+def counterfactual(
+    params_or_row: Mapping[str, Any] | pd.Series | str, expression: str, intensity: float | None = None
+) -> np.ndarray:
     """The same face, pose, lighting and noise as a stored sample, showing ``expression``.
 
     This is the ground truth for synthesis: what an image generated from this row for
@@ -621,15 +785,21 @@ def _plan(counts: dict[str, int], n_subjects: int, rng: np.random.Generator) -> 
     return plan
 
 
-def _sequence_params(seed: int, q: int, expression: str, subject: int, size: int,
-                     style: str = "standard") -> tuple[dict[str, Any], dict[str, Any], np.random.Generator]:
+def _sequence_params(
+    seed: int, q: int, expression: str, subject: int, size: int, style: str = "standard"
+) -> tuple[dict[str, Any], dict[str, Any], np.random.Generator]:
     """Shared params of sequence ``q`` and its pose/lighting; frames vary them only slightly."""
     st = _style(style)
     r = np.random.default_rng([seed, 2, q, *st.stream])
     apex = INTENSITY_LOW + (1 - INTENSITY_LOW) * r.beta(INTENSITY_A, INTENSITY_B)
     base = {
-        "renderer": RENDERER_VERSION, "subject": subject, "seed": seed, "expression": expression,
-        "intensity": round(float(apex), 4), "side": int(r.choice([-1, 1])), "size": size,
+        "renderer": RENDERER_VERSION,
+        "subject": subject,
+        "seed": seed,
+        "expression": expression,
+        "intensity": round(float(apex), 4),
+        "side": int(r.choice([-1, 1])),
+        "size": size,
         "jitter": [round(float(v), 3) for v in np.clip(r.normal(0, JITTER_SD, len(AU_IDS)), -0.4, 0.4)],
     }
     if style != "standard":  # absent means standard: the standard set's params stay as they were
@@ -637,16 +807,24 @@ def _sequence_params(seed: int, q: int, expression: str, subject: int, size: int
     g = st.pose
     normal = lambda key: float(np.clip(r.normal(0, g[key][0]), -g[key][1], g[key][1]))
     pose = {
-        "angle": normal("angle"), "scale": float(r.uniform(*g["scale"])), "dx": normal("dx"), "dy": normal("dy"),
-        "light_angle": float(r.uniform(0, 2 * np.pi)), "light": float(r.uniform(*g["light"])),
-        "gain": float(r.uniform(*g["gain"])), "bias": float(r.uniform(*g["bias"])), "noise": float(r.uniform(*g["noise"])),
+        "angle": normal("angle"),
+        "scale": float(r.uniform(*g["scale"])),
+        "dx": normal("dx"),
+        "dy": normal("dy"),
+        "light_angle": float(r.uniform(0, 2 * np.pi)),
+        "light": float(r.uniform(*g["light"])),
+        "gain": float(r.uniform(*g["gain"])),
+        "bias": float(r.uniform(*g["bias"])),
+        "noise": float(r.uniform(*g["noise"])),
     }
     if g["resolution"] is not None:
         pose["resolution"] = float(r.uniform(*g["resolution"]))
     return base, pose, r
 
 
-def _frame_params(base: dict[str, Any], pose: dict[str, Any], r: np.random.Generator, expression: str, intensity: float) -> dict[str, Any]:
+def _frame_params(
+    base: dict[str, Any], pose: dict[str, Any], r: np.random.Generator, expression: str, intensity: float
+) -> dict[str, Any]:
     nuisance = {**pose, "dx": pose["dx"] + r.normal(0, 0.002), "dy": pose["dy"] + r.normal(0, 0.002)}
     nuisance = {k: round(float(v), 4) for k, v in nuisance.items()}
     nuisance["noise_seed"] = int(r.integers(2**31))
@@ -700,18 +878,26 @@ def make_demo_dataset(
     if not 16 <= size <= 1024:
         raise FesaugError(f"--size must be between 16 and 1024 pixels, got {size}")
     if n_subjects < folds:
-        raise FesaugError(f"cannot make {folds} subject-independent folds from {n_subjects} subject(s); raise --n-subjects or lower --folds")
+        raise FesaugError(
+            f"cannot make {folds} subject-independent folds from {n_subjects} subject(s); raise --n-subjects or lower --folds"
+        )
     with output_lock(out_dir):
         if manifest.exists() and not overwrite:
-            raise FesaugError(f"{manifest} already exists; pass --overwrite to replace the demo dataset or choose another --out")
+            raise FesaugError(
+                f"{manifest} already exists; pass --overwrite to replace the demo dataset or choose another --out"
+            )
         rng = np.random.default_rng([seed, 0, *st.stream])
         plan = _plan(counts, n_subjects, rng)
         n_used = len({s for _, s, _ in plan})
         if n_used < folds:
-            raise FesaugError(f"only {n_used} subject(s) get images, too few for {folds} subject-independent folds; raise the counts or lower --folds")
+            raise FesaugError(
+                f"only {n_used} subject(s) get images, too few for {folds} subject-independent folds; raise the counts or lower --folds"
+            )
         n_neutral = counts.get("neutral", len(plan)) if neutral else 0
         if n_neutral > len(plan):
-            raise FesaugError(f"at most {len(plan)} neutral images (one onset frame per sequence), got {n_neutral}; lower the neutral count")
+            raise FesaugError(
+                f"at most {len(plan)} neutral images (one onset frame per sequence), got {n_neutral}; lower the neutral count"
+            )
         with_neutral = set(rng.choice(len(plan), n_neutral, replace=False).tolist())
 
         image_dir = out_dir / "images"
@@ -723,8 +909,13 @@ def make_demo_dataset(
             sequence_no[subject] += 1
             stem = f"{subject_id(subject, style)}_{sequence_no[subject]:03d}"
             base, pose, r = _sequence_params(seed, q, expression, subject, size, style)
-            frames = [(f"{stem}_{len(FRAME_RAMP) - n_frames + k + 1:02d}", _frame_params(base, pose, r, expression, base["intensity"] * ramp))
-                      for k, ramp in enumerate(FRAME_RAMP[-n_frames:])]
+            frames = [
+                (
+                    f"{stem}_{len(FRAME_RAMP) - n_frames + k + 1:02d}",
+                    _frame_params(base, pose, r, expression, base["intensity"] * ramp),
+                )
+                for k, ramp in enumerate(FRAME_RAMP[-n_frames:])
+            ]
             if q in with_neutral:
                 frames.append((f"{stem}_00", _frame_params(base, pose, r, "neutral", base["intensity"])))
             for sample_id, params in frames:
@@ -735,8 +926,14 @@ def make_demo_dataset(
         df["label"] = [classes.index(c) for c in df["label_name"]]
         df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].to_numpy(), folds, seed)
         settings = {
-            "counts": {c: n for c, n in counts.items() if n}, "n_subjects": n_subjects, "size": size, "seed": seed,
-            "neutral": neutral, "n_neutral": n_neutral, "folds": folds, "style": style,
+            "counts": {c: n for c, n in counts.items() if n},
+            "n_subjects": n_subjects,
+            "size": size,
+            "seed": seed,
+            "neutral": neutral,
+            "n_neutral": n_neutral,
+            "folds": folds,
+            "style": style,
         }
         meta = {
             "dataset": DATASET,
@@ -746,9 +943,14 @@ def make_demo_dataset(
             "au_unilateral": {c: list(v) for c, v in UNILATERAL.items()},
             "au_threshold": AU_THRESHOLD,
             "demo": {
-                **settings, "renderer": RENDERER_VERSION, "frame_ramp": list(FRAME_RAMP), "jitter_sd": JITTER_SD,
+                **settings,
+                "renderer": RENDERER_VERSION,
+                "frame_ramp": list(FRAME_RAMP),
+                "jitter_sd": JITTER_SD,
                 "intensity": {"low": INTENSITY_LOW, "beta_a": INTENSITY_A, "beta_b": INTENSITY_B},
-                "subject_prefix": st.subject_prefix, "identity": dict(st.identity), "pose": dict(st.pose),
+                "subject_prefix": st.subject_prefix,
+                "identity": dict(st.identity),
+                "pose": dict(st.pose),
             },
             "provenance": provenance("demo-data", settings),
         }
@@ -765,9 +967,16 @@ def _write_sample(image_dir: Path, sample_id: str, params: dict[str, Any]) -> di
     aus = expression_aus(expression, params["intensity"], params["jitter"])
     intensity = np.array([aus[au] for au in AU_IDS], dtype=np.float32)
     return {
-        "sample_id": sample_id, "image": {"bytes": None, "path": rel}, "label_name": expression,
-        "subject_id": subject_id(params["subject"], params.get("style", "standard")), "split": "train", "origin": "real",
-        "width": pixels.shape[1], "height": pixels.shape[0], "sha256": sha256_bytes(data),
-        "au_intensity": intensity.tolist(), "au_occurrence": (intensity >= AU_THRESHOLD).astype(np.int8).tolist(),
+        "sample_id": sample_id,
+        "image": {"bytes": None, "path": rel},
+        "label_name": expression,
+        "subject_id": subject_id(params["subject"], params.get("style", "standard")),
+        "split": "train",
+        "origin": "real",
+        "width": pixels.shape[1],
+        "height": pixels.shape[0],
+        "sha256": sha256_bytes(data),
+        "au_intensity": intensity.tolist(),
+        "au_occurrence": (intensity >= AU_THRESHOLD).astype(np.int8).tolist(),
         "demo_params": json.dumps(params, sort_keys=True),
     }

@@ -27,10 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fesaug.utils.files import atomic_write_bytes, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from fesaug.data.images import BadImage, decode_image, encode_png
 from fesaug.data.manifest import ORIGINS, Manifest, read_manifest
 from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_out_folder,
+    file_sha256,
+    remove_stale_temporaries,
+)
 from fesaug.utils.locking import output_lock
 from fesaug.utils.provenance import provenance
 
@@ -87,8 +93,12 @@ def export(
     m = read_manifest(source)
     classes = m.classes
     _check_class_names(classes)
-    filters = {"split": list(splits), "fold": [int(k) for k in folds],
-               "exclude-fold": [int(k) for k in exclude_folds], "origin": list(origins)}
+    filters = {
+        "split": list(splits),
+        "fold": [int(k) for k in folds],
+        "exclude-fold": [int(k) for k in exclude_folds],
+        "origin": list(origins),
+    }
     rows = _select(m, filters)
     names = _file_names(m, rows)
     out = Path(out)
@@ -98,24 +108,41 @@ def export(
         return _write(m, source, out, rows, names, format=format, filters=filters, overwrite=overwrite)
 
 
-def _write(m: Manifest, source: Path, out: Path, rows: list[int], names: list[str], *, format: str,
-           filters: dict[str, list], overwrite: bool) -> ExportResult:
+def _write(
+    m: Manifest,
+    source: Path,
+    out: Path,
+    rows: list[int],
+    names: list[str],
+    *,
+    format: str,
+    filters: dict[str, list],
+    overwrite: bool,
+) -> ExportResult:
     classes = m.classes
     counts = {c: dict.fromkeys(ORIGINS, 0) for c in classes}
     for i in rows:
         counts[m.df["label_name"].iat[i]][m.df["origin"].iat[i]] += 1
     warnings = []
     if sorted(classes) != classes:
-        warnings.append(f"ImageFolder indexes classes alphabetically ({', '.join(sorted(classes))}), not in the manifest's "
-                        f"label order ({', '.join(classes)}); map its targets to labels through {out / 'classes.json'}")
+        warnings.append(
+            f"ImageFolder indexes classes alphabetically ({', '.join(sorted(classes))}), not in the manifest's "
+            f"label order ({', '.join(classes)}); map its targets to labels through {out / 'classes.json'}"
+        )
     empty = [c for c in classes if not sum(counts[c].values())]
     if empty:
-        warnings.append(f"no images for {', '.join(empty)}: their folders are empty, which torchvision's ImageFolder "
-                        "refuses unless given allow_empty=True")
+        warnings.append(
+            f"no images for {', '.join(empty)}: their folders are empty, which torchvision's ImageFolder "
+            "refuses unless given allow_empty=True"
+        )
     record = {
         "provenance": provenance("export", {"format": format, "filters": filters, "overwrite": overwrite}),
         "source": {"manifest": str(source.resolve()), "sha256": file_sha256(source)},
-        "format": format, "filters": filters, "classes": classes, "total": len(rows), "counts": counts,
+        "format": format,
+        "filters": filters,
+        "classes": classes,
+        "total": len(rows),
+        "counts": counts,
     }
 
     final = out.absolute()
@@ -135,8 +162,11 @@ def _write(m: Manifest, source: Path, out: Path, rows: list[int], names: list[st
         if "weight" in m.df.columns:
             # ImageFolder has no place for a weight; without it a weighted balanced set is not balanced.
             weights = m.df["weight"].to_numpy(dtype=float, na_value=1.0)
-            atomic_write_text(staging / "weights.csv", "path,weight\n" + "".join(
-                f"{m.df['label_name'].iat[i]}/{name},{weights[i]:g}\n" for i, name in zip(rows, names)))
+            atomic_write_text(
+                staging / "weights.csv",
+                "path,weight\n"
+                + "".join(f"{m.df['label_name'].iat[i]}/{name},{weights[i]:g}\n" for i, name in zip(rows, names)),
+            )
         atomic_write_text(staging / "export.json", json.dumps(record, indent=2) + "\n")
         _publish(staging, final)
     finally:
@@ -147,7 +177,9 @@ def _write(m: Manifest, source: Path, out: Path, rows: list[int], names: list[st
 def _check_class_names(classes: list[str]) -> None:
     for c in classes:
         if safe_file_name(c) != c or c in EXPORT_FILES:
-            raise FesaugError(f"class name {c!r} cannot be a folder name; rename the class in the manifest to export it")
+            raise FesaugError(
+                f"class name {c!r} cannot be a folder name; rename the class in the manifest to export it"
+            )
     if len({c.casefold() for c in classes}) != len(classes):
         # macOS and Windows file systems would merge their folders.
         raise FesaugError(f"class names {', '.join(classes)} differ only in case; rename one to export them as folders")
@@ -169,8 +201,10 @@ def _select(m: Manifest, filters: dict[str, list]) -> list[int]:
         if not len(df):
             raise FesaugError(f"{m.path} has no rows; nothing to export")
         flags = " ".join(f"--{name} {v}" for name, values in filters.items() for v in values)
-        raise FesaugError(f"no rows match {flags}; the manifest has splits {_listed(df['split'])}, "
-                          f"folds {_listed(df['fold'].dropna().astype(int))}, origins {_listed(df['origin'])}")
+        raise FesaugError(
+            f"no rows match {flags}; the manifest has splits {_listed(df['split'])}, "
+            f"folds {_listed(df['fold'].dropna().astype(int))}, origins {_listed(df['origin'])}"
+        )
     return rows
 
 
@@ -186,8 +220,10 @@ def _file_names(m: Manifest, rows: list[int]) -> list[str]:
         name = safe_file_name(sample_id) + ".png"
         key = (folder, name.casefold())  # case-insensitive file systems would merge "A" and "a"
         if key in seen:
-            raise FesaugError(f"sample ids {seen[key]!r} and {sample_id!r} would both be exported as {folder}/{name}; "
-                              "rename one in the manifest")
+            raise FesaugError(
+                f"sample ids {seen[key]!r} and {sample_id!r} would both be exported as {folder}/{name}; "
+                "rename one in the manifest"
+            )
         seen[key] = sample_id
         names.append(name)
     return names
@@ -203,8 +239,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
     foreign = [name for name in content if name not in _written_by_export(out)]
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise FesaugError(f"{out} holds {shown}, which fesaug export did not write; --overwrite only replaces an "
-                          "earlier export, so move them away or choose another --out")
+        raise FesaugError(
+            f"{out} holds {shown}, which fesaug export did not write; --overwrite only replaces an "
+            "earlier export, so move them away or choose another --out"
+        )
 
 
 def _written_by_export(out: Path) -> set[str]:
@@ -230,8 +268,10 @@ def _png(m: Manifest, i: int) -> bytes:
         data = m.image_bytes(i)
         image = decode_image(data, where=m.image_location(i))  # also proves a PNG is not truncated
     except BadImage as exc:
-        raise FesaugError(f"row {i} ({m.df['sample_id'].iat[i]}): {exc.where}: {exc.reason}; "
-                          "fix the image, or leave the row out with --split/--fold/--exclude-fold/--origin") from None
+        raise FesaugError(
+            f"row {i} ({m.df['sample_id'].iat[i]}): {exc.where}: {exc.reason}; "
+            "fix the image, or leave the row out with --split/--fold/--exclude-fold/--origin"
+        ) from None
     # PNGs are copied untouched, so exported files keep the sha256 the manifest records.
     return data if data.startswith(PNG_SIGNATURE) else encode_png(image)
 

@@ -11,8 +11,8 @@ import functools
 import numpy as np
 from PIL import Image
 
-from fesaug.utils.errors import FesaugError
 from fesaug.data.images import BadImage
+from fesaug.utils.errors import FesaugError
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 # Extra context around the detected box, as a fraction of its side: Haar boxes cut through the
@@ -27,7 +27,9 @@ def _cascade():
     try:
         import cv2
     except ImportError as exc:
-        raise FesaugError(f"--detect-faces needs OpenCV, which failed to import ({exc}); install 'opencv-python-headless>=4.8,<5'") from None
+        raise FesaugError(
+            f"--detect-faces needs OpenCV, which failed to import ({exc}); install 'opencv-python-headless>=4.8,<5'"
+        ) from None
     if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
         raise FesaugError(
             f"--detect-faces needs OpenCV's Haar cascades, which OpenCV {cv2.__version__} no longer has; "

@@ -19,17 +19,25 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from fesaug.utils.files import atomic_write_bytes, remove_stale_temporaries
-from fesaug.utils.errors import FesaugError, UsageError
-from fesaug.utils.locking import output_lock
-from fesaug.utils.provenance import provenance
 from fesaug.data.align import FaceAligner
 from fesaug.data.au import AULabels, read_au_labels
 from fesaug.data.faces import crop_face
 from fesaug.data.images import BadImage, encode_png, read_image_file, resize_square, sha256_bytes
 from fesaug.data.labels import class_list
 from fesaug.data.manifest import relative_image_root, write_manifest
-from fesaug.data.sources import PRESET_PATTERNS, BadInput, Item, Skips, compile_subject_pattern, read_fer2013_csv, scan_folder
+from fesaug.data.sources import (
+    PRESET_PATTERNS,
+    BadInput,
+    Item,
+    Skips,
+    compile_subject_pattern,
+    read_fer2013_csv,
+    scan_folder,
+)
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.files import atomic_write_bytes, remove_stale_temporaries
+from fesaug.utils.locking import output_lock
+from fesaug.utils.provenance import provenance
 
 FORMATS = ("folder", "fer2013-csv")
 PRESETS = tuple(PRESET_PATTERNS)
@@ -52,7 +60,9 @@ class IngestResult:
     image_folder: Path | None  # where produced images went (storage "folder")
     seconds: float
     au_labelled: int | None = None  # rows with AU labels; None without --au-labels
-    aligned: dict[str, int] | None = None  # faces per box ("detector", "whole-image") and "skipped"; None without --align
+    aligned: dict[str, int] | None = (
+        None  # faces per box ("detector", "whole-image") and "skipped"; None without --align
+    )
 
 
 def ingest(
@@ -89,7 +99,9 @@ def ingest(
     subject_rx = _subject_regex(format, preset, subject_pattern)
     _check_options(format, folds, size, subject_rx, au_labels)
     if align and detect_faces:
-        raise UsageError("--align finds each face itself (dlib's detector and landmarks) and crops it; drop --detect-faces")
+        raise UsageError(
+            "--align finds each face itself (dlib's detector and landmarks) and crops it; drop --detect-faces"
+        )
     _check_source(src, format)
     labels = read_au_labels(au_labels) if au_labels is not None else None  # before the scan: fail fast
     aligner = FaceAligner() if align else None  # a missing extra, before any work
@@ -114,26 +126,40 @@ def ingest(
             items, total, ignored = read_fer2013_csv(src, skips=skips), None, 0
 
         options = {
-            "format": format, "preset": preset, "subject_pattern": subject_rx.pattern if subject_rx else None,
-            "folds": folds, "fold_seed": fold_seed if folds else None,
-            "detect_faces": detect_faces, "align": align, "size": size, "storage": storage,
+            "format": format,
+            "preset": preset,
+            "subject_pattern": subject_rx.pattern if subject_rx else None,
+            "folds": folds,
+            "fold_seed": fold_seed if folds else None,
+            "detect_faces": detect_faces,
+            "align": align,
+            "size": size,
+            "storage": storage,
             "au_labels": str(au_labels) if au_labels is not None else None,
         }
         with _ImageFolder(image_dir) as folder:
             rows = []
             for item in tqdm(items, total=total, desc=f"ingest {src.name}", unit="img", disable=None):
                 try:
-                    rows.append(_row(item, detect_faces=detect_faces, aligner=aligner, size=size, embed=embed, folder=folder))
+                    rows.append(
+                        _row(item, detect_faces=detect_faces, aligner=aligner, size=size, embed=embed, folder=folder)
+                    )
                 except BadImage as exc:
                     skips(exc, item.source_file)
             if not rows:  # a folder without images was refused by scan_folder already
-                why = f"all {len(skips.records)} skipped as bad; run without --skip-bad to see the first problem" if skips.records else "it has no data rows"
+                why = (
+                    f"all {len(skips.records)} skipped as bad; run without --skip-bad to see the first problem"
+                    if skips.records
+                    else "it has no data rows"
+                )
                 raise FesaugError(f"no usable images in {src} ({why})")
             df = pd.DataFrame(rows)
             classes = class_list(df["label_name"])
             df["label"] = [classes.index(name) for name in df["label_name"]]
             if folds:
-                from fesaug.data.splits import assign_folds  # scikit-learn: ~0.6 s to import, so every fesaug command would pay
+                from fesaug.data.splits import (
+                    assign_folds,
+                )  # scikit-learn: ~0.6 s to import, so every fesaug command would pay
 
                 df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].tolist(), folds, fold_seed)
             if labels is not None:
@@ -152,7 +178,11 @@ def ingest(
             }
             folder.publish()
             write_manifest(
-                df, out, classes=classes, meta=meta, overwrite=overwrite,
+                df,
+                out,
+                classes=classes,
+                meta=meta,
+                overwrite=overwrite,
                 image_root=relative_image_root(out, src) if storage == "in-place" else ".",
             )
 
@@ -190,18 +220,27 @@ def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[
         if found is None:
             found = by_name.get(Path(key).name, [])
             if len(found) > 1:
-                bad.append((where, f"{key!r} matches {len(found)} images ({', '.join(i.source_file for i in found[:3])}); give its path relative to the source folder"))
+                bad.append(
+                    (
+                        where,
+                        f"{key!r} matches {len(found)} images ({', '.join(i.source_file for i in found[:3])}); give its path relative to the source folder",
+                    )
+                )
                 continue
             found = found[0] if found else None
         if found is None:
             if key not in skipped:
                 bad.append((where, f"{key!r} matches no ingested image"))
         elif found.sample_id in matched:
-            raise FesaugError(f"{where}: {key!r} and {matched[found.sample_id]!r} both label {found.source_file}; keep one entry per image in {labels.path.name}")
+            raise FesaugError(
+                f"{where}: {key!r} and {matched[found.sample_id]!r} both label {found.source_file}; keep one entry per image in {labels.path.name}"
+            )
         else:
             matched[found.sample_id] = key
     if bad and not skips.skip_bad:
-        shown = "; ".join(f"{where}: {reason}" for where, reason in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        shown = "; ".join(f"{where}: {reason}" for where, reason in bad[:3]) + (
+            f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        )
         raise FesaugError(
             f"--au-labels {labels.path}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} without an image: {shown}. "
             "Keys are paths relative to the source folder (happy/a.png) or unique file names; fix them, or pass --skip-bad to record them"
@@ -211,8 +250,9 @@ def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[
     return matched
 
 
-def _row(item: Item, *, detect_faces: bool, aligner: FaceAligner | None, size: int | None, embed: bool,
-         folder: _ImageFolder) -> dict:
+def _row(
+    item: Item, *, detect_faces: bool, aligner: FaceAligner | None, size: int | None, embed: bool, folder: _ImageFolder
+) -> dict:
     if item.path is not None:
         data, img = read_image_file(item.path)
     else:
@@ -242,8 +282,15 @@ def _row(item: Item, *, detect_faces: bool, aligner: FaceAligner | None, size: i
         "height": img.height,
         "sha256": sha256_bytes(data),
         "source_file": item.source_file,
-        **({"align_box": found.box, "align_angle": round(found.angle, 2), "align_eye_distance": round(found.eye_distance, 2)}
-           if found is not None else {}),
+        **(
+            {
+                "align_box": found.box,
+                "align_angle": round(found.angle, 2),
+                "align_eye_distance": round(found.eye_distance, 2),
+            }
+            if found is not None
+            else {}
+        ),
     }
 
 
@@ -299,17 +346,23 @@ def _subject_regex(format: str, preset: str | None, pattern: str | None) -> re.P
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)} or pass --subject-pattern")
     if format == "fer2013-csv" and (preset or pattern):
-        raise UsageError("--format fer2013-csv has no file names to read subject ids from; drop --preset/--subject-pattern")
+        raise UsageError(
+            "--format fer2013-csv has no file names to read subject ids from; drop --preset/--subject-pattern"
+        )
     if preset is not None:
         return re.compile(PRESET_PATTERNS[preset])
     return compile_subject_pattern(pattern) if pattern is not None else None
 
 
-def _check_options(format: str, folds: int | None, size: int | None, subject_rx: re.Pattern | None, au_labels: object = None) -> None:
+def _check_options(
+    format: str, folds: int | None, size: int | None, subject_rx: re.Pattern | None, au_labels: object = None
+) -> None:
     if format not in FORMATS:
         raise UsageError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
     if format == "fer2013-csv" and au_labels is not None:
-        raise UsageError("--au-labels matches labels to image files, which a FER2013 CSV does not have; drop --au-labels")
+        raise UsageError(
+            "--au-labels matches labels to image files, which a FER2013 CSV does not have; drop --au-labels"
+        )
     if size is not None and size < 1:
         raise UsageError(f"--size must be a positive number of pixels (got {size})")
     if folds is None:
@@ -318,18 +371,28 @@ def _check_options(format: str, folds: int | None, size: int | None, subject_rx:
         raise UsageError(f"--folds must be at least 2 (got {folds})")
     if subject_rx is None:
         if format == "fer2013-csv":
-            raise UsageError("--folds needs subject ids, which a FER2013 CSV does not have; use its Usage column (the split) instead")
-        raise UsageError("--folds needs subject ids so that no subject is in two folds; pass --preset ckplus|jaffe or --subject-pattern REGEX")
+            raise UsageError(
+                "--folds needs subject ids, which a FER2013 CSV does not have; use its Usage column (the split) instead"
+            )
+        raise UsageError(
+            "--folds needs subject ids so that no subject is in two folds; pass --preset ckplus|jaffe or --subject-pattern REGEX"
+        )
 
 
 def _check_source(src: Path, format: str) -> None:
     if not src.exists():
         raise FesaugError(f"{src} does not exist; pass the dataset folder (or a FER2013 CSV with --format fer2013-csv)")
     if format == "folder" and not src.is_dir():
-        hint = "pass --format fer2013-csv" if src.suffix.lower() == ".csv" else "pass the folder that holds the class folders"
+        hint = (
+            "pass --format fer2013-csv"
+            if src.suffix.lower() == ".csv"
+            else "pass the folder that holds the class folders"
+        )
         raise FesaugError(f"{src} is a file, not a folder; {hint}")
     if format == "fer2013-csv" and src.is_dir():
-        raise FesaugError(f"{src} is a folder; --format fer2013-csv needs the CSV file (e.g. fer2013.csv), or drop --format for class folders")
+        raise FesaugError(
+            f"{src} is a folder; --format fer2013-csv needs the CSV file (e.g. fer2013.csv), or drop --format for class folders"
+        )
 
 
 def _check_outputs(out: Path, image_dir: Path | None, overwrite: bool) -> None:
@@ -340,5 +403,7 @@ def _check_outputs(out: Path, image_dir: Path | None, overwrite: bool) -> None:
     if out.exists():
         raise FesaugError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     if image_dir is not None and image_dir.exists():
-        raise FesaugError(f"{image_dir} already exists without its manifest {out} (the images of an earlier ingest that "
-                          "was stopped, or another folder); pass --overwrite to replace it or choose another --out")
+        raise FesaugError(
+            f"{image_dir} already exists without its manifest {out} (the images of an earlier ingest that "
+            "was stopped, or another folder); pass --overwrite to replace it or choose another --out"
+        )

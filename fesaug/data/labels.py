@@ -61,7 +61,9 @@ def canonicalize(names: Iterable[str], *, where: str) -> dict[str, str]:
     clashes = {c: raws for c, raws in by_canonical.items() if len(raws) > 1}
     if clashes:
         c, raws = next(iter(sorted(clashes.items())))
-        raise FesaugError(f"class names {', '.join(map(repr, sorted(raws)))} in {where} all mean {c!r}; merge those folders")
+        raise FesaugError(
+            f"class names {', '.join(map(repr, sorted(raws)))} in {where} all mean {c!r}; merge those folders"
+        )
     return mapping  # type: ignore[return-value]
 
 

@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fesaug.utils.files import atomic_path
-from fesaug.utils.errors import FesaugError
 from fesaug.data.images import BadImage, decode_image
+from fesaug.utils.errors import FesaugError
+from fesaug.utils.files import atomic_path
 
 SCHEMA_VERSION = 1
 META_KEY = b"fesaug"
@@ -72,8 +72,15 @@ OPTIONAL_COLUMNS: dict[str, tuple[pa.DataType, bool]] = {
 }
 # Columns a writer may leave out: they are filled with their default.
 _DEFAULTS = {
-    "subject_id": None, "fold": None, "split": "train", "origin": "real", "parent_id": None,
-    "source_label": None, "generator": None, "seed": None, "confidence": None,
+    "subject_id": None,
+    "fold": None,
+    "split": "train",
+    "origin": "real",
+    "parent_id": None,
+    "source_label": None,
+    "generator": None,
+    "seed": None,
+    "confidence": None,
 }
 
 
@@ -96,7 +103,9 @@ class Manifest:
     def inherited_meta(self) -> dict:
         """The footer keys a manifest derived from this one carries over (AU ids, folds, ...):
         everything but what the writer sets itself (schema, classes, image root, provenance)."""
-        return {k: v for k, v in self.meta.items() if k not in ("schema_version", "classes", "image_root", "provenance")}
+        return {
+            k: v for k, v in self.meta.items() if k not in ("schema_version", "classes", "image_root", "provenance")
+        }
 
     def balanced_rows(self) -> np.ndarray | None:
         """For the output of ``fesaug balance``, whether each row is one the run balanced (real or
@@ -136,8 +145,12 @@ class Manifest:
 # Names older versions recorded for the held-out fold(s) -> today's: BalanceConfig.exclude_folds
 # (a balance plan.json, an evaluate.json), the balance footer's excluded_folds, a checkpoint's or
 # split record's heldout_folds, evaluate's split.parquet footer test_fold.
-OLD_HOLDOUT_NAMES = {"exclude_folds": "holdout_folds", "excluded_folds": "holdout_folds",
-                     "heldout_folds": "holdout_folds", "test_fold": "holdout_fold"}
+OLD_HOLDOUT_NAMES = {
+    "exclude_folds": "holdout_folds",
+    "excluded_folds": "holdout_folds",
+    "heldout_folds": "holdout_folds",
+    "test_fold": "holdout_fold",
+}
 
 
 def read_holdout_names(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,7 +189,9 @@ def relative_image_root(manifest_path: str | os.PathLike, folder: str | os.PathL
 def _check_relative_path(path: str, where: str) -> None:
     p = PurePosixPath(path)
     if path.startswith(("/", "\\")) or p.is_absolute() or (len(path) > 1 and path[1] == ":"):
-        raise FesaugError(f"{where}: image path {path!r} is absolute; manifest paths must be relative to the image root")
+        raise FesaugError(
+            f"{where}: image path {path!r} is absolute; manifest paths must be relative to the image root"
+        )
     if ".." in p.parts or "\\" in path:
         raise FesaugError(f"{where}: image path {path!r} escapes the image root; rewrite it without '..'")
 
@@ -266,10 +281,12 @@ def write_manifest(
     table = _to_table(df, extra)
     footer = {**(meta or {}), "schema_version": SCHEMA_VERSION, "classes": classes, "image_root": image_root}
     _validate(table, footer, where=str(path))
-    table = table.replace_schema_metadata({
-        META_KEY: json.dumps(footer, sort_keys=True, default=str).encode(),
-        HF_KEY: json.dumps(huggingface_features(classes, table.schema)).encode(),
-    })
+    table = table.replace_schema_metadata(
+        {
+            META_KEY: json.dumps(footer, sort_keys=True, default=str).encode(),
+            HF_KEY: json.dumps(huggingface_features(classes, table.schema)).encode(),
+        }
+    )
     embedded = any(b is not None for b in table.column("image").combine_chunks().field("bytes").to_pylist()[:1])
     with atomic_path(path, overwrite=True) as tmp:
         pq.write_table(table, tmp, row_group_size=1000 if embedded else None, compression="zstd")
@@ -282,14 +299,20 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     if not path.exists():
         raise FesaugError(f"manifest {path} does not exist; create one with `fesaug ingest` or `fesaug demo-data`")
     if path.is_dir():
-        raise FesaugError(f"{path} is a folder, not a manifest; pass the .parquet file (e.g. {path / 'manifest.parquet'})")
+        raise FesaugError(
+            f"{path} is a folder, not a manifest; pass the .parquet file (e.g. {path / 'manifest.parquet'})"
+        )
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise FesaugError(f"{path} is not a readable Parquet file ({exc}); it may be truncated or not a manifest — re-create it") from None
+        raise FesaugError(
+            f"{path} is not a readable Parquet file ({exc}); it may be truncated or not a manifest — re-create it"
+        ) from None
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
-        raise FesaugError(f"{path} is a Parquet file but not a fesaug manifest (no 'fesaug' footer metadata); create it with `fesaug ingest`")
+        raise FesaugError(
+            f"{path} is a Parquet file but not a fesaug manifest (no 'fesaug' footer metadata); create it with `fesaug ingest`"
+        )
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError:
@@ -312,18 +335,33 @@ def _type_ok(actual: pa.DataType, expected: pa.DataType) -> bool:
         names = {actual.field(i).name for i in range(actual.num_fields)} if pa.types.is_struct(actual) else set()
         return names == {"bytes", "path"}
     if pa.types.is_list(expected):
-        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and _type_ok(actual.value_type, expected.value_type)
+        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and _type_ok(
+            actual.value_type, expected.value_type
+        )
     return False
 
 
 def _validate(table: pa.Table, meta: dict, *, where: str) -> None:
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
-        hint = "upgrade fesaug to read it" if isinstance(version, int) and version > SCHEMA_VERSION else "re-create the manifest"
-        raise FesaugError(f"{where}: unsupported manifest schema version {version!r} (this fesaug reads version {SCHEMA_VERSION}); {hint}")
+        hint = (
+            "upgrade fesaug to read it"
+            if isinstance(version, int) and version > SCHEMA_VERSION
+            else "re-create the manifest"
+        )
+        raise FesaugError(
+            f"{where}: unsupported manifest schema version {version!r} (this fesaug reads version {SCHEMA_VERSION}); {hint}"
+        )
     classes = meta.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
-        raise FesaugError(f"{where}: footer 'classes' must be a non-empty list of distinct names; re-create the manifest")
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise FesaugError(
+            f"{where}: footer 'classes' must be a non-empty list of distinct names; re-create the manifest"
+        )
     schema = table.schema
     missing = [c for c in COLUMNS if c not in schema.names]
     if missing:
@@ -333,9 +371,13 @@ def _validate(table: pa.Table, meta: dict, *, where: str) -> None:
             continue
         actual = schema.field(name).type
         if not _type_ok(actual, expected):
-            raise FesaugError(f"{where}: column {name!r} has type {actual}, expected {expected}; re-create the manifest")
+            raise FesaugError(
+                f"{where}: column {name!r} has type {actual}, expected {expected}; re-create the manifest"
+            )
         if not nullable and table.column(name).null_count:
-            raise FesaugError(f"{where}: column {name!r} has {table.column(name).null_count} null value(s); every row needs one")
+            raise FesaugError(
+                f"{where}: column {name!r} has {table.column(name).null_count} null value(s); every row needs one"
+            )
     if table.num_rows == 0:
         return
     ids = table.column("sample_id").to_pylist()
@@ -345,20 +387,28 @@ def _validate(table: pa.Table, meta: dict, *, where: str) -> None:
     labels = np.asarray(table.column("label").to_pylist())
     bad = np.flatnonzero((labels < 0) | (labels >= len(classes)))
     if bad.size:
-        raise FesaugError(f"{where}: row {bad[0]} has label {labels[bad[0]]}, outside 0..{len(classes) - 1} ({len(classes)} classes)")
+        raise FesaugError(
+            f"{where}: row {bad[0]} has label {labels[bad[0]]}, outside 0..{len(classes) - 1} ({len(classes)} classes)"
+        )
     names = table.column("label_name").to_pylist()
     for i, (lab, name) in enumerate(zip(labels, names)):
         if classes[lab] != name:
-            raise FesaugError(f"{where}: row {i} has label {lab} ({classes[lab]!r}) but label_name {name!r}; they must agree")
+            raise FesaugError(
+                f"{where}: row {i} has label {lab} ({classes[lab]!r}) but label_name {name!r}; they must agree"
+            )
     origins = set(table.column("origin").to_pylist())
     if not origins <= set(ORIGINS):
-        raise FesaugError(f"{where}: column 'origin' has {sorted(origins - set(ORIGINS))}; allowed values are {', '.join(ORIGINS)}")
+        raise FesaugError(
+            f"{where}: column 'origin' has {sorted(origins - set(ORIGINS))}; allowed values are {', '.join(ORIGINS)}"
+        )
     if "weight" in schema.names:
         weights = table.column("weight").to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(~(np.isnan(weights) | ((weights >= 0) & np.isfinite(weights))))
         if bad.size:
-            raise FesaugError(f"{where}: row {bad[0]} ({ids[bad[0]]}) has weight {weights[bad[0]]}; weights must be "
-                              "finite and >= 0 (null: 1)")
+            raise FesaugError(
+                f"{where}: row {bad[0]} ({ids[bad[0]]}) has weight {weights[bad[0]]}; weights must be "
+                "finite and >= 0 (null: 1)"
+            )
     image = table.column("image").combine_chunks()
     paths, blobs = image.field("path").to_pylist(), image.field("bytes").is_null().to_pylist()
     for i, (p, no_bytes) in enumerate(zip(paths, blobs)):

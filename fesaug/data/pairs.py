@@ -35,10 +35,12 @@ def align_pair(source: np.ndarray, partner: np.ndarray) -> np.ndarray:
     h, w = s.shape
     warp = np.eye(2, 3, dtype=np.float32)
     try:
-        _, warp = cv2.findTransformECC(s, t, warp, cv2.MOTION_AFFINE,
-                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ITERATIONS, EPS), None, 5)
-        moved = cv2.warpAffine(t, warp, (w, h), flags=cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_REPLICATE)
+        _, warp = cv2.findTransformECC(
+            s, t, warp, cv2.MOTION_AFFINE, (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ITERATIONS, EPS), None, 5
+        )
+        moved = cv2.warpAffine(
+            t, warp, (w, h), flags=cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+        )
     except cv2.error:
         moved = t
     return np.clip(np.rint(_relight(moved, s)), 0, 255).astype(np.uint8)

@@ -19,17 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
-from fesaug.utils.errors import FesaugError, UsageError
 from fesaug.data.images import BadImage
 from fesaug.data.labels import FER2013_CLASSES, canonical_label, canonicalize
+from fesaug.utils.errors import FesaugError, UsageError
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"}
+)
 
 # Split folder names (top level of SRC) and FER2013 ``Usage`` values, lower-cased, letters only.
 SPLITS = {
-    "train": "train", "training": "train",
-    "val": "validation", "valid": "validation", "validation": "validation", "dev": "validation", "publictest": "validation",
-    "test": "test", "testing": "test", "privatetest": "test",
+    "train": "train",
+    "training": "train",
+    "val": "validation",
+    "valid": "validation",
+    "validation": "validation",
+    "dev": "validation",
+    "publictest": "validation",
+    "test": "test",
+    "testing": "test",
+    "privatetest": "test",
 }
 
 # Subject ids from file names of the datasets fesaug knows by name.
@@ -46,7 +55,9 @@ class BadInput(FesaugError):
     def __init__(self, where: str, reason: str):
         self.where = where
         self.reason = reason
-        super().__init__(f"{where}: {reason}; fix or remove it, or pass --skip-bad to skip it (the manifest records what was skipped)")
+        super().__init__(
+            f"{where}: {reason}; fix or remove it, or pass --skip-bad to skip it (the manifest records what was skipped)"
+        )
 
 
 @dataclass
@@ -111,7 +122,9 @@ def sample_ids(rel_paths: list[str]) -> list[str]:
     get a short hash of their relative path, so ids never depend on scan order."""
     stems = [_safe_stem(Path(p).stem) for p in rel_paths]
     counts = Counter(stems)
-    return [s if counts[s] == 1 else f"{s}-{hashlib.sha1(p.encode()).hexdigest()[:8]}" for s, p in zip(stems, rel_paths)]
+    return [
+        s if counts[s] == 1 else f"{s}-{hashlib.sha1(p.encode()).hexdigest()[:8]}" for s, p in zip(stems, rel_paths)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +171,13 @@ class _Walker:
             if is_dir and real == self.exclude:  # this ingest's own output, inside SRC
                 continue
             if not real.is_relative_to(self.root):
-                self.skips(BadInput(str(path), f"symlink pointing outside the source folder (to {real}); copy the target into {self.src} instead"), self.rel(path))
+                self.skips(
+                    BadInput(
+                        str(path),
+                        f"symlink pointing outside the source folder (to {real}); copy the target into {self.src} instead",
+                    ),
+                    self.rel(path),
+                )
                 continue
             (dirs if is_dir else files).append(path)
         return dirs, files
@@ -177,7 +196,9 @@ class _Walker:
         return sorted(found)
 
 
-def scan_folder(src: Path, *, subject_rx: re.Pattern | None, jaffe: bool, skips: Skips, exclude: Path | None = None) -> FolderScan:
+def scan_folder(
+    src: Path, *, subject_rx: re.Pattern | None, jaffe: bool, skips: Skips, exclude: Path | None = None
+) -> FolderScan:
     """The images of a class-per-folder tree (optionally below split folders such as ``train/``).
 
     With ``jaffe``, image files directly in ``src`` take their class from the JAFFE expression code
@@ -187,20 +208,30 @@ def scan_folder(src: Path, *, subject_rx: re.Pattern | None, jaffe: bool, skips:
     top_dirs, loose = walker.entries(src)
     if not top_dirs and not loose:
         what = "contains no images" if walker.ignored else "is empty"
-        raise FesaugError(f"{src} {what}; point SRC at the dataset folder (class folders, or split folders holding class folders)")
+        raise FesaugError(
+            f"{src} {what}; point SRC at the dataset folder (class folders, or split folders holding class folders)"
+        )
 
     splits = {d: SPLITS.get(_letters(d.name)) for d in top_dirs}
     if any(splits.values()):
         others = sorted(d.name for d, s in splits.items() if s is None)
         if others:
             named = sorted(d.name for d, s in splits.items() if s is not None)
-            raise FesaugError(f"{src} mixes split folders ({', '.join(named)}) with other folders ({', '.join(others)}); put every class folder inside a split folder")
+            raise FesaugError(
+                f"{src} mixes split folders ({', '.join(named)}) with other folders ({', '.join(others)}); put every class folder inside a split folder"
+            )
         class_dirs: list[tuple[str, Path]] = []
         for split_dir in top_dirs:
             sub_dirs, sub_loose = walker.entries(split_dir)
             class_dirs += [(splits[split_dir], d) for d in sub_dirs]
             for f in sub_loose:
-                skips(BadInput(str(f), f"image directly in split folder {split_dir.name}/, not in a class folder; move it into a folder named after its class"), walker.rel(f))
+                skips(
+                    BadInput(
+                        str(f),
+                        f"image directly in split folder {split_dir.name}/, not in a class folder; move it into a folder named after its class",
+                    ),
+                    walker.rel(f),
+                )
     else:
         class_dirs = [("train", d) for d in top_dirs]
 
@@ -208,11 +239,20 @@ def scan_folder(src: Path, *, subject_rx: re.Pattern | None, jaffe: bool, skips:
     for split, label, folder in _known_classes(class_dirs, skips, walker):
         files = walker.images_below(folder)
         if not files:
-            skips(BadInput(str(folder), "empty class folder (no images); add images or remove the folder"), walker.rel(folder))
+            skips(
+                BadInput(str(folder), "empty class folder (no images); add images or remove the folder"),
+                walker.rel(folder),
+            )
         found += [(f, label, split) for f in files]
     for f in loose:
         if not jaffe:
-            skips(BadInput(str(f), "image directly in SRC, not in a class folder; move it into a folder named after its class (or use --preset jaffe for JAFFE file names)"), walker.rel(f))
+            skips(
+                BadInput(
+                    str(f),
+                    "image directly in SRC, not in a class folder; move it into a folder named after its class (or use --preset jaffe for JAFFE file names)",
+                ),
+                walker.rel(f),
+            )
             continue
         label = _jaffe_class(f, skips, walker)
         if label is not None:
@@ -228,7 +268,9 @@ def scan_folder(src: Path, *, subject_rx: re.Pattern | None, jaffe: bool, skips:
             if subject is None:
                 skips(BadInput(str(f), f"file name does not match the subject pattern {subject_rx.pattern!r}"), rel)
                 continue
-        items.append(Item(sample_id=sid, source_file=rel, where=str(f), label=label, split=split, subject_id=subject, path=f))
+        items.append(
+            Item(sample_id=sid, source_file=rel, where=str(f), label=label, split=split, subject_id=subject, path=f)
+        )
     if not items and not skips.records:
         raise FesaugError(f"{src} contains no images in its class folders; point SRC at the dataset folder")
     return FolderScan(items=items, ignored=walker.ignored)
@@ -256,7 +298,11 @@ def _jaffe_class(path: Path, skips: Skips, walker: _Walker) -> str | None:
     m = _JAFFE.search(path.name)
     label = canonical_label(m.group("code")) if m else None
     if label is None:
-        reason = f"unknown JAFFE expression code {m.group('code')!r}" if m else "not a JAFFE file name like KA.AN1.39.tiff (subject.EXPRESSION<n>.<number>)"
+        reason = (
+            f"unknown JAFFE expression code {m.group('code')!r}"
+            if m
+            else "not a JAFFE file name like KA.AN1.39.tiff (subject.EXPRESSION<n>.<number>)"
+        )
         skips(BadInput(str(path), reason), walker.rel(path))
     return label
 
@@ -280,7 +326,14 @@ def read_fer2013_csv(path: Path, *, skips: Skips) -> Iterator[Item]:
                 except BadInput as exc:
                     skips(exc, f"csv:{line}")
                     continue
-                yield Item(sample_id=f"{stem}-{line:06d}", source_file=f"csv:{line}", where=where, label=label, split=split, pixels=pixels)
+                yield Item(
+                    sample_id=f"{stem}-{line:06d}",
+                    source_file=f"csv:{line}",
+                    where=where,
+                    label=label,
+                    split=split,
+                    pixels=pixels,
+                )
     except csv.Error as exc:
         raise FesaugError(f"{path} line {reader.line_num}: not valid CSV ({exc}); fix the file") from None
     except UnicodeDecodeError:
@@ -296,7 +349,9 @@ def _csv_columns(path: Path, header: list[str] | None) -> dict[str, str]:
     by_key = {h.strip().lower(): h for h in header}
     missing = [c for c in ("emotion", "pixels") if c not in by_key]
     if missing:
-        raise FesaugError(f"{path} line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)}); a FER2013 CSV has emotion,pixels[,Usage]")
+        raise FesaugError(
+            f"{path} line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)}); a FER2013 CSV has emotion,pixels[,Usage]"
+        )
     return {c: by_key[c] for c in ("emotion", "pixels", "usage") if c in by_key}
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from fesaug.utils.errors import FesaugError
 from fesaug.data.manifest import Manifest
+from fesaug.utils.errors import FesaugError
 
 
 def manifest_folds(manifest: Manifest) -> list[int]:
@@ -27,8 +27,13 @@ def manifest_folds(manifest: Manifest) -> list[int]:
     return sorted(int(f) for f in manifest.df["fold"].dropna().unique())
 
 
-def check_holdout_folds(folds: Iterable[int], manifest: Manifest | None = None, *, option: str = "--holdout-fold",
-                        error: type[FesaugError] = FesaugError) -> tuple[int, ...]:
+def check_holdout_folds(
+    folds: Iterable[int],
+    manifest: Manifest | None = None,
+    *,
+    option: str = "--holdout-fold",
+    error: type[FesaugError] = FesaugError,
+) -> tuple[int, ...]:
     """Validate held-out fold numbers, once for every caller; returns them as a tuple of ints.
 
     Each must be a whole number of 0 or more; with ``manifest``, the manifest must have folds and
@@ -74,7 +79,6 @@ def assign_folds(labels: Sequence[int], groups: Sequence[str], n_folds: int, see
     return folds
 
 
-
 @dataclass
 class Split:
     """Row positions (in ``manifest.df``) and subjects of each part of a run's data."""
@@ -107,7 +111,11 @@ def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: f
     folds = df["fold"]
     if holdout_fold is not None:
         check_holdout_folds([holdout_fold], manifest)
-    in_fold = (folds == holdout_fold).fillna(False).to_numpy(dtype=bool) if holdout_fold is not None else np.zeros(len(df), bool)
+    in_fold = (
+        (folds == holdout_fold).fillna(False).to_numpy(dtype=bool)
+        if holdout_fold is not None
+        else np.zeros(len(df), bool)
+    )
     heldout = real & (in_fold | (df["split"] == "test").to_numpy())
     pool = real & ~heldout
     subjects = df["subject_id"]
@@ -126,7 +134,9 @@ def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: f
         )
     pool_rows = np.flatnonzero(pool)
     if pool_rows.size == 0:
-        raise FesaugError(f"{manifest.path}: no real training rows are left after holding out fold {holdout_fold} and the test split")
+        raise FesaugError(
+            f"{manifest.path}: no real training rows are left after holding out fold {holdout_fold} and the test split"
+        )
     pool_subjects = subjects.iloc[pool_rows].astype(str).to_numpy()
     is_val = (df["split"].iloc[pool_rows] == "validation").to_numpy()
     if is_val.any():
@@ -139,7 +149,9 @@ def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: f
     elif val_fraction > 0:
         n_subjects = len(set(pool_subjects))
         if n_subjects < 2:
-            raise FesaugError(f"{manifest.path}: only {n_subjects} training subject(s), too few to carve a validation set; set val_fraction: 0")
+            raise FesaugError(
+                f"{manifest.path}: only {n_subjects} training subject(s), too few to carve a validation set; set val_fraction: 0"
+            )
         n_parts = min(n_subjects, max(2, round(1 / val_fraction)))
         labels = df["label"].to_numpy(dtype=np.int64)[pool_rows]
         with warnings.catch_warnings():

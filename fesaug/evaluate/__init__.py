@@ -4,4 +4,4 @@ cross-dataset, conditions against each other, paired tests, synthesis scores, th
 from fesaug.utils.lazy import lazy_exports
 
 __all__ = ["EvaluateConfig", "EvaluateResult", "evaluate"]
-__getattr__, __dir__ = lazy_exports(__name__, {name: ".run" for name in __all__})
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(__all__, ".run"))

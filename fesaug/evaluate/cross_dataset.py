@@ -37,10 +37,10 @@ from typing import Any
 
 import pandas as pd
 
-from fesaug.utils.files import file_sha256
 from fesaug.data.ingest import ingest
 from fesaug.data.manifest import COLUMNS, Manifest, read_manifest, relative_image_root, write_manifest
 from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.files import file_sha256
 
 # B's sample ids get this prefix in the input, so they cannot collide with A's.
 TEST_ID_PREFIX = "test:"
@@ -66,8 +66,10 @@ class TestData:
         time into the footer, so two ingests of one folder differ as files)."""
         if not self.is_folder:
             return {"manifest_sha256": file_sha256(self.source)}
-        rows = [[r.sample_id, r.label_name, None if pd.isna(r.subject_id) else str(r.subject_id), r.sha256]
-                for r in self.manifest.df.itertuples()]
+        rows = [
+            [r.sample_id, r.label_name, None if pd.isna(r.subject_id) else str(r.subject_id), r.sha256]
+            for r in self.manifest.df.itertuples()
+        ]
         return {"folder_rows_sha256": hashlib.sha256(json.dumps(rows).encode()).hexdigest()}
 
     def keep_at(self, path: Path) -> TestData:
@@ -81,8 +83,9 @@ class TestData:
                 return kept
         m = self.manifest
         meta = {k: v for k, v in m.meta.items() if k not in ("schema_version", "classes", "image_root")}
-        write_manifest(m.df, path, classes=m.classes, meta=meta, image_root=relative_image_root(path, m.image_root),
-                       overwrite=True)
+        write_manifest(
+            m.df, path, classes=m.classes, meta=meta, image_root=relative_image_root(path, m.image_root), overwrite=True
+        )
         return dataclasses.replace(self, manifest=read_manifest(path))
 
 
@@ -94,8 +97,10 @@ def read_test_data(source: str | os.PathLike, subject_pattern: str | None = None
     source = Path(source)
     if not source.is_dir():
         if subject_pattern is not None:
-            raise UsageError("--test-subject-pattern reads subject ids from the file names of a --test-manifest folder; "
-                             f"{source} is a manifest, which has its own")
+            raise UsageError(
+                "--test-subject-pattern reads subject ids from the file names of a --test-manifest folder; "
+                f"{source} is a manifest, which has its own"
+            )
         yield TestData(read_manifest(source), source)
         return
     with tempfile.TemporaryDirectory(prefix="fesaug-test-data-") as tmp:
@@ -122,13 +127,23 @@ class CrossSplit:
         """The data side of the protocol (digests are the caller's: it has them already)."""
         rows = self.test_rows()
         unnamed = int(rows["subject_id"].isna().sum())
-        test = {"path": str(self.test.source), "kind": "folder" if self.test.is_folder else "manifest",
-                "classes": _present(self.test.manifest), "n_images": int(len(rows)),
-                "n_subjects": int(rows["subject_id"].nunique()) + unnamed, "n_without_subject_id": unnamed}
+        test = {
+            "path": str(self.test.source),
+            "kind": "folder" if self.test.is_folder else "manifest",
+            "classes": _present(self.test.manifest),
+            "n_images": int(len(rows)),
+            "n_subjects": int(rows["subject_id"].nunique()) + unnamed,
+            "n_without_subject_id": unnamed,
+        }
         if self.test.is_folder:
             test |= {"manifest": str(self.test.manifest.path), "subject_pattern": self.test.subject_pattern}
-        return {"train_manifest": str(self.train.path), "test": test, "scored_classes": self.scored,
-                "not_tested": self.not_tested, "excluded_from_test": self.excluded}
+        return {
+            "train_manifest": str(self.train.path),
+            "test": test,
+            "scored_classes": self.scored,
+            "not_tested": self.not_tested,
+            "excluded_from_test": self.excluded,
+        }
 
     def write(self, path: Path) -> Path:
         """The input of the evaluation's split at ``path``: A's rows in ``train``, B's scored rows in
@@ -144,8 +159,14 @@ class CrossSplit:
         test["split"], test["fold"] = "test", None
         test["image"] = _rebased(test["image"], self.test.manifest.image_root, self.root)
         meta = {**a.inherited_meta(), "cross_dataset": self.describe()}
-        return write_manifest(pd.concat([train, test], ignore_index=True), path, classes=classes, meta=meta,
-                              image_root=relative_image_root(path, self.root), overwrite=True)
+        return write_manifest(
+            pd.concat([train, test], ignore_index=True),
+            path,
+            classes=classes,
+            meta=meta,
+            image_root=relative_image_root(path, self.root),
+            overwrite=True,
+        )
 
 
 def cross_split(a: Manifest, b: TestData) -> CrossSplit:
@@ -155,28 +176,37 @@ def cross_split(a: Manifest, b: TestData) -> CrossSplit:
     bdf = b.manifest.df
     synthetic = int((bdf["origin"] != "real").sum())
     if synthetic:
-        raise FesaugError(f"{where} has {synthetic} synthetic row(s); the test data must be real images "
-                          "(pass the manifest of real images it was balanced from, or ingest a folder of real images)")
+        raise FesaugError(
+            f"{where} has {synthetic} synthetic row(s); the test data must be real images "
+            "(pass the manifest of real images it was balanced from, or ingest a folder of real images)"
+        )
     present = _present(b.manifest)
     scored = [c for c in a.classes if c in present]
     if not scored:
-        raise FesaugError(f"no class in common: {a.path} has {', '.join(a.classes)}; {where} has {', '.join(present)}; "
-                          "nothing could be scored (fesaug ingest reads common spellings of the expression names)")
+        raise FesaugError(
+            f"no class in common: {a.path} has {', '.join(a.classes)}; {where} has {', '.join(present)}; "
+            "nothing could be scored (fesaug ingest reads common spellings of the expression names)"
+        )
     both = sorted(set(a.df["subject_id"].dropna().astype(str)) & set(bdf["subject_id"].dropna().astype(str)))
     if both:
-        raise FesaugError(f"subject id(s) {_some(both)} are in both {a.path} and {where}: those faces would be trained and "
-                          "tested on. If they are other people, give one dataset distinct ids (re-ingest it with another "
-                          "subject pattern); if the same, test on data without them")
+        raise FesaugError(
+            f"subject id(s) {_some(both)} are in both {a.path} and {where}: those faces would be trained and "
+            "tested on. If they are other people, give one dataset distinct ids (re-ingest it with another "
+            "subject pattern); if the same, test on data without them"
+        )
     same = bdf[bdf["sha256"].isin(set(a.df["sha256"]))]
     if len(same):
-        raise FesaugError(f"{len(same)} image(s) of {where} are identical to images of {a.path} "
-                          f"({_some(same['sample_id'].astype(str).tolist())}): the test would score training images; "
-                          "remove them from one dataset")
+        raise FesaugError(
+            f"{len(same)} image(s) of {where} are identical to images of {a.path} "
+            f"({_some(same['sample_id'].astype(str).tolist())}): the test would score training images; "
+            "remove them from one dataset"
+        )
     try:
         root = Path(os.path.commonpath([a.image_root.resolve(), b.manifest.image_root.resolve()]))
     except ValueError:  # two Windows drives
-        raise FesaugError(f"the images of {a.path} and {where} share no folder (another drive?); "
-                          "ingest one of them with --embed") from None
+        raise FesaugError(
+            f"the images of {a.path} and {where} share no folder (another drive?); ingest one of them with --embed"
+        ) from None
     excluded = {c: int((bdf["label_name"] == c).sum()) for c in present if c not in a.classes}
     return CrossSplit(a, b, scored, [c for c in a.classes if c not in scored], excluded, root)
 

@@ -28,14 +28,25 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from fesaug.utils.files import atomic_path
 from fesaug.utils.devices import resolve_device
 from fesaug.utils.errors import FesaugError
+from fesaug.utils.files import atomic_path
 from fesaug.utils.killpoints import kill_point
 
-__all__ = ["CLASSIFIERS", "DownstreamClassifier", "DownstreamConfig", "FitResult", "classification_report",
-           "features", "fit", "load_classifier", "make_classifier", "predict_proba", "random_oversample",
-           "save_classifier"]
+__all__ = [
+    "CLASSIFIERS",
+    "DownstreamClassifier",
+    "DownstreamConfig",
+    "FitResult",
+    "classification_report",
+    "features",
+    "fit",
+    "load_classifier",
+    "make_classifier",
+    "predict_proba",
+    "random_oversample",
+    "save_classifier",
+]
 
 CLASSIFIERS = ("small-cnn", "resnet18")
 
@@ -71,8 +82,16 @@ def _small_cnn(num_classes: int) -> tuple[nn.Module, nn.Linear]:
         return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
 
     head = nn.Linear(96, num_classes)
-    net = nn.Sequential(*block(1, 16), *block(16, 32), *block(32, 64), *block(64, 96),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), head)
+    net = nn.Sequential(
+        *block(1, 16),
+        *block(16, 32),
+        *block(32, 64),
+        *block(64, 96),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        head,
+    )
     return net, head
 
 
@@ -117,22 +136,37 @@ def save_classifier(model: DownstreamClassifier, path: str | os.PathLike, classe
     if len(classes) != model.num_classes:
         raise FesaugError(f"{len(classes)} class names for a {model.num_classes}-class model")
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": model.state_dict(),
-                    "model": model.name, "num_classes": model.num_classes, "image_size": model.image_size,
-                    "classes": list(classes)}, tmp)
+        torch.save(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "state_dict": model.state_dict(),
+                "model": model.name,
+                "num_classes": model.num_classes,
+                "image_size": model.image_size,
+                "classes": list(classes),
+            },
+            tmp,
+        )
 
 
-def load_classifier(path: str | os.PathLike, device: str | torch.device | None = None) -> tuple[DownstreamClassifier, list[str]]:
+def load_classifier(
+    path: str | os.PathLike, device: str | torch.device | None = None
+) -> tuple[DownstreamClassifier, list[str]]:
     """A classifier written by :func:`save_classifier`, in eval mode, and its class names.
     ``device``: CUDA if available."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file means the same thing
-        raise FesaugError(f"cannot read the classifier {path} ({type(exc).__name__}); pass a fold-K/<condition>.pt "
-                          "written by fesaug evaluate") from None
+    except Exception as exc:
+        raise FesaugError(
+            f"cannot read the classifier {path} ({type(exc).__name__}); pass a fold-K/<condition>.pt "
+            "written by fesaug evaluate"
+        ) from None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("format_version") != FORMAT_VERSION:
-        raise FesaugError(f"{path} is not a fesaug downstream classifier (version {FORMAT_VERSION}); pass a "
-                          "fold-K/<condition>.pt written by fesaug evaluate")
+        raise FesaugError(
+            f"{path} is not a fesaug downstream classifier (version {FORMAT_VERSION}); pass a "
+            "fold-K/<condition>.pt written by fesaug evaluate"
+        )
     model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"])
     model.load_state_dict(saved["state_dict"])
     device = resolve_device(device)
@@ -169,16 +203,25 @@ class DownstreamConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        checks = [("model", self.model in CLASSIFIERS), ("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 2),
-                  ("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0), ("image_size", self.image_size >= 16),
-                  ("erasing", 0 <= self.erasing <= 1), ("label_smoothing", 0 <= self.label_smoothing < 1),
-                  ("device", self.device in ("auto", "cpu", "cuda"))]
+        checks = [
+            ("model", self.model in CLASSIFIERS),
+            ("epochs", self.epochs >= 1),
+            ("batch_size", self.batch_size >= 2),
+            ("lr", self.lr > 0),
+            ("weight_decay", self.weight_decay >= 0),
+            ("image_size", self.image_size >= 16),
+            ("erasing", 0 <= self.erasing <= 1),
+            ("label_smoothing", 0 <= self.label_smoothing < 1),
+            ("device", self.device in ("auto", "cpu", "cuda")),
+        ]
         bad = [name for name, ok in checks if not ok]
         if bad:
-            raise FesaugError(f"invalid downstream setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
-                              f"(model one of {', '.join(CLASSIFIERS)}, epochs >= 1, batch_size >= 2, lr > 0, "
-                              "weight_decay >= 0, image_size >= 16, erasing in [0, 1], label_smoothing in [0, 1), "
-                              "device auto/cpu/cuda)")
+            raise FesaugError(
+                f"invalid downstream setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
+                f"(model one of {', '.join(CLASSIFIERS)}, epochs >= 1, batch_size >= 2, lr > 0, "
+                "weight_decay >= 0, image_size >= 16, erasing in [0, 1], label_smoothing in [0, 1), "
+                "device auto/cpu/cuda)"
+            )
 
 
 @dataclass
@@ -208,15 +251,24 @@ def augment_batch(x: Tensor, gen: torch.Generator | None) -> Tensor:
     shift = (u[:, 2:4] * 2 - 1) * (2 * 4 / size)  # grid coordinates span 2 over the image
     flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1).to(x)
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
+    ).to(x)
     grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
     return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = None, val_y: Tensor | np.ndarray | None = None,
-        config: DownstreamConfig = DownstreamConfig(), sample_weights: Tensor | np.ndarray | None = None,
-        num_classes: int | None = None, init: DownstreamClassifier | None = None, epoch_size: int | None = None) -> FitResult:
+def fit(
+    train_x: Tensor,
+    train_y: Tensor | np.ndarray,
+    val_x: Tensor | None = None,
+    val_y: Tensor | np.ndarray | None = None,
+    config: DownstreamConfig = DownstreamConfig(),
+    sample_weights: Tensor | np.ndarray | None = None,
+    num_classes: int | None = None,
+    init: DownstreamClassifier | None = None,
+    epoch_size: int | None = None,
+) -> FitResult:
     """Train ``config.model`` on ``uint8`` ``N×1×S×S`` images with cross-entropy.
 
     Adam with a per-step cosine learning-rate decay. With ``val_x``/``val_y`` (validation
@@ -236,15 +288,19 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
     """
     train_x, train_y = _images(train_x), _labels(train_y)
     if len(train_x) != len(train_y) or len(train_x) < 2:
-        raise FesaugError(f"need at least 2 training images with one label each, got {len(train_x)} images, {len(train_y)} labels")
+        raise FesaugError(
+            f"need at least 2 training images with one label each, got {len(train_x)} images, {len(train_y)} labels"
+        )
     if (val_x is None) != (val_y is None):
         raise FesaugError("give both val_x and val_y, or neither")
     has_val = val_x is not None and len(val_x) > 0
     if has_val:
         val_x, val_y = _images(val_x), _labels(val_y)
     if train_x.shape[-1] != config.image_size:
-        raise FesaugError(f"training images are {train_x.shape[-1]} px but config.image_size is {config.image_size}; "
-                          "decode them at that size (ManifestDataset(image_size=...))")
+        raise FesaugError(
+            f"training images are {train_x.shape[-1]} px but config.image_size is {config.image_size}; "
+            "decode them at that size (ManifestDataset(image_size=...))"
+        )
     ys = [train_y] + ([val_y] if has_val else [])
     num_classes = num_classes or int(max(int(y.max()) for y in ys)) + 1
     weights = None
@@ -267,8 +323,10 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
             model.std.fill_(pixels.std().clamp_min(1e-6))
         else:
             if (init.num_classes, init.image_size) != (num_classes, config.image_size):
-                raise FesaugError(f"the model to fine-tune has {init.num_classes} classes at {init.image_size} px; the "
-                                  f"data has {num_classes} classes at {config.image_size} px")
+                raise FesaugError(
+                    f"the model to fine-tune has {init.num_classes} classes at {init.image_size} px; the "
+                    f"data has {num_classes} classes at {config.image_size} px"
+                )
             model = copy.deepcopy(init)
         model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -280,8 +338,11 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
         for epoch in range(1, config.epochs + 1):
             kill_point("downstream-epoch")
             model.train()
-            order = (torch.multinomial(weights, draws, replacement=True, generator=gen) if weights is not None
-                     else torch.randperm(len(train_x), generator=gen))
+            order = (
+                torch.multinomial(weights, draws, replacement=True, generator=gen)
+                if weights is not None
+                else torch.randperm(len(train_x), generator=gen)
+            )
             total, seen, lr = 0.0, 0, opt.param_groups[0]["lr"]
             for batch in order.split(config.batch_size):
                 if len(batch) < 2:  # BatchNorm cannot train on one image
@@ -292,8 +353,9 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
                 if erase is not None:
                     # Per image, from torch's global generator, which fork_rng seeded above.
                     x = torch.stack([erase(image) for image in x])
-                loss = nn.functional.cross_entropy(model(x.to(device)), train_y[batch].to(device),
-                                                   label_smoothing=config.label_smoothing)
+                loss = nn.functional.cross_entropy(
+                    model(x.to(device)), train_y[batch].to(device), label_smoothing=config.label_smoothing
+                )
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -303,8 +365,9 @@ def fit(train_x: Tensor, train_y: Tensor | np.ndarray, val_x: Tensor | None = No
             if has_val:
                 pred = predict_proba(model, val_x, batch_size=256).argmax(1)
                 row["val_accuracy"] = float(accuracy_score(val_y.numpy(), pred))
-                row["val_macro_f1"] = float(f1_score(val_y.numpy(), pred, average="macro", labels=list(range(num_classes)),
-                                                     zero_division=0))
+                row["val_macro_f1"] = float(
+                    f1_score(val_y.numpy(), pred, average="macro", labels=list(range(num_classes)), zero_division=0)
+                )
                 if row["val_macro_f1"] > best_f1:
                     best_f1, best_epoch = row["val_macro_f1"], epoch
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -347,7 +410,10 @@ def _run(model: DownstreamClassifier, x: Tensor | np.ndarray, batch_size: int, o
     model.eval()
     device = model.mean.device
     pixels = _images(x)
-    chunks = [out(model(pixels[i:i + batch_size].to(device).float() / 255)).float().cpu() for i in range(0, len(pixels), batch_size)]
+    chunks = [
+        out(model(pixels[i : i + batch_size].to(device).float() / 255)).float().cpu()
+        for i in range(0, len(pixels), batch_size)
+    ]
     model.train(was_training)
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, model.num_classes), np.float32)
 
@@ -356,8 +422,12 @@ def _run(model: DownstreamClassifier, x: Tensor | np.ndarray, batch_size: int, o
 # metrics and the oversampling baseline
 
 
-def classification_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                          classes: Sequence[str], scored: Sequence[str] | None = None) -> dict[str, Any]:
+def classification_report(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    classes: Sequence[str],
+    scored: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Accuracy, macro-F1 over all ``classes`` (an absent class counts as F1 0, so a classifier
     cannot look better by never predicting a rare class), per-class recall and F1, and the
     confusion matrix (rows true, columns predicted) — all from scikit-learn.
@@ -378,7 +448,10 @@ def classification_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[i
         "recall": {c: float(v) for c, v in zip(scored, recall)},
         "f1": {c: float(v) for c, v in zip(scored, f1)},
         "support": {c: int(v) for c, v in zip(scored, support)},
-        "confusion": {"classes": classes, "matrix": confusion_matrix(y_true, y_pred, labels=list(range(len(classes)))).tolist()},
+        "confusion": {
+            "classes": classes,
+            "matrix": confusion_matrix(y_true, y_pred, labels=list(range(len(classes)))).tolist(),
+        },
     }
 
 
@@ -395,11 +468,15 @@ def random_oversample(labels: np.ndarray, targets: Mapping[int, int], seed: int)
     for label, target in targets.items():
         members = np.flatnonzero(labels == label)
         if target < len(members):
-            raise FesaugError(f"oversampling target {target} for class {label} is below its {len(members)} rows; "
-                              "oversampling only adds rows")
+            raise FesaugError(
+                f"oversampling target {target} for class {label} is below its {len(members)} rows; "
+                "oversampling only adds rows"
+            )
         if target > 0 and len(members) == 0:
             raise FesaugError(f"class {label} has no rows to oversample to {target}")
-        extra.append(rng.choice(members, size=target - len(members), replace=True) if target > len(members) else members[:0])
+        extra.append(
+            rng.choice(members, size=target - len(members), replace=True) if target > len(members) else members[:0]
+        )
     return np.concatenate([np.arange(len(labels), dtype=np.int64), *extra]).astype(np.int64)
 
 

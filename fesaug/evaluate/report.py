@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from fesaug.utils.plots import new_figure, save_figure
 from fesaug.balance.targets import describe_target
+from fesaug.utils.plots import new_figure, save_figure
 
 EXPRESSION_JUDGE = "the fold's judge classifier"  # protocol value when --expression-judge is on
 
@@ -40,8 +40,11 @@ def _p(value: float | None) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
 
 
 def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
@@ -55,11 +58,16 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
     lines = [
         "# fesaug evaluate",
         "",
-        *(_cross_dataset_data(proto) if cross else [
-            f"- Data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), {proto['n_images']} images, "
-            f"{proto['n_subjects']} subjects, classes {', '.join(classes)}.",
-            f"- Protocol: subject-independent folds; test folds {', '.join(map(str, proto['evaluated_folds']))} of "
-            f"{', '.join(map(str, proto['folds']))}, each used for the final score only. Validation: {proto['validation']}."]),
+        *(
+            _cross_dataset_data(proto)
+            if cross
+            else [
+                f"- Data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), {proto['n_images']} images, "
+                f"{proto['n_subjects']} subjects, classes {', '.join(classes)}.",
+                f"- Protocol: subject-independent folds; test folds {', '.join(map(str, proto['evaluated_folds']))} of "
+                f"{', '.join(map(str, proto['folds']))}, each used for the final score only. Validation: {proto['validation']}.",
+            ]
+        ),
         f"- Downstream classifier: `{d['model']}` from scratch, {d['epochs']} epochs, batch {d['batch_size']}, lr {d['lr']}, "
         f"{d['image_size']}×{d['image_size']} px, augmentation {'on' if d['augment'] else 'off'}, {_seeds_text(d)}, "
         f"{d['selection']}; the same for every condition.",
@@ -70,27 +78,61 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
         f"{', '.join(proto['minority_classes']) or 'none'}.",
         "",
         *_verdict_section(results.get("verdict")),
-        "## Test scores (%, mean ± std over downstream seeds)" if cross else "## Test-fold scores (%, mean ± std over folds)",
+        "## Test scores (%, mean ± std over downstream seeds)"
+        if cross
+        else "## Test-fold scores (%, mean ± std over folds)",
         "",
     ]
     seeds = d.get("seeds_per_fold", 1) > 1  # a column only where some condition has several
-    rows = [[f"`{name}`", str(len(s[f"{unit}s"])), *([_seed_counts(s)] if seeds else []), _ms(s["accuracy"]), _ms(s["macro_f1"]),
-             _ms(s["minority_recall"]), CONDITION_NOTES.get(name, "")] for name, s in conditions.items()]
-    lines += _table(["condition", f"{unit}s", *(["seeds per fold"] if seeds else []), "accuracy", "macro-F1", "minority recall",
-                     "what it is"], rows)
+    rows = [
+        [
+            f"`{name}`",
+            str(len(s[f"{unit}s"])),
+            *([_seed_counts(s)] if seeds else []),
+            _ms(s["accuracy"]),
+            _ms(s["macro_f1"]),
+            _ms(s["minority_recall"]),
+            CONDITION_NOTES.get(name, ""),
+        ]
+        for name, s in conditions.items()
+    ]
+    lines += _table(
+        [
+            "condition",
+            f"{unit}s",
+            *(["seeds per fold"] if seeds else []),
+            "accuracy",
+            "macro-F1",
+            "minority recall",
+            "what it is",
+        ],
+        rows,
+    )
     lines += ["", "Recall per class (%):", ""]
-    lines += _table(["condition", *scored], [[f"`{name}`", *(_ms(s["recall"][c], digits=0) for c in scored)]
-                                             for name, s in conditions.items()])
+    lines += _table(
+        ["condition", *scored],
+        [[f"`{name}`", *(_ms(s["recall"][c], digits=0) for c in scored)] for name, s in conditions.items()],
+    )
     if results["comparisons"]:
         if cross:
-            lines += ["", "## Paired comparison over downstream seeds (percentage points)", "",
-                      "Differences are per seed: both conditions trained with that seed, tested on the same images. With one "
-                      "train/test split no test across folds exists: the seeds share their training and test images, so the "
-                      "p-values (two-sided, over seeds) say only whether a difference exceeds training noise on these two "
-                      "datasets, not that it would hold for other subjects.", ""]
+            lines += [
+                "",
+                "## Paired comparison over downstream seeds (percentage points)",
+                "",
+                "Differences are per seed: both conditions trained with that seed, tested on the same images. With one "
+                "train/test split no test across folds exists: the seeds share their training and test images, so the "
+                "p-values (two-sided, over seeds) say only whether a difference exceeds training noise on these two "
+                "datasets, not that it would hold for other subjects.",
+                "",
+            ]
         else:
-            lines += ["", "## Paired comparison over folds (percentage points)", "",
-                      "Differences are per fold (same test subjects); p-values are two-sided.", ""]
+            lines += [
+                "",
+                "## Paired comparison over folds (percentage points)",
+                "",
+                "Differences are per fold (same test subjects); p-values are two-sided.",
+                "",
+            ]
         rows = []
         for comp, by_metric in results["comparisons"].items():
             for metric in ("macro_f1", "accuracy", "minority_recall"):
@@ -98,22 +140,45 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
                 if c is None:  # no minority class
                     continue
                 mean = "–" if c["mean_difference"] is None else f"{c['mean_difference'] * 100:+.1f}"
-                rows.append([comp.replace("_", " "), metric.replace("_", " "), mean, f"{c['wins']}/{c['losses']}",
-                             _p(c["wilcoxon_p"]), _p(c["ttest_p"])])
-        lines += _table(["comparison", "metric", "mean difference", f"{unit}s won/lost", "Wilcoxon p", "paired t p"], rows)
+                rows.append(
+                    [
+                        comp.replace("_", " "),
+                        metric.replace("_", " "),
+                        mean,
+                        f"{c['wins']}/{c['losses']}",
+                        _p(c["wilcoxon_p"]),
+                        _p(c["ttest_p"]),
+                    ]
+                )
+        lines += _table(
+            ["comparison", "metric", "mean difference", f"{unit}s won/lost", "Wilcoxon p", "paired t p"], rows
+        )
     per_unit = results.get(f"per_{unit}")
     if per_unit:
         names = list(conditions)
         lines += ["", f"## Per {unit}: macro-F1 (%)", ""]
-        lines += _table([unit, *names], [[str(d["seed"] + int(k)) if cross else k,
-                                          *(f"{r[n]['macro_f1'] * 100:.1f}" if n in r else "–" for n in names)]
-                                         for k, r in per_unit.items()])
+        lines += _table(
+            [unit, *names],
+            [
+                [
+                    str(d["seed"] + int(k)) if cross else k,
+                    *(f"{r[n]['macro_f1'] * 100:.1f}" if n in r else "–" for n in names),
+                ]
+                for k, r in per_unit.items()
+            ],
+        )
     sibling = proto["generator"].get("expression_loss_judge") == EXPRESSION_JUDGE
     lines += _synthesis_section(results.get("synthesis") or {}, classes, sibling_trained=sibling, cross=cross)
     prov = results["provenance"]
-    lines += ["", "## How this was made", "", f"- Command: `{prov['command']}`",
-              f"- Versions: {', '.join(f'{k} {v}' for k, v in prov['versions'].items())}",
-              f"- Created: {prov['created_at']} on {prov['platform']}", ""]
+    lines += [
+        "",
+        "## How this was made",
+        "",
+        f"- Command: `{prov['command']}`",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in prov['versions'].items())}",
+        f"- Created: {prov['created_at']} on {prov['platform']}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -128,8 +193,10 @@ def _cross_dataset_data(proto: Mapping[str, Any]) -> list[str]:
     train, test = x["train"], x["test"]
     if test["kind"] == "folder":
         pattern = f"subject ids by `{test['subject_pattern']}`" if test.get("subject_pattern") else "no subject ids"
-        given = (f"folder `{test['path']}` (class folders, ingested as `{test['manifest']}`, {pattern}; rows sha256 "
-                 f"`{test['folder_rows_sha256'][:12]}`)")
+        given = (
+            f"folder `{test['path']}` (class folders, ingested as `{test['manifest']}`, {pattern}; rows sha256 "
+            f"`{test['folder_rows_sha256'][:12]}`)"
+        )
     else:
         given = f"`{test['path']}` (sha256 `{test['manifest_sha256'][:12]}`)"
     unnamed = test["n_without_subject_id"]
@@ -145,22 +212,30 @@ def _cross_dataset_data(proto: Mapping[str, Any]) -> list[str]:
         f"- Protocol: cross-dataset, one train/test split. Validation: {proto['validation']}. Classes scored: "
         f"{', '.join(x['scored_classes'])}; trained but not tested (no test images): {', '.join(x['not_tested']) or 'none'}; "
         f"left out of the test (classes the training data lacks): {excluded or 'none'}. No subject id and no image file is "
-        "in both datasets (checked)" + (f"; the {unnamed} test images without a subject id could be checked by file only"
-                                       if unnamed else "") + ".",
+        "in both datasets (checked)"
+        + (f"; the {unnamed} test images without a subject id could be checked by file only" if unnamed else "")
+        + ".",
         f"- Image sizes: {proto['image_size']}.",
     ]
 
 
 def verdict_text(v: Mapping[str, Any]) -> str:
     """The verdict of :func:`fesaug.evaluate.run.verdict` as one sentence."""
+
     def part(base: str, a: Mapping[str, Any]) -> str:
-        outcome = {"better": f"beats `{base}`", "worse": f"loses to `{base}`", "higher": f"scores above `{base}`",
-                   "lower": f"scores below `{base}`", "equal": f"scores the same as `{base}`"}.get(
-            a["outcome"], f"shows no clear difference from `{base}`")
+        outcome = {
+            "better": f"beats `{base}`",
+            "worse": f"loses to `{base}`",
+            "higher": f"scores above `{base}`",
+            "lower": f"scores below `{base}`",
+            "equal": f"scores the same as `{base}`",
+        }.get(a["outcome"], f"shows no clear difference from `{base}`")
         if "n_seeds" in a:  # one split: the p-value over seeds is no test of the verdict (evaluation_stats.verdict)
             return f"{outcome} ({a['mean_difference'] * 100:+.1f} points, won {a['wins']} of {a['n_seeds']} seeds)"
-        return (f"{outcome} ({a['mean_difference'] * 100:+.1f} points, won {a['wins']} of {a['n_folds']} folds, "
-                f"p {_p(a['wilcoxon_p'])})")
+        return (
+            f"{outcome} ({a['mean_difference'] * 100:+.1f} points, won {a['wins']} of {a['n_folds']} folds, "
+            f"p {_p(a['wilcoxon_p'])})"
+        )
 
     parts = " and ".join(part(base, a) for base, a in v["against"].items())
     return f"`fes` {parts} on test macro-F1 ({v['test']}): {v['recommendation']}."
@@ -169,19 +244,31 @@ def verdict_text(v: Mapping[str, Any]) -> str:
 def _verdict_section(v: Mapping[str, Any] | None) -> list[str]:
     if not v:
         return []
-    return ["## Verdict", "", verdict_text(v), "", *(f"- Caution: {c}." for c in v["cautions"]),
-            *([""] if v["cautions"] else [])]
+    return [
+        "## Verdict",
+        "",
+        verdict_text(v),
+        "",
+        *(f"- Caution: {c}." for c in v["cautions"]),
+        *([""] if v["cautions"] else []),
+    ]
 
 
 def _seeds_text(d: Mapping[str, Any]) -> str:
     if "seeds" in d:  # a cross-dataset split: the seeds are what the comparison pairs
         n = d["seeds"]
-        return f"seed {d['seed']}" if n == 1 else f"{n} seeds ({d['seed']} … {d['seed'] + n - 1}; the oversampling draw too)"
+        return (
+            f"seed {d['seed']}"
+            if n == 1
+            else f"{n} seeds ({d['seed']} … {d['seed'] + n - 1}; the oversampling draw too)"
+        )
     n = d.get("seeds_per_fold", 1)
     if n == 1:
         return f"seed {d['seed']}"
-    return (f"up to {n} seeds per condition and fold ({d['seed']} … {d['seed'] + n - 1}; the oversampling draw too), "
-            "test scores averaged over a fold's seeds before the comparison over folds")
+    return (
+        f"up to {n} seeds per condition and fold ({d['seed']} … {d['seed'] + n - 1}; the oversampling draw too), "
+        "test scores averaged over a fold's seeds before the comparison over folds"
+    )
 
 
 def _seed_counts(summary: Mapping[str, Any]) -> str:
@@ -190,15 +277,21 @@ def _seed_counts(summary: Mapping[str, Any]) -> str:
 
 def _balance_text(b: Mapping[str, Any]) -> str:
     text = describe_target(b["target_per_class"])
-    judge = (f" and at least {b.get('min_judge_confidence', 0.5)} from an independent real-data classifier (seed + 1)"
-             if b.get("judge") else "")
+    judge = (
+        f" and at least {b.get('min_judge_confidence', 0.5)} from an independent real-data classifier (seed + 1)"
+        if b.get("judge")
+        else ""
+    )
     order = ", sources closest to the target expression first" if b.get("source_order") == "similar" else ""
-    return (f"{text} (sampling strategy {b['sampling_strategy'] or 'default'}), quality gate min confidence "
-            f"{b['min_confidence']} on the FER branch{judge}, {b['max_attempts']} attempts{order}, seed {b['seed']}")
+    return (
+        f"{text} (sampling strategy {b['sampling_strategy'] or 'default'}), quality gate min confidence "
+        f"{b['min_confidence']} on the FER branch{judge}, {b['max_attempts']} attempts{order}, seed {b['seed']}"
+    )
 
 
-def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str], sibling_trained: bool = False,
-                       cross: bool = False) -> list[str]:
+def _synthesis_section(
+    s: Mapping[str, Any], classes: Sequence[str], sibling_trained: bool = False, cross: bool = False
+) -> list[str]:
     if not s:
         return []
     made = "made from the training subjects" if cross else f"over folds {', '.join(map(str, s['folds']))}"
@@ -206,11 +299,17 @@ def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str], sibling_tra
     cas = s["classification_accuracy_score"]
     fr, mem = s["frechet"], s["memorisation"]
     # A generator trained to satisfy a classifier of the same recipe and data fools its sibling too.
-    caveat = (" The generator was trained against the fold's judge, a classifier of the same recipe and data "
-              "(another seed), so this share measures how well fooling one transfers to the other; the classification "
-              "accuracy score below says whether the images teach the expression." if sibling_trained else "")
+    caveat = (
+        " The generator was trained against the fold's judge, a classifier of the same recipe and data "
+        "(another seed), so this share measures how well fooling one transfers to the other; the classification "
+        "accuracy score below says whether the images teach the expression."
+        if sibling_trained
+        else ""
+    )
     lines = [
-        "", f"## Synthesis quality ({s['n_synthetic']} synthetic images {made})", "",
+        "",
+        f"## Synthesis quality ({s['n_synthetic']} synthetic images {made})",
+        "",
         f"- Recognised as their target class by the {split}'s `real` classifier: **{_ms(s['recognised'])} %**; the same "
         f"classifier recognises {_ms(s.get('real_test_recognised'))} % of the real test faces of those classes "
         f"(weighted like the synthetic set).{caveat}",
@@ -227,22 +326,46 @@ def _synthesis_section(s: Mapping[str, Any], classes: Sequence[str], sibling_tra
     ]
     if "ground_truth" in s:
         g = s["ground_truth"]
-        lines += [f"- Against the demo dataset's exact counterfactuals: L1 {_ms(g['synthetic']['l1'], 1, 2)} gray levels, "
-                  f"PSNR {_ms(g['synthetic']['psnr'], 1, 2)} dB, SSIM {_ms(g['synthetic']['ssim'], 1, 3)}; copying the input "
-                  f"unchanged scores L1 {_ms(g['copy_input']['l1'], 1, 2)}, PSNR {_ms(g['copy_input']['psnr'], 1, 2)} dB, "
-                  f"SSIM {_ms(g['copy_input']['ssim'], 1, 3)}."]
+        lines += [
+            f"- Against the demo dataset's exact counterfactuals: L1 {_ms(g['synthetic']['l1'], 1, 2)} gray levels, "
+            f"PSNR {_ms(g['synthetic']['psnr'], 1, 2)} dB, SSIM {_ms(g['synthetic']['ssim'], 1, 3)}; copying the input "
+            f"unchanged scores L1 {_ms(g['copy_input']['l1'], 1, 2)}, PSNR {_ms(g['copy_input']['psnr'], 1, 2)} dB, "
+            f"SSIM {_ms(g['copy_input']['ssim'], 1, 3)}."
+        ]
     au = s.get("au_consistency")
-    header = ["target class", "images", "recognised %", "real test faces recognised %", "target prob.", "Fréchet", "precision", "recall"]
+    header = [
+        "target class",
+        "images",
+        "recognised %",
+        "real test faces recognised %",
+        "target prob.",
+        "Fréchet",
+        "precision",
+        "recall",
+    ]
     header += ["AU consistency synthetic", "AU consistency real test"] if au else []
     rows = []
     for c in classes:
         e = s["per_class"][c]
-        row = [c, str(e["n"]), _ms(e["recognised"]), _ms(e.get("real_test_recognised")), _ms(e["mean_target_probability"], 1, 2), _ms(e["frechet"], 1, 2),
-               _ms(e["precision"], 1, 2), _ms(e["recall"], 1, 2)]
+        row = [
+            c,
+            str(e["n"]),
+            _ms(e["recognised"]),
+            _ms(e.get("real_test_recognised")),
+            _ms(e["mean_target_probability"], 1, 2),
+            _ms(e["frechet"], 1, 2),
+            _ms(e["precision"], 1, 2),
+            _ms(e["recall"], 1, 2),
+        ]
         if au:
             row += [_ms(au[c]["synthetic"], 1, 2), _ms(au[c]["real_test"], 1, 2)]
         rows.append(row)
-    lines += ["", "Per target class:" if cross else "Per target class (mean ± std over folds):", "", *_table(header, rows)]
+    lines += [
+        "",
+        "Per target class:" if cross else "Per target class (mean ± std over folds):",
+        "",
+        *_table(header, rows),
+    ]
     if s.get("judges"):
         lines += _judges_section(s["judges"], classes)
     return lines
@@ -252,37 +375,54 @@ def judges_summary(j: Mapping[str, Any]) -> list[str]:
     """One line per judge trained elsewhere (``results.json`` → ``synthesis`` → ``judges``),
     each number beside its real-face yardstick; for the CLI summary and the report."""
     lines = []
-    for name, label in (("identity", "identity distance to the parent (dlib)"),
-                        ("perceptual", "perceptual distance to the parent (ST-LPIPS)")):
+    for name, label in (
+        ("identity", "identity distance to the parent (dlib)"),
+        ("perceptual", "perceptual distance to the parent (ST-LPIPS)"),
+    ):
         if name in j:
             e, y = j[name], j[name]["yardstick"]
-            under = (f", {_ms(e['all'].get('share_under'), 100, 0)} % under {e['threshold']:g}" if "threshold" in e else "")
-            y_under = (lambda k: f", {_ms(y[k].get('share_under'), 100, 0)} % under" if "threshold" in e else "")
-            lines.append(f"{label}: median {_ms(e['all']['median'], 1, 3)}{under} (real pairs: same subject, other "
-                         f"expression {_ms(y['same_subject']['median'], 1, 3)}{y_under('same_subject')}; different subjects "
-                         f"{_ms(y['different_subject']['median'], 1, 3)}{y_under('different_subject')})")
+            under = (
+                f", {_ms(e['all'].get('share_under'), 100, 0)} % under {e['threshold']:g}" if "threshold" in e else ""
+            )
+            y_under = lambda k: f", {_ms(y[k].get('share_under'), 100, 0)} % under" if "threshold" in e else ""
+            lines.append(
+                f"{label}: median {_ms(e['all']['median'], 1, 3)}{under} (real pairs: same subject, other "
+                f"expression {_ms(y['same_subject']['median'], 1, 3)}{y_under('same_subject')}; different subjects "
+                f"{_ms(y['different_subject']['median'], 1, 3)}{y_under('different_subject')})"
+            )
             if e["all"].get("not_judged"):
                 lines[-1] += f"; {e['all']['not_judged']} face(s) could not be read"
     if "fer2013" in j:
         e = j["fer2013"]
         skipped = f"; not judged: {', '.join(e['not_judged'])} (no such class)" if e.get("not_judged") else ""
-        lines.append(f"FER2013 judge (trained on another dataset) recognises {_ms(e['all']['synthetic'])} % of the synthetic "
-                     f"faces as their target; real test faces of those classes: {_ms(e['all']['real_test'])} %{skipped}")
+        lines.append(
+            f"FER2013 judge (trained on another dataset) recognises {_ms(e['all']['synthetic'])} % of the synthetic "
+            f"faces as their target; real test faces of those classes: {_ms(e['all']['real_test'])} %{skipped}"
+        )
     return lines
 
 
 def _judges_section(j: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
-    lines = ["", "### Judges trained elsewhere", "",
-             "Models that never saw this data or the generator: dlib's face-recognition ResNet (identity), mini-Xception "
-             "trained on FER2013 (expression), shift-tolerant LPIPS (perceptual). Distances are medians over each fold's "
-             "synthetic faces, each against its parent; the yardsticks are the same distances between real training "
-             "faces (mean ± std over folds).", "",
-             *(f"- {line}" for line in judges_summary(j))]
+    lines = [
+        "",
+        "### Judges trained elsewhere",
+        "",
+        "Models that never saw this data or the generator: dlib's face-recognition ResNet (identity), mini-Xception "
+        "trained on FER2013 (expression), shift-tolerant LPIPS (perceptual). Distances are medians over each fold's "
+        "synthetic faces, each against its parent; the yardsticks are the same distances between real training "
+        "faces (mean ± std over folds).",
+        "",
+        *(f"- {line}" for line in judges_summary(j)),
+    ]
     header, columns = ["target class"], []
     if "identity" in j:
         header += ["identity distance", f"under {j['identity']['threshold']:g} %"]
-        columns.append(lambda c: [_ms(j["identity"]["per_class"].get(c, {}).get("median"), 1, 3),
-                                  _ms(j["identity"]["per_class"].get(c, {}).get("share_under"), 100, 0)])
+        columns.append(
+            lambda c: [
+                _ms(j["identity"]["per_class"].get(c, {}).get("median"), 1, 3),
+                _ms(j["identity"]["per_class"].get(c, {}).get("share_under"), 100, 0),
+            ]
+        )
     if "fer2013" in j:
         header += ["FER2013 recognised %", "FER2013 on real test faces %"]
 
@@ -290,7 +430,9 @@ def _judges_section(j: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
             e = j["fer2013"]["per_class"].get(c)
             if e is None:
                 return ["–", "–"]
-            return [_ms(e.get("synthetic")), _ms(e.get("real_test"))] if e.get("judged") else ["not judged", "not judged"]
+            return (
+                [_ms(e.get("synthetic")), _ms(e.get("real_test"))] if e.get("judged") else ["not judged", "not judged"]
+            )
 
         columns.append(fer)
     if "perceptual" in j:

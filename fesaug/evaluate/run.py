@@ -79,28 +79,36 @@ from typing import Any
 import numpy as np
 import torch
 
-from fesaug.utils.files import atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from fesaug.balance.run import BalanceConfig, balance
-from fesaug.synthesis.checkpoint import load_checkpoint
-from fesaug.evaluate.cross_dataset import CrossSplit, cross_split, read_test_data
+from fesaug.balance.targets import Targets, resolve_targets
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.manifest import Manifest, read_holdout_names, read_manifest, relative_image_root, write_manifest
 from fesaug.data.splits import check_holdout_folds, manifest_folds, split_subjects
-from fesaug.utils.devices import resolve_device
-from fesaug.evaluate.downstream import (DownstreamClassifier, DownstreamConfig, classification_report, fit, load_classifier, predict_proba,
-                         random_oversample, save_classifier)
-from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.evaluate.cross_dataset import CrossSplit, cross_split, read_test_data
+from fesaug.evaluate.downstream import (
+    DownstreamClassifier,
+    DownstreamConfig,
+    classification_report,
+    fit,
+    load_classifier,
+    predict_proba,
+    random_oversample,
+    save_classifier,
+)
 from fesaug.evaluate.report import EXPRESSION_JUDGE, plot_recall, render_report
 from fesaug.evaluate.stats import fold_metric, fold_scores, fold_seconds, mean_std, paired_comparison, verdict
-from fesaug.synthesis.generator import load_generator
+from fesaug.evaluate.synthesis_scores import synthesis_quality, synthesis_summary
 from fesaug.judges import resolve_judges
+from fesaug.synthesis.checkpoint import load_checkpoint
+from fesaug.synthesis.config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
+from fesaug.synthesis.generator import load_generator
+from fesaug.synthesis.training import train
+from fesaug.utils.devices import resolve_device
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.files import atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
 from fesaug.utils.locking import output_lock
 from fesaug.utils.provenance import provenance
 from fesaug.utils.runlog import changed_settings_text, jsonable, with_defaults
-from fesaug.evaluate.synthesis_scores import synthesis_quality, synthesis_summary
-from fesaug.balance.targets import Targets, resolve_targets
-from fesaug.synthesis.config import DATA_MODEL_FIELDS, TrainConfig, legacy_filled
-from fesaug.synthesis.training import train
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +118,14 @@ FINE_TUNED = ("fersnet+fes", "fersnet+oversample")
 # Paired over folds when both ran: synthesis against its two baselines, and the paper's recipe
 # (fine-tuning on synthetic faces) against the FER branch it starts from and against the same
 # fine-tuning on repeated real faces (what the synthetic faces add beyond more training).
-COMPARISONS = (("fes", "real"), ("fes", "oversample"), ("mixed", "real"), ("mixed", "oversample"),
-               ("fersnet+fes", "fersnet"), ("fersnet+fes", "fersnet+oversample"))
+COMPARISONS = (
+    ("fes", "real"),
+    ("fes", "oversample"),
+    ("mixed", "real"),
+    ("mixed", "oversample"),
+    ("fersnet+fes", "fersnet"),
+    ("fersnet+fes", "fersnet+oversample"),
+)
 # The cross-dataset mode's folders and files in DIR: its one split, and the test folder as ingested.
 CROSS_FOLDER = "cross"
 TEST_MANIFEST = "test-manifest.parquet"
@@ -161,14 +175,18 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown or not self.conditions:
-            raise UsageError(f"--conditions: unknown or no condition(s) {', '.join(unknown) or '(none)'}; "
-                             f"choose from {', '.join(CONDITIONS)}")
+            raise UsageError(
+                f"--conditions: unknown or no condition(s) {', '.join(unknown) or '(none)'}; "
+                f"choose from {', '.join(CONDITIONS)}"
+            )
         if len(set(self.conditions)) != len(self.conditions):
             raise UsageError(f"--conditions lists a condition twice: {', '.join(self.conditions)}")
         if self.generator.expression_classifier is not None:
             # One classifier for every fold would have seen each fold's test subjects.
-            raise UsageError("the generator config names an expression_classifier; evaluate trains one per fold "
-                             "with --expression-judge instead")
+            raise UsageError(
+                "the generator config names an expression_classifier; evaluate trains one per fold "
+                "with --expression-judge instead"
+            )
         if self.downstream_seeds < 1:
             raise UsageError(f"--downstream-seeds must be at least 1, got {self.downstream_seeds}")
         if not 0 < self.val_fraction <= 0.5:
@@ -182,10 +200,16 @@ class EvaluateConfig:
         overrides) rather than as its overrides, so a change of the model's defaults is a change
         of settings too."""
         generator = {k: v for k, v in self.generator.to_dict().items() if k != "model"}
-        return {"downstream": dataclasses.asdict(self.downstream) | {"device": None},
-                "generator": generator | {"device": None, "num_workers": None, "resolved_model": _model_key(self.generator)},
-                "balance": self.balance.to_dict(), "val_fraction": self.val_fraction, "seed": self.seed,
-                "judge": self.judge, "expression_judge": self.expression_judge}
+        return {
+            "downstream": dataclasses.asdict(self.downstream) | {"device": None},
+            "generator": generator
+            | {"device": None, "num_workers": None, "resolved_model": _model_key(self.generator)},
+            "balance": self.balance.to_dict(),
+            "val_fraction": self.val_fraction,
+            "seed": self.seed,
+            "judge": self.judge,
+            "expression_judge": self.expression_judge,
+        }
 
     @property
     def needs_generator(self) -> bool:
@@ -206,9 +230,17 @@ class EvaluateResult:
 # the run
 
 
-def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig | None = None, *,
-             folds: Sequence[int] | None = None, overwrite: bool = False, test_manifest: str | Path | None = None,
-             test_subject_pattern: str | None = None, generators_from: str | Path | None = None) -> EvaluateResult:
+def evaluate(
+    manifest: str | Path,
+    out_dir: str | Path,
+    config: EvaluateConfig | None = None,
+    *,
+    folds: Sequence[int] | None = None,
+    overwrite: bool = False,
+    test_manifest: str | Path | None = None,
+    test_subject_pattern: str | None = None,
+    generators_from: str | Path | None = None,
+) -> EvaluateResult:
     """Run the protocol of the module docstring on ``folds`` (default: every fold of the manifest).
 
     ``test_manifest``: instead, train on all of ``manifest`` and test on this other dataset (a
@@ -223,20 +255,30 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     out = Path(out_dir)
     if test_manifest is not None:
         if folds is not None:
-            raise UsageError("--folds chooses test folds of --manifest, but with --test-manifest all of --manifest "
-                             "trains and the other dataset tests; drop --folds")
+            raise UsageError(
+                "--folds chooses test folds of --manifest, but with --test-manifest all of --manifest "
+                "trains and the other dataset tests; drop --folds"
+            )
         if generators_from is not None:
-            raise UsageError("--generators-from reuses the generators of a k-fold evaluation; with --test-manifest "
-                             "the generator trains on all of --manifest, so drop --generators-from")
-        return _evaluate_cross(manifest, test_manifest, out, config, overwrite=overwrite, subject_pattern=test_subject_pattern)
+            raise UsageError(
+                "--generators-from reuses the generators of a k-fold evaluation; with --test-manifest "
+                "the generator trains on all of --manifest, so drop --generators-from"
+            )
+        return _evaluate_cross(
+            manifest, test_manifest, out, config, overwrite=overwrite, subject_pattern=test_subject_pattern
+        )
     if test_subject_pattern is not None:
-        raise UsageError("--test-subject-pattern reads the subject ids of a --test-manifest folder; pass --test-manifest too")
+        raise UsageError(
+            "--test-subject-pattern reads the subject ids of a --test-manifest folder; pass --test-manifest too"
+        )
     m = read_manifest(manifest)
     _check_real(m)
     present = manifest_folds(m)
     if len(present) < 2:
-        raise FesaugError(f"{m.path} has {len(present)} fold(s); the protocol needs subject-independent folds: "
-                          f"re-create it with `fesaug ingest ... --folds 10`, or test on another dataset with --test-manifest")
+        raise FesaugError(
+            f"{m.path} has {len(present)} fold(s); the protocol needs subject-independent folds: "
+            f"re-create it with `fesaug ingest ... --folds 10`, or test on another dataset with --test-manifest"
+        )
     chosen = present if folds is None else sorted(set(int(f) for f in folds))
     check_holdout_folds(chosen, m, option="--folds", error=UsageError)
     check_out_folder(out, "for the evaluation")
@@ -252,8 +294,14 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
                 for folder in (out / f"fold-{k}", out / f"fold-{k}" / "seeds"):  # of writes a kill -9 stopped
                     remove_stale_temporaries(folder)
             paths = {"manifest": str(m.path)} | ({"generators_from": str(generators_from)} if generators_from else {})
-            _prepare_out_dir(out, record, overwrite, held=[out / f"fold-{k}" for k in chosen],
-                             others=[out / f"fold-{k}" for k in present if k not in chosen], paths=paths)
+            _prepare_out_dir(
+                out,
+                record,
+                overwrite,
+                held=[out / f"fold-{k}" for k in chosen],
+                others=[out / f"fold-{k}" for k in present if k not in chosen],
+                paths=paths,
+            )
             if generators_from is not None:
                 for k in chosen:
                     copy_generator(Path(generators_from) / f"fold-{k}", out / f"fold-{k}")
@@ -268,8 +316,15 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvaluateConfig |
     return EvaluateResult(out, results)
 
 
-def _evaluate_cross(manifest: str | Path, test: str | Path, out: Path, config: EvaluateConfig, *, overwrite: bool,
-                    subject_pattern: str | None) -> EvaluateResult:
+def _evaluate_cross(
+    manifest: str | Path,
+    test: str | Path,
+    out: Path,
+    config: EvaluateConfig,
+    *,
+    overwrite: bool,
+    subject_pattern: str | None,
+) -> EvaluateResult:
     """Train on all of ``manifest`` (A), test on ``test`` (B): one split, checked and joined by
     :mod:`fesaug.evaluate.cross_dataset`, cached in ``DIR/cross/`` and run by the :class:`_Fold` that runs
     a test fold."""
@@ -284,9 +339,18 @@ def _evaluate_cross(manifest: str | Path, test: str | Path, out: Path, config: E
             held.enter_context(output_lock(folder))
             for f in (folder, folder / "seeds"):  # of writes a kill -9 stopped
                 remove_stale_temporaries(f)
-            record = {"manifest_sha256": file_sha256(a.path), "config": jsonable(config.key()), "test_data": data.record()}
-            _prepare_out_dir(out, record, overwrite, held=[folder],
-                             paths={"manifest": str(a.path), "test_manifest": str(data.source)})
+            record = {
+                "manifest_sha256": file_sha256(a.path),
+                "config": jsonable(config.key()),
+                "test_data": data.record(),
+            }
+            _prepare_out_dir(
+                out,
+                record,
+                overwrite,
+                held=[folder],
+                paths={"manifest": str(a.path), "test_manifest": str(data.source)},
+            )
             split = dataclasses.replace(split, test=data.keep_at(out / TEST_MANIFEST))
             if not (folder / "input.parquet").exists():  # evaluate.json vouches for a cached one
                 split.write(folder / "input.parquet")
@@ -309,8 +373,9 @@ DOWNSTREAM_BEFORE = {"erasing": 0.0, "label_smoothing": 0.0}
 GENERATOR_KEYS = ("generator", "val_fraction", "seed", "expression_judge")
 
 
-def check_generator_source(source: Path, out: Path, record: dict[str, Any], config: EvaluateConfig,
-                           folds: Sequence[int]) -> None:
+def check_generator_source(
+    source: Path, out: Path, record: dict[str, Any], config: EvaluateConfig, folds: Sequence[int]
+) -> None:
     """Refuse ``source`` as ``--generators-from`` unless it is another evaluation of the same
     manifest whose generators were trained with this run's settings and finished for ``folds``."""
     if source.resolve() == out.resolve():
@@ -320,21 +385,27 @@ def check_generator_source(source: Path, out: Path, record: dict[str, Any], conf
         raise FesaugError(f"--generators-from {source}: no evaluate.json there; name a folder fesaug evaluate wrote")
     theirs = json.loads(settings.read_text())
     if theirs.get("manifest_sha256") != record["manifest_sha256"]:
-        raise FesaugError(f"--generators-from {source} evaluated another manifest (sha256 "
-                          f"{str(theirs.get('manifest_sha256'))[:12]}, this one {record['manifest_sha256'][:12]}); "
-                          "its generators saw other data, so reuse one of this manifest")
+        raise FesaugError(
+            f"--generators-from {source} evaluated another manifest (sha256 "
+            f"{str(theirs.get('manifest_sha256'))[:12]}, this one {record['manifest_sha256'][:12]}); "
+            "its generators saw other data, so reuse one of this manifest"
+        )
     their_config, ours = _recorded_key(theirs.get("config") or {}), record["config"]
     keys = GENERATOR_KEYS + (("downstream",) if config.expression_judge else ())
     shown = changed_settings_text({k: their_config.get(k) for k in keys}, {k: ours.get(k) for k in keys})
     if shown:
-        raise FesaugError(f"--generators-from {source} trained its generators with other settings ({shown}); "
-                          "give this run the same ones (--preset, --generator-config, --generator-epochs, "
-                          "--generator-batch-size, --val-fraction, --seed, --expression-judge) or drop --generators-from")
+        raise FesaugError(
+            f"--generators-from {source} trained its generators with other settings ({shown}); "
+            "give this run the same ones (--preset, --generator-config, --generator-epochs, "
+            "--generator-batch-size, --val-fraction, --seed, --expression-judge) or drop --generators-from"
+        )
     for k in folds:
         last = source / f"fold-{k}" / "fersnet" / "checkpoints" / "last.pt"
         if not last.is_file() or load_checkpoint(last)["epoch"] < config.generator.epochs:
-            raise FesaugError(f"--generators-from {source}: fold {k} has no finished generator (fold-{k}/fersnet); "
-                              f"finish it there (its command again, with --folds {k}) or leave fold {k} out of --folds")
+            raise FesaugError(
+                f"--generators-from {source}: fold {k} has no finished generator (fold-{k}/fersnet); "
+                f"finish it there (its command again, with --folds {k}) or leave fold {k} out of --folds"
+            )
 
 
 def copy_generator(source_fold: Path, fold: Path) -> None:
@@ -354,8 +425,10 @@ def copy_generator(source_fold: Path, fold: Path) -> None:
 def _check_real(m: Manifest) -> None:
     synthetic = int((m.df["origin"] != "real").sum())
     if synthetic:
-        raise FesaugError(f"{m.path} has {synthetic} synthetic row(s); evaluate the manifest of real images "
-                          "(fesaug evaluate makes its own synthetic images per fold)")
+        raise FesaugError(
+            f"{m.path} has {synthetic} synthetic row(s); evaluate the manifest of real images "
+            "(fesaug evaluate makes its own synthetic images per fold)"
+        )
 
 
 def _split_folder(path: Path) -> bool:
@@ -363,8 +436,14 @@ def _split_folder(path: Path) -> bool:
     return path.is_dir() and (path.name == CROSS_FOLDER or _fold_number(path) is not None)
 
 
-def _prepare_out_dir(out: Path, record: dict[str, Any], overwrite: bool, held: Sequence[Path], others: Sequence[Path] = (),
-                     paths: dict[str, str] | None = None) -> None:
+def _prepare_out_dir(
+    out: Path,
+    record: dict[str, Any],
+    overwrite: bool,
+    held: Sequence[Path],
+    others: Sequence[Path] = (),
+    paths: dict[str, str] | None = None,
+) -> None:
     """Check DIR's recorded settings (``record``, :data:`RECORDED`) against this run's; with
     ``overwrite`` and other settings, empty it first, which needs the locks of every split folder
     this run does not hold (``held``) and of the ``others`` folds, which may not exist yet (no run
@@ -386,16 +465,24 @@ def _prepare_out_dir(out: Path, record: dict[str, Any], overwrite: bool, held: S
         if not shown:
             return  # resume: finished pieces are reused
         if not overwrite:
-            raise FesaugError(f"{out} holds an evaluation with other settings or another manifest ({shown}, recorded -> "
-                              "now); run it with the recorded settings to finish it, choose a new --out, or pass --overwrite to "
-                              "start over")
+            raise FesaugError(
+                f"{out} holds an evaluation with other settings or another manifest ({shown}, recorded -> "
+                "now); run it with the recorded settings to finish it, choose a new --out, or pass --overwrite to "
+                "start over"
+            )
         with contextlib.ExitStack() as locks:
             for folder in dict.fromkeys([*others, *(p for p in ours if _split_folder(p) and p not in held)]):
                 locks.enter_context(output_lock(folder))
             for p in ours:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
-    atomic_write_text(settings, json.dumps({**record, **(paths or {}), "provenance": provenance("evaluate", record["config"])},
-                                           indent=2, sort_keys=True))
+    atomic_write_text(
+        settings,
+        json.dumps(
+            {**record, **(paths or {}), "provenance": provenance("evaluate", record["config"])},
+            indent=2,
+            sort_keys=True,
+        ),
+    )
 
 
 def _model_key(generator: TrainConfig) -> dict[str, Any]:
@@ -413,8 +500,13 @@ def _recorded_key(recorded: dict[str, Any]) -> dict[str, Any]:
         generator = legacy_filled(out["generator"])
         if "resolved_model" not in generator:
             # ``generator["model"]`` already holds the model of its time (legacy_filled).
-            generator["resolved_model"] = jsonable(_model_key(TrainConfig.from_dict(
-                {k: generator[k] for k in ("preset", "model") if k in generator}, where="evaluate.json")))
+            generator["resolved_model"] = jsonable(
+                _model_key(
+                    TrainConfig.from_dict(
+                        {k: generator[k] for k in ("preset", "model") if k in generator}, where="evaluate.json"
+                    )
+                )
+            )
         generator.pop("model", None)
         out["generator"] = generator
     if isinstance(out.get("balance"), dict):
@@ -431,8 +523,15 @@ class _Fold:
     out (the cross-dataset input, :mod:`fesaug.evaluate.cross_dataset`). ``scored``: the classes the test
     set can score (default all; :func:`fesaug.evaluate.downstream.classification_report`)."""
 
-    def __init__(self, m: Manifest, pixels: Callable[[], torch.Tensor], k: int | None, folder: Path, config: EvaluateConfig,
-                 scored: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        m: Manifest,
+        pixels: Callable[[], torch.Tensor],
+        k: int | None,
+        folder: Path,
+        config: EvaluateConfig,
+        scored: Sequence[str] | None = None,
+    ) -> None:
         self.m, self._pixels, self.k, self.dir, self.config = m, pixels, k, folder, config
         self.scored = list(scored) if scored is not None else m.classes
         self.name = "cross-dataset" if k is None else f"fold {k}"  # in log lines
@@ -451,10 +550,20 @@ class _Fold:
         conditions = set(self.config.conditions)
         for r in range(self.config.downstream_seeds):  # r: the seed's offset from the configured one
             if "real" in conditions or (self.config.synthesis and r == 0):
-                self._condition("real", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows], r), r)
+                self._condition(
+                    "real", lambda: self._fit(self.pixels[self.train_rows], self.labels[self.train_rows], r), r
+                )
             if "fes" in conditions:
-                self._condition("fes", lambda: self._fit(self._balanced_train().pixels, self._balanced_train().labels, r,
-                                                         weights=self._balanced_weights()), r)
+                self._condition(
+                    "fes",
+                    lambda: self._fit(
+                        self._balanced_train().pixels,
+                        self._balanced_train().labels,
+                        r,
+                        weights=self._balanced_weights(),
+                    ),
+                    r,
+                )
             if "oversample" in conditions:
                 self._condition("oversample", lambda: self._oversample(r), r)
             if "mixed" in conditions:
@@ -486,12 +595,26 @@ class _Fold:
         df["split"] = split
         # Rows of the user's own test split outside fold k are neither trained nor tested on.
         df = df[keep].reset_index(drop=True)
-        meta = {**self.m.inherited_meta(), "provenance": provenance("evaluate", {"fold": self.k}), "input_provenance": self.m.meta.get("provenance"),
-                "evaluation": {"input_manifest": str(self.m.path), "holdout_fold": self.k, "val_fraction": self.config.val_fraction,
-                               "seed": self.config.seed}}
+        meta = {
+            **self.m.inherited_meta(),
+            "provenance": provenance("evaluate", {"fold": self.k}),
+            "input_provenance": self.m.meta.get("provenance"),
+            "evaluation": {
+                "input_manifest": str(self.m.path),
+                "holdout_fold": self.k,
+                "val_fraction": self.config.val_fraction,
+                "seed": self.config.seed,
+            },
+        }
         self.dir.mkdir(parents=True, exist_ok=True)
-        return write_manifest(df, path, classes=self.m.classes, meta=meta, overwrite=True,
-                              image_root=relative_image_root(path, self.m.image_root))
+        return write_manifest(
+            df,
+            path,
+            classes=self.m.classes,
+            meta=meta,
+            overwrite=True,
+            image_root=relative_image_root(path, self.m.image_root),
+        )
 
     def _balanced_manifest(self) -> Manifest:
         if self._balanced_read is None:  # read once per fold: fes and the synthesis report share it
@@ -549,7 +672,9 @@ class _Fold:
         # The last epoch's generator: validation accuracy picks the best recogniser (best.pt),
         # not the best synthesizer, and synthesis keeps improving after recognition peaks.
         ckpt = self._generator_run() / "checkpoints" / "last.pt"
-        cfg = dataclasses.replace(self.config.balance, splits=("train",), holdout_folds=() if self.k is None else (self.k,))
+        cfg = dataclasses.replace(
+            self.config.balance, splits=("train",), holdout_folds=() if self.k is None else (self.k,)
+        )
         if self.config.judge:
             cfg = dataclasses.replace(cfg, judge_checkpoint=str(self._judge()))
         log.info("%s: balancing the training subjects", self.name)
@@ -563,19 +688,32 @@ class _Fold:
 
     # ---- conditions
 
-    def _fit(self, x: torch.Tensor, y: np.ndarray, r: int = 0,
-             weights: torch.Tensor | None = None) -> tuple[DownstreamClassifier, dict[str, Any]]:
+    def _fit(
+        self, x: torch.Tensor, y: np.ndarray, r: int = 0, weights: torch.Tensor | None = None
+    ) -> tuple[DownstreamClassifier, dict[str, Any]]:
         """The downstream recipe with its seed + ``r``; ``weights``: rows drawn in proportion to
         them, as many draws per epoch as they sum to (a weighted balanced manifest), and the
         recorded ``train_counts`` are their per-class sums, which ``oversample`` then matches."""
         config = dataclasses.replace(self.config.downstream, seed=self.config.downstream.seed + r)
         epoch_size = None if weights is None else int(round(float(weights.sum())))
-        result = fit(x, y, self.pixels[self.val_rows], self.labels[self.val_rows], config, num_classes=len(self.m.classes),
-                     sample_weights=weights, epoch_size=epoch_size)
+        result = fit(
+            x,
+            y,
+            self.pixels[self.val_rows],
+            self.labels[self.val_rows],
+            config,
+            num_classes=len(self.m.classes),
+            sample_weights=weights,
+            epoch_size=epoch_size,
+        )
         counts = np.bincount(y, weights=None if weights is None else weights.numpy(), minlength=len(self.m.classes))
-        return result.model, {"best_epoch": result.best_epoch, "history": result.history, "seed": config.seed,
-                              "train_counts": dict(zip(self.m.classes, np.rint(counts).astype(int).tolist())),
-                              **({"train_rows": len(y)} if weights is not None else {})}
+        return result.model, {
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+            "seed": config.seed,
+            "train_counts": dict(zip(self.m.classes, np.rint(counts).astype(int).tolist())),
+            **({"train_rows": len(y)} if weights is not None else {}),
+        }
 
     def _oversample(self, r: int) -> tuple[DownstreamClassifier, dict[str, Any]]:
         index, missing = self._oversample_index(r)
@@ -594,8 +732,13 @@ class _Fold:
             wanted = Targets(real, {c: int(n) for c, n in json.loads(fes.read_text())["train_counts"].items()})
         else:
             b = self.config.balance
-            wanted = resolve_targets(real, target_per_class=b.target_per_class, sampling_strategy=b.sampling_strategy,
-                                     targets=b.targets, undersample=False)
+            wanted = resolve_targets(
+                real,
+                target_per_class=b.target_per_class,
+                sampling_strategy=b.sampling_strategy,
+                targets=b.targets,
+                undersample=False,
+            )
         # A class without a real training image cannot be oversampled (synthesis can still make
         # it from other classes' faces); it is recorded, so the report can say why counts differ.
         extra = wanted.to_generate
@@ -629,8 +772,14 @@ class _Fold:
         """Where a condition's record is cached: the first seed's beside the model, others in ``seeds/``."""
         return self.dir / f"{name}.json" if r == 0 else self.dir / "seeds" / f"{name}-{r}.json"
 
-    def _condition(self, name: str, make: Callable[[], tuple[DownstreamClassifier, dict[str, Any]]], r: int = 0,
-                   test_x: torch.Tensor | None = None, save: bool = True) -> dict[str, Any]:
+    def _condition(
+        self,
+        name: str,
+        make: Callable[[], tuple[DownstreamClassifier, dict[str, Any]]],
+        r: int = 0,
+        test_x: torch.Tensor | None = None,
+        save: bool = True,
+    ) -> dict[str, Any]:
         """Train (``make``), score on the test fold (``test_x``: its images at the model's size,
         default the downstream size) and cache one condition of this fold. Only the first seed's
         model is kept (the synthesis report uses ``real.pt``); other seeds keep their record."""
@@ -641,16 +790,30 @@ class _Fold:
         model, info = make()
         probs = predict_proba(model, self.pixels[self.test_rows] if test_x is None else test_x)
         report = classification_report(self.labels[self.test_rows], probs.argmax(1), self.m.classes, self.scored)
-        record = {"condition": name, "fold": self.k, "test": report, "n_train": int(sum(info["train_counts"].values())),
-                  "n_val": int(len(self.val_rows)), "n_test": int(len(self.test_rows)), "seconds": time.perf_counter() - start,
-                  **info}
+        record = {
+            "condition": name,
+            "fold": self.k,
+            "test": report,
+            "n_train": int(sum(info["train_counts"].values())),
+            "n_val": int(len(self.val_rows)),
+            "n_test": int(len(self.test_rows)),
+            "seconds": time.perf_counter() - start,
+            **info,
+        }
         if save and r == 0:
             save_classifier(model, self.dir / f"{name}.pt", self.m.classes)
         path.parent.mkdir(exist_ok=True)
         atomic_write_text(path, json.dumps(jsonable(record), indent=1))
-        log.info("%s %-10s accuracy %.3f  macro-F1 %.3f  (%d training images, %.0f s%s)", self.name, name,
-                 report["accuracy"], report["macro_f1"], record["n_train"], record["seconds"],
-                 f", seed offset {r}" if r else "")
+        log.info(
+            "%s %-10s accuracy %.3f  macro-F1 %.3f  (%d training images, %.0f s%s)",
+            self.name,
+            name,
+            report["accuracy"],
+            report["macro_f1"],
+            record["n_train"],
+            record["seconds"],
+            f", seed offset {r}" if r else "",
+        )
         return record
 
     def _load_classifier(self, name: str) -> DownstreamClassifier:
@@ -664,8 +827,14 @@ class _Fold:
         data = ManifestDataset(self.m, rows=self.test_rows, image_size=gen.image_size)
         pred = gen.classify(data.pixels).argmax(1).numpy()
         report = classification_report(data.labels, pred, self.m.classes, self.scored)
-        record = {"condition": "fersnet", "fold": self.k, "test": report, "n_test": int(len(self.test_rows)),
-                  "checkpoint_epoch": gen.epoch, "checkpoint_sha256": gen.checkpoint_sha256}
+        record = {
+            "condition": "fersnet",
+            "fold": self.k,
+            "test": report,
+            "n_test": int(len(self.test_rows)),
+            "checkpoint_epoch": gen.epoch,
+            "checkpoint_sha256": gen.checkpoint_sha256,
+        }
         atomic_write_text(path, json.dumps(jsonable(record), indent=1))
 
     def _fersnet_fine_tuned(self, name: str, r: int = 0) -> None:
@@ -698,9 +867,15 @@ class _Fold:
             config = dataclasses.replace(d, lr=d.lr / 10, image_size=size, seed=d.seed + r)
             result = fit(x, y, *at_size(self.val_rows), config, num_classes=len(self.m.classes), init=gen.recogniser())
             counts = np.bincount(y, minlength=len(self.m.classes))
-            return result.model, {"best_epoch": result.best_epoch, "history": result.history, "lr": config.lr, "seed": config.seed,
-                                  "train_counts": dict(zip(self.m.classes, counts.tolist())),
-                                  "init_checkpoint_epoch": gen.epoch, "init_checkpoint_sha256": gen.checkpoint_sha256}
+            return result.model, {
+                "best_epoch": result.best_epoch,
+                "history": result.history,
+                "lr": config.lr,
+                "seed": config.seed,
+                "train_counts": dict(zip(self.m.classes, counts.tolist())),
+                "init_checkpoint_epoch": gen.epoch,
+                "init_checkpoint_sha256": gen.checkpoint_sha256,
+            }
 
         self._condition(name, fine_tune, r, test_x=at_size(self.test_rows)[0], save=False)
 
@@ -709,8 +884,10 @@ class _Fold:
     def _synthesis(self) -> None:
         path = self.dir / "synthesis.json"
         # The AU model and the judges only add scores: a record made with others is made again.
-        made_with = {"au_checkpoint_sha256": file_sha256(self.config.au_checkpoint) if self.config.au_checkpoint else None,
-                     "judges_run": list(self.config.judges)}
+        made_with = {
+            "au_checkpoint_sha256": file_sha256(self.config.au_checkpoint) if self.config.au_checkpoint else None,
+            "judges_run": list(self.config.judges),
+        }
         if path.exists() and {k: json.loads(path.read_text()).get(k) for k in made_with} == made_with:
             return
         syn = self._synthetic(self.config.downstream.image_size)
@@ -719,17 +896,34 @@ class _Fold:
         else:
             cas = self._condition("synthetic-only", lambda: self._fit(syn.pixels, syn.labels))
             record = synthesis_quality(
-                self._load_classifier("real"), self.m, syn,
-                real_train=(self.pixels[self.train_rows], self.labels[self.train_rows], self._subjects(self.train_rows)),
+                self._load_classifier("real"),
+                self.m,
+                syn,
+                real_train=(
+                    self.pixels[self.train_rows],
+                    self.labels[self.train_rows],
+                    self._subjects(self.train_rows),
+                ),
                 real_val=(self.pixels[self.val_rows], self.labels[self.val_rows]),
                 real_test=(self.pixels[self.test_rows], self.labels[self.test_rows]),
-                au_checkpoint=self.config.au_checkpoint, judges=self.config.judges, train_rows=self.train_rows,
-                device=resolve_device(self.config.downstream.device).type)
+                au_checkpoint=self.config.au_checkpoint,
+                judges=self.config.judges,
+                train_rows=self.train_rows,
+                device=resolve_device(self.config.downstream.device).type,
+            )
             real = json.loads((self.dir / "real.json").read_text())["test"]
-            record.update({"fold": self.k, **made_with,
-                           "classification_accuracy_score": {"accuracy": cas["test"]["accuracy"],
-                                                             "macro_f1": cas["test"]["macro_f1"],
-                                                             "real_accuracy": real["accuracy"], "real_macro_f1": real["macro_f1"]}})
+            record.update(
+                {
+                    "fold": self.k,
+                    **made_with,
+                    "classification_accuracy_score": {
+                        "accuracy": cas["test"]["accuracy"],
+                        "macro_f1": cas["test"]["macro_f1"],
+                        "real_accuracy": real["accuracy"],
+                        "real_macro_f1": real["macro_f1"],
+                    },
+                }
+            )
         atomic_write_text(path, json.dumps(jsonable(record), indent=1))
 
     def _subjects(self, rows: np.ndarray) -> list[str]:
@@ -782,8 +976,11 @@ def aggregate(out: Path, m: Manifest, config: EvaluateConfig) -> dict[str, Any]:
     minority = [c for c, n in zip(m.classes, counts) if n < np.median(counts)]
     folds = _fold_records(out)
     protocol = _protocol(m, config, minority) | {"evaluated_folds": sorted(folds)}
-    synthesis = synthesis_summary({k: r["synthesis"] for k, r in folds.items() if "synthesis" in r}, m.classes,
-                                  {k: r["real"]["test"] for k, r in folds.items() if "real" in r})
+    synthesis = synthesis_summary(
+        {k: r["synthesis"] for k, r in folds.items() if "synthesis" in r},
+        m.classes,
+        {k: r["real"]["test"] for k, r in folds.items() if "real" in r},
+    )
     return _summarise(out, folds, "fold", protocol, synthesis, config)
 
 
@@ -795,28 +992,42 @@ def _aggregate_cross(out: Path, split: CrossSplit, fold: _Fold, config: Evaluate
     minority = [c for c, n in zip(a.classes, counts) if n < np.median(counts) and c in split.scored]
     data = split.describe()
     data["test"] |= split.test.record()
-    data["train"] = {"n_images": int(len(a.df)), "n_subjects": int(a.df["subject_id"].nunique()),
-                     "n_train_subjects": fold.n_subjects["train"], "n_validation_subjects": fold.n_subjects["validation"],
-                     "n_train_images": int(len(fold.train_rows)), "n_validation_images": int(len(fold.val_rows))}
+    data["train"] = {
+        "n_images": int(len(a.df)),
+        "n_subjects": int(a.df["subject_id"].nunique()),
+        "n_train_subjects": fold.n_subjects["train"],
+        "n_validation_subjects": fold.n_subjects["validation"],
+        "n_train_images": int(len(fold.train_rows)),
+        "n_validation_images": int(len(fold.val_rows)),
+    }
     protocol = {k: v for k, v in _protocol(a, config, minority).items() if k != "folds"} | {
         "mode": "cross-dataset",
         "validation": f"{config.val_fraction:.0%} of the training dataset's subjects (subject-grouped, stratified; its "
-                      "folds and splits are not used), used for every model choice; the test dataset only for the final score",
+        "folds and splits are not used), used for every model choice; the test dataset only for the final score",
         "cross_dataset": data,
         "scored_classes": split.scored,
         "image_size": f"every image of both datasets is resized to {config.downstream.image_size}×"
-                      f"{config.downstream.image_size} px when decoded (shorter side, then a centre crop), whatever its "
-                      "stored size",
+        f"{config.downstream.image_size} px when decoded (shorter side, then a centre crop), whatever its "
+        "stored size",
     }
     seeds = _seed_records(out / CROSS_FOLDER)
     first = seeds.get(0, {})
-    synthesis = synthesis_summary({CROSS_FOLDER: first["synthesis"]} if "synthesis" in first else {}, a.classes,
-                                  {CROSS_FOLDER: first["real"]["test"]} if "real" in first else {})
+    synthesis = synthesis_summary(
+        {CROSS_FOLDER: first["synthesis"]} if "synthesis" in first else {},
+        a.classes,
+        {CROSS_FOLDER: first["real"]["test"]} if "real" in first else {},
+    )
     return _summarise(out, seeds, "seed", protocol, synthesis, config)
 
 
-def _summarise(out: Path, units: dict[int, dict[str, Any]], unit: str, protocol: dict[str, Any], synthesis: dict[str, Any],
-               config: EvaluateConfig) -> dict[str, Any]:
+def _summarise(
+    out: Path,
+    units: dict[int, dict[str, Any]],
+    unit: str,
+    protocol: dict[str, Any],
+    synthesis: dict[str, Any],
+    config: EvaluateConfig,
+) -> dict[str, Any]:
     """``results.json``, ``report.md`` and ``recall.png`` from the records of each ``unit``: a test
     fold (its seeds averaged), or with one split a downstream seed. Scores cover the protocol's
     ``scored_classes`` (default every class)."""
@@ -828,12 +1039,16 @@ def _summarise(out: Path, units: dict[int, dict[str, Any]], unit: str, protocol:
         reports = {k: fold_scores(r[name]) for k, r in units.items() if name in r}
         summary[name] = {
             f"{unit}s": sorted(reports),
-            **({"seeds_per_fold": sorted({1 + len(r[name].get("seeds", ())) for r in units.values() if name in r})}
-               if unit == "fold" else {}),
+            **(
+                {"seeds_per_fold": sorted({1 + len(r[name].get("seeds", ())) for r in units.values() if name in r})}
+                if unit == "fold"
+                else {}
+            ),
             "accuracy": mean_std([r["accuracy"] for r in reports.values()]),
             "macro_f1": mean_std([r["macro_f1"] for r in reports.values()]),
-            "minority_recall": mean_std([float(np.mean([r["recall"][c] for c in minority])) for r in reports.values()]
-                                        if minority else []),
+            "minority_recall": mean_std(
+                [float(np.mean([r["recall"][c] for c in minority])) for r in reports.values()] if minority else []
+            ),
             "recall": {c: mean_std([r["recall"][c] for r in reports.values()]) for c in scored},
         }
     comparisons: dict[str, Any] = {}
@@ -841,12 +1056,20 @@ def _summarise(out: Path, units: dict[int, dict[str, Any]], unit: str, protocol:
         if name in summary and base in summary:
             paired = [k for k in units if name in units[k] and base in units[k]]
             comparisons[f"{name}_vs_{base}"] = {
-                metric: paired_comparison([fold_metric(units[k][name], metric, minority) for k in paired],
-                                          [fold_metric(units[k][base], metric, minority) for k in paired], unit)
-                for metric in ("accuracy", "macro_f1", *(("minority_recall",) if minority else ()))} | {f"{unit}s": paired}
+                metric: paired_comparison(
+                    [fold_metric(units[k][name], metric, minority) for k in paired],
+                    [fold_metric(units[k][base], metric, minority) for k in paired],
+                    unit,
+                )
+                for metric in ("accuracy", "macro_f1", *(("minority_recall",) if minority else ()))
+            } | {f"{unit}s": paired}
     if unit == "fold":
-        protocol["downstream"]["seeds_per_fold"] = max((n for s in summary.values() for n in s["seeds_per_fold"]), default=1)
-        fewest = min((min(summary[n]["seeds_per_fold"]) for n in ("fes", "real", "oversample") if n in summary), default=1)
+        protocol["downstream"]["seeds_per_fold"] = max(
+            (n for s in summary.values() for n in s["seeds_per_fold"]), default=1
+        )
+        fewest = min(
+            (min(summary[n]["seeds_per_fold"]) for n in ("fes", "real", "oversample") if n in summary), default=1
+        )
     else:
         protocol["downstream"]["seeds"] = max((len(s["seeds"]) for s in summary.values()), default=1)
         fewest = 1  # not read: each unit is one seed
@@ -866,27 +1089,51 @@ def _summarise(out: Path, units: dict[int, dict[str, Any]], unit: str, protocol:
     return results
 
 
-
 def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> dict[str, Any]:
     d = config.downstream
     return {
-        "manifest": str(m.path), "manifest_sha256": file_sha256(m.path), "classes": m.classes,
-        "n_images": int(len(m.df)), "n_subjects": int(m.df["subject_id"].nunique()),
+        "manifest": str(m.path),
+        "manifest_sha256": file_sha256(m.path),
+        "classes": m.classes,
+        "n_images": int(len(m.df)),
+        "n_subjects": int(m.df["subject_id"].nunique()),
         "folds": manifest_folds(m),
         "minority_classes": list(minority),
         "validation": f"{config.val_fraction:.0%} of the training subjects (subject-grouped, stratified), "
-                      "used for every model choice; the test fold only for the final score",
-        "downstream": {"model": d.model, "epochs": d.epochs, "batch_size": d.batch_size, "lr": d.lr,
-                       "image_size": d.image_size, "augment": d.augment, "seed": d.seed,
-                       "selection": "best validation macro-F1 epoch"},
-        "generator": {"preset": config.generator.preset, "epochs": config.generator.epochs,
-                      "loss": dataclasses.asdict(config.generator.loss),
-                      "expression_loss_judge": EXPRESSION_JUDGE if config.expression_judge else "FERSNet's own FER branch",
-                      "checkpoint": "last epoch (synthesis); best validation epoch for the fersnet condition"},
-        "balance": {k: v for k, v in config.balance.to_dict().items()
-                    if k in ("target_per_class", "sampling_strategy", "targets", "min_confidence", "max_attempts", "seed",
-                             "min_judge_confidence", "source_order")} | {"judge": config.judge},
+        "used for every model choice; the test fold only for the final score",
+        "downstream": {
+            "model": d.model,
+            "epochs": d.epochs,
+            "batch_size": d.batch_size,
+            "lr": d.lr,
+            "image_size": d.image_size,
+            "augment": d.augment,
+            "seed": d.seed,
+            "selection": "best validation macro-F1 epoch",
+        },
+        "generator": {
+            "preset": config.generator.preset,
+            "epochs": config.generator.epochs,
+            "loss": dataclasses.asdict(config.generator.loss),
+            "expression_loss_judge": EXPRESSION_JUDGE if config.expression_judge else "FERSNet's own FER branch",
+            "checkpoint": "last epoch (synthesis); best validation epoch for the fersnet condition",
+        },
+        "balance": {
+            k: v
+            for k, v in config.balance.to_dict().items()
+            if k
+            in (
+                "target_per_class",
+                "sampling_strategy",
+                "targets",
+                "min_confidence",
+                "max_attempts",
+                "seed",
+                "min_judge_confidence",
+                "source_order",
+            )
+        }
+        | {"judge": config.judge},
         "judges": list(config.judges),
         "seed": config.seed,
     }
-

@@ -24,9 +24,11 @@ MIN_VERDICT_FOLDS = 6
 def fold_scores(record: Mapping[str, Any]) -> dict[str, Any]:
     """A condition's accuracy, macro-F1 and per-class recall on one fold: the mean over its seeds."""
     tests = [record["test"], *(s["test"] for s in record.get("seeds", ()))]
-    return {"accuracy": float(np.mean([t["accuracy"] for t in tests])),
-            "macro_f1": float(np.mean([t["macro_f1"] for t in tests])),
-            "recall": {c: float(np.mean([t["recall"][c] for t in tests])) for c in tests[0]["recall"]}}
+    return {
+        "accuracy": float(np.mean([t["accuracy"] for t in tests])),
+        "macro_f1": float(np.mean([t["macro_f1"] for t in tests])),
+        "recall": {c: float(np.mean([t["recall"][c] for t in tests])) for c in tests[0]["recall"]},
+    }
 
 
 def fold_seconds(record: Mapping[str, Any]) -> float | None:
@@ -47,9 +49,15 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], unit: str = "fold"
     count, ``n_folds``/``n_seeds``): mean difference, pairs won, and two-sided Wilcoxon
     signed-rank and paired t-test p-values (scipy; None with fewer than 2 pairs or no differences)."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    out: dict[str, Any] = {f"n_{unit}s": int(d.size), "mean_difference": float(d.mean()) if d.size else None,
-                           "differences": d.tolist(), "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
-                           "wilcoxon_p": None, "ttest_p": None}
+    out: dict[str, Any] = {
+        f"n_{unit}s": int(d.size),
+        "mean_difference": float(d.mean()) if d.size else None,
+        "differences": d.tolist(),
+        "wins": int((d > 0).sum()),
+        "losses": int((d < 0).sum()),
+        "wilcoxon_p": None,
+        "ttest_p": None,
+    }
     # Equal differences in every fold (zero variance) make the t statistic infinite and its
     # p-value a meaningless 0; the signed-rank test still answers.
     if d.size >= 2 and np.any(d != 0):
@@ -61,11 +69,9 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], unit: str = "fold"
     return out
 
 
-
 def fold_metric(record: Mapping[str, Any], metric: str, minority: Sequence[str]) -> float:
     test = fold_scores(record)
     return float(np.mean([test["recall"][c] for c in minority])) if metric == "minority_recall" else float(test[metric])
-
 
 
 def verdict(comparisons: Mapping[str, Any], seeds_per_fold: int = 1, unit: str = "fold") -> dict[str, Any] | None:
@@ -96,7 +102,10 @@ def verdict(comparisons: Mapping[str, Any], seeds_per_fold: int = 1, unit: str =
             outcome = "no clear difference" if p is None or p >= VERDICT_ALPHA else "better" if d > 0 else "worse"
         else:
             outcome = "higher" if d > 0 else "lower" if d < 0 else "equal"
-        against[base] = {"outcome": outcome, **{k: c[k] for k in ("mean_difference", "wins", "losses", n_key, "wilcoxon_p")}}
+        against[base] = {
+            "outcome": outcome,
+            **{k: c[k] for k in ("mean_difference", "wins", "losses", n_key, "wilcoxon_p")},
+        }
     if not against:
         return None
     n = min(a[n_key] for a in against.values())
@@ -106,49 +115,71 @@ def verdict(comparisons: Mapping[str, Any], seeds_per_fold: int = 1, unit: str =
     else:
         test = "no test: one train/test split; the mean over paired downstream seeds"
         cautions, recommendation = _split_verdict(against, n)
-    return {"metric": "macro_f1", "test": test, "against": against, "recommendation": recommendation, "cautions": cautions}
+    return {
+        "metric": "macro_f1",
+        "test": test,
+        "against": against,
+        "recommendation": recommendation,
+        "cautions": cautions,
+    }
 
 
 def _fold_verdict(against: Mapping[str, Any], n_folds: int, seeds_per_fold: int) -> tuple[list[str], str]:
     cautions = []
     if n_folds < MIN_VERDICT_FOLDS:
-        cautions.append(f"{n_folds} fold(s): the signed-rank test needs at least {MIN_VERDICT_FOLDS} to reach "
-                        f"p < {VERDICT_ALPHA}; evaluate more folds")
+        cautions.append(
+            f"{n_folds} fold(s): the signed-rank test needs at least {MIN_VERDICT_FOLDS} to reach "
+            f"p < {VERDICT_ALPHA}; evaluate more folds"
+        )
     if seeds_per_fold == 1:
-        cautions.append("one downstream seed per fold: a training's seed alone moves a fold's score by points; "
-                        "--downstream-seeds 3 gives a firmer answer")
+        cautions.append(
+            "one downstream seed per fold: a training's seed alone moves a fold's score by points; "
+            "--downstream-seeds 3 gives a firmer answer"
+        )
     if "oversample" in against:
         o = against["oversample"]
         return cautions, {
             "better": "use the FES-balanced manifest: it beats random oversampling on this data",
             "worse": "use random oversampling: it beats the FES-balanced manifest on this data",
-        }.get(o["outcome"], "no evidence that synthesis beats random oversampling on this data; oversampling is the "
-                            "cheaper choice" + (" and scored higher on average" if o["mean_difference"] < 0 else ""))
+        }.get(
+            o["outcome"],
+            "no evidence that synthesis beats random oversampling on this data; oversampling is the "
+            "cheaper choice" + (" and scored higher on average" if o["mean_difference"] < 0 else ""),
+        )
     r = against["real"]
     return cautions, {
         "better": "the FES-balanced manifest beats the real data alone; add the `oversample` condition to compare "
-                  "it with the cheap alternative",
+        "it with the cheap alternative",
         "worse": "do not use the FES-balanced manifest: the real data alone scores higher",
     }.get(r["outcome"], "no evidence that the FES-balanced manifest beats the real data alone")
 
 
 def _split_verdict(against: Mapping[str, Any], n_seeds: int) -> tuple[list[str], str]:
-    cautions = ["one train/test split: no test across subjects or datasets exists, and the seeds share their "
-                "training and test images, so their spread is training noise only; confirm a difference with "
-                "`fesaug evaluate` k-fold on each dataset or on more test datasets"]
+    cautions = [
+        "one train/test split: no test across subjects or datasets exists, and the seeds share their "
+        "training and test images, so their spread is training noise only; confirm a difference with "
+        "`fesaug evaluate` k-fold on each dataset or on more test datasets"
+    ]
     if n_seeds == 1:
-        cautions.append("one downstream seed: a training's seed alone moves the score by points; "
-                        "--downstream-seeds 3 or more")
+        cautions.append(
+            "one downstream seed: a training's seed alone moves the score by points; --downstream-seeds 3 or more"
+        )
     if "oversample" in against:
         if against["oversample"]["outcome"] == "higher":
-            return cautions, ("synthesis scored above random oversampling on the test data, on one split and "
-                              "without a test: not evidence that it helps")
-        return cautions, "no sign that synthesis beats random oversampling across these datasets; oversampling is the cheaper choice"
+            return cautions, (
+                "synthesis scored above random oversampling on the test data, on one split and "
+                "without a test: not evidence that it helps"
+            )
+        return (
+            cautions,
+            "no sign that synthesis beats random oversampling across these datasets; oversampling is the cheaper choice",
+        )
     if against["real"]["outcome"] == "higher":
-        return cautions, ("the FES-balanced training set scored above the real data alone on the test data, on one "
-                          "split and without a test; add the `oversample` condition to compare it with the cheap alternative")
+        return cautions, (
+            "the FES-balanced training set scored above the real data alone on the test data, on one "
+            "split and without a test; add the `oversample` condition to compare it with the cheap alternative"
+        )
     return cautions, "no sign that the FES-balanced training set beats the real data alone across these datasets"
-
 
 
 COUNTS = ("n", "not_judged", "n_real_test")
@@ -170,4 +201,3 @@ def across_folds(values: Sequence[Any], key: str | None = None) -> Any:
     if all(isinstance(v, list) for v in present):
         return list(dict.fromkeys(x for v in present for x in v))
     return present[0]
-

@@ -18,17 +18,26 @@ from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.demo import counterfactual
 from fesaug.data.manifest import Manifest
 from fesaug.evaluate.downstream import DownstreamClassifier, features, predict_proba
-from fesaug.utils.errors import FesaugError
+from fesaug.evaluate.metrics import frechet_distance, memorisation, precision_recall, psnr, ssim
 from fesaug.evaluate.stats import across_folds, mean_std
 from fesaug.judges import judge_synthesis
 from fesaug.multitask.training import load_emotion_au
-from fesaug.evaluate.metrics import frechet_distance, memorisation, precision_recall, psnr, ssim
+from fesaug.utils.errors import FesaugError
 
 
-def synthesis_quality(classifier: DownstreamClassifier, m: Manifest, syn: ManifestDataset, *,
-                      real_train: tuple[torch.Tensor, np.ndarray, list[str]], real_val: tuple[torch.Tensor, np.ndarray],
-                      real_test: tuple[torch.Tensor, np.ndarray], au_checkpoint: str | None = None,
-                      judges: Sequence[str] = (), train_rows: np.ndarray | None = None, device: str = "cpu") -> dict[str, Any]:
+def synthesis_quality(
+    classifier: DownstreamClassifier,
+    m: Manifest,
+    syn: ManifestDataset,
+    *,
+    real_train: tuple[torch.Tensor, np.ndarray, list[str]],
+    real_val: tuple[torch.Tensor, np.ndarray],
+    real_test: tuple[torch.Tensor, np.ndarray],
+    au_checkpoint: str | None = None,
+    judges: Sequence[str] = (),
+    train_rows: np.ndarray | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Scores of the synthetic images ``syn`` (a manifest's synthetic rows at the classifier's size).
 
     ``classifier``: a downstream model trained on the real training images only (never on
@@ -48,9 +57,11 @@ def synthesis_quality(classifier: DownstreamClassifier, m: Manifest, syn: Manife
     f_syn = features(classifier, syn.pixels)
     f_train = features(classifier, real_train[0])
     f_val, f_test = features(classifier, real_val[0]), features(classifier, real_test[0])
-    out["frechet"] = {"synthetic_vs_train": _maybe(frechet_distance, f_syn, f_train),
-                      "validation_vs_train": _maybe(frechet_distance, f_val, f_train),
-                      "test_vs_train": _maybe(frechet_distance, f_test, f_train)}
+    out["frechet"] = {
+        "synthetic_vs_train": _maybe(frechet_distance, f_syn, f_train),
+        "validation_vs_train": _maybe(frechet_distance, f_val, f_train),
+        "test_vs_train": _maybe(frechet_distance, f_test, f_train),
+    }
     for k, c in enumerate(classes):
         mine, real_c = target == k, real_train[1] == k
         entry: dict[str, Any] = {"n": int(mine.sum())}
@@ -74,9 +85,19 @@ def synthesis_quality(classifier: DownstreamClassifier, m: Manifest, syn: Manife
         position = {int(r): i for i, r in enumerate(train_rows)}
         missing = [p for p in syn_df["parent_id"] if parents[p] not in position]
         if missing:
-            raise FesaugError(f"synthetic image parent {missing[0]} is not among the real training images the judges compare with")
-        out["judges"] = judge_synthesis(judges, classes, syn.pixels, target, np.array([position[parents[p]] for p in syn_df["parent_id"]]),
-                                        real_train, real_test, device=device)
+            raise FesaugError(
+                f"synthetic image parent {missing[0]} is not among the real training images the judges compare with"
+            )
+        out["judges"] = judge_synthesis(
+            judges,
+            classes,
+            syn.pixels,
+            target,
+            np.array([position[parents[p]] for p in syn_df["parent_id"]]),
+            real_train,
+            real_test,
+            device=device,
+        )
     return out
 
 
@@ -93,21 +114,26 @@ def _ground_truth(m: Manifest, syn: ManifestDataset, parent_rows: Sequence[int])
     with its target expression, and the parent copied unchanged as the trivial baseline."""
     native = ManifestDataset(syn.manifest, rows=syn.rows)  # at the size written, the demo's size
     fake = native.pixels
-    truth = torch.from_numpy(np.stack([counterfactual(m.df.iloc[p], m.classes[int(t)]) for p, t in
-                                       zip(parent_rows, syn.labels)]))[:, None]
+    truth = torch.from_numpy(
+        np.stack([counterfactual(m.df.iloc[p], m.classes[int(t)]) for p, t in zip(parent_rows, syn.labels)])
+    )[:, None]
     parents = ManifestDataset(m, rows=np.unique(np.asarray(parent_rows)), image_size=fake.shape[-1])
     position = {int(r): i for i, r in enumerate(parents.rows)}
     copy = parents.pixels[[position[int(r)] for r in parent_rows]]
     scores: dict[str, Any] = {}
     for name, images in (("synthetic", fake), ("copy_input", copy)):
         l1 = (images.float() - truth.float()).abs().mean(dim=(1, 2, 3)).numpy()
-        scores[name] = {"l1": float(l1.mean()), "psnr": float(np.mean(np.minimum(psnr(images, truth), 100.0))),
-                        "ssim": float(np.mean(ssim(images, truth)))}
+        scores[name] = {
+            "l1": float(l1.mean()),
+            "psnr": float(np.mean(np.minimum(psnr(images, truth), 100.0))),
+            "ssim": float(np.mean(ssim(images, truth))),
+        }
     return scores
 
 
-def _au_consistency(checkpoint: str, syn: ManifestDataset, real_test: tuple[torch.Tensor, np.ndarray],
-                    classes: Sequence[str]) -> dict[str, Any]:
+def _au_consistency(
+    checkpoint: str, syn: ManifestDataset, real_test: tuple[torch.Tensor, np.ndarray], classes: Sequence[str]
+) -> dict[str, Any]:
     """Mean probability of each target class's prototype AUs (EMFACS) in its synthetic images,
     next to the same number for the real test images of that class."""
     model = load_emotion_au(checkpoint)
@@ -125,12 +151,16 @@ def _au_consistency(checkpoint: str, syn: ManifestDataset, real_test: tuple[torc
     return out
 
 
-def synthesis_summary(per_fold: Mapping[int, Mapping[str, Any]], classes: Sequence[str],
-                       real_test: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+def synthesis_summary(
+    per_fold: Mapping[int, Mapping[str, Any]], classes: Sequence[str], real_test: Mapping[int, Mapping[str, Any]]
+) -> dict[str, Any]:
     """Means over folds of the per-fold synthesis records; ``real_test``: the ``real`` condition's
     test report per fold, for the recognised share of real faces next to the synthetic one."""
-    folds = [r | {"real_test": _recognised_real(r, real_test[k], classes)} for k, r in per_fold.items()
-             if r.get("n_synthetic") and k in real_test]
+    folds = [
+        r | {"real_test": _recognised_real(r, real_test[k], classes)}
+        for k, r in per_fold.items()
+        if r.get("n_synthetic") and k in real_test
+    ]
     if not folds:
         return {}
 
@@ -142,27 +172,43 @@ def synthesis_summary(per_fold: Mapping[int, Mapping[str, Any]], classes: Sequen
         "n_synthetic": int(sum(r["n_synthetic"] for r in folds)),
         "recognised": across(lambda r: r["recognised"]),
         "real_test_recognised": across(lambda r: r["real_test"]["weighted"]),
-        "classification_accuracy_score": {k: across(lambda r, k=k: r["classification_accuracy_score"][k])
-                                          for k in ("accuracy", "macro_f1", "real_accuracy", "real_macro_f1")},
-        "frechet": {k: across(lambda r, k=k: r["frechet"][k]) for k in ("synthetic_vs_train", "validation_vs_train", "test_vs_train")},
-        "memorisation": {k: across(lambda r, k=k: r["memorisation"][k]) for k in ("share", "distance_median", "real_distance_median")}
+        "classification_accuracy_score": {
+            k: across(lambda r, k=k: r["classification_accuracy_score"][k])
+            for k in ("accuracy", "macro_f1", "real_accuracy", "real_macro_f1")
+        },
+        "frechet": {
+            k: across(lambda r, k=k: r["frechet"][k])
+            for k in ("synthetic_vs_train", "validation_vs_train", "test_vs_train")
+        },
+        "memorisation": {
+            k: across(lambda r, k=k: r["memorisation"][k]) for k in ("share", "distance_median", "real_distance_median")
+        }
         | {"near_copies": int(sum(r["memorisation"]["near_copies"] for r in folds))},
-        "per_class": {c: {k: across(lambda r, c=c, k=k: r["per_class"][c].get(k))
-                          for k in ("recognised", "mean_target_probability", "frechet", "precision", "recall")}
-                      | {"real_test_recognised": across(lambda r, c=c: r["real_test"]["per_class"].get(c)),
-                         "n": int(sum(r["per_class"][c]["n"] for r in folds))} for c in classes},
+        "per_class": {
+            c: {
+                k: across(lambda r, c=c, k=k: r["per_class"][c].get(k))
+                for k in ("recognised", "mean_target_probability", "frechet", "precision", "recall")
+            }
+            | {
+                "real_test_recognised": across(lambda r, c=c: r["real_test"]["per_class"].get(c)),
+                "n": int(sum(r["per_class"][c]["n"] for r in folds)),
+            }
+            for c in classes
+        },
     }
     if all("ground_truth" in r for r in folds):
-        out["ground_truth"] = {who: {k: across(lambda r, who=who, k=k: r["ground_truth"][who][k]) for k in ("l1", "psnr", "ssim")}
-                               for who in ("synthetic", "copy_input")}
+        out["ground_truth"] = {
+            who: {k: across(lambda r, who=who, k=k: r["ground_truth"][who][k]) for k in ("l1", "psnr", "ssim")}
+            for who in ("synthetic", "copy_input")
+        }
     if any("judges" in r for r in folds):
         out["judges"] = across_folds([r.get("judges") for r in folds])
     if all("au_consistency" in r for r in folds):
-        out["au_consistency"] = {c: {who: across(lambda r, c=c, who=who: r["au_consistency"][c][who])
-                                     for who in ("synthetic", "real_test")} for c in classes}
+        out["au_consistency"] = {
+            c: {who: across(lambda r, c=c, who=who: r["au_consistency"][c][who]) for who in ("synthetic", "real_test")}
+            for c in classes
+        }
     return out
-
-
 
 
 def _recognised_real(syn: Mapping[str, Any], test: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
@@ -170,9 +216,7 @@ def _recognised_real(syn: Mapping[str, Any], test: Mapping[str, Any], classes: S
     class (its test recall), and that share weighted like the synthetic set: the yardstick for
     the synthetic recognised share, which cannot be read alone when the classifier itself
     misses a third of a class's real faces."""
-    per_class = {c: test["recall"][c] for c in classes
-                 if syn["per_class"][c]["n"] and test["support"].get(c, 0) > 0}
+    per_class = {c: test["recall"][c] for c in classes if syn["per_class"][c]["n"] and test["support"].get(c, 0) > 0}
     n = {c: syn["per_class"][c]["n"] for c in per_class}
     weighted = sum(per_class[c] * n[c] for c in per_class) / sum(n.values()) if per_class else None
     return {"per_class": per_class, "weighted": weighted}
-

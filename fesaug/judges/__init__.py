@@ -24,11 +24,16 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 
+from fesaug.judges.base import Judge, as_gray_uint8
+from fesaug.utils.dlib_models import EXTRA
 from fesaug.utils.errors import FesaugError, UsageError
-from fesaug.judges.base import EXTRA, Judge, as_gray_uint8
 
 JUDGES = ("identity", "fer2013", "perceptual")
-_PACKAGES = {"identity": ("dlib", "face_recognition_models"), "fer2013": ("safetensors",), "perceptual": ("stlpips_pytorch",)}
+_PACKAGES = {
+    "identity": ("dlib", "face_recognition_models"),
+    "fer2013": ("safetensors",),
+    "perceptual": ("stlpips_pytorch",),
+}
 
 
 def installed(name: str) -> bool:
@@ -49,8 +54,10 @@ def resolve_judges(spec: str | Sequence[str] | None) -> tuple[str, ...]:
         raise UsageError(f"unknown judge {unknown[0]!r}; choose from {', '.join(JUDGES)}, or auto / none")
     missing = [n for n in names if not installed(n)]
     if missing:
-        raise FesaugError(f"the {missing[0]} judge needs {', '.join(_PACKAGES[missing[0]])}, which is not installed: "
-                          f"pip install 'fesaug[{EXTRA}]'")
+        raise FesaugError(
+            f"the {missing[0]} judge needs {', '.join(_PACKAGES[missing[0]])}, which is not installed: "
+            f"pip install 'fesaug[{EXTRA}]'"
+        )
     return tuple(dict.fromkeys(names))
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fesaug.utils.dlib_models import EXTRA
 from fesaug.utils.errors import FesaugError
 
 
@@ -26,8 +25,9 @@ class Judge(ABC):
     higher_is_better: bool
 
     @abstractmethod
-    def score(self, images: Tensor | np.ndarray, targets: Sequence[str],
-              parents: Tensor | np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, images: Tensor | np.ndarray, targets: Sequence[str], parents: Tensor | np.ndarray | None = None
+    ) -> np.ndarray:
         """One score per image; ``targets``: each image's intended class; ``parents``: the real
         face each image was made from (same order), for judges that compare the two."""
 
@@ -50,7 +50,9 @@ def as_gray_uint8(images: Tensor | np.ndarray) -> Tensor:
     else:
         raise FesaugError(f"faces must be a torch tensor or numpy array, got {type(images).__name__}")
     if x.dim() != 4 or x.shape[1] not in (1, 3, 4):
-        raise FesaugError(f"faces must be (N, 1 or 3, H, W) tensors or (N, H, W[, C]) arrays, got shape {tuple(x.shape)}")
+        raise FesaugError(
+            f"faces must be (N, 1 or 3, H, W) tensors or (N, H, W[, C]) arrays, got shape {tuple(x.shape)}"
+        )
     if x.dtype != torch.uint8:
         x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
     if x.shape[1] == 4:  # RGBA: the alpha channel carries no face

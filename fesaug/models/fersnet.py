@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fesaug.utils.errors import FesaugError
 from fesaug.models.sharing import SHARING_KINDS, SHARING_UNIT_KINDS, apply_sharing, make_sharing_unit
+from fesaug.utils.errors import FesaugError
 
 NORMS: tuple[str, ...] = ("batch", "instance", "none")
 OUTPUTS: tuple[str, ...] = ("attention", "direct", "warp")
@@ -136,7 +136,9 @@ class FERSNetConfig:
         if not 0 < self.max_flow <= 1:
             raise ModelConfigError(f"max_flow must lie in (0, 1] (a fraction of the image side), got {self.max_flow}")
         if not 0 <= self.flow_threshold < self.max_flow * self.image_size:
-            raise ModelConfigError(f"flow_threshold must lie in [0, max_flow x image_size) pixels, got {self.flow_threshold}")
+            raise ModelConfigError(
+                f"flow_threshold must lie in [0, max_flow x image_size) pixels, got {self.flow_threshold}"
+            )
         if not 0 <= self.mask_threshold < 1:
             raise ModelConfigError(f"mask_threshold must lie in [0, 1), got {self.mask_threshold}")
         for name in ("fer_norm", "fes_norm", "decoder_norm"):
@@ -351,7 +353,7 @@ class Decoder(nn.Module):
         c = self.in_channels
         if self.output == "direct":
             return Edit(torch.tanh(out))
-        mask = torch.sigmoid(out[:, c:c + 1])
+        mask = torch.sigmoid(out[:, c : c + 1])
         flow = None
         if coarse is not None:
             flow = torch.tanh(F.interpolate(coarse.float(), size=out.shape[-2:], mode="bilinear", align_corners=True))
@@ -379,7 +381,11 @@ class Edit:
         scale = None if intensity is None else intensity[:, None, None, None]
         if self.mask is None:
             image = self.image
-            return (image if scale is None else (scale.to(image.dtype) * (image - source) + source).clamp(-1, 1)), None, None
+            return (
+                (image if scale is None else (scale.to(image.dtype) * (image - source) + source).clamp(-1, 1)),
+                None,
+                None,
+            )
         mask = self.mask if scale is None else (self.mask * scale.to(self.mask.dtype)).clamp(max=1)
         if self.flow is None:
             return mask * self.image + (1.0 - mask) * source, mask, None
@@ -395,8 +401,11 @@ def warp(images: Tensor, flow: Tensor) -> Tensor:
     Written as the input plus the change the displacement makes, so a zero flow returns the
     input bit for bit rather than up to interpolation rounding."""
     b, _, h, w = images.shape
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=images.device, dtype=flow.dtype),
-                            torch.linspace(-1, 1, w, device=images.device, dtype=flow.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.linspace(-1, 1, h, device=images.device, dtype=flow.dtype),
+        torch.linspace(-1, 1, w, device=images.device, dtype=flow.dtype),
+        indexing="ij",
+    )
     base = torch.stack([xs, ys], dim=-1)[None].expand(b, -1, -1, -1)
     # Pixels → normalised units: align_corners=True maps -1 and 1 onto the corner pixels' centres.
     scale = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=images.device, dtype=flow.dtype)
@@ -428,12 +437,14 @@ class FERSNet(nn.Module):
         )
         # sharing["fer"][i] updates FER features from FES ones after block i+1; sharing["fes"] the reverse.
         self.sharing = (
-            nn.ModuleDict({
-                branch: nn.ModuleList(
-                    make_sharing_unit(c.sharing, w[i], c.flu_kernel_size) for i in range(1, c.levels)
-                )
-                for branch in ("fer", "fes")
-            })
+            nn.ModuleDict(
+                {
+                    branch: nn.ModuleList(
+                        make_sharing_unit(c.sharing, w[i], c.flu_kernel_size) for i in range(1, c.levels)
+                    )
+                    for branch in ("fer", "fes")
+                }
+            )
             if c.sharing in SHARING_UNIT_KINDS
             else None
         )
@@ -441,8 +452,9 @@ class FERSNet(nn.Module):
         self.target_embedding = TargetEmbedding(c.num_classes, w[-1], c.bottleneck_size)
         self.decoder = Decoder(c)
 
-    def forward(self, x: Tensor, target: Tensor | None = None, *, intensity: Tensor | None = None,
-                return_gates: bool = False) -> FERSNetOutput:
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, *, intensity: Tensor | None = None, return_gates: bool = False
+    ) -> FERSNetOutput:
         """Classify ``x`` (B, C, S, S in [-1, 1]); also translate it to ``target`` labels if given,
         at ``intensity`` ``(B,)`` in [0, MAX_INTENSITY] (default 1: the learnt edit; 0: the input).
 
@@ -473,9 +485,7 @@ class FERSNet(nn.Module):
         assert fake is not None  # a target was given
         return fake
 
-    def _encode(
-        self, x: Tensor, *, need_fes: bool, gates: dict[str, Tensor] | None
-    ) -> tuple[Tensor, list[Tensor]]:
+    def _encode(self, x: Tensor, *, need_fes: bool, gates: dict[str, Tensor] | None) -> tuple[Tensor, list[Tensor]]:
         """FER bottleneck features and the FES pyramid (level 0 = stem … bottleneck).
 
         The pyramid is empty when ``need_fes`` is False.

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fesaug.utils.errors import FesaugError
 from fesaug.models.fersnet import NORMS, FERHead, ModelConfigError, check_images, encoder_block, stem_block
 from fesaug.models.sharing import SHARING_KINDS, SHARING_UNIT_KINDS, apply_sharing, make_sharing_unit
+from fesaug.utils.errors import FesaugError
 
 TASKS: tuple[str, ...] = ("emotion", "au")
 
@@ -57,9 +57,13 @@ class EmotionAUConfig:
         if self.norm not in NORMS:
             raise ModelConfigError(f"norm must be one of {', '.join(NORMS)} (got {self.norm!r})")
         if len(self.widths) < 2 or any(not isinstance(w, int) or w < 1 for w in self.widths):
-            raise ModelConfigError(f"widths must be at least 2 positive integers (stem + one level), got {self.widths!r}")
+            raise ModelConfigError(
+                f"widths must be at least 2 positive integers (stem + one level), got {self.widths!r}"
+            )
         if self.in_channels < 1 or self.num_aus < 1:
-            raise ModelConfigError(f"in_channels and num_aus must be at least 1 (got {self.in_channels}, {self.num_aus})")
+            raise ModelConfigError(
+                f"in_channels and num_aus must be at least 1 (got {self.in_channels}, {self.num_aus})"
+            )
         if self.num_classes < 2:
             raise ModelConfigError(f"num_classes must be at least 2 (got {self.num_classes})")
         if self.flu_kernel_size < 1 or self.flu_kernel_size % 2 == 0:
@@ -92,19 +96,27 @@ class EmotionAUNet(nn.Module):
         w = c.widths
 
         def encoder() -> nn.ModuleList:  # [stem, block 1, …, block L-1]
-            return nn.ModuleList([stem_block(c.in_channels, w[0], c.norm)] + [
-                encoder_block(w[i - 1], w[i], c.norm) for i in range(1, len(w))])
+            return nn.ModuleList(
+                [stem_block(c.in_channels, w[0], c.norm)]
+                + [encoder_block(w[i - 1], w[i], c.norm) for i in range(1, len(w))]
+            )
 
         # "hard": one encoder under both heads; every other kind: one encoder per task.
         self.encoders = nn.ModuleDict({"shared": encoder()} if c.sharing == "hard" else {t: encoder() for t in TASKS})
         # sharing[t][i] updates task t's features from the other task's after block i+1.
         self.sharing = (
-            nn.ModuleDict({t: nn.ModuleList(make_sharing_unit(c.sharing, w[i], c.flu_kernel_size)
-                                            for i in range(1, len(w))) for t in TASKS})
-            if c.sharing in SHARING_UNIT_KINDS else None
+            nn.ModuleDict(
+                {
+                    t: nn.ModuleList(make_sharing_unit(c.sharing, w[i], c.flu_kernel_size) for i in range(1, len(w)))
+                    for t in TASKS
+                }
+            )
+            if c.sharing in SHARING_UNIT_KINDS
+            else None
         )
-        self.heads = nn.ModuleDict({"emotion": FERHead(w[-1], c.num_classes, c.norm),
-                                    "au": FERHead(w[-1], c.num_aus, c.norm)})
+        self.heads = nn.ModuleDict(
+            {"emotion": FERHead(w[-1], c.num_classes, c.norm), "au": FERHead(w[-1], c.num_aus, c.norm)}
+        )
 
     def forward(self, x: Tensor, return_gates: bool = False) -> MultiTaskOutput:
         """Emotion and AU logits for images ``x`` (B, C, S, S), scaled to [-1, 1]."""
@@ -129,8 +141,12 @@ class EmotionAUNet(nn.Module):
 
 
 def multitask_loss(
-    out: MultiTaskOutput, labels: Tensor, au_targets: Tensor, au_mask: Tensor | None = None,
-    pos_weight: Tensor | None = None, weights: tuple[float, float] = (1.0, 1.0),
+    out: MultiTaskOutput,
+    labels: Tensor,
+    au_targets: Tensor,
+    au_mask: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    weights: tuple[float, float] = (1.0, 1.0),
 ) -> dict[str, Tensor]:
     """Losses for a batch that may mix emotion-only, AU-only and fully labelled samples.
 
@@ -149,13 +165,19 @@ def multitask_loss(
     emo_logits, au_logits = out.emotion_logits, out.au_logits
     b = emo_logits.shape[0]
     if labels.shape != (b,) or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise FesaugError(f"labels must be integer class ids of shape ({b},) with -1 = unknown, "
-                          f"got {labels.dtype} {tuple(labels.shape)}")
+        raise FesaugError(
+            f"labels must be integer class ids of shape ({b},) with -1 = unknown, "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
     if b and (int(labels.min()) < -1 or int(labels.max()) >= emo_logits.shape[1]):
-        raise FesaugError(f"labels must lie in [-1, {emo_logits.shape[1] - 1}], got {int(labels.min())}..{int(labels.max())}")
+        raise FesaugError(
+            f"labels must lie in [-1, {emo_logits.shape[1] - 1}], got {int(labels.min())}..{int(labels.max())}"
+        )
     if au_targets.shape != au_logits.shape or not au_targets.is_floating_point():
-        raise FesaugError(f"au_targets must be float of shape {tuple(au_logits.shape)} with NaN = unknown, "
-                          f"got {au_targets.dtype} {tuple(au_targets.shape)}")
+        raise FesaugError(
+            f"au_targets must be float of shape {tuple(au_logits.shape)} with NaN = unknown, "
+            f"got {au_targets.dtype} {tuple(au_targets.shape)}"
+        )
     if au_mask is not None and au_mask.shape != au_targets.shape:
         raise FesaugError(f"au_mask must have shape {tuple(au_targets.shape)}, got {tuple(au_mask.shape)}")
 
@@ -191,8 +213,9 @@ def au_pos_weight(occurrence: np.ndarray | Tensor, max_weight: float = 100.0) ->
     return ratio.clamp(1.0, max_weight).float()
 
 
-def au_metrics(scores: Tensor | np.ndarray, targets: Tensor | np.ndarray, threshold: float = 0.5,
-               *, from_logits: bool = False) -> dict[str, object]:
+def au_metrics(
+    scores: Tensor | np.ndarray, targets: Tensor | np.ndarray, threshold: float = 0.5, *, from_logits: bool = False
+) -> dict[str, object]:
     """Per-AU F1 (``"f1"``, NaN for an AU without known labels) and ``"mean_f1"`` over the rest.
 
     ``scores`` are probabilities (or logits with ``from_logits=True``), predicted positive when

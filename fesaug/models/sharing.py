@@ -118,9 +118,7 @@ class AWSUnit(SharingUnit):
         super().__init__()
         if not 0.0 < init_own < 1.0:
             raise FesaugError(f"AWS init_own must be strictly between 0 and 1 (got {init_own})")
-        self.logits = nn.Parameter(
-            torch.tensor([math.log(init_own), math.log(1.0 - init_own)]).repeat(channels, 1)
-        )
+        self.logits = nn.Parameter(torch.tensor([math.log(init_own), math.log(1.0 - init_own)]).repeat(channels, 1))
         hidden = max(channels // reduction, 8)
         self.adapt = nn.Sequential(
             nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * channels)

@@ -3,4 +3,4 @@
 from fesaug.utils.lazy import lazy_exports
 
 __all__ = ["MultiTaskConfig", "MultiTaskResult", "load_emotion_au", "train_multitask"]
-__getattr__, __dir__ = lazy_exports(__name__, {name: ".training" for name in __all__})
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(__all__, ".training"))

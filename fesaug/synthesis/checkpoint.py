@@ -41,15 +41,30 @@ import numpy as np
 import torch
 
 from fesaug import __version__
-from fesaug.utils.files import atomic_path
 from fesaug.data.manifest import read_holdout_names
 from fesaug.utils.errors import FesaugError
+from fesaug.utils.files import atomic_path
 
 FORMAT = "fesaug-fersnet-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = (
-    "epoch", "step", "model", "discriminator", "optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d",
-    "grad_scaler", "rng", "config", "model_config", "classes", "image_size", "manifest", "split", "best",
+    "epoch",
+    "step",
+    "model",
+    "discriminator",
+    "optimizer_g",
+    "optimizer_d",
+    "scheduler_g",
+    "scheduler_d",
+    "grad_scaler",
+    "rng",
+    "config",
+    "model_config",
+    "classes",
+    "image_size",
+    "manifest",
+    "split",
+    "best",
 )
 
 
@@ -65,19 +80,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
-        raise FesaugError(f"checkpoint {path} {what}; pass a .pt file from a run's checkpoints/ folder (last.pt or best.pt)")
+        raise FesaugError(
+            f"checkpoint {path} {what}; pass a .pt file from a run's checkpoints/ folder (last.pt or best.pt)"
+        )
     try:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of non-torch files before failing on them.
             warnings.simplefilter("ignore", UserWarning)
             data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file means the same thing
+    except Exception as exc:
         raise FesaugError(
             f"{path} is not a readable fesaug checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'}); "
             "it may be truncated or another kind of file — use a checkpoints/last.pt or best.pt written by `fesaug train`"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FesaugError(f"{path} is a torch file but not a fesaug FERSNet checkpoint; use one written by `fesaug train`")
+        raise FesaugError(
+            f"{path} is a torch file but not a fesaug FERSNet checkpoint; use one written by `fesaug train`"
+        )
     if data.get("format_version") != FORMAT_VERSION:
         raise FesaugError(
             f"{path}: checkpoint format version {data.get('format_version')!r} is not supported "
@@ -85,7 +104,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
-        raise FesaugError(f"{path}: checkpoint is incomplete (missing {', '.join(missing)}); retrain or use another checkpoint")
+        raise FesaugError(
+            f"{path}: checkpoint is incomplete (missing {', '.join(missing)}); retrain or use another checkpoint"
+        )
     if isinstance(data["split"], dict):
         data["split"] = read_holdout_names(data["split"])  # heldout_folds of older versions
     return data
@@ -101,8 +122,13 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": version, "state": list(mt_state), "gauss": gauss},
     }
 
@@ -112,6 +138,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))

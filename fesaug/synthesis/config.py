@@ -260,8 +260,12 @@ class TrainConfig:
             ("betas", all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, "non-negative"),
             ("d_steps", self.d_steps >= 1, "at least 1"),
-            ("lr_milestones", all(0 < m <= 1 for m in self.lr_milestones)
-             and list(self.lr_milestones) == sorted(set(self.lr_milestones)), "increasing fractions in (0, 1]"),
+            (
+                "lr_milestones",
+                all(0 < m <= 1 for m in self.lr_milestones)
+                and list(self.lr_milestones) == sorted(set(self.lr_milestones)),
+                "increasing fractions in (0, 1]",
+            ),
             ("lr_gamma", 0 < self.lr_gamma <= 1, "in (0, 1]"),
             ("holdout_fold", self.holdout_fold is None or self.holdout_fold >= 0, "a fold number (0 or more)"),
             ("val_fraction", 0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
@@ -279,8 +283,9 @@ class TrainConfig:
             ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
             ("sample_rows", self.sample_rows >= 1, "at least 1"),
         ]
-        checks += [(f"loss.{f.name}", getattr(self.loss, f.name) >= 0, "non-negative")
-                   for f in dataclasses.fields(LossWeights)]
+        checks += [
+            (f"loss.{f.name}", getattr(self.loss, f.name) >= 0, "non-negative") for f in dataclasses.fields(LossWeights)
+        ]
         for key, ok, expected in checks:
             if not ok:
                 value = getattr(self.loss, key[5:]) if key.startswith("loss.") else getattr(self, key)
@@ -294,7 +299,9 @@ class TrainConfig:
 # What a key means in a config recorded before the key existed: the behaviour fesaug had then.
 # Keys whose default is that behaviour need no entry.
 LEGACY: dict[str, Any] = {
-    "align_pairs": False, "pair_threshold": 0.0, "paired_intensities": [],
+    "align_pairs": False,
+    "pair_threshold": 0.0,
+    "paired_intensities": [],
     "loss": {"paired_perceptual": 0.0, "flow_smoothness": 0.0, "edit_sparsity": 0.0, "flow_magnitude": 0.0},
 }
 # Model defaults that changed, keyed by a TrainConfig key that arrived with the change: runs record
@@ -326,8 +333,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The authors' 2021 recipe: Adam 1e-4, betas (0.5, 0.999), weight decay 5e-4, batch 8,
     # 3 D steps per G step, 500 epochs with MultiStepLR at 150 and 400; 96x96, paper widths.
     "paper": {
-        "preset": "paper", "epochs": 500, "batch_size": 8, "lr": 1e-4, "d_steps": 3,
-        "lr_milestones": [0.3, 0.8], "num_workers": 4, "deterministic": False,
+        "preset": "paper",
+        "epochs": 500,
+        "batch_size": 8,
+        "lr": 1e-4,
+        "d_steps": 3,
+        "lr_milestones": [0.3, 0.8],
+        "num_workers": 4,
+        "deterministic": False,
     },
 }
 
@@ -388,7 +401,9 @@ def _check_model_overrides(value: Any, *, where: str) -> dict[str, Any]:
     out = {}
     for key, item in value.items():
         if key in DATA_MODEL_FIELDS:
-            raise FesaugError(f"{where}: model.{key} is set from the manifest (its classes and grayscale images); remove it")
+            raise FesaugError(
+                f"{where}: model.{key} is set from the manifest (its classes and grayscale images); remove it"
+            )
         if key not in hints:
             known = ", ".join(k for k in hints if k not in DATA_MODEL_FIELDS)
             raise FesaugError(f"{where}: unknown model key {key!r}; known keys: {known}")
@@ -447,7 +462,11 @@ def _coerce(value: Any, hint: Any, *, key: str, where: str) -> Any:
 
 
 def _show(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})" if not isinstance(value, (int, float)) or isinstance(value, bool) else repr(value)
+    return (
+        f"{value!r} ({type(value).__name__})"
+        if not isinstance(value, (int, float)) or isinstance(value, bool)
+        else repr(value)
+    )
 
 
 def _plain(value: Any) -> Any:

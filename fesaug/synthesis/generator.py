@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fesaug.utils.files import file_sha256
+from fesaug.evaluate.downstream import DownstreamClassifier
+from fesaug.models import MAX_INTENSITY, FERSNet, FERSNetConfig, from_model_range, to_model_range
 from fesaug.synthesis.checkpoint import load_checkpoint
 from fesaug.utils.devices import resolve_device
-from fesaug.evaluate.downstream import DownstreamClassifier
 from fesaug.utils.errors import FesaugError
-from fesaug.models import MAX_INTENSITY, FERSNet, FERSNetConfig, from_model_range, to_model_range
+from fesaug.utils.files import file_sha256
 
 
 class Generator:
@@ -58,12 +58,20 @@ class Generator:
         self.heldout_subjects: list[str] = list(split["heldout_subjects"])
 
     def __repr__(self) -> str:
-        return (f"Generator({self.checkpoint}, epoch {self.epoch}, {len(self.classes)} classes, "
-                f"{self.image_size}x{self.image_size}, {self.device})")
+        return (
+            f"Generator({self.checkpoint}, epoch {self.epoch}, {len(self.classes)} classes, "
+            f"{self.image_size}x{self.image_size}, {self.device})"
+        )
 
     @torch.inference_mode()
-    def synthesize(self, images: Tensor | np.ndarray, target_labels: int | str | Sequence[int | str] | Tensor,
-                   *, intensity: float | Sequence[float] | Tensor | None = None, batch_size: int = 64) -> Tensor:
+    def synthesize(
+        self,
+        images: Tensor | np.ndarray,
+        target_labels: int | str | Sequence[int | str] | Tensor,
+        *,
+        intensity: float | Sequence[float] | Tensor | None = None,
+        batch_size: int = 64,
+    ) -> Tensor:
         """``images`` translated to ``target_labels`` (one label for all, or one per image; class
         indices or names). Same dtype convention as the input (see the module docstring).
         ``intensity`` (one for all, or one per image, in [0, ``MAX_INTENSITY``]) scales the edit:
@@ -73,9 +81,12 @@ class Generator:
         scale = self._intensity(intensity, len(x))
         out = []
         for start in range(0, len(x), batch_size):
-            batch = to_model_range(x[start:start + batch_size].to(self.device))
-            fake = self.model.synthesize(batch, targets[start:start + batch_size].to(self.device),
-                                         None if scale is None else scale[start:start + batch_size].to(self.device))
+            batch = to_model_range(x[start : start + batch_size].to(self.device))
+            fake = self.model.synthesize(
+                batch,
+                targets[start : start + batch_size].to(self.device),
+                None if scale is None else scale[start : start + batch_size].to(self.device),
+            )
             out.append(from_model_range(fake, as_uint8=as_uint8).cpu())
         result = torch.cat(out) if out else torch.empty_like(x, dtype=torch.uint8 if as_uint8 else torch.float32)
         return result[0] if single else result
@@ -88,7 +99,7 @@ class Generator:
         x, _, single = self._prepare(images)
         out = []
         for s in range(0, len(x), batch_size):
-            views = [to_model_range(x[s:s + batch_size].to(self.device))]
+            views = [to_model_range(x[s : s + batch_size].to(self.device))]
             views += [views[0].flip(-1)] if flip else []
             out.append(torch.stack([torch.softmax(self.model.classify(v).float(), 1) for v in views]).mean(0).cpu())
         probs = torch.cat(out) if out else torch.empty((0, len(self.classes)))
@@ -127,8 +138,10 @@ class Generator:
         values = torch.as_tensor(intensity, dtype=torch.float32).reshape(-1)
         values = values.expand(n) if values.numel() == 1 else values
         if values.numel() != n or not bool(((values >= 0) & (values <= MAX_INTENSITY)).all()):
-            raise FesaugError(f"intensity must be one number or one per image, each in [0, {MAX_INTENSITY:g}]; "
-                              f"got {intensity!r} for {n} images")
+            raise FesaugError(
+                f"intensity must be one number or one per image, each in [0, {MAX_INTENSITY:g}]; "
+                f"got {intensity!r} for {n} images"
+            )
         return values
 
     def _labels(self, labels: int | str | Sequence[int | str] | Tensor, n: int) -> Tensor:
@@ -174,7 +187,9 @@ def load_generator(checkpoint: str | os.PathLike, device: str | torch.device | N
     try:
         model_config = FERSNetConfig.from_record(ckpt["model_config"])
     except (TypeError, FesaugError) as exc:
-        raise FesaugError(f"{path}: the checkpoint's model config is not understood ({exc}); it was written by another fesaug version") from None
+        raise FesaugError(
+            f"{path}: the checkpoint's model config is not understood ({exc}); it was written by another fesaug version"
+        ) from None
     if model_config.num_classes != len(ckpt["classes"]) or model_config.image_size != ckpt["image_size"]:
         raise FesaugError(f"{path}: the checkpoint's class list / image size disagree with its model; it is damaged")
     device = resolve_device(device)
@@ -182,6 +197,8 @@ def load_generator(checkpoint: str | os.PathLike, device: str | torch.device | N
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
-        raise FesaugError(f"{path}: the model weights do not fit its FERSNet config ({str(exc).splitlines()[0]}); the checkpoint is damaged or from an older fesaug — retrain it with `fesaug train`") from None
+        raise FesaugError(
+            f"{path}: the model weights do not fit its FERSNet config ({str(exc).splitlines()[0]}); the checkpoint is damaged or from an older fesaug — retrain it with `fesaug train`"
+        ) from None
     model.to(device).eval()
     return Generator(model, ckpt, path, file_sha256(path), device)

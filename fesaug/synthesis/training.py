@@ -60,25 +60,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from fesaug.utils.files import atomic_path, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
+from fesaug.data.manifest import Manifest, read_manifest
+from fesaug.data.splits import Split, split_subjects
+from fesaug.evaluate.downstream import DownstreamClassifier, augment_batch, load_classifier
+from fesaug.models import Discriminator, FERSNet, FERSNetConfig, to_model_range
 from fesaug.synthesis.checkpoint import (
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
-from fesaug.data.manifest import Manifest, read_manifest
-from fesaug.data.splits import Split, split_subjects
-from fesaug.utils.devices import resolve_device
-from fesaug.utils.distributed import Ranks, barrier, process_group
-from fesaug.evaluate.downstream import DownstreamClassifier, augment_batch, load_classifier
-from fesaug.utils.errors import FesaugError, UsageError
-from fesaug.utils.killpoints import kill_point
-from fesaug.utils.locking import output_lock
-from fesaug.models import Discriminator, FERSNet, FERSNetConfig, to_model_range
-from fesaug.utils.provenance import provenance
-from fesaug.utils.runlog import json_number, read_metrics, seed_everything, write_metrics
 from fesaug.synthesis.config import (
     PRESETS,
     LossWeights,
@@ -87,10 +79,28 @@ from fesaug.synthesis.config import (
     resolve_config,
     save_config,
 )
+from fesaug.utils.devices import resolve_device
+from fesaug.utils.distributed import Ranks, barrier, process_group
+from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.files import atomic_path, atomic_write_text, check_out_folder, file_sha256, remove_stale_temporaries
+from fesaug.utils.killpoints import kill_point
+from fesaug.utils.locking import output_lock
+from fesaug.utils.provenance import provenance
+from fesaug.utils.runlog import json_number, read_metrics, seed_everything, write_metrics
 
 __all__ = [
-    "PRESETS", "LossWeights", "TrainConfig", "TrainResult", "TrainingState", "load_config", "resolve_config",
-    "run_config", "train", "train_one_epoch", "train_step", "validate",
+    "PRESETS",
+    "LossWeights",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingState",
+    "load_config",
+    "resolve_config",
+    "run_config",
+    "train",
+    "train_one_epoch",
+    "train_step",
+    "validate",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,7 +153,9 @@ def train(
     with _runtime(config) as rt, output_lock(out_dir):
         ckpt = _prepare_run_dir(out_dir, resume=resume, overwrite=overwrite, rt=rt)
         if ckpt is not None:
-            _check_resumable(ckpt, config, model_config, manifest.classes, manifest_sha, out_dir / "checkpoints" / "last.pt")
+            _check_resumable(
+                ckpt, config, model_config, manifest.classes, manifest_sha, out_dir / "checkpoints" / "last.pt"
+            )
         split = split_subjects(manifest, config.holdout_fold, config.val_fraction, config.seed)
         run = _Run(out_dir, config, model_config, manifest, manifest_sha, split)
         data = _data(manifest, split, model_config.image_size, config, rt)
@@ -169,30 +181,46 @@ def train(
     metrics = run.metrics if rt.is_main else read_metrics(out_dir / "metrics.jsonl")
     checkpoints = out_dir / "checkpoints"
     return TrainResult(
-        run_dir=out_dir, last_checkpoint=checkpoints / "last.pt", best_checkpoint=checkpoints / "best.pt",
+        run_dir=out_dir,
+        last_checkpoint=checkpoints / "last.pt",
+        best_checkpoint=checkpoints / "best.pt",
         best_epoch=state.best["epoch"] if rt.is_main else next((m["epoch"] for m in reversed(metrics) if m["best"]), 0),
-        best_val_fer_acc=state.best["val_fer_acc"] if rt.is_main else None, metrics=metrics, config=config,
+        best_val_fer_acc=state.best["val_fer_acc"] if rt.is_main else None,
+        metrics=metrics,
+        config=config,
     )
 
 
-def train_one_epoch(state: TrainingState, loader: DataLoader, config: TrainConfig, rt: Runtime, epoch: int) -> dict[str, float]:
+def train_one_epoch(
+    state: TrainingState, loader: DataLoader, config: TrainConfig, rt: Runtime, epoch: int
+) -> dict[str, float]:
     """One pass over ``loader`` (:func:`train_step` per batch), then one step of the learning-rate
     schedules; returns each loss averaged over the epoch's steps and the processes."""
     sums: dict[str, Tensor] = {}
-    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
-               disable=None if rt.is_main else True, dynamic_ncols=True)
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch}/{config.epochs}",
+        unit="batch",
+        leave=False,
+        disable=None if rt.is_main else True,
+        dynamic_ncols=True,
+    )
     for i, batch in enumerate(bar):
         kill_point("train-step")
-        losses = train_step(batch, state.optimisation, config.loss, config.d_steps, rt,
-                            label_smoothing=config.label_smoothing)
+        losses = train_step(
+            batch, state.optimisation, config.loss, config.d_steps, rt, label_smoothing=config.label_smoothing
+        )
         if state.ema is not None:
             state.ema.update_parameters(state.net)
         state.step += 1
         for k, v in losses.items():
             sums[k] = sums.get(k, 0) + v
         if i % 10 == 0 and not bar.disable:  # .item() waits for the GPU; not every step
-            bar.set_postfix(fer=f"{losses['loss_fer'].item():.3f}", cyc=f"{losses['loss_cycle'].item():.3f}",
-                            d=f"{losses['loss_d'].item():.3f}")
+            bar.set_postfix(
+                fer=f"{losses['loss_fer'].item():.3f}",
+                cyc=f"{losses['loss_cycle'].item():.3f}",
+                d=f"{losses['loss_d'].item():.3f}",
+            )
     bar.close()
     state.sched_g.step()
     state.sched_d.step()
@@ -201,13 +229,24 @@ def train_one_epoch(state: TrainingState, loader: DataLoader, config: TrainConfi
         dist.all_reduce(averages)
         averages /= rt.world_size
     if not torch.isfinite(averages).all():
-        raise FesaugError(f"training diverged in epoch {epoch} (a loss is not finite); start again with a lower "
-                          "--lr or lower loss weights (checkpoints of the epochs before are kept)")
+        raise FesaugError(
+            f"training diverged in epoch {epoch} (a loss is not finite); start again with a lower "
+            "--lr or lower loss weights (checkpoints of the epochs before are kept)"
+        )
     return {k: float(v) for k, v in zip(sums, averages)}
 
 
-def _record_epoch(run: _Run, state: TrainingState, epoch: int, lr: float, losses: dict[str, float],
-                  val: dict[str, float], images: int, train_seconds: float, t0: float) -> None:
+def _record_epoch(
+    run: _Run,
+    state: TrainingState,
+    epoch: int,
+    lr: float,
+    losses: dict[str, float],
+    val: dict[str, float],
+    images: int,
+    train_seconds: float,
+    t0: float,
+) -> None:
     """The end of an epoch on the main process: choose the best epoch, append the epoch's line to
     ``metrics.jsonl``, write the checkpoints. ``images``: trained on in the epoch, all processes
     together; ``t0``: when the epoch started."""
@@ -215,7 +254,9 @@ def _record_epoch(run: _Run, state: TrainingState, epoch: int, lr: float, losses
     if is_best:
         state.best = {"epoch": epoch, "val_fer_acc": val.get("val_fer_acc"), "val_fer_loss": val.get("val_fer_loss")}
     row = {
-        "epoch": epoch, "step": state.step, "lr": lr,
+        "epoch": epoch,
+        "step": state.step,
+        "lr": lr,
         **{k: json_number(v) for k, v in losses.items()},
         **{k: json_number(v) for k, v in val.items()},
         "images_per_s": round(images / train_seconds, 2),
@@ -226,9 +267,17 @@ def _record_epoch(run: _Run, state: TrainingState, epoch: int, lr: float, losses
     run.metrics.append(row)
     write_metrics(run.out_dir / "metrics.jsonl", run.metrics)
     _save_checkpoints(run.out_dir / "checkpoints", _checkpoint(run, state, row), is_best)
-    log.info("epoch %d/%d  fer %.3f  cycle %.3f  d %.3f%s  %.1f img/s  %.1f s", epoch, run.config.epochs,
-             row["loss_fer"], row["loss_cycle"], row["loss_d"],
-             f"  val acc {val['val_fer_acc']:.3f}" if val else "", row["images_per_s"], row["epoch_seconds"])
+    log.info(
+        "epoch %d/%d  fer %.3f  cycle %.3f  d %.3f%s  %.1f img/s  %.1f s",
+        epoch,
+        run.config.epochs,
+        row["loss_fer"],
+        row["loss_cycle"],
+        row["loss_d"],
+        f"  val acc {val['val_fer_acc']:.3f}" if val else "",
+        row["images_per_s"],
+        row["epoch_seconds"],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,15 +315,28 @@ def _data(manifest: Manifest, split: Split, size: int, config: TrainConfig, rt: 
     model's size."""
     train_set = PairedTargetDataset(
         ManifestDataset(manifest, rows=split.train_rows, image_size=size),
-        paired_prob=config.paired_prob, augment=True, shift=config.shift, hflip=config.hflip, rotation=config.rotation,
-        scale=config.scale, own_expression_prob=config.own_expression_prob, seed=config.seed,
-        align_pairs=config.align_pairs, pair_threshold=config.pair_threshold,
+        paired_prob=config.paired_prob,
+        augment=True,
+        shift=config.shift,
+        hflip=config.hflip,
+        rotation=config.rotation,
+        scale=config.scale,
+        own_expression_prob=config.own_expression_prob,
+        seed=config.seed,
+        align_pairs=config.align_pairs,
+        pair_threshold=config.pair_threshold,
     )
     sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
     # drop_last: a last batch of one or two images gives the GAN and BatchNorm noisy statistics.
     # Workers are not persistent: each epoch's workers must copy the dataset after set_epoch().
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                              num_workers=config.num_workers, pin_memory=rt.device.type == "cuda")
+    train_loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=config.num_workers,
+        pin_memory=rt.device.type == "cuda",
+    )
     if len(train_loader) == 0:
         raise FesaugError(
             f"{len(train_set)} training image(s) over {rt.world_size} process(es) do not fill one batch of "
@@ -282,12 +344,24 @@ def _data(manifest: Manifest, split: Split, size: int, config: TrainConfig, rt: 
         )
     val_base = ManifestDataset(manifest, rows=split.val_rows, image_size=size) if len(split.val_rows) else None
     # Fixed targets (epoch 0 forever, pairs whenever possible, no augmentation): comparable across epochs.
-    val_loader = None if val_base is None else DataLoader(
-        PairedTargetDataset(val_base, paired_prob=1.0, augment=False, seed=config.seed, align_pairs=config.align_pairs,
-                            pair_threshold=config.pair_threshold),
-        batch_size=max(config.batch_size, 64),
+    val_loader = (
+        None
+        if val_base is None
+        else DataLoader(
+            PairedTargetDataset(
+                val_base,
+                paired_prob=1.0,
+                augment=False,
+                seed=config.seed,
+                align_pairs=config.align_pairs,
+                pair_threshold=config.pair_threshold,
+            ),
+            batch_size=max(config.batch_size, 64),
+        )
     )
-    return _Data(train_set, sampler, train_loader, val_loader, _sample_faces(val_base or train_set.base, config.sample_rows))
+    return _Data(
+        train_set, sampler, train_loader, val_loader, _sample_faces(val_base or train_set.base, config.sample_rows)
+    )
 
 
 @dataclass
@@ -300,7 +374,9 @@ class TrainingState:
     sched_d: torch.optim.lr_scheduler.LRScheduler
     epoch: int = 0
     step: int = 0
-    best: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epoch": 0, "val_fer_acc": None, "val_fer_loss": None})
+    best: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"epoch": 0, "val_fer_acc": None, "val_fer_loss": None}
+    )
     ema: AveragedModel | None = None  # the moving average of net's weights (TrainConfig.ema)
 
     @property
@@ -345,13 +421,22 @@ def _training_state(run: _Run, rt: Runtime, ckpt: dict[str, Any] | None) -> Trai
         state_extra = {"epoch": ckpt["epoch"], "step": ckpt["step"], "best": dict(ckpt["best"])}
 
     ddp = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
-    g_step: nn.Module = GeneratorStep(net, _expression_judge(config, run.manifest.classes, rt.device), config.paired_intensities)
+    g_step: nn.Module = GeneratorStep(
+        net, _expression_judge(config, run.manifest.classes, rt.device), config.paired_intensities
+    )
     d_train: nn.Module = disc
     if rt.distributed:
         g_step = DistributedDataParallel(g_step, **ddp)
         d_train = DistributedDataParallel(disc, **ddp)
-    o = Optimisation(g_step=g_step, d_train=d_train, disc=disc, opt_g=opt_g, opt_d=opt_d, scaler=scaler,
-                     perceptual=_perceptual_loss(config, rt.device))
+    o = Optimisation(
+        g_step=g_step,
+        d_train=d_train,
+        disc=disc,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        scaler=scaler,
+        perceptual=_perceptual_loss(config, rt.device),
+    )
     return TrainingState(net, o, sched_g, sched_d, ema=ema, **state_extra)
 
 
@@ -366,9 +451,17 @@ def _start_run_folder(run: _Run, rt: Runtime, data: _Data, resumed_at: int | Non
         save_config(run.config, run.out_dir / "config.yaml")  # on resume, records a changed epoch count
         _write_provenance(run.out_dir, run.config, run.manifest, run.manifest_sha, run.split, resumed_at=resumed_at)
         split = run.split
-        log.info("training on %d images of %d subjects (validation: %d images of %d subjects; held out: %d subjects) "
-                 "on %s x%d", len(data.train_set), len(split.train_subjects), len(split.val_rows), len(split.val_subjects),
-                 len(split.heldout_subjects), rt.device.type, rt.world_size)
+        log.info(
+            "training on %d images of %d subjects (validation: %d images of %d subjects; held out: %d subjects) "
+            "on %s x%d",
+            len(data.train_set),
+            len(split.train_subjects),
+            len(split.val_rows),
+            len(split.val_subjects),
+            len(split.heldout_subjects),
+            rt.device.type,
+            rt.world_size,
+        )
 
 
 def _checkpoint(run: _Run, state: TrainingState, row: dict[str, Any]) -> dict[str, Any]:
@@ -376,15 +469,25 @@ def _checkpoint(run: _Run, state: TrainingState, row: dict[str, Any]) -> dict[st
     o = state.optimisation
     averaged = {} if state.ema is None else {"model_trained": state.net.state_dict(), "ema": state.ema.state_dict()}
     return {
-        "epoch": row["epoch"], "step": state.step, **averaged,
-        "model": state.model.state_dict(), "discriminator": o.disc.state_dict(),
-        "optimizer_g": o.opt_g.state_dict(), "optimizer_d": o.opt_d.state_dict(),
-        "scheduler_g": state.sched_g.state_dict(), "scheduler_d": state.sched_d.state_dict(),
-        "grad_scaler": o.scaler.state_dict(), "rng": rng_state(),
-        "config": run.config.to_dict(), "model_config": _plain_model_config(run.model_config),
-        "classes": run.manifest.classes, "image_size": run.model_config.image_size,
+        "epoch": row["epoch"],
+        "step": state.step,
+        **averaged,
+        "model": state.model.state_dict(),
+        "discriminator": o.disc.state_dict(),
+        "optimizer_g": o.opt_g.state_dict(),
+        "optimizer_d": o.opt_d.state_dict(),
+        "scheduler_g": state.sched_g.state_dict(),
+        "scheduler_d": state.sched_d.state_dict(),
+        "grad_scaler": o.scaler.state_dict(),
+        "rng": rng_state(),
+        "config": run.config.to_dict(),
+        "model_config": _plain_model_config(run.model_config),
+        "classes": run.manifest.classes,
+        "image_size": run.model_config.image_size,
         "manifest": {"path": str(run.manifest.path), "sha256": run.manifest_sha},
-        "split": run.split.to_dict(), "best": state.best, "metrics": row,
+        "split": run.split.to_dict(),
+        "best": state.best,
+        "metrics": row,
     }
 
 
@@ -423,14 +526,20 @@ def _runtime(config: TrainConfig) -> Iterator[Runtime]:
     restore the process-wide settings afterwards (``train`` may be called from a notebook)."""
     ranks = Ranks.from_env()
     use_cuda = resolve_device(config.device).type == "cuda"
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    saved = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     if use_cuda:
         if ranks.local_world > torch.cuda.device_count():
             # NCCL cannot run two ranks on one GPU.
-            raise FesaugError(f"torchrun started {ranks.local_world} processes on this node but torch sees "
-                              f"{torch.cuda.device_count()} GPU(s); use --nproc-per-node {torch.cuda.device_count()} "
-                              "or --device cpu")
+            raise FesaugError(
+                f"torchrun started {ranks.local_world} processes on this node but torch sees "
+                f"{torch.cuda.device_count()} GPU(s); use --nproc-per-node {torch.cuda.device_count()} "
+                "or --device cpu"
+            )
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if config.amp else None
@@ -449,8 +558,9 @@ def _runtime(config: TrainConfig) -> Iterator[Runtime]:
     torch.backends.cudnn.benchmark = use_cuda and not config.deterministic
     try:
         with process_group("nccl" if use_cuda else "gloo", device if use_cuda else None):
-            yield Runtime(device=device, rank=ranks.rank, world_size=ranks.world, local_rank=ranks.local_rank,
-                          amp_dtype=amp_dtype)
+            yield Runtime(
+                device=device, rank=ranks.rank, world_size=ranks.world, local_rank=ranks.local_rank, amp_dtype=amp_dtype
+            )
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
@@ -479,8 +589,9 @@ class GeneratorStep(nn.Module):
     the closest (``TrainConfig.paired_intensities``); empty: the full edit only.
     """
 
-    def __init__(self, net: FERSNet, judge: DownstreamClassifier | None = None,
-                 paired_intensities: tuple[float, ...] = ()) -> None:
+    def __init__(
+        self, net: FERSNet, judge: DownstreamClassifier | None = None, paired_intensities: tuple[float, ...] = ()
+    ) -> None:
         super().__init__()
         self.net = net
         self.judge = judge
@@ -492,8 +603,13 @@ class GeneratorStep(nn.Module):
         out = self.net(x, target_label)
         fake = out.fake
         assert fake is not None and out.edit is not None  # a target was given
-        variants = torch.stack([out.edit.apply(x, torch.full_like(target_label, s, dtype=x.dtype))[0]
-                                for s in self.paired_intensities]) if self.paired_intensities else fake[None]
+        variants = (
+            torch.stack(
+                [out.edit.apply(x, torch.full_like(target_label, s, dtype=x.dtype))[0] for s in self.paired_intensities]
+            )
+            if self.paired_intensities
+            else fake[None]
+        )
         with _frozen_batch_stats(self.net):
             back = self.net(fake, source_label)
         judged = _frozen_classifier_logits(self.net, fake) if self.judge is None else self._judge(fake)
@@ -506,16 +622,26 @@ class GeneratorStep(nn.Module):
         flows = [f.float() for f in (out.flow, back.flow) if f is not None]
         bending = torch.stack([_total_variation(f) for f in flows]).mean() if flows else x.new_zeros(())
         displacement = torch.stack([f.norm(dim=1).mean() for f in flows]).mean() if flows else x.new_zeros(())
-        return {"logits": out.logits, "fake": fake, "cycled": back.fake, "judged": judged, "painted": painted,
-                "roughness": roughness, "bending": bending, "displacement": displacement, "variants": variants}
+        return {
+            "logits": out.logits,
+            "fake": fake,
+            "cycled": back.fake,
+            "judged": judged,
+            "painted": painted,
+            "roughness": roughness,
+            "bending": bending,
+            "displacement": displacement,
+            "variants": variants,
+        }
 
     def _judge(self, fake: Tensor) -> Tensor:
         assert self.judge is not None
         self.judge.eval()  # train() on the wrapper must not switch its BatchNorm/dropout
         images = (fake.float() + 1) / 2  # the classifiers read [0, 1]
         if images.shape[-1] != self.judge.image_size:
-            images = F.interpolate(images, size=self.judge.image_size, mode="bilinear", antialias=True,
-                                   align_corners=False)
+            images = F.interpolate(
+                images, size=self.judge.image_size, mode="bilinear", antialias=True, align_corners=False
+            )
         # A random view per face (global RNG, so a resumed run repeats it): the loss must hold
         # for the expression, not for one exact arrangement of pixels.
         return self.judge(augment_batch(images, None))
@@ -601,8 +727,15 @@ class Optimisation:
     perceptual: nn.Module | None = None  # frozen ST-LPIPS for LossWeights.paired_perceptual
 
 
-def train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_steps: int, rt: Runtime, *,
-               label_smoothing: float = 0.0) -> dict[str, Tensor]:
+def train_step(
+    batch: dict[str, Tensor],
+    o: Optimisation,
+    w: LossWeights,
+    d_steps: int,
+    rt: Runtime,
+    *,
+    label_smoothing: float = 0.0,
+) -> dict[str, Tensor]:
     """One discriminator and one FERSNet update on ``batch``: the three steps of the module
     docstring; returns the losses (detached) and the share of paired rows."""
     device = rt.device
@@ -657,8 +790,12 @@ def train_step(batch: dict[str, Tensor], o: Optimisation, w: LossWeights, d_step
     o.scaler.step(o.opt_g)
     o.scaler.update()
     o.disc.requires_grad_(True)
-    return {**{f"loss_{k}": v.detach() for k, v in losses.items()}, "loss_g_total": loss_g.detach(),
-            "loss_d": loss_d.detach(), "paired_fraction": pair_mask.mean()}
+    return {
+        **{f"loss_{k}": v.detach() for k, v in losses.items()},
+        "loss_g_total": loss_g.detach(),
+        "loss_d": loss_d.detach(),
+        "paired_fraction": pair_mask.mean(),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -777,39 +914,61 @@ def _prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, rt: Runtim
     return None
 
 
-def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, model_config: FERSNetConfig,
-                     classes: list[str], manifest_sha: str, path: Path) -> None:
+def _check_resumable(
+    ckpt: dict[str, Any],
+    config: TrainConfig,
+    model_config: FERSNetConfig,
+    classes: list[str],
+    manifest_sha: str,
+    path: Path,
+) -> None:
     if list(ckpt["classes"]) != classes:
-        raise FesaugError(f"{path} was trained on classes {ckpt['classes']}, but the manifest has {classes}; use the manifest it was trained on")
+        raise FesaugError(
+            f"{path} was trained on classes {ckpt['classes']}, but the manifest has {classes}; use the manifest it was trained on"
+        )
     if ckpt["manifest"]["sha256"] != manifest_sha:
         raise FesaugError(
             f"{path} was trained on another manifest ({ckpt['manifest']['path']}, sha256 {ckpt['manifest']['sha256'][:12]}…); "
             "resume with that manifest, or start a new run with --out"
         )
     if ckpt["image_size"] != model_config.image_size:
-        raise FesaugError(f"{path} was trained on {ckpt['image_size']}x{ckpt['image_size']} images, but the config asks for "
-                          f"{model_config.image_size}x{model_config.image_size}; resume with the run's own settings")
+        raise FesaugError(
+            f"{path} was trained on {ckpt['image_size']}x{ckpt['image_size']} images, but the config asks for "
+            f"{model_config.image_size}x{model_config.image_size}; resume with the run's own settings"
+        )
     # settings(): the fields the model's output uses, so an attention checkpoint written before the
     # warp decoder's thresholds existed still resumes under today's defaults.
     saved, asked = _checkpoint_model_config(ckpt, path).settings(), model_config.settings()
     if saved != asked:
         diff = [f"{k}: {saved[k]!r} → {asked[k]!r}" for k in saved if saved[k] != asked[k]]
-        raise FesaugError(f"{path} holds another model than the config asks for ({'; '.join(diff)}); resume with the run's own settings")
+        raise FesaugError(
+            f"{path} holds another model than the config asks for ({'; '.join(diff)}); resume with the run's own settings"
+        )
     # Through TrainConfig, so a key added since the run was saved compares as its default.
     requested, trained = config.to_dict(), TrainConfig.from_dict(ckpt["config"], where=str(path)).to_dict()
-    diff = [f"{k}: {trained.get(k)!r} → {v!r}" for k, v in requested.items() if k not in RESUMABLE_CHANGES and trained.get(k) != v]
+    diff = [
+        f"{k}: {trained.get(k)!r} → {v!r}"
+        for k, v in requested.items()
+        if k not in RESUMABLE_CHANGES and trained.get(k) != v
+    ]
     if diff:
-        raise FesaugError(f"{path} was trained with other settings ({'; '.join(diff)}); resuming would not continue the same run — "
-                          "drop those flags (the run's config.yaml is used) or start a new run")
+        raise FesaugError(
+            f"{path} was trained with other settings ({'; '.join(diff)}); resuming would not continue the same run — "
+            "drop those flags (the run's config.yaml is used) or start a new run"
+        )
     if ckpt["epoch"] >= config.epochs:
-        raise FesaugError(f"{path} has already completed {ckpt['epoch']} epoch(s) of {config.epochs}; pass a larger --epochs to train longer")
+        raise FesaugError(
+            f"{path} has already completed {ckpt['epoch']} epoch(s) of {config.epochs}; pass a larger --epochs to train longer"
+        )
 
 
 def _checkpoint_model_config(ckpt: dict[str, Any], path: Path) -> FERSNetConfig:
     try:
         return FERSNetConfig.from_record(ckpt["model_config"])
     except (TypeError, FesaugError) as exc:
-        raise FesaugError(f"{path}: the checkpoint's model config is not understood ({exc}); it was written by another fesaug version") from None
+        raise FesaugError(
+            f"{path}: the checkpoint's model config is not understood ({exc}); it was written by another fesaug version"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -829,12 +988,16 @@ def _expression_judge(config: TrainConfig, classes: list[str], device: torch.dev
         return None
     path = Path(config.expression_classifier)
     if not path.is_file():
-        raise FesaugError(f"expression_classifier {path}: no such file; give a classifier written by fesaug evaluate "
-                          "(fold-K/judge.pt) or fesaug.evaluate.downstream.save_classifier")
+        raise FesaugError(
+            f"expression_classifier {path}: no such file; give a classifier written by fesaug evaluate "
+            "(fold-K/judge.pt) or fesaug.evaluate.downstream.save_classifier"
+        )
     judge, judge_classes = load_classifier(path, device=device)
     if list(judge_classes) != list(classes):
-        raise FesaugError(f"expression_classifier {path} knows the classes {', '.join(judge_classes)}, the manifest "
-                          f"has {', '.join(classes)}; train it on this manifest")
+        raise FesaugError(
+            f"expression_classifier {path} knows the classes {', '.join(judge_classes)}, the manifest "
+            f"has {', '.join(classes)}; train it on this manifest"
+        )
     return judge
 
 
@@ -862,20 +1025,29 @@ def _plain_model_config(model_config: FERSNetConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model_config).items()}
 
 
-def _write_provenance(out_dir: Path, config: TrainConfig, manifest: Manifest, manifest_sha: str, split: Split,
-                      resumed_at: int | None) -> None:
+def _write_provenance(
+    out_dir: Path, config: TrainConfig, manifest: Manifest, manifest_sha: str, split: Split, resumed_at: int | None
+) -> None:
     """``provenance.json``: how the run was started, and every later resumption."""
     path = out_dir / "provenance.json"
     record = provenance("train", config.to_dict())
     record["manifest"] = {"path": str(manifest.path), "sha256": manifest_sha}
     record["split"] = split.to_dict()
     if config.expression_classifier is not None:
-        record["expression_classifier"] = {"path": config.expression_classifier,
-                                           "sha256": file_sha256(config.expression_classifier)}
+        record["expression_classifier"] = {
+            "path": config.expression_classifier,
+            "sha256": file_sha256(config.expression_classifier),
+        }
     if resumed_at is None or not path.exists():
         data = {**record, "resumed": []}
     else:
         data = json.loads(path.read_text(encoding="utf-8"))
-        data.setdefault("resumed", []).append({"at_epoch": resumed_at, "command": record["command"],
-                                               "created_at": record["created_at"], "versions": record["versions"]})
+        data.setdefault("resumed", []).append(
+            {
+                "at_epoch": resumed_at,
+                "command": record["command"],
+                "created_at": record["created_at"],
+                "versions": record["versions"],
+            }
+        )
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -24,8 +24,12 @@ class Ranks:
     @classmethod
     def from_env(cls) -> Ranks:
         env = os.environ
-        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")),
-                   int(env.get("LOCAL_RANK", "0")), int(env.get("LOCAL_WORLD_SIZE", "1")))
+        return cls(
+            int(env.get("RANK", "0")),
+            int(env.get("WORLD_SIZE", "1")),
+            int(env.get("LOCAL_RANK", "0")),
+            int(env.get("LOCAL_WORLD_SIZE", "1")),
+        )
 
 
 @contextlib.contextmanager

