@@ -258,9 +258,12 @@ def render(r: dict) -> str:
         f"dlib {v['dlib']}, OpenCV {v['opencv']}.",
         "",
         f"Every face of the default demo set (981 images per population, seed 0) turned by a random angle in "
-        f"+-{r['max_added_rotation']:g} degrees, then `fesaug ingest --size 64` without and with `--align`. Tilt of the eye "
-        "line in degrees, as mean / median / 95th percentile of its absolute value (share within 2 degrees): *dlib* as dlib's "
-        "landmarks measure it on the output image, *true* from the renderer's known head roll plus the added turn, minus the "
+        f"+-{r['max_added_rotation']:g} degrees, then `fesaug ingest --size 64` without and with `--align`. Tilt "
+        "of the eye "
+        "line in degrees, as mean / median / 95th percentile of its absolute value (share within 2 degrees): "
+        "*dlib* as dlib's "
+        "landmarks measure it on the output image, *true* from the renderer's known head roll plus the added turn, "
+        "minus the "
         "rotation alignment applied. After alignment the *dlib* column is the landmark model judging its own work, "
         "which understates the error; the *true* column is the measure.",
         "",
@@ -297,12 +300,17 @@ def render(r: dict) -> str:
             "",
             f"## CK+48 ({c['images']} images, numbers only)",
             "",
-            f"Mean eye centres dlib finds (fractions of the side, x right, y down): left ({e['left'][0]}, {e['left'][1]}) "
-            f"sd ({e['left_sd'][0]}, {e['left_sd'][1]}), right ({e['right'][0]}, {e['right'][1]}) sd ({e['right_sd'][0]}, "
-            f"{e['right_sd'][1]}); {e['span']} apart, centred at x {e['centre_x']}, mean signed tilt {e['mean_signed_tilt']} "
-            f"degrees; eyes {e['eye_distance_px'][0]} to {e['eye_distance_px'][2]} px apart (mean {e['eye_distance_px'][1]}). "
+            f"Mean eye centres dlib finds (fractions of the side, x right, y down): left ({e['left'][0]}, "
+            f"{e['left'][1]}) "
+            f"sd ({e['left_sd'][0]}, {e['left_sd'][1]}), right ({e['right'][0]}, {e['right'][1]}) sd "
+            f"({e['right_sd'][0]}, "
+            f"{e['right_sd'][1]}); {e['span']} apart, centred at x {e['centre_x']}, mean signed tilt "
+            f"{e['mean_signed_tilt']} "
+            f"degrees; eyes {e['eye_distance_px'][0]} to {e['eye_distance_px'][2]} px apart (mean "
+            f"{e['eye_distance_px'][1]}). "
             f"fesaug's canonical eyes, level and centred: left {tuple(r['canonical_eyes']['left'])}, right "
-            f"{tuple(r['canonical_eyes']['right'])}. dlib's five points in its detector's box (the fallback's re-framing "
+            f"{tuple(r['canonical_eyes']['right'])}. dlib's five points in its detector's box (the fallback's "
+            "re-framing "
             f"shape): {c['box_shape']} (fesaug: {r['box_shape']}).",
             "",
             "| CK+48 | dlib tilt | faces (detector / whole image / skipped) |",
@@ -310,7 +318,8 @@ def render(r: dict) -> str:
             f"| as shipped | {_cell(c['plain']['dlib_tilt'])} | - |",
             f"| `--align --size 48` | {_cell(c['aligned']['dlib_tilt'])} | {c['aligned']['boxes']['detector']} / "
             f"{c['aligned']['boxes']['whole-image']} / {c['aligned']['boxes']['skipped']} |",
-            f"| turned +-{r['max_added_rotation']:g} degrees in memory ({c['rotated']['images']} images) | {_cell(c['rotated']['before'])} | - |",
+            f"| turned +-{r['max_added_rotation']:g} degrees in memory ({c['rotated']['images']} images) | "
+            f"{_cell(c['rotated']['before'])} | - |",
             f"| the same, aligned | {_cell(c['rotated']['aligned'])} | - |",
             "",
             f"Error of the estimated tilt on the turned faces (against the added turn plus the tilt found on the "

@@ -120,7 +120,7 @@ def main() -> None:
             s: pool.submit(run_one, s, manifest, CACHE / "runs", args.epochs, args.seed, args.fold) for s in sharings
         }
         runs = []
-        for s, f in futures.items():
+        for f in futures.values():
             runs.append(f.result())
             print(json.dumps({k: runs[-1][k] for k in ("sharing", "wall_s", "best_epoch", "test_best")}), flush=True)
 
@@ -162,8 +162,10 @@ def main() -> None:
 def report(r: dict) -> str:
     p, runs = r["protocol"], {x["sharing"]: x for x in r["runs"]}
     rows = "\n".join(
-        f"| {s} | {x['parameters']:,} | {x['test_best']['emotion_acc']:.3f} | {x['test_best']['emotion_macro_f1']:.3f} | "
-        f"{x['test_best']['au_mean_f1']:.3f} | {x['test_last']['emotion_macro_f1']:.3f} | {x['test_last']['au_mean_f1']:.3f} | "
+        f"| {s} | {x['parameters']:,} | {x['test_best']['emotion_acc']:.3f} | "
+        f"{x['test_best']['emotion_macro_f1']:.3f} | "
+        f"{x['test_best']['au_mean_f1']:.3f} | {x['test_last']['emotion_macro_f1']:.3f} | "
+        f"{x['test_last']['au_mean_f1']:.3f} | "
         f"{x['best_epoch']} | {x['wall_s']:.0f} |"
         for s, x in runs.items()
     )
@@ -218,11 +220,15 @@ def conclusion(runs: dict, epochs: int) -> str:
         f"{'; '.join(f'{verdict(s)} than `{s}`' for s in others)}. Against `none` it changes test emotion macro-F1 by "
         f"{margin('emotion_macro_f1', 'none')} (accuracy {margin('emotion_acc', 'none')}) and AU mean F1 by "
         f"{margin('au_mean_f1', 'none')}; {vs_others}. Ranked by the mean of the two F1 scores: {', '.join(rank)}. "
-        f"The same run's best.pt and last.pt differ by up to {noise:.3f} in one of the two F1 scores, a rough measure of "
+        f"The same run's best.pt and last.pt differ by up to {noise:.3f} in one of the two F1 scores, a rough "
+        "measure of "
         "the noise in single numbers here. "
-        "Caveats: one seed, one fold ({n} test images, so one image is {pct:.1%} accuracy), synthetic demo faces whose AU "
-        "occurrences follow from the expression (its AU prototype times the frame's intensity, with small jitter), so the "
-        "two tasks are far more tightly coupled than on real data, which favours sharing; small CPU-sized networks trained "
+        "Caveats: one seed, one fold ({n} test images, so one image is {pct:.1%} accuracy), synthetic demo faces "
+        "whose AU "
+        "occurrences follow from the expression (its AU prototype times the frame's intensity, with small jitter), "
+        "so the "
+        "two tasks are far more tightly coupled than on real data, which favours sharing; small CPU-sized networks "
+        "trained "
         "for {epochs} epochs; differences of a few "
         "points are within seed-to-seed noise until repeated over seeds and folds. The sharing units are our "
         "reconstruction from the paper's abstract (see fesaug.models.sharing.AWSUnit)."

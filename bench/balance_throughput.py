@@ -203,7 +203,8 @@ def report(r: dict) -> str:
     ]
     rows += [
         f"| `balance()`, target {c['target_per_class']}/class | {c['synthesized']} | {c['images_per_s']:.0f} | "
-        f"{c['ratio_to_generator']:.2f} | {c['wall_s']:.1f} | {c['peak_rss_generation_mib']:.0f} | {c['peak_rss_mib']:.0f} |"
+        f"{c['ratio_to_generator']:.2f} | {c['wall_s']:.1f} | {c['peak_rss_generation_mib']:.0f} | "
+        f"{c['peak_rss_mib']:.0f} |"
         for c in (small, large)
     ]
     marginal = r["marginal_images_per_s"]
@@ -224,7 +225,8 @@ def report(r: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n\n"
         f"{r['synthesized_ratio']:.1f}x the images costs x{r['peak_rss_ratio']:.2f} the peak RSS "
         f"({small['peak_rss_mib']:.0f} → {large['peak_rss_mib']:.0f} MiB); the process already holds "
-        f"{small['rss_before_mib']:.0f} MiB before `balance()` starts (torch, pandas, pyarrow). The extra images of the "
+        f"{small['rss_before_mib']:.0f} MiB before `balance()` starts (torch, pandas, pyarrow). The extra images "
+        "of the "
         f"large case came at {marginal:.0f} images/s ({marginal / gen['images_per_s']:.2f} of the generator alone).\n\n"
         f"**What it means.** Once a fixed cost is paid (≈{fixed:.1f} s here, the small case's wall time less its "
         "images at the marginal rate: loading the checkpoint, decoding the source images, writing manifest, card and "

@@ -141,10 +141,14 @@ def render(runs: list[dict], machine: str, dataset: str = "CK+48") -> str:
         d_real, d_over = c["fes_vs_real"]["macro_f1"], c["fes_vs_oversample"]["macro_f1"]
         met = sum(r["targets"].values())
         lines.append(
-            f"| {r['name']}{' (chosen on validation)' if r is chosen else ''} | {v['real'] * 100:.1f} / {v['oversample'] * 100:.1f} / "
-            f"{v['fes'] * 100:.1f} | {_ms(t['real']['macro_f1'])} | {_ms(t['oversample']['macro_f1'])} | {_ms(t['fes']['macro_f1'])} | "
-            f"{d_real['mean_difference'] * 100:+.1f} ({d_real['wins']}/{d_real['losses']}, p {d_real['wilcoxon_p']:.3f}) | "
-            f"{d_over['mean_difference'] * 100:+.1f} ({d_over['wins']}/{d_over['losses']}, p {d_over['wilcoxon_p']:.3f}) | "
+            f"| {r['name']}{' (chosen on validation)' if r is chosen else ''} | {v['real'] * 100:.1f} / "
+            f"{v['oversample'] * 100:.1f} / "
+            f"{v['fes'] * 100:.1f} | {_ms(t['real']['macro_f1'])} | {_ms(t['oversample']['macro_f1'])} | "
+            f"{_ms(t['fes']['macro_f1'])} | "
+            f"{d_real['mean_difference'] * 100:+.1f} ({d_real['wins']}/{d_real['losses']}, p "
+            f"{d_real['wilcoxon_p']:.3f}) | "
+            f"{d_over['mean_difference'] * 100:+.1f} ({d_over['wins']}/{d_over['losses']}, p "
+            f"{d_over['wilcoxon_p']:.3f}) | "
             f"{t['real']['minority_recall']['mean'] * 100:.1f} → {t['fes']['minority_recall']['mean'] * 100:.1f} | "
             f"{_recognised(r)}{' †' if r.get('sibling_trained') else ''} | {met}/4 |"
         )
@@ -160,7 +164,8 @@ def render(runs: list[dict], machine: str, dataset: str = "CK+48") -> str:
         "",
         "Synthesis quality (mean ± std over folds):",
         "",
-        "| recipe | synthetic images | recognised by `real` (its real test faces) | classification accuracy score (acc / macro-F1) | "
+        "| recipe | synthetic images | recognised by `real` (its real test faces) | classification accuracy score "
+        "(acc / macro-F1) | "
         "Fréchet synthetic vs train (real val vs train) | near-copies of another subject |",
         "|---|---|---|---|---|---|",
     ]
@@ -171,8 +176,11 @@ def render(runs: list[dict], machine: str, dataset: str = "CK+48") -> str:
             continue
         cas, fr, mem = s["classification_accuracy_score"], s["frechet"], s["memorisation"]
         lines.append(
-            f"| {r['name']} | {s['n_synthetic']} | {_ms(s['recognised'])} % ({_ms(s.get('real_test_recognised'))}{' %' if s.get('real_test_recognised') else ''}) | {_ms(cas['accuracy'])} / "
-            f"{_ms(cas['macro_f1'])} % | {fr['synthetic_vs_train']['mean']:.1f} ({fr['validation_vs_train']['mean']:.1f}) | "
+            f"| {r['name']} | {s['n_synthetic']} | {_ms(s['recognised'])} % "
+            f"({_ms(s.get('real_test_recognised'))}{' %' if s.get('real_test_recognised') else ''}) | "
+            f"{_ms(cas['accuracy'])} / "
+            f"{_ms(cas['macro_f1'])} % | {fr['synthetic_vs_train']['mean']:.1f} "
+            f"({fr['validation_vs_train']['mean']:.1f}) | "
             f"{mem['near_copies']} ({mem['share']['mean'] * 100:.1f} %) |"
         )
     scored = [r for r in runs if r["synthesis"].get("per_class")]
@@ -245,7 +253,7 @@ def render_fine_tuning(runs: list[dict]) -> str:
     ]
     for r in having:
 
-        def diff(key: str) -> str:
+        def diff(key: str, r: dict = r) -> str:
             c = r["comparisons"].get(key)
             if not c:
                 return "–"
@@ -273,21 +281,23 @@ def render_mixed(runs: list[dict]) -> str:
     lines = [
         "## Half synthetic, half repeated: the `mixed` condition",
         "",
-        "| recipe | folds | val macro-F1 oversample / fes / mixed | test macro-F1 mixed | mixed − real | mixed − oversample | "
+        "| recipe | folds | val macro-F1 oversample / fes / mixed | test macro-F1 mixed | mixed − real | mixed − "
+        "oversample | "
         "minority recall oversample / fes / mixed |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in having:
         v, t, c = r["validation_macro_f1"], r["test"], r["comparisons"]
 
-        def diff(key: str) -> str:
+        def diff(key: str, c: dict = c) -> str:
             d = c[key]["macro_f1"]
             p = "–" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.3f}"
             return f"{d['mean_difference'] * 100:+.1f} ({d['wins']}/{d['losses']}, p {p})"
 
         lines.append(
             f"| {r['name']} | {t['mixed']['macro_f1']['n']} | {v['oversample'] * 100:.1f} / {v['fes'] * 100:.1f} / "
-            f"{v['mixed'] * 100:.1f} | {_ms(t['mixed']['macro_f1'])} | {diff('mixed_vs_real')} | {diff('mixed_vs_oversample')} | "
+            f"{v['mixed'] * 100:.1f} | {_ms(t['mixed']['macro_f1'])} | {diff('mixed_vs_real')} | "
+            f"{diff('mixed_vs_oversample')} | "
             + " / ".join(f"{t[n]['minority_recall']['mean'] * 100:.1f}" for n in ("oversample", "fes", "mixed"))
             + " |"
         )

@@ -107,7 +107,8 @@ def main() -> None:
     report = {
         **result,
         "protocol": f"small-cnn (fesaug.evaluate.downstream, augmentation on), {args.epochs} epochs, train folds 2-4, "
-        f"epoch chosen on fold {VAL_FOLD} macro-F1, test fold {TEST_FOLD} of each set; default demo counts, seed {args.seed}",
+        f"epoch chosen on fold {VAL_FOLD} macro-F1, test fold {TEST_FOLD} of each set; default demo counts, seed "
+        f"{args.seed}",
         "wall_s": round(time.perf_counter() - start, 1),
         "machine": machine(threads=args.threads),
         "torch": torch.__version__,
@@ -120,7 +121,8 @@ def main() -> None:
 def render(r: dict) -> str:
     def table(block: dict) -> list[str]:
         lines = [
-            "| trained on | test standard: acc / macro-F1 | test shifted: acc / macro-F1 | own minus other set (macro-F1) |",
+            "| trained on | test standard: acc / macro-F1 | test shifted: acc / macro-F1 | own minus other set "
+            "(macro-F1) |",
             "|---|---|---|---|",
         ]
         for train, res in block.items():

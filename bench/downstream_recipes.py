@@ -90,7 +90,8 @@ def run_one(manifest: Path, out: Path, name: str, changes: dict, k: int, seed: i
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
     print(
-        f"{name} fold {k} seed {seed}: val macro-F1 {record['val_macro_f1']:.3f}  test acc {record['test_accuracy']:.3f} "
+        f"{name} fold {k} seed {seed}: val macro-F1 {record['val_macro_f1']:.3f}  test acc "
+        f"{record['test_accuracy']:.3f} "
         f"macro-F1 {record['test_macro_f1']:.3f}  ({seconds:.0f} s)",
         flush=True,
     )
@@ -107,7 +108,7 @@ def summarise(out: Path) -> list[dict]:
         for r in records:
             per_fold.setdefault(r["fold"], []).append(r)
 
-        def mean_over_folds(key: str) -> tuple[float, float]:
+        def mean_over_folds(key: str, per_fold: dict = per_fold) -> tuple[float, float]:
             values = [np.mean([r[key] for r in rs]) for rs in per_fold.values()]
             return float(np.mean(values)), float(np.std(values))
 
@@ -191,11 +192,14 @@ def render(r: dict) -> str:
             "",
             r["note"],
             "",
-            "Protocol: the `real` condition of `fesaug evaluate` per test fold k (training subjects of the other folds, "
-            "15 % of them as validation subjects, subject-grouped and stratified, seed 0); each recipe's best validation "
+            "Protocol: the `real` condition of `fesaug evaluate` per test fold k (training subjects of the other "
+            "folds, "
+            "15 % of them as validation subjects, subject-grouped and stratified, seed 0); each recipe's best "
+            "validation "
             "epoch; the test fold scored once. Choose on the validation column only.",
             "",
-            f"Machine: {machine_line(r['machine'])}. Versions: {versions_line(r['versions'])}. Command: `{r['command']}`",
+            f"Machine: {machine_line(r['machine'])}. Versions: {versions_line(r['versions'])}. Command: "
+            f"`{r['command']}`",
             "",
             *table(r["recipes"]),
             "",

@@ -147,7 +147,8 @@ def render(r: dict) -> str:
         f"{r['identity']['seconds_per_face'] * 1000:.0f} ms per face.",
         "",
         f"FER2013 judge, zero-shot (top class of seven, neutral included): accuracy "
-        f"{fer['accuracy_on_known_classes']:.1%} over the classes it knows, mean recall {fer['mean_recall_on_known_classes']:.1%}.",
+        f"{fer['accuracy_on_known_classes']:.1%} over the classes it knows, mean recall "
+        f"{fer['mean_recall_on_known_classes']:.1%}.",
         "",
         "| class | images | recognised | called neutral |",
         "|---|---:|---:|---:|",

@@ -30,7 +30,7 @@ from record import command, machine, machine_line, versions_line, write_results
 
 from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.manifest import read_manifest
-from fesaug.evaluate.downstream import classification_report, load_classifier, predict_proba
+from fesaug.evaluate.downstream import DownstreamClassifier, classification_report, load_classifier, predict_proba
 from fesaug.synthesis.generator import load_generator
 from fesaug.utils.provenance import package_versions
 
@@ -56,7 +56,7 @@ def fold_scores(fold: Path) -> dict:
             continue
         clf, _ = load_classifier(fold / f"{name}.pt", device="cpu")
 
-        def predict(images: torch.Tensor) -> np.ndarray:
+        def predict(images: torch.Tensor, clf: DownstreamClassifier = clf) -> np.ndarray:
             return predict_proba(clf, resize_pixels(images, clf.image_size)).argmax(1)
 
         on_faces = classification_report(y, predict(x), classes)
@@ -145,11 +145,14 @@ def render(r: dict, name: str) -> str:
     lines = [
         f"# FERSNet renderings of held-out test faces ({name})",
         "",
-        f"`{r['command']}` on {machine_line(r['machine'])}; {r['seconds']} s. Versions: {versions_line(r['versions'])}.",
+        f"`{r['command']}` on {machine_line(r['machine'])}; {r['seconds']} s. Versions: "
+        f"{versions_line(r['versions'])}.",
         "",
-        f"Folds {', '.join(f.split('-')[1] for f in r['folds'])} of `{r['run']}`; mean over folds. Each fold's generator "
+        f"Folds {', '.join(f.split('-')[1] for f in r['folds'])} of `{r['run']}`; mean over folds. Each fold's "
+        "generator "
         "renders its real test faces (never seen by it or by the classifiers); each condition's seed-0 classifier "
-        f"classifies them. Re-rendering a face with its own expression changes it by {r['rerender_mean_abs_change']:.1f} "
+        "classifies them. Re-rendering a face with its own expression changes it by "
+        f"{r['rerender_mean_abs_change']:.1f} "
         "gray levels on average.",
         "",
         "| condition | macro-F1 on real test faces | on the same faces re-rendered with their own expression |",

@@ -25,7 +25,8 @@ reports, for ``last.pt`` (what ``fesaug balance`` uses):
   re-renderings easier than the faces (CK+48 has no ground truth, only this second test).
 
     python bench/synthesis_recipes.py --manifest demo/manifest.parquet --out /tmp/recipes --epochs 25 \\
-        --recipe defaults= --recipe attention=bench/recipes/attention.yaml --recipe 'sp03=:{"loss": {"edit_sparsity": 0.3}}'
+        --recipe defaults= --recipe attention=bench/recipes/attention.yaml \\
+        --recipe 'sp03=:{"loss": {"edit_sparsity": 0.3}}'
 
 A recipe is ``NAME=[YAML][:JSON overrides]``. Results: ``<out>/<recipe>/synthesis.json`` and a
 table on stdout (``--report`` only prints; ``--write NAME --note TEXT`` also writes every recipe in
@@ -258,7 +259,8 @@ def report(out: Path) -> None:
         print(
             f"{r['recipe']:<22} {r['epochs']:>3} {r['train_seconds'] / 60:5.1f} {s['l1']:6.2f} {s['copy_l1']:5.2f} "
             f"{s['changed_l1']:7.2f} {s['copy_changed_l1']:5.2f} {s['ssim']:6.3f} {s['copy_ssim']:6.3f} "
-            f"{s.get('recognised_mean', float('nan')):6.2f} {s.get('classes_at_yardstick', '-'):>6} {s['judge_accept']:5.2f}"
+            f"{s.get('recognised_mean', float('nan')):6.2f} {s.get('classes_at_yardstick', '-'):>6} "
+            f"{s['judge_accept']:5.2f}"
         )
 
 
@@ -286,11 +288,14 @@ def recipes_table(runs: list[dict], note: str) -> str:
         "expression (`last.pt`; `bench/synthesis_recipes.py`). L1 in gray levels; *changed*: the pixels the "
         "expression changes (|source − truth| > 10). *recognised*: share of synthetic faces the fold's `real` "
         "classifier gives the target; *≥ real*: classes where that share reaches the classifier's recall on real "
-        "fold-0 faces of the class; *≥ truth*: classes where it reaches the classifier's score on the exact counterfactuals. *gate*: share the checkpoint's own FER branch accepts at 0.5. "
+        "fold-0 faces of the class; *≥ truth*: classes where it reaches the classifier's score on the exact "
+        "counterfactuals. *gate*: share the checkpoint's own FER branch accepts at 0.5. "
         "*re-rendered*: each held-out face asked for its own expression: L1 to itself, and the `real` classifier's "
-        "macro-F1 on the re-renderings (on the faces themselves: *input copied*); higher than on the faces means caricatures.",
+        "macro-F1 on the re-renderings (on the faces themselves: *input copied*); higher than on the faces means "
+        "caricatures.",
         "",
-        "| recipe | differs from today's defaults | epochs | train min | L1 | L1 changed | SSIM | recognised | ≥ real | ≥ truth | gate | re-rendered L1 / macro-F1 |",
+        "| recipe | differs from today's defaults | epochs | train min | L1 | L1 changed | SSIM | recognised | ≥ "
+        "real | ≥ truth | gate | re-rendered L1 / macro-F1 |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
@@ -300,7 +305,9 @@ def recipes_table(runs: list[dict], note: str) -> str:
         lines.append(
             f"| {r['recipe']} | {what} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {s['l1']:.2f} | "
             f"{s['changed_l1']:.2f} | {s['ssim']:.3f} | {s.get('recognised_mean', float('nan')):.2f} | "
-            f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | {s['classes_at_truth'] if 'classes_at_truth' in s else '–'}{f'/{len(classes)}' if 'classes_at_truth' in s else ''} | {s['judge_accept']:.2f} | "
+            f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | "
+            f"{s.get('classes_at_truth', '–')}{f'/{len(classes)}' if 'classes_at_truth' in s else ''} | "
+            f"{s['judge_accept']:.2f} | "
             + (
                 f"{s['rerender_l1']:.2f} / {100 * s.get('rerender_macro_f1', float('nan')):.1f} |"
                 if "rerender_l1" in s
@@ -312,7 +319,8 @@ def recipes_table(runs: list[dict], note: str) -> str:
         (f"*0 / {100 * r['last']['real_macro_f1']:.1f}*" for r in reversed(runs) if "real_macro_f1" in r["last"]), ""
     )
     lines += [
-        f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | *{s['copy_ssim']:.3f}* | | | | | {faces_f1} |",
+        f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | "
+        f"*{s['copy_ssim']:.3f}* | | | | | {faces_f1} |",
         "",
     ]
     if classes:
@@ -354,7 +362,8 @@ def intensity_sweep(manifest: Path, out: Path, names: list[str], specs: list[str
             s = done[spec]
             print(
                 f"{name:<22} intensity {spec:<9} l1 {s['l1']:.2f} changed {s['changed_l1']:.2f} ssim {s['ssim']:.3f} "
-                f"recognised {s['recognised_mean']:.2f} >=real {s['classes_at_yardstick']} >=truth {s['classes_at_truth']}",
+                f"recognised {s['recognised_mean']:.2f} >=real {s['classes_at_yardstick']} >=truth "
+                f"{s['classes_at_truth']}",
                 flush=True,
             )
 
@@ -394,7 +403,8 @@ def intensity_table(sweeps: dict[str, dict], note: str) -> str:
                 + " |"
             )
     lines += [
-        f"| *input copied* | | *{first['copy_l1']:.2f}* | *{first['copy_changed_l1']:.2f}* | *{first['copy_ssim']:.3f}* "
+        f"| *input copied* | | *{first['copy_l1']:.2f}* | *{first['copy_changed_l1']:.2f}* | "
+        f"*{first['copy_ssim']:.3f}* "
         "| | | | | " + " | ".join("" for _ in classes) + " |",
         "| *real faces* | | | | | | | | | " + " | ".join(f"*{first['real_recall'][c]:.2f}*" for c in classes) + " |",
         "| *exact counterfactuals* | | | | | | | | | "

@@ -344,7 +344,8 @@ def render(summary: dict) -> str:
     for name, s in summary["runs"].items():
         lines.append(
             f"| {name} | {s['epochs']} | {len(s['folds'])} ({','.join(map(str, s['folds']))}) | "
-            f"{pct(s.get('mean_val_acc'))} ({pct(s.get('mean_val_acc_flip'))}) | {pct(s.get('mean_val_acc_last_epochs'))} | "
+            f"{pct(s.get('mean_val_acc'))} ({pct(s.get('mean_val_acc_flip'))}) | "
+            f"{pct(s.get('mean_val_acc_last_epochs'))} | "
             f"{pct(s['mean_test_acc'])} ± {pct(s['std_test_acc'])} ({pct(s.get('mean_test_acc_flip'))}) | "
             f"{s['mean_train_s']:.0f} s | {s['median_train_images_per_s']:.0f} |"
         )
@@ -354,7 +355,8 @@ def render(summary: dict) -> str:
             f"On the folds every run covers ({','.join(map(str, summary['common_folds']))}; a run on fewer "
             "folds is only in the paired table below), the only fair comparison of the rows:",
             "",
-            f"| recipe / sharing | validation acc | validation, last {LAST_EPOCHS} epochs | test acc | test acc mirrored |",
+            f"| recipe / sharing | validation acc | validation, last {LAST_EPOCHS} epochs | test acc | test acc "
+            "mirrored |",
             "|---|---|---|---|---|",
         ]
         for name, s in summary["runs"].items():
@@ -375,10 +377,11 @@ def render(summary: dict) -> str:
             f"| recipe / sharing | minus | folds | validation, last {LAST_EPOCHS} epochs | test acc |",
             "|---|---|---|---|---|",
         ]
-        cell = lambda c: (
-            f"{100 * c['mean_difference']:+.1f} ({c['wins']}/{c['losses']}, "
-            f"p {'–' if c['wilcoxon_p'] is None else format(c['wilcoxon_p'], '.3f')})"
-        )
+
+        def cell(c: dict) -> str:
+            p = "–" if c["wilcoxon_p"] is None else format(c["wilcoxon_p"], ".3f")
+            return f"{100 * c['mean_difference']:+.1f} ({c['wins']}/{c['losses']}, p {p})"
+
         for name, d in summary["paired"].items():
             lines.append(
                 f"| {name} | {d['reference']} | {len(d['folds'])} | {cell(d['val_acc_last_epochs'])} | "
@@ -422,7 +425,8 @@ def render(summary: dict) -> str:
         "",
         f"Command per fold: `fesaug train --manifest ck.parquet --out WORK/RECIPE-SHARING-fK --holdout-fold K "
         "--sharing SHARING --epochs N --seed 0 --device cpu [--config RECIPE.yaml]` (then the FER branch of best.pt); "
-        f"this table: `{PYTHON} bench/train_ckplus.py --recipe NAME=RECIPE.yaml --sharing convflu,hard,none --epochs N`.",
+        f"this table: `{PYTHON} bench/train_ckplus.py --recipe NAME=RECIPE.yaml --sharing convflu,hard,none "
+        "--epochs N`.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -110,9 +110,11 @@ def main() -> None:
 def render(r: dict) -> str:
     b, s = r["batch_size"], r["image_size"]
     return (
-        f"# Training throughput ({r['preset']} preset)\n\n`{r['command']}` on {machine_line(r['machine'])}, torch {r['torch']}, "
+        f"# Training throughput ({r['preset']} preset)\n\n`{r['command']}` on {machine_line(r['machine'])}, torch "
+        f"{r['torch']}, "
         f"{r['threads']} thread(s), {r['device']}.\n\n"
-        "| batch | image | GFLOP/step | s/step | images/s | achieved GFLOP/s | matmul peak GFLOP/s | of peak |\n|---|---|---|---|---|---|---|---|\n"
+        "| batch | image | GFLOP/step | s/step | images/s | achieved GFLOP/s | matmul peak GFLOP/s | of peak "
+        "|\n|---|---|---|---|---|---|---|---|\n"
         f"| {b} | {s}x{s} | {r['flops_per_step'] / 1e9:.1f} | {r['step_seconds']:.3f} | {r['images_per_s']:.1f} | "
         f"{r['achieved_flops'] / 1e9:.1f} | {r['matmul_peak_flops'] / 1e9:.1f} | {r['ratio_of_peak']:.1%} |\n"
     )

@@ -42,7 +42,8 @@ def _summary(result: IngestResult) -> str:
             f" ({whole} taking the whole image as the face)" if whole else ""
         )
     return (
-        f"Wrote {result.manifest}: {_n(result.rows, 'row')}{au}, {subjects}, {_n(len(result.class_counts), 'class', 'classes')} ({classes}), "
+        f"Wrote {result.manifest}: {_n(result.rows, 'row')}{au}, {subjects}, "
+        f"{_n(len(result.class_counts), 'class', 'classes')} ({classes}), "
         f"{folds}, {skipped}{ignored}{aligned}, {storage} ({result.seconds:.1f} s)"
     )
 

@@ -60,7 +60,8 @@ def target_per_class(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 def device_seen(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """``--device``: a CUDA device torch does not see is refused before any work (:func:`fesaug.utils.devices.resolve_device`)."""
+    """``--device``: a CUDA device torch does not see is refused before any work
+    (:func:`fesaug.utils.devices.resolve_device`)."""
     if value == "cuda":
         from fesaug.utils.devices import resolve_device
 

@@ -1,4 +1,5 @@
-"""`fesaug train`: FERSNet or, with --tasks emotion,au, EmotionAUNet (:func:`fesaug.trainers.train_tasks`); summarise."""
+"""`fesaug train`: FERSNet or, with --tasks emotion,au, EmotionAUNet
+(:func:`fesaug.trainers.train_tasks`); summarise."""
 
 from __future__ import annotations
 

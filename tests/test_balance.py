@@ -187,7 +187,7 @@ def test_no_source_comes_from_a_held_out_fold(demo: Path, checkpoint: Path, tmp_
     fold_of = dict(zip(m.df["sample_id"], m.df["fold"]))
     syn = m.df[m.df["origin"] == "synthetic"]
     assert len(syn) and not {fold_of[p] for p in syn["parent_id"]} & {0, 2}
-    assert result.counts_before == {c: n for c, n in _count_outside(demo, {0, 2}).items()}
+    assert result.counts_before == dict(_count_outside(demo, {0, 2}))
 
 
 def _count_outside(manifest: Path, folds: set[int]) -> dict[str, int]:
@@ -829,7 +829,7 @@ def test_synthetic_share_makes_part_of_each_shortfall_and_weights_the_real_rows_
     weights = m.df["weight"].to_numpy()
     synthetic = (m.df["origin"] == "synthetic").to_numpy()
     assert np.all(weights[synthetic] == 0.8) and np.all(weights[~working] == 1.0)
-    for k, c in enumerate(m.classes):
+    for k in range(len(m.classes)):
         mine = working & (m.df["label"] == k).to_numpy()
         # The weights of every balanced class reach the target; its real rows share what synthesis left.
         assert weights[mine].sum() == pytest.approx(largest)

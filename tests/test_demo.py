@@ -282,10 +282,16 @@ def test_shifted_faces_differ_as_documented(small: Manifest, shifted: Manifest) 
 
     standard, other = nuisances(small), nuisances(shifted)
     assert np.std([n["angle"] for n in other]) > 2 * np.std([n["angle"] for n in standard])  # wider head poses
-    light = lambda ns: [n["light"] for n in ns]
+
+    def light(ns: list) -> list:
+        return [n["light"] for n in ns]
+
     assert min(light(other)) >= 0.2 and np.mean(light(other)) > 2 * np.mean(light(standard))  # strong side light
     assert all(0.6 <= n["resolution"] <= 0.85 for n in other) and not any("resolution" in n for n in standard)
-    skin = lambda style: np.mean([Subject.from_seed(i, 0, style).skin for i in range(60)])
+
+    def skin(style: str) -> float:
+        return np.mean([Subject.from_seed(i, 0, style).skin for i in range(60)])
+
     assert skin("shifted") < skin("standard") - 20
 
     # Low resolution is blur: the same row rendered at full resolution (both without noise) is sharper.

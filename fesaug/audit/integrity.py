@@ -161,7 +161,8 @@ def synthetic_provenance(m: Manifest) -> list[Problem]:
             Problem(
                 "synthetic_parent_mismatch",
                 f"{len(mismatched)} synthetic row(s) differ from their parent in subject_id or fold, e.g. {ids[i]} "
-                f"(subject {subjects[i]}, fold {folds[i]}) vs parent {ids[p]} (subject {subjects[p]}, fold {folds[p]}); "
+                f"(subject {subjects[i]}, fold {folds[i]}) vs parent {ids[p]} (subject {subjects[p]}, fold "
+                f"{folds[p]}); "
                 "a synthetic image must stay with its parent's subject and fold",
                 len(mismatched),
                 _ids(ids, mismatched),

@@ -11,9 +11,9 @@ folder any downstream model can use::
 The steps, in the vocabulary of imbalanced-learn:
 
 1. **Targets.** The *working set* is the real rows of the chosen splits outside the held-out
-   folds ``holdout_folds`` (by default the fold the generator was held out from). :func:`fesaug.balance.targets.resolve_targets` turns
-   ``target_per_class`` (a number or ``"max"``), ``sampling_strategy`` and per-class
-   ``targets`` into a wanted count per class.
+   folds ``holdout_folds`` (by default the fold the generator was held out from).
+   :func:`fesaug.balance.targets.resolve_targets` turns ``target_per_class`` (a number or
+   ``"max"``), ``sampling_strategy`` and per-class ``targets`` into a wanted count per class.
 2. **Sources.** Class ``c`` is synthesized from working-set images of the other classes, taken
    round-robin over subjects so that every identity contributes before any contributes twice,
    subjects who have no real image of ``c`` first (the counterfactuals the data lacks). Once
@@ -475,7 +475,8 @@ def _make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, dev
     if gen.classes != m.classes:
         raise FesaugError(
             f"the checkpoint {checkpoint} was trained on classes {', '.join(gen.classes)} but {manifest_path} has "
-            f"{', '.join(m.classes)}; use a checkpoint trained on this dataset (fesaug train --manifest {manifest_path})"
+            f"{', '.join(m.classes)}; use a checkpoint trained on this dataset (fesaug train --manifest "
+            f"{manifest_path})"
         )
     holdout_folds = (
         list(config.holdout_folds)
@@ -1129,7 +1130,8 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
             if cfg.intensity
             else ""
         ),
-        f"- Quality gate: kept when the checkpoint's FER branch gives the target class at least {cfg.min_confidence:g}, "
+        "- Quality gate: kept when the checkpoint's FER branch gives the target class at least "
+        f"{cfg.min_confidence:g}, "
         f"at most {cfg.max_attempts} attempt(s) per image. This judge is optimistic (the generator was trained "
         "against it); judge the images with an independent classifier (`fesaug evaluate`) before trusting them.",
         *(
@@ -1142,8 +1144,10 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
         ),
         *(
             [
-                f"- Independent judge: also kept only when the classifier `{cfg.judge_checkpoint}`, trained on real faces "
-                f"apart from the generator, gives the target at least {cfg.min_judge_confidence:g} (`judge_confidence` column)."
+                f"- Independent judge: also kept only when the classifier `{cfg.judge_checkpoint}`, trained on "
+                "real faces "
+                f"apart from the generator, gives the target at least {cfg.min_judge_confidence:g} "
+                "(`judge_confidence` column)."
             ]
             if cfg.judge_checkpoint
             else []
@@ -1159,8 +1163,10 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
         ),
         *(
             [
-                f"- External judge: also kept only when the {cfg.external_judge.upper()} expression classifier, trained on "
-                f"another dataset, gives the target at least {cfg.min_external_confidence:g} (`external_confidence` column); "
+                f"- External judge: also kept only when the {cfg.external_judge.upper()} expression classifier, "
+                "trained on "
+                f"another dataset, gives the target at least {cfg.min_external_confidence:g} "
+                "(`external_confidence` column); "
                 "classes it does not know pass untouched."
             ]
             if cfg.external_judge
@@ -1199,8 +1205,10 @@ def dataset_card(r: BalanceResult, plan: _Plan, meta: Mapping[str, Any], held_ou
             [
                 "",
                 f"Synthesis filled {cfg.synthetic_share:.0%} of each class's shortfall and each synthetic row counts "
-                f"{cfg.synthetic_weight:g}; the `weight` column makes up the rest on the class's real rows (the *weighted* "
-                "column above), as repeating them would. Sample rows in proportion to `weight` (above) or weight the loss "
+                f"{cfg.synthetic_weight:g}; the `weight` column makes up the rest on the class's real rows (the "
+                "*weighted* "
+                "column above), as repeating them would. Sample rows in proportion to `weight` (above) or weight "
+                "the loss "
                 "by it: read without weights, the classes are not balanced.",
             ]
             if r.weighted

@@ -211,7 +211,8 @@ class FaceAligner:
             "method": "similarity transform (rotation, uniform scale, translation) putting the eye centres "
             "(means of dlib's 5-point eye corners) at fixed positions; OpenCV estimateAffinePartial2D, "
             "warpAffine (bicubic, border replicated; area-averaged first when shrinking)",
-            "detector": f"dlib frontal face detector (HOG), largest face; images upscaled to at least {DETECT_MIN_SIDE} px",
+            "detector": "dlib frontal face detector (HOG), largest face; images upscaled to at least "
+            "{DETECT_MIN_SIDE} px",
             "fallback": f"whole image as the face box when no face is detected in an image with sides within "
             f"{TIGHT_CROP_ASPECT}x of each other, re-framed {self.reframes} times as the detector frames "
             "faces (box_shape), kept when all landmarks fall inside the image",

@@ -147,7 +147,8 @@ def _code(text: object, where: str) -> _Entry:
         au = int(m.group(1)) if m else 0
         if au < 1:
             raise FesaugError(
-                f"{where}: {token!r} is not an action unit; write FACS codes like 1+2+5B+26 (AU number, optional intensity letter A-E)"
+                f"{where}: {token!r} is not an action unit; write FACS codes like 1+2+5B+26 (AU number, optional "
+                "intensity letter A-E)"
             )
         if au in entry:
             raise FesaugError(f"{where}: AU{au} is listed twice; list each AU once")
@@ -175,7 +176,8 @@ def _read_csv(path: Path) -> dict[str, tuple[_Entry, str]]:
         lower = {h.lower(): raw for h, raw in zip(header, reader.fieldnames or [])}
         if "file" not in lower:
             raise FesaugError(
-                f"--au-labels {path} line 1: no 'file' column (header: {','.join(header)}); name the image column 'file'"
+                f"--au-labels {path} line 1: no 'file' column (header: {','.join(header)}); name the image column "
+                "'file'"
             )
         # Columns named like AUs ("AU12", "au 12", "12") are labels; any other column (emotion,
         # subject, author ...) is ignored, except one that starts like an AU (OpenFace's "AU12_r"),
@@ -197,7 +199,8 @@ def _read_csv(path: Path) -> dict[str, tuple[_Entry, str]]:
             raise FesaugError(f"--au-labels {path} line 1: has both an 'aus' column and AU columns; use one of the two")
         if "aus" not in lower and not au_cols:
             raise FesaugError(
-                f"--au-labels {path} line 1: no AU columns; add columns like AU1, AU12 or one 'aus' column of FACS codes (1+2+5B+26)"
+                f"--au-labels {path} line 1: no AU columns; add columns like AU1, AU12 or one 'aus' column of FACS "
+                "codes (1+2+5B+26)"
             )
         try:
             for row in reader:

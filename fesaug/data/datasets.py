@@ -116,7 +116,8 @@ def _decode(manifest: Manifest, rows: np.ndarray, image_size: int | None) -> tor
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) > 1:
         raise FesaugError(
-            f"{manifest.path}: images have different sizes ({', '.join(f'{h}x{w}' for _, h, w in sorted(shapes)[:4])}); "
+            f"{manifest.path}: images have different sizes "
+            f"({', '.join(f'{h}x{w}' for _, h, w in sorted(shapes)[:4])}); "
             "pass image_size to resize them to one size"
         )
     return torch.stack(images)

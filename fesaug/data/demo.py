@@ -285,7 +285,10 @@ class Subject:
         st = _style(style)
         g = st.identity
         r = np.random.default_rng([seed, 1, index, *st.stream])
-        u = lambda name: float(r.uniform(*g[name]))
+
+        def u(name: str) -> float:
+            return float(r.uniform(*g[name]))
+
         # The order of the draws is part of the format: stored params re-render only if it stays.
         skin = int(r.integers(*g["skin"]))
         dark_hair = r.random() < g["dark_hair"]
@@ -647,7 +650,10 @@ def _draw_nose_and_mouth(
     t_low = sub.lip_low * (1 - 0.55 * both[23] + 0.3 * both[17])
     outer_up = inner_up - t_up * (0.35 + 0.65 * env) + t_up * 0.3 * np.exp(-((u / 0.12) ** 2))
     outer_low = inner_low + t_low * (0.35 + 0.65 * env)
-    pts = lambda ys: np.stack([x, ys], axis=1)
+
+    def pts(ys: np.ndarray) -> np.ndarray:
+        return np.stack([x, ys], axis=1)
+
     opening = inner_low - inner_up
     if opening.max() > 0.004:
         cv.polygon(np.concatenate([pts(inner_up), pts(inner_low)[::-1]]), 30)
@@ -705,7 +711,8 @@ def _params_of(params_or_row: Mapping[str, Any] | pd.Series | str) -> dict[str, 
         raise FesaugError("demo_params is not valid JSON; take it from a manifest made by `fesaug demo-data`") from None
     if params.get("renderer") != RENDERER_VERSION:
         raise FesaugError(
-            f"demo_params were written by demo renderer version {params.get('renderer')!r}, this fesaug renders version "
+            f"demo_params were written by demo renderer version {params.get('renderer')!r}, this fesaug renders "
+            "version "
             f"{RENDERER_VERSION}; re-create the dataset with `fesaug demo-data --overwrite`"
         )
     return params
@@ -805,7 +812,10 @@ def _sequence_params(
     if style != "standard":  # absent means standard: the standard set's params stay as they were
         base["style"] = style
     g = st.pose
-    normal = lambda key: float(np.clip(r.normal(0, g[key][0]), -g[key][1], g[key][1]))
+
+    def normal(key: str) -> float:
+        return float(np.clip(r.normal(0, g[key][0]), -g[key][1], g[key][1]))
+
     pose = {
         "angle": normal("angle"),
         "scale": float(r.uniform(*g["scale"])),
@@ -879,7 +889,8 @@ def make_demo_dataset(
         raise FesaugError(f"--size must be between 16 and 1024 pixels, got {size}")
     if n_subjects < folds:
         raise FesaugError(
-            f"cannot make {folds} subject-independent folds from {n_subjects} subject(s); raise --n-subjects or lower --folds"
+            f"cannot make {folds} subject-independent folds from {n_subjects} subject(s); raise --n-subjects or "
+            "lower --folds"
         )
     with output_lock(out_dir):
         if manifest.exists() and not overwrite:
@@ -891,12 +902,14 @@ def make_demo_dataset(
         n_used = len({s for _, s, _ in plan})
         if n_used < folds:
             raise FesaugError(
-                f"only {n_used} subject(s) get images, too few for {folds} subject-independent folds; raise the counts or lower --folds"
+                f"only {n_used} subject(s) get images, too few for {folds} subject-independent folds; raise the "
+                "counts or lower --folds"
             )
         n_neutral = counts.get("neutral", len(plan)) if neutral else 0
         if n_neutral > len(plan):
             raise FesaugError(
-                f"at most {len(plan)} neutral images (one onset frame per sequence), got {n_neutral}; lower the neutral count"
+                f"at most {len(plan)} neutral images (one onset frame per sequence), got {n_neutral}; lower the "
+                "neutral count"
             )
         with_neutral = set(rng.choice(len(plan), n_neutral, replace=False).tolist())
 

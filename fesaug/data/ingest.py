@@ -223,7 +223,8 @@ def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[
                 bad.append(
                     (
                         where,
-                        f"{key!r} matches {len(found)} images ({', '.join(i.source_file for i in found[:3])}); give its path relative to the source folder",
+                        f"{key!r} matches {len(found)} images ({', '.join(i.source_file for i in found[:3])}); "
+                        "give its path relative to the source folder",
                     )
                 )
                 continue
@@ -233,7 +234,8 @@ def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[
                 bad.append((where, f"{key!r} matches no ingested image"))
         elif found.sample_id in matched:
             raise FesaugError(
-                f"{where}: {key!r} and {matched[found.sample_id]!r} both label {found.source_file}; keep one entry per image in {labels.path.name}"
+                f"{where}: {key!r} and {matched[found.sample_id]!r} both label {found.source_file}; keep one entry "
+                f"per image in {labels.path.name}"
             )
         else:
             matched[found.sample_id] = key
@@ -243,7 +245,8 @@ def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[
         )
         raise FesaugError(
             f"--au-labels {labels.path}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} without an image: {shown}. "
-            "Keys are paths relative to the source folder (happy/a.png) or unique file names; fix them, or pass --skip-bad to record them"
+            "Keys are paths relative to the source folder (happy/a.png) or unique file names; fix them, or pass "
+            "--skip-bad to record them"
         )
     for where, reason in bad:
         skips(BadInput(where, reason), where)
@@ -375,7 +378,8 @@ def _check_options(
                 "--folds needs subject ids, which a FER2013 CSV does not have; use its Usage column (the split) instead"
             )
         raise UsageError(
-            "--folds needs subject ids so that no subject is in two folds; pass --preset ckplus|jaffe or --subject-pattern REGEX"
+            "--folds needs subject ids so that no subject is in two folds; pass --preset ckplus|jaffe or "
+            "--subject-pattern REGEX"
         )
 
 
@@ -391,7 +395,8 @@ def _check_source(src: Path, format: str) -> None:
         raise FesaugError(f"{src} is a file, not a folder; {hint}")
     if format == "fer2013-csv" and src.is_dir():
         raise FesaugError(
-            f"{src} is a folder; --format fer2013-csv needs the CSV file (e.g. fer2013.csv), or drop --format for class folders"
+            f"{src} is a folder; --format fer2013-csv needs the CSV file (e.g. fer2013.csv), or drop --format for "
+            "class folders"
         )
 
 

@@ -311,7 +311,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise FesaugError(
-            f"{path} is a Parquet file but not a fesaug manifest (no 'fesaug' footer metadata); create it with `fesaug ingest`"
+            f"{path} is a Parquet file but not a fesaug manifest (no 'fesaug' footer metadata); create it with "
+            "`fesaug ingest`"
         )
     try:
         meta = json.loads(raw)
@@ -350,7 +351,8 @@ def _validate(table: pa.Table, meta: dict, *, where: str) -> None:
             else "re-create the manifest"
         )
         raise FesaugError(
-            f"{where}: unsupported manifest schema version {version!r} (this fesaug reads version {SCHEMA_VERSION}); {hint}"
+            f"{where}: unsupported manifest schema version {version!r} (this fesaug reads version "
+            f"{SCHEMA_VERSION}); {hint}"
         )
     classes = meta.get("classes")
     if (

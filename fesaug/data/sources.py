@@ -56,7 +56,8 @@ class BadInput(FesaugError):
         self.where = where
         self.reason = reason
         super().__init__(
-            f"{where}: {reason}; fix or remove it, or pass --skip-bad to skip it (the manifest records what was skipped)"
+            f"{where}: {reason}; fix or remove it, or pass --skip-bad to skip it (the manifest records what was "
+            "skipped)"
         )
 
 
@@ -174,7 +175,8 @@ class _Walker:
                 self.skips(
                     BadInput(
                         str(path),
-                        f"symlink pointing outside the source folder (to {real}); copy the target into {self.src} instead",
+                        f"symlink pointing outside the source folder (to {real}); copy the target into {self.src} "
+                        "instead",
                     ),
                     self.rel(path),
                 )
@@ -218,7 +220,8 @@ def scan_folder(
         if others:
             named = sorted(d.name for d, s in splits.items() if s is not None)
             raise FesaugError(
-                f"{src} mixes split folders ({', '.join(named)}) with other folders ({', '.join(others)}); put every class folder inside a split folder"
+                f"{src} mixes split folders ({', '.join(named)}) with other folders ({', '.join(others)}); put "
+                "every class folder inside a split folder"
             )
         class_dirs: list[tuple[str, Path]] = []
         for split_dir in top_dirs:
@@ -228,7 +231,8 @@ def scan_folder(
                 skips(
                     BadInput(
                         str(f),
-                        f"image directly in split folder {split_dir.name}/, not in a class folder; move it into a folder named after its class",
+                        f"image directly in split folder {split_dir.name}/, not in a class folder; move it into a "
+                        "folder named after its class",
                     ),
                     walker.rel(f),
                 )
@@ -249,7 +253,8 @@ def scan_folder(
             skips(
                 BadInput(
                     str(f),
-                    "image directly in SRC, not in a class folder; move it into a folder named after its class (or use --preset jaffe for JAFFE file names)",
+                    "image directly in SRC, not in a class folder; move it into a folder named after its class (or "
+                    "use --preset jaffe for JAFFE file names)",
                 ),
                 walker.rel(f),
             )
@@ -350,7 +355,8 @@ def _csv_columns(path: Path, header: list[str] | None) -> dict[str, str]:
     missing = [c for c in ("emotion", "pixels") if c not in by_key]
     if missing:
         raise FesaugError(
-            f"{path} line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)}); a FER2013 CSV has emotion,pixels[,Usage]"
+            f"{path} line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)}); a FER2013 CSV "
+            "has emotion,pixels[,Usage]"
         )
     return {c: by_key[c] for c in ("emotion", "pixels", "usage") if c in by_key}
 

@@ -150,7 +150,8 @@ def split_subjects(manifest: Manifest, holdout_fold: int | None, val_fraction: f
         n_subjects = len(set(pool_subjects))
         if n_subjects < 2:
             raise FesaugError(
-                f"{manifest.path}: only {n_subjects} training subject(s), too few to carve a validation set; set val_fraction: 0"
+                f"{manifest.path}: only {n_subjects} training subject(s), too few to carve a validation set; set "
+                "val_fraction: 0"
             )
         n_parts = min(n_subjects, max(2, round(1 / val_fraction)))
         labels = df["label"].to_numpy(dtype=np.int64)[pool_rows]

@@ -62,18 +62,23 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
             _cross_dataset_data(proto)
             if cross
             else [
-                f"- Data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), {proto['n_images']} images, "
+                f"- Data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), {proto['n_images']} "
+                "images, "
                 f"{proto['n_subjects']} subjects, classes {', '.join(classes)}.",
                 f"- Protocol: subject-independent folds; test folds {', '.join(map(str, proto['evaluated_folds']))} of "
-                f"{', '.join(map(str, proto['folds']))}, each used for the final score only. Validation: {proto['validation']}.",
+                f"{', '.join(map(str, proto['folds']))}, each used for the final score only. Validation: "
+                f"{proto['validation']}.",
             ]
         ),
-        f"- Downstream classifier: `{d['model']}` from scratch, {d['epochs']} epochs, batch {d['batch_size']}, lr {d['lr']}, "
+        f"- Downstream classifier: `{d['model']}` from scratch, {d['epochs']} epochs, batch {d['batch_size']}, lr "
+        f"{d['lr']}, "
         f"{d['image_size']}×{d['image_size']} px, augmentation {'on' if d['augment'] else 'off'}, {_seeds_text(d)}, "
         f"{d['selection']}; the same for every condition.",
         f"- Generator: FERSNet `{proto['generator']['preset']}` preset, {proto['generator']['epochs']} epochs "
-        f"{'on the training subjects' if cross else 'per fold'}, {proto['generator']['checkpoint']}, expression loss judged by "
-        f"{proto['generator'].get('expression_loss_judge', 'FERSNet’s own FER branch')}. Balance: {_balance_text(proto['balance'])}.",
+        f"{'on the training subjects' if cross else 'per fold'}, {proto['generator']['checkpoint']}, expression "
+        "loss judged by "
+        f"{proto['generator'].get('expression_loss_judge', 'FERSNet’s own FER branch')}. Balance: "
+        f"{_balance_text(proto['balance'])}.",
         f"- Minority classes (below the median count{' of the training data; scored ones' if cross else ''}): "
         f"{', '.join(proto['minority_classes']) or 'none'}.",
         "",
@@ -202,16 +207,20 @@ def _cross_dataset_data(proto: Mapping[str, Any]) -> list[str]:
     unnamed = test["n_without_subject_id"]
     excluded = ", ".join(f"{c} ({n} images)" for c, n in x["excluded_from_test"].items())
     return [
-        f"- Training data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), all of it: {train['n_images']} "
-        f"images, {train['n_subjects']} subjects, classes {', '.join(proto['classes'])}; {train['n_train_subjects']} training "
+        f"- Training data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), all of it: "
+        f"{train['n_images']} "
+        f"images, {train['n_subjects']} subjects, classes {', '.join(proto['classes'])}; "
+        f"{train['n_train_subjects']} training "
         f"subjects ({train['n_train_images']} images) and {train['n_validation_subjects']} validation subjects "
         f"({train['n_validation_images']} images). Its folds and splits are not used.",
         f"- Test data: {given}, all of it: {test['n_images']} images of {test['n_subjects']} subjects"
         + (f" ({unnamed} images without a subject id, each counted as one)" if unnamed else "")
         + ", used for the final score only.",
         f"- Protocol: cross-dataset, one train/test split. Validation: {proto['validation']}. Classes scored: "
-        f"{', '.join(x['scored_classes'])}; trained but not tested (no test images): {', '.join(x['not_tested']) or 'none'}; "
-        f"left out of the test (classes the training data lacks): {excluded or 'none'}. No subject id and no image file is "
+        f"{', '.join(x['scored_classes'])}; trained but not tested (no test images): "
+        f"{', '.join(x['not_tested']) or 'none'}; "
+        f"left out of the test (classes the training data lacks): {excluded or 'none'}. No subject id and no image "
+        "file is "
         "in both datasets (checked)"
         + (f"; the {unnamed} test images without a subject id could be checked by file only" if unnamed else "")
         + ".",
@@ -310,19 +319,23 @@ def _synthesis_section(
         "",
         f"## Synthesis quality ({s['n_synthetic']} synthetic images {made})",
         "",
-        f"- Recognised as their target class by the {split}'s `real` classifier: **{_ms(s['recognised'])} %**; the same "
+        f"- Recognised as their target class by the {split}'s `real` classifier: **{_ms(s['recognised'])} %**; the "
+        "same "
         f"classifier recognises {_ms(s.get('real_test_recognised'))} % of the real test faces of those classes "
         f"(weighted like the synthetic set).{caveat}",
         f"- Classification accuracy score (trained on synthetic images only, tested on {test}): "
         f"accuracy {_ms(cas['accuracy'])} %, macro-F1 {_ms(cas['macro_f1'])} % (trained on real: "
         f"{_ms(cas['real_accuracy'])} %, {_ms(cas['real_macro_f1'])} %).",
-        f"- Fréchet distance in the `real` classifier's penultimate features (not FID: no Inception weights): synthetic vs "
+        "- Fréchet distance in the `real` classifier's penultimate features (not FID: no Inception weights): "
+        "synthetic vs "
         f"real training {_ms(fr['synthetic_vs_train'], 1, 2)}; for scale, real validation vs training "
         f"{_ms(fr['validation_vs_train'], 1, 2)}, {'the test dataset' if cross else 'real test'} vs training "
         f"{_ms(fr['test_vs_train'], 1, 2)}.",
-        f"- Memorisation: {mem['near_copies']} synthetic image(s) closer to another subject's real training image than any "
+        f"- Memorisation: {mem['near_copies']} synthetic image(s) closer to another subject's real training image "
+        "than any "
         f"real image is to another subject's ({_ms(mem['share'])} %); median distance to the nearest other-subject "
-        f"image {_ms(mem['distance_median'], 1, 1)} gray levels (real images: {_ms(mem['real_distance_median'], 1, 1)}).",
+        f"image {_ms(mem['distance_median'], 1, 1)} gray levels (real images: "
+        f"{_ms(mem['real_distance_median'], 1, 1)}).",
     ]
     if "ground_truth" in s:
         g = s["ground_truth"]
@@ -384,11 +397,11 @@ def judges_summary(j: Mapping[str, Any]) -> list[str]:
             under = (
                 f", {_ms(e['all'].get('share_under'), 100, 0)} % under {e['threshold']:g}" if "threshold" in e else ""
             )
-            y_under = lambda k: f", {_ms(y[k].get('share_under'), 100, 0)} % under" if "threshold" in e else ""
+            y_under = {k: f", {_ms(y[k].get('share_under'), 100, 0)} % under" if "threshold" in e else "" for k in y}
             lines.append(
                 f"{label}: median {_ms(e['all']['median'], 1, 3)}{under} (real pairs: same subject, other "
-                f"expression {_ms(y['same_subject']['median'], 1, 3)}{y_under('same_subject')}; different subjects "
-                f"{_ms(y['different_subject']['median'], 1, 3)}{y_under('different_subject')})"
+                f"expression {_ms(y['same_subject']['median'], 1, 3)}{y_under['same_subject']}; different subjects "
+                f"{_ms(y['different_subject']['median'], 1, 3)}{y_under['different_subject']})"
             )
             if e["all"].get("not_judged"):
                 lines[-1] += f"; {e['all']['not_judged']} face(s) could not be read"

@@ -21,9 +21,9 @@ The protocol is subject-independent k-fold cross-validation. For each test fold 
      synthetic images and half with repeats of its real images;
    * ``fersnet``: FERSNet's own FER branch (its validation-selected ``best.pt``), for
      reference against the paper.
-3. **Synthesis quality** (:func:`fesaug.evaluate.synthesis_scores.synthesis_quality`): how the fold's ``real`` classifier sees
-   the synthetic images, a classifier trained on synthetic images only tested on real fold
-   ``k`` (classification accuracy score), Fréchet distance and precision/recall in the
+3. **Synthesis quality** (:func:`fesaug.evaluate.synthesis_scores.synthesis_quality`): how the
+   fold's ``real`` classifier sees the synthetic images, a classifier trained on synthetic images
+   only tested on real fold ``k`` (classification accuracy score), Fréchet distance and precision/recall in the
    ``real`` classifier's feature space, a memorisation check, exact scores against the demo
    dataset's counterfactuals, and with an emotion + AU model the AU consistency per target class.
 
@@ -279,7 +279,7 @@ def evaluate(
             f"{m.path} has {len(present)} fold(s); the protocol needs subject-independent folds: "
             f"re-create it with `fesaug ingest ... --folds 10`, or test on another dataset with --test-manifest"
         )
-    chosen = present if folds is None else sorted(set(int(f) for f in folds))
+    chosen = present if folds is None else sorted({int(f) for f in folds})
     check_holdout_folds(chosen, m, option="--folds", error=UsageError)
     check_out_folder(out, "for the evaluation")
     record = {"manifest_sha256": file_sha256(m.path), "config": jsonable(config.key())}

@@ -172,7 +172,8 @@ def _split_verdict(against: Mapping[str, Any], n_seeds: int) -> tuple[list[str],
             )
         return (
             cautions,
-            "no sign that synthesis beats random oversampling across these datasets; oversampling is the cheaper choice",
+            "no sign that synthesis beats random oversampling across these datasets; oversampling is the cheaper "
+            "choice",
         )
     if against["real"]["outcome"] == "higher":
         return cautions, (

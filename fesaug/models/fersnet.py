@@ -191,8 +191,8 @@ class FERSNetOutput:
     [0, 1] (1 = painted by the decoder), with ``fake`` when ``output`` is ``attention`` or ``warp``.
     ``flow``: with ``output="warp"``, the displacement ``(B, 2, S, S)`` (x, y) in pixels.
     ``edit``: the decoder's prediction before it was applied (:class:`Edit`), to re-apply it
-    at other intensities. ``gates``: sharing-unit gate / mixing tensors keyed ``"level{l}/{fer|fes}<-{fes|fer}/{name}"``,
-    only when requested (not detached)."""
+    at other intensities. ``gates``: sharing-unit gate / mixing tensors keyed
+    ``"level{l}/{fer|fes}<-{fes|fer}/{name}"``, only when requested (not detached)."""
 
     logits: Tensor
     fake: Tensor | None = None

@@ -245,7 +245,8 @@ def train_multitask(
         n_batches = len(train.labels) // config.batch_size  # drop the last partial batch (BatchNorm)
         if n_batches == 0:
             raise FesaugError(
-                f"{len(train.labels)} training image(s) do not fill one batch of {config.batch_size}; lower --batch-size"
+                f"{len(train.labels)} training image(s) do not fill one batch of {config.batch_size}; lower "
+                "--batch-size"
             )
         pos_weight = au_pos_weight(train.aus).to(device)
 
@@ -265,7 +266,8 @@ def train_multitask(
         }
         atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2, default=str) + "\n")
         log.info(
-            "training EmotionAUNet (sharing %s) on %d images of %d subjects (%d with emotion labels, %d with AU labels; "
+            "training EmotionAUNet (sharing %s) on %d images of %d subjects (%d with emotion labels, %d with AU "
+            "labels; "
             "validation: %d images; held out: %d subjects) on %s",
             model_config.sharing,
             len(train.labels),

@@ -90,8 +90,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise FesaugError(
-            f"{path} is not a readable fesaug checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'}); "
-            "it may be truncated or another kind of file — use a checkpoints/last.pt or best.pt written by `fesaug train`"
+            f"{path} is not a readable fesaug checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no details'}); "
+            "it may be truncated or another kind of file — use a checkpoints/last.pt or best.pt written by `fesaug "
+            "train`"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FesaugError(
@@ -100,7 +102,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if data.get("format_version") != FORMAT_VERSION:
         raise FesaugError(
             f"{path}: checkpoint format version {data.get('format_version')!r} is not supported "
-            f"(this fesaug reads version {FORMAT_VERSION}); use the fesaug version that wrote it ({data.get('fesaug_version')})"
+            f"(this fesaug reads version {FORMAT_VERSION}); use the fesaug version that wrote it "
+            f"({data.get('fesaug_version')})"
         )
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:

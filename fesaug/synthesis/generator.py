@@ -198,7 +198,8 @@ def load_generator(checkpoint: str | os.PathLike, device: str | torch.device | N
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
         raise FesaugError(
-            f"{path}: the model weights do not fit its FERSNet config ({str(exc).splitlines()[0]}); the checkpoint is damaged or from an older fesaug — retrain it with `fesaug train`"
+            f"{path}: the model weights do not fit its FERSNet config ({str(exc).splitlines()[0]}); the checkpoint "
+            "is damaged or from an older fesaug — retrain it with `fesaug train`"
         ) from None
     model.to(device).eval()
     return Generator(model, ckpt, path, file_sha256(path), device)

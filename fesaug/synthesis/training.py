@@ -924,11 +924,13 @@ def _check_resumable(
 ) -> None:
     if list(ckpt["classes"]) != classes:
         raise FesaugError(
-            f"{path} was trained on classes {ckpt['classes']}, but the manifest has {classes}; use the manifest it was trained on"
+            f"{path} was trained on classes {ckpt['classes']}, but the manifest has {classes}; use the manifest it "
+            "was trained on"
         )
     if ckpt["manifest"]["sha256"] != manifest_sha:
         raise FesaugError(
-            f"{path} was trained on another manifest ({ckpt['manifest']['path']}, sha256 {ckpt['manifest']['sha256'][:12]}…); "
+            f"{path} was trained on another manifest ({ckpt['manifest']['path']}, sha256 "
+            f"{ckpt['manifest']['sha256'][:12]}…); "
             "resume with that manifest, or start a new run with --out"
         )
     if ckpt["image_size"] != model_config.image_size:
@@ -942,7 +944,8 @@ def _check_resumable(
     if saved != asked:
         diff = [f"{k}: {saved[k]!r} → {asked[k]!r}" for k in saved if saved[k] != asked[k]]
         raise FesaugError(
-            f"{path} holds another model than the config asks for ({'; '.join(diff)}); resume with the run's own settings"
+            f"{path} holds another model than the config asks for ({'; '.join(diff)}); resume with the run's own "
+            "settings"
         )
     # Through TrainConfig, so a key added since the run was saved compares as its default.
     requested, trained = config.to_dict(), TrainConfig.from_dict(ckpt["config"], where=str(path)).to_dict()
@@ -958,7 +961,8 @@ def _check_resumable(
         )
     if ckpt["epoch"] >= config.epochs:
         raise FesaugError(
-            f"{path} has already completed {ckpt['epoch']} epoch(s) of {config.epochs}; pass a larger --epochs to train longer"
+            f"{path} has already completed {ckpt['epoch']} epoch(s) of {config.epochs}; pass a larger --epochs to "
+            "train longer"
         )
 
 
