@@ -88,13 +88,13 @@ def run_case(work: Path, target: int) -> dict:
     import fesaug.balance.run as fb
 
     manifest, ckpt = setup(work)
-    finish, seen = fb._finish, {}
+    finish, seen = fb.finish, {}
 
     def finish_probe(*a, **k):  # peak RSS of the generation loop, before the manifest is written
         seen["peak_rss_generation_mib"] = status_mib("VmHWM")
         return finish(*a, **k)
 
-    fb._finish = finish_probe
+    fb.finish = finish_probe
     rss_before = status_mib("VmRSS")
     start = time.perf_counter()
     r = fb.balance(

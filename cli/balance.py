@@ -12,7 +12,7 @@ from fesaug.cli.params import DEVICE, aligned_table, balance_options
 from fesaug.utils.errors import FesaugError
 
 if TYPE_CHECKING:
-    from fesaug.balance.run import BalanceResult
+    from fesaug.balance.config import BalanceResult
 
 
 def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
@@ -78,8 +78,6 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     help="Fold whose subjects are never sources nor counted (repeatable). "
     "Default: the fold the checkpoint was held out from.",
 )
-# --exclude-fold: the old name of --holdout-fold, still accepted and no longer shown in --help.
-@click.option("--exclude-fold", "old_holdout_folds", multiple=True, type=click.IntRange(min=0), hidden=True)
 @balance_options("min_confidence", "max_attempts")
 @click.option(
     "--au-check",
@@ -160,7 +158,6 @@ def balance_command(
     undersample: bool,
     splits: tuple[str, ...],
     holdout_folds: tuple[int, ...],
-    old_holdout_folds: tuple[int, ...],
     min_confidence: float,
     max_attempts: int,
     au_checkpoint: Path | None,
@@ -193,7 +190,7 @@ def balance_command(
 
     Re-run the same command after an interruption to finish the job.
     """
-    from fesaug.balance.run import BalanceConfig, balance
+    from fesaug.balance import BalanceConfig, balance
 
     config = BalanceConfig(
         target_per_class=target_per_class or "max",
@@ -201,7 +198,7 @@ def balance_command(
         targets=targets,
         undersample=undersample,
         splits=splits,
-        holdout_folds=(holdout_folds + old_holdout_folds) or None,
+        holdout_folds=holdout_folds or None,
         min_confidence=min_confidence,
         max_attempts=max_attempts,
         seed=seed,
@@ -247,7 +244,7 @@ def balance_command(
 
 
 def format_summary(r: BalanceResult) -> str:
-    from fesaug.balance.run import gate_table
+    from fesaug.balance.card import gate_table
 
     weighted = ("weighted",) if r.weighted else ()
     rows = r.class_rows(("real", "target", "synthesized", "acceptance", "shortfall", "after", *weighted))

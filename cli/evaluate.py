@@ -288,7 +288,7 @@ def _run(
     test_subject_pattern: str | None = None,
     generators_from: Path | None = None,
 ) -> None:
-    from fesaug.balance.run import BalanceConfig
+    from fesaug.balance import BalanceConfig
     from fesaug.evaluate.downstream import DownstreamConfig
     from fesaug.evaluate.run import EvaluateConfig, evaluate
     from fesaug.judges import resolve_judges

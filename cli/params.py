@@ -36,7 +36,7 @@ def intensity_range(ctx: click.Context, param: click.Parameter, value: str | Non
     """``--intensity LOW..HIGH`` (or one number): the range edits are scaled by, checked by the library."""
     if value is None:
         return None
-    from fesaug.balance.run import check_intensity
+    from fesaug.balance.config import check_intensity
 
     low, sep, high = value.partition("..")
     try:

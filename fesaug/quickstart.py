@@ -68,7 +68,7 @@ def run_demo(
     overwrite: bool = False,
 ) -> DemoResult:
     """Demo data → train → balance → audit → pictures, in ``out_dir``."""
-    from fesaug.balance.run import BalanceConfig, balance
+    from fesaug.balance import BalanceConfig, balance
     from fesaug.synthesis.training import TrainConfig, train
 
     out = Path(out_dir)

@@ -21,8 +21,9 @@ import torch
 import fesaug
 import fesaug.data
 from fesaug.audit.report import audit
+from fesaug.balance import BalanceConfig, BalanceResult
 from fesaug.balance import run as balancing
-from fesaug.balance.run import BalanceConfig, plan_sources
+from fesaug.balance.plan import candidate, plan_sources
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.images import sha256_bytes
@@ -53,7 +54,7 @@ def checkpoint(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def balanced(demo: Path, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> balancing.BalanceResult:
+def balanced(demo: Path, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> BalanceResult:
     return balance(demo, checkpoint, tmp_path_factory.mktemp("out") / "balanced", BalanceConfig(**OPEN))
 
 
@@ -100,7 +101,7 @@ def test_similar_order_tries_the_faces_closest_to_the_target_first_but_keeps_spr
 
 def test_reused_sources_are_mirrored_then_jittered() -> None:
     order = [5, 6, 7]
-    uses = [balancing.candidate(order, need=4, slot=s, attempt=a) for a in range(3) for s in range(4)]
+    uses = [candidate(order, need=4, slot=s, attempt=a) for a in range(3) for s in range(4)]
     assert len(set(uses)) == len(uses)  # no input is ever used twice
     assert [c.variant for c in uses[:4]] == [0, 0, 0, 1]
     assert {c.variant for c in uses} == {0, 1, 2, 3}
@@ -109,7 +110,7 @@ def test_reused_sources_are_mirrored_then_jittered() -> None:
 # ---------------------------------------------------------------------------- the run
 
 
-def test_balanced_output_reaches_targets_and_audits_clean(balanced: balancing.BalanceResult, demo: Path) -> None:
+def test_balanced_output_reaches_targets_and_audits_clean(balanced: BalanceResult, demo: Path) -> None:
     working = _working_counts(demo)
     assert balanced.counts_before == working
     largest = max(working.values())
@@ -126,7 +127,7 @@ def test_balanced_output_reaches_targets_and_audits_clean(balanced: balancing.Ba
     assert "| contempt |" in card and "never saw fold 0" in card
 
 
-def test_audit_card_and_histogram_count_the_held_out_fold_apart(balanced: balancing.BalanceResult, demo: Path) -> None:
+def test_audit_card_and_histogram_count_the_held_out_fold_apart(balanced: BalanceResult, demo: Path) -> None:
     # Fold 0 stays in the manifest for testing; counted with the balanced rows, every class would
     # look above its target and the set still imbalanced.
     largest = max(_working_counts(demo).values())
@@ -142,7 +143,7 @@ def test_audit_card_and_histogram_count_the_held_out_fold_apart(balanced: balanc
     assert card.split("| contempt |")[1].split("\n")[0].endswith(f"| {largest} | {held['contempt']} |")
 
 
-def test_synthetic_rows_carry_complete_provenance(balanced: balancing.BalanceResult, checkpoint: Path) -> None:
+def test_synthetic_rows_carry_complete_provenance(balanced: BalanceResult, checkpoint: Path) -> None:
     m = read_manifest(balanced.manifest)
     syn = m.df[m.df["origin"] == "synthetic"]
     real = m.df[m.df["origin"] == "real"].set_index("sample_id")
@@ -197,7 +198,7 @@ def _count_outside(manifest: Path, folds: set[int]) -> dict[str, int]:
 
 
 def test_same_seed_same_output_and_another_seed_differs(
-    balanced: balancing.BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path
+    balanced: BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
     again = balance(demo, checkpoint, tmp_path / "again", BalanceConfig(**OPEN))
     assert _content(again.manifest) == _content(balanced.manifest)
@@ -212,9 +213,9 @@ def _content(manifest: Path) -> list[tuple]:
 
 
 def test_interrupted_run_resumes_to_the_same_output(
-    balanced: balancing.BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    balanced: BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_run_chunk = balancing._run_chunk
+    real_run_chunk = balancing.run_chunk
     calls = []
 
     def crash_on_third(*args, **kwargs):
@@ -227,7 +228,7 @@ def test_interrupted_run_resumes_to_the_same_output(
     whole = balance(demo, checkpoint, tmp_path / "whole", config)
     assert _content(whole.manifest) == _content(balanced.manifest)  # chunking changes nothing
     out = tmp_path / "b"
-    monkeypatch.setattr(balancing, "_run_chunk", crash_on_third)
+    monkeypatch.setattr(balancing, "run_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         balance(demo, checkpoint, out, config)
     assert not (out / "manifest.parquet").exists()
@@ -237,7 +238,7 @@ def test_interrupted_run_resumes_to_the_same_output(
     (out / "images" / "anger").mkdir(parents=True, exist_ok=True)
     (out / "images" / "anger" / ".x.png.abc.tmp").write_bytes(b"half")
     (out / ".histogram.png.abc.tmp").write_bytes(b"half")  # or beside the card and histogram
-    monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
+    monkeypatch.setattr(balancing, "run_chunk", real_run_chunk)
     # Another setting is refused: it would mix two runs in one folder.
     with pytest.raises(FesaugError, match="unfinished balance run with other settings"):
         balance(demo, checkpoint, out, BalanceConfig(seed=5, **OPEN))
@@ -254,7 +255,7 @@ def test_interrupted_run_resumes_to_the_same_output(
 
 
 def test_similar_order_uses_sources_closer_to_the_target_and_says_so(
-    balanced: balancing.BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path
+    balanced: BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
     similar = balance(demo, checkpoint, tmp_path / "b", BalanceConfig(source_order="similar", **OPEN))
     gen = fesaug.load_generator(checkpoint, device="cpu")
@@ -286,20 +287,21 @@ def _interrupted_and_rerecorded(
     edit: Callable[[dict], None],
 ) -> None:
     """A balance run stopped before its first chunk, its plan.json's config then ``edit``ed as an
-    older version would have written it."""
-    real_run_chunk = balancing._run_chunk
+    older version would have written it (before records carried a schema version)."""
+    real_run_chunk = balancing.run_chunk
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(balancing, "_run_chunk", crash)
+    monkeypatch.setattr(balancing, "run_chunk", crash)
     with pytest.raises(KeyboardInterrupt):
         balance(demo, checkpoint, out, config)
     plan = out / balancing.WORK_DIR / "plan.json"
     recorded = json.loads(plan.read_text())
+    assert recorded.pop("schema_version") == 1
     edit(recorded["config"])
     plan.write_text(json.dumps(recorded))
-    monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
+    monkeypatch.setattr(balancing, "run_chunk", real_run_chunk)
 
 
 def test_a_run_recorded_before_a_setting_existed_still_resumes(
@@ -307,7 +309,7 @@ def test_a_run_recorded_before_a_setting_existed_still_resumes(
 ) -> None:
     config = BalanceConfig(min_confidence=0.0, batch_size=8)
     out = tmp_path / "b"
-    real_run_chunk = balancing._run_chunk
+    real_run_chunk = balancing.run_chunk
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
@@ -317,10 +319,10 @@ def test_a_run_recorded_before_a_setting_existed_still_resumes(
     assert (out / "manifest.parquet") == balance(demo, checkpoint, out, config).manifest
     with pytest.raises(FesaugError, match="unfinished balance run with other settings"):
         crashed = tmp_path / "c"
-        monkeypatch.setattr(balancing, "_run_chunk", crash)
+        monkeypatch.setattr(balancing, "run_chunk", crash)
         with pytest.raises(KeyboardInterrupt):
             balance(demo, checkpoint, crashed, config)
-        monkeypatch.setattr(balancing, "_run_chunk", real_run_chunk)
+        monkeypatch.setattr(balancing, "run_chunk", real_run_chunk)
         balance(demo, checkpoint, crashed, BalanceConfig(source_order="similar", min_confidence=0.0, batch_size=8))
 
 
@@ -341,21 +343,13 @@ def test_a_run_recorded_with_the_old_name_of_the_held_out_folds_still_resumes(
     assert read_manifest(result.manifest).meta["balance"]["holdout_folds"] == [0]
 
 
-def test_old_name_of_the_held_out_folds_is_a_deprecated_alias() -> None:
-    with pytest.warns(DeprecationWarning, match=r"BalanceConfig\(exclude_folds=...\) is deprecated; use holdout_folds"):
-        old = BalanceConfig(exclude_folds=(0, 2))
-    assert old == BalanceConfig(holdout_folds=(0, 2)) and old.holdout_folds == (0, 2)
-    assert "exclude_folds" not in old.to_dict() and old.to_dict()["holdout_folds"] == (0, 2)
-    with pytest.warns(DeprecationWarning, match="BalanceConfig.exclude_folds is deprecated"):
-        assert old.exclude_folds == (0, 2)
-    assert dataclasses.replace(old, seed=3).holdout_folds == (0, 2)  # replace() keeps the folds, without a warning
-    with pytest.raises(UsageError, match="not both"), pytest.warns(DeprecationWarning):
-        BalanceConfig(holdout_folds=(1,), exclude_folds=(0,))
+def test_a_held_out_fold_must_be_a_fold_number() -> None:
     with pytest.raises(UsageError, match=r"--holdout-fold must be a fold number \(0 or more\), got -1"):
         BalanceConfig(holdout_folds=(-1,))
+    assert dataclasses.replace(BalanceConfig(holdout_folds=(0, 2)), seed=3).holdout_folds == (0, 2)
 
 
-def test_the_old_holdout_flag_is_a_hidden_alias(
+def test_the_holdout_flag_reaches_the_config(
     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     seen = []
@@ -366,10 +360,10 @@ def test_the_old_holdout_flag_is_a_hidden_alias(
 
     monkeypatch.setattr(balancing, "balance", record)
     code, out, _ = cli_in_process(capsys, "balance", "--help")
-    assert code == 0 and "--holdout-fold" in out and "--exclude-fold" not in out
+    assert code == 0 and "--holdout-fold" in out
     for flags, folds in (
         (["--holdout-fold", "1"], (1,)),
-        (["--exclude-fold", "1", "--exclude-fold", "2"], (1, 2)),
+        (["--holdout-fold", "1", "--holdout-fold", "2"], (1, 2)),
         ([], None),
     ):
         code, _, err = cli_in_process(
@@ -388,7 +382,7 @@ def test_the_old_holdout_flag_is_a_hidden_alias(
 
 
 def test_two_processes_give_the_same_manifest_as_one(
-    balanced: balancing.BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path
+    balanced: BalanceResult, demo: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ddp"
     cmd = [
@@ -515,9 +509,7 @@ def test_bad_inputs_give_one_error_line(demo: Path, checkpoint: Path, tmp_path: 
     assert (tmp_path / "mine" / "notes.txt").read_text() == "user data"
 
 
-def test_balancing_synthetic_rows_again_is_refused(
-    balanced: balancing.BalanceResult, checkpoint: Path, tmp_path: Path
-) -> None:
+def test_balancing_synthetic_rows_again_is_refused(balanced: BalanceResult, checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(FesaugError, match="already has .* synthetic row"):
         balance(balanced.manifest, checkpoint, tmp_path / "b", BalanceConfig(**OPEN))
 
@@ -727,7 +719,7 @@ def test_external_judge_gate_passes_contempt_untouched_and_rejects_the_rest(
         "cpu",
     )
     assert code == 0, err
-    result = balancing._summary_from(tmp_path / "b")
+    result = balancing.summary_from(tmp_path / "b")
     m = read_manifest(result.manifest)
     syn = m.df[m.df["origin"] == "synthetic"]
     # Nothing reaches probability 1, so only contempt, which FER2013 has no class for, is kept.

@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 import fesaug
-from fesaug.balance.run import BalanceConfig
+from fesaug.balance import BalanceConfig
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest

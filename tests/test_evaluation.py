@@ -23,7 +23,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 
 import fesaug
 from fesaug.audit.report import audit
-from fesaug.balance.run import BalanceConfig
+from fesaug.balance import BalanceConfig
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest

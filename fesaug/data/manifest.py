@@ -144,8 +144,9 @@ class Manifest:
 
 # Names older versions recorded for the held-out fold(s) -> today's: BalanceConfig.exclude_folds
 # (a balance plan.json, an evaluate.json), the balance footer's excluded_folds, a checkpoint's or
-# split record's heldout_folds, evaluate's split.parquet footer test_fold.
-OLD_HOLDOUT_NAMES = {
+# split record's heldout_folds, evaluate's split.parquet footer test_fold. Every record's migration
+# to its version 1 reads them as today's.
+HOLDOUT_RENAMES = {
     "exclude_folds": "holdout_folds",
     "excluded_folds": "holdout_folds",
     "heldout_folds": "holdout_folds",
@@ -155,10 +156,10 @@ OLD_HOLDOUT_NAMES = {
 
 def read_holdout_names(record: Mapping[str, Any]) -> dict[str, Any]:
     """``record`` (a recorded config, footer or split, one level) with the held-out fold's older
-    names (:data:`OLD_HOLDOUT_NAMES`) read as today's, so a run written by an older version
+    names (:data:`HOLDOUT_RENAMES`) read as today's, so a run written by an older version
     compares equal to the same run today. A record holding both names keeps today's."""
     out = dict(record)
-    for old, new in OLD_HOLDOUT_NAMES.items():
+    for old, new in HOLDOUT_RENAMES.items():
         if old in out:
             value = out.pop(old)
             out.setdefault(new, value)

@@ -4,7 +4,8 @@ appears in two folds, :func:`assign_folds`) and a run's split of a manifest (:fu
 The held-out fold has one name everywhere: ``holdout_fold`` for one fold (``TrainConfig``, a
 checkpoint's ``config`` and ``split``) and ``holdout_folds`` for several (``BalanceConfig``, the
 balance footer, a manifest's footer, a split record). :func:`check_holdout_folds` validates them
-for every caller; :func:`fesaug.data.manifest.read_holdout_names` reads the names older versions recorded.
+for every caller; the names older versions recorded are read as these by each record's migration
+(:data:`fesaug.data.manifest.HOLDOUT_RENAMES`).
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fesaug.balance.run import BalanceConfig, balance
+from fesaug.balance.config import BalanceConfig
+from fesaug.balance.run import balance
 from fesaug.balance.targets import Targets, resolve_targets
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.manifest import Manifest, read_holdout_names, read_manifest, relative_image_root, write_manifest

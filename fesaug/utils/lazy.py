@@ -5,6 +5,7 @@ defines a name is imported on first access."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,18 +16,12 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[st
 
     def __getattr__(name: str) -> Any:
         if name in exports:
-            value = getattr(importlib.import_module(exports[name], package), name)
-            globals_of(package)[name] = value  # later lookups skip this function
-            return value
+            # Looked up on every access, not cached here: the defining module stays the one place
+            # that holds the name (so a test's monkeypatch of it is seen, and undone, everywhere).
+            return getattr(importlib.import_module(exports[name], package), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted({*globals_of(package), *exports})
+        return sorted({*vars(sys.modules[package]), *exports})
 
     return __getattr__, __dir__
-
-
-def globals_of(package: str) -> dict[str, Any]:
-    import sys
-
-    return vars(sys.modules[package])

@@ -1,0 +1,193 @@
+"""The settings of a balance run (:class:`BalanceConfig`) and what it reports (:class:`BalanceResult`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fesaug.balance.targets import check_synthetic_share, check_target_rule
+from fesaug.data.splits import check_holdout_folds
+from fesaug.models import MAX_INTENSITY
+from fesaug.utils.errors import UsageError
+
+SOURCE_ORDERS = ("subjects", "similar")
+# Expression judges trained elsewhere that can gate synthetic faces (fesaug.judges).
+EXTERNAL_JUDGES = ("fer2013",)
+
+
+def check_intensity(bounds: Sequence[float]) -> tuple[float, float]:
+    """``(LOW, HIGH)`` as floats, or a :class:`UsageError` unless 0 <= LOW <= HIGH <= MAX_INTENSITY."""
+    values = tuple(float(v) for v in bounds)
+    if len(values) != 2 or not 0.0 <= values[0] <= values[1] <= MAX_INTENSITY:
+        raise UsageError(
+            f"--intensity must be LOW..HIGH with 0 <= LOW <= HIGH <= {MAX_INTENSITY:g} "
+            f"(or one number in [0, {MAX_INTENSITY:g}]), got {bounds}"
+        )
+    return values[0], values[1]
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    """Settings of one balance run (everything that decides its output).
+
+    ``target_per_class``: every selected class up to this many images, or ``"max"`` (up to the
+    largest class). ``sampling_strategy``: which classes are over-sampled, as in imbalanced-learn
+    (``auto`` = ``not-majority``; default ``auto`` with ``"max"``, ``all`` with a number).
+    ``targets``: per-class counts that override both. A target below a class's real count is an
+    error unless ``undersample`` is set, which then drops real rows of that class (at random,
+    from the working set). ``holdout_folds``: folds left out of the working set (``None``: the
+    generator's held-out fold).
+    ``output_size``: side of the synthetic images; ``None`` = the real images' size when they
+    all share one square size, else the generator's. ``source_order``: ``subjects`` takes
+    sources round-robin over subjects in random order; ``similar`` keeps the round-robin but
+    tries first the subjects, and within a subject the images, whose expression the
+    checkpoint's FER branch already finds closest to the target (see :func:`plan_sources`).
+    ``max_identity_distance``: keep only faces whose dlib identity embedding lies at most this far
+    from the source face's (a face that cannot be aligned fails). ``external_judge``: a classifier
+    trained on another dataset (``fer2013``) must give the target at least
+    ``min_external_confidence``; classes it does not know (contempt) pass it untouched.
+    ``intensity``: ``(LOW, HIGH)``: each candidate's edit is scaled by an intensity drawn
+    uniformly from that range (seeded like the jitter; ``intensity`` column), so a class gets
+    faces at several strengths of its expression instead of one; ``None`` = the learnt edit (1);
+    above 1 (up to ``MAX_INTENSITY``) the edit is exaggerated.
+    ``synthetic_share``: synthesis fills this share of each class's shortfall (rounded), and
+    weights on the class's real rows fill the rest, as repeats of them would; ``synthetic_weight``:
+    each synthetic row counts this much (below 1: a synthetic face is worth less than a real
+    one). With either set, the manifest gets a ``weight`` column (:func:`row_weights`) whose sum
+    per class reaches the target; the defaults (1, 1) synthesize every missing image and
+    write no weights.
+    """
+
+    target_per_class: int | str = "max"
+    sampling_strategy: str | None = None
+    targets: Mapping[str, int] = field(default_factory=dict)
+    undersample: bool = False
+    splits: tuple[str, ...] = ("train",)
+    holdout_folds: tuple[int, ...] | None = None
+    min_confidence: float = 0.5
+    max_attempts: int = 5
+    seed: int = 0
+    batch_size: int = 64
+    embed_images: bool = False
+    output_size: int | None = None
+    au_checkpoint: str | None = None
+    min_au_consistency: float = 0.5
+    judge_checkpoint: str | None = None
+    min_judge_confidence: float = 0.5
+    source_order: str = "subjects"
+    max_identity_distance: float | None = None
+    external_judge: str | None = None
+    min_external_confidence: float = 0.5
+    intensity: tuple[float, float] | None = None
+    synthetic_share: float = 1.0
+    synthetic_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.holdout_folds is not None:
+            object.__setattr__(self, "holdout_folds", check_holdout_folds(self.holdout_folds, error=UsageError))
+        check_target_rule(self.target_per_class, self.sampling_strategy, self.targets)
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise UsageError(f"--min-confidence must lie in [0, 1], got {self.min_confidence}")
+        if not 0.0 <= self.min_judge_confidence <= 1.0:
+            raise UsageError(f"--min-judge-confidence must lie in [0, 1], got {self.min_judge_confidence}")
+        if not 0.0 <= self.min_au_consistency <= 1.0:
+            raise UsageError(f"--min-au-consistency must lie in [0, 1], got {self.min_au_consistency}")
+        if not 0.0 <= self.min_external_confidence <= 1.0:
+            raise UsageError(f"--min-external-confidence must lie in [0, 1], got {self.min_external_confidence}")
+        if self.max_identity_distance is not None and not self.max_identity_distance > 0:
+            raise UsageError(
+                f"--max-identity-distance must be above 0 (dlib's same-person threshold is 0.6), "
+                f"got {self.max_identity_distance}"
+            )
+        if self.intensity is not None:
+            object.__setattr__(self, "intensity", check_intensity(self.intensity))
+        object.__setattr__(self, "synthetic_share", check_synthetic_share(self.synthetic_share))
+        if isinstance(self.synthetic_weight, bool) or not 0 < self.synthetic_weight <= 1:
+            raise UsageError(
+                f"--synthetic-weight must lie in (0, 1] (what one synthetic image counts against a real "
+                f"one), got {self.synthetic_weight!r}"
+            )
+        object.__setattr__(self, "synthetic_weight", float(self.synthetic_weight))
+        if self.external_judge is not None and self.external_judge not in EXTERNAL_JUDGES:
+            raise UsageError(
+                f"unknown --external-judge {self.external_judge!r}; choose one of {', '.join(EXTERNAL_JUDGES)}"
+            )
+        for name in ("max_attempts", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.output_size is not None and self.output_size < 8:
+            raise UsageError(f"--output-size must be at least 8 pixels, got {self.output_size}")
+        if not self.splits:
+            raise UsageError("choose at least one --split to balance")
+        if self.source_order not in SOURCE_ORDERS:
+            raise UsageError(f"unknown --source-order {self.source_order!r}; choose one of {', '.join(SOURCE_ORDERS)}")
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the output carries a ``weight`` column (a share or weight below 1)."""
+        return self.synthetic_share < 1 or self.synthetic_weight < 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["targets"] = dict(self.targets)
+        return d
+
+
+@dataclass
+class BalanceResult:
+    out_dir: Path
+    manifest: Path
+    counts_before: dict[str, int]
+    targets: dict[str, int]
+    to_generate: dict[str, int]
+    generated: dict[str, int]
+    removed: dict[str, int]
+    attempts: dict[str, int]
+    shortfall: dict[str, int]
+    seconds: float
+    resumed_chunks: int = 0
+    problems: list[str] = field(default_factory=list)  # fesaug audit's findings on the output
+    gate_passed: dict[str, dict[str, int]] = field(default_factory=dict)  # gate -> class -> candidates it passed
+    weighted: dict[str, float] | None = None  # per class, the sum of the balanced rows' weights (weighted runs only)
+
+    @property
+    def counts_after(self) -> dict[str, int]:
+        return {c: self.counts_before[c] - self.removed[c] + self.generated[c] for c in self.counts_before}
+
+    @property
+    def acceptance(self) -> dict[str, float | None]:
+        return {c: (self.generated[c] / a if a else None) for c, a in self.attempts.items()}
+
+    @property
+    def gate_pass_rates(self) -> dict[str, dict[str, float | None]]:
+        """Per gate and class, the share of candidates that gate passed (the gates judge every
+        candidate, so each rate stands alone; ``acceptance`` is their joint effect)."""
+        return {
+            g: {c: (n / self.attempts[c] if self.attempts[c] else None) for c, n in counts.items()}
+            for g, counts in self.gate_passed.items()
+        }
+
+    def class_rows(self, columns: Sequence[str], blank: str = "-") -> list[list[Any]]:
+        """The per-class table every summary of a run shows (the dataset card, the command's and
+        the demo's summaries), one row per class: its name, then ``columns`` of ``real``,
+        ``target``, ``synthesized``, ``acceptance`` (a percentage, ``blank`` without attempts),
+        ``shortfall``, ``after`` and ``weighted`` (the sum of the class's weights, ``blank`` in an
+        unweighted run)."""
+
+        def cell(column: str, c: str) -> Any:
+            if column == "acceptance":
+                acc = self.acceptance[c]
+                return blank if acc is None else f"{acc:.0%}"
+            if column == "weighted":
+                return blank if self.weighted is None else f"{self.weighted[c]:g}"
+            return {
+                "real": self.counts_before,
+                "target": self.targets,
+                "synthesized": self.generated,
+                "shortfall": self.shortfall,
+                "after": self.counts_after,
+            }[column][c]
+
+        return [[c, *(cell(column, c) for column in columns)] for c in self.counts_before]
