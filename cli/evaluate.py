@@ -289,8 +289,8 @@ def _run(
     generators_from: Path | None = None,
 ) -> None:
     from fesaug.balance import BalanceConfig
+    from fesaug.evaluate import EvaluateConfig, evaluate
     from fesaug.evaluate.downstream import DownstreamConfig
-    from fesaug.evaluate.run import EvaluateConfig, evaluate
     from fesaug.judges import resolve_judges
     from fesaug.synthesis.config import resolve_config
 
@@ -326,7 +326,7 @@ def _run(
         downstream_seeds=downstream_seeds,
         judges=resolve_judges(judges),
     )
-    show_progress_log("fesaug.evaluate.run")
+    show_progress_log("fesaug.evaluate")
     show_progress_log("fesaug.synthesis.training")  # FERSNet's epochs: minutes per fold on a CPU
     result = evaluate(
         manifest,

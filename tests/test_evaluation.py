@@ -28,6 +28,7 @@ from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.data.splits import split_subjects
+from fesaug.evaluate import fold as fold_module
 from fesaug.evaluate import run as evaluation
 from fesaug.evaluate.downstream import (
     DownstreamConfig,
@@ -306,7 +307,8 @@ def test_a_second_run_recomputes_nothing(run: Run, monkeypatch: pytest.MonkeyPat
     settings = (run.out / "evaluate.json").read_text()
     decoded = []
     real_dataset = evaluation.ManifestDataset
-    monkeypatch.setattr(evaluation, "ManifestDataset", lambda *a, **k: decoded.append(1) or real_dataset(*a, **k))
+    for module in (evaluation, fold_module):  # the pixels of every fold, and the other sizes of one
+        monkeypatch.setattr(module, "ManifestDataset", lambda *a, **k: decoded.append(1) or real_dataset(*a, **k))
     again = evaluate(run.manifest, run.out, run.config, folds=FOLDS)
     assert not decoded  # nothing to train or score: no image is even decoded
     assert _fold_mtimes(run.out) == before  # every fold-k/*.json, *.pt, checkpoint, image and manifest
@@ -423,6 +425,7 @@ def test_settings_that_only_choose_pieces_or_the_device_do_not_count(run: Run) -
 def test_an_evaluation_recorded_before_a_config_key_existed_resumes(run: Run) -> None:
     out = run.copy("older-version")
     settings = json.loads((out / "evaluate.json").read_text())
+    assert settings.pop("schema_version") == 1  # as versions before schema versions wrote it
     del (
         settings["config"]["generator"]["loss"]["mask_smoothness"],
         settings["config"]["generator"]["expression_classifier"],
@@ -468,7 +471,7 @@ def test_generators_from_another_evaluation_are_copied_and_the_rest_is_computed_
     def no_training(*args, **kwargs):
         raise AssertionError("FERSNet trained again")
 
-    monkeypatch.setattr(evaluation, "train", no_training)
+    monkeypatch.setattr(fold_module, "train", no_training)
     result = evaluate(run.manifest, out, _config(epochs=1), folds=[0], generators_from=run.out)
     theirs, ours = run.fold(0) / "fersnet", out / "fold-0" / "fersnet"
     assert file_sha256(ours / "checkpoints" / "last.pt") == file_sha256(theirs / "checkpoints" / "last.pt")
@@ -939,7 +942,7 @@ def test_several_downstream_seeds_are_averaged_per_fold_before_the_comparison(ru
 
 
 def test_an_evaluation_recorded_with_the_old_name_of_the_held_out_folds_is_the_same_settings() -> None:
-    from fesaug.evaluate.run import _recorded_key
+    from fesaug.evaluate.records import migrate_key_v0_to_v1 as _recorded_key
     from fesaug.utils.runlog import jsonable
 
     config = EvaluateConfig(balance=BalanceConfig(holdout_folds=(1,)))
@@ -950,7 +953,7 @@ def test_an_evaluation_recorded_with_the_old_name_of_the_held_out_folds_is_the_s
 
 
 def test_an_evaluation_recorded_before_downstream_label_smoothing_existed_was_made_without_it() -> None:
-    from fesaug.evaluate.run import _recorded_key
+    from fesaug.evaluate.records import migrate_key_v0_to_v1 as _recorded_key
     from fesaug.utils.runlog import jsonable
 
     before = EvaluateConfig(downstream=DownstreamConfig(label_smoothing=0.0, erasing=0.0))
@@ -961,8 +964,9 @@ def test_an_evaluation_recorded_before_downstream_label_smoothing_existed_was_ma
 
 
 def test_an_evaluation_recorded_before_the_warp_decoder_means_the_attention_decoder() -> None:
-    from fesaug.evaluate.run import _recorded_key
-    from fesaug.synthesis.config import LEGACY, load_config
+    from fesaug.evaluate.records import migrate_key_v0_to_v1 as _recorded_key
+    from fesaug.synthesis.config import load_config
+    from fesaug.synthesis.records import LEGACY
     from fesaug.utils.runlog import jsonable
 
     attention = EvaluateConfig(

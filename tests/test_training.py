@@ -18,12 +18,14 @@ import torch
 import fesaug
 from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
-from fesaug.data.manifest import read_holdout_names, read_manifest, write_manifest
+from fesaug.data.manifest import HOLDOUT_RENAMES, read_manifest, write_manifest
 from fesaug.data.splits import check_holdout_folds, split_subjects
 from fesaug.synthesis import training
 from fesaug.synthesis.checkpoint import FORMAT, load_checkpoint
+from fesaug.synthesis.records import RUN_CONFIG
 from fesaug.synthesis.training import TrainConfig, train
 from fesaug.utils.errors import FesaugError, UsageError
+from fesaug.utils.records import rename_keys
 from fesaug.utils.runlog import read_metrics
 
 from .conftest import TINY, tiny_config
@@ -121,7 +123,10 @@ def test_a_checkpoint_with_the_old_name_of_the_held_out_folds_reads_as_today(
     run: training.TrainResult, tmp_path: Path
 ) -> None:
     ckpt = torch.load(run.last_checkpoint, weights_only=True)
-    ckpt["split"]["heldout_folds"] = ckpt["split"].pop("holdout_folds")  # as written before one name
+    # As written before one name, and before checkpoints carried a schema version.
+    ckpt["split"]["heldout_folds"] = ckpt["split"].pop("holdout_folds")
+    del ckpt["schema_version"]
+    ckpt["format_version"] = 1
     torch.save(ckpt, tmp_path / "old.pt")
     split = load_checkpoint(tmp_path / "old.pt")["split"]
     assert split["holdout_folds"] == [0] and "heldout_folds" not in split
@@ -129,6 +134,9 @@ def test_a_checkpoint_with_the_old_name_of_the_held_out_folds_reads_as_today(
 
 
 def test_old_names_of_the_held_out_folds_read_as_today() -> None:
+    def read_holdout_names(record: dict) -> dict:
+        return rename_keys(record, HOLDOUT_RENAMES)
+
     assert read_holdout_names({"splits": ["train"], "excluded_folds": [0]}) == {
         "splits": ["train"],
         "holdout_folds": [0],
@@ -797,7 +805,7 @@ def test_a_config_recorded_before_a_default_changed_keeps_the_behaviour_it_was_m
         del recorded[key]
     for key in ("edit_sparsity", "flow_magnitude"):
         del recorded["loss"][key]
-    old = TrainConfig.from_dict(recorded, where="an older run")
+    old = TrainConfig.from_dict(RUN_CONFIG.read(recorded, where="an older run"), where="an older run")
     model = old.model_config(num_classes=7)
     assert (model.output, model.flow_threshold, old.align_pairs, old.loss.edit_sparsity) == (
         "attention",
@@ -806,5 +814,6 @@ def test_a_config_recorded_before_a_default_changed_keeps_the_behaviour_it_was_m
         0.0,
     )
     assert old.loss.paired == TrainConfig().loss.paired  # a key the record has keeps its value
-    # A record with every key means exactly what it says.
-    assert TrainConfig.from_dict(TrainConfig().to_dict(), where="x") == TrainConfig()
+    # A record with every key means exactly what it says, and so does any record of today's version.
+    assert TrainConfig.from_dict(RUN_CONFIG.read(TrainConfig().to_dict(), where="x"), where="x") == TrainConfig()
+    assert TrainConfig.from_dict(RUN_CONFIG.read(RUN_CONFIG.stamp(recorded), where="x"), where="x") != old

@@ -11,20 +11,16 @@ from typing import Any
 import numpy as np
 
 from fesaug.balance.targets import describe_target
+from fesaug.evaluate.conditions import REGISTRY, SYNTHETIC_ONLY_NOTE
 from fesaug.utils.plots import new_figure, save_figure
+from fesaug.utils.tables import markdown_table
 
 EXPRESSION_JUDGE = "the fold's judge classifier"  # protocol value when --expression-judge is on
 
-CONDITION_NOTES = {
-    "real": "real training images only",
-    "oversample": "real images randomly oversampled to the `fes` counts, classic augmentation",
-    "fes": "real + FERSNet-synthesized images (fesaug balance)",
-    "mixed": "the `fes` counts, each class's shortfall half synthetic images, half real repeats",
-    "fersnet": "FERSNet's own FER branch (reference, not a downstream model)",
-    "fersnet+fes": "FERSNet's FER branch fine-tuned on real + synthetic images (the paper's recipe)",
-    "fersnet+oversample": "FERSNet's FER branch fine-tuned on real images oversampled to the same counts (control)",
-    "synthetic-only": "synthetic images only (classification accuracy score)",
-}
+
+def condition_note(name: str) -> str:
+    """A condition's one-line description in the report."""
+    return REGISTRY[name].note if name in REGISTRY else SYNTHETIC_ONLY_NOTE if name == "synthetic-only" else ""
 
 
 def _ms(stat: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -37,14 +33,6 @@ def _ms(stat: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -
 
 def _p(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
 
 
 def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
@@ -97,11 +85,11 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
             _ms(s["accuracy"]),
             _ms(s["macro_f1"]),
             _ms(s["minority_recall"]),
-            CONDITION_NOTES.get(name, ""),
+            condition_note(name),
         ]
         for name, s in conditions.items()
     ]
-    lines += _table(
+    lines += markdown_table(
         [
             "condition",
             f"{unit}s",
@@ -114,7 +102,7 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
         rows,
     )
     lines += ["", "Recall per class (%):", ""]
-    lines += _table(
+    lines += markdown_table(
         ["condition", *scored],
         [[f"`{name}`", *(_ms(s["recall"][c], digits=0) for c in scored)] for name, s in conditions.items()],
     )
@@ -155,14 +143,14 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
                         _p(c["ttest_p"]),
                     ]
                 )
-        lines += _table(
+        lines += markdown_table(
             ["comparison", "metric", "mean difference", f"{unit}s won/lost", "Wilcoxon p", "paired t p"], rows
         )
     per_unit = results.get(f"per_{unit}")
     if per_unit:
         names = list(conditions)
         lines += ["", f"## Per {unit}: macro-F1 (%)", ""]
-        lines += _table(
+        lines += markdown_table(
             [unit, *names],
             [
                 [
@@ -377,7 +365,7 @@ def _synthesis_section(
         "",
         "Per target class:" if cross else "Per target class (mean ± std over folds):",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
     ]
     if s.get("judges"):
         lines += _judges_section(s["judges"], classes)
@@ -453,7 +441,7 @@ def _judges_section(j: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
         columns.append(lambda c: [_ms(j["perceptual"]["per_class"].get(c, {}).get("median"), 1, 3)])
     present = [c for c in classes if any(c in j[n].get("per_class", {}) for n in j)]
     rows = [[c, *(v for col in columns for v in col(c))] for c in present]
-    return lines + ["", *_table(header, rows)]
+    return lines + ["", *markdown_table(header, rows)]
 
 
 def plot_recall(results: Mapping[str, Any], classes: Sequence[str], path: str | os.PathLike) -> Path:

@@ -2,9 +2,10 @@
 
 A checkpoint is a plain dict saved with ``torch.save`` that ``torch.load(path, weights_only=True)``
 reads: tensors, lists, dicts, strings and numbers only (no pickled classes), so loading a
-checkpoint from elsewhere cannot run code. Keys (format version 1):
+checkpoint from elsewhere cannot run code. Keys (schema version 1,
+:data:`fesaug.synthesis.records.CHECKPOINT`; an older checkpoint is read through its migrations):
 
-``format``, ``format_version``, ``fesaug_version``
+``format``, ``schema_version``, ``fesaug_version``
     identify the file.
 ``epoch``, ``step``
     completed epochs and optimiser steps.
@@ -21,8 +22,7 @@ checkpoint from elsewhere cannot run code. Keys (format version 1):
     ``{"path", "sha256"}`` of the training manifest.
 ``split``
     ``{"holdout_fold", "train_subjects", "val_subjects", "heldout_subjects", "train_folds",
-    "val_folds", "holdout_folds"}``: who was trained on, validated on, and never seen
-    (``holdout_folds`` was ``heldout_folds`` before; :func:`load_checkpoint` reads either).
+    "val_folds", "holdout_folds"}``: who was trained on, validated on, and never seen.
 ``best``
     ``{"epoch", "val_fer_acc", "val_fer_loss"}`` of the best epoch so far.
 ``metrics``
@@ -41,12 +41,11 @@ import numpy as np
 import torch
 
 from fesaug import __version__
-from fesaug.data.manifest import read_holdout_names
+from fesaug.synthesis.records import CHECKPOINT
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.files import atomic_path
 
 FORMAT = "fesaug-fersnet-checkpoint"
-FORMAT_VERSION = 1
 REQUIRED_KEYS = (
     "epoch",
     "step",
@@ -71,7 +70,7 @@ REQUIRED_KEYS = (
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (plus the format keys) atomically: temp file in the same folder, then rename."""
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "fesaug_version": __version__, **payload}, tmp)
+        torch.save(CHECKPOINT.stamp({"format": FORMAT, "fesaug_version": __version__, **payload}), tmp)
     return Path(path)
 
 
@@ -99,19 +98,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FesaugError(
             f"{path} is a torch file but not a fesaug FERSNet checkpoint; use one written by `fesaug train`"
         )
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("schema_version") is None and data.get("format_version") != 1:
         raise FesaugError(
-            f"{path}: checkpoint format version {data.get('format_version')!r} is not supported "
-            f"(this fesaug reads version {FORMAT_VERSION}); use the fesaug version that wrote it "
-            f"({data.get('fesaug_version')})"
+            f"{path}: checkpoint format version {data.get('format_version')!r} is not supported; use the fesaug "
+            f"version that wrote it ({data.get('fesaug_version')})"
         )
+    data = CHECKPOINT.read(data, where=str(path))
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise FesaugError(
             f"{path}: checkpoint is incomplete (missing {', '.join(missing)}); retrain or use another checkpoint"
         )
-    if isinstance(data["split"], dict):
-        data["split"] = read_holdout_names(data["split"])  # heldout_folds of older versions
     return data
 
 

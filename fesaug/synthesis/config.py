@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from fesaug.synthesis.records import RUN_CONFIG
 from fesaug.utils.errors import FesaugError
+from fesaug.utils.records import SCHEMA_KEY
 
 if TYPE_CHECKING:
     from fesaug.models import FERSNetConfig
@@ -242,9 +244,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str) -> TrainConfig:
         """The inverse of :meth:`to_dict`, for a config fesaug recorded (a checkpoint's, a run's
-        ``config.yaml``): a key the record lacks was added later, and means the behaviour before
-        it existed (:data:`LEGACY`), else its default."""
-        return cls().updated(legacy_filled(data), where=where)
+        ``config.yaml``), once its record is read at today's schema version
+        (:mod:`fesaug.synthesis.records`); its ``schema_version`` is the record's, not a setting."""
+        return cls().updated({k: v for k, v in data.items() if k != SCHEMA_KEY}, where=where)
 
     # ----------------------------------------------------------------------- validation
 
@@ -296,34 +298,6 @@ class TrainConfig:
             raise FesaugError(f"model: {exc}") from None
 
 
-# What a key means in a config recorded before the key existed: the behaviour fesaug had then.
-# Keys whose default is that behaviour need no entry.
-LEGACY: dict[str, Any] = {
-    "align_pairs": False,
-    "pair_threshold": 0.0,
-    "paired_intensities": [],
-    "loss": {"paired_perceptual": 0.0, "flow_smoothness": 0.0, "edit_sparsity": 0.0, "flow_magnitude": 0.0},
-}
-# Model defaults that changed, keyed by a TrainConfig key that arrived with the change: runs record
-# only the model keys they set, so a record without the key was made with these model values.
-LEGACY_MODEL: dict[str, dict[str, Any]] = {
-    "align_pairs": {"output": "attention"},  # before the warp decoder became the default
-    "pair_threshold": {"flow_threshold": 0.0, "mask_threshold": 0.0},  # before the warp's dead zones
-}
-
-
-def legacy_filled(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A recorded config (:meth:`TrainConfig.to_dict` of an older fesaug) with the keys it lacks
-    set to :data:`LEGACY`, and its model to the defaults of its time (:data:`LEGACY_MODEL`)."""
-    from fesaug.utils.runlog import with_defaults
-
-    out = with_defaults(dict(data), LEGACY)
-    for marker, model in LEGACY_MODEL.items():
-        if marker not in data:
-            out["model"] = {**model, **dict(out.get("model") or {})}
-    return out
-
-
 PRESETS: dict[str, dict[str, Any]] = {
     # 64x64 and small widths. Measured on the demo dataset (CK+48-sized) holding out one of 5
     # folds, 669 training images, with the default (warp) recipe: about 33 images/s, 20 s per
@@ -347,8 +321,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def load_config(path: str | Path, base: TrainConfig | None = None, *, recorded: bool = False) -> TrainConfig:
     """``base`` (default: the preset the file names, else ``cpu``) updated with a YAML file.
-    ``recorded``: the file is a run's own ``config.yaml``, whose missing keys mean
-    :data:`LEGACY` (see :meth:`TrainConfig.from_dict`)."""
+    ``recorded``: the file is a run's own ``config.yaml`` (:data:`fesaug.synthesis.records.RUN_CONFIG`),
+    read at today's schema version; so is any file that carries a ``schema_version`` (a run's
+    config passed as ``--config``)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -359,8 +334,8 @@ def load_config(path: str | Path, base: TrainConfig | None = None, *, recorded: 
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise FesaugError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
-    if recorded:
-        data = legacy_filled(data)
+    if recorded or SCHEMA_KEY in data:
+        data = {k: v for k, v in RUN_CONFIG.read(data, where=str(path)).items() if k != SCHEMA_KEY}
     if base is None:
         preset = data.get("preset", "cpu")
         base = TrainConfig.preset_config(preset) if isinstance(preset, str) and preset in PRESETS else TrainConfig()
@@ -383,9 +358,10 @@ def resolve_config(
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write a run's ``config.yaml``: the resolved config with its schema version."""
     from fesaug.utils.files import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(RUN_CONFIG.stamp(config.to_dict()), sort_keys=False))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,189 @@
+"""The conditions ``fesaug evaluate`` compares, each defined once.
+
+A condition is what a downstream classifier trains on in a fold (:class:`TrainingSet`), and how:
+from scratch, or fine-tuned from FERSNet's FER branch (the paper's recipe). The fold machinery
+(:mod:`fesaug.evaluate.runner`) trains, scores, caches and records every condition the same way,
+so adding one is one :class:`Condition` and its :func:`register` call; the report and the
+comparisons pick it up by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fesaug.evaluate.downstream import random_oversample
+
+if TYPE_CHECKING:
+    from fesaug.evaluate.fold import Fold
+
+__all__ = [
+    "COMPARISONS",
+    "DEFAULT_CONDITIONS",
+    "REGISTRY",
+    "Condition",
+    "TrainingSet",
+    "register",
+    "run_order",
+]
+
+
+@dataclass
+class TrainingSet:
+    """What one downstream training of a condition sees: ``uint8`` images, labels, optional
+    sampling weights (rows drawn in proportion, as many draws per epoch as they sum to), and
+    ``info`` recorded beside the condition's scores."""
+
+    x: torch.Tensor
+    y: np.ndarray
+    weights: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition. ``data(fold, r, size)`` builds its training set for seed offset ``r`` at
+    ``size`` px; ``None`` means nothing is trained (FERSNet's own branch is scored as it is).
+    ``fine_tune``: start from FERSNet's FER branch at a tenth of the learning rate, at the
+    generator's image size, instead of a fresh classifier. ``needs_generator``: it needs the
+    fold's trained FERSNet. ``after``: conditions that run first when they are selected too (their
+    records decide this one's counts). ``note``: its one-line description in the report."""
+
+    name: str
+    note: str
+    data: Callable[[Fold, int, int], TrainingSet] | None
+    needs_generator: bool = False
+    fine_tune: bool = False
+    after: tuple[str, ...] = ()
+
+
+REGISTRY: dict[str, Condition] = {}
+
+
+def register(condition: Condition) -> Condition:
+    """Add ``condition`` to :data:`REGISTRY` (in report order)."""
+    if condition.name in REGISTRY:
+        raise ValueError(f"condition {condition.name!r} is registered twice")
+    REGISTRY[condition.name] = condition
+    return condition
+
+
+def run_order(selected: Collection[str]) -> list[Condition]:
+    """The ``selected`` conditions in registry order, each after the selected ones it names in ``after``."""
+    order: list[Condition] = []
+
+    def add(name: str) -> None:
+        condition = REGISTRY[name]
+        if condition not in order:
+            for first in condition.after:
+                if first in selected:
+                    add(first)
+            order.append(condition)
+
+    for name in REGISTRY:
+        if name in selected:
+            add(name)
+    return order
+
+
+DEFAULT_CONDITIONS = ("real", "oversample", "fes")
+# Paired over folds when both ran: synthesis against its two baselines, and the paper's recipe
+# (fine-tuning on synthetic faces) against the FER branch it starts from and against the same
+# fine-tuning on repeated real faces (what the synthetic faces add beyond more training).
+COMPARISONS = (
+    ("fes", "real"),
+    ("fes", "oversample"),
+    ("mixed", "real"),
+    ("mixed", "oversample"),
+    ("fersnet+fes", "fersnet"),
+    ("fersnet+fes", "fersnet+oversample"),
+)
+
+
+def _real(fold: Fold, r: int, size: int) -> TrainingSet:
+    return TrainingSet(fold.pixels_at(size)[fold.train_rows], fold.labels[fold.train_rows])
+
+
+def _oversample(fold: Fold, r: int, size: int) -> TrainingSet:
+    index, missing = fold.oversample_index(r)
+    x, y = fold.pixels_at(size)[fold.train_rows], fold.labels[fold.train_rows]
+    return TrainingSet(x[index], y[index], info={"not_oversampled": missing} if missing else {})
+
+
+def _fes(fold: Fold, r: int, size: int) -> TrainingSet:
+    train = fold.balanced_train(size)
+    return TrainingSet(train.pixels, train.labels, fold.balanced_weights())
+
+
+def _fes_unweighted(fold: Fold, r: int, size: int) -> TrainingSet:
+    # The paper's fine-tuning recipe reads the balanced rows as they are, without a weighted run's weights.
+    train = fold.balanced_train(size)
+    return TrainingSet(train.pixels, train.labels)
+
+
+def _mixed(fold: Fold, r: int, size: int) -> TrainingSet:
+    """Each class's shortfall filled half by synthetic images, half by real repeats: what
+    synthesis adds when it only has to supply part of the new images. The synthetic half is
+    the first of each class in the balanced manifest, which follows balance's plan (round-robin
+    over subjects, so the half still spans them). A class without real training images keeps
+    all its synthetic ones, as it cannot be oversampled."""
+    balanced = fold.balanced_train(size)
+    synthetic = balanced.manifest.df["origin"].to_numpy()[balanced.rows] != "real"
+    y = fold.labels[fold.train_rows]
+    chosen, targets = [], {}
+    for k in range(len(fold.m.classes)):
+        mine = np.flatnonzero(synthetic & (balanced.labels == k))  # positions in manifest (= plan) order
+        n_real = int((y == k).sum())
+        keep = mine[: len(mine) // 2] if n_real else mine
+        chosen.append(keep)
+        if n_real:
+            targets[k] = n_real + len(mine) - len(keep)
+    index, syn = random_oversample(y, targets, fold.config.seed + r), np.concatenate(chosen)
+    x = torch.cat([fold.pixels_at(size)[fold.train_rows][index], balanced.pixels[syn]])
+    return TrainingSet(x, np.concatenate([y[index], balanced.labels[syn]]), info={"n_synthetic": len(syn)})
+
+
+register(Condition("real", "real training images only", _real))
+register(
+    Condition(
+        "oversample",
+        "real images randomly oversampled to the `fes` counts, classic augmentation",
+        _oversample,
+        after=("fes",),
+    )
+)
+register(Condition("fes", "real + FERSNet-synthesized images (fesaug balance)", _fes, needs_generator=True))
+register(
+    Condition(
+        "mixed",
+        "the `fes` counts, each class's shortfall half synthetic images, half real repeats",
+        _mixed,
+        needs_generator=True,
+    )
+)
+register(Condition("fersnet", "FERSNet's own FER branch (reference, not a downstream model)", None, True))
+register(
+    Condition(
+        "fersnet+fes",
+        "FERSNet's FER branch fine-tuned on real + synthetic images (the paper's recipe)",
+        _fes_unweighted,
+        needs_generator=True,
+        fine_tune=True,
+    )
+)
+register(
+    Condition(
+        "fersnet+oversample",
+        "FERSNet's FER branch fine-tuned on real images oversampled to the same counts (control)",
+        _oversample,
+        needs_generator=True,
+        fine_tune=True,
+        after=("fes",),
+    )
+)
+# Not selectable: trained by the synthesis report (classification accuracy score).
+SYNTHETIC_ONLY_NOTE = "synthetic images only (classification accuracy score)"
