@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,18 +138,13 @@ def ingest(
         _check_outputs(out, image_dir, overwrite)
 
         skips = Skips(skip_bad)
-        au_rows: dict[str, str] = {}  # sample_id -> side-file key
         if format == "folder":
             scan = scan_folder(src, subject_rx=subject_rx, jaffe=preset == "jaffe", skips=skips, exclude=image_dir)
             items, total, ignored = scan.items, len(scan.items), scan.ignored
-            if labels is not None:  # before decoding images, so a wrong side file fails in seconds
-                au_rows = _match_au_labels(labels, items, skips)
-        elif format == "hf":
-            from fesaug.data.hf import read_hf_dataset
-
-            (items, total), ignored = read_hf_dataset(src, columns, skips=skips), 0
         else:
-            items, total, ignored = read_fer2013_csv(src, skips=skips), None, 0
+            (items, total), ignored = _read_rows(src, format, columns, skips), 0
+        # Before decoding images, so a wrong side file fails in seconds.
+        au_rows = _match_au_labels(labels, items, skips) if labels is not None else {}  # sample_id -> side-file key
 
         options = {
             "format": format,
@@ -227,6 +223,15 @@ def ingest(
             au_labelled=int(df["au_occurrence"].notna().sum()) if labels is not None else None,
             aligned=meta["alignment"]["counts"] if aligner is not None else None,
         )
+
+
+def _read_rows(src: Path, format: str, columns: Any, skips: Skips) -> tuple[Iterable[Item], int | None]:
+    """The rows of a FER2013 CSV or a Hugging Face dataset, and how many there are (None: unknown)."""
+    if format == "hf":
+        from fesaug.data.hf import read_hf_dataset  # imported on use: the other formats never need it
+
+        return read_hf_dataset(src, columns, skips=skips)
+    return read_fer2013_csv(src, skips=skips), None
 
 
 def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[str, str]:
