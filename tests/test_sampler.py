@@ -24,7 +24,7 @@ from fesaug.data.manifest import read_manifest
 from fesaug.synthesis.training import train
 from fesaug.utils.errors import FesaugError, InvalidValue
 
-from .conftest import tiny_config
+from .conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -325,3 +325,14 @@ def test_imbalanced_learn_sampler_checks(check, checkpoint, faces, monkeypatch) 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. a gate that let nothing through
         check(fesaug.FESampler(checkpoint, min_confidence=0.0, random_state=0, device="cpu", batch_size=256))
+
+
+@pytest.mark.slow
+def test_the_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """docs/sampler.md's example, as written: fit_resample's output trains a torchvision model."""
+    text = (REPO / "docs" / "sampler.md").read_text()
+    example = text.split("### Example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/sampler.md", "exec"), {"__name__": "docs_example"})
+    printed = capsys.readouterr().out
+    assert "per class: [24, 24, 24, 24, 24, 24, 24]" in printed and "balanced accuracy on fold 0:" in printed

@@ -440,7 +440,11 @@ def _check_options(
 
 def _check_source(src: Path, format: str) -> None:
     if not src.exists():
-        raise FesaugError(f"{src} does not exist; pass the dataset folder (or a FER2013 CSV with --format fer2013-csv)")
+        what = {
+            "hf": "the folder of a saved Hugging Face dataset",
+            "fer2013-csv": "the FER2013 CSV file",
+        }.get(format, "the dataset folder (or a FER2013 CSV with --format fer2013-csv)")
+        raise FesaugError(f"{src} does not exist; pass {what}")
     if format == "folder" and not src.is_dir():
         hint = (
             "pass --format fer2013-csv"
