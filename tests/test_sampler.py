@@ -196,6 +196,8 @@ def test_the_manifest_form_picks_the_sources_fesaug_balance_picks(sampler, demo,
     ids = m.df["sample_id"].to_numpy()
     ours = sorted(zip(y_res[s.is_synthetic_].tolist(), ids[s.manifest_rows_[s.parent_indices_]].tolist()))
     assert ours == sorted(zip(syn["label"].tolist(), syn["parent_id"].tolist()))
+    with pytest.raises(InvalidValue, match="subject_id column; drop groups"):
+        sampler().fit_resample(demo, groups=["a"] * 45)
 
 
 def test_fit_resolves_without_synthesizing_and_clone_keeps_the_settings(sampler, faces) -> None:

@@ -122,13 +122,7 @@ class FESampler(BaseEstimator):
                 repeats.append(rng.choice(np.flatnonzero(faces.y_index == k), size=n, replace=True))
         self.shortfall_ = {label: int(made.shortfall[k]) for k, label in enumerate(self.classes_.tolist())}
         if made.shortfall.any():
-            short = ", ".join(f"{c!r}: {n}" for c, n in self.shortfall_.items() if n)
-            warnings.warn(
-                f"FESampler: no candidate passed the quality gate (min_confidence={config.min_confidence:g}) for "
-                f"{int(made.shortfall.sum())} synthetic image(s) ({short}); repeats of real images took their place "
-                "(shortfall_). Lower min_confidence, raise max_attempts, or train the generator longer",
-                stacklevel=2,
-            )
+            _warn_shortfall(self.shortfall_, config.min_confidence)
         return self._assemble(faces, made, np.concatenate([np.arange(faces.n), *repeats]).astype(np.int64))
 
     # ---- steps
@@ -140,6 +134,8 @@ class FESampler(BaseEstimator):
             raise InvalidValue("y is missing: pass the labels of X, or a manifest path as X (its real rows and labels)")
         self.generator_ = self._generator()
         if manifest:
+            if groups is not None:
+                raise InvalidValue("a manifest's subjects come from its subject_id column; drop groups")
             faces, self.manifest_rows_ = faces_from_manifest(X, self.generator_, self.splits, self.holdout_folds)
         else:
             faces = faces_from_arrays(X, y, groups, self.generator_, self.label_names)
@@ -174,13 +170,7 @@ class FESampler(BaseEstimator):
             balanced=np.ones(len(frame), dtype=bool),
             classes=self.classes_.tolist(),
         )
-        self.provenance_ = {
-            **provenance("fesaug.FESampler", {k: v for k, v in self.get_params().items() if k != "checkpoint"}),
-            "checkpoint": str(self.generator_.checkpoint),
-            "checkpoint_sha256": self.generator_.checkpoint_sha256,
-            "checkpoint_epoch": self.generator_.epoch,
-            "seed": made.seed,
-        }
+        self.provenance_ = _provenance(self, made.seed)
         return restore(faces, real, made.images, y_index)
 
     def _generator(self) -> Generator:
@@ -262,6 +252,28 @@ def synthesize(gen: Generator, faces: Faces, config: BalanceConfig, need: dict[i
         shortfall=np.bincount([k for k, _ in pending], minlength=len(faces.classes)),
         seed=seed,
     )
+
+
+def _warn_shortfall(shortfall: dict[Hashable, int], min_confidence: float) -> None:
+    short = ", ".join(f"{c!r}: {n}" for c, n in shortfall.items() if n)
+    warnings.warn(
+        f"FESampler: no candidate passed the quality gate (min_confidence={min_confidence:g}) for "
+        f"{sum(shortfall.values())} synthetic image(s) ({short}); repeats of real images took their place "
+        "(shortfall_). Lower min_confidence, raise max_attempts, or train the generator longer",
+        stacklevel=3,
+    )
+
+
+def _provenance(sampler: FESampler, seed: int) -> dict[str, Any]:
+    """How a resampled set was made: settings, versions, the checkpoint and the seed used."""
+    gen = sampler.generator_
+    return {
+        **provenance("fesaug.FESampler", {k: v for k, v in sampler.get_params().items() if k != "checkpoint"}),
+        "checkpoint": str(gen.checkpoint),
+        "checkpoint_sha256": gen.checkpoint_sha256,
+        "checkpoint_epoch": gen.epoch,
+        "seed": seed,
+    }
 
 
 def _config(sampler: FESampler) -> BalanceConfig:
