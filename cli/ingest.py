@@ -62,7 +62,22 @@ def _summary(result: IngestResult) -> str:
     type=click.Choice(FORMATS),
     default="folder",
     show_default=True,
-    help="folder: class folders (optionally inside train/, test/... folders); fer2013-csv: emotion,pixels,Usage rows.",
+    help="folder: class folders (optionally inside train/, test/... folders); fer2013-csv: emotion,pixels,Usage rows; "
+    "hf: a Hugging Face dataset (a save_to_disk folder, or a local folder datasets.load_dataset reads; needs "
+    "pip install 'fesaug[hf]').",
+)
+@click.option("--image-column", metavar="NAME", help="--format hf: the image column.  [default: image]")
+@click.option(
+    "--label-column",
+    metavar="NAME",
+    help="--format hf: the label column, a ClassLabel or class-name strings, mapped to fesaug's class names.  "
+    "[default: label]",
+)
+@click.option("--subject-column", metavar="NAME", help="--format hf: the column of subject ids (needed for --folds).")
+@click.option(
+    "--split-column",
+    metavar="NAME",
+    help="--format hf: the column of each row's split (train/validation/test); default: the dataset's split names.",
 )
 @click.option(
     "--preset",
@@ -104,6 +119,10 @@ def ingest_command(
     src: Path,
     out: Path | None,
     format_: str,
+    image_column: str | None,
+    label_column: str | None,
+    subject_column: str | None,
+    split_column: str | None,
     preset: str | None,
     subject_pattern: str | None,
     folds: int | None,
@@ -127,6 +146,7 @@ def ingest_command(
     Examples:
       fesaug ingest data/ckplus48 --preset ckplus --folds 10 --out manifests/ck.parquet
       fesaug ingest fer2013.csv --format fer2013-csv --skip-bad
+      fesaug ingest saved-hf-dataset/ --format hf --label-column emotion --subject-column person --folds 5
       fesaug ingest photos/ --subject-pattern '^(\\w+?)_' --detect-faces --size 96
       fesaug ingest photos/ --subject-pattern '^(\\w+?)_' --align --size 48 --skip-bad
       fesaug ingest data/ckplus48 --preset ckplus --au-labels ck-facs.csv
@@ -146,6 +166,10 @@ def ingest_command(
         overwrite=overwrite,
         au_labels=au_labels,
         align=align,
+        image_column=image_column,
+        label_column=label_column,
+        subject_column=subject_column,
+        split_column=split_column,
     )
     click.echo(_summary(result))
     if verbose:

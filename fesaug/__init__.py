@@ -19,7 +19,10 @@ _EXPORTS = {
     "load_generator": "fesaug.synthesis.generator",
     "Generator": "fesaug.synthesis.generator",
     "BalanceConfig": "fesaug.balance.run",
+    "FESampler": "fesaug.balance.sampler",
     "ManifestDataset": "fesaug.data.datasets",
+    "WeightedDistributedSampler": "fesaug.data.samplers",
+    "to_hf_dataset": "fesaug.data.hf",
     "read_manifest": "fesaug.data.manifest",
     "FesaugError": "fesaug.utils.errors",
 }

@@ -44,17 +44,20 @@ The modules follow those steps: :mod:`~fesaug.balance.config` (settings, result)
 :mod:`~fesaug.balance.targets` (1), :mod:`~fesaug.balance.plan` (2), :mod:`~fesaug.balance.gates`
 (3), :mod:`~fesaug.balance.chunks` and :mod:`~fesaug.balance.run` (4),
 :mod:`~fesaug.balance.output` and :mod:`~fesaug.balance.card` (the manifest, footer and card).
-``from fesaug.balance import balance, BalanceConfig`` is the library form of ``fesaug balance``.
+``from fesaug.balance import balance, BalanceConfig`` is the library form of ``fesaug balance``;
+:class:`~fesaug.balance.sampler.FESampler` its imbalanced-learn form over arrays of faces
+(:mod:`~fesaug.balance.sampler`, :mod:`~fesaug.balance.arrays`).
 """
 
 from fesaug.utils.lazy import lazy_exports
 
-__all__ = ["BalanceConfig", "BalanceResult", "Targets", "balance", "resolve_targets"]
+__all__ = ["BalanceConfig", "BalanceResult", "FESampler", "Targets", "balance", "resolve_targets"]
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "BalanceConfig": ".config",
         "BalanceResult": ".config",
+        "FESampler": ".sampler",
         "balance": ".run",
         "Targets": ".targets",
         "resolve_targets": ".targets",

@@ -3,6 +3,21 @@
 from fesaug.data.manifest import Manifest, read_manifest, write_manifest
 from fesaug.utils.lazy import lazy_exports
 
-__all__ = ["Manifest", "ManifestDataset", "read_manifest", "write_manifest"]
-# ManifestDataset needs torch; importing it lazily keeps `fesaug ingest` and `audit` quick to start.
-__getattr__, __dir__ = lazy_exports(__name__, {"ManifestDataset": "fesaug.data.datasets"})
+__all__ = [
+    "Manifest",
+    "ManifestDataset",
+    "WeightedDistributedSampler",
+    "read_manifest",
+    "to_hf_dataset",
+    "write_manifest",
+]
+# ManifestDataset and the sampler need torch, to_hf_dataset the datasets package; importing them
+# lazily keeps `fesaug ingest` and `audit` quick to start.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ManifestDataset": "fesaug.data.datasets",
+        "WeightedDistributedSampler": "fesaug.data.samplers",
+        "to_hf_dataset": "fesaug.data.hf",
+    },
+)

@@ -35,13 +35,21 @@ class ManifestDataset(Dataset):
     row positions of ``manifest.df`` (both filters apply together, in manifest order).
     ``image_size`` resizes every image to ``image_size × image_size`` once, when it is decoded
     (shorter side to ``image_size``, then a centre crop, so faces keep their aspect ratio);
-    without it all images must already share one size. ``transform`` (e.g. a
-    ``torchvision.transforms.v2`` pipeline) is applied to the float image.
+    without it all images must already share one size. ``transform`` is applied to each item's
+    image, a float32 ``torchvision.tv_tensors.Image`` in [0, 1]: any ``torchvision.transforms.v2``
+    transform or pipeline (``v2.Compose([v2.RandomHorizontalFlip(), v2.RandomResizedCrop(48,
+    antialias=True), v2.Normalize([0.5], [0.5])])``) or any callable on a tensor.
 
-    Aligned with the items: ``pixels`` (the decoded uint8 images, ``N×1×H×W``), ``labels``,
-    ``subjects``, ``sample_ids``, ``rows`` (positions in ``manifest.df``) and ``weights``
+    Images are decoded once, when the dataset is built, unless ``lazy``: then on first use (an
+    item, :attr:`pixels` or :attr:`image_shape`). Either way the labels and weights come from the
+    manifest alone, so a sampler can read them without decoding an image.
+
+    Aligned with the items: ``pixels`` (the decoded uint8 images, ``N×1×H×W``), ``labels`` (also
+    :meth:`get_labels`, the name samplers such as torchsampler's ``ImbalancedDatasetSampler``
+    ask for), ``subjects``, ``sample_ids``, ``rows`` (positions in ``manifest.df``) and ``weights``
     (the manifest's ``weight`` column, 1 where it is absent or null: a weighted balance run's
-    rows, to sample in proportion to or to weight the loss by).
+    rows, to sample in proportion to, e.g. with
+    :class:`~fesaug.data.samplers.WeightedDistributedSampler`, or to weight the loss by).
     """
 
     def __init__(
@@ -51,6 +59,7 @@ class ManifestDataset(Dataset):
         origins: Collection[str] | None = None,
         rows: Sequence[int] | None = None,
         image_size: int | None = None,
+        lazy: bool = False,
     ) -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         df = self.manifest.df
@@ -72,8 +81,20 @@ class ManifestDataset(Dataset):
         )
         self.classes = self.manifest.classes
         self.transform = transform
-        self.pixels = _decode(self.manifest, self.rows, image_size)
+        self.image_size = image_size
+        self._pixels = None if lazy else _decode(self.manifest, self.rows, image_size)
         self._to_float = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        """The decoded uint8 images ``N×1×H×W`` (decoded now if the dataset is ``lazy``)."""
+        if self._pixels is None:
+            self._pixels = _decode(self.manifest, self.rows, self.image_size)
+        return self._pixels
+
+    def get_labels(self) -> list[int]:
+        """The class index of every item, read from the manifest (no image is decoded)."""
+        return self.labels.tolist()
 
     def __len__(self) -> int:
         return len(self.rows)

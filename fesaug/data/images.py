@@ -83,6 +83,17 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def image_suffix(data: bytes) -> str:
+    """The file suffix of encoded image ``data`` (``.png``, ``.jpg``, ...) from its format, as
+    PIL reads it from the header; ``.png`` when PIL cannot tell."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt = (probe.format or "PNG").lower()
+    except (OSError, SyntaxError, ValueError):
+        return ".png"
+    return "." + {"jpeg": "jpg", "tiff": "tif"}.get(fmt, fmt)
+
+
 def read_image_file(path: Path) -> tuple[bytes, Image.Image]:
     """The file's bytes and its grayscale image; unreadable files raise :class:`BadImage`."""
     try:

@@ -1,19 +1,24 @@
-"""``fesaug ingest``: a user's image dataset (class folders or a FER2013 CSV) to a manifest.
+"""``fesaug ingest``: a user's image dataset (class folders, a FER2013 CSV or a Hugging Face
+dataset) to a manifest.
 
 Images used unchanged are referenced in place (the manifest's ``image_root`` points at SRC), so a
 research-only dataset is never copied. Images that ingest produces (CSV rows, face crops, aligned
-faces, resizes) are written as PNGs into ``<out stem>-images/`` beside the manifest, or embedded in it.
+faces, resizes) are written as PNGs into ``<out stem>-images/`` beside the manifest, or embedded in it;
+so are a Hugging Face dataset's images, in their own format when unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from PIL import Image
@@ -22,7 +27,15 @@ from tqdm import tqdm
 from fesaug.data.align import FaceAligner
 from fesaug.data.au import AULabels, read_au_labels
 from fesaug.data.faces import crop_face
-from fesaug.data.images import BadImage, encode_png, read_image_file, resize_square, sha256_bytes
+from fesaug.data.images import (
+    BadImage,
+    decode_image,
+    encode_png,
+    image_suffix,
+    read_image_file,
+    resize_square,
+    sha256_bytes,
+)
 from fesaug.data.labels import class_list
 from fesaug.data.manifest import relative_image_root, write_manifest
 from fesaug.data.sources import (
@@ -39,7 +52,7 @@ from fesaug.utils.files import atomic_write_bytes, remove_stale_temporaries
 from fesaug.utils.locking import output_lock
 from fesaug.utils.provenance import provenance
 
-FORMATS = ("folder", "fer2013-csv")
+FORMATS = ("folder", "fer2013-csv", "hf")
 PRESETS = tuple(PRESET_PATTERNS)
 
 __all__ = ["FORMATS", "PRESETS", "IngestResult", "compile_subject_pattern", "ingest"]
@@ -81,11 +94,19 @@ def ingest(
     overwrite: bool = False,
     au_labels: str | os.PathLike | None = None,
     align: bool = False,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    subject_column: str | None = None,
+    split_column: str | None = None,
 ) -> IngestResult:
     """Read the dataset at ``src`` and write its manifest to ``out``.
 
-    ``format`` is ``folder`` (class folders, optionally below ``train/``, ``test/`` ... folders) or
-    ``fer2013-csv``. Subject ids come from file names via ``preset`` (``ckplus``, ``jaffe``) or
+    ``format`` is ``folder`` (class folders, optionally below ``train/``, ``test/`` ... folders),
+    ``fer2013-csv``, or ``hf``: a Hugging Face dataset saved with ``save_to_disk`` or a local
+    folder ``datasets.load_dataset`` reads, whose ``image_column`` (default ``image``) and
+    ``label_column`` (default ``label``, a ``ClassLabel`` or class-name strings) are read, with
+    subject ids from ``subject_column`` and splits from ``split_column`` or the split names
+    (:mod:`.hf`). Subject ids come from file names via ``preset`` (``ckplus``, ``jaffe``) or
     ``subject_pattern``; ``folds`` then assigns subject-independent folds. ``detect_faces`` crops
     the largest face, ``size`` resizes to ``size`` x ``size``. ``align`` rotates, scales and crops
     each face so that its eyes lie level at fixed positions (:mod:`.align`; needs the ``judges``
@@ -97,7 +118,8 @@ def ingest(
     start = time.perf_counter()
     src, out = Path(src), Path(out)
     subject_rx = _subject_regex(format, preset, subject_pattern)
-    _check_options(format, folds, size, subject_rx, au_labels)
+    columns = _hf_columns(format, image_column, label_column, subject_column, split_column)
+    _check_options(format, folds, size, subject_rx is not None or subject_column is not None, au_labels)
     if align and detect_faces:
         raise UsageError(
             "--align finds each face itself (dlib's detector and landmarks) and crops it; drop --detect-faces"
@@ -105,7 +127,7 @@ def ingest(
     _check_source(src, format)
     labels = read_au_labels(au_labels) if au_labels is not None else None  # before the scan: fail fast
     aligner = FaceAligner() if align else None  # a missing extra, before any work
-    produced = format == "fer2013-csv" or detect_faces or align or size is not None
+    produced = format != "folder" or detect_faces or align or size is not None
     storage = "embedded" if embed else "folder" if produced else "in-place"
     image_dir = out.with_name(f"{out.stem}-images") if storage == "folder" else None
     with output_lock(out):
@@ -116,14 +138,13 @@ def ingest(
         _check_outputs(out, image_dir, overwrite)
 
         skips = Skips(skip_bad)
-        au_rows: dict[str, str] = {}  # sample_id -> side-file key
         if format == "folder":
             scan = scan_folder(src, subject_rx=subject_rx, jaffe=preset == "jaffe", skips=skips, exclude=image_dir)
             items, total, ignored = scan.items, len(scan.items), scan.ignored
-            if labels is not None:  # before decoding images, so a wrong side file fails in seconds
-                au_rows = _match_au_labels(labels, items, skips)
         else:
-            items, total, ignored = read_fer2013_csv(src, skips=skips), None, 0
+            (items, total), ignored = _read_rows(src, format, columns, skips), 0
+        # Before decoding images, so a wrong side file fails in seconds.
+        au_rows = _match_au_labels(labels, items, skips) if labels is not None else {}  # sample_id -> side-file key
 
         options = {
             "format": format,
@@ -136,6 +157,7 @@ def ingest(
             "size": size,
             "storage": storage,
             "au_labels": str(au_labels) if au_labels is not None else None,
+            **({"columns": dataclasses.asdict(columns)} if columns is not None else {}),
         }
         with _ImageFolder(image_dir) as folder:
             rows = []
@@ -203,6 +225,15 @@ def ingest(
         )
 
 
+def _read_rows(src: Path, format: str, columns: Any, skips: Skips) -> tuple[Iterable[Item], int | None]:
+    """The rows of a FER2013 CSV or a Hugging Face dataset, and how many there are (None: unknown)."""
+    if format == "hf":
+        from fesaug.data.hf import read_hf_dataset  # imported on use: the other formats never need it
+
+        return read_hf_dataset(src, columns, skips=skips)
+    return read_fer2013_csv(src, skips=skips), None
+
+
 def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[str, str]:
     """``{sample_id: side-file key}``. A key names an image by its path relative to SRC or, when
     only one image has that name, by its file name (so ``S005/001/x.png`` from CK+'s own tree also
@@ -258,8 +289,11 @@ def _row(
 ) -> dict:
     if item.path is not None:
         data, img = read_image_file(item.path)
+    elif item.data is not None:
+        data, img = item.data, decode_image(item.data, where=item.where)
     else:
         data, img = None, Image.fromarray(item.pixels)
+    original = data
     found = None
     if aligner is not None:
         img, found = aligner.align(img, where=item.where, size=size)
@@ -272,7 +306,9 @@ def _row(
     if embed:
         image = {"bytes": data, "path": None}
     elif folder.final is not None:
-        image = {"bytes": None, "path": folder.write(f"{item.label}/{item.sample_id}.png", data)}
+        # Images ingest made are PNGs; an image kept as it came (a Hugging Face row's) keeps its format.
+        suffix = image_suffix(data) if data is original else ".png"
+        image = {"bytes": None, "path": folder.write(f"{item.label}/{item.sample_id}{suffix}", data)}
     else:
         image = {"bytes": None, "path": item.source_file}
     return {
@@ -352,19 +388,36 @@ def _subject_regex(format: str, preset: str | None, pattern: str | None) -> re.P
         raise UsageError(
             "--format fer2013-csv has no file names to read subject ids from; drop --preset/--subject-pattern"
         )
+    if format == "hf" and (preset or pattern):
+        raise UsageError(
+            "--format hf reads subject ids from a column; pass --subject-column instead of --preset/--subject-pattern"
+        )
     if preset is not None:
         return re.compile(PRESET_PATTERNS[preset])
     return compile_subject_pattern(pattern) if pattern is not None else None
 
 
+def _hf_columns(format: str, image: str | None, label: str | None, subject: str | None, split: str | None) -> Any:
+    """The columns ``--format hf`` reads (None for the other formats, which have no columns)."""
+    named = {"--image-column": image, "--label-column": label, "--subject-column": subject, "--split-column": split}
+    if format != "hf":
+        given = [flag for flag, value in named.items() if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} names a column of a Hugging Face dataset; it needs --format hf")
+        return None
+    from fesaug.data.hf import HFColumns
+
+    return HFColumns(image=image or "image", label=label or "label", subject=subject, split=split)
+
+
 def _check_options(
-    format: str, folds: int | None, size: int | None, subject_rx: re.Pattern | None, au_labels: object = None
+    format: str, folds: int | None, size: int | None, has_subjects: bool, au_labels: object = None
 ) -> None:
     if format not in FORMATS:
         raise UsageError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
-    if format == "fer2013-csv" and au_labels is not None:
+    if format != "folder" and au_labels is not None:
         raise UsageError(
-            "--au-labels matches labels to image files, which a FER2013 CSV does not have; drop --au-labels"
+            f"--au-labels matches labels to image files, which --format {format} does not have; drop --au-labels"
         )
     if size is not None and size < 1:
         raise UsageError(f"--size must be a positive number of pixels (got {size})")
@@ -372,7 +425,9 @@ def _check_options(
         return
     if folds < 2:
         raise UsageError(f"--folds must be at least 2 (got {folds})")
-    if subject_rx is None:
+    if not has_subjects:
+        if format == "hf":
+            raise UsageError("--folds needs subject ids so that no subject is in two folds; pass --subject-column")
         if format == "fer2013-csv":
             raise UsageError(
                 "--folds needs subject ids, which a FER2013 CSV does not have; use its Usage column (the split) instead"
@@ -385,7 +440,11 @@ def _check_options(
 
 def _check_source(src: Path, format: str) -> None:
     if not src.exists():
-        raise FesaugError(f"{src} does not exist; pass the dataset folder (or a FER2013 CSV with --format fer2013-csv)")
+        what = {
+            "hf": "the folder of a saved Hugging Face dataset",
+            "fer2013-csv": "the FER2013 CSV file",
+        }.get(format, "the dataset folder (or a FER2013 CSV with --format fer2013-csv)")
+        raise FesaugError(f"{src} does not exist; pass {what}")
     if format == "folder" and not src.is_dir():
         hint = (
             "pass --format fer2013-csv"
@@ -393,6 +452,11 @@ def _check_source(src: Path, format: str) -> None:
             else "pass the folder that holds the class folders"
         )
         raise FesaugError(f"{src} is a file, not a folder; {hint}")
+    if format == "hf" and not src.is_dir():
+        raise FesaugError(
+            f"{src} is a file; --format hf needs a folder (one written by Dataset.save_to_disk, or one "
+            "datasets.load_dataset reads)"
+        )
     if format == "fer2013-csv" and src.is_dir():
         raise FesaugError(
             f"{src} is a folder; --format fer2013-csv needs the CSV file (e.g. fer2013.csv), or drop --format for "

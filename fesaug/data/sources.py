@@ -1,4 +1,5 @@
-"""What ``fesaug ingest`` reads: the images of a class-per-folder tree, or the rows of a FER2013 CSV.
+"""What ``fesaug ingest`` reads: the images of a class-per-folder tree, or the rows of a FER2013 CSV
+(a Hugging Face dataset's rows: :mod:`fesaug.data.hf`).
 
 Both turn into :class:`Item` records (class, split, subject, where the pixels are). Images are not
 decoded here; :mod:`fesaug.data.ingest` does that. Every bad file, folder or row goes through
@@ -76,16 +77,18 @@ class Skips:
 
 @dataclass(frozen=True)
 class Item:
-    """One image to ingest: a file of a folder tree, or one FER2013 CSV row."""
+    """One image to ingest: a file of a folder tree, one FER2013 CSV row, or one row of a Hugging
+    Face dataset."""
 
     sample_id: str
-    source_file: str  # posix path relative to SRC, or "csv:<line>"
+    source_file: str  # posix path relative to SRC, "csv:<line>" or "hf:<split>/<row>"
     where: str  # how error messages name it
     label: str  # canonical class name
     split: str
     subject_id: str | None = None
     path: Path | None = None  # the image file (folder trees)
     pixels: np.ndarray | None = None  # the decoded uint8 square (CSV rows)
+    data: bytes | None = None  # the encoded image (Hugging Face rows)
 
 
 def compile_subject_pattern(pattern: str) -> re.Pattern:
@@ -110,18 +113,20 @@ def subject_of(rx: re.Pattern, name: str) -> str | None:
     return (m.group("subject") if "subject" in rx.groupindex else m.group(1)) or None
 
 
-def _letters(name: str) -> str:
+def letters(name: str) -> str:
+    """``name`` lower-cased, letters only: how split names are compared (``Train`` = ``train``)."""
     return re.sub(r"[^a-z]", "", name.lower())
 
 
-def _safe_stem(stem: str) -> str:
+def safe_stem(stem: str) -> str:
+    """``stem`` with every run of characters unsafe in a file name replaced by ``_``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
 
 
 def sample_ids(rel_paths: list[str]) -> list[str]:
     """Filename-safe ids from the file stems; stems used twice (``train/a.png``, ``test/a.png``)
     get a short hash of their relative path, so ids never depend on scan order."""
-    stems = [_safe_stem(Path(p).stem) for p in rel_paths]
+    stems = [safe_stem(Path(p).stem) for p in rel_paths]
     counts = Counter(stems)
     return [
         s if counts[s] == 1 else f"{s}-{hashlib.sha1(p.encode()).hexdigest()[:8]}" for s, p in zip(stems, rel_paths)
@@ -214,7 +219,7 @@ def scan_folder(
             f"{src} {what}; point SRC at the dataset folder (class folders, or split folders holding class folders)"
         )
 
-    splits = {d: SPLITS.get(_letters(d.name)) for d in top_dirs}
+    splits = {d: SPLITS.get(letters(d.name)) for d in top_dirs}
     if any(splits.values()):
         others = sorted(d.name for d, s in splits.items() if s is None)
         if others:
@@ -318,7 +323,7 @@ def _jaffe_class(path: Path, skips: Skips, walker: _Walker) -> str | None:
 
 def read_fer2013_csv(path: Path, *, skips: Skips) -> Iterator[Item]:
     """Rows of a FER2013-style CSV (``emotion``, ``pixels``, optional ``Usage``), one at a time."""
-    stem = _safe_stem(path.stem)
+    stem = safe_stem(path.stem)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -375,7 +380,7 @@ def _parse_row(row: dict, columns: dict[str, str], where: str) -> tuple[str, str
         raise BadInput(where, f"emotion {emotion} is outside 0-{len(FER2013_CLASSES) - 1} ({codes})")
     split = "train"
     if "usage" in values:
-        split = SPLITS.get(_letters(values["usage"]))
+        split = SPLITS.get(letters(values["usage"]))
         if split is None:
             raise BadInput(where, f"Usage {values['usage']!r} is not Training, PublicTest or PrivateTest")
     try:

@@ -18,3 +18,10 @@ class UsageError(FesaugError):
     """Flags that contradict each other or ask for something impossible (exit status 2, as click)."""
 
     exit_code = 2
+
+
+class InvalidValue(FesaugError, ValueError):
+    """A bad argument to one of fesaug's objects that follow PyTorch's or scikit-learn's
+    conventions (:class:`fesaug.FESampler`, :class:`fesaug.data.WeightedDistributedSampler`): a
+    :class:`FesaugError` (one ``Error:`` line) that is also the ``ValueError`` those libraries
+    raise, and their users and test suites catch."""
