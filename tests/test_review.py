@@ -222,3 +222,15 @@ def test_rows_without_a_parent_in_the_manifest_still_show(balanced: Path, tmp_pa
     orphans = [r for r in data.synthetic if r["parent"] == parent]
     assert orphans and all(r["parent_img"] is None and r["cf_img"] is None for r in orphans)
     assert pd.notna(m.df.at[first, "parent_id"])
+
+
+def test_counterfactuals_drawn_by_worker_processes_are_the_same(
+    balanced: Path, page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fesaug.review import thumbs
+
+    monkeypatch.setattr(thumbs, "PROCESS_MIN_JOBS", 1)  # this small set too: in two processes
+    out = tmp_path / "review"
+    write_review(balanced, out, workers=2)
+    drawn = [r["cf_img"] for r in _scripts(page)["synthetic"]]
+    assert drawn and all((out / p).read_bytes() == (page / p).read_bytes() for p in drawn)
