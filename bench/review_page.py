@@ -241,7 +241,8 @@ def report(r: dict) -> str:
         "case (2 shared cores; other jobs ran at the same time, so take differences of tens of percent as noise). "
         "Browser columns: *open*, selenium's `get` until the page has shown its first cards; *usable after*, the "
         "page's `performance.now()` then (from navigation start); *longest task*, the longest main-thread task "
-        "Chromium reported while loading (a page freezes visibly above a few hundred ms); the actions are one "
+        "Chromium reported while loading (it reports tasks over 50 ms only: 0 means none; a page freezes visibly "
+        "above a few hundred ms); the actions are one "
         "change event each, timed with the layout they cause: choose a class (fear), sort by the first score, "
         "back to all classes, a minimum gate confidence of 0.5.",
     ]
