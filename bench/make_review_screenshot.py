@@ -14,7 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
-from fesaug.balance.run import BalanceConfig, balance
+from fesaug.balance.config import BalanceConfig
+from fesaug.balance.run import balance
 from fesaug.data.demo import make_demo_dataset
 from fesaug.review.browser import headless_chromium, open_page
 from fesaug.review.page import write_review

@@ -54,7 +54,8 @@ return new Promise(resolve => {
 
 def setup(work: Path) -> Path:
     """The balanced demo set (made once)."""
-    from fesaug.balance.run import BalanceConfig, balance
+    from fesaug.balance.config import BalanceConfig
+    from fesaug.balance.run import balance
     from fesaug.data.demo import make_demo_dataset
     from fesaug.synthesis.training import TrainConfig, train
 

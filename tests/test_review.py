@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fesaug.balance.run import BalanceConfig, balance
+from fesaug.balance.config import BalanceConfig
+from fesaug.balance.run import balance
 from fesaug.data.demo import counterfactual, make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.review import data as page_data

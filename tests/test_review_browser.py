@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fesaug.balance.run import BalanceConfig, balance
+from fesaug.balance.config import BalanceConfig
+from fesaug.balance.run import balance
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest
 from fesaug.review.page import write_review
@@ -105,3 +106,16 @@ def test_mark_two_faces_in_a_browser_download_rejects_and_replace_them(
         assert "2 marked rejected" in web.find_element(By.ID, "status").text
     in_page_order = [sid for sid in syn["sample_id"] if sid in expected]
     assert text == "".join(f"{sid}\n" for sid in in_page_order)
+    # The same balance command with --reject replaces exactly those two rows.
+    result = balance(
+        run["demo"], run["checkpoint"], run["balanced"], CONFIG, device="cpu", reject=downloads / "rejects.txt"
+    )
+    after = read_manifest(run["balanced"] / "manifest.parquet").df
+    replaced = after[after["replaces"].notna()]
+    assert sorted(replaced["replaces"]) == sorted(expected) and result.rejected_by_person[cls] == 2
+    unchanged = after[after["replaces"].isna()]
+    assert unchanged["sample_id"].tolist() == [s for s in m.df["sample_id"] if s not in expected]
+    assert (unchanged["sha256"].to_numpy() == m.df.loc[~m.df["sample_id"].isin(expected), "sha256"].to_numpy()).all()
+    # The page made again shows the replacements; only their thumbnails (and counterfactuals) are new.
+    again = write_review(run["balanced"], tmp_path / "review")
+    assert 2 <= again.thumbnails_made <= 4 and again.synthetic == len(syn)
