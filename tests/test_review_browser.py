@@ -77,6 +77,17 @@ def test_mark_two_faces_in_a_browser_download_rejects_and_replace_them(
     with headless_chromium(downloads) as web:
         open_page(web, page.index)
         assert web.find_element(By.ID, "status").text.startswith(f"{len(syn)} of {len(syn)} synthetic faces match")
+        # Source class and subject filters keep only matching faces.
+        source = m.classes[int(syn["source_label"].mode()[0])]
+        Select(web.find_element(By.ID, "f-source")).select_by_value(source)
+        shown = [c.get_attribute("data-id") for c in web.find_elements(By.CSS_SELECTOR, "#grid .card")]
+        assert sorted(shown) == sorted(syn.loc[syn["source_label"] == m.classes.index(source), "sample_id"])
+        Select(web.find_element(By.ID, "f-source")).select_by_value("")
+        subject = syn["subject_id"].iloc[0]
+        web.find_element(By.ID, "f-subject").send_keys(subject)
+        shown = [c.get_attribute("data-id") for c in web.find_elements(By.CSS_SELECTOR, "#grid .card")]
+        assert sorted(shown) == sorted(syn.loc[syn["subject_id"] == subject, "sample_id"])
+        web.find_element(By.ID, "f-subject").clear()  # no event: the next change reads every filter afresh
         Select(web.find_element(By.ID, "f-class")).select_by_value(cls)
         Select(web.find_element(By.ID, "sort-key")).select_by_visible_text("gate confidence")
         Select(web.find_element(By.ID, "sort-dir")).select_by_value("desc")
