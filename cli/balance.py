@@ -145,6 +145,13 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     help="Images generated per step; also the unit of resumable work.",
 )
 @click.option("--embed-images", is_flag=True, help="Store every image (real and synthetic) inside the manifest.")
+@click.option(
+    "--reject",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Replace the synthetic rows whose sample ids FILE lists (the rejects.txt of `fesaug review`) in the "
+    "finished --out, with new candidates from other sources; give it to the command that made --out.",
+)
 @DEVICE
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a class cannot reach its target.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished (or different unfinished) run in --out.")
@@ -175,6 +182,7 @@ def balance_command(
     seed: int,
     batch_size: int,
     embed_images: bool,
+    reject: Path | None,
     device: str,
     strict: bool,
     overwrite: bool,
@@ -187,8 +195,10 @@ def balance_command(
       fesaug balance --manifest ck.parquet --checkpoint best.pt --out b --target-per-class 300
       fesaug balance --manifest ck.parquet --checkpoint best.pt --out b --sampling-strategy minority
       torchrun --nproc-per-node 2 -m fesaug balance --manifest ck.parquet --checkpoint best.pt --out b
+      fesaug balance --manifest ck.parquet --checkpoint best.pt --out b --reject rejects.txt
 
-    Re-run the same command after an interruption to finish the job.
+    Re-run the same command after an interruption to finish the job. Look at the synthetic
+    faces with `fesaug review b` and replace the bad ones with --reject.
     """
     from fesaug.balance import BalanceConfig, balance
 
@@ -226,6 +236,7 @@ def balance_command(
         overwrite=overwrite,
         device=None if device == "auto" else device,
         progress=main_process,
+        reject=reject,
     )
     if not main_process:
         return
@@ -274,7 +285,25 @@ def format_summary(r: BalanceResult) -> str:
             *table,
             *gates,
             "",
-            f"synthesized {made} image(s){speed}{resumed}",
+            *(_rejection_lines(r) or [f"synthesized {made} image(s){speed}{resumed}"]),
             f"wrote {r.manifest}, {r.out_dir / 'README.md'}, {r.out_dir / 'histogram.png'}",
         ]
     )
+
+
+def _rejection_lines(r: BalanceResult) -> list[str]:
+    """What a --reject run did: the faces it replaced, per class, and any it could not."""
+    rec = r.rejection
+    if rec is None:
+        return []
+    per_class = ", ".join(f"{c} {n}" for c, n in rec["rejected"].items() if n)
+    short = sum(rec["not_replaced"].values())
+    if rec.get("already_done"):
+        return [f"--reject: round {rec['round']} already replaced these {len(rec['ids'])} face(s); nothing to do"]
+    return [
+        f"replaced {len(rec['ids']) - short} of {len(rec['ids'])} face(s) rejected by a person ({per_class}) "
+        f"from other sources in {r.seconds:.1f} s; {sum(r.rejected_by_person.values())} rejected over "
+        f"{rec['round']} round(s)"
+        + (f"; resumed {r.resumed_chunks} finished chunk(s)" if r.resumed_chunks else "")
+        + (f"; {short} could not be replaced (the gates rejected every candidate)" if short else "")
+    ]

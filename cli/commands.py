@@ -10,6 +10,7 @@ from fesaug.cli.env import env_command
 from fesaug.cli.evaluate import evaluate_command, evaluate_synthesis_command
 from fesaug.cli.export import export_command
 from fesaug.cli.ingest import ingest_command
+from fesaug.cli.review import review_command
 from fesaug.cli.train import train_command
 
 ALL = [
@@ -22,5 +23,6 @@ ALL = [
     evaluate_synthesis_command,
     export_command,
     ingest_command,
+    review_command,
     train_command,
 ]

@@ -43,7 +43,8 @@ generator was trained on.
 The modules follow those steps: :mod:`~fesaug.balance.config` (settings, result),
 :mod:`~fesaug.balance.targets` (1), :mod:`~fesaug.balance.plan` (2), :mod:`~fesaug.balance.gates`
 (3), :mod:`~fesaug.balance.chunks` and :mod:`~fesaug.balance.run` (4),
-:mod:`~fesaug.balance.output` and :mod:`~fesaug.balance.card` (the manifest, footer and card).
+:mod:`~fesaug.balance.output` and :mod:`~fesaug.balance.card` (the manifest, footer and card),
+:mod:`~fesaug.balance.reject` (``--reject``: replace the faces a person rejected on the review page).
 ``from fesaug.balance import balance, BalanceConfig`` is the library form of ``fesaug balance``;
 :class:`~fesaug.balance.sampler.FESampler` its imbalanced-learn form over arrays of faces
 (:mod:`~fesaug.balance.sampler`, :mod:`~fesaug.balance.arrays`).

@@ -32,6 +32,7 @@ def dataset_card(r: BalanceResult, plan: Plan, meta: Mapping[str, Any], held_out
         *_how(r, plan),
         f"- Synthetic images are {plan.output_size}×{plan.output_size} PNGs under `images/<class>/`.",
         "- Each synthetic row keeps its parent's `subject_id`, `split` and `fold`, and names its `parent_id`.",
+        *_reviewed(r),
         "",
         "## Using it safely",
         "",
@@ -121,6 +122,19 @@ def _gate_bullets(cfg: BalanceConfig) -> list[str]:
     return bullets
 
 
+def _reviewed(r: BalanceResult) -> list[str]:
+    """A line on the faces a person rejected (``fesaug review``, ``fesaug balance --reject``), if any."""
+    rejected = {c: n for c, n in r.rejected_by_person.items() if n}
+    if not rejected:
+        return []
+    return [
+        f"- Reviewed by a person: {sum(rejected.values())} synthetic face(s) rejected on the review page "
+        f"({', '.join(f'{c} {n}' for c, n in rejected.items())}) and replaced by new candidates from other sources "
+        "through the same gates; a replacement names the row it replaces (`replaces` column), and the footer's "
+        "`balance.rejections` lists every round."
+    ]
+
+
 def _use(r: BalanceResult, plan: Plan) -> list[str]:
     gen, cfg = plan.generator, plan.config
     lines = [
@@ -178,4 +192,5 @@ def summary_from(out: Path) -> BalanceResult:
         0.0,
         gate_passed=meta["gate_passed"],
         weighted=meta.get("weighted"),
+        rejected_by_person=meta.get("rejected_by_person", {}),
     )

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from fesaug.balance.gates import gate_scores
-from fesaug.balance.plan import Candidate, Plan, candidate, jitter, seeded_rng
+from fesaug.balance.plan import Candidate, Plan, jitter, seeded_rng
 from fesaug.data.images import encode_png, resize_square, sha256_bytes
 from fesaug.utils.files import atomic_write_bytes
 
@@ -42,7 +42,7 @@ def run_chunk(
     for attempt in range(cfg.max_attempts):
         if not pending:
             break
-        cands = [candidate(plan.orders[k], plan.to_synthesize[m.classes[k]], s, attempt) for k, s in pending]
+        cands = [plan.candidate(k, s, attempt) for k, s in pending]
         inputs, transforms = [], []
         for (k, s), cnd in zip(pending, cands):
             image, how = jitter(pixels[position[cnd.source]], cnd.variant, (cfg.seed, k, s, attempt))

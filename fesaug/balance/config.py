@@ -151,6 +151,8 @@ class BalanceResult:
     problems: list[str] = field(default_factory=list)  # fesaug audit's findings on the output
     gate_passed: dict[str, dict[str, int]] = field(default_factory=dict)  # gate -> class -> candidates it passed
     weighted: dict[str, float] | None = None  # per class, the sum of the balanced rows' weights (weighted runs only)
+    rejected_by_person: dict[str, int] = field(default_factory=dict)  # per class, over every --reject round
+    rejection: dict[str, Any] | None = None  # this --reject run's round, as the footer records it
 
     @property
     def counts_after(self) -> dict[str, int]:

@@ -47,7 +47,7 @@ def finish(plan: Plan, out: Path, n_chunks: int, start: float, *, resumed: int) 
     real = m.df.drop(index=m.df.index[plan.removed_rows]).reset_index(drop=True)
     root, real_images = relocate(m, real, out, embed=cfg.embed_images)
     real = real.assign(image=real_images)
-    syn = _synthetic_frame(plan, synthetic, out, root)
+    syn = synthetic_frame(plan, synthetic, out, root)
     df = pd.concat([real, syn], ignore_index=True) if len(syn) else real
     if cfg.weighted:
         balanced = working_set(df, cfg.splits, plan.holdout_folds)
@@ -93,7 +93,7 @@ def _result(
     )  # fmt: skip
 
 
-def _synthetic_frame(plan: Plan, synthetic: list[dict[str, Any]], out: Path, root: Path) -> pd.DataFrame:
+def synthetic_frame(plan: Plan, synthetic: list[dict[str, Any]], out: Path, root: Path) -> pd.DataFrame:
     """The synthetic rows as manifest rows, their images referenced from ``root`` (or embedded)."""
     syn = pd.DataFrame(synthetic)
     if not len(syn):

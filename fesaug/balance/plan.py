@@ -5,7 +5,7 @@ source is varied (:func:`jitter`). :func:`make_plan` computes it identically on 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +132,18 @@ class Plan:
     key: dict[str, Any]  # what must match for a resume
     gates: Gates  # the quality gates beside the FER branch's
     decoded: tuple[np.ndarray, torch.Tensor] | None = None  # source rows and their pixels, if planning needed them
+    # --reject: each replacement slot's candidates, one per attempt (fesaug.balance.reject)
+    replacements: dict[tuple[int, int], list[Candidate]] = field(default_factory=dict)
 
     def sample_id(self, cls: int, slot: int) -> str:
         return f"syn-{self.generator.checkpoint_sha256[:10]}-{self.manifest.classes[cls]}-{slot:06d}"
+
+    def candidate(self, cls: int, slot: int, attempt: int) -> Candidate:
+        """Attempt ``attempt`` at slot ``slot`` of class ``cls``: :func:`candidate`, or a
+        replacement slot's own candidate under ``--reject``."""
+        if (cls, slot) in self.replacements:
+            return self.replacements[cls, slot][attempt]
+        return candidate(self.orders[cls], self.to_synthesize[self.manifest.classes[cls]], slot, attempt)
 
 
 def make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, device: str | None) -> Plan:

@@ -10,6 +10,7 @@ is finished.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from fesaug.balance.config import BalanceConfig, BalanceResult
 from fesaug.balance.output import OUTPUTS, WORK_DIR, finish, part_path
 from fesaug.balance.plan import Plan, make_plan, source_pixels
 from fesaug.balance.records import PLAN
+from fesaug.balance.reject import check_rejects, done_result, finish_round, plan_round, prepare_round_dir
 from fesaug.utils.distributed import barrier, process_group
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.files import atomic_write_text, check_out_folder, remove_stale_temporaries
@@ -44,12 +46,15 @@ def balance(
     overwrite: bool = False,
     device: str | None = None,
     progress: bool = False,
+    reject: str | os.PathLike | None = None,
 ) -> BalanceResult:
     """Balance ``manifest`` with the generator in ``checkpoint``; write the dataset to ``out_dir``.
 
     See :mod:`fesaug.balance`. Re-running the same call after an interruption resumes it; a second
     run into ``out_dir`` while one is running is refused (:func:`fesaug.utils.locking.output_lock`).
-    ``progress``: a progress bar on stderr when it is a terminal.
+    ``progress``: a progress bar on stderr when it is a terminal. ``reject``: a file of sample ids
+    (the review page's ``rejects.txt``) whose rows of the finished ``out_dir`` are replaced
+    (:mod:`fesaug.balance.reject`).
     """
     config = config or BalanceConfig()
     out = Path(out_dir)
@@ -60,9 +65,15 @@ def balance(
         if device is None and torch.cuda.is_available():
             # Ranks share the node's GPUs; several ranks on one GPU is fine for inference.
             device = f"cuda:{ranks.local_rank % torch.cuda.device_count()}"
+        # A wrong --reject file fails before any model is loaded.
+        rnd = check_rejects(out, reject) if reject is not None else None
+        if rnd is not None and rnd.done:  # the same command again: the footer already has the round
+            return done_result(out, rnd) if rank == 0 else summary_from(out)
         plan = make_plan(Path(manifest), Path(checkpoint), config, device)
+        if rnd is not None:
+            plan = plan_round(plan, rnd)
         if rank == 0:
-            prepare_out_dir(out, plan.key, overwrite)
+            (prepare_round_dir if rnd is not None else prepare_out_dir)(out, plan.key, overwrite)
         barrier()
         chunks = [plan.slots[i : i + config.batch_size] for i in range(0, len(plan.slots), config.batch_size)]
         done = [i for i in range(len(chunks)) if part_path(out, i).exists()]
@@ -71,7 +82,8 @@ def balance(
         position = {int(r): i for i, r in enumerate(sources.tolist())}
         _generate(plan, chunks, mine, pixels, position, out, progress=progress and rank == 0)
         barrier()
-        result = finish(plan, out, len(chunks), start, resumed=len(done)) if rank == 0 else None
+        end = finish if rnd is None else functools.partial(finish_round, rnd=rnd)
+        result = end(plan, out, len(chunks), start, resumed=len(done)) if rank == 0 else None
         barrier()
     if result is None:  # other ranks read what rank 0 wrote
         result = summary_from(out)
@@ -107,7 +119,7 @@ def prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
             if (out / "manifest.parquet").exists():
                 shutil.rmtree(work, ignore_errors=True)  # left by a run stopped just after its manifest
                 raise FesaugError(f"{out} already holds a finished balanced dataset; pass --overwrite to make it again")
-            if not _same_plan(work / "plan.json", key):
+            if not same_plan(work / "plan.json", key):
                 raise FesaugError(
                     f"{out} holds an unfinished balance run with other settings, manifest or checkpoint; "
                     "run that command again to finish it, or pass --overwrite to start over"
@@ -123,7 +135,8 @@ def prepare_out_dir(out: Path, key: dict[str, Any], overwrite: bool) -> None:
     atomic_write_text(work / "plan.json", json.dumps(PLAN.stamp(jsonable(key)), indent=2, sort_keys=True))
 
 
-def _same_plan(path: Path, key: dict[str, Any]) -> bool:
+def same_plan(path: Path, key: dict[str, Any]) -> bool:
+    """Whether the ``plan.json`` at ``path`` records the plan ``key`` (the work there is this run's)."""
     if not path.exists():
         return False
     recorded = PLAN.read(json.loads(path.read_text()), where=str(path))
