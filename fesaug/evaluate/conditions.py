@@ -9,6 +9,7 @@ comparisons pick it up by name.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from fesaug.balance.targets import Targets, resolve_targets
 from fesaug.evaluate.downstream import random_oversample
 
 if TYPE_CHECKING:
@@ -104,12 +106,38 @@ COMPARISONS = (
 )
 
 
+def oversample_index(fold: Fold, r: int) -> tuple[np.ndarray, list[str]]:
+    """Positions in ``train_rows`` of the oversampled training set (repeats included) and the
+    classes that could not be oversampled; for seed offset ``r``, the same draw for every
+    condition that uses it."""
+    y = fold.labels[fold.train_rows]
+    real = dict(zip(fold.m.classes, np.bincount(y, minlength=len(fold.m.classes)).tolist()))
+    fes = fold.dir / "fes.json"
+    if fes.exists():  # the same per-class counts as the synthetic condition reached
+        wanted = Targets(real, {c: int(n) for c, n in json.loads(fes.read_text())["train_counts"].items()})
+    else:
+        b = fold.config.balance
+        wanted = resolve_targets(
+            real,
+            target_per_class=b.target_per_class,
+            sampling_strategy=b.sampling_strategy,
+            targets=b.targets,
+            undersample=False,
+        )
+    # A class without a real training image cannot be oversampled (synthesis can still make
+    # it from other classes' faces); it is recorded, so the report can say why counts differ.
+    extra = wanted.to_generate
+    targets = {k: real[c] + extra[c] for k, c in enumerate(fold.m.classes) if real[c]}
+    missing = [c for c in fold.m.classes if not real[c] and extra[c] > 0]
+    return random_oversample(y, targets, fold.config.seed + r), missing
+
+
 def _real(fold: Fold, r: int, size: int) -> TrainingSet:
     return TrainingSet(fold.pixels_at(size)[fold.train_rows], fold.labels[fold.train_rows])
 
 
 def _oversample(fold: Fold, r: int, size: int) -> TrainingSet:
-    index, missing = fold.oversample_index(r)
+    index, missing = oversample_index(fold, r)
     x, y = fold.pixels_at(size)[fold.train_rows], fold.labels[fold.train_rows]
     return TrainingSet(x[index], y[index], info={"not_oversampled": missing} if missing else {})
 

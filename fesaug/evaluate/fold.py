@@ -9,7 +9,6 @@ balanced set and its judge, each made on first use and reused by every condition
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,12 +17,10 @@ import numpy as np
 import torch
 
 from fesaug.balance.run import balance
-from fesaug.balance.targets import Targets, resolve_targets
 from fesaug.data.datasets import ManifestDataset
 from fesaug.data.manifest import Manifest, read_manifest, relative_image_root, write_manifest
 from fesaug.data.splits import split_subjects
 from fesaug.evaluate.config import EvaluateConfig
-from fesaug.evaluate.downstream import random_oversample
 from fesaug.synthesis.checkpoint import load_checkpoint
 from fesaug.synthesis.training import train
 from fesaug.utils.provenance import provenance
@@ -102,31 +99,6 @@ class Fold:
 
     def subjects(self, rows: np.ndarray) -> list[str]:
         return self.m.df["subject_id"].iloc[rows].astype(str).tolist()
-
-    def oversample_index(self, r: int) -> tuple[np.ndarray, list[str]]:
-        """Positions in ``train_rows`` of the oversampled training set (repeats included) and the
-        classes that could not be oversampled; for seed offset ``r``, the same draw for every
-        condition that uses it."""
-        y = self.labels[self.train_rows]
-        real = dict(zip(self.m.classes, np.bincount(y, minlength=len(self.m.classes)).tolist()))
-        fes = self.dir / "fes.json"
-        if fes.exists():  # the same per-class counts as the synthetic condition reached
-            wanted = Targets(real, {c: int(n) for c, n in json.loads(fes.read_text())["train_counts"].items()})
-        else:
-            b = self.config.balance
-            wanted = resolve_targets(
-                real,
-                target_per_class=b.target_per_class,
-                sampling_strategy=b.sampling_strategy,
-                targets=b.targets,
-                undersample=False,
-            )
-        # A class without a real training image cannot be oversampled (synthesis can still make
-        # it from other classes' faces); it is recorded, so the report can say why counts differ.
-        extra = wanted.to_generate
-        targets = {k: real[c] + extra[c] for k, c in enumerate(self.m.classes) if real[c]}
-        missing = [c for c in self.m.classes if not real[c] and extra[c] > 0]
-        return random_oversample(y, targets, self.config.seed + r), missing
 
     # ---- the balanced set (read once per fold: fes, mixed and the synthesis report share it)
 
