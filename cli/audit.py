@@ -92,12 +92,14 @@ def _ratio_text(report: AuditReport) -> str:
 def format_table(report: AuditReport) -> str:
     shortfall = report.shortfall
     weighted = any(c.weighted is not None for c in report.classes.values())
+    soft = any(c.label_mass is not None for c in report.classes.values())
     header = [
         "class",
         "real",
         "synthetic",
         "total",
         *(["weighted"] if weighted else []),
+        *(["label mass"] if soft else []),
         *(["shortfall"] if shortfall is not None else []),
     ]
     rows = [
@@ -107,6 +109,7 @@ def format_table(report: AuditReport) -> str:
             c.synthetic,
             c.total,
             *([f"{c.weighted:g}"] if weighted else []),
+            *([f"{c.label_mass:g}"] if soft else []),
             *([shortfall[name]] if shortfall is not None else []),
         ]
         for name, c in report.classes.items()
@@ -117,6 +120,7 @@ def format_table(report: AuditReport) -> str:
         report.synthetic,
         report.total,
         *([f"{sum(c.effective for c in report.classes.values()):g}"] if weighted else []),
+        *([f"{sum(c.label_mass or 0 for c in report.classes.values()):g}"] if soft else []),
         *([sum(shortfall.values())] if shortfall is not None else []),
     ]
     lines = [f"manifest: {report.manifest}", ""]
@@ -170,6 +174,7 @@ def _csv(report: AuditReport) -> str:
     else:
         shortfall = report.shortfall
         weighted = any(c.weighted is not None for c in report.classes.values())
+        soft = any(c.label_mass is not None for c in report.classes.values())
         writer.writerow(
             [
                 "class",
@@ -177,6 +182,7 @@ def _csv(report: AuditReport) -> str:
                 "synthetic",
                 "total",
                 *(["weighted"] if weighted else []),
+                *(["label_mass"] if soft else []),
                 *(["shortfall"] if shortfall is not None else []),
             ]
         )
@@ -187,6 +193,7 @@ def _csv(report: AuditReport) -> str:
                 c.synthetic,
                 c.total,
                 *([c.weighted] if weighted else []),
+                *([c.label_mass] if soft else []),
                 *([shortfall[name]] if shortfall is not None else []),
             ]
             for name, c in report.classes.items()

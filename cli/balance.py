@@ -123,7 +123,16 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     show_default=True,
     help="With --external-judge: the least probability it must give the target.",
 )
-@balance_options("intensity", "source_order", "synthetic_share", "synthetic_weight")
+@balance_options(
+    "intensity",
+    "source_order",
+    "synthetic_share",
+    "synthetic_weight",
+    "synthetic_labels",
+    "soft_label_source",
+    "soft_gamma",
+    "min_judge_margin",
+)
 @click.option(
     "--output-size",
     type=click.IntRange(min=8),
@@ -178,6 +187,10 @@ def balance_command(
     source_order: str,
     synthetic_share: float,
     synthetic_weight: float,
+    synthetic_labels: str,
+    soft_label_source: str,
+    soft_gamma: float,
+    min_judge_margin: float | None,
     output_size: int | None,
     seed: int,
     batch_size: int,
@@ -226,6 +239,10 @@ def balance_command(
         intensity=intensity,
         synthetic_share=synthetic_share,
         synthetic_weight=synthetic_weight,
+        synthetic_labels=synthetic_labels,
+        soft_label_source=soft_label_source,
+        soft_gamma=soft_gamma,
+        min_judge_margin=min_judge_margin,
     )
     main_process = os.environ.get("RANK", "0") == "0"
     result = balance(

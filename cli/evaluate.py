@@ -113,6 +113,9 @@ def _common(command):
                 "source_order",
                 "synthetic_share",
                 "synthetic_weight",
+                "synthetic_labels",
+                "soft_label_source",
+                "soft_gamma",
             )
         ),
         click.option(
@@ -128,6 +131,7 @@ def _common(command):
             "classifier) instead of its own FER branch.",
         ),
         BALANCE_OPTIONS["min_judge_confidence"],
+        BALANCE_OPTIONS["min_judge_margin"],
         click.option(
             "--judges",
             default="auto",
@@ -170,9 +174,19 @@ def _common(command):
     callback=_conditions,
     metavar="LIST",
     help="Conditions to compare: real, oversample, fes, mixed (each class's shortfall half synthetic, half "
-    "real repeats), fersnet (FERSNet's FER branch), "
+    "real repeats), truth and truth-half (demo set only: the exact counterfactuals of the same sources, at their "
+    "own and at half intensity: what a perfect generator earns), fersnet (FERSNet's FER branch), "
     "fersnet+fes (that branch fine-tuned on real + synthetic, the paper's recipe), fersnet+oversample (the same "
     "fine-tuning on real images oversampled to the same counts: the control for fersnet+fes).",
+)
+@click.option(
+    "--truth-intensity",
+    type=click.FloatRange(0, 2, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="The truth condition's exact faces show their expression at S times their source's own intensity "
+    "(truth-half at S/2).",
 )
 @click.option(
     "--downstream-seeds",
@@ -208,6 +222,7 @@ def _common(command):
 )
 def evaluate_command(
     conditions: tuple[str, ...],
+    truth_intensity: float,
     downstream_seeds: int,
     no_synthesis: bool,
     test_manifest: Path | None,
@@ -232,6 +247,7 @@ def evaluate_command(
     _run(
         conditions,
         not no_synthesis,
+        truth_intensity=truth_intensity,
         downstream_seeds=downstream_seeds,
         test_manifest=test_manifest,
         test_subject_pattern=test_subject_pattern,
@@ -274,6 +290,10 @@ def _run(
     source_order: str,
     synthetic_share: float,
     synthetic_weight: float,
+    synthetic_labels: str,
+    soft_label_source: str,
+    soft_gamma: float,
+    min_judge_margin: float | None,
     judge: bool,
     expression_judge: bool,
     min_judge_confidence: float,
@@ -284,6 +304,7 @@ def _run(
     device: str,
     overwrite: bool,
     downstream_seeds: int = 1,
+    truth_intensity: float = 1.0,
     test_manifest: Path | None = None,
     test_subject_pattern: str | None = None,
     generators_from: Path | None = None,
@@ -317,6 +338,10 @@ def _run(
             intensity=intensity,
             synthetic_share=synthetic_share,
             synthetic_weight=synthetic_weight,
+            synthetic_labels=synthetic_labels,
+            soft_label_source=soft_label_source,
+            soft_gamma=soft_gamma,
+            min_judge_margin=min_judge_margin,
         ),
         val_fraction=val_fraction,
         seed=seed,
@@ -325,6 +350,7 @@ def _run(
         expression_judge=expression_judge,
         downstream_seeds=downstream_seeds,
         judges=resolve_judges(judges),
+        truth_intensity=truth_intensity,
     )
     show_progress_log("fesaug.evaluate")
     show_progress_log("fesaug.synthesis.training")  # FERSNet's epochs: minutes per fold on a CPU
@@ -372,6 +398,13 @@ def format_summary(results: dict) -> str:
         lines.append(
             f"{name.replace('_', ' ')}: macro-F1 {c['mean_difference']:+.3f} "
             f"(won {c['wins']}, lost {c['losses']} of {c[f'n_{unit}s']} {unit}s{p})"
+        )
+    for name, g in (results.get("gap_closed") or {}).items():
+        share = "-" if g["overall"] is None else f"{g['overall']:.0%}"
+        per = ", ".join("-" if v is None else f"{v:.0%}" for v in g[f"per_{unit}"].values())
+        lines.append(
+            f"{name} closes {share} of the gap between oversample and truth (macro-F1 {g['minus_oversample']:+.3f} "
+            f"of {g['truth_minus_oversample']:+.3f}; per {unit}: {per})"
         )
     if results.get("verdict"):
         from fesaug.evaluate.report import verdict_text

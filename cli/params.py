@@ -129,6 +129,37 @@ BALANCE_OPTIONS: dict[str, Decorator] = {
         help="What one synthetic image counts against a real one in the weight column; the class's real rows make up "
         "the rest of its target.",
     ),
+    "synthetic_labels": click.option(
+        "--synthetic-labels",
+        type=click.Choice(["hard", "soft"]),
+        default="hard",
+        show_default=True,
+        help="soft: label each synthetic image partly as its source's class (a target_mass column), as strong as "
+        "its edit (--soft-label-source); hard: all on its target.",
+    ),
+    "soft_label_source": click.option(
+        "--soft-label-source",
+        type=click.Choice(["intensity", "judge"]),
+        default="intensity",
+        show_default=True,
+        help="With --synthetic-labels soft: the mass on the target is the edit's intensity (capped at 1), or the "
+        "independent judge's probability of the target over it plus that of the source's class (needs --judge).",
+    ),
+    "soft_gamma": click.option(
+        "--soft-gamma",
+        type=click.FloatRange(0, 10, min_open=True),
+        default=1.0,
+        show_default=True,
+        metavar="G",
+        help="With --synthetic-labels soft: the mass on the target is that share to the power G.",
+    ),
+    "min_judge_margin": click.option(
+        "--min-judge-margin",
+        type=click.FloatRange(-1, 1),
+        metavar="M",
+        help="With --judge: also keep a synthetic image only if the judge's probability of its target exceeds "
+        "that of its source's class by at least M (drops the weakest edits, as ALIA does).",
+    ),
     "source_order": click.option(
         "--source-order",
         type=click.Choice(["subjects", "similar"]),

@@ -54,6 +54,10 @@ class ClassCount:
     real: int = 0
     synthetic: int = 0
     weighted: float | None = None  # the sum of the rows' weights, for a manifest with a weight column
+    # The label mass the class receives, for a manifest with soft labels (target_mass): a real row
+    # gives 1, a synthetic row its target_mass, and a synthetic row of another class made from one of
+    # this class's faces the rest of its label.
+    label_mass: float | None = None
 
     @property
     def total(self) -> int:
@@ -70,6 +74,7 @@ class ClassCount:
             "synthetic": self.synthetic,
             "total": self.total,
             **({"weighted": self.weighted} if self.weighted is not None else {}),
+            **({"label_mass": self.label_mass} if self.label_mass is not None else {}),
         }
 
 
@@ -158,15 +163,37 @@ class AuditReport:
 
 
 def _histogram(
-    labels: np.ndarray, synthetic: np.ndarray, classes: list[str], weights: np.ndarray | None = None
+    labels: np.ndarray,
+    synthetic: np.ndarray,
+    classes: list[str],
+    weights: np.ndarray | None = None,
+    soft: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, ClassCount]:
     real_n = np.bincount(labels[~synthetic], minlength=len(classes))
     syn_n = np.bincount(labels[synthetic], minlength=len(classes))
     weighted = None if weights is None else np.bincount(labels, weights=weights, minlength=len(classes))
+    mass = None
+    if soft is not None:  # (target_mass, source_label) of each row
+        target_mass, source = soft
+        rest = target_mass < 1
+        mass = np.bincount(labels, weights=target_mass, minlength=len(classes))
+        mass += np.bincount(source[rest], weights=1 - target_mass[rest], minlength=len(classes))
     return {
-        name: ClassCount(int(real_n[k]), int(syn_n[k]), None if weighted is None else round(float(weighted[k]), 3))
+        name: ClassCount(
+            int(real_n[k]),
+            int(syn_n[k]),
+            None if weighted is None else round(float(weighted[k]), 3),
+            None if mass is None else round(float(mass[k]), 3),
+        )
         for k, name in enumerate(classes)
     }
+
+
+def _soft(m: Manifest) -> tuple[np.ndarray, np.ndarray] | None:
+    if "target_mass" not in m.df.columns:
+        return None
+    mass = m.df["target_mass"].to_numpy(dtype=np.float64, na_value=1.0)
+    return mass, m.df["source_label"].to_numpy(dtype=np.float64, na_value=-1).astype(np.int64)
 
 
 def _weights(m: Manifest) -> np.ndarray | None:
@@ -218,11 +245,15 @@ def audit(
     everything = _histogram(labels, synthetic, m.classes)
     balanced = m.balanced_rows()
     counted = np.ones(len(labels), dtype=bool) if balanced is None else balanced
-    weights = _weights(m)
+    weights, soft = _weights(m), _soft(m)
     return AuditReport(
         manifest=m.path,
         classes=_histogram(
-            labels[counted], synthetic[counted], m.classes, None if weights is None else weights[counted]
+            labels[counted],
+            synthetic[counted],
+            m.classes,
+            None if weights is None else weights[counted],
+            None if soft is None else (soft[0][counted], soft[1][counted]),
         ),
         subjects=int(m.df["subject_id"].nunique(dropna=True)),
         problems=all_problems(m, {name: c.total for name, c in everything.items()}, check_images=check_images),

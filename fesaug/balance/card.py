@@ -107,6 +107,22 @@ def _gate_bullets(cfg: BalanceConfig) -> list[str]:
             f"apart from the generator, gives the target at least {cfg.min_judge_confidence:g} "
             "(`judge_confidence` column)."
         )
+    if cfg.min_judge_margin is not None:
+        bullets.append(
+            f"- Judge margin: also kept only when the judge's probability of the target exceeds that of the source's "
+            f"class by at least {cfg.min_judge_margin:g} (`judge_margin` column): the weakest edits are dropped."
+        )
+    if cfg.soft:
+        how = (
+            "the edit's intensity (capped at 1)"
+            if cfg.soft_label_source == "intensity"
+            else "the judge's probability of the target over it plus that of the source's class"
+        )
+        bullets.append(
+            f"- Soft labels: each synthetic image puts a share of its label on its target (`target_mass` column: "
+            f"{how}, to the power {cfg.soft_gamma:g}) and the rest on its source's class (`source_label`); read them "
+            "with `ManifestDataset(..., soft_labels=True)`."
+        )
     if cfg.max_identity_distance is not None:
         bullets.append(
             f"- Identity: also kept only when dlib's face-recognition embedding of the image lies at most "
@@ -193,4 +209,5 @@ def summary_from(out: Path) -> BalanceResult:
         gate_passed=meta["gate_passed"],
         weighted=meta.get("weighted"),
         rejected_by_person=meta.get("rejected_by_person", {}),
+        mean_target_mass=meta.get("mean_target_mass"),
     )

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from fesaug.balance.gates import gate_scores
+from fesaug.balance.gates import gate_scores, target_mass
 from fesaug.balance.plan import Candidate, Plan, jitter, seeded_rng
 from fesaug.data.images import encode_png, resize_square, sha256_bytes
 from fesaug.utils.files import atomic_write_bytes
@@ -56,7 +56,10 @@ def run_chunk(
             else [float(seeded_rng(cfg.seed, k, s, attempt, 2).uniform(*cfg.intensity)) for k, s in pending]
         )
         fakes = plan.generator.synthesize(sources, targets, intensity=strength, batch_size=len(inputs))
-        scores, gates = gate_scores(plan.gates, cfg, plan.generator, m.classes, sources, fakes, targets)
+        source_labels = torch.tensor([int(m.df["label"].iat[c.source]) for c in cands])
+        scores, gates = gate_scores(plan.gates, cfg, plan.generator, m.classes, sources, fakes, targets, source_labels)
+        if cfg.soft:
+            scores["target_mass"] = target_mass(cfg, plan.gates, fakes, targets, source_labels, strength)
         for gate, ok in gates.items():
             counts = passed.setdefault(gate, dict.fromkeys(m.classes, 0))
             for k, good in zip(targets.tolist(), ok):

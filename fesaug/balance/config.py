@@ -13,6 +13,11 @@ from fesaug.models import MAX_INTENSITY
 from fesaug.utils.errors import UsageError
 
 SOURCE_ORDERS = ("subjects", "similar")
+# How a synthetic row is labelled: all on its target, or a soft label (``target_mass``) that puts
+# part of the mass on its source's class, by how strong the edit is (its intensity) or by how far an
+# independent judge finds it moved from the source's class toward the target's.
+SYNTHETIC_LABELS = ("hard", "soft")
+SOFT_LABEL_SOURCES = ("intensity", "judge")
 # Expression judges trained elsewhere that can gate synthetic faces (fesaug.judges).
 EXTERNAL_JUDGES = ("fer2013",)
 
@@ -44,6 +49,8 @@ class BalanceConfig:
     sources round-robin over subjects in random order; ``similar`` keeps the round-robin but
     tries first the subjects, and within a subject the images, whose expression the
     checkpoint's FER branch already finds closest to the target (see :func:`plan_sources`).
+    ``min_judge_margin``: with a judge, also keep only faces whose judge probability of the target
+    exceeds that of the source's class by this much (drops the weakest edits, after ALIA).
     ``max_identity_distance``: keep only faces whose dlib identity embedding lies at most this far
     from the source face's (a face that cannot be aligned fails). ``external_judge``: a classifier
     trained on another dataset (``fer2013``) must give the target at least
@@ -57,7 +64,12 @@ class BalanceConfig:
     each synthetic row counts this much (below 1: a synthetic face is worth less than a real
     one). With either set, the manifest gets a ``weight`` column (:func:`row_weights`) whose sum
     per class reaches the target; the defaults (1, 1) synthesize every missing image and
-    write no weights.
+    write no weights. ``synthetic_labels="soft"``: each synthetic row gets a ``target_mass`` in
+    [0, 1], the share of its label on the target class (the rest on its ``source_label``, as Diff-Mix
+    labels a translation by its strength): from its edit's intensity (``min(intensity, 1) **
+    soft_gamma``, ``soft_label_source="intensity"``) or from the independent judge
+    (``judge_checkpoint``): its probability of the target over that of the target and the source's
+    class, to the power ``soft_gamma`` (``"judge"``).
     """
 
     target_per_class: int | str = "max"
@@ -76,6 +88,7 @@ class BalanceConfig:
     min_au_consistency: float = 0.5
     judge_checkpoint: str | None = None
     min_judge_confidence: float = 0.5
+    min_judge_margin: float | None = None
     source_order: str = "subjects"
     max_identity_distance: float | None = None
     external_judge: str | None = None
@@ -83,6 +96,9 @@ class BalanceConfig:
     intensity: tuple[float, float] | None = None
     synthetic_share: float = 1.0
     synthetic_weight: float = 1.0
+    synthetic_labels: str = "hard"
+    soft_label_source: str = "intensity"
+    soft_gamma: float = 1.0
 
     def __post_init__(self) -> None:
         if self.holdout_folds is not None:
@@ -121,8 +137,36 @@ class BalanceConfig:
             raise UsageError(f"--output-size must be at least 8 pixels, got {self.output_size}")
         if not self.splits:
             raise UsageError("choose at least one --split to balance")
+        self._check_soft_labels()
+        if self.min_judge_margin is not None:
+            if not -1 <= self.min_judge_margin <= 1:
+                raise UsageError(f"--min-judge-margin must lie in [-1, 1], got {self.min_judge_margin}")
+            if self.judge_checkpoint is None:
+                raise UsageError("--min-judge-margin compares the independent judge's probabilities; give --judge CKPT")
         if self.source_order not in SOURCE_ORDERS:
             raise UsageError(f"unknown --source-order {self.source_order!r}; choose one of {', '.join(SOURCE_ORDERS)}")
+
+    def _check_soft_labels(self) -> None:
+        if self.synthetic_labels not in SYNTHETIC_LABELS:
+            raise UsageError(
+                f"unknown --synthetic-labels {self.synthetic_labels!r}; choose one of {', '.join(SYNTHETIC_LABELS)}"
+            )
+        if self.soft_label_source not in SOFT_LABEL_SOURCES:
+            raise UsageError(
+                f"unknown --soft-label-source {self.soft_label_source!r}; choose one of {', '.join(SOFT_LABEL_SOURCES)}"
+            )
+        if isinstance(self.soft_gamma, bool) or not 0 < self.soft_gamma <= 10:
+            raise UsageError(f"--soft-gamma must lie in (0, 10], got {self.soft_gamma!r}")
+        object.__setattr__(self, "soft_gamma", float(self.soft_gamma))
+        if self.soft and self.soft_label_source == "judge" and self.judge_checkpoint is None:
+            raise UsageError(
+                "--soft-label-source judge reads the independent judge's probabilities; give it with --judge CKPT"
+            )
+
+    @property
+    def soft(self) -> bool:
+        """Whether synthetic rows get soft labels (a ``target_mass`` column)."""
+        return self.synthetic_labels == "soft"
 
     @property
     def weighted(self) -> bool:
@@ -151,6 +195,7 @@ class BalanceResult:
     problems: list[str] = field(default_factory=list)  # fesaug audit's findings on the output
     gate_passed: dict[str, dict[str, int]] = field(default_factory=dict)  # gate -> class -> candidates it passed
     weighted: dict[str, float] | None = None  # per class, the sum of the balanced rows' weights (weighted runs only)
+    mean_target_mass: dict[str, float | None] | None = None  # per class, its synthetic rows' mean (soft labels only)
     rejected_by_person: dict[str, int] = field(default_factory=dict)  # per class, over every --reject round
     rejection: dict[str, Any] | None = None  # this --reject run's round, as the footer records it
 

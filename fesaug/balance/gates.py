@@ -32,6 +32,7 @@ GATE_NAMES = {
     "judge": "judge",
     "identity": "identity",
     "external": "external judge",
+    "judge_margin": "judge margin",
 }
 
 
@@ -81,11 +82,15 @@ def gate_scores(
     sources: torch.Tensor,
     fakes: torch.Tensor,
     targets: torch.Tensor,
+    source_labels: torch.Tensor,
 ) -> tuple[dict[str, list[float | None]], dict[str, list[bool]]]:
     """Every active gate's score of each fake (by manifest column) and its pass/fail (by gate).
 
     A class an AU model or external judge has no opinion on (None / NaN) passes that gate; a face
-    the identity judge cannot align fails, since nothing then shows it is still the same person."""
+    the identity judge cannot align fails, since nothing then shows it is still the same person.
+    The independent judge (``--judge``: a classifier trained apart on real faces, not fooled the
+    way the jointly trained FER branch is) scores the target and, with ``min_judge_margin``, its
+    lead over the source's class. ``source_labels``: each fake's source's class."""
     names = [classes[k] for k in targets.tolist()]
     confidence = generator.classify(fakes, batch_size=len(fakes))[torch.arange(len(fakes)), targets].tolist()
     scores: dict[str, list[float | None]] = {"confidence": confidence}
@@ -94,8 +99,17 @@ def gate_scores(
         scores["au_consistency"] = au = _au_check(gates.au_checker, classes, fakes, targets)
         passed["au_check"] = [a is None or a >= config.min_au_consistency for a in au]
     if gates.judge is not None:
-        scores["judge_confidence"] = jc = _judge(gates.judge, fakes, targets)
+        probs = predict_proba(gates.judge, resize_pixels(fakes, gates.judge.image_size))
+        rows = np.arange(len(fakes))
+        jc = probs[rows, targets.numpy()].astype(float)
+        scores["judge_confidence"] = jc.tolist()
         passed["judge"] = [j >= config.min_judge_confidence for j in jc]
+        if config.min_judge_margin is not None:
+            # The weakest edits leave the face nearer its source's class than the target: a margin, not
+            # the raw confidence, finds them (ALIA, NeurIPS 2023).
+            margin = jc - probs[rows, source_labels.numpy()]
+            scores["judge_margin"] = margin.tolist()
+            passed["judge_margin"] = [bool(v >= config.min_judge_margin) for v in margin]
     if gates.identity is not None:
         d = gates.identity.score(fakes, names, sources)
         scores["identity_distance"] = d.tolist()
@@ -119,10 +133,20 @@ def _au_check(checker: Any, classes: Sequence[str], fakes: torch.Tensor, targets
     return out
 
 
-def _judge(judge: Any, fakes: torch.Tensor, targets: torch.Tensor) -> list[float]:
-    """The independent judge's probability of each fake's target.
-
-    The FER branch was trained jointly with the generator, which learns to satisfy it; a
-    classifier trained apart on real faces only is not fooled the same way."""
-    probs = predict_proba(judge, resize_pixels(fakes, judge.image_size))
-    return probs[np.arange(len(fakes)), targets.numpy()].astype(float).tolist()
+def target_mass(
+    config: BalanceConfig,
+    gates: Gates,
+    fakes: torch.Tensor,
+    targets: torch.Tensor,
+    source_labels: torch.Tensor,
+    strength: Sequence[float] | None,
+) -> list[float]:
+    """Each fake's soft-label mass on its target (:class:`BalanceConfig` ``synthetic_labels``)."""
+    if config.soft_label_source == "judge":
+        probs = predict_proba(gates.judge, resize_pixels(fakes, gates.judge.image_size))
+        rows = np.arange(len(fakes))
+        p_target, p_source = probs[rows, targets.numpy()], probs[rows, source_labels.numpy()]
+        share = p_target / np.maximum(p_target + p_source, 1e-12)
+    else:
+        share = np.ones(len(fakes)) if strength is None else np.minimum(np.asarray(strength, dtype=float), 1.0)
+    return (np.clip(share, 0.0, 1.0) ** config.soft_gamma).astype(float).tolist()

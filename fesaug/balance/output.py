@@ -53,6 +53,8 @@ def finish(plan: Plan, out: Path, n_chunks: int, start: float, *, resumed: int) 
         balanced = working_set(df, cfg.splits, plan.holdout_folds)
         df["weight"] = row_weights(df, plan.targets, cfg.synthetic_weight, balanced=balanced, classes=m.classes)
         result.weighted = weighted_counts(df, m.classes, balanced)
+    if cfg.soft:
+        result.mean_target_mass = mean_target_mass(df, m.classes)
     meta = footer(plan, result)
     manifest_path = out / "manifest.parquet"
     image_root = "." if cfg.embed_images else relative_image_root(manifest_path, root)
@@ -145,6 +147,13 @@ def weighted_counts(df: pd.DataFrame, classes: Sequence[str], balanced: np.ndarr
     return {c: round(float(weights[balanced & (labels == k)].sum()), 3) for k, c in enumerate(classes)}
 
 
+def mean_target_mass(df: pd.DataFrame, classes: Sequence[str]) -> dict[str, float | None]:
+    """Per class, the mean ``target_mass`` of its synthetic rows (None without any)."""
+    syn = df[df["origin"] == "synthetic"]
+    means = syn.groupby("label")["target_mass"].mean() if "target_mass" in syn.columns else pd.Series(dtype=float)
+    return {c: (round(float(means[k]), 4) if k in means.index else None) for k, c in enumerate(classes)}
+
+
 def relocate(m: Manifest, real: pd.DataFrame, out: Path, *, embed: bool) -> tuple[Path, list[dict[str, Any]]]:
     """The output's image root and the real rows' ``image`` structs relative to it.
 
@@ -223,6 +232,16 @@ def _run_record(plan: Plan, r: BalanceResult) -> dict[str, Any]:
         "intensity": None if cfg.intensity is None else list(cfg.intensity),
         "synthetic_share": cfg.synthetic_share,
         "synthetic_weight": cfg.synthetic_weight,
+        "synthetic_labels": cfg.synthetic_labels,
+        **(
+            {
+                "soft_label_source": cfg.soft_label_source,
+                "soft_gamma": cfg.soft_gamma,
+                "mean_target_mass": r.mean_target_mass,
+            }
+            if cfg.soft
+            else {}
+        ),
     }
 
 
@@ -252,6 +271,7 @@ def _gate_records(plan: Plan) -> dict[str, Any]:
             "checkpoint": cfg.judge_checkpoint,
             "checkpoint_sha256": plan.key["judge_checkpoint_sha256"],
             "min_judge_confidence": cfg.min_judge_confidence,
+            "min_judge_margin": cfg.min_judge_margin,
         }
     if gates.identity is not None:
         out["identity_check"] = {

@@ -4,7 +4,7 @@ source is varied (:func:`jitter`). :func:`make_plan` computes it identically on 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,17 +161,16 @@ def make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, devi
         else ([gen.holdout_fold] if gen.holdout_fold is not None else [])
     )
     working = working_rows(m, config.splits, holdout_folds)
-    targets, removed = _targets(m, working, config)
-    to_generate = targets.to_synthesize(config.synthetic_share)
-    # Sources exclude rows dropped by under-sampling: the balanced set must not depend on them.
-    sources = np.setdiff1d(working, np.asarray(removed, dtype=np.int64))
-    pixels = similarity = None
-    if config.source_order == "similar" and any(to_generate.values()):
-        pixels = source_pixels(m, sources, gen)
+    decoded: dict[str, Any] = {}
+
+    def similarity(sources: np.ndarray) -> np.ndarray:
+        decoded["pixels"] = pixels = source_pixels(m, sources, gen)
         # Rounded so that the order (and so a resumed run's plan) does not hang on the last bits
         # of float arithmetic, which differ between devices.
-        similarity = np.round(gen.classify(pixels).numpy(), 3)
-    orders, slots = _orders(m, sources, to_generate, config.seed, similarity)
+        return np.round(gen.classify(pixels).numpy(), 3)
+
+    sp = plan_slots(m, working, config, similarity)
+    targets, removed, to_generate, orders, slots = sp.targets, sp.removed, sp.to_synthesize, sp.orders, sp.slots
     key = {
         "config": config.to_dict(),
         "manifest_sha256": file_sha256(manifest_path),
@@ -181,11 +180,46 @@ def make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, devi
     gates = load_gates(config, m.classes, device, where=str(manifest_path))
     key |= gates.key
     size = choose_output_size(m, working, gen, config.output_size)
-    decoded = None if pixels is None else (sources, pixels)
+    decoded_sources = None if "pixels" not in decoded else (sp.sources, decoded["pixels"])
     return Plan(
         m, gen, config, working, targets, to_generate, removed, sorted(holdout_folds), size, orders, slots, key,
-        gates, decoded,
+        gates, decoded_sources,
     )  # fmt: skip
+
+
+@dataclass
+class SlotPlan:
+    """What a balance run fills, before any generator is involved: the targets, the rows
+    under-sampling drops, the count to synthesize per class, the rows sources are taken from, each
+    class's source order and every (class, slot) to fill."""
+
+    targets: Targets
+    removed: list[int]
+    to_synthesize: dict[str, int]
+    sources: np.ndarray
+    orders: dict[int, list[int]]
+    slots: list[tuple[int, int]]
+
+
+def plan_slots(
+    m: Manifest,
+    working: np.ndarray,
+    config: BalanceConfig,
+    similarity: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> SlotPlan:
+    """The slots of a balance run over ``working`` (:class:`SlotPlan`). ``similarity(sources)``:
+    each source's probability of each class, for ``source_order="similar"`` (required then)."""
+    targets, removed = _targets(m, working, config)
+    to_generate = targets.to_synthesize(config.synthetic_share)
+    # Sources exclude rows dropped by under-sampling: the balanced set must not depend on them.
+    sources = np.setdiff1d(working, np.asarray(removed, dtype=np.int64))
+    scores = None
+    if config.source_order == "similar" and any(to_generate.values()):
+        if similarity is None:
+            raise UsageError("--source-order similar ranks sources with a generator's FER branch; none was given")
+        scores = similarity(sources)
+    orders, slots = _orders(m, sources, to_generate, config.seed, scores)
+    return SlotPlan(targets, removed, to_generate, sources, orders, slots)
 
 
 def _targets(m: Manifest, working: np.ndarray, config: BalanceConfig) -> tuple[Targets, list[int]]:

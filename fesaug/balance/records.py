@@ -15,9 +15,10 @@ CONFIG_V1 = {
     "target_per_class": "max", "sampling_strategy": None, "targets": {}, "undersample": False, "splits": ["train"],
     "holdout_folds": None, "min_confidence": 0.5, "max_attempts": 5, "seed": 0, "batch_size": 64,
     "embed_images": False, "output_size": None, "au_checkpoint": None, "min_au_consistency": 0.5,
-    "judge_checkpoint": None, "min_judge_confidence": 0.5, "source_order": "subjects",
+    "judge_checkpoint": None, "min_judge_confidence": 0.5, "min_judge_margin": None, "source_order": "subjects",
     "max_identity_distance": None, "external_judge": None, "min_external_confidence": 0.5, "intensity": None,
-    "synthetic_share": 1.0, "synthetic_weight": 1.0,
+    "synthetic_share": 1.0, "synthetic_weight": 1.0, "synthetic_labels": "hard", "soft_label_source": "intensity",
+    "soft_gamma": 1.0,
 }  # fmt: skip
 
 

@@ -50,6 +50,11 @@ class ManifestDataset(Dataset):
     (the manifest's ``weight`` column, 1 where it is absent or null: a weighted balance run's
     rows, to sample in proportion to, e.g. with
     :class:`~fesaug.data.samplers.WeightedDistributedSampler`, or to weight the loss by).
+
+    ``soft_labels``: items are ``(image, target)`` with ``target`` a float32 vector over the
+    classes (:attr:`targets`) instead of a class index, so a synthetic row labelled soft by
+    ``fesaug balance --synthetic-labels soft`` trains with the mass it carries; train with
+    ``torch.nn.functional.cross_entropy(logits, target)`` (probability targets).
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class ManifestDataset(Dataset):
         rows: Sequence[int] | None = None,
         image_size: int | None = None,
         lazy: bool = False,
+        soft_labels: bool = False,
     ) -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         df = self.manifest.df
@@ -80,6 +86,13 @@ class ManifestDataset(Dataset):
             else torch.ones(len(self.rows), dtype=torch.float64)
         )
         self.classes = self.manifest.classes
+        self.target_mass = (
+            df["target_mass"].to_numpy(dtype=np.float64, na_value=1.0)[self.rows].copy()
+            if "target_mass" in df.columns
+            else np.ones(len(self.rows))
+        )
+        self.source_labels = df["source_label"].to_numpy(dtype=np.float64, na_value=-1)[self.rows].astype(np.int64)
+        self.soft_labels = soft_labels
         self.transform = transform
         self.image_size = image_size
         self._pixels = None if lazy else _decode(self.manifest, self.rows, image_size)
@@ -92,6 +105,23 @@ class ManifestDataset(Dataset):
             self._pixels = _decode(self.manifest, self.rows, self.image_size)
         return self._pixels
 
+    @property
+    def has_soft_labels(self) -> bool:
+        """Whether some row puts part of its label on another class (``target_mass`` below 1)."""
+        return bool((self.target_mass < 1).any())
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """Every item's label as a probability vector ``N×C`` (float32): one-hot for a hard label,
+        ``target_mass`` on the class and the rest on the row's ``source_label`` for a soft one."""
+        out = torch.zeros(len(self.rows), len(self.classes), dtype=torch.float32)
+        index = torch.arange(len(self.rows))
+        mass = torch.from_numpy(self.target_mass).float()
+        out[index, torch.from_numpy(self.labels)] = mass
+        soft = torch.from_numpy(self.target_mass < 1)
+        out[index[soft], torch.from_numpy(self.source_labels)[soft]] += 1 - mass[soft]
+        return out
+
     def get_labels(self) -> list[int]:
         """The class index of every item, read from the manifest (no image is decoded)."""
         return self.labels.tolist()
@@ -99,10 +129,16 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         image = self._to_float(self.pixels[i])
         if self.transform is not None:
             image = self.transform(image)
+        if self.soft_labels:
+            target = torch.zeros(len(self.classes))
+            target[int(self.labels[i])] = float(self.target_mass[i])
+            if self.target_mass[i] < 1:
+                target[int(self.source_labels[i])] += 1 - float(self.target_mass[i])
+            return image.as_subclass(torch.Tensor), target
         return image.as_subclass(torch.Tensor), int(self.labels[i])
 
     @property

@@ -7,6 +7,8 @@ The ``imagefolder`` layout is what ``torchvision.datasets.ImageFolder`` reads::
     OUT/export.json                    provenance, source manifest and its sha256, filters, counts
     OUT/weights.csv                    path,weight per image, when the manifest has a weight column
                                        (fesaug balance --synthetic-share): sample by it
+    OUT/soft_labels.csv                path,label,target_mass,source_label per synthetic image with a
+                                       soft label (fesaug balance --synthetic-labels soft): train on it
 
 The tree is built in a hidden folder beside OUT and renamed onto it at the end, so an interrupted
 export leaves the previous tree (or nothing), never half of one; the next export into OUT removes
@@ -41,7 +43,7 @@ from fesaug.utils.locking import output_lock
 from fesaug.utils.provenance import provenance
 
 FORMATS = ("imagefolder",)
-EXPORT_FILES = ("export.json", "classes.json", "weights.csv")
+EXPORT_FILES = ("export.json", "classes.json", "weights.csv", "soft_labels.csv")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Characters that Windows, macOS or Linux refuse in a file name, or read as a path separator.
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
@@ -167,11 +169,26 @@ def _write(
                 "path,weight\n"
                 + "".join(f"{m.df['label_name'].iat[i]}/{name},{weights[i]:g}\n" for i, name in zip(rows, names)),
             )
+        if "target_mass" in m.df.columns:
+            # ImageFolder has one class per image; a soft label's other class needs a side file.
+            atomic_write_text(staging / "soft_labels.csv", _soft_labels_csv(m, rows, names))
         atomic_write_text(staging / "export.json", json.dumps(record, indent=2) + "\n")
         _publish(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out=out, classes=classes, counts=counts, warnings=warnings)
+
+
+def _soft_labels_csv(m: Manifest, rows: Sequence[int], names: Sequence[str]) -> str:
+    mass = m.df["target_mass"].to_numpy(dtype=float, na_value=1.0)
+    source = m.df["source_label"].to_numpy(dtype=float, na_value=-1)
+    classes = m.classes
+    lines = ["path,label,target_mass,source_label\n"]
+    for i, name in zip(rows, names):
+        if mass[i] < 1:
+            label = m.df["label_name"].iat[i]
+            lines.append(f"{label}/{name},{label},{mass[i]:.6g},{classes[int(source[i])]}\n")
+    return "".join(lines)
 
 
 def _check_class_names(classes: list[str]) -> None:

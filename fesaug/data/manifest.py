@@ -64,6 +64,9 @@ OPTIONAL_COLUMNS: dict[str, tuple[pa.DataType, bool]] = {
     # How much a row counts when sampling or in the loss (fesaug balance --synthetic-share /
     # --synthetic-weight); absent or null: 1.
     "weight": (pa.float64(), True),
+    # fesaug balance --synthetic-labels soft: the share of a synthetic row's label on its target
+    # class, the rest on its source_label; absent or null: 1 (a hard label). Synthetic rows only.
+    "target_mass": (pa.float32(), True),
     # ingest --align: the face box the landmarks came from, the eye line's tilt (degrees,
     # counter-clockwise) and the eye distance (pixels) found in the source image
     "align_box": (pa.string(), True),
@@ -226,6 +229,30 @@ def _none_if_missing(value: object) -> object:
     if isinstance(value, (list, tuple, dict, np.ndarray, bytes)):
         return list(value) if isinstance(value, np.ndarray) else value
     return None if pd.isna(value) else value
+
+
+def _check_target_mass(table: pa.Table, ids: Sequence[str], where: str) -> None:
+    """A soft label's mass is a share in [0, 1], on synthetic rows only, with a class to put the rest on."""
+    mass = table.column("target_mass").to_numpy(zero_copy_only=False).astype(np.float64)
+    given = ~np.isnan(mass)
+    bad = np.flatnonzero(given & ~((mass >= 0) & (mass <= 1)))
+    if bad.size:
+        raise FesaugError(
+            f"{where}: row {bad[0]} ({ids[bad[0]]}) has target_mass {mass[bad[0]]}; it must lie in [0, 1] (null: 1)"
+        )
+    real = np.asarray(table.column("origin").to_pylist()) == "real"
+    bad = np.flatnonzero(given & real)
+    if bad.size:
+        raise FesaugError(
+            f"{where}: real row {bad[0]} ({ids[bad[0]]}) has a target_mass; only synthetic rows carry soft labels"
+        )
+    no_source = np.asarray([v is None for v in table.column("source_label").to_pylist()])
+    bad = np.flatnonzero(given & (mass < 1) & no_source)
+    if bad.size:
+        raise FesaugError(
+            f"{where}: row {bad[0]} ({ids[bad[0]]}) has target_mass {mass[bad[0]]} but no source_label to put the "
+            "rest of its label on"
+        )
 
 
 def _to_table(df: pd.DataFrame, extra_cols: Sequence[str]) -> pa.Table:
@@ -412,6 +439,8 @@ def _validate(table: pa.Table, meta: dict, *, where: str) -> None:
                 f"{where}: row {bad[0]} ({ids[bad[0]]}) has weight {weights[bad[0]]}; weights must be "
                 "finite and >= 0 (null: 1)"
             )
+    if "target_mass" in schema.names:
+        _check_target_mass(table, ids, where)
     image = table.column("image").combine_chunks()
     paths, blobs = image.field("path").to_pylist(), image.field("bytes").is_null().to_pylist()
     for i, (p, no_bytes) in enumerate(zip(paths, blobs)):

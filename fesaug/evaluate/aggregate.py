@@ -171,6 +171,7 @@ def _summarise(
         "conditions": summary,
         "comparisons": comparisons,
         f"per_{unit}": {str(k): {name: fold_scores(r[name]) for name in names if name in r} for k, r in units.items()},
+        "gap_closed": gap_closed(units, unit),
         "synthesis": synthesis,
         "verdict": verdict(comparisons, fewest, unit),
         "seconds": {str(k): {name: fold_seconds(r[name]) for name in names if name in r} for k, r in units.items()},
@@ -180,6 +181,40 @@ def _summarise(
     plot_recall(results, scored, out / "recall.png")
     atomic_write_text(out / "report.md", render_report(results, classes))
     return results
+
+
+# The synthetic conditions whose share of the oversample → truth gap is reported.
+GAP_CONDITIONS = ("fes", "mixed", "truth-half")
+# Below this difference (macro-F1, half a point) a unit's truth and oversample are too close for a share.
+MIN_GAP = 0.005
+
+
+def gap_closed(units: dict[int, dict[str, Any]], unit: str) -> dict[str, Any]:
+    """For each synthetic condition, how much of the gap between ``oversample`` and ``truth`` it
+    closes on test macro-F1: (condition − oversample) / (truth − oversample), overall from the
+    means over the units all three ran on, and per unit. Empty without ``truth`` and ``oversample``."""
+    out: dict[str, Any] = {}
+    for name in GAP_CONDITIONS:
+        paired = [k for k, r in units.items() if all(c in r for c in (name, "oversample", "truth"))]
+        if not paired:
+            continue
+        f1 = {c: [fold_metric(units[k][c], "macro_f1", ()) for k in paired] for c in (name, "oversample", "truth")}
+        per = {
+            str(k): (x - o) / (t - o) if abs(t - o) >= MIN_GAP else None
+            for k, x, o, t in zip(paired, f1[name], f1["oversample"], f1["truth"])
+        }
+        gain, ceiling = (
+            float(np.mean(f1[name]) - np.mean(f1["oversample"])),
+            float(np.mean(f1["truth"]) - np.mean(f1["oversample"])),
+        )
+        out[name] = {
+            "overall": gain / ceiling if abs(ceiling) >= MIN_GAP else None,
+            "minus_oversample": gain,
+            "truth_minus_oversample": ceiling,
+            f"per_{unit}": per,
+            f"{unit}s": paired,
+        }
+    return out
 
 
 def _protocol(m: Manifest, config: EvaluateConfig, minority: Sequence[str]) -> dict[str, Any]:

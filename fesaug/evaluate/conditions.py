@@ -9,16 +9,23 @@ comparisons pick it up by name.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from fesaug.balance.output import row_weights
 from fesaug.balance.targets import Targets, resolve_targets
+from fesaug.data.datasets import resize_pixels
+from fesaug.data.manifest import read_manifest
 from fesaug.evaluate.downstream import random_oversample
+from fesaug.evaluate.truth import exact_counterfactuals
 
 if TYPE_CHECKING:
     from fesaug.evaluate.fold import Fold
@@ -93,7 +100,8 @@ def run_order(selected: Collection[str]) -> list[Condition]:
 
 
 DEFAULT_CONDITIONS = ("real", "oversample", "fes")
-# Paired over folds when both ran: synthesis against its two baselines, and the paper's recipe
+# Paired over folds when both ran: synthesis against its two baselines, the truth ceiling against
+# oversampling and against synthesis (on the demo set), and the paper's recipe
 # (fine-tuning on synthetic faces) against the FER branch it starts from and against the same
 # fine-tuning on repeated real faces (what the synthetic faces add beyond more training).
 COMPARISONS = (
@@ -101,6 +109,9 @@ COMPARISONS = (
     ("fes", "oversample"),
     ("mixed", "real"),
     ("mixed", "oversample"),
+    ("truth", "oversample"),
+    ("truth-half", "oversample"),
+    ("truth", "fes"),
     ("fersnet+fes", "fersnet"),
     ("fersnet+fes", "fersnet+oversample"),
 )
@@ -191,6 +202,61 @@ register(
         "the `fes` counts, each class's shortfall half synthetic images, half real repeats",
         _mixed,
         needs_generator=True,
+    )
+)
+
+
+def _truth(fold: Fold, r: int, size: int, *, half: bool = False) -> TrainingSet:
+    """The fold's training images, balanced with the exact counterfactuals of the faces
+    ``fesaug balance`` would make (:mod:`fesaug.evaluate.truth`), at the same per-class counts as
+    ``fes`` reached when it ran; rendered once per fold and intensity."""
+    scale = fold.config.truth_intensity * (0.5 if half else 1.0)
+    config = fold.config.balance
+    if ("truth", scale) not in fold.memo:
+        holdout = () if fold.k is None else (fold.k,)
+        split = read_manifest(fold.split_manifest)
+        config = dataclasses.replace(config, splits=("train",), holdout_folds=holdout)
+        limit = None
+        fes = fold.dir / "fes.json"
+        if fes.exists() and not config.weighted:  # a weighted run's counts are weight sums, not faces
+            reached = json.loads(fes.read_text())["train_counts"]
+            real = np.bincount(fold.labels[fold.train_rows], minlength=len(fold.m.classes))
+            limit = {c: int(reached[c]) - int(real[k]) for k, c in enumerate(fold.m.classes)}
+        exact = exact_counterfactuals(split, config, holdout, scale, limit)
+        dropped = set(split.df["sample_id"].iloc[exact.removed])
+        fold.memo["truth", scale] = (exact, dropped)
+    exact, dropped = fold.memo["truth", scale]
+    train = fold.train_rows[~fold.m.df["sample_id"].iloc[fold.train_rows].isin(dropped).to_numpy()]
+    x = torch.cat([fold.pixels_at(size)[train], resize_pixels(exact.pixels, size)])
+    y = np.concatenate([fold.labels[train], exact.labels])
+    weights = None
+    if config.weighted:
+        frame = pd.DataFrame({"label": y, "origin": ["real"] * len(train) + ["synthetic"] * len(exact.labels)})
+        balanced = np.ones(len(y), dtype=bool)
+        w = row_weights(frame, exact.targets, config.synthetic_weight, balanced=balanced, classes=fold.m.classes)
+        weights = torch.as_tensor(w)
+    info = {
+        "n_synthetic": len(exact.labels),
+        "truth_intensity": scale,
+        "reused_sources": int((exact.variants > 0).sum()),
+    }
+    return TrainingSet(x, y, weights, info)
+
+
+register(
+    Condition(
+        "truth",
+        "real + the exact counterfactuals of the sources balance would use (demo set; a perfect generator)",
+        _truth,
+        after=("fes",),
+    )
+)
+register(
+    Condition(
+        "truth-half",
+        "as `truth`, each exact face at half its source's intensity (a timid but clean edit)",
+        functools.partial(_truth, half=True),
+        after=("fes",),
     )
 )
 register(Condition("fersnet", "FERSNet's own FER branch (reference, not a downstream model)", None, True))

@@ -34,7 +34,8 @@ class EvaluateConfig:
     its own FER branch (``TrainConfig.expression_classifier``). ``downstream_seeds``: trainings
     per downstream condition and fold, averaged (:mod:`fesaug.evaluate`). ``judges``: models
     trained elsewhere that also score the synthetic images (:mod:`fesaug.judges`; default: every
-    one installed).
+    one installed). ``truth_intensity``: the ``truth`` condition's exact faces show their
+    expression at this multiple of their source's own intensity (``truth-half`` at half of it).
     """
 
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
@@ -49,6 +50,7 @@ class EvaluateConfig:
     expression_judge: bool = False
     downstream_seeds: int = 1
     judges: tuple[str, ...] = field(default_factory=lambda: resolve_judges("auto"))
+    truth_intensity: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.conditions if c not in REGISTRY]
@@ -69,6 +71,8 @@ class EvaluateConfig:
             raise UsageError(f"--downstream-seeds must be at least 1, got {self.downstream_seeds}")
         if not 0 < self.val_fraction <= 0.5:
             raise UsageError(f"--val-fraction must lie in (0, 0.5], got {self.val_fraction}")
+        if not 0 < self.truth_intensity <= 2:
+            raise UsageError(f"--truth-intensity must lie in (0, 2], got {self.truth_intensity}")
         resolve_judges(self.judges)  # unknown or not installed: one clear error before any work
 
     def key(self) -> dict[str, Any]:
@@ -86,6 +90,7 @@ class EvaluateConfig:
             "seed": self.seed,
             "judge": self.judge,
             "expression_judge": self.expression_judge,
+            "truth_intensity": self.truth_intensity,
         }
 
     @property

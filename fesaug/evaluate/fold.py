@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,6 +57,7 @@ class Fold:
         self._balanced_read: Manifest | None = None
         self._balanced_data: dict[int, ManifestDataset] = {}
         self._pixels_by_size: dict[int, torch.Tensor] = {}
+        self.memo: dict[Any, Any] = {}  # what a condition derives once per fold (e.g. the exact faces)
 
     # ---- the split and its images
 

@@ -15,6 +15,7 @@ from typing import Any
 from fesaug.data.manifest import Manifest
 from fesaug.evaluate.config import EvaluateConfig
 from fesaug.evaluate.records import EVALUATE
+from fesaug.evaluate.truth import check_truth_possible
 from fesaug.synthesis.checkpoint import load_checkpoint
 from fesaug.utils.errors import FesaugError, UsageError
 from fesaug.utils.files import atomic_write_text, remove_stale_temporaries
@@ -47,13 +48,17 @@ def is_split_folder(path: Path) -> bool:
     return path.is_dir() and (path.name == CROSS_FOLDER or fold_number(path) is not None)
 
 
-def check_real(m: Manifest) -> None:
+def check_input(m: Manifest, config: EvaluateConfig) -> None:
+    """One clear error, before any work, unless ``m`` can be evaluated with ``config``: real rows
+    only, and the demo set's stored faces when a truth condition is asked for."""
     synthetic = int((m.df["origin"] != "real").sum())
     if synthetic:
         raise FesaugError(
             f"{m.path} has {synthetic} synthetic row(s); evaluate the manifest of real images "
             "(fesaug evaluate makes its own synthetic images per fold)"
         )
+    if {"truth", "truth-half"} & set(config.conditions):
+        check_truth_possible(m, config.balance)
 
 
 def read_settings(path: Path) -> dict[str, Any]:

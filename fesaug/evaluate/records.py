@@ -18,7 +18,7 @@ DOWNSTREAM_V1 = {
     "model": "small-cnn", "epochs": 80, "batch_size": 64, "lr": 0.001, "weight_decay": 0.0005, "image_size": 64,
     "augment": True, "erasing": 0.0, "label_smoothing": 0.1, "seed": 0, "device": None,
 }  # fmt: skip
-KEY_V1 = {"val_fraction": 0.15, "seed": 0, "judge": False, "expression_judge": False}
+KEY_V1 = {"val_fraction": 0.15, "seed": 0, "judge": False, "expression_judge": False, "truth_intensity": 1.0}
 # Downstream settings added after evaluations were first recorded, as they behaved before: an older
 # record without them was made with neither (version 1's defaults differ).
 DOWNSTREAM_LEGACY = {"erasing": 0.0, "label_smoothing": 0.0}

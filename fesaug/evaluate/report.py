@@ -36,47 +36,67 @@ def _p(value: float | None) -> str:
 
 
 def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
-    """``report.md``: protocol, scores per condition, paired comparisons, per fold (or per seed of
-    a cross-dataset split), synthesis."""
-    proto, conditions = results["protocol"], results["conditions"]
+    """``report.md``: protocol, scores per condition, the gap closed toward the truth ceiling,
+    paired comparisons, per fold (or per seed of a cross-dataset split), synthesis."""
+    proto = results["protocol"]
     cross = is_cross_dataset(results)
     unit = "seed" if cross else "fold"
-    scored = proto.get("scored_classes", classes)
-    d = proto["downstream"]
+    sibling = proto["generator"].get("expression_loss_judge") == EXPRESSION_JUDGE
+    prov = results["provenance"]
     lines = [
         "# fesaug evaluate",
         "",
-        *(
-            _cross_dataset_data(proto)
-            if cross
-            else [
-                f"- Data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), {proto['n_images']} "
-                "images, "
-                f"{proto['n_subjects']} subjects, classes {', '.join(classes)}.",
-                f"- Protocol: subject-independent folds; test folds {', '.join(map(str, proto['evaluated_folds']))} of "
-                f"{', '.join(map(str, proto['folds']))}, each used for the final score only. Validation: "
-                f"{proto['validation']}.",
-            ]
-        ),
-        f"- Downstream classifier: `{d['model']}` from scratch, {d['epochs']} epochs, batch {d['batch_size']}, lr "
-        f"{d['lr']}, "
-        f"{d['image_size']}×{d['image_size']} px, augmentation {'on' if d['augment'] else 'off'}, {_seeds_text(d)}, "
-        f"{d['selection']}; the same for every condition.",
-        f"- Generator: FERSNet `{proto['generator']['preset']}` preset, {proto['generator']['epochs']} epochs "
-        f"{'on the training subjects' if cross else 'per fold'}, {proto['generator']['checkpoint']}, expression "
-        "loss judged by "
-        f"{proto['generator'].get('expression_loss_judge', 'FERSNet’s own FER branch')}. Balance: "
-        f"{_balance_text(proto['balance'])}.",
-        f"- Minority classes (below the median count{' of the training data; scored ones' if cross else ''}): "
-        f"{', '.join(proto['minority_classes']) or 'none'}.",
+        *_protocol_lines(proto, classes, cross),
         "",
         *_verdict_section(results.get("verdict")),
-        "## Test scores (%, mean ± std over downstream seeds)"
-        if cross
-        else "## Test-fold scores (%, mean ± std over folds)",
+        *_scores_section(results, classes, cross),
+        *_gap_section(results.get("gap_closed") or {}, unit),
+        *_comparisons_section(results["comparisons"], cross),
+        *_per_unit_section(results, cross),
+        *_synthesis_section(results.get("synthesis") or {}, classes, sibling_trained=sibling, cross=cross),
+        "",
+        "## How this was made",
+        "",
+        f"- Command: `{prov['command']}`",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in prov['versions'].items())}",
+        f"- Created: {prov['created_at']} on {prov['platform']}",
         "",
     ]
-    seeds = d.get("seeds_per_fold", 1) > 1  # a column only where some condition has several
+    return "\n".join(lines)
+
+
+def _protocol_lines(proto: Mapping[str, Any], classes: Sequence[str], cross: bool) -> list[str]:
+    d = proto["downstream"]
+    data = (
+        _cross_dataset_data(proto)
+        if cross
+        else [
+            f"- Data: `{proto['manifest']}` (sha256 `{proto['manifest_sha256'][:12]}`), {proto['n_images']} images, "
+            f"{proto['n_subjects']} subjects, classes {', '.join(classes)}.",
+            f"- Protocol: subject-independent folds; test folds {', '.join(map(str, proto['evaluated_folds']))} of "
+            f"{', '.join(map(str, proto['folds']))}, each used for the final score only. Validation: "
+            f"{proto['validation']}.",
+        ]
+    )
+    g = proto["generator"]
+    return [
+        *data,
+        f"- Downstream classifier: `{d['model']}` from scratch, {d['epochs']} epochs, batch {d['batch_size']}, lr "
+        f"{d['lr']}, {d['image_size']}×{d['image_size']} px, augmentation {'on' if d['augment'] else 'off'}, "
+        f"{_seeds_text(d)}, {d['selection']}; the same for every condition.",
+        f"- Generator: FERSNet `{g['preset']}` preset, {g['epochs']} epochs "
+        f"{'on the training subjects' if cross else 'per fold'}, {g['checkpoint']}, expression loss judged by "
+        f"{g.get('expression_loss_judge', 'FERSNet’s own FER branch')}. Balance: {_balance_text(proto['balance'])}.",
+        f"- Minority classes (below the median count{' of the training data; scored ones' if cross else ''}): "
+        f"{', '.join(proto['minority_classes']) or 'none'}.",
+    ]
+
+
+def _scores_section(results: Mapping[str, Any], classes: Sequence[str], cross: bool) -> list[str]:
+    proto, conditions = results["protocol"], results["conditions"]
+    unit = "seed" if cross else "fold"
+    scored = proto.get("scored_classes", classes)
+    seeds = proto["downstream"].get("seeds_per_fold", 1) > 1  # a column only where some condition has several
     rows = [
         [
             f"`{name}`",
@@ -89,90 +109,111 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
         ]
         for name, s in conditions.items()
     ]
-    lines += markdown_table(
-        [
-            "condition",
-            f"{unit}s",
-            *(["seeds per fold"] if seeds else []),
-            "accuracy",
-            "macro-F1",
-            "minority recall",
-            "what it is",
-        ],
-        rows,
+    header = ["condition", f"{unit}s", *(["seeds per fold"] if seeds else []), "accuracy", "macro-F1"]
+    header += ["minority recall", "what it is"]
+    title = (
+        "## Test scores (%, mean ± std over downstream seeds)"
+        if cross
+        else "## Test-fold scores (%, mean ± std over folds)"
     )
-    lines += ["", "Recall per class (%):", ""]
-    lines += markdown_table(
-        ["condition", *scored],
-        [[f"`{name}`", *(_ms(s["recall"][c], digits=0) for c in scored)] for name, s in conditions.items()],
-    )
-    if results["comparisons"]:
-        if cross:
-            lines += [
-                "",
-                "## Paired comparison over downstream seeds (percentage points)",
-                "",
-                "Differences are per seed: both conditions trained with that seed, tested on the same images. With one "
-                "train/test split no test across folds exists: the seeds share their training and test images, so the "
-                "p-values (two-sided, over seeds) say only whether a difference exceeds training noise on these two "
-                "datasets, not that it would hold for other subjects.",
-                "",
-            ]
-        else:
-            lines += [
-                "",
-                "## Paired comparison over folds (percentage points)",
-                "",
-                "Differences are per fold (same test subjects); p-values are two-sided.",
-                "",
-            ]
-        rows = []
-        for comp, by_metric in results["comparisons"].items():
-            for metric in ("macro_f1", "accuracy", "minority_recall"):
-                c = by_metric.get(metric)
-                if c is None:  # no minority class
-                    continue
-                mean = "–" if c["mean_difference"] is None else f"{c['mean_difference'] * 100:+.1f}"
-                rows.append(
-                    [
-                        comp.replace("_", " "),
-                        metric.replace("_", " "),
-                        mean,
-                        f"{c['wins']}/{c['losses']}",
-                        _p(c["wilcoxon_p"]),
-                        _p(c["ttest_p"]),
-                    ]
-                )
-        lines += markdown_table(
-            ["comparison", "metric", "mean difference", f"{unit}s won/lost", "Wilcoxon p", "paired t p"], rows
-        )
-    per_unit = results.get(f"per_{unit}")
-    if per_unit:
-        names = list(conditions)
-        lines += ["", f"## Per {unit}: macro-F1 (%)", ""]
-        lines += markdown_table(
-            [unit, *names],
-            [
-                [
-                    str(d["seed"] + int(k)) if cross else k,
-                    *(f"{r[n]['macro_f1'] * 100:.1f}" if n in r else "–" for n in names),
-                ]
-                for k, r in per_unit.items()
-            ],
-        )
-    sibling = proto["generator"].get("expression_loss_judge") == EXPRESSION_JUDGE
-    lines += _synthesis_section(results.get("synthesis") or {}, classes, sibling_trained=sibling, cross=cross)
-    prov = results["provenance"]
-    lines += [
+    return [
+        title,
         "",
-        "## How this was made",
+        *markdown_table(header, rows),
         "",
-        f"- Command: `{prov['command']}`",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in prov['versions'].items())}",
-        f"- Created: {prov['created_at']} on {prov['platform']}",
+        "Recall per class (%):",
         "",
+        *markdown_table(
+            ["condition", *scored],
+            [[f"`{name}`", *(_ms(s["recall"][c], digits=0) for c in scored)] for name, s in conditions.items()],
+        ),
     ]
-    return "\n".join(lines)
+
+
+def _gap_section(gap: Mapping[str, Any], unit: str) -> list[str]:
+    """How much of the gap between ``oversample`` and the ``truth`` ceiling each synthetic condition closes."""
+    if not gap:
+        return []
+    rows = [
+        [
+            f"`{name}`",
+            _points(g["minus_oversample"]),
+            _points(g["truth_minus_oversample"]),
+            _share(g["overall"]),
+            ", ".join(f"{k}: {_share(v)}" for k, v in g[f"per_{unit}"].items()),
+        ]
+        for name, g in gap.items()
+    ]
+    return [
+        "",
+        "## Gap closed toward the truth ceiling (macro-F1)",
+        "",
+        "gap closed = (condition − oversample) / (truth − oversample): 0 % is no better than random oversampling, "
+        f"100 % as good as the exact counterfactuals of the same sources. Overall from the means over {unit}s; "
+        f"per {unit} only where truth and oversample differ by half a point or more.",
+        "",
+        *markdown_table(
+            ["condition", "− oversample", "truth − oversample", "gap closed", f"per {unit}"], rows, align="lrrrl"
+        ),
+    ]
+
+
+def _points(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:+.1f}"
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def _comparisons_section(comparisons: Mapping[str, Any], cross: bool) -> list[str]:
+    if not comparisons:
+        return []
+    unit = "seed" if cross else "fold"
+    if cross:
+        intro = [
+            "## Paired comparison over downstream seeds (percentage points)",
+            "",
+            "Differences are per seed: both conditions trained with that seed, tested on the same images. With one "
+            "train/test split no test across folds exists: the seeds share their training and test images, so the "
+            "p-values (two-sided, over seeds) say only whether a difference exceeds training noise on these two "
+            "datasets, not that it would hold for other subjects.",
+        ]
+    else:
+        intro = [
+            "## Paired comparison over folds (percentage points)",
+            "",
+            "Differences are per fold (same test subjects); p-values are two-sided.",
+        ]
+    rows = []
+    for comp, by_metric in comparisons.items():
+        for metric in ("macro_f1", "accuracy", "minority_recall"):
+            c = by_metric.get(metric)
+            if c is None:  # no minority class
+                continue
+            mean = "–" if c["mean_difference"] is None else f"{c['mean_difference'] * 100:+.1f}"
+            won = f"{c['wins']}/{c['losses']}"
+            rows.append(
+                [comp.replace("_", " "), metric.replace("_", " "), mean, won, _p(c["wilcoxon_p"]), _p(c["ttest_p"])]
+            )
+    header = ["comparison", "metric", "mean difference", f"{unit}s won/lost", "Wilcoxon p", "paired t p"]
+    return ["", *intro, "", *markdown_table(header, rows)]
+
+
+def _per_unit_section(results: Mapping[str, Any], cross: bool) -> list[str]:
+    unit = "seed" if cross else "fold"
+    per_unit = results.get(f"per_{unit}")
+    if not per_unit:
+        return []
+    names, first_seed = list(results["conditions"]), results["protocol"]["downstream"]["seed"]
+    rows = [
+        [
+            str(first_seed + int(k)) if cross else k,
+            *(f"{r[n]['macro_f1'] * 100:.1f}" if n in r else "–" for n in names),
+        ]
+        for k, r in per_unit.items()
+    ]
+    return ["", f"## Per {unit}: macro-F1 (%)", "", *markdown_table([unit, *names], rows)]
 
 
 def is_cross_dataset(results: Mapping[str, Any]) -> bool:

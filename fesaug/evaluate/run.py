@@ -22,7 +22,7 @@ from fesaug.evaluate.outdir import (
     CROSS_FOLDER,
     TEST_MANIFEST,
     check_generator_source,
-    check_real,
+    check_input,
     copy_generator,
     prepare_out_dir,
 )
@@ -81,7 +81,7 @@ def evaluate(
             "--test-subject-pattern reads the subject ids of a --test-manifest folder; pass --test-manifest too"
         )
     m = read_manifest(manifest)
-    check_real(m)
+    check_input(m, config)
     present = manifest_folds(m)
     if len(present) < 2:
         raise FesaugError(
@@ -137,7 +137,7 @@ def evaluate_cross(
     """Train on all of ``manifest`` (A), test on ``test`` (B): one split, checked and joined by
     :mod:`fesaug.evaluate.cross_dataset`, cached in ``DIR/cross/`` and run as a test fold is."""
     a = read_manifest(manifest)
-    check_real(a)
+    check_input(a, config)
     check_out_folder(out, "for the evaluation")
     folder = out / CROSS_FOLDER
     with contextlib.ExitStack() as held:
