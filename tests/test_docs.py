@@ -4,9 +4,9 @@ uses flags that exist, the README stays short, and the API reference sees every 
 Python blocks are taken from the Markdown itself (README.md, CONTRIBUTING.md, docs/**/*.md) and
 run in a folder where the quickstart has been done on a small demo dataset: ``demo/``,
 ``my-faces/``, ``manifests/faces.parquet`` (and ``faces-embedded.parquet``), a trained
-``runs/faces`` and its ``balanced/`` output. A page's blocks run in order in one namespace, so a
-later block can use an earlier one's names. A block preceded by ``<!-- docs-test: skip -->``
-does not run (keep those rare: e.g. one that needs CK+48).
+``runs/faces``, its ``balanced/`` output and that output's export, ``train-folders/``. A page's
+blocks run in order in one namespace, so a later block can use an earlier one's names. A block
+preceded by ``<!-- docs-test: skip -->`` does not run (keep those rare: e.g. one that needs CK+48).
 """
 
 from __future__ import annotations
@@ -216,6 +216,7 @@ def quickstart_done(tmp_path_factory: pytest.TempPathFactory) -> Path:
     a tiny FERSNet (the pages' examples read these paths)."""
     from fesaug.balance import balance
     from fesaug.data.demo import make_demo_dataset
+    from fesaug.data.export import export
     from fesaug.data.ingest import ingest
     from fesaug.synthesis import train
 
@@ -228,6 +229,7 @@ def quickstart_done(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ingest(ws / "my-faces", ws / "manifests" / "faces-embedded.parquet", subject_pattern=pattern, folds=5, embed=True)
     train(ws / "manifests" / "faces.parquet", ws / "runs" / "faces", tiny_config(epochs=1, holdout_fold=0))
     balance(ws / "manifests" / "faces.parquet", ws / "runs" / "faces" / "checkpoints" / "best.pt", ws / "balanced")
+    export(ws / "balanced" / "manifest.parquet", ws / "train-folders", splits=["train"], exclude_folds=[0])
     return ws
 
 
