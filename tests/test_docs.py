@@ -147,10 +147,12 @@ def test_lazy_exports_are_visible_statically(package: str) -> None:
         if name in top:
             continue
         assert name in typing_only, f"{package}.{name} is exported lazily but not imported under TYPE_CHECKING"
-        source = importlib.import_module(typing_only[name])
-        assert getattr(source, name) is getattr(module, name), (
-            f"{package}.{name}: the TYPE_CHECKING import names {typing_only[name]}, the lazy export another module"
+        value = getattr(module, name)
+        defined_in = getattr(value, "__module__", None) or typing_only[name]
+        assert typing_only[name] == defined_in, (
+            f"{package}.{name}: the TYPE_CHECKING import names {typing_only[name]}; it is defined in {defined_in}"
         )
+        assert getattr(importlib.import_module(typing_only[name]), name) is value
     assert not set(typing_only) - set(module.__all__), f"{package}: TYPE_CHECKING imports a name not in __all__"
 
 
