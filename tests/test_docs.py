@@ -77,6 +77,27 @@ def test_readme_quotes_no_unfinished_run() -> None:
         assert phrase not in text, f"README.md quotes an unfinished run ({phrase!r})"
 
 
+# Paths of the repository named in the docs (`fesaug/data/pairs.py`, `bench/record.py`): modules move,
+# and a page that names one that no longer exists misleads. NAME and the outputs of examples are not paths.
+REPO_PATH = re.compile(r"`((?:fesaug|cli|bench|tools|tests|docs)/[\w./-]*)`")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=relative)
+def test_named_repository_paths_exist(page: Path) -> None:
+    named = {m.group(1) for m in REPO_PATH.finditer(page.read_text(encoding="utf-8")) if "NAME" not in m.group(1)}
+    missing = sorted(p for p in named if not (REPO / p.rstrip("/")).exists())
+    assert not missing, f"{relative(page)} names paths that do not exist: {missing}"
+
+
+def test_readme_links_resolve() -> None:
+    """README.md is read on the repository's front page, outside the site: its relative links
+    must point at files that exist."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    targets = {t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t}
+    missing = sorted(t for t in targets if t and not (REPO / t).exists())
+    assert not missing, f"README.md links to missing files: {missing}"
+
+
 # ---- the site
 
 
