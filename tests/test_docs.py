@@ -47,7 +47,7 @@ def fenced_blocks(path: Path) -> list[tuple[str, int, str, bool]]:
         i += 1
         body = []
         while i < len(lines) and not lines[i].strip().startswith(fence):
-            body.append(lines[i][indent:] if lines[i][:indent].isspace() else lines[i].lstrip())
+            body.append(lines[i][indent:] if not lines[i][:indent].strip() else lines[i].lstrip())
             i += 1
         i += 1
         blocks.append((lang, start + 1, "\n".join(body) + "\n", previous.startswith(SKIP_MARKER)))
