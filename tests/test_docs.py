@@ -77,6 +77,19 @@ def test_readme_quotes_no_unfinished_run() -> None:
         assert phrase not in text, f"README.md quotes an unfinished run ({phrase!r})"
 
 
+def test_readme_headline_numbers_come_from_the_results() -> None:
+    """The headline table quotes recorded benchmark results, not numbers typed by hand."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("## Does it help?") :].split("\n## ")[0]
+    quoted = re.findall(r"\d+\.\d ± \d+\.\d", table)
+    assert len(quoted) >= 8, quoted
+    results = REPO / "bench" / "results"
+    recorded = (results / "evaluate_demo_lever4.md").read_text("utf-8") + (
+        results / "evaluate_ckplus_warp.md"
+    ).read_text("utf-8")
+    assert not [q for q in quoted if q not in recorded], "README numbers not in bench/results"
+
+
 # Paths of the repository named in the docs (`fesaug/data/pairs.py`, `bench/record.py`): modules move,
 # and a page that names one that no longer exists misleads. NAME and the outputs of examples are not paths.
 REPO_PATH = re.compile(r"`((?:fesaug|cli|bench|tools|tests|docs)/[\w./-]*)`")
