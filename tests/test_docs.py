@@ -130,6 +130,11 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     reference = (site / "reference" / "balance.html").read_text(encoding="utf-8")
     assert 'id="fesaug.balance.balance"' in reference and 'id="fesaug.balance.BalanceConfig"' in reference
     assert 'id="fesaug.synthesis.load_generator"' in (site / "reference" / "synthesis.html").read_text("utf-8")
+    # A site for offline reading too: no script, style sheet or font from another host.
+    external = re.findall(
+        r"<(?:link|script)[^>]*(?:href|src)=\"https?://[^>]*>", (site / "index.html").read_text("utf-8")
+    )
+    assert not external, external
     # The benchmark results are served beside the index that links to them.
     assert (site / "results" / "bench" / "evaluate_ckplus_warp.html").exists()
 
