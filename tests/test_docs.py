@@ -54,6 +54,22 @@ def fenced_blocks(path: Path) -> list[tuple[str, int, str, bool]]:
     return blocks
 
 
+def test_fenced_blocks_reads_languages_lines_and_the_skip_marker(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "text\n\n```python\nfor i in range(2):\n    print(i)\n```\n\n<!-- docs-test: skip (needs CK+48) -->\n"
+        "```python\nraise SystemExit\n```\n\n- item\n\n    ```console\n    $ fesaug env\n    ```\n"
+    )
+    blocks = fenced_blocks(page)
+    assert [(lang, line, skipped) for lang, line, _, skipped in blocks] == [
+        ("python", 4, False),
+        ("python", 10, True),
+        ("console", 16, False),
+    ]
+    assert blocks[0][2] == "for i in range(2):\n    print(i)\n"
+    assert blocks[2][2] == "$ fesaug env\n"
+
+
 def relative(path: Path) -> str:
     return str(path.relative_to(REPO))
 
