@@ -167,8 +167,12 @@ def test_site_fetches_nothing_at_build_time() -> None:
 
 # ---- the API reference sees what the packages export lazily
 
-LAZY_PACKAGES = ["fesaug", "fesaug.data", "fesaug.balance", "fesaug.evaluate", "fesaug.synthesis", "fesaug.audit"]
-LAZY_PACKAGES += ["fesaug.multitask"]
+# Every package that exports names lazily (fesaug.utils.lazy).
+LAZY_PACKAGES = sorted(
+    ".".join(p.parent.relative_to(REPO).parts)
+    for p in (REPO / "fesaug").rglob("__init__.py")
+    if "lazy_exports(" in p.read_text(encoding="utf-8")
+)
 
 
 def static_names(package: str) -> tuple[set[str], dict[str, str]]:
@@ -216,19 +220,23 @@ def test_lazy_exports_are_visible_statically(package: str) -> None:
 
 def console_commands(path: Path) -> list[tuple[int, list[str]]]:
     """``(line, argv after 'fesaug')`` of every ``$ fesaug ...`` (or ``torchrun ... -m fesaug``)
-    line of a fenced block, continuation lines joined, pipes cut off."""
+    line of a fenced block, and every such line without the prompt in a ``bash`` block;
+    continuation lines joined, pipes and comments cut off."""
     found = []
-    for _, start, code, _ in fenced_blocks(path):
+    for lang, start, code, _ in fenced_blocks(path):
         lines = code.splitlines()
         for n, line in enumerate(lines):
-            if not line.startswith("$ "):
+            if line.startswith("$ "):
+                text = line[2:]
+            elif lang in ("bash", "sh", "shell") and re.match(r"(\w+=\S+ )*(fesaug|torchrun) ", line):
+                text = line  # a script: every line is a command
+            else:
                 continue
-            text = line[2:]
             k = n
-            while text.endswith("\\") and k + 1 < len(lines):
+            while text.rstrip().endswith("\\") and k + 1 < len(lines):
                 k += 1
-                text = text[:-1] + " " + lines[k].strip()
-            argv = shlex.split(text.split(" | ")[0])
+                text = text.rstrip()[:-1] + " " + lines[k].strip()
+            argv = shlex.split(text.split(" | ")[0], comments=True)
             while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):  # OMP_NUM_THREADS=1 fesaug ...
                 argv.pop(0)
             if argv and argv[0] == "fesaug":

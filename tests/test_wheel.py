@@ -73,6 +73,8 @@ def test_wheel_holds_the_package_data(wheel: Path) -> None:
     weights = {n for n in names if n.startswith("fesaug/judges/weights/")}
     assert "fesaug/judges/weights/fer2013_mini_xception.safetensors" in weights, sorted(weights)
     assert "fesaug/judges/weights/LICENSE-fer2013.txt" in weights
+    # The review page's style sheet and script, read from the package at run time.
+    assert {"fesaug/review/assets/review.css", "fesaug/review/assets/review.js"} <= names
     # The demo dataset is drawn by code (no data files); the CLI installs as fesaug.cli.
     for module in ("fesaug/data/demo.py", "fesaug/quickstart.py", "fesaug/cli/main.py", "fesaug/__init__.py"):
         assert module in names, module
