@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format install clean bench
+.PHONY: demo test lint format install clean bench docs
 
 # Re-install when the dependency list changes; an existing .venv is reused.
 $(STAMP): pyproject.toml
@@ -30,5 +30,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The documentation site into site/, strictly: a broken link, a missing API reference or any warning fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf demo-output .pytest_cache build *.egg-info
+	rm -rf demo-output .pytest_cache build *.egg-info site

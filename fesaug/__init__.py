@@ -9,7 +9,21 @@ names below are the ones a user's code needs most, importable from the top.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fesaug.utils.lazy import lazy_exports
+
+# Static twins of the lazy names, for type checkers and the API reference (griffe reads source,
+# not the runtime); never executed.
+if TYPE_CHECKING:
+    from fesaug.balance.config import BalanceConfig
+    from fesaug.balance.sampler import FESampler
+    from fesaug.data.datasets import ManifestDataset
+    from fesaug.data.hf import to_hf_dataset
+    from fesaug.data.manifest import read_manifest
+    from fesaug.data.samplers import WeightedDistributedSampler
+    from fesaug.synthesis.generator import Generator, load_generator
+    from fesaug.utils.errors import FesaugError
 
 __version__ = "0.1.0"
 
@@ -18,7 +32,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_generator": "fesaug.synthesis.generator",
     "Generator": "fesaug.synthesis.generator",
-    "BalanceConfig": "fesaug.balance.run",
+    "BalanceConfig": "fesaug.balance.config",
     "FESampler": "fesaug.balance.sampler",
     "ManifestDataset": "fesaug.data.datasets",
     "WeightedDistributedSampler": "fesaug.data.samplers",
@@ -26,5 +40,17 @@ _EXPORTS = {
     "read_manifest": "fesaug.data.manifest",
     "FesaugError": "fesaug.utils.errors",
 }
-__all__ = ["__version__", *_EXPORTS]
+# Spelled out (not built from _EXPORTS) so that linters and griffe, which read the source, see it.
+__all__ = [
+    "BalanceConfig",
+    "FESampler",
+    "FesaugError",
+    "Generator",
+    "ManifestDataset",
+    "WeightedDistributedSampler",
+    "__version__",
+    "load_generator",
+    "read_manifest",
+    "to_hf_dataset",
+]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -50,7 +50,17 @@ The modules follow those steps: :mod:`~fesaug.balance.config` (settings, result)
 (:mod:`~fesaug.balance.sampler`, :mod:`~fesaug.balance.arrays`).
 """
 
+from typing import TYPE_CHECKING
+
 from fesaug.utils.lazy import lazy_exports
+
+# Static twins of the lazy names, for type checkers and the API reference (griffe reads source,
+# not the runtime); never executed.
+if TYPE_CHECKING:
+    from fesaug.balance.config import BalanceConfig, BalanceResult
+    from fesaug.balance.run import balance
+    from fesaug.balance.sampler import FESampler
+    from fesaug.balance.targets import Targets, resolve_targets
 
 __all__ = ["BalanceConfig", "BalanceResult", "FESampler", "Targets", "balance", "resolve_targets"]
 __getattr__, __dir__ = lazy_exports(

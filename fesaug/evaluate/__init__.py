@@ -68,7 +68,15 @@ is compared, one definition each), :mod:`~fesaug.evaluate.fold` (a split and its
 (the classifiers every condition trains).
 """
 
+from typing import TYPE_CHECKING
+
 from fesaug.utils.lazy import lazy_exports
+
+# Static twins of the lazy names, for type checkers and the API reference (griffe reads source,
+# not the runtime); never executed.
+if TYPE_CHECKING:
+    from fesaug.evaluate.config import EvaluateConfig, EvaluateResult
+    from fesaug.evaluate.run import evaluate
 
 __all__ = ["EvaluateConfig", "EvaluateResult", "evaluate"]
 __getattr__, __dir__ = lazy_exports(

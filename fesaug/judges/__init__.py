@@ -1,18 +1,13 @@
 """Judges: models trained *elsewhere* that score synthetic faces, so that no judgement of a
 generator comes from a model trained on the same data (or with the generator itself).
 
-=============  ==========================================  =======================  =====================
-name           model (weights shipped inside a package)    manifest column          needs
-=============  ==========================================  =======================  =====================
-``identity``   dlib face-recognition ResNet, 5-point        ``identity_distance``    ``fesaug[judges]``
-               alignment (CC0)                              (to the parent; < 0.6:
-                                                            same person)
-``fer2013``    mini-Xception trained on FER2013 (MIT),      ``external_confidence``  nothing (shipped
-               converted into fesaug                        (probability of the      in fesaug)
-                                                            target)
-``perceptual`` shift-tolerant LPIPS, AlexNet (BSD-2)        ``perceptual_distance``  ``fesaug[judges]``
-                                                            (to the parent)
-=============  ==========================================  =======================  =====================
+* ``identity``: dlib's face-recognition ResNet on 5-point aligned faces (CC0; needs
+  ``fesaug[judges]``). Column ``identity_distance``: the distance to the parent, under 0.6 the
+  same person.
+* ``fer2013``: mini-Xception trained on FER2013 (MIT), converted into fesaug (nothing to
+  install). Column ``external_confidence``: the probability of the target.
+* ``perceptual``: shift-tolerant LPIPS, AlexNet (BSD-2; needs ``fesaug[judges]``). Column
+  ``perceptual_distance``: the distance to the parent.
 
 Each is a :class:`Judge`: ``score(images, targets, parents)`` → one float per face, NaN where it
 cannot judge (a class it does not know, a face it cannot align). :func:`judge_synthesis` scores a
