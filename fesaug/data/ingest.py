@@ -416,9 +416,8 @@ def _check_options(
     if format not in FORMATS:
         raise UsageError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
     if format != "folder" and au_labels is not None:
-        raise UsageError(
-            f"--au-labels matches labels to image files, which --format {format} does not have; drop --au-labels"
-        )
+        source = {"fer2013-csv": "a FER2013 CSV", "hf": "a Hugging Face dataset"}.get(format, f"--format {format}")
+        raise UsageError(f"--au-labels matches labels to image files, which {source} does not have; drop --au-labels")
     if size is not None and size < 1:
         raise UsageError(f"--size must be a positive number of pixels (got {size})")
     if folds is None:
