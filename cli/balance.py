@@ -132,6 +132,8 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     "soft_label_source",
     "soft_gamma",
     "min_judge_margin",
+    "class_intensity",
+    "calibrate_intensity",
 )
 @click.option(
     "--output-size",
@@ -191,6 +193,8 @@ def balance_command(
     soft_label_source: str,
     soft_gamma: float,
     min_judge_margin: float | None,
+    class_intensity: dict[str, float],
+    calibrate_intensity: bool,
     output_size: int | None,
     seed: int,
     batch_size: int,
@@ -243,6 +247,8 @@ def balance_command(
         soft_label_source=soft_label_source,
         soft_gamma=soft_gamma,
         min_judge_margin=min_judge_margin,
+        class_intensity=class_intensity,
+        calibrate_intensity=calibrate_intensity,
     )
     main_process = os.environ.get("RANK", "0") == "0"
     result = balance(

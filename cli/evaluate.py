@@ -132,6 +132,7 @@ def _common(command):
         ),
         BALANCE_OPTIONS["min_judge_confidence"],
         BALANCE_OPTIONS["min_judge_margin"],
+        BALANCE_OPTIONS["calibrate_intensity"],
         click.option(
             "--judges",
             default="auto",
@@ -294,6 +295,7 @@ def _run(
     soft_label_source: str,
     soft_gamma: float,
     min_judge_margin: float | None,
+    calibrate_intensity: bool,
     judge: bool,
     expression_judge: bool,
     min_judge_confidence: float,
@@ -342,6 +344,7 @@ def _run(
             soft_label_source=soft_label_source,
             soft_gamma=soft_gamma,
             min_judge_margin=min_judge_margin,
+            calibrate_intensity=calibrate_intensity,
         ),
         val_fraction=val_fraction,
         seed=seed,

@@ -81,6 +81,23 @@ DEVICE = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, callback=device_seen
 )
 
+
+def class_gains(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, float]:
+    """``--class-intensity fear=1.5,sadness=1.3`` as ``{class: gain}``."""
+    if not value:
+        return {}
+    gains = {}
+    for part in value.split(","):
+        name, sep, number = part.partition("=")
+        try:
+            gains[name.strip()] = float(number)
+        except ValueError:
+            raise click.BadParameter(f"{part!r} is not CLASS=GAIN (e.g. fear=1.5)") from None
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{part!r} is not CLASS=GAIN (e.g. fear=1.5)")
+    return gains
+
+
 # Options of fesaug balance that fesaug evaluate passes on to the balance step of each fold.
 BALANCE_OPTIONS: dict[str, Decorator] = {
     "target_per_class": click.option(
@@ -152,6 +169,18 @@ BALANCE_OPTIONS: dict[str, Decorator] = {
         show_default=True,
         metavar="G",
         help="With --synthetic-labels soft: the mass on the target is that share to the power G.",
+    ),
+    "class_intensity": click.option(
+        "--class-intensity",
+        metavar="CLASS=GAIN,...",
+        callback=class_gains,
+        help="Scale the edits of these target classes by GAIN (e.g. fear=1.5,sadness=1.3), times --intensity.",
+    ),
+    "calibrate_intensity": click.option(
+        "--calibrate-intensity",
+        is_flag=True,
+        help="Choose each class's edit gain so that the judge (--judge) recognises its synthetic faces at least "
+        "as often as real ones, measured on the generator's validation subjects.",
     ),
     "min_judge_margin": click.option(
         "--min-judge-margin",

@@ -184,7 +184,8 @@ def test_bad_values_are_one_error_line(
 
 
 def test_config_rules() -> None:
-    with pytest.raises(UsageError, match="give it with --judge"):
-        BalanceConfig(synthetic_labels="soft", soft_label_source="judge")
+    with pytest.raises(UsageError, match="--soft-label-source judge reads the independent judge"):
+        BalanceConfig(synthetic_labels="soft", soft_label_source="judge").check_judge()
+    BalanceConfig(synthetic_labels="soft", soft_label_source="judge").check_judge(given=True)  # evaluate --judge
     with pytest.raises(UsageError, match="--min-judge-margin must lie in"):
         BalanceConfig(judge_checkpoint="j.pt", min_judge_margin=2)

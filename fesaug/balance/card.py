@@ -91,10 +91,10 @@ def _how(r: BalanceResult, plan: Plan) -> list[str]:
     header, rows = gate_table(r)
     rates = ["", "Share of candidates each gate passed, per class:", ""]
     rates += markdown_table(header, rows, align="l" + "r" * (len(header) - 1))
-    return [sources, gate, *_gate_bullets(cfg), *(rates if r.gate_passed else [])]
+    return [sources, gate, *_gate_bullets(cfg, plan), *(rates if r.gate_passed else [])]
 
 
-def _gate_bullets(cfg: BalanceConfig) -> list[str]:
+def _gate_bullets(cfg: BalanceConfig, plan: Plan) -> list[str]:
     bullets = []
     if cfg.au_checkpoint:
         bullets.append(
@@ -107,6 +107,10 @@ def _gate_bullets(cfg: BalanceConfig) -> list[str]:
             f"apart from the generator, gives the target at least {cfg.min_judge_confidence:g} "
             "(`judge_confidence` column)."
         )
+    if cfg.calibrate_intensity or cfg.class_intensity:
+        chosen = "calibrated on the judge" if cfg.calibrate_intensity else "given"
+        gains = ", ".join(f"{plan.manifest.classes[k]} {g:g}" for k, g in sorted(plan.gains.items()))
+        bullets.append(f"- Edit gains per target class ({chosen}; `intensity` column): {gains}.")
     if cfg.min_judge_margin is not None:
         bullets.append(
             f"- Judge margin: also kept only when the judge's probability of the target exceeds that of the source's "

@@ -20,6 +20,7 @@ from PIL import Image
 from fesaug.balance.gates import gate_scores, target_mass
 from fesaug.balance.plan import Candidate, Plan, jitter, seeded_rng
 from fesaug.data.images import encode_png, resize_square, sha256_bytes
+from fesaug.models import MAX_INTENSITY
 from fesaug.utils.files import atomic_write_bytes
 
 
@@ -50,11 +51,7 @@ def run_chunk(
             transforms.append(how)
         targets = torch.tensor([k for k, _ in pending])
         sources = torch.stack(inputs)
-        strength = (
-            None
-            if cfg.intensity is None
-            else [float(seeded_rng(cfg.seed, k, s, attempt, 2).uniform(*cfg.intensity)) for k, s in pending]
-        )
+        strength = _strength(plan, pending, attempt)
         fakes = plan.generator.synthesize(sources, targets, intensity=strength, batch_size=len(inputs))
         source_labels = torch.tensor([int(m.df["label"].iat[c.source]) for c in cands])
         scores, gates = gate_scores(plan.gates, cfg, plan.generator, m.classes, sources, fakes, targets, source_labels)
@@ -77,6 +74,19 @@ def run_chunk(
             writes.append(pool.submit(write_image, fake, plan.output_size, out / row["path"], row))
         pending = still
     return accepted, {"attempts": attempts, "passed": passed}, writes
+
+
+def _strength(plan: Plan, pending: list[tuple[int, int]], attempt: int) -> list[float] | None:
+    """Each slot's edit intensity: drawn from ``intensity`` (seeded per slot and attempt), times its
+    class's gain; None when neither is set (the learnt edit)."""
+    cfg = plan.config
+    if cfg.intensity is None and not plan.gains:
+        return None
+    out = []
+    for k, s in pending:
+        drawn = 1.0 if cfg.intensity is None else float(seeded_rng(cfg.seed, k, s, attempt, 2).uniform(*cfg.intensity))
+        out.append(min(drawn * plan.gains.get(k, 1.0), MAX_INTENSITY))
+    return out
 
 
 def synthetic_row(plan: Plan, k: int, slot: int, cnd: Candidate, attempt: int, how: str) -> dict[str, Any]:

@@ -58,7 +58,11 @@ class BalanceConfig:
     ``intensity``: ``(LOW, HIGH)``: each candidate's edit is scaled by an intensity drawn
     uniformly from that range (seeded like the jitter; ``intensity`` column), so a class gets
     faces at several strengths of its expression instead of one; ``None`` = the learnt edit (1);
-    above 1 (up to ``MAX_INTENSITY``) the edit is exaggerated.
+    above 1 (up to ``MAX_INTENSITY``) the edit is exaggerated. ``class_intensity``: a gain per
+    target class that multiplies it (a class's edits made stronger or weaker), and
+    ``calibrate_intensity``: those gains chosen per class so that the independent judge
+    (``judge_checkpoint``) recognises synthetic faces of the class at least as often as real ones,
+    both on the generator's validation subjects (:mod:`fesaug.balance.calibrate`).
     ``synthetic_share``: synthesis fills this share of each class's shortfall (rounded), and
     weights on the class's real rows fill the rest, as repeats of them would; ``synthetic_weight``:
     each synthetic row counts this much (below 1: a synthetic face is worth less than a real
@@ -94,6 +98,8 @@ class BalanceConfig:
     external_judge: str | None = None
     min_external_confidence: float = 0.5
     intensity: tuple[float, float] | None = None
+    class_intensity: Mapping[str, float] = field(default_factory=dict)
+    calibrate_intensity: bool = False
     synthetic_share: float = 1.0
     synthetic_weight: float = 1.0
     synthetic_labels: str = "hard"
@@ -104,64 +110,33 @@ class BalanceConfig:
         if self.holdout_folds is not None:
             object.__setattr__(self, "holdout_folds", check_holdout_folds(self.holdout_folds, error=UsageError))
         check_target_rule(self.target_per_class, self.sampling_strategy, self.targets)
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise UsageError(f"--min-confidence must lie in [0, 1], got {self.min_confidence}")
-        if not 0.0 <= self.min_judge_confidence <= 1.0:
-            raise UsageError(f"--min-judge-confidence must lie in [0, 1], got {self.min_judge_confidence}")
-        if not 0.0 <= self.min_au_consistency <= 1.0:
-            raise UsageError(f"--min-au-consistency must lie in [0, 1], got {self.min_au_consistency}")
-        if not 0.0 <= self.min_external_confidence <= 1.0:
-            raise UsageError(f"--min-external-confidence must lie in [0, 1], got {self.min_external_confidence}")
-        if self.max_identity_distance is not None and not self.max_identity_distance > 0:
-            raise UsageError(
-                f"--max-identity-distance must be above 0 (dlib's same-person threshold is 0.6), "
-                f"got {self.max_identity_distance}"
-            )
+        _check_ranges(self)
         if self.intensity is not None:
             object.__setattr__(self, "intensity", check_intensity(self.intensity))
+        object.__setattr__(self, "class_intensity", _checked_gains(self))
         object.__setattr__(self, "synthetic_share", check_synthetic_share(self.synthetic_share))
-        if isinstance(self.synthetic_weight, bool) or not 0 < self.synthetic_weight <= 1:
-            raise UsageError(
-                f"--synthetic-weight must lie in (0, 1] (what one synthetic image counts against a real "
-                f"one), got {self.synthetic_weight!r}"
-            )
         object.__setattr__(self, "synthetic_weight", float(self.synthetic_weight))
-        if self.external_judge is not None and self.external_judge not in EXTERNAL_JUDGES:
-            raise UsageError(
-                f"unknown --external-judge {self.external_judge!r}; choose one of {', '.join(EXTERNAL_JUDGES)}"
-            )
-        for name in ("max_attempts", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.output_size is not None and self.output_size < 8:
-            raise UsageError(f"--output-size must be at least 8 pixels, got {self.output_size}")
-        if not self.splits:
-            raise UsageError("choose at least one --split to balance")
-        self._check_soft_labels()
-        if self.min_judge_margin is not None:
-            if not -1 <= self.min_judge_margin <= 1:
-                raise UsageError(f"--min-judge-margin must lie in [-1, 1], got {self.min_judge_margin}")
-            if self.judge_checkpoint is None:
-                raise UsageError("--min-judge-margin compares the independent judge's probabilities; give --judge CKPT")
-        if self.source_order not in SOURCE_ORDERS:
-            raise UsageError(f"unknown --source-order {self.source_order!r}; choose one of {', '.join(SOURCE_ORDERS)}")
-
-    def _check_soft_labels(self) -> None:
-        if self.synthetic_labels not in SYNTHETIC_LABELS:
-            raise UsageError(
-                f"unknown --synthetic-labels {self.synthetic_labels!r}; choose one of {', '.join(SYNTHETIC_LABELS)}"
-            )
-        if self.soft_label_source not in SOFT_LABEL_SOURCES:
-            raise UsageError(
-                f"unknown --soft-label-source {self.soft_label_source!r}; choose one of {', '.join(SOFT_LABEL_SOURCES)}"
-            )
-        if isinstance(self.soft_gamma, bool) or not 0 < self.soft_gamma <= 10:
-            raise UsageError(f"--soft-gamma must lie in (0, 10], got {self.soft_gamma!r}")
         object.__setattr__(self, "soft_gamma", float(self.soft_gamma))
-        if self.soft and self.soft_label_source == "judge" and self.judge_checkpoint is None:
-            raise UsageError(
-                "--soft-label-source judge reads the independent judge's probabilities; give it with --judge CKPT"
+        _check_choices(self)
+
+    def needs_judge(self) -> list[str]:
+        """The options set that read the independent judge (``--judge``), which must then be given."""
+        return [
+            option
+            for option, on in (
+                ("--calibrate-intensity", self.calibrate_intensity),
+                ("--min-judge-margin", self.min_judge_margin is not None),
+                ("--soft-label-source judge", self.soft and self.soft_label_source == "judge"),
             )
+            if on
+        ]
+
+    def check_judge(self, given: bool | None = None) -> None:
+        """One clear error when an option needs the judge and none is given (``given``: whether
+        one will be, e.g. by ``fesaug evaluate --judge``; default: ``judge_checkpoint`` is set)."""
+        needs = self.needs_judge()
+        if needs and not (self.judge_checkpoint is not None if given is None else given):
+            raise UsageError(f"{needs[0]} reads the independent judge's probabilities; give the judge with --judge")
 
     @property
     def soft(self) -> bool:
@@ -176,7 +151,61 @@ class BalanceConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["targets"] = dict(self.targets)
+        d["class_intensity"] = dict(self.class_intensity)
         return d
+
+
+# Settings that must lie in [0, 1], by option name.
+_SHARES = ("min_confidence", "min_judge_confidence", "min_au_consistency", "min_external_confidence")
+
+
+def _check_ranges(c: BalanceConfig) -> None:
+    for name in _SHARES:
+        if not 0.0 <= getattr(c, name) <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(c, name)}")
+    if c.max_identity_distance is not None and not c.max_identity_distance > 0:
+        raise UsageError(
+            "--max-identity-distance must be above 0 (dlib's same-person threshold is 0.6), got "
+            f"{c.max_identity_distance}"
+        )
+    if isinstance(c.synthetic_weight, bool) or not 0 < c.synthetic_weight <= 1:
+        raise UsageError(
+            f"--synthetic-weight must lie in (0, 1] (what one synthetic image counts against a real one), got "
+            f"{c.synthetic_weight!r}"
+        )
+    for name in ("max_attempts", "batch_size"):
+        if getattr(c, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+    if c.output_size is not None and c.output_size < 8:
+        raise UsageError(f"--output-size must be at least 8 pixels, got {c.output_size}")
+    if isinstance(c.soft_gamma, bool) or not 0 < c.soft_gamma <= 10:
+        raise UsageError(f"--soft-gamma must lie in (0, 10], got {c.soft_gamma!r}")
+    if c.min_judge_margin is not None and not -1 <= c.min_judge_margin <= 1:
+        raise UsageError(f"--min-judge-margin must lie in [-1, 1], got {c.min_judge_margin}")
+
+
+def _checked_gains(c: BalanceConfig) -> dict[str, float]:
+    gains = {str(name): float(g) for name, g in dict(c.class_intensity).items()}
+    bad = [f"{name}={g:g}" for name, g in gains.items() if not 0 < g <= MAX_INTENSITY]
+    if bad:
+        raise UsageError(f"--class-intensity gains must lie in (0, {MAX_INTENSITY:g}], got {', '.join(bad)}")
+    if c.calibrate_intensity and gains:
+        raise UsageError("--calibrate-intensity chooses every class's gain; drop --class-intensity")
+    return gains
+
+
+def _check_choices(c: BalanceConfig) -> None:
+    if not c.splits:
+        raise UsageError("choose at least one --split to balance")
+    for option, value, allowed in (
+        ("--external-judge", c.external_judge, (None, *EXTERNAL_JUDGES)),
+        ("--synthetic-labels", c.synthetic_labels, SYNTHETIC_LABELS),
+        ("--soft-label-source", c.soft_label_source, SOFT_LABEL_SOURCES),
+        ("--source-order", c.source_order, SOURCE_ORDERS),
+    ):
+        if value not in allowed:
+            names = ", ".join(a for a in allowed if a is not None)
+            raise UsageError(f"unknown {option} {value!r}; choose one of {names}")
 
 
 @dataclass

@@ -230,6 +230,8 @@ def _run_record(plan: Plan, r: BalanceResult) -> dict[str, Any]:
         "source_order": cfg.source_order,
         "judge": "the checkpoint's FER branch",
         "intensity": None if cfg.intensity is None else list(cfg.intensity),
+        "class_intensity": {plan.manifest.classes[k]: g for k, g in plan.gains.items()},
+        **({"intensity_calibration": plan.calibration} if plan.calibration is not None else {}),
         "synthetic_share": cfg.synthetic_share,
         "synthetic_weight": cfg.synthetic_weight,
         "synthetic_labels": cfg.synthetic_labels,

@@ -134,6 +134,8 @@ class Plan:
     decoded: tuple[np.ndarray, torch.Tensor] | None = None  # source rows and their pixels, if planning needed them
     # --reject: each replacement slot's candidates, one per attempt (fesaug.balance.reject)
     replacements: dict[tuple[int, int], list[Candidate]] = field(default_factory=dict)
+    gains: dict[int, float] = field(default_factory=dict)  # class index -> edit gain (class_intensity)
+    calibration: dict[str, Any] | None = None  # how calibrate_intensity chose the gains
 
     def sample_id(self, cls: int, slot: int) -> str:
         return f"syn-{self.generator.checkpoint_sha256[:10]}-{self.manifest.classes[cls]}-{slot:06d}"
@@ -179,12 +181,31 @@ def make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, devi
     }
     gates = load_gates(config, m.classes, device, where=str(manifest_path))
     key |= gates.key
+    gains, calibration = _gains(m, gen, gates, config, where=str(manifest_path))
+    if gains:
+        key["gains"] = {m.classes[k]: g for k, g in gains.items()}
     size = choose_output_size(m, working, gen, config.output_size)
     decoded_sources = None if "pixels" not in decoded else (sp.sources, decoded["pixels"])
     return Plan(
         m, gen, config, working, targets, to_generate, removed, sorted(holdout_folds), size, orders, slots, key,
-        gates, decoded_sources,
+        gates, decoded_sources, gains=gains, calibration=calibration,
     )  # fmt: skip
+
+
+def _gains(
+    m: Manifest, gen: Generator, gates: Gates, config: BalanceConfig, *, where: str
+) -> tuple[dict[int, float], dict[str, Any] | None]:
+    """Each class's edit gain: given (``class_intensity``), calibrated, or none."""
+    unknown = [c for c in config.class_intensity if c not in m.classes]
+    if unknown:
+        raise UsageError(f"--class-intensity names {unknown[0]!r}, which {where} does not have; its classes are "
+                         f"{', '.join(m.classes)}")  # fmt: skip
+    if not config.calibrate_intensity:
+        return {m.classes.index(c): g for c, g in config.class_intensity.items()}, None
+    from fesaug.balance.calibrate import calibrate_gains
+
+    real = (m.df["origin"] == "real") & m.df["subject_id"].astype(str).isin(gen.validation_subjects)
+    return calibrate_gains(m, np.flatnonzero(real.to_numpy()), gen, gates.judge, seed=config.seed)
 
 
 @dataclass

@@ -17,8 +17,8 @@ CONFIG_V1 = {
     "embed_images": False, "output_size": None, "au_checkpoint": None, "min_au_consistency": 0.5,
     "judge_checkpoint": None, "min_judge_confidence": 0.5, "min_judge_margin": None, "source_order": "subjects",
     "max_identity_distance": None, "external_judge": None, "min_external_confidence": 0.5, "intensity": None,
-    "synthetic_share": 1.0, "synthetic_weight": 1.0, "synthetic_labels": "hard", "soft_label_source": "intensity",
-    "soft_gamma": 1.0,
+    "class_intensity": {}, "calibrate_intensity": False, "synthetic_share": 1.0, "synthetic_weight": 1.0,
+    "synthetic_labels": "hard", "soft_label_source": "intensity", "soft_gamma": 1.0,
 }  # fmt: skip
 
 

@@ -57,6 +57,7 @@ def balance(
     (:mod:`fesaug.balance.reject`).
     """
     config = config or BalanceConfig()
+    config.check_judge()
     out = Path(out_dir)
     start = time.perf_counter()
     # gloo even on GPUs: the ranks only meet at barriers, and several may share one GPU.

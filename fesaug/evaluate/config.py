@@ -71,6 +71,7 @@ class EvaluateConfig:
             raise UsageError(f"--downstream-seeds must be at least 1, got {self.downstream_seeds}")
         if not 0 < self.val_fraction <= 0.5:
             raise UsageError(f"--val-fraction must lie in (0, 0.5], got {self.val_fraction}")
+        self.balance.check_judge(given=self.judge)
         if not 0 < self.truth_intensity <= 2:
             raise UsageError(f"--truth-intensity must lie in (0, 2], got {self.truth_intensity}")
         resolve_judges(self.judges)  # unknown or not installed: one clear error before any work
