@@ -12,6 +12,7 @@ import PIL
 import pytest
 
 from fesaug.data import demo
+from fesaug.data.demo import dataset as demo_dataset
 from fesaug.data.demo import (
     AU_IDS,
     AU_PROTOTYPES,
@@ -211,7 +212,7 @@ def test_refuses_to_overwrite_and_replaces_cleanly(tmp_path: Path) -> None:
 
 def test_interrupted_overwrite_leaves_no_stale_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_demo_dataset(tmp_path, counts=SMALL, n_subjects=12, folds=3)
-    real, written = demo._write_sample, []
+    real, written = demo_dataset._write_sample, []
 
     def interrupted(*args: object) -> dict:
         if len(written) == 5:
@@ -219,7 +220,7 @@ def test_interrupted_overwrite_leaves_no_stale_manifest(tmp_path: Path, monkeypa
         written.append(args)
         return real(*args)
 
-    monkeypatch.setattr(demo, "_write_sample", interrupted)
+    monkeypatch.setattr(demo_dataset, "_write_sample", interrupted)
     with pytest.raises(KeyboardInterrupt):
         make_demo_dataset(tmp_path, counts=SMALL, n_subjects=12, folds=3, seed=9, overwrite=True)
     assert not (tmp_path / "manifest.parquet").exists()
