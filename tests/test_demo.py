@@ -12,7 +12,6 @@ import PIL
 import pytest
 
 from fesaug.data import demo
-from fesaug.data.demo import dataset as demo_dataset
 from fesaug.data.demo import (
     AU_IDS,
     AU_PROTOTYPES,
@@ -27,6 +26,7 @@ from fesaug.data.demo import (
     render_aus,
     render_params,
 )
+from fesaug.data.demo import dataset as demo_dataset
 from fesaug.data.images import sha256_bytes
 from fesaug.data.labels import CKPLUS_CLASSES
 from fesaug.data.manifest import Manifest, read_manifest
