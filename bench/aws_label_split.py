@@ -31,7 +31,9 @@ from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest
 from fesaug.models import au_metrics, count_parameters
-from fesaug.multitask.training import MultiTaskConfig, au_occurrence, load_emotion_au, train_multitask
+from fesaug.multitask.config import MultiTaskConfig
+from fesaug.multitask.data import au_occurrence
+from fesaug.multitask.training import load_emotion_au, train_multitask
 from fesaug.utils.provenance import package_versions
 
 SHARINGS = ("none", "hard", "cross-stitch", "aws")
