@@ -14,12 +14,13 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fesaug.data.au import AULabels
 from fesaug.data.images import BadImage
 from fesaug.data.labels import FER2013_CLASSES, canonical_label, canonicalize
 from fesaug.utils.errors import FesaugError, UsageError
@@ -319,6 +320,56 @@ def _jaffe_class(path: Path, skips: Skips, walker: _Walker) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # FER2013 CSV
+
+
+def match_au_labels(labels: AULabels, items: Sequence[Item], skips: Skips) -> dict[str, str]:
+    """``{sample_id: side-file key}``. A key names an image by its path relative to SRC or, when
+    only one image has that name, by its file name (so ``S005/001/x.png`` from CK+'s own tree also
+    finds ``anger/x.png`` in CK+48). Keys matching nothing are one error, or skipped records."""
+    by_path = {item.source_file: item for item in items}
+    by_name: dict[str, list[Item]] = {}
+    for item in items:
+        by_name.setdefault(Path(item.source_file).name, []).append(item)
+    # Images skipped as bad are recorded already: their labels are not a second problem.
+    skipped = {r["file"] for r in skips.records} | {Path(r["file"]).name for r in skips.records}
+    matched: dict[str, str] = {}
+    bad: list[tuple[str, str]] = []  # (where, reason)
+    for key, where in labels.where.items():
+        found = by_path.get(key)
+        if found is None:
+            found = by_name.get(Path(key).name, [])
+            if len(found) > 1:
+                bad.append(
+                    (
+                        where,
+                        f"{key!r} matches {len(found)} images ({', '.join(i.source_file for i in found[:3])}); "
+                        "give its path relative to the source folder",
+                    )
+                )
+                continue
+            found = found[0] if found else None
+        if found is None:
+            if key not in skipped:
+                bad.append((where, f"{key!r} matches no ingested image"))
+        elif found.sample_id in matched:
+            raise FesaugError(
+                f"{where}: {key!r} and {matched[found.sample_id]!r} both label {found.source_file}; keep one entry "
+                f"per image in {labels.path.name}"
+            )
+        else:
+            matched[found.sample_id] = key
+    if bad and not skips.skip_bad:
+        shown = "; ".join(f"{where}: {reason}" for where, reason in bad[:3]) + (
+            f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        )
+        raise FesaugError(
+            f"--au-labels {labels.path}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} without an image: {shown}. "
+            "Keys are paths relative to the source folder (happy/a.png) or unique file names; fix them, or pass "
+            "--skip-bad to record them"
+        )
+    for where, reason in bad:
+        skips(BadInput(where, reason), where)
+    return matched
 
 
 def read_fer2013_csv(path: Path, *, skips: Skips) -> Iterator[Item]:
