@@ -220,33 +220,8 @@ def scan_folder(
             f"{src} {what}; point SRC at the dataset folder (class folders, or split folders holding class folders)"
         )
 
-    splits = {d: SPLITS.get(letters(d.name)) for d in top_dirs}
-    if any(splits.values()):
-        others = sorted(d.name for d, s in splits.items() if s is None)
-        if others:
-            named = sorted(d.name for d, s in splits.items() if s is not None)
-            raise FesaugError(
-                f"{src} mixes split folders ({', '.join(named)}) with other folders ({', '.join(others)}); put "
-                "every class folder inside a split folder"
-            )
-        class_dirs: list[tuple[str, Path]] = []
-        for split_dir in top_dirs:
-            sub_dirs, sub_loose = walker.entries(split_dir)
-            class_dirs += [(splits[split_dir], d) for d in sub_dirs]
-            for f in sub_loose:
-                skips(
-                    BadInput(
-                        str(f),
-                        f"image directly in split folder {split_dir.name}/, not in a class folder; move it into a "
-                        "folder named after its class",
-                    ),
-                    walker.rel(f),
-                )
-    else:
-        class_dirs = [("train", d) for d in top_dirs]
-
     found: list[tuple[Path, str, str]] = []  # (file, canonical class, split)
-    for split, label, folder in _known_classes(class_dirs, skips, walker):
+    for split, label, folder in _known_classes(_class_dirs(src, top_dirs, skips, walker), skips, walker):
         files = walker.images_below(folder)
         if not files:
             skips(
@@ -285,6 +260,35 @@ def scan_folder(
     if not items and not skips.records:
         raise FesaugError(f"{src} contains no images in its class folders; point SRC at the dataset folder")
     return FolderScan(items=items, ignored=walker.ignored)
+
+
+def _class_dirs(src: Path, top_dirs: list[Path], skips: Skips, walker: _Walker) -> list[tuple[str, Path]]:
+    """(split, folder) of each class folder: the top folders themselves (split ``train``), or the
+    folders inside split folders (``train/``, ``test/`` ...) when SRC holds those."""
+    splits = {d: SPLITS.get(letters(d.name)) for d in top_dirs}
+    if not any(splits.values()):
+        return [("train", d) for d in top_dirs]
+    others = sorted(d.name for d, s in splits.items() if s is None)
+    if others:
+        named = sorted(d.name for d, s in splits.items() if s is not None)
+        raise FesaugError(
+            f"{src} mixes split folders ({', '.join(named)}) with other folders ({', '.join(others)}); put "
+            "every class folder inside a split folder"
+        )
+    class_dirs: list[tuple[str, Path]] = []
+    for split_dir in top_dirs:
+        sub_dirs, sub_loose = walker.entries(split_dir)
+        class_dirs += [(splits[split_dir], d) for d in sub_dirs]
+        for f in sub_loose:
+            skips(
+                BadInput(
+                    str(f),
+                    f"image directly in split folder {split_dir.name}/, not in a class folder; move it into a "
+                    "folder named after its class",
+                ),
+                walker.rel(f),
+            )
+    return class_dirs
 
 
 def _known_classes(class_dirs: list[tuple[str, Path]], skips: Skips, walker: _Walker) -> list[tuple[str, str, Path]]:
