@@ -37,6 +37,7 @@ from fesaug.data.manifest import read_manifest
 from fesaug.utils.dlib_models import face_detector, landmark_model
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.provenance import package_versions
+from fesaug.utils.tables import markdown_table
 
 CKPLUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ckplus48"
 MAX_ROTATION = 25.0
@@ -267,17 +268,19 @@ def render(r: dict) -> str:
         "rotation alignment applied. After alignment the *dlib* column is the landmark model judging its own work, "
         "which understates the error; the *true* column is the measure.",
         "",
-        "| population | ingest | dlib tilt | true tilt | faces (detector / whole image / skipped) | s |",
-        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for style, d in r["demo"].items():
         for name in ("plain", "aligned"):
             boxes = d["boxes"] if name == "aligned" else None
             faces = f"{boxes['detector']} / {boxes['whole-image']} / {boxes['skipped']}" if boxes else "-"
-            out.append(
-                f"| {style} | {'--align' if name == 'aligned' else 'plain'} | {_cell(d[name]['dlib_tilt'])} | "
-                f"{_cell(d[name]['true_tilt'])} | {faces} | {d[name]['seconds']} |"
+            ingest = "--align" if name == "aligned" else "plain"
+            rows.append(
+                [style, ingest, _cell(d[name]["dlib_tilt"]), _cell(d[name]["true_tilt"]), faces, d[name]["seconds"]]
             )
+    out += markdown_table(
+        ["population", "ingest", "dlib tilt", "true tilt", "faces (detector / whole image / skipped)", "s"], rows
+    )
     out += [
         "",
         "Error of the estimated tilt (`align_angle` minus the truth): "
@@ -288,11 +291,11 @@ def render(r: dict) -> str:
         "estimated tilt against the truth; the re-framing puts the box where dlib's detector would, from the "
         "landmarks found so far):",
         "",
-        "| population | face box | tilt error |",
-        "|---|---|---|",
     ]
-    for style, d in r["demo"].items():
-        out += [f"| {style} | {name} | {_cell(s)} |" for name, s in d["fallback"].items()]
+    out += markdown_table(
+        ["population", "face box", "tilt error"],
+        [[style, name, _cell(s)] for style, d in r["demo"].items() for name, s in d["fallback"].items()],
+    )
     if "ckplus" in r:
         c = r["ckplus"]
         e = c["mean_eyes"]
@@ -313,14 +316,26 @@ def render(r: dict) -> str:
             "re-framing "
             f"shape): {c['box_shape']} (fesaug: {r['box_shape']}).",
             "",
-            "| CK+48 | dlib tilt | faces (detector / whole image / skipped) |",
-            "|---|---|---|",
-            f"| as shipped | {_cell(c['plain']['dlib_tilt'])} | - |",
-            f"| `--align --size 48` | {_cell(c['aligned']['dlib_tilt'])} | {c['aligned']['boxes']['detector']} / "
-            f"{c['aligned']['boxes']['whole-image']} / {c['aligned']['boxes']['skipped']} |",
-            f"| turned +-{r['max_added_rotation']:g} degrees in memory ({c['rotated']['images']} images) | "
-            f"{_cell(c['rotated']['before'])} | - |",
-            f"| the same, aligned | {_cell(c['rotated']['aligned'])} | - |",
+        ]
+        boxes = c["aligned"]["boxes"]
+        out += markdown_table(
+            ["CK+48", "dlib tilt", "faces (detector / whole image / skipped)"],
+            [
+                ["as shipped", _cell(c["plain"]["dlib_tilt"]), "-"],
+                [
+                    "`--align --size 48`",
+                    _cell(c["aligned"]["dlib_tilt"]),
+                    f"{boxes['detector']} / {boxes['whole-image']} / {boxes['skipped']}",
+                ],
+                [
+                    f"turned +-{r['max_added_rotation']:g} degrees in memory ({c['rotated']['images']} images)",
+                    _cell(c["rotated"]["before"]),
+                    "-",
+                ],
+                ["the same, aligned", _cell(c["rotated"]["aligned"]), "-"],
+            ],
+        )
+        out += [
             "",
             f"Error of the estimated tilt on the turned faces (against the added turn plus the tilt found on the "
             f"unturned image): {_cell(c['rotated']['estimate_error'])}.",

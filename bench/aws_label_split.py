@@ -31,8 +31,11 @@ from fesaug.data.datasets import ManifestDataset
 from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest
 from fesaug.models import au_metrics, count_parameters
-from fesaug.multitask.training import MultiTaskConfig, au_occurrence, load_emotion_au, train_multitask
+from fesaug.multitask.config import MultiTaskConfig
+from fesaug.multitask.data import au_occurrence
+from fesaug.multitask.training import load_emotion_au, train_multitask
 from fesaug.utils.provenance import package_versions
+from fesaug.utils.tables import markdown_table
 
 SHARINGS = ("none", "hard", "cross-stitch", "aws")
 CACHE = Path("/tmp/fesaug-bench/aws")
@@ -161,13 +164,34 @@ def main() -> None:
 
 def report(r: dict) -> str:
     p, runs = r["protocol"], {x["sharing"]: x for x in r["runs"]}
-    rows = "\n".join(
-        f"| {s} | {x['parameters']:,} | {x['test_best']['emotion_acc']:.3f} | "
-        f"{x['test_best']['emotion_macro_f1']:.3f} | "
-        f"{x['test_best']['au_mean_f1']:.3f} | {x['test_last']['emotion_macro_f1']:.3f} | "
-        f"{x['test_last']['au_mean_f1']:.3f} | "
-        f"{x['best_epoch']} | {x['wall_s']:.0f} |"
-        for s, x in runs.items()
+    table = "\n".join(
+        markdown_table(
+            [
+                "sharing",
+                "parameters",
+                "test emotion acc (best.pt)",
+                "emotion macro-F1",
+                "AU mean F1",
+                "macro-F1 (last.pt)",
+                "AU F1 (last.pt)",
+                "best epoch",
+                "wall s",
+            ],
+            [
+                [
+                    s,
+                    f"{x['parameters']:,}",
+                    f"{x['test_best']['emotion_acc']:.3f}",
+                    f"{x['test_best']['emotion_macro_f1']:.3f}",
+                    f"{x['test_best']['au_mean_f1']:.3f}",
+                    f"{x['test_last']['emotion_macro_f1']:.3f}",
+                    f"{x['test_last']['au_mean_f1']:.3f}",
+                    x["best_epoch"],
+                    f"{x['wall_s']:.0f}",
+                ]
+                for s, x in runs.items()
+            ],
+        )
     )
     return f"""# AWS-Net label split on the demo data
 
@@ -182,9 +206,7 @@ training subjects are split 50/50 by subject: one half keeps only its emotion la
 seed {p["seed"]}; {p["selection"]}. `none` = two independent networks, i.e. the single-task baselines (each sees only its
 own half of the training subjects); `hard` = one shared encoder; `cross-stitch` and `aws` = two networks with sharing units.
 
-| sharing | parameters | test emotion acc (best.pt) | emotion macro-F1 | AU mean F1 | macro-F1 (last.pt) | AU F1 (last.pt) | best epoch | wall s |
-|---|---|---|---|---|---|---|---|---|
-{rows}
+{table}
 
 {conclusion(runs, p["epochs"])}
 """

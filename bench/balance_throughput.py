@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from record import RESULTS, command, machine, machine_line, write_results
 
+from fesaug.utils.tables import markdown_table
+
 BATCH = 64
 
 
@@ -195,18 +197,33 @@ def main() -> None:
 
 def report(r: dict) -> str:
     gen, (small, large) = r["generator_alone"], r["end_to_end"]
-    rows = [
-        (
-            f"| generator alone (synthesize + classify, batch {BATCH}; before {gen['before']['images_per_s']:.0f}, "
-            f"after {gen['after']['images_per_s']:.0f}) | – | {gen['images_per_s']:.0f} | 1.00 | – | – | – |"
-        )
-    ]
+    alone = (
+        f"generator alone (synthesize + classify, batch {BATCH}; before {gen['before']['images_per_s']:.0f}, "
+        f"after {gen['after']['images_per_s']:.0f})"
+    )
+    rows = [[alone, "–", f"{gen['images_per_s']:.0f}", "1.00", "–", "–", "–"]]
     rows += [
-        f"| `balance()`, target {c['target_per_class']}/class | {c['synthesized']} | {c['images_per_s']:.0f} | "
-        f"{c['ratio_to_generator']:.2f} | {c['wall_s']:.1f} | {c['peak_rss_generation_mib']:.0f} | "
-        f"{c['peak_rss_mib']:.0f} |"
+        [
+            f"`balance()`, target {c['target_per_class']}/class",
+            c["synthesized"],
+            f"{c['images_per_s']:.0f}",
+            f"{c['ratio_to_generator']:.2f}",
+            f"{c['wall_s']:.1f}",
+            f"{c['peak_rss_generation_mib']:.0f}",
+            f"{c['peak_rss_mib']:.0f}",
+        ]
         for c in (small, large)
     ]
+    header = [
+        "what",
+        "synthesized",
+        "images/s",
+        "of generator",
+        "wall s",
+        "peak RSS before manifest, MiB",
+        "peak RSS, MiB",
+    ]
+    table = "\n".join(markdown_table(header, rows, align="lrrrrrr"))
     marginal = r["marginal_images_per_s"]
     fixed = small["wall_s"] - small["synthesized"] / marginal
     b, a = gen["before"]["images_per_s"], gen["after"]["images_per_s"]
@@ -221,8 +238,7 @@ def report(r: dict) -> str:
         f"{r['threads']} torch threads, torch {r['versions'].get('torch')}, fesaug {r['versions']['fesaug']}. "
         "Demo dataset (981 images, 64x64), 1-epoch `cpu`-preset checkpoint, `min_confidence=0`, `batch_size=64`, "
         "each `balance()` in a fresh process.\n\n"
-        "| what | synthesized | images/s | of generator | wall s | peak RSS before manifest, MiB | peak RSS, MiB |\n"
-        "|---|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n\n"
+        f"{table}\n\n"
         f"{r['synthesized_ratio']:.1f}x the images costs x{r['peak_rss_ratio']:.2f} the peak RSS "
         f"({small['peak_rss_mib']:.0f} → {large['peak_rss_mib']:.0f} MiB); the process already holds "
         f"{small['rss_before_mib']:.0f} MiB before `balance()` starts (torch, pandas, pyarrow). The extra images "

@@ -26,6 +26,7 @@ from record import write_results
 
 from fesaug.evaluate.report import EXPRESSION_JUDGE
 from fesaug.evaluate.stats import paired_comparison
+from fesaug.utils.tables import markdown_table
 
 TARGETS = (
     "fes macro-F1 >= real + 2 points and >= oversample + 1 point; minority recall >= real + 5 points; "
@@ -123,6 +124,22 @@ def _machines(runs: list[dict], machine: str) -> list[str]:
     ]
 
 
+def _synthesis_row(r: dict) -> list[str]:
+    s = r["synthesis"]
+    if not s.get("recognised"):  # run with --no-synthesis
+        return [r["name"], "–", "not scored (`--no-synthesis`)", "–", "–", "–"]
+    cas, fr, mem = s["classification_accuracy_score"], s["frechet"], s["memorisation"]
+    real_test = f"{_ms(s.get('real_test_recognised'))}{' %' if s.get('real_test_recognised') else ''}"
+    return [
+        r["name"],
+        s["n_synthetic"],
+        f"{_ms(s['recognised'])} % ({real_test})",
+        f"{_ms(cas['accuracy'])} / {_ms(cas['macro_f1'])} %",
+        f"{fr['synthetic_vs_train']['mean']:.1f} ({fr['validation_vs_train']['mean']:.1f})",
+        f"{mem['near_copies']} ({mem['share']['mean'] * 100:.1f} %)",
+    ]
+
+
 def render(runs: list[dict], machine: str, dataset: str = "CK+48") -> str:
     # Validation means over different folds are not comparable: no choice then.
     same_folds = len({tuple(r["folds"]) for r in runs}) == 1
@@ -132,26 +149,40 @@ def render(runs: list[dict], machine: str, dataset: str = "CK+48") -> str:
         "",
         *_machines(runs, machine),
         "",
-        "| recipe | val macro-F1 real / oversample / fes | test macro-F1 real | oversample | fes | fes − real | "
-        "fes − oversample | minority recall real → fes | recognised | targets met |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in runs:
         v, t, c = r["validation_macro_f1"], r["test"], r["comparisons"]
         d_real, d_over = c["fes_vs_real"]["macro_f1"], c["fes_vs_oversample"]["macro_f1"]
-        met = sum(r["targets"].values())
-        lines.append(
-            f"| {r['name']}{' (chosen on validation)' if r is chosen else ''} | {v['real'] * 100:.1f} / "
-            f"{v['oversample'] * 100:.1f} / "
-            f"{v['fes'] * 100:.1f} | {_ms(t['real']['macro_f1'])} | {_ms(t['oversample']['macro_f1'])} | "
-            f"{_ms(t['fes']['macro_f1'])} | "
-            f"{d_real['mean_difference'] * 100:+.1f} ({d_real['wins']}/{d_real['losses']}, p "
-            f"{d_real['wilcoxon_p']:.3f}) | "
-            f"{d_over['mean_difference'] * 100:+.1f} ({d_over['wins']}/{d_over['losses']}, p "
-            f"{d_over['wilcoxon_p']:.3f}) | "
-            f"{t['real']['minority_recall']['mean'] * 100:.1f} → {t['fes']['minority_recall']['mean'] * 100:.1f} | "
-            f"{_recognised(r)}{' †' if r.get('sibling_trained') else ''} | {met}/4 |"
+        rows.append(
+            [
+                f"{r['name']}{' (chosen on validation)' if r is chosen else ''}",
+                f"{v['real'] * 100:.1f} / {v['oversample'] * 100:.1f} / {v['fes'] * 100:.1f}",
+                _ms(t["real"]["macro_f1"]),
+                _ms(t["oversample"]["macro_f1"]),
+                _ms(t["fes"]["macro_f1"]),
+                f"{d_real['mean_difference'] * 100:+.1f} ({d_real['wins']}/{d_real['losses']}, p "
+                f"{d_real['wilcoxon_p']:.3f})",
+                f"{d_over['mean_difference'] * 100:+.1f} ({d_over['wins']}/{d_over['losses']}, p "
+                f"{d_over['wilcoxon_p']:.3f})",
+                f"{t['real']['minority_recall']['mean'] * 100:.1f} → {t['fes']['minority_recall']['mean'] * 100:.1f}",
+                f"{_recognised(r)}{' †' if r.get('sibling_trained') else ''}",
+                f"{sum(r['targets'].values())}/4",
+            ]
         )
+    header = [
+        "recipe",
+        "val macro-F1 real / oversample / fes",
+        "test macro-F1 real",
+        "oversample",
+        "fes",
+        "fes − real",
+        "fes − oversample",
+        "minority recall real → fes",
+        "recognised",
+        "targets met",
+    ]
+    lines += markdown_table(header, rows)
     lines += ["", f"Targets: {TARGETS}."]
     if any(r.get("sibling_trained") for r in runs):
         lines += [
@@ -164,25 +195,18 @@ def render(runs: list[dict], machine: str, dataset: str = "CK+48") -> str:
         "",
         "Synthesis quality (mean ± std over folds):",
         "",
-        "| recipe | synthetic images | recognised by `real` (its real test faces) | classification accuracy score "
-        "(acc / macro-F1) | "
-        "Fréchet synthetic vs train (real val vs train) | near-copies of another subject |",
-        "|---|---|---|---|---|---|",
     ]
-    for r in runs:
-        s = r["synthesis"]
-        if not s.get("recognised"):  # run with --no-synthesis
-            lines.append(f"| {r['name']} | – | not scored (`--no-synthesis`) | – | – | – |")
-            continue
-        cas, fr, mem = s["classification_accuracy_score"], s["frechet"], s["memorisation"]
-        lines.append(
-            f"| {r['name']} | {s['n_synthetic']} | {_ms(s['recognised'])} % "
-            f"({_ms(s.get('real_test_recognised'))}{' %' if s.get('real_test_recognised') else ''}) | "
-            f"{_ms(cas['accuracy'])} / "
-            f"{_ms(cas['macro_f1'])} % | {fr['synthetic_vs_train']['mean']:.1f} "
-            f"({fr['validation_vs_train']['mean']:.1f}) | "
-            f"{mem['near_copies']} ({mem['share']['mean'] * 100:.1f} %) |"
-        )
+    lines += markdown_table(
+        [
+            "recipe",
+            "synthetic images",
+            "recognised by `real` (its real test faces)",
+            "classification accuracy score (acc / macro-F1)",
+            "Fréchet synthetic vs train (real val vs train)",
+            "near-copies of another subject",
+        ],
+        [_synthesis_row(r) for r in runs],
+    )
     scored = [r for r in runs if r["synthesis"].get("per_class")]
     if scored:
         lines += [
@@ -218,22 +242,30 @@ def render_common(runs: list[dict], folds: list[int]) -> str:
     lines = [
         f"## On the folds every run finished ({', '.join(map(str, folds))})",
         "",
-        "| recipe | val macro-F1 fes | test macro-F1 real | oversample | fes | fes − real | fes − oversample |",
-        "|---|---|---|---|---|---|---|",
     ]
+
+    def diff(d: dict) -> str:
+        p = "–" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.3f}"
+        return f"{d['mean_difference'] * 100:+.1f} ({d['wins']}/{d['losses']}, p {p})"
+
+    rows = []
     for r in runs:
         c = r["common_folds"]
-        d_real, d_over = c["fes_vs_real"], c["fes_vs_oversample"]
-
-        def diff(d: dict) -> str:
-            p = "–" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.3f}"
-            return f"{d['mean_difference'] * 100:+.1f} ({d['wins']}/{d['losses']}, p {p})"
-
         val = "–" if c.get("validation_fes") is None else f"{c['validation_fes'] * 100:.1f}"
-        lines.append(
-            f"| {r['name']} | {val} | {c['macro_f1']['real'] * 100:.1f} | {c['macro_f1']['oversample'] * 100:.1f} | "
-            f"{c['macro_f1']['fes'] * 100:.1f} | {diff(d_real)} | {diff(d_over)} |"
+        f1 = c["macro_f1"]
+        rows.append(
+            [
+                r["name"],
+                val,
+                f"{f1['real'] * 100:.1f}",
+                f"{f1['oversample'] * 100:.1f}",
+                f"{f1['fes'] * 100:.1f}",
+                diff(c["fes_vs_real"]),
+                diff(c["fes_vs_oversample"]),
+            ]
         )
+    header = ["recipe", "val macro-F1 fes", "test macro-F1 real", "oversample", "fes", "fes − real", "fes − oversample"]
+    lines += markdown_table(header, rows)
     return "\n".join(lines) + "\n"
 
 
@@ -247,10 +279,8 @@ def render_fine_tuning(runs: list[dict]) -> str:
     lines = [
         "## The paper's recipe: fine-tuning FERSNet's FER branch",
         "",
-        "| recipe | folds | test macro-F1 fersnet | fersnet+fes | fersnet+oversample | fersnet+fes − fersnet | "
-        "fersnet+fes − fersnet+oversample |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in having:
 
         def diff(key: str, r: dict = r) -> str:
@@ -264,11 +294,25 @@ def render_fine_tuning(runs: list[dict]) -> str:
             )
 
         folds = " / ".join(str(r["test"][n]["macro_f1"]["n"]) if n in r["test"] else "0" for n in names)
-        lines.append(
-            f"| {r['name']} | {folds} | "
-            + " | ".join(_ms(r["test"][n]["macro_f1"]) if n in r["test"] else "–" for n in names)
-            + f" | {diff('fersnet+fes_vs_fersnet')} | {diff('fersnet+fes_vs_fersnet+oversample')} |"
+        rows.append(
+            [
+                r["name"],
+                folds,
+                *(_ms(r["test"][n]["macro_f1"]) if n in r["test"] else "–" for n in names),
+                diff("fersnet+fes_vs_fersnet"),
+                diff("fersnet+fes_vs_fersnet+oversample"),
+            ]
         )
+    header = [
+        "recipe",
+        "folds",
+        "test macro-F1 fersnet",
+        "fersnet+fes",
+        "fersnet+oversample",
+        "fersnet+fes − fersnet",
+        "fersnet+fes − fersnet+oversample",
+    ]
+    lines += markdown_table(header, rows)
     return "\n".join(lines) + "\n"
 
 
@@ -281,11 +325,8 @@ def render_mixed(runs: list[dict]) -> str:
     lines = [
         "## Half synthetic, half repeated: the `mixed` condition",
         "",
-        "| recipe | folds | val macro-F1 oversample / fes / mixed | test macro-F1 mixed | mixed − real | mixed − "
-        "oversample | "
-        "minority recall oversample / fes / mixed |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in having:
         v, t, c = r["validation_macro_f1"], r["test"], r["comparisons"]
 
@@ -294,13 +335,27 @@ def render_mixed(runs: list[dict]) -> str:
             p = "–" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.3f}"
             return f"{d['mean_difference'] * 100:+.1f} ({d['wins']}/{d['losses']}, p {p})"
 
-        lines.append(
-            f"| {r['name']} | {t['mixed']['macro_f1']['n']} | {v['oversample'] * 100:.1f} / {v['fes'] * 100:.1f} / "
-            f"{v['mixed'] * 100:.1f} | {_ms(t['mixed']['macro_f1'])} | {diff('mixed_vs_real')} | "
-            f"{diff('mixed_vs_oversample')} | "
-            + " / ".join(f"{t[n]['minority_recall']['mean'] * 100:.1f}" for n in ("oversample", "fes", "mixed"))
-            + " |"
+        rows.append(
+            [
+                r["name"],
+                t["mixed"]["macro_f1"]["n"],
+                f"{v['oversample'] * 100:.1f} / {v['fes'] * 100:.1f} / {v['mixed'] * 100:.1f}",
+                _ms(t["mixed"]["macro_f1"]),
+                diff("mixed_vs_real"),
+                diff("mixed_vs_oversample"),
+                " / ".join(f"{t[n]['minority_recall']['mean'] * 100:.1f}" for n in ("oversample", "fes", "mixed")),
+            ]
         )
+    header = [
+        "recipe",
+        "folds",
+        "val macro-F1 oversample / fes / mixed",
+        "test macro-F1 mixed",
+        "mixed − real",
+        "mixed − oversample",
+        "minority recall oversample / fes / mixed",
+    ]
+    lines += markdown_table(header, rows)
     return "\n".join(lines) + "\n"
 
 
@@ -312,19 +367,30 @@ def render_seed_spread(runs: list[dict]) -> str:
     lines = [
         "## Seed spread: the same fold, data and recipe, another downstream seed",
         "",
-        "| recipe | condition | seeds per fold | mean range within a fold | largest range (fold: macro-F1 per seed) |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for r in having:
         for c, folds in r["seed_macro_f1"].items():
             spread = {k: max(v) - min(v) for k, v in folds.items()}
             worst = max(spread, key=spread.get)
-            lines.append(
-                f"| {r['name']} | {c} | {'/'.join(map(str, sorted({len(v) for v in folds.values()})))} | "
-                f"{np.mean(list(spread.values())) * 100:.1f} | {spread[worst] * 100:.1f} (fold {worst}: "
-                + " / ".join(f"{x * 100:.1f}" for x in folds[worst])
-                + ") |"
+            per_seed = " / ".join(f"{x * 100:.1f}" for x in folds[worst])
+            rows.append(
+                [
+                    r["name"],
+                    c,
+                    "/".join(map(str, sorted({len(v) for v in folds.values()}))),
+                    f"{np.mean(list(spread.values())) * 100:.1f}",
+                    f"{spread[worst] * 100:.1f} (fold {worst}: {per_seed})",
+                ]
             )
+    header = [
+        "recipe",
+        "condition",
+        "seeds per fold",
+        "mean range within a fold",
+        "largest range (fold: macro-F1 per seed)",
+    ]
+    lines += markdown_table(header, rows)
     return "\n".join(lines) + "\n"
 
 

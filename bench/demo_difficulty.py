@@ -26,6 +26,7 @@ from torch import nn
 
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest
+from fesaug.utils.tables import markdown_table
 
 MINORITY = ("contempt", "fear", "sadness")
 MAJORITY = ("disgust", "happy", "surprise")
@@ -151,12 +152,16 @@ def main() -> None:
 
 
 def report(r: dict) -> str:
-    rows = "\n".join(f"| {c} | {r['dataset']['counts'][c]} | {v:.3f} |" for c, v in r["recall"].items())
-    confusion = "\n".join(
-        f"| {c} | " + " | ".join(str(v) for v in row) + " |"
-        for c, row in zip(r["confusion"]["classes"], r["confusion"]["matrix"])
+    recall = "\n".join(
+        markdown_table(
+            ["class", "images (whole set)", "test recall"],
+            [[c, r["dataset"]["counts"][c], f"{v:.3f}"] for c, v in r["recall"].items()],
+        )
     )
-    head = " | ".join(r["confusion"]["classes"])
+    classes = r["confusion"]["classes"]
+    confusion = "\n".join(
+        markdown_table(["", *classes], [[c, *row] for c, row in zip(classes, r["confusion"]["matrix"])])
+    )
     return f"""# Demo dataset difficulty
 
 `{r["command"]}` — {r["wall_s"]} s wall ({machine_line(r["machine"])}), torch {r["torch"]}.
@@ -166,14 +171,10 @@ Protocol: {r["protocol"]}. {r["test_images"]} test images.
 
 **Accuracy {r["accuracy"]:.3f}, macro-F1 {r["macro_f1"]:.3f}.** Mean recall: minority classes ({", ".join(MINORITY)}) {r["minority_mean_recall"]:.3f}, majority classes ({", ".join(MAJORITY)}) {r["majority_mean_recall"]:.3f}.
 
-| class | images (whole set) | test recall |
-|---|---|---|
-{rows}
+{recall}
 
 Confusion (rows true, columns predicted):
 
-| | {head} |
-|---|{"---|" * len(r["confusion"]["classes"])}
 {confusion}
 """
 

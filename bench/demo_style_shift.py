@@ -31,6 +31,7 @@ from fesaug.data.demo import make_demo_dataset
 from fesaug.data.ingest import ingest
 from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.evaluate.downstream import DownstreamConfig, fit, predict_proba
+from fesaug.utils.tables import markdown_table
 
 TEST_FOLD, VAL_FOLD = 0, 1
 
@@ -120,19 +121,19 @@ def main() -> None:
 
 def render(r: dict) -> str:
     def table(block: dict) -> list[str]:
-        lines = [
-            "| trained on | test standard: acc / macro-F1 | test shifted: acc / macro-F1 | own minus other set "
-            "(macro-F1) |",
-            "|---|---|---|---|",
-        ]
+        rows = []
         for train, res in block.items():
             own = res[f"test {train.split()[1]}"]["macro_f1"]
             other = res[f"test {'shifted' if train.endswith('standard') else 'standard'}"]["macro_f1"]
             cells = [f"{res[t]['accuracy']:.3f} / {res[t]['macro_f1']:.3f}" for t in ("test standard", "test shifted")]
-            lines.append(
-                f"| {train.split()[1]} ({res['train_images']} images) | {cells[0]} | {cells[1]} | {own - other:+.3f} |"
-            )
-        return lines
+            rows.append([f"{train.split()[1]} ({res['train_images']} images)", *cells, f"{own - other:+.3f}"])
+        header = [
+            "trained on",
+            "test standard: acc / macro-F1",
+            "test shifted: acc / macro-F1",
+            "own minus other set (macro-F1)",
+        ]
+        return markdown_table(header, rows)
 
     out = [
         "# Demo domain shift: standard vs shifted population",

@@ -34,6 +34,7 @@ from fesaug.data.manifest import read_manifest
 from fesaug.data.splits import manifest_folds, split_subjects
 from fesaug.evaluate.downstream import DownstreamConfig, classification_report, fit, predict_proba
 from fesaug.utils.provenance import package_versions
+from fesaug.utils.tables import markdown_table
 
 
 def parse_recipe(text: str) -> tuple[str, dict]:
@@ -139,19 +140,23 @@ def table(rows: list[dict]) -> list[str]:
         if rows
         else []
     )
-    lines = [
-        "| recipe | settings | folds | seeds | val macro-F1 | test accuracy | test macro-F1 | s per fit |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        changes = ", ".join(f"{k}={r['config'].get(k)}" for k in varying)
-        lines.append(
-            f"| {r['recipe']} | {changes} | {len(r['folds'])} ({','.join(map(str, r['folds']))}) | "
-            f"{len(r['seeds'])} | {r['val_macro_f1'][0]:.3f} ± {r['val_macro_f1'][1]:.3f} | "
-            f"{r['test_accuracy'][0]:.3f} ± {r['test_accuracy'][1]:.3f} | "
-            f"{r['test_macro_f1'][0]:.3f} ± {r['test_macro_f1'][1]:.3f} | {r['seconds_per_fit']:.0f} |"
-        )
-    return lines
+    header = ["recipe", "settings", "folds", "seeds", "val macro-F1", "test accuracy", "test macro-F1", "s per fit"]
+    return markdown_table(
+        header,
+        [
+            [
+                r["recipe"],
+                ", ".join(f"{k}={r['config'].get(k)}" for k in varying),
+                f"{len(r['folds'])} ({','.join(map(str, r['folds']))})",
+                len(r["seeds"]),
+                f"{r['val_macro_f1'][0]:.3f} ± {r['val_macro_f1'][1]:.3f}",
+                f"{r['test_accuracy'][0]:.3f} ± {r['test_accuracy'][1]:.3f}",
+                f"{r['test_macro_f1'][0]:.3f} ± {r['test_macro_f1'][1]:.3f}",
+                f"{r['seconds_per_fit']:.0f}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main() -> None:

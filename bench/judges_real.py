@@ -35,6 +35,7 @@ from fesaug.judges.identity import SAME_PERSON_DISTANCE
 from fesaug.judges.perceptual import PerceptualJudge
 from fesaug.judges.report import stats, yardstick_pairs
 from fesaug.utils.provenance import package_versions
+from fesaug.utils.tables import markdown_table
 
 
 def separation(yard: dict[str, np.ndarray], threshold: float | None) -> dict:
@@ -121,10 +122,10 @@ def _share(e: dict) -> str:
 
 
 def render(r: dict) -> str:
-    def row(name: str, e: dict, under: bool) -> str:
+    def row(name: str, e: dict, under: bool) -> list[str]:
         s, d = e["same_subject"], e["different_subject"]
         u = (lambda x: f" ({x['share_under']:.0%} under 0.6)") if under else (lambda x: "")
-        return f"| {name} | {s['median']:.3f}{u(s)} | {d['median']:.3f}{u(d)} | {e['auc']:.3f} |"
+        return [name, f"{s['median']:.3f}{u(s)}", f"{d['median']:.3f}{u(d)}", f"{e['auc']:.3f}"]
 
     fer = r["fer2013"]
     lines = [
@@ -137,11 +138,15 @@ def render(r: dict) -> str:
         f"{r['pairs']['different_subject']} different-subject pairs, as the synthesis report's yardsticks draws them. "
         "AUC: how well the distance tells the two kinds of pairs apart (0.5: not at all).",
         "",
-        "| judge | median distance, same subject | median distance, different subjects | AUC |",
-        "|---|---:|---:|---:|",
-        row("identity (dlib ResNet, 5-point chips)", r["identity"], True),
-        row("perceptual (ST-LPIPS AlexNet)", r["perceptual_alex"], False),
-        row("perceptual (ST-LPIPS VGG)", r["perceptual_vgg"], False),
+        *markdown_table(
+            ["judge", "median distance, same subject", "median distance, different subjects", "AUC"],
+            [
+                row("identity (dlib ResNet, 5-point chips)", r["identity"], True),
+                row("perceptual (ST-LPIPS AlexNet)", r["perceptual_alex"], False),
+                row("perceptual (ST-LPIPS VGG)", r["perceptual_vgg"], False),
+            ],
+            align="lrrr",
+        ),
         "",
         f"Identity: {r['identity']['not_embedded']} face(s) could not be aligned; "
         f"{r['identity']['seconds_per_face'] * 1000:.0f} ms per face.",
@@ -150,9 +155,11 @@ def render(r: dict) -> str:
         f"{fer['accuracy_on_known_classes']:.1%} over the classes it knows, mean recall "
         f"{fer['mean_recall_on_known_classes']:.1%}.",
         "",
-        "| class | images | recognised | called neutral |",
-        "|---|---:|---:|---:|",
-        *(f"| {c} | {e['n']} | {_share(e)} | {e['called_neutral']:.0%} |" for c, e in fer["per_class"].items()),
+        *markdown_table(
+            ["class", "images", "recognised", "called neutral"],
+            [[c, e["n"], _share(e), f"{e['called_neutral']:.0%}"] for c, e in fer["per_class"].items()],
+            align="lrrr",
+        ),
         "",
     ]
     return "\n".join(lines)

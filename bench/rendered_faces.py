@@ -33,6 +33,7 @@ from fesaug.data.manifest import read_manifest
 from fesaug.evaluate.downstream import DownstreamClassifier, classification_report, load_classifier, predict_proba
 from fesaug.synthesis.generator import load_generator
 from fesaug.utils.provenance import package_versions
+from fesaug.utils.tables import markdown_table
 
 CONDITIONS = ("real", "oversample", "fes", "mixed")
 
@@ -155,20 +156,20 @@ def render(r: dict, name: str) -> str:
         f"{r['rerender_mean_abs_change']:.1f} "
         "gray levels on average.",
         "",
-        "| condition | macro-F1 on real test faces | on the same faces re-rendered with their own expression |",
-        "|---|---|---|",
-        *(f"| `{n}` | {pct(s['macro_f1_real_faces'])} | {pct(s['macro_f1_rerendered'])} |" for n, s in summary.items()),
+        *markdown_table(
+            ["condition", "macro-F1 on real test faces", "on the same faces re-rendered with their own expression"],
+            [[f"`{n}`", pct(s["macro_f1_real_faces"]), pct(s["macro_f1_rerendered"])] for n, s in summary.items()],
+        ),
         "",
         "Per class (%): recall on the real test faces of c / share of test faces of other expressions rendered as c "
         "that are recognised as c:",
         "",
-        "| condition | " + " | ".join(classes) + " |",
-        "|---|" + "---|" * len(classes),
-        *(
-            f"| `{n}` | "
-            + " | ".join(f"{pct(s['real_recall'][c])} / {pct(s['recognised_as'][c])}" for c in classes)
-            + " |"
-            for n, s in summary.items()
+        *markdown_table(
+            ["condition", *classes],
+            [
+                [f"`{n}`", *(f"{pct(s['real_recall'][c])} / {pct(s['recognised_as'][c])}" for c in classes)]
+                for n, s in summary.items()
+            ],
         ),
         "",
     ]

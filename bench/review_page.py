@@ -32,6 +32,7 @@ from record import RESULTS, command, machine, machine_line, versions_line, write
 
 from fesaug.data.images import encode_png, sha256_bytes
 from fesaug.data.manifest import read_manifest, write_manifest
+from fesaug.utils.tables import markdown_table
 
 # Runs one action in the page and returns its milliseconds including layout.
 ACTION = """
@@ -210,30 +211,54 @@ def main() -> None:
     print(table)
 
 
+def _case_row(c: dict) -> list[object]:
+    cold, b = c["cold_s"], c["browser"]
+    return [
+        c["set"],
+        c["synthetic"],
+        c["real"],
+        f"{c['thumbnails']} ({c['counterfactual_thumbnails']})",
+        f"{c['load_before']:.1f}",
+        f"{cold['total']:.1f} ({cold['page_data']:.1f} / {cold['thumbnails']:.1f} / {cold['page_files']:.1f})",
+        f"{c['warm_s']['total']:.2f}",
+        f"{c['data_mib']:.1f}",
+        f"{b['open_wall_s']:.2f}",
+        f"{b['interactive_ms']:.0f}",
+        f"{b['longest_task_ms']:.0f}",
+        f"{b['filter_class_ms']:.0f}",
+        f"{b['sort_score_ms']:.0f}",
+        f"{b['all_classes_ms']:.0f}",
+        f"{b['threshold_ms']:.0f}",
+        "–" if b["js_heap_mib"] is None else f"{b['js_heap_mib']:.0f}",
+    ]
+
+
 def report(r: dict) -> str:
     lines = [
         "# Review page: generation and browser (CPU)",
         "",
         f"`{r['command']}` on {machine_line(r['machine'])}; {versions_line(r['versions'])}.",
         "",
-        "| set | synthetic | real | thumbnails (counterfactuals) | load | page cold, s (data / thumbnails / files) "
-        "| page warm, s | data MiB "
-        "| open in Chromium, s | usable after, ms | longest task, ms | filter class, ms | sort by score, ms "
-        "| all classes, ms | threshold, ms | JS heap, MiB |",
-        "|---|" + "---:|" * 15,
     ]
-    for c in r["cases"]:
-        cold, b = c["cold_s"], c["browser"]
-        lines.append(
-            f"| {c['set']} | {c['synthetic']} | {c['real']} | {c['thumbnails']} ({c['counterfactual_thumbnails']}) | "
-            f"{c['load_before']:.1f} | {cold['total']:.1f} "
-            f"({cold['page_data']:.1f} / {cold['thumbnails']:.1f} / {cold['page_files']:.1f}) | "
-            f"{c['warm_s']['total']:.2f} | {c['data_mib']:.1f} | {b['open_wall_s']:.2f} | {b['interactive_ms']:.0f} | "
-            f"{b['longest_task_ms']:.0f} | {b['filter_class_ms']:.0f} | {b['sort_score_ms']:.0f} | "
-            f"{b['all_classes_ms']:.0f} | {b['threshold_ms']:.0f} | "
-            + ("–" if b["js_heap_mib"] is None else f"{b['js_heap_mib']:.0f}")
-            + " |"
-        )
+    header = [
+        "set",
+        "synthetic",
+        "real",
+        "thumbnails (counterfactuals)",
+        "load",
+        "page cold, s (data / thumbnails / files)",
+        "page warm, s",
+        "data MiB",
+        "open in Chromium, s",
+        "usable after, ms",
+        "longest task, ms",
+        "filter class, ms",
+        "sort by score, ms",
+        "all classes, ms",
+        "threshold, ms",
+        "JS heap, MiB",
+    ]
+    lines += markdown_table(header, [_case_row(c) for c in r["cases"]], align="l" + "r" * 15)
     lines += [
         "",
         "*Thumbnails*: one per distinct image (synthetic faces, their sources, the real rows) plus one demo "

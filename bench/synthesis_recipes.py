@@ -66,6 +66,7 @@ from fesaug.evaluate.metrics import ssim
 from fesaug.synthesis.config import TrainConfig, load_config
 from fesaug.synthesis.training import train
 from fesaug.utils.provenance import package_versions
+from fesaug.utils.tables import markdown_table
 
 CHANGED = 10  # gray levels: a pixel the expression changes differs this much between source and truth
 
@@ -294,54 +295,54 @@ def recipes_table(runs: list[dict], note: str) -> str:
         "macro-F1 on the re-renderings (on the faces themselves: *input copied*); higher than on the faces means "
         "caricatures.",
         "",
-        "| recipe | differs from today's defaults | epochs | train min | L1 | L1 changed | SSIM | recognised | ≥ "
-        "real | ≥ truth | gate | re-rendered L1 / macro-F1 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in runs:
-        s = r["last"]
-        diff = changes(r["config"], r.get("model_config"))
-        what = f"`{json.dumps(diff)}`" if diff else "defaults"
-        lines.append(
-            f"| {r['recipe']} | {what} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {s['l1']:.2f} | "
-            f"{s['changed_l1']:.2f} | {s['ssim']:.3f} | {s.get('recognised_mean', float('nan')):.2f} | "
-            f"{s.get('classes_at_yardstick', '–')}/{len(classes)} | "
-            f"{s.get('classes_at_truth', '–')}{f'/{len(classes)}' if 'classes_at_truth' in s else ''} | "
-            f"{s['judge_accept']:.2f} | "
-            + (
-                f"{s['rerender_l1']:.2f} / {100 * s.get('rerender_macro_f1', float('nan')):.1f} |"
-                if "rerender_l1" in s
-                else "– |"
-            )
-        )
     s = runs[-1]["last"]
     faces_f1 = next(
         (f"*0 / {100 * r['last']['real_macro_f1']:.1f}*" for r in reversed(runs) if "real_macro_f1" in r["last"]), ""
     )
-    lines += [
-        f"| *input copied unchanged* | | | | *{s['copy_l1']:.2f}* | *{s['copy_changed_l1']:.2f}* | "
-        f"*{s['copy_ssim']:.3f}* | | | | | {faces_f1} |",
-        "",
-    ]
+    copied = ["*input copied unchanged*", "", "", "", f"*{s['copy_l1']:.2f}*", f"*{s['copy_changed_l1']:.2f}*"]
+    copied += [f"*{s['copy_ssim']:.3f}*", "", "", "", "", faces_f1]
+    header = ["recipe", "differs from today's defaults", "epochs", "train min", "L1", "L1 changed", "SSIM"]
+    header += ["recognised", "≥ real", "≥ truth", "gate", "re-rendered L1 / macro-F1"]
+    rows = [_recipe_row(r, len(classes)) for r in runs]
+    lines += [*markdown_table(header, [*rows, copied], align="llrrrrrrrrrr"), ""]
     if classes:
         lines += [
             "Recognised per target class; below, the real classifier's recall on real fold-0 faces and its "
             "score on the exact counterfactuals (what a perfect generator would get):",
             "",
-            "| recipe | " + " | ".join(classes) + " |",
-            "|---|" + "---:|" * len(classes),
         ]
-        lines += [
-            f"| {r['recipe']} | " + " | ".join(f"{r['last']['recognised'][c]:.2f}" for c in classes) + " |"
-            for r in runs
-            if "recognised" in r["last"]
-        ]
-        lines += ["| *real faces* | " + " | ".join(f"*{s['real_recall'][c]:.2f}*" for c in classes) + " |"]
+        scored = [r for r in runs if "recognised" in r["last"]]
+        rows = [[r["recipe"], *(f"{r['last']['recognised'][c]:.2f}" for c in classes)] for r in scored]
+        rows.append(["*real faces*", *(f"*{s['real_recall'][c]:.2f}*" for c in classes)])
         truth = next((r["last"]["truth_recognised"] for r in reversed(runs) if "truth_recognised" in r["last"]), None)
         if truth:
-            lines += ["| *exact counterfactuals* | " + " | ".join(f"*{truth[c]:.2f}*" for c in classes) + " |"]
-        lines += [""]
+            rows.append(["*exact counterfactuals*", *(f"*{truth[c]:.2f}*" for c in classes)])
+        lines += [*markdown_table(["recipe", *classes], rows, align="l" + "r" * len(classes)), ""]
     return "\n".join(lines)
+
+
+def _recipe_row(r: dict, n_classes: int) -> list[object]:
+    s = r["last"]
+    diff = changes(r["config"], r.get("model_config"))
+    at_truth = f"{s.get('classes_at_truth', '–')}{f'/{n_classes}' if 'classes_at_truth' in s else ''}"
+    rerendered = (
+        f"{s['rerender_l1']:.2f} / {100 * s.get('rerender_macro_f1', float('nan')):.1f}" if "rerender_l1" in s else "–"
+    )
+    return [
+        r["recipe"],
+        f"`{json.dumps(diff)}`" if diff else "defaults",
+        r["epochs"],
+        f"{r['train_seconds'] / 60:.1f}",
+        f"{s['l1']:.2f}",
+        f"{s['changed_l1']:.2f}",
+        f"{s['ssim']:.3f}",
+        f"{s.get('recognised_mean', float('nan')):.2f}",
+        f"{s.get('classes_at_yardstick', '–')}/{n_classes}",
+        at_truth,
+        f"{s['judge_accept']:.2f}",
+        rerendered,
+    ]
 
 
 def intensity_sweep(manifest: Path, out: Path, names: list[str], specs: list[str]) -> None:
@@ -388,30 +389,31 @@ def intensity_table(sweeps: dict[str, dict], note: str) -> str:
         "other class with its flow and mask scaled by the intensity (`A..B`: a seeded uniform draw per face, as "
         "`fesaug balance --intensity A..B` does). Columns as in `synthesis_recipes_demo.md`.",
         "",
-        "| run | intensity | L1 | L1 changed | SSIM | recognised | ≥ real | ≥ truth | gate | "
-        + " | ".join(classes)
-        + " |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(classes),
     ]
-    for run, sweep in sweeps.items():
-        for spec, s in sweep.items():
-            lines.append(
-                f"| {run} | {spec} | {s['l1']:.2f} | {s['changed_l1']:.2f} | {s['ssim']:.3f} | "
-                f"{s['recognised_mean']:.2f} | {s['classes_at_yardstick']}/{len(classes)} | "
-                f"{s['classes_at_truth']}/{len(classes)} | {s['judge_accept']:.2f} | "
-                + " | ".join(f"{s['recognised'][c]:.2f}" for c in classes)
-                + " |"
-            )
-    lines += [
-        f"| *input copied* | | *{first['copy_l1']:.2f}* | *{first['copy_changed_l1']:.2f}* | "
-        f"*{first['copy_ssim']:.3f}* "
-        "| | | | | " + " | ".join("" for _ in classes) + " |",
-        "| *real faces* | | | | | | | | | " + " | ".join(f"*{first['real_recall'][c]:.2f}*" for c in classes) + " |",
-        "| *exact counterfactuals* | | | | | | | | | "
-        + " | ".join(f"*{first['truth_recognised'][c]:.2f}*" for c in classes)
-        + " |",
-        "",
+    rows = [
+        [
+            run,
+            spec,
+            f"{s['l1']:.2f}",
+            f"{s['changed_l1']:.2f}",
+            f"{s['ssim']:.3f}",
+            f"{s['recognised_mean']:.2f}",
+            f"{s['classes_at_yardstick']}/{len(classes)}",
+            f"{s['classes_at_truth']}/{len(classes)}",
+            f"{s['judge_accept']:.2f}",
+            *(f"{s['recognised'][c]:.2f}" for c in classes),
+        ]
+        for run, sweep in sweeps.items()
+        for spec, s in sweep.items()
     ]
+    copied = [f"*{first['copy_l1']:.2f}*", f"*{first['copy_changed_l1']:.2f}*", f"*{first['copy_ssim']:.3f}*"]
+    rows += [
+        ["*input copied*", "", *copied, "", "", "", "", *("" for _ in classes)],
+        ["*real faces*", *[""] * 8, *(f"*{first['real_recall'][c]:.2f}*" for c in classes)],
+        ["*exact counterfactuals*", *[""] * 8, *(f"*{first['truth_recognised'][c]:.2f}*" for c in classes)],
+    ]
+    header = ["run", "intensity", "L1", "L1 changed", "SSIM", "recognised", "≥ real", "≥ truth", "gate", *classes]
+    lines += [*markdown_table(header, rows, align="ll" + "r" * (7 + len(classes))), ""]
     return "\n".join(lines)
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from record import PYTHON, REPO, RESULTS, machine, machine_line, write_results
 
 from fesaug.evaluate.stats import paired_comparison
+from fesaug.utils.tables import markdown_table
 
 CKPLUS = REPO.parent / "shared" / "data" / "ckplus48"
 LAST_EPOCHS = 5
@@ -337,36 +338,42 @@ def render(summary: dict) -> str:
         f"*Validation, last {LAST_EPOCHS} epochs*: the mean of the validation accuracy over the last {LAST_EPOCHS} "
         "epochs; the best epoch's is the maximum of a noisy curve and flatters a noisier recipe.",
         "",
-        f"| recipe / sharing | epochs | folds | validation acc (mirrored) | validation, last {LAST_EPOCHS} epochs | "
-        "test acc ± std (mirrored) | training per fold | train images/s |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, s in summary["runs"].items():
-        lines.append(
-            f"| {name} | {s['epochs']} | {len(s['folds'])} ({','.join(map(str, s['folds']))}) | "
-            f"{pct(s.get('mean_val_acc'))} ({pct(s.get('mean_val_acc_flip'))}) | "
-            f"{pct(s.get('mean_val_acc_last_epochs'))} | "
-            f"{pct(s['mean_test_acc'])} ± {pct(s['std_test_acc'])} ({pct(s.get('mean_test_acc_flip'))}) | "
-            f"{s['mean_train_s']:.0f} s | {s['median_train_images_per_s']:.0f} |"
-        )
+    header = ["recipe / sharing", "epochs", "folds", "validation acc (mirrored)"]
+    header += [f"validation, last {LAST_EPOCHS} epochs", "test acc ± std (mirrored)", "training per fold"]
+    header += ["train images/s"]
+    lines += markdown_table(
+        header,
+        [
+            [
+                name,
+                s["epochs"],
+                f"{len(s['folds'])} ({','.join(map(str, s['folds']))})",
+                f"{pct(s.get('mean_val_acc'))} ({pct(s.get('mean_val_acc_flip'))})",
+                pct(s.get("mean_val_acc_last_epochs")),
+                f"{pct(s['mean_test_acc'])} ± {pct(s['std_test_acc'])} ({pct(s.get('mean_test_acc_flip'))})",
+                f"{s['mean_train_s']:.0f} s",
+                f"{s['median_train_images_per_s']:.0f}",
+            ]
+            for name, s in summary["runs"].items()
+        ],
+    )
     if len(summary["runs"]) > 1 and summary["common_folds"]:
         lines += [
             "",
             f"On the folds every run covers ({','.join(map(str, summary['common_folds']))}; a run on fewer "
             "folds is only in the paired table below), the only fair comparison of the rows:",
             "",
-            f"| recipe / sharing | validation acc | validation, last {LAST_EPOCHS} epochs | test acc | test acc "
-            "mirrored |",
-            "|---|---|---|---|---|",
         ]
+        rows = []
         for name, s in summary["runs"].items():
             if "on_common_folds" not in s:
                 continue
             c = s["on_common_folds"]
-            lines.append(
-                f"| {name} | {pct(c.get('val_acc'))} | {pct(c.get('val_acc_last_epochs'))} | "
-                f"{pct(c.get('test_acc'))} | {pct(c.get('test_acc_flip'))} |"
-            )
+            keys = ("val_acc", "val_acc_last_epochs", "test_acc", "test_acc_flip")
+            rows.append([name, *(pct(c.get(k)) for k in keys)])
+        header = ["recipe / sharing", "validation acc", f"validation, last {LAST_EPOCHS} epochs", "test acc"]
+        lines += markdown_table([*header, "test acc mirrored"], rows)
     if summary.get("paired"):
         lines += [
             "",
@@ -374,46 +381,47 @@ def render(summary: dict) -> str:
             "defaults with ConvFLU), paired over the folds both cover; points of accuracy, folds won/lost, "
             "two-sided Wilcoxon signed-rank p:",
             "",
-            f"| recipe / sharing | minus | folds | validation, last {LAST_EPOCHS} epochs | test acc |",
-            "|---|---|---|---|---|",
         ]
 
         def cell(c: dict) -> str:
             p = "–" if c["wilcoxon_p"] is None else format(c["wilcoxon_p"], ".3f")
             return f"{100 * c['mean_difference']:+.1f} ({c['wins']}/{c['losses']}, p {p})"
 
-        for name, d in summary["paired"].items():
-            lines.append(
-                f"| {name} | {d['reference']} | {len(d['folds'])} | {cell(d['val_acc_last_epochs'])} | "
-                f"{cell(d['test_acc'])} |"
-            )
+        lines += markdown_table(
+            ["recipe / sharing", "minus", "folds", f"validation, last {LAST_EPOCHS} epochs", "test acc"],
+            [
+                [name, d["reference"], len(d["folds"]), cell(d["val_acc_last_epochs"]), cell(d["test_acc"])]
+                for name, d in summary["paired"].items()
+            ],
+        )
     lines += [
         "",
         "Per fold (test accuracy, best epoch by validation accuracy):",
         "",
-        "| recipe / sharing | " + " | ".join(f"f{k}" for k in range(10)) + " |",
-        "|---|" + "---|" * 10,
     ]
+    rows = []
     for name, s in summary["runs"].items():
         by_fold = {r["fold"]: r for r in s["per_fold"]}
-        lines.append(
-            f"| {name} | "
-            + " | ".join(
-                f"{pct(by_fold[k]['test_acc'])} (e{by_fold[k]['best_epoch']})" if k in by_fold else "–"
-                for k in range(10)
-            )
-            + " |"
+        rows.append(
+            [
+                name,
+                *(
+                    f"{pct(by_fold[k]['test_acc'])} (e{by_fold[k]['best_epoch']})" if k in by_fold else "–"
+                    for k in range(10)
+                ),
+            ]
         )
+    lines += markdown_table(["recipe / sharing", *(f"f{k}" for k in range(10))], rows)
     classes = list(next(iter(summary["runs"].values()))["per_fold"][0]["test_recall"])
     lines += [
         "",
         "Test recall per class (mean over the folds run, weighted by fold size):",
         "",
-        "| recipe / sharing | " + " | ".join(classes) + " |",
-        "|---|" + "---|" * len(classes),
     ]
-    for name, s in summary["runs"].items():
-        lines.append(f"| {name} | " + " | ".join(pct(s["mean_recall"][c]) for c in classes) + " |")
+    lines += markdown_table(
+        ["recipe / sharing", *classes],
+        [[name, *(pct(s["mean_recall"][c]) for c in classes)] for name, s in summary["runs"].items()],
+    )
     lines += [
         "",
         "Recipes (`--config` of `fesaug train`): "

@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fesaug.models import Discriminator, FERSNet
 from fesaug.synthesis.config import TrainConfig
 from fesaug.synthesis.training import GeneratorStep, Optimisation, Runtime, train_step
+from fesaug.utils.tables import markdown_table
 
 
 def matmul_peak(device: torch.device, n: int = 2048, seconds: float = 3.0) -> float:
@@ -109,14 +110,15 @@ def main() -> None:
 
 def render(r: dict) -> str:
     b, s = r["batch_size"], r["image_size"]
+    header = ["batch", "image", "GFLOP/step", "s/step", "images/s", "achieved GFLOP/s", "matmul peak GFLOP/s"]
+    row = [b, f"{s}x{s}", f"{r['flops_per_step'] / 1e9:.1f}", f"{r['step_seconds']:.3f}", f"{r['images_per_s']:.1f}"]
+    row += [f"{r['achieved_flops'] / 1e9:.1f}", f"{r['matmul_peak_flops'] / 1e9:.1f}", f"{r['ratio_of_peak']:.1%}"]
+    table = "\n".join(markdown_table([*header, "of peak"], [row]))
     return (
         f"# Training throughput ({r['preset']} preset)\n\n`{r['command']}` on {machine_line(r['machine'])}, torch "
         f"{r['torch']}, "
         f"{r['threads']} thread(s), {r['device']}.\n\n"
-        "| batch | image | GFLOP/step | s/step | images/s | achieved GFLOP/s | matmul peak GFLOP/s | of peak "
-        "|\n|---|---|---|---|---|---|---|---|\n"
-        f"| {b} | {s}x{s} | {r['flops_per_step'] / 1e9:.1f} | {r['step_seconds']:.3f} | {r['images_per_s']:.1f} | "
-        f"{r['achieved_flops'] / 1e9:.1f} | {r['matmul_peak_flops'] / 1e9:.1f} | {r['ratio_of_peak']:.1%} |\n"
+        f"{table}\n"
     )
 
 

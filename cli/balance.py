@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from fesaug.cli.params import DEVICE, aligned_table, balance_options
+from fesaug.cli.params import DEVICE, add_options, aligned_table, balance_options
 from fesaug.utils.errors import FesaugError
 
 if TYPE_CHECKING:
+    from fesaug.balance import BalanceConfig
     from fesaug.balance.config import BalanceResult
 
 
@@ -25,184 +26,175 @@ def _targets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     return out
 
 
+# What to balance, with which generator, and where the dataset goes.
+INPUT_OPTIONS = [
+    click.option(
+        "--manifest",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Manifest of real images to balance.",
+    ),
+    click.option(
+        "--checkpoint",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="FERSNet checkpoint from `fesaug train` (best.pt or last.pt).",
+    ),
+    click.option(
+        "--out",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Output folder: manifest.parquet, images/, README.md, histogram.png.",
+    ),
+]
+# How many images each class should have, and which rows count.
+TARGET_OPTIONS = [
+    balance_options("target_per_class"),
+    click.option(
+        "--sampling-strategy",
+        metavar="STRATEGY",
+        help="Classes to raise, as in imbalanced-learn: auto (= not-majority), not-majority, not-minority, "
+        "minority, all. Default: auto with max, all with a number.",
+    ),
+    click.option(
+        "--target",
+        "targets",
+        multiple=True,
+        metavar="CLASS=N",
+        callback=_targets,
+        help="Exact count for one class (repeatable); overrides the two options above.",
+    ),
+    click.option(
+        "--undersample", is_flag=True, help="Allow targets below a class's real count by dropping real images."
+    ),
+    click.option(
+        "--split",
+        "splits",
+        multiple=True,
+        default=("train",),
+        show_default=True,
+        metavar="NAME",
+        help="Split(s) to balance and take sources from (repeatable).",
+    ),
+    click.option(
+        "--holdout-fold",
+        "holdout_folds",
+        multiple=True,
+        type=click.IntRange(min=0),
+        metavar="K",
+        help="Fold whose subjects are never sources nor counted (repeatable). "
+        "Default: the fold the checkpoint was held out from.",
+    ),
+]
+# The gates a synthetic image passes before it is kept.
+GATE_OPTIONS = [
+    balance_options("min_confidence", "max_attempts"),
+    click.option(
+        "--au-check",
+        "au_checkpoint",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="CHECKPOINT",
+        help="Also keep an image only if this emotion + AU model (fesaug train --tasks emotion,au) sees "
+        "the target's prototype AUs in it (e.g. happy: AU6+AU12).",
+    ),
+    click.option(
+        "--min-au-consistency",
+        type=click.FloatRange(0, 1),
+        default=0.5,
+        show_default=True,
+        help="With --au-check: the least mean probability of the target's prototype AUs.",
+    ),
+    click.option(
+        "--judge",
+        "judge_checkpoint",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="CHECKPOINT",
+        help="Also keep an image only if this classifier, trained on real faces apart from the generator "
+        "(a fold-K/real.pt of fesaug evaluate), recognises its target.",
+    ),
+    balance_options("min_judge_confidence"),
+    click.option(
+        "--max-identity-distance",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="D",
+        help="Also keep an image only if dlib's face-recognition embedding of it lies at most D from its source "
+        "face's (0.6 is dlib's same-person threshold; needs pip install 'fesaug[judges]').",
+    ),
+    click.option(
+        "--external-judge",
+        type=click.Choice(["fer2013"]),
+        help="Also keep an image only if this expression classifier, trained on another dataset (FER2013), sees "
+        "its target; classes it does not know (contempt) pass untouched.",
+    ),
+    click.option(
+        "--min-external-confidence",
+        type=click.FloatRange(0, 1),
+        default=0.5,
+        show_default=True,
+        help="With --external-judge: the least probability it must give the target.",
+    ),
+]
+# How the images are made, labelled and stored.
+SYNTHESIS_OPTIONS = [
+    balance_options(
+        "intensity",
+        "source_order",
+        "synthetic_share",
+        "synthetic_weight",
+        "synthetic_labels",
+        "soft_label_source",
+        "soft_gamma",
+        "min_judge_margin",
+        "class_intensity",
+        "calibrate_intensity",
+    ),
+    click.option(
+        "--output-size",
+        type=click.IntRange(min=8),
+        metavar="PIXELS",
+        help="Side of the synthetic images. Default: the real images' size when they share one, else the generator's.",
+    ),
+    click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Seed of the source order and jitter: same seed, same images.",
+    ),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=64,
+        show_default=True,
+        help="Images generated per step; also the unit of resumable work.",
+    ),
+    click.option("--embed-images", is_flag=True, help="Store every image (real and synthetic) inside the manifest."),
+]
+RUN_OPTIONS = [
+    click.option(
+        "--reject",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Replace the synthetic rows whose sample ids FILE lists (the rejects.txt of `fesaug review`) in the "
+        "finished --out, with new candidates from other sources; give it to the command that made --out.",
+    ),
+    DEVICE,
+    click.option("--strict", is_flag=True, help="Exit with status 1 when a class cannot reach its target."),
+    click.option("--overwrite", is_flag=True, help="Replace a finished (or different unfinished) run in --out."),
+]
+
+
 @click.command("balance")
-@click.option(
-    "--manifest",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Manifest of real images to balance.",
-)
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="FERSNet checkpoint from `fesaug train` (best.pt or last.pt).",
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder: manifest.parquet, images/, README.md, histogram.png.",
-)
-@balance_options("target_per_class")
-@click.option(
-    "--sampling-strategy",
-    metavar="STRATEGY",
-    help="Classes to raise, as in imbalanced-learn: auto (= not-majority), not-majority, not-minority, "
-    "minority, all. Default: auto with max, all with a number.",
-)
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    metavar="CLASS=N",
-    callback=_targets,
-    help="Exact count for one class (repeatable); overrides the two options above.",
-)
-@click.option("--undersample", is_flag=True, help="Allow targets below a class's real count by dropping real images.")
-@click.option(
-    "--split",
-    "splits",
-    multiple=True,
-    default=("train",),
-    show_default=True,
-    metavar="NAME",
-    help="Split(s) to balance and take sources from (repeatable).",
-)
-@click.option(
-    "--holdout-fold",
-    "holdout_folds",
-    multiple=True,
-    type=click.IntRange(min=0),
-    metavar="K",
-    help="Fold whose subjects are never sources nor counted (repeatable). "
-    "Default: the fold the checkpoint was held out from.",
-)
-@balance_options("min_confidence", "max_attempts")
-@click.option(
-    "--au-check",
-    "au_checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="CHECKPOINT",
-    help="Also keep an image only if this emotion + AU model (fesaug train --tasks emotion,au) sees "
-    "the target's prototype AUs in it (e.g. happy: AU6+AU12).",
-)
-@click.option(
-    "--min-au-consistency",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="With --au-check: the least mean probability of the target's prototype AUs.",
-)
-@click.option(
-    "--judge",
-    "judge_checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="CHECKPOINT",
-    help="Also keep an image only if this classifier, trained on real faces apart from the generator "
-    "(a fold-K/real.pt of fesaug evaluate), recognises its target.",
-)
-@balance_options("min_judge_confidence")
-@click.option(
-    "--max-identity-distance",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="D",
-    help="Also keep an image only if dlib's face-recognition embedding of it lies at most D from its source "
-    "face's (0.6 is dlib's same-person threshold; needs pip install 'fesaug[judges]').",
-)
-@click.option(
-    "--external-judge",
-    type=click.Choice(["fer2013"]),
-    help="Also keep an image only if this expression classifier, trained on another dataset (FER2013), sees "
-    "its target; classes it does not know (contempt) pass untouched.",
-)
-@click.option(
-    "--min-external-confidence",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="With --external-judge: the least probability it must give the target.",
-)
-@balance_options(
-    "intensity",
-    "source_order",
-    "synthetic_share",
-    "synthetic_weight",
-    "synthetic_labels",
-    "soft_label_source",
-    "soft_gamma",
-    "min_judge_margin",
-    "class_intensity",
-    "calibrate_intensity",
-)
-@click.option(
-    "--output-size",
-    type=click.IntRange(min=8),
-    metavar="PIXELS",
-    help="Side of the synthetic images. Default: the real images' size when they share one, else the generator's.",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seed of the source order and jitter: same seed, same images.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Images generated per step; also the unit of resumable work.",
-)
-@click.option("--embed-images", is_flag=True, help="Store every image (real and synthetic) inside the manifest.")
-@click.option(
-    "--reject",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="Replace the synthetic rows whose sample ids FILE lists (the rejects.txt of `fesaug review`) in the "
-    "finished --out, with new candidates from other sources; give it to the command that made --out.",
-)
-@DEVICE
-@click.option("--strict", is_flag=True, help="Exit with status 1 when a class cannot reach its target.")
-@click.option("--overwrite", is_flag=True, help="Replace a finished (or different unfinished) run in --out.")
+@add_options(*INPUT_OPTIONS, *TARGET_OPTIONS, *GATE_OPTIONS, *SYNTHESIS_OPTIONS, *RUN_OPTIONS)
 def balance_command(
     manifest: Path,
     checkpoint: Path,
     out: Path,
-    target_per_class: int | str | None,
-    sampling_strategy: str | None,
-    targets: dict[str, int],
-    undersample: bool,
-    splits: tuple[str, ...],
-    holdout_folds: tuple[int, ...],
-    min_confidence: float,
-    max_attempts: int,
-    au_checkpoint: Path | None,
-    min_au_consistency: float,
-    judge_checkpoint: Path | None,
-    min_judge_confidence: float,
-    max_identity_distance: float | None,
-    external_judge: str | None,
-    min_external_confidence: float,
-    intensity: tuple[float, float] | None,
-    source_order: str,
-    synthetic_share: float,
-    synthetic_weight: float,
-    synthetic_labels: str,
-    soft_label_source: str,
-    soft_gamma: float,
-    min_judge_margin: float | None,
-    class_intensity: dict[str, float],
-    calibrate_intensity: bool,
-    output_size: int | None,
-    seed: int,
-    batch_size: int,
-    embed_images: bool,
     reject: Path | None,
     device: str,
     strict: bool,
     overwrite: bool,
+    **settings: Any,
 ) -> None:
     """Synthesize images with a trained FERSNet until every class reaches its target.
 
@@ -217,45 +209,14 @@ def balance_command(
     Re-run the same command after an interruption to finish the job. Look at the synthetic
     faces with `fesaug review b` and replace the bad ones with --reject.
     """
-    from fesaug.balance import BalanceConfig, balance
+    from fesaug.balance import balance
 
-    config = BalanceConfig(
-        target_per_class=target_per_class or "max",
-        sampling_strategy=sampling_strategy,
-        targets=targets,
-        undersample=undersample,
-        splits=splits,
-        holdout_folds=holdout_folds or None,
-        min_confidence=min_confidence,
-        max_attempts=max_attempts,
-        seed=seed,
-        batch_size=batch_size,
-        embed_images=embed_images,
-        output_size=output_size,
-        au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
-        min_au_consistency=min_au_consistency,
-        judge_checkpoint=None if judge_checkpoint is None else str(judge_checkpoint),
-        min_judge_confidence=min_judge_confidence,
-        source_order=source_order,
-        max_identity_distance=max_identity_distance,
-        external_judge=external_judge,
-        min_external_confidence=min_external_confidence,
-        intensity=intensity,
-        synthetic_share=synthetic_share,
-        synthetic_weight=synthetic_weight,
-        synthetic_labels=synthetic_labels,
-        soft_label_source=soft_label_source,
-        soft_gamma=soft_gamma,
-        min_judge_margin=min_judge_margin,
-        class_intensity=class_intensity,
-        calibrate_intensity=calibrate_intensity,
-    )
     main_process = os.environ.get("RANK", "0") == "0"
     result = balance(
         manifest,
         checkpoint,
         out,
-        config,
+        _config(**settings),
         overwrite=overwrite,
         device=None if device == "auto" else device,
         progress=main_process,
@@ -275,6 +236,27 @@ def balance_command(
         click.echo(f"Warning: audit: {problem}", err=True)
     if strict and short:
         raise FesaugError(f"{len(short)} class(es) did not reach their target and --strict is set")
+
+
+def _config(
+    *,
+    target_per_class: int | str | None,
+    holdout_folds: tuple[int, ...],
+    au_checkpoint: Path | None,
+    judge_checkpoint: Path | None,
+    **settings: Any,
+) -> BalanceConfig:
+    """The run's settings: every other option is the :class:`~fesaug.balance.BalanceConfig` field of
+    its name; these four are spelled as the library spells them (max, no folds, paths as text)."""
+    from fesaug.balance import BalanceConfig
+
+    return BalanceConfig(
+        target_per_class=target_per_class or "max",
+        holdout_folds=holdout_folds or None,
+        au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
+        judge_checkpoint=None if judge_checkpoint is None else str(judge_checkpoint),
+        **settings,
+    )
 
 
 def format_summary(r: BalanceResult) -> str:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from fesaug.cli.params import BALANCE_OPTIONS, DEVICE, aligned_table, show_progress_log
+from fesaug.cli.params import DEVICE, add_options, aligned_table, balance_options, show_progress_log
+
+if TYPE_CHECKING:
+    from fesaug.balance import BalanceConfig
+    from fesaug.evaluate import EvaluateConfig
 
 
 def _folds(ctx: click.Context, param: click.Parameter, value: str) -> list[int] | None:
@@ -25,145 +30,156 @@ def _conditions(ctx: click.Context, param: click.Parameter, value: str) -> tuple
     return tuple(v.strip().lower() for v in value.split(",") if v.strip())
 
 
-def _common(command):
-    options = [
-        click.option(
-            "--manifest",
-            required=True,
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Manifest of real images with subject-independent folds (fesaug ingest --folds K).",
-        ),
-        click.option(
-            "--out",
-            required=True,
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Folder for the evaluation: fold-K/ caches, results.json, report.md, recall.png.",
-        ),
-        click.option(
-            "--folds",
-            default="all",
-            show_default=True,
-            callback=_folds,
-            metavar="all|K,K,...",
-            help="Test folds to run; the report covers every fold finished in --out.",
-        ),
-        click.option(
-            "--model",
-            type=click.Choice(["small-cnn", "resnet18"]),
-            default="small-cnn",
-            show_default=True,
-            help="Downstream classifier, trained from scratch for every condition.",
-        ),
-        click.option(
-            "--epochs",
-            type=click.IntRange(min=1),
-            default=80,
-            show_default=True,
-            help="Downstream training epochs (the best validation epoch is kept).",
-        ),
-        click.option(
-            "--label-smoothing",
-            type=click.FloatRange(0, 1, max_open=True),
-            default=0.1,
-            show_default=True,
-            help="Label smoothing of the downstream classifier's loss (0 finishes an evaluation made before "
-            "it was the default).",
-        ),
-        click.option(
-            "--image-size",
-            type=click.IntRange(min=16),
-            default=64,
-            show_default=True,
-            help="Side of the images the downstream classifier sees.",
-        ),
-        click.option(
-            "--preset",
-            type=click.Choice(["cpu", "paper"]),
-            default="cpu",
-            show_default=True,
-            help="FERSNet preset for the generator of each fold.",
-        ),
-        click.option(
-            "--generator-epochs",
-            type=click.IntRange(min=1),
-            default=30,
-            show_default=True,
-            help="FERSNet training epochs per fold.",
-        ),
-        click.option(
-            "--generator-config",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            metavar="YAML",
-            help="FERSNet training config (fesaug train --config format: loss weights, model, ...) applied "
-            "over --preset; --generator-epochs and --generator-batch-size still win.",
-        ),
-        click.option(
-            "--generator-batch-size",
-            type=click.IntRange(min=1),
-            metavar="N",
-            help="FERSNet batch size (default: the preset's; lower it for folds of few images).",
-        ),
-        *(
-            BALANCE_OPTIONS[name]
-            for name in (
-                "target_per_class",
-                "min_confidence",
-                "max_attempts",
-                "intensity",
-                "source_order",
-                "synthetic_share",
-                "synthetic_weight",
-                "synthetic_labels",
-                "soft_label_source",
-                "soft_gamma",
-            )
-        ),
-        click.option(
-            "--judge",
-            is_flag=True,
-            help="Also gate synthetic images with a classifier trained on the fold's real training images "
-            "(not the one that scores them).",
-        ),
-        click.option(
-            "--expression-judge",
-            is_flag=True,
-            help="Train FERSNet's expression loss against that judge (the fold's second real-data "
-            "classifier) instead of its own FER branch.",
-        ),
-        BALANCE_OPTIONS["min_judge_confidence"],
-        BALANCE_OPTIONS["min_judge_margin"],
-        BALANCE_OPTIONS["calibrate_intensity"],
-        click.option(
-            "--judges",
-            default="auto",
-            show_default=True,
-            metavar="auto|none|LIST",
-            help="Models trained elsewhere that also score the synthetic images: identity (dlib), fer2013 "
-            "(expression), perceptual (ST-LPIPS); auto = every one installed (identity and perceptual "
-            "need pip install 'fesaug[judges]').",
-        ),
-        click.option(
-            "--au-check",
-            "au_checkpoint",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            metavar="CHECKPOINT",
-            help="Emotion + AU model (fesaug train --tasks emotion,au): report the AU "
-            "consistency of the synthetic images per target class.",
-        ),
-        click.option(
-            "--val-fraction",
-            type=click.FloatRange(0, 0.5, min_open=True),
-            default=0.15,
-            show_default=True,
-            help="Share of training subjects kept for validation (model selection).",
-        ),
-        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
-        DEVICE,
-        click.option("--overwrite", is_flag=True, help="Discard an evaluation with other settings in --out."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+# The options `fesaug evaluate` and `fesaug evaluate-synthesis` share, in groups, in the order of --help.
+DATA_OPTIONS = [
+    click.option(
+        "--manifest",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Manifest of real images with subject-independent folds (fesaug ingest --folds K).",
+    ),
+    click.option(
+        "--out",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Folder for the evaluation: fold-K/ caches, results.json, report.md, recall.png.",
+    ),
+    click.option(
+        "--folds",
+        default="all",
+        show_default=True,
+        callback=_folds,
+        metavar="all|K,K,...",
+        help="Test folds to run; the report covers every fold finished in --out.",
+    ),
+]
+DOWNSTREAM_OPTIONS = [
+    click.option(
+        "--model",
+        type=click.Choice(["small-cnn", "resnet18"]),
+        default="small-cnn",
+        show_default=True,
+        help="Downstream classifier, trained from scratch for every condition.",
+    ),
+    click.option(
+        "--epochs",
+        type=click.IntRange(min=1),
+        default=80,
+        show_default=True,
+        help="Downstream training epochs (the best validation epoch is kept).",
+    ),
+    click.option(
+        "--label-smoothing",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.1,
+        show_default=True,
+        help="Label smoothing of the downstream classifier's loss (0 finishes an evaluation made before "
+        "it was the default).",
+    ),
+    click.option(
+        "--image-size",
+        type=click.IntRange(min=16),
+        default=64,
+        show_default=True,
+        help="Side of the images the downstream classifier sees.",
+    ),
+]
+GENERATOR_OPTIONS = [
+    click.option(
+        "--preset",
+        type=click.Choice(["cpu", "paper"]),
+        default="cpu",
+        show_default=True,
+        help="FERSNet preset for the generator of each fold.",
+    ),
+    click.option(
+        "--generator-epochs",
+        type=click.IntRange(min=1),
+        default=30,
+        show_default=True,
+        help="FERSNet training epochs per fold.",
+    ),
+    click.option(
+        "--generator-config",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        metavar="YAML",
+        help="FERSNet training config (fesaug train --config format: loss weights, model, ...) applied "
+        "over --preset; --generator-epochs and --generator-batch-size still win.",
+    ),
+    click.option(
+        "--generator-batch-size",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="FERSNet batch size (default: the preset's; lower it for folds of few images).",
+    ),
+]
+# fesaug balance's options that each fold's balance step takes (BalanceConfig fields of the same
+# names), then the judges' gates among them.
+BALANCE_STEP = (
+    "target_per_class",
+    "min_confidence",
+    "max_attempts",
+    "intensity",
+    "source_order",
+    "synthetic_share",
+    "synthetic_weight",
+    "synthetic_labels",
+    "soft_label_source",
+    "soft_gamma",
+)
+BALANCE_STEP_GATES = ("min_judge_confidence", "min_judge_margin", "calibrate_intensity")
+JUDGE_OPTIONS = [
+    click.option(
+        "--judge",
+        is_flag=True,
+        help="Also gate synthetic images with a classifier trained on the fold's real training images "
+        "(not the one that scores them).",
+    ),
+    click.option(
+        "--expression-judge",
+        is_flag=True,
+        help="Train FERSNet's expression loss against that judge (the fold's second real-data "
+        "classifier) instead of its own FER branch.",
+    ),
+    balance_options(*BALANCE_STEP_GATES),
+    click.option(
+        "--judges",
+        default="auto",
+        show_default=True,
+        metavar="auto|none|LIST",
+        help="Models trained elsewhere that also score the synthetic images: identity (dlib), fer2013 "
+        "(expression), perceptual (ST-LPIPS); auto = every one installed (identity and perceptual "
+        "need pip install 'fesaug[judges]').",
+    ),
+    click.option(
+        "--au-check",
+        "au_checkpoint",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        metavar="CHECKPOINT",
+        help="Emotion + AU model (fesaug train --tasks emotion,au): report the AU "
+        "consistency of the synthetic images per target class.",
+    ),
+]
+RUN_OPTIONS = [
+    click.option(
+        "--val-fraction",
+        type=click.FloatRange(0, 0.5, min_open=True),
+        default=0.15,
+        show_default=True,
+        help="Share of training subjects kept for validation (model selection).",
+    ),
+    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+    DEVICE,
+    click.option("--overwrite", is_flag=True, help="Discard an evaluation with other settings in --out."),
+]
+_common = add_options(
+    *DATA_OPTIONS,
+    *DOWNSTREAM_OPTIONS,
+    *GENERATOR_OPTIONS,
+    balance_options(*BALANCE_STEP),
+    *JUDGE_OPTIONS,
+    *RUN_OPTIONS,
+)
 
 
 @click.command("evaluate")
@@ -276,85 +292,19 @@ def _run(
     manifest: Path,
     out: Path,
     folds: list[int] | None,
-    model: str,
-    epochs: int,
-    label_smoothing: float,
-    image_size: int,
-    preset: str,
-    generator_config: Path | None,
-    generator_epochs: int,
-    generator_batch_size: int | None,
-    target_per_class: int | str | None,
-    min_confidence: float,
-    max_attempts: int,
-    intensity: tuple[float, float] | None,
-    source_order: str,
-    synthetic_share: float,
-    synthetic_weight: float,
-    synthetic_labels: str,
-    soft_label_source: str,
-    soft_gamma: float,
-    min_judge_margin: float | None,
-    calibrate_intensity: bool,
-    judge: bool,
-    expression_judge: bool,
-    min_judge_confidence: float,
-    judges: str,
-    au_checkpoint: Path | None,
-    val_fraction: float,
-    seed: int,
-    device: str,
     overwrite: bool,
-    downstream_seeds: int = 1,
-    truth_intensity: float = 1.0,
     test_manifest: Path | None = None,
     test_subject_pattern: str | None = None,
     generators_from: Path | None = None,
+    **settings: Any,
 ) -> None:
     from fesaug.balance import BalanceConfig
-    from fesaug.evaluate import EvaluateConfig, evaluate
-    from fesaug.evaluate.downstream import DownstreamConfig
-    from fesaug.judges import resolve_judges
-    from fesaug.synthesis.config import resolve_config
+    from fesaug.evaluate import evaluate
 
-    generator = resolve_config(
-        preset=preset,
-        config_file=generator_config,
-        overrides={"epochs": generator_epochs, "device": device}
-        | ({"batch_size": generator_batch_size} if generator_batch_size else {}),
-    )
-    config = EvaluateConfig(
-        conditions=conditions,
-        synthesis=synthesis,
-        downstream=DownstreamConfig(
-            model=model, epochs=epochs, label_smoothing=label_smoothing, image_size=image_size, seed=seed, device=device
-        ),
-        generator=generator,
-        balance=BalanceConfig(
-            target_per_class=target_per_class or "max",
-            min_confidence=min_confidence,
-            max_attempts=max_attempts,
-            min_judge_confidence=min_judge_confidence,
-            seed=seed,
-            source_order=source_order,
-            intensity=intensity,
-            synthetic_share=synthetic_share,
-            synthetic_weight=synthetic_weight,
-            synthetic_labels=synthetic_labels,
-            soft_label_source=soft_label_source,
-            soft_gamma=soft_gamma,
-            min_judge_margin=min_judge_margin,
-            calibrate_intensity=calibrate_intensity,
-        ),
-        val_fraction=val_fraction,
-        seed=seed,
-        au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
-        judge=judge,
-        expression_judge=expression_judge,
-        downstream_seeds=downstream_seeds,
-        judges=resolve_judges(judges),
-        truth_intensity=truth_intensity,
-    )
+    balance = {name: settings.pop(name) for name in (*BALANCE_STEP, *BALANCE_STEP_GATES)}
+    balance["target_per_class"] = balance["target_per_class"] or "max"
+    balance_config = BalanceConfig(**balance, seed=settings["seed"])
+    config = _evaluate_config(conditions, synthesis, balance_config, **settings)
     show_progress_log("fesaug.evaluate")
     show_progress_log("fesaug.synthesis.training")  # FERSNet's epochs: minutes per fold on a CPU
     result = evaluate(
@@ -369,6 +319,60 @@ def _run(
     )
     click.echo(format_summary(result.results))
     click.echo(f"wrote {out / 'results.json'}, {result.report}, {out / 'recall.png'}")
+
+
+def _evaluate_config(
+    conditions: tuple[str, ...],
+    synthesis: bool,
+    balance: BalanceConfig,
+    *,
+    model: str,
+    epochs: int,
+    label_smoothing: float,
+    image_size: int,
+    preset: str,
+    generator_config: Path | None,
+    generator_epochs: int,
+    generator_batch_size: int | None,
+    judge: bool,
+    expression_judge: bool,
+    judges: str,
+    au_checkpoint: Path | None,
+    val_fraction: float,
+    seed: int,
+    device: str,
+    downstream_seeds: int = 1,
+    truth_intensity: float = 1.0,
+) -> EvaluateConfig:
+    """The evaluation the options describe, with ``balance`` as each fold's balance step."""
+    from fesaug.evaluate import EvaluateConfig
+    from fesaug.evaluate.downstream import DownstreamConfig
+    from fesaug.judges import resolve_judges
+    from fesaug.synthesis.config import resolve_config
+
+    generator = resolve_config(
+        preset=preset,
+        config_file=generator_config,
+        overrides={"epochs": generator_epochs, "device": device}
+        | ({"batch_size": generator_batch_size} if generator_batch_size else {}),
+    )
+    return EvaluateConfig(
+        conditions=conditions,
+        synthesis=synthesis,
+        downstream=DownstreamConfig(
+            model=model, epochs=epochs, label_smoothing=label_smoothing, image_size=image_size, seed=seed, device=device
+        ),
+        generator=generator,
+        balance=balance,
+        val_fraction=val_fraction,
+        seed=seed,
+        au_checkpoint=None if au_checkpoint is None else str(au_checkpoint),
+        judge=judge,
+        expression_judge=expression_judge,
+        downstream_seeds=downstream_seeds,
+        judges=resolve_judges(judges),
+        truth_intensity=truth_intensity,
+    )
 
 
 def format_summary(results: dict) -> str:

@@ -1,6 +1,6 @@
-"""What several commands share: parameter types and callbacks, the balance options that
-``evaluate`` passes on to its balance step, the device option, the progress log and the table
-printer. A value is checked by the library function that owns the rule; these only turn its
+"""What several commands share: parameter types and callbacks, option groups (:func:`add_options`),
+the balance options that ``evaluate`` passes on to its balance step, the device option, the
+progress log and the table printer. A value is checked by the library function that owns the rule; these only turn its
 error into click's usage error (exit 2) before any work starts."""
 
 from __future__ import annotations
@@ -200,15 +200,21 @@ BALANCE_OPTIONS: dict[str, Decorator] = {
 }
 
 
-def balance_options(*names: str) -> Decorator:
-    """The :data:`BALANCE_OPTIONS` ``names``, in that order on ``--help``."""
+def add_options(*options: Decorator) -> Decorator:
+    """Several click options as one decorator, listed on ``--help`` in the order given: how a
+    group of options is defined once and shared (click's documentation shows this pattern)."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        for name in reversed(names):
-            command = BALANCE_OPTIONS[name](command)
+        for option in reversed(options):
+            command = option(command)
         return command
 
     return decorate
+
+
+def balance_options(*names: str) -> Decorator:
+    """The :data:`BALANCE_OPTIONS` ``names``, in that order on ``--help``."""
+    return add_options(*(BALANCE_OPTIONS[name] for name in names))
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -106,7 +106,7 @@ def train_command(
     On a CPU shared with other jobs, OMP_NUM_THREADS=1 can be several times faster than the
     default of one thread per core.
     """
-    from fesaug.multitask.training import MultiTaskResult
+    from fesaug.multitask.config import MultiTaskResult
     from fesaug.trainers import train_tasks
 
     main_process = os.environ.get("RANK", "0") == "0"

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fesaug.multitask.training import MultiTaskConfig, MultiTaskResult, train_multitask
+from fesaug.multitask.config import MultiTaskConfig, MultiTaskResult
+from fesaug.multitask.training import train_multitask
 from fesaug.synthesis.config import resolve_config
 from fesaug.synthesis.training import TrainResult, run_config, train
 from fesaug.utils.errors import UsageError

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -81,6 +82,14 @@ def _rows(tmp_path: Path) -> list[dict]:
 
 def _write(tmp_path: Path, rows: list[dict], meta: dict | None = None, classes: list[str] = CLASSES) -> Path:
     return write_manifest(pd.DataFrame(rows), tmp_path / "m.parquet", classes=classes, meta=meta, overwrite=True)
+
+
+def _as_footer_version_1(path: Path) -> None:
+    """Rewrite ``path``'s footer with ``schema_version`` 1, as manifests of older versions carry it."""
+    table = pq.read_table(path)
+    md = dict(table.schema.metadata)
+    md[b"fesaug"] = json.dumps({**json.loads(md[b"fesaug"]), "schema_version": 1}, sort_keys=True).encode()
+    pq.write_table(table.replace_schema_metadata(md), path)
 
 
 def _set(rows: list[dict], sample_id: str, **changes: object) -> None:
@@ -358,6 +367,8 @@ def test_a_balanced_manifest_counts_its_held_out_rows_apart(
     _set(rows, "s0", parent_id="r3", subject_id="P1", fold=1, source_label=0)
     _set(rows, "r2", split="test", subject_id="P9")
     path = _write(tmp_path, rows, meta={"balance": {"splits": ["train"], name: [0]}})
+    if name == "excluded_folds":  # older versions' name, in the version-1 footers they wrote
+        _as_footer_version_1(path)
 
     code, out, _ = cli(capsys, "audit", path, "--target", "4")
     assert code == 0

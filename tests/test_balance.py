@@ -543,7 +543,7 @@ def test_cli_prints_the_summary(demo: Path, checkpoint: Path, tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def au_checkpoint(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fesaug.multitask.training import MultiTaskConfig, train_multitask
+    from fesaug.multitask import MultiTaskConfig, train_multitask
 
     config = MultiTaskConfig(model={"image_size": 32, "widths": (8, 16, 16)}, epochs=1, batch_size=8, holdout_fold=0)
     return train_multitask(demo, tmp_path_factory.mktemp("au") / "run", config).best_checkpoint

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 
 from fesaug.data import demo
@@ -16,6 +17,7 @@ from fesaug.data.demo import (
     AU_PROTOTYPES,
     AU_THRESHOLD,
     DEFAULT_COUNTS,
+    Nuisance,
     Subject,
     counterfactual,
     expression_aus,
@@ -24,6 +26,7 @@ from fesaug.data.demo import (
     render_aus,
     render_params,
 )
+from fesaug.data.demo import dataset as demo_dataset
 from fesaug.data.images import sha256_bytes
 from fesaug.data.labels import CKPLUS_CLASSES
 from fesaug.data.manifest import Manifest, read_manifest
@@ -87,6 +90,53 @@ def test_stored_params_rerender_every_image_exactly(small: Manifest) -> None:
         assert np.array_equal(render_params(row), stored)
         assert np.array_equal(counterfactual(row, row["label_name"]), stored)
         assert np.array_equal(counterfactual(row["demo_params"], row["label_name"]), stored)
+
+
+# Pixels (raw, not PNG bytes) of a few renders and of the small sets, as RENDERER_VERSION 1 draws
+# them with Pillow 13: a change to the renderer that moves a pixel fails here (bump RENDERER_VERSION
+# and re-pin); another Pillow may rasterise polygons differently, so it skips there.
+PINNED_PILLOW = "13."
+PINNED_RENDERS = {
+    "s0-happy": "109b66a5d4a3b9266a90b4f033a12b0abb670f82720fd411950cc371acfbfded",
+    "s7-contempt-left-48": "291a8cdfbe1c7e6652820c512ba0c8f127c556b63c8402e6052b825abda4dddc",
+    "shifted-s3-fear": "e99846acc70f532704420bda47c4a93123b0596ba6e663a0b959c4dd25e07723",
+    "s5-aus": "559ba917cd29e02f883ebbea1799f31817018a14a3cad8536bac73850e2d9bb7",
+}
+PINNED_SETS = {
+    "standard": "6ae17b17731fb0d686dbb04f0a94fbfbff3bb14b06fcda622a9792593d1f5c6e",
+    "shifted": "8d3f5bc7763dc1ade9383944ff228c113e2e728724f37fef76b8215d6d9da375",
+}
+pinned_pillow = pytest.mark.skipif(
+    not PIL.__version__.startswith(PINNED_PILLOW),
+    reason=f"pixels pinned with Pillow {PINNED_PILLOW}x; this is Pillow {PIL.__version__}, which may draw differently",
+)
+
+
+def _pixel_digest(*images: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for image in images:
+        h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+@pinned_pillow
+def test_renders_are_pinned_pixel_for_pixel() -> None:
+    noisy = Nuisance(angle=4.0, dx=0.01, light=0.2, light_angle=1.0, gain=0.9, bias=5.0, noise=3.0, noise_seed=11)
+    renders = {
+        "s0-happy": render(Subject.from_seed(0, 0), "happy"),
+        "s7-contempt-left-48": render(Subject.from_seed(7, 2), "contempt", 0.6, noisy, side=-1, size=48),
+        "shifted-s3-fear": render(
+            Subject.from_seed(3, 1, "shifted"), "fear", 0.8, Nuisance(angle=-12.0, scale=0.9, resolution=0.7, light=0.4)
+        ),
+        "s5-aus": render_aus(Subject.from_seed(5, 0), {4: 0.7, 9: 0.9, 10: 0.5, 25: 1.0, 26: 0.4, 17: 0.6, 20: 0.3}),
+    }
+    assert {name: _pixel_digest(image) for name, image in renders.items()} == PINNED_RENDERS
+
+
+@pinned_pillow
+def test_datasets_are_pinned_pixel_for_pixel(small: Manifest, shifted: Manifest) -> None:
+    for style, m in (("standard", small), ("shifted", shifted)):
+        assert _pixel_digest(*(pixels(m, i) for i in range(len(m)))) == PINNED_SETS[style], style
 
 
 def test_counterfactual_changes_the_expression_not_the_scene(small: Manifest) -> None:
@@ -162,7 +212,7 @@ def test_refuses_to_overwrite_and_replaces_cleanly(tmp_path: Path) -> None:
 
 def test_interrupted_overwrite_leaves_no_stale_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_demo_dataset(tmp_path, counts=SMALL, n_subjects=12, folds=3)
-    real, written = demo._write_sample, []
+    real, written = demo_dataset._write_sample, []
 
     def interrupted(*args: object) -> dict:
         if len(written) == 5:
@@ -170,7 +220,7 @@ def test_interrupted_overwrite_leaves_no_stale_manifest(tmp_path: Path, monkeypa
         written.append(args)
         return real(*args)
 
-    monkeypatch.setattr(demo, "_write_sample", interrupted)
+    monkeypatch.setattr(demo_dataset, "_write_sample", interrupted)
     with pytest.raises(KeyboardInterrupt):
         make_demo_dataset(tmp_path, counts=SMALL, n_subjects=12, folds=3, seed=9, overwrite=True)
     assert not (tmp_path / "manifest.parquet").exists()

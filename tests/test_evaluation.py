@@ -670,7 +670,7 @@ def test_report_and_plot(run: Run) -> None:
 
 def test_au_consistency_per_target_class_is_reported(run: Run) -> None:
     from fesaug.data.au import au_consistency
-    from fesaug.multitask.training import MultiTaskConfig, load_emotion_au, train_multitask
+    from fesaug.multitask import MultiTaskConfig, load_emotion_au, train_multitask
 
     config = MultiTaskConfig(model={"image_size": 32, "widths": (8, 16, 16)}, epochs=1, batch_size=8, holdout_fold=0)
     au_ckpt = train_multitask(run.manifest, run.root / "au-run", config).best_checkpoint

@@ -168,3 +168,53 @@ def test_writer_fills_defaults_and_keeps_extra_columns(tmp_path: Path) -> None:
     row = m.df.iloc[0]
     assert (row["label_name"], row["split"], row["origin"]) == ("happy", "train", "real")
     assert pd.isna(row["fold"]) and row["note"] == "kept" and m.meta["k"] == "v"
+
+
+def _as_version_1(src: Path, dst: Path, **footer: object) -> Path:
+    """``src`` with its footer as version 1 wrote it (``schema_version`` 1), plus ``footer``."""
+    meta = {**read_manifest(src).meta, **footer, "schema_version": 1}
+    original = pq.read_table(src)
+    md = dict(original.schema.metadata)
+    md[b"fesaug"] = json.dumps(meta, sort_keys=True, default=str).encode()  # as version 1's writer encoded it
+    pq.write_table(original.replace_schema_metadata(md), dst)
+    return dst
+
+
+def test_a_version_1_footer_reads_as_today(small_manifest: Path, tmp_path: Path) -> None:
+    # As today's writer and `fesaug balance` made it: schema 1, the held-out folds under today's name.
+    balance = {"splits": ["train"], "holdout_folds": [1]}
+    today = read_manifest(_as_version_1(small_manifest, tmp_path / "v1.parquet", balance=balance, holdout_folds=[1]))
+    assert today.meta["schema_version"] == SCHEMA_VERSION == 2
+    assert today.meta["balance"] == {"splits": ["train"], "holdout_folds": [1]} and today.meta["holdout_folds"] == [1]
+    assert today.balanced_rows().tolist() == [True, True, False, False]
+    # As older versions named them: the balance section's excluded_folds, an evaluation split's test_fold.
+    older = _as_version_1(
+        small_manifest,
+        tmp_path / "older.parquet",
+        balance={"splits": ["train"], "excluded_folds": [1]},
+        excluded_folds=[1],
+        evaluation={"test_fold": 0, "seed": 0},
+    )
+    m = read_manifest(older)
+    assert m.meta["balance"] == {"splits": ["train"], "holdout_folds": [1]} and m.meta["holdout_folds"] == [1]
+    assert m.meta["evaluation"] == {"holdout_fold": 0, "seed": 0} and "excluded_folds" not in m.meta
+    assert m.balanced_rows().tolist() == [True, True, False, False]
+    assert m.df.equals(read_manifest(small_manifest).df)
+    # Written again, it is today's version with today's names.
+    again = read_manifest(write_manifest(m.df, tmp_path / "again.parquet", classes=m.classes, meta=m.inherited_meta()))
+    raw = json.loads(pq.read_schema(tmp_path / "again.parquet").metadata[b"fesaug"])
+    assert raw["schema_version"] == 2 and raw["balance"]["holdout_folds"] == [1] and "excluded_folds" not in raw
+    assert again.meta["balance"] == m.meta["balance"]
+
+
+@pytest.mark.parametrize("version", [None, 0, "1", True])
+def test_a_footer_without_a_known_schema_version_is_not_a_manifest(
+    small_manifest: Path, tmp_path: Path, version: object
+) -> None:
+    meta = {k: v for k, v in read_manifest(small_manifest).meta.items() if k != "schema_version"}
+    if version is not None:
+        meta["schema_version"] = version
+    bad = _rewrite(small_manifest, tmp_path / "bad.parquet", meta=meta)
+    message = r"unsupported manifest schema version .* \(this fesaug reads versions 1 to 2\); re-create"
+    with pytest.raises(FesaugError, match=message):
+        read_manifest(bad)

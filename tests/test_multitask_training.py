@@ -12,14 +12,9 @@ import torch
 
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import read_manifest, write_manifest
-from fesaug.multitask.training import (
-    FORMAT,
-    MultiTaskConfig,
-    MultiTaskResult,
-    label_split,
-    load_emotion_au,
-    train_multitask,
-)
+from fesaug.multitask.config import MultiTaskConfig, MultiTaskResult
+from fesaug.multitask.data import label_split
+from fesaug.multitask.training import FORMAT, load_emotion_au, train_multitask
 from fesaug.utils.errors import FesaugError
 
 from .conftest import cli_in_process as cli
@@ -177,3 +172,23 @@ def test_load_emotion_au_predicts_probabilities(run: MultiTaskResult, demo: Path
         bad = run.run_dir / "bad.pt"
         torch.save({"format": "other"}, bad)
         load_emotion_au(bad)
+
+
+def test_checkpoints_carry_a_schema_version_and_older_ones_still_load(run: MultiTaskResult, tmp_path: Path) -> None:
+    ckpt = torch.load(run.best_checkpoint, weights_only=True)
+    assert ckpt["schema_version"] == 1 and "format_version" not in ckpt
+    # As versions before schema versions wrote it: format_version 1, and (before one name) heldout_folds.
+    del ckpt["schema_version"]
+    ckpt["format_version"] = 1
+    ckpt["split"]["heldout_folds"] = ckpt["split"].pop("holdout_folds")
+    torch.save(ckpt, tmp_path / "old.pt")
+    old = load_emotion_au(tmp_path / "old.pt", device="cpu")
+    assert old.split["holdout_folds"] == [0] and "heldout_folds" not in old.split
+    assert old.split == load_emotion_au(run.best_checkpoint, device="cpu").split
+    for changes, message in (
+        ({"format_version": 2}, "format version 2 is not supported"),
+        ({"schema_version": 9}, "schema version 9 was written by a newer fesaug"),
+    ):
+        torch.save({**ckpt, **changes}, tmp_path / "bad.pt")
+        with pytest.raises(FesaugError, match=message):
+            load_emotion_au(tmp_path / "bad.pt")

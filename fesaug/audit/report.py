@@ -42,7 +42,7 @@ import numpy as np
 
 from fesaug.audit.integrity import Problem, all_problems, column
 from fesaug.balance.targets import Targets
-from fesaug.data.manifest import Manifest, read_holdout_names, read_manifest
+from fesaug.data.manifest import Manifest, read_manifest
 from fesaug.utils.errors import UsageError
 from fesaug.utils.plots import new_figure, save_figure
 
@@ -267,7 +267,7 @@ def audit(
 
 
 def _balanced_rows_text(run: dict) -> str:
-    splits, folds = run["splits"], read_holdout_names(run).get("holdout_folds") or []
+    splits, folds = run["splits"], run.get("holdout_folds") or []
     return f"split{'s' if len(splits) > 1 else ''} {', '.join(splits)}" + (
         f" outside fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}" if folds else ""
     )

@@ -256,32 +256,11 @@ class PairedTargetDataset(Dataset):
         self.epoch = 0
         self.num_classes = len(base.classes)
         # partners[i]: rows of the same subject showing another expression than row i.
-        by_subject: dict[str, list[int]] = {}
-        for i, s in enumerate(base.subjects):
-            by_subject.setdefault(s, []).append(i)  # type: ignore[arg-type]
-        labels = base.labels
-        self.partners = [
-            np.array([j for j in by_subject[s] if labels[j] != labels[i]], dtype=np.int64)  # type: ignore[index]
-            for i, s in enumerate(base.subjects)
-        ]
+        self.partners = _partners(base.subjects, base.labels)
         side = base.image_shape[-1]
-        pad = round(shift * side)
-        transforms: list[v2.Transform] = []
-        if augment and pad:
-            transforms.append(v2.RandomCrop(side, padding=pad, padding_mode="edge"))
-        if augment and (rotation or scale):
-            # Rotated or zoomed out, the face shows corners from outside the image: pad by edge
-            # replication first (as the shift does), so they are skin and background, not black.
-            transforms += [
-                v2.Pad(side // 2, padding_mode="edge"),
-                v2.RandomAffine(
-                    degrees=rotation, scale=(1 - scale, 1 + scale), interpolation=v2.InterpolationMode.BILINEAR
-                ),
-                v2.CenterCrop(side),
-            ]
-        if augment and hflip:
-            transforms.append(v2.RandomHorizontalFlip())
-        self.augment = v2.Compose(transforms) if transforms else None
+        self.augment = (
+            _pair_augmentation(side, shift=shift, hflip=hflip, rotation=rotation, scale=scale) if augment else None
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -340,3 +319,35 @@ class PairedTargetDataset(Dataset):
             "target_label": target_label,
             "paired": paired,
         }
+
+
+def _partners(subjects: Sequence[str | None], labels: np.ndarray) -> list[np.ndarray]:
+    """For each row, the rows of the same subject showing another expression."""
+    by_subject: dict[str | None, list[int]] = {}
+    for i, s in enumerate(subjects):
+        by_subject.setdefault(s, []).append(i)
+    return [
+        np.array([j for j in by_subject[s] if labels[j] != labels[i]], dtype=np.int64) for i, s in enumerate(subjects)
+    ]
+
+
+def _pair_augmentation(side: int, *, shift: float, hflip: bool, rotation: float, scale: float) -> v2.Compose | None:
+    """The random pad-and-crop (up to ``shift × side`` pixels), rotation, zoom and horizontal flip
+    :class:`PairedTargetDataset` applies to a source and its target together; None when it does nothing."""
+    pad = round(shift * side)
+    transforms: list[v2.Transform] = []
+    if pad:
+        transforms.append(v2.RandomCrop(side, padding=pad, padding_mode="edge"))
+    if rotation or scale:
+        # Rotated or zoomed out, the face shows corners from outside the image: pad by edge
+        # replication first (as the shift does), so they are skin and background, not black.
+        transforms += [
+            v2.Pad(side // 2, padding_mode="edge"),
+            v2.RandomAffine(
+                degrees=rotation, scale=(1 - scale, 1 + scale), interpolation=v2.InterpolationMode.BILINEAR
+            ),
+            v2.CenterCrop(side),
+        ]
+    if hflip:
+        transforms.append(v2.RandomHorizontalFlip())
+    return v2.Compose(transforms) if transforms else None

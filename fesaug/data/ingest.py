@@ -10,12 +10,13 @@ so are a Hugging Face dataset's images, in their own format when unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,10 @@ from fesaug.data.labels import class_list
 from fesaug.data.manifest import relative_image_root, write_manifest
 from fesaug.data.sources import (
     PRESET_PATTERNS,
-    BadInput,
     Item,
     Skips,
     compile_subject_pattern,
+    match_au_labels,
     read_fer2013_csv,
     scan_folder,
 )
@@ -119,11 +120,8 @@ def ingest(
     src, out = Path(src), Path(out)
     subject_rx = _subject_regex(format, preset, subject_pattern)
     columns = _hf_columns(format, image_column, label_column, subject_column, split_column)
-    _check_options(format, folds, size, subject_rx is not None or subject_column is not None, au_labels)
-    if align and detect_faces:
-        raise UsageError(
-            "--align finds each face itself (dlib's detector and landmarks) and crops it; drop --detect-faces"
-        )
+    has_subjects = subject_rx is not None or subject_column is not None
+    _check_options(format, folds, size, has_subjects, au_labels, align=align, detect_faces=detect_faces)
     _check_source(src, format)
     labels = read_au_labels(au_labels) if au_labels is not None else None  # before the scan: fail fast
     aligner = FaceAligner() if align else None  # a missing extra, before any work
@@ -131,20 +129,12 @@ def ingest(
     storage = "embedded" if embed else "folder" if produced else "in-place"
     image_dir = out.with_name(f"{out.stem}-images") if storage == "folder" else None
     with output_lock(out):
-        # What an ingest stopped by kill -9 left beside its outputs (stale: we hold the lock).
-        for path in (out, image_dir):
-            if path is not None:
-                remove_stale_temporaries(path.absolute().parent, path.name)
-        _check_outputs(out, image_dir, overwrite)
+        _prepare_outputs(out, image_dir, overwrite)
 
         skips = Skips(skip_bad)
-        if format == "folder":
-            scan = scan_folder(src, subject_rx=subject_rx, jaffe=preset == "jaffe", skips=skips, exclude=image_dir)
-            items, total, ignored = scan.items, len(scan.items), scan.ignored
-        else:
-            (items, total), ignored = _read_rows(src, format, columns, skips), 0
+        items, total, ignored = _read_items(src, format, subject_rx, preset == "jaffe", columns, skips, image_dir)
         # Before decoding images, so a wrong side file fails in seconds.
-        au_rows = _match_au_labels(labels, items, skips) if labels is not None else {}  # sample_id -> side-file key
+        au_rows = match_au_labels(labels, items, skips) if labels is not None else {}  # sample_id -> side-file key
 
         options = {
             "format": format,
@@ -160,69 +150,112 @@ def ingest(
             **({"columns": dataclasses.asdict(columns)} if columns is not None else {}),
         }
         with _ImageFolder(image_dir) as folder:
-            rows = []
-            for item in tqdm(items, total=total, desc=f"ingest {src.name}", unit="img", disable=None):
-                try:
-                    rows.append(
-                        _row(item, detect_faces=detect_faces, aligner=aligner, size=size, embed=embed, folder=folder)
-                    )
-                except BadImage as exc:
-                    skips(exc, item.source_file)
-            if not rows:  # a folder without images was refused by scan_folder already
-                why = (
-                    f"all {len(skips.records)} skipped as bad; run without --skip-bad to see the first problem"
-                    if skips.records
-                    else "it has no data rows"
-                )
-                raise FesaugError(f"no usable images in {src} ({why})")
-            df = pd.DataFrame(rows)
-            classes = class_list(df["label_name"])
-            df["label"] = [classes.index(name) for name in df["label_name"]]
-            if folds:
-                from fesaug.data.splits import (
-                    assign_folds,
-                )  # scikit-learn: ~0.6 s to import, so every fesaug command would pay
-
-                df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].tolist(), folds, fold_seed)
-            if labels is not None:
-                key = [au_rows.get(sid) for sid in df["sample_id"]]
-                df["au_occurrence"] = [labels.occurrence[k] if k else None for k in key]
-                if labels.has_intensity:
-                    df["au_intensity"] = [labels.intensity[k] if k else None for k in key]
-            meta = {
-                **options,
-                "source": str(src.resolve()),
-                "skipped": skips.records,
-                "ignored": ignored,
-                "provenance": provenance("fesaug ingest", {"src": str(src), **options}),
-                **({"au_ids": list(labels.au_ids)} if labels is not None else {}),
-                **({"alignment": aligner.settings(size)} if aligner is not None else {}),
-            }
+            convert = functools.partial(_row, detect_faces=detect_faces, aligner=aligner, size=size, embed=embed)
+            rows = _convert(items, total, src, skips, functools.partial(convert, folder=folder))
+            df, classes = _table(rows, folds, fold_seed, labels, au_rows)
+            meta = _footer(src, options, skips, ignored, labels, aligner)
             folder.publish()
-            write_manifest(
-                df,
-                out,
-                classes=classes,
-                meta=meta,
-                overwrite=overwrite,
-                image_root=relative_image_root(out, src) if storage == "in-place" else ".",
-            )
+            image_root = relative_image_root(out, src) if storage == "in-place" else "."
+            write_manifest(df, out, classes=classes, meta=meta, overwrite=overwrite, image_root=image_root)
 
-        counts = df["label_name"].value_counts()
-        return IngestResult(
-            manifest=out,
-            rows=len(df),
-            class_counts={c: int(counts[c]) for c in classes},
-            subjects=int(df["subject_id"].nunique()),
-            folds=folds,
-            skipped=skips.records,
-            ignored=ignored,
-            storage=storage,
-            image_folder=image_dir,
-            seconds=time.perf_counter() - start,
-            au_labelled=int(df["au_occurrence"].notna().sum()) if labels is not None else None,
-            aligned=meta["alignment"]["counts"] if aligner is not None else None,
+        return _result(out, df, classes, meta, image_dir, time.perf_counter() - start)
+
+
+def _footer(
+    src: Path,
+    options: dict[str, Any],
+    skips: Skips,
+    ignored: int,
+    labels: AULabels | None,
+    aligner: FaceAligner | None,
+) -> dict[str, Any]:
+    """The manifest footer: the settings, what was skipped or ignored, provenance, the AU ids and
+    the alignment's settings."""
+    return {
+        **options,
+        "source": str(src.resolve()),
+        "skipped": skips.records,
+        "ignored": ignored,
+        "provenance": provenance("fesaug ingest", {"src": str(src), **options}),
+        **({"au_ids": list(labels.au_ids)} if labels is not None else {}),
+        **({"alignment": aligner.settings(options["size"])} if aligner is not None else {}),
+    }
+
+
+def _read_items(
+    src: Path,
+    format: str,
+    subject_rx: re.Pattern | None,
+    jaffe: bool,
+    columns: Any,
+    skips: Skips,
+    image_dir: Path | None,
+) -> tuple[Iterable[Item], int | None, int]:
+    """The images of ``src``, how many there are (None: unknown) and how many files were ignored."""
+    if format == "folder":
+        scan = scan_folder(src, subject_rx=subject_rx, jaffe=jaffe, skips=skips, exclude=image_dir)
+        return scan.items, len(scan.items), scan.ignored
+    return (*_read_rows(src, format, columns, skips), 0)
+
+
+def _result(
+    out: Path, df: pd.DataFrame, classes: list[str], meta: dict[str, Any], image_dir: Path | None, seconds: float
+) -> IngestResult:
+    counts = df["label_name"].value_counts()
+    return IngestResult(
+        manifest=out,
+        rows=len(df),
+        class_counts={c: int(counts[c]) for c in classes},
+        subjects=int(df["subject_id"].nunique()),
+        folds=meta["folds"],
+        skipped=meta["skipped"],
+        ignored=meta["ignored"],
+        storage=meta["storage"],
+        image_folder=image_dir,
+        seconds=seconds,
+        au_labelled=int(df["au_occurrence"].notna().sum()) if "au_ids" in meta else None,
+        aligned=meta["alignment"]["counts"] if "alignment" in meta else None,
+    )
+
+
+def _convert(
+    items: Iterable[Item], total: int | None, src: Path, skips: Skips, row: Callable[[Item], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each item as a manifest row (``row``), with a progress bar; bad images skipped or raised."""
+    rows = []
+    for item in tqdm(items, total=total, desc=f"ingest {src.name}", unit="img", disable=None):
+        try:
+            rows.append(row(item))
+        except BadImage as exc:
+            skips(exc, item.source_file)
+    if not rows:  # a folder without images was refused by scan_folder already
+        why = (
+            f"all {len(skips.records)} skipped as bad; run without --skip-bad to see the first problem"
+            if skips.records
+            else "it has no data rows"
         )
+        raise FesaugError(f"no usable images in {src} ({why})")
+    return rows
+
+
+def _table(
+    rows: list[dict[str, Any]], folds: int | None, fold_seed: int, labels: AULabels | None, au_rows: dict[str, str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """The rows as a manifest table and its classes: labels in class order, subject-independent
+    folds, and the AU labels matched to each row."""
+    df = pd.DataFrame(rows)
+    classes = class_list(df["label_name"])
+    df["label"] = [classes.index(name) for name in df["label_name"]]
+    if folds:
+        from fesaug.data.splits import assign_folds  # scikit-learn: ~0.6 s to import, so every fesaug command would pay
+
+        df["fold"] = assign_folds(df["label"].to_numpy(), df["subject_id"].tolist(), folds, fold_seed)
+    if labels is not None:
+        key = [au_rows.get(sid) for sid in df["sample_id"]]
+        df["au_occurrence"] = [labels.occurrence[k] if k else None for k in key]
+        if labels.has_intensity:
+            df["au_intensity"] = [labels.intensity[k] if k else None for k in key]
+    return df, classes
 
 
 def _read_rows(src: Path, format: str, columns: Any, skips: Skips) -> tuple[Iterable[Item], int | None]:
@@ -232,56 +265,6 @@ def _read_rows(src: Path, format: str, columns: Any, skips: Skips) -> tuple[Iter
 
         return read_hf_dataset(src, columns, skips=skips)
     return read_fer2013_csv(src, skips=skips), None
-
-
-def _match_au_labels(labels: AULabels, items: list[Item], skips: Skips) -> dict[str, str]:
-    """``{sample_id: side-file key}``. A key names an image by its path relative to SRC or, when
-    only one image has that name, by its file name (so ``S005/001/x.png`` from CK+'s own tree also
-    finds ``anger/x.png`` in CK+48). Keys matching nothing are one error, or skipped records."""
-    by_path = {item.source_file: item for item in items}
-    by_name: dict[str, list[Item]] = {}
-    for item in items:
-        by_name.setdefault(Path(item.source_file).name, []).append(item)
-    # Images skipped as bad are recorded already: their labels are not a second problem.
-    skipped = {r["file"] for r in skips.records} | {Path(r["file"]).name for r in skips.records}
-    matched: dict[str, str] = {}
-    bad: list[tuple[str, str]] = []  # (where, reason)
-    for key, where in labels.where.items():
-        found = by_path.get(key)
-        if found is None:
-            found = by_name.get(Path(key).name, [])
-            if len(found) > 1:
-                bad.append(
-                    (
-                        where,
-                        f"{key!r} matches {len(found)} images ({', '.join(i.source_file for i in found[:3])}); "
-                        "give its path relative to the source folder",
-                    )
-                )
-                continue
-            found = found[0] if found else None
-        if found is None:
-            if key not in skipped:
-                bad.append((where, f"{key!r} matches no ingested image"))
-        elif found.sample_id in matched:
-            raise FesaugError(
-                f"{where}: {key!r} and {matched[found.sample_id]!r} both label {found.source_file}; keep one entry "
-                f"per image in {labels.path.name}"
-            )
-        else:
-            matched[found.sample_id] = key
-    if bad and not skips.skip_bad:
-        shown = "; ".join(f"{where}: {reason}" for where, reason in bad[:3]) + (
-            f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
-        )
-        raise FesaugError(
-            f"--au-labels {labels.path}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} without an image: {shown}. "
-            "Keys are paths relative to the source folder (happy/a.png) or unique file names; fix them, or pass "
-            "--skip-bad to record them"
-        )
-    for where, reason in bad:
-        skips(BadInput(where, reason), where)
-    return matched
 
 
 def _row(
@@ -411,10 +394,21 @@ def _hf_columns(format: str, image: str | None, label: str | None, subject: str 
 
 
 def _check_options(
-    format: str, folds: int | None, size: int | None, has_subjects: bool, au_labels: object = None
+    format: str,
+    folds: int | None,
+    size: int | None,
+    has_subjects: bool,
+    au_labels: object = None,
+    *,
+    align: bool = False,
+    detect_faces: bool = False,
 ) -> None:
     if format not in FORMATS:
         raise UsageError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    if align and detect_faces:
+        raise UsageError(
+            "--align finds each face itself (dlib's detector and landmarks) and crops it; drop --detect-faces"
+        )
     if format != "folder" and au_labels is not None:
         source = {"fer2013-csv": "a FER2013 CSV", "hf": "a Hugging Face dataset"}.get(format, f"--format {format}")
         raise UsageError(f"--au-labels matches labels to image files, which {source} does not have; drop --au-labels")
@@ -463,7 +457,12 @@ def _check_source(src: Path, format: str) -> None:
         )
 
 
-def _check_outputs(out: Path, image_dir: Path | None, overwrite: bool) -> None:
+def _prepare_outputs(out: Path, image_dir: Path | None, overwrite: bool) -> None:
+    """Clear what an ingest stopped by kill -9 left beside its outputs (stale: the caller holds
+    the lock), and refuse to replace an earlier ingest's without ``overwrite``."""
+    for path in (out, image_dir):
+        if path is not None:
+            remove_stale_temporaries(path.absolute().parent, path.name)
     if out.is_dir():
         raise FesaugError(f"--out {out} is a folder; give a file name such as {out / 'manifest.parquet'}")
     if overwrite:

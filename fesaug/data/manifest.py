@@ -1,6 +1,6 @@
 """The manifest: one Parquet file, one row per image, real and synthetic alike.
 
-The format (schema version 1) is documented for users in ``manifests/README.md``; this module is
+The format (schema version 2) is documented for users in ``manifests/README.md``; this module is
 its single implementation. Every manifest is written by :func:`write_manifest` (atomically, and
 validated before it is written) and read by :func:`read_manifest` (validated again), so a file
 that one fesaug command accepts, every other command accepts too.
@@ -29,8 +29,9 @@ from PIL import Image
 from fesaug.data.images import BadImage, decode_image
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.files import atomic_path
+from fesaug.utils.records import SCHEMA_KEY, RecordType, rename_keys
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 META_KEY = b"fesaug"
 HF_KEY = b"huggingface"
 ORIGINS = ("real", "synthetic")
@@ -117,7 +118,7 @@ class Manifest:
         run = self.meta.get("balance")
         if not isinstance(run, dict) or "splits" not in run:
             return None
-        return working_set(self.df, run["splits"], read_holdout_names(run).get("holdout_folds") or [])
+        return working_set(self.df, run["splits"], run.get("holdout_folds") or [])
 
     def __len__(self) -> int:
         return len(self.df)
@@ -148,7 +149,7 @@ class Manifest:
 # Names older versions recorded for the held-out fold(s) -> today's: BalanceConfig.exclude_folds
 # (a balance plan.json, an evaluate.json), the balance footer's excluded_folds, a checkpoint's or
 # split record's heldout_folds, evaluate's split.parquet footer test_fold. Every record's migration
-# to its version 1 reads them as today's.
+# to the version that began today's names reads them as today's.
 HOLDOUT_RENAMES = {
     "exclude_folds": "holdout_folds",
     "excluded_folds": "holdout_folds",
@@ -157,16 +158,20 @@ HOLDOUT_RENAMES = {
 }
 
 
-def read_holdout_names(record: Mapping[str, Any]) -> dict[str, Any]:
-    """``record`` (a recorded config, footer or split, one level) with the held-out fold's older
-    names (:data:`HOLDOUT_RENAMES`) read as today's, so a run written by an older version
-    compares equal to the same run today. A record holding both names keeps today's."""
-    out = dict(record)
-    for old, new in HOLDOUT_RENAMES.items():
-        if old in out:
-            value = out.pop(old)
-            out.setdefault(new, value)
+def _footer_v1_to_v2(footer: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 footers may name the held-out folds as older fesaug did (the balance section's
+    ``excluded_folds``, an evaluation split's ``test_fold``, ...): read at the top level and in
+    the sections that recorded them as today's."""
+    out = rename_keys(footer, HOLDOUT_RENAMES)
+    for section in ("balance", "evaluation"):
+        if isinstance(out.get(section), Mapping):
+            out[section] = rename_keys(out[section], HOLDOUT_RENAMES)
     return out
+
+
+# The footer (the ``fesaug`` key of the Parquet metadata; :mod:`fesaug.utils.records`). Manifests
+# carried a schema version from the start: a footer without one is not a fesaug manifest.
+FOOTER = RecordType("manifest footer", SCHEMA_VERSION, {1: _footer_v1_to_v2}, first=1)
 
 
 def working_set(df: pd.DataFrame, splits: Sequence[str], holdout_folds: Sequence[int]) -> np.ndarray:
@@ -307,7 +312,7 @@ def write_manifest(
         raise FesaugError(f"cannot write manifest {path}: missing column(s) {', '.join(missing)}")
     extra = [c for c in df.columns if c not in COLUMNS]
     table = _to_table(df, extra)
-    footer = {**(meta or {}), "schema_version": SCHEMA_VERSION, "classes": classes, "image_root": image_root}
+    footer = FOOTER.stamp({**(meta or {}), "classes": classes, "image_root": image_root})
     _validate(table, footer, where=str(path))
     table = table.replace_schema_metadata(
         {
@@ -346,6 +351,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         meta = json.loads(raw)
     except json.JSONDecodeError:
         raise FesaugError(f"{path}: the 'fesaug' footer metadata is not valid JSON; re-create the manifest") from None
+    meta = _read_footer(meta, where=str(path))
     _validate(table, meta, where=str(path))
     df = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get)
     return Manifest(path=path, df=df, meta=meta)
@@ -370,18 +376,18 @@ def _type_ok(actual: pa.DataType, expected: pa.DataType) -> bool:
     return False
 
 
-def _validate(table: pa.Table, meta: dict, *, where: str) -> None:
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        hint = (
-            "upgrade fesaug to read it"
-            if isinstance(version, int) and version > SCHEMA_VERSION
-            else "re-create the manifest"
-        )
+def _read_footer(meta: Any, *, where: str) -> dict[str, Any]:
+    """The footer at today's schema version (:data:`FOOTER`); one clear error for anything else."""
+    version = meta.get(SCHEMA_KEY) if isinstance(meta, dict) else None
+    if version is None or FOOTER.version_of(meta) < FOOTER.first:  # no version, or one that never existed
         raise FesaugError(
-            f"{where}: unsupported manifest schema version {version!r} (this fesaug reads version "
-            f"{SCHEMA_VERSION}); {hint}"
+            f"{where}: unsupported manifest schema version {version!r} (this fesaug reads versions "
+            f"{FOOTER.first} to {SCHEMA_VERSION}); re-create the manifest"
         )
+    return FOOTER.read(meta, where=where)
+
+
+def _validate(table: pa.Table, meta: dict, *, where: str) -> None:
     classes = meta.get("classes")
     if (
         not isinstance(classes, list)

@@ -14,12 +14,13 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fesaug.data.au import AULabels
 from fesaug.data.images import BadImage
 from fesaug.data.labels import FER2013_CLASSES, canonical_label, canonicalize
 from fesaug.utils.errors import FesaugError, UsageError
@@ -219,33 +220,8 @@ def scan_folder(
             f"{src} {what}; point SRC at the dataset folder (class folders, or split folders holding class folders)"
         )
 
-    splits = {d: SPLITS.get(letters(d.name)) for d in top_dirs}
-    if any(splits.values()):
-        others = sorted(d.name for d, s in splits.items() if s is None)
-        if others:
-            named = sorted(d.name for d, s in splits.items() if s is not None)
-            raise FesaugError(
-                f"{src} mixes split folders ({', '.join(named)}) with other folders ({', '.join(others)}); put "
-                "every class folder inside a split folder"
-            )
-        class_dirs: list[tuple[str, Path]] = []
-        for split_dir in top_dirs:
-            sub_dirs, sub_loose = walker.entries(split_dir)
-            class_dirs += [(splits[split_dir], d) for d in sub_dirs]
-            for f in sub_loose:
-                skips(
-                    BadInput(
-                        str(f),
-                        f"image directly in split folder {split_dir.name}/, not in a class folder; move it into a "
-                        "folder named after its class",
-                    ),
-                    walker.rel(f),
-                )
-    else:
-        class_dirs = [("train", d) for d in top_dirs]
-
     found: list[tuple[Path, str, str]] = []  # (file, canonical class, split)
-    for split, label, folder in _known_classes(class_dirs, skips, walker):
+    for split, label, folder in _known_classes(_class_dirs(src, top_dirs, skips, walker), skips, walker):
         files = walker.images_below(folder)
         if not files:
             skips(
@@ -286,6 +262,35 @@ def scan_folder(
     return FolderScan(items=items, ignored=walker.ignored)
 
 
+def _class_dirs(src: Path, top_dirs: list[Path], skips: Skips, walker: _Walker) -> list[tuple[str, Path]]:
+    """(split, folder) of each class folder: the top folders themselves (split ``train``), or the
+    folders inside split folders (``train/``, ``test/`` ...) when SRC holds those."""
+    splits = {d: SPLITS.get(letters(d.name)) for d in top_dirs}
+    if not any(splits.values()):
+        return [("train", d) for d in top_dirs]
+    others = sorted(d.name for d, s in splits.items() if s is None)
+    if others:
+        named = sorted(d.name for d, s in splits.items() if s is not None)
+        raise FesaugError(
+            f"{src} mixes split folders ({', '.join(named)}) with other folders ({', '.join(others)}); put "
+            "every class folder inside a split folder"
+        )
+    class_dirs: list[tuple[str, Path]] = []
+    for split_dir in top_dirs:
+        sub_dirs, sub_loose = walker.entries(split_dir)
+        class_dirs += [(splits[split_dir], d) for d in sub_dirs]
+        for f in sub_loose:
+            skips(
+                BadInput(
+                    str(f),
+                    f"image directly in split folder {split_dir.name}/, not in a class folder; move it into a "
+                    "folder named after its class",
+                ),
+                walker.rel(f),
+            )
+    return class_dirs
+
+
 def _known_classes(class_dirs: list[tuple[str, Path]], skips: Skips, walker: _Walker) -> list[tuple[str, str, Path]]:
     """``(split, canonical class, folder)`` for each class folder; unknown names are one error
     listing them all (or skipped folder by folder)."""
@@ -319,6 +324,56 @@ def _jaffe_class(path: Path, skips: Skips, walker: _Walker) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # FER2013 CSV
+
+
+def match_au_labels(labels: AULabels, items: Sequence[Item], skips: Skips) -> dict[str, str]:
+    """``{sample_id: side-file key}``. A key names an image by its path relative to SRC or, when
+    only one image has that name, by its file name (so ``S005/001/x.png`` from CK+'s own tree also
+    finds ``anger/x.png`` in CK+48). Keys matching nothing are one error, or skipped records."""
+    by_path = {item.source_file: item for item in items}
+    by_name: dict[str, list[Item]] = {}
+    for item in items:
+        by_name.setdefault(Path(item.source_file).name, []).append(item)
+    # Images skipped as bad are recorded already: their labels are not a second problem.
+    skipped = {r["file"] for r in skips.records} | {Path(r["file"]).name for r in skips.records}
+    matched: dict[str, str] = {}
+    bad: list[tuple[str, str]] = []  # (where, reason)
+    for key, where in labels.where.items():
+        found = by_path.get(key)
+        if found is None:
+            found = by_name.get(Path(key).name, [])
+            if len(found) > 1:
+                bad.append(
+                    (
+                        where,
+                        f"{key!r} matches {len(found)} images ({', '.join(i.source_file for i in found[:3])}); "
+                        "give its path relative to the source folder",
+                    )
+                )
+                continue
+            found = found[0] if found else None
+        if found is None:
+            if key not in skipped:
+                bad.append((where, f"{key!r} matches no ingested image"))
+        elif found.sample_id in matched:
+            raise FesaugError(
+                f"{where}: {key!r} and {matched[found.sample_id]!r} both label {found.source_file}; keep one entry "
+                f"per image in {labels.path.name}"
+            )
+        else:
+            matched[found.sample_id] = key
+    if bad and not skips.skip_bad:
+        shown = "; ".join(f"{where}: {reason}" for where, reason in bad[:3]) + (
+            f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        )
+        raise FesaugError(
+            f"--au-labels {labels.path}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} without an image: {shown}. "
+            "Keys are paths relative to the source folder (happy/a.png) or unique file names; fix them, or pass "
+            "--skip-bad to record them"
+        )
+    for where, reason in bad:
+        skips(BadInput(where, reason), where)
+    return matched
 
 
 def read_fer2013_csv(path: Path, *, skips: Skips) -> Iterator[Item]:

@@ -25,7 +25,8 @@ emotion macro-F1 and AU mean F1 (whichever exists); without validation rows, the
 
 The run folder holds ``config.json``, ``provenance.json``, ``metrics.jsonl`` (one line per epoch)
 and ``checkpoints/{last,best}.pt``: plain dicts that ``torch.load(weights_only=True)`` reads
-(keys: see ``_checkpoint``); :func:`load_emotion_au` loads one for inference. Unlike the FERSNet
+(keys: see ``_checkpoint``; schema version 1, :data:`fesaug.multitask.records.CHECKPOINT`, through
+whose migrations an older checkpoint is read); :func:`load_emotion_au` loads one for inference. Unlike the FERSNet
 trainer: no DDP, no mixed precision, no resuming (a run takes minutes; ``overwrite`` restarts it).
 """
 
@@ -39,7 +40,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,12 @@ from sklearn.metrics import f1_score
 from torch import Tensor
 
 from fesaug import __version__
-from fesaug.data.datasets import ManifestDataset
-from fesaug.data.manifest import Manifest, read_holdout_names, read_manifest
+from fesaug.data.manifest import Manifest, read_manifest
 from fesaug.data.splits import Split, split_subjects
 from fesaug.models import EmotionAUConfig, EmotionAUNet, au_metrics, au_pos_weight, multitask_loss, to_model_range
+from fesaug.multitask.config import MultiTaskConfig, MultiTaskResult
+from fesaug.multitask.data import Faces, au_occurrence, label_split
+from fesaug.multitask.records import CHECKPOINT
 from fesaug.utils.devices import resolve_device
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.files import atomic_path, atomic_write_text, check_out_folder, file_sha256
@@ -60,148 +63,10 @@ from fesaug.utils.locking import output_lock
 from fesaug.utils.provenance import provenance
 from fesaug.utils.runlog import json_number, seed_everything, write_metrics
 
-__all__ = [
-    "EmotionAUPredictor",
-    "MultiTaskConfig",
-    "MultiTaskResult",
-    "label_split",
-    "load_emotion_au",
-    "train_multitask",
-]
+__all__ = ["FORMAT", "EmotionAUPredictor", "load_emotion_au", "train_multitask"]
 
 log = logging.getLogger("fesaug.synthesis.training")  # the CLI shows this logger's per-epoch lines
-FORMAT, FORMAT_VERSION = "fesaug-emotion-au-checkpoint", 1
-
-
-@dataclass(frozen=True)
-class MultiTaskConfig:
-    """Settings of one run. ``model`` overrides :class:`EmotionAUConfig` fields (``num_classes``
-    and ``num_aus`` come from the manifest); ``sharing`` defaults to ``"aws"``."""
-
-    model: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    holdout_fold: int | None = None
-    val_fraction: float = 0.15
-    seed: int = 0
-    device: str = "auto"
-    hflip: bool = True
-    au_weight: float = 1.0
-    emotion_fraction: float | None = None  # share of training subjects keeping emotion labels; None = all
-    au_fraction: float | None = None  # share keeping AU labels (the other end of the shuffle); None = all
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("epochs", self.epochs >= 1),
-            ("batch_size", self.batch_size >= 2),
-            ("lr", self.lr > 0),
-            ("weight_decay", self.weight_decay >= 0),
-            ("val_fraction", 0 <= self.val_fraction < 1),
-            ("au_weight", self.au_weight >= 0),
-            ("device", self.device in ("auto", "cpu", "cuda")),
-        ]
-        checks += [
-            (name, value is None or 0 < value <= 1)
-            for name, value in (("emotion_fraction", self.emotion_fraction), ("au_fraction", self.au_fraction))
-        ]
-        bad = [name for name, ok in checks if not ok]
-        if bad:
-            raise FesaugError(
-                f"invalid multi-task setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
-                "(epochs >= 1, batch_size >= 2, lr > 0, 0 <= val_fraction < 1, fractions in (0, 1], "
-                "device auto/cpu/cuda)"
-            )
-        fixed = {"num_classes", "num_aus"} & set(self.model)
-        if fixed:
-            raise FesaugError(f"model.{sorted(fixed)[0]} is set by the manifest; leave it out")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["model"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model.items()}
-        return d
-
-
-@dataclass
-class MultiTaskResult:
-    """Where a run's files are and how it went. ``metrics`` holds every line of metrics.jsonl."""
-
-    run_dir: Path
-    last_checkpoint: Path
-    best_checkpoint: Path
-    best_epoch: int
-    metrics: list[dict[str, Any]]
-    config: MultiTaskConfig
-    split: Split
-
-
-# --------------------------------------------------------------------------------------------
-# data
-
-
-def label_split(
-    subjects: list[str] | set[str], emotion_fraction: float | None, au_fraction: float | None, seed: int
-) -> tuple[set[str], set[str]]:
-    """(subjects keeping emotion labels, subjects keeping AU labels); see the module docstring."""
-    order = sorted(set(subjects))
-    n = len(order)
-    order = [order[i] for i in np.random.default_rng([seed, 6]).permutation(n)]
-    n_emotion = n if emotion_fraction is None else math.ceil(emotion_fraction * n - 1e-9)
-    n_au = n if au_fraction is None else math.floor(au_fraction * n + 1e-9)
-    if n_emotion == 0 or n_au == 0:
-        raise FesaugError(
-            f"emotion_fraction={emotion_fraction} / au_fraction={au_fraction} of {n} training subject(s) "
-            "leaves one task without any labelled subject; raise the fraction"
-        )
-    return set(order[:n_emotion]), set(order[n - n_au :])
-
-
-def au_occurrence(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
-    """AU occurrence (len(rows), len(au_ids)) float32, NaN for rows without AU labels."""
-    au_ids = manifest.meta.get("au_ids")
-    if "au_occurrence" not in manifest.df.columns or not au_ids:
-        raise FesaugError(
-            f"{manifest.path} has no AU labels (no au_occurrence column / au_ids footer); "
-            "ingest with --au-labels, or train emotions alone with --tasks emotion,synthesis"
-        )
-    out = np.full((len(rows), len(au_ids)), np.nan, dtype=np.float32)
-    for k, value in enumerate(manifest.df["au_occurrence"].iloc[rows]):
-        if value is not None and len(value) == len(au_ids):
-            out[k] = np.asarray(value, dtype=np.float32)
-        elif value is not None:
-            raise FesaugError(
-                f"{manifest.path}: row {rows[k]} has {len(value)} AU values but au_ids lists {len(au_ids)}; "
-                "re-create the manifest"
-            )
-    return out
-
-
-@dataclass
-class Faces:
-    """Images (uint8, N×1×S×S), emotion labels (-1 = hidden) and AU targets (NaN = unknown)."""
-
-    pixels: Tensor
-    labels: Tensor
-    aus: Tensor
-
-    @classmethod
-    def load(
-        cls,
-        manifest: Manifest,
-        rows: np.ndarray,
-        size: int,
-        emotion_subjects: set[str] | None = None,
-        au_subjects: set[str] | None = None,
-    ) -> Faces:
-        """Rows ``rows``; emotion / AU labels kept only for these subjects (None = all)."""
-        base = ManifestDataset(manifest, rows=rows, image_size=size)
-        labels, aus = base.labels.copy(), au_occurrence(manifest, base.rows)
-        if emotion_subjects is not None:
-            labels[[s not in emotion_subjects for s in base.subjects]] = -1
-        if au_subjects is not None:
-            aus[[s not in au_subjects for s in base.subjects]] = np.nan
-        return cls(base.pixels, torch.from_numpy(labels), torch.from_numpy(aus))
+FORMAT = "fesaug-emotion-au-checkpoint"
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,94 +85,25 @@ def train_multitask(
     out_dir, ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     au_occurrence(manifest, np.zeros(0, dtype=np.int64))  # fail early without AU labels
-    classes, au_ids = manifest.classes, [int(a) for a in manifest.meta["au_ids"]]
-    try:
-        model_config = EmotionAUConfig(
-            **{"sharing": "aws", **config.model, "num_classes": len(classes), "num_aus": len(au_ids)}
-        )
-    except TypeError as exc:
-        raise FesaugError(f"unknown model setting ({exc}); see EmotionAUConfig's fields") from None
+    model_config = _model_config(config, manifest)
     device = resolve_device(config.device)
     with output_lock(out_dir):
         _prepare_run_dir(out_dir, overwrite)
-
-        # Who is trained on, validated on, held out; which training subjects keep which labels.
-        split = split_subjects(manifest, config.holdout_fold, config.val_fraction, config.seed)
-        emo_subjects, au_subjects = label_split(
-            split.train_subjects, config.emotion_fraction, config.au_fraction, config.seed
-        )
-        subjects = manifest.df["subject_id"].astype(str).to_numpy()
-        train_rows = split.train_rows[np.isin(subjects[split.train_rows], sorted(emo_subjects | au_subjects))]
-        train = Faces.load(manifest, train_rows, model_config.image_size, emo_subjects, au_subjects)
-        val = Faces.load(manifest, split.val_rows, model_config.image_size) if len(split.val_rows) else None
-        if torch.isnan(train.aus).all():
-            raise FesaugError(f"{manifest.path}: no training row has AU labels; ingest with --au-labels")
-        n_batches = len(train.labels) // config.batch_size  # drop the last partial batch (BatchNorm)
-        if n_batches == 0:
-            raise FesaugError(
-                f"{len(train.labels)} training image(s) do not fill one batch of {config.batch_size}; lower "
-                "--batch-size"
-            )
-        pos_weight = au_pos_weight(train.aus).to(device)
+        data = _RunData.load(manifest, config, model_config.image_size)
+        pos_weight = au_pos_weight(data.train.aus).to(device)
 
         seed_everything(config.seed)
         net = EmotionAUNet(model_config).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-        manifest_info = {"path": str(manifest.path), "sha256": file_sha256(manifest.path)}
-        split_info = {**split.to_dict(), "emotion_subjects": sorted(emo_subjects), "au_subjects": sorted(au_subjects)}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        record = {
-            **provenance("train", config.to_dict()),
-            "tasks": ["emotion", "au"],
-            "manifest": manifest_info,
-            "split": split_info,
-        }
-        atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2, default=str) + "\n")
-        log.info(
-            "training EmotionAUNet (sharing %s) on %d images of %d subjects (%d with emotion labels, %d with AU "
-            "labels; "
-            "validation: %d images; held out: %d subjects) on %s",
-            model_config.sharing,
-            len(train.labels),
-            len(emo_subjects | au_subjects),
-            len(emo_subjects),
-            len(au_subjects),
-            len(split.val_rows),
-            len(split.heldout_subjects),
-            device.type,
-        )
+        inputs = _write_run_records(out_dir, manifest, config, data)
+        _log_start(model_config, data, device)
 
         metrics: list[dict[str, Any]] = []
         best_epoch, best_score = 0, -math.inf
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
-            net.train()
-            gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)  # data order and flips
-            order = torch.randperm(len(train.labels), generator=gen)[: n_batches * config.batch_size]
-            sums = {"emotion": 0.0, "au": 0.0, "total": 0.0}
-            for idx in order.view(n_batches, config.batch_size):
-                x = to_model_range(train.pixels[idx])
-                if config.hflip:
-                    flip = torch.rand(len(idx), generator=gen) < 0.5
-                    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-                losses = multitask_loss(
-                    net(x.to(device)),
-                    train.labels[idx].to(device),
-                    train.aus[idx].to(device),
-                    pos_weight=pos_weight,
-                    weights=(1.0, config.au_weight),
-                )
-                opt.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                opt.step()
-                for k in sums:
-                    sums[k] += losses[k].item() / n_batches
-            if not all(math.isfinite(v) for v in sums.values()):
-                raise FesaugError(f"training diverged in epoch {epoch} (a loss is not finite); try a lower --lr")
-
-            scores = evaluate(net, val, device) if val is not None else {}
+            sums = _train_epoch(net, opt, data, config, pos_weight, device, epoch)
+            scores = evaluate(net, data.val, device) if data.val is not None else {}
             available = [
                 v for k, v in scores.items() if k in ("val_emotion_macro_f1", "val_au_mean_f1") and math.isfinite(v)
             ]
@@ -325,38 +121,9 @@ def train_multitask(
             }
             metrics.append(row)
             write_metrics(out_dir / "metrics.jsonl", metrics)
-            payload = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "fesaug_version": __version__,
-                "epoch": epoch,
-                "model": net.state_dict(),
-                "model_config": _plain(dataclasses.asdict(model_config)),
-                "config": config.to_dict(),
-                "classes": classes,
-                "au_ids": au_ids,
-                "image_size": model_config.image_size,
-                "manifest": manifest_info,
-                "split": split_info,
-                "best": {"epoch": best_epoch, "val_score": json_number(best_score)},
-                "metrics": row,
-            }
-            _save(ckpt_dir / "last.pt", payload)
-            if is_best:
-                with atomic_path(ckpt_dir / "best.pt") as tmp:
-                    shutil.copyfile(ckpt_dir / "last.pt", tmp)
-            log.info(
-                "epoch %d/%d  emotion %.3f  au %.3f%s  %.1f s",
-                epoch,
-                config.epochs,
-                sums["emotion"],
-                sums["au"],
-                f"  val acc {scores['val_emotion_acc']:.3f}  F1 {scores['val_emotion_macro_f1']:.3f}  "
-                f"AU F1 {scores['val_au_mean_f1']:.3f}"
-                if scores
-                else "",
-                row["seconds"],
-            )
+            best = {"epoch": best_epoch, "val_score": json_number(best_score)}
+            _save(ckpt_dir, _checkpoint(net, config, manifest, inputs, epoch, best, row), is_best)
+            _log_epoch(epoch, config.epochs, sums, scores, row["seconds"])
 
         return MultiTaskResult(
             run_dir=out_dir,
@@ -365,8 +132,165 @@ def train_multitask(
             best_epoch=best_epoch,
             metrics=metrics,
             config=config,
-            split=split,
+            split=data.split,
         )
+
+
+def _model_config(config: MultiTaskConfig, manifest: Manifest) -> EmotionAUConfig:
+    """The model: ``config.model`` over the AWS sharing default, sized by the manifest's classes and AUs."""
+    sizes = {"num_classes": len(manifest.classes), "num_aus": len(manifest.meta["au_ids"])}
+    try:
+        return EmotionAUConfig(**{"sharing": "aws", **config.model, **sizes})
+    except TypeError as exc:
+        raise FesaugError(f"unknown model setting ({exc}); see EmotionAUConfig's fields") from None
+
+
+@dataclass
+class _RunData:
+    """Who is trained on, validated on and held out; which training subjects keep which labels;
+    the loaded faces, and how many whole batches an epoch has."""
+
+    split: Split
+    emotion_subjects: set[str]
+    au_subjects: set[str]
+    train: Faces
+    val: Faces | None
+    n_batches: int
+
+    @classmethod
+    def load(cls, manifest: Manifest, config: MultiTaskConfig, size: int) -> _RunData:
+        split = split_subjects(manifest, config.holdout_fold, config.val_fraction, config.seed)
+        emo_subjects, au_subjects = label_split(
+            split.train_subjects, config.emotion_fraction, config.au_fraction, config.seed
+        )
+        subjects = manifest.df["subject_id"].astype(str).to_numpy()
+        train_rows = split.train_rows[np.isin(subjects[split.train_rows], sorted(emo_subjects | au_subjects))]
+        train = Faces.load(manifest, train_rows, size, emo_subjects, au_subjects)
+        val = Faces.load(manifest, split.val_rows, size) if len(split.val_rows) else None
+        if torch.isnan(train.aus).all():
+            raise FesaugError(f"{manifest.path}: no training row has AU labels; ingest with --au-labels")
+        n_batches = len(train.labels) // config.batch_size  # drop the last partial batch (BatchNorm)
+        if n_batches == 0:
+            raise FesaugError(
+                f"{len(train.labels)} training image(s) do not fill one batch of {config.batch_size}; lower "
+                "--batch-size"
+            )
+        return cls(split, emo_subjects, au_subjects, train, val, n_batches)
+
+
+def _train_epoch(
+    net: EmotionAUNet,
+    opt: torch.optim.Optimizer,
+    data: _RunData,
+    config: MultiTaskConfig,
+    pos_weight: Tensor,
+    device: torch.device,
+    epoch: int,
+) -> dict[str, float]:
+    """One pass over the shuffled training faces; the mean losses of its batches."""
+    train, n_batches = data.train, data.n_batches
+    net.train()
+    gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)  # data order and flips
+    order = torch.randperm(len(train.labels), generator=gen)[: n_batches * config.batch_size]
+    sums = {"emotion": 0.0, "au": 0.0, "total": 0.0}
+    for idx in order.view(n_batches, config.batch_size):
+        x = to_model_range(train.pixels[idx])
+        if config.hflip:
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        losses = multitask_loss(
+            net(x.to(device)),
+            train.labels[idx].to(device),
+            train.aus[idx].to(device),
+            pos_weight=pos_weight,
+            weights=(1.0, config.au_weight),
+        )
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        opt.step()
+        for k in sums:
+            sums[k] += losses[k].item() / n_batches
+    if not all(math.isfinite(v) for v in sums.values()):
+        raise FesaugError(f"training diverged in epoch {epoch} (a loss is not finite); try a lower --lr")
+    return sums
+
+
+def _write_run_records(out_dir: Path, manifest: Manifest, config: MultiTaskConfig, data: _RunData) -> dict[str, Any]:
+    """Write ``config.json`` and ``provenance.json``; return the manifest and split records the
+    checkpoints carry too."""
+    inputs = {
+        "manifest": {"path": str(manifest.path), "sha256": file_sha256(manifest.path)},
+        "split": {
+            **data.split.to_dict(),
+            "emotion_subjects": sorted(data.emotion_subjects),
+            "au_subjects": sorted(data.au_subjects),
+        },
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    record = {**provenance("train", config.to_dict()), "tasks": ["emotion", "au"], **inputs}
+    atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2, default=str) + "\n")
+    return inputs
+
+
+def _checkpoint(
+    net: EmotionAUNet,
+    config: MultiTaskConfig,
+    manifest: Manifest,
+    inputs: dict[str, Any],
+    epoch: int,
+    best: dict[str, Any],
+    row: dict[str, Any],
+) -> dict[str, Any]:
+    """Checkpoint keys: format, schema_version, fesaug_version, epoch, model (state dict), model_config,
+    config, classes, au_ids, image_size, manifest {path, sha256}, split (Split.to_dict() plus
+    emotion_subjects / au_subjects), best {epoch, val_score}, metrics (that epoch's line)."""
+    return CHECKPOINT.stamp(
+        {
+            "format": FORMAT,
+            "fesaug_version": __version__,
+            "epoch": epoch,
+            "model": net.state_dict(),
+            "model_config": _plain(dataclasses.asdict(net.config)),
+            "config": config.to_dict(),
+            "classes": manifest.classes,
+            "au_ids": [int(a) for a in manifest.meta["au_ids"]],
+            "image_size": net.config.image_size,
+            **inputs,
+            "best": best,
+            "metrics": row,
+        }
+    )
+
+
+def _log_start(model_config: EmotionAUConfig, data: _RunData, device: torch.device) -> None:
+    log.info(
+        "training EmotionAUNet (sharing %s) on %d images of %d subjects (%d with emotion labels, %d with AU "
+        "labels; validation: %d images; held out: %d subjects) on %s",
+        model_config.sharing,
+        len(data.train.labels),
+        len(data.emotion_subjects | data.au_subjects),
+        len(data.emotion_subjects),
+        len(data.au_subjects),
+        len(data.split.val_rows),
+        len(data.split.heldout_subjects),
+        device.type,
+    )
+
+
+def _log_epoch(epoch: int, epochs: int, sums: dict[str, float], scores: dict[str, float], seconds: float) -> None:
+    log.info(
+        "epoch %d/%d  emotion %.3f  au %.3f%s  %.1f s",
+        epoch,
+        epochs,
+        sums["emotion"],
+        sums["au"],
+        f"  val acc {scores['val_emotion_acc']:.3f}  F1 {scores['val_emotion_macro_f1']:.3f}  "
+        f"AU F1 {scores['val_au_mean_f1']:.3f}"
+        if scores
+        else "",
+        seconds,
+    )
 
 
 @torch.no_grad()
@@ -422,12 +346,13 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    """Checkpoint keys: format, format_version, fesaug_version, epoch, model (state dict), model_config,
-    config, classes, au_ids, image_size, manifest {path, sha256}, split (Split.to_dict() plus
-    emotion_subjects / au_subjects), best {epoch, val_score}, metrics (that epoch's line)."""
-    with atomic_path(path) as tmp:
+def _save(ckpt_dir: Path, payload: dict[str, Any], is_best: bool) -> None:
+    """``last.pt``, and ``best.pt`` too when this epoch is the best so far."""
+    with atomic_path(ckpt_dir / "last.pt") as tmp:
         torch.save(payload, tmp)
+    if is_best:
+        with atomic_path(ckpt_dir / "best.pt") as tmp:
+            shutil.copyfile(ckpt_dir / "last.pt", tmp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +372,7 @@ class EmotionAUPredictor:
         self.au_ids: list[int] = [int(a) for a in ckpt["au_ids"]]
         self.image_size: int = int(ckpt["image_size"])
         self.epoch: int = int(ckpt["epoch"])
-        self.split: dict[str, Any] = read_holdout_names(ckpt["split"])  # heldout_folds of older versions
+        self.split: dict[str, Any] = ckpt["split"]
         self.config: dict[str, Any] = ckpt["config"]
 
     def predict(self, images: Tensor | np.ndarray, *, batch_size: int = 256) -> tuple[Tensor, Tensor]:
@@ -473,11 +398,16 @@ def load_emotion_au(checkpoint: str | os.PathLike, device: str | torch.device | 
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise FesaugError(f"{path} is not a readable checkpoint ({type(exc).__name__}); it may be truncated") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or ckpt.get("format_version") != FORMAT_VERSION:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FesaugError(
-            f"{path} is not an emotion + AU checkpoint (version {FORMAT_VERSION}); "
-            "use one written by `fesaug train --tasks emotion,au`"
+            f"{path} is not an emotion + AU checkpoint; use one written by `fesaug train --tasks emotion,au`"
         )
+    if ckpt.get("schema_version") is None and ckpt.get("format_version") != 1:
+        raise FesaugError(
+            f"{path}: emotion + AU checkpoint format version {ckpt.get('format_version')!r} is not supported; use "
+            f"the fesaug version that wrote it ({ckpt.get('fesaug_version')})"
+        )
+    ckpt = CHECKPOINT.read(ckpt, where=str(path))
     device = resolve_device(device)
     try:
         net = EmotionAUNet(EmotionAUConfig(**ckpt["model_config"]))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -256,46 +256,53 @@ class TrainConfig:
         if self.preset not in PRESETS:
             raise FesaugError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         checks = [
-            ("epochs", self.epochs >= 1, "at least 1"),
-            ("batch_size", self.batch_size >= 1, "at least 1"),
-            ("lr", self.lr > 0, "positive"),
-            ("betas", all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, "non-negative"),
-            ("d_steps", self.d_steps >= 1, "at least 1"),
-            (
-                "lr_milestones",
-                all(0 < m <= 1 for m in self.lr_milestones)
-                and list(self.lr_milestones) == sorted(set(self.lr_milestones)),
-                "increasing fractions in (0, 1]",
-            ),
-            ("lr_gamma", 0 < self.lr_gamma <= 1, "in (0, 1]"),
-            ("holdout_fold", self.holdout_fold is None or self.holdout_fold >= 0, "a fold number (0 or more)"),
-            ("val_fraction", 0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
-            ("paired_prob", 0 <= self.paired_prob <= 1, "in [0, 1]"),
-            ("own_expression_prob", 0 <= self.own_expression_prob < 1, "in [0, 1)"),
-            ("paired_intensities", all(0 < v <= 1 for v in self.paired_intensities), "numbers in (0, 1]"),
-            ("pair_threshold", 0 <= self.pair_threshold < 255, "gray levels in [0, 255)"),
-            ("shift", 0 <= self.shift < 0.5, "in [0, 0.5)"),
-            ("rotation", 0 <= self.rotation <= 45, "degrees in [0, 45]"),
-            ("scale", 0 <= self.scale < 0.5, "in [0, 0.5)"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("ema", 0 <= self.ema < 1, "a decay in [0, 1) (0: off)"),
-            ("num_workers", self.num_workers >= 0, "0 or more"),
-            ("seed", self.seed >= 0, "0 or more"),
-            ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
-            ("sample_rows", self.sample_rows >= 1, "at least 1"),
-        ]
-        checks += [
-            (f"loss.{f.name}", getattr(self.loss, f.name) >= 0, "non-negative") for f in dataclasses.fields(LossWeights)
+            *RANGES,
+            *((f"loss.{f.name}", _non_negative, "non-negative") for f in dataclasses.fields(LossWeights)),
         ]
         for key, ok, expected in checks:
-            if not ok:
-                value = getattr(self.loss, key[5:]) if key.startswith("loss.") else getattr(self, key)
+            value = getattr(self.loss, key[5:]) if key.startswith("loss.") else getattr(self, key)
+            if not ok(value):
                 raise FesaugError(f"{key} must be {expected}, got {_show(value)}")
         try:
             self.model_config(num_classes=2)
         except ModelConfigError as exc:
             raise FesaugError(f"model: {exc}") from None
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+# Each setting's valid values: (key, the test, what the error says it must be).
+RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("epochs", lambda v: v >= 1, "at least 1"),
+    ("batch_size", lambda v: v >= 1, "at least 1"),
+    ("lr", lambda v: v > 0, "positive"),
+    ("betas", lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    ("weight_decay", _non_negative, "non-negative"),
+    ("d_steps", lambda v: v >= 1, "at least 1"),
+    (
+        "lr_milestones",
+        lambda v: all(0 < m <= 1 for m in v) and list(v) == sorted(set(v)),
+        "increasing fractions in (0, 1]",
+    ),
+    ("lr_gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("holdout_fold", lambda v: v is None or v >= 0, "a fold number (0 or more)"),
+    ("val_fraction", lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+    ("paired_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("own_expression_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("paired_intensities", lambda v: all(0 < x <= 1 for x in v), "numbers in (0, 1]"),
+    ("pair_threshold", lambda v: 0 <= v < 255, "gray levels in [0, 255)"),
+    ("shift", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    ("rotation", lambda v: 0 <= v <= 45, "degrees in [0, 45]"),
+    ("scale", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("ema", lambda v: 0 <= v < 1, "a decay in [0, 1) (0: off)"),
+    ("num_workers", lambda v: v >= 0, "0 or more"),
+    ("seed", lambda v: v >= 0, "0 or more"),
+    ("device", lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
+    ("sample_rows", lambda v: v >= 1, "at least 1"),
+)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -5,8 +5,9 @@ settings and fold records, balance plans and footers, manifest footers) carries 
 A record type knows its current version and one function per step, ``migrate_vN_to_vN+1``;
 reading a record runs the steps from its version to the current one, in order. A record without
 ``schema_version`` is version 0: what the versions before this scheme wrote, and its one migration
-to version 1 holds everything fesaug used to infer from which keys were missing. A record from a
-newer fesaug is refused with one line that says so.
+to version 1 holds everything fesaug used to infer from which keys were missing. A record type
+that always carried a version (the manifest footer) starts at its ``first`` version instead, and
+refuses anything older. A record from a newer fesaug is refused with one line that says so.
 
 So the knowledge of how an old record meant its settings lives in one place per record type, and
 code past :meth:`RecordType.read` sees today's layout only.
@@ -29,14 +30,17 @@ Migration = Callable[[dict[str, Any]], dict[str, Any]]
 @dataclass(frozen=True)
 class RecordType:
     """A record type: its name (in messages), its current ``version`` and its ``migrations``
-    (``migrations[v]`` turns version ``v`` into ``v + 1``; one for every ``v < version``)."""
+    (``migrations[v]`` turns version ``v`` into ``v + 1``; one for every ``first <= v < version``).
+    ``first`` is the oldest version there is: 0 (no ``schema_version``) unless the record type
+    carried one from the start."""
 
     name: str
     version: int
     migrations: Mapping[int, Migration] = field(default_factory=dict)
+    first: int = 0
 
     def __post_init__(self) -> None:
-        missing = [v for v in range(self.version) if v not in self.migrations]
+        missing = [v for v in range(self.first, self.version) if v not in self.migrations]
         if missing:  # a programming error: caught by the test that imports every record type
             raise ValueError(f"{self.name}: no migration from version {missing[0]} to {missing[0] + 1}")
 
@@ -51,8 +55,9 @@ class RecordType:
     def read(self, record: Mapping[str, Any], *, where: str) -> dict[str, Any]:
         """``record`` migrated to the current version (a copy); ``where`` names it in errors."""
         version = self.version_of(record)
-        if version < 0:
-            raise FesaugError(f"{where}: {self.name} has an invalid {SCHEMA_KEY} {record.get(SCHEMA_KEY)!r}")
+        if version < self.first:
+            oldest = f" (its oldest version is {self.first})" if self.first else ""
+            raise FesaugError(f"{where}: {self.name} has an invalid {SCHEMA_KEY} {record.get(SCHEMA_KEY)!r}{oldest}")
         if version > self.version:
             raise FesaugError(
                 f"{where}: {self.name} schema version {version} was written by a newer fesaug (this one reads up to "

@@ -18,7 +18,7 @@ import torch
 
 from fesaug.utils.files import atomic_write_text
 
-__all__ = ["json_number", "jsonable", "read_metrics", "seed_everything", "with_defaults", "write_metrics"]
+__all__ = ["json_number", "jsonable", "read_metrics", "seed_everything", "write_metrics"]
 
 
 def seed_everything(*seed: int) -> None:
@@ -48,20 +48,6 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(float(obj)) else None
     return str(obj)
-
-
-def with_defaults(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``recorded`` with the keys it lacks taken from ``defaults``, recursively.
-
-    A settings record written before a key existed lacks it; new keys default to the behaviour
-    before they existed, so a resumed run compares equal to the one that wrote the record."""
-    out = dict(recorded)
-    for key, value in defaults.items():
-        if key not in out:
-            out[key] = value
-        elif isinstance(value, dict) and isinstance(out[key], dict):
-            out[key] = with_defaults(out[key], value)
-    return out
 
 
 def changed_settings(recorded: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
