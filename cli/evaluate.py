@@ -425,7 +425,7 @@ def format_summary(results: dict) -> str:
             f"(its real test faces of those classes: {ms(syn['real_test_recognised'])})"
         )
         if syn.get("judges"):
-            from fesaug.evaluate.report import judges_summary
+            from fesaug.evaluate.report_synthesis import judges_summary
 
             lines += judges_summary(syn["judges"])
     return "\n".join(lines)

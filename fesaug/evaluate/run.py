@@ -62,23 +62,10 @@ def evaluate(
     Everything after the generator (balancing, every condition) is computed here."""
     config = config or EvaluateConfig()
     out = Path(out_dir)
+    _check_mode(folds, test_manifest, test_subject_pattern, generators_from)
     if test_manifest is not None:
-        if folds is not None:
-            raise UsageError(
-                "--folds chooses test folds of --manifest, but with --test-manifest all of --manifest "
-                "trains and the other dataset tests; drop --folds"
-            )
-        if generators_from is not None:
-            raise UsageError(
-                "--generators-from reuses the generators of a k-fold evaluation; with --test-manifest "
-                "the generator trains on all of --manifest, so drop --generators-from"
-            )
         return evaluate_cross(
             manifest, test_manifest, out, config, overwrite=overwrite, subject_pattern=test_subject_pattern
-        )
-    if test_subject_pattern is not None:
-        raise UsageError(
-            "--test-subject-pattern reads the subject ids of a --test-manifest folder; pass --test-manifest too"
         )
     m = read_manifest(manifest)
     check_input(m, config)
@@ -123,6 +110,29 @@ def evaluate(
         with output_lock(out, wait=SHARED_FILES_WAIT_S):
             results = aggregate(out, m, config)
     return EvaluateResult(out, results)
+
+
+def _check_mode(
+    folds: Sequence[int] | None,
+    test_manifest: str | Path | None,
+    test_subject_pattern: str | None,
+    generators_from: str | Path | None,
+) -> None:
+    """The options that belong to one of the two protocols only."""
+    if test_manifest is not None and folds is not None:
+        raise UsageError(
+            "--folds chooses test folds of --manifest, but with --test-manifest all of --manifest "
+            "trains and the other dataset tests; drop --folds"
+        )
+    if test_manifest is not None and generators_from is not None:
+        raise UsageError(
+            "--generators-from reuses the generators of a k-fold evaluation; with --test-manifest "
+            "the generator trains on all of --manifest, so drop --generators-from"
+        )
+    if test_manifest is None and test_subject_pattern is not None:
+        raise UsageError(
+            "--test-subject-pattern reads the subject ids of a --test-manifest folder; pass --test-manifest too"
+        )
 
 
 def evaluate_cross(

@@ -202,3 +202,12 @@ def across_folds(values: Sequence[Any], key: str | None = None) -> Any:
     if all(isinstance(v, list) for v in present):
         return list(dict.fromkeys(x for v in present for x in v))
     return present[0]
+
+
+def stat_text(stat: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    """A :func:`mean_std` record as text: ``mean ± std`` (``mean`` alone for one value, ``–`` for none), scaled."""
+    if not stat or stat.get("mean") is None:
+        return "–"
+    if stat.get("n", 0) > 1:
+        return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+    return f"{stat['mean'] * scale:.{digits}f}"
