@@ -11,6 +11,12 @@ the two images), then the source's lighting (a gain and an offset that may vary 
 the face, as a light from one side does) fitted on the pixels that differ least, where the
 expression presumably did not change. :func:`keep_unchanged` then optionally keeps the source's
 own pixels wherever the registered partner barely differs from it.
+
+:func:`pair_flow` turns a registered pair into geometry: the dense displacement that moves the
+source's own pixels onto the partner's expression (brows up, lip corners out), with a weight per
+pixel for how well that displacement explains the partner there. A pixel L1 loss toward the
+partner averages the expression away (a half-raised brow is a smaller error than a brow raised in
+the wrong place); a displacement target says how far each feature moves.
 """
 
 from __future__ import annotations
@@ -76,3 +82,30 @@ def keep_unchanged(source: np.ndarray, aligned: np.ndarray, threshold: float, gr
     if grow:
         changed = ndimage.binary_dilation(changed, structure=np.ones((3, 3), dtype=bool), iterations=grow)
     return np.where(changed, aligned, source).astype(np.uint8)
+
+
+# Farneback's settings for faces of 48-128 px: a 3-level pyramid, 9 px windows, smooth flow.
+FARNEBACK = {
+    "pyr_scale": 0.5, "levels": 3, "winsize": 9, "iterations": 5, "poly_n": 5, "poly_sigma": 1.1, "flags": 0,
+}  # fmt: skip
+
+
+def pair_flow(source: np.ndarray, aligned: np.ndarray, threshold: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """The backward displacement ``(H, W, 2)`` (x, y, in pixels) with which warping ``source`` gives
+    the registered partner ``aligned`` (output pixel p reads the source at p + flow(p), as
+    :func:`fesaug.models.fersnet.warp` reads it), and a weight ``(H, W)`` in [0, 1]: 1 where the
+    expression changes the face (the two differ by more than ``threshold`` gray levels) and the
+    warped source matches the partner, falling to 0 where a warp cannot make the change (an opening
+    mouth shows teeth the source does not have) or where nothing changes."""
+    flow = cv2.calcOpticalFlowFarneback(aligned, source, None, **FARNEBACK)  # aligned(p) ~ source(p + flow(p))
+    h, w = source.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    moved = cv2.remap(
+        source.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )  # fmt: skip
+    target, src = aligned.astype(np.float32), source.astype(np.float32)
+    changed = np.abs(target - src) > threshold
+    changed = ndimage.binary_dilation(changed, structure=np.ones((3, 3), dtype=bool), iterations=1)
+    explained = np.clip(1.0 - np.abs(moved - target) / max(threshold, 1e-6), 0.0, 1.0)
+    return flow.astype(np.float32), (changed * explained).astype(np.float32)
