@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from fesaug.data.images import encode_png, sha256_bytes
-from fesaug.data.manifest import write_manifest
+from fesaug.data.manifest import read_manifest, write_manifest
 from fesaug.synthesis.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,3 +149,51 @@ def one_thread():
         torch.set_num_threads(1)
         yield
     torch.set_num_threads(threads)
+
+
+# The small demo set many tests balance: 45 images of 8 subjects in 4 folds, 32x32, imbalanced like
+# CK+. Made once per session with a generator trained on it (fold 0 held out) and a judge trained
+# apart on the same folds; tests read them and write elsewhere.
+SMALL_COUNTS = {"anger": 6, "contempt": 4, "disgust": 7, "fear": 4, "happy": 9, "sadness": 5, "surprise": 10}
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fesaug.data.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("small-demo"), counts=SMALL_COUNTS, n_subjects=8, size=32, folds=4)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(small_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fesaug.synthesis.training import train
+
+    with _torch_threads(1):
+        run = train(small_demo, tmp_path_factory.mktemp("small-run") / "run", tiny_config(holdout_fold=0, epochs=1))
+    return run.best_checkpoint
+
+
+@pytest.fixture(scope="session")
+def small_judge(small_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A downstream classifier trained on the folds the generator trained on (not fold 0)."""
+    from fesaug.data.datasets import ManifestDataset
+    from fesaug.evaluate.downstream import DownstreamConfig, fit, save_classifier
+
+    m = read_manifest(small_demo)
+    data = ManifestDataset(m, rows=np.flatnonzero((m.df["fold"] != 0).to_numpy()), image_size=32)
+    config = DownstreamConfig(epochs=2, image_size=32, batch_size=16, device="cpu")
+    with _torch_threads(1):
+        model = fit(data.pixels, data.labels, config=config, num_classes=len(m.classes)).model
+    path = tmp_path_factory.mktemp("small-judge") / "judge.pt"
+    save_classifier(model, path, m.classes)
+    return path

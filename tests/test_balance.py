@@ -25,32 +25,28 @@ from fesaug.balance import BalanceConfig, BalanceResult
 from fesaug.balance import run as balancing
 from fesaug.balance.plan import candidate, plan_sources
 from fesaug.data.datasets import ManifestDataset
-from fesaug.data.demo import make_demo_dataset
 from fesaug.data.images import sha256_bytes
 from fesaug.data.manifest import read_manifest, write_manifest
-from fesaug.synthesis.training import train
 from fesaug.utils.errors import FesaugError, UsageError
 
-from .conftest import REPO, cli_in_process, run_cli, tiny_config
+from .conftest import REPO, SMALL_COUNTS, cli_in_process, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-COUNTS = {"anger": 6, "contempt": 4, "disgust": 7, "fear": 4, "happy": 9, "sadness": 5, "surprise": 10}
+COUNTS = SMALL_COUNTS
 OPEN = {"min_confidence": 0.0, "batch_size": 8}
 # Every run on the CPU, so results compare across runs on a machine with a GPU too.
 balance = functools.partial(balancing.balance, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """45 images of 8 subjects in 4 folds, 32x32, imbalanced like CK+."""
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), counts=COUNTS, n_subjects=8, size=32, folds=4)
+def demo(small_demo: Path) -> Path:
+    return small_demo
 
 
 @pytest.fixture(scope="module")
-def checkpoint(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    result = train(demo, tmp_path_factory.mktemp("run") / "run", tiny_config(holdout_fold=0, epochs=1))
-    return result.best_checkpoint
+def checkpoint(small_checkpoint: Path) -> Path:
+    return small_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -584,20 +580,8 @@ def _assert_threshold_splits(
 
 
 @pytest.fixture(scope="module")
-def judge(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fesaug.evaluate.downstream import DownstreamConfig, fit, save_classifier
-
-    m = read_manifest(demo)
-    data = ManifestDataset(m, rows=np.flatnonzero((m.df["fold"] != 0).to_numpy()), image_size=32)
-    model = fit(
-        data.pixels,
-        data.labels,
-        config=DownstreamConfig(epochs=2, image_size=32, batch_size=16, device="cpu"),
-        num_classes=len(m.classes),
-    ).model
-    path = tmp_path_factory.mktemp("judge") / "judge.pt"
-    save_classifier(model, path, m.classes)
-    return path
+def judge(small_judge: Path) -> Path:
+    return small_judge
 
 
 def test_judge_scores_every_kept_image_and_rejects_below_its_threshold(

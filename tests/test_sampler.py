@@ -19,27 +19,24 @@ from sklearn.base import clone
 import fesaug
 from fesaug.balance import BalanceConfig, balance
 from fesaug.data.datasets import ManifestDataset
-from fesaug.data.demo import make_demo_dataset
 from fesaug.data.manifest import read_manifest
-from fesaug.synthesis.training import train
 from fesaug.utils.errors import FesaugError, InvalidValue
 
-from .conftest import REPO, tiny_config
+from .conftest import REPO, SMALL_COUNTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-COUNTS = {"anger": 6, "contempt": 4, "disgust": 7, "fear": 4, "happy": 9, "sadness": 5, "surprise": 10}
+COUNTS = SMALL_COUNTS
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """45 images of 8 subjects in 4 folds, 32x32, imbalanced like CK+."""
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), counts=COUNTS, n_subjects=8, size=32, folds=4)
+def demo(small_demo: Path) -> Path:
+    return small_demo
 
 
 @pytest.fixture(scope="module")
-def checkpoint(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train(demo, tmp_path_factory.mktemp("run") / "run", tiny_config(holdout_fold=0, epochs=1)).best_checkpoint
+def checkpoint(small_checkpoint: Path) -> Path:
+    return small_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -15,42 +15,31 @@ from fesaug.audit.report import audit
 from fesaug.balance import BalanceConfig
 from fesaug.balance import run as balancing
 from fesaug.data.datasets import ManifestDataset
-from fesaug.data.demo import make_demo_dataset
 from fesaug.data.export import export
 from fesaug.data.manifest import read_manifest, write_manifest
-from fesaug.synthesis.training import train
 from fesaug.utils.errors import FesaugError, UsageError
 
-from .conftest import cli_in_process, tiny_config
+from .conftest import cli_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-COUNTS = {"anger": 6, "contempt": 4, "disgust": 7, "fear": 4, "happy": 9, "sadness": 5, "surprise": 10}
 OPEN = {"min_confidence": 0.0, "batch_size": 8}
 balance = functools.partial(balancing.balance, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def demo(one_thread, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), counts=COUNTS, n_subjects=8, size=32, folds=4)
+def demo(small_demo: Path) -> Path:
+    return small_demo
 
 
 @pytest.fixture(scope="module")
-def checkpoint(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train(demo, tmp_path_factory.mktemp("run") / "run", tiny_config(holdout_fold=0, epochs=1)).last_checkpoint
+def checkpoint(small_checkpoint: Path) -> Path:
+    return small_checkpoint
 
 
 @pytest.fixture(scope="module")
-def judge(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fesaug.evaluate.downstream import DownstreamConfig, fit, save_classifier
-
-    m = read_manifest(demo)
-    data = ManifestDataset(m, rows=np.flatnonzero((m.df["fold"] != 0).to_numpy()), image_size=32)
-    config = DownstreamConfig(epochs=2, image_size=32, batch_size=16, device="cpu")
-    model = fit(data.pixels, data.labels, config=config, num_classes=len(m.classes)).model
-    path = tmp_path_factory.mktemp("judge") / "judge.pt"
-    save_classifier(model, path, m.classes)
-    return path
+def judge(small_judge: Path) -> Path:
+    return small_judge
 
 
 @pytest.fixture(scope="module")

@@ -142,7 +142,7 @@ def test_an_evaluation_recorded_before_the_truth_intensity_existed_resumes(
     out = tmp_path / "copy"
     shutil.copytree(evaluated[0], out)
     settings = json.loads((out / "evaluate.json").read_text())
-    settings["schema_version"] = 1  # as version 1 wrote it: no truth intensity
+    del settings["schema_version"]  # as versions before records carried one wrote it: no truth intensity
     del settings["config"]["truth_intensity"]
     (out / "evaluate.json").write_text(json.dumps(settings))
     again = evaluate(demo, out, _config(), folds=[0, 1]).results

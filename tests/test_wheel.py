@@ -76,7 +76,7 @@ def test_wheel_holds_the_package_data(wheel: Path) -> None:
     # The review page's style sheet and script, read from the package at run time.
     assert {"fesaug/review/assets/review.css", "fesaug/review/assets/review.js"} <= names
     # The demo dataset is drawn by code (no data files); the CLI installs as fesaug.cli.
-    for module in ("fesaug/data/demo.py", "fesaug/quickstart.py", "fesaug/cli/main.py", "fesaug/__init__.py"):
+    for module in ("fesaug/data/demo/renderer.py", "fesaug/quickstart.py", "fesaug/cli/main.py", "fesaug/__init__.py"):
         assert module in names, module
     packages = {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
     source_packages = {
