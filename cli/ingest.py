@@ -32,6 +32,7 @@ def _summary(result: IngestResult) -> str:
         "folder": f"images in {result.image_folder}",
         "embedded": "images embedded",
     }[result.storage]
+    storage = ("colour (RGB) " if result.channels == 3 else "gray ") + storage
     skipped = f"{len(result.skipped)} skipped" + (" (-v lists them)" if result.skipped else "")
     ignored = f", {_n(result.ignored, 'non-image file')} ignored" if result.ignored else ""
     au = f" ({result.au_labelled} with AU labels)" if result.au_labelled is not None else ""
@@ -101,7 +102,14 @@ def _summary(result: IngestResult) -> str:
     help="Align each face: dlib's detector and 5-point landmarks, then rotate and scale so the eyes lie level at "
     "CK+48's eye positions, cropped to --size (default: the face's own scale). Needs pip install 'fesaug[judges]'.",
 )
-@click.option("--size", type=click.IntRange(min=1), metavar="N", help="Resize images to N x N grayscale.")
+@click.option("--size", type=click.IntRange(min=1), metavar="N", help="Resize images to N x N.")
+@click.option(
+    "--color/--grayscale",
+    "color",
+    default=None,
+    help="Keep every image in colour (RGB), or turn every image gray.  [default: colour if any image of SRC "
+    "has colour, else gray]",
+)
 @click.option("--embed", is_flag=True, help="Store the image bytes inside the manifest instead of beside it.")
 @click.option(
     "--au-labels",
@@ -132,6 +140,7 @@ def ingest_command(
     size: int | None,
     embed: bool,
     au_labels: Path | None,
+    color: bool | None,
     skip_bad: bool,
     overwrite: bool,
     verbose: bool,
@@ -148,6 +157,7 @@ def ingest_command(
       fesaug ingest fer2013.csv --format fer2013-csv --skip-bad
       fesaug ingest saved-hf-dataset/ --format hf --label-column emotion --subject-column person --folds 5
       fesaug ingest photos/ --subject-pattern '^(\\w+?)_' --detect-faces --size 96
+      fesaug ingest rafdb-aligned/ --color --size 112 --skip-bad
       fesaug ingest photos/ --subject-pattern '^(\\w+?)_' --align --size 48 --skip-bad
       fesaug ingest data/ckplus48 --preset ckplus --au-labels ck-facs.csv
     """
@@ -170,6 +180,7 @@ def ingest_command(
         label_column=label_column,
         subject_column=subject_column,
         split_column=split_column,
+        color=color,
     )
     click.echo(_summary(result))
     if verbose:

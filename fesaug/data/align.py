@@ -127,8 +127,10 @@ class FaceAligner:
         self.counts: Counter[str] = Counter()  # DETECTOR, WHOLE_IMAGE, and "failed"
 
     def locate(self, img: Image.Image, *, where: str) -> Landmarks:
-        """The landmarks of the largest face in ``img``; no usable face raises :class:`BadImage`."""
+        """The landmarks of the largest face in ``img``; no usable face raises :class:`BadImage`.
+        dlib sees a colour image in colour (its detector and landmark model take RGB)."""
         gray = np.asarray(img.convert("L"))
+        pixels = np.asarray(img) if img.mode == "RGB" else gray
         h, w = gray.shape
         if float(gray.std()) < MIN_CONTRAST:
             raise BadImage(where, "no face found (the image is blank)")
@@ -136,12 +138,12 @@ class FaceAligner:
 
         factor = max(1.0, DETECT_MIN_SIDE / min(h, w))
         work = (
-            gray
+            pixels
             if factor == 1.0
-            else cv2.resize(gray, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_CUBIC)
+            else cv2.resize(pixels, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_CUBIC)
         )
         boxes = list(self._detector(work, 0)) if self._detector is not None else []
-        if not boxes and self._detector is not None and max(work.shape) <= UPSAMPLE_MAX_SIDE:
+        if not boxes and self._detector is not None and max(work.shape[:2]) <= UPSAMPLE_MAX_SIDE:
             boxes = list(self._detector(work, 1))
         if boxes:
             box, kind = max(boxes, key=lambda r: r.area()), DETECTOR
@@ -195,7 +197,8 @@ class FaceAligner:
 
     def align(self, img: Image.Image, *, where: str, size: int | None = None) -> tuple[Image.Image, Landmarks]:
         """``img``'s face, eyes level at :data:`LEFT_EYE`/:data:`RIGHT_EYE`, as a ``size`` x ``size``
-        grayscale image; ``size`` None keeps the face's own scale (the eye distance is unchanged)."""
+        image (``RGB`` for an ``RGB`` image, else gray); ``size`` None keeps the face's own scale
+        (the eye distance is unchanged)."""
         try:
             found = self.locate(img, where=where)
         except BadImage:
@@ -203,7 +206,8 @@ class FaceAligner:
             raise
         side = size if size is not None else max(1, round(found.eye_distance / (RIGHT_EYE[0] - LEFT_EYE[0])))
         self.counts[found.box] += 1
-        return Image.fromarray(warp_to_eyes(np.asarray(img.convert("L")), found, side)), found
+        pixels = np.asarray(img) if img.mode == "RGB" else np.asarray(img.convert("L"))
+        return Image.fromarray(warp_to_eyes(pixels, found, side)), found
 
     def settings(self, size: int | None) -> dict:
         """How faces were aligned and how many, for the manifest footer."""
@@ -235,8 +239,8 @@ class FaceAligner:
 
 
 def warp_to_eyes(gray: np.ndarray, landmarks: Landmarks, size: int) -> np.ndarray:
-    """``gray`` (``H x W`` uint8) warped so that the eye centres land on :data:`LEFT_EYE` and
-    :data:`RIGHT_EYE` of a ``size`` x ``size`` output."""
+    """``gray`` (``H x W`` uint8, or ``H x W x 3`` colour) warped so that the eye centres land on
+    :data:`LEFT_EYE` and :data:`RIGHT_EYE` of a ``size`` x ``size`` output."""
     import cv2
 
     src = np.stack([landmarks.left_eye, landmarks.right_eye])
@@ -245,7 +249,7 @@ def warp_to_eyes(gray: np.ndarray, landmarks: Landmarks, size: int) -> np.ndarra
     scale = size * (RIGHT_EYE[0] - LEFT_EYE[0]) / landmarks.eye_distance
     if scale < 1.0:
         # warpAffine samples, it does not average: shrinking a large photo straight to 48 px would alias.
-        h, w = gray.shape
+        h, w = gray.shape[:2]
         small = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         src = (src + 0.5) * np.array([small.shape[1] / w, small.shape[0] / h]) - 0.5
         gray = small

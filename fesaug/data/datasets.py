@@ -1,7 +1,7 @@
 """PyTorch datasets over a manifest.
 
 * :class:`ManifestDataset`: ``(image, label)`` pairs for any classifier or generator; images are
-  float32 ``1×H×W`` in [0, 1].
+  float32 ``C×H×W`` in [0, 1], ``C`` the manifest's channels (1 gray, 3 RGB).
 * :class:`PairedTargetDataset`: FERSNet's training samples, a source image plus a target
   expression and, when the subject has one, a real image of that subject showing it.
 
@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from fesaug.data.images import to_array
 from fesaug.data.manifest import Manifest, read_manifest
 from fesaug.utils.errors import FesaugError
 
@@ -44,7 +45,8 @@ class ManifestDataset(Dataset):
     item, :attr:`pixels` or :attr:`image_shape`). Either way the labels and weights come from the
     manifest alone, so a sampler can read them without decoding an image.
 
-    Aligned with the items: ``pixels`` (the decoded uint8 images, ``N×1×H×W``), ``labels`` (also
+    Aligned with the items: ``pixels`` (the decoded uint8 images, ``N×C×H×W``, ``C`` =
+    :attr:`channels`, the manifest's: 1 gray, 3 RGB), ``labels`` (also
     :meth:`get_labels`, the name samplers such as torchsampler's ``ImbalancedDatasetSampler``
     ask for), ``subjects``, ``sample_ids``, ``rows`` (positions in ``manifest.df``) and ``weights``
     (the manifest's ``weight`` column, 1 where it is absent or null: a weighted balance run's
@@ -86,6 +88,7 @@ class ManifestDataset(Dataset):
             else torch.ones(len(self.rows), dtype=torch.float64)
         )
         self.classes = self.manifest.classes
+        self.channels = self.manifest.channels
         self.target_mass = (
             df["target_mass"].to_numpy(dtype=np.float64, na_value=1.0)[self.rows].copy()
             if "target_mass" in df.columns
@@ -100,7 +103,7 @@ class ManifestDataset(Dataset):
 
     @property
     def pixels(self) -> torch.Tensor:
-        """The decoded uint8 images ``N×1×H×W`` (decoded now if the dataset is ``lazy``)."""
+        """The decoded uint8 images ``N×C×H×W`` (decoded now if the dataset is ``lazy``)."""
         if self._pixels is None:
             self._pixels = _decode(self.manifest, self.rows, self.image_size)
         return self._pixels
@@ -156,7 +159,7 @@ class ManifestDataset(Dataset):
 
 
 def _decode(manifest: Manifest, rows: np.ndarray, image_size: int | None) -> torch.Tensor:
-    """uint8 pixels ``(N, 1, S, S)`` of ``rows``, resized to ``image_size`` if given."""
+    """uint8 pixels ``(N, C, S, S)`` of ``rows`` (C: the manifest's channels), resized to ``image_size`` if given."""
     if image_size is not None and image_size < 1:
         raise FesaugError(f"image_size must be a positive number of pixels, got {image_size}")
     resize = (
@@ -164,12 +167,12 @@ def _decode(manifest: Manifest, rows: np.ndarray, image_size: int | None) -> tor
     )
     images = []
     for i in rows.tolist():
-        image = torch.from_numpy(np.asarray(manifest.open_image(i), dtype=np.uint8).copy())[None]
+        image = torch.from_numpy(to_array(manifest.open_image(i)).copy())
         if resize is not None:
             image = resize(tv_tensors.Image(image)).as_subclass(torch.Tensor)
         images.append(image)
     if not images:
-        return torch.empty((0, 1, image_size or 0, image_size or 0), dtype=torch.uint8)
+        return torch.empty((0, manifest.channels, image_size or 0, image_size or 0), dtype=torch.uint8)
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) > 1:
         raise FesaugError(
@@ -194,12 +197,12 @@ class PairedTargetDataset(Dataset):
 
     Item ``i`` is a dict of
 
-    * ``source`` (uint8 ``1×S×S``) and ``source_label``: row ``i``;
+    * ``source`` (uint8 ``C×S×S``) and ``source_label``: row ``i``;
     * ``target_label``: the expression to synthesize, the source's own only with probability
       ``own_expression_prob`` (then ``target`` is the source itself and ``paired`` is True: a face
       asked for the expression it already shows should come back unchanged, CycleGAN's identity
       loss through the paired loss);
-    * ``target`` (uint8 ``1×S×S``) and ``paired`` (bool): otherwise, with probability ``paired_prob``, and
+    * ``target`` (uint8 ``C×S×S``) and ``paired`` (bool): otherwise, with probability ``paired_prob``, and
       when the subject shows another expression somewhere in the dataset, a real image of the
       same subject with that expression (a supervised pair, as in the authors' code); otherwise
       ``paired`` is False, ``target_label`` is a uniformly drawn other class and ``target`` is
@@ -279,11 +282,13 @@ class PairedTargetDataset(Dataset):
         if (i, j) not in self._aligned:
             from fesaug.data.pairs import align_pair, keep_unchanged
 
-            source = self.base.pixels[i, 0].numpy()
-            aligned = align_pair(source, self.base.pixels[j, 0].numpy())
+            # Gray faces as H×W (as before colour), colour ones C×H×W.
+            gray = self.base.pixels.shape[1] == 1
+            source = self.base.pixels[i, 0].numpy() if gray else self.base.pixels[i].numpy()
+            aligned = align_pair(source, self.base.pixels[j, 0].numpy() if gray else self.base.pixels[j].numpy())
             if self.pair_threshold:
                 aligned = keep_unchanged(source, aligned, self.pair_threshold)
-            self._aligned[i, j] = torch.from_numpy(aligned)[None]
+            self._aligned[i, j] = torch.from_numpy(aligned)[None] if gray else torch.from_numpy(aligned)
         return self._aligned[i, j]
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -1,6 +1,11 @@
 """``fesaug ingest``: a user's image dataset (class folders, a FER2013 CSV or a Hugging Face
 dataset) to a manifest.
 
+Colour is kept when the dataset has it: the manifest is colour (``channels`` 3) when any image
+shows colour (:func:`fesaug.data.images.has_colour`), else gray, unless ``color`` forces either.
+Each image ingest produces is stored with its own channels (a gray face as a gray PNG); every
+reader decodes it to the manifest's.
+
 Images used unchanged are referenced in place (the manifest's ``image_root`` points at SRC), so a
 research-only dataset is never copied. Images that ingest produces (CSV rows, face crops, aligned
 faces, resizes) are written as PNGs into ``<out stem>-images/`` beside the manifest, or embedded in it;
@@ -30,6 +35,8 @@ from fesaug.data.au import AULabels, read_au_labels
 from fesaug.data.faces import crop_face
 from fesaug.data.images import (
     BadImage,
+    channels_of,
+    convert_image,
     decode_image,
     encode_png,
     image_suffix,
@@ -55,6 +62,8 @@ from fesaug.utils.provenance import provenance
 
 FORMATS = ("folder", "fer2013-csv", "hf")
 PRESETS = tuple(PRESET_PATTERNS)
+# ingest's ``color`` → what each image is decoded to (None: as it is, RGB if it has colour).
+_CHANNELS = {True: 3, False: 1, None: None}
 
 __all__ = ["FORMATS", "PRESETS", "IngestResult", "compile_subject_pattern", "ingest"]
 
@@ -71,6 +80,7 @@ class IngestResult:
     skipped: list[dict[str, str]]  # {"file", "reason"}
     ignored: int  # hidden files and files without an image extension
     storage: str  # "in-place", "folder" or "embedded"
+    channels: int  # 1: gray, 3: colour (RGB); every image decodes to this
     image_folder: Path | None  # where produced images went (storage "folder")
     seconds: float
     au_labelled: int | None = None  # rows with AU labels; None without --au-labels
@@ -99,6 +109,7 @@ def ingest(
     label_column: str | None = None,
     subject_column: str | None = None,
     split_column: str | None = None,
+    color: bool | None = None,
 ) -> IngestResult:
     """Read the dataset at ``src`` and write its manifest to ``out``.
 
@@ -113,7 +124,9 @@ def ingest(
     each face so that its eyes lie level at fixed positions (:mod:`.align`; needs the ``judges``
     extra), at ``size`` or, without it, at the face's own scale. ``au_labels`` is a CSV/JSON side file
     of action-unit labels keyed by image path or file name (:func:`.au.read_au_labels`); images
-    without an entry get null AU columns. Bad inputs raise
+    without an entry get null AU columns. ``color``: True keeps every image in colour (RGB;
+    gray ones repeated), False turns them gray, None (the default) keeps colour when any image of
+    the dataset has it. Images are turned upright by their EXIF orientation. Bad inputs raise
     :class:`FesaugError` naming the file, or with ``skip_bad`` are recorded and left out.
     """
     start = time.perf_counter()
@@ -147,13 +160,19 @@ def ingest(
             "size": size,
             "storage": storage,
             "au_labels": str(au_labels) if au_labels is not None else None,
+            "color": {True: "color", False: "grayscale", None: "auto"}[color],
             **({"columns": dataclasses.asdict(columns)} if columns is not None else {}),
         }
         with _ImageFolder(image_dir) as folder:
-            convert = functools.partial(_row, detect_faces=detect_faces, aligner=aligner, size=size, embed=embed)
+            convert = functools.partial(
+                _row, detect_faces=detect_faces, aligner=aligner, size=size, embed=embed, channels=_CHANNELS[color]
+            )
             rows = _convert(items, total, src, skips, functools.partial(convert, folder=folder))
+            # Decoded as they are (auto), a colour image came back RGB; forced, every one did or none.
+            colour = [row.pop("_channels") == 3 for row in rows]
+            channels = 3 if color or (color is None and any(colour)) else 1
             df, classes = _table(rows, folds, fold_seed, labels, au_rows)
-            meta = _footer(src, options, skips, ignored, labels, aligner)
+            meta = {**_footer(src, options, skips, ignored, labels, aligner), "channels": channels}
             folder.publish()
             image_root = relative_image_root(out, src) if storage == "in-place" else "."
             write_manifest(df, out, classes=classes, meta=meta, overwrite=overwrite, image_root=image_root)
@@ -211,6 +230,7 @@ def _result(
         skipped=meta["skipped"],
         ignored=meta["ignored"],
         storage=meta["storage"],
+        channels=meta["channels"],
         image_folder=image_dir,
         seconds=seconds,
         au_labelled=int(df["au_occurrence"].notna().sum()) if "au_ids" in meta else None,
@@ -268,14 +288,22 @@ def _read_rows(src: Path, format: str, columns: Any, skips: Skips) -> tuple[Iter
 
 
 def _row(
-    item: Item, *, detect_faces: bool, aligner: FaceAligner | None, size: int | None, embed: bool, folder: _ImageFolder
+    item: Item,
+    *,
+    detect_faces: bool,
+    aligner: FaceAligner | None,
+    size: int | None,
+    embed: bool,
+    channels: int | None,
+    folder: _ImageFolder,
 ) -> dict:
+    """The manifest row of ``item`` (and, under ``_channels``, those of its decoded image)."""
     if item.path is not None:
-        data, img = read_image_file(item.path)
+        data, img = read_image_file(item.path, channels)
     elif item.data is not None:
-        data, img = item.data, decode_image(item.data, where=item.where)
+        data, img = item.data, decode_image(item.data, where=item.where, channels=channels)
     else:
-        data, img = None, Image.fromarray(item.pixels)
+        data, img = None, convert_image(Image.fromarray(item.pixels), channels)
     original = data
     found = None
     if aligner is not None:
@@ -304,6 +332,7 @@ def _row(
         "height": img.height,
         "sha256": sha256_bytes(data),
         "source_file": item.source_file,
+        "_channels": channels_of(img),
         **(
             {
                 "align_box": found.box,

@@ -26,10 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fesaug.data.images import BadImage, decode_image
+from fesaug.data.images import CHANNELS, BadImage, decode_image
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.files import atomic_path
-from fesaug.utils.records import SCHEMA_KEY, RecordType, rename_keys
+from fesaug.utils.records import SCHEMA_KEY, RecordType, fill_missing, rename_keys
 
 SCHEMA_VERSION = 2
 META_KEY = b"fesaug"
@@ -101,6 +101,11 @@ class Manifest:
         return list(self.meta["classes"])
 
     @property
+    def channels(self) -> int:
+        """How many channels every image decodes to: 1 (gray) or 3 (RGB); the footer's ``channels``."""
+        return int(self.meta["channels"])
+
+    @property
     def image_root(self) -> Path:
         return resolve_image_root(self.path, self.meta.get("image_root", "."))
 
@@ -142,8 +147,8 @@ class Manifest:
             raise BadImage(str(file), f"missing or unreadable image file ({exc.strerror or exc})") from None
 
     def open_image(self, i: int) -> Image.Image:
-        """Row ``i``'s image as 8-bit grayscale."""
-        return decode_image(self.image_bytes(i), where=self.image_location(i))
+        """Row ``i``'s image at the manifest's :attr:`channels`: 8-bit gray (``L``) or ``RGB``."""
+        return decode_image(self.image_bytes(i), where=self.image_location(i), channels=self.channels)
 
 
 # Names older versions recorded for the held-out fold(s) -> today's: BalanceConfig.exclude_folds
@@ -161,8 +166,9 @@ HOLDOUT_RENAMES = {
 def _footer_v1_to_v2(footer: dict[str, Any]) -> dict[str, Any]:
     """Version 1 footers may name the held-out folds as older fesaug did (the balance section's
     ``excluded_folds``, an evaluation split's ``test_fold``, ...): read at the top level and in
-    the sections that recorded them as today's."""
-    out = rename_keys(footer, HOLDOUT_RENAMES)
+    the sections that recorded them as today's. Version 2 added ``channels``; every version 1
+    manifest is gray (fesaug decoded every image to gray then)."""
+    out = fill_missing(rename_keys(footer, HOLDOUT_RENAMES), {"channels": 1})
     for section in ("balance", "evaluation"):
         if isinstance(out.get(section), Mapping):
             out[section] = rename_keys(out[section], HOLDOUT_RENAMES)
@@ -293,7 +299,8 @@ def write_manifest(
 
     ``label_name`` is derived from ``label`` when absent; nullable provenance columns default to
     null and ``split``/``origin`` to ``train``/``real``. ``meta`` is stored in the footer next to
-    the schema version, the classes and the image root.
+    the schema version, the classes and the image root; its ``channels`` (1: gray, 3: RGB) says
+    what every image decodes to, 1 when ``meta`` does not say.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -312,7 +319,7 @@ def write_manifest(
         raise FesaugError(f"cannot write manifest {path}: missing column(s) {', '.join(missing)}")
     extra = [c for c in df.columns if c not in COLUMNS]
     table = _to_table(df, extra)
-    footer = FOOTER.stamp({**(meta or {}), "classes": classes, "image_root": image_root})
+    footer = FOOTER.stamp({"channels": 1, **(meta or {}), "classes": classes, "image_root": image_root})
     _validate(table, footer, where=str(path))
     table = table.replace_schema_metadata(
         {
@@ -397,6 +404,11 @@ def _validate(table: pa.Table, meta: dict, *, where: str) -> None:
     ):
         raise FesaugError(
             f"{where}: footer 'classes' must be a non-empty list of distinct names; re-create the manifest"
+        )
+    if meta.get("channels") not in CHANNELS or isinstance(meta.get("channels"), bool):
+        raise FesaugError(
+            f"{where}: footer 'channels' must be 1 (gray) or 3 (RGB), got {meta.get('channels')!r}; re-create the "
+            "manifest"
         )
     schema = table.schema
     missing = [c for c in COLUMNS if c not in schema.names]

@@ -33,23 +33,45 @@ UNCHANGED = 0.6
 
 def align_pair(source: np.ndarray, partner: np.ndarray) -> np.ndarray:
     """``partner`` (``H×W`` uint8, the same subject with another expression) registered onto
-    ``source`` by an affine warp, with its lighting matched; uint8 ``H×W``.
+    ``source`` by an affine warp, with its lighting matched; uint8 ``H×W``. Colour faces are
+    ``C×H×W``: registered on their gray (luma), each channel then warped and relit on its own.
 
     When ECC does not converge (very different images) the partner is only relit.
     """
     s, t = source.astype(np.float32), partner.astype(np.float32)
-    h, w = s.shape
-    warp = np.eye(2, 3, dtype=np.float32)
+    if s.ndim == 3:
+        luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
+        warp = _register((s * luma).sum(0), (t * luma).sum(0))
+        moved = [t[c] if warp is None else _warp(t[c], warp) for c in range(len(t))]
+        return np.stack([np.clip(np.rint(_relight(m, r)), 0, 255).astype(np.uint8) for m, r in zip(moved, s)])
+    warp = _register(s, t)
+    moved = t if warp is None else _warp(t, warp)
+    return np.clip(np.rint(_relight(moved, s)), 0, 255).astype(np.uint8)
+
+
+def _register(source: np.ndarray, partner: np.ndarray) -> np.ndarray | None:
+    """The affine warp (ECC) that moves ``partner`` onto ``source`` (float32 ``H×W``), or None
+    when ECC does not converge."""
     try:
         _, warp = cv2.findTransformECC(
-            s, t, warp, cv2.MOTION_AFFINE, (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ITERATIONS, EPS), None, 5
-        )
-        moved = cv2.warpAffine(
-            t, warp, (w, h), flags=cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+            source,
+            partner,
+            np.eye(2, 3, dtype=np.float32),
+            cv2.MOTION_AFFINE,
+            (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ITERATIONS, EPS),
+            None,
+            5,
         )
     except cv2.error:
-        moved = t
-    return np.clip(np.rint(_relight(moved, s)), 0, 255).astype(np.uint8)
+        return None
+    return warp
+
+
+def _warp(image: np.ndarray, warp: np.ndarray) -> np.ndarray:
+    h, w = image.shape
+    return cv2.warpAffine(
+        image, warp, (w, h), flags=cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 def _relight(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -77,8 +99,11 @@ def keep_unchanged(source: np.ndarray, aligned: np.ndarray, threshold: float, gr
     it by less than ``threshold`` gray levels (regions grown by ``grow`` pixels, so a moved edge
     keeps its rim): the expression comes from the partner, everything else, sensor noise
     included, stays the source's. Without it the partner's noise and leftover misalignment are
-    targets too, and their best L1 answer is a smoothed copy of the face."""
+    targets too, and their best L1 answer is a smoothed copy of the face. Colour faces
+    (``C×H×W``) keep a pixel's channels together: it changed when any channel did."""
     changed = np.abs(aligned.astype(np.int16) - source.astype(np.int16)) > threshold
+    if changed.ndim == 3:
+        changed = changed.any(axis=0)
     if grow:
         changed = ndimage.binary_dilation(changed, structure=np.ones((3, 3), dtype=bool), iterations=grow)
     return np.where(changed, aligned, source).astype(np.uint8)

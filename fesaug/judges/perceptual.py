@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fesaug.judges.base import Judge, as_gray_uint8
+from fesaug.judges.base import Judge, as_rgb_uint8
 from fesaug.utils.dlib_models import EXTRA
 from fesaug.utils.errors import FesaugError
 
@@ -192,7 +192,7 @@ class PerceptualJudge(Judge):
     @torch.inference_mode()
     def features(self, images: Tensor | np.ndarray, batch_size: int = 128) -> list[Tensor]:
         """Per-stage features of a set of faces (kept to compare many pairs without recomputing)."""
-        x = as_gray_uint8(images)
+        x = as_rgb_uint8(images)
         parts = [
             self.model.features(x[i : i + batch_size].to(self.device).float() / 255)
             for i in range(0, len(x), batch_size)
