@@ -123,7 +123,8 @@ def format_table(report: AuditReport) -> str:
         *([f"{sum(c.label_mass or 0 for c in report.classes.values()):g}"] if soft else []),
         *([sum(shortfall.values())] if shortfall is not None else []),
     ]
-    lines = [f"manifest: {report.manifest}", ""]
+    images = "colour (RGB)" if report.channels == 3 else "gray"
+    lines = [f"manifest: {report.manifest} ({images} images)", ""]
     if report.balanced_rows is not None:
         held = sum(g.total for g in report.held_out)
         lines += [

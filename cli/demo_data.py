@@ -51,6 +51,11 @@ def _parse_counts(ctx: click.Context, param: click.Parameter, value: str | None)
     help="Population: 'shifted' is a second domain (other face shapes and skin tones, side lighting, wider poses, "
     "low resolution; subject ids DS001...) for training on one and testing on the other.",
 )
+@click.option(
+    "--color",
+    is_flag=True,
+    help="Render the faces in colour (skin tones, hair, eyes, lips, backgrounds): RGB images, a colour manifest.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing demo dataset in --out.")
 def demo_data_command(
     out: Path,
@@ -61,6 +66,7 @@ def demo_data_command(
     neutral: bool,
     folds: int,
     style: str,
+    color: bool,
     overwrite: bool,
 ) -> None:
     """Generate the procedural demo dataset (synthetic faces, CK+-like classes and imbalance)."""
@@ -74,9 +80,10 @@ def demo_data_command(
         folds=folds,
         overwrite=overwrite,
         style=style,
+        color=color,
     )
     m = read_manifest(path)
     click.echo(
-        f"{len(m)} images, {m.df['subject_id'].nunique()} subjects, {len(m.classes)} classes "
-        f"({', '.join(m.classes)}) -> {path}"
+        f"{len(m)} {'colour ' if m.channels == 3 else ''}images, {m.df['subject_id'].nunique()} subjects, "
+        f"{len(m.classes)} classes ({', '.join(m.classes)}) -> {path}"
     )

@@ -29,7 +29,7 @@ from fesaug.data.manifest import Manifest, read_manifest
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.files import atomic_write_text
 from fesaug.utils.locking import output_lock
-from fesaug.utils.plots import image_axis, new_figure, save_figure
+from fesaug.utils.plots import image_axis, new_figure, save_figure, show_image
 
 DEMO_OUTPUTS = (
     "data",
@@ -146,7 +146,7 @@ def synthesis_grid(manifest: Manifest, path: str | os.PathLike, *, pairs: int = 
             if j // 2 < len(chosen):
                 row = int(chosen[j // 2])
                 shown = position[df["parent_id"].iat[row]] if j % 2 == 0 else row
-                ax.imshow(np.asarray(manifest.open_image(shown)), cmap="gray", vmin=0, vmax=255)
+                show_image(ax, manifest.open_image(shown))
                 if k == 0:
                     ax.set_title("source" if j % 2 == 0 else "synthetic", fontsize=8)
         axes[k][0].set_ylabel(f"→ {name}\n({rows.size})", rotation=0, ha="right", va="center", fontsize=9)

@@ -239,7 +239,7 @@ def image_problems(m: Manifest, *, workers: int | None = None) -> list[Problem]:
             return "missing_image", f"{exc.where} ({exc.reason})"
         try:
             # Only a failure needs the location; formatting it for every row measurably slows big audits.
-            decode_image(data, where="")
+            decode_image(data, where="", channels=m.channels)
         except BadImage as exc:
             return "unreadable_image", f"{m.image_location(i)} ({exc.reason})"
         if sha256_bytes(data) != stored[i]:

@@ -8,6 +8,7 @@ prints::
       "manifest": "path/to/m.parquet",
       "total": 981, "real": 981, "synthetic": 0,
       "subjects": 118,                       # distinct non-null subject_id
+      "channels": 1,                         # the images: 1 gray, 3 colour (RGB)
       "imbalance_ratio": 4.61,               # largest / smallest class total; null if a class is empty
       "classes": {"anger": {"real": 135, "synthetic": 0, "total": 135, "shortfall": 115}, ...},
                                              # a manifest with a weight column adds "weighted" per class
@@ -105,6 +106,7 @@ class AuditReport:
     target: int | None = None
     balanced_rows: str | None = None  # which rows a balance run balanced (and ``classes`` counts), in words
     held_out: list[Group] = field(default_factory=list)  # the rows it left unchanged, by split / excluded fold
+    channels: int = 1  # the manifest's images: 1 gray, 3 colour (RGB)
 
     @property
     def total(self) -> int:
@@ -140,6 +142,7 @@ class AuditReport:
             "real": self.real,
             "synthetic": self.synthetic,
             "subjects": self.subjects,
+            "channels": self.channels,
             "imbalance_ratio": self.imbalance_ratio,
             "classes": classes,
         }
@@ -256,6 +259,7 @@ def audit(
             None if soft is None else (soft[0][counted], soft[1][counted]),
         ),
         subjects=int(m.df["subject_id"].nunique(dropna=True)),
+        channels=m.channels,
         problems=all_problems(m, {name: c.total for name, c in everything.items()}, check_images=check_images),
         images_checked=check_images,
         by=by,

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from fesaug.balance.gates import gate_scores, target_mass
 from fesaug.balance.plan import Candidate, Plan, jitter, seeded_rng
-from fesaug.data.images import encode_png, resize_square, sha256_bytes
+from fesaug.data.images import encode_png, from_array, resize_square, sha256_bytes
 from fesaug.models import MAX_INTENSITY
 from fesaug.utils.files import atomic_write_bytes
 
@@ -110,8 +109,9 @@ def synthetic_row(plan: Plan, k: int, slot: int, cnd: Candidate, attempt: int, h
 
 
 def write_image(fake: torch.Tensor, size: int, path: Path, row: dict[str, Any]) -> None:
-    """Write ``fake`` as a ``size`` px PNG at ``path`` (atomically) and record its digest and size in ``row``."""
-    img = resize_square(Image.fromarray(fake[0].numpy()), size)
+    """Write ``fake`` (uint8 ``C×S×S``: gray or RGB) as a ``size`` px PNG at ``path`` (atomically)
+    and record its digest and size in ``row``."""
+    img = resize_square(from_array(fake.numpy()), size)
     data = encode_png(img)
     row.update(sha256=sha256_bytes(data), width=img.width, height=img.height)
     path.parent.mkdir(parents=True, exist_ok=True)

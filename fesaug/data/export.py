@@ -2,7 +2,8 @@
 
 The ``imagefolder`` layout is what ``torchvision.datasets.ImageFolder`` reads::
 
-    OUT/<label_name>/<sample_id>.png   one PNG per selected row; every class has a folder
+    OUT/<label_name>/<sample_id>.png   one PNG per selected row, gray or RGB as the manifest's
+                                       channels say; every class has a folder
     OUT/classes.json                   the manifest's class names in label order
     OUT/export.json                    provenance, source manifest and its sha256, filters, counts
     OUT/weights.csv                    path,weight per image, when the manifest has a weight column
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fesaug.data.images import BadImage, decode_image, encode_png
+from fesaug.data.images import BadImage, decode_image, encode_png, stored_as_decoded
 from fesaug.data.manifest import ORIGINS, Manifest, read_manifest
 from fesaug.utils.errors import FesaugError, UsageError
 from fesaug.utils.files import (
@@ -44,7 +45,6 @@ from fesaug.utils.provenance import provenance
 
 FORMATS = ("imagefolder",)
 EXPORT_FILES = ("export.json", "classes.json", "weights.csv", "soft_labels.csv")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Characters that Windows, macOS or Linux refuse in a file name, or read as a path separator.
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 
@@ -143,6 +143,7 @@ def _write(
         "format": format,
         "filters": filters,
         "classes": classes,
+        "channels": m.channels,
         "total": len(rows),
         "counts": counts,
     }
@@ -283,14 +284,17 @@ def _written_by_export(out: Path) -> set[str]:
 def _png(m: Manifest, i: int) -> bytes:
     try:
         data = m.image_bytes(i)
-        image = decode_image(data, where=m.image_location(i))  # also proves a PNG is not truncated
+        # At the manifest's channels; the decode also proves a PNG is not truncated.
+        image = decode_image(data, where=m.image_location(i), channels=m.channels)
     except BadImage as exc:
         raise FesaugError(
             f"row {i} ({m.df['sample_id'].iat[i]}): {exc.where}: {exc.reason}; "
             "fix the image, or leave the row out with --split/--fold/--exclude-fold/--origin"
         ) from None
-    # PNGs are copied untouched, so exported files keep the sha256 the manifest records.
-    return data if data.startswith(PNG_SIGNATURE) else encode_png(image)
+    # PNGs that hold the image as the manifest reads it are copied untouched, so exported files keep
+    # the sha256 the manifest records; others (another format, a colour file in a gray manifest, a
+    # gray one in a colour manifest, an EXIF rotation) are written as the manifest reads them.
+    return data if stored_as_decoded(data, m.channels) else encode_png(image)
 
 
 def _publish(staging: Path, final: Path) -> None:

@@ -31,6 +31,7 @@ MODES = {1: "L", 3: "RGB"}
 COLOUR_LEVELS = 8
 COLOUR_SHARE = 0.01
 EXIF_ORIENTATION = 0x0112
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class BadImage(FesaugError):
@@ -160,6 +161,19 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def stored_as_decoded(data: bytes, channels: int) -> bool:
+    """Whether ``data`` is a PNG whose pixels are what :func:`decode_image` makes of it at
+    ``channels`` (mode ``L`` or ``RGB`` as stored, no EXIF orientation): such a file can be
+    copied byte for byte where its decoded image is meant (an export, a thumbnail)."""
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            return probe.mode == MODES[channels] and probe.getexif().get(EXIF_ORIENTATION, 1) in (None, 1)
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
 def image_suffix(data: bytes) -> str:
     """The file suffix of encoded image ``data`` (``.png``, ``.jpg``, ...) from its format, as
     PIL reads it from the header; ``.png`` when PIL cannot tell."""
@@ -181,8 +195,9 @@ def read_image_file(path: Path, channels: int | None = 1) -> tuple[bytes, Image.
     return data, decode_image(data, where=str(path), channels=channels)
 
 
-def to_array(img: Image.Image) -> np.ndarray:
-    """A decoded image's pixels as uint8 ``C×H×W`` (C = 1 for ``L``, 3 for ``RGB``)."""
+def to_array(img: Image.Image | np.ndarray) -> np.ndarray:
+    """An image's pixels as uint8 ``C×H×W``: a decoded image (C = 1 for ``L``, 3 for ``RGB``), or
+    an image array laid out as PIL's, ``H×W`` or ``H×W×C`` (the demo renderer's)."""
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
 

@@ -1,7 +1,7 @@
 """Quality metrics for synthetic face images, as reported by ``fesaug evaluate``.
 
-Images are ``uint8`` arrays or tensors of shape N×1×S×S (grayscale, 0–255); features are float
-arrays N×D (penultimate-layer embeddings of a classifier).
+Images are ``uint8`` arrays or tensors of shape N×C×S×S (C = 1 gray or 3 RGB, 0–255); features
+are float arrays N×D (penultimate-layer embeddings of a classifier).
 
 - :func:`frechet_distance`: the Fréchet distance between two Gaussians fitted to two feature sets,
   ``||mu_a - mu_b||² + Tr(Σa + Σb - 2 (Σa Σb)^{1/2})`` (Heusel et al., "GANs Trained by a Two
@@ -18,7 +18,8 @@ arrays N×D (penultimate-layer embeddings of a classifier).
   Error Visibility to Structural Similarity", IEEE TIP 2004) with an 11×11 Gaussian window
   (sigma 1.5), K1 = 0.01, K2 = 0.03, over the 'valid' region; matches
   ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False, data_range=255)``.
+  use_sample_covariance=False, data_range=255)``; colour images score the mean over their channels,
+  as skimage's ``channel_axis`` does.
 - :func:`nearest_other_subject` and :func:`memorisation`: whether synthetic images are near-copies
   of another subject's real face (the generator memorised a training image instead of translating
   the expression of its own subject).
@@ -66,8 +67,8 @@ def _images(x: np.ndarray | Tensor, name: str, min_size: int = 1) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype != np.uint8:
         raise FesaugError(f"{name}: expected uint8 images (0-255), got dtype {arr.dtype}")
-    if arr.ndim != 4 or arr.shape[1] != 1 or arr.shape[0] < 1:
-        raise FesaugError(f"{name}: expected a non-empty N×1×S×S grayscale batch, got shape {arr.shape}")
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3) or arr.shape[0] < 1:
+        raise FesaugError(f"{name}: expected a non-empty N×C×S×S batch (C = 1 gray or 3 RGB), got shape {arr.shape}")
     if min(arr.shape[2:]) < min_size:
         raise FesaugError(f"{name}: images must be at least {min_size}×{min_size} px, got {arr.shape[2:]}")
     return arr
@@ -130,7 +131,8 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
 
 
 def psnr(a: np.ndarray | Tensor, b: np.ndarray | Tensor, data_range: float = 255.0) -> np.ndarray:
-    """Per-image PSNR in dB of two uint8 N×1×S×S batches; ``inf`` where the images are identical."""
+    """Per-image PSNR in dB of two uint8 N×C×S×S batches (the mean squared error over every
+    channel); ``inf`` where the images are identical."""
     a, b = _pair(a, b)
     mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
     with np.errstate(divide="ignore"):
@@ -145,9 +147,11 @@ def _gaussian_window() -> Tensor:
 
 
 def ssim(a: np.ndarray | Tensor, b: np.ndarray | Tensor, data_range: float = 255.0) -> np.ndarray:
-    """Per-image mean SSIM of two uint8 N×1×S×S batches (images at least 11 px)."""
+    """Per-image mean SSIM of two uint8 N×C×S×S batches (images at least 11 px; colour: the mean
+    over the channels)."""
     a, b = _pair(a, b, min_size=_WIN)
-    x, y = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+    # Each channel on its own, as one more image of the batch.
+    x, y = (torch.from_numpy(v).double().flatten(0, 1)[:, None] for v in (a, b))
     n = x.shape[0]
     # One convolution for all five local moments; 'valid' only, since padded borders would bias
     # the statistics (and skimage crops them too).
@@ -156,7 +160,7 @@ def ssim(a: np.ndarray | Tensor, b: np.ndarray | Tensor, data_range: float = 255
     vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
     c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2, 3)).numpy()
+    return s.reshape(a.shape[0], a.shape[1], *s.shape[2:]).mean(dim=(1, 2, 3)).numpy()
 
 
 def _subject_codes(subjects: Sequence[str], n: int, name: str, lookup: dict[str, int]) -> Tensor:

@@ -16,6 +16,7 @@ import torch
 from fesaug.data.au import au_consistency
 from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.demo import counterfactual
+from fesaug.data.images import to_array
 from fesaug.data.manifest import Manifest
 from fesaug.evaluate.downstream import DownstreamClassifier, features, predict_proba
 from fesaug.evaluate.metrics import frechet_distance, memorisation, precision_recall, psnr, ssim
@@ -115,8 +116,8 @@ def _ground_truth(m: Manifest, syn: ManifestDataset, parent_rows: Sequence[int])
     native = ManifestDataset(syn.manifest, rows=syn.rows)  # at the size written, the demo's size
     fake = native.pixels
     truth = torch.from_numpy(
-        np.stack([counterfactual(m.df.iloc[p], m.classes[int(t)]) for p, t in zip(parent_rows, syn.labels)])
-    )[:, None]
+        np.stack([to_array(counterfactual(m.df.iloc[p], m.classes[int(t)])) for p, t in zip(parent_rows, syn.labels)])
+    )
     parents = ManifestDataset(m, rows=np.unique(np.asarray(parent_rows)), image_size=fake.shape[-1])
     position = {int(r): i for i, r in enumerate(parents.rows)}
     copy = parents.pixels[[position[int(r)] for r in parent_rows]]

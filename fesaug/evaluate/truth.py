@@ -23,6 +23,7 @@ from fesaug.balance.config import BalanceConfig
 from fesaug.balance.plan import candidate, jitter, plan_slots, working_rows
 from fesaug.balance.targets import Targets
 from fesaug.data.demo import counterfactual
+from fesaug.data.images import to_array
 from fesaug.data.manifest import Manifest
 from fesaug.utils.errors import FesaugError, UsageError
 
@@ -31,8 +32,8 @@ __all__ = ["ExactSet", "check_truth_possible", "exact_counterfactuals"]
 
 @dataclass
 class ExactSet:
-    """The exact faces of a balance plan's slots. ``pixels``: ``uint8`` ``N×1×S×S`` at the
-    manifest's stored size; ``labels``: their targets; ``parents``: each face's source row
+    """The exact faces of a balance plan's slots. ``pixels``: ``uint8`` ``N×C×S×S`` at the
+    manifest's stored size and channels; ``labels``: their targets; ``parents``: each face's source row
     (manifest position); ``variants``: 0 as is, 1 mirrored, ≥ 2 mirrored or not and jittered, as
     balance reuses a source; ``removed``: rows under-sampling drops; ``targets``: the plan's."""
 
@@ -82,14 +83,14 @@ def exact_counterfactuals(
         cnd = candidate(sp.orders[k], sp.to_synthesize[c], s, 0)
         row = m.df.iloc[cnd.source]
         own = float(json.loads(row["demo_params"])["intensity"])
-        face = torch.from_numpy(counterfactual(row, c, intensity=own * scale))[None]
+        face = torch.from_numpy(to_array(counterfactual(row, c, intensity=own * scale)))
         image, _ = jitter(face, cnd.variant, (config.seed, k, s, 0))
         images.append(image)
         labels.append(k)
         parents.append(cnd.source)
         variants.append(cnd.variant)
     side = int(m.df["height"].iat[int(working[0])])
-    pixels = torch.stack(images) if images else torch.empty((0, 1, side, side), dtype=torch.uint8)
+    pixels = torch.stack(images) if images else torch.empty((0, m.channels, side, side), dtype=torch.uint8)
     return ExactSet(
         pixels,
         np.asarray(labels, dtype=np.int64),

@@ -130,9 +130,14 @@ def page_data(manifest: Manifest, manifest_sha256: str, thumb_size: int) -> Page
     shas = df["sha256"].tolist()
     jobs: dict[str, ThumbJob] = {}
 
+    # An image's thumbnail is named by its file's sha256, and in a colour manifest also by that:
+    # a file a gray manifest shows gray is another thumbnail there.
+    suffix = "-rgb" if manifest.channels == 3 else ""
+
     def thumb(row: int) -> str:
-        jobs.setdefault(shas[row], ThumbJob(shas[row], row))
-        return thumb_path(shas[row], thumb_size)
+        key = shas[row] + suffix
+        jobs.setdefault(key, ThumbJob(key, row))
+        return thumb_path(key, thumb_size)
 
     counterfactual, notes = _counterfactual_rule(df, manifest)
     real_rows = np.flatnonzero(~synthetic_mask)

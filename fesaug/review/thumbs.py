@@ -2,8 +2,8 @@
 sha256, or a digest of a demo counterfactual's recipe), written atomically, so a file that
 exists is complete and a second run, or one resumed after an interruption, makes only the
 missing ones. Images no larger than the thumbnail side keep their size (the page scales them):
-a PNG is copied byte for byte, other formats are decoded and written as grayscale PNGs, as
-fesaug reads them."""
+a PNG that holds the image as the manifest reads it is copied byte for byte, other images are
+decoded at the manifest's channels (gray or RGB) and written as PNGs, as fesaug reads them."""
 
 from __future__ import annotations
 
@@ -17,14 +17,13 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fesaug.data.images import decode_image, encode_png
+from fesaug.data.images import decode_image, encode_png, stored_as_decoded
 from fesaug.data.manifest import Manifest
 from fesaug.review.data import ThumbJob, thumb_path
 from fesaug.utils.files import atomic_write_bytes, remove_stale_temporaries
 
 # Fewer counterfactuals than this are drawn in this process: starting workers would cost more.
 PROCESS_MIN_JOBS = 64
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -99,9 +98,9 @@ def make_thumbnails(
 
         def make(job: ThumbJob) -> None:
             data = manifest.image_bytes(job.row)
-            if not (data.startswith(PNG) and max(widths[job.row], heights[job.row]) <= size):
+            if not (stored_as_decoded(data, manifest.channels) and max(widths[job.row], heights[job.row]) <= size):
                 # A small PNG is its own thumbnail; the rest are decoded and, when larger, shrunk.
-                img = decode_image(data, where=manifest.image_location(job.row))
+                img = decode_image(data, where=manifest.image_location(job.row), channels=manifest.channels)
                 data = encode_png(_fit(img, size))
             atomic_write_bytes(out / thumb_path(job.key, size), data)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,16 @@ def image_axis(ax) -> None:
         spine.set_visible(False)
 
 
+def show_image(ax, img: Any) -> None:
+    """Draw a decoded image (PIL ``L`` or ``RGB``, or its array) on ``ax``: gray on a fixed 0-255
+    gray scale, colour as it is."""
+    pixels = np.asarray(img)
+    if pixels.ndim == 2:
+        ax.imshow(pixels, cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(pixels)
+
+
 def class_grid(manifest: Manifest, path: str | os.PathLike, *, per_class: int = 8, seed: int = 0) -> Path:
     """One row per class of ``per_class`` randomly chosen images (fewer if the class is smaller)."""
     rng = np.random.default_rng(seed)
@@ -64,6 +75,6 @@ def class_grid(manifest: Manifest, path: str | os.PathLike, *, per_class: int = 
         for j, ax in enumerate(axes[k]):
             image_axis(ax)
             if j < len(chosen):
-                ax.imshow(np.asarray(manifest.open_image(int(chosen[j]))), cmap="gray", vmin=0, vmax=255)
+                show_image(ax, manifest.open_image(int(chosen[j])))
         axes[k][0].set_ylabel(f"{name}\n({rows.size})", rotation=0, ha="right", va="center", fontsize=9)
     return save_figure(fig, path)

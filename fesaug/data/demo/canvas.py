@@ -2,30 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fesaug.data.demo.colour import Tint, paint
+
 
 class Canvas:
-    """Drawing in image fractions (x right, y down, 0..1) on a supersampled canvas."""
+    """Drawing in image fractions (x right, y down, 0..1) on a supersampled canvas.
 
-    def __init__(self, pixels: int, background: int):
+    Every fill is a gray level; ``material`` names what is drawn (``skin``, ``hair``, ``iris``,
+    ... :func:`fesaug.data.demo.colour.palette`). A gray canvas ignores it; a colour one (given
+    ``tints``) paints the level in that material's tint.
+    """
+
+    def __init__(self, pixels: int, background: int, tints: Mapping[str, Tint] | None = None):
         self.px = pixels
-        self.img = Image.new("L", (pixels, pixels), background)
+        self.tints = tints
+        colour = background if tints is None else paint(background, tints["background"])
+        self.img = Image.new("L" if tints is None else "RGB", (pixels, pixels), colour)
         self.draw = ImageDraw.Draw(self.img)
 
     def _pts(self, xy: np.ndarray) -> list[tuple[float, float]]:
         return [tuple(p) for p in (np.asarray(xy, dtype=np.float64) * self.px).tolist()]
 
-    def polygon(self, xy: np.ndarray, fill: float) -> None:
-        self.draw.polygon(self._pts(xy), fill=_gray(fill))
+    def fill(self, level: float, material: str) -> int | tuple[int, int, int]:
+        """What a gray ``level`` of ``material`` is on this canvas: the level, or its colour."""
+        return _gray(level) if self.tints is None else paint(_gray(level), self.tints[material])
 
-    def line(self, xy: np.ndarray, fill: float, width: float) -> None:
-        self.draw.line(self._pts(xy), fill=_gray(fill), width=max(1, round(width * self.px)), joint="curve")
+    def polygon(self, xy: np.ndarray, fill: float, material: str = "skin") -> None:
+        self.draw.polygon(self._pts(xy), fill=self.fill(fill, material))
 
-    def ellipse(self, cx: float, cy: float, rx: float, ry: float, fill: float) -> None:
+    def line(self, xy: np.ndarray, fill: float, width: float, material: str = "skin") -> None:
+        self.draw.line(
+            self._pts(xy), fill=self.fill(fill, material), width=max(1, round(width * self.px)), joint="curve"
+        )
+
+    def ellipse(self, cx: float, cy: float, rx: float, ry: float, fill: float, material: str = "skin") -> None:
         p = self.px
-        self.draw.ellipse([(cx - rx) * p, (cy - ry) * p, (cx + rx) * p, (cy + ry) * p], fill=_gray(fill))
+        box = [(cx - rx) * p, (cy - ry) * p, (cx + rx) * p, (cy + ry) * p]
+        self.draw.ellipse(box, fill=self.fill(fill, material))
+
+    def paste(self, level: float, material: str, mask: Image.Image) -> None:
+        """Fill the pixels ``mask`` covers (an ``L`` canvas of the same size) with ``level``."""
+        self.img.paste(self.fill(level, material), mask=mask)
 
     def crease(self, xy: np.ndarray, skin: int, depth: float, width: float = 0.007) -> None:
         """A wrinkle or furrow: darker than the skin by ``depth`` gray levels; invisible at 0."""

@@ -164,6 +164,7 @@ def make_demo_dataset(
     folds: int = 5,
     overwrite: bool = False,
     style: str = "standard",
+    color: bool = False,
 ) -> Path:
     """Write the demo dataset: ``out_dir/images/<class>/<sample_id>.png`` and ``out_dir/manifest.parquet``.
 
@@ -171,7 +172,9 @@ def make_demo_dataset(
     class out. ``neutral`` adds the onset frame of each sequence as a neutral image (as many as
     there are sequences, or ``counts["neutral"]``, at most that). Rows get subject-independent
     ``folds``. ``style`` chooses the population (:data:`STYLES`): ``shifted`` is a second domain
-    with its own subject ids, for training on one and testing on the other. Returns the manifest path.
+    with its own subject ids, for training on one and testing on the other. ``color`` paints the
+    same faces in colour (skin tones, hair, eyes, lips, backgrounds; :mod:`.colour`): RGB PNGs, a
+    colour manifest (``channels`` 3), and counterfactuals in colour. Returns the manifest path.
     """
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.parquet"
@@ -208,7 +211,7 @@ def make_demo_dataset(
         image_dir = out_dir / "images"
         if manifest.exists():
             _remove_previous(manifest, image_dir)
-        recipes = _recipes(plan, with_neutral, n_subjects, seed, size, style)
+        recipes = _recipes(plan, with_neutral, n_subjects, seed, size, style, 3 if color else 1)
         df = pd.DataFrame([_write_sample(image_dir, sample_id, params) for sample_id, params in recipes])
         classes = class_list(df["label_name"])
         df["label"] = [classes.index(c) for c in df["label_name"]]
@@ -222,20 +225,30 @@ def make_demo_dataset(
             "n_neutral": n_neutral,
             "folds": folds,
             "style": style,
+            "color": color,
         }
-        return write_manifest(df, manifest, classes=classes, meta=_footer(settings, st), overwrite=True)
+        meta = {**_footer(settings, st), "channels": 3 if color else 1}
+        return write_manifest(df, manifest, classes=classes, meta=meta, overwrite=True)
 
 
 def _recipes(
-    plan: list[tuple[str, int, int]], with_neutral: set[int], n_subjects: int, seed: int, size: int, style: str
+    plan: list[tuple[str, int, int]],
+    with_neutral: set[int],
+    n_subjects: int,
+    seed: int,
+    size: int,
+    style: str,
+    channels: int = 1,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(sample id, params) of every image, sequence by sequence: its frames, then its neutral onset
-    frame if it has one."""
+    frame if it has one. Colour (``channels`` 3) adds one key to the params, the same draws else."""
     sequence_no = np.zeros(n_subjects, dtype=int)
     for q, (expression, subject, n_frames) in enumerate(plan):
         sequence_no[subject] += 1
         stem = f"{subject_id(subject, style)}_{sequence_no[subject]:03d}"
         base, pose, r = _sequence_params(seed, q, expression, subject, size, style)
+        if channels != 1:  # absent means gray: the gray sets' params stay as they were
+            base["channels"] = channels
         frames = [
             (
                 f"{stem}_{len(FRAME_RAMP) - n_frames + k + 1:02d}",

@@ -41,7 +41,7 @@ def draw_face(cv: Canvas, sub: Subject, au: dict[int, dict[int, float]]) -> None
     fx = np.linspace(-1.5, 1.5, 31)
     fringe = np.stack([cx + fx * sub.face_w, hair_y + sub.temples * fx**2], axis=1)
     mask.polygon(np.concatenate([fringe, [[1.5, 1.5], [-0.5, 1.5]]]), 0)
-    cv.img.paste(sub.hair, mask=mask.img)
+    cv.paste(sub.hair, "hair", mask.img)
 
     brow_y = sub.eye_y - sub.brow_gap
     # Forehead wrinkles (AU1 centre, AU2 sides) and the vertical furrows of AU4.
@@ -70,7 +70,7 @@ def draw_face(cv: Canvas, sub: Subject, au: dict[int, dict[int, float]]) -> None
         outer = (ex + s * sub.eye_w * 1.4, brow_y + 0.014 - 0.04 * a[2] + 0.01 * a[4])
         center = quad(inner, mid, outer, 20)
         widths = sub.brow_thick * (1 + 0.25 * a[4]) * np.linspace(1.0, 0.45, 20)
-        cv.polygon(stroke(center, widths), sub.brow_tone)
+        cv.polygon(stroke(center, widths), sub.brow_tone, "hair")
 
     _draw_nose_and_mouth(cv, sub, au, both, nose_y, mouth_y, drop)
 
@@ -84,18 +84,18 @@ def _draw_eye(cv: Canvas, sub: Subject, ex: float, s: int, a: dict[int, float]) 
     tilt = 0.08 * h * u  # outer corner slightly higher
     upper = np.stack([xs, ey - tilt - up * (1 - u**2) ** 0.8], axis=1)
     lower = np.stack([xs, ey - tilt + low * (1 - u**2) ** 0.9], axis=1)
-    cv.polygon(np.concatenate([upper, lower[::-1]]), min(240, skin + 55))
+    cv.polygon(np.concatenate([upper, lower[::-1]]), min(240, skin + 55), "sclera")
     r = min(h * 1.1, w * 0.6)
     iy = ey - 0.1 * h
-    cv.ellipse(ex, iy, r, r, sub.iris)
-    cv.ellipse(ex, iy, r * 0.45, r * 0.45, 12)
-    cv.ellipse(ex - 0.3 * r, iy - 0.3 * r, r * 0.18, r * 0.18, 230)
+    cv.ellipse(ex, iy, r, r, sub.iris, "iris")
+    cv.ellipse(ex, iy, r * 0.45, r * 0.45, 12, "dark")
+    cv.ellipse(ex - 0.3 * r, iy - 0.3 * r, r * 0.18, r * 0.18, 230, "white")
     # Lids: skin over whatever of the iris lies outside the opening.
     reach = r * 1.4 + 0.01
     cv.polygon(np.concatenate([upper, [[ex + s * w, ey - reach - up], [ex - s * w, ey - reach - up]]]), skin)
     cv.polygon(np.concatenate([lower, [[ex + s * w, ey + reach + low], [ex - s * w, ey + reach + low]]]), skin)
     cv.crease(upper + [0, -(0.35 * h + 0.006)], skin, 22 * (1 - a[5]), 0.004)  # lid fold, hidden when the lid retracts
-    cv.line(upper, min(sub.brow_tone, 45), 0.006)
+    cv.line(upper, min(sub.brow_tone, 45), 0.006, "hair")
     cv.crease(lower, skin, 28, 0.003)
     # AU6 bunches the cheek under the eye and creases the outer corner; AU7 tenses the lower lid.
     cv.crease(
@@ -202,12 +202,12 @@ def _draw_lips(
 
     opening = inner_low - inner_up
     if opening.max() > 0.004:
-        cv.polygon(np.concatenate([pts(inner_up), pts(inner_low)[::-1]]), 30)
+        cv.polygon(np.concatenate([pts(inner_up), pts(inner_low)[::-1]]), 30, "mouth")
         teeth = inner_up + np.minimum(0.4 * opening, 0.016)
-        cv.polygon(np.concatenate([pts(inner_up), pts(teeth)[::-1]]), min(225, skin + 40))
-    cv.polygon(np.concatenate([pts(outer_up), pts(inner_up)[::-1]]), skin - sub.lip_tone)
-    cv.polygon(np.concatenate([pts(inner_low), pts(outer_low)[::-1]]), skin - 0.75 * sub.lip_tone)
-    cv.line(pts(inner_up), skin - sub.lip_tone - 40, 0.005)
+        cv.polygon(np.concatenate([pts(inner_up), pts(teeth)[::-1]]), min(225, skin + 40), "teeth")
+    cv.polygon(np.concatenate([pts(outer_up), pts(inner_up)[::-1]]), skin - sub.lip_tone, "lip")
+    cv.polygon(np.concatenate([pts(inner_low), pts(outer_low)[::-1]]), skin - 0.75 * sub.lip_tone, "lip")
+    cv.line(pts(inner_up), skin - sub.lip_tone - 40, 0.005, "lip")
     # Chin: the groove under the lower lip, deepened and pushed up by AU17.
     under = mouth_y + sub.lip_low + 0.03 + 0.7 * 0.1 * both[26] - 0.008 * both[17]
     cv.crease(

@@ -14,6 +14,7 @@ from PIL import Image
 
 from fesaug.data.demo.aus import AU_IDS, UNILATERAL, expression_aus, expression_name
 from fesaug.data.demo.canvas import Canvas
+from fesaug.data.demo.colour import palette
 from fesaug.data.demo.face import draw_face
 from fesaug.data.demo.styles import Nuisance, Subject
 from fesaug.utils.errors import FesaugError
@@ -35,14 +36,18 @@ def render(
     side: int = 1,
     jitter: Collection[float] | None = None,
     size: int = 64,
+    channels: int = 1,
 ) -> np.ndarray:
-    """``subject`` showing ``expression`` at ``intensity`` (0..1): a ``size`` x ``size`` uint8 image.
+    """``subject`` showing ``expression`` at ``intensity`` (0..1): a ``size`` x ``size`` uint8 image
+    (``channels`` 1), or ``size`` x ``size`` x 3 in colour (``channels`` 3; :mod:`.colour`).
 
     ``side`` (+1 right, -1 left half of the image) is where one-sided AUs (contempt) act.
     """
     expression = expression_name(expression)
     aus = expression_aus(expression, intensity, jitter)
-    return render_aus(subject, aus, nuisance, one_sided=UNILATERAL.get(expression, ()), side=side, size=size)
+    return render_aus(
+        subject, aus, nuisance, one_sided=UNILATERAL.get(expression, ()), side=side, size=size, channels=channels
+    )
 
 
 def render_aus(
@@ -53,22 +58,27 @@ def render_aus(
     one_sided: Collection[int] = (),
     side: int = 1,
     size: int = 64,
+    channels: int = 1,
 ) -> np.ndarray:
-    """``subject`` with the given AU intensities; AUs in ``one_sided`` act on ``side`` only."""
+    """``subject`` with the given AU intensities; AUs in ``one_sided`` act on ``side`` only;
+    ``channels`` 3 paints it in the subject's colours."""
     unknown = sorted(set(aus) - set(AU_IDS))
     if unknown:
         raise FesaugError(f"AU(s) {unknown} are not rendered by the demo generator; use AUs from {list(AU_IDS)}")
     if side not in (-1, 1):
         raise FesaugError(f"side must be +1 (right half of the image) or -1 (left), got {side!r}")
+    if channels not in (1, 3):
+        raise FesaugError(f"channels must be 1 (gray) or 3 (colour), got {channels!r}")
+    tints = palette(subject) if channels == 3 else None
     by_side = {
         s: {au: (0.0 if au in one_sided and s != side else float(aus.get(au, 0.0))) for au in AU_IDS} for s in (-1, 1)
     }
-    canvas = Canvas(size * SUPERSAMPLE, subject.background)
+    canvas = Canvas(size * SUPERSAMPLE, subject.background, tints)
     draw_face(canvas, subject, by_side)
-    return _finish(canvas.img, nuisance or Nuisance(), size, subject.background)
+    return _finish(canvas.img, nuisance or Nuisance(), size, canvas.fill(subject.background, "background"))
 
 
-def _finish(canvas: Image.Image, nz: Nuisance, size: int, background: int) -> np.ndarray:
+def _finish(canvas: Image.Image, nz: Nuisance, size: int, background: int | tuple[int, ...]) -> np.ndarray:
     """Apply pose, downsample (the anti-aliasing), then lighting, gain and noise."""
     px = canvas.size[0]
     # PIL's affine maps each output pixel back to its input pixel: p = C + R(angle)(p' - C - t) / scale.
@@ -87,9 +97,8 @@ def _finish(canvas: Image.Image, nz: Nuisance, size: int, background: int) -> np
     img = np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float64)
     if nz.light:
         grid = np.linspace(-1.0, 1.0, size)
-        img = img * (
-            1 + nz.light * (math.cos(nz.light_angle) * grid[None, :] + math.sin(nz.light_angle) * grid[:, None])
-        )
+        light = 1 + nz.light * (math.cos(nz.light_angle) * grid[None, :] + math.sin(nz.light_angle) * grid[:, None])
+        img = img * (light if img.ndim == 2 else light[:, :, None])
     img = img * nz.gain + nz.bias
     if nz.noise:
         img = img + np.random.default_rng(nz.noise_seed).normal(0.0, nz.noise, img.shape)
@@ -118,7 +127,8 @@ def _params_of(params_or_row: Mapping[str, Any] | pd.Series | str) -> dict[str, 
 
 
 def render_params(params_or_row: Mapping[str, Any] | pd.Series | str) -> np.ndarray:
-    """Re-render a stored sample exactly: the same pixels its PNG holds."""
+    """Re-render a stored sample exactly: the same pixels its PNG holds (in colour, ``H×W×3``,
+    for a sample of a colour dataset: its params carry ``"channels": 3``)."""
     p = _params_of(params_or_row)
     return render(
         Subject.from_seed(p["subject"], p["seed"], p.get("style", "standard")),
@@ -128,6 +138,7 @@ def render_params(params_or_row: Mapping[str, Any] | pd.Series | str) -> np.ndar
         side=p["side"],
         jitter=p["jitter"],
         size=p["size"],
+        channels=p.get("channels", 1),
     )
 
 
@@ -137,8 +148,9 @@ def counterfactual(
     """The same face, pose, lighting and noise as a stored sample, showing ``expression``.
 
     This is the ground truth for synthesis: what an image generated from this row for
-    ``expression`` should look like. ``intensity`` defaults to the row's own (a neutral row
-    carries the apex intensity of its sequence). ``params_or_row`` is a manifest row (with a
+    ``expression`` should look like (in colour, ``H×W×3``, for a row of a colour dataset).
+    ``intensity`` defaults to the row's own (a neutral row carries the apex intensity of its
+    sequence). ``params_or_row`` is a manifest row (with a
     ``demo_params`` column) or its decoded or JSON params.
     """
     p = _params_of(params_or_row)
