@@ -83,6 +83,7 @@ def faces_from_manifest(
     Images are decoded at their own size when they share one square size, else at the
     generator's."""
     m = read_manifest(path)
+    m.check_channels(generator.channels, f"the checkpoint {generator.checkpoint}")
     if holdout_folds is None:
         holdout_folds = [] if generator.holdout_fold is None else [generator.holdout_fold]
     real = (m.df["origin"] == "real").to_numpy(dtype=bool)
@@ -103,7 +104,7 @@ def faces_from_manifest(
         y_index=np.unique(data.labels, return_inverse=True)[1].reshape(-1),
         class_index=class_indices(np.unique(data.labels), generator, m.classes),
         subjects=[f"row:{ids[i]}" if s is None else s for i, s in enumerate(data.subjects)],
-        form={"layout": "NHW", "dtype": np.dtype(np.uint8)},
+        form={"layout": "NHW" if m.channels == 1 else "NHWC", "dtype": np.dtype(np.uint8)},
     )
     if len(faces.classes) < 2:
         raise InvalidValue(f"{m.path}: the rows to balance hold a single class ({m.classes[faces.classes[0]]})")

@@ -18,6 +18,7 @@ import torch
 from fesaug.balance.config import BalanceConfig
 from fesaug.data.au import au_consistency
 from fesaug.data.datasets import resize_pixels
+from fesaug.data.manifest import Manifest
 from fesaug.evaluate.downstream import load_classifier, predict_proba
 from fesaug.judges import load_judge
 from fesaug.multitask.training import load_emotion_au
@@ -47,12 +48,13 @@ class Gates:
     key: dict[str, str] = field(default_factory=dict)
 
 
-def load_gates(config: BalanceConfig, classes: Sequence[str], device: str | None, *, where: str) -> Gates:
-    """The optional gates ``config`` asks for, each checked to know ``classes`` (``where``: the
-    manifest, for the error)."""
-    gates = Gates()
+def load_gates(config: BalanceConfig, m: Manifest, device: str | None) -> Gates:
+    """The optional gates ``config`` asks for, each checked to know the classes of the manifest
+    ``m`` and to read its images (gray or colour)."""
+    gates, classes, where = Gates(), m.classes, str(m.path)
     if config.au_checkpoint is not None:
         gates.au_checker = load_emotion_au(config.au_checkpoint, device=device)
+        m.check_channels(gates.au_checker.channels, f"the --au-check model {config.au_checkpoint}")
         if gates.au_checker.classes != list(classes):
             raise FesaugError(
                 f"the --au-check model {config.au_checkpoint} knows classes {', '.join(gates.au_checker.classes)}, "

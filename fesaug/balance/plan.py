@@ -157,6 +157,7 @@ def make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, devi
             f"{', '.join(m.classes)}; use a checkpoint trained on this dataset (fesaug train --manifest "
             f"{manifest_path})"
         )
+    m.check_channels(gen.channels, f"the checkpoint {checkpoint}")
     holdout_folds = (
         list(config.holdout_folds)
         if config.holdout_folds is not None
@@ -179,7 +180,7 @@ def make_plan(manifest_path: Path, checkpoint: Path, config: BalanceConfig, devi
         "checkpoint_sha256": gen.checkpoint_sha256,
         "targets": dict(targets),
     }
-    gates = load_gates(config, m.classes, device, where=str(manifest_path))
+    gates = load_gates(config, m, device)
     key |= gates.key
     gains, calibration = _gains(m, gen, gates, config, where=str(manifest_path))
     if gains:

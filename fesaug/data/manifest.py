@@ -105,6 +105,17 @@ class Manifest:
         """How many channels every image decodes to: 1 (gray) or 3 (RGB); the footer's ``channels``."""
         return int(self.meta["channels"])
 
+    def check_channels(self, channels: int, model: str) -> None:
+        """One clear error unless ``model`` (a checkpoint, named for the message), which takes
+        images of ``channels``, can read this manifest's images."""
+        if channels != self.channels:
+            kind = {1: "gray", 3: "colour (RGB)"}
+            raise FesaugError(
+                f"{model} was trained on {kind[channels]} images, but {self.path} holds {kind[self.channels]} "
+                f"ones; use a model trained on {kind[self.channels]} images, or ingest the dataset again with "
+                f"{'--grayscale' if channels == 1 else '--color'}"
+            )
+
     @property
     def image_root(self) -> Path:
         return resolve_image_root(self.path, self.meta.get("image_root", "."))

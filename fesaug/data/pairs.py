@@ -40,13 +40,17 @@ def align_pair(source: np.ndarray, partner: np.ndarray) -> np.ndarray:
     """
     s, t = source.astype(np.float32), partner.astype(np.float32)
     if s.ndim == 3:
-        luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
-        warp = _register((s * luma).sum(0), (t * luma).sum(0))
+        warp = _register(_luma(s), _luma(t))
         moved = [t[c] if warp is None else _warp(t[c], warp) for c in range(len(t))]
         return np.stack([np.clip(np.rint(_relight(m, r)), 0, 255).astype(np.uint8) for m, r in zip(moved, s)])
     warp = _register(s, t)
     moved = t if warp is None else _warp(t, warp)
     return np.clip(np.rint(_relight(moved, s)), 0, 255).astype(np.uint8)
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+    """A colour face ``C×H×W`` as its float32 gray (ITU-R 601 luma, as PIL's ``convert("L")``)."""
+    return np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), image.astype(np.float32), axes=1)
 
 
 def _register(source: np.ndarray, partner: np.ndarray) -> np.ndarray | None:
@@ -121,7 +125,10 @@ def pair_flow(source: np.ndarray, aligned: np.ndarray, threshold: float = 10.0) 
     :func:`fesaug.models.fersnet.warp` reads it), and a weight ``(H, W)`` in [0, 1]: 1 where the
     expression changes the face (the two differ by more than ``threshold`` gray levels) and the
     warped source matches the partner, falling to 0 where a warp cannot make the change (an opening
-    mouth shows teeth the source does not have) or where nothing changes."""
+    mouth shows teeth the source does not have) or where nothing changes. Colour faces
+    (``C×H×W``) move as their gray does."""
+    if source.ndim == 3:
+        source, aligned = (np.clip(np.rint(_luma(x)), 0, 255).astype(np.uint8) for x in (source, aligned))
     flow = cv2.calcOpticalFlowFarneback(aligned, source, None, **FARNEBACK)  # aligned(p) ~ source(p + flow(p))
     h, w = source.shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)

@@ -50,7 +50,8 @@ def is_split_folder(path: Path) -> bool:
 
 def check_input(m: Manifest, config: EvaluateConfig) -> None:
     """One clear error, before any work, unless ``m`` can be evaluated with ``config``: real rows
-    only, and the demo set's stored faces when a truth condition is asked for."""
+    only, the demo set's stored faces when a truth condition is asked for, and an AU model
+    (``--au-checkpoint``) trained on images like ``m``'s (gray or colour)."""
     synthetic = int((m.df["origin"] != "real").sum())
     if synthetic:
         raise FesaugError(
@@ -59,6 +60,10 @@ def check_input(m: Manifest, config: EvaluateConfig) -> None:
         )
     if {"truth", "truth-half"} & set(config.conditions):
         check_truth_possible(m, config.balance)
+    if config.au_checkpoint:
+        from fesaug.multitask.training import load_emotion_au  # torch models: only when asked for
+
+        m.check_channels(load_emotion_au(config.au_checkpoint).channels, f"the --au-checkpoint {config.au_checkpoint}")
 
 
 def read_settings(path: Path) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class MultiTaskConfig:
                 "(epochs >= 1, batch_size >= 2, lr > 0, 0 <= val_fraction < 1, fractions in (0, 1], "
                 "device auto/cpu/cuda)"
             )
-        fixed = {"num_classes", "num_aus"} & set(self.model)
+        fixed = {"num_classes", "num_aus", "in_channels"} & set(self.model)
         if fixed:
             raise FesaugError(f"model.{sorted(fixed)[0]} is set by the manifest; leave it out")
 

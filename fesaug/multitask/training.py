@@ -137,8 +137,13 @@ def train_multitask(
 
 
 def _model_config(config: MultiTaskConfig, manifest: Manifest) -> EmotionAUConfig:
-    """The model: ``config.model`` over the AWS sharing default, sized by the manifest's classes and AUs."""
-    sizes = {"num_classes": len(manifest.classes), "num_aus": len(manifest.meta["au_ids"])}
+    """The model: ``config.model`` over the AWS sharing default, sized by the manifest's classes,
+    AUs and channels (gray or colour)."""
+    sizes = {
+        "num_classes": len(manifest.classes),
+        "num_aus": len(manifest.meta["au_ids"]),
+        "in_channels": manifest.channels,
+    }
     try:
         return EmotionAUConfig(**{"sharing": "aws", **config.model, **sizes})
     except TypeError as exc:
@@ -363,7 +368,8 @@ class EmotionAUPredictor:
     """A trained EmotionAUNet: ``predict(images)`` → (emotion probabilities, AU probabilities).
 
     Attributes: ``classes``, ``au_ids`` (FACS numbers, the order of the AU probabilities),
-    ``image_size``, ``epoch``, ``split``, ``config`` (the training settings), ``net``, ``device``.
+    ``image_size``, ``channels`` (1 gray, 3 colour: what it was trained on), ``epoch``, ``split``,
+    ``config`` (the training settings), ``net``, ``device``.
     """
 
     def __init__(self, net: EmotionAUNet, ckpt: dict[str, Any], device: torch.device) -> None:
@@ -371,17 +377,20 @@ class EmotionAUPredictor:
         self.classes: list[str] = list(ckpt["classes"])
         self.au_ids: list[int] = [int(a) for a in ckpt["au_ids"]]
         self.image_size: int = int(ckpt["image_size"])
+        self.channels: int = net.config.in_channels
         self.epoch: int = int(ckpt["epoch"])
         self.split: dict[str, Any] = ckpt["split"]
         self.config: dict[str, Any] = ckpt["config"]
 
     def predict(self, images: Tensor | np.ndarray, *, batch_size: int = 256) -> tuple[Tensor, Tensor]:
-        """``images`` uint8 in [0, 255] or float in [0, 1], (B, 1, S, S) with S = ``image_size``.
-        Returns CPU tensors (B, len(classes)) softmax and (B, len(au_ids)) sigmoid probabilities."""
+        """``images`` uint8 in [0, 255] or float in [0, 1], (B, C, S, S) with C = ``channels`` and
+        S = ``image_size``. Returns CPU tensors (B, len(classes)) softmax and (B, len(au_ids))
+        sigmoid probabilities."""
         x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-        if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (1, self.image_size, self.image_size):
+        shape = (self.channels, self.image_size, self.image_size)
+        if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != shape:
             raise FesaugError(
-                f"expected images of shape (B, 1, {self.image_size}, {self.image_size}), got "
+                f"expected images of shape (B, {', '.join(map(str, shape))}), got "
                 f"{tuple(getattr(x, 'shape', ()))}; resize faces to the model's image_size first"
             )
         return predict(self.net, x, self.device, batch_size)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 # model is imported only where a config is validated or built.
 
 DEVICES = ("auto", "cpu", "cuda")
-# Model fields the data decides: the manifest's class list and its grayscale images.
+# Model fields the data decides: the manifest's class list and its channels (gray or colour).
 DATA_MODEL_FIELDS = ("num_classes", "in_channels")
 
 
@@ -232,10 +232,12 @@ class TrainConfig:
         except FesaugError as exc:
             raise FesaugError(f"{where}: {exc}") from None
 
-    def model_config(self, num_classes: int) -> FERSNetConfig:
+    def model_config(self, num_classes: int, in_channels: int = 1) -> FERSNetConfig:
+        """The FERSNet this config trains on ``num_classes`` classes of images with ``in_channels``
+        channels (the manifest's: 1 gray, 3 colour)."""
         from fesaug.models import FERSNetConfig
 
-        return FERSNetConfig.preset(self.preset, **self.model, num_classes=num_classes)
+        return FERSNetConfig.preset(self.preset, **self.model, num_classes=num_classes, in_channels=in_channels)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, not tuples): for YAML, JSON and ``weights_only`` checkpoints."""
@@ -385,7 +387,7 @@ def _check_model_overrides(value: Any, *, where: str) -> dict[str, Any]:
     for key, item in value.items():
         if key in DATA_MODEL_FIELDS:
             raise FesaugError(
-                f"{where}: model.{key} is set from the manifest (its classes and grayscale images); remove it"
+                f"{where}: model.{key} is set from the manifest (its classes and its images' channels); remove it"
             )
         if key not in hints:
             known = ", ".join(k for k in hints if k not in DATA_MODEL_FIELDS)

@@ -1,8 +1,8 @@
 """A trained FERSNet for inference: synthesize expressions and classify faces.
 
 ``fesaug.load_generator("runs/ck/checkpoints/best.pt")`` returns a :class:`Generator`. Images go
-in and come out as tensors ``(B, 1, S, S)`` (or one ``(1, S, S)`` image), ``S`` =
-``generator.image_size``:
+in and come out as tensors ``(B, C, S, S)`` (or one ``(C, S, S)`` image), ``C`` =
+``generator.channels`` (1 gray, 3 RGB: what it was trained on), ``S`` = ``generator.image_size``:
 
 * ``uint8`` in [0, 255] → ``synthesize`` returns ``uint8``;
 * float in [0, 1] → ``synthesize`` returns float32 in [0, 1].
@@ -34,7 +34,8 @@ from fesaug.utils.files import file_sha256
 class Generator:
     """FERSNet's synthesis branch (and its FER branch) loaded from a training checkpoint.
 
-    Attributes: ``classes`` (label order), ``image_size``, ``checkpoint`` (path),
+    Attributes: ``classes`` (label order), ``image_size``, ``channels`` (1 gray, 3 colour: the
+    images it was trained on and makes), ``checkpoint`` (path),
     ``checkpoint_sha256``, ``epoch``, ``training_subjects`` / ``training_folds`` (the faces
     the weights were fitted on), ``validation_subjects``, ``heldout_subjects``,
     ``holdout_fold``, ``config`` (the training configuration, a dict), ``model`` (the
@@ -49,6 +50,7 @@ class Generator:
         self.checkpoint_sha256 = sha256
         self.classes: list[str] = list(ckpt["classes"])
         self.image_size: int = int(ckpt["image_size"])
+        self.channels: int = model.config.in_channels
         self.epoch: int = int(ckpt["epoch"])
         self.config: dict[str, Any] = ckpt["config"]
         self.holdout_fold: int | None = split["holdout_fold"]
@@ -60,7 +62,7 @@ class Generator:
     def __repr__(self) -> str:
         return (
             f"Generator({self.checkpoint}, epoch {self.epoch}, {len(self.classes)} classes, "
-            f"{self.image_size}x{self.image_size}, {self.device})"
+            f"{self.image_size}x{self.image_size}{' RGB' if self.channels == 3 else ''}, {self.device})"
         )
 
     @torch.inference_mode()
@@ -122,12 +124,13 @@ class Generator:
             raise FesaugError(f"images must be a torch tensor or numpy array, got {type(images).__name__}")
         single = x.dim() == 3
         x = x[None] if single else x
-        expected = (1, self.image_size, self.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        c, s = self.channels, self.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+            kind = "colour" if c == 3 else "grayscale"
             raise FesaugError(
-                f"expected grayscale images of shape (B, 1, {self.image_size}, {self.image_size}) or "
-                f"(1, {self.image_size}, {self.image_size}), got {tuple(images.shape)}; resize faces to the "
-                f"generator's image_size ({self.image_size}) first"
+                f"expected {kind} images of shape (B, {c}, {s}, {s}) or ({c}, {s}, {s}), got {tuple(images.shape)}; "
+                f"resize faces to the generator's image_size ({s}) first"
+                + (f" (this generator was trained on {kind} images)" if x.dim() in (3, 4) and x.shape[-3] != c else "")
             )
         return x, x.dtype == torch.uint8, single
 
