@@ -422,3 +422,17 @@ def test_plain_parquet_is_not_a_manifest(tmp_path: Path, capsys: pytest.CaptureF
     pd.DataFrame({"a": [1, 2]}).to_parquet(plain)
     code, out, err = cli(capsys, "audit", plain)
     assert code == 1 and out == "" and err.startswith("Error: ") and "not a fesaug manifest" in err
+
+
+def test_a_colour_manifest_is_audited_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fesaug.data.demo import make_demo_dataset
+
+    colour = make_demo_dataset(tmp_path / "d", counts={"anger": 3, "happy": 6}, n_subjects=4, folds=2, color=True)
+    code, out, _ = cli(capsys, "audit", colour)
+    assert code == 0 and out.splitlines()[0] == f"manifest: {colour} (colour (RGB) images)"
+    assert out.splitlines()[-1] == "no problems found"  # every RGB image decoded and matched its sha256
+    code, out, _ = cli(capsys, "audit", colour, "--format", "json")
+    data = json.loads(out)
+    assert data["channels"] == 3 and data["images_checked"] and data["problems"] == []
+    code, out, _ = cli(capsys, "audit", colour, "--plot", tmp_path / "h.png")
+    assert code == 0 and (tmp_path / "h.png").is_file()

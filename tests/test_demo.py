@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 import pytest
+from PIL import Image
 
 from fesaug.data import demo
 from fesaug.data.demo import (
@@ -381,3 +382,69 @@ def test_cli_style(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert code == 2 and "cartoon" in err
     with pytest.raises(FesaugError, match="unknown demo style 'cartoon'"):
         make_demo_dataset(tmp_path / "y", style="cartoon")
+
+
+# --------------------------------------------------------------------------------------------
+# colour (--color): the same faces, painted
+
+
+@pytest.fixture(scope="module")
+def colour(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    out = tmp_path_factory.mktemp("colour")
+    return read_manifest(make_demo_dataset(out, counts=SMALL, n_subjects=12, folds=3, seed=3, color=True))
+
+
+PINNED_COLOUR = "e8d90d16e7268412723fd6824221257e8d7e05afaa27ff4f2e4eb7668601878a"
+
+
+def test_colour_dataset_is_the_gray_one_in_colour(small: Manifest, colour: Manifest) -> None:
+    assert colour.channels == 3 and colour.meta["demo"]["color"] is True and small.meta["demo"]["color"] is False
+    # Same rows, subjects, folds, labels and draws; the params only add the channels.
+    for column in ("sample_id", "subject_id", "fold", "label", "au_intensity"):
+        assert colour.df[column].astype(str).tolist() == small.df[column].astype(str).tolist()
+    params = [json.loads(p) for p in colour.df["demo_params"]]
+    assert all(p.pop("channels") == 3 for p in params)
+    assert params == [json.loads(p) for p in small.df["demo_params"]]
+    # Painted, not recomposed: the colour face's gray is close to its gray twin (noise is drawn per channel).
+    for i in range(0, len(colour), 5):
+        rgb = pixels(colour, i)
+        assert (
+            rgb.shape == (64, 64, 3) and Image.open(colour.image_root / colour.df["image"].iat[i]["path"]).mode == "RGB"
+        )
+        gray = np.asarray(Image.fromarray(rgb).convert("L"), dtype=int)
+        assert np.abs(gray - pixels(small, i)).mean() < 4
+        assert np.abs(rgb[..., 0].astype(int) - rgb[..., 2]).mean() > 10  # colour, not three gray channels
+
+
+def test_colour_rows_rerender_and_counterfactuals_are_exact_in_colour(colour: Manifest) -> None:
+    for i, row in colour.df.iterrows():
+        stored = pixels(colour, i)
+        assert np.array_equal(render_params(row), stored)
+        assert np.array_equal(counterfactual(row, row["label_name"]), stored)
+    i = int(np.flatnonzero(colour.df["label_name"] == "sadness")[0])
+    surprised = counterfactual(colour.df.iloc[i], "surprise", intensity=1.0)
+    assert surprised.shape == (64, 64, 3)
+    assert np.abs(surprised.astype(int) - pixels(colour, i)).mean() > 1.0
+    assert np.array_equal(surprised[:8], pixels(colour, i)[:8])  # same pose, lighting, noise, colours
+
+
+@pinned_pillow
+def test_colour_renders_are_pinned(colour: Manifest) -> None:
+    assert _pixel_digest(*(pixels(colour, i) for i in range(len(colour)))) == PINNED_COLOUR
+
+
+def test_a_subject_keeps_its_colours(colour: Manifest) -> None:
+    from fesaug.data.demo.colour import palette
+
+    a, b = Subject.from_seed(0, 3), Subject.from_seed(1, 3)
+    assert palette(a) == palette(Subject.from_seed(0, 3)) and palette(a) != palette(b)
+    assert palette(a)["skin"][0] > palette(a)["skin"][2]  # skin is warm
+    with pytest.raises(FesaugError, match="channels must be 1 \\(gray\\) or 3"):
+        render(a, "happy", channels=2)
+
+
+def test_cli_color(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ("demo-data", "--out", tmp_path / "d", "--counts", "anger=3,happy=3", "--n-subjects", "4", "--folds", "2")
+    code, out, err = cli_in_process(capsys, *args, "--color", "--size", "32")
+    assert code == 0, err
+    assert "colour images" in out and read_manifest(tmp_path / "d" / "manifest.parquet").open_image(0).mode == "RGB"

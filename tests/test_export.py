@@ -228,3 +228,34 @@ def test_export_json_records_source_sha256_and_balance_folders_are_accepted(tmp_
     assert record["counts"] == {"anger": {"real": 2, "synthetic": 0}, "happy": {"real": 1, "synthetic": 0}}
     assert record["total"] == result.total == 3
     assert record["provenance"]["tool"] == "export" and record["provenance"]["config"]["filters"] == record["filters"]
+
+
+def _rgb_png(seed: int, **save: object) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+def test_a_colour_manifest_exports_rgb_pngs_and_a_gray_one_gray(tmp_path: Path) -> None:
+    rows = [("c0", 0, "train", 0, "real"), ("c1", 1, "train", 0, "real"), ("g0", 1, "train", 0, "real")]
+    images = {"c0": _rgb_png(0, compress_level=1), "c1": _encoded("JPEG"), "g0": png_bytes(3, size=8)}
+    source = _manifest(tmp_path, rows, images=images)
+    colour = write_manifest(
+        pd.read_parquet(source).assign(image=[{"bytes": images[r[0]], "path": None} for r in rows]),
+        tmp_path / "colour.parquet",
+        classes=["anger", "happy"],
+        meta={"channels": 3},
+    )
+    export(colour, tmp_path / "rgb")
+    assert (tmp_path / "rgb" / "anger" / "c0.png").read_bytes() == images["c0"]  # already RGB: copied
+    for name in ("anger/c0.png", "happy/c1.png", "happy/g0.png"):
+        with Image.open(tmp_path / "rgb" / name) as img:
+            assert img.mode == "RGB", name  # the gray file too: the manifest reads it as RGB
+    assert json.loads((tmp_path / "rgb" / "export.json").read_text())["channels"] == 3
+    export(source, tmp_path / "gray")  # the same files in a gray manifest
+    for name in ("anger/c0.png", "happy/c1.png", "happy/g0.png"):
+        with Image.open(tmp_path / "gray" / name) as img:
+            assert img.mode == "L", name
+    assert (tmp_path / "gray" / "happy" / "g0.png").read_bytes() == images["g0"]
+    assert json.loads((tmp_path / "gray" / "export.json").read_text())["channels"] == 1

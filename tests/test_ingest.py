@@ -579,3 +579,92 @@ def test_detect_faces_finds_pasted_ckplus_face(tmp_path, capsys, ckplus_dir):
     m = read_manifest(out)
     assert (int(m.df["width"].iloc[0]), int(m.df["height"].iloc[0])) == (48, 48)
     assert m.meta["detect_faces"] is True and m.meta["size"] == 48
+
+
+# --------------------------------------------------------------------------------------------
+# colour
+
+
+def colour_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (16, 16), **save: object) -> Path:
+    """A small colour noise image (red-heavy, so it has colour in every mode), saved as ``mode``."""
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    arr[..., 0] = np.maximum(arr[..., 0], 200)
+    img = Image.fromarray(arr)
+    if mode == "RGBA":
+        img = img.convert("RGBA")
+        img.putalpha(200)
+    elif mode == "P":
+        img = img.quantize(colors=16)
+    elif mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **save)
+    return path
+
+
+def colour_tree(root: Path) -> Path:
+    """Two classes of RGB, RGBA, palette and CMYK (JPEG) images, and one gray image."""
+    for cls in ("anger", "happy"):
+        colour_image(root / cls / "rgb.png")
+        colour_image(root / cls / "rgba.png", "RGBA")
+        colour_image(root / cls / "palette.png", "P")
+        colour_image(root / cls / "cmyk.jpg", "CMYK")
+        make_image(root / cls / "gray.png")
+    return root
+
+
+def test_colour_images_make_a_colour_manifest(tmp_path: Path, capsys) -> None:
+    src = colour_tree(tmp_path / "src")
+    out = ok(capsys, "ingest", src, "--out", tmp_path / "m.parquet")
+    assert "colour (RGB) images referenced in place" in out
+    m = read_manifest(tmp_path / "m.parquet")
+    assert m.channels == 3 and m.meta["color"] == "auto" and len(m) == 10
+    for i in range(len(m)):
+        img = m.open_image(i)
+        assert img.mode == "RGB" and img.size == (16, 16)
+    # The gray file reads as three equal channels; a colour one keeps its colour.
+    gray = np.asarray(m.open_image(int(np.flatnonzero(m.df["source_file"] == "anger/gray.png")[0])))
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    rgb = np.asarray(m.open_image(int(np.flatnonzero(m.df["source_file"] == "anger/rgb.png")[0])), dtype=int)
+    assert rgb[..., 0].mean() > rgb[..., 2].mean() + 50
+    from fesaug.data.datasets import ManifestDataset
+
+    assert tuple(ManifestDataset(m).pixels.shape) == (10, 3, 16, 16)
+
+
+def test_grayscale_and_color_force_the_channels(tmp_path: Path, capsys) -> None:
+    src = colour_tree(tmp_path / "src")
+    out = ok(capsys, "ingest", src, "--out", tmp_path / "g.parquet", "--grayscale", "--size", "8")
+    assert "gray images in" in out
+    m = read_manifest(tmp_path / "g.parquet")
+    assert m.channels == 1 and {m.open_image(i).mode for i in range(len(m))} == {"L"}
+    # Produced images are stored as read: gray PNGs, identical to the gray decode of the source resized.
+    stored = Image.open(m.image_root / m.df["image"].iat[0]["path"])
+    assert stored.mode == "L" and stored.size == (8, 8)
+    gray_src = make_tree(tmp_path / "gray", {"anger": 2, "happy": 2})
+    ok(capsys, "ingest", gray_src, "--out", tmp_path / "c.parquet", "--color")
+    forced = read_manifest(tmp_path / "c.parquet")
+    assert forced.channels == 3 and forced.open_image(0).mode == "RGB"
+    ok(capsys, "ingest", gray_src, "--out", tmp_path / "a.parquet")
+    assert read_manifest(tmp_path / "a.parquet").channels == 1  # gray images: a gray manifest
+
+
+def test_a_colour_csv_or_resize_keeps_colour_pngs(tmp_path: Path, capsys) -> None:
+    src = colour_tree(tmp_path / "src")
+    ok(capsys, "ingest", src, "--out", tmp_path / "m.parquet", "--size", "12")
+    m = read_manifest(tmp_path / "m.parquet")
+    modes = {Image.open(m.image_root / p).mode for p in (img["path"] for img in m.df["image"])}
+    assert modes == {"RGB", "L"}  # colour images as RGB PNGs, the gray one as a gray PNG
+    assert m.channels == 3 and set(m.df["width"]) == {12}
+
+
+def test_exif_rotated_photo_is_ingested_upright(tmp_path: Path, capsys) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways; shown rotated 90 degrees clockwise
+    for cls in ("anger", "happy"):
+        colour_image(tmp_path / "src" / cls / "phone.jpg", size=(24, 16), exif=exif)
+    ok(capsys, "ingest", tmp_path / "src", "--out", tmp_path / "m.parquet")
+    m = read_manifest(tmp_path / "m.parquet")
+    assert m.df["width"].tolist() == [16, 16] and m.df["height"].tolist() == [24, 24]
+    assert m.open_image(0).size == (16, 24)

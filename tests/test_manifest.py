@@ -218,3 +218,31 @@ def test_a_footer_without_a_known_schema_version_is_not_a_manifest(
     message = r"unsupported manifest schema version .* \(this fesaug reads versions 1 to 2\); re-create"
     with pytest.raises(FesaugError, match=message):
         read_manifest(bad)
+
+
+def test_the_footer_records_the_channels(small_manifest: Path, tmp_path: Path) -> None:
+    m = read_manifest(small_manifest)
+    assert m.channels == 1 and m.meta["channels"] == 1  # a writer that does not say writes gray
+    # Version 1 knew only gray images: its footers read as channels 1.
+    old = {k: v for k, v in m.meta.items() if k != "channels"} | {"schema_version": 1}
+    assert read_manifest(_rewrite(small_manifest, tmp_path / "v1.parquet", meta=old)).channels == 1
+    colour = write_manifest(m.df, tmp_path / "c.parquet", classes=m.classes, meta={"channels": 3})
+    c = read_manifest(colour)
+    assert c.channels == 3 and c.open_image(0).mode == "RGB" and m.open_image(0).mode == "L"
+    # Derived manifests carry the channels over.
+    again = write_manifest(c.df, tmp_path / "d.parquet", classes=c.classes, meta=c.inherited_meta())
+    assert read_manifest(again).channels == 3
+    for bad in (2, "3", True, None):
+        with pytest.raises(FesaugError, match="footer 'channels' must be 1 \\(gray\\) or 3 \\(RGB\\)"):
+            read_manifest(_rewrite(small_manifest, tmp_path / "bad.parquet", meta={**m.meta, "channels": bad}))
+
+
+def test_a_model_for_other_channels_is_refused(small_manifest: Path) -> None:
+    m = read_manifest(small_manifest)
+    m.check_channels(1, "model.pt")
+    with pytest.raises(FesaugError) as info:
+        m.check_channels(3, "model.pt")
+    assert str(info.value) == (
+        f"model.pt was trained on colour (RGB) images, but {small_manifest} holds gray ones; use a model trained "
+        "on gray images, or ingest the dataset again with --color"
+    )
