@@ -35,13 +35,14 @@ from fesaug.quickstart import DEMO_EPOCHS, run_demo
     show_default=True,
     help="Quality gate of the balance step.",
 )
+@click.option("--color", is_flag=True, help="Demo faces in colour (RGB): the whole pipeline runs in colour.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo folder.")
-def demo_command(out: Path, seed: int, epochs: int, min_confidence: float, overwrite: bool) -> None:
+def demo_command(out: Path, seed: int, epochs: int, min_confidence: float, color: bool, overwrite: bool) -> None:
     """Demo data → train FERSNet → balance to the largest class → audit → pictures.
 
     Everything lands in --out; the summary is also saved as summary.txt there.
     """
     show_progress_log()
     click.echo(f"generating the demo dataset in {out / 'data'}, then training FERSNet for {epochs} epoch(s)", err=True)
-    result = run_demo(out, seed=seed, epochs=epochs, min_confidence=min_confidence, overwrite=overwrite)
+    result = run_demo(out, seed=seed, epochs=epochs, min_confidence=min_confidence, overwrite=overwrite, color=color)
     click.echo(result.summary)

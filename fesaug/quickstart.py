@@ -66,8 +66,10 @@ def run_demo(
     epochs: int = DEMO_EPOCHS,
     min_confidence: float = 0.5,
     overwrite: bool = False,
+    color: bool = False,
 ) -> DemoResult:
-    """Demo data → train → balance → audit → pictures, in ``out_dir``."""
+    """Demo data → train → balance → audit → pictures, in ``out_dir``; ``color``: on the demo
+    faces in colour (``fesaug demo-data --color``), which the model then takes in colour."""
     from fesaug.balance import BalanceConfig, balance
     from fesaug.synthesis.training import TrainConfig, train
 
@@ -88,7 +90,7 @@ def run_demo(
         seconds: dict[str, float] = {}
         clock = time.perf_counter()
 
-        manifest = read_manifest(make_demo_dataset(out / "data", seed=seed))
+        manifest = read_manifest(make_demo_dataset(out / "data", seed=seed, color=color))
         before = audit(manifest)
         before.target = max(c.total for c in before.classes.values())
         seconds["data"] = time.perf_counter() - clock

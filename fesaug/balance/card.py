@@ -30,7 +30,9 @@ def dataset_card(r: BalanceResult, plan: Plan, meta: Mapping[str, Any], held_out
         "## How the synthetic images were made",
         "",
         *_how(r, plan),
-        f"- Synthetic images are {plan.output_size}×{plan.output_size} PNGs under `images/<class>/`.",
+        f"- Synthetic images are {plan.output_size}×{plan.output_size} "
+        f"{'colour (RGB)' if plan.manifest.channels == 3 else 'gray'} PNGs under `images/<class>/`, as the real ones "
+        f"read (the manifest's `channels`: {plan.manifest.channels}).",
         "- Each synthetic row keeps its parent's `subject_id`, `split` and `fold`, and names its `parent_id`.",
         *_reviewed(r),
         "",
