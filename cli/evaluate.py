@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fesaug.cli.params import DEVICE, add_options, aligned_table, balance_options, show_progress_log
+from fesaug.synthesis.config import PRESETS
 
 if TYPE_CHECKING:
     from fesaug.balance import BalanceConfig
@@ -87,7 +88,7 @@ DOWNSTREAM_OPTIONS = [
 GENERATOR_OPTIONS = [
     click.option(
         "--preset",
-        type=click.Choice(["cpu", "paper"]),
+        type=click.Choice(list(PRESETS)),
         default="cpu",
         show_default=True,
         help="FERSNet preset for the generator of each fold.",

@@ -35,7 +35,8 @@ from fesaug.synthesis.config import DEVICES, PRESETS
 @click.option(
     "--preset",
     type=click.Choice(list(PRESETS)),
-    help="cpu: 64x64, small widths (default). paper: 96x96, the paper's widths and recipe (for a GPU).",
+    help="cpu: 64x64, small widths (default). paper: 96x96, the paper's widths and recipe (for a GPU). rgb96, "
+    "rgb112: the cpu recipe at the usual colour sizes (96x96, 112x112; the channels always come from the manifest).",
 )
 @click.option(
     "--tasks",

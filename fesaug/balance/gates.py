@@ -63,6 +63,7 @@ def load_gates(config: BalanceConfig, m: Manifest, device: str | None) -> Gates:
         gates.key["au_checkpoint_sha256"] = file_sha256(config.au_checkpoint)
     if config.judge_checkpoint is not None:
         gates.judge, judge_classes = load_classifier(config.judge_checkpoint, device=device)
+        m.check_channels(gates.judge.channels, f"the --judge classifier {config.judge_checkpoint}")
         if judge_classes != list(classes):
             raise FesaugError(
                 f"the --judge classifier {config.judge_checkpoint} knows classes {', '.join(judge_classes)}, "

@@ -8,7 +8,8 @@ training loop with model selection on validation macro-F1 (:func:`fit`), inferen
 faces), the metrics (:func:`classification_report`, computed by scikit-learn so they match what
 readers compute themselves) and the random-oversampling baseline (:func:`random_oversample`).
 
-Images go in as the ``uint8`` ``N×1×S×S`` tensors of ``ManifestDataset.pixels``; the model
+Images go in as the ``uint8`` ``N×C×S×S`` tensors of ``ManifestDataset.pixels`` (C = 1 gray or
+3 colour; a classifier takes the channels it was trained on); the model
 stores the training mean and standard deviation it standardises with, so callers never have
 to carry them around.
 """
@@ -61,12 +62,15 @@ class DownstreamClassifier(nn.Module):
     ``forward`` takes float images in [0, 1] and standardises them with the training set's
     ``mean`` and ``std`` (buffers, so they travel with ``state_dict`` and ``.to(device)``).
     Keeping ``head`` separate lets :func:`features` read the penultimate layer with a hook on it,
-    whatever the architecture.
+    whatever the architecture. ``channels``: the images' (1 gray, 3 colour).
     """
 
-    def __init__(self, net: nn.Module, head: nn.Linear, name: str, num_classes: int, image_size: int) -> None:
+    def __init__(
+        self, net: nn.Module, head: nn.Linear, name: str, num_classes: int, image_size: int, channels: int = 1
+    ) -> None:
         super().__init__()
         self.net, self.name, self.num_classes, self.image_size = net, name, num_classes, image_size
+        self.channels = channels
         # A plain attribute, not a second registration: head already lives inside net, and
         # registering it again would duplicate its weights in every state_dict.
         object.__setattr__(self, "head", head)
@@ -77,13 +81,13 @@ class DownstreamClassifier(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def _small_cnn(num_classes: int) -> tuple[nn.Module, nn.Linear]:
+def _small_cnn(num_classes: int, channels: int) -> tuple[nn.Module, nn.Linear]:
     def block(c_in: int, c_out: int) -> list[nn.Module]:
         return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
 
     head = nn.Linear(96, num_classes)
     net = nn.Sequential(
-        *block(1, 16),
+        *block(channels, 16),
         *block(16, 32),
         *block(32, 64),
         *block(64, 96),
@@ -95,7 +99,7 @@ def _small_cnn(num_classes: int) -> tuple[nn.Module, nn.Linear]:
     return net, head
 
 
-def _resnet18(num_classes: int) -> tuple[nn.Module, nn.Linear]:
+def _resnet18(num_classes: int, channels: int) -> tuple[nn.Module, nn.Linear]:
     from torchvision.models import resnet18
 
     net = resnet18(weights=None, num_classes=num_classes)
@@ -103,13 +107,14 @@ def _resnet18(num_classes: int) -> tuple[nn.Module, nn.Linear]:
     # 12–16 px before the first residual block and to 2×2 at the end, discarding the fine detail
     # (mouth corners, brow furrows) that separates expressions. A 3×3 stride-1 stem without the
     # pool keeps the full resolution into layer1, ending at 6–8 px (the CIFAR ResNet recipe).
-    net.conv1 = nn.Conv2d(1, 64, 3, stride=1, padding=1, bias=False)
+    net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     return net, net.fc
 
 
-def make_classifier(name: str, num_classes: int, image_size: int) -> DownstreamClassifier:
-    """A fresh, randomly initialised classifier of 1-channel ``image_size`` px faces.
+def make_classifier(name: str, num_classes: int, image_size: int, channels: int = 1) -> DownstreamClassifier:
+    """A fresh, randomly initialised classifier of ``image_size`` px faces with ``channels``
+    channels (1 gray, 3 colour).
 
     ``"small-cnn"``: four conv/BN/ReLU/max-pool blocks and global pooling (about 100k
     parameters; the benchmark's demo classifier), fast enough for CPU folds. ``"resnet18"``:
@@ -123,8 +128,10 @@ def make_classifier(name: str, num_classes: int, image_size: int) -> DownstreamC
         raise FesaugError(f"a classifier needs at least 2 classes, got {num_classes}")
     if image_size < 16:
         raise FesaugError(f"image_size {image_size} is too small for the downstream classifiers (>= 16)")
-    net, head = builders[name](num_classes)
-    return DownstreamClassifier(net, head, name, num_classes, image_size)
+    if channels not in (1, 3):
+        raise FesaugError(f"channels must be 1 (gray) or 3 (colour), got {channels}")
+    net, head = builders[name](num_classes, channels)
+    return DownstreamClassifier(net, head, name, num_classes, image_size, channels)
 
 
 FORMAT, FORMAT_VERSION = "fesaug-downstream-classifier", 1
@@ -144,6 +151,7 @@ def save_classifier(model: DownstreamClassifier, path: str | os.PathLike, classe
                 "model": model.name,
                 "num_classes": model.num_classes,
                 "image_size": model.image_size,
+                "channels": model.channels,
                 "classes": list(classes),
             },
             tmp,
@@ -167,7 +175,8 @@ def load_classifier(
             f"{path} is not a fesaug downstream classifier (version {FORMAT_VERSION}); pass a "
             "fold-K/<condition>.pt written by fesaug evaluate"
         )
-    model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"])
+    # Files written before colour have no channels: they took gray images.
+    model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"], saved.get("channels", 1))
     model.load_state_dict(saved["state_dict"])
     device = resolve_device(device)
     return model.to(device).eval(), list(saved["classes"])
@@ -269,7 +278,8 @@ def fit(
     init: DownstreamClassifier | None = None,
     epoch_size: int | None = None,
 ) -> FitResult:
-    """Train ``config.model`` on ``uint8`` ``N×1×S×S`` images with cross-entropy.
+    """Train ``config.model`` on ``uint8`` ``N×C×S×S`` images (C = 1 gray or 3 colour; the
+    model takes the data's channels) with cross-entropy.
 
     Adam with a per-step cosine learning-rate decay. With ``val_x``/``val_y`` (validation
     subjects, e.g. from :func:`fesaug.synthesis.training.split_subjects`) the returned model holds the
@@ -296,6 +306,8 @@ def fit(
     has_val = val_x is not None and len(val_x) > 0
     if has_val:
         val_x, val_y = _images(val_x), _labels(val_y)
+        if val_x.shape[1] != train_x.shape[1]:
+            raise FesaugError(f"validation images have {val_x.shape[1]} channel(s), training images {train_x.shape[1]}")
     if train_x.shape[-1] != config.image_size:
         raise FesaugError(
             f"training images are {train_x.shape[-1]} px but config.image_size is {config.image_size}; "
@@ -317,15 +329,15 @@ def fit(
         torch.manual_seed(config.seed)
         gen = torch.Generator().manual_seed(config.seed)
         if init is None:
-            model = make_classifier(config.model, num_classes, config.image_size)
+            model = make_classifier(config.model, num_classes, config.image_size, train_x.shape[1])
             pixels = train_x.float() / 255
             model.mean.fill_(pixels.mean())
             model.std.fill_(pixels.std().clamp_min(1e-6))
         else:
-            if (init.num_classes, init.image_size) != (num_classes, config.image_size):
+            if (init.num_classes, init.image_size, init.channels) != (num_classes, config.image_size, train_x.shape[1]):
                 raise FesaugError(
-                    f"the model to fine-tune has {init.num_classes} classes at {init.image_size} px; the "
-                    f"data has {num_classes} classes at {config.image_size} px"
+                    f"the model to fine-tune has {init.num_classes} classes at {init.image_size} px, {init.channels} "
+                    f"channel(s); the data has {num_classes} classes at {config.image_size} px, {train_x.shape[1]}"
                 )
             model = copy.deepcopy(init)
         model.to(device)
@@ -410,6 +422,11 @@ def _run(model: DownstreamClassifier, x: Tensor | np.ndarray, batch_size: int, o
     model.eval()
     device = model.mean.device
     pixels = _images(x)
+    if pixels.shape[1] != model.channels:
+        kind = {1: "gray", 3: "colour (RGB)"}
+        raise FesaugError(
+            f"the {model.name} classifier takes {kind[model.channels]} images, got {pixels.shape[1]}-channel ones"
+        )
     chunks = [
         out(model(pixels[i : i + batch_size].to(device).float() / 255)).float().cpu()
         for i in range(0, len(pixels), batch_size)
@@ -490,8 +507,8 @@ def _images(x: Tensor | np.ndarray) -> Tensor:
         raise FesaugError(f"images must be uint8 (0-255), got {x.dtype}")
     if x.ndim == 3:
         x = x[:, None]
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise FesaugError(f"images must be N×1×S×S (grayscale), got shape {tuple(x.shape)}")
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise FesaugError(f"images must be N×C×S×S (C = 1 gray or 3 colour), got shape {tuple(x.shape)}")
     return x
 
 

@@ -181,6 +181,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"image_size": 64, "widths": (16, 32, 64, 128), "disc_width": 32},
     # Input size of the paper's code (96x96) and channel widths of the authors' 2021 network.
     "paper": {"image_size": 96, "widths": (64, 128, 256, 512), "disc_width": 64},
+    # The usual colour crops: RAF-DB's aligned 100 px faces at 96, AffectNet-style crops at 112.
+    # The cpu preset's widths at those sizes, so they still train on a CPU; the input channels
+    # (gray or RGB) come from the manifest, as for every preset.
+    "rgb96": {"image_size": 96, "widths": (16, 32, 64, 128), "disc_width": 32},
+    "rgb112": {"image_size": 112, "widths": (16, 32, 64, 128), "disc_width": 32},
 }
 
 

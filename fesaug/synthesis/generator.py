@@ -112,7 +112,9 @@ class Generator:
         out), e.g. to fine-tune on real + synthetic faces with :func:`fesaug.evaluate.downstream.fit`
         (the paper's recipe). The copy has its own weights; this generator is unchanged."""
         net = copy.deepcopy(self.model)
-        model = DownstreamClassifier(_FERBranch(net), net.fer_head.fc, "fersnet", len(self.classes), self.image_size)
+        model = DownstreamClassifier(
+            _FERBranch(net), net.fer_head.fc, "fersnet", len(self.classes), self.image_size, self.channels
+        )
         # The standardisation (x - 0.5) / 0.5 is FERSNet's own [0, 1] → [-1, 1] input range.
         model.mean.fill_(0.5)
         model.std.fill_(0.5)

@@ -147,7 +147,7 @@ def train(
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-    model_config = config.model_config(num_classes=len(manifest.classes))
+    model_config = config.model_config(num_classes=len(manifest.classes), in_channels=manifest.channels)
     manifest_sha = file_sha256(manifest.path)
 
     with _runtime(config) as rt, output_lock(out_dir):
@@ -422,7 +422,9 @@ def _training_state(run: _Run, rt: Runtime, ckpt: dict[str, Any] | None) -> Trai
 
     ddp = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
     g_step: nn.Module = GeneratorStep(
-        net, _expression_judge(config, run.manifest.classes, rt.device), config.paired_intensities
+        net,
+        _expression_judge(config, run.manifest.classes, rt.device, run.manifest.channels),
+        config.paired_intensities,
     )
     d_train: nn.Module = disc
     if rt.distributed:
@@ -841,7 +843,7 @@ def validate(net: FERSNet, loader: DataLoader, device: torch.device) -> dict[str
 
 @torch.no_grad()
 def save_sample_grid(net: FERSNet, faces: Tensor, path: Path) -> None:
-    """One row per face in ``faces`` (uint8, N×1×S×S): the input, then each class synthesized."""
+    """One row per face in ``faces`` (uint8, N×C×S×S, gray or colour): the input, then each class synthesized."""
     was_training = net.training
     net.eval()
     num_classes = net.config.num_classes
@@ -922,6 +924,13 @@ def _check_resumable(
     manifest_sha: str,
     path: Path,
 ) -> None:
+    trained = _checkpoint_model_config(ckpt, path).in_channels
+    if trained != model_config.in_channels:
+        kind = {1: "gray", 3: "colour (RGB)"}
+        raise FesaugError(
+            f"{path} was trained on {kind[trained]} images, but the manifest holds {kind[model_config.in_channels]} "
+            f"ones; resume with the manifest it was trained on, or start a new run with --out"
+        )
     if list(ckpt["classes"]) != classes:
         raise FesaugError(
             f"{path} was trained on classes {ckpt['classes']}, but the manifest has {classes}; use the manifest it "
@@ -987,7 +996,9 @@ def _perceptual_loss(config: TrainConfig, device: torch.device) -> nn.Module | N
     return load_perceptual("alex").to(device)
 
 
-def _expression_judge(config: TrainConfig, classes: list[str], device: torch.device) -> DownstreamClassifier | None:
+def _expression_judge(
+    config: TrainConfig, classes: list[str], device: torch.device, channels: int = 1
+) -> DownstreamClassifier | None:
     if config.expression_classifier is None:
         return None
     path = Path(config.expression_classifier)
@@ -997,6 +1008,12 @@ def _expression_judge(config: TrainConfig, classes: list[str], device: torch.dev
             "(fold-K/judge.pt) or fesaug.evaluate.downstream.save_classifier"
         )
     judge, judge_classes = load_classifier(path, device=device)
+    if judge.channels != channels:
+        kind = {1: "gray", 3: "colour (RGB)"}
+        raise FesaugError(
+            f"expression_classifier {path} was trained on {kind[judge.channels]} images, the manifest holds "
+            f"{kind[channels]} ones; train it on this manifest"
+        )
     if list(judge_classes) != list(classes):
         raise FesaugError(
             f"expression_classifier {path} knows the classes {', '.join(judge_classes)}, the manifest "
