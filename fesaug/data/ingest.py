@@ -18,8 +18,6 @@ import dataclasses
 import functools
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -55,8 +53,9 @@ from fesaug.data.sources import (
     read_fer2013_csv,
     scan_folder,
 )
+from fesaug.data.staging import StagedImageFolder
 from fesaug.utils.errors import FesaugError, UsageError
-from fesaug.utils.files import atomic_write_bytes, remove_stale_temporaries
+from fesaug.utils.files import remove_stale_temporaries
 from fesaug.utils.locking import output_lock
 from fesaug.utils.provenance import provenance
 
@@ -163,7 +162,7 @@ def ingest(
             "color": {True: "color", False: "grayscale", None: "auto"}[color],
             **({"columns": dataclasses.asdict(columns)} if columns is not None else {}),
         }
-        with _ImageFolder(image_dir) as folder:
+        with StagedImageFolder(image_dir) as folder:
             convert = functools.partial(
                 _row, detect_faces=detect_faces, aligner=aligner, size=size, embed=embed, channels=_CHANNELS[color]
             )
@@ -295,7 +294,7 @@ def _row(
     size: int | None,
     embed: bool,
     channels: int | None,
-    folder: _ImageFolder,
+    folder: StagedImageFolder,
 ) -> dict:
     """The manifest row of ``item`` (and, under ``_channels``, those of its decoded image)."""
     if item.path is not None:
@@ -343,52 +342,6 @@ def _row(
             else {}
         ),
     }
-
-
-class _ImageFolder:
-    """Produced images: written into a hidden folder beside the manifest, renamed into place by
-    :meth:`publish` just before the manifest is written, and rolled back if that write fails, so
-    no run leaves a half-written folder or a folder without its manifest."""
-
-    def __init__(self, final: Path | None):
-        self.final = final
-        self.staging: Path | None = None
-        self.backup: Path | None = None
-        self.published = False
-
-    def __enter__(self) -> _ImageFolder:
-        return self
-
-    def write(self, rel: str, data: bytes) -> str:
-        """Store ``data`` at ``rel`` inside the folder; returns its path relative to the manifest."""
-        if self.staging is None:  # created on first use: a run that fails early leaves no trace
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
-        dest = self.staging / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(dest, data)
-        return f"{self.final.name}/{rel}"
-
-    def publish(self) -> None:
-        if self.final is None:
-            return
-        if self.final.exists():  # an earlier run's folder; _check_outputs allowed it (--overwrite)
-            self.backup = self.staging.with_suffix(".old")
-            os.replace(self.final, self.backup)
-        os.replace(self.staging, self.final)
-        self.published = True
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.final is None:
-            return
-        if exc_type is not None and self.published:
-            shutil.rmtree(self.final, ignore_errors=True)
-            if self.backup is not None:
-                os.replace(self.backup, self.final)
-        elif self.backup is not None:
-            shutil.rmtree(self.backup, ignore_errors=True)
-        if self.staging is not None and self.staging.exists():
-            shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def _subject_regex(format: str, preset: str | None, pattern: str | None) -> re.Pattern | None:

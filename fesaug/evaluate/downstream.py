@@ -8,8 +8,7 @@ training loop with model selection on validation macro-F1 (:func:`fit`), inferen
 faces), the metrics (:func:`classification_report`, computed by scikit-learn so they match what
 readers compute themselves) and the random-oversampling baseline (:func:`random_oversample`).
 
-Images go in as the ``uint8`` ``N×C×S×S`` tensors of ``ManifestDataset.pixels`` (C = 1 gray or
-3 colour; a classifier takes the channels it was trained on); the model
+Images go in as the ``uint8`` ``N×C×S×S`` tensors of ``ManifestDataset.pixels`` (C: 1 or 3); the model
 stores the training mean and standard deviation it standardises with, so callers never have
 to carry them around.
 """
@@ -128,8 +127,6 @@ def make_classifier(name: str, num_classes: int, image_size: int, channels: int 
         raise FesaugError(f"a classifier needs at least 2 classes, got {num_classes}")
     if image_size < 16:
         raise FesaugError(f"image_size {image_size} is too small for the downstream classifiers (>= 16)")
-    if channels not in (1, 3):
-        raise FesaugError(f"channels must be 1 (gray) or 3 (colour), got {channels}")
     net, head = builders[name](num_classes, channels)
     return DownstreamClassifier(net, head, name, num_classes, image_size, channels)
 
@@ -278,8 +275,7 @@ def fit(
     init: DownstreamClassifier | None = None,
     epoch_size: int | None = None,
 ) -> FitResult:
-    """Train ``config.model`` on ``uint8`` ``N×C×S×S`` images (C = 1 gray or 3 colour; the
-    model takes the data's channels) with cross-entropy.
+    """Train ``config.model`` on ``uint8`` ``N×C×S×S`` images (gray or colour) with cross-entropy.
 
     Adam with a per-step cosine learning-rate decay. With ``val_x``/``val_y`` (validation
     subjects, e.g. from :func:`fesaug.synthesis.training.split_subjects`) the returned model holds the
@@ -306,8 +302,6 @@ def fit(
     has_val = val_x is not None and len(val_x) > 0
     if has_val:
         val_x, val_y = _images(val_x), _labels(val_y)
-        if val_x.shape[1] != train_x.shape[1]:
-            raise FesaugError(f"validation images have {val_x.shape[1]} channel(s), training images {train_x.shape[1]}")
     if train_x.shape[-1] != config.image_size:
         raise FesaugError(
             f"training images are {train_x.shape[-1]} px but config.image_size is {config.image_size}; "
@@ -423,10 +417,8 @@ def _run(model: DownstreamClassifier, x: Tensor | np.ndarray, batch_size: int, o
     device = model.mean.device
     pixels = _images(x)
     if pixels.shape[1] != model.channels:
-        kind = {1: "gray", 3: "colour (RGB)"}
-        raise FesaugError(
-            f"the {model.name} classifier takes {kind[model.channels]} images, got {pixels.shape[1]}-channel ones"
-        )
+        kind = {1: "gray", 3: "colour (RGB)"}[model.channels]
+        raise FesaugError(f"the {model.name} classifier takes {kind} images, got {pixels.shape[1]}-channel ones")
     chunks = [
         out(model(pixels[i : i + batch_size].to(device).float() / 255)).float().cpu()
         for i in range(0, len(pixels), batch_size)
