@@ -174,3 +174,14 @@ def test_a_missing_hf_extra_names_the_extra(demo: Path, saved: Path, tmp_path: P
         fesaug.to_hf_dataset(demo)
     code, _, err = cli_in_process(capsys, "ingest", saved, "--format", "hf", "--out", tmp_path / "m.parquet")
     assert code == 1 and "pip install 'fesaug[hf]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_colour_manifest_opens_in_colour(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    colour = make_demo_dataset(tmp_path / "d", counts={"anger": 3, "happy": 3}, n_subjects=3, folds=2, color=True)
+    ds = fesaug.to_hf_dataset(colour)
+    assert ds.features["image"] == datasets.Image(mode="RGB") and ds[0]["image"].mode == "RGB"
+    m = read_manifest(colour)
+    assert np.array_equal(np.asarray(ds[0]["image"]), np.asarray(m.open_image(0)))
+    loaded = datasets.load_dataset("parquet", data_files=str(colour), split="train", cache_dir=str(tmp_path / "hf"))
+    assert loaded.features["image"].mode == "RGB"

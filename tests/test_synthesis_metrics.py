@@ -270,3 +270,14 @@ FEAT = np.random.default_rng(41).normal(size=(10, 4))
 def test_bad_input_raises(call, match):
     with pytest.raises(FesaugError, match=match):
         call()
+
+
+def test_colour_batches_score_over_their_channels() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 3, 24, 24), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    per_channel = np.mean([ssim(a[:, [c]], b[:, [c]]) for c in range(3)], axis=0)
+    assert np.allclose(ssim(a, b), per_channel)
+    mse = ((a.astype(float) - b) ** 2).mean(axis=(1, 2, 3))
+    assert np.allclose(psnr(a, b), 10 * np.log10(255**2 / mse))
+    assert np.allclose(ssim(a[:, :1], b[:, :1]), ssim(a[:, 0][:, None], b[:, 0][:, None]))

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from fesaug.data.images import MODES
 from fesaug.data.labels import canonical_label, canonicalize
 from fesaug.data.manifest import Manifest, read_manifest
 from fesaug.data.sources import SPLITS, BadInput, Item, Skips, letters, safe_stem
@@ -50,6 +51,7 @@ def to_hf_dataset(manifest: Manifest | str | os.PathLike, *, embed_images: bool 
     (``sample_id``, ``subject_id``, ``fold``, ``split``, ``origin``, and for synthetic rows
     ``parent_id``, ``source_label``, ``generator``, ``seed``, ``confidence``, …).
 
+    Images decode as the manifest reads them, gray (``L``) or ``RGB`` (its ``channels``).
     Images referenced by path get absolute paths, so the dataset opens from any working
     directory; ``embed_images`` copies their bytes in instead (a self-contained dataset for
     ``save_to_disk`` or ``push_to_hub``). The manifest's footer (provenance, balance settings) is
@@ -76,7 +78,7 @@ def to_hf_dataset(manifest: Manifest | str | os.PathLike, *, embed_images: bool 
     schema = pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in schema])
     features = datasets.Features.from_arrow_schema(schema)
     features["label"] = datasets.ClassLabel(names=m.classes)
-    features["image"] = datasets.Image()
+    features["image"] = datasets.Image(mode=MODES[m.channels])  # decoded at the manifest's channels
     info = datasets.DatasetInfo(
         description=json.dumps({"fesaug_manifest": str(m.path), "fesaug": m.meta}, default=str),
         features=datasets.Features({c: features[c] for c in df.columns}),  # the manifest's column order

@@ -222,13 +222,13 @@ def _check_relative_path(path: str, where: str) -> None:
         raise FesaugError(f"{where}: image path {path!r} escapes the image root; rewrite it without '..'")
 
 
-def huggingface_features(classes: Sequence[str], schema: pa.Schema) -> dict:
+def huggingface_features(classes: Sequence[str], schema: pa.Schema, channels: int = 1) -> dict:
     """The ``huggingface`` footer key: ``datasets`` then loads ``image`` as Image and ``label`` as
-    ClassLabel instead of a plain struct and integer."""
+    ClassLabel instead of a plain struct and integer; a colour manifest's images decode as RGB."""
     features: dict[str, dict] = {}
     for f in schema:
         if f.name == "image":
-            features[f.name] = {"_type": "Image"}
+            features[f.name] = {"_type": "Image", **({"mode": "RGB"} if channels == 3 else {})}
         elif f.name == "label":
             features[f.name] = {"names": list(classes), "_type": "ClassLabel"}
         elif pa.types.is_list(f.type):
@@ -335,7 +335,7 @@ def write_manifest(
     table = table.replace_schema_metadata(
         {
             META_KEY: json.dumps(footer, sort_keys=True, default=str).encode(),
-            HF_KEY: json.dumps(huggingface_features(classes, table.schema)).encode(),
+            HF_KEY: json.dumps(huggingface_features(classes, table.schema, footer["channels"])).encode(),
         }
     )
     embedded = any(b is not None for b in table.column("image").combine_chunks().field("bytes").to_pylist()[:1])

@@ -68,7 +68,7 @@ def _images(x: np.ndarray | Tensor, name: str, min_size: int = 1) -> np.ndarray:
     if arr.dtype != np.uint8:
         raise FesaugError(f"{name}: expected uint8 images (0-255), got dtype {arr.dtype}")
     if arr.ndim != 4 or arr.shape[1] not in (1, 3) or arr.shape[0] < 1:
-        raise FesaugError(f"{name}: expected a non-empty N×C×S×S batch (C = 1 gray or 3 RGB), got shape {arr.shape}")
+        raise FesaugError(f"{name}: expected a non-empty N×1×S×S (gray) or N×3×S×S (RGB) batch, got shape {arr.shape}")
     if min(arr.shape[2:]) < min_size:
         raise FesaugError(f"{name}: images must be at least {min_size}×{min_size} px, got {arr.shape[2:]}")
     return arr
