@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,30 @@ def test_exact_truth_scores_on_the_colour_demo(colour: Path, tmp_path, capsys) -
     for name in ("synthetic", "copy_input"):
         scores = truth[name]
         assert 0 < scores["l1"]["mean"] < 60 and 10 < scores["psnr"]["mean"] < 60 and 0 < scores["ssim"]["mean"] <= 1
+
+
+def test_the_emotion_au_model_takes_colour_and_is_refused_for_gray(colour: Path, gray: Path, tmp_path, capsys) -> None:
+    from fesaug.multitask import MultiTaskConfig, load_emotion_au, train_multitask
+
+    config = MultiTaskConfig(model={"image_size": 32, "widths": (8, 16, 16)}, epochs=1, batch_size=8, holdout_fold=0)
+    ckpt = train_multitask(colour, tmp_path / "mt", config).best_checkpoint
+    model = load_emotion_au(ckpt, device="cpu")
+    emotions, aus = model.predict(ManifestDataset(colour, image_size=32).pixels[:4])
+    assert model.channels == 3 and emotions.shape == (4, 7) and aus.shape[0] == 4
+    args = ["--folds", "0", "--epochs", "1", "--generator-epochs", "1", "--au-check", ckpt]
+    code, _, err = cli_in_process(capsys, "evaluate", "--manifest", gray, "--out", tmp_path / "ev", *args)
+    _one_error_line(code, err, "--au-check model", "was trained on colour (RGB) images, but", "holds gray ones")
+    assert not (tmp_path / "ev" / "evaluate.json").exists()
+
+
+def test_the_pictures_show_colour(colour: Path, tmp_path) -> None:
+    from fesaug.quickstart import synthesis_grid
+    from fesaug.utils.plots import class_grid
+
+    m = read_manifest(colour)
+    with Image.open(class_grid(m, tmp_path / "grid.png", per_class=2)) as grid:
+        pixels = np.asarray(grid.convert("RGB"), dtype=int)
+    assert np.abs(pixels[..., 0] - pixels[..., 2]).max() > 40  # faces drawn in colour, not on a gray map
+    fake = m.df.assign(origin="synthetic", parent_id=m.df["sample_id"])  # every face its own "synthetic" twin
+    fake.loc[0, "origin"] = "real"
+    assert synthesis_grid(dataclass_replace(m, df=fake), tmp_path / "syn.png").is_file()

@@ -51,7 +51,7 @@ def is_split_folder(path: Path) -> bool:
 def check_input(m: Manifest, config: EvaluateConfig) -> None:
     """One clear error, before any work, unless ``m`` can be evaluated with ``config``: real rows
     only, the demo set's stored faces when a truth condition is asked for, and an AU model
-    (``--au-checkpoint``) trained on images like ``m``'s (gray or colour)."""
+    (``--au-check``) trained on images like ``m``'s (gray or colour)."""
     synthetic = int((m.df["origin"] != "real").sum())
     if synthetic:
         raise FesaugError(
@@ -63,7 +63,7 @@ def check_input(m: Manifest, config: EvaluateConfig) -> None:
     if config.au_checkpoint:
         from fesaug.multitask.training import load_emotion_au  # torch models: only when asked for
 
-        m.check_channels(load_emotion_au(config.au_checkpoint).channels, f"the --au-checkpoint {config.au_checkpoint}")
+        m.check_channels(load_emotion_au(config.au_checkpoint).channels, f"the --au-check model {config.au_checkpoint}")
 
 
 def read_settings(path: Path) -> dict[str, Any]:
