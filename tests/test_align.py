@@ -223,3 +223,18 @@ def test_a_turned_ckplus_face_is_levelled(aligner: FaceAligner, ckplus_dir: Path
     assert found.angle - level.angle == pytest.approx(15, abs=1.5)
     inner = (8, 8, 40, 40)
     assert diff(rotated_out.crop(inner), level_out.crop(inner)) < 0.5 * diff(rotated.crop(inner), real.crop(inner))
+
+
+def test_a_colour_face_is_found_and_aligned_in_colour(aligner: FaceAligner) -> None:
+    subject = Subject.from_seed(5, 0)
+    colour = Image.fromarray(render(subject, "surprise", 0.8, size=96, channels=3))
+    rotated = colour.rotate(-10, resample=Image.Resampling.BICUBIC, fillcolor=colour.getpixel((0, 0)))
+    found = aligner.locate(rotated, where="colour")
+    assert found.box in (DETECTOR, WHOLE_IMAGE) and found.angle == pytest.approx(-10, abs=2.5)
+    out, _ = aligner.align(rotated, where="colour", size=64)
+    assert out.mode == "RGB" and out.size == (64, 64)
+    again = aligner.locate(out, where="aligned")
+    np.testing.assert_allclose(again.left_eye, np.array(LEFT_EYE) * 64 - 0.5, atol=0.03 * 64)
+    # The colour face's eyes are where its gray twin's are.
+    gray = aligner.locate(turned(face(5, "surprise"), -10), where="gray")
+    np.testing.assert_allclose(found.left_eye, gray.left_eye, atol=1.5)

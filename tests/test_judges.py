@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fesaug import judges
 from fesaug.data.demo import Subject, render
@@ -215,3 +216,37 @@ def test_yardstick_pairs_are_same_subject_other_expression_and_different_subject
     assert not different & {(0, 1), (0, 2), (1, 2), (3, 4)}
     capped = yardstick_pairs([f"s{i // 3}" for i in range(300)], np.arange(300) % 3, max_pairs=50)
     assert len(capped["same_subject"]) == 50 and len(capped["different_subject"]) == 50
+
+
+# ---------------------------------------------------------------------------- colour
+
+
+@pytest.fixture(scope="module")
+def colour_faces() -> np.ndarray:
+    """The six demo faces of ``faces`` in colour, ``N×H×W×3``."""
+    return np.stack([render(Subject.from_seed(i, i), e, 1.0, size=64, channels=3) for i, e in enumerate(EXPRESSIONS)])
+
+
+def test_colour_faces_are_judged_gray_by_fer2013_and_in_colour_by_dlib_and_lpips(
+    identity, lpips, colour_faces: np.ndarray
+) -> None:
+    judge = expression.ExpressionJudge()
+    gray = np.stack([np.asarray(Image.fromarray(f).convert("L")) for f in colour_faces])
+    np.testing.assert_allclose(judge.probabilities(colour_faces), judge.probabilities(gray), atol=1e-5)
+    # dlib sees the colour: the same face is 0 from itself and the person stays the person.
+    emb = identity.embed(colour_faces)
+    assert np.isfinite(emb).all()
+    assert not np.allclose(emb, identity.embed(gray), atol=1e-3)
+    d = identity.score(colour_faces, EXPRESSIONS, np.roll(colour_faces, 1, axis=2))
+    assert np.all(d < 0.2)
+    x = torch.from_numpy(colour_faces).permute(0, 3, 1, 2).contiguous()
+    assert np.allclose(lpips.score(x, EXPRESSIONS, x), 0, atol=1e-6)
+    assert not np.allclose(
+        lpips.score(x, EXPRESSIONS, x.roll(1, dims=0)), lpips.score(gray, EXPRESSIONS, np.roll(gray, 1, axis=0))
+    )
+    # A gray face given as RGB (three equal channels) is the gray face to both.
+    rgb_gray = np.repeat(gray[..., None], 3, axis=3)
+    np.testing.assert_allclose(identity.embed(rgb_gray), identity.embed(gray), atol=1e-6)
+    np.testing.assert_allclose(
+        lpips.score(rgb_gray, EXPRESSIONS, rgb_gray[::-1]), lpips.score(gray, EXPRESSIONS, gray[::-1]), atol=1e-6
+    )
