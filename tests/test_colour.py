@@ -28,40 +28,30 @@ from fesaug.synthesis.checkpoint import load_checkpoint
 from fesaug.synthesis.training import train
 from fesaug.utils.errors import FesaugError, InvalidValue
 
-from .conftest import cli_in_process, tiny_config
+from .conftest import SMALL_COUNTS, cli_in_process, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-COUNTS = {"anger": 6, "contempt": 4, "disgust": 7, "fear": 4, "happy": 9, "sadness": 5, "surprise": 10}
-
-
-def _demo(tmp_path_factory: pytest.TempPathFactory, color: bool) -> Path:
-    out = tmp_path_factory.mktemp("colour" if color else "gray")
-    return make_demo_dataset(out, counts=COUNTS, n_subjects=8, size=32, folds=4, color=color)
-
-
 @pytest.fixture(scope="module")
 def colour(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _demo(tmp_path_factory, True)
+    """The session's small gray demo set (conftest), in colour."""
+    out = tmp_path_factory.mktemp("colour")
+    return make_demo_dataset(out, counts=SMALL_COUNTS, n_subjects=8, size=32, folds=4, color=True)
 
 
 @pytest.fixture(scope="module")
-def gray(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _demo(tmp_path_factory, False)
-
-
-def _run(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train(manifest, tmp_path_factory.mktemp("run") / "run", tiny_config(holdout_fold=0, epochs=1)).run_dir
+def gray(small_demo: Path) -> Path:
+    return small_demo
 
 
 @pytest.fixture(scope="module")
 def colour_run(colour: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _run(colour, tmp_path_factory)
+    return train(colour, tmp_path_factory.mktemp("run") / "run", tiny_config(holdout_fold=0, epochs=1)).run_dir
 
 
 @pytest.fixture(scope="module")
-def gray_run(gray: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _run(gray, tmp_path_factory)
+def gray_run(small_checkpoint: Path) -> Path:
+    return small_checkpoint.parents[1]  # run/checkpoints/best.pt
 
 
 def _best(run: Path) -> Path:
@@ -175,6 +165,7 @@ def test_the_emotion_au_model_takes_colour_and_is_refused_for_gray(colour: Path,
     model = load_emotion_au(ckpt, device="cpu")
     emotions, aus = model.predict(ManifestDataset(colour, image_size=32).pixels[:4])
     assert model.channels == 3 and emotions.shape == (4, 7) and aus.shape[0] == 4
+    capsys.readouterr()  # training's log lines
     args = ["--folds", "0", "--epochs", "1", "--generator-epochs", "1", "--au-check", ckpt]
     code, _, err = cli_in_process(capsys, "evaluate", "--manifest", gray, "--out", tmp_path / "ev", *args)
     _one_error_line(code, err, "--au-check model", "was trained on colour (RGB) images, but", "holds gray ones")
