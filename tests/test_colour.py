@@ -32,6 +32,7 @@ from .conftest import SMALL_COUNTS, cli_in_process, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 @pytest.fixture(scope="module")
 def colour(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's small gray demo set (conftest), in colour."""

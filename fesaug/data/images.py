@@ -26,6 +26,8 @@ MAX_PIXELS = 50_000_000
 # A manifest's images are gray (1 channel, PIL mode L) or colour (3, RGB).
 CHANNELS = (1, 3)
 MODES = {1: "L", 3: "RGB"}
+# How messages name them ("was trained on colour (RGB) images").
+KINDS = {1: "gray", 3: "colour (RGB)"}
 # An RGB file counts as colour when more than COLOUR_SHARE of its pixels have channels more than
 # COLOUR_LEVELS apart: a gray face saved as RGB (or JPEG's rounding of one) stays gray.
 COLOUR_LEVELS = 8

@@ -148,28 +148,16 @@ def ingest(
         # Before decoding images, so a wrong side file fails in seconds.
         au_rows = match_au_labels(labels, items, skips) if labels is not None else {}  # sample_id -> side-file key
 
-        options = {
-            "format": format,
-            "preset": preset,
-            "subject_pattern": subject_rx.pattern if subject_rx else None,
-            "folds": folds,
-            "fold_seed": fold_seed if folds else None,
-            "detect_faces": detect_faces,
-            "align": align,
-            "size": size,
-            "storage": storage,
-            "au_labels": str(au_labels) if au_labels is not None else None,
-            "color": {True: "color", False: "grayscale", None: "auto"}[color],
-            **({"columns": dataclasses.asdict(columns)} if columns is not None else {}),
-        }
+        options = _options(
+            format, preset, subject_rx, columns, folds=folds, fold_seed=fold_seed, au_labels=au_labels, color=color,
+            detect_faces=detect_faces, align=align, size=size, storage=storage,
+        )  # fmt: skip
         with StagedImageFolder(image_dir) as folder:
             convert = functools.partial(
                 _row, detect_faces=detect_faces, aligner=aligner, size=size, embed=embed, channels=_CHANNELS[color]
             )
             rows = _convert(items, total, src, skips, functools.partial(convert, folder=folder))
-            # Decoded as they are (auto), a colour image came back RGB; forced, every one did or none.
-            colour = [row.pop("_channels") == 3 for row in rows]
-            channels = 3 if color or (color is None and any(colour)) else 1
+            channels = _manifest_channels(rows, color)
             df, classes = _table(rows, folds, fold_seed, labels, au_rows)
             meta = {**_footer(src, options, skips, ignored, labels, aligner), "channels": channels}
             folder.publish()
@@ -177,6 +165,40 @@ def ingest(
             write_manifest(df, out, classes=classes, meta=meta, overwrite=overwrite, image_root=image_root)
 
         return _result(out, df, classes, meta, image_dir, time.perf_counter() - start)
+
+
+def _options(
+    format: str,
+    preset: str | None,
+    subject_rx: re.Pattern | None,
+    columns: Any,
+    *,
+    folds: int | None,
+    fold_seed: int,
+    au_labels: str | os.PathLike | None,
+    color: bool | None,
+    **flags: Any,
+) -> dict[str, Any]:
+    """The settings the footer and the provenance record; ``flags`` as given (``detect_faces``,
+    ``align``, ``size``, ``storage``)."""
+    return {
+        "format": format,
+        "preset": preset,
+        "subject_pattern": subject_rx.pattern if subject_rx else None,
+        "folds": folds,
+        "fold_seed": fold_seed if folds else None,
+        **flags,
+        "au_labels": str(au_labels) if au_labels is not None else None,
+        "color": {True: "color", False: "grayscale", None: "auto"}[color],
+        **({"columns": dataclasses.asdict(columns)} if columns is not None else {}),
+    }
+
+
+def _manifest_channels(rows: list[dict[str, Any]], color: bool | None) -> int:
+    """The manifest's channels: 3 when ``color`` forces colour, or, left to the images (None),
+    when one of them came back RGB (each row's ``_channels``, removed from the rows here)."""
+    colour = [row.pop("_channels") == 3 for row in rows]
+    return 3 if color or (color is None and any(colour)) else 1
 
 
 def _footer(

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fesaug.data.images import CHANNELS, BadImage, decode_image
+from fesaug.data.images import CHANNELS, KINDS, BadImage, decode_image
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.files import atomic_path
 from fesaug.utils.records import SCHEMA_KEY, RecordType, fill_missing, rename_keys
@@ -109,10 +109,9 @@ class Manifest:
         """One clear error unless ``model`` (a checkpoint, named for the message), which takes
         images of ``channels``, can read this manifest's images."""
         if channels != self.channels:
-            kind = {1: "gray", 3: "colour (RGB)"}
             raise FesaugError(
-                f"{model} was trained on {kind[channels]} images, but {self.path} holds {kind[self.channels]} "
-                f"ones; use a model trained on {kind[self.channels]} images, or ingest the dataset again with "
+                f"{model} was trained on {KINDS[channels]} images, but {self.path} holds {KINDS[self.channels]} "
+                f"ones; use a model trained on {KINDS[self.channels]} images, or ingest the dataset again with "
                 f"{'--grayscale' if channels == 1 else '--color'}"
             )
 

@@ -28,6 +28,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from fesaug.data.images import KINDS
 from fesaug.utils.devices import resolve_device
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.files import atomic_path
@@ -172,8 +173,8 @@ def load_classifier(
             f"{path} is not a fesaug downstream classifier (version {FORMAT_VERSION}); pass a "
             "fold-K/<condition>.pt written by fesaug evaluate"
         )
-    # Files written before colour have no channels: they took gray images.
-    model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"], saved.get("channels", 1))
+    channels = saved.get("channels", 1)  # files written before colour have none: gray
+    model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"], channels)
     model.load_state_dict(saved["state_dict"])
     device = resolve_device(device)
     return model.to(device).eval(), list(saved["classes"])
@@ -417,8 +418,8 @@ def _run(model: DownstreamClassifier, x: Tensor | np.ndarray, batch_size: int, o
     device = model.mean.device
     pixels = _images(x)
     if pixels.shape[1] != model.channels:
-        kind = {1: "gray", 3: "colour (RGB)"}[model.channels]
-        raise FesaugError(f"the {model.name} classifier takes {kind} images, got {pixels.shape[1]}-channel ones")
+        got = f"got {pixels.shape[1]}-channel ones"
+        raise FesaugError(f"the {model.name} classifier takes {KINDS[model.channels]} images, {got}")
     chunks = [
         out(model(pixels[i : i + batch_size].to(device).float() / 255)).float().cpu()
         for i in range(0, len(pixels), batch_size)

@@ -61,6 +61,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
+from fesaug.data.images import KINDS
 from fesaug.data.manifest import Manifest, read_manifest
 from fesaug.data.splits import Split, split_subjects
 from fesaug.evaluate.downstream import DownstreamClassifier, augment_batch, load_classifier
@@ -926,9 +927,8 @@ def _check_resumable(
 ) -> None:
     trained = _checkpoint_model_config(ckpt, path).in_channels
     if trained != model_config.in_channels:
-        kind = {1: "gray", 3: "colour (RGB)"}
         raise FesaugError(
-            f"{path} was trained on {kind[trained]} images, but the manifest holds {kind[model_config.in_channels]} "
+            f"{path} was trained on {KINDS[trained]} images, but the manifest holds {KINDS[model_config.in_channels]} "
             f"ones; resume with the manifest it was trained on, or start a new run with --out"
         )
     if list(ckpt["classes"]) != classes:
@@ -1009,10 +1009,9 @@ def _expression_judge(
         )
     judge, judge_classes = load_classifier(path, device=device)
     if judge.channels != channels:
-        kind = {1: "gray", 3: "colour (RGB)"}
         raise FesaugError(
-            f"expression_classifier {path} was trained on {kind[judge.channels]} images, the manifest holds "
-            f"{kind[channels]} ones; train it on this manifest"
+            f"expression_classifier {path} was trained on {KINDS[judge.channels]} images, the manifest holds "
+            f"{KINDS[channels]} ones; train it on this manifest"
         )
     if list(judge_classes) != list(classes):
         raise FesaugError(
