@@ -151,7 +151,12 @@ def render(r: dict[str, Any]) -> str:
     lines = [
         "# Colour end to end on the demo dataset, beside gray",
         "",
-        f"`{r['command']}` on {machine_line(r['machine'])}; {versions_line(r['versions'])}.",
+        f"`{r['command']}` on {machine_line(r['machine'])}; {versions_line(r['versions'])}."
+        + (
+            f" The end-to-end part is that of an earlier run, `{r['end_to_end_command']}`, on the same machine."
+            if r.get("end_to_end_command", r["command"]) != r["command"]
+            else ""
+        ),
         "",
         f"Demo set (CK+'s 981 faces, 64 px, seed 0), gray and colour (`fesaug demo-data --color`: the same "
         f"faces painted). `fesaug train` {r['epochs']} epochs holding out fold 0 → `fesaug balance` → `fesaug audit`"
@@ -219,17 +224,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     threads = int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
+    earlier = json.loads((RESULTS / "colour_demo.json").read_text()) if args.keep_end_to_end else {}
     result = {
         "command": command("OMP_NUM_THREADS=1"),
         "machine": machine(threads),
         "versions": package_versions(),
         "epochs": args.epochs,
         "downstream_epochs": args.downstream_epochs,
-        "end_to_end": (
-            json.loads((RESULTS / "colour_demo.json").read_text())["end_to_end"]
-            if args.keep_end_to_end
-            else {kind: end_to_end(args.work, kind, args.epochs, args.downstream_epochs) for kind in KINDS}
-        ),
+        "end_to_end_command": earlier.get("end_to_end_command", earlier.get("command")) or command("OMP_NUM_THREADS=1"),
+        "end_to_end": earlier.get("end_to_end")
+        or {kind: end_to_end(args.work, kind, args.epochs, args.downstream_epochs) for kind in KINDS},
         "throughput": [throughput(args.work, size, kind) for size in SIZES for kind in KINDS],
     }
     write_results("colour_demo", result, render(result))
