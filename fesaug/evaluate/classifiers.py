@@ -292,11 +292,11 @@ def _by_name(states: list[dict[str, Tensor]]) -> dict[str, list[Tensor]]:
 class _SeedLinear(nn.Module):
     """S linear maps, ``(B, S×in) → (B, S×out)``; weight ``(S×out, in)`` as the seeds' weights stacked."""
 
-    def __init__(self, seeds: int, in_features: int, out_features: int) -> None:
+    def __init__(self, seeds: int, in_features: int, out_features: int, **kw: Any) -> None:
         super().__init__()
         self.seeds, self.in_features, self.out_features = seeds, in_features, out_features
-        self.weight = nn.Parameter(torch.empty(seeds * out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(seeds * out_features))
+        self.weight = nn.Parameter(torch.empty(seeds * out_features, in_features, **kw))
+        self.bias = nn.Parameter(torch.empty(seeds * out_features, **kw))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.seeds == 1:
@@ -333,8 +333,10 @@ class _SeedDropout(nn.Module):
 def _group_layers(module: nn.Module, seeds: int, stack: SeedStack) -> None:
     """Replace, in place, every layer with weights by its S-group version (weights uninitialised)."""
     for name, child in module.named_children():
+        like = next(child.parameters(), None)
+        kw: dict[str, Any] = {} if like is None else {"device": like.device, "dtype": like.dtype}
         if isinstance(child, nn.Conv2d):
-            grouped = nn.Conv2d(
+            grouped: nn.Module = nn.Conv2d(
                 seeds * child.in_channels,
                 seeds * child.out_channels,
                 child.kernel_size,
@@ -343,11 +345,12 @@ def _group_layers(module: nn.Module, seeds: int, stack: SeedStack) -> None:
                 child.dilation,
                 groups=seeds * child.groups,
                 bias=child.bias is not None,
+                **kw,
             )
         elif isinstance(child, nn.BatchNorm2d):
-            grouped = nn.BatchNorm2d(seeds * child.num_features, child.eps, child.momentum)
+            grouped = nn.BatchNorm2d(seeds * child.num_features, child.eps, child.momentum, **kw)
         elif isinstance(child, nn.Linear):
-            grouped = _SeedLinear(seeds, child.in_features, child.out_features)
+            grouped = _SeedLinear(seeds, child.in_features, child.out_features, **kw)
         elif isinstance(child, nn.Dropout):
             grouped = _SeedDropout(child.p, stack)
         elif isinstance(child, (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)):
