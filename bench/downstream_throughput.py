@@ -23,6 +23,7 @@ grouped network, and bfloat16 autocast (not used by fit: it changes the arithmet
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -31,9 +32,9 @@ from typing import Any
 
 import torch
 from baseline_code import BEFORE_36, commit_of, load_module_at
+from profiling import FAMILIES, profile_split
 from record import command, machine, machine_line, versions_line, write_results
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from train_throughput import matmul_peak
 
@@ -146,30 +147,6 @@ def row_line(c: dict) -> str:
 # where the time goes
 
 
-FAMILIES = {
-    "convolution": ("convolution", "conv2d", "mkldnn_conv"),
-    "batch norm": ("batch_norm",),
-    "max pooling": ("max_pool",),
-    "ReLU": ("relu", "clamp_min", "threshold_backward"),
-    "zero fill": ("fill_", "zero_"),
-    "augmentation": ("grid_sampler", "affine_grid"),
-    "optimiser": ("adam", "_foreach", "lerp", "addcdiv", "sqrt"),
-}
-
-
-def profile_split(call: Callable, inputs: tuple) -> dict[str, float]:
-    """Self CPU time of one ``call(*inputs)`` by operator family, as shares of the total."""
-    with profile(activities=[ProfilerActivity.CPU]) as p:
-        call(*inputs)
-    totals: dict[str, float] = dict.fromkeys([*FAMILIES, "other"], 0.0)
-    for event in p.key_averages():
-        key = event.key.lower()
-        family = next((f for f, needles in FAMILIES.items() if any(n in key for n in needles)), "other")
-        totals[family] += event.self_cpu_time_total
-    whole = sum(totals.values())
-    return {"total_ms": whole / 1e3, **{k: v / whole for k, v in totals.items()}}
-
-
 def run_profiles(before: Any, args: argparse.Namespace) -> list[dict]:
     out = []
     torch.set_num_threads(1)
@@ -179,7 +156,7 @@ def run_profiles(before: Any, args: argparse.Namespace) -> list[dict]:
         config = downstream.DownstreamConfig(epochs=1, image_size=size, device="cpu")
         for name, (call, seeds) in trainers(before, config, args.seeds).items():
             call(x[:64], y[:64], vx, vy)
-            split = profile_split(call, (x, y, vx, vy))
+            split = profile_split(functools.partial(call, x, y, vx, vy))
             split["ms_per_image"] = split["total_ms"] / (320 * seeds)
             out.append({"image_size": size, "trainer": name, **split})
             print(f"profile {size}px {name}: {split['ms_per_image']:.2f} ms/image", flush=True)

@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 from torch import nn
 
-from fesaug.evaluate.classifiers import SeedStack
+from fesaug.evaluate.classifiers import DownstreamClassifier, SeedStack, stackable
 from fesaug.evaluate.downstream import (
     DownstreamConfig,
     augment_batch,
@@ -342,3 +342,21 @@ def test_fit_seeds_trains_each_seed_as_fit_does() -> None:
     assert together[0].history[0]["train_loss"] != pytest.approx(together[1].history[0]["train_loss"], rel=1e-3)
     with pytest.raises(FesaugError, match="distinct seeds"):
         fit_seeds(x, y, config=config, seeds=[1, 1])
+
+
+def test_fit_seeds_trains_an_architecture_it_cannot_group_one_seed_at_a_time() -> None:
+    # A fine-tuned FERSNet recogniser, say: layers the seed stack does not know (GroupNorm here).
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    head = nn.Linear(4, 2)
+    init = DownstreamClassifier(nn.Sequential(*net, head), head, "custom", 2, 32)
+    assert stackable(make_classifier("resnet18", 2, 32).net) and not stackable(init.net)
+    x, y = bars(24, seed=0)
+    config = DownstreamConfig(epochs=1, **FAST)
+    together = fit_seeds(x, y, config=config, seeds=[0, 1], init=init)
+    for seed, result in zip((0, 1), together):
+        alone = fit(x, y, config=dataclasses.replace(config, seed=seed), init=init)
+        assert result.model.name == "custom"
+        for a, b in zip(result.model.state_dict().values(), alone.model.state_dict().values()):
+            assert torch.equal(a, b)

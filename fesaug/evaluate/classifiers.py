@@ -34,6 +34,7 @@ __all__ = [
     "make_classifier",
     "predict_proba",
     "save_classifier",
+    "stackable",
     "uint8_images",
 ]
 
@@ -234,8 +235,11 @@ class SeedStack(nn.Module):
     (statistics per seed, as each channel's are), the head is one linear map per seed, and
     dropout draws each seed's mask from that seed's own stream (``streams``, see
     :meth:`draw`). Every parameter and buffer is the seeds' tensors concatenated along the first
-    dimension (0-d buffers stacked), under the single model's name, so :meth:`unstack` can hand
-    each seed back as an ordinary :class:`DownstreamClassifier`'s state (:meth:`seed_state`).
+    dimension (0-d buffers stacked), under the single model's name, so each seed comes back as
+    an ordinary :class:`DownstreamClassifier` (:meth:`seed_model`).
+
+    One seed is the model itself (any architecture, e.g. a fine-tuned FERSNet recogniser);
+    several need layers :func:`stackable` knows.
     """
 
     def __init__(self, models: Sequence[DownstreamClassifier], streams: list[Tensor]) -> None:
@@ -247,8 +251,11 @@ class SeedStack(nn.Module):
         # global generator (dropout, random erasing): each seed's stream advances exactly as it
         # would in a run of that seed alone.
         self.streams = streams
+        # The architecture each seed's model comes back in; not a submodule (no parameters to train).
+        object.__setattr__(self, "_template", copy.deepcopy(first).cpu())
         self.net = copy.deepcopy(first.net)
-        _group_layers(self.net, self.seeds, self)
+        if self.seeds > 1:
+            _group_layers(self.net, self.seeds, self)
         # BatchNorm's step counters are the same for every seed (they train in step): one is kept.
         shared = {name for name, t in first.state_dict().items() if t.ndim == 0 and name not in ("mean", "std")}
         self._shared = shared
@@ -265,7 +272,10 @@ class SeedStack(nn.Module):
         return self.net(x).view(len(x), self.seeds, self.num_classes)
 
     def draw(self, seed_index: int, fn: Callable[[], Tensor]) -> Tensor:
-        """``fn()`` with torch's global generator in seed ``seed_index``'s stream, which it advances."""
+        """``fn()`` with torch's global generator in seed ``seed_index``'s stream, which it advances.
+        A single seed's stream is the global generator itself, as in a plain training loop."""
+        if self.seeds == 1:
+            return fn()
         torch.set_rng_state(self.streams[seed_index])
         out = fn()
         self.streams[seed_index] = torch.get_rng_state()
@@ -283,6 +293,24 @@ class SeedStack(nn.Module):
                 part = t.chunk(self.seeds)[s]
             out[name] = part.clone(memory_format=torch.contiguous_format)
         return out
+
+    def seed_model(self, s: int, state: dict[str, Tensor] | None = None) -> DownstreamClassifier:
+        """Seed ``s`` as a model of the architecture it was given in, holding ``state`` (one of
+        :meth:`seed_state`'s; default its weights now), on this network's device."""
+        model = copy.deepcopy(self._template)
+        model.load_state_dict(self.seed_state(s) if state is None else state)
+        return model.to(self.mean.device)
+
+
+def stackable(net: nn.Module) -> bool:
+    """Whether several seeds of ``net`` can train as one :class:`SeedStack` (every layer with
+    weights or randomness is one the stack knows how to group)."""
+    return all(isinstance(m, (*_GROUPED, *_SHARED, nn.Sequential)) or _is_container(m) for m in net.modules())
+
+
+def _is_container(module: nn.Module) -> bool:
+    """A module that only calls its children (torchvision's BasicBlock, ResNet): nothing of its own."""
+    return any(True for _ in module.children()) and not any(True for _ in module.parameters(recurse=False))
 
 
 def _by_name(states: list[dict[str, Tensor]]) -> dict[str, list[Tensor]]:
@@ -330,6 +358,11 @@ class _SeedDropout(nn.Module):
         )
 
 
+# Layers the stack replaces by S-group versions, and layers without weights that act per channel.
+_GROUPED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.Dropout)
+_SHARED = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
+
+
 def _group_layers(module: nn.Module, seeds: int, stack: SeedStack) -> None:
     """Replace, in place, every layer with weights by its S-group version (weights uninitialised)."""
     for name, child in module.named_children():
@@ -353,9 +386,9 @@ def _group_layers(module: nn.Module, seeds: int, stack: SeedStack) -> None:
             grouped = _SeedLinear(seeds, child.in_features, child.out_features, **kw)
         elif isinstance(child, nn.Dropout):
             grouped = _SeedDropout(child.p, stack)
-        elif isinstance(child, (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)):
+        elif isinstance(child, _SHARED):
             continue
-        elif any(True for _ in child.children()):
+        elif _is_container(child):
             _group_layers(child, seeds, stack)
             continue
         else:

@@ -17,6 +17,7 @@ to carry them around.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from fesaug.evaluate.classifiers import (
     make_classifier,
     predict_proba,
     save_classifier,
+    stackable,
     uint8_images,
 )
 from fesaug.utils.devices import resolve_device
@@ -181,18 +183,8 @@ def fit(
     Deterministic for a ``seed`` on CPU; the global torch RNG is left as it was. To train several
     seeds of one recipe, :func:`fit_seeds` is faster than one call per seed.
     """
-    return fit_seeds(
-        train_x,
-        train_y,
-        val_x,
-        val_y,
-        config,
-        [config.seed],
-        sample_weights=sample_weights,
-        num_classes=num_classes,
-        init=init,
-        epoch_size=epoch_size,
-    )[0]
+    rest = {"sample_weights": sample_weights, "num_classes": num_classes, "init": init, "epoch_size": epoch_size}
+    return fit_seeds(train_x, train_y, val_x, val_y, config, [config.seed], **rest)[0]
 
 
 def fit_seeds(
@@ -217,11 +209,15 @@ def fit_seeds(
     selection, so result ``i`` is what ``fit`` with ``seed=seeds[i]`` returns, up to the rounding
     of the grouped convolutions' arithmetic (a few ulps per step; over a whole run that can
     still move a near-tied best epoch). Three seeds train in well under three single fits' time
-    (``bench/results/downstream_throughput.md``).
+    (``bench/results/downstream_throughput.md``). An ``init`` model of an architecture the stack
+    cannot group (:func:`~fesaug.evaluate.classifiers.stackable`) trains one seed at a time.
     """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise FesaugError(f"fit_seeds needs one or more distinct seeds, got {seeds}")
+    rest = {"sample_weights": sample_weights, "num_classes": num_classes, "init": init, "epoch_size": epoch_size}
+    if len(seeds) > 1 and init is not None and not stackable(init.net):  # e.g. a FERSNet recogniser
+        return [fit(train_x, train_y, val_x, val_y, dataclasses.replace(config, seed=seed), **rest) for seed in seeds]
     data = _training_data(train_x, train_y, val_x, val_y, config, sample_weights, num_classes, epoch_size)
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[]):
@@ -239,7 +235,7 @@ def fit_seeds(
             for s, selection in enumerate(selections):
                 row = {"epoch": epoch, "train_loss": float(losses[s]), "lr": lr, **scores[s]}
                 selection.record(row, stack, s)
-        return [selection.result(stack, s, device, config.epochs) for s, selection in enumerate(selections)]
+        return [selection.result(stack, s, config.epochs) for s, selection in enumerate(selections)]
 
 
 # Convolutions, BatchNorm and max-pooling on CPU are several times faster on channels-last tensors,
@@ -417,10 +413,8 @@ class _Selection:
             self.best_f1, self.best_epoch = row["val_macro_f1"], int(row["epoch"])
             self.best_state = stack.seed_state(s)
 
-    def result(self, stack: SeedStack, s: int, device: torch.device, epochs: int) -> FitResult:
-        model = make_classifier(stack.name, stack.num_classes, stack.image_size)
-        model.load_state_dict(self.best_state if self.best_state is not None else stack.seed_state(s))
-        return FitResult(model.to(device).eval(), self.history, self.best_epoch or epochs)
+    def result(self, stack: SeedStack, s: int, epochs: int) -> FitResult:
+        return FitResult(stack.seed_model(s, self.best_state).eval(), self.history, self.best_epoch or epochs)
 
 
 # --------------------------------------------------------------------------------------------
