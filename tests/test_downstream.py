@@ -12,10 +12,10 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 from torch import nn
 
+from fesaug.evaluate.augment import augment_batch
 from fesaug.evaluate.classifiers import DownstreamClassifier, SeedStack, stackable
 from fesaug.evaluate.downstream import (
     DownstreamConfig,
-    augment_batch,
     classification_report,
     features,
     fit,
@@ -360,3 +360,13 @@ def test_fit_seeds_trains_an_architecture_it_cannot_group_one_seed_at_a_time() -
         assert result.model.name == "custom"
         for a, b in zip(result.model.state_dict().values(), alone.model.state_dict().values()):
             assert torch.equal(a, b)
+
+
+def test_bfloat16_precision_trains_deterministically_and_is_checked() -> None:
+    x, y = bars(32, seed=0)
+    config = DownstreamConfig(epochs=1, precision="bfloat16", **FAST)
+    first, again = fit(x, y, config=config), fit(x, y, config=config)
+    assert [h["train_loss"] for h in first.history] == [h["train_loss"] for h in again.history]
+    assert first.model.net[0].weight.dtype == torch.float32  # the weights stay float32
+    with pytest.raises(FesaugError, match="precision"):
+        DownstreamConfig(precision="float16")

@@ -29,6 +29,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from fesaug.evaluate.augment import augment_theta, resample
 from fesaug.evaluate.classifiers import (
     CLASSIFIERS,
     DownstreamClassifier,
@@ -73,6 +74,10 @@ class DownstreamConfig:
     ``erasing``: after that, each image loses a random rectangle (2–20 % of it, torchvision's
     ``RandomErasing``) with this probability, so no single region (the mouth) decides alone.
     ``label_smoothing``: cross-entropy against targets smoothed by this much (0: none).
+    ``precision``: ``"bfloat16"`` runs the network under bfloat16 autocast, much faster where the
+    processor has bfloat16 arithmetic (recent Xeons, GPUs) and slower where it has not; it
+    changes the arithmetic, so results differ from ``"float32"``'s (compared on CK+48 in
+    ``bench/results/downstream_speed_ckplus.md``).
 
     ``epochs`` and ``label_smoothing`` were chosen on CK+48's validation subjects (folds 0-2,
     3 seeds; ``bench/results/downstream_recipes_ckplus.md``): 40 epochs without smoothing, the
@@ -90,6 +95,7 @@ class DownstreamConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     device: str = "auto"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         checks = [
@@ -102,6 +108,7 @@ class DownstreamConfig:
             ("erasing", 0 <= self.erasing <= 1),
             ("label_smoothing", 0 <= self.label_smoothing < 1),
             ("device", self.device in ("auto", "cpu", "cuda")),
+            ("precision", self.precision in ("float32", "bfloat16")),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
@@ -109,7 +116,7 @@ class DownstreamConfig:
                 f"invalid downstream setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                 f"(model one of {', '.join(CLASSIFIERS)}, epochs >= 1, batch_size >= 2, lr > 0, "
                 "weight_decay >= 0, image_size >= 16, erasing in [0, 1], label_smoothing in [0, 1), "
-                "device auto/cpu/cuda)"
+                "device auto/cpu/cuda, precision float32/bfloat16)"
             )
 
 
@@ -122,36 +129,6 @@ class FitResult:
     model: DownstreamClassifier
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
-
-
-def augment_batch(x: Tensor, gen: torch.Generator | None) -> Tensor:
-    """Randomly flip, shift (±4 px), rotate (±10°) and scale (0.9–1.1) each image of a float batch.
-
-    One ``affine_grid``/``grid_sample`` (differentiable, so a loss can be taken through it) with
-    per-sample parameters drawn from ``gen`` (``None``: torch's global generator) instead of
-    ``torchvision.transforms.v2``: v2 draws one set of parameters per call from torch's global
-    generator, so per-sample augmentation would need a Python loop and seeding would touch
-    global state. Border padding repeats edge pixels rather than inventing black margins.
-    """
-    return _resample(x, _augment_theta(len(x), x.shape[-1], gen))
-
-
-def _augment_theta(n: int, size: int, gen: torch.Generator | None) -> Tensor:
-    """The ``(n, 2, 3)`` affine maps of :func:`augment_batch`, drawn from ``gen`` (5 numbers per image)."""
-    u = torch.rand(n, 5, generator=gen)
-    angle = (u[:, 0] * 2 - 1) * math.radians(10)
-    scale = 0.9 + 0.2 * u[:, 1]
-    shift = (u[:, 2:4] * 2 - 1) * (2 * 4 / size)  # grid coordinates span 2 over the image
-    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    return torch.stack(
-        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
-    )
-
-
-def _resample(x: Tensor, theta: Tensor) -> Tensor:
-    grid = nn.functional.affine_grid(theta.to(x), list(x.shape), align_corners=False)
-    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def fit(
@@ -231,7 +208,7 @@ def fit_seeds(
             kill_point("downstream-epoch")
             lr = opt.param_groups[0]["lr"]
             losses = _train_epoch(stack, data, config, gens, opt, sched)
-            scores = _validate(stack, data) if data.has_val else [{} for _ in seeds]
+            scores = _validate(stack, data, config) if data.has_val else [{} for _ in seeds]
             for s, selection in enumerate(selections):
                 row = {"epoch": epoch, "train_loss": float(losses[s]), "lr": lr, **scores[s]}
                 selection.record(row, stack, s)
@@ -345,7 +322,8 @@ def _train_epoch(
             continue
         x = _training_batch(stack, data, config, batches, gens).to(device)
         y = torch.stack([data.train_y[batch] for batch in batches], 1).to(device)
-        logits = stack(x).permute(0, 2, 1)  # (B, classes, seeds)
+        with _autocast(config, device):
+            logits = stack(x).float().permute(0, 2, 1)  # (B, classes, seeds)
         per_seed = nn.functional.cross_entropy(
             logits, y, reduction="none", label_smoothing=config.label_smoothing
         ).mean(0)
@@ -366,8 +344,8 @@ def _training_batch(
     run would augment its own (all of them in one ``grid_sample``)."""
     x = torch.stack([data.train_x[batch] for batch in batches]).float() / 255  # (S, B, 1, H, W)
     if config.augment:
-        theta = torch.cat([_augment_theta(len(batch), config.image_size, gen) for batch, gen in zip(batches, gens)])
-        x = _resample(x.flatten(0, 1), theta).view_as(x)
+        theta = torch.cat([augment_theta(len(batch), config.image_size, gen) for batch, gen in zip(batches, gens)])
+        x = resample(x.flatten(0, 1), theta).view_as(x)
     if config.erasing > 0:
         erase = v2.RandomErasing(p=config.erasing, scale=(0.02, 0.2))
         # Per image, from torch's global generator: each seed's own stream.
@@ -377,8 +355,12 @@ def _training_batch(
     return x[:, :, 0].permute(1, 0, 2, 3).contiguous(memory_format=CHANNELS_LAST)
 
 
+def _autocast(config: DownstreamConfig, device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
+
+
 @torch.no_grad()
-def _validate(stack: SeedStack, data: _Data, batch_size: int = 256) -> list[dict[str, float]]:
+def _validate(stack: SeedStack, data: _Data, config: DownstreamConfig, batch_size: int = 256) -> list[dict[str, float]]:
     """Each seed's validation accuracy and macro-F1, from one pass of the stacked network."""
     assert data.val_x is not None and data.val_y is not None
     stack.eval()
@@ -387,7 +369,8 @@ def _validate(stack: SeedStack, data: _Data, batch_size: int = 256) -> list[dict
     for i in range(0, len(data.val_x), batch_size):
         x = data.val_x[i : i + batch_size].float() / 255
         x = x.expand(-1, seeds, -1, -1).contiguous(memory_format=CHANNELS_LAST)
-        preds.append(stack(x.to(device)).argmax(2).cpu())
+        with _autocast(config, device):
+            preds.append(stack(x.to(device)).argmax(2).cpu())
     pred, truth, labels = torch.cat(preds).numpy(), data.val_y.numpy(), list(range(data.num_classes))
     return [
         {

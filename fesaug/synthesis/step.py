@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fesaug.evaluate.downstream import DownstreamClassifier, augment_batch
+from fesaug.evaluate.augment import augment_batch
+from fesaug.evaluate.downstream import DownstreamClassifier
 from fesaug.models import Discriminator, FERSNet, to_model_range
 from fesaug.synthesis.config import LossWeights
 from fesaug.synthesis.runtime import Runtime
