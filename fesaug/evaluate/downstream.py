@@ -29,7 +29,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from fesaug.evaluate.augment import augment_theta, resample
+from fesaug.evaluate.augment import augment_batch, augment_theta, resample
 from fesaug.evaluate.classifiers import (
     CLASSIFIERS,
     DownstreamClassifier,
@@ -51,6 +51,7 @@ __all__ = [
     "DownstreamClassifier",
     "DownstreamConfig",
     "FitResult",
+    "augment_batch",
     "classification_report",
     "features",
     "fit",
