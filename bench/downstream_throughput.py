@@ -40,6 +40,7 @@ from train_throughput import matmul_peak
 
 from fesaug.evaluate import downstream
 from fesaug.utils.provenance import package_versions
+from fesaug.utils.tables import markdown_table
 
 CL = torch.channels_last
 
@@ -127,20 +128,34 @@ def run_condition(
             "of_peak": rate * flops / out["matmul_peak_flops"],
             "samples": rows,
         }
-    print(row_line(out), flush=True)
+    print(" | ".join(row_cells(out)), flush=True)
     return out
 
 
-def row_line(c: dict) -> str:
+COLUMNS = [
+    "model", "px", "threads", "augment", "validation", "matmul peak GFLOP/s", "before img/s", "fit img/s",
+    "fit_seeds img/s", "fit / before", "fit_seeds / before", "(cpu time)", "before of peak", "fit_seeds of peak",
+    "load",
+]  # fmt: skip
+
+
+def row_cells(c: dict) -> list[str]:
     t = c["trainers"]
-    return (
-        f"| {c['model']} | {c['image_size']} | {c['threads']} | {'yes' if c['augment'] else 'no'} | "
-        f"{'yes' if c['validation'] else 'no'} | {c['matmul_peak_flops'] / 1e9:.0f} | "
-        + " | ".join(f"{t[k]['images_per_s']:.0f}" for k in ("before", "fit", "fit_seeds"))
-        + f" | {t['fit']['ratio']:.2f} | {t['fit_seeds']['ratio']:.2f} | {t['fit_seeds']['cpu_ratio']:.2f} | "
-        f"{t['before']['of_peak']:.1%} | {t['fit_seeds']['of_peak']:.1%} | "
-        f"{statistics.median(s['load'] for r in t.values() for s in r['samples']):.1f} |"
-    )
+    return [
+        c["model"],
+        str(c["image_size"]),
+        str(c["threads"]),
+        "yes" if c["augment"] else "no",
+        "yes" if c["validation"] else "no",
+        f"{c['matmul_peak_flops'] / 1e9:.0f}",
+        *(f"{t[k]['images_per_s']:.0f}" for k in ("before", "fit", "fit_seeds")),
+        f"{t['fit']['ratio']:.2f}",
+        f"{t['fit_seeds']['ratio']:.2f}",
+        f"{t['fit_seeds']['cpu_ratio']:.2f}",
+        f"{t['before']['of_peak']:.1%}",
+        f"{t['fit_seeds']['of_peak']:.1%}",
+        f"{statistics.median(s['load'] for r in t.values() for s in r['samples']):.1f}",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +308,7 @@ def main() -> None:
 
     conditions = []
     if "throughput" in parts:
-        print(HEADER, flush=True)
+        print(" | ".join(COLUMNS), flush=True)
         for model in args.models.split(","):
             combos = (
                 [(True, True), (True, False), (False, True), (False, False)] if model == "small-cnn" else [(True, True)]
@@ -320,13 +335,6 @@ def main() -> None:
         write_results(args.write, result, text)
 
 
-HEADER = (
-    "| model | px | threads | augment | validation | matmul peak GFLOP/s | before img/s | fit img/s | fit_seeds img/s "
-    "| fit / before | fit_seeds / before | (cpu time) | before of peak | fit_seeds of peak | load |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-)
-
-
 def render(r: dict) -> str:
     lines = [
         "# Downstream classifier training throughput (issue #36)",
@@ -339,35 +347,35 @@ def render(r: dict) -> str:
         "",
     ]
     if r["conditions"]:
-        lines += [HEADER, *(row_line(c) for c in r["conditions"]), ""]
+        lines += [*markdown_table(COLUMNS, [row_cells(c) for c in r["conditions"]]), ""]
     if r["profiles"]:
         families = [*FAMILIES, "other"]
         lines += [
             "## Where the time goes (one epoch, 320 images, 1 thread, torch.profiler self CPU time)",
             "",
-            "| px | trainer | ms per image | " + " | ".join(families) + " |",
-            "|---|---|---|" + "---|" * len(families),
+            *markdown_table(
+                ["px", "trainer", "ms per image", *families],
+                [
+                    [p["image_size"], p["trainer"], f"{p['ms_per_image']:.2f}", *(f"{p[f]:.0%}" for f in families)]
+                    for p in r["profiles"]
+                ],
+            ),
+            "",
         ]
-        for p in r["profiles"]:
-            lines.append(
-                f"| {p['image_size']} | {p['trainer']} | {p['ms_per_image']:.2f} | "
-                + " | ".join(f"{p[f]:.0%}" for f in families)
-                + " |"
-            )
-        lines.append("")
     if r["levers"]:
         lines += [
             "## Levers one at a time (small-cnn training steps of 64 images per seed, no data pipeline)",
             "",
-            "| px | threads | lever | images/s | vs before | set-up s | load |",
-            "|---|---|---|---|---|---|---|",
+            *markdown_table(
+                ["px", "threads", "lever", "images/s", "vs before", "set-up s", "load"],
+                [
+                    [v["image_size"], v["threads"], v["lever"], f"{v['images_per_s']:.0f}", f"{v['ratio']:.2f}"]
+                    + [f"{v['setup_s']:.1f}", f"{v['load']:.1f}"]
+                    for v in r["levers"]
+                ],
+            ),
+            "",
         ]
-        for v in r["levers"]:
-            lines.append(
-                f"| {v['image_size']} | {v['threads']} | {v['lever']} | {v['images_per_s']:.0f} | {v['ratio']:.2f} | "
-                f"{v['setup_s']:.1f} | {v['load']:.1f} |"
-            )
-        lines.append("")
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fesaug.models import Discriminator, FERSNet
 from fesaug.synthesis import runtime, step
 from fesaug.synthesis.config import TrainConfig
+from fesaug.utils.tables import markdown_table
 
 
 def matmul_peak(device: torch.device, n: int = 2048, seconds: float = 3.0) -> float:
@@ -181,28 +182,27 @@ def render(r: dict) -> str:
         f"{r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s (float32, same threads, before and after the timed steps); "
         f"load average {r['load_average']:.1f} on {r['machine']['cpu_count']} CPUs.",
         "",
-        "| variant | GFLOP/step | s/step | images/s | achieved GFLOP/s | of peak | speed vs before | "
-        "CPU s/step | CPU-time speed vs before |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, v in r["variants"].items():
-        lines.append(
-            f"| {name} | {v['flops_per_step'] / 1e9:.1f} | {v['step_seconds']:.3f} | {v['images_per_s']:.1f} | "
-            f"{v['achieved_flops'] / 1e9:.1f} | {v['ratio_of_peak']:.1%} | {v['speed_vs_before']:.2f} | "
-            f"{v['cpu_seconds']:.3f} | {v['cpu_speed_vs_before']:.2f} |"
-        )
+    columns = ["variant", "GFLOP/step", "s/step", "images/s", "achieved GFLOP/s", "of peak", "speed vs before"]
+    lines += markdown_table(
+        [*columns, "CPU s/step", "CPU-time speed vs before"],
+        [
+            [name, f"{v['flops_per_step'] / 1e9:.1f}", f"{v['step_seconds']:.3f}", f"{v['images_per_s']:.1f}"]
+            + [f"{v['achieved_flops'] / 1e9:.1f}", f"{v['ratio_of_peak']:.1%}", f"{v['speed_vs_before']:.2f}"]
+            + [f"{v['cpu_seconds']:.3f}", f"{v['cpu_speed_vs_before']:.2f}"]
+            for name, v in r["variants"].items()
+        ],
+    )
     if any(v["profile"] for v in r["variants"].values()):
         families = [*FAMILIES, "other"]
-        lines += [
-            "",
-            "Where one step's CPU time goes (torch.profiler, self time by operator family):",
-            "",
-            "| variant | ms | " + " | ".join(families) + " |",
-            "|---|---|" + "---|" * len(families),
-        ]
-        for name, v in r["variants"].items():
-            p = v["profile"]
-            lines.append(f"| {name} | {p['total_ms']:.0f} | " + " | ".join(f"{p[f]:.0%}" for f in families) + " |")
+        lines += ["", "Where one step's CPU time goes (torch.profiler, self time by operator family):", ""]
+        lines += markdown_table(
+            ["variant", "ms", *families],
+            [
+                [name, f"{v['profile']['total_ms']:.0f}", *(f"{v['profile'][f]:.0%}" for f in families)]
+                for name, v in r["variants"].items()
+            ],
+        )
     return "\n".join(lines) + "\n"
 
 
