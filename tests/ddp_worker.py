@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from fesaug.cli.main import main
-from fesaug.synthesis import training
+from fesaug.synthesis import state
 
 built = []
 
@@ -44,7 +44,7 @@ def weight_digest(modules: list) -> str:
 
 if __name__ == "__main__":
     digest_dir = Path(sys.argv[1])
-    training.FERSNet = _recording(training.FERSNet)
-    training.Discriminator = _recording(training.Discriminator)
+    state.FERSNet = _recording(state.FERSNet)  # the module that builds them
+    state.Discriminator = _recording(state.Discriminator)
     main(sys.argv[2:])
     (digest_dir / f"rank{os.environ['RANK']}.txt").write_text(weight_digest(built))

@@ -3,17 +3,23 @@ random oversampling."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+from torch import nn
 
+from fesaug.evaluate.augment import augment_batch
+from fesaug.evaluate.classifiers import DownstreamClassifier, SeedStack, stackable
 from fesaug.evaluate.downstream import (
     DownstreamConfig,
-    augment_batch,
     classification_report,
     features,
     fit,
+    fit_seeds,
     load_classifier,
     make_classifier,
     predict_proba,
@@ -257,3 +263,110 @@ def test_saved_classifier_loads_with_the_same_predictions_and_classes(tmp_path) 
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(FesaugError, match="cannot read the classifier"):
         load_classifier(tmp_path / "broken.pt")
+
+
+# --------------------------------------------------------------------------------------------
+# speed (issue #36): the same function computed faster
+
+
+def test_pooling_before_the_relu_is_the_same_network_as_before() -> None:
+    # small-cnn pools before its ReLU now; a classifier saved with the older conv-BN-ReLU-pool order
+    # loads into it and computes the same outputs and the same gradients, bit for bit.
+    torch.manual_seed(0)
+    model = make_classifier("small-cnn", 3, 32)
+    layers = list(model.net)
+    for i in range(0, 16, 4):  # conv, BN, ReLU, pool: the order before
+        layers[i + 2], layers[i + 3] = torch.nn.ReLU(), torch.nn.MaxPool2d(2)
+    older = torch.nn.Sequential(*copy.deepcopy(layers))
+    older.load_state_dict(model.net.state_dict())
+    x = torch.randn(8, 1, 32, 32)
+    model.net.eval(), older.eval()
+    assert torch.equal(model.net(x), older(x))
+    model.net.train(), older.train()
+    torch.manual_seed(1)
+    out = model.net(x)
+    torch.manual_seed(1)  # the same dropout mask
+    out_older = older(x)
+    assert torch.equal(out, out_older)
+    out.square().sum().backward()
+    out_older.square().sum().backward()
+    for (name, p), q in zip(model.net.named_parameters(), older.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+
+
+@pytest.mark.parametrize("name", ["small-cnn", "resnet18"])
+def test_seed_stack_computes_each_seed_as_its_own_network(name: str) -> None:
+    # In float64, so that what is compared is the arithmetic, not its rounding: in float32 the
+    # first layers' gradients of ResNet-18 at initialisation carry rounding errors of ~1e-2
+    # relative (BatchNorm's backward cancels), whichever way they are computed.
+    models, streams = [], []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        models.append(make_classifier(name, 4, 16).double())
+        models[-1].mean.fill_(0.1 * seed)
+        streams.append(torch.get_rng_state())
+    stack = SeedStack(copy.deepcopy(models), list(streams))
+    x, y = torch.rand(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 4, (4, 3))
+    logits = stack(x.contiguous(memory_format=torch.channels_last))
+    nn.functional.cross_entropy(logits.permute(0, 2, 1), y, reduction="none").mean(0).sum().backward()
+    stacked = dict(stack.named_parameters())
+    for s, model in enumerate(models):
+        torch.set_rng_state(streams[s])  # this seed's dropout draws
+        own = model(x[:, s : s + 1])
+        nn.functional.cross_entropy(own, y[:, s]).backward()
+        torch.testing.assert_close(logits[:, s], own, rtol=1e-9, atol=1e-12)
+        assert torch.equal(stack.streams[s], torch.get_rng_state())  # each stream advanced as its seed's own
+        for pname, p in model.named_parameters():  # ResNet-18's 11M: a norm, not element by element
+            assert (stacked[pname].grad.chunk(3)[s] - p.grad).norm() <= 1e-9 * p.grad.norm() + 1e-12, pname
+        for bname, value in stack.seed_state(s).items():  # BatchNorm statistics moved per seed
+            torch.testing.assert_close(value, model.state_dict()[bname], rtol=1e-9, atol=1e-12, msg=bname)
+
+
+def test_fit_seeds_trains_each_seed_as_fit_does() -> None:
+    # Each seed sees its own batches, augmentation, erasing and dropout draws: the training losses
+    # match fit's for that seed to float rounding (other draws would change them by ~1e-2), and the
+    # models end close. Not bit for bit: grouped convolutions round differently, and Adam's first
+    # steps turn the sign of a gradient near 0 into a full step, so a few weights may differ by
+    # 2 x lr per such step.
+    x, y = bars(48, seed=0)
+    vx, vy = bars(24, seed=1)
+    config = DownstreamConfig(epochs=2, erasing=0.5, **FAST)
+    together = fit_seeds(x, y, vx, vy, config, seeds=[3, 5])
+    for seed, result in zip((3, 5), together):
+        alone = fit(x, y, vx, vy, dataclasses.replace(config, seed=seed))
+        losses = [h["train_loss"] for h in result.history]
+        assert losses == pytest.approx([h["train_loss"] for h in alone.history], rel=2e-3)
+        assert not result.model.training and result.model.net[0].weight.is_contiguous()
+        probabilities = predict_proba(result.model, vx)
+        np.testing.assert_allclose(probabilities, predict_proba(alone.model, vx), atol=0.05)
+    assert together[0].history[0]["train_loss"] != pytest.approx(together[1].history[0]["train_loss"], rel=1e-3)
+    with pytest.raises(FesaugError, match="distinct seeds"):
+        fit_seeds(x, y, config=config, seeds=[1, 1])
+
+
+def test_fit_seeds_trains_an_architecture_it_cannot_group_one_seed_at_a_time() -> None:
+    # A fine-tuned FERSNet recogniser, say: layers the seed stack does not know (GroupNorm here).
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    head = nn.Linear(4, 2)
+    init = DownstreamClassifier(nn.Sequential(*net, head), head, "custom", 2, 32)
+    assert stackable(make_classifier("resnet18", 2, 32).net) and not stackable(init.net)
+    x, y = bars(24, seed=0)
+    config = DownstreamConfig(epochs=1, **FAST)
+    together = fit_seeds(x, y, config=config, seeds=[0, 1], init=init)
+    for seed, result in zip((0, 1), together):
+        alone = fit(x, y, config=dataclasses.replace(config, seed=seed), init=init)
+        assert result.model.name == "custom"
+        for a, b in zip(result.model.state_dict().values(), alone.model.state_dict().values()):
+            assert torch.equal(a, b)
+
+
+def test_bfloat16_precision_trains_deterministically_and_is_checked() -> None:
+    x, y = bars(32, seed=0)
+    config = DownstreamConfig(epochs=1, precision="bfloat16", **FAST)
+    first, again = fit(x, y, config=config), fit(x, y, config=config)
+    assert [h["train_loss"] for h in first.history] == [h["train_loss"] for h in again.history]
+    assert first.model.net[0].weight.dtype == torch.float32  # the weights stay float32
+    with pytest.raises(FesaugError, match="precision"):
+        DownstreamConfig(precision="float16")

@@ -341,7 +341,7 @@ def test_zero_flow_and_closed_mask_give_the_input_back_exactly() -> None:
 
 
 def test_a_known_flow_shifts_the_face_by_that_many_pixels() -> None:
-    from fesaug.models.fersnet import warp
+    from fesaug.models.decoder import warp
 
     x = images(FERSNetConfig(image_size=32, widths=(8, 16, 16)), batch=2)
     flow = torch.zeros(2, 2, 32, 32)

@@ -20,7 +20,8 @@ from fesaug.data.datasets import ManifestDataset, PairedTargetDataset
 from fesaug.data.demo import DEFAULT_COUNTS, make_demo_dataset
 from fesaug.data.manifest import HOLDOUT_RENAMES, read_manifest, write_manifest
 from fesaug.data.splits import check_holdout_folds, split_subjects
-from fesaug.synthesis import training
+from fesaug.models import Discriminator, FERSNet, FERSNetConfig
+from fesaug.synthesis import step, training, validation
 from fesaug.synthesis.checkpoint import FORMAT, load_checkpoint
 from fesaug.synthesis.records import RUN_CONFIG
 from fesaug.synthesis.training import TrainConfig, train
@@ -265,7 +266,7 @@ def test_batch_norm_statistics_are_recomputed_over_the_whole_loader() -> None:
     batches = [{"source": faces[i : i + 4], "target_label": labels[i : i + 4]} for i in range(0, 12, 4)]
     net = Net().eval()
     net.norm.running_mean.fill_(5.0)
-    training.recalibrate_batch_norm(net, batches, torch.device("cpu"))
+    validation.recalibrate_batch_norm(net, batches, torch.device("cpu"))
     inputs = (faces.float() / 127.5 - 1) + labels[:, None, None, None]
     assert torch.allclose(net.norm.running_mean, inputs.mean().reshape(1), atol=1e-5)
     # Equal batches: the mean of the batch variances (unbiased per batch), not a momentum blend.
@@ -320,8 +321,8 @@ def test_two_process_ddp_run_finishes_with_equal_replicas(demo: Path, tmp_path: 
     # rank 0 wrote the checkpoint, and it holds the weights both replicas ended with
     ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     nets = [
-        training.FERSNet(training.FERSNetConfig(**ckpt["model_config"])),
-        training.Discriminator(training.FERSNetConfig(**ckpt["model_config"])),
+        FERSNet(FERSNetConfig(**ckpt["model_config"])),
+        Discriminator(FERSNetConfig(**ckpt["model_config"])),
     ]
     nets[0].load_state_dict(ckpt["model"])
     nets[1].load_state_dict(ckpt["discriminator"])
@@ -696,10 +697,10 @@ def test_expression_classifier_of_other_classes_or_missing_is_one_error(demo: Pa
 
 def test_mask_total_variation_is_zero_for_flat_masks_and_counts_edges() -> None:
     flat = torch.full((2, 1, 6, 6), 0.3)
-    assert float(training._total_variation(flat)) == 0.0
+    assert float(step._total_variation(flat)) == 0.0
     stripes = torch.zeros(1, 1, 4, 4)
     stripes[..., :, 1::2] = 1.0  # every horizontal neighbour differs by 1, vertical ones not at all
-    assert float(training._total_variation(stripes)) == pytest.approx(1.0)
+    assert float(step._total_variation(stripes)) == pytest.approx(1.0)
 
 
 def test_mask_smoothness_weight_lowers_the_mask_variation(demo: Path, tmp_path: Path) -> None:

@@ -2,13 +2,14 @@
 
 Balancing by synthesis is only worth something if a classifier that never saw FERSNet learns
 better from the balanced data than from the real data alone or from plain oversampling. This
-module is that classifier and its yardsticks: two architectures (:func:`make_classifier`), one
-training loop with model selection on validation macro-F1 (:func:`fit`), inference
+module is that classifier and its yardsticks: two architectures (:func:`make_classifier`, defined in
+:mod:`fesaug.evaluate.classifiers`), one training loop with model selection on validation
+macro-F1 (:func:`fit`, and :func:`fit_seeds` for several seeds at once), inference
 (:func:`predict_proba`, :func:`features` for feature-space comparisons of synthetic and real
 faces), the metrics (:func:`classification_report`, computed by scikit-learn so they match what
 readers compute themselves) and the random-oversampling baseline (:func:`random_oversample`).
 
-Images go in as the ``uint8`` ``N×C×S×S`` tensors of ``ManifestDataset.pixels`` (C: 1 or 3); the model
+Images go in as the ``uint8`` ``N×1×S×S`` tensors of ``ManifestDataset.pixels``; the model
 stores the training mean and standard deviation it standardises with, so callers never have
 to carry them around.
 """
@@ -16,8 +17,8 @@ to carry them around.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +29,21 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from fesaug.data.images import KINDS
+from fesaug.evaluate.augment import augment_batch, augment_theta, resample
+from fesaug.evaluate.classifiers import (
+    CLASSIFIERS,
+    DownstreamClassifier,
+    SeedStack,
+    features,
+    load_classifier,
+    make_classifier,
+    predict_proba,
+    save_classifier,
+    stackable,
+    uint8_images,
+)
 from fesaug.utils.devices import resolve_device
 from fesaug.utils.errors import FesaugError
-from fesaug.utils.files import atomic_path
 from fesaug.utils.killpoints import kill_point
 
 __all__ = [
@@ -39,145 +51,17 @@ __all__ = [
     "DownstreamClassifier",
     "DownstreamConfig",
     "FitResult",
+    "augment_batch",
     "classification_report",
     "features",
     "fit",
+    "fit_seeds",
     "load_classifier",
     "make_classifier",
     "predict_proba",
     "random_oversample",
     "save_classifier",
 ]
-
-CLASSIFIERS = ("small-cnn", "resnet18")
-
-
-# --------------------------------------------------------------------------------------------
-# models
-
-
-class DownstreamClassifier(nn.Module):
-    """A classifier ``net`` whose last module is the linear ``head``, plus the standardisation.
-
-    ``forward`` takes float images in [0, 1] and standardises them with the training set's
-    ``mean`` and ``std`` (buffers, so they travel with ``state_dict`` and ``.to(device)``).
-    Keeping ``head`` separate lets :func:`features` read the penultimate layer with a hook on it,
-    whatever the architecture. ``channels``: the images' (1 gray, 3 colour).
-    """
-
-    def __init__(
-        self, net: nn.Module, head: nn.Linear, name: str, num_classes: int, image_size: int, channels: int = 1
-    ) -> None:
-        super().__init__()
-        self.net, self.name, self.num_classes, self.image_size = net, name, num_classes, image_size
-        self.channels = channels
-        # A plain attribute, not a second registration: head already lives inside net, and
-        # registering it again would duplicate its weights in every state_dict.
-        object.__setattr__(self, "head", head)
-        self.register_buffer("mean", torch.tensor(0.0))
-        self.register_buffer("std", torch.tensor(1.0))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net((x - self.mean) / self.std)
-
-
-def _small_cnn(num_classes: int, channels: int) -> tuple[nn.Module, nn.Linear]:
-    def block(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
-
-    head = nn.Linear(96, num_classes)
-    net = nn.Sequential(
-        *block(channels, 16),
-        *block(16, 32),
-        *block(32, 64),
-        *block(64, 96),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Dropout(0.3),
-        head,
-    )
-    return net, head
-
-
-def _resnet18(num_classes: int, channels: int) -> tuple[nn.Module, nn.Linear]:
-    from torchvision.models import resnet18
-
-    net = resnet18(weights=None, num_classes=num_classes)
-    # ImageNet's stem (7×7 stride-2 conv, then a stride-2 max-pool) shrinks a 48–64 px face to
-    # 12–16 px before the first residual block and to 2×2 at the end, discarding the fine detail
-    # (mouth corners, brow furrows) that separates expressions. A 3×3 stride-1 stem without the
-    # pool keeps the full resolution into layer1, ending at 6–8 px (the CIFAR ResNet recipe).
-    net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()
-    return net, net.fc
-
-
-def make_classifier(name: str, num_classes: int, image_size: int, channels: int = 1) -> DownstreamClassifier:
-    """A fresh, randomly initialised classifier of ``image_size`` px faces with ``channels``
-    channels (1 gray, 3 colour).
-
-    ``"small-cnn"``: four conv/BN/ReLU/max-pool blocks and global pooling (about 100k
-    parameters; the benchmark's demo classifier), fast enough for CPU folds. ``"resnet18"``:
-    torchvision's ResNet-18 with a small-image stem, the usual stronger FER baseline. Both end in
-    global average pooling, so any ``image_size`` ≥ 16 works; it is checked and recorded.
-    """
-    builders = {"small-cnn": _small_cnn, "resnet18": _resnet18}
-    if name not in builders:
-        raise FesaugError(f"unknown downstream classifier {name!r}; choose one of: {', '.join(CLASSIFIERS)}")
-    if num_classes < 2:
-        raise FesaugError(f"a classifier needs at least 2 classes, got {num_classes}")
-    if image_size < 16:
-        raise FesaugError(f"image_size {image_size} is too small for the downstream classifiers (>= 16)")
-    net, head = builders[name](num_classes, channels)
-    return DownstreamClassifier(net, head, name, num_classes, image_size, channels)
-
-
-FORMAT, FORMAT_VERSION = "fesaug-downstream-classifier", 1
-
-
-def save_classifier(model: DownstreamClassifier, path: str | os.PathLike, classes: Sequence[str]) -> None:
-    """Write ``model`` (weights, architecture, size, class names) atomically, loadable with
-    ``torch.load(weights_only=True)``; ``fesaug evaluate`` keeps one per condition and fold."""
-    if len(classes) != model.num_classes:
-        raise FesaugError(f"{len(classes)} class names for a {model.num_classes}-class model")
-    with atomic_path(path) as tmp:
-        torch.save(
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "state_dict": model.state_dict(),
-                "model": model.name,
-                "num_classes": model.num_classes,
-                "image_size": model.image_size,
-                "channels": model.channels,
-                "classes": list(classes),
-            },
-            tmp,
-        )
-
-
-def load_classifier(
-    path: str | os.PathLike, device: str | torch.device | None = None
-) -> tuple[DownstreamClassifier, list[str]]:
-    """A classifier written by :func:`save_classifier`, in eval mode, and its class names.
-    ``device``: CUDA if available."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FesaugError(
-            f"cannot read the classifier {path} ({type(exc).__name__}); pass a fold-K/<condition>.pt "
-            "written by fesaug evaluate"
-        ) from None
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("format_version") != FORMAT_VERSION:
-        raise FesaugError(
-            f"{path} is not a fesaug downstream classifier (version {FORMAT_VERSION}); pass a "
-            "fold-K/<condition>.pt written by fesaug evaluate"
-        )
-    channels = saved.get("channels", 1)  # files written before colour have none: gray
-    model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"], channels)
-    model.load_state_dict(saved["state_dict"])
-    device = resolve_device(device)
-    return model.to(device).eval(), list(saved["classes"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +75,10 @@ class DownstreamConfig:
     ``erasing``: after that, each image loses a random rectangle (2–20 % of it, torchvision's
     ``RandomErasing``) with this probability, so no single region (the mouth) decides alone.
     ``label_smoothing``: cross-entropy against targets smoothed by this much (0: none).
+    ``precision``: ``"bfloat16"`` runs the network under bfloat16 autocast, much faster where the
+    processor has bfloat16 arithmetic (recent Xeons, GPUs) and slower where it has not; it
+    changes the arithmetic, so results differ from ``"float32"``'s (compared on CK+48 in
+    ``bench/results/downstream_speed_ckplus.md``).
 
     ``epochs`` and ``label_smoothing`` were chosen on CK+48's validation subjects (folds 0-2,
     3 seeds; ``bench/results/downstream_recipes_ckplus.md``): 40 epochs without smoothing, the
@@ -208,6 +96,7 @@ class DownstreamConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     device: str = "auto"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         checks = [
@@ -220,6 +109,7 @@ class DownstreamConfig:
             ("erasing", 0 <= self.erasing <= 1),
             ("label_smoothing", 0 <= self.label_smoothing < 1),
             ("device", self.device in ("auto", "cpu", "cuda")),
+            ("precision", self.precision in ("float32", "bfloat16")),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
@@ -227,7 +117,7 @@ class DownstreamConfig:
                 f"invalid downstream setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                 f"(model one of {', '.join(CLASSIFIERS)}, epochs >= 1, batch_size >= 2, lr > 0, "
                 "weight_decay >= 0, image_size >= 16, erasing in [0, 1], label_smoothing in [0, 1), "
-                "device auto/cpu/cuda)"
+                "device auto/cpu/cuda, precision float32/bfloat16)"
             )
 
 
@@ -240,29 +130,6 @@ class FitResult:
     model: DownstreamClassifier
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
-
-
-def augment_batch(x: Tensor, gen: torch.Generator | None) -> Tensor:
-    """Randomly flip, shift (±4 px), rotate (±10°) and scale (0.9–1.1) each image of a float batch.
-
-    One ``affine_grid``/``grid_sample`` (differentiable, so a loss can be taken through it) with
-    per-sample parameters drawn from ``gen`` (``None``: torch's global generator) instead of
-    ``torchvision.transforms.v2``: v2 draws one set of parameters per call from torch's global
-    generator, so per-sample augmentation would need a Python loop and seeding would touch
-    global state. Border padding repeats edge pixels rather than inventing black margins.
-    """
-    n, size = len(x), x.shape[-1]
-    u = torch.rand(n, 5, generator=gen)
-    angle = (u[:, 0] * 2 - 1) * math.radians(10)
-    scale = 0.9 + 0.2 * u[:, 1]
-    shift = (u[:, 2:4] * 2 - 1) * (2 * 4 / size)  # grid coordinates span 2 over the image
-    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
-    ).to(x)
-    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def fit(
@@ -279,7 +146,7 @@ def fit(
     """Train ``config.model`` on ``uint8`` ``N×C×S×S`` images (gray or colour) with cross-entropy.
 
     Adam with a per-step cosine learning-rate decay. With ``val_x``/``val_y`` (validation
-    subjects, e.g. from :func:`fesaug.synthesis.training.split_subjects`) the returned model holds the
+    subjects, e.g. from :func:`fesaug.data.splits.split_subjects`) the returned model holds the
     weights of the epoch with the best validation macro-F1 (the first such epoch on ties), the
     metric ``fesaug evaluate`` compares; without them, the last epoch's.
 
@@ -291,9 +158,97 @@ def fit(
     holds as many draws as the balanced set it stands for.
     ``num_classes`` defaults to the largest label + 1. ``init``: fine-tune a copy of this trained
     model (its standardisation kept) instead of training ``config.model`` from scratch.
-    Deterministic for a ``seed`` on CPU; the global torch RNG is left as it was.
+    Deterministic for a ``seed`` on CPU; the global torch RNG is left as it was. To train several
+    seeds of one recipe, :func:`fit_seeds` is faster than one call per seed.
     """
-    train_x, train_y = _images(train_x), _labels(train_y)
+    rest = {"sample_weights": sample_weights, "num_classes": num_classes, "init": init, "epoch_size": epoch_size}
+    return fit_seeds(train_x, train_y, val_x, val_y, config, [config.seed], **rest)[0]
+
+
+def fit_seeds(
+    train_x: Tensor,
+    train_y: Tensor | np.ndarray,
+    val_x: Tensor | None = None,
+    val_y: Tensor | np.ndarray | None = None,
+    config: DownstreamConfig = DownstreamConfig(),
+    seeds: Sequence[int] = (0,),
+    *,
+    sample_weights: Tensor | np.ndarray | None = None,
+    num_classes: int | None = None,
+    init: DownstreamClassifier | None = None,
+    epoch_size: int | None = None,
+) -> list[FitResult]:
+    """:func:`fit` once per seed in ``seeds`` (``config.seed`` is ignored), all trained at once.
+
+    The seeds train as one network with a group per seed in every layer
+    (:class:`~fesaug.evaluate.classifiers.SeedStack`): per step one forward and backward pass for
+    all of them, each seed's weights seeing only its own batch. Each seed keeps its own
+    initialisation, batch order, augmentation, dropout and erasing draws and its own model
+    selection, so result ``i`` is what ``fit`` with ``seed=seeds[i]`` returns, up to the rounding
+    of the grouped convolutions' arithmetic (a few ulps per step; over a whole run that can
+    still move a near-tied best epoch). Three seeds train in well under three single fits' time
+    (``bench/results/downstream_throughput.md``). An ``init`` model of an architecture the stack
+    cannot group (:func:`~fesaug.evaluate.classifiers.stackable`) trains one seed at a time.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise FesaugError(f"fit_seeds needs one or more distinct seeds, got {seeds}")
+    rest = {"sample_weights": sample_weights, "num_classes": num_classes, "init": init, "epoch_size": epoch_size}
+    if len(seeds) > 1 and init is not None and not stackable(init.net):  # e.g. a FERSNet recogniser
+        return [fit(train_x, train_y, val_x, val_y, dataclasses.replace(config, seed=seed), **rest) for seed in seeds]
+    data = _training_data(train_x, train_y, val_x, val_y, config, sample_weights, num_classes, epoch_size)
+    device = resolve_device(config.device)
+    with torch.random.fork_rng(devices=[]):
+        stack = _seed_stack(config, seeds, data, init).to(device, memory_format=CHANNELS_LAST)
+        gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+        opt = torch.optim.Adam(stack.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = math.ceil(data.draws / config.batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
+        selections = [_Selection() for _ in seeds]
+        for epoch in range(1, config.epochs + 1):
+            kill_point("downstream-epoch")
+            lr = opt.param_groups[0]["lr"]
+            losses = _train_epoch(stack, data, config, gens, opt, sched)
+            scores = _validate(stack, data, config) if data.has_val else [{} for _ in seeds]
+            for s, selection in enumerate(selections):
+                row = {"epoch": epoch, "train_loss": float(losses[s]), "lr": lr, **scores[s]}
+                selection.record(row, stack, s)
+        return [selection.result(stack, s, config.epochs) for s, selection in enumerate(selections)]
+
+
+# Convolutions, BatchNorm and max-pooling on CPU are several times faster on channels-last tensors,
+# where one pixel's channels are adjacent (bench/results/downstream_throughput.md); on CUDA, cuDNN
+# takes either. The same arithmetic up to rounding.
+CHANNELS_LAST = torch.channels_last
+
+
+@dataclass
+class _Data:
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor | None
+    val_y: Tensor | None
+    num_classes: int
+    weights: Tensor | None  # per row, to draw an epoch with replacement
+    draws: int  # rows per epoch
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_x is not None
+
+
+def _training_data(
+    train_x: Tensor,
+    train_y: Tensor | np.ndarray,
+    val_x: Tensor | None,
+    val_y: Tensor | np.ndarray | None,
+    config: DownstreamConfig,
+    sample_weights: Tensor | np.ndarray | None,
+    num_classes: int | None,
+    epoch_size: int | None,
+) -> _Data:
+    """The inputs of :func:`fit`, checked and as tensors."""
+    train_x, train_y = uint8_images(train_x), _labels(train_y)
     if len(train_x) != len(train_y) or len(train_x) < 2:
         raise FesaugError(
             f"need at least 2 training images with one label each, got {len(train_x)} images, {len(train_y)} labels"
@@ -301,14 +256,18 @@ def fit(
     if (val_x is None) != (val_y is None):
         raise FesaugError("give both val_x and val_y, or neither")
     has_val = val_x is not None and len(val_x) > 0
-    if has_val:
-        val_x, val_y = _images(val_x), _labels(val_y)
+    vx, vy = (uint8_images(val_x), _labels(val_y)) if has_val else (None, None)
+    if vx is not None and vx.shape[1] != train_x.shape[1]:
+        raise FesaugError(
+            f"training images have {train_x.shape[1]} channel(s), validation images {vx.shape[1]}; decode both "
+            "from one manifest"
+        )
     if train_x.shape[-1] != config.image_size:
         raise FesaugError(
             f"training images are {train_x.shape[-1]} px but config.image_size is {config.image_size}; "
             "decode them at that size (ManifestDataset(image_size=...))"
         )
-    ys = [train_y] + ([val_y] if has_val else [])
+    ys = [train_y] + ([vy] if vy is not None else [])
     num_classes = num_classes or int(max(int(y.max()) for y in ys)) + 1
     weights = None
     if sample_weights is not None:
@@ -318,114 +277,140 @@ def fit(
     if epoch_size is not None and (weights is None or epoch_size < 2):
         raise FesaugError("epoch_size needs sample_weights and at least 2 draws")
     draws = epoch_size if epoch_size is not None else len(train_x)
+    return _Data(train_x, train_y, vx, vy, num_classes, weights, draws)
 
-    device = resolve_device(config.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        gen = torch.Generator().manual_seed(config.seed)
+
+def _seed_stack(
+    config: DownstreamConfig, seeds: list[int], data: _Data, init: DownstreamClassifier | None
+) -> SeedStack:
+    """Each seed's model, initialised as a run of that seed alone initialises it (torch's global
+    generator seeded with it), stacked; each seed's global stream continues from there."""
+    channels = data.train_x.shape[1]
+    if init is not None and (init.num_classes, init.image_size, init.channels) != (
+        data.num_classes,
+        config.image_size,
+        channels,
+    ):
+        raise FesaugError(
+            f"the model to fine-tune has {init.num_classes} classes at {init.image_size} px, {init.channels} "
+            f"channel(s); the data has {data.num_classes} classes at {config.image_size} px, {channels}"
+        )
+    pixels = data.train_x.float() / 255
+    models, streams = [], []
+    for seed in seeds:
+        torch.manual_seed(seed)
         if init is None:
-            model = make_classifier(config.model, num_classes, config.image_size, train_x.shape[1])
-            pixels = train_x.float() / 255
+            model = make_classifier(config.model, data.num_classes, config.image_size, channels)
             model.mean.fill_(pixels.mean())
             model.std.fill_(pixels.std().clamp_min(1e-6))
         else:
-            if (init.num_classes, init.image_size, init.channels) != (num_classes, config.image_size, train_x.shape[1]):
-                raise FesaugError(
-                    f"the model to fine-tune has {init.num_classes} classes at {init.image_size} px, {init.channels} "
-                    f"channel(s); the data has {num_classes} classes at {config.image_size} px, {train_x.shape[1]}"
-                )
             model = copy.deepcopy(init)
-        model.to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        steps_per_epoch = math.ceil(draws / config.batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
-        history: list[dict[str, float]] = []
-        best_state, best_epoch, best_f1 = None, config.epochs, -1.0
-        erase = v2.RandomErasing(p=config.erasing, scale=(0.02, 0.2)) if config.erasing > 0 else None
-        for epoch in range(1, config.epochs + 1):
-            kill_point("downstream-epoch")
-            model.train()
-            order = (
-                torch.multinomial(weights, draws, replacement=True, generator=gen)
-                if weights is not None
-                else torch.randperm(len(train_x), generator=gen)
-            )
-            total, seen, lr = 0.0, 0, opt.param_groups[0]["lr"]
-            for batch in order.split(config.batch_size):
-                if len(batch) < 2:  # BatchNorm cannot train on one image
-                    continue
-                x = train_x[batch].float() / 255
-                if config.augment:
-                    x = augment_batch(x, gen)
-                if erase is not None:
-                    # Per image, from torch's global generator, which fork_rng seeded above.
-                    x = torch.stack([erase(image) for image in x])
-                loss = nn.functional.cross_entropy(
-                    model(x.to(device)), train_y[batch].to(device), label_smoothing=config.label_smoothing
-                )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total, seen = total + loss.item() * len(batch), seen + len(batch)
-            row = {"epoch": epoch, "train_loss": total / max(seen, 1), "lr": lr}
-            if has_val:
-                pred = predict_proba(model, val_x, batch_size=256).argmax(1)
-                row["val_accuracy"] = float(accuracy_score(val_y.numpy(), pred))
-                row["val_macro_f1"] = float(
-                    f1_score(val_y.numpy(), pred, average="macro", labels=list(range(num_classes)), zero_division=0)
-                )
-                if row["val_macro_f1"] > best_f1:
-                    best_f1, best_epoch = row["val_macro_f1"], epoch
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            history.append(row)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(model.eval(), history, best_epoch)
+        models.append(model)
+        streams.append(torch.get_rng_state())
+    return SeedStack(models, streams)
 
 
-# --------------------------------------------------------------------------------------------
-# inference
-
-
-@torch.no_grad()
-def predict_proba(model: DownstreamClassifier, x: Tensor | np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (``N×C`` float32) of ``uint8`` images, in eval mode, on the model's device."""
-    return _run(model, x, batch_size, lambda logits: logits.softmax(1))
-
-
-@torch.no_grad()
-def features(model: DownstreamClassifier, x: Tensor | np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Penultimate-layer features (``N×D``: 96 for small-cnn, 512 for resnet18) of ``uint8`` images.
-
-    Read by a forward pre-hook on ``model.head`` (the input of the final linear layer, after
-    global pooling), so one code path serves every architecture without splitting modules.
-    These are the embeddings for Fréchet distance and precision/recall between synthetic and
-    real faces.
-    """
-    captured: list[Tensor] = []
-    handle = model.head.register_forward_pre_hook(lambda _module, args: captured.append(args[0].detach().float().cpu()))
-    try:
-        _run(model, x, batch_size, lambda logits: logits)
-    finally:
-        handle.remove()
-    return torch.cat(captured).numpy() if captured else np.zeros((0, model.head.in_features), np.float32)
-
-
-def _run(model: DownstreamClassifier, x: Tensor | np.ndarray, batch_size: int, out: Any) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    device = model.mean.device
-    pixels = _images(x)
-    if pixels.shape[1] != model.channels:
-        got = f"got {pixels.shape[1]}-channel ones"
-        raise FesaugError(f"the {model.name} classifier takes {KINDS[model.channels]} images, {got}")
-    chunks = [
-        out(model(pixels[i : i + batch_size].to(device).float() / 255)).float().cpu()
-        for i in range(0, len(pixels), batch_size)
+def _train_epoch(
+    stack: SeedStack,
+    data: _Data,
+    config: DownstreamConfig,
+    gens: list[torch.Generator],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+) -> Tensor:
+    """One epoch of every seed, each in its own order; returns each seed's mean training loss."""
+    stack.train()
+    device = stack.mean.device
+    orders = [
+        torch.multinomial(data.weights, data.draws, replacement=True, generator=gen)
+        if data.weights is not None
+        else torch.randperm(len(data.train_x), generator=gen)
+        for gen in gens
     ]
-    model.train(was_training)
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, model.num_classes), np.float32)
+    total, seen = torch.zeros(len(gens), dtype=torch.float64), 0
+    for batches in zip(*(order.split(config.batch_size) for order in orders)):
+        if len(batches[0]) < 2:  # BatchNorm cannot train on one image
+            continue
+        x = _training_batch(stack, data, config, batches, gens).to(device)
+        y = torch.stack([data.train_y[batch] for batch in batches], 1).to(device)
+        with _autocast(config, device):
+            logits = stack(x).float().permute(0, 2, 1)  # (B, classes, seeds)
+        per_seed = nn.functional.cross_entropy(
+            logits, y, reduction="none", label_smoothing=config.label_smoothing
+        ).mean(0)
+        opt.zero_grad()
+        # The seeds' weights are disjoint, so the gradient of the sum is each seed's own.
+        per_seed.sum().backward()
+        opt.step()
+        sched.step()
+        total += per_seed.detach().double().cpu() * len(batches[0])
+        seen += len(batches[0])
+    return total / max(seen, 1)
+
+
+def _training_batch(
+    stack: SeedStack, data: _Data, config: DownstreamConfig, batches: tuple[Tensor, ...], gens: list[torch.Generator]
+) -> Tensor:
+    """The seeds' batches side by side, ``(B, S×C, H, W)`` channels-last (seed s's image in
+    channels s×C to s×C + C - 1), augmented as each seed's run would augment its own (all of them
+    in one ``grid_sample``)."""
+    x = torch.stack([data.train_x[batch] for batch in batches]).float() / 255  # (S, B, C, H, W)
+    if config.augment:
+        theta = torch.cat([augment_theta(len(batch), config.image_size, gen) for batch, gen in zip(batches, gens)])
+        x = resample(x.flatten(0, 1), theta).view_as(x)
+    if config.erasing > 0:
+        erase = v2.RandomErasing(p=config.erasing, scale=(0.02, 0.2))
+        # Per image, from torch's global generator: each seed's own stream.
+        x = torch.stack(
+            [stack.draw(s, lambda s=s: torch.stack([erase(image) for image in x[s]])) for s in range(len(x))]
+        )
+    seeds, b, c, h, w = x.shape
+    return x.permute(1, 0, 2, 3, 4).reshape(b, seeds * c, h, w).contiguous(memory_format=CHANNELS_LAST)
+
+
+def _autocast(config: DownstreamConfig, device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
+
+
+@torch.no_grad()
+def _validate(stack: SeedStack, data: _Data, config: DownstreamConfig, batch_size: int = 256) -> list[dict[str, float]]:
+    """Each seed's validation accuracy and macro-F1, from one pass of the stacked network."""
+    assert data.val_x is not None and data.val_y is not None
+    stack.eval()
+    device, seeds = stack.mean.device, stack.seeds
+    preds = []
+    for i in range(0, len(data.val_x), batch_size):
+        x = data.val_x[i : i + batch_size].float() / 255
+        x = x.repeat(1, seeds, 1, 1).contiguous(memory_format=CHANNELS_LAST)
+        with _autocast(config, device):
+            preds.append(stack(x.to(device)).argmax(2).cpu())
+    pred, truth, labels = torch.cat(preds).numpy(), data.val_y.numpy(), list(range(data.num_classes))
+    return [
+        {
+            "val_accuracy": float(accuracy_score(truth, pred[:, s])),
+            "val_macro_f1": float(f1_score(truth, pred[:, s], average="macro", labels=labels, zero_division=0)),
+        }
+        for s in range(seeds)
+    ]
+
+
+@dataclass
+class _Selection:
+    """One seed's epochs and the weights of its best validation epoch (the first on ties)."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_f1: float = -1.0
+    best_state: dict[str, Tensor] | None = None
+
+    def record(self, row: dict[str, float], stack: SeedStack, s: int) -> None:
+        self.history.append(row)
+        if "val_macro_f1" in row and row["val_macro_f1"] > self.best_f1:
+            self.best_f1, self.best_epoch = row["val_macro_f1"], int(row["epoch"])
+            self.best_state = stack.seed_state(s)
+
+    def result(self, stack: SeedStack, s: int, epochs: int) -> FitResult:
+        return FitResult(stack.seed_model(s, self.best_state).eval(), self.history, self.best_epoch or epochs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,17 +477,6 @@ def random_oversample(labels: np.ndarray, targets: Mapping[int, int], seed: int)
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _images(x: Tensor | np.ndarray) -> Tensor:
-    x = torch.as_tensor(x)
-    if x.dtype != torch.uint8:
-        raise FesaugError(f"images must be uint8 (0-255), got {x.dtype}")
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise FesaugError(f"images must be N×C×S×S (C = 1 gray or 3 colour), got shape {tuple(x.shape)}")
-    return x
 
 
 def _labels(y: Tensor | np.ndarray) -> Tensor:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fesaug.models.fersnet import NORMS, FERHead, ModelConfigError, check_images, encoder_block, stem_block
+from fesaug.models.blocks import FERHead, check_images, encoder_block, stem_block
+from fesaug.models.fersnet_config import NORMS, ModelConfigError
 from fesaug.models.sharing import SHARING_KINDS, SHARING_UNIT_KINDS, apply_sharing, make_sharing_unit
 from fesaug.utils.errors import FesaugError
 
