@@ -322,14 +322,18 @@ def test_seed_stack_computes_each_seed_as_its_own_network(name: str) -> None:
             torch.testing.assert_close(value, model.state_dict()[bname], rtol=1e-9, atol=1e-12, msg=bname)
 
 
-def test_fit_seeds_trains_each_seed_as_fit_does() -> None:
+@pytest.mark.parametrize("channels", [1, 3], ids=["gray", "colour"])
+def test_fit_seeds_trains_each_seed_as_fit_does(channels: int) -> None:
     # Each seed sees its own batches, augmentation, erasing and dropout draws: the training losses
     # match fit's for that seed to float rounding (other draws would change them by ~1e-2), and the
     # models end close. Not bit for bit: grouped convolutions round differently, and Adam's first
     # steps turn the sign of a gradient near 0 into a full step, so a few weights may differ by
-    # 2 x lr per such step.
+    # 2 x lr per such step. In colour each seed's group holds its image's three channels.
     x, y = bars(48, seed=0)
     vx, vy = bars(24, seed=1)
+    if channels == 3:  # a colour face: the bar in one channel, other noise in the others
+        x = torch.cat([x, x.flip(2) // 2, 255 - x], 1)
+        vx = torch.cat([vx, vx.flip(2) // 2, 255 - vx], 1)
     config = DownstreamConfig(epochs=2, erasing=0.5, **FAST)
     together = fit_seeds(x, y, vx, vy, config, seeds=[3, 5])
     for seed, result in zip((3, 5), together):
@@ -337,6 +341,7 @@ def test_fit_seeds_trains_each_seed_as_fit_does() -> None:
         losses = [h["train_loss"] for h in result.history]
         assert losses == pytest.approx([h["train_loss"] for h in alone.history], rel=2e-3)
         assert not result.model.training and result.model.net[0].weight.is_contiguous()
+        assert result.model.channels == channels == result.model.net[0].weight.shape[1]
         probabilities = predict_proba(result.model, vx)
         np.testing.assert_allclose(probabilities, predict_proba(alone.model, vx), atol=0.05)
     assert together[0].history[0]["train_loss"] != pytest.approx(together[1].history[0]["train_loss"], rel=1e-3)
