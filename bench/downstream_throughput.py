@@ -23,6 +23,7 @@ grouped network, and bfloat16 autocast (not used by fit: it changes the arithmet
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import statistics
@@ -58,10 +59,14 @@ def trainers(before: Any, config: downstream.DownstreamConfig, seeds: int) -> di
     old_config = before.DownstreamConfig(
         **{k: getattr(config, k) for k in before.DownstreamConfig.__dataclass_fields__}
     )
+    bf16 = dataclasses.replace(config, precision="bfloat16")
     return {
         "before": (lambda *d: before.fit(*d, old_config, num_classes=7), 1),
         "fit": (lambda *d: downstream.fit(*d, config, num_classes=7), 1),
         "fit_seeds": (lambda *d: downstream.fit_seeds(*d, config, list(range(seeds)), num_classes=7), seeds),
+        # Not the default: bfloat16 changes the arithmetic (its CK+48 validation scores:
+        # bench/results/downstream_speed_ckplus.md).
+        "fit_seeds bf16": (lambda *d: downstream.fit_seeds(*d, bf16, list(range(seeds)), num_classes=7), seeds),
     }
 
 
@@ -134,7 +139,8 @@ def run_condition(
 
 COLUMNS = [
     "model", "px", "threads", "augment", "validation", "matmul peak GFLOP/s", "before img/s", "fit img/s",
-    "fit_seeds img/s", "fit / before", "fit_seeds / before", "(cpu time)", "before of peak", "fit_seeds of peak",
+    "fit_seeds img/s", "fit / before", "fit_seeds / before", "(cpu time)", "fit_seeds bf16 / before", "before of peak",
+    "fit_seeds of peak",
     "load",
 ]  # fmt: skip
 
@@ -152,6 +158,7 @@ def row_cells(c: dict) -> list[str]:
         f"{t['fit']['ratio']:.2f}",
         f"{t['fit_seeds']['ratio']:.2f}",
         f"{t['fit_seeds']['cpu_ratio']:.2f}",
+        f"{t['fit_seeds bf16']['ratio']:.2f}",
         f"{t['before']['of_peak']:.1%}",
         f"{t['fit_seeds']['of_peak']:.1%}",
         f"{statistics.median(s['load'] for r in t.values() for s in r['samples']):.1f}",

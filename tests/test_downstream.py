@@ -375,3 +375,43 @@ def test_bfloat16_precision_trains_deterministically_and_is_checked() -> None:
     assert first.model.net[0].weight.dtype == torch.float32  # the weights stay float32
     with pytest.raises(FesaugError, match="precision"):
         DownstreamConfig(precision="float16")
+
+
+def test_soft_targets_with_all_their_mass_on_the_class_train_as_hard_labels() -> None:
+    x, y = bars(48, seed=0)
+    vx, vy = bars(24, seed=1)
+    config = DownstreamConfig(epochs=2, **FAST)
+    hard = fit(x, y, vx, vy, config)
+    one_hot = nn.functional.one_hot(torch.as_tensor(y), 2).float()
+    soft = fit(x, y, vx, vy, config, soft_targets=one_hot)
+    assert [h["train_loss"] for h in soft.history] == pytest.approx([h["train_loss"] for h in hard.history], rel=1e-5)
+    np.testing.assert_allclose(predict_proba(soft.model, vx), predict_proba(hard.model, vx), atol=1e-4)
+
+
+def test_a_soft_target_is_cross_entropy_against_its_mixture_of_classes() -> None:
+    # Cross-entropy is linear in its target: before the first step (the first epoch's loss, one
+    # batch of all rows), a row labelled 70 % horizontal and 30 % vertical costs 0.7 x its loss
+    # as horizontal + 0.3 x its loss as vertical, the same initialisation, batch and dropout.
+    x, _ = bars(32, seed=0)
+    config = DownstreamConfig(epochs=1, augment=False, **{**FAST, "batch_size": 32})
+    zeros, ones = np.zeros(32, np.int64), np.ones(32, np.int64)
+    first_loss = {
+        name: fit(x, labels, config=config, soft_targets=t, num_classes=2).history[0]["train_loss"]
+        for name, labels, t in [
+            ("horizontal", zeros, None),
+            ("vertical", ones, None),
+            ("mixed", zeros, torch.tensor([[0.7, 0.3]]).expand(32, 2)),
+        ]
+    }
+    expected = 0.7 * first_loss["horizontal"] + 0.3 * first_loss["vertical"]
+    assert first_loss["mixed"] == pytest.approx(expected, rel=1e-5)
+    assert first_loss["horizontal"] != pytest.approx(first_loss["vertical"], rel=1e-3)  # the mixture is not trivial
+
+
+def test_soft_targets_are_checked() -> None:
+    x, y = bars(8, seed=0)
+    config = DownstreamConfig(epochs=1, **FAST)
+    with pytest.raises(FesaugError, match="one row of 2 class probabilities per training image"):
+        fit(x, y, config=config, soft_targets=torch.full((8, 3), 1 / 3))
+    with pytest.raises(FesaugError, match="sum to 1"):
+        fit(x, y, config=config, soft_targets=torch.full((8, 2), 0.6))

@@ -22,7 +22,7 @@ import torch
 
 from fesaug.balance.output import row_weights
 from fesaug.balance.targets import Targets, resolve_targets
-from fesaug.data.datasets import resize_pixels
+from fesaug.data.datasets import ManifestDataset, resize_pixels
 from fesaug.data.manifest import read_manifest
 from fesaug.evaluate.downstream import random_oversample
 from fesaug.evaluate.truth import exact_counterfactuals
@@ -44,13 +44,15 @@ __all__ = [
 @dataclass
 class TrainingSet:
     """What one downstream training of a condition sees: ``uint8`` images, labels, optional
-    sampling weights (rows drawn in proportion, as many draws per epoch as they sum to), and
-    ``info`` recorded beside the condition's scores."""
+    sampling weights (rows drawn in proportion, as many draws per epoch as they sum to),
+    ``info`` recorded beside the condition's scores, and optional soft ``targets`` (``N×classes``
+    probabilities: synthetic rows of a balance run with ``--synthetic-labels soft``)."""
 
     x: torch.Tensor
     y: np.ndarray
     weights: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    targets: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,10 @@ class Condition:
     """One condition. ``data(fold, r, size)`` builds its training set for seed offset ``r`` at
     ``size`` px; ``None`` means nothing is trained (FERSNet's own branch is scored as it is).
     ``fine_tune``: start from FERSNet's FER branch at a tenth of the learning rate, at the
-    generator's image size, instead of a fresh classifier. ``needs_generator``: it needs the
-    fold's trained FERSNet. ``after``: conditions that run first when they are selected too (their
+    generator's image size, instead of a fresh classifier. ``seeded_data``: ``data`` draws with
+    the seed (oversampling), so each seed trains on its own set; the others train all their
+    seeds at once (:func:`~fesaug.evaluate.downstream.fit_seeds`). ``needs_generator``: it needs
+    the fold's trained FERSNet. ``after``: conditions that run first when they are selected too (their
     records decide this one's counts). ``note``: its one-line description in the report."""
 
     name: str
@@ -68,6 +72,7 @@ class Condition:
     needs_generator: bool = False
     fine_tune: bool = False
     after: tuple[str, ...] = ()
+    seeded_data: bool = False
 
 
 REGISTRY: dict[str, Condition] = {}
@@ -153,15 +158,19 @@ def _oversample(fold: Fold, r: int, size: int) -> TrainingSet:
     return TrainingSet(x[index], y[index], info={"not_oversampled": missing} if missing else {})
 
 
+def _soft(train: ManifestDataset) -> torch.Tensor | None:
+    return train.targets if train.has_soft_labels else None
+
+
 def _fes(fold: Fold, r: int, size: int) -> TrainingSet:
     train = fold.balanced_train(size)
-    return TrainingSet(train.pixels, train.labels, fold.balanced_weights())
+    return TrainingSet(train.pixels, train.labels, fold.balanced_weights(), targets=_soft(train))
 
 
 def _fes_unweighted(fold: Fold, r: int, size: int) -> TrainingSet:
     # The paper's fine-tuning recipe reads the balanced rows as they are, without a weighted run's weights.
     train = fold.balanced_train(size)
-    return TrainingSet(train.pixels, train.labels)
+    return TrainingSet(train.pixels, train.labels, targets=_soft(train))
 
 
 def _mixed(fold: Fold, r: int, size: int) -> TrainingSet:
@@ -183,7 +192,12 @@ def _mixed(fold: Fold, r: int, size: int) -> TrainingSet:
             targets[k] = n_real + len(mine) - len(keep)
     index, syn = random_oversample(y, targets, fold.config.seed + r), np.concatenate(chosen)
     x = torch.cat([fold.pixels_at(size)[fold.train_rows][index], balanced.pixels[syn]])
-    return TrainingSet(x, np.concatenate([y[index], balanced.labels[syn]]), info={"n_synthetic": len(syn)})
+    soft = _soft(balanced)
+    if soft is not None:  # the real repeats' targets are one-hot
+        real_targets = torch.nn.functional.one_hot(torch.as_tensor(y[index]), len(fold.m.classes)).float()
+        soft = torch.cat([real_targets, soft[syn]])
+    labels = np.concatenate([y[index], balanced.labels[syn]])
+    return TrainingSet(x, labels, info={"n_synthetic": len(syn)}, targets=soft)
 
 
 register(Condition("real", "real training images only", _real))
@@ -193,6 +207,7 @@ register(
         "real images randomly oversampled to the `fes` counts, classic augmentation",
         _oversample,
         after=("fes",),
+        seeded_data=True,
     )
 )
 register(Condition("fes", "real + FERSNet-synthesized images (fesaug balance)", _fes, needs_generator=True))
@@ -202,6 +217,7 @@ register(
         "the `fes` counts, each class's shortfall half synthetic images, half real repeats",
         _mixed,
         needs_generator=True,
+        seeded_data=True,
     )
 )
 
@@ -277,6 +293,7 @@ register(
         needs_generator=True,
         fine_tune=True,
         after=("fes",),
+        seeded_data=True,
     )
 )
 # Not selectable: trained by the synthesis report (classification accuracy score).

@@ -9,7 +9,7 @@ macro-F1 (:func:`fit`, and :func:`fit_seeds` for several seeds at once), inferen
 faces), the metrics (:func:`classification_report`, computed by scikit-learn so they match what
 readers compute themselves) and the random-oversampling baseline (:func:`random_oversample`).
 
-Images go in as the ``uint8`` ``N×1×S×S`` tensors of ``ManifestDataset.pixels``; the model
+Images go in as the ``uint8`` ``N×C×S×S`` tensors of ``ManifestDataset.pixels``; the model
 stores the training mean and standard deviation it standardises with, so callers never have
 to carry them around.
 """
@@ -142,6 +142,7 @@ def fit(
     num_classes: int | None = None,
     init: DownstreamClassifier | None = None,
     epoch_size: int | None = None,
+    soft_targets: Tensor | np.ndarray | None = None,
 ) -> FitResult:
     """Train ``config.model`` on ``uint8`` ``N×C×S×S`` images (gray or colour) with cross-entropy.
 
@@ -158,11 +159,15 @@ def fit(
     holds as many draws as the balanced set it stands for.
     ``num_classes`` defaults to the largest label + 1. ``init``: fine-tune a copy of this trained
     model (its standardisation kept) instead of training ``config.model`` from scratch.
-    Deterministic for a ``seed`` on CPU; the global torch RNG is left as it was. To train several
-    seeds of one recipe, :func:`fit_seeds` is faster than one call per seed.
+    ``soft_targets``: an ``N×num_classes`` probability per row (``ManifestDataset.targets`` of a
+    balance run with ``--synthetic-labels soft``), trained with cross-entropy against it instead
+    of against ``train_y``, which still names each row's class; a row whose mass is all on its
+    class trains exactly as a hard label does. Deterministic for a ``seed`` on CPU; the global
+    torch RNG is left as it was. To train several seeds of one recipe, :func:`fit_seeds` is faster
+    than one call per seed.
     """
     rest = {"sample_weights": sample_weights, "num_classes": num_classes, "init": init, "epoch_size": epoch_size}
-    return fit_seeds(train_x, train_y, val_x, val_y, config, [config.seed], **rest)[0]
+    return fit_seeds(train_x, train_y, val_x, val_y, config, [config.seed], soft_targets=soft_targets, **rest)[0]
 
 
 def fit_seeds(
@@ -177,6 +182,7 @@ def fit_seeds(
     num_classes: int | None = None,
     init: DownstreamClassifier | None = None,
     epoch_size: int | None = None,
+    soft_targets: Tensor | np.ndarray | None = None,
 ) -> list[FitResult]:
     """:func:`fit` once per seed in ``seeds`` (``config.seed`` is ignored), all trained at once.
 
@@ -193,10 +199,17 @@ def fit_seeds(
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise FesaugError(f"fit_seeds needs one or more distinct seeds, got {seeds}")
-    rest = {"sample_weights": sample_weights, "num_classes": num_classes, "init": init, "epoch_size": epoch_size}
+    rest = {
+        "sample_weights": sample_weights,
+        "num_classes": num_classes,
+        "init": init,
+        "epoch_size": epoch_size,
+        "soft_targets": soft_targets,
+    }
     if len(seeds) > 1 and init is not None and not stackable(init.net):  # e.g. a FERSNet recogniser
         return [fit(train_x, train_y, val_x, val_y, dataclasses.replace(config, seed=seed), **rest) for seed in seeds]
     data = _training_data(train_x, train_y, val_x, val_y, config, sample_weights, num_classes, epoch_size)
+    data.soft = _soft_targets(soft_targets, data)
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[]):
         stack = _seed_stack(config, seeds, data, init).to(device, memory_format=CHANNELS_LAST)
@@ -231,6 +244,7 @@ class _Data:
     num_classes: int
     weights: Tensor | None  # per row, to draw an epoch with replacement
     draws: int  # rows per epoch
+    soft: Tensor | None = None  # N×num_classes target probabilities, instead of train_y's one-hot
 
     @property
     def has_val(self) -> bool:
@@ -278,6 +292,21 @@ def _training_data(
         raise FesaugError("epoch_size needs sample_weights and at least 2 draws")
     draws = epoch_size if epoch_size is not None else len(train_x)
     return _Data(train_x, train_y, vx, vy, num_classes, weights, draws)
+
+
+def _soft_targets(soft: Tensor | np.ndarray | None, data: _Data) -> Tensor | None:
+    """``soft`` checked against the training rows: one probability vector over the classes per row."""
+    if soft is None:
+        return None
+    t = torch.as_tensor(np.asarray(soft), dtype=torch.float32)
+    if t.shape != (len(data.train_y), data.num_classes):
+        raise FesaugError(
+            f"soft_targets must be one row of {data.num_classes} class probabilities per training image, got shape "
+            f"{tuple(t.shape)} for {len(data.train_y)} images"
+        )
+    if (t < 0).any() or not torch.allclose(t.sum(1), torch.ones(len(t)), atol=1e-4):
+        raise FesaugError("soft_targets must be non-negative and sum to 1 in every row (ManifestDataset.targets)")
+    return t
 
 
 def _seed_stack(
@@ -332,7 +361,8 @@ def _train_epoch(
         if len(batches[0]) < 2:  # BatchNorm cannot train on one image
             continue
         x = _training_batch(stack, data, config, batches, gens).to(device)
-        y = torch.stack([data.train_y[batch] for batch in batches], 1).to(device)
+        targets = data.train_y if data.soft is None else data.soft
+        y = torch.stack([targets[batch] for batch in batches], -1).to(device)  # (B, seeds) or (B, classes, seeds)
         with _autocast(config, device):
             logits = stack(x).float().permute(0, 2, 1)  # (B, classes, seeds)
         per_seed = nn.functional.cross_entropy(
