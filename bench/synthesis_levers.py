@@ -1,11 +1,14 @@
 """Issue #35's lever runs: each synthesis recipe against oversampling and the truth ceiling.
 
-Every recipe is one ``fesaug evaluate`` run on the demo set with the conditions ``real``,
-``oversample``, ``fes``, ``truth`` and ``truth-half`` (``truth``: the exact counterfactuals of the
-sources balance uses, what a perfect generator earns), so each row says how much of the gap between
-oversampling and the truth the recipe's synthetic faces close. Recipes that leave the generator as
-it is reuse one set of trained generators (``--generators``, an earlier evaluation of the same
-manifest: ``--generators-from``); the others train their own.
+The first recipe is the reference: one ``fesaug evaluate`` run on the demo set with the conditions
+``real``, ``oversample``, ``fes``, ``truth`` and ``truth-half`` (``truth``: the exact counterfactuals
+of the sources balance uses, what a perfect generator earns). Every other recipe trains ``fes`` only
+and is paired, fold by fold, with the reference's ``oversample`` and ``truth``: neither depends on
+how synthetic faces are made or gated, only on the per-class counts, which every recipe here keeps
+(a recipe whose ``fes`` falls short of its targets is flagged). So each row says how much of the gap
+between oversampling and the truth the recipe's synthetic faces close. Recipes that leave the
+generator as it is reuse one set of trained generators (``--generators``, an earlier evaluation of
+the same manifest: ``--generators-from``); the others train their own.
 
 The decision rule is fixed before any test fold is looked at: a recipe is chosen by its mean
 *validation* macro-F1 of ``fes`` minus that of ``oversample`` (each condition's best validation
@@ -34,20 +37,22 @@ from pathlib import Path
 import numpy as np
 from record import write_results
 
-from fesaug.evaluate.stats import paired_comparison
+from fesaug.evaluate.aggregate import fold_records
+from fesaug.evaluate.stats import fold_metric, paired_comparison
 from fesaug.utils.tables import markdown_table
 
-CONDITIONS = "real,oversample,fes,truth,truth-half"
+CONDITIONS = "real,oversample,fes,truth,truth-half"  # the reference's; the other recipes train fes only
 FESAUG = str(Path(sys.executable).with_name("fesaug"))
 
 
-def run_recipe(name: str, extra: str, args: argparse.Namespace) -> Path:
+def run_recipe(name: str, extra: str, args: argparse.Namespace, reference: bool) -> Path:
     """One recipe's ``fesaug evaluate`` (resumes what an earlier run of it cached)."""
     out = args.work / name
     cmd = [
         FESAUG, "evaluate", "--manifest", str(args.manifest), "--out", str(out), "--device", "cpu",
-        "--generator-epochs", str(args.generator_epochs), "--conditions", CONDITIONS,
-        "--downstream-seeds", str(args.seeds), "--no-synthesis", "--judges", "none", *shlex.split(extra),
+        "--generator-epochs", str(args.generator_epochs), "--conditions", CONDITIONS if reference else "fes",
+        "--downstream-seeds", str(args.seeds), "--no-synthesis", "--judges", "none",
+        *shlex.split(args.downstream), *shlex.split(extra),
     ]  # fmt: skip
     if args.generators and "--generator-config" not in extra:
         cmd += ["--generators-from", str(args.generators)]
@@ -74,25 +79,50 @@ def best_validation(run: Path, condition: str) -> dict[str, float]:
     return out
 
 
-def summarise(name: str, extra: str, run: Path) -> dict:
-    results = json.loads((run / "results.json").read_text())
-    val = {c: best_validation(run, c) for c in CONDITIONS.split(",")}
-    folds = sorted(set(val["fes"]) & set(val["oversample"]))
-    val_diff = paired_comparison([val["fes"][k] for k in folds], [val["oversample"][k] for k in folds])
-    c, test = results["comparisons"], results["conditions"]
+def per_fold(run: Path, condition: str) -> dict[str, float]:
+    """Per fold, ``condition``'s test macro-F1, averaged over its downstream seeds."""
+    return {str(k): fold_metric(r[condition], "macro_f1", ()) for k, r in fold_records(run).items() if condition in r}
+
+
+def summarise(name: str, extra: str, run: Path, ref: Path) -> dict:
+    """A recipe's ``fes`` against the reference's ``oversample`` and ``truth``, paired per fold."""
+    fes, over, truth = per_fold(run, "fes"), per_fold(ref, "oversample"), per_fold(ref, "truth")
+    folds = sorted(set(fes) & set(over) & set(truth), key=int)
+    val_fes, val_over = best_validation(run, "fes"), best_validation(ref, "oversample")
+    gain = float(np.mean([fes[k] for k in folds]) - np.mean([over[k] for k in folds]))
+    ceiling = float(np.mean([truth[k] for k in folds]) - np.mean([over[k] for k in folds]))
+    records = fold_records(run)
+    short = {k: r["fes"].get("not_oversampled") for k, r in records.items() if "fes" in r}
     return {
         "name": name,
         "args": extra,
-        "command": results["provenance"]["command"],
         "folds": folds,
-        "validation_macro_f1": {k: float(np.mean(list(v.values()))) for k, v in val.items() if v},
-        "validation_fes_minus_oversample": val_diff,
-        "test_macro_f1": {k: s["macro_f1"] for k, s in test.items()},
-        "fes_vs_oversample": c["fes_vs_oversample"]["macro_f1"],
+        "validation_fes_minus_oversample": paired_comparison([val_fes[k] for k in folds], [val_over[k] for k in folds]),
+        "test_fes": float(np.mean([fes[k] for k in folds])),
+        "fes_vs_oversample": paired_comparison([fes[k] for k in folds], [over[k] for k in folds]),
+        "fes_vs_truth": paired_comparison([fes[k] for k in folds], [truth[k] for k in folds]),
+        "gap_closed": gain / ceiling if abs(ceiling) >= 0.005 else None,
+        "gap_closed_per_fold": {
+            k: (fes[k] - over[k]) / (truth[k] - over[k]) if abs(truth[k] - over[k]) >= 0.005 else None for k in folds
+        },
+        "train_counts_per_fold": {k: r["fes"]["train_counts"] for k, r in records.items() if "fes" in r},
+        "flags": [f"fold {k}: {v}" for k, v in short.items() if v],
+        "command": json.loads((run / "results.json").read_text())["provenance"]["command"],
+    }
+
+
+def reference_summary(ref: Path) -> dict:
+    test = json.loads((ref / "results.json").read_text())
+    c = test["comparisons"]
+    return {
+        "test_macro_f1": {k: s["macro_f1"] for k, s in test["conditions"].items()},
         "truth_vs_oversample": c["truth_vs_oversample"]["macro_f1"],
         "truth_half_vs_oversample": c["truth-half_vs_oversample"]["macro_f1"],
-        "gap_closed": results["gap_closed"],
-        "versions": results["provenance"]["versions"],
+        "validation_macro_f1": {
+            k: float(np.mean(list(best_validation(ref, k).values()))) for k in CONDITIONS.split(",")
+        },
+        "versions": test["provenance"]["versions"],
+        "command": test["provenance"]["command"],
     }
 
 
@@ -101,40 +131,45 @@ def _pm(d: dict) -> str:
     return f"{d['mean_difference'] * 100:+.1f} ({d['wins']}/{d['losses']}, p {p})"
 
 
-def render(rows: list[dict], machine: str) -> str:
+def render(rows: list[dict], ref: dict, args: argparse.Namespace) -> str:
     chosen = max(rows, key=lambda r: r["validation_fes_minus_oversample"]["mean_difference"])
+    t = ref["test_macro_f1"]
     table = [
         [
             f"{r['name']}{' (chosen on validation)' if r is chosen else ''}",
             f"`{r['args']}`" if r["args"] else "today's defaults",
             _pm(r["validation_fes_minus_oversample"]),
-            f"{r['test_macro_f1']['oversample']['mean'] * 100:.1f}",
-            f"{r['test_macro_f1']['fes']['mean'] * 100:.1f}",
-            f"{r['test_macro_f1']['truth']['mean'] * 100:.1f}",
+            f"{r['test_fes'] * 100:.1f}",
             _pm(r["fes_vs_oversample"]),
-            _pm(r["truth_vs_oversample"]),
-            "–" if r["gap_closed"]["fes"]["overall"] is None else f"{r['gap_closed']['fes']['overall']:.0%}",
-            _pm(r["truth_half_vs_oversample"]),
+            "–" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}",
+            ", ".join("–" if v is None else f"{v:.0%}" for v in r["gap_closed_per_fold"].values()),
+            "; ".join(r["flags"]) or "",
         ]
         for r in rows
     ]
-    header = ["recipe", "arguments", "val fes − oversample", "test oversample", "fes", "truth", "fes − oversample"]
-    header += ["truth − oversample", "gap closed by fes", "truth-half − oversample"]
+    header = ["recipe", "arguments", "val fes − oversample", "test fes", "fes − oversample", "gap closed"]
+    header += ["per fold", "flags"]
     return "\n".join(
         [
             "# Synthesis levers on the demo set: how much of the gap to the truth ceiling each recipe closes",
             "",
-            f"Machine: {machine}. Versions: {', '.join(f'{k} {v}' for k, v in rows[0]['versions'].items())}.",
+            f"Machine: {args.machine}. Versions: {', '.join(f'{k} {v}' for k, v in ref['versions'].items())}.",
             "",
-            "Protocol: `fesaug evaluate` on the demo set (its 5 subject-independent folds), conditions "
-            f"{CONDITIONS}, the downstream classifier's defaults, macro-F1 in points (folds won/lost, two-sided "
-            "Wilcoxon p). Rule fixed before the test folds were read: the recipe with the highest mean validation "
-            "macro-F1 of `fes` minus `oversample` is chosen; every recipe's test numbers are shown.",
+            f"Protocol: `fesaug evaluate` on the demo set, folds {', '.join(rows[0]['folds'])}, "
+            f"{args.seeds} downstream seeds per fold, downstream `{args.downstream}`; macro-F1 in points (folds "
+            "won/lost, two-sided Wilcoxon p). Reference run (the first recipe): test macro-F1 "
+            f"real {t['real']['mean'] * 100:.1f}, oversample {t['oversample']['mean'] * 100:.1f}, "
+            f"truth {t['truth']['mean'] * 100:.1f} ({_pm(ref['truth_vs_oversample'])} over oversample), "
+            f"truth-half {t['truth-half']['mean'] * 100:.1f} ({_pm(ref['truth_half_vs_oversample'])}). "
+            "Every recipe's `fes` is paired per fold with the reference's `oversample` and `truth`. Rule fixed "
+            "before the test folds were read: the recipe with the highest mean validation macro-F1 of `fes` minus "
+            "the reference's `oversample` is chosen; every recipe's test numbers are shown.",
             "",
-            *markdown_table(header, table, align="llrrrrrrrr"),
+            *markdown_table(header, table, align="llrrrrll"),
             "",
             "Commands:",
             "",
+            f"- reference: `{ref['command']}`",
             *[f"- {r['name']}: `{r['command']}`" for r in rows],
             "",
         ]
@@ -148,6 +183,9 @@ def main() -> None:
     ap.add_argument("--generators", type=Path, help="an evaluation of the same manifest whose generators to reuse")
     ap.add_argument("--recipe", action="append", required=True, metavar="NAME=ARGS")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--downstream", default="", help="downstream options for every run, e.g. '--image-size 48 --epochs 30'"
+    )
     ap.add_argument("--generator-epochs", type=int, default=30)
     ap.add_argument("--folds", default="all")
     ap.add_argument("--jobs", type=int, default=1, help="recipes evaluated at once (one thread each)")
@@ -155,10 +193,13 @@ def main() -> None:
     ap.add_argument("--name", default="synthesis_levers_demo", help="results file name in bench/results/")
     args = ap.parse_args()
     recipes = [r.partition("=")[::2] for r in args.recipe]
+    ref = run_recipe(*recipes[0], args, reference=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda r: run_recipe(r[0], r[1], args), recipes))
-    rows = [summarise(name, extra, run) for (name, extra), run in zip(recipes, runs)]
-    write_results(args.name, {"machine": args.machine, "recipes": rows}, render(rows, args.machine))
+        runs = [ref, *pool.map(lambda r: run_recipe(r[0], r[1], args, reference=False), recipes[1:])]
+    rows = [summarise(name, extra, run, ref) for (name, extra), run in zip(recipes, runs)]
+    reference = reference_summary(ref)
+    result = {"machine": args.machine, "downstream": args.downstream, "reference": reference, "recipes": rows}
+    write_results(args.name, result, render(rows, reference, args))
 
 
 if __name__ == "__main__":
