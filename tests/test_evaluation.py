@@ -409,6 +409,20 @@ def test_other_settings_are_refused_unless_overwrite(run: Run) -> None:
     assert all(s["folds"] == [0] for s in result.results["conditions"].values())
 
 
+def test_an_evaluation_recorded_by_version_1_before_the_downstream_precision_resumes(run: Run) -> None:
+    out = run.copy("version-1")
+    settings = json.loads((out / "evaluate.json").read_text())
+    settings["schema_version"] = 1
+    del settings["config"]["downstream"]["precision"]  # every version-1 evaluation trained in float32
+    (out / "evaluate.json").write_text(json.dumps(settings))
+    before = _fold_mtimes(out)
+    evaluate(run.manifest, out, run.config, folds=FOLDS)
+    assert _fold_mtimes(out) == before
+    bf16 = dataclasses.replace(run.config, downstream=dataclasses.replace(run.config.downstream, precision="bfloat16"))
+    with pytest.raises(FesaugError, match="precision"):
+        evaluate(run.manifest, out, bf16, folds=FOLDS)
+
+
 def test_settings_that_only_choose_pieces_or_the_device_do_not_count(run: Run) -> None:
     config = dataclasses.replace(
         run.config,
@@ -425,10 +439,11 @@ def test_settings_that_only_choose_pieces_or_the_device_do_not_count(run: Run) -
 def test_an_evaluation_recorded_before_a_config_key_existed_resumes(run: Run) -> None:
     out = run.copy("older-version")
     settings = json.loads((out / "evaluate.json").read_text())
-    assert settings.pop("schema_version") == 1  # as versions before schema versions wrote it
+    assert settings.pop("schema_version") == 2  # as versions before schema versions wrote it
     del (
         settings["config"]["generator"]["loss"]["mask_smoothness"],
         settings["config"]["generator"]["expression_classifier"],
+        settings["config"]["downstream"]["precision"],
     )
     # The balance settings' old name for the held-out folds, as BalanceConfig.exclude_folds wrote it.
     settings["config"]["balance"]["exclude_folds"] = settings["config"]["balance"].pop("holdout_folds")

@@ -53,6 +53,15 @@ def _evaluate_v0_to_v1(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-EVALUATE = RecordType("evaluation settings", 1, {0: _evaluate_v0_to_v1})
+def _evaluate_v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
+    # Version 2 added the downstream classifier's precision; every earlier evaluation trained in float32.
+    config = record.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("downstream"), Mapping):
+        downstream = fill_missing(config["downstream"], {"precision": "float32"})
+        record = {**record, "config": {**config, "downstream": downstream}}
+    return record
+
+
+EVALUATE = RecordType("evaluation settings", 2, {0: _evaluate_v0_to_v1, 1: _evaluate_v1_to_v2})
 # A fold record's layout did not change when versions began: version 0 reads as version 1.
 FOLD_RECORD = RecordType("evaluation fold record", 1, {0: dict})
