@@ -265,6 +265,19 @@ def test_saved_classifier_loads_with_the_same_predictions_and_classes(tmp_path) 
         load_classifier(tmp_path / "broken.pt")
 
 
+def test_a_classifier_file_written_before_schema_versions_and_colour_loads_as_gray(tmp_path) -> None:
+    model = make_classifier("small-cnn", 2, 32).eval()
+    save_classifier(model, tmp_path / "c.pt", ["a", "b"])
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert saved.pop("schema_version") == 1 and saved.pop("channels") == 1
+    torch.save({**saved, "format_version": 1}, tmp_path / "old.pt")  # as fesaug wrote it before
+    loaded, classes = load_classifier(tmp_path / "old.pt", device="cpu")
+    assert loaded.channels == 1 and classes == ["a", "b"]
+    torch.save({**saved, "schema_version": 99}, tmp_path / "newer.pt")
+    with pytest.raises(FesaugError, match="newer fesaug"):
+        load_classifier(tmp_path / "newer.pt")
+
+
 # --------------------------------------------------------------------------------------------
 # speed (issue #36): the same function computed faster
 

@@ -22,9 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from fesaug.data.images import KINDS
+from fesaug.evaluate.classifier_records import CLASSIFIER
 from fesaug.utils.devices import resolve_device
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.files import atomic_path
+from fesaug.utils.records import SCHEMA_KEY
 
 __all__ = [
     "CLASSIFIERS",
@@ -129,7 +131,7 @@ def make_classifier(name: str, num_classes: int, image_size: int, channels: int 
     return DownstreamClassifier(net, head, name, num_classes, image_size, channels)
 
 
-FORMAT, FORMAT_VERSION = "fesaug-downstream-classifier", 1
+FORMAT = "fesaug-downstream-classifier"
 
 
 def save_classifier(model: DownstreamClassifier, path: str | os.PathLike, classes: Sequence[str]) -> None:
@@ -139,16 +141,17 @@ def save_classifier(model: DownstreamClassifier, path: str | os.PathLike, classe
         raise FesaugError(f"{len(classes)} class names for a {model.num_classes}-class model")
     with atomic_path(path) as tmp:
         torch.save(
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "state_dict": model.state_dict(),
-                "model": model.name,
-                "num_classes": model.num_classes,
-                "image_size": model.image_size,
-                "channels": model.channels,
-                "classes": list(classes),
-            },
+            CLASSIFIER.stamp(
+                {
+                    "format": FORMAT,
+                    "state_dict": model.state_dict(),
+                    "model": model.name,
+                    "num_classes": model.num_classes,
+                    "image_size": model.image_size,
+                    "channels": model.channels,
+                    "classes": list(classes),
+                }
+            ),
             tmp,
         )
 
@@ -165,13 +168,14 @@ def load_classifier(
             f"cannot read the classifier {path} ({type(exc).__name__}); pass a fold-K/<condition>.pt "
             "written by fesaug evaluate"
         ) from None
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("format_version") != FORMAT_VERSION:
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise FesaugError(
-            f"{path} is not a fesaug downstream classifier (version {FORMAT_VERSION}); pass a "
-            "fold-K/<condition>.pt written by fesaug evaluate"
+            f"{path} is not a fesaug downstream classifier; pass a fold-K/<condition>.pt written by fesaug evaluate"
         )
-    channels = saved.get("channels", 1)  # files written before colour have none: gray
-    model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"], channels)
+    if SCHEMA_KEY not in saved and saved.get("format_version") != 1:
+        raise FesaugError(f"{path}: downstream classifier format version {saved.get('format_version')!r} is unknown")
+    saved = CLASSIFIER.read(saved, where=str(path))
+    model = make_classifier(saved["model"], saved["num_classes"], saved["image_size"], saved["channels"])
     model.load_state_dict(saved["state_dict"])
     device = resolve_device(device)
     return model.to(device).eval(), list(saved["classes"])
