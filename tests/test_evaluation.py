@@ -414,6 +414,7 @@ def test_an_evaluation_recorded_by_version_1_before_the_downstream_precision_res
     settings = json.loads((out / "evaluate.json").read_text())
     settings["schema_version"] = 1
     del settings["config"]["downstream"]["precision"]  # every version-1 evaluation trained in float32
+    del settings["config"]["retune_head"]  # and re-tuned no last layer
     (out / "evaluate.json").write_text(json.dumps(settings))
     before = _fold_mtimes(out)
     evaluate(run.manifest, out, run.config, folds=FOLDS)
@@ -439,11 +440,12 @@ def test_settings_that_only_choose_pieces_or_the_device_do_not_count(run: Run) -
 def test_an_evaluation_recorded_before_a_config_key_existed_resumes(run: Run) -> None:
     out = run.copy("older-version")
     settings = json.loads((out / "evaluate.json").read_text())
-    assert settings.pop("schema_version") == 2  # as versions before schema versions wrote it
+    assert settings.pop("schema_version") == 3  # as versions before schema versions wrote it
     del (
         settings["config"]["generator"]["loss"]["mask_smoothness"],
         settings["config"]["generator"]["expression_classifier"],
         settings["config"]["downstream"]["precision"],
+        settings["config"]["retune_head"],
     )
     # The balance settings' old name for the held-out folds, as BalanceConfig.exclude_folds wrote it.
     settings["config"]["balance"]["exclude_folds"] = settings["config"]["balance"].pop("holdout_folds")
@@ -860,8 +862,12 @@ def test_cli_generator_config_sets_loss_weights_and_flags_still_win(
             "real,oversample,mixed",
             "--label-smoothing",
             "0",
+            "--precision",
+            "bfloat16",
+            "--retune-head",
         )
     assert code == 1 and "Error: stop here" in err
+    assert seen[0].downstream.precision == "bfloat16" and seen[0].retune_head
     assert seen[0].downstream_seeds == 3 and seen[0].conditions == ("real", "oversample", "mixed")
     assert seen[0].downstream.label_smoothing == 0.0  # an evaluation made before smoothing was the default resumes
     generator = seen[0].generator
@@ -980,6 +986,20 @@ def test_soft_synthetic_labels_reach_the_downstream_classifier(run: Run) -> None
     # Edits at intensities 0.4-0.8 keep that share of their label on the target, the rest on the source.
     assert 0.4 < soft["soft_label_mass"] < 1 and "soft_label_mass" not in hard
     assert soft["train_counts"] == hard["train_counts"]
+
+
+def test_retune_head_refits_every_condition_s_last_layer_on_the_real_faces(run: Run) -> None:
+    out = run.root / "retune"
+    config = dataclasses.replace(
+        run.config, conditions=("real", "oversample", "fes"), retune_head=True, synthesis=False
+    )
+    evaluate(run.manifest, out, config, folds=[0], generators_from=run.out)
+    for name in ("real", "oversample", "fes"):
+        retune = run.record(0, name, out)["retune_head"]
+        assert isinstance(retune["applied"], bool) and 0 <= retune["val_macro_f1_before"] <= 1
+        assert "retune_head" not in run.record(0, name, run.out)
+    settings = json.loads((out / "evaluate.json").read_text())["config"]
+    assert settings["retune_head"] is True and settings["downstream"]["precision"] == "float32"
 
 
 def test_an_evaluation_recorded_with_the_old_name_of_the_held_out_folds_is_the_same_settings() -> None:

@@ -36,6 +36,8 @@ class EvaluateConfig:
     trained elsewhere that also score the synthetic images (:mod:`fesaug.judges`; default: every
     one installed). ``truth_intensity``: the ``truth`` condition's exact faces show their
     expression at this multiple of their source's own intensity (``truth-half`` at half of it).
+    ``retune_head``: after each downstream training, fit a new last layer on the fold's real
+    training faces (:mod:`fesaug.evaluate.retune`), kept where validation prefers it.
     """
 
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
@@ -51,6 +53,7 @@ class EvaluateConfig:
     downstream_seeds: int = 1
     judges: tuple[str, ...] = field(default_factory=lambda: resolve_judges("auto"))
     truth_intensity: float = 1.0
+    retune_head: bool = False
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.conditions if c not in REGISTRY]
@@ -92,6 +95,7 @@ class EvaluateConfig:
             "judge": self.judge,
             "expression_judge": self.expression_judge,
             "truth_intensity": self.truth_intensity,
+            "retune_head": self.retune_head,
         }
 
     @property

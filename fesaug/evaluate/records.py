@@ -62,6 +62,13 @@ def _evaluate_v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-EVALUATE = RecordType("evaluation settings", 2, {0: _evaluate_v0_to_v1, 1: _evaluate_v1_to_v2})
+def _evaluate_v2_to_v3(record: dict[str, Any]) -> dict[str, Any]:
+    # Version 3 added the last layer's re-tune on real faces; no earlier evaluation made one.
+    if isinstance(record.get("config"), Mapping):
+        record = {**record, "config": fill_missing(record["config"], {"retune_head": False})}
+    return record
+
+
+EVALUATE = RecordType("evaluation settings", 3, {0: _evaluate_v0_to_v1, 1: _evaluate_v1_to_v2, 2: _evaluate_v2_to_v3})
 # A fold record's layout did not change when versions began: version 0 reads as version 1.
 FOLD_RECORD = RecordType("evaluation fold record", 1, {0: dict})

@@ -36,6 +36,7 @@ from fesaug.evaluate.downstream import (
 )
 from fesaug.evaluate.fold import Fold
 from fesaug.evaluate.records import FOLD_RECORD
+from fesaug.evaluate.retune import retune_head
 from fesaug.evaluate.synthesis_scores import synthesis_quality
 from fesaug.synthesis.generator import load_generator
 from fesaug.utils.devices import resolve_device
@@ -154,6 +155,10 @@ def _train(fold: Fold, data: Callable[[], TrainingSet], offsets: Sequence[int]) 
         ts.x, ts.y, val_x, val_y, d, seeds,
         num_classes=n_classes, sample_weights=ts.weights, epoch_size=epoch_size, soft_targets=ts.targets,
     )  # fmt: skip
+    retuned: list[dict[str, Any]] = [{} for _ in results]
+    if fold.config.retune_head:
+        real_x, real_y = fold.pixels[fold.train_rows], fold.labels[fold.train_rows]
+        retuned = [{"retune_head": retune_head(r.model, real_x, real_y, val_x, val_y)} for r in results]
     weights = None if ts.weights is None else ts.weights.numpy()
     counts = np.rint(np.bincount(ts.y, weights=weights, minlength=n_classes)).astype(int)
     extra = {"train_rows": len(ts.y)} if ts.weights is not None else {}
@@ -169,10 +174,11 @@ def _train(fold: Fold, data: Callable[[], TrainingSet], offsets: Sequence[int]) 
                 "train_counts": dict(zip(fold.m.classes, counts.tolist())),
                 "seeds_trained_together": len(seeds),
                 **extra,
+                **retune,
             }
             | ts.info,
         )
-        for seed, result in zip(seeds, results)
+        for seed, result, retune in zip(seeds, results, retuned)
     ]
 
 
