@@ -85,10 +85,13 @@ def per_fold(run: Path, condition: str) -> dict[str, float]:
 
 
 def summarise(name: str, extra: str, run: Path, ref: Path) -> dict:
-    """A recipe's ``fes`` against the reference's ``oversample`` and ``truth``, paired per fold."""
-    fes, over, truth = per_fold(run, "fes"), per_fold(ref, "oversample"), per_fold(ref, "truth")
+    """A recipe's ``fes`` against the reference's ``oversample`` and ``truth``, paired per fold; a
+    recipe that changes the training of every condition (``--retune-head``) also trains its own
+    ``oversample``, which it is compared with instead."""
+    base = run if per_fold(run, "oversample") else ref
+    fes, over, truth = per_fold(run, "fes"), per_fold(base, "oversample"), per_fold(ref, "truth")
     folds = sorted(set(fes) & set(over) & set(truth), key=int)
-    val_fes, val_over = best_validation(run, "fes"), best_validation(ref, "oversample")
+    val_fes, val_over = best_validation(run, "fes"), best_validation(base, "oversample")
     gain = float(np.mean([fes[k] for k in folds]) - np.mean([over[k] for k in folds]))
     ceiling = float(np.mean([truth[k] for k in folds]) - np.mean([over[k] for k in folds]))
     records = fold_records(run)
@@ -105,6 +108,7 @@ def summarise(name: str, extra: str, run: Path, ref: Path) -> dict:
         "gap_closed_per_fold": {
             k: (fes[k] - over[k]) / (truth[k] - over[k]) if abs(truth[k] - over[k]) >= 0.005 else None for k in folds
         },
+        "own_oversample": base is run,
         "train_counts_per_fold": {k: r["fes"]["train_counts"] for k, r in records.items() if "fes" in r},
         "flags": [f"fold {k}: {v}" for k, v in short.items() if v],
         "command": json.loads((run / "results.json").read_text())["provenance"]["command"],
@@ -143,7 +147,7 @@ def render(rows: list[dict], ref: dict, args: argparse.Namespace) -> str:
             _pm(r["fes_vs_oversample"]),
             "–" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}",
             ", ".join("–" if v is None else f"{v:.0%}" for v in r["gap_closed_per_fold"].values()),
-            "; ".join(r["flags"]) or "",
+            "; ".join([*(["against its own oversample"] if r.get("own_oversample") else []), *r["flags"]]),
         ]
         for r in rows
     ]
