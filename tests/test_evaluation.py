@@ -415,6 +415,7 @@ def test_an_evaluation_recorded_by_version_1_before_the_downstream_precision_res
     settings["schema_version"] = 1
     del settings["config"]["downstream"]["precision"]  # every version-1 evaluation trained in float32
     del settings["config"]["retune_head"]  # and re-tuned no last layer
+    del settings["config"]["generator"]["loss"]["flow_target"]  # nor had the flow-target loss
     (out / "evaluate.json").write_text(json.dumps(settings))
     before = _fold_mtimes(out)
     evaluate(run.manifest, out, run.config, folds=FOLDS)
@@ -440,12 +441,13 @@ def test_settings_that_only_choose_pieces_or_the_device_do_not_count(run: Run) -
 def test_an_evaluation_recorded_before_a_config_key_existed_resumes(run: Run) -> None:
     out = run.copy("older-version")
     settings = json.loads((out / "evaluate.json").read_text())
-    assert settings.pop("schema_version") == 3  # as versions before schema versions wrote it
+    assert settings.pop("schema_version") == 4  # as versions before schema versions wrote it
     del (
         settings["config"]["generator"]["loss"]["mask_smoothness"],
         settings["config"]["generator"]["expression_classifier"],
         settings["config"]["downstream"]["precision"],
         settings["config"]["retune_head"],
+        settings["config"]["generator"]["loss"]["flow_target"],
     )
     # The balance settings' old name for the held-out folds, as BalanceConfig.exclude_folds wrote it.
     settings["config"]["balance"]["exclude_folds"] = settings["config"]["balance"].pop("holdout_folds")

@@ -214,6 +214,12 @@ class PairedTargetDataset(Dataset):
     the target keeps the source's pixels wherever the partner differs by less than that many
     gray levels (:func:`fesaug.data.pairs.keep_unchanged`).
 
+    With ``pair_flow`` (and ``align_pairs``), a paired item also holds ``flow`` (float32
+    ``2×S×S``, x and y in pixels) and ``flow_weight`` (``S×S``): the displacement that moves its
+    augmented source onto its augmented target and how well it explains the target per pixel
+    (:func:`fesaug.data.pairs.pair_flow`; zeros for an unpaired item or the source's own
+    expression), the target of ``LossWeights.flow_target``.
+
     With ``augment``, the same random pad-and-crop (up to ``shift × S`` pixels each way, edge
     padding), rotation (up to ``rotation`` degrees either way), zoom (by up to ``scale`` in or
     out) and horizontal flip are applied to source and target, so a pair stays aligned.
@@ -238,6 +244,7 @@ class PairedTargetDataset(Dataset):
         seed: int = 0,
         align_pairs: bool = False,
         pair_threshold: float = 0.0,
+        pair_flow: bool = False,
     ) -> None:
         if not 0.0 <= paired_prob <= 1.0:
             raise FesaugError(f"paired_prob must lie in [0, 1], got {paired_prob}")
@@ -252,6 +259,9 @@ class PairedTargetDataset(Dataset):
         self.base = base
         self.align_pairs = align_pairs
         self.pair_threshold = pair_threshold
+        if pair_flow and not align_pairs:
+            raise FesaugError("pair_flow needs align_pairs: a displacement between unregistered photos is mostly pose")
+        self.pair_flow = pair_flow
         self._aligned: dict[tuple[int, int], torch.Tensor] = {}
         self.paired_prob = paired_prob
         self.own_expression_prob = own_expression_prob
@@ -317,13 +327,32 @@ class PairedTargetDataset(Dataset):
             source = self.base.pixels[i]
             if self.augment is not None:
                 source, target = self.augment(tv_tensors.Image(source), tv_tensors.Image(target))
-        return {
+        item = {
             "source": source.as_subclass(torch.Tensor),
             "source_label": source_label,
             "target": target.as_subclass(torch.Tensor),
             "target_label": target_label,
             "paired": paired,
         }
+        if self.pair_flow:
+            item["flow"], item["flow_weight"] = self._flow(item["source"], item["target"], paired and not own)
+        return item
+
+    def _flow(self, source: torch.Tensor, target: torch.Tensor, moved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair's displacement (``2×S×S``) and its weight (``S×S``), after augmentation so they
+        describe the images the generator sees; zeros when the target is not a moved partner."""
+        side = source.shape[-1]
+        if not moved:
+            return torch.zeros(2, side, side), torch.zeros(side, side)
+        from fesaug.data.pairs import pair_flow
+
+        gray = source.shape[0] == 1
+        flow, weight = pair_flow(
+            source[0].numpy() if gray else source.numpy(),
+            target[0].numpy() if gray else target.numpy(),
+            max(self.pair_threshold, 1.0),
+        )
+        return torch.from_numpy(flow).permute(2, 0, 1).contiguous(), torch.from_numpy(weight)
 
 
 def _partners(subjects: Sequence[str | None], labels: np.ndarray) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fesaug.balance.records import migrate_config_v0_to_v1 as migrate_balance_v0_to_v1
-from fesaug.synthesis.records import migrate_train_config_v0_to_v1
+from fesaug.synthesis.records import migrate_train_config_v0_to_v1, migrate_train_config_v1_to_v2
 from fesaug.utils.records import RecordType, fill_missing
 from fesaug.utils.runlog import jsonable
 
@@ -69,6 +69,17 @@ def _evaluate_v2_to_v3(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-EVALUATE = RecordType("evaluation settings", 3, {0: _evaluate_v0_to_v1, 1: _evaluate_v1_to_v2, 2: _evaluate_v2_to_v3})
+def _evaluate_v3_to_v4(record: dict[str, Any]) -> dict[str, Any]:
+    config = record.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("generator"), Mapping):
+        record = {**record, "config": {**config, "generator": migrate_train_config_v1_to_v2(config["generator"])}}
+    return record
+
+
+EVALUATE = RecordType(
+    "evaluation settings",
+    4,
+    {0: _evaluate_v0_to_v1, 1: _evaluate_v1_to_v2, 2: _evaluate_v2_to_v3, 3: _evaluate_v3_to_v4},
+)
 # A fold record's layout did not change when versions began: version 0 reads as version 1.
 FOLD_RECORD = RecordType("evaluation fold record", 1, {0: dict})

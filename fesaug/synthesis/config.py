@@ -126,6 +126,15 @@ class LossWeights:
     whose best L1 answer is a smoothed copy: close to the partner, yet further from the face
     as it should look. 0 turns it off."""
 
+    flow_target: float = 0.0
+    """On paired rows, the mean L1 distance (in pixels) between the predicted flow and the
+    displacement that moves the source onto its registered same-subject partner (Farneback's
+    optical flow, :func:`fesaug.data.pairs.pair_flow`), weighted per pixel by how well that
+    displacement explains the partner there. A pixel loss toward the partner averages a moving
+    feature away (a half-raised brow is a smaller L1 error than a brow raised in the wrong place);
+    this target says how far each feature moves. Needs ``output="warp"`` and ``align_pairs``; 0
+    turns it off (the flows are then not computed)."""
+
     flow_magnitude: float = 0.05
     """Mean length of the flow vectors (``output="warp"``), in pixels: displacement costs, so the
     flow moves what the expression moves and leaves the rest of the face (its contour, the hair)
@@ -266,9 +275,15 @@ class TrainConfig:
             if not ok(value):
                 raise FesaugError(f"{key} must be {expected}, got {_show(value)}")
         try:
-            self.model_config(num_classes=2)
+            model = self.model_config(num_classes=2)
         except ModelConfigError as exc:
             raise FesaugError(f"model: {exc}") from None
+        if self.loss.flow_target > 0 and not (self.align_pairs and model.output == "warp"):
+            raise FesaugError(
+                "loss.flow_target needs registered pairs and a flow to compare (align_pairs: true and the warp "
+                f"decoder, model output 'warp'); this config has align_pairs {self.align_pairs}, output "
+                f"{model.output!r}"
+            )
 
 
 def _non_negative(value: float) -> bool:

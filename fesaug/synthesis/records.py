@@ -68,6 +68,17 @@ def _checkpoint_v0_to_v1(ckpt: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-CHECKPOINT = RecordType("FERSNet checkpoint", 1, {0: _checkpoint_v0_to_v1})
+def migrate_train_config_v1_to_v2(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Version 2 added the flow-target loss (``LossWeights.flow_target``); no earlier run had it."""
+    return fill_missing(config, {"loss": {"flow_target": 0.0}})
+
+
+def _checkpoint_v1_to_v2(ckpt: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(ckpt.get("config"), Mapping):
+        ckpt = {**ckpt, "config": migrate_train_config_v1_to_v2(ckpt["config"])}
+    return ckpt
+
+
+CHECKPOINT = RecordType("FERSNet checkpoint", 2, {0: _checkpoint_v0_to_v1, 1: _checkpoint_v1_to_v2})
 # A run's config.yaml: the resolved TrainConfig and its schema version.
-RUN_CONFIG = RecordType("run configuration", 1, {0: migrate_train_config_v0_to_v1})
+RUN_CONFIG = RecordType("run configuration", 2, {0: migrate_train_config_v0_to_v1, 1: migrate_train_config_v1_to_v2})

@@ -89,6 +89,7 @@ class GeneratorStep(nn.Module):
             "bending": bending,
             "displacement": displacement,
             "variants": variants,
+            "flow": out.flow,
         }
 
     def _judge(self, fake: Tensor) -> Tensor:
@@ -173,6 +174,7 @@ def train_step(
         "flow_smoothness": g["bending"],
         "flow_magnitude": g["displacement"],
         "edit_sparsity": (fake.float() - x).abs().mean(),
+        "flow_target": _flow_target(g["flow"], batch, pair_mask) if w.flow_target > 0 else pair_mask.new_zeros(()),
     }
     loss_g = sum(getattr(w, name) * value for name, value in losses.items())
     o.opt_g.zero_grad(set_to_none=True)
@@ -233,6 +235,17 @@ def _paired_perceptual(perceptual: nn.Module | None, fake: Tensor, target: Tenso
         return fake.new_zeros((), dtype=torch.float32)
     rows = mask.bool()
     return perceptual((fake[rows].float() + 1) / 2, (target[rows].float() + 1) / 2).mean()
+
+
+def _flow_target(flow: Tensor | None, batch: dict[str, Tensor], pair_mask: Tensor) -> Tensor:
+    """Weighted mean L1 (pixels) between the predicted flow and the pairs' displacement
+    (``batch["flow"]``, weighted by ``batch["flow_weight"]``) over the paired rows."""
+    if flow is None:
+        return pair_mask.new_zeros(())
+    target = batch["flow"].to(flow.device, non_blocking=True)
+    weight = batch["flow_weight"].to(flow.device, non_blocking=True) * pair_mask[:, None, None]
+    error = (flow.float() - target).abs().sum(1)  # (B, S, S): |dx| + |dy|
+    return (error * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def _masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:

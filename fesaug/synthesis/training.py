@@ -298,6 +298,7 @@ def _data(manifest: Manifest, split: Split, size: int, config: TrainConfig, rt: 
         seed=config.seed,
         align_pairs=config.align_pairs,
         pair_threshold=config.pair_threshold,
+        pair_flow=config.loss.flow_target > 0,
     )
     sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
     # drop_last: a last batch of one or two images gives the GAN and BatchNorm noisy statistics.
