@@ -64,8 +64,10 @@ from fesaug.evaluate.downstream import (
 )
 from fesaug.evaluate.metrics import ssim
 from fesaug.synthesis.config import TrainConfig, load_config
+from fesaug.synthesis.records import MODEL_CONFIG_LEGACY
 from fesaug.synthesis.training import train
 from fesaug.utils.provenance import package_versions
+from fesaug.utils.records import fill_missing
 from fesaug.utils.tables import markdown_table
 
 CHANGED = 10  # gray levels: a pixel the expression changes differs this much between source and truth
@@ -226,7 +228,8 @@ def changes(recorded: dict, model_config: dict | None = None) -> dict:
     then, now = TrainConfig.from_dict(recorded, where="record"), TrainConfig()
     out = {k: v for k, v in then.to_dict().items() if k not in ("model", "loss", *RUN_KEYS) and v != now.to_dict()[k]}
     loss = {k: v for k, v in dataclasses.asdict(then.loss).items() if v != getattr(now.loss, k)}
-    model_then = FERSNetConfig.from_record(model_config) if model_config else then.model_config(7)
+    recorded_model = fill_missing(model_config or {}, MODEL_CONFIG_LEGACY)
+    model_then = FERSNetConfig(**recorded_model) if model_config else then.model_config(7)
     model = {
         k: v
         for k, v in model_then.settings().items()

@@ -426,5 +426,7 @@ def test_bad_thresholds_are_refused(field: str, value: float) -> None:
 def test_a_checkpoint_config_recorded_before_a_field_existed_keeps_its_behaviour() -> None:
     recorded = dataclasses.asdict(FERSNetConfig(output="warp", flow_threshold=0.5, mask_threshold=0.1))
     del recorded["flow_threshold"], recorded["mask_threshold"]
-    config = FERSNetConfig.from_record(recorded)
+    from fesaug.synthesis.records import CHECKPOINT
+
+    config = FERSNetConfig(**CHECKPOINT.read({"model_config": recorded}, where="test")["model_config"])
     assert (config.output, config.flow_threshold, config.mask_threshold) == ("warp", 0.0, 0.0)

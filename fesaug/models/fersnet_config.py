@@ -27,7 +27,8 @@ class FERSNetConfig:
     ``widths[0]`` is the stem's width; each further entry is one encoder level of both branches,
     followed by one pair of sharing units. Each level halves the resolution, so ``image_size``
     must be divisible by ``2 ** len(widths)``. The defaults are the ``cpu`` preset.
-    ``dataclasses.asdict(config)`` round-trips through ``FERSNetConfig.from_record(d)`` (for checkpoints).
+    ``dataclasses.asdict(config)`` round-trips through ``FERSNetConfig(**d)`` (for checkpoints,
+    once :mod:`fesaug.synthesis.records` has read them).
     """
 
     image_size: int = 64
@@ -66,12 +67,6 @@ class FERSNetConfig:
         exactly when their settings are equal."""
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         return out if self.output == "warp" else out | dict.fromkeys(WARP_FIELDS)
-
-    @classmethod
-    def from_record(cls, data: dict[str, Any]) -> FERSNetConfig:
-        """The config a checkpoint recorded (``dataclasses.asdict``): a field the record predates
-        means the behaviour before it existed (:data:`RECORD_LEGACY`), else its default."""
-        return cls(**{**RECORD_LEGACY, **data})
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> FERSNetConfig:
@@ -134,9 +129,6 @@ WARP_FIELDS: tuple[str, ...] = ("max_flow", "flow_threshold", "mask_threshold") 
 # pairs makes edits of the right kind but too weak to be recognised (bench/results/
 # synthesis_intensity_demo.md); twice the learnt displacement is as far as that stays plausible.
 MAX_INTENSITY = 2.0
-
-# Fields added after checkpoints were first written, and what a checkpoint without them did.
-RECORD_LEGACY: dict[str, Any] = {"flow_threshold": 0.0, "mask_threshold": 0.0}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough that a training step of FERSNet + D on 32 images at 64x64 stays well under

@@ -190,7 +190,7 @@ def load_generator(checkpoint: str | os.PathLike, device: str | torch.device | N
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
     try:
-        model_config = FERSNetConfig.from_record(ckpt["model_config"])
+        model_config = FERSNetConfig(**ckpt["model_config"])
     except (TypeError, FesaugError) as exc:
         raise FesaugError(
             f"{path}: the checkpoint's model config is not understood ({exc}); it was written by another fesaug version"

@@ -166,7 +166,7 @@ def check_resumable(
 
 def _checkpoint_model_config(ckpt: dict[str, Any], path: Path) -> FERSNetConfig:
     try:
-        return FERSNetConfig.from_record(ckpt["model_config"])
+        return FERSNetConfig(**ckpt["model_config"])
     except (TypeError, FesaugError) as exc:
         raise FesaugError(
             f"{path}: the checkpoint's model config is not understood ({exc}); it was written by another fesaug version"
