@@ -214,11 +214,9 @@ class PairedTargetDataset(Dataset):
     the target keeps the source's pixels wherever the partner differs by less than that many
     gray levels (:func:`fesaug.data.pairs.keep_unchanged`).
 
-    With ``pair_flow`` (and ``align_pairs``), a paired item also holds ``flow`` (float32
-    ``2×S×S``, x and y in pixels) and ``flow_weight`` (``S×S``): the displacement that moves its
-    augmented source onto its augmented target and how well it explains the target per pixel
-    (:func:`fesaug.data.pairs.pair_flow`; zeros for an unpaired item or the source's own
-    expression), the target of ``LossWeights.flow_target``.
+    With ``pair_flow`` (and ``align_pairs``), items also hold ``flow`` (``2×S×S``) and
+    ``flow_weight`` (``S×S``): :func:`fesaug.data.pairs.pair_flow` of the augmented pair, zeros
+    when the target is not a moved partner (``LossWeights.flow_target``).
 
     With ``augment``, the same random pad-and-crop (up to ``shift × S`` pixels each way, edge
     padding), rotation (up to ``rotation`` degrees either way), zoom (by up to ``scale`` in or
@@ -334,25 +332,16 @@ class PairedTargetDataset(Dataset):
             "target_label": target_label,
             "paired": paired,
         }
-        if self.pair_flow:
-            item["flow"], item["flow_weight"] = self._flow(item["source"], item["target"], paired and not own)
+        if self.pair_flow:  # the flow of the images the generator is shown, after augmentation
+            from fesaug.data.pairs import pair_flow_tensors  # OpenCV, only when asked for
+
+            side = source.shape[-1]
+            item["flow"], item["flow_weight"] = (
+                pair_flow_tensors(item["source"], item["target"], max(self.pair_threshold, 1.0))
+                if paired and not own
+                else (torch.zeros(2, side, side), torch.zeros(side, side))
+            )
         return item
-
-    def _flow(self, source: torch.Tensor, target: torch.Tensor, moved: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pair's displacement (``2×S×S``) and its weight (``S×S``), after augmentation so they
-        describe the images the generator sees; zeros when the target is not a moved partner."""
-        side = source.shape[-1]
-        if not moved:
-            return torch.zeros(2, side, side), torch.zeros(side, side)
-        from fesaug.data.pairs import pair_flow
-
-        gray = source.shape[0] == 1
-        flow, weight = pair_flow(
-            source[0].numpy() if gray else source.numpy(),
-            target[0].numpy() if gray else target.numpy(),
-            max(self.pair_threshold, 1.0),
-        )
-        return torch.from_numpy(flow).permute(2, 0, 1).contiguous(), torch.from_numpy(weight)
 
 
 def _partners(subjects: Sequence[str | None], labels: np.ndarray) -> list[np.ndarray]:

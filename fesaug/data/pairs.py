@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 from scipy import ndimage
 
 # ECC stops after this many iterations or when the warp moves less than EPS.
@@ -141,3 +142,15 @@ def pair_flow(source: np.ndarray, aligned: np.ndarray, threshold: float = 10.0) 
     changed = ndimage.binary_dilation(changed, structure=np.ones((3, 3), dtype=bool), iterations=1)
     explained = np.clip(1.0 - np.abs(moved - target) / max(threshold, 1e-6), 0.0, 1.0)
     return flow.astype(np.float32), (changed * explained).astype(np.float32)
+
+
+def pair_flow_tensors(
+    source: torch.Tensor, target: torch.Tensor, threshold: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pair_flow` of ``uint8`` ``C×S×S`` tensors (gray or colour): the displacement as
+    ``2×S×S`` (x, y), the weight as ``S×S``, both float32 tensors."""
+    gray = source.shape[0] == 1
+    flow, weight = pair_flow(
+        source[0].numpy() if gray else source.numpy(), target[0].numpy() if gray else target.numpy(), threshold
+    )
+    return torch.from_numpy(flow).permute(2, 0, 1).contiguous(), torch.from_numpy(weight)
