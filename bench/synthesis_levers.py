@@ -87,13 +87,14 @@ def per_fold(run: Path, condition: str) -> dict[str, float]:
 def summarise(name: str, extra: str, run: Path, ref: Path) -> dict:
     """A recipe's ``fes`` against the reference's ``oversample`` and ``truth``, paired per fold; a
     recipe that changes the training of every condition (``--retune-head``) also trains its own
-    ``oversample``, which it is compared with instead."""
+    ``oversample`` and ``truth``, which it is compared with instead."""
     base = run if per_fold(run, "oversample") else ref
-    fes, over, truth = per_fold(run, "fes"), per_fold(base, "oversample"), per_fold(ref, "truth")
+    ceiling = run if per_fold(run, "truth") else ref
+    fes, over, truth = per_fold(run, "fes"), per_fold(base, "oversample"), per_fold(ceiling, "truth")
     folds = sorted(set(fes) & set(over) & set(truth), key=int)
     val_fes, val_over = best_validation(run, "fes"), best_validation(base, "oversample")
     gain = float(np.mean([fes[k] for k in folds]) - np.mean([over[k] for k in folds]))
-    ceiling = float(np.mean([truth[k] for k in folds]) - np.mean([over[k] for k in folds]))
+    gap = float(np.mean([truth[k] for k in folds]) - np.mean([over[k] for k in folds]))
     records = fold_records(run)
     short = {k: r["fes"].get("not_oversampled") for k, r in records.items() if "fes" in r}
     return {
@@ -104,7 +105,7 @@ def summarise(name: str, extra: str, run: Path, ref: Path) -> dict:
         "test_fes": float(np.mean([fes[k] for k in folds])),
         "fes_vs_oversample": paired_comparison([fes[k] for k in folds], [over[k] for k in folds]),
         "fes_vs_truth": paired_comparison([fes[k] for k in folds], [truth[k] for k in folds]),
-        "gap_closed": gain / ceiling if abs(ceiling) >= 0.005 else None,
+        "gap_closed": gain / gap if abs(gap) >= 0.005 else None,
         "gap_closed_per_fold": {
             k: (fes[k] - over[k]) / (truth[k] - over[k]) if abs(truth[k] - over[k]) >= 0.005 else None for k in folds
         },
@@ -147,7 +148,7 @@ def render(rows: list[dict], ref: dict, args: argparse.Namespace) -> str:
             _pm(r["fes_vs_oversample"]),
             "–" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}",
             ", ".join("–" if v is None else f"{v:.0%}" for v in r["gap_closed_per_fold"].values()),
-            "; ".join([*(["against its own oversample"] if r.get("own_oversample") else []), *r["flags"]]),
+            "; ".join([*(["against its own oversample and truth"] if r.get("own_oversample") else []), *r["flags"]]),
         ]
         for r in rows
     ]
