@@ -95,8 +95,15 @@ def summarise(name: str, extra: str, run: Path, ref: Path) -> dict:
     val_fes, val_over = best_validation(run, "fes"), best_validation(base, "oversample")
     gain = float(np.mean([fes[k] for k in folds]) - np.mean([over[k] for k in folds]))
     gap = float(np.mean([truth[k] for k in folds]) - np.mean([over[k] for k in folds]))
-    records = fold_records(run)
+    records, reference = fold_records(run), fold_records(ref)
     short = {k: r["fes"].get("not_oversampled") for k, r in records.items() if "fes" in r}
+    for k, r in records.items():  # a gate that rejects faces no other source replaces leaves a class short
+        wanted = reference.get(k, {}).get("fes", {}).get("train_counts", {})
+        got = r.get("fes", {}).get("train_counts", {})
+        below = [f"{c} {got[c]}/{n}" for c, n in wanted.items() if c in got and got[c] < n]
+        if below:
+            short[k] = f"short of the reference's counts ({', '.join(below)})"
+
     return {
         "name": name,
         "args": extra,
