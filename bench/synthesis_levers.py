@@ -116,7 +116,7 @@ def summarise(name: str, extra: str, run: Path, ref: Path) -> dict:
         "gap_closed_per_fold": {
             k: (fes[k] - over[k]) / (truth[k] - over[k]) if abs(truth[k] - over[k]) >= 0.005 else None for k in folds
         },
-        "own_oversample": base is run,
+        "own_oversample": base is run and run != ref,
         "train_counts_per_fold": {k: r["fes"]["train_counts"] for k, r in records.items() if "fes" in r},
         "flags": [f"fold {k}: {v}" for k, v in short.items() if v],
         "command": json.loads((run / "results.json").read_text())["provenance"]["command"],
