@@ -964,21 +964,6 @@ def test_several_downstream_seeds_are_averaged_per_fold_before_the_comparison(ru
     assert again["per_fold"]["0"]["fes"] == results["per_fold"]["0"]["fes"]
 
 
-def test_a_condition_whose_set_does_not_draw_with_the_seed_trains_its_seeds_together(run: Run) -> None:
-    out = run.copy("together")
-    for path in [*(out / "fold-0").glob("real*"), *(out / "fold-0").glob("oversample*")]:
-        path.unlink()
-    config = dataclasses.replace(run.config, downstream_seeds=2)
-    evaluate(run.manifest, out, config, folds=[0])
-    real = [run.record(0, "real", out), json.loads((out / "fold-0" / "seeds" / "real-1.json").read_text())]
-    assert [r["seeds_trained_together"] for r in real] == [2, 2]
-    assert [r["seed"] for r in real] == [run.config.downstream.seed, run.config.downstream.seed + 1]
-    assert real[0]["test"] != real[1]["test"] or real[0]["history"] != real[1]["history"]
-    # Oversampling draws its repeats with the seed: each seed trains on its own draw, alone.
-    oversample = json.loads((out / "fold-0" / "seeds" / "oversample-1.json").read_text())
-    assert run.record(0, "oversample", out)["seeds_trained_together"] == oversample["seeds_trained_together"] == 1
-
-
 def test_soft_synthetic_labels_reach_the_downstream_classifier(run: Run) -> None:
     out = run.root / "soft"
     balance = dataclasses.replace(run.config.balance, synthetic_labels="soft", intensity=(0.4, 0.8))

@@ -60,10 +60,8 @@ class Condition:
     """One condition. ``data(fold, r, size)`` builds its training set for seed offset ``r`` at
     ``size`` px; ``None`` means nothing is trained (FERSNet's own branch is scored as it is).
     ``fine_tune``: start from FERSNet's FER branch at a tenth of the learning rate, at the
-    generator's image size, instead of a fresh classifier. ``seeded_data``: ``data`` draws with
-    the seed (oversampling), so each seed trains on its own set; the others train all their
-    seeds at once (:func:`~fesaug.evaluate.downstream.fit_seeds`). ``needs_generator``: it needs
-    the fold's trained FERSNet. ``after``: conditions that run first when they are selected too (their
+    generator's image size, instead of a fresh classifier. ``needs_generator``: it needs the
+    fold's trained FERSNet. ``after``: conditions that run first when they are selected too (their
     records decide this one's counts). ``note``: its one-line description in the report."""
 
     name: str
@@ -72,7 +70,6 @@ class Condition:
     needs_generator: bool = False
     fine_tune: bool = False
     after: tuple[str, ...] = ()
-    seeded_data: bool = False
 
 
 REGISTRY: dict[str, Condition] = {}
@@ -207,7 +204,6 @@ register(
         "real images randomly oversampled to the `fes` counts, classic augmentation",
         _oversample,
         after=("fes",),
-        seeded_data=True,
     )
 )
 register(Condition("fes", "real + FERSNet-synthesized images (fesaug balance)", _fes, needs_generator=True))
@@ -217,7 +213,6 @@ register(
         "the `fes` counts, each class's shortfall half synthetic images, half real repeats",
         _mixed,
         needs_generator=True,
-        seeded_data=True,
     )
 )
 
@@ -293,7 +288,6 @@ register(
         needs_generator=True,
         fine_tune=True,
         after=("fes",),
-        seeded_data=True,
     )
 )
 # Not selectable: trained by the synthesis report (classification accuracy score).

@@ -163,8 +163,7 @@ def fit(
     balance run with ``--synthetic-labels soft``), trained with cross-entropy against it instead
     of against ``train_y``, which still names each row's class; a row whose mass is all on its
     class trains exactly as a hard label does. Deterministic for a ``seed`` on CPU; the global
-    torch RNG is left as it was. To train several seeds of one recipe, :func:`fit_seeds` is faster
-    than one call per seed.
+    torch RNG is left as it was.
     """
     rest = {"sample_weights": sample_weights, "num_classes": num_classes, "init": init, "epoch_size": epoch_size}
     return fit_seeds(train_x, train_y, val_x, val_y, config, [config.seed], soft_targets=soft_targets, **rest)[0]
@@ -192,9 +191,12 @@ def fit_seeds(
     initialisation, batch order, augmentation, dropout and erasing draws and its own model
     selection, so result ``i`` is what ``fit`` with ``seed=seeds[i]`` returns, up to the rounding
     of the grouped convolutions' arithmetic (a few ulps per step; over a whole run that can
-    still move a near-tied best epoch). Three seeds train in well under three single fits' time
-    (``bench/results/downstream_throughput.md``). An ``init`` model of an architecture the stack
-    cannot group (:func:`~fesaug.evaluate.classifiers.stackable`) trains one seed at a time.
+    still move a near-tied best epoch). On a CPU this is not faster per image than one seed at a
+    time (``bench/results/downstream_throughput.md``), so ``fesaug evaluate`` trains seeds one
+    after another (on a GPU, where one small network leaves the device idle, it may pay: not
+    measured).
+    An ``init`` model of an architecture the stack cannot group
+    (:func:`~fesaug.evaluate.classifiers.stackable`) trains one seed at a time.
     """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):

@@ -4,16 +4,16 @@ FERSNet's own branch, and score the synthetic images.
 Every condition (:mod:`fesaug.evaluate.conditions`) is trained the same way: the downstream
 recipe (:func:`fesaug.evaluate.downstream.fit`) with the fold's validation subjects choosing the
 epoch, seed ``seed + r`` for seed offset ``r``; it is then scored once on the test rows and its
-record cached (``fold-k/<name>.json``, further seeds in ``fold-k/seeds/``). A condition whose
-training set does not depend on the seed trains its missing seeds at once
-(:func:`~fesaug.evaluate.downstream.fit_seeds`, several times faster than one after another). A
-cached record is never computed again, so an interrupted fold resumes at the first missing piece.
+record cached (``fold-k/<name>.json``, further seeds in ``fold-k/seeds/``). Seeds train one
+after another: on a CPU, several seeds as one grouped network
+(:func:`~fesaug.evaluate.downstream.fit_seeds`) are slower per image than one at a time
+(``bench/results/downstream_throughput.md``). A cached record is never computed again, so an
+interrupted fold resumes at the first missing piece.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import time
@@ -29,7 +29,6 @@ from fesaug.evaluate.downstream import (
     DownstreamClassifier,
     classification_report,
     fit,
-    fit_seeds,
     load_classifier,
     predict_proba,
     save_classifier,
@@ -64,26 +63,21 @@ def run_fold(fold: Fold) -> None:
 
 
 def run_condition(fold: Fold, condition: Condition, offsets: Sequence[int] = (0,)) -> list[dict[str, Any]]:
-    """Train and score one condition for each seed offset in ``offsets`` (cached), all the missing
-    seeds at once unless its training set draws with the seed; one record per offset."""
+    """Train and score one condition for each seed offset in ``offsets`` (cached); one record per offset."""
     if condition.fine_tune:
         return [_fine_tuned(fold, condition, r) for r in offsets]
     assert condition.data is not None
-    missing = [r for r in offsets if not record_path(fold, condition.name, r).exists()]
-    groups = [[r] for r in missing] if condition.seeded_data else [missing] if missing else []
-    for group in groups:
-        start = time.perf_counter()
-        trained = _train(fold, functools.partial(condition.data, fold, group[0], _size(fold)), group)
-        share = (time.perf_counter() - start) / len(group)  # each record carries its share of the training time
-        for r, one in zip(group, trained):
-            score_and_record(fold, condition.name, lambda one=one: one, r, train_seconds=share)
-    return [score_and_record(fold, condition.name, _never, r) for r in offsets]
+    data = condition.data
+    return [
+        score_and_record(fold, condition.name, lambda r=r: _train(fold, lambda: data(fold, r, _size(fold)), r), r)
+        for r in offsets
+    ]
 
 
 def train_judge(fold: Fold) -> Path:
     """``judge.pt``: the ``real`` recipe with seed + 1 (see :meth:`Fold.judge`)."""
     real = REGISTRY["real"].data
-    score_and_record(fold, "judge", lambda: _train(fold, lambda: real(fold, 1, _size(fold)), [1])[0])
+    score_and_record(fold, "judge", lambda: _train(fold, lambda: real(fold, 1, _size(fold)), 1))
     return fold.dir / "judge.pt"
 
 
@@ -99,13 +93,10 @@ def score_and_record(
     r: int = 0,
     test_x: torch.Tensor | None = None,
     save: bool = True,
-    train_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Train (``make``), score on the test rows (``test_x``: their images at the model's size,
     default the downstream size) and cache one condition of the fold. Only the first seed's
-    model is kept (the synthesis report uses ``real.pt``); other seeds keep their record.
-    ``train_seconds``: training time spent before ``make`` (seeds trained together), recorded with
-    the time ``make`` and the scoring take."""
+    model is kept (the synthesis report uses ``real.pt``); other seeds keep their record."""
     path = record_path(fold, name, r)
     if path.exists():
         return FOLD_RECORD.read(json.loads(path.read_text()), where=str(path))
@@ -120,7 +111,7 @@ def score_and_record(
         "n_train": int(sum(info["train_counts"].values())),
         "n_val": int(len(fold.val_rows)),
         "n_test": int(len(fold.test_rows)),
-        "seconds": train_seconds + time.perf_counter() - start,
+        "seconds": time.perf_counter() - start,
         **info,
     }
     if save and r == 0:
@@ -140,46 +131,34 @@ def _size(fold: Fold) -> int:
     return fold.config.downstream.image_size
 
 
-def _train(fold: Fold, data: Callable[[], TrainingSet], offsets: Sequence[int]) -> list[Trained]:
-    """The downstream recipe with seeds + ``offsets`` on ``data()``, trained together; with
-    weights, rows are drawn in proportion to them, as many draws per epoch as they sum to (a
-    weighted balanced manifest), and the recorded ``train_counts`` are their per-class sums, which
-    ``oversample`` then matches."""
+def _train(fold: Fold, data: Callable[[], TrainingSet], r: int) -> Trained:
+    """The downstream recipe with its seed + ``r`` on ``data()``; with weights, rows are drawn in
+    proportion to them, as many draws per epoch as they sum to (a weighted balanced manifest), and
+    the recorded ``train_counts`` are their per-class sums, which ``oversample`` then matches."""
     ts = data()
-    d = fold.config.downstream
+    config = dataclasses.replace(fold.config.downstream, seed=fold.config.downstream.seed + r)
     epoch_size = None if ts.weights is None else int(round(float(ts.weights.sum())))
     val_x, val_y = fold.pixels[fold.val_rows], fold.labels[fold.val_rows]
     n_classes = len(fold.m.classes)
-    seeds = [d.seed + r for r in offsets]
-    results = fit_seeds(
-        ts.x, ts.y, val_x, val_y, d, seeds,
+    result = fit(
+        ts.x, ts.y, val_x, val_y, config,
         num_classes=n_classes, sample_weights=ts.weights, epoch_size=epoch_size, soft_targets=ts.targets,
     )  # fmt: skip
-    retuned: list[dict[str, Any]] = [{} for _ in results]
-    if fold.config.retune_head:
-        real_x, real_y = fold.pixels[fold.train_rows], fold.labels[fold.train_rows]
-        retuned = [{"retune_head": retune_head(r.model, real_x, real_y, val_x, val_y)} for r in results]
     weights = None if ts.weights is None else ts.weights.numpy()
     counts = np.rint(np.bincount(ts.y, weights=weights, minlength=n_classes)).astype(int)
-    extra = {"train_rows": len(ts.y)} if ts.weights is not None else {}
+    info: dict[str, Any] = {
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "seed": config.seed,
+        "train_counts": dict(zip(fold.m.classes, counts.tolist())),
+        **({"train_rows": len(ts.y)} if ts.weights is not None else {}),
+    }
     if ts.targets is not None:  # the training rows' mean mass on their own class (1: all hard labels)
-        extra["soft_label_mass"] = float(ts.targets.gather(1, torch.as_tensor(ts.y)[:, None]).mean())
-    return [
-        (
-            result.model,
-            {
-                "best_epoch": result.best_epoch,
-                "history": result.history,
-                "seed": seed,
-                "train_counts": dict(zip(fold.m.classes, counts.tolist())),
-                "seeds_trained_together": len(seeds),
-                **extra,
-                **retune,
-            }
-            | ts.info,
-        )
-        for seed, result, retune in zip(seeds, results, retuned)
-    ]
+        info["soft_label_mass"] = float(ts.targets.gather(1, torch.as_tensor(ts.y)[:, None]).mean())
+    if fold.config.retune_head:
+        real_x, real_y = fold.pixels[fold.train_rows], fold.labels[fold.train_rows]
+        info["retune_head"] = retune_head(result.model, real_x, real_y, val_x, val_y)
+    return result.model, info | ts.info
 
 
 def _fine_tuned(fold: Fold, condition: Condition, r: int) -> dict[str, Any]:
@@ -256,7 +235,7 @@ def synthesis(fold: Fold) -> None:
         record = {"fold": fold.k, "n_synthetic": 0, **made_with}
     else:
         cas = score_and_record(
-            fold, "synthetic-only", lambda: _train(fold, lambda: TrainingSet(syn.pixels, syn.labels), [0])[0]
+            fold, "synthetic-only", lambda: _train(fold, lambda: TrainingSet(syn.pixels, syn.labels), 0)
         )
         real_model = load_classifier(fold.dir / "real.pt", device=resolve_device(config.downstream.device))[0]
         record = synthesis_quality(
