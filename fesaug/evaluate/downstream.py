@@ -165,8 +165,11 @@ def fit(
     class trains exactly as a hard label does. Deterministic for a ``seed`` on CPU; the global
     torch RNG is left as it was.
     """
-    rest = {"sample_weights": sample_weights, "num_classes": num_classes, "init": init, "epoch_size": epoch_size}
-    return fit_seeds(train_x, train_y, val_x, val_y, config, [config.seed], soft_targets=soft_targets, **rest)[0]
+    return fit_seeds(
+        train_x, train_y, val_x, val_y, config, [config.seed],
+        sample_weights=sample_weights, num_classes=num_classes, init=init, epoch_size=epoch_size,
+        soft_targets=soft_targets,
+    )[0]  # fmt: skip
 
 
 def fit_seeds(

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from fesaug.evaluate.classifiers import DownstreamClassifier, features, predict_proba
+from fesaug.evaluate.classifiers import DownstreamClassifier, features
 
 __all__ = ["RETUNE_C", "retune_head"]
 
@@ -42,12 +42,17 @@ def retune_head(
     def val_f1(pred: np.ndarray) -> float:
         return float(f1_score(val_y, pred, average="macro", labels=classes, zero_division=0))
 
-    before = val_f1(predict_proba(model, val_x).argmax(1))
+    # The trained layer's validation score from the same features the new one is fitted on: one pass.
+    val_features = features(model, val_x)
+    head = model.head
+    trained_logits = val_features @ head.weight.detach().cpu().numpy().T + head.bias.detach().cpu().numpy()
+    before = val_f1(trained_logits.argmax(1))
     info: dict[str, Any] = {"val_macro_f1_before": before, "applied": False}
     if len(np.unique(y)) < model.num_classes:
         return info | {"skipped": "a class has no real training face"}
-    scaler = StandardScaler().fit(features(model, x))
-    train_f, val_f = scaler.transform(features(model, x)), scaler.transform(features(model, val_x))
+    train_features = features(model, x)
+    scaler = StandardScaler().fit(train_features)
+    train_f, val_f = scaler.transform(train_features), scaler.transform(val_features)
     fits = [LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(train_f, y) for c in RETUNE_C]
     scores = [val_f1(clf.predict(val_f)) for clf in fits]
     best = int(np.argmax(scores))
