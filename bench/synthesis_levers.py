@@ -38,7 +38,7 @@ import numpy as np
 from record import write_results
 
 from fesaug.evaluate.aggregate import fold_records
-from fesaug.evaluate.stats import fold_metric, paired_comparison
+from fesaug.evaluate.stats import paired_comparison
 from fesaug.utils.tables import markdown_table
 
 CONDITIONS = "real,oversample,fes,truth,truth-half"  # the reference's; the other recipes train fes only
@@ -50,7 +50,8 @@ def run_recipe(name: str, extra: str, args: argparse.Namespace, reference: bool)
     out = args.work / name
     cmd = [
         FESAUG, "evaluate", "--manifest", str(args.manifest), "--out", str(out), "--device", "cpu",
-        "--generator-epochs", str(args.generator_epochs), "--conditions", CONDITIONS if reference else "fes",
+        "--generator-epochs", str(args.generator_epochs),
+        "--conditions", args.reference_conditions if reference else "fes",
         "--downstream-seeds", str(args.seeds), "--no-synthesis", "--judges", "none",
         *shlex.split(args.downstream), *shlex.split(extra),
     ]  # fmt: skip
@@ -65,34 +66,52 @@ def run_recipe(name: str, extra: str, args: argparse.Namespace, reference: bool)
     return out
 
 
-def best_validation(run: Path, condition: str) -> dict[str, float]:
-    """Per fold, ``condition``'s best validation macro-F1 (the epoch fit kept), averaged over its seeds."""
+def _seeds(record: dict) -> list[dict]:
+    return [record, *record.get("seeds", ())]
 
-    def best(path: Path) -> float:
-        return max(h["val_macro_f1"] for h in json.loads(path.read_text())["history"])
 
+def _test(seed: dict, view: str) -> dict:
+    """A seed's test scores: ``retuned``, what the run kept (the re-tuned layer where validation chose
+    it); ``trained``, the trained layer's, recorded beside the re-tune (or the only ones without it)."""
+    return seed["retune_head"]["test_before"] if view == "trained" and "retune_head" in seed else seed["test"]
+
+
+def _val(seed: dict, view: str) -> float:
+    """A seed's validation macro-F1 of the model ``view`` scores (the re-tune keeps its layer only
+    where validation rose, so the kept model's score is the larger one)."""
+    trained = max(h["val_macro_f1"] for h in seed["history"])
+    retune = seed.get("retune_head")
+    if view == "trained" or not retune or not retune.get("applied"):
+        return trained
+    return max(trained, retune["val_macro_f1_after"])
+
+
+def has_view(run: Path, view: str) -> bool:
+    """Whether ``run`` re-tuned its last layers (so both views exist) or, for ``trained``, at all ran."""
+    return view == "trained" or any("retune_head" in r for f in fold_records(run).values() for r in f.values())
+
+
+def per_fold(run: Path, condition: str, view: str = "trained", validation: bool = False) -> dict[str, float]:
+    """Per fold, ``condition``'s test (or best validation) macro-F1 in ``view``, averaged over its seeds."""
     out = {}
-    for fold in sorted(run.glob("fold-*/"), key=lambda p: int(p.name[5:])):
-        first = fold / f"{condition}.json"
-        if first.exists():
-            out[fold.name[5:]] = float(np.mean([best(first), *map(best, (fold / "seeds").glob(f"{condition}-*.json"))]))
+    for k, records in fold_records(run).items():
+        if condition in records:
+            seeds = _seeds(records[condition])
+            values = [_val(s, view) if validation else _test(s, view)["macro_f1"] for s in seeds]
+            out[str(k)] = float(np.mean(values))
     return out
 
 
-def per_fold(run: Path, condition: str) -> dict[str, float]:
-    """Per fold, ``condition``'s test macro-F1, averaged over its downstream seeds."""
-    return {str(k): fold_metric(r[condition], "macro_f1", ()) for k, r in fold_records(run).items() if condition in r}
-
-
-def summarise(name: str, extra: str, run: Path, ref: Path) -> dict:
-    """A recipe's ``fes`` against the reference's ``oversample`` and ``truth``, paired per fold; a
-    recipe that changes the training of every condition (``--retune-head``) also trains its own
-    ``oversample`` and ``truth``, which it is compared with instead."""
+def summarise(name: str, extra: str, run: Path, ref: Path, view: str) -> dict:
+    """A recipe's ``fes`` (in ``view``) against the reference's ``oversample`` and ``truth`` in the
+    same view, paired per fold; a recipe that trains its own ``oversample`` and ``truth`` is
+    compared with those instead."""
     base = run if per_fold(run, "oversample") else ref
     ceiling = run if per_fold(run, "truth") else ref
-    fes, over, truth = per_fold(run, "fes"), per_fold(base, "oversample"), per_fold(ceiling, "truth")
+    fes, over, truth = per_fold(run, "fes", view), per_fold(base, "oversample", view), per_fold(ceiling, "truth", view)
     folds = sorted(set(fes) & set(over) & set(truth), key=int)
-    val_fes, val_over = best_validation(run, "fes"), best_validation(base, "oversample")
+    val_fes = per_fold(run, "fes", view, validation=True)
+    val_over = per_fold(base, "oversample", view, validation=True)
     gain = float(np.mean([fes[k] for k in folds]) - np.mean([over[k] for k in folds]))
     gap = float(np.mean([truth[k] for k in folds]) - np.mean([over[k] for k in folds]))
     records, reference = fold_records(run), fold_records(ref)
@@ -105,8 +124,9 @@ def summarise(name: str, extra: str, run: Path, ref: Path) -> dict:
             short[k] = f"short of the reference's counts ({', '.join(below)})"
 
     return {
-        "name": name,
+        "name": name if view == "trained" else f"{name}+crt",
         "args": extra,
+        "view": view,
         "folds": folds,
         "validation_fes_minus_oversample": paired_comparison([val_fes[k] for k in folds], [val_over[k] for k in folds]),
         "test_fes": float(np.mean([fes[k] for k in folds])),
@@ -123,19 +143,29 @@ def summarise(name: str, extra: str, run: Path, ref: Path) -> dict:
     }
 
 
-def reference_summary(ref: Path) -> dict:
+def reference_summary(ref: Path, conditions: list[str]) -> dict:
+    """The reference's test and validation macro-F1 per condition, and each condition against
+    ``oversample``, in every view it has."""
     test = json.loads((ref / "results.json").read_text())
-    c = test["comparisons"]
-    return {
-        "test_macro_f1": {k: s["macro_f1"] for k, s in test["conditions"].items()},
-        "truth_vs_oversample": c["truth_vs_oversample"]["macro_f1"],
-        "truth_half_vs_oversample": c["truth-half_vs_oversample"]["macro_f1"],
-        "validation_macro_f1": {
-            k: float(np.mean(list(best_validation(ref, k).values()))) for k in CONDITIONS.split(",")
-        },
-        "versions": test["provenance"]["versions"],
-        "command": test["provenance"]["command"],
-    }
+    out: dict = {"versions": test["provenance"]["versions"], "command": test["provenance"]["command"], "views": {}}
+    for view in ("trained", "retuned"):
+        if not has_view(ref, view):
+            continue
+        scores = {c: per_fold(ref, c, view) for c in conditions}
+        over = scores.get("oversample", {})
+        folds = sorted(over, key=int)
+        out["views"][view] = {
+            "test_macro_f1": {c: float(np.mean(list(v.values()))) for c, v in scores.items()},
+            "validation_macro_f1": {
+                c: float(np.mean(list(per_fold(ref, c, view, validation=True).values()))) for c in conditions
+            },
+            "vs_oversample": {
+                c: paired_comparison([v[k] for k in folds], [over[k] for k in folds])
+                for c, v in scores.items()
+                if c not in ("oversample", "fes") and over
+            },
+        }
+    return out
 
 
 def _pm(d: dict) -> str:
@@ -145,11 +175,11 @@ def _pm(d: dict) -> str:
 
 def render(rows: list[dict], ref: dict, args: argparse.Namespace) -> str:
     chosen = max(rows, key=lambda r: r["validation_fes_minus_oversample"]["mean_difference"])
-    t = ref["test_macro_f1"]
     table = [
         [
             f"{r['name']}{' (chosen on validation)' if r is chosen else ''}",
             f"`{r['args']}`" if r["args"] else "today's defaults",
+            "re-tuned" if r["view"] == "retuned" else "trained",
             _pm(r["validation_fes_minus_oversample"]),
             f"{r['test_fes'] * 100:.1f}",
             _pm(r["fes_vs_oversample"]),
@@ -159,8 +189,15 @@ def render(rows: list[dict], ref: dict, args: argparse.Namespace) -> str:
         ]
         for r in rows
     ]
-    header = ["recipe", "arguments", "val fes − oversample", "test fes", "fes − oversample", "gap closed"]
-    header += ["per fold", "flags"]
+    header = ["recipe", "arguments", "last layer", "val fes − oversample", "test fes", "fes − oversample"]
+    header += ["gap closed", "per fold", "flags"]
+    reference = []
+    for view, v in ref["views"].items():
+        t, c = v["test_macro_f1"], v["vs_oversample"]
+        parts = [
+            f"{k} {t[k] * 100:.1f}" + (f" ({_pm(c[k])})" if k in c else "") for k in t if k != "fes"
+        ]  # fmt: skip
+        reference.append(f"{'re-tuned' if view == 'retuned' else 'trained'} last layer: {', '.join(parts)}")
     return "\n".join(
         [
             "# Synthesis levers on the demo set: how much of the gap to the truth ceiling each recipe closes",
@@ -168,20 +205,20 @@ def render(rows: list[dict], ref: dict, args: argparse.Namespace) -> str:
             f"Machine: {args.machine}. Versions: {', '.join(f'{k} {v}' for k, v in ref['versions'].items())}.",
             "",
             f"Protocol: `fesaug evaluate` on the demo set, folds {', '.join(rows[0]['folds'])}, "
-            f"{args.seeds} downstream seeds per fold, downstream `{args.downstream}`; macro-F1 in points (folds "
-            "won/lost, two-sided Wilcoxon p). Reference run (the first recipe): test macro-F1 "
-            f"real {t['real']['mean'] * 100:.1f}, oversample {t['oversample']['mean'] * 100:.1f}, "
-            f"truth {t['truth']['mean'] * 100:.1f} ({_pm(ref['truth_vs_oversample'])} over oversample), "
-            f"truth-half {t['truth-half']['mean'] * 100:.1f} ({_pm(ref['truth_half_vs_oversample'])}). "
-            "Every recipe's `fes` is paired per fold with the reference's `oversample` and `truth`. Rule fixed "
+            f"{args.seeds} downstream seeds per fold, downstream `{args.downstream or 'defaults'}`; macro-F1 in "
+            "points (folds won/lost, two-sided Wilcoxon p). Reference run (the first recipe), test macro-F1 with "
+            f"each condition against `oversample`: {'; '.join(reference)}. "
+            "Every recipe's `fes` is paired per fold with the reference's `oversample` and `truth` whose last layer "
+            "was made the same way: as trained, or re-tuned on the real faces (`--retune-head`: both come from the "
+            "same networks, the trained layer's test scores are recorded beside the re-tuned ones). Rule fixed "
             "before the test folds were read: the recipe with the highest mean validation macro-F1 of `fes` minus "
-            "the reference's `oversample` is chosen; every recipe's test numbers are shown.",
+            "the paired `oversample` is chosen (a re-tuned layer's validation score is the one it was kept for); "
+            "every recipe's test numbers are shown.",
             "",
-            *markdown_table(header, table, align="llrrrrll"),
+            *markdown_table(header, table, align="lllrrrrll"),
             "",
             "Commands:",
             "",
-            f"- reference: `{ref['command']}`",
             *[f"- {r['name']}: `{r['command']}`" for r in rows],
             "",
         ]
@@ -194,6 +231,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="folder for the recipes' evaluations")
     ap.add_argument("--generators", type=Path, help="an evaluation of the same manifest whose generators to reuse")
     ap.add_argument("--recipe", action="append", required=True, metavar="NAME=ARGS")
+    ap.add_argument("--reference-conditions", default=CONDITIONS, help="the first recipe's conditions")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument(
         "--downstream", default="", help="downstream options for every run, e.g. '--image-size 48 --epochs 30'"
@@ -208,8 +246,13 @@ def main() -> None:
     ref = run_recipe(*recipes[0], args, reference=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = [ref, *pool.map(lambda r: run_recipe(r[0], r[1], args, reference=False), recipes[1:])]
-    rows = [summarise(name, extra, run, ref) for (name, extra), run in zip(recipes, runs)]
-    reference = reference_summary(ref)
+    rows = [
+        summarise(name, extra, run, ref, view)
+        for (name, extra), run in zip(recipes, runs)
+        for view in ("trained", "retuned")
+        if has_view(run, view) and has_view(ref, view)
+    ]
+    reference = reference_summary(ref, args.reference_conditions.split(","))
     result = {"machine": args.machine, "downstream": args.downstream, "reference": reference, "recipes": rows}
     write_results(args.name, result, render(rows, reference, args))
 

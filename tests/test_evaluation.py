@@ -985,6 +985,10 @@ def test_retune_head_refits_every_condition_s_last_layer_on_the_real_faces(run: 
         retune = run.record(0, name, out)["retune_head"]
         assert isinstance(retune["applied"], bool) and 0 <= retune["val_macro_f1_before"] <= 1
         assert "retune_head" not in run.record(0, name, run.out)
+        # The trained layer's own test scores are kept beside the re-tuned ones: unchanged when not applied.
+        if not retune["applied"]:
+            assert retune["test_before"] == run.record(0, name, out)["test"]
+        assert 0 <= retune["test_before"]["macro_f1"] <= 1
     settings = json.loads((out / "evaluate.json").read_text())["config"]
     assert settings["retune_head"] is True and settings["downstream"]["precision"] == "float32"
 

@@ -157,7 +157,11 @@ def _train(fold: Fold, data: Callable[[], TrainingSet], r: int) -> Trained:
         info["soft_label_mass"] = float(ts.targets.gather(1, torch.as_tensor(ts.y)[:, None]).mean())
     if fold.config.retune_head:
         real_x, real_y = fold.pixels[fold.train_rows], fold.labels[fold.train_rows]
-        info["retune_head"] = retune_head(result.model, real_x, real_y, val_x, val_y)
+        # The trained layer's test scores too, so one run shows what the re-tune changed on each network.
+        test_y = fold.labels[fold.test_rows]
+        trained = predict_proba(result.model, fold.pixels[fold.test_rows]).argmax(1)
+        before = classification_report(test_y, trained, fold.m.classes, fold.scored)
+        info["retune_head"] = retune_head(result.model, real_x, real_y, val_x, val_y) | {"test_before": before}
     return result.model, info | ts.info
 
 
