@@ -31,25 +31,27 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from record import write_results
 
+from fesaug.data.manifest import read_manifest
 from fesaug.evaluate.aggregate import fold_records
 from fesaug.evaluate.stats import paired_comparison
+from fesaug.utils.files import atomic_write_text
 from fesaug.utils.tables import markdown_table
 
 CONDITIONS = "real,oversample,fes,truth,truth-half"  # the reference's; the other recipes train fes only
 FESAUG = str(Path(sys.executable).with_name("fesaug"))
 
 
-def run_recipe(name: str, extra: str, args: argparse.Namespace, reference: bool) -> Path:
-    """One recipe's ``fesaug evaluate`` (resumes what an earlier run of it cached)."""
-    out = args.work / name
+def evaluate_command(name: str, extra: str, args: argparse.Namespace, reference: bool) -> list[str]:
+    """One recipe's ``fesaug evaluate`` (it resumes what an earlier run of it cached)."""
     cmd = [
-        FESAUG, "evaluate", "--manifest", str(args.manifest), "--out", str(out), "--device", "cpu",
+        FESAUG, "evaluate", "--manifest", str(args.manifest), "--out", str(args.work / name), "--device", "cpu",
         "--generator-epochs", str(args.generator_epochs),
         "--conditions", args.reference_conditions if reference else "fes",
         "--downstream-seeds", str(args.seeds), "--no-synthesis", "--judges", "none",
@@ -57,13 +59,36 @@ def run_recipe(name: str, extra: str, args: argparse.Namespace, reference: bool)
     ]  # fmt: skip
     if args.generators and "--generator-config" not in extra:
         cmd += ["--generators-from", str(args.generators)]
-    if args.folds != "all":
-        cmd += ["--folds", args.folds]
+    return cmd
+
+
+def run_recipes(recipes: list[tuple[str, str]], args: argparse.Namespace) -> list[Path]:
+    """Every recipe's evaluation, one process per (recipe, fold) and ``--jobs`` at a time (one
+    thread each: the fold processes of one ``--out`` each hold their own fold's lock), the
+    reference's folds first since they train the most; then one call per recipe over all its
+    folds, which only aggregates what the fold processes cached."""
+    folds = (
+        args.folds.split(",")
+        if args.folds != "all"
+        else sorted({str(int(k)) for k in read_manifest(args.manifest).df["fold"].dropna()}, key=int)
+    )
+    commands = [evaluate_command(name, extra, args, reference=i == 0) for i, (name, extra) in enumerate(recipes)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     args.work.mkdir(parents=True, exist_ok=True)
-    with open(args.work / f"{name}.log", "a") as log:
-        subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    return out
+
+    def run(name: str, cmd: list[str], fold: str | None) -> None:
+        suffix = f"-fold-{fold}" if fold is not None else ""
+        with open(args.work / f"{name}{suffix}.log", "a") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+            log.flush()
+            subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+    tasks = [(name, cmd + ["--folds", k], k) for (name, _), cmd in zip(recipes, commands) for k in folds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda t: run(*t), tasks))
+    for (name, _), cmd in zip(recipes, commands):
+        run(name, cmd + ["--folds", ",".join(folds)], None)
+    return [args.work / name for name, _ in recipes]
 
 
 def _seeds(record: dict) -> list[dict]:
@@ -109,11 +134,12 @@ def summarise(name: str, extra: str, run: Path, ref: Path, view: str) -> dict:
     base = run if per_fold(run, "oversample") else ref
     ceiling = run if per_fold(run, "truth") else ref
     fes, over, truth = per_fold(run, "fes", view), per_fold(base, "oversample", view), per_fold(ceiling, "truth", view)
-    folds = sorted(set(fes) & set(over) & set(truth), key=int)
+    folds = sorted(set(fes) & set(over), key=int)
+    ceiling_known = all(k in truth for k in folds)  # only the demo set has exact counterfactuals
     val_fes = per_fold(run, "fes", view, validation=True)
     val_over = per_fold(base, "oversample", view, validation=True)
     gain = float(np.mean([fes[k] for k in folds]) - np.mean([over[k] for k in folds]))
-    gap = float(np.mean([truth[k] for k in folds]) - np.mean([over[k] for k in folds]))
+    gap = float(np.mean([truth[k] for k in folds]) - np.mean([over[k] for k in folds])) if ceiling_known else 0.0
     records, reference = fold_records(run), fold_records(ref)
     short = {k: r["fes"].get("not_oversampled") for k, r in records.items() if "fes" in r}
     for k, r in records.items():  # a gate that rejects faces no other source replaces leaves a class short
@@ -131,10 +157,13 @@ def summarise(name: str, extra: str, run: Path, ref: Path, view: str) -> dict:
         "validation_fes_minus_oversample": paired_comparison([val_fes[k] for k in folds], [val_over[k] for k in folds]),
         "test_fes": float(np.mean([fes[k] for k in folds])),
         "fes_vs_oversample": paired_comparison([fes[k] for k in folds], [over[k] for k in folds]),
-        "fes_vs_truth": paired_comparison([fes[k] for k in folds], [truth[k] for k in folds]),
+        "fes_vs_truth": paired_comparison([fes[k] for k in folds], [truth[k] for k in folds])
+        if ceiling_known
+        else None,
         "gap_closed": gain / gap if abs(gap) >= 0.005 else None,
         "gap_closed_per_fold": {
-            k: (fes[k] - over[k]) / (truth[k] - over[k]) if abs(truth[k] - over[k]) >= 0.005 else None for k in folds
+            k: (fes[k] - over[k]) / (truth[k] - over[k]) if ceiling_known and abs(truth[k] - over[k]) >= 0.005 else None
+            for k in folds
         },
         "own_oversample": base is run and run != ref,
         "train_counts_per_fold": {k: r["fes"]["train_counts"] for k, r in records.items() if "fes" in r},
@@ -173,7 +202,7 @@ def _pm(d: dict) -> str:
     return f"{d['mean_difference'] * 100:+.1f} ({d['wins']}/{d['losses']}, p {p})"
 
 
-def render(rows: list[dict], ref: dict, args: argparse.Namespace) -> str:
+def render(rows: list[dict], ref: dict, args: argparse.Namespace, timing: list[dict]) -> str:
     chosen = max(rows, key=lambda r: r["validation_fes_minus_oversample"]["mean_difference"])
     table = [
         [
@@ -200,11 +229,12 @@ def render(rows: list[dict], ref: dict, args: argparse.Namespace) -> str:
         reference.append(f"{'re-tuned' if view == 'retuned' else 'trained'} last layer: {', '.join(parts)}")
     return "\n".join(
         [
-            "# Synthesis levers on the demo set: how much of the gap to the truth ceiling each recipe closes",
+            f"# Synthesis levers on {args.dataset}: each recipe against oversampling"
+            + (" and the truth ceiling" if any(r["gap_closed"] is not None for r in rows) else ""),
             "",
             f"Machine: {args.machine}. Versions: {', '.join(f'{k} {v}' for k, v in ref['versions'].items())}.",
             "",
-            f"Protocol: `fesaug evaluate` on the demo set, folds {', '.join(rows[0]['folds'])}, "
+            f"Protocol: `fesaug evaluate` on {args.dataset}, folds {', '.join(rows[0]['folds'])}, "
             f"{args.seeds} downstream seeds per fold, downstream `{args.downstream or 'defaults'}`; macro-F1 in "
             "points (folds won/lost, two-sided Wilcoxon p). Reference run (the first recipe), test macro-F1 with "
             f"each condition against `oversample`: {'; '.join(reference)}. "
@@ -216,6 +246,10 @@ def render(rows: list[dict], ref: dict, args: argparse.Namespace) -> str:
             "every recipe's test numbers are shown.",
             "",
             *markdown_table(header, table, align="lllrrrrll"),
+            "",
+            f"Wall time of all the runs: {sum(t['seconds'] for t in timing) / 3600:.2f} h over {len(timing)} "
+            f"invocation(s) of this script, with {', '.join(sorted({str(t['jobs']) for t in timing}))} fold "
+            "process(es) of one thread at a time (an invocation that found every fold cached only aggregates).",
             "",
             "Commands:",
             "",
@@ -233,19 +267,25 @@ def main() -> None:
     ap.add_argument("--recipe", action="append", required=True, metavar="NAME=ARGS")
     ap.add_argument("--reference-conditions", default=CONDITIONS, help="the first recipe's conditions")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--dataset", default="the demo set", help="what the manifest is, for the table's title")
     ap.add_argument(
         "--downstream", default="", help="downstream options for every run, e.g. '--image-size 48 --epochs 30'"
     )
     ap.add_argument("--generator-epochs", type=int, default=30)
     ap.add_argument("--folds", default="all")
-    ap.add_argument("--jobs", type=int, default=1, help="recipes evaluated at once (one thread each)")
+    ap.add_argument("--jobs", type=int, default=1, help="fold processes at once (one thread each)")
     ap.add_argument("--machine", default="2-core CPU box (no GPU), one thread per process")
     ap.add_argument("--name", default="synthesis_levers_demo", help="results file name in bench/results/")
     args = ap.parse_args()
     recipes = [r.partition("=")[::2] for r in args.recipe]
-    ref = run_recipe(*recipes[0], args, reference=True)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = [ref, *pool.map(lambda r: run_recipe(r[0], r[1], args, reference=False), recipes[1:])]
+    start = time.perf_counter()
+    runs = run_recipes(recipes, args)
+    ref = runs[0]
+    # Each invocation's wall time, kept across resumed invocations: the whole comparison's cost.
+    timing_file = args.work / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else []
+    timing.append({"jobs": args.jobs, "seconds": time.perf_counter() - start, "finished": time.strftime("%FT%T")})
+    atomic_write_text(timing_file, json.dumps(timing, indent=1))
     rows = [
         summarise(name, extra, run, ref, view)
         for (name, extra), run in zip(recipes, runs)
@@ -253,8 +293,9 @@ def main() -> None:
         if has_view(run, view) and has_view(ref, view)
     ]
     reference = reference_summary(ref, args.reference_conditions.split(","))
-    result = {"machine": args.machine, "downstream": args.downstream, "reference": reference, "recipes": rows}
-    write_results(args.name, result, render(rows, reference, args))
+    result = {"machine": args.machine, "downstream": args.downstream, "reference": reference, "recipes": rows,
+              "timing": timing}  # fmt: skip
+    write_results(args.name, result, render(rows, reference, args, timing))
 
 
 if __name__ == "__main__":
