@@ -54,7 +54,9 @@ def evaluate_command(name: str, extra: str, args: argparse.Namespace, reference:
         FESAUG, "evaluate", "--manifest", str(args.manifest), "--out", str(args.work / name), "--device", "cpu",
         "--generator-epochs", str(args.generator_epochs),
         "--conditions", args.reference_conditions if reference else "fes",
-        "--downstream-seeds", str(args.seeds), "--no-synthesis", "--judges", "none",
+        "--downstream-seeds", str(args.seeds),
+        *(["--judges", args.reference_synthesis] if reference and args.reference_synthesis else
+          ["--no-synthesis", "--judges", "none"]),
         *shlex.split(args.downstream), *shlex.split(extra),
     ]  # fmt: skip
     if args.generators and "--generator-config" not in extra:
@@ -266,6 +268,11 @@ def main() -> None:
     ap.add_argument("--generators", type=Path, help="an evaluation of the same manifest whose generators to reuse")
     ap.add_argument("--recipe", action="append", required=True, metavar="NAME=ARGS")
     ap.add_argument("--reference-conditions", default=CONDITIONS, help="the first recipe's conditions")
+    ap.add_argument(
+        "--reference-synthesis",
+        metavar="JUDGES",
+        help="the reference run also writes each fold's synthesis report, scored by these judges (e.g. fer2013)",
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--dataset", default="the demo set", help="what the manifest is, for the table's title")
     ap.add_argument(
