@@ -7,7 +7,7 @@ folds to the largest class, audit the result, and leave one folder a user can lo
       data/              the demo dataset (images + manifest.parquet)
       run/               the training run (checkpoints, metrics.jsonl, sample grids)
       balanced/          the balanced dataset (manifest.parquet, images/, README.md, histogram.png)
-      histogram_before.png, histogram_after.png, synthesis.png (source → synthetic per class)
+      histogram_before.png, histogram_after.png, synthesis.png (source, synthetic and what changed, per class)
       audit.json         the audit of the balanced manifest
       summary.txt        the one-screen summary the command prints
 """
@@ -29,7 +29,7 @@ from fesaug.data.manifest import Manifest, read_manifest
 from fesaug.utils.errors import FesaugError
 from fesaug.utils.files import atomic_write_text
 from fesaug.utils.locking import output_lock
-from fesaug.utils.plots import image_axis, new_figure, save_figure, show_image
+from fesaug.utils.plots import change_map, image_axis, new_figure, save_figure, show_image
 
 DEMO_OUTPUTS = (
     "data",
@@ -133,25 +133,41 @@ def _only_demo_outputs(out: Path) -> bool:
     )
 
 
-def synthesis_grid(manifest: Manifest, path: str | os.PathLike, *, pairs: int = 4, seed: int = 0) -> Path:
-    """One row per class: ``pairs`` randomly chosen synthetic images, each after its source."""
+# The change panel's scale: a difference of this many gray levels (or more) is drawn at full brightness,
+# the same in every panel so edits can be compared across classes.
+CHANGE_SCALE = 64
+
+
+def synthesis_grid(manifest: Manifest, path: str | os.PathLike, *, pairs: int = 3, seed: int = 0) -> Path:
+    """One row per class that received synthetic images: ``pairs`` randomly chosen ones, each
+    after its source and followed by what changed (``|synthetic - source|`` on a fixed scale), so a
+    subtle edit shows as plainly as a strong one. Classes that needed none are named below the grid."""
     df = manifest.df
     position = {sid: i for i, sid in enumerate(df["sample_id"].tolist())}
     rng = np.random.default_rng(seed)
-    fig = new_figure(1.0 * 2 * pairs + 1.2, 1.0 * len(manifest.classes) + 0.5)
-    axes = fig.subplots(len(manifest.classes), 2 * pairs, squeeze=False)
-    for k, name in enumerate(manifest.classes):
-        rows = np.flatnonzero(((df["origin"] == "synthetic") & (df["label"] == k)).to_numpy())
-        chosen = rng.choice(rows, size=min(pairs, rows.size), replace=False) if rows.size else []
-        for j, ax in enumerate(axes[k]):
+    synthetic, labels = (df["origin"] == "synthetic").to_numpy(), df["label"].to_numpy()
+    per_class = [(name, np.flatnonzero(synthetic & (labels == k))) for k, name in enumerate(manifest.classes)]
+    rows = [(name, found) for name, found in per_class if found.size]
+    fig = new_figure(0.95 * 3 * pairs + 1.2, 1.0 * max(len(rows), 1) + 0.7)
+    axes = fig.subplots(max(len(rows), 1), 3 * pairs, squeeze=False)
+    for r, (name, found) in enumerate(rows):
+        chosen = rng.choice(found, size=min(pairs, found.size), replace=False)
+        for j, ax in enumerate(axes[r]):
             image_axis(ax)
-            if j // 2 < len(chosen):
-                row = int(chosen[j // 2])
-                shown = position[df["parent_id"].iat[row]] if j % 2 == 0 else row
-                show_image(ax, manifest.open_image(shown))
-                if k == 0:
-                    ax.set_title("source" if j % 2 == 0 else "synthetic", fontsize=8)
-        axes[k][0].set_ylabel(f"→ {name}\n({rows.size})", rotation=0, ha="right", va="center", fontsize=9)
+            if j // 3 >= len(chosen):
+                continue
+            row = int(chosen[j // 3])
+            source, made = manifest.open_image(position[df["parent_id"].iat[row]]), manifest.open_image(row)
+            if j % 3 == 2:
+                ax.imshow(change_map(source, made), cmap="magma", vmin=0, vmax=CHANGE_SCALE)
+            else:
+                show_image(ax, source if j % 3 == 0 else made)
+            if r == 0:
+                ax.set_title(("source", "synthetic", "change")[j % 3], fontsize=8)
+        axes[r][0].set_ylabel(f"→ {name}\n({found.size})", rotation=0, ha="right", va="center", fontsize=9)
+    none = [name for name, found in per_class if not found.size]
+    if none:
+        fig.supxlabel(f"no synthetic images needed: {', '.join(none)}", fontsize=8)
     return save_figure(fig, path)
 
 

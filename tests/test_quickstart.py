@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fesaug.data.manifest import read_manifest
@@ -69,3 +70,31 @@ def test_demo_stopped_before_its_dataset_existed_is_replaced(tmp_path: Path, mon
     with pytest.raises(KeyboardInterrupt):
         quickstart.run_demo(out, overwrite=True)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_synthesis_picture_shows_what_changed_and_only_the_classes_that_received_faces(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import numpy as np
+    from PIL import Image
+
+    from fesaug.data.demo import make_demo_dataset
+    from fesaug.quickstart import synthesis_grid
+    from fesaug.utils.plots import change_map
+
+    same = Image.new("L", (8, 8), 90)
+    assert not change_map(same, same).any()
+    brighter = Image.new("RGB", (16, 16), (100, 130, 160))
+    assert np.allclose(change_map(Image.new("RGB", (8, 8), (90, 90, 90)), brighter), (10 + 40 + 70) / 3)
+
+    m = read_manifest(
+        make_demo_dataset(tmp_path / "d", counts=dict.fromkeys(("anger", "fear", "happy"), 6), n_subjects=6, size=32)
+    )
+    df = m.df.copy()
+    twins = df[df["label_name"] == "fear"].head(2).assign(origin="synthetic", parent_id=lambda d: d["sample_id"])
+    twins["sample_id"] = twins["sample_id"] + "-syn"
+    with_fear = replace(m, df=pd.concat([df, twins], ignore_index=True))
+    one_row = synthesis_grid(with_fear, tmp_path / "one.png", pairs=2)
+    with Image.open(one_row) as picture:
+        wide, high = picture.size
+    assert wide > high  # one class received faces: one row of source, synthetic and change panels

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from fesaug.data.manifest import Manifest
 from fesaug.utils.errors import FesaugError
@@ -61,6 +62,15 @@ def show_image(ax, img: Any) -> None:
         ax.imshow(pixels, cmap="gray", vmin=0, vmax=255)
     else:
         ax.imshow(pixels)
+
+
+def change_map(source: Image.Image, made: Image.Image) -> np.ndarray:
+    """Per-pixel absolute difference (the mean over colour channels), the source resized to the
+    synthetic image's size where the two differ."""
+    if source.size != made.size:
+        source = source.resize(made.size, Image.Resampling.BILINEAR)
+    diff = np.abs(np.asarray(made, dtype=np.float32) - np.asarray(source, dtype=np.float32))
+    return diff.mean(axis=2) if diff.ndim == 3 else diff
 
 
 def class_grid(manifest: Manifest, path: str | os.PathLike, *, per_class: int = 8, seed: int = 0) -> Path:
