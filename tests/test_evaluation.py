@@ -991,6 +991,19 @@ def test_retune_head_refits_every_condition_s_last_layer_on_the_real_faces(run: 
         assert 0 <= retune["test_before"]["macro_f1"] <= 1
     settings = json.loads((out / "evaluate.json").read_text())["config"]
     assert settings["retune_head"] is True and settings["downstream"]["precision"] == "float32"
+    # The report says what the re-tune changed, per condition, from the same records.
+    summary = json.loads((out / "results.json").read_text())["retune_head"]
+    assert set(summary) == {"real", "oversample", "fes"}
+    for name, r in summary.items():
+        record = run.record(0, name, out)
+        assert r["trained_macro_f1"]["mean"] == pytest.approx(record["retune_head"]["test_before"]["macro_f1"])
+        assert r["kept_macro_f1"]["mean"] == pytest.approx(record["test"]["macro_f1"])
+        assert r["applied_share"] == float(record["retune_head"]["applied"])
+    assert "## The re-tuned last layer" in (out / "report.md").read_text()
+    assert (
+        "retune_head" not in json.loads((run.out / "results.json").read_text())
+        or not json.loads((run.out / "results.json").read_text())["retune_head"]
+    )
 
 
 def test_an_evaluation_recorded_with_the_old_name_of_the_held_out_folds_is_the_same_settings() -> None:

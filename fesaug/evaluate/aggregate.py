@@ -172,6 +172,7 @@ def _summarise(
         "comparisons": comparisons,
         f"per_{unit}": {str(k): {name: fold_scores(r[name]) for name in names if name in r} for k, r in units.items()},
         "gap_closed": gap_closed(units, unit),
+        "retune_head": retune_summary(units, names),
         "synthesis": synthesis,
         "verdict": verdict(comparisons, fewest, unit),
         "seconds": {str(k): {name: fold_seconds(r[name]) for name in names if name in r} for k, r in units.items()},
@@ -213,6 +214,26 @@ def gap_closed(units: dict[int, dict[str, Any]], unit: str) -> dict[str, Any]:
             "truth_minus_oversample": ceiling,
             f"per_{unit}": per,
             f"{unit}s": paired,
+        }
+    return out
+
+
+def retune_summary(units: dict[int, dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """With ``--retune-head``: per condition, test macro-F1 with the trained last layer and with
+    the one the run kept (means over units of each unit's seed mean), and the share of trainings
+    whose layer the re-tune replaced. Empty when no record was re-tuned."""
+    out: dict[str, Any] = {}
+    for name in names:
+        seeds = {k: [r[name], *r[name].get("seeds", ())] for k, r in units.items() if name in r}
+        if not seeds or not all("retune_head" in s for ss in seeds.values() for s in ss):
+            continue
+        trained = [float(np.mean([s["retune_head"]["test_before"]["macro_f1"] for s in ss])) for ss in seeds.values()]
+        kept = [float(np.mean([s["test"]["macro_f1"] for s in ss])) for ss in seeds.values()]
+        applied = [s["retune_head"]["applied"] for ss in seeds.values() for s in ss]
+        out[name] = {
+            "trained_macro_f1": mean_std(trained),
+            "kept_macro_f1": mean_std(kept),
+            "applied_share": float(np.mean(applied)),
         }
     return out
 

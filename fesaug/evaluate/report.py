@@ -45,6 +45,7 @@ def render_report(results: Mapping[str, Any], classes: Sequence[str]) -> str:
         *_verdict_section(results.get("verdict")),
         *_scores_section(results, classes, cross),
         *_gap_section(results.get("gap_closed") or {}, unit),
+        *_retune_section(results.get("retune_head") or {}),
         *_comparisons_section(results["comparisons"], cross),
         *_per_unit_section(results, cross),
         *synthesis_section(results.get("synthesis") or {}, classes, sibling_trained=sibling, cross=cross),
@@ -149,6 +150,31 @@ def _gap_section(gap: Mapping[str, Any], unit: str) -> list[str]:
         *markdown_table(
             ["condition", "− oversample", "truth − oversample", "gap closed", f"per {unit}"], rows, align="lrrrl"
         ),
+    ]
+
+
+def _retune_section(retune: Mapping[str, Any]) -> list[str]:
+    """What ``--retune-head`` changed: each condition's test macro-F1 with the trained and the kept last layer."""
+    if not retune:
+        return []
+    rows = [
+        [
+            f"`{name}`",
+            f"{r['trained_macro_f1']['mean'] * 100:.1f}",
+            f"{r['kept_macro_f1']['mean'] * 100:.1f}",
+            _points(r["kept_macro_f1"]["mean"] - r["trained_macro_f1"]["mean"]),
+            f"{r['applied_share']:.0%}",
+        ]
+        for name, r in retune.items()
+    ]
+    return [
+        "",
+        "## The re-tuned last layer (macro-F1)",
+        "",
+        "Each network scored with the last layer it was trained with and with the one the run kept (re-fitted on "
+        "the real training faces where validation preferred it; the scores above are the kept ones).",
+        "",
+        *markdown_table(["condition", "trained layer", "kept layer", "change", "re-tune applied"], rows, align="lrrrr"),
     ]
 
 
