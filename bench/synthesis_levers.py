@@ -158,6 +158,7 @@ def summarise(name: str, extra: str, run: Path, ref: Path, view: str) -> dict:
         "folds": folds,
         "validation_fes_minus_oversample": paired_comparison([val_fes[k] for k in folds], [val_over[k] for k in folds]),
         "test_fes": float(np.mean([fes[k] for k in folds])),
+        "test_fes_std": float(np.std([fes[k] for k in folds], ddof=1)) if len(folds) > 1 else 0.0,
         "fes_vs_oversample": paired_comparison([fes[k] for k in folds], [over[k] for k in folds]),
         "fes_vs_truth": paired_comparison([fes[k] for k in folds], [truth[k] for k in folds])
         if ceiling_known
@@ -187,6 +188,9 @@ def reference_summary(ref: Path, conditions: list[str]) -> dict:
         folds = sorted(over, key=int)
         out["views"][view] = {
             "test_macro_f1": {c: float(np.mean(list(v.values()))) for c, v in scores.items()},
+            "test_macro_f1_std": {
+                c: float(np.std(list(v.values()), ddof=1)) if len(v) > 1 else 0.0 for c, v in scores.items()
+            },
             "validation_macro_f1": {
                 c: float(np.mean(list(per_fold(ref, c, view, validation=True).values()))) for c in conditions
             },
@@ -212,7 +216,7 @@ def render(rows: list[dict], ref: dict, args: argparse.Namespace, timing: list[d
             f"`{r['args']}`" if r["args"] else "today's defaults",
             "re-tuned" if r["view"] == "retuned" else "trained",
             _pm(r["validation_fes_minus_oversample"]),
-            f"{r['test_fes'] * 100:.1f}",
+            f"{r['test_fes'] * 100:.1f} ± {r['test_fes_std'] * 100:.1f}",
             _pm(r["fes_vs_oversample"]),
             "–" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}",
             ", ".join("–" if v is None else f"{v:.0%}" for v in r["gap_closed_per_fold"].values()),
@@ -220,13 +224,13 @@ def render(rows: list[dict], ref: dict, args: argparse.Namespace, timing: list[d
         ]
         for r in rows
     ]
-    header = ["recipe", "arguments", "last layer", "val fes − oversample", "test fes", "fes − oversample"]
+    header = ["recipe", "arguments", "last layer", "val fes − oversample", "test fes ± std", "fes − oversample"]
     header += ["gap closed", "per fold", "flags"]
     reference = []
     for view, v in ref["views"].items():
-        t, c = v["test_macro_f1"], v["vs_oversample"]
+        t, sd, c = v["test_macro_f1"], v["test_macro_f1_std"], v["vs_oversample"]
         parts = [
-            f"{k} {t[k] * 100:.1f}" + (f" ({_pm(c[k])})" if k in c else "") for k in t if k != "fes"
+            f"{k} {t[k] * 100:.1f} ± {sd[k] * 100:.1f}" + (f" ({_pm(c[k])})" if k in c else "") for k in t if k != "fes"
         ]  # fmt: skip
         reference.append(f"{'re-tuned' if view == 'retuned' else 'trained'} last layer: {', '.join(parts)}")
     return "\n".join(
@@ -238,8 +242,9 @@ def render(rows: list[dict], ref: dict, args: argparse.Namespace, timing: list[d
             "",
             f"Protocol: `fesaug evaluate` on {args.dataset}, folds {', '.join(rows[0]['folds'])}, "
             f"{args.seeds} downstream seeds per fold, downstream `{args.downstream or 'defaults'}`; macro-F1 in "
-            "points (folds won/lost, two-sided Wilcoxon p). Reference run (the first recipe), test macro-F1 with "
-            f"each condition against `oversample`: {'; '.join(reference)}. "
+            "points (folds won/lost, two-sided Wilcoxon p). Reference run (the first recipe), test macro-F1 (mean ± "
+            "std over folds of each fold's seed mean) with each condition against `oversample`: "
+            f"{'; '.join(reference)}. "
             "Every recipe's `fes` is paired per fold with the reference's `oversample` and `truth` whose last layer "
             "was made the same way: as trained, or re-tuned on the real faces (`--retune-head`: both come from the "
             "same networks, the trained layer's test scores are recorded beside the re-tuned ones). Rule fixed "
