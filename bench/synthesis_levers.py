@@ -31,6 +31,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,12 +79,22 @@ def run_recipes(recipes: list[tuple[str, str]], args: argparse.Namespace) -> lis
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     args.work.mkdir(parents=True, exist_ok=True)
 
+    lock = threading.Lock()
+
     def run(name: str, cmd: list[str], fold: str | None) -> None:
         suffix = f"-fold-{fold}" if fold is not None else ""
+        start = time.perf_counter()
         with open(args.work / f"{name}{suffix}.log", "a") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
             log.flush()
             subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        # Each finished process's wall time, kept across invocations (an interrupted one resumes from its
+        # cached trainings): their sum over the jobs at a time is the comparison's cost on that many cores.
+        with lock:
+            path = args.work / "tasks.json"
+            tasks = json.loads(path.read_text()) if path.exists() else []
+            tasks.append({"recipe": name, "fold": fold, "jobs": args.jobs, "seconds": time.perf_counter() - start})
+            atomic_write_text(path, json.dumps(tasks, indent=1))
 
     tasks = [(name, cmd + ["--folds", k], k) for (name, _), cmd in zip(recipes, commands) for k in folds]
     with ThreadPoolExecutor(args.jobs) as pool:
