@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from fesaug.data.hf import to_hf_dataset
     from fesaug.data.manifest import read_manifest
     from fesaug.data.samplers import WeightedDistributedSampler
+    from fesaug.evaluate.retune import refit_last_layer
     from fesaug.synthesis.generator import Generator, load_generator
     from fesaug.utils.errors import FesaugError
 
@@ -38,6 +39,7 @@ _EXPORTS = {
     "WeightedDistributedSampler": "fesaug.data.samplers",
     "to_hf_dataset": "fesaug.data.hf",
     "read_manifest": "fesaug.data.manifest",
+    "refit_last_layer": "fesaug.evaluate.retune",
     "FesaugError": "fesaug.utils.errors",
 }
 # Spelled out (not built from _EXPORTS) so that linters and griffe, which read the source, see it.
@@ -51,6 +53,7 @@ __all__ = [
     "__version__",
     "load_generator",
     "read_manifest",
+    "refit_last_layer",
     "to_hf_dataset",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -61,3 +61,26 @@ def test_a_head_validation_prefers_is_kept_and_a_missing_class_skips_the_retune(
     assert not info["applied"] and torch.equal(model.head.weight, before)
     info = retune_head(model, x[y == 0], y[y == 0], vx, vy)
     assert not info["applied"] and "no real training face" in info["skipped"]
+
+
+def test_any_model_s_last_layer_is_refitted_as_the_evaluation_refits_its_own() -> None:
+    import fesaug
+
+    x, y = shapes(96, 0, 3)
+    vx, vy = shapes(48, 1, 3)
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 24), torch.nn.ReLU())
+    model = torch.nn.Sequential(body, torch.nn.Linear(24, 3))  # untrained: its last layer is noise
+    model.train()
+    images, val_images = x.float() / 255, vx.float() / 255
+
+    def val_f1() -> float:
+        with torch.no_grad():
+            pred = model(val_images).argmax(1).numpy()
+        return float(f1_score(vy, pred, average="macro", labels=range(3), zero_division=0))
+
+    noise = val_f1()
+    info = fesaug.refit_last_layer(model, model[1], images, y, val_images, torch.as_tensor(vy), batch_size=40)
+    assert info["applied"] and info["val_macro_f1_before"] == pytest.approx(noise)
+    assert val_f1() == pytest.approx(info["val_macro_f1_after"]) and info["val_macro_f1_after"] > noise + 0.2
+    assert model.training  # the model is handed back in the mode it came in
