@@ -375,6 +375,28 @@ def test_a_fold_another_process_computes_is_locked_for_it_and_the_rest_stays_usa
         assert evaluate(run.manifest, out, run.config, folds=[0]).results["per_fold"] == run.results["per_fold"]
 
 
+def test_a_finished_fold_is_free_for_other_runs_while_this_one_goes_on(run: Run, monkeypatch) -> None:
+    # So a second evaluation can reuse a finished fold's generator (--generators-from) before the first ends.
+    from fesaug.evaluate import run as run_module
+    from fesaug.utils.locking import output_lock
+
+    out = run.copy("released")
+    seen = []
+    run_fold = run_module.run_fold
+
+    def run_fold_then_look(fold) -> None:
+        run_fold(fold)
+        if fold.k == FOLDS[-1]:
+            with output_lock(out / f"fold-{FOLDS[0]}"):
+                seen.append("the finished fold is free")
+            with pytest.raises(OutputLocked), output_lock(out / f"fold-{FOLDS[-1]}"):
+                pass
+
+    monkeypatch.setattr(run_module, "run_fold", run_fold_then_look)
+    evaluate(run.manifest, out, run.config, folds=FOLDS)
+    assert seen == ["the finished fold is free"]
+
+
 def test_a_fold_whose_training_subjects_lack_a_class_still_evaluates(run: Run) -> None:
     # Fold 2's training subjects have no 'fear' image: balance synthesizes fear from other
     # classes (what FES is for); oversample has nothing to repeat, says so, and goes on.

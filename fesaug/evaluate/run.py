@@ -81,12 +81,16 @@ def evaluate(
     record = {"manifest_sha256": file_sha256(m.path), "config": jsonable(config.key())}
     if generators_from is not None:
         check_generator_source(Path(generators_from), out, record, config, chosen)
+    fold_locks = {k: contextlib.ExitStack() for k in chosen}
     with contextlib.ExitStack() as held:
-        # Processes may share DIR, each with its own folds: a fold is locked for the whole run,
-        # DIR's own files (the settings, the summary) only while they are read or written.
+        # Processes may share DIR, each with its own folds: a fold is locked until it is done (then
+        # another run may read it, e.g. reuse its generator), DIR's own files (the settings, the
+        # summary) only while they are read or written.
+        for lock in fold_locks.values():
+            held.enter_context(lock)
         with output_lock(out, wait=SHARED_FILES_WAIT_S):
             for k in chosen:
-                held.enter_context(output_lock(out / f"fold-{k}"))
+                fold_locks[k].enter_context(output_lock(out / f"fold-{k}"))
                 for folder in (out / f"fold-{k}", out / f"fold-{k}" / "seeds"):  # of writes a kill -9 stopped
                     remove_stale_temporaries(folder)
             paths = {"manifest": str(m.path)} | ({"generators_from": str(generators_from)} if generators_from else {})
@@ -106,6 +110,7 @@ def evaluate(
         for k in chosen:
             start = time.perf_counter()
             run_fold(Fold(m, pixels, k, out / f"fold-{k}", config))
+            fold_locks[k].close()
             log.info("fold %d done in %.0f s", k, time.perf_counter() - start)
         with output_lock(out, wait=SHARED_FILES_WAIT_S):
             results = aggregate(out, m, config)
