@@ -28,10 +28,11 @@ reports, for ``last.pt`` (what ``fesaug balance`` uses):
         --recipe defaults= --recipe attention=bench/recipes/attention.yaml \\
         --recipe 'sp03=:{"loss": {"edit_sparsity": 0.3}}'
 
-A recipe is ``NAME=[YAML][:JSON overrides]``. Results: ``<out>/<recipe>/synthesis.json`` and a
+A recipe is ``NAME=[YAML][:JSON overrides]``; ``"holdout_fold": K`` among the overrides trains it
+without fold K and scores it on fold K's faces instead of fold 0's. Results: ``<out>/<recipe>/synthesis.json`` and a
 table on stdout (``--report`` only prints; ``--write NAME --note TEXT`` also writes every recipe in
 ``--out`` to ``bench/results/NAME.{json,md}``; ``--dead-zone FLOW,MASK`` rescores existing runs
-with other inference thresholds).
+with other inference thresholds, ``--trained-weights`` an ``ema`` run's weights as trained).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from fesaug.evaluate.downstream import (
     save_classifier,
 )
 from fesaug.evaluate.metrics import ssim
+from fesaug.synthesis.checkpoint import load_checkpoint
 from fesaug.synthesis.config import TrainConfig, load_config
 from fesaug.synthesis.records import MODEL_CONFIG_LEGACY
 from fesaug.synthesis.training import train
@@ -104,10 +106,14 @@ def score(
     classifier: Path | None = None,
     dead_zone: tuple[float, float] | None = None,
     intensity: tuple[float, float] | None = None,
+    trained_weights: bool = False,
 ) -> dict:
     """The scores of the module docstring; ``intensity`` ``(LOW, HIGH)`` scales each edit by a
-    draw from that range (seeded; what ``fesaug balance --intensity`` does), default the learnt edit."""
+    draw from that range (seeded; what ``fesaug balance --intensity`` does), default the learnt edit;
+    ``trained_weights``: the weights of a run trained with ``ema`` as trained, not their average."""
     gen = load_generator(checkpoint, device="cpu")
+    if trained_weights:  # the averaged run's trajectory is the plain run's: the average never feeds back
+        gen.model.load_state_dict(load_checkpoint(checkpoint)["model_trained"])
     if dead_zone is not None:  # the warp decoder's inference thresholds (flow px, mask), e.g. for an older checkpoint
         gen.model.decoder.flow_threshold, gen.model.decoder.mask_threshold = dead_zone
     m = read_manifest(manifest)
@@ -179,11 +185,13 @@ def score(
 
 
 def recipe_config(spec: str, epochs: int, device: str) -> tuple[TrainConfig, dict]:
-    """``[YAML][:JSON]`` → the training config (fold 0 held out) and what it changes."""
+    """``[YAML][:JSON]`` → the training config (fold 0 held out unless the JSON says
+    ``"holdout_fold"``) and what it changes."""
     path, _, overrides = spec.partition(":") if not spec.startswith("{") else ("", "", spec)
     config = load_config(path) if path else TrainConfig()
     extra = json.loads(overrides) if overrides else {}
-    config = config.updated({"epochs": epochs, "holdout_fold": 0, "device": device, **extra}, where=spec or "defaults")
+    run = {"epochs": epochs, "holdout_fold": 0, "device": device}
+    config = config.updated(run | extra, where=spec or "defaults")
     return config, {"yaml": path or None, "overrides": extra}
 
 
@@ -194,7 +202,8 @@ def run_recipe(
     start = time.perf_counter()
     result = train(manifest, out / name, config, overwrite=True)
     seconds = time.perf_counter() - start
-    classifier = real_classifier(manifest, out)
+    fold = config.holdout_fold
+    classifier = real_classifier(manifest, out, fold)
     record = {
         "recipe": name,
         **what,
@@ -204,7 +213,7 @@ def run_recipe(
         "train_seconds": seconds,
         "threads": torch.get_num_threads(),
         "best_epoch": result.best_epoch,
-        "last": score(manifest, result.run_dir / "checkpoints" / "last.pt", classifier=classifier),
+        "last": score(manifest, result.run_dir / "checkpoints" / "last.pt", fold, classifier=classifier),
     }
     (out / name / "synthesis.json").write_text(json.dumps(record, indent=2))
     if results is not None:  # a flat copy, e.g. for a remote machine's output folder
@@ -281,8 +290,10 @@ def machine_versions() -> str:
 
 def recipes_table(runs: list[dict], note: str) -> str:
     classes = list(runs[-1]["last"].get("recognised", {}))
+    folds = sorted({r["config"].get("holdout_fold", 0) for r in runs})
+    held_out = f"fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))} held out"
     lines = [
-        "# Synthesis recipes against exact ground truth (demo set, fold 0 held out)",
+        f"# Synthesis recipes against exact ground truth (demo set, {held_out})",
         "",
         note,
         "",
@@ -292,7 +303,7 @@ def recipes_table(runs: list[dict], note: str) -> str:
         "expression (`last.pt`; `bench/synthesis_recipes.py`). L1 in gray levels; *changed*: the pixels the "
         "expression changes (|source − truth| > 10). *recognised*: share of synthetic faces the fold's `real` "
         "classifier gives the target; *≥ real*: classes where that share reaches the classifier's recall on real "
-        "fold-0 faces of the class; *≥ truth*: classes where it reaches the classifier's score on the exact "
+        "held-out faces of the class; *≥ truth*: classes where it reaches the classifier's score on the exact "
         "counterfactuals. *gate*: share the checkpoint's own FER branch accepts at 0.5. "
         "*re-rendered*: each held-out face asked for its own expression: L1 to itself, and the `real` classifier's "
         "macro-F1 on the re-renderings (on the faces themselves: *input copied*); higher than on the faces means "
@@ -311,7 +322,7 @@ def recipes_table(runs: list[dict], note: str) -> str:
     lines += [*markdown_table(header, [*rows, copied], align="llrrrrrrrrrr"), ""]
     if classes:
         lines += [
-            "Recognised per target class; below, the real classifier's recall on real fold-0 faces and its "
+            "Recognised per target class; below, the real classifier's recall on real held-out faces and its "
             "score on the exact counterfactuals (what a perfect generator would get):",
             "",
         ]
@@ -348,49 +359,75 @@ def _recipe_row(r: dict, n_classes: int) -> list[object]:
     ]
 
 
-def intensity_sweep(manifest: Path, out: Path, names: list[str], specs: list[str]) -> None:
-    """Each run in ``names`` scored at each intensity spec (``A`` or ``A..B``), added to its
-    ``intensity.json`` (a spec already scored is kept)."""
-    classifier = real_classifier(manifest, out)
+def sweep(
+    manifest: Path, out: Path, names: list[str], kind: str, specs: list[str], trained_weights: bool = False
+) -> None:
+    """Each run in ``names`` scored again at each spec, added to its ``<kind>.json`` (a spec already
+    scored is kept). ``kind`` "intensity": ``A`` or ``A..B``, the edit scaled by it (or a seeded
+    draw from the range); "dead_zone": ``FLOW,MASK``, the decoder's inference thresholds."""
     for name in names:
-        path = out / name / "intensity.json"
+        fold = json.loads((out / name / "synthesis.json").read_text())["config"]["holdout_fold"]
+        classifier = real_classifier(manifest, out, fold)
+        path = out / name / f"{kind}.json"
         done = json.loads(path.read_text()) if path.exists() else {}
         for spec in specs:
-            low, _, high = spec.partition("..")
-            bounds = (float(low), float(high or low))
-            if spec not in done:
-                done[spec] = score(
-                    manifest, out / name / "checkpoints" / "last.pt", classifier=classifier, intensity=bounds
+            key = f"trained {spec}" if trained_weights else spec
+            if key not in done:
+                if kind == "intensity":
+                    low, _, high = spec.partition("..")
+                    option = {"intensity": (float(low), float(high or low))}
+                else:
+                    flow, mask = map(float, spec.split(","))
+                    option = {"dead_zone": (flow, mask)}
+                checkpoint = out / name / "checkpoints" / "last.pt"
+                done[key] = score(
+                    manifest, checkpoint, fold, classifier=classifier, trained_weights=trained_weights, **option
                 )
                 path.write_text(json.dumps(done, indent=1))
-            s = done[spec]
+            s = done[key]
             print(
-                f"{name:<22} intensity {spec:<9} l1 {s['l1']:.2f} changed {s['changed_l1']:.2f} ssim {s['ssim']:.3f} "
+                f"{name:<22} {kind} {key:<16} l1 {s['l1']:.2f} changed {s['changed_l1']:.2f} ssim {s['ssim']:.3f} "
                 f"recognised {s['recognised_mean']:.2f} >=real {s['classes_at_yardstick']} >=truth "
                 f"{s['classes_at_truth']}",
                 flush=True,
             )
 
 
-def write_intensity(out: Path, names: list[str], name: str, note: str) -> None:
-    """The intensity sweeps of ``names`` as ``bench/results/<name>.json`` and a table ``<name>.md``."""
-    sweeps = {n: json.loads((out / n / "intensity.json").read_text()) for n in names}
-    write_results(name, sweeps, intensity_table(sweeps, note))
+SWEEPS = {
+    "intensity": (
+        "Edit intensity",
+        "translating every held-out face to every other class with its flow and mask scaled by the intensity "
+        "(`A..B`: a seeded uniform draw per face, as `fesaug balance --intensity A..B` does)",
+    ),
+    "dead_zone": (
+        "Inference dead zones",
+        "translating every held-out face to every other class with the warp decoder's inference thresholds set "
+        "to `FLOW,MASK` (flow under FLOW pixels and mask under MASK are treated as no edit: those pixels are the "
+        "input's; the checkpoint's own are 0.1,0.03); *trained*: the weights as trained rather than their "
+        "moving average, for runs trained with `ema`",
+    ),
+}
 
 
-def intensity_table(sweeps: dict[str, dict], note: str) -> str:
+def write_sweep(out: Path, names: list[str], kind: str, name: str, note: str) -> None:
+    """The ``kind`` sweeps of ``names`` as ``bench/results/<name>.json`` and a table ``<name>.md``."""
+    sweeps = {n: json.loads((out / n / f"{kind}.json").read_text()) for n in names}
+    write_results(name, sweeps, sweep_table(sweeps, kind, note))
+
+
+def sweep_table(sweeps: dict[str, dict], kind: str, note: str) -> str:
     first = next(iter(next(iter(sweeps.values())).values()))
     classes = list(first["recognised"])
+    title, what = SWEEPS[kind]
     lines = [
-        "# Edit intensity against exact ground truth (demo set, fold 0 held out)",
+        f"# {title} against exact ground truth (demo set, one fold held out)",
         "",
         note,
         "",
         machine_versions(),
         "",
-        "Each trained run's `last.pt` (see `synthesis_recipes_demo.md`) translating every held-out face to every "
-        "other class with its flow and mask scaled by the intensity (`A..B`: a seeded uniform draw per face, as "
-        "`fesaug balance --intensity A..B` does). Columns as in `synthesis_recipes_demo.md`.",
+        f"Each trained run's `last.pt` (see `synthesis_recipes_demo.md`) {what}. Columns as in "
+        "`synthesis_recipes_demo.md`.",
         "",
     ]
     rows = [
@@ -415,7 +452,18 @@ def intensity_table(sweeps: dict[str, dict], note: str) -> str:
         ["*real faces*", *[""] * 8, *(f"*{first['real_recall'][c]:.2f}*" for c in classes)],
         ["*exact counterfactuals*", *[""] * 8, *(f"*{first['truth_recognised'][c]:.2f}*" for c in classes)],
     ]
-    header = ["run", "intensity", "L1", "L1 changed", "SSIM", "recognised", "≥ real", "≥ truth", "gate", *classes]
+    header = [
+        "run",
+        kind.replace("_", " "),
+        "L1",
+        "L1 changed",
+        "SSIM",
+        "recognised",
+        "≥ real",
+        "≥ truth",
+        "gate",
+        *classes,
+    ]
     lines += [*markdown_table(header, rows, align="ll" + "r" * (7 + len(classes))), ""]
     return "\n".join(lines)
 
@@ -438,7 +486,13 @@ def main() -> None:
         action="append",
         default=[],
         help="score the existing runs named by --recipe NAME= again with these inference thresholds "
-        "(flow in pixels, mask), printed, not recorded; repeatable",
+        "(flow in pixels, mask), recorded in <out>/NAME/dead_zone.json and, with --write, tabled; repeatable",
+    )
+    ap.add_argument(
+        "--trained-weights",
+        action="store_true",
+        help="with --dead-zone or --intensity: score the weights of runs trained with ema as trained, "
+        "not their moving average",
     )
     ap.add_argument(
         "--intensity",
@@ -457,11 +511,13 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.rescore:
-        classifier = real_classifier(args.manifest, args.out)
         for name in (r.split("=", 1)[0] for r in args.recipe):
             path = args.out / name / "synthesis.json"
             record = json.loads(path.read_text())
-            record["last"] = score(args.manifest, args.out / name / "checkpoints" / "last.pt", classifier=classifier)
+            fold = record["config"]["holdout_fold"]
+            classifier = real_classifier(args.manifest, args.out, fold)
+            checkpoint = args.out / name / "checkpoints" / "last.pt"
+            record["last"] = score(args.manifest, checkpoint, fold, classifier=classifier)
             path.write_text(json.dumps(record, indent=2))
             print(
                 f"{name}: re-rendered L1 {record['last']['rerender_l1']:.2f}, macro-F1 "
@@ -469,32 +525,17 @@ def main() -> None:
                 flush=True,
             )
         return
-    if args.intensity:
-        intensity_sweep(args.manifest, args.out, [r.split("=", 1)[0] for r in args.recipe], args.intensity)
-        if args.write:
-            write_intensity(args.out, [r.split("=", 1)[0] for r in args.recipe], args.write, args.note)
-        return
-    if args.dead_zone:
-        classifier = real_classifier(args.manifest, args.out)
-        for name in (r.split("=", 1)[0] for r in args.recipe):
-            for zone in args.dead_zone:
-                flow, mask = map(float, zone.split(","))
-                s = score(
-                    args.manifest,
-                    args.out / name / "checkpoints" / "last.pt",
-                    classifier=classifier,
-                    dead_zone=(flow, mask),
-                )
-                print(
-                    f"{name:<22} flow<{flow:g}px mask<{mask:g}: l1 {s['l1']:.2f} changed {s['changed_l1']:.2f} "
-                    f"ssim {s['ssim']:.3f} recognised {s['recognised_mean']:.2f}",
-                    flush=True,
-                )
-        return
+    names = [r.split("=", 1)[0] for r in args.recipe]
+    for kind, specs in (("intensity", args.intensity), ("dead_zone", args.dead_zone)):
+        if specs:
+            sweep(args.manifest, args.out, names, kind, specs, trained_weights=args.trained_weights)
+            if args.write:
+                write_sweep(args.out, names, kind, args.write, args.note)
+            return
     if not args.report:
         recipes = dict(r.split("=", 1) for r in args.recipe) or {"base": ""}
         if args.parallel and len(recipes) > 1:
-            real_classifier(args.manifest, args.out)  # once, before the recipes need it
+            real_classifier(args.manifest, args.out)  # once, before the recipes need it (fold 0's)
             procs = [
                 subprocess.Popen(
                     [
