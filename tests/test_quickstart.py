@@ -8,7 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fesaug import load_generator
 from fesaug.data.manifest import read_manifest
+from fesaug.quickstart import DEMO_RECIPE
+from fesaug.synthesis.config import load_config
 
 from .conftest import run_cli
 
@@ -40,6 +43,11 @@ def test_demo_trains_balances_audits_and_draws(tmp_path: Path) -> None:
     ):
         assert (out / name).stat().st_size > 0, name
     assert (out / "summary.txt").read_text().strip() == result.stdout.strip()
+    # The demo's own recipe is what the run recorded and what balanced with it.
+    recorded = load_config(out / "run" / "config.yaml")
+    assert recorded.loss.paired == DEMO_RECIPE["loss"]["paired"] and recorded.model == DEMO_RECIPE["model"]
+    decoder = load_generator(out / "run" / "checkpoints" / "last.pt").model.decoder
+    assert (decoder.flow_threshold, decoder.mask_threshold) == (0.2, 0.05)
 
     again = run_cli("demo", "--out", out)
     assert again.returncode == 1 and "--overwrite" in again.stderr
