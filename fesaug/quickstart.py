@@ -41,7 +41,7 @@ DEMO_OUTPUTS = (
     "audit.json",
     "summary.txt",
 )
-DEMO_EPOCHS = 20  # about 7 minutes on two CPU cores, installation included
+DEMO_EPOCHS = 20  # about 6 minutes on two CPU cores, installation included (docs/guide/demo.md)
 # What the demo's short run changes from `fesaug train`'s defaults. Twice the paired loss pulls
 # a short run's edits closer to the subjects' own other expressions, and the wider inference dead
 # zone leaves the pixels it barely moves as they were; together they beat the defaults on the demo's
