@@ -47,7 +47,8 @@ def test_demo_trains_balances_audits_and_draws(tmp_path: Path) -> None:
     recorded = load_config(out / "run" / "config.yaml")
     assert recorded.loss.paired == DEMO_RECIPE["loss"]["paired"] and recorded.model == DEMO_RECIPE["model"]
     decoder = load_generator(out / "run" / "checkpoints" / "last.pt").model.decoder
-    assert (decoder.flow_threshold, decoder.mask_threshold) == (0.2, 0.05)
+    assert decoder.flow_threshold == DEMO_RECIPE["model"]["flow_threshold"]
+    assert decoder.mask_threshold == DEMO_RECIPE["model"]["mask_threshold"]
 
     again = run_cli("demo", "--out", out)
     assert again.returncode == 1 and "--overwrite" in again.stderr
